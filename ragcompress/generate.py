@@ -1,0 +1,241 @@
+"""The generator: a HF causal LM that answers a question from passages (text path) or from a
+ready KV cache (the KV path builds one from cached chunks and calls :meth:`Generator.decode`).
+
+Greedy by default. Decoding is a plain loop over ``model.forward`` with an explicit cache, so
+that the KV path can start from a cache whose physical length differs from the logical
+positions (evicted tokens keep their original positions).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.prompt import PromptLayout
+from ragcompress.types import Passage, validate_passages
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["Answer", "GenerationStats", "Generator"]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationStats:
+    prompt_tokens: int  # tokens prefilled for this request (question only on the KV path)
+    context_tokens: int  # positions the first new token attends to (prefix + passages + question)
+    new_tokens: int
+    ttft_ms: float  # request start to first token sampled (prefill included)
+    total_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. chunks_hit / chunks_encoded
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "context_tokens": self.context_tokens,
+            "new_tokens": self.new_tokens,
+            "ttft_ms": self.ttft_ms,
+            "total_ms": self.total_ms,
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+    token_ids: tuple[int, ...]
+    stats: GenerationStats
+
+
+@dataclass
+class Generator:
+    """Answers questions with a causal LM and its chat template.
+
+    ``model`` is an alias of a packaged model, a local path or an HF id (``None``: the packaged
+    SmolLM2-135M-Instruct). Use :meth:`from_model` to wrap an already loaded model.
+    """
+
+    model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_new_tokens: int = 48
+    system: str = PromptLayout.system
+    _lm: Any = field(default=None, init=False, repr=False)
+    _tok: Any = field(default=None, init=False, repr=False)
+    _layout: PromptLayout | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kwargs: Any
+    ) -> Generator:
+        gen = cls(**kwargs)
+        gen._lm, gen._tok = model, tokenizer
+        gen.device = str(model.device)
+        return gen
+
+    # -- lazily loaded parts ---------------------------------------------------------------
+    @property
+    def lm(self) -> PreTrainedModel:
+        if self._lm is None:
+            from ragcompress.models import load_reader
+
+            self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
+        return self._lm
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tok is None:
+            from ragcompress.models import load_tokenizer
+
+            self._tok = load_tokenizer(self.model)
+        return self._tok
+
+    @property
+    def layout(self) -> PromptLayout:
+        if self._layout is None:
+            self._layout = PromptLayout(self.tokenizer, system=self.system)
+        return self._layout
+
+    @property
+    def stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for src in (self.tokenizer.eos_token_id, getattr(self.lm.generation_config, "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, list | tuple):
+                ids.update(int(i) for i in src)
+        return ids
+
+    # -- text path -------------------------------------------------------------------------
+    def generate(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+    ) -> Answer:
+        """Prefill prefix + passages + question, then decode greedily."""
+        ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
+        self._check_length(len(ids), max_new_tokens)
+        return self.decode(ids, cache=None, max_new_tokens=max_new_tokens)
+
+    def stream(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+    ) -> Iterator[str]:
+        """Yield the answer's text piece by piece as tokens are produced."""
+        ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
+        self._check_length(len(ids), max_new_tokens)
+        yield from self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
+
+    # -- shared decode loop (also the KV path's entry point) -------------------------------
+    def decode(
+        self,
+        input_ids: list[int],
+        cache: Cache | None,
+        max_new_tokens: int | None = None,
+        next_position: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Answer:
+        """Prefill ``input_ids`` after ``cache`` (or from scratch) and decode greedily.
+
+        ``next_position`` is the RoPE position of ``input_ids[0]``; it defaults to the cache's
+        length and differs from it when the cache holds evicted (compressed) chunks.
+        """
+        start = time.perf_counter()
+        timing: dict[str, float] = {}
+        tokens = list(
+            self.iter_tokens(input_ids, cache, max_new_tokens, next_position, timing=timing, start=start)
+        )
+        total = (time.perf_counter() - start) * 1e3
+        context = (next_position if next_position is not None else _cache_len(cache)) + len(input_ids)
+        stats = GenerationStats(
+            prompt_tokens=len(input_ids),
+            context_tokens=context,
+            new_tokens=len(tokens),
+            ttft_ms=timing.get("ttft_ms", total),
+            total_ms=total,
+            extra=dict(extra or {}),
+        )
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        return Answer(text=text, token_ids=tuple(tokens), stats=stats)
+
+    def iter_tokens(
+        self,
+        input_ids: list[int],
+        cache: Cache | None,
+        max_new_tokens: int | None = None,
+        next_position: int | None = None,
+        timing: dict[str, float] | None = None,
+        start: float | None = None,
+    ) -> Iterator[int]:
+        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded)."""
+        import torch
+        from transformers import DynamicCache
+
+        lm = self.lm
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        start = time.perf_counter() if start is None else start
+        cache = DynamicCache(config=lm.config) if cache is None else cache
+        physical = _cache_len(cache)
+        position = physical if next_position is None else next_position
+        stops = self.stop_ids
+        step = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
+        with torch.inference_mode():
+            for i in range(limit):
+                n = step.shape[1]
+                out = lm(
+                    input_ids=step,
+                    past_key_values=cache,
+                    use_cache=True,
+                    position_ids=torch.arange(position, position + n, device=lm.device)[None],
+                    cache_position=torch.arange(physical, physical + n, device=lm.device),
+                    logits_to_keep=1,
+                )
+                cache = out.past_key_values
+                physical += n
+                position += n
+                token = int(out.logits[0, -1].argmax())
+                if i == 0 and timing is not None:
+                    if lm.device.type == "cuda":
+                        torch.cuda.synchronize(lm.device)
+                    timing["ttft_ms"] = (time.perf_counter() - start) * 1e3
+                if token in stops:
+                    return
+                yield token
+                step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
+
+    def _text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
+        # Decode the growing sequence and yield the new suffix: byte-level BPE pieces may not
+        # be valid text on their own, so decoding token by token would garble multi-byte chars.
+        ids: list[int] = []
+        shown = ""
+        for tok in tokens:
+            ids.append(tok)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+
+    def _check_length(self, n: int, max_new_tokens: int | None) -> None:
+        limit = getattr(self.lm.config, "max_position_embeddings", None)
+        new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if limit is not None and n + new > limit:
+            raise ValueError(
+                f"prompt of {n} tokens + {new} new tokens exceeds the model's context of {limit}; "
+                "compress harder or pass fewer passages"
+            )
+
+
+def _cache_len(cache: Cache | None) -> int:
+    if cache is None:
+        return 0
+    return int(cache.get_seq_length())
+
+
+def greedy_logits(model: PreTrainedModel, ids: list[int]) -> torch.Tensor:
+    """Logits of a fresh prefill of ``ids``, shape (len(ids), vocab); a reference for tests."""
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0]  # type: ignore[no-any-return]
