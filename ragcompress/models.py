@@ -27,14 +27,14 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
-    "DEFAULT_READER",
     "DEFAULT_EMBEDDER",
-    "resolve_path",
+    "DEFAULT_READER",
+    "cache_home",
+    "default_device",
+    "load_embedder",
     "load_reader",
     "load_tokenizer",
-    "load_embedder",
-    "default_device",
-    "cache_home",
+    "resolve_path",
 ]
 
 DEFAULT_READER = "smollm2-135m-instruct"
@@ -154,7 +154,8 @@ def _load_reader(name: str, device: str, dtype: Any) -> tuple[PreTrainedModel, P
 
     path = resolve_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.to(device).eval()
+    model.to(device)  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
+    model.eval()
     model.requires_grad_(False)
     return model, load_tokenizer(name)
 

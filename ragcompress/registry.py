@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-__all__ = ["register", "build", "available", "spec_of", "lookup"]
+__all__ = ["available", "build", "lookup", "register", "spec_of"]
 
 T = TypeVar("T")
 

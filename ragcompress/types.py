@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Passage", "Budget", "CompressionStats", "content_id", "validate_passages"]
+__all__ = ["Budget", "CompressionStats", "Passage", "content_id", "validate_passages"]
 
 # Metadata key under which compressors record what they did to a passage.
 STATS_KEY = "ragcompress"
@@ -93,9 +93,8 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.tokens is None):
             raise ValueError("Budget takes exactly one of ratio= or tokens=")
-        if self.ratio is not None and not (0.0 < self.ratio <= 1.0) or (
-            self.ratio is not None and math.isnan(self.ratio)
-        ):
+        # written so that NaN fails the range check too
+        if self.ratio is not None and not (0.0 < self.ratio <= 1.0):
             raise ValueError(
                 f"Budget ratio must be in (0, 1], got {self.ratio}: a ratio of 0 would keep nothing"
             )
