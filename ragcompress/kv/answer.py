@@ -1,0 +1,70 @@
+"""The KV path end to end: passages → cached chunks → assembled cache → answer."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.cache import CacheStats, ChunkCache
+from ragcompress.kv.encode import ChunkEncoder
+from ragcompress.kv.store import ChunkStore, TieredStore
+from ragcompress.types import Passage
+
+if TYPE_CHECKING:
+    from ragcompress.generate import Answer, Generator
+
+__all__ = ["KVAnswerer"]
+
+
+@dataclass
+class KVAnswerer:
+    """Answers from cached KV chunks; ``stats.extra`` of every answer holds ``chunks_hit``,
+    ``chunks_encoded``, ``chunk_bytes``, ``chunk_bytes_fp16`` and ``ttft_ms`` (request start
+    — chunk lookup and encoding included — to first token)."""
+
+    generator: Generator
+    cache: ChunkCache
+
+    @classmethod
+    def from_generator(
+        cls,
+        generator: Generator,
+        cache_dir: str | os.PathLike[str] | None = None,
+        presses: Sequence[Any] = (),
+        memory_bytes: int = 2 << 30,
+        store: ChunkStore | None = None,
+    ) -> KVAnswerer:
+        """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is given."""
+        from ragcompress.kv.disk_store import DiskStore
+        from ragcompress.kv.memory_store import MemoryStore
+
+        if store is None:
+            memory = MemoryStore(memory_bytes, device=generator.lm.device)
+            store = memory if cache_dir is None else TieredStore(memory, DiskStore(cache_dir))
+        encoder = ChunkEncoder.from_generator(generator)
+        return cls(generator, ChunkCache(encoder, store, presses))
+
+    def answer(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+    ) -> Answer:
+        start = time.perf_counter()
+        chunks, stats = self.cache.get_or_encode(passages)
+        return self.generator.generate_from_chunks(
+            query, chunks, max_new_tokens, extra=_extra(stats), start=start
+        )
+
+    def stream(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+    ) -> Iterator[str]:
+        chunks, _ = self.cache.get_or_encode(passages)
+        yield from self.generator.stream_from_chunks(query, chunks, max_new_tokens)
+
+
+def _extra(stats: CacheStats) -> dict[str, Any]:
+    d = stats.as_dict()
+    return {
+        k: d[k] for k in ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
+    }

@@ -1,0 +1,73 @@
+"""Assembly: shared-prefix KV + chunks in retrieval order → a transformers ``DynamicCache``.
+
+Chunk ``j`` starts at ``start_j = prefix_len + sum(length of chunks before j)`` (original
+lengths, so a compressed chunk leaves its evicted positions empty) and a kept token encoded
+at position ``p`` moves to ``start_j + (p - base_offset)``: every key of the chunk is
+re-rotated by the same ``start_j - base_offset``. The question is then prefilled at
+``next_position`` = prefix_len + sum of original chunk lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.chunk import KVChunk
+from ragcompress.kv.rotary import Rotary, rerotate
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PretrainedConfig
+
+__all__ = ["PrefixKV", "Rotary", "assemble", "rerotate"]
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixKV:
+    """KV of the shared prefix: per layer keys/values (kv_heads, prefix_len, head_dim)."""
+
+    ids: tuple[int, ...]
+    keys: Sequence[torch.Tensor]
+    values: Sequence[torch.Tensor]
+    model: str  # model fingerprint
+    layout: str  # layout fingerprint
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def assemble(
+    prefix: PrefixKV, chunks: Sequence[KVChunk], rotary: Rotary, config: PretrainedConfig | None = None
+) -> tuple[DynamicCache, int]:
+    """Build the cache (batch 1) on the prefix's device and dtype; returns ``(cache, next_position)``."""
+    import torch
+    from transformers import DynamicCache
+
+    for i, c in enumerate(chunks):
+        if c.model != prefix.model or c.key.layout != prefix.layout:
+            raise ValueError(
+                f"chunk #{i} was encoded for model {c.model!r} / layout {c.key.layout!r}, "
+                f"not for this generator ({prefix.model!r} / {prefix.layout!r})"
+            )
+        if c.base_offset != prefix.length:
+            raise ValueError(
+                f"chunk #{i} was encoded at offset {c.base_offset}, the prefix has {prefix.length}"
+            )
+    starts, pos = [], prefix.length
+    for c in chunks:
+        starts.append(pos)
+        pos += c.length
+    device, dtype = prefix.keys[0].device, prefix.keys[0].dtype
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for li in range(len(prefix.keys)):
+        ks, vs = [prefix.keys[li]], [prefix.values[li]]
+        for c, start in zip(chunks, starts, strict=True):
+            k, v, _ = c.layers[li].dense()
+            k, v = k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
+            k = rerotate(k, start - c.base_offset, rotary)
+            ks.append(k)
+            vs.append(v)
+        layers.append((torch.cat(ks, dim=1)[None], torch.cat(vs, dim=1)[None]))
+    return DynamicCache(ddp_cache_data=layers, config=config), pos

@@ -1,0 +1,217 @@
+"""Encoding: prefill passages after the shared prefix and keep each passage's own K/V.
+
+The prefix is prefilled once per (model, layout) and reused: as the past of every encoding
+batch and as the start of every assembled cache, so both see the very same tensors. Passages
+are batched right-padded (sorted by length to waste little padding) and always encoded at
+offset ``prefix_len``, so a chunk does not depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.assemble import PrefixKV
+from ragcompress.kv.chunk import DenseLayer, KVChunk
+from ragcompress.kv.key import ChunkKey, model_fingerprint, press_fingerprint, tokens_digest
+from ragcompress.kv.press import KVPress, apply_presses
+from ragcompress.prompt import PromptLayout
+from ragcompress.types import Passage, validate_passages
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["ChunkEncoder", "prefix_kv"]
+
+_PREFIXES: weakref.WeakKeyDictionary[Any, dict[str, PrefixKV]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
+    """The shared prefix's KV for ``model`` and ``layout``, computed once and kept."""
+    import torch
+
+    fp = layout.fingerprint()
+    with _LOCK:
+        per_model = _PREFIXES.setdefault(model, {})
+        if fp in per_model:
+            return per_model[fp]
+        ids = layout.prefix_ids()
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
+        cache = out.past_key_values
+        keys = [layer.keys[0].clone() for layer in cache.layers]
+        values = [layer.values[0].clone() for layer in cache.layers]
+        per_model[fp] = PrefixKV(tuple(ids), keys, values, model_fingerprint(model), fp)
+        return per_model[fp]
+
+
+@contextmanager
+def _eager_attention(model: PreTrainedModel) -> Iterator[None]:
+    # Attention weights exist only with eager attention; switch for the call and back.
+    before = model.config._attn_implementation
+    if before == "eager":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+@dataclass
+class ChunkEncoder:
+    """Turns passages into :class:`KVChunk` objects for one model and prompt layout.
+
+    ``max_batch_tokens`` bounds batch size × longest passage of a batch.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    layout: PromptLayout | None = None
+    max_batch_tokens: int = 4096
+    _layout_fp: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            self.layout = PromptLayout(self.tokenizer)
+        self._layout_fp = self.layout.fingerprint()
+
+    @classmethod
+    def from_generator(cls, generator: Any, **kwargs: Any) -> ChunkEncoder:
+        """The encoder matching a :class:`~ragcompress.generate.Generator` (same model and layout)."""
+        return cls(generator.lm, generator.tokenizer, generator.layout, **kwargs)
+
+    @property
+    def prefix(self) -> PrefixKV:
+        assert self.layout is not None
+        return prefix_kv(self.model, self.layout)
+
+    @property
+    def context_limit(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def passage_ids(self, passage: Passage) -> list[int]:
+        assert self.layout is not None
+        return self.layout.passage_ids(passage.text)
+
+    def key(self, ids: Sequence[int], presses: Sequence[KVPress] = ()) -> ChunkKey:
+        return ChunkKey(
+            model=model_fingerprint(self.model),
+            layout=self._layout_fp,
+            presses=press_fingerprint(presses),
+            tokens=tokens_digest(ids),
+        )
+
+    def encode(
+        self, passages: Sequence[Passage] | Sequence[str], presses: Sequence[KVPress] = ()
+    ) -> list[KVChunk]:
+        """One chunk per passage, in order."""
+        items = [(p.id, self.passage_ids(p)) for p in validate_passages(passages)]
+        return self.encode_ids(items, presses)
+
+    def encode_ids(
+        self, items: Sequence[tuple[str, Sequence[int]]], presses: Sequence[KVPress] = ()
+    ) -> list[KVChunk]:
+        """``items``: (passage id for error messages, passage token ids). Chunks in input order."""
+        plen = self.prefix.length
+        limit = self.context_limit
+        for pid, ids in items:
+            if not ids:
+                raise ValueError(f"passage {pid!r} has no tokens")
+            if limit is not None and plen + len(ids) > limit:
+                raise ValueError(
+                    f"passage {pid!r} has {len(ids)} tokens; after the {plen}-token prefix it exceeds "
+                    f"the model's context of {limit} tokens: split or compress it first"
+                )
+        order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+        out: list[KVChunk | None] = [None] * len(items)
+        batch: list[int] = []
+        for i in order:
+            longest = len(items[i][1])  # sorted ascending: the newcomer is the longest
+            if batch and (len(batch) + 1) * longest > self.max_batch_tokens:
+                self._encode_batch(items, batch, presses, out)
+                batch = []
+            batch.append(i)
+        if batch:
+            self._encode_batch(items, batch, presses, out)
+        return [c for c in out if c is not None]
+
+    def _encode_batch(
+        self,
+        items: Sequence[tuple[str, Sequence[int]]],
+        batch: list[int],
+        presses: Sequence[KVPress],
+        out: list[KVChunk | None],
+    ) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        model, prefix = self.model, self.prefix
+        dev, plen = model.device, prefix.length
+        lens = [len(items[i][1]) for i in batch]
+        n, b = max(lens), len(batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, n), int(pad), dtype=torch.long, device=dev)
+        mask = torch.zeros((b, plen + n), dtype=torch.long, device=dev)
+        mask[:, :plen] = 1
+        for row, i in enumerate(batch):
+            ids[row, : lens[row]] = torch.tensor(list(items[i][1]), device=dev)
+            mask[row, plen : plen + lens[row]] = 1
+        past = DynamicCache(
+            ddp_cache_data=[
+                (k[None].expand(b, -1, -1, -1), v[None].expand(b, -1, -1, -1))
+                for k, v in zip(prefix.keys, prefix.values, strict=True)
+            ],
+            config=model.config,
+        )
+        needs_attn = any(getattr(p, "needs_attention", False) for p in presses)
+        with torch.inference_mode(), _eager_attention(model) if needs_attn else _nullcontext():
+            res = model(
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=past,
+                position_ids=torch.arange(plen, plen + n, device=dev)[None].expand(b, -1),
+                cache_position=torch.arange(plen, plen + n, device=dev),
+                use_cache=True,
+                output_attentions=needs_attn,
+                logits_to_keep=1,
+            )
+        cache = res.past_key_values
+        fp = model_fingerprint(model)
+        for row, i in enumerate(batch):
+            m = lens[row]
+            layers = []
+            for li, layer in enumerate(cache.layers):
+                k = layer.keys[row, :, plen : plen + m].clone()
+                v = layer.values[row, :, plen : plen + m].clone()
+                pos = torch.arange(plen, plen + m, device=dev)[None].expand(k.shape[0], -1).clone()
+                dense = DenseLayer(k, v, pos)
+                attn = res.attentions[li][row, :, :m, plen : plen + m] if needs_attn else None
+                layers.append(
+                    apply_presses(dense, tuple(presses), layer_idx=li, attn=attn) if presses else dense
+                )
+            counts = {layer.num_tokens for layer in layers}
+            if len(counts) != 1:
+                raise ValueError(
+                    f"presses {press_fingerprint(presses)} kept different token counts per layer {counts} "
+                    f"for passage {items[i][0]!r}; every layer must keep the same number"
+                )
+            out[i] = KVChunk(
+                layers=layers,
+                token_ids=torch.tensor(list(items[i][1]), dtype=torch.long, device=dev),
+                base_offset=plen,
+                length=m,
+                key=self.key(items[i][1], presses),
+                model=fp,
+            )
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
