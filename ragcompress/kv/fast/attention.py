@@ -1,0 +1,156 @@
+"""Cascade attention over a shared context and per-question regions.
+
+Every query token of a batch attends to (a) the shared context slots ``[0, ctx_len)`` without
+a mask and (b) its own question's slots causally. The two parts are computed separately, each
+with its log-sum-exp, and merged exactly::
+
+    out = (o_a * exp(lse_a - m) + o_b * exp(lse_b - m)) / (exp(lse_a - m) + exp(lse_b - m))
+
+so that a batch of questions reads the shared context once (one sequence of B*T queries), and
+no (queries × context) mask is ever materialized. Valid lengths are device tensors, so the
+same captured graph serves any context length up to the buffer's capacity.
+
+Shapes: queries (B*T, heads, head_dim); context keys/values (capacity, kv_heads, head_dim);
+question keys/values (B*region, kv_heads, head_dim); ``q_used`` (B,) int32 = question slots
+written so far including this step's; ``ctx_len`` (1,) int32.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CascadeAttention", "FlashCascade", "ReferenceCascade", "StepMeta"]
+
+
+@dataclass(eq=False)
+class StepMeta:
+    """Static per-graph metadata: B questions of T (padded) tokens, ``region`` slots each."""
+
+    batch: int
+    qlen: int
+    region: int
+    capacity: int
+    ctx_len: torch.Tensor  # (1,) int32, shared with the buffer
+    q_used: torch.Tensor  # (B,) int32
+    cu_q_ctx: torch.Tensor = field(init=False)  # [0, B*T]
+    cu_k_ctx: torch.Tensor = field(init=False)  # [0, capacity]
+    cu_q_own: torch.Tensor = field(init=False)  # [0, T, 2T, ..]
+    cu_k_own: torch.Tensor = field(init=False)  # [0, R, 2R, ..]
+
+    def __post_init__(self) -> None:
+        import torch
+
+        dev = self.q_used.device
+        b, t, r = self.batch, self.qlen, self.region
+
+        def i32(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.int32, device=dev)
+
+        self.cu_q_ctx = i32([0, b * t])
+        self.cu_k_ctx = i32([0, self.capacity])
+        self.cu_q_own = i32([i * t for i in range(b + 1)])
+        self.cu_k_own = i32([i * r for i in range(b + 1)])
+
+
+class CascadeAttention(ABC):
+    """Attention of a step's queries over the shared context + their own question slots."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        q: torch.Tensor,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+        own_k: torch.Tensor,
+        own_v: torch.Tensor,
+        meta: StepMeta,
+        scale: float,
+    ) -> torch.Tensor:
+        """(B*T, heads, head_dim) in ``q``'s dtype."""
+
+
+def merge(
+    o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor
+) -> torch.Tensor:
+    """Combine two partial attentions; o_* (N, H, D), lse_* (N, H) fp32 (may be -inf)."""
+    import torch
+
+    m = torch.maximum(lse_a, lse_b)
+    wa = torch.exp(lse_a - m).unsqueeze(-1)
+    wb = torch.exp(lse_b - m).unsqueeze(-1)
+    out = (o_a.float() * wa + o_b.float() * wb) / (wa + wb)
+    return out.to(o_a.dtype)
+
+
+class ReferenceCascade(CascadeAttention):
+    """fp32 torch math; runs anywhere (CPU, fp32 models) and is the GPU kernel's reference."""
+
+    def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
+        import torch
+
+        n, heads, d = q.shape
+        kvh = ctx_k.shape[1]
+        g = heads // kvh
+        b, t, r = meta.batch, meta.qlen, meta.region
+        qf = q.float().view(n, kvh, g, d).permute(1, 2, 0, 3)  # (kvh, g, N, d)
+        # (a) shared context, every slot below ctx_len
+        kc = ctx_k.float().permute(1, 0, 2).unsqueeze(1)  # (kvh, 1, cap, d)
+        vc = ctx_v.float().permute(1, 0, 2).unsqueeze(1)
+        s = torch.matmul(qf, kc.transpose(-1, -2)) * scale  # (kvh, g, N, cap)
+        valid = torch.arange(ctx_k.shape[0], device=q.device) < meta.ctx_len
+        s = s.masked_fill(~valid, float("-inf"))
+        lse_a = torch.logsumexp(s, dim=-1)  # (kvh, g, N)
+        o_a = torch.matmul(torch.exp(s - lse_a.clamp_min(-1e30).unsqueeze(-1)), vc)
+        # (b) own question slots, causal aligned to the last used slot
+        qb = qf.reshape(kvh, g, b, t, d)
+        ko = own_k[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)  # (kvh, 1, B, R, d)
+        vo = own_v[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)
+        s = torch.matmul(qb, ko.transpose(-1, -2)) * scale  # (kvh, g, B, T, R)
+        used = meta.q_used.long().view(b, 1, 1)
+        j = torch.arange(r, device=q.device).view(1, 1, r)
+        i = torch.arange(t, device=q.device).view(1, t, 1)
+        ok = (j < used) & (j <= i + used - t)  # (B, T, R)
+        s = s.masked_fill(~ok, float("-inf"))
+        lse_b = torch.logsumexp(s, dim=-1)
+        o_b = torch.matmul(torch.exp(s - lse_b.clamp_min(-1e30).unsqueeze(-1)), vo)
+        o_b, lse_b = o_b.reshape(kvh, g, n, d), lse_b.reshape(kvh, g, n)
+
+        def flat(x: torch.Tensor) -> torch.Tensor:  # (kvh, g, N, ...) -> (N, heads, ...)
+            return x.permute(2, 0, 1, *range(3, x.dim())).reshape(n, heads, *x.shape[3:])
+
+        return merge(flat(o_a), flat(lse_a), flat(o_b), flat(lse_b)).to(q.dtype)
+
+
+class FlashCascade(CascadeAttention):
+    """Flash attention's variable-length kernel (fp16/bf16 on CUDA), graph-safe: valid
+    lengths are read from device tensors (``seqused_k``)."""
+
+    def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
+        n = q.shape[0]
+        o_a, lse_a = _flash(q, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n, meta.capacity, False, scale,
+                            meta.ctx_len)  # fmt: skip
+        o_b, lse_b = _flash(q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale,
+                            meta.q_used)  # fmt: skip
+        return merge(o_a, _lse_rows(lse_a, n), o_b, _lse_rows(lse_b, n))
+
+
+def _flash(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, used):  # type: ignore[no-untyped-def]
+    import torch
+
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=used
+    )
+    return out[0], out[1]
+
+
+def _lse_rows(lse: torch.Tensor, n: int) -> torch.Tensor:
+    """Flash's log-sum-exp as (N, heads): it comes as (heads, N) or, padded, (seqs, heads, max_q)
+    — equal query lengths make both the same rows."""
+    if lse.dim() == 3:
+        lse = lse.permute(1, 0, 2).reshape(lse.shape[1], -1)
+    return lse[:, :n].transpose(0, 1).float()

@@ -1,0 +1,293 @@
+"""FastGenerator: answer questions from chunks held on the GPU, through the static buffer and
+captured CUDA graphs.
+
+Per request: :meth:`FastGenerator.load` writes the prefix and chunks into the buffer (one
+kernel per chunk, keys re-rotated on the way), then :meth:`FastGenerator.prefill` replays the
+graph captured for the (batch, question bucket) shape, then :meth:`FastGenerator.decode_step`
+replays the one-token graph. Questions are padded up to their bucket at the end; causality
+keeps the padding invisible to real tokens and the first decode step overwrites it.
+
+Off CUDA (or with ``graphs=False``) the same step runs eagerly; that is how the CPU tests
+check that the fast path gives the eager generator's greedy tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.fast.attention import CascadeAttention, FlashCascade, ReferenceCascade, StepMeta
+from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
+from ragcompress.kv.fast.forward import DecoderStep
+from ragcompress.kv.fast.packed import PackedChunk
+from ragcompress.kv.fast.write import write_chunk
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FastGenerator"]
+
+
+@dataclass(eq=False)
+class _Shape:
+    """Static tensors (and the graph, when captured) of one (batch, qlen) step shape."""
+
+    batch: int
+    qlen: int
+    args: torch.Tensor  # int64 (4*B*T + B,): ids | positions | slots | used(B*T, first B) | last(B)
+    meta: StepMeta
+    logits: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    graph: Any = None
+
+
+@dataclass(eq=False)
+class FastGenerator:
+    """Greedy answers from packed chunks over a static KV buffer.
+
+    ``capacity``: context slots (prefix + kept chunk tokens); ``max_question``: longest
+    question; ``max_new_tokens``: generation limit; ``max_batch``: concurrent questions;
+    ``buckets``: padded question lengths a graph is captured for.
+    """
+
+    model: Any
+    capacity: int
+    max_question: int = 64
+    max_new_tokens: int = 64
+    max_batch: int = 1
+    buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    graphs: bool = True
+    attention: CascadeAttention | None = None
+    step: DecoderStep = field(init=False, repr=False)
+    buffer: StaticKVBuffer = field(init=False, repr=False)
+    rotary: Any = field(init=False, repr=False)
+    _shapes: dict[tuple[int, int], _Shape] = field(default_factory=dict, init=False, repr=False)
+    _cur: list[int] = field(default_factory=list, init=False, repr=False)
+    _pool: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from ragcompress.kv.rotary import Rotary
+
+        self.step = DecoderStep(self.model)
+        self.rotary = Rotary.from_model(self.model)
+        param = next(self.model.parameters())
+        self.buffer = StaticKVBuffer(
+            layers=self.step.num_layers, kv_heads=self.step.kv_heads, head_dim=self.step.head_dim,
+            capacity=self.capacity, region=self.max_question + self.max_new_tokens,
+            max_batch=self.max_batch, dtype=param.dtype, device=param.device,
+        )  # fmt: skip
+        if self.attention is None:
+            self.attention = _default_attention(param)
+        self.graphs = self.graphs and param.device.type == "cuda"
+
+    @property
+    def device(self) -> torch.device:
+        return self.buffer.ctx_keys.device
+
+    # -- context ---------------------------------------------------------------------------
+    def load(self, prefix: PackedChunk, chunks: Sequence[PackedChunk]) -> int:
+        """Write prefix + chunks (in this order) into the buffer; returns the next position."""
+        need = prefix.num_tokens + sum(c.num_tokens for c in chunks)
+        if need > self.capacity:
+            raise BufferOverflowError(
+                f"prefix + {len(chunks)} chunks need {need} context slots; the buffer has {self.capacity}"
+            )
+        self.buffer.reset()
+        write_chunk(self.buffer, prefix, self.rotary, "prefix")
+        for i, c in enumerate(chunks):
+            write_chunk(self.buffer, c, self.rotary, f"chunk #{i}")
+        self.buffer.commit()
+        return self.buffer.next_position
+
+    # -- steps -----------------------------------------------------------------------------
+    def bucket(self, n: int) -> int:
+        """The padded length a question of ``n`` tokens runs at (one graph per bucket)."""
+        if n > self.max_question:
+            raise BufferOverflowError(f"question of {n} tokens is longer than max_question={self.max_question}")
+        fits = [b for b in self.buckets if n <= b <= self.max_question]
+        return min(fits) if fits else self.max_question
+
+    def prefill(self, questions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Prefill B questions against the loaded context; returns their first tokens (B,)
+        on the device (no host sync)."""
+        import torch
+
+        lens = [len(q) for q in questions]
+        if not questions or min(lens) == 0:
+            raise ValueError("need at least one question, each with at least one token")
+        t = self.bucket(max(lens))
+        b = len(questions)
+        self.buffer.check_question(max(lens), 0, b)
+        shape = self._shape(b, t)
+        r, p0 = self.buffer.region, self.buffer.next_position
+        ids = torch.zeros(b, t, dtype=torch.long)
+        for i, q in enumerate(questions):
+            ids[i, : len(q)] = torch.as_tensor(list(q), dtype=torch.long)
+        pos = torch.arange(p0, p0 + t).expand(b, t)
+        slots = (torch.arange(b)[:, None] * r + torch.arange(t)[None]).reshape(-1)
+        used = torch.full((b * t,), t, dtype=torch.long)
+        last = torch.arange(b) * t + torch.tensor(lens) - 1
+        self._run(shape, torch.cat([ids.reshape(-1), pos.reshape(-1), slots, used, last]))
+        self._cur = lens
+        assert shape.tokens is not None
+        return shape.tokens
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed each question its last token (B,); returns the next tokens (B,)."""
+        import torch
+
+        b = len(self._cur)
+        if any(c + 1 > self.buffer.region for c in self._cur):
+            raise BufferOverflowError(f"generation ran past the question region of {self.buffer.region} slots")
+        shape = self._shape(b, 1)
+        cur = torch.tensor(self._cur)
+        r, p0 = self.buffer.region, self.buffer.next_position
+        host = torch.cat([p0 + cur, torch.arange(b) * r + cur, cur + 1, torch.arange(b)])
+        args = shape.args
+        args[b:].copy_(host, non_blocking=True)
+        args[:b].copy_(tokens.reshape(-1))
+        self._replay(shape)
+        self._cur = [c + 1 for c in self._cur]
+        assert shape.tokens is not None
+        return shape.tokens
+
+    def generate(
+        self,
+        questions: Sequence[Sequence[int]],
+        max_new_tokens: int | None = None,
+        stop_ids: set[int] | frozenset[int] = frozenset(),
+    ) -> list[list[int]]:
+        """Greedy tokens for each question (stop tokens end a question and are not returned)."""
+        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if limit > self.max_new_tokens:
+            raise BufferOverflowError(f"max_new_tokens={limit} exceeds the buffer's {self.max_new_tokens}")
+        out: list[list[int]] = [[] for _ in questions]
+        done = [False] * len(questions)
+        if limit <= 0:
+            return out
+        tok = self.prefill(questions)
+        for i in range(limit):
+            host = tok.tolist()
+            for j, t in enumerate(host):
+                if not done[j]:
+                    if t in stop_ids:
+                        done[j] = True
+                    else:
+                        out[j].append(int(t))
+            if all(done) or i == limit - 1:
+                break
+            tok = self.decode_step(tok).clone()
+        return out
+
+    # -- graphs ----------------------------------------------------------------------------
+    def warmup(self, batches: Sequence[int] = (1,), qlens: Sequence[int] = (32,)) -> None:
+        """Capture (or build) the step shapes ahead of the first request."""
+        for b in batches:
+            for t in qlens:
+                self._shape(b, self.bucket(t))
+            self._shape(b, 1)
+
+    def _shape(self, b: int, t: int) -> _Shape:
+        import torch
+
+        key = (b, t)
+        hit = self._shapes.get(key)
+        if hit is not None:
+            return hit
+        if b > self.max_batch:
+            raise BufferOverflowError(f"{b} questions in one batch; the buffer holds {self.max_batch}")
+        dev = self.device
+        n = b * t
+        args = torch.zeros(4 * n + b, dtype=torch.long, device=dev)
+        # harmless defaults for warm-up/capture: slot i of question 0.., position i
+        args[n : 2 * n] = torch.arange(n, device=dev) % t
+        args[2 * n : 3 * n] = (torch.arange(b, device=dev)[:, None] * self.buffer.region + torch.arange(t, device=dev)).reshape(-1)  # noqa: E501
+        args[3 * n : 4 * n] = t
+        args[4 * n :] = torch.arange(b, device=dev) * t + t - 1
+        meta = StepMeta(b, t, self.buffer.region, self.capacity, self.buffer.ctx_len_t,
+                        torch.zeros(b, dtype=torch.int32, device=dev))  # fmt: skip
+        shape = _Shape(b, t, args, meta)
+        if self.graphs:
+            stream = torch.cuda.Stream(device=dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward(shape)
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._forward(shape)
+            shape.graph = graph
+        self._shapes[key] = shape
+        return shape
+
+    def _forward(self, shape: _Shape) -> None:
+        import torch
+
+        b, t = shape.batch, shape.qlen
+        n = b * t
+        a = shape.args
+        with torch.inference_mode():
+            shape.meta.q_used.copy_(a[3 * n : 3 * n + b * t : t])
+            logits = self.step(
+                a[:n].view(b, t), a[n : 2 * n].view(b, t), a[2 * n : 3 * n], a[4 * n :],
+                self.buffer, shape.meta, self.attention,  # type: ignore[arg-type]
+            )  # fmt: skip
+            shape.logits = logits
+            shape.tokens = logits.argmax(-1)
+
+    def _run(self, shape: _Shape, host_args: torch.Tensor) -> None:
+        shape.args.copy_(host_args, non_blocking=True)
+        self._replay(shape)
+
+    def _replay(self, shape: _Shape) -> None:
+        if shape.graph is not None:
+            shape.graph.replay()
+        else:
+            self._forward(shape)
+
+
+def _default_attention(param: torch.Tensor) -> CascadeAttention:
+    import torch
+
+    if param.device.type == "cuda" and param.dtype in (torch.float16, torch.bfloat16) and _flash_works(param):
+        return FlashCascade()
+    return ReferenceCascade()
+
+
+_FLASH_OK: dict[str, bool] = {}
+
+
+def _flash_works(param: torch.Tensor) -> bool:
+    """Check the flash variable-length path against the reference once per device/dtype."""
+    import torch
+
+    key = f"{param.device}/{param.dtype}"
+    if key not in _FLASH_OK:
+        try:
+            _FLASH_OK[key] = _compare_backends(param.device, param.dtype) < 2e-2
+        except (RuntimeError, TypeError, NotImplementedError):
+            _FLASH_OK[key] = False
+        torch.cuda.synchronize(param.device)
+    return _FLASH_OK[key]
+
+
+def _compare_backends(device: torch.device, dtype: torch.dtype) -> float:
+    """Relative error of FlashCascade vs ReferenceCascade on random inputs (B=2, T=5)."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    b, t, r, cap, h, kvh, d = 2, 5, 9, 40, 8, 2, 64
+
+    def rnd(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=g).to(device=device, dtype=dtype)
+
+    q, ck, cv, ok, ov = rnd(b * t, h, d), rnd(cap, kvh, d), rnd(cap, kvh, d), rnd(b * r, kvh, d), rnd(b * r, kvh, d)
+    meta = StepMeta(b, t, r, cap, torch.tensor([23], dtype=torch.int32, device=device),
+                    torch.tensor([t, t + 2], dtype=torch.int32, device=device))  # fmt: skip
+    ref = ReferenceCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
+    got = FlashCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
+    return float((got - ref).norm() / ref.norm())

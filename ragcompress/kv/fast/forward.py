@@ -1,0 +1,97 @@
+"""One forward step of a Llama-family decoder over the static buffer, with static shapes.
+
+The model's own modules do the projections, norms and MLP (so weights are shared, not copied,
+and numerics match the eager path); only the cache handling differs: this step's keys/values
+are scattered into the question regions (``index_copy_``) and attention is the cascade over
+the shared context + own question slots. Nothing here synchronizes with the host, so a step
+can be captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
+    from ragcompress.kv.fast.buffer import StaticKVBuffer
+
+__all__ = ["DecoderStep"]
+
+
+@dataclass(eq=False)
+class DecoderStep:
+    """A Llama-family ``*ForCausalLM`` (embed_tokens, layers with self_attn.{q,k,v,o}_proj and
+    optional q_norm/k_norm, mlp, norms, rotary_emb, lm_head) seen as a step function."""
+
+    model: Any
+
+    def __post_init__(self) -> None:
+        base = getattr(self.model, "model", None)
+        needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+        if base is None or not all(hasattr(base, a) for a in needed) or not hasattr(self.model, "lm_head"):
+            raise ValueError(
+                f"{type(self.model).__name__} is not a Llama-family causal LM (model.model.embed_tokens/"
+                "layers/norm/rotary_emb + lm_head); the fast path supports that family"
+            )
+        attn = base.layers[0].self_attn
+        for a in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            if not hasattr(attn, a):
+                raise ValueError(f"{type(attn).__name__} has no {a}; the fast path supports Llama-style attention")
+        cfg = self.model.config
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+            if getattr(cfg, "layer_types", None) and any("sliding" in t for t in cfg.layer_types):
+                raise ValueError("sliding-window layers are not supported by the fast path")
+        self.base = base
+        self.head_dim = int(getattr(attn, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
+        self.heads = int(cfg.num_attention_heads)
+        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
+        self.scale = float(getattr(attn, "scaling", self.head_dim**-0.5))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.base.layers)
+
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        last: torch.Tensor,
+        buffer: StaticKVBuffer,
+        meta: StepMeta,
+        attention: CascadeAttention,
+    ) -> torch.Tensor:
+        """Run B*T tokens; returns the fp32 logits (B, vocab) of the rows ``last`` (B,).
+
+        ids, positions (B, T) int64; slots (B*T,) int64: question-region slots to write.
+        """
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        n = ids.numel()
+        x = self.base.embed_tokens(ids.reshape(1, n))  # (1, N, hidden)
+        cos, sin = self.base.rotary_emb(x, positions.reshape(1, n))
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # (N, 1, d)
+        x = x[0]
+        for li, layer in enumerate(self.base.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(n, self.heads, self.head_dim)
+            k = attn.k_proj(h).view(n, self.kv_heads, self.head_dim)
+            v = attn.v_proj(h).view(n, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            buffer.q_keys[li].index_copy_(0, slots, k)
+            buffer.q_values[li].index_copy_(0, slots, v)
+            o = attention(
+                q, buffer.ctx_keys[li], buffer.ctx_values[li], buffer.q_keys[li], buffer.q_values[li],
+                meta, self.scale,
+            )  # fmt: skip
+            x = x + attn.o_proj(o.reshape(n, self.heads * self.head_dim))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        h = self.base.norm(x.index_select(0, last))
+        return self.model.lm_head(h).float()  # type: ignore[no-any-return]
