@@ -1,0 +1,150 @@
+"""Torch reference of the fused "dequantize + re-rotate + write" step of KV assembly.
+
+Every function here has a Triton twin in :mod:`ragcompress.kv.kernels.dequant_rope` that
+computes exactly the same thing (same fp32 arithmetic, same rounding to the destination
+dtype); the GPU tests compare the two on random inputs.
+
+Re-rotation: RoPE rotates the channel pair ``(j, j + head_dim // 2)`` of a key at position
+``p`` by the angle ``p * inv_freq[j]`` (HF Llama's ``rotate_half`` convention). Rotations
+compose, so a key rotated at ``p`` moves to ``p + delta`` by a rotation of ``delta * inv_freq``.
+``inv_freq`` is the model's own rotary vector (default, linear or llama3-scaled: the scaling
+only changes ``inv_freq``), so the result is exact up to fp32 rounding. The attention scaling
+some rope types fold into cos/sin is already in the stored keys and is not applied again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["QuantizedKV", "rerotate", "write_dense_reference", "write_quantized_reference"]
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedKV:
+    """The raw tensors of one quantized layer (see :mod:`~ragcompress.kv.kernels.quant_format`).
+
+    key_codes/value_codes: (kv_heads, n, head_dim // 2) uint8 for 4 bits, (kv_heads, n, head_dim)
+    for 8; key_scale/key_zero: (kv_heads, ceil(n / group), head_dim) fp16; value_scale/value_zero:
+    (kv_heads, n, ceil(head_dim / group)) fp16.
+    """
+
+    key_codes: torch.Tensor
+    key_scale: torch.Tensor
+    key_zero: torch.Tensor
+    value_codes: torch.Tensor
+    value_scale: torch.Tensor
+    value_zero: torch.Tensor
+    bits: int
+    group: int
+
+    @property
+    def kv_heads(self) -> int:
+        return int(self.key_codes.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.key_codes.shape[1])
+
+    @property
+    def head_dim(self) -> int:
+        d = int(self.key_codes.shape[2])
+        return 2 * d if self.bits == 4 else d
+
+
+def rerotate(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """fp32 keys (kv_heads, n, head_dim) rotated by ``delta`` (broadcastable to (kv_heads, n))."""
+    import torch
+
+    half = keys.shape[-1] // 2
+    angle = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
+    cos, sin = angle.cos(), angle.sin()
+    x1, x2 = keys[..., :half], keys[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _slot(dst: torch.Tensor) -> torch.Tensor:
+    """The (kv_heads, max_len, head_dim) view of a (1, kv_heads, max_len, head_dim) cache."""
+    if dst.dim() == 4:
+        if dst.shape[0] != 1:
+            raise ValueError(f"destination batch must be 1, got shape {tuple(dst.shape)}")
+        return dst[0]
+    if dst.dim() != 3:
+        raise ValueError(f"destination must be (1, kv_heads, max_len, head_dim), got {tuple(dst.shape)}")
+    return dst
+
+
+def check_write(
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    kv_heads: int,
+    n: int,
+    head_dim: int,
+    offset: int,
+    delta: torch.Tensor,
+    inv_freq: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate a write; returns the 3-d destination views and ``delta`` expanded to (kv_heads, n)."""
+    dk, dv = _slot(dst_k), _slot(dst_v)
+    if dk.shape != dv.shape:
+        raise ValueError(f"key and value destinations differ: {tuple(dk.shape)} vs {tuple(dv.shape)}")
+    h, max_len, d = dk.shape
+    if (h, d) != (kv_heads, head_dim):
+        raise ValueError(f"destination has (kv_heads, head_dim) = {(h, d)}, the layer {(kv_heads, head_dim)}")
+    if head_dim % 2:
+        raise ValueError(f"RoPE re-rotation needs an even head_dim, got {head_dim}")
+    if offset < 0 or offset + n > max_len:
+        raise ValueError(f"writing {n} tokens at offset {offset} overflows a destination of {max_len}")
+    if tuple(inv_freq.shape) != (head_dim // 2,):
+        raise ValueError(f"inv_freq must have shape ({head_dim // 2},), got {tuple(inv_freq.shape)}")
+    if delta.is_floating_point():
+        raise ValueError("delta must be integer positions")
+    try:
+        delta = delta.to(dk.device).expand(kv_heads, n)
+    except RuntimeError:
+        raise ValueError(
+            f"delta of shape {tuple(delta.shape)} does not broadcast to {(kv_heads, n)}"
+        ) from None
+    return dk, dv, delta
+
+
+def write_dense_reference(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    offset: int,
+    delta: torch.Tensor,
+    inv_freq: torch.Tensor,
+) -> None:
+    """``dst_k[.., offset:offset+n] = rerotate(keys, delta)``, ``dst_v[..] = values``.
+
+    keys/values: (kv_heads, n, head_dim), any float dtype; dst: (1, kv_heads, max_len, head_dim)
+    or (kv_heads, max_len, head_dim), any strides; delta: int64 broadcastable to (kv_heads, n).
+    """
+    h, n, d = keys.shape
+    dk, dv, delta = check_write(dst_k, dst_v, h, n, d, offset, delta, inv_freq)
+    dk[:, offset : offset + n] = rerotate(keys.float(), delta, inv_freq).to(dk.dtype)
+    dv[:, offset : offset + n] = values.float().to(dv.dtype)
+
+
+def write_quantized_reference(
+    src: QuantizedKV,
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    offset: int,
+    delta: torch.Tensor,
+    inv_freq: torch.Tensor,
+) -> None:
+    """Like :func:`write_dense_reference` for a quantized layer (dequantized in fp32 first)."""
+    h, n, d = src.kv_heads, src.num_tokens, src.head_dim
+    dk, dv, delta = check_write(dst_k, dst_v, h, n, d, offset, delta, inv_freq)
+    keys = dequantize_keys(src.key_codes, src.key_scale, src.key_zero, src.bits, src.group)
+    values = dequantize_values(src.value_codes, src.value_scale, src.value_zero, src.bits, src.group)
+    dk[:, offset : offset + n] = rerotate(keys, delta, inv_freq).to(dk.dtype)
+    dv[:, offset : offset + n] = values.to(dv.dtype)

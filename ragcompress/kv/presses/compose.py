@@ -1,0 +1,75 @@
+"""Compose: presses applied in order to each layer (e.g. eviction, then quantization).
+
+``ragcompress.build([...])`` builds one from a list of press specs. A press after one that
+returned a compressed layer sees that layer (it calls ``dense()`` on it), so put quantization
+last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.registry import register
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.chunk import ChunkLayer, DenseLayer
+
+__all__ = ["ComposedPress"]
+
+
+@register("compose", kind="press")
+@dataclass
+class ComposedPress:
+    """``presses``: press objects or specs, applied first to last."""
+
+    presses: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from ragcompress.registry import build, lookup
+
+        if not isinstance(self.presses, list | tuple) or not self.presses:
+            raise ValueError(f"compose needs a non-empty list of presses, got {self.presses!r}")
+        built = [build(p) for p in self.presses]
+        for i, p in enumerate(built):
+            if lookup(p.registered_name)[0] != "press":
+                raise TypeError(f"compose item #{i} ({p.registered_name!r}) is not a KV press")
+        self.presses = built
+
+    @property
+    def needs_attention(self) -> bool:
+        return any(getattr(p, "needs_attention", False) for p in self.presses)
+
+    def __call__(self, layer: DenseLayer, *, layer_idx: int, attn: torch.Tensor | None) -> ChunkLayer:
+        from ragcompress.kv.chunk import DenseLayer
+
+        first = layer.positions
+        out: ChunkLayer = layer
+        for press in self.presses:
+            dense = out if isinstance(out, DenseLayer) else DenseLayer(*out.dense())
+            sub = attn
+            if (
+                attn is not None
+                and getattr(press, "needs_attention", False)
+                and dense.num_tokens != first.shape[1]
+            ):
+                sub = _kept_attention(attn, first, dense.positions)
+            out = press(dense, layer_idx=layer_idx, attn=sub)
+        return out
+
+
+def _kept_attention(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Attention (num_heads, n, n) restricted to the kept tokens of each KV head: (num_heads, k, k).
+
+    ``original``/``kept``: (kv_heads, n) / (kv_heads, k) sorted positions.
+    """
+    import torch
+
+    h, k = kept.shape
+    idx = torch.searchsorted(original.contiguous(), kept.contiguous())  # (kv_heads, k)
+    nh, n, _ = attn.shape
+    idx = idx.repeat_interleave(nh // h, dim=0)  # (num_heads, k)
+    rows = torch.gather(attn, 1, idx[:, :, None].expand(nh, k, n))
+    return torch.gather(rows, 2, idx[:, None, :].expand(nh, k, k))
