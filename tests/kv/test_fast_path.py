@@ -86,14 +86,13 @@ def test_batched_questions_match_one_by_one(setup):
     assert batched == [_eager(gen, prefix, passages, q) for q in questions]
 
 
-def test_rerotated_and_evicted_chunks_match_assemble(setup):
-    """Chunks encoded separately after the prefix, one with half its tokens evicted: the fast
-    path must agree with the KV path's eager assembly (rerotation + spans)."""
-    from ragcompress.kv.assemble import PrefixKV, assemble
+def _separate_chunks(model, prefix, passages, presses=()):
+    """Each passage encoded on its own after the prefix (passage #1 with half its tokens
+    evicted), then ``presses`` applied layer by layer, as the chunk cache stores them."""
+    from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import DenseLayer, KVChunk
     from ragcompress.kv.key import ChunkKey
 
-    model, gen, prefix, passages, questions = setup
     pkv = _layers_kv(_prefill(model, prefix))
     prefix_kv = PrefixKV(tuple(prefix), [k for k, _ in pkv], [v for _, v in pkv], "m", "l")
     chunks = []
@@ -101,13 +100,36 @@ def test_rerotated_and_evicted_chunks_match_assemble(setup):
         kv = [(k[:, len(prefix) :], v[:, len(prefix) :]) for k, v in _layers_kv(_prefill(model, prefix + p))]
         keep = torch.arange(0, len(p), 2) if i == 1 else torch.arange(len(p))
         layers = []
-        for k, v in kv:
+        for li, (k, v) in enumerate(kv):
             pos = (len(prefix) + keep).expand(k.shape[0], -1)
-            layers.append(DenseLayer(k[:, keep].contiguous(), v[:, keep].contiguous(), pos.contiguous()))
+            layer = DenseLayer(k[:, keep].contiguous(), v[:, keep].contiguous(), pos.contiguous())
+            for press in presses:
+                layer = press(layer, layer_idx=li, attn=None)
+            layers.append(layer)
         key = ChunkKey(model="m", layout="l", presses="[]", tokens=str(i))
         chunks.append(KVChunk(layers, torch.tensor(p), len(prefix), len(p), key, "m"))
+    return prefix_kv, chunks
+
+
+@pytest.mark.parametrize("form", ["dense", "quantized-packed", "quantized-layers"])
+def test_rerotated_evicted_quantized_chunks_match_assemble(setup, form):
+    """Separately encoded chunks (one evicted by half; int4 for the quantized forms): the fast
+    path must agree with the KV path's eager assembly (rerotation + spans + dequantization)."""
+    from ragcompress.kv.assemble import assemble
+    from ragcompress.kv.fast import QuantizedPackedChunk
+    from ragcompress.kv.presses.knorm import KnormPress
+    from ragcompress.kv.presses.quantize import QuantizePress
+
+    model, gen, prefix, passages, questions = setup
+    presses = () if form == "dense" else (KnormPress(ratio=0.25), QuantizePress(bits=4, group_size=8))
+    prefix_kv, chunks = _separate_chunks(model, prefix, passages, presses)
+    pack = {
+        "dense": PackedChunk.from_chunk,
+        "quantized-packed": QuantizedPackedChunk.from_chunk,
+        "quantized-layers": lambda c: c,
+    }[form]
     fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=12)
-    nxt = fast.load(PackedChunk.from_prefix(prefix_kv), [PackedChunk.from_chunk(c) for c in chunks])
+    nxt = fast.load(PackedChunk.from_prefix(prefix_kv), [pack(c) for c in chunks])
     for q in questions[:2]:
         cache, pos = assemble(prefix_kv, chunks, fast.rotary, model.config)
         assert pos == nxt
@@ -128,7 +150,7 @@ def test_buffer_bounds_raise_before_writing(setup):
     write_chunk(buf, chunks[0], fast.rotary)
     with pytest.raises(BufferOverflowError, match="chunk"):
         write_chunk(buf, chunks[2], fast.rotary)
-    assert torch.equal(buf.ctx_keys[:, 26:], snapshot[:, 26:])  # nothing past the fit was touched
+    assert torch.equal(buf.ctx_keys[26:], snapshot[26:])  # nothing past the fit was touched
     fast.load(pre, chunks[:1])
     with pytest.raises(BufferOverflowError, match="max_question"):
         fast.prefill([questions[1]])
@@ -143,7 +165,7 @@ def test_buffer_bounds_raise_before_writing(setup):
 def test_write_matches_reference_with_rerotation(setup):
     model = setup[0]
     fast = FastGenerator(model, capacity=40, max_question=8, max_new_tokens=4)
-    k = torch.randn(2, 7, 2, 16)
+    k = torch.randn(7, 2, 2, 16)
     chunk = PackedChunk(k, torch.randn_like(k), length=9, base_offset=4)
     a = StaticKVBuffer(2, 2, 16, 40, 4)
     b = StaticKVBuffer(2, 2, 16, 40, 4)
@@ -155,4 +177,4 @@ def test_write_matches_reference_with_rerotation(setup):
     # a key moved by +1 equals the same key re-encoded one position later (rotations compose)
     from ragcompress.kv.rotary import rerotate
 
-    assert torch.allclose(b.ctx_keys[:, 3:10].transpose(1, 2), rerotate(k.transpose(1, 2), 1, fast.rotary), atol=1e-6)
+    assert torch.allclose(b.ctx_keys[3:10], rerotate(k, 1, fast.rotary), atol=1e-6)

@@ -11,8 +11,8 @@ from ragcompress.kv.fast.attention import CascadeAttention, FlashCascade, Refere
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.forward import DecoderStep
-from ragcompress.kv.fast.packed import PackedChunk
-from ragcompress.kv.fast.write import write_chunk, write_chunk_reference
+from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
+from ragcompress.kv.fast.write import write_chunk, write_chunk_reference, write_layers, write_quantized_chunk
 
 __all__ = [
     "BufferOverflowError",
@@ -21,9 +21,12 @@ __all__ = [
     "FastGenerator",
     "FlashCascade",
     "PackedChunk",
+    "QuantizedPackedChunk",
     "ReferenceCascade",
     "StaticKVBuffer",
     "StepMeta",
     "write_chunk",
     "write_chunk_reference",
+    "write_layers",
+    "write_quantized_chunk",
 ]

@@ -29,7 +29,13 @@ __all__ = ["CascadeAttention", "FlashCascade", "ReferenceCascade", "StepMeta"]
 
 @dataclass(eq=False)
 class StepMeta:
-    """Static per-graph metadata: B questions of T (padded) tokens, ``region`` slots each."""
+    """Static per-graph metadata: B questions of T (padded) tokens, ``region`` slots each.
+
+    The context is cut into ``splits`` segments that flash runs as separate sequences (split-KV,
+    as in flash-decoding): with few query tokens one sequence would give one thread block per
+    head, a fraction of the GPU. :meth:`refresh` derives each segment's valid length from
+    ``ctx_len`` on the device.
+    """
 
     batch: int
     qlen: int
@@ -37,8 +43,13 @@ class StepMeta:
     capacity: int
     ctx_len: torch.Tensor  # (1,) int32, shared with the buffer
     q_used: torch.Tensor  # (B,) int32
-    cu_q_ctx: torch.Tensor = field(init=False)  # [0, B*T]
-    cu_k_ctx: torch.Tensor = field(init=False)  # [0, capacity]
+    splits: int = 1
+    max_seg: int = field(init=False)  # longest segment (host int: flash's max_seqlen_k)
+    cu_q_ctx: torch.Tensor = field(init=False)  # [0, N, 2N, .., S*N]
+    cu_k_ctx: torch.Tensor = field(init=False)  # segment starts, then capacity
+    seg_start: torch.Tensor = field(init=False)  # (S,) int32
+    seg_len: torch.Tensor = field(init=False)  # (S,) int32
+    ctx_used: torch.Tensor = field(init=False)  # (S,) int32, set by refresh()
     cu_q_own: torch.Tensor = field(init=False)  # [0, T, 2T, ..]
     cu_k_own: torch.Tensor = field(init=False)  # [0, R, 2R, ..]
 
@@ -47,14 +58,29 @@ class StepMeta:
 
         dev = self.q_used.device
         b, t, r = self.batch, self.qlen, self.region
+        splits = max(1, min(self.splits, self.capacity))
+        seg = -(-self.capacity // splits)
+        starts = [min(i * seg, self.capacity) for i in range(splits + 1)]
+        self.splits = splits
+        self.max_seg = seg
 
         def i32(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int32, device=dev)
 
-        self.cu_q_ctx = i32([0, b * t])
-        self.cu_k_ctx = i32([0, self.capacity])
+        self.cu_q_ctx = i32([i * b * t for i in range(splits + 1)])
+        self.cu_k_ctx = i32(starts)
+        self.seg_start = i32(starts[:-1])
+        self.seg_len = i32([starts[i + 1] - starts[i] for i in range(splits)])
+        self.ctx_used = torch.zeros(splits, dtype=torch.int32, device=dev)
         self.cu_q_own = i32([i * t for i in range(b + 1)])
         self.cu_k_own = i32([i * r for i in range(b + 1)])
+
+    def refresh(self) -> None:
+        """Per-segment valid context lengths from ``ctx_len`` (device-side, graph-safe)."""
+        import torch
+
+        used = torch.minimum((self.ctx_len - self.seg_start).clamp_min(0), self.seg_len)
+        self.ctx_used.copy_(used)
 
 
 class CascadeAttention(ABC):
@@ -128,15 +154,27 @@ class ReferenceCascade(CascadeAttention):
 
 class FlashCascade(CascadeAttention):
     """Flash attention's variable-length kernel (fp16/bf16 on CUDA), graph-safe: valid
-    lengths are read from device tensors (``seqused_k``)."""
+    lengths are read from device tensors (``seqused_k``). The context runs split-KV over
+    ``meta.splits`` segments; all partial results are merged by log-sum-exp."""
 
     def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
-        n = q.shape[0]
-        o_a, lse_a = _flash(q, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n, meta.capacity, False, scale,
-                            meta.ctx_len)  # fmt: skip
+        import torch
+
+        n, h, d = q.shape
+        sp = meta.splits
+        qs = q.repeat(sp, 1, 1) if sp > 1 else q
+        o_a, lse_a = _flash(qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n, meta.max_seg, False,
+                            scale, meta.ctx_used)  # fmt: skip
         o_b, lse_b = _flash(q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale,
                             meta.q_used)  # fmt: skip
-        return merge(o_a, _lse_rows(lse_a, n), o_b, _lse_rows(lse_b, n))
+        # Empty segments (past ctx_len) hold no keys: flash leaves them 0 / +inf; drop them.
+        valid = (meta.ctx_used > 0).view(sp, 1, 1)
+        lse_a = torch.where(valid, _lse_rows(lse_a, sp * n).view(sp, n, h), float("-inf"))
+        o_a = torch.where(valid.unsqueeze(-1), o_a.view(sp, n, h, d), 0)
+        lse = torch.cat([lse_a, _lse_rows(lse_b, n).unsqueeze(0)])  # (S+1, N, H)
+        o = torch.cat([o_a, o_b.unsqueeze(0)])
+        w = torch.exp(lse - lse.amax(0, keepdim=True)).unsqueeze(-1)
+        return ((o.float() * w).sum(0) / w.sum(0)).to(q.dtype)
 
 
 def _flash(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, used):  # type: ignore[no-untyped-def]

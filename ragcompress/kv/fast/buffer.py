@@ -3,8 +3,11 @@
 Two regions per layer, both in the (tokens, kv_heads, head_dim) layout that flash attention's
 variable-length kernels read without a copy:
 
-* the **context** (layers, capacity, kv_heads, head_dim): shared prefix + chunks, written once
-  per request by :mod:`ragcompress.kv.fast.write`, read by every question of the batch;
+* the **context** (capacity, layers, kv_heads, head_dim): shared prefix + chunks, written once
+  per request by :mod:`ragcompress.kv.fast.write`, read by every question of the batch. Token
+  major, so that a chunk (all layers) is one contiguous block and is written by one kernel;
+  a layer's view ``ctx_keys[:, layer]`` is (capacity, kv_heads, head_dim) with a row stride
+  that flash attention reads as is;
 * the **questions** (layers, max_batch * region, kv_heads, head_dim): one ``region`` of slots
   per concurrent question (its tokens, then the tokens it generates).
 
@@ -59,7 +62,7 @@ class StaticKVBuffer:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         dt = torch.float32 if self.dtype is None else self.dtype
-        shape = (self.layers, self.capacity, self.kv_heads, self.head_dim)
+        shape = (self.capacity, self.layers, self.kv_heads, self.head_dim)
         qshape = (self.layers, self.max_batch * self.region, self.kv_heads, self.head_dim)
         self.ctx_keys = torch.zeros(shape, dtype=dt, device=self.device)
         self.ctx_values = torch.zeros(shape, dtype=dt, device=self.device)

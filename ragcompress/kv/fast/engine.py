@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from ragcompress.kv.fast.attention import CascadeAttention, FlashCascade, ReferenceCascade, StepMeta
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.forward import DecoderStep
-from ragcompress.kv.fast.packed import PackedChunk
-from ragcompress.kv.fast.write import write_chunk
+from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
+from ragcompress.kv.fast.write import write_chunk, write_layers, write_quantized_chunk
 
 if TYPE_CHECKING:
     import torch
+
+    from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["FastGenerator"]
 
@@ -86,8 +88,12 @@ class FastGenerator:
         return self.buffer.ctx_keys.device
 
     # -- context ---------------------------------------------------------------------------
-    def load(self, prefix: PackedChunk, chunks: Sequence[PackedChunk]) -> int:
-        """Write prefix + chunks (in this order) into the buffer; returns the next position."""
+    def load(self, prefix: PackedChunk, chunks: Sequence[PackedChunk | QuantizedPackedChunk | KVChunk]) -> int:
+        """Write prefix + chunks (in this order) into the buffer; returns the next position.
+
+        :class:`PackedChunk` and :class:`QuantizedPackedChunk` take one launch each; a stored
+        :class:`~ragcompress.kv.chunk.KVChunk` one launch per layer.
+        """
         need = prefix.num_tokens + sum(c.num_tokens for c in chunks)
         if need > self.capacity:
             raise BufferOverflowError(
@@ -96,7 +102,12 @@ class FastGenerator:
         self.buffer.reset()
         write_chunk(self.buffer, prefix, self.rotary, "prefix")
         for i, c in enumerate(chunks):
-            write_chunk(self.buffer, c, self.rotary, f"chunk #{i}")
+            if isinstance(c, PackedChunk):
+                write_chunk(self.buffer, c, self.rotary, f"chunk #{i}")
+            elif isinstance(c, QuantizedPackedChunk):
+                write_quantized_chunk(self.buffer, c, self.rotary, f"chunk #{i}")
+            else:
+                write_layers(self.buffer, c, self.rotary, f"chunk #{i}")
         self.buffer.commit()
         return self.buffer.next_position
 
@@ -206,7 +217,7 @@ class FastGenerator:
         args[3 * n : 4 * n] = t
         args[4 * n :] = torch.arange(b, device=dev) * t + t - 1
         meta = StepMeta(b, t, self.buffer.region, self.capacity, self.buffer.ctx_len_t,
-                        torch.zeros(b, dtype=torch.int32, device=dev))  # fmt: skip
+                        torch.zeros(b, dtype=torch.int32, device=dev), splits=self._splits(b * t))  # fmt: skip
         shape = _Shape(b, t, args, meta)
         if self.graphs:
             stream = torch.cuda.Stream(device=dev)
@@ -224,6 +235,17 @@ class FastGenerator:
         self._shapes[key] = shape
         return shape
 
+    def _splits(self, n: int) -> int:
+        """Context segments for n query tokens: enough thread blocks (heads x 128-query tiles x
+        segments) for ~2 waves on the device, segments of ≥ 512 keys."""
+        import torch
+
+        if self.device.type != "cuda":
+            return 1
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        blocks = self.step.heads * -(-n // 128)
+        return max(1, min(-(-2 * sms // blocks), self.capacity // 512))
+
     def _forward(self, shape: _Shape) -> None:
         import torch
 
@@ -232,6 +254,7 @@ class FastGenerator:
         a = shape.args
         with torch.inference_mode():
             shape.meta.q_used.copy_(a[3 * n : 3 * n + b * t : t])
+            shape.meta.refresh()
             logits = self.step(
                 a[:n].view(b, t), a[n : 2 * n].view(b, t), a[2 * n : 3 * n], a[4 * n :],
                 self.buffer, shape.meta, self.attention,  # type: ignore[arg-type]
@@ -287,7 +310,8 @@ def _compare_backends(device: torch.device, dtype: torch.dtype) -> float:
 
     q, ck, cv, ok, ov = rnd(b * t, h, d), rnd(cap, kvh, d), rnd(cap, kvh, d), rnd(b * r, kvh, d), rnd(b * r, kvh, d)
     meta = StepMeta(b, t, r, cap, torch.tensor([23], dtype=torch.int32, device=device),
-                    torch.tensor([t, t + 2], dtype=torch.int32, device=device))  # fmt: skip
+                    torch.tensor([t, t + 2], dtype=torch.int32, device=device), splits=3)  # fmt: skip
+    meta.refresh()
     ref = ReferenceCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
     got = FlashCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
     return float((got - ref).norm() / ref.norm())

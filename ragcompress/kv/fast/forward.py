@@ -88,7 +88,7 @@ class DecoderStep:
             buffer.q_keys[li].index_copy_(0, slots, k)
             buffer.q_values[li].index_copy_(0, slots, v)
             o = attention(
-                q, buffer.ctx_keys[li], buffer.ctx_values[li], buffer.q_keys[li], buffer.q_values[li],
+                q, buffer.ctx_keys[:, li], buffer.ctx_values[:, li], buffer.q_keys[li], buffer.q_values[li],
                 meta, self.scale,
             )  # fmt: skip
             x = x + attn.o_proj(o.reshape(n, self.heads * self.head_dim))

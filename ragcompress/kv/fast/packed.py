@@ -1,8 +1,10 @@
 """GPU-resident chunks in the layout the static buffer wants.
 
 A :class:`PackedChunk` holds every layer of one chunk in one tensor per side, keys and values
-(layers, n, kv_heads, head_dim), so that writing it into the static buffer is one launch per
-chunk instead of one per layer. Packing happens once, when a chunk enters the GPU tier, not per
+(n, layers, kv_heads, head_dim) — the buffer's token-major layout — so that writing it into the
+static buffer is one launch over one contiguous block per chunk instead of one per layer.
+:class:`QuantizedPackedChunk` does the same for int4/int8 chunks: every layer's codes stacked
+as extra KV heads, dequantized and re-rotated by one launch of the fused kernel. Packing happens once, when a chunk enters the GPU tier, not per
 request.
 """
 
@@ -15,15 +17,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from ragcompress.kv.kernels import QuantizedKV
+
     from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
 
-__all__ = ["PackedChunk"]
+__all__ = ["PackedChunk", "QuantizedPackedChunk"]
 
 
 @dataclass(frozen=True, eq=False)
 class PackedChunk:
-    """Keys/values (layers, n, kv_heads, head_dim), contiguous; keys rotated at their encoding
+    """Keys/values (n, layers, kv_heads, head_dim), contiguous; keys rotated at their encoding
     positions, which start at ``base_offset``. ``length`` is the original token count (≥ n when
     a press evicted tokens): the logical span the chunk occupies in the prompt."""
 
@@ -36,18 +40,18 @@ class PackedChunk:
         k, v = self.keys, self.values
         if k.dim() != 4 or k.shape != v.shape:
             raise ValueError(
-                f"packed keys/values must be (layers, n, kv_heads, head_dim) and equal, got "
+                f"packed keys/values must be (n, layers, kv_heads, head_dim) and equal, got "
                 f"{tuple(k.shape)} and {tuple(v.shape)}"
             )
         if not (k.is_contiguous() and v.is_contiguous()):
             raise ValueError("packed keys/values must be contiguous")
-        if self.length < k.shape[1]:
-            raise ValueError(f"length {self.length} is below the {k.shape[1]} tokens kept")
+        if self.length < k.shape[0]:
+            raise ValueError(f"length {self.length} is below the {k.shape[0]} tokens kept")
 
     @property
     def num_tokens(self) -> int:
         """Tokens kept per head (buffer slots the chunk takes)."""
-        return int(self.keys.shape[1])
+        return int(self.keys.shape[0])
 
     @property
     def nbytes(self) -> int:
@@ -70,8 +74,8 @@ class PackedChunk:
             raise ValueError(f"need as many key as value layers (≥1), got {len(keys)} and {len(values)}")
         dev = keys[0].device if device is None else torch.device(device)
         dt = keys[0].dtype if dtype is None else dtype
-        k = torch.stack([t.to(device=dev, dtype=dt).transpose(0, 1) for t in keys]).contiguous()
-        v = torch.stack([t.to(device=dev, dtype=dt).transpose(0, 1) for t in values]).contiguous()
+        k = torch.stack([t.to(device=dev, dtype=dt).transpose(0, 1) for t in keys], dim=1).contiguous()
+        v = torch.stack([t.to(device=dev, dtype=dt).transpose(0, 1) for t in values], dim=1).contiguous()
         return cls(k, v, length, base_offset)
 
     @classmethod
@@ -92,3 +96,46 @@ class PackedChunk:
     ) -> PackedChunk:
         """The shared prefix as a chunk at offset 0 (written first, never re-rotated)."""
         return cls.from_layers(prefix.keys, prefix.values, prefix.length, 0, device, dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedPackedChunk:
+    """A quantized chunk with its layers stacked as heads: ``kv`` has layers * kv_heads heads
+    (head ``l * kv_heads + h`` is head ``h`` of layer ``l``), in the format of
+    :mod:`ragcompress.kv.kernels.quant_format`."""
+
+    kv: QuantizedKV
+    layers: int
+    length: int
+    base_offset: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.kv.num_tokens
+
+    @property
+    def nbytes(self) -> int:
+        kv = self.kv
+        parts = (kv.key_codes, kv.key_scale, kv.key_zero, kv.value_codes, kv.value_scale, kv.value_zero)
+        return sum(t.numel() * t.element_size() for t in parts)
+
+    @classmethod
+    def from_chunk(cls, chunk: KVChunk, device: torch.device | str | None = None) -> QuantizedPackedChunk:
+        """Stack a chunk whose layers are all quantized alike (e.g. knorm + int4)."""
+        import torch
+
+        from ragcompress.kv.kernels import QuantizedKV
+
+        kvs = []
+        for i, layer in enumerate(chunk.layers):
+            get = getattr(layer, "quantized_kv", None)
+            if get is None:
+                raise ValueError(f"layer {i} of the chunk is {type(layer).__name__}, not quantized")
+            kvs.append(get())
+        if len({(kv.bits, kv.group) for kv in kvs}) != 1:
+            raise ValueError("every layer of the chunk must use the same bits and group size")
+        dev = kvs[0].key_codes.device if device is None else torch.device(device)
+        names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
+        stacked = {n: torch.cat([getattr(kv, n) for kv in kvs]).to(dev).contiguous() for n in names}
+        kv = QuantizedKV(**stacked, bits=kvs[0].bits, group=kvs[0].group)
+        return cls(kv, len(kvs), chunk.length, chunk.base_offset)

@@ -1,9 +1,15 @@
-"""Write a packed chunk into the static buffer, re-rotating its keys on the way.
+"""Write chunks into the static buffer's context, re-rotating keys on the way.
 
 Every key of a chunk moves by the same position delta (its new start minus its encoding
-offset), so re-rotation is one (cos, sin) vector per chunk. On CUDA a Triton kernel reads the
-chunk's keys and values once and writes them rotated into the buffer slice: one launch per
-chunk, one pass over its bytes. Elsewhere (and for partial rotary) the torch reference runs.
+offset), so re-rotation is one (cos, sin) vector per chunk. In the buffer's token-major layout
+a chunk of all layers is one contiguous block, so each write is ONE launch over the chunk's
+bytes:
+
+* :func:`write_chunk` — a bf16/fp16/fp32 :class:`PackedChunk` (our Triton kernel on CUDA, the
+  torch reference elsewhere or for partial rotary);
+* :func:`write_quantized_chunk` — a :class:`QuantizedPackedChunk`, through the fused
+  dequantize + re-rotate kernel of :mod:`ragcompress.kv.kernels` (layers seen as heads);
+* :func:`write_layers` — any stored :class:`~ragcompress.kv.chunk.KVChunk`, one launch per layer.
 """
 
 from __future__ import annotations
@@ -11,14 +17,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.fast.buffer import StaticKVBuffer
-from ragcompress.kv.fast.packed import PackedChunk
+from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
 
 if TYPE_CHECKING:
     import torch
 
+    from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.rotary import Rotary
 
-__all__ = ["write_chunk", "write_chunk_reference"]
+__all__ = ["write_chunk", "write_chunk_reference", "write_layers", "write_quantized_chunk"]
 
 
 def write_chunk(buffer: StaticKVBuffer, chunk: PackedChunk, rotary: Rotary, what: str = "chunk") -> int:
@@ -27,10 +34,13 @@ def write_chunk(buffer: StaticKVBuffer, chunk: PackedChunk, rotary: Rotary, what
     slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
     if chunk.num_tokens == 0:
         return slot
-    delta = pos - chunk.base_offset
-    cos, sin = rotary.cos_sin_of(delta, chunk.keys.device)
+    cos, sin = rotary.cos_sin_of(pos - chunk.base_offset, chunk.keys.device)
     if chunk.keys.device.type == "cuda" and rotary.rot_dim == chunk.keys.shape[-1] and _triton_ok():
-        _write_triton(buffer, chunk, slot, cos, sin)
+        from ragcompress.kv.fast._triton import rerotate_copy
+
+        n, layers, h, d = chunk.keys.shape
+        rerotate_copy(chunk.keys, chunk.values, buffer.ctx_keys, buffer.ctx_values, cos, sin,
+                      rows=n * layers * h, dst_offset=slot * layers * h * d, head_dim=d)  # fmt: skip
     else:
         _write_torch(buffer, chunk, slot, cos, sin, rotary.rot_dim)
     return slot
@@ -48,11 +58,80 @@ def write_chunk_reference(
     return slot
 
 
+def write_quantized_chunk(
+    buffer: StaticKVBuffer, chunk: QuantizedPackedChunk, rotary: Rotary, what: str = "chunk"
+) -> int:
+    """Dequantize + re-rotate a quantized chunk into the context in one launch."""
+    import torch
+
+    from ragcompress.kv import kernels
+
+    h = buffer.kv_heads
+    if chunk.layers != buffer.layers or chunk.kv.kv_heads != chunk.layers * h or chunk.kv.head_dim != buffer.head_dim:
+        raise ValueError(
+            f"{what} has {chunk.layers} layers / {chunk.kv.kv_heads} stacked heads of {chunk.kv.head_dim}; "
+            f"the buffer {buffer.layers} layers of {h} heads of {buffer.head_dim}"
+        )
+    if rotary.rot_dim != buffer.head_dim:
+        raise ValueError("partial rotary needs the dense path (PackedChunk)")
+    slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
+    dk, dv = _as_heads(buffer)
+    dev = buffer.ctx_keys.device
+    delta = torch.tensor(pos - chunk.base_offset, dtype=torch.long, device=dev)
+    kernels.write_quantized(chunk.kv, dk, dv, slot, delta, _inv_freq(rotary, dev))
+    return slot
+
+
+def write_layers(buffer: StaticKVBuffer, chunk: KVChunk, rotary: Rotary, what: str = "chunk") -> int:
+    """Append a stored :class:`~ragcompress.kv.chunk.KVChunk` (dense or quantized layers) layer
+    by layer through :mod:`ragcompress.kv.kernels`: the generic path, one launch per layer."""
+    import torch
+
+    from ragcompress.kv import kernels
+
+    if len(chunk.layers) != buffer.layers or (chunk.kv_heads, chunk.head_dim) != (buffer.kv_heads, buffer.head_dim):
+        raise ValueError(
+            f"{what} has {len(chunk.layers)} layers of ({chunk.kv_heads}, {chunk.head_dim}) heads; the buffer "
+            f"{buffer.layers} of ({buffer.kv_heads}, {buffer.head_dim})"
+        )
+    if rotary.rot_dim != buffer.head_dim:
+        raise ValueError("partial rotary needs the dense path (PackedChunk)")
+    slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
+    dev = buffer.ctx_keys.device
+    delta = torch.tensor(pos - chunk.base_offset, dtype=torch.long, device=dev)
+    inv_freq = _inv_freq(rotary, dev)
+    for li, layer in enumerate(chunk.layers):
+        # (capacity, kv_heads, d) seen as the kernels' (1, kv_heads, capacity, d): strides, no copy
+        dk = buffer.ctx_keys[:, li].permute(1, 0, 2)[None]
+        dv = buffer.ctx_values[:, li].permute(1, 0, 2)[None]
+        quant = getattr(layer, "quantized_kv", None)
+        if quant is not None:
+            kernels.write_quantized(quant(), dk, dv, slot, delta, inv_freq)
+        else:
+            k, v, _ = layer.dense()
+            kernels.write_dense(k.to(dev), v.to(dev), dk, dv, slot, delta, inv_freq)
+    return slot
+
+
+def _as_heads(buffer: StaticKVBuffer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context as (1, layers * kv_heads, capacity, head_dim) strided views (no copy)."""
+    c, layers, h, d = buffer.ctx_keys.shape
+    dk = buffer.ctx_keys.view(c, layers * h, d).permute(1, 0, 2)[None]
+    dv = buffer.ctx_values.view(c, layers * h, d).permute(1, 0, 2)[None]
+    return dk, dv
+
+
+def _inv_freq(rotary: Rotary, dev: torch.device) -> torch.Tensor:
+    import torch
+
+    return rotary.module.inv_freq.to(device=dev, dtype=torch.float32)  # type: ignore[no-any-return]
+
+
 def _check(buffer: StaticKVBuffer, chunk: PackedChunk, what: str) -> None:
     want = (buffer.layers, buffer.kv_heads, buffer.head_dim)
-    got = (chunk.keys.shape[0], chunk.keys.shape[2], chunk.keys.shape[3])
-    if tuple(got) != want:
-        raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {tuple(got)}, the buffer {want}")
+    got = tuple(chunk.keys.shape[1:])
+    if got != want:
+        raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}, the buffer {want}")
     if chunk.keys.device != buffer.ctx_keys.device:
         raise ValueError(f"{what} is on {chunk.keys.device}, the buffer on {buffer.ctx_keys.device}")
 
@@ -70,8 +149,8 @@ def _write_torch(
     parts = [x1 * c - x2 * s, x2 * c + x1 * s]
     if rot < k.shape[-1]:
         parts.append(k[..., rot:])
-    buffer.ctx_keys[:, slot : slot + n].copy_(torch.cat(parts, dim=-1))
-    buffer.ctx_values[:, slot : slot + n].copy_(chunk.values)
+    buffer.ctx_keys[slot : slot + n].copy_(torch.cat(parts, dim=-1))
+    buffer.ctx_values[slot : slot + n].copy_(chunk.values)
 
 
 _TRITON: bool | None = None
@@ -87,15 +166,3 @@ def _triton_ok() -> bool:
         except ImportError:
             _TRITON = False
     return _TRITON
-
-
-def _write_triton(
-    buffer: StaticKVBuffer, chunk: PackedChunk, slot: int, cos: torch.Tensor, sin: torch.Tensor
-) -> None:
-    from ragcompress.kv.fast._triton import rerotate_copy
-
-    layers, n, h, d = chunk.keys.shape
-    rerotate_copy(
-        chunk.keys, chunk.values, buffer.ctx_keys, buffer.ctx_values, cos, sin,
-        layers=layers, rows=n * h, dst_layer_stride=buffer.capacity * h * d, dst_offset=slot * h * d, head_dim=d,
-    )  # fmt: skip
