@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ragcompress.registry import spec_of
 from ragcompress.types import Budget, CompressionStats, Passage, validate_passages
 
-__all__ = ["TextCompressor", "CompressionResult", "BudgetError", "TokenCounter"]
+__all__ = ["BudgetError", "CompressionResult", "TextCompressor", "TokenCounter"]
 
 
 class BudgetError(ValueError):
@@ -27,6 +28,20 @@ class BudgetError(ValueError):
 class CompressionResult:
     passages: list[Passage]
     stats: CompressionStats
+    steps: list[CompressionStats] = field(default_factory=list)  # per step, for a chain
+
+
+@dataclass
+class _CallState:
+    """What a ``_compress`` call reports besides its passages (one per call, so thread-safe)."""
+
+    dropped: dict[str, str] = field(default_factory=dict)
+    steps: list[CompressionStats] = field(default_factory=list)
+
+
+# A context variable rather than an attribute: the same compressor may run in several
+# threads (or nested inside a chain) at once.
+_STATE: ContextVar[_CallState | None] = ContextVar("ragcompress_text_call", default=None)
 
 
 @dataclass
@@ -34,24 +49,34 @@ class TokenCounter:
     """Counts tokens with a reader's tokenizer (alias, path or HF id; loaded lazily, shared)."""
 
     tokenizer: str | None = None
+    _pinned: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> TokenCounter:
+        """A counter that uses an already loaded tokenizer object (e.g. one injected in tests)."""
+        counter = cls(getattr(tokenizer, "name_or_path", None) or None)
+        counter._pinned = tokenizer
+        return counter
+
+    @property
+    def tok(self) -> Any:
+        if self._pinned is not None:
+            return self._pinned
+        from ragcompress.models import load_tokenizer
+
+        return load_tokenizer(self.tokenizer)
 
     def __call__(self, text: str) -> int:
         return len(self.encode(text))
 
     def encode(self, text: str) -> list[int]:
-        from ragcompress.models import load_tokenizer
-
-        tok = load_tokenizer(self.tokenizer)
-        return list(tok(text, add_special_tokens=False)["input_ids"])
+        return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def many(self, texts: Sequence[str]) -> list[int]:
         """Token counts of many texts in one batched tokenizer call."""
         if not texts:
             return []
-        from ragcompress.models import load_tokenizer
-
-        tok = load_tokenizer(self.tokenizer)
-        return [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in self.tok(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 @dataclass
@@ -104,8 +129,13 @@ class TextCompressor:
         before = self._counter.many([p.text for p in kept_in])
         tokens_before = sum(before)
         out: list[Passage] = []
-        if kept_in:
-            out = self._compress(kept_in, query, budget, before)
+        state = _CallState(dropped)
+        token = _STATE.set(state)
+        try:
+            if kept_in:
+                out = self._compress(kept_in, query, budget, before)
+        finally:
+            _STATE.reset(token)
         after = self._counter.many([p.text for p in out])
         out_ids = {p.id for p in out}
         for p in kept_in:
@@ -120,7 +150,7 @@ class TextCompressor:
             latency_ms=(time.perf_counter() - start) * 1e3,
             dropped=dropped,
         )
-        return CompressionResult(out, stats)
+        return CompressionResult(out, stats, state.steps)
 
     def spec(self) -> dict[str, Any]:
         """JSON-able configuration; ``ragcompress.build(c.spec())`` rebuilds an equal compressor."""
@@ -132,3 +162,15 @@ class TextCompressor:
     ) -> list[Passage]:
         """Compress non-empty passages; ``tokens[i]`` is the token count of ``passages[i]``."""
         raise NotImplementedError
+
+    def _drop(self, passage: Passage | str, reason: str) -> None:
+        """Record why ``passage`` (or the passage with this id) is left out (``CompressionStats.dropped``)."""
+        state = _STATE.get()
+        if state is not None:
+            state.dropped.setdefault(passage if isinstance(passage, str) else passage.id, reason)
+
+    def _record_step(self, stats: CompressionStats) -> None:
+        """Record the stats of a nested compressor run (a chain's steps)."""
+        state = _STATE.get()
+        if state is not None:
+            state.steps.append(stats)

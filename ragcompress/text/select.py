@@ -1,0 +1,100 @@
+"""Keep the best-scoring segments of many passages within one token budget.
+
+The extractive methods differ only in how they score segments; this module does the rest:
+greedy selection by score under the budget (skipping segments that do not fit, so a long
+sentence does not block shorter ones), original order, re-joining, and a final check with
+the real token count of the joined text, because tokens at segment seams may merge or split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ragcompress.text.base import BudgetError, TokenCounter
+from ragcompress.text.split import join_segments
+from ragcompress.types import Passage
+
+__all__ = ["keep_best"]
+
+
+def keep_best(
+    passages: Sequence[Passage],
+    segments: Sequence[Sequence[str]],
+    scores: Sequence[Sequence[float]],
+    target: int,
+    counter: TokenCounter,
+    tokens_before: Sequence[int],
+    *,
+    unit: str = "sentence",
+    excluded: Sequence[Sequence[bool]] | None = None,
+    drop: Callable[[Passage, str], None] | None = None,
+    excluded_reason: str = "excluded",
+    **extra: Any,
+) -> list[Passage]:
+    """Passages made of their kept segments, in input order, empty ones left out.
+
+    ``segments[i]`` partition ``passages[i].text``; ``scores[i][j]`` ranks segment j (higher
+    is kept first, ties go to the earlier segment). ``excluded[i][j]`` forces a segment out.
+    Raises :class:`BudgetError` when no candidate segment fits ``target`` tokens.
+    """
+    flat: list[tuple[int, int]] = []
+    for i, segs in enumerate(segments):
+        for j in range(len(segs)):
+            if excluded is None or not excluded[i][j]:
+                flat.append((i, j))
+    counts = counter.many([segments[i][j] for i, j in flat])
+    if flat and sum(counts) <= target:
+        kept = set(flat)
+    else:
+        if flat and min(counts) > target:
+            raise BudgetError(
+                f"a budget of {target} tokens is smaller than the shortest {unit} ({min(counts)} "
+                f"tokens); raise the budget or use a finer-grained compressor such as 'tokens'"
+            )
+        order = sorted(range(len(flat)), key=lambda k: (-scores[flat[k][0]][flat[k][1]], flat[k]))
+        kept = set()
+        total = 0
+        for k in order:
+            if total + counts[k] <= target:
+                kept.add(flat[k])
+                total += counts[k]
+    texts = _texts(segments, kept)
+    after = counter.many(texts)
+    # Seams can add a token or two; drop the weakest kept segments until the real count fits.
+    while sum(after) > target and kept:
+        worst = min(kept, key=lambda ij: (scores[ij[0]][ij[1]], -ij[0], -ij[1]))
+        kept.discard(worst)
+        texts[worst[0]] = _join(segments[worst[0]], kept, worst[0])
+        after[worst[0]] = counter(texts[worst[0]]) if texts[worst[0]] else 0
+    out: list[Passage] = []
+    for i, p in enumerate(passages):
+        n_kept = sum(1 for j in range(len(segments[i])) if (i, j) in kept)
+        if not texts[i]:
+            if drop is not None:
+                if not segments[i]:
+                    reason = f"no {unit} found"
+                elif excluded is not None and all(excluded[i]):
+                    reason = f"every {unit} {excluded_reason}"
+                else:
+                    reason = f"no {unit} kept within the budget"
+                drop(p, reason)
+            continue
+        out.append(
+            p.with_text(
+                texts[i],
+                tokens_before=tokens_before[i],
+                tokens_after=after[i],
+                **{f"kept_{unit}s": n_kept, f"total_{unit}s": len(segments[i])},
+                **extra,
+            )
+        )
+    return out
+
+
+def _join(segs: Sequence[str], kept: set[tuple[int, int]], i: int) -> str:
+    return join_segments([s for j, s in enumerate(segs) if (i, j) in kept])
+
+
+def _texts(segments: Sequence[Sequence[str]], kept: set[tuple[int, int]]) -> list[str]:
+    return [_join(segs, kept, i) for i, segs in enumerate(segments)]
