@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from ragcompress.testing import make_tiny_llama
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -27,29 +29,6 @@ def tokenizer():
     from ragcompress.models import load_tokenizer
 
     return load_tokenizer()
-
-
-def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
-    """A 2-layer Llama with GQA and llama3 RoPE scaling; fp32, eval mode, fixed seed."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-    )
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
-    model.requires_grad_(False)
-    return model
 
 
 @pytest.fixture(scope="session")

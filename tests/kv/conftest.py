@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_tiny_llama
+from ragcompress.testing import make_tiny_llama
 
 ROPES = {
     "default": {},

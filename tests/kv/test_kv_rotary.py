@@ -62,7 +62,7 @@ def test_layer0_keys_rerotated_equal_keys_encoded_there(rope_llama):
 
 
 def test_dynamic_rope_is_refused(tokenizer):
-    from conftest import make_tiny_llama
+    from ragcompress.testing import make_tiny_llama
 
     m = make_tiny_llama(
         len(tokenizer), rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}

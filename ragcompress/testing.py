@@ -1,0 +1,33 @@
+"""Helpers for tests (ours and plugin authors'): tiny seeded models built from configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["make_tiny_llama"]
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A 2-layer Llama with GQA (4 query heads, 2 KV heads), fp32, eval mode, fixed seed.
+
+    ``overrides`` replace any ``LlamaConfig`` field (e.g. ``rope_parameters`` for scaled RoPE).
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    model.requires_grad_(False)
+    return model
