@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
+    from ragcompress.kv.chunk import KVChunk
+
 __all__ = ["Answer", "GenerationStats", "Generator"]
 
 
@@ -125,6 +127,56 @@ class Generator:
         ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
         self._check_length(len(ids), max_new_tokens)
         yield from self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
+
+    # -- KV path ---------------------------------------------------------------------------
+    def generate_from_chunks(
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        start: float | None = None,
+    ) -> Answer:
+        """Assemble the shared prefix + ``chunks`` (in order), prefill only the question, decode.
+
+        ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
+        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks`` and ``chunk_tokens``).
+        """
+        start = time.perf_counter() if start is None else start
+        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
+        timing: dict[str, float] = {}
+        tokens = list(self.iter_tokens(ids, cache, max_new_tokens, position, timing=timing, start=start))
+        total = (time.perf_counter() - start) * 1e3
+        info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
+        info.setdefault("ttft_ms", timing.get("ttft_ms", total))
+        stats = GenerationStats(
+            prompt_tokens=len(ids),
+            context_tokens=position + len(ids),
+            new_tokens=len(tokens),
+            ttft_ms=timing.get("ttft_ms", total),
+            total_ms=total,
+            extra=info,
+        )
+        text = str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        return Answer(text=text, token_ids=tuple(tokens), stats=stats)
+
+    def stream_from_chunks(
+        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None = None
+    ) -> Iterator[str]:
+        """Like :meth:`generate_from_chunks`, yielding the answer's text piece by piece."""
+        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
+        yield from self._text_pieces(self.iter_tokens(ids, cache, max_new_tokens, position))
+
+    def _chunk_prompt(
+        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None
+    ) -> tuple[list[int], Cache, int]:
+        from ragcompress.kv.context import chunk_context
+
+        ids = self.layout.question_ids(query)
+        cache, position = chunk_context(self.lm, self.layout, chunks)
+        self._check_length(position + len(ids), max_new_tokens)
+        return ids, cache, position
 
     # -- shared decode loop (also the KV path's entry point) -------------------------------
     def decode(

@@ -70,10 +70,7 @@ class ChunkCache:
         hits = 0
         for idx, key in enumerate(keys):
             d = key.digest
-            if d in found:
-                hits += 1
-                continue
-            if d in todo:
+            if d in found or d in todo:  # repeated in this call: served once, counted once
                 continue
             got = self.store.lookup(key)
             if got.chunk is not None:

@@ -37,4 +37,4 @@ def rope_llama(request, tokenizer):
 def generator(tiny_llama, tokenizer):
     from ragcompress.generate import Generator
 
-    return Generator.from_model(tiny_llama, tokenizer, max_new_tokens=6)
+    return Generator.from_model(tiny_llama, tokenizer, max_new_tokens=4)
