@@ -308,7 +308,9 @@ def _compare_backends(device: torch.device, dtype: torch.dtype) -> float:
     def rnd(*s: int) -> torch.Tensor:
         return torch.randn(*s, generator=g).to(device=device, dtype=dtype)
 
-    q, ck, cv, ok, ov = rnd(b * t, h, d), rnd(cap, kvh, d), rnd(cap, kvh, d), rnd(b * r, kvh, d), rnd(b * r, kvh, d)
+    # context views strided like the buffer's (capacity, layers, kv_heads, d)[:, layer]
+    q, ok, ov = rnd(b * t, h, d), rnd(b * r, kvh, d), rnd(b * r, kvh, d)
+    ck, cv = rnd(cap, 3, kvh, d)[:, 1], rnd(cap, 3, kvh, d)[:, 2]
     meta = StepMeta(b, t, r, cap, torch.tensor([23], dtype=torch.int32, device=device),
                     torch.tensor([t, t + 2], dtype=torch.int32, device=device), splits=3)  # fmt: skip
     meta.refresh()
