@@ -32,7 +32,7 @@ def _dequant_rope_kernel(
     s_dh, s_dn,
     s_okh, s_okn, s_okd, s_ovh, s_ovn, s_ovd,
     HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    BITS: tl.constexpr, GROUP: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, UNIFORM: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
@@ -64,11 +64,18 @@ def _dequant_rope_kernel(
         ).to(tl.float32)
 
     # -- re-rotation by delta * inv_freq (rotate_half convention) ----------------------------
-    d = tl.load(delta_ptr + h * s_dh + t * s_dn, mask=tm, other=0).to(tl.float32)
     f = tl.load(freq_ptr + j, mask=jm, other=0.0)
-    ang = d[:, None] * f[None, :]
-    c = tl.cos(ang)
-    s = tl.sin(ang)
+    if UNIFORM:
+        # One delta for the whole chunk (the usual assembly case): cos/sin of one row, shared by
+        # every token, instead of BLOCK_N rows of transcendentals.
+        ang1 = tl.load(delta_ptr).to(tl.float32) * f
+        c = tl.cos(ang1)[None, :]
+        s = tl.sin(ang1)[None, :]
+    else:
+        d = tl.load(delta_ptr + h * s_dh + t * s_dn, mask=tm, other=0).to(tl.float32)
+        ang = d[:, None] * f[None, :]
+        c = tl.cos(ang)
+        s = tl.sin(ang)
     ok = dk_ptr + h * s_okh + (tt + offset) * s_okn
     tl.store(ok + j1 * s_okd, (k1 * c - k2 * s).to(dk_ptr.dtype.element_ty), mask=m)
     tl.store(ok + j2 * s_okd, (k2 * c + k1 * s).to(dk_ptr.dtype.element_ty), mask=m)
@@ -120,6 +127,7 @@ def _launch(
         k, ks, kz, v, vs, vz, delta, freq, dk, dv, n, offset,
         *k.stride(), *ks.stride(), *v.stride(), *vs.stride(), *delta.stride(), *dk.stride(), *dv.stride(),
         HALF=half, BLOCK_D=triton.next_power_of_2(half), BLOCK_N=block_n, BITS=bits, GROUP=group,
+        UNIFORM=delta.stride() == (0, 0),
         num_warps=4,
     )  # fmt: skip
 

@@ -84,10 +84,17 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=8)
 def load_verified(path: str, digest: str) -> LowRankBasis:
-    """The basis at ``path``, checked against ``digest`` (loaded once per process)."""
-    got = file_digest(path) if Path(path).is_file() else "missing"
+    """The basis at ``path``, checked against ``digest``; re-read whenever the file changes."""
+    p = Path(path)
+    st = p.stat() if p.is_file() else None
+    return _load_verified(path, digest, st.st_mtime_ns if st else 0, st.st_size if st else -1)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_verified(path: str, digest: str, mtime_ns: int, size: int) -> LowRankBasis:
+    # mtime and size are part of the cache key so that a rewritten file is hashed again.
+    got = file_digest(path) if size >= 0 else "missing"
     if got != digest:
         raise ValueError(
             f"low-rank basis {path!r} has changed or is missing "
