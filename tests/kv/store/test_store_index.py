@@ -23,15 +23,6 @@ CORPUS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Any, tokenizer: Any) -> str:
-    """The tiny model saved like a user's checkpoint, so worker processes can load it by path."""
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_llama.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _cache(model_dir: str, url: str, presses: list[Any] | None = None) -> ChunkCache:
     from ragcompress.models import load_reader
 
