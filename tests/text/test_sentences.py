@@ -30,7 +30,8 @@ def _selector(embedder, **kw) -> SentenceSelector:
 
 
 def test_picks_the_sentence_that_answers(embedder):
-    out = _selector(embedder).compress(DOCS, "How many metres high is the summit of Mount Everest?", Budget(tokens=16))
+    query = "How many metres high is the summit of Mount Everest?"
+    out = _selector(embedder).compress(DOCS, query, Budget(tokens=16))
     assert [p.id for p in out] == ["everest"]
     assert "8,849" in out[0].text
     assert out[0].metadata["ragcompress"]["kept_sentences"] == 1
@@ -103,7 +104,8 @@ def test_overlong_sentence_is_split_not_truncated(embedder):
 
 def test_a_million_character_passage(embedder):
     rng = random.Random(1)
-    pool = [f"Record {i} notes that the {rng.choice(['red', 'blue', 'green'])} valve was checked." for i in range(300)]
+    colours = ["red", "blue", "green"]
+    pool = [f"Record {i} notes that the {rng.choice(colours)} valve was checked." for i in range(300)]
     text = " ".join(rng.choice(pool) for _ in range(21000))
     assert len(text) > 1_000_000
     res = _selector(embedder).compress_with_stats(
