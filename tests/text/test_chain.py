@@ -57,8 +57,7 @@ def test_invalid_chains_are_rejected():
 
 
 def test_a_kv_press_is_not_a_chain_step():
-    presses = ragcompress.available("press")
-    if not presses:
+    if "knorm" not in ragcompress.available("press"):
         pytest.skip("no KV press registered")
     with pytest.raises(TypeError, match="not a text compressor"):
-        Chain([{"name": "random"}, {"name": presses[0]}])
+        Chain([{"name": "random"}, {"name": "knorm"}])
