@@ -7,6 +7,7 @@ tests and the benchmark give a loopback ``redis-server``), stops by itself and r
 - :func:`concurrent_clients`: N processes (spawned) answer questions over one store.
 - :func:`killed_writer`: a process writing large chunks is SIGKILLed mid-write, repeatedly.
 - :func:`redis_restart`: the Redis server is stopped and restarted while requests run.
+- :func:`damaged_tiers`: a flipped byte or a cut chunk in each tier is detected and re-encoded.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ if TYPE_CHECKING:
     from ragcompress.kv.redis_local import LocalRedis
     from ragcompress.kv.store import ChunkStore
 
-__all__ = ["Outcome", "concurrent_clients", "killed_writer", "redis_restart", "synthetic_chunk"]
+__all__ = [
+    "Outcome",
+    "concurrent_clients",
+    "damage",
+    "damaged_tiers",
+    "killed_writer",
+    "redis_restart",
+    "synthetic_chunk",
+]
 
 
 @dataclass
@@ -272,4 +281,78 @@ def redis_restart(server: LocalRedis, cache: Any, passages: Sequence[str], reque
     if recovered == 0:
         outcome.failures.append("no request succeeded after the restart")
     outcome.details = {"errors_while_down": errors, "recovered": recovered, "worst_error_s": worst_error_s}
+    return outcome
+
+
+# -- a damaged chunk in each tier ----------------------------------------------------------
+def damage(store: ChunkStore, key: ChunkKey, kind: str) -> None:
+    """Flip one byte (``kind="flip"``) or cut the chunk short (``"truncate"``) where ``store``
+    keeps it: tensors in place for a memory tier, the file for a disk store, the value in Redis."""
+    import dataclasses
+
+    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.redis_store import RedisStore
+    from ragcompress.kv.tiered import MemoryTier
+
+    if kind not in ("flip", "truncate"):
+        raise ValueError(f"kind must be 'flip' or 'truncate', got {kind!r}")
+    if isinstance(store, MemoryTier):
+        chunk, digest = store._items[key.digest]
+        if kind == "flip":
+            next(iter(chunk.layers[0].tensors().values())).view(-1)[3] += 1.0
+        else:
+            layers: list[Any] = list(chunk.layers)  # dense layers: drop every layer's last token
+            cut = [
+                dataclasses.replace(
+                    x, keys=x.keys[:, :-1], values=x.values[:, :-1], positions=x.positions[:, :-1]
+                )
+                for x in layers
+            ]
+            store._items[key.digest] = (dataclasses.replace(chunk, layers=cut), digest)
+        return
+    if isinstance(store, DiskStore):
+        path = store.path(key)
+        data = path.read_bytes()
+    elif isinstance(store, RedisStore):
+        data = bytes(store.client.get(store.redis_key(key)))  # type: ignore[arg-type]
+    else:
+        raise TypeError(f"cannot damage a {type(store).__name__}")
+    if kind == "flip":
+        raw = bytearray(data)
+        raw[-9] ^= 0x10
+        data = bytes(raw)
+    else:
+        data = data[: len(data) // 2]
+    if isinstance(store, DiskStore):
+        path.write_bytes(data)
+    else:
+        store.client.set(store.redis_key(key), data)
+
+
+def damaged_tiers(stack: Any, cache: Any, passages: Sequence[str]) -> Outcome:
+    """For each tier of ``stack`` (a MultiTierStore behind ``cache``) and each kind of damage:
+    damage only that tier's copy, with no healthy copy behind it; the next request must
+    detect it, re-encode and return the right chunk."""
+    outcome = Outcome("damaged chunk in each tier")
+    start = time.perf_counter()
+    names = [name for name, _ in stack.tiers]
+    for depth, name in enumerate(names):
+        for kind in ("flip", "truncate"):
+            text = passages[(depth * 2 + (kind == "truncate")) % len(passages)] + f" ({name}, {kind})"
+            reference = cache.encoder.encode([text])[0]
+            cache.get_or_encode([text])
+            for other, tier in stack.tiers:  # healthy copies only in front of the damaged tier
+                if other != name:
+                    tier.remove(reference.key)
+            damage(dict(stack.tiers)[name], reference.key, kind)
+            outcome.tried += 1
+            chunks, stats = cache.get_or_encode([text])
+            reason = next(iter(stats.misses.values()), "")
+            if stats.encoded == 1 and reason.startswith(f"{name}:") and _matches(chunks[0], reference):
+                outcome.passed += 1
+            else:
+                outcome.failures.append(f"{name}/{kind}: encoded={stats.encoded}, reason={reason!r}")
+    outcome.seconds = time.perf_counter() - start
+    outcome.throughput = outcome.passed / outcome.seconds
+    outcome.details = {"tiers": names}
     return outcome

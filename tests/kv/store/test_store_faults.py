@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.faults import concurrent_clients, killed_writer, redis_restart
+from ragcompress.kv.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 from ragcompress.kv.redis_store import RedisStore
 from ragcompress.kv.tiered import MemoryTier, MultiTierStore
 
@@ -57,3 +57,20 @@ def test_eight_processes_share_one_redis_store(redis_url: str, model_dir: str, p
     assert outcome.ok, _explain(outcome)
     assert outcome.details["wrong"] == 0 and outcome.details["torn"] == 0
     assert outcome.details["hits"] > 0  # the processes did share chunks
+
+
+def test_damaged_chunk_in_each_tier_of_a_signed_stack(
+    redis_url: str, tmp_path: Path, encoder: Any, passages: list[str]
+) -> None:
+    from ragcompress.kv.disk_store import DiskStore
+
+    stack = MultiTierStore(
+        [
+            ("host", MemoryTier(1 << 24)),
+            ("disk", DiskStore(tmp_path / "tiers")),
+            ("remote", RedisStore(redis_url, secret="a-shared-secret-of-32-characters")),
+        ]
+    )
+    outcome = damaged_tiers(stack, ChunkCache(encoder, stack), passages)
+    assert outcome.ok and outcome.tried == 6, _explain(outcome)
+    assert all(stack.tier_stats()[name]["rejected"] for name in ("host", "disk", "remote"))
