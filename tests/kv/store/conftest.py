@@ -17,6 +17,13 @@ PASSAGES = [
 ]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `-m redis` / `-m "not redis"` select the tests that need the server.
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Any]:
     if shutil.which("redis-server") is None:
