@@ -33,16 +33,34 @@ __all__ = ["SHAPES", "main"]
 
 SHAPES: dict[str, dict[str, Any]] = {
     "llama3-8b": dict(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_theta=500000.0, tie_word_embeddings=False,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-    ),  # fmt: skip
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
     "tiny": dict(
-        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=256, vocab_size=2048, max_position_embeddings=65536, rope_theta=500000.0,
-    ),  # fmt: skip
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=2048,
+        max_position_embeddings=65536,
+        rope_theta=500000.0,
+    ),
 }
 
 
@@ -52,14 +70,18 @@ def _ints(text: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragcompress bench ttft", description=__doc__.split("\n\n")[0])
-    p.add_argument("--contexts", default="1024,4096,10240,32768", help="context lengths (tokens, prefix included)")
+    p.add_argument(
+        "--contexts", default="1024,4096,10240,32768", help="context lengths (tokens, prefix included)"
+    )
     p.add_argument("--out", default="benchmarks/results", help="folder for ttft_gpu.json / .md")
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--question-tokens", type=int, default=32)
     p.add_argument("--prefix-tokens", type=int, default=64)
-    p.add_argument("--passage-tokens", type=int, default=512, help="tokens per passage (the last one takes the rest)")
+    p.add_argument(
+        "--passage-tokens", type=int, default=512, help="tokens per passage (the last one takes the rest)"
+    )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--prefill-repeats", type=int, default=5, help="repeats of the (slow) full prefill")
@@ -69,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--press-ratio", type=float, default=0.5)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"
+    )
     return p
 
 
@@ -136,7 +161,9 @@ def _passages(total: int, size: int) -> list[int]:
     return sizes
 
 
-def _compressed_chunks(kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], args: Any) -> list[Any]:
+def _compressed_chunks(
+    kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], args: Any
+) -> list[Any]:
     """knorm + quantize through the presses, each passage as the chunk cache would store it."""
     import torch
 
@@ -148,7 +175,7 @@ def _compressed_chunks(kv: list[tuple[Any, Any]], starts: list[int], sizes: list
 
     presses = (KnormPress(ratio=args.press_ratio), QuantizePress(bits=args.bits, group_size=32))
     out = []
-    for i, (s, n) in enumerate(zip(starts, sizes)):
+    for i, (s, n) in enumerate(zip(starts, sizes, strict=True)):
         layers = []
         for li, (k, v) in enumerate(kv):
             pos = torch.arange(s, s + n, device=k.device).expand(k.shape[0], n).contiguous()
@@ -162,7 +189,9 @@ def _compressed_chunks(kv: list[tuple[Any, Any]], starts: list[int], sizes: list
     return out
 
 
-def run_context(model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int) -> dict[str, Any]:
+def run_context(
+    model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int
+) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache
 
@@ -179,7 +208,8 @@ def run_context(model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: fl
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         model(input_ids=ids[None].to(dev), past_key_values=cache, use_cache=True, logits_to_keep=1)
-        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # (kv_heads, ctx, d)
+        # per layer (kv_heads, ctx, d)
+        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
         del cache
         full = torch.tensor([[*ids.tolist(), *question]], device=dev)
 
@@ -191,16 +221,24 @@ def run_context(model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: fl
 
         def hf_reuse() -> int:
             c = DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in kv], config=model.config)
-            out = model(input_ids=qids, past_key_values=c, use_cache=True, position_ids=qpos[None],
-                        cache_position=qpos, logits_to_keep=1)  # fmt: skip
+            out = model(
+                input_ids=qids,
+                past_key_values=c,
+                use_cache=True,
+                position_ids=qpos[None],
+                cache_position=qpos,
+                logits_to_keep=1,
+            )
             return int(out.logits[0, -1].argmax())
 
         starts = [p + sum(sizes[:i]) for i in range(len(sizes))]
         prefix = PackedChunk.from_layers([k[:, :p] for k, _ in kv], [v[:, :p] for _, v in kv], p, 0)
         # Chunks keep the positions of the joint prefill (delta 0 at assembly, same kernel work),
         # so all methods must agree on the first token.
-        dense = [PackedChunk.from_layers([k[:, s : s + n] for k, _ in kv], [v[:, s : s + n] for _, v in kv], n, s)
-                 for s, n in zip(starts, sizes)]  # fmt: skip
+        dense = [
+            PackedChunk.from_layers([k[:, s : s + n] for k, _ in kv], [v[:, s : s + n] for _, v in kv], n, s)
+            for s, n in zip(starts, sizes, strict=True)
+        ]
 
         def fast_path(chunks: list[Any]) -> Callable[[], int]:
             def run() -> int:
@@ -210,13 +248,17 @@ def run_context(model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: fl
             return run
 
         methods: dict[str, Callable[[], int]] = {
-            "full_prefill": full_prefill, "hf_reuse": hf_reuse, "ragcompress": fast_path(dense),
-        }  # fmt: skip
+            "full_prefill": full_prefill,
+            "hf_reuse": hf_reuse,
+            "ragcompress": fast_path(dense),
+        }
         tokens: dict[str, int] = {}
         for name, fn in methods.items():
             try:
                 reps = args.prefill_repeats if name == "full_prefill" else args.repeats
-                row[f"{name}_ms"] = round(clock(fn, repeats=reps, warmup=1 if name == "full_prefill" else None), 3)
+                row[f"{name}_ms"] = round(
+                    clock(fn, repeats=reps, warmup=1 if name == "full_prefill" else None), 3
+                )
                 tokens[name] = fn()
             except Exception as exc:  # one failing method must not lose the others' numbers
                 traceback.print_exc()
@@ -267,13 +309,16 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, An
     chunks = [PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens) for s in sizes]
     rows = []
     for b in _ints(args.batches):
-        qs = [torch.randint(100, cfg.vocab_size, (args.question_tokens,), generator=g).tolist() for _ in range(b)]
+        qs = [
+            torch.randint(100, cfg.vocab_size, (args.question_tokens,), generator=g).tolist()
+            for _ in range(b)
+        ]
 
-        def first() -> None:
+        def first(qs: list[list[int]] = qs) -> None:
             fast.load(prefix, chunks)
             fast.prefill(qs).tolist()
 
-        def answers() -> None:
+        def answers(qs: list[list[int]] = qs) -> None:
             fast.load(prefix, chunks)
             tok = fast.prefill(qs)
             for _ in range(args.new_tokens - 1):
@@ -283,13 +328,53 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, An
         try:
             t1 = clock(first)
             t2 = clock(answers, repeats=max(3, args.repeats // 4))
-            rows.append({"batch": b, "context_tokens": ctx, "first_token_ms": round(t1, 3),
-                         "qps_first_token": round(b / t1 * 1e3, 1), "new_tokens": args.new_tokens,
-                         "answer_ms": round(t2, 3), "qps_answers": round(b / t2 * 1e3, 1)})  # fmt: skip
+            rows.append(
+                {
+                    "batch": b,
+                    "context_tokens": ctx,
+                    "first_token_ms": round(t1, 3),
+                    "qps_first_token": round(b / t1 * 1e3, 1),
+                    "new_tokens": args.new_tokens,
+                    "answer_ms": round(t2, 3),
+                    "qps_answers": round(b / t2 * 1e3, 1),
+                }
+            )
         except Exception as exc:
             traceback.print_exc()
             rows.append({"batch": b, "error": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
+
+
+def profile(model: Any, fast: Any, args: Any) -> None:
+    """Top kernels (GPU time) of load + prefill at --qps-context, batch 1."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    from ragcompress.kv.fast import PackedChunk
+
+    cfg = model.config
+    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
+
+    def rnd(t: int) -> Any:
+        return torch.randn(t, *shape, device=model.device, dtype=model.dtype)
+
+    prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
+    chunks = [
+        PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens)
+        for s in _passages(args.qps_context - args.prefix_tokens, args.passage_tokens)
+    ]
+    q = [list(range(100, 100 + args.question_tokens))]
+    for _ in range(3):
+        fast.load(prefix, chunks)
+        fast.prefill(q).tolist()
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        for _ in range(5):
+            fast.load(prefix, chunks)
+            fast.prefill(q).tolist()
+    print(
+        p.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60), flush=True
+    )
 
 
 def _device_name(dev: Any) -> str:
@@ -298,24 +383,42 @@ def _device_name(dev: Any) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
 
-COLUMNS = ("context_tokens", "full_prefill_ms", "hf_reuse_ms", "ragcompress_ms", "ragcompress_compressed_ms", "floor_ms")
+COLUMNS = (
+    "context_tokens",
+    "full_prefill_ms",
+    "hf_reuse_ms",
+    "ragcompress_ms",
+    "ragcompress_compressed_ms",
+    "floor_ms",
+)
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# TTFT from cached chunks ({report['device']}, {report['shape']})", "",
-             f"`{report['command']}`", "",
-             "| " + " | ".join(COLUMNS) + " | same first token |", "|" + "---|" * (len(COLUMNS) + 1)]  # fmt: skip
+    lines = [
+        f"# TTFT from cached chunks ({report['device']}, {report['shape']})",
+        "",
+        f"`{report['command']}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " | same first token |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
     for r in report["rows"]:
         cells = ["—" if r.get(c) is None else str(r[c]) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + f" | {r.get('fast_matches_full_prefill')} |")
-    lines += ["", f"copy bandwidth {report['copy_bandwidth_gbs']} GB/s (read + written); attention "
-              f"backend {report['attention']}; floor = non-embedding weights "
-              f"({report['weight_bytes'] / 1e9:.2f} GB) + context KV, over that bandwidth.", "",
-              "| batch | context | first token ms | queries/s (first token) | answer ms | queries/s (answers) |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"copy bandwidth {report['copy_bandwidth_gbs']} GB/s (read + written); attention "
+        f"backend {report['attention']}; floor = non-embedding weights "
+        f"({report['weight_bytes'] / 1e9:.2f} GB) + context KV, over that bandwidth.",
+        "",
+        "| batch | context | first token ms | queries/s (first token) | answer ms | queries/s (answers) |",
+        "|---|---|---|---|---|---|",
+    ]
     for q in report["qps"]:
-        lines.append(f"| {q.get('batch')} | {q.get('context_tokens', '—')} | {q.get('first_token_ms', '—')} | "
-                     f"{q.get('qps_first_token', '—')} | {q.get('answer_ms', '—')} | {q.get('qps_answers', '—')} |")
+        lines.append(
+            f"| {q.get('batch')} | {q.get('context_tokens', '—')} | {q.get('first_token_ms', '—')} | "
+            f"{q.get('qps_first_token', '—')} | {q.get('answer_ms', '—')} | {q.get('qps_answers', '—')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -327,8 +430,10 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        print("ragcompress bench ttft: no CUDA device; pass --device cpu --shape tiny for a smoke run",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "ragcompress bench ttft: no CUDA device; pass --device cpu --shape tiny for a smoke run",
+            file=sys.stderr,
+        )
         return 2
     dtype = getattr(torch, args.dtype)
     contexts = _ints(args.contexts)
@@ -341,12 +446,25 @@ def main(argv: list[str]) -> int:
     print(f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     fast = None
     # Fall back (and say so in the report) rather than lose the run if flash or graphs fail here.
-    for attention, graphs in ((None, True), (ReferenceCascade(), True), (ReferenceCascade(), False)):
+    plans = (
+        (None, True, True),
+        (None, True, False),
+        (ReferenceCascade(), True, False),
+        (ReferenceCascade(), False, False),
+    )
+    for attention, graphs, fused in plans:
         try:
-            fast = FastGenerator(model, capacity=max([*contexts, args.qps_context]),
-                                 max_question=args.question_tokens, max_new_tokens=args.new_tokens,
-                                 max_batch=max(batches), buckets=(args.question_tokens,), graphs=graphs,
-                                 attention=attention)  # fmt: skip
+            fast = FastGenerator(
+                model,
+                capacity=max([*contexts, args.qps_context]),
+                max_question=args.question_tokens,
+                max_new_tokens=args.new_tokens,
+                max_batch=max(batches),
+                buckets=(args.question_tokens,),
+                graphs=graphs,
+                attention=attention,
+                fused=fused,
+            )
             fast.warmup(batches, (args.question_tokens,))
             break
         except Exception:
@@ -356,8 +474,11 @@ def main(argv: list[str]) -> int:
                 torch.cuda.empty_cache()
     if fast is None:
         return 1
-    print(f"fast path ready ({type(fast.attention).__name__}, graphs={fast.graphs}) "
-          f"at {time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+    print(
+        f"fast path ready ({type(fast.attention).__name__}, graphs={fast.graphs}) "
+        f"at {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -369,22 +490,40 @@ def main(argv: list[str]) -> int:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     qps = run_qps(model, fast, args, clock)
+    if args.profile:
+        profile(model, fast, args)
     print(markdown(_write(out, argv, args, dev, fast, bw, wbytes, rows, qps)))
     return 0
 
 
-def _write(out: Path, argv: list[str], args: Any, dev: Any, fast: Any, bw: float, wbytes: int,
-           rows: list[dict[str, Any]], qps: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def _write(
+    out: Path,
+    argv: list[str],
+    args: Any,
+    dev: Any,
+    fast: Any,
+    bw: float,
+    wbytes: int,
+    rows: list[dict[str, Any]],
+    qps: list[dict[str, Any]],
+) -> dict[str, Any]:
     import torch
 
     report = {
         "command": "python3 benchmarks/ttft_gpu.py " + " ".join(argv),
-        "device": _device_name(dev), "shape": args.shape, "dtype": args.dtype,
-        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-        "attention": type(fast.attention).__name__, "graphs": fast.graphs,
-        "copy_bandwidth_gbs": round(bw / 1e9, 1), "weight_bytes": wbytes,
-        "rows": rows, "qps": qps,
-    }  # fmt: skip
+        "device": _device_name(dev),
+        "shape": args.shape,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "attention": type(fast.attention).__name__,
+        "graphs": fast.graphs,
+        "fused": fast.step.fused,
+        "copy_bandwidth_gbs": round(bw / 1e9, 1),
+        "weight_bytes": wbytes,
+        "rows": rows,
+        "qps": qps,
+    }
     (out / "ttft_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "ttft_gpu.md").write_text(markdown(report))
     return report

@@ -30,8 +30,14 @@ def _eager_greedy(model, ctx: list[int], question: list[int], n: int) -> list[in
         for _ in range(n):
             ids = torch.tensor([step], device=model.device)
             p = torch.arange(pos, pos + len(step), device=model.device)
-            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, position_ids=p[None],
-                           cache_position=p, logits_to_keep=1).logits  # fmt: skip
+            logits = model(
+                input_ids=ids,
+                past_key_values=cache,
+                use_cache=True,
+                position_ids=p[None],
+                cache_position=p,
+                logits_to_keep=1,
+            ).logits
             pos += len(step)
             step = [int(logits[0, -1].argmax())]
             out.append(step[0])
@@ -70,8 +76,16 @@ def test_gpu_flash_cascade_matches_reference(dtype, splits):
     q = torch.randn(b * t, h, d, device=dev, dtype=dtype)
     ck, cv = (torch.randn(cap, 2, kvh, d, device=dev, dtype=dtype)[:, 1] for _ in range(2))
     ok, ov = (torch.randn(b * r, kvh, d, device=dev, dtype=dtype) for _ in range(2))
-    meta = StepMeta(b, t, r, cap, torch.tensor([211], dtype=torch.int32, device=dev),
-                    torch.tensor([t, t + 3, t + 5], dtype=torch.int32, device=dev), splits=splits)  # fmt: skip
+    meta = StepMeta(
+        b,
+        t,
+        r,
+        cap,
+        torch.tensor([211], dtype=torch.int32, device=dev),
+        torch.tensor([t, t + 3, t + 5], dtype=torch.int32, device=dev),
+        splits=splits,
+        group=h // kvh,
+    )
     meta.refresh()
     ref = ReferenceCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
     got = FlashCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
@@ -109,3 +123,46 @@ def test_gpu_bf16_fast_path_logits_close_to_eager(data):
     with torch.inference_mode():
         want = m(input_ids=torch.tensor([ctx + q], device="cuda")).logits[0, -1].float()
     assert ((got - want).norm() / want.norm()).item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_fused_kernels_match_torch_modules():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, rotate_half
+
+    from ragcompress.kv.fast._triton import add_rmsnorm, rope_write
+
+    torch.manual_seed(1)
+    dt, n, h, kvh, d = torch.bfloat16, 7, 8, 2, 128
+    q, k, v = (torch.randn(n, x * d, device="cuda", dtype=dt) for x in (h, kvh, kvh))
+    ang = torch.randn(n, d // 2, device="cuda") * 50
+    cos, sin = (f(torch.cat([ang, ang], -1)).to(dt) for f in (torch.cos, torch.sin))
+    slots = torch.tensor([3, 0, 9, 2, 5, 11, 7], device="cuda")
+    kb, vb = (torch.full((12, kvh, d), float("nan"), device="cuda", dtype=dt) for _ in range(2))
+    qo = rope_write(q, k, v, cos, sin, slots, kb, vb, h, kvh, d)
+    c, s = cos[:, None], sin[:, None]
+    qr, kr = q.view(n, h, d), k.view(n, kvh, d)
+    # same formula and roundings as apply_rotary_pos_emb; the bf16 casts may differ by an ulp
+    torch.testing.assert_close(qo, qr * c + rotate_half(qr) * s, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(kb[slots], kr * c + rotate_half(kr) * s, atol=1e-2, rtol=1e-2)
+    assert torch.equal(vb[slots], v.view(n, kvh, d))
+    assert kb[[1, 4, 6, 8, 10]].isnan().all()
+    x, delta = torch.randn(n, 4096, device="cuda", dtype=dt), torch.randn(n, 4096, device="cuda", dtype=dt)
+    norm = LlamaRMSNorm(4096, eps=1e-5).cuda().to(dt)
+    norm.weight.data.normal_()
+    res, out = add_rmsnorm(x, delta, norm.weight, 1e-5)
+    assert torch.equal(res, x + delta)
+    torch.testing.assert_close(out, norm(x + delta), atol=0, rtol=1e-2)  # rsqrt may differ by an ulp
+
+
+@pytest.mark.gpu
+def test_gpu_fused_step_matches_unfused(data):
+    prefix, passages, questions = data
+    m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
+    m = m.cuda().to(torch.bfloat16)
+    logits = []
+    for fused in (True, False):
+        fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), fused=fused)
+        fast.load(*_split(m, prefix, passages))
+        fast.prefill(questions[:1])
+        logits.append(fast._shapes[(1, 16)].logits[0].clone())
+    assert ((logits[0] - logits[1]).norm() / logits[1].norm()).item() < 1e-2

@@ -39,12 +39,15 @@ def _ids(rng: torch.Generator, n: int, vocab: int) -> list[int]:
 def _split(model, prefix: list[int], passages: list[list[int]]) -> tuple[PackedChunk, list[PackedChunk]]:
     """Chunks cut out of one joint prefill: every delta is 0, so the context is exactly eager's."""
     kv = _layers_kv(_prefill(model, prefix + [t for p in passages for t in p]))
-    pre = PackedChunk.from_layers([k[:, : len(prefix)] for k, _ in kv], [v[:, : len(prefix)] for _, v in kv],
-                                  len(prefix), 0)  # fmt: skip
+    pre = PackedChunk.from_layers(
+        [k[:, : len(prefix)] for k, _ in kv], [v[:, : len(prefix)] for _, v in kv], len(prefix), 0
+    )
     chunks, start = [], len(prefix)
     for p in passages:
         sl = slice(start, start + len(p))
-        chunks.append(PackedChunk.from_layers([k[:, sl] for k, _ in kv], [v[:, sl] for _, v in kv], len(p), start))
+        chunks.append(
+            PackedChunk.from_layers([k[:, sl] for k, _ in kv], [v[:, sl] for _, v in kv], len(p), start)
+        )
         start += len(p)
     return pre, chunks
 
@@ -52,7 +55,7 @@ def _split(model, prefix: list[int], passages: list[list[int]]) -> tuple[PackedC
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     model = make_tiny_llama(len(tokenizer), seed=3)
-    gen = Generator.from_model(model, tokenizer, max_new_tokens=12)
+    gen = Generator.from_model(model, tokenizer, max_new_tokens=8)
     rng = torch.Generator().manual_seed(7)
     prefix = _ids(rng, 9, len(tokenizer))
     passages = [_ids(rng, n, len(tokenizer)) for n in (17, 5, 23)]
@@ -60,29 +63,29 @@ def setup(tokenizer):
     return model, gen, prefix, passages, questions
 
 
-def _eager(gen: Generator, prefix, passages, question, n: int = 12) -> list[int]:
+def _eager(gen: Generator, prefix, passages, question, n: int = 8) -> list[int]:
     ctx = prefix + [t for p in passages for t in p]
     return list(gen.decode(question, cache=_prefill(gen.lm, ctx), max_new_tokens=n).token_ids)
 
 
 def test_same_greedy_tokens_as_eager_decode(setup):
     model, gen, prefix, passages, questions = setup
-    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=12, buckets=(8, 16))
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, buckets=(8, 16))
     pre, chunks = _split(model, prefix, passages)
     assert fast.load(pre, chunks) == len(prefix) + sum(map(len, passages))
     for q in questions:
         want = _eager(gen, prefix, passages, q)
-        assert fast.generate([q], 12, gen.stop_ids)[0] == want
+        assert fast.generate([q], 8, gen.stop_ids)[0] == want
         # and the cached path equals a fresh prefill of the whole prompt
         ctx = prefix + [t for p in passages for t in p]
-        assert list(gen.decode(ctx + q, cache=None, max_new_tokens=12).token_ids) == want
+        assert list(gen.decode(ctx + q, cache=None, max_new_tokens=8).token_ids) == want
 
 
 def test_batched_questions_match_one_by_one(setup):
     model, gen, prefix, passages, questions = setup
-    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=12, max_batch=4, buckets=(16,))
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, max_batch=4, buckets=(16,))
     fast.load(*_split(model, prefix, passages))
-    batched = fast.generate(questions, 12, gen.stop_ids)
+    batched = fast.generate(questions, 8, gen.stop_ids)
     assert batched == [_eager(gen, prefix, passages, q) for q in questions]
 
 
@@ -128,17 +131,17 @@ def test_rerotated_evicted_quantized_chunks_match_assemble(setup, form):
         "quantized-packed": QuantizedPackedChunk.from_chunk,
         "quantized-layers": lambda c: c,
     }[form]
-    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=12)
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8)
     nxt = fast.load(PackedChunk.from_prefix(prefix_kv), [pack(c) for c in chunks])
     for q in questions[:2]:
         cache, pos = assemble(prefix_kv, chunks, fast.rotary, model.config)
         assert pos == nxt
-        want = list(gen.decode(q, cache=cache, max_new_tokens=12, next_position=pos).token_ids)
-        assert fast.generate([q], 12, gen.stop_ids)[0] == want
+        want = list(gen.decode(q, cache=cache, max_new_tokens=8, next_position=pos).token_ids)
+        assert fast.generate([q], 8, gen.stop_ids)[0] == want
 
 
 def test_buffer_bounds_raise_before_writing(setup):
-    model, gen, prefix, passages, questions = setup
+    model, _gen, prefix, passages, questions = setup
     pre, chunks = _split(model, prefix, passages)
     fast = FastGenerator(model, capacity=30, max_question=8, max_new_tokens=4, max_batch=2)
     with pytest.raises(BufferOverflowError, match="context slots"):

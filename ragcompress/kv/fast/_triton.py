@@ -13,9 +13,17 @@ __all__ = ["rerotate_copy"]
 
 @triton.jit
 def _rerotate_copy_kernel(
-    src_k, src_v, dst_k, dst_v, cos_ptr, sin_ptr, rows, dst_offset,
-    HALF: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
+    src_k,
+    src_v,
+    dst_k,
+    dst_v,
+    cos_ptr,
+    sin_ptr,
+    rows,
+    dst_offset,
+    HALF: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
     # BLOCK_R rows of head_dim = 2 * HALF; source and destination are both contiguous blocks.
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     i = tl.arange(0, HALF)
@@ -35,13 +43,164 @@ def _rerotate_copy_kernel(
 
 
 def rerotate_copy(
-    src_k: torch.Tensor, src_v: torch.Tensor, dst_k: torch.Tensor, dst_v: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, *, rows: int, dst_offset: int, head_dim: int,
-) -> None:  # fmt: skip
+    src_k: torch.Tensor,
+    src_v: torch.Tensor,
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    rows: int,
+    dst_offset: int,
+    head_dim: int,
+) -> None:
     """dst[off + r] = rotate(src_k[r]), src_v[r] for every row r < rows (rows of head_dim)."""
     block_r = 64
     grid: Any = (triton.cdiv(rows, block_r),)
     _rerotate_copy_kernel[grid](
-        src_k, src_v, dst_k, dst_v, cos.contiguous(), sin.contiguous(), rows, dst_offset,
-        HALF=head_dim // 2, BLOCK_R=block_r, num_warps=4,
-    )  # fmt: skip
+        src_k,
+        src_v,
+        dst_k,
+        dst_v,
+        cos.contiguous(),
+        sin.contiguous(),
+        rows,
+        dst_offset,
+        HALF=head_dim // 2,
+        BLOCK_R=block_r,
+        num_warps=4,
+    )
+
+
+@triton.jit
+def _add_rmsnorm_kernel(
+    x_ptr,
+    d_ptr,
+    w_ptr,
+    out_ptr,
+    res_ptr,
+    n_cols,
+    eps,
+    HAS_DELTA: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Rounds like the eager modules: residual add in the model dtype, normalized value cast to
+    # the model dtype before the weight multiply (LlamaRMSNorm).
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    m = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
+    if HAS_DELTA:
+        d = tl.load(d_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
+        xr = (x + d).to(res_ptr.dtype.element_ty)
+        tl.store(res_ptr + row * n_cols + cols, xr, mask=m)
+        x = xr.to(tl.float32)
+    var = tl.sum(x * x, axis=0) / n_cols
+    y = (x * (1.0 / tl.sqrt(var + eps))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + cols, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def add_rmsnorm(
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x + delta, rmsnorm(x + delta) * weight)`` for x (rows, hidden); without delta, ``(x, norm)``."""
+    rows, n = x.shape
+    out = torch.empty_like(x)
+    res = torch.empty_like(x) if delta is not None else x
+    block = triton.next_power_of_2(n)
+    _add_rmsnorm_kernel[(rows,)](
+        x,
+        delta if delta is not None else x,
+        weight,
+        out,
+        res,
+        n,
+        eps,
+        HAS_DELTA=delta is not None,
+        BLOCK=block,
+        num_warps=min(16, max(4, block // 512)),
+    )
+    return res, out
+
+
+@triton.jit
+def _rope_write_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_ptr,
+    sin_ptr,
+    slots_ptr,
+    qo_ptr,
+    kbuf_ptr,
+    vbuf_ptr,
+    H: tl.constexpr,
+    KVH: tl.constexpr,
+    HALF: tl.constexpr,
+):
+    # program (token t, head j): j < H rotates query head j into qo; j >= H rotates key head
+    # j - H and copies its value into the question region at slots[t]. Rounds like
+    # apply_rotary_pos_emb: bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)).
+    t = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    i = tl.arange(0, HALF)
+    D: tl.constexpr = 2 * HALF
+    c1 = tl.load(cos_ptr + t * D + i).to(tl.float32)
+    c2 = tl.load(cos_ptr + t * D + HALF + i).to(tl.float32)
+    s1 = tl.load(sin_ptr + t * D + i).to(tl.float32)
+    s2 = tl.load(sin_ptr + t * D + HALF + i).to(tl.float32)
+    dt = qo_ptr.dtype.element_ty
+    if j < H:
+        src = q_ptr + t * (H * D) + j * D
+        dst = qo_ptr + t * (H * D) + j * D
+    else:
+        slot = tl.load(slots_ptr + t)
+        src = k_ptr + t * (KVH * D) + (j - H) * D
+        dst = kbuf_ptr + slot * (KVH * D) + (j - H) * D
+        v1 = tl.load(v_ptr + t * (KVH * D) + (j - H) * D + i)
+        v2 = tl.load(v_ptr + t * (KVH * D) + (j - H) * D + HALF + i)
+        tl.store(vbuf_ptr + slot * (KVH * D) + (j - H) * D + i, v1)
+        tl.store(vbuf_ptr + slot * (KVH * D) + (j - H) * D + HALF + i, v2)
+    x1 = tl.load(src + i).to(tl.float32)
+    x2 = tl.load(src + HALF + i).to(tl.float32)
+    o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
+    o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
+    tl.store(dst + i, o1.to(dt))
+    tl.store(dst + HALF + i, o2.to(dt))
+
+
+def rope_write(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    slots: torch.Tensor,
+    kbuf: torch.Tensor,
+    vbuf: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+) -> torch.Tensor:
+    """Rotated queries (n, heads, head_dim); rotated keys and values written to kbuf/vbuf
+    (slots, kv_heads, head_dim) rows ``slots`` (n,). q/k/v (n, heads*head_dim) contiguous;
+    cos/sin (n, head_dim) contiguous."""
+    n = q.shape[0]
+    qo = torch.empty(n, heads, head_dim, device=q.device, dtype=q.dtype)
+    _rope_write_kernel[(n, heads + kv_heads)](
+        q,
+        k,
+        v,
+        cos,
+        sin,
+        slots,
+        qo,
+        kbuf,
+        vbuf,
+        H=heads,
+        KVH=kv_heads,
+        HALF=head_dim // 2,
+        num_warps=1,
+    )
+    return qo

@@ -44,8 +44,9 @@ class StepMeta:
     ctx_len: torch.Tensor  # (1,) int32, shared with the buffer
     q_used: torch.Tensor  # (B,) int32
     splits: int = 1
+    group: int = 1  # query heads per KV head: folded into the query rows of the context pass
     max_seg: int = field(init=False)  # longest segment (host int: flash's max_seqlen_k)
-    cu_q_ctx: torch.Tensor = field(init=False)  # [0, N, 2N, .., S*N]
+    cu_q_ctx: torch.Tensor = field(init=False)  # [0, NG, 2NG, .., S*NG]
     cu_k_ctx: torch.Tensor = field(init=False)  # segment starts, then capacity
     seg_start: torch.Tensor = field(init=False)  # (S,) int32
     seg_len: torch.Tensor = field(init=False)  # (S,) int32
@@ -67,7 +68,7 @@ class StepMeta:
         def i32(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.int32, device=dev)
 
-        self.cu_q_ctx = i32([i * b * t for i in range(splits + 1)])
+        self.cu_q_ctx = i32([i * b * t * self.group for i in range(splits + 1)])
         self.cu_k_ctx = i32(starts)
         self.seg_start = i32(starts[:-1])
         self.seg_len = i32([starts[i + 1] - starts[i] for i in range(splits)])
@@ -100,9 +101,7 @@ class CascadeAttention(ABC):
         """(B*T, heads, head_dim) in ``q``'s dtype."""
 
 
-def merge(
-    o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor
-) -> torch.Tensor:
+def merge(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
     """Combine two partial attentions; o_* (N, H, D), lse_* (N, H) fp32 (may be -inf)."""
     import torch
 
@@ -154,23 +153,38 @@ class ReferenceCascade(CascadeAttention):
 
 class FlashCascade(CascadeAttention):
     """Flash attention's variable-length kernel (fp16/bf16 on CUDA), graph-safe: valid
-    lengths are read from device tensors (``seqused_k``). The context runs split-KV over
-    ``meta.splits`` segments; all partial results are merged by log-sum-exp."""
+    lengths are read from device tensors (``seqused_k``).
+
+    Context pass: the query heads sharing a KV head are folded into the query rows (N*G rows,
+    kv_heads heads), so each KV head's keys are read once, not once per query head; the keys
+    are split over ``meta.splits`` segments (split-KV) to fill the GPU. Own-question pass:
+    causal, one sequence per question. Partial results merge by log-sum-exp.
+    """
 
     def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
         import torch
 
         n, h, d = q.shape
+        kvh = ctx_k.shape[1]
+        g = h // kvh
+        if meta.group != g:
+            raise ValueError(f"StepMeta.group={meta.group} but the model has {g} query heads per KV head")
         sp = meta.splits
-        qs = q.repeat(sp, 1, 1) if sp > 1 else q
-        o_a, lse_a = _flash(qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n, meta.max_seg, False,
-                            scale, meta.ctx_used)  # fmt: skip
-        o_b, lse_b = _flash(q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale,
-                            meta.q_used)  # fmt: skip
+        qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)  # row t*g + j
+        qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
+        o_a, lse_a = _flash(
+            qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n * g, meta.max_seg, False, scale, meta.ctx_used
+        )
+        o_b, lse_b = _flash(
+            q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
+        )
+        # unfold: (S, N, G, KVH) -> (S, N, KVH*G) with head = kv * G + j
+        lse_a = _lse_rows(lse_a, sp * n * g).view(sp, n, g, kvh).transpose(2, 3).reshape(sp, n, h)
+        o_a = o_a.view(sp, n, g, kvh, d).transpose(2, 3).reshape(sp, n, h, d)
         # Empty segments (past ctx_len) hold no keys: flash leaves them 0 / +inf; drop them.
         valid = (meta.ctx_used > 0).view(sp, 1, 1)
-        lse_a = torch.where(valid, _lse_rows(lse_a, sp * n).view(sp, n, h), float("-inf"))
-        o_a = torch.where(valid.unsqueeze(-1), o_a.view(sp, n, h, d), 0)
+        lse_a = torch.where(valid, lse_a, float("-inf"))
+        o_a = torch.where(valid.unsqueeze(-1), o_a, 0)
         lse = torch.cat([lse_a, _lse_rows(lse_b, n).unsqueeze(0)])  # (S+1, N, H)
         o = torch.cat([o_a, o_b.unsqueeze(0)])
         w = torch.exp(lse - lse.amax(0, keepdim=True)).unsqueeze(-1)

@@ -61,24 +61,32 @@ class FastGenerator:
     buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     graphs: bool = True
     attention: CascadeAttention | None = None
+    fused: bool = True  # Triton add+RMSNorm and RoPE+KV-write kernels on CUDA
     step: DecoderStep = field(init=False, repr=False)
     buffer: StaticKVBuffer = field(init=False, repr=False)
     rotary: Any = field(init=False, repr=False)
     _shapes: dict[tuple[int, int], _Shape] = field(default_factory=dict, init=False, repr=False)
     _cur: list[int] = field(default_factory=list, init=False, repr=False)
     _pool: Any = field(default=None, init=False, repr=False)
+    _staging: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+    _staged: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ragcompress.kv.rotary import Rotary
 
-        self.step = DecoderStep(self.model)
+        self.step = DecoderStep(self.model, fused=self.fused)
         self.rotary = Rotary.from_model(self.model)
         param = next(self.model.parameters())
         self.buffer = StaticKVBuffer(
-            layers=self.step.num_layers, kv_heads=self.step.kv_heads, head_dim=self.step.head_dim,
-            capacity=self.capacity, region=self.max_question + self.max_new_tokens,
-            max_batch=self.max_batch, dtype=param.dtype, device=param.device,
-        )  # fmt: skip
+            layers=self.step.num_layers,
+            kv_heads=self.step.kv_heads,
+            head_dim=self.step.head_dim,
+            capacity=self.capacity,
+            region=self.max_question + self.max_new_tokens,
+            max_batch=self.max_batch,
+            dtype=param.dtype,
+            device=param.device,
+        )
         if self.attention is None:
             self.attention = _default_attention(param)
         self.graphs = self.graphs and param.device.type == "cuda"
@@ -88,7 +96,9 @@ class FastGenerator:
         return self.buffer.ctx_keys.device
 
     # -- context ---------------------------------------------------------------------------
-    def load(self, prefix: PackedChunk, chunks: Sequence[PackedChunk | QuantizedPackedChunk | KVChunk]) -> int:
+    def load(
+        self, prefix: PackedChunk, chunks: Sequence[PackedChunk | QuantizedPackedChunk | KVChunk]
+    ) -> int:
         """Write prefix + chunks (in this order) into the buffer; returns the next position.
 
         :class:`PackedChunk` and :class:`QuantizedPackedChunk` take one launch each; a stored
@@ -115,7 +125,9 @@ class FastGenerator:
     def bucket(self, n: int) -> int:
         """The padded length a question of ``n`` tokens runs at (one graph per bucket)."""
         if n > self.max_question:
-            raise BufferOverflowError(f"question of {n} tokens is longer than max_question={self.max_question}")
+            raise BufferOverflowError(
+                f"question of {n} tokens is longer than max_question={self.max_question}"
+            )
         fits = [b for b in self.buckets if n <= b <= self.max_question]
         return min(fits) if fits else self.max_question
 
@@ -150,13 +162,15 @@ class FastGenerator:
 
         b = len(self._cur)
         if any(c + 1 > self.buffer.region for c in self._cur):
-            raise BufferOverflowError(f"generation ran past the question region of {self.buffer.region} slots")
+            raise BufferOverflowError(
+                f"generation ran past the question region of {self.buffer.region} slots"
+            )
         shape = self._shape(b, 1)
         cur = torch.tensor(self._cur)
         r, p0 = self.buffer.region, self.buffer.next_position
         host = torch.cat([p0 + cur, torch.arange(b) * r + cur, cur + 1, torch.arange(b)])
         args = shape.args
-        args[b:].copy_(host, non_blocking=True)
+        self._upload(args[b:], host)
         args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]
@@ -213,11 +227,21 @@ class FastGenerator:
         args = torch.zeros(4 * n + b, dtype=torch.long, device=dev)
         # harmless defaults for warm-up/capture: slot i of question 0.., position i
         args[n : 2 * n] = torch.arange(n, device=dev) % t
-        args[2 * n : 3 * n] = (torch.arange(b, device=dev)[:, None] * self.buffer.region + torch.arange(t, device=dev)).reshape(-1)  # noqa: E501
+        args[2 * n : 3 * n] = (
+            torch.arange(b, device=dev)[:, None] * self.buffer.region + torch.arange(t, device=dev)
+        ).reshape(-1)
         args[3 * n : 4 * n] = t
         args[4 * n :] = torch.arange(b, device=dev) * t + t - 1
-        meta = StepMeta(b, t, self.buffer.region, self.capacity, self.buffer.ctx_len_t,
-                        torch.zeros(b, dtype=torch.int32, device=dev), splits=self._splits(b * t))  # fmt: skip
+        meta = StepMeta(
+            b,
+            t,
+            self.buffer.region,
+            self.capacity,
+            self.buffer.ctx_len_t,
+            torch.zeros(b, dtype=torch.int32, device=dev),
+            splits=self._splits(b * t),
+            group=self.step.heads // self.step.kv_heads,
+        )
         shape = _Shape(b, t, args, meta)
         if self.graphs:
             stream = torch.cuda.Stream(device=dev)
@@ -236,15 +260,16 @@ class FastGenerator:
         return shape
 
     def _splits(self, n: int) -> int:
-        """Context segments for n query tokens: enough thread blocks (heads x 128-query tiles x
-        segments) for ~2 waves on the device, segments of ≥ 512 keys."""
+        """Context segments for n query tokens: enough thread blocks (KV heads x 128-row tiles of
+        the folded queries x segments) for ~2 waves on the device, segments of ≥ 256 keys."""
         import torch
 
         if self.device.type != "cuda":
             return 1
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-        blocks = self.step.heads * -(-n // 128)
-        return max(1, min(-(-2 * sms // blocks), self.capacity // 512))
+        rows = n * (self.step.heads // self.step.kv_heads)
+        blocks = self.step.kv_heads * -(-rows // 128)
+        return max(1, min(-(-2 * sms // blocks), self.capacity // 256))
 
     def _forward(self, shape: _Shape) -> None:
         import torch
@@ -256,15 +281,43 @@ class FastGenerator:
             shape.meta.q_used.copy_(a[3 * n : 3 * n + b * t : t])
             shape.meta.refresh()
             logits = self.step(
-                a[:n].view(b, t), a[n : 2 * n].view(b, t), a[2 * n : 3 * n], a[4 * n :],
-                self.buffer, shape.meta, self.attention,  # type: ignore[arg-type]
-            )  # fmt: skip
+                a[:n].view(b, t),
+                a[n : 2 * n].view(b, t),
+                a[2 * n : 3 * n],
+                a[4 * n :],
+                self.buffer,
+                shape.meta,
+                self.attention,  # type: ignore[arg-type]
+            )
             shape.logits = logits
             shape.tokens = logits.argmax(-1)
 
     def _run(self, shape: _Shape, host_args: torch.Tensor) -> None:
-        shape.args.copy_(host_args, non_blocking=True)
+        self._upload(shape.args, host_args)
         self._replay(shape)
+
+    def _upload(self, dst: torch.Tensor, host: torch.Tensor) -> None:
+        """Host -> device copy of step arguments without blocking the host: through a pinned
+        staging tensor (a pageable copy would wait for the chunk writes queued before it)."""
+        import torch
+
+        if dst.device.type != "cuda":
+            dst.copy_(host)
+            return
+        key = host.numel()
+        stage = self._staging.get(key)
+        if stage is None:
+            stage = self._staging[key] = torch.empty_like(host).pin_memory()
+        done = self._staged.get(key)
+        if done is not None:
+            # the previous copy out of this staging tensor must be done before it is overwritten
+            done.synchronize()
+        with torch.inference_mode():  # the stage may have been made inside inference mode
+            stage.copy_(host)
+            dst.copy_(stage, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self._staged[key] = ev
 
     def _replay(self, shape: _Shape) -> None:
         if shape.graph is not None:
@@ -311,8 +364,16 @@ def _compare_backends(device: torch.device, dtype: torch.dtype) -> float:
     # context views strided like the buffer's (capacity, layers, kv_heads, d)[:, layer]
     q, ok, ov = rnd(b * t, h, d), rnd(b * r, kvh, d), rnd(b * r, kvh, d)
     ck, cv = rnd(cap, 3, kvh, d)[:, 1], rnd(cap, 3, kvh, d)[:, 2]
-    meta = StepMeta(b, t, r, cap, torch.tensor([23], dtype=torch.int32, device=device),
-                    torch.tensor([t, t + 2], dtype=torch.int32, device=device), splits=3)  # fmt: skip
+    meta = StepMeta(
+        b,
+        t,
+        r,
+        cap,
+        torch.tensor([23], dtype=torch.int32, device=device),
+        torch.tensor([t, t + 2], dtype=torch.int32, device=device),
+        splits=3,
+        group=h // kvh,
+    )
     meta.refresh()
     ref = ReferenceCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
     got = FlashCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()

@@ -4,7 +4,8 @@ A :class:`PackedChunk` holds every layer of one chunk in one tensor per side, ke
 (n, layers, kv_heads, head_dim) — the buffer's token-major layout — so that writing it into the
 static buffer is one launch over one contiguous block per chunk instead of one per layer.
 :class:`QuantizedPackedChunk` does the same for int4/int8 chunks: every layer's codes stacked
-as extra KV heads, dequantized and re-rotated by one launch of the fused kernel. Packing happens once, when a chunk enters the GPU tier, not per
+as extra KV heads, dequantized and re-rotated by one launch of the fused kernel. Packing
+happens once, when a chunk enters the GPU tier, not per
 request.
 """
 
@@ -17,10 +18,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from ragcompress.kv.kernels import QuantizedKV
-
     from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.kernels import QuantizedKV
 
 __all__ = ["PackedChunk", "QuantizedPackedChunk"]
 

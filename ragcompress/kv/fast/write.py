@@ -39,8 +39,17 @@ def write_chunk(buffer: StaticKVBuffer, chunk: PackedChunk, rotary: Rotary, what
         from ragcompress.kv.fast._triton import rerotate_copy
 
         n, layers, h, d = chunk.keys.shape
-        rerotate_copy(chunk.keys, chunk.values, buffer.ctx_keys, buffer.ctx_values, cos, sin,
-                      rows=n * layers * h, dst_offset=slot * layers * h * d, head_dim=d)  # fmt: skip
+        rerotate_copy(
+            chunk.keys,
+            chunk.values,
+            buffer.ctx_keys,
+            buffer.ctx_values,
+            cos,
+            sin,
+            rows=n * layers * h,
+            dst_offset=slot * layers * h * d,
+            head_dim=d,
+        )
     else:
         _write_torch(buffer, chunk, slot, cos, sin, rotary.rot_dim)
     return slot
@@ -62,12 +71,15 @@ def write_quantized_chunk(
     buffer: StaticKVBuffer, chunk: QuantizedPackedChunk, rotary: Rotary, what: str = "chunk"
 ) -> int:
     """Dequantize + re-rotate a quantized chunk into the context in one launch."""
-    import torch
 
     from ragcompress.kv import kernels
 
     h = buffer.kv_heads
-    if chunk.layers != buffer.layers or chunk.kv.kv_heads != chunk.layers * h or chunk.kv.head_dim != buffer.head_dim:
+    if (
+        chunk.layers != buffer.layers
+        or chunk.kv.kv_heads != chunk.layers * h
+        or chunk.kv.head_dim != buffer.head_dim
+    ):
         raise ValueError(
             f"{what} has {chunk.layers} layers / {chunk.kv.kv_heads} stacked heads of {chunk.kv.head_dim}; "
             f"the buffer {buffer.layers} layers of {h} heads of {buffer.head_dim}"
@@ -77,28 +89,32 @@ def write_quantized_chunk(
     slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
     dk, dv = _as_heads(buffer)
     dev = buffer.ctx_keys.device
-    delta = torch.tensor(pos - chunk.base_offset, dtype=torch.long, device=dev)
-    kernels.write_quantized(chunk.kv, dk, dv, slot, delta, _inv_freq(rotary, dev))
+    kernels.write_quantized(
+        chunk.kv, dk, dv, slot, _delta(pos - chunk.base_offset, dev), _inv_freq(rotary, dev)
+    )
     return slot
 
 
 def write_layers(buffer: StaticKVBuffer, chunk: KVChunk, rotary: Rotary, what: str = "chunk") -> int:
     """Append a stored :class:`~ragcompress.kv.chunk.KVChunk` (dense or quantized layers) layer
     by layer through :mod:`ragcompress.kv.kernels`: the generic path, one launch per layer."""
-    import torch
 
     from ragcompress.kv import kernels
 
-    if len(chunk.layers) != buffer.layers or (chunk.kv_heads, chunk.head_dim) != (buffer.kv_heads, buffer.head_dim):
+    if len(chunk.layers) != buffer.layers or (chunk.kv_heads, chunk.head_dim) != (
+        buffer.kv_heads,
+        buffer.head_dim,
+    ):
         raise ValueError(
-            f"{what} has {len(chunk.layers)} layers of ({chunk.kv_heads}, {chunk.head_dim}) heads; the buffer "
+            f"{what} has {len(chunk.layers)} layers of ({chunk.kv_heads}, {chunk.head_dim}) heads; "
+            "the buffer "
             f"{buffer.layers} of ({buffer.kv_heads}, {buffer.head_dim})"
         )
     if rotary.rot_dim != buffer.head_dim:
         raise ValueError("partial rotary needs the dense path (PackedChunk)")
     slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
     dev = buffer.ctx_keys.device
-    delta = torch.tensor(pos - chunk.base_offset, dtype=torch.long, device=dev)
+    delta = _delta(pos - chunk.base_offset, dev)
     inv_freq = _inv_freq(rotary, dev)
     for li, layer in enumerate(chunk.layers):
         # (capacity, kv_heads, d) seen as the kernels' (1, kv_heads, capacity, d): strides, no copy
@@ -119,6 +135,22 @@ def _as_heads(buffer: StaticKVBuffer) -> tuple[torch.Tensor, torch.Tensor]:
     dk = buffer.ctx_keys.view(c, layers * h, d).permute(1, 0, 2)[None]
     dv = buffer.ctx_values.view(c, layers * h, d).permute(1, 0, 2)[None]
     return dk, dv
+
+
+_DELTAS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _delta(value: int, dev: torch.device) -> torch.Tensor:
+    """A device scalar per delta, made once: creating it per write would be a blocking copy."""
+    import torch
+
+    key = (value, str(dev))
+    hit = _DELTAS.get(key)
+    if hit is None:
+        if len(_DELTAS) > 65536:
+            _DELTAS.clear()
+        hit = _DELTAS[key] = torch.tensor(value, dtype=torch.long, device=dev)
+    return hit
 
 
 def _inv_freq(rotary: Rotary, dev: torch.device) -> torch.Tensor:
