@@ -85,7 +85,8 @@ def test_needle_examples_hold_the_needle_in_the_gold_passage() -> None:
         gold = ex.gold_passage
         assert ex.answers[0] in gold.text
         assert sum(ex.answers[0] in p.text for p in ex.passages) == 1
-    assert [e.answers for e in examples] == [e.answers for e in needle_examples((200, 400), (0, 50, 100), seed=1)]
+    again = needle_examples((200, 400), (0, 50, 100), seed=1)
+    assert [e.answers for e in examples] == [e.answers for e in again]
 
 
 def test_plant_needle_rejects_bad_depth() -> None:
