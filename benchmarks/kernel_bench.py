@@ -29,21 +29,27 @@ import torch
 from ragcompress.kv.kernels import QuantizedKV, write_dense_reference, write_quantized_reference
 from ragcompress.kv.kernels.quant_format import quantize_keys, quantize_values
 
-# (label, kv_heads, tokens, head_dim, bits (0 = dense bf16), group, per-token deltas)
+# (label, kv_heads, tokens, head_dim, bits (0 = dense bf16), group, per-token deltas, layers per launch)
 CASES = [
-    ("smollm2 layer, 512 tok, bf16", 3, 512, 64, 0, 32, False),
-    ("smollm2 layer, 512 tok, int4", 3, 512, 64, 4, 32, False),
-    ("8B layer, 512 tok, bf16", 8, 512, 128, 0, 32, False),
-    ("8B layer, 512 tok, int8", 8, 512, 128, 8, 32, False),
-    ("8B layer, 512 tok, int4", 8, 512, 128, 4, 32, False),
-    ("8B layer, 4096 tok, bf16", 8, 4096, 128, 0, 32, False),
-    ("8B layer, 4096 tok, int8", 8, 4096, 128, 8, 32, False),
-    ("8B layer, 4096 tok, int4", 8, 4096, 128, 4, 32, False),
-    ("8B layer, 32768 tok, bf16", 8, 32768, 128, 0, 32, False),
-    ("8B layer, 32768 tok, int8", 8, 32768, 128, 8, 32, False),
-    ("8B layer, 32768 tok, int4", 8, 32768, 128, 4, 32, False),
-    ("8B layer, 32768 tok, bf16, per-token delta", 8, 32768, 128, 0, 32, True),
-    ("8B layer, 32768 tok, int4, per-token delta", 8, 32768, 128, 4, 32, True),
+    ("smollm2 layer, 512 tok, bf16", 3, 512, 64, 0, 32, False, 1),
+    ("smollm2 layer, 512 tok, int4", 3, 512, 64, 4, 32, False, 1),
+    ("8B layer, 512 tok, bf16", 8, 512, 128, 0, 32, False, 1),
+    ("8B layer, 512 tok, int8", 8, 512, 128, 8, 32, False, 1),
+    ("8B layer, 512 tok, int4", 8, 512, 128, 4, 32, False, 1),
+    ("8B layer, 4096 tok, bf16", 8, 4096, 128, 0, 32, False, 1),
+    ("8B layer, 4096 tok, int8", 8, 4096, 128, 8, 32, False, 1),
+    ("8B layer, 4096 tok, int4", 8, 4096, 128, 4, 32, False, 1),
+    ("8B layer, 32768 tok, bf16", 8, 32768, 128, 0, 32, False, 1),
+    ("8B layer, 32768 tok, int8", 8, 32768, 128, 8, 32, False, 1),
+    ("8B layer, 32768 tok, int4", 8, 32768, 128, 4, 32, False, 1),
+    ("8B layer, 32768 tok, bf16, per-token delta", 8, 32768, 128, 0, 32, True, 1),
+    ("8B layer, 32768 tok, int4, per-token delta", 8, 32768, 128, 4, 32, True, 1),
+    ("smollm2 chunk, 30 layers in 1 launch, 512 tok, bf16", 3, 512, 64, 0, 32, False, 30),
+    ("smollm2 chunk, 30 layers in 1 launch, 512 tok, int4", 3, 512, 64, 4, 32, False, 30),
+    ("8B chunk, 32 layers in 1 launch, 512 tok, bf16", 8, 512, 128, 0, 32, False, 32),
+    ("8B chunk, 32 layers in 1 launch, 512 tok, int8", 8, 512, 128, 8, 32, False, 32),
+    ("8B chunk, 32 layers in 1 launch, 512 tok, int4", 8, 512, 128, 4, 32, False, 32),
+    ("8B chunk, 32 layers in 1 launch, 4096 tok, int4", 8, 4096, 128, 4, 32, False, 32),
 ]
 
 
@@ -62,44 +68,59 @@ def inv_freq(d: int) -> torch.Tensor:
 
 
 def run_case(
-    label: str, h: int, n: int, d: int, bits: int, group: int, per_token: bool, copy_bw: float
+    label: str, h: int, n: int, d: int, bits: int, group: int, per_token: bool, layers: int, copy_bw: float
 ) -> dict[str, Any]:
+    """``layers`` > 1: one launch writes every layer of the chunk (stacked sources and cache);
+    the reference loops over layers."""
     from triton.testing import do_bench
 
-    from ragcompress.kv.kernels.dequant_rope import write_dense_triton, write_quantized_triton
+    from ragcompress.kv.kernels import dequant_rope as dr
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    keys = torch.randn(h, n, d, device="cuda", generator=g).to(torch.bfloat16)
-    values = torch.randn(h, n, d, device="cuda", generator=g).to(torch.bfloat16)
+    keys = torch.randn(layers, h, n, d, device="cuda", generator=g).to(torch.bfloat16)
+    values = torch.randn(layers, h, n, d, device="cuda", generator=g).to(torch.bfloat16)
     max_len, offset = n + 128, 64
     dst = [
-        torch.full((1, h, max_len, d), float("nan"), dtype=torch.bfloat16, device="cuda") for _ in range(4)
+        torch.full((layers, h, max_len, d), float("nan"), dtype=torch.bfloat16, device="cuda")
+        for _ in range(4)
     ]
     freq = inv_freq(d)
     if per_token:
         delta = torch.randint(0, 4096, (h, n), device="cuda", generator=g)
     else:  # assembly moves a whole chunk by one delta
         delta = torch.tensor(1234, device="cuda")
-    out_bytes = 2 * h * n * d * 2
+    out_bytes = 2 * layers * h * n * d * 2
     if bits:
-        src = QuantizedKV(
-            *quantize_keys(keys, bits, group), *quantize_values(values, bits, group), bits, group
-        )
-        in_bytes = sum(t.numel() * t.element_size() for t in list(vars(src).values())[:6])
+        qs = [
+            QuantizedKV(
+                *quantize_keys(keys[i], bits, group), *quantize_values(values[i], bits, group), bits, group
+            )
+            for i in range(layers)
+        ]
+        stacked = QuantizedKV.stack(qs)
+        in_bytes = sum(t.numel() * t.element_size() for t in stacked.tensors())
 
         def kern() -> None:
-            write_quantized_triton(src, dst[0], dst[1], offset, delta, freq)
+            if layers == 1:
+                dr.write_quantized_triton(qs[0], dst[0], dst[1], offset, delta, freq)
+            else:
+                dr.write_quantized_layers_triton(stacked, dst[0], dst[1], offset, delta, freq)
 
         def ref() -> None:
-            write_quantized_reference(src, dst[2], dst[3], offset, delta, freq)
+            for i in range(layers):
+                write_quantized_reference(qs[i], dst[2][i], dst[3][i], offset, delta, freq)
     else:
-        in_bytes = 2 * h * n * d * 2
+        in_bytes = 2 * layers * h * n * d * 2
 
         def kern() -> None:
-            write_dense_triton(keys, values, dst[0], dst[1], offset, delta, freq)
+            if layers == 1:
+                dr.write_dense_triton(keys[0], values[0], dst[0], dst[1], offset, delta, freq)
+            else:
+                dr.write_dense_layers_triton(keys, values, dst[0], dst[1], offset, delta, freq)
 
         def ref() -> None:
-            write_dense_reference(keys, values, dst[2], dst[3], offset, delta, freq)
+            for i in range(layers):
+                write_dense_reference(keys[i], values[i], dst[2][i], dst[3][i], offset, delta, freq)
 
     kern()
     ref()
@@ -107,7 +128,7 @@ def run_case(
     errs = []
     for a, b in ((dst[0], dst[2]), (dst[1], dst[3])):
         sl = slice(offset, offset + n)
-        x, y = a[0, :, sl].float(), b[0, :, sl].float()
+        x, y = a[:, :, sl].float(), b[:, :, sl].float()
         errs.append(float(((x - y).abs() / (y.abs() + 1e-3)).max()))
         assert bool(torch.isfinite(x).all()), f"{label}: kernel left slots unwritten"
     t_kernel = do_bench(kern, return_mode="median")
@@ -128,6 +149,7 @@ def run_case(
     floor_ms = moved / copy_bw * 1e3
     return {
         "case": label,
+        "layers": layers,
         "kv_heads": h,
         "tokens": n,
         "head_dim": d,
@@ -153,7 +175,8 @@ Columns: *kernel µs (graph)* is device time (the launch replayed from a CUDA gr
 exceeds the GPU time; *host µs/launch* is wall time per launch of 200 back-to-back launches. *floor
 µs* is the bytes moved at the measured copy bandwidth; *of copy BW* = floor / graph time.
 The torch reference is the same math in eager torch ops (dequantize, cos/sin, rotate, copy).
-One launch writes one layer of one chunk; small chunks are bound by launch latency, not bytes.
+A "layer" case is one launch per layer (bound by launch latency when small); a "chunk" case
+writes every layer of a chunk in one launch (stacked sources, a stacked cache buffer).
 """
 
 

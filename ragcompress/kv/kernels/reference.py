@@ -14,6 +14,7 @@ some rope types fold into cos/sin is already in the stored keys and is not appli
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,16 +46,42 @@ class QuantizedKV:
 
     @property
     def kv_heads(self) -> int:
-        return int(self.key_codes.shape[0])
+        return int(self.key_codes.shape[-3])
 
     @property
     def num_tokens(self) -> int:
-        return int(self.key_codes.shape[1])
+        return int(self.key_codes.shape[-2])
 
     @property
     def head_dim(self) -> int:
-        d = int(self.key_codes.shape[2])
+        d = int(self.key_codes.shape[-1])
         return 2 * d if self.bits == 4 else d
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """(key_codes, key_scale, key_zero, value_codes, value_scale, value_zero)."""
+        return (
+            self.key_codes,
+            self.key_scale,
+            self.key_zero,
+            self.value_codes,
+            self.value_scale,
+            self.value_zero,
+        )
+
+    @classmethod
+    def stack(cls, layers: Sequence[QuantizedKV]) -> QuantizedKV:
+        """The layers of one chunk stacked on a leading axis (same shapes, bits and group)."""
+        import torch
+
+        if not layers or any((q.bits, q.group) != (layers[0].bits, layers[0].group) for q in layers):
+            raise ValueError("stacking needs ≥ 1 layers quantized with the same bits and group")
+        kc, ks, kz, vc, vs, vz = (torch.stack(ts) for ts in zip(*(q.tensors() for q in layers), strict=True))
+        return cls(kc, ks, kz, vc, vs, vz, bits=layers[0].bits, group=layers[0].group)
+
+    def layer(self, i: int) -> QuantizedKV:
+        """Layer ``i`` of a stacked QuantizedKV."""
+        kc, ks, kz, vc, vs, vz = (t[i] for t in self.tensors())
+        return QuantizedKV(kc, ks, kz, vc, vs, vz, bits=self.bits, group=self.group)
 
 
 def rerotate(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
