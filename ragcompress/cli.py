@@ -59,9 +59,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, kv: bool = False) -> None:
     g = p.add_argument_group("pipeline")
     g.add_argument(
         "--pipeline",
-        default="text-only",
         metavar="NAME|PATH",
-        help="ready spec name (see `ragcompress models`) or a YAML file (default: text-only)",
+        help="ready spec name (see `ragcompress models`) or a YAML file "
+        "(default: text-only; kv-cached with --kv)",
     )
     g.add_argument(
         "--compressor",
@@ -101,7 +101,7 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
 
     from ragcompress.pipeline import KVSpec, Pipeline, find_pipeline
 
-    path = find_pipeline(args.pipeline)
+    path = find_pipeline(args.pipeline or _default_pipeline(args))
     spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(spec, dict):
         raise UsageError(f"{path}: a pipeline spec is a mapping")
@@ -122,7 +122,7 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
     kv = None
     if getattr(args, "kv", False):
         base = spec.pop("kv", None) or {}
-        presses = _json_arg("--press", args.press) if args.press else base.get("presses", ())
+        presses = _json_arg("--press", args.press) if args.press else base.get("presses") or []
         kv = KVSpec(
             cache_dir=args.cache_dir or base.get("cache_dir"),
             presses=tuple(presses if isinstance(presses, list) else [presses]),
@@ -145,6 +145,14 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
         raise UsageError(f"{path.name}: {err.args[0] if err.args else err}") from err
     pipe.budget = budget
     return pipe
+
+
+def _default_pipeline(args: argparse.Namespace) -> str:
+    # The KV path's own spec keeps query-aware text compression out of the chunk cache, so
+    # that chunks are reused across questions.
+    from ragcompress.pipeline import pipeline_names
+
+    return "kv-cached" if getattr(args, "kv", False) and "kv-cached" in pipeline_names() else "text-only"
 
 
 def _json_arg(flag: str, value: str) -> Any:
