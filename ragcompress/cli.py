@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import textwrap
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -232,19 +231,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    from ragcompress.corpus import load_documents
-    from ragcompress.retrieve import FaissRetriever
-
-    docs = load_documents(args.docs)
-    start = time.perf_counter()
-    _log(f"embedding {len(docs)} passages")
-    retriever = FaissRetriever.from_passages(docs, embedder=args.embedder)
-    out = retriever.save(args.out)
-    print(f"indexed {len(docs)} passages from {args.docs} into {out} in {time.perf_counter() - start:.1f} s")
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args.name, list(args.rest))
 
@@ -348,23 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(ask, kv=True)
     ask.set_defaults(func=cmd_ask)
 
-    index = sub.add_parser(
-        "index",
-        formatter_class=_F,
-        help="build and save a FAISS index over a folder of documents",
-        description=_wrap(
-            "Embed the passages of DOCS (.txt/.md/.jsonl files, recursively) and save a FAISS "
-            "index (index.faiss + passages.json, no pickle) that `ask --index` reopens."
-        ),
-        epilog="example:\n  ragcompress index notes/ --out notes.idx\n"
-        "  ragcompress ask 'Who?' --index notes.idx",
-    )
-    index.add_argument("docs", metavar="DOCS", help="a file or a folder of .txt/.md/.jsonl files")
-    index.add_argument("--out", required=True, metavar="INDEX", help="folder to write the index into")
-    index.add_argument(
-        "--embedder", metavar="MODEL", help="sentence-transformers model (default: all-minilm-l6-v2)"
-    )
-    index.set_defaults(func=cmd_index)
+    from ragcompress.cli_index import add_index_parser
+
+    add_index_parser(sub, _F)
 
     bench = sub.add_parser(
         "bench",
