@@ -166,3 +166,56 @@ def test_gpu_fused_step_matches_unfused(data):
         fast.prefill(questions[:1])
         logits.append(fast._shapes[(1, 16)].logits[0].clone())
     assert ((logits[0] - logits[1]).norm() / logits[1].norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_one_launch_write_matches_per_chunk_writes(data):
+    """All chunks in one launch per kind (bf16 + knorm/int4, moved positions, evicted tokens)
+    == the per-chunk writers; nothing past the context is touched."""
+    from ragcompress.kv.fast import QuantizedPackedChunk, write_quantized_chunk
+    from ragcompress.kv.fast.batched import write_batch
+    from ragcompress.kv.presses.knorm import KnormPress
+    from ragcompress.kv.presses.quantize import QuantizePress
+    from tests.kv.test_fast_path import _separate_chunks
+
+    prefix, passages, _q = data
+    m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
+    prefix_kv, dense = _separate_chunks(m, prefix, passages)
+    _, quant = _separate_chunks(m, prefix, passages, (KnormPress(ratio=0.25), QuantizePress(4, 8)))
+    pre = PackedChunk.from_prefix(prefix_kv)
+    chunks = [PackedChunk.from_chunk(dense[0]), QuantizedPackedChunk.from_chunk(quant[1])]
+    chunks += [QuantizedPackedChunk.from_chunk(quant[2]), PackedChunk.from_chunk(dense[1])]
+    fast = FastGenerator(m, capacity=96, max_question=8, max_new_tokens=4)
+    got = fast.buffer
+    ref = StaticKVBuffer(got.layers, got.kv_heads, got.head_dim, 96, 4, dtype=torch.bfloat16, device="cuda")
+    for b in (got, ref):
+        b.ctx_keys.fill_(float("nan"))
+        b.ctx_values.fill_(float("nan"))
+    write_batch(got, pre, chunks, fast.rotary)
+    write_chunk(ref, pre, fast.rotary)
+    for c in chunks:
+        (write_chunk if isinstance(c, PackedChunk) else write_quantized_chunk)(ref, c, fast.rotary)
+    n = ref.ctx_len
+    assert (got.ctx_len, got.next_position, int(got.ctx_len_t)) == (n, ref.next_position, n)
+    for a, b in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
+        assert not a[:n].isnan().any() and a[n:].isnan().all()
+        torch.testing.assert_close(a[:n], b[:n], atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_follows_context_length(data):
+    """One captured bf16 graph (flash, split-KV segments recut on the device at each replay),
+    contexts of different lengths in turn: logits close to a full eager forward every time."""
+    prefix, passages, questions = data
+    m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
+    fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,))
+    assert fast.graphs and isinstance(fast.attention, FlashCascade)
+    q = questions[0]
+    for use in (passages, passages[:1], passages[1:2], passages):
+        fast.load(*_split(m, prefix, use))
+        fast.prefill([q])
+        got = fast._shapes[(1, 16)].logits[0]
+        ctx = prefix + [t for p in use for t in p]
+        with torch.inference_mode():
+            want = m(input_ids=torch.tensor([ctx + q], device="cuda")).logits[0, -1].float()
+        assert ((got - want).norm() / want.norm()).item() < 2e-2

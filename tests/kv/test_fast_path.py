@@ -101,7 +101,8 @@ def _separate_chunks(model, prefix, passages, presses=()):
     chunks = []
     for i, p in enumerate(passages):
         kv = [(k[:, len(prefix) :], v[:, len(prefix) :]) for k, v in _layers_kv(_prefill(model, prefix + p))]
-        keep = torch.arange(0, len(p), 2) if i == 1 else torch.arange(len(p))
+        dev = model.device
+        keep = torch.arange(0, len(p), 2, device=dev) if i == 1 else torch.arange(len(p), device=dev)
         layers = []
         for li, (k, v) in enumerate(kv):
             pos = (len(prefix) + keep).expand(k.shape[0], -1)
@@ -110,7 +111,7 @@ def _separate_chunks(model, prefix, passages, presses=()):
                 layer = press(layer, layer_idx=li, attn=None)
             layers.append(layer)
         key = ChunkKey(model="m", layout="l", presses="[]", tokens=str(i))
-        chunks.append(KVChunk(layers, torch.tensor(p), len(prefix), len(p), key, "m"))
+        chunks.append(KVChunk(layers, torch.tensor(p, device=dev), len(prefix), len(p), key, "m"))
     return prefix_kv, chunks
 
 
@@ -181,3 +182,126 @@ def test_write_matches_reference_with_rerotation(setup):
     from ragcompress.kv.rotary import rerotate
 
     assert torch.allclose(b.ctx_keys[3:10], rerotate(k, 1, fast.rotary), atol=1e-6)
+
+
+def _interpreted(name: str):
+    """A private copy of a fast-path Triton module, decorated under TRITON_INTERPRET=1 (the
+    caller sets it) so that the kernels run on the CPU; the real module stays compiled."""
+    import importlib.util
+    from pathlib import Path
+
+    import ragcompress.kv.fast as fast_pkg
+
+    path = Path(fast_pkg.__file__).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_interpreted_{name}", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_one_launch_write_of_all_chunks_matches_per_chunk_writes(setup, monkeypatch):
+    """The gather kernels (Triton interpreter): bf16-path and int4 chunks, moved positions and
+    one evicted chunk, written in one launch per kind == the per-chunk writers, every slot."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from ragcompress.kv.fast import QuantizedPackedChunk, write_quantized_chunk
+    from ragcompress.kv.fast.batched import _write_gathered
+    from ragcompress.kv.presses.knorm import KnormPress
+    from ragcompress.kv.presses.quantize import QuantizePress
+
+    model, _gen, prefix, passages, _q = setup
+    gather = _interpreted("_gather")
+    prefix_kv, dense = _separate_chunks(model, prefix, passages)
+    _, quant = _separate_chunks(model, prefix, passages, (KnormPress(ratio=0.25), QuantizePress(4, 8)))
+    pre = PackedChunk.from_prefix(prefix_kv)
+    chunks = [PackedChunk.from_chunk(dense[0]), QuantizedPackedChunk.from_chunk(quant[1])]
+    chunks += [QuantizedPackedChunk.from_chunk(quant[2]), PackedChunk.from_chunk(dense[1])]
+    fast = FastGenerator(model, capacity=96, max_question=8, max_new_tokens=4)
+    shape = (fast.buffer.layers, fast.buffer.kv_heads, fast.buffer.head_dim)
+    got, ref = (StaticKVBuffer(*shape, capacity=96, region=4) for _ in "ab")
+    for b in (got, ref):
+        b.ctx_keys.fill_(float("nan"))
+        b.ctx_values.fill_(float("nan"))
+    items = [("prefix", pre)] + [(f"chunk #{i}", c) for i, c in enumerate(chunks)]
+    _write_gathered(got, items, fast.rotary, kernels=gather)
+    for what, c in items:
+        if isinstance(c, PackedChunk):
+            write_chunk(ref, c, fast.rotary, what)
+        else:
+            write_quantized_chunk(ref, c, fast.rotary, what)
+    assert (got.ctx_len, got.next_position) == (ref.ctx_len, ref.next_position)
+    n = ref.ctx_len
+    for a, b in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
+        assert not a[:n].isnan().any() and a[n:].isnan().all()  # every slot written, none past
+        torch.testing.assert_close(a[:n], b[:n], atol=2e-5, rtol=1e-5)
+
+
+_MERGE_CHECK = """
+import sys
+from types import SimpleNamespace
+
+import torch
+
+from ragcompress.kv.fast._merge import merge_partials
+from ragcompress.kv.fast.attention import _merge_torch
+
+g = torch.Generator().manual_seed(5)
+s, b, t, kvh, grp, d = 3, 2, 3, 2, 4, 16
+n, h = b * t, kvh * grp
+o_a = torch.randn(s * n * grp, kvh, d, generator=g)
+lse_a = torch.randn(s, kvh, n * grp, generator=g) * 3
+o_b = torch.randn(n, h, d, generator=g)
+lse_b = torch.randn(b, h, t, generator=g) * 3
+used = torch.tensor([5, 0, 7], dtype=torch.int32)
+o_a.view(s, -1)[1] = 0  # an empty segment, as flash leaves it: 0 / +inf
+lse_a[1] = float("inf")
+if sys.argv[1] == "flat":  # (heads, total rows), the other layout flash returns
+    lse_a = lse_a.permute(1, 0, 2).reshape(kvh, -1)
+    lse_b = lse_b.permute(1, 0, 2).reshape(h, -1)
+want = _merge_torch(o_a, lse_a, o_b, lse_b, SimpleNamespace(splits=s, ctx_used=used), n, h, grp, kvh, d)
+got = merge_partials(o_a, lse_a, o_b, lse_b, used, t, grp)
+torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+"""
+
+
+@pytest.mark.parametrize("layout", ["padded", "flat"])
+def test_fused_merge_matches_torch_merge(layout):
+    """The one-pass log-sum-exp merge == the torch merge, with an empty segment and both lse
+    layouts. In a fresh interpreter process: Triton's reductions only run interpreted when
+    TRITON_INTERPRET=1 is set before triton is first imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _MERGE_CHECK, layout], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_load_reusing_skips_resident_chunks_only(setup):
+    """load_reusing writes only what differs from the last load (same chunk objects in the same
+    order keep their slots); everything after the first difference is rewritten."""
+    model, gen, prefix, passages, questions = setup
+    pre, chunks = _split(model, prefix, passages)
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8)
+    fast.load(pre, chunks)
+    want = fast.generate([questions[0]], 8, gen.stop_ids)
+    assert fast.load_reusing(pre, chunks) == fast.buffer.next_position
+    assert fast.generate([questions[0]], 8, gen.stop_ids) == want
+    buf = fast.buffer
+    buf.ctx_values[0] = 123.0  # a resident slot: must not be rewritten
+    fast.load_reusing(pre, [chunks[0], chunks[2]])
+    assert (buf.ctx_values[0] == 123.0).all()
+    other = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8)
+    other.load(pre, [chunks[0], chunks[2]])
+    n = other.buffer.ctx_len
+    assert (buf.ctx_len, buf.next_position) == (n, other.buffer.next_position)
+    assert torch.equal(buf.ctx_keys[1:n], other.buffer.ctx_keys[1:n])  # moved chunk #2 rewritten
+    fast.load(pre, chunks)  # the cold load writes everything again
+    assert torch.equal(buf.ctx_values[0], pre.values[0])

@@ -33,8 +33,10 @@ class StepMeta:
 
     The context is cut into ``splits`` segments that flash runs as separate sequences (split-KV,
     as in flash-decoding): with few query tokens one sequence would give one thread block per
-    head, a fraction of the GPU. :meth:`refresh` derives each segment's valid length from
-    ``ctx_len`` on the device.
+    head, a fraction of the GPU. :meth:`refresh` cuts the *filled* context ``[0, ctx_len)``
+    into equal segments on the device, so every segment has work whatever the context length
+    (cutting the whole capacity left most segments empty at short contexts: 2 of 33 busy at 1K
+    in a 32K buffer).
     """
 
     batch: int
@@ -48,11 +50,12 @@ class StepMeta:
     max_seg: int = field(init=False)  # longest segment (host int: flash's max_seqlen_k)
     cu_q_ctx: torch.Tensor = field(init=False)  # [0, NG, 2NG, .., S*NG]
     cu_k_ctx: torch.Tensor = field(init=False)  # segment starts, then capacity
-    seg_start: torch.Tensor = field(init=False)  # (S,) int32
-    seg_len: torch.Tensor = field(init=False)  # (S,) int32
+    seg_start: torch.Tensor = field(init=False)  # (S,) int32, set by refresh()
+    seg_len: torch.Tensor = field(init=False)  # (1,) int32 keys per segment, set by refresh()
     ctx_used: torch.Tensor = field(init=False)  # (S,) int32, set by refresh()
     cu_q_own: torch.Tensor = field(init=False)  # [0, T, 2T, ..]
     cu_k_own: torch.Tensor = field(init=False)  # [0, R, 2R, ..]
+    _iota: torch.Tensor = field(init=False, repr=False)  # [0, 1, .., S-1]
 
     def __post_init__(self) -> None:
         import torch
@@ -71,17 +74,23 @@ class StepMeta:
         self.cu_q_ctx = i32([i * b * t * self.group for i in range(splits + 1)])
         self.cu_k_ctx = i32(starts)
         self.seg_start = i32(starts[:-1])
-        self.seg_len = i32([starts[i + 1] - starts[i] for i in range(splits)])
+        self.seg_len = i32([seg])
         self.ctx_used = torch.zeros(splits, dtype=torch.int32, device=dev)
+        self._iota = i32(list(range(splits)))
         self.cu_q_own = i32([i * t for i in range(b + 1)])
         self.cu_k_own = i32([i * r for i in range(b + 1)])
 
     def refresh(self) -> None:
-        """Per-segment valid context lengths from ``ctx_len`` (device-side, graph-safe)."""
+        """Segments of ``ceil(ctx_len / splits)`` keys over the filled context: starts and
+        valid lengths from ``ctx_len`` (device-side, graph-safe; never longer than
+        ``max_seg`` since ``ctx_len`` ≤ capacity)."""
         import torch
 
-        used = torch.minimum((self.ctx_len - self.seg_start).clamp_min(0), self.seg_len)
-        self.ctx_used.copy_(used)
+        n = self.splits
+        self.seg_len.copy_(torch.div(self.ctx_len + (n - 1), n, rounding_mode="floor"))
+        self.seg_start.copy_(self._iota * self.seg_len)
+        self.cu_k_ctx[:n].copy_(self.seg_start)
+        self.ctx_used.copy_(torch.minimum((self.ctx_len - self.seg_start).clamp_min(0), self.seg_len))
 
 
 class CascadeAttention(ABC):
@@ -162,7 +171,6 @@ class FlashCascade(CascadeAttention):
     """
 
     def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
-        import torch
 
         n, h, d = q.shape
         kvh = ctx_k.shape[1]
@@ -178,17 +186,29 @@ class FlashCascade(CascadeAttention):
         o_b, lse_b = _flash(
             q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
         )
-        # unfold: (S, N, G, KVH) -> (S, N, KVH*G) with head = kv * G + j
-        lse_a = _lse_rows(lse_a, sp * n * g).view(sp, n, g, kvh).transpose(2, 3).reshape(sp, n, h)
-        o_a = o_a.view(sp, n, g, kvh, d).transpose(2, 3).reshape(sp, n, h, d)
-        # Empty segments (past ctx_len) hold no keys: flash leaves them 0 / +inf; drop them.
-        valid = (meta.ctx_used > 0).view(sp, 1, 1)
-        lse_a = torch.where(valid, lse_a, float("-inf"))
-        o_a = torch.where(valid.unsqueeze(-1), o_a, 0)
-        lse = torch.cat([lse_a, _lse_rows(lse_b, n).unsqueeze(0)])  # (S+1, N, H)
-        o = torch.cat([o_a, o_b.unsqueeze(0)])
-        w = torch.exp(lse - lse.amax(0, keepdim=True)).unsqueeze(-1)
-        return ((o.float() * w).sum(0) / w.sum(0)).to(q.dtype)
+        if q.is_cuda and d & (d - 1) == 0 and _triton_ok():
+            from ragcompress.kv.fast._merge import merge_partials
+
+            return merge_partials(o_a, lse_a, o_b, lse_b, meta.ctx_used, meta.qlen, g)
+        return _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d).to(q.dtype)
+
+
+def _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d):  # type: ignore[no-untyped-def]
+    """The merge in torch ops (reference of :func:`~ragcompress.kv.fast._merge.merge_partials`)."""
+    import torch
+
+    sp = meta.splits
+    # unfold: (S, N, G, KVH) -> (S, N, KVH*G) with head = kv * G + j
+    lse_a = _lse_rows(lse_a, sp * n * g).view(sp, n, g, kvh).transpose(2, 3).reshape(sp, n, h)
+    o_a = o_a.view(sp, n, g, kvh, d).transpose(2, 3).reshape(sp, n, h, d)
+    # Empty segments (past ctx_len) hold no keys: flash leaves them 0 / +inf; drop them.
+    valid = (meta.ctx_used > 0).view(sp, 1, 1)
+    lse_a = torch.where(valid, lse_a, float("-inf"))
+    o_a = torch.where(valid.unsqueeze(-1), o_a, 0)
+    lse = torch.cat([lse_a, _lse_rows(lse_b, n).unsqueeze(0)])  # (S+1, N, H)
+    o = torch.cat([o_a, o_b.unsqueeze(0)])
+    w = torch.exp(lse - lse.amax(0, keepdim=True)).unsqueeze(-1)
+    return ((o.float() * w).sum(0) / w.sum(0)).to(o_b.dtype)
 
 
 def _flash(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, used):  # type: ignore[no-untyped-def]
@@ -206,3 +226,18 @@ def _lse_rows(lse: torch.Tensor, n: int) -> torch.Tensor:
     if lse.dim() == 3:
         lse = lse.permute(1, 0, 2).reshape(lse.shape[1], -1)
     return lse[:, :n].transpose(0, 1).float()
+
+
+_TRITON: bool | None = None
+
+
+def _triton_ok() -> bool:
+    global _TRITON
+    if _TRITON is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON = True
+        except ImportError:
+            _TRITON = False
+    return _TRITON

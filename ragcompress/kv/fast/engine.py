@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.attention import CascadeAttention, FlashCascade, ReferenceCascade, StepMeta
+from ragcompress.kv.fast.batched import write_batch
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.forward import DecoderStep
 from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
-from ragcompress.kv.fast.write import write_chunk, write_layers, write_quantized_chunk
 
 if TYPE_CHECKING:
     import torch
@@ -70,6 +70,8 @@ class FastGenerator:
     _pool: Any = field(default=None, init=False, repr=False)
     _staging: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
     _staged: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+    # prefix + chunks of the last load, in buffer order (strong refs: identity stays unique)
+    _resident: list[Any] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ragcompress.kv.rotary import Rotary
@@ -101,25 +103,35 @@ class FastGenerator:
     ) -> int:
         """Write prefix + chunks (in this order) into the buffer; returns the next position.
 
-        :class:`PackedChunk` and :class:`QuantizedPackedChunk` take one launch each; a stored
-        :class:`~ragcompress.kv.chunk.KVChunk` one launch per layer.
+        On CUDA all bf16 chunks take one launch and all quantized chunks one more
+        (:func:`~ragcompress.kv.fast.batched.write_batch`); a stored
+        :class:`~ragcompress.kv.chunk.KVChunk` falls back to one launch per layer.
         """
-        need = prefix.num_tokens + sum(c.num_tokens for c in chunks)
-        if need > self.capacity:
-            raise BufferOverflowError(
-                f"prefix + {len(chunks)} chunks need {need} context slots; the buffer has {self.capacity}"
-            )
-        self.buffer.reset()
-        write_chunk(self.buffer, prefix, self.rotary, "prefix")
-        for i, c in enumerate(chunks):
-            if isinstance(c, PackedChunk):
-                write_chunk(self.buffer, c, self.rotary, f"chunk #{i}")
-            elif isinstance(c, QuantizedPackedChunk):
-                write_quantized_chunk(self.buffer, c, self.rotary, f"chunk #{i}")
-            else:
-                write_layers(self.buffer, c, self.rotary, f"chunk #{i}")
-        self.buffer.commit()
-        return self.buffer.next_position
+        self._resident = []  # a failed write leaves nothing known-resident
+        nxt = write_batch(self.buffer, prefix, chunks, self.rotary)
+        self._resident = [prefix, *chunks]
+        return nxt
+
+    def load_reusing(
+        self, prefix: PackedChunk, chunks: Sequence[PackedChunk | QuantizedPackedChunk | KVChunk]
+    ) -> int:
+        """:meth:`load`, skipping the leading chunks that the previous load already wrote.
+
+        The same chunk objects, in the same order from the prefix on, land at the same slots
+        and positions, so their bytes in the buffer are already right: only the rest is
+        written. Chunks are treated as immutable (packed once when they enter the GPU tier);
+        the buffer's context must only be written through :meth:`load` / this method.
+        """
+        items = [prefix, *chunks]
+        same = 0
+        for old, new in zip(self._resident, items, strict=False):
+            if old is not new:
+                break
+            same += 1
+        self._resident = []
+        nxt = write_batch(self.buffer, prefix, chunks, self.rotary, resident=same)
+        self._resident = items
+        return nxt
 
     # -- steps -----------------------------------------------------------------------------
     def bucket(self, n: int) -> int:
