@@ -1,0 +1,222 @@
+"""LlamaIndex response synthesizer that answers from the retrieved nodes' cached KV chunks.
+
+``RagCompressKVSynthesizer.synthesize(query, nodes)`` gets the ``NodeWithScore`` list itself:
+each node with text becomes one ``ragcompress.Passage`` (its text without metadata, as the
+text-path postprocessor reads it) and so one KV chunk, prefilled once and then served from the
+chunk store on every later query that retrieves the node, laid out in retrieval order. Node text
+is never recovered from a flat prompt string. Nodes without text (image-only) are skipped for
+the answer and still listed in ``source_nodes``.
+
+``response.source_nodes`` are the given ``NodeWithScore`` objects themselves;
+``response.metadata`` maps node ids to node metadata (LlamaIndex's convention) and has the
+request's statistics (``chunks_hit``, ``chunks_encoded``, ``ttft_ms``, …) under
+``"ragcompress"``. No nodes is not an error and not LlamaIndex's "Empty Response": the answer
+then comes from the shared prefix (system prompt) and the question alone, exactly as
+``KVAnswerer.answer(question, [])`` gives it, the same as the LangChain chain does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from typing import Any
+
+import llama_index.core.instrumentation as instrument
+from llama_index.core.base.response.schema import (
+    RESPONSE_TYPE,
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
+from llama_index.core.callbacks.base import CallbackManager
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
+from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent, SynthesizeStartEvent
+from llama_index.core.llms import LLM, MockLLM
+from llama_index.core.prompts.mixin import PromptDictType
+from llama_index.core.response_synthesizers.base import BaseSynthesizer, QueryTextType
+from llama_index.core.schema import NodeWithScore, QueryBundle
+from llama_index.core.types import RESPONSE_TEXT_TYPE
+from llama_index.postprocessor.ragcompress.base import _to_passages
+
+from ragcompress.kv.answer import KVAnswerer
+from ragcompress.types import STATS_KEY, Passage
+
+__all__ = ["RagCompressKVSynthesizer"]
+
+dispatcher = instrument.get_dispatcher(__name__)
+
+# What KVAnswerer.answer puts in ``stats.extra`` from the chunk cache; streaming reports the same.
+_CACHE_KEYS = ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
+
+
+class RagCompressKVSynthesizer(BaseSynthesizer):
+    """Answer from the nodes' cached KV chunks with a ``ragcompress.kv.answer.KVAnswerer``.
+
+    ``streaming`` is LlamaIndex's switch between ``Response`` and ``StreamingResponse``;
+    ``max_new_tokens`` overrides the generator's own limit. ``llm`` is never called: the
+    answer comes from the answerer's generator; it only satisfies ``BaseSynthesizer``.
+    """
+
+    def __init__(
+        self,
+        answerer: KVAnswerer,
+        max_new_tokens: int | None = None,
+        streaming: bool = False,
+        callback_manager: CallbackManager | None = None,
+        llm: LLM | None = None,
+    ) -> None:
+        if not isinstance(answerer, KVAnswerer):
+            raise TypeError(
+                "answerer must be a ragcompress.kv.answer.KVAnswerer "
+                f"(see RagCompressKVSynthesizer.from_generator), got {type(answerer).__name__}"
+            )
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+        super().__init__(llm=llm or MockLLM(), callback_manager=callback_manager, streaming=streaming)
+        self.answerer = answerer
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_generator(
+        cls,
+        generator: Any,
+        cache_dir: str | os.PathLike[str] | None = None,
+        presses: Sequence[Any] = (),
+        max_new_tokens: int | None = None,
+        streaming: bool = False,
+        **answerer_kwargs: Any,
+    ) -> RagCompressKVSynthesizer:
+        """A synthesizer over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``."""
+        answerer = KVAnswerer.from_generator(
+            generator, cache_dir=cache_dir, presses=presses, **answerer_kwargs
+        )
+        return cls(answerer, max_new_tokens=max_new_tokens, streaming=streaming)
+
+    # -- PromptMixin: no prompt template; the layout is the generator's chat template --------
+    def _get_prompts(self) -> PromptDictType:
+        return {}
+
+    def _update_prompts(self, prompts: PromptDictType) -> None:
+        return None
+
+    # -- the node path (what query engines call) --------------------------------------------
+    @dispatcher.span
+    def synthesize(
+        self,
+        query: QueryTextType,
+        nodes: list[NodeWithScore],
+        additional_source_nodes: Sequence[NodeWithScore] | None = None,
+        **response_kwargs: Any,
+    ) -> RESPONSE_TYPE:
+        query = QueryBundle(query_str=query) if isinstance(query, str) else query
+        dispatcher.event(SynthesizeStartEvent(query=query))
+        passages, _ = _to_passages(list(nodes))  # raises naming the bad item; keeps order
+        sources = list(nodes) + list(additional_source_nodes or [])
+        with self._callback_manager.event(
+            CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: query.query_str}
+        ) as event:
+            text, stats = self._respond(query.query_str, passages)
+            response = self._response(text, sources, stats)
+            event.on_end(payload={EventPayload.RESPONSE: response})
+        dispatcher.event(SynthesizeEndEvent(query=query, response=response))
+        return response
+
+    @dispatcher.span
+    async def asynthesize(
+        self,
+        query: QueryTextType,
+        nodes: list[NodeWithScore],
+        additional_source_nodes: Sequence[NodeWithScore] | None = None,
+        **response_kwargs: Any,
+    ) -> RESPONSE_TYPE:
+        if not self._streaming:
+            return await asyncio.to_thread(self.synthesize, query, nodes, additional_source_nodes)
+        response = self.synthesize(query, nodes, additional_source_nodes)  # encodes in the stream
+        assert isinstance(response, StreamingResponse)
+        return AsyncStreamingResponse(
+            response_gen=_in_threads(response.response_gen),
+            source_nodes=response.source_nodes,
+            metadata=response.metadata,
+        )
+
+    # -- the text path (BaseSynthesizer's abstract methods): each chunk is one passage -------
+    def get_response(
+        self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any
+    ) -> RESPONSE_TEXT_TYPE:
+        return self._respond(query_str, [Passage(text=t) for t in text_chunks])[0]
+
+    async def aget_response(
+        self, query_str: str, text_chunks: Sequence[str], **response_kwargs: Any
+    ) -> RESPONSE_TEXT_TYPE:
+        if self._streaming:
+            return _in_threads(self.get_response(query_str, text_chunks))  # type: ignore[arg-type]
+        return await asyncio.to_thread(self.get_response, query_str, text_chunks)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _respond(
+        self, query: str, passages: list[Passage]
+    ) -> tuple[str | Generator[str, None, None], dict[str, Any]]:
+        if self._streaming:
+            stats: dict[str, Any] = {}
+            return _stream_with_stats(self.answerer, query, passages, self.max_new_tokens, stats), stats
+        answer = self.answerer.answer(query, passages, self.max_new_tokens)
+        return answer.text, answer.stats.as_dict()
+
+    def _response(
+        self, text: str | Generator[str, None, None], sources: list[NodeWithScore], stats: dict[str, Any]
+    ) -> RESPONSE_TYPE:
+        metadata: dict[str, Any] = {n.node.node_id: n.node.metadata for n in sources}
+        metadata[STATS_KEY] = stats  # filled in as the stream runs when streaming
+        if isinstance(text, str):
+            return Response(text, source_nodes=sources, metadata=metadata)
+        return StreamingResponse(text, source_nodes=sources, metadata=metadata)
+
+
+def _stream_with_stats(
+    answerer: KVAnswerer,
+    question: str,
+    passages: Sequence[Passage],
+    max_new_tokens: int | None,
+    stats: dict[str, Any],
+) -> Generator[str, None, None]:
+    """Text pieces of the answer, their concatenation equal to the non-streamed (stripped)
+    answer; ``stats`` gets the cache's counts, then ``ttft_ms`` (request start to first piece)
+    and ``total_ms``. Lazy: nothing is looked up or encoded until the first piece is asked for."""
+    start = time.perf_counter()
+    chunks, cache_stats = answerer.cache.get_or_encode(passages)
+    counts = cache_stats.as_dict()
+    stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
+    stats.update({k: counts[k] for k in _CACHE_KEYS})
+    for piece in _stripped(answerer.generator.stream_from_chunks(question, chunks, max_new_tokens)):
+        stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
+        yield piece
+    stats["total_ms"] = (time.perf_counter() - start) * 1e3
+    stats.setdefault("ttft_ms", stats["total_ms"])
+
+
+def _stripped(pieces: Iterator[str]) -> Iterator[str]:
+    # The non-streamed answer is stripped; hold back leading and trailing whitespace so that
+    # the streamed pieces join to exactly the same text.
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+            started = True
+        text = held + piece
+        body = text.rstrip()
+        held = text[len(body) :]
+        if body:
+            yield body
+
+
+async def _in_threads(pieces: Iterator[str]) -> AsyncGenerator[str, None]:
+    """The blocking generator, each step in a worker thread, so the event loop keeps running."""
+    while True:
+        piece = await asyncio.to_thread(next, pieces, None)
+        if piece is None:
+            return
+        yield piece
