@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ragcompress.testing import make_tiny_llama
 
 ROPES = {
