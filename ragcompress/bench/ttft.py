@@ -262,6 +262,7 @@ def run_context(
             "ragcompress_warm": warm,
         }
         tokens: dict[str, int] = {}
+        fast_logits = None
         for name, fn in methods.items():
             try:
                 reps = args.prefill_repeats if name == "full_prefill" else args.repeats
@@ -269,10 +270,20 @@ def run_context(
                     clock(fn, repeats=reps, warmup=1 if name == "full_prefill" else None), 3
                 )
                 tokens[name] = fn()
+                if name == "ragcompress" and fast.last_logits is not None:
+                    fast_logits = fast.last_logits[0].clone()
             except Exception as exc:  # one failing method must not lose the others' numbers
                 traceback.print_exc()
                 row[f"{name}_ms"] = None
                 row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if fast_logits is not None:
+            # random weights give flat logits: the agreement in numbers says whether a differing
+            # first token is a near-tie (bf16 rounding) or an error
+            ref = model(input_ids=full, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+            top = ref.topk(2).values
+            row["fast_logits_rel_err"] = round(float((fast_logits - ref).norm() / ref.norm()), 5)
+            row["full_prefill_top2_margin"] = round(float(top[0] - top[1]), 5)
+            row["fast_logits_max_abs_diff"] = round(float((fast_logits - ref).abs().max()), 5)
         del dense
         try:
             comp = _compressed_chunks(kv, starts, sizes, args)
@@ -452,6 +463,7 @@ def main(argv: list[str]) -> int:
     batches = _ints(args.batches)
     clock = Clock(dev, args.warmup, args.repeats)
     t0 = time.perf_counter()
+    torch.manual_seed(args.seed)  # the random weights: the same model run to run
     model = build_model(args.shape, args.device, dtype)
     wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(dev, clock)

@@ -219,3 +219,24 @@ def test_gpu_graph_follows_context_length(data):
         with torch.inference_mode():
             want = m(input_ids=torch.tensor([ctx + q], device="cuda")).logits[0, -1].float()
         assert ((got - want).norm() / want.norm()).item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_silu_mul_and_stacked_weights():
+    """SiLU·mul rounds like LlamaMLP; stacking q/k/v and gate/up keeps every parameter's value
+    and makes the modules views into the stacked weights (no extra memory)."""
+    from ragcompress.kv.fast import DecoderStep
+    from ragcompress.kv.fast._triton import silu_mul
+
+    torch.manual_seed(2)
+    gu = torch.randn(7, 2 * 3000, device="cuda", dtype=torch.bfloat16)
+    want = torch.nn.functional.silu(gu[:, :3000]) * gu[:, 3000:]
+    torch.testing.assert_close(silu_mul(gu), want, atol=0, rtol=1e-2)
+    m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    step = DecoderStep(m)
+    assert len(step._qkv) == len(step._gate_up) == len(m.model.layers)
+    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())
+    attn, mlp = m.model.layers[1].self_attn, m.model.layers[1].mlp
+    assert attn.q_proj.weight.data_ptr() == step._qkv[1].data_ptr()
+    assert mlp.gate_proj.weight.data_ptr() == step._gate_up[1].data_ptr()

@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["rerotate_copy"]
+__all__ = ["add_rmsnorm", "rerotate_copy", "rope_write", "silu_mul"]
 
 
 @triton.jit
@@ -135,6 +135,9 @@ def _rope_write_kernel(
     qo_ptr,
     kbuf_ptr,
     vbuf_ptr,
+    sq,
+    sk,
+    sv,
     H: tl.constexpr,
     KVH: tl.constexpr,
     HALF: tl.constexpr,
@@ -152,14 +155,14 @@ def _rope_write_kernel(
     s2 = tl.load(sin_ptr + t * D + HALF + i).to(tl.float32)
     dt = qo_ptr.dtype.element_ty
     if j < H:
-        src = q_ptr + t * (H * D) + j * D
+        src = q_ptr + t * sq + j * D
         dst = qo_ptr + t * (H * D) + j * D
     else:
         slot = tl.load(slots_ptr + t)
-        src = k_ptr + t * (KVH * D) + (j - H) * D
+        src = k_ptr + t * sk + (j - H) * D
         dst = kbuf_ptr + slot * (KVH * D) + (j - H) * D
-        v1 = tl.load(v_ptr + t * (KVH * D) + (j - H) * D + i)
-        v2 = tl.load(v_ptr + t * (KVH * D) + (j - H) * D + HALF + i)
+        v1 = tl.load(v_ptr + t * sv + (j - H) * D + i)
+        v2 = tl.load(v_ptr + t * sv + (j - H) * D + HALF + i)
         tl.store(vbuf_ptr + slot * (KVH * D) + (j - H) * D + i, v1)
         tl.store(vbuf_ptr + slot * (KVH * D) + (j - H) * D + HALF + i, v2)
     x1 = tl.load(src + i).to(tl.float32)
@@ -184,9 +187,13 @@ def rope_write(
     head_dim: int,
 ) -> torch.Tensor:
     """Rotated queries (n, heads, head_dim); rotated keys and values written to kbuf/vbuf
-    (slots, kv_heads, head_dim) rows ``slots`` (n,). q/k/v (n, heads*head_dim) contiguous;
+    (slots, kv_heads, head_dim) rows ``slots`` (n,). q/k/v (n, heads*head_dim) with unit
+    column stride (row stride free: they may be column slices of one fused projection);
     cos/sin (n, head_dim) contiguous."""
     n = q.shape[0]
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.stride(1) != 1:
+            raise ValueError(f"rope_write needs unit column stride for {name}, got {x.stride()}")
     qo = torch.empty(n, heads, head_dim, device=q.device, dtype=q.dtype)
     _rope_write_kernel[(n, heads + kv_heads)](
         q,
@@ -198,9 +205,36 @@ def rope_write(
         qo,
         kbuf,
         vbuf,
+        q.stride(0),
+        k.stride(0),
+        v.stride(0),
         H=heads,
         KVH=kv_heads,
         HALF=head_dim // 2,
         num_warps=1,
     )
     return qo
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr):
+    # x (rows, 2 * inter) = [gate | up]; rounds like LlamaMLP: bf16(bf16(silu(gate)) * up)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < inter
+    g = tl.load(x_ptr + row * (2 * inter) + cols, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * (2 * inter) + inter + cols, mask=m, other=0.0).to(tl.float32)
+    dt = out_ptr.dtype.element_ty
+    s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    tl.store(out_ptr + row * inter + cols, (s * u).to(dt), mask=m)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for gate_up (rows, 2 * inter) contiguous = [gate | up] (one GEMM
+    over the stacked gate/up weights); returns (rows, inter)."""
+    rows, two = gate_up.shape
+    inter = two // 2
+    out = torch.empty(rows, inter, device=gate_up.device, dtype=gate_up.dtype)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block, num_warps=4)
+    return out

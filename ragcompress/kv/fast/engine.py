@@ -72,6 +72,7 @@ class FastGenerator:
     _staged: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
     # prefix + chunks of the last load, in buffer order (strong refs: identity stays unique)
     _resident: list[Any] = field(default_factory=list, init=False, repr=False)
+    _last: _Shape | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ragcompress.kv.rotary import Rotary
@@ -92,6 +93,12 @@ class FastGenerator:
         if self.attention is None:
             self.attention = _default_attention(param)
         self.graphs = self.graphs and param.device.type == "cuda"
+
+    @property
+    def last_logits(self) -> torch.Tensor | None:
+        """fp32 logits (B, vocab) of the last prefill or decode step (overwritten by the next
+        step of the same shape: clone to keep)."""
+        return None if self._last is None else self._last.logits
 
     @property
     def device(self) -> torch.device:
@@ -165,6 +172,7 @@ class FastGenerator:
         last = torch.arange(b) * t + torch.tensor(lens) - 1
         self._run(shape, torch.cat([ids.reshape(-1), pos.reshape(-1), slots, used, last]))
         self._cur = lens
+        self._last = shape
         assert shape.tokens is not None
         return shape.tokens
 
@@ -186,6 +194,7 @@ class FastGenerator:
         args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]
+        self._last = shape
         assert shape.tokens is not None
         return shape.tokens
 
