@@ -125,7 +125,13 @@ def test_every_registered_press_has_cases():
     for _, spec, *_ in CASES:
         covered |= {s["name"] for s in (spec if isinstance(spec, list) else [spec])}
     covered |= {"compose"}
-    assert set(ragcompress.available("press")) <= covered
+    # Built-in presses only: test modules register throwaway presses of their own.
+    builtin = {
+        n
+        for n in ragcompress.available("press")
+        if ragcompress.registry.lookup(n)[1].__module__.startswith("ragcompress.")
+    }
+    assert builtin <= covered
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
