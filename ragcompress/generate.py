@@ -207,7 +207,7 @@ class Generator:
             total_ms=total,
             extra=dict(extra or {}),
         )
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        text = str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def iter_tokens(
@@ -262,7 +262,7 @@ class Generator:
         shown = ""
         for tok in tokens:
             ids.append(tok)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             if text.endswith("\ufffd"):
                 continue
             if len(text) > len(shown):
