@@ -18,7 +18,8 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import ConfigDict, Field, field_validator
 
 from ragcompress import Budget, CompressionStats, Passage, build
-from ragcompress.types import STATS_KEY, content_id
+from ragcompress.adapters import Kept, compress_items, to_passages
+from ragcompress.types import STATS_KEY
 
 __all__ = ["STATS_KEY", "RagCompressDocumentCompressor"]
 
@@ -74,27 +75,8 @@ class RagCompressDocumentCompressor(BaseDocumentCompressor):
         self, documents: Sequence[Document], query: str
     ) -> tuple[list[Document], CompressionStats]:
         """Like :meth:`compress_documents`, also returning the statistics of the whole call."""
-        passages, originals = _to_passages(documents)
-        result = self.compressor.compress_with_stats(passages, query, self.budget)
-        stats: CompressionStats = result.stats
-        position = {p.id: i for i, p in enumerate(passages)}
-        kept: list[tuple[int, Passage]] = []
-        seen: set[str] = set()
-        for p in result.passages:
-            if p.id not in position or p.id in seen:
-                problem = "twice" if p.id in seen else "but it was not an input"
-                raise ValueError(f"compressor {stats.compressor!r} returned passage {p.id!r} {problem}")
-            seen.add(p.id)
-            kept.append((position[p.id], p))
-        kept.sort(key=lambda pair: pair[0])
-        counts = _token_counts(
-            self.compressor, [originals[i].page_content for i, _ in kept], [p.text for _, p in kept]
-        )
-        batch = {k: v for k, v in stats.as_dict().items() if k != "dropped"}
-        docs = [
-            _rebuild(originals[i], p, stats.compressor, before, after, batch)
-            for (i, p), (before, after) in zip(kept, counts, strict=True)
-        ]
+        kept, stats = compress_items(self.compressor, _to_passages(documents), query, self.budget)
+        docs = [_rebuild(doc, k) for doc, k in zip(documents, kept, strict=True) if k is not None]
         return docs, stats
 
     def as_runnable(self) -> Runnable[dict[str, Any], list[Document]]:
@@ -126,44 +108,21 @@ def _score(doc: Document) -> float | None:
     return None
 
 
-def _to_passages(documents: Sequence[Document]) -> tuple[list[Passage], list[Document]]:
+def _to_passages(documents: Sequence[Document]) -> list[Passage]:
     """One passage per document; ids are the documents' ids (or content hashes), made unique."""
-    passages: list[Passage] = []
-    originals: list[Document] = []
-    used: set[str] = set()
-    for i, doc in enumerate(documents):
-        if not isinstance(doc, Document):
-            raise TypeError(f"document #{i} must be a langchain Document, got {type(doc).__name__}")
-        if not isinstance(doc.page_content, str):
-            raise TypeError(f"document #{i} ({doc.id!r}): page_content must be str")
-        base = str(doc.id) if doc.id else content_id(doc.page_content)
-        # The same document can come back twice (e.g. from an ensemble retriever); each copy
-        # is its own input and gets its own output, so the passage ids must differ.
-        pid, k = base, 1
-        while pid in used:
-            pid, k = f"{base}#{k}", k + 1
-        used.add(pid)
-        passages.append(Passage(text=doc.page_content, id=pid, score=_score(doc), metadata=doc.metadata))
-        originals.append(doc)
-    return passages, originals
+    return [p for p in to_passages(documents, _passage) if p is not None]
 
 
-def _token_counts(compressor: Any, before: list[str], after: list[str]) -> list[tuple[int, int]]:
-    """(tokens before, tokens after) of each kept document, with the compressor's tokenizer."""
-    if not after:
-        return []
-    from ragcompress.text.base import TokenCounter
+def _passage(i: int, doc: Document) -> Passage:
+    if not isinstance(doc, Document):
+        raise TypeError(f"document #{i} must be a langchain Document, got {type(doc).__name__}")
+    if not isinstance(doc.page_content, str):
+        raise TypeError(f"document #{i} ({doc.id!r}): page_content must be str")
+    # An empty id becomes the content hash (Passage's own default).
+    return Passage(text=doc.page_content, id=doc.id or "", score=_score(doc), metadata=doc.metadata)
 
-    counts = TokenCounter(getattr(compressor, "tokenizer", None)).many(before + after)
-    return list(zip(counts[: len(before)], counts[len(before) :], strict=True))
 
-
-def _rebuild(
-    original: Document, passage: Passage, compressor: str, before: int, after: int, batch: dict[str, Any]
-) -> Document:
-    meta = dict(original.metadata)
-    stats: dict[str, Any] = dict(meta.get(STATS_KEY, {}))
-    stats.update(passage.metadata.get(STATS_KEY, {}))
-    stats.update(compressor=compressor, tokens_before=before, tokens_after=after, batch=batch)
-    meta[STATS_KEY] = stats
-    return Document(page_content=passage.text, id=original.id, metadata=meta, type=original.type)
+def _rebuild(original: Document, kept: Kept) -> Document:
+    return Document(
+        page_content=kept.passage.text, id=original.id, metadata=kept.metadata, type=original.type
+    )

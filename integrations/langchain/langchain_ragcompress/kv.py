@@ -160,7 +160,7 @@ def _unpack(inputs: Any) -> tuple[str, list[Document], list[Passage]]:
     if isinstance(documents, Document) or not isinstance(documents, Sequence):
         raise TypeError(f"'documents' must be a list of Documents, got {type(documents).__name__}")
     documents = list(documents)
-    passages, _ = _to_passages(documents)  # raises naming the bad item; keeps order
+    passages = _to_passages(documents)  # raises naming the bad item; keeps order
     return question, documents, passages
 
 

@@ -15,6 +15,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from ragcompress import Budget, CompressionStats, Passage, build
+from ragcompress.adapters import Kept, compress_items, to_passages
 from ragcompress.types import STATS_KEY
 
 __all__ = ["STATS_KEY", "RagCompressNodePostprocessor"]
@@ -69,85 +70,42 @@ class RagCompressNodePostprocessor(BaseNodePostprocessor):
     ) -> tuple[list[NodeWithScore], CompressionStats]:
         """Like ``postprocess_nodes``, also returning the statistics of the whole call."""
         query = query_bundle.query_str if isinstance(query_bundle, QueryBundle) else query_bundle or ""
-        passages, slots = _to_passages(nodes)
-        result = self.compressor.compress_with_stats(passages, query, self.budget)
-        stats: CompressionStats = result.stats
-        by_id: dict[str, Passage] = {}
-        position = {p.id: i for i, p in enumerate(passages)}
-        for p in result.passages:
-            if p.id not in position or p.id in by_id:
-                problem = "twice" if p.id in by_id else "but it was not an input"
-                raise ValueError(f"compressor {stats.compressor!r} returned passage {p.id!r} {problem}")
-            by_id[p.id] = p
-        batch = {k: v for k, v in stats.as_dict().items() if k != "dropped"}
-        counts = _token_counts(
-            self.compressor,
-            [passages[position[pid]].text for pid in by_id],
-            [p.text for p in by_id.values()],
-        )
-        tokens = dict(zip(by_id, counts, strict=True))
+        slots = to_passages(nodes, _passage)
+        kept, stats = compress_items(self.compressor, slots, query, self.budget)
         out: list[NodeWithScore] = []
-        for node, pid in zip(nodes, slots, strict=True):
-            if pid is None:  # no text: passed through as is
-                out.append(node)
-            elif pid in by_id:
-                before, after = tokens[pid]
-                new = _rebuild(node.node, by_id[pid], stats.compressor, before, after, batch)
-                out.append(NodeWithScore(node=new, score=node.score))
+        for nws, slot, k in zip(nodes, slots, kept, strict=True):
+            if slot is None:  # no text: passed through as is
+                out.append(nws)
+            elif k is not None:
+                out.append(NodeWithScore(node=_rebuild(nws.node, k), score=nws.score))
         return out, stats
 
 
-def _to_passages(nodes: list[NodeWithScore]) -> tuple[list[Passage], list[str | None]]:
-    """Passages of the nodes that have text, and for each node its passage id (None: no text)."""
-    passages: list[Passage] = []
-    slots: list[str | None] = []
-    used: set[str] = set()
-    for i, nws in enumerate(nodes):
-        if not isinstance(nws, NodeWithScore) or not isinstance(nws.node, BaseNode):
-            raise TypeError(f"node #{i} must be a llama_index NodeWithScore, got {type(nws).__name__}")
-        text = nws.node.get_content(metadata_mode=MetadataMode.NONE)
-        if not isinstance(text, str) or not text.strip():
-            slots.append(None)
-            continue
-        # The same node can come back twice (e.g. from a fusion retriever); each copy is its
-        # own input with its own output, so the passage ids must differ.
-        base = nws.node.node_id
-        pid, k = base, 1
-        while pid in used:
-            pid, k = f"{base}#{k}", k + 1
-        used.add(pid)
-        passages.append(Passage(text=text, id=pid, score=nws.score, metadata=nws.node.metadata))
-        slots.append(pid)
-    return passages, slots
+def _to_passages(nodes: list[NodeWithScore]) -> list[Passage]:
+    """Passages of the nodes that have text, in node order, with unique ids."""
+    return [p for p in to_passages(nodes, _passage) if p is not None]
 
 
-def _token_counts(compressor: Any, before: list[str], after: list[str]) -> list[tuple[int, int]]:
-    """(tokens before, tokens after) of each kept node, with the compressor's tokenizer."""
-    if not after:
-        return []
-    from ragcompress.text.base import TokenCounter
+def _passage(i: int, nws: NodeWithScore) -> Passage | None:
+    """The node's passage (its text without metadata), or None for a node without text."""
+    if not isinstance(nws, NodeWithScore) or not isinstance(nws.node, BaseNode):
+        raise TypeError(f"node #{i} must be a llama_index NodeWithScore, got {type(nws).__name__}")
+    text = nws.node.get_content(metadata_mode=MetadataMode.NONE)
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return Passage(text=text, id=nws.node.node_id, score=nws.score, metadata=nws.node.metadata)
 
-    counts = TokenCounter(getattr(compressor, "tokenizer", None)).many(before + after)
-    return list(zip(counts[: len(before)], counts[len(before) :], strict=True))
 
-
-def _rebuild(
-    node: BaseNode, passage: Passage, compressor: str, before: int, after: int, batch: dict[str, Any]
-) -> BaseNode:
-    meta = dict(node.metadata)
-    stats: dict[str, Any] = dict(meta.get(STATS_KEY, {}))
-    stats.update(passage.metadata.get(STATS_KEY, {}))
-    stats.update(compressor=compressor, tokens_before=before, tokens_after=after, batch=batch)
-    meta[STATS_KEY] = stats
+def _rebuild(node: BaseNode, kept: Kept) -> BaseNode:
     # Our statistics are for people and logs, not for the LLM prompt or the embedding.
     new = node.model_copy(
         update={
-            "metadata": meta,
+            "metadata": kept.metadata,
             "excluded_llm_metadata_keys": _with(node.excluded_llm_metadata_keys, STATS_KEY),
             "excluded_embed_metadata_keys": _with(node.excluded_embed_metadata_keys, STATS_KEY),
         }
     )
-    new.set_content(passage.text)
+    new.set_content(kept.passage.text)
     return new
 
 

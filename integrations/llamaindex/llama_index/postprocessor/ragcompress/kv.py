@@ -112,7 +112,7 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
     ) -> RESPONSE_TYPE:
         query = QueryBundle(query_str=query) if isinstance(query, str) else query
         dispatcher.event(SynthesizeStartEvent(query=query))
-        passages, _ = _to_passages(list(nodes))  # raises naming the bad item; keeps order
+        passages = _to_passages(list(nodes))  # raises naming the bad item; keeps order
         sources = list(nodes) + list(additional_source_nodes or [])
         with self._callback_manager.event(
             CBEventType.SYNTHESIZE, payload={EventPayload.QUERY_STR: query.query_str}
