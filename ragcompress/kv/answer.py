@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -62,9 +63,50 @@ class KVAnswerer:
         chunks, _ = self.cache.get_or_encode(passages)
         yield from self.generator.stream_from_chunks(query, chunks, max_new_tokens)
 
+    def stream_with_stats(
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        stats: dict[str, Any],
+        max_new_tokens: int | None = None,
+    ) -> collections.abc.Generator[str, None, None]:
+        """Text pieces of the answer, their concatenation equal to ``answer(...).text`` (stripped).
+
+        ``stats`` is filled in as the stream runs: the chunk counts (``chunks``,
+        ``chunk_tokens`` and the cache's ``chunks_hit``, ``chunks_encoded``, …) before the
+        first piece, then ``ttft_ms`` (request start to first piece) and ``total_ms``. Lazy:
+        nothing is looked up or encoded until the first piece is asked for.
+        """
+        start = time.perf_counter()
+        chunks, cache_stats = self.cache.get_or_encode(passages)
+        stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
+        stats.update(_extra(cache_stats))
+        for piece in _stripped(self.generator.stream_from_chunks(query, chunks, max_new_tokens)):
+            stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
+            yield piece
+        stats["total_ms"] = (time.perf_counter() - start) * 1e3
+        stats.setdefault("ttft_ms", stats["total_ms"])
+
 
 def _extra(stats: CacheStats) -> dict[str, Any]:
     d = stats.as_dict()
     return {
         k: d[k] for k in ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
     }
+
+
+def _stripped(pieces: Iterator[str]) -> Iterator[str]:
+    # The non-streamed answer is stripped; hold back leading and trailing whitespace so that
+    # the streamed pieces join to exactly the same text.
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+            started = True
+        text = held + piece
+        body = text.rstrip()
+        held = text[len(body) :]
+        if body:
+            yield body

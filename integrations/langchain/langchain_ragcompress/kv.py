@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -35,9 +34,6 @@ from ragcompress.kv.answer import KVAnswerer
 from ragcompress.types import Passage
 
 __all__ = ["RagCompressKVChain"]
-
-# What KVAnswerer.answer puts in ``stats.extra`` from the chunk cache; streaming reports the same.
-_CACHE_KEYS = ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
 
 
 class RagCompressKVChain(RunnableSerializable[dict[str, Any], dict[str, Any]]):
@@ -112,7 +108,7 @@ class RagCompressKVChain(RunnableSerializable[dict[str, Any], dict[str, Any]]):
         question, documents, passages = _unpack(inputs)
         yield AddableDict(documents=documents)
         stats: dict[str, Any] = {}
-        for piece in stream_with_stats(self.answerer, question, passages, self.max_new_tokens, stats):
+        for piece in self.answerer.stream_with_stats(question, passages, stats, self.max_new_tokens):
             yield AddableDict(answer=piece)
         yield AddableDict(stats=stats)
 
@@ -162,43 +158,3 @@ def _unpack(inputs: Any) -> tuple[str, list[Document], list[Passage]]:
     documents = list(documents)
     passages = _to_passages(documents)  # raises naming the bad item; keeps order
     return question, documents, passages
-
-
-def stream_with_stats(
-    answerer: KVAnswerer,
-    question: str,
-    passages: Sequence[Passage],
-    max_new_tokens: int | None,
-    stats: dict[str, Any],
-) -> Iterator[str]:
-    """Text pieces of the answer, their concatenation equal to the non-streamed (stripped)
-    answer; ``stats`` gets the cache's counts at once and ``ttft_ms`` (request start to first
-    piece) and ``total_ms`` as they become known."""
-    start = time.perf_counter()
-    chunks, cache_stats = answerer.cache.get_or_encode(passages)
-    counts = cache_stats.as_dict()
-    stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
-    stats.update({k: counts[k] for k in _CACHE_KEYS})
-    pieces = answerer.generator.stream_from_chunks(question, chunks, max_new_tokens)
-    for piece in _stripped(pieces):
-        stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
-        yield piece
-    stats["total_ms"] = (time.perf_counter() - start) * 1e3
-    stats.setdefault("ttft_ms", stats["total_ms"])
-
-
-def _stripped(pieces: Iterator[str]) -> Iterator[str]:
-    # The non-streamed answer is stripped; hold back leading and trailing whitespace so that
-    # the streamed pieces join to exactly the same text.
-    started, held = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        text = held + piece
-        body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from typing import Any
 
@@ -46,9 +45,6 @@ from ragcompress.types import STATS_KEY, Passage
 __all__ = ["RagCompressKVSynthesizer"]
 
 dispatcher = instrument.get_dispatcher(__name__)
-
-# What KVAnswerer.answer puts in ``stats.extra`` from the chunk cache; streaming reports the same.
-_CACHE_KEYS = ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
 
 
 class RagCompressKVSynthesizer(BaseSynthesizer):
@@ -160,7 +156,7 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
     ) -> tuple[str | Generator[str, None, None], dict[str, Any]]:
         if self._streaming:
             stats: dict[str, Any] = {}
-            return _stream_with_stats(self.answerer, query, passages, self.max_new_tokens, stats), stats
+            return self.answerer.stream_with_stats(query, passages, stats, self.max_new_tokens), stats
         answer = self.answerer.answer(query, passages, self.max_new_tokens)
         return answer.text, answer.stats.as_dict()
 
@@ -172,45 +168,6 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         if isinstance(text, str):
             return Response(text, source_nodes=sources, metadata=metadata)
         return StreamingResponse(text, source_nodes=sources, metadata=metadata)
-
-
-def _stream_with_stats(
-    answerer: KVAnswerer,
-    question: str,
-    passages: Sequence[Passage],
-    max_new_tokens: int | None,
-    stats: dict[str, Any],
-) -> Generator[str, None, None]:
-    """Text pieces of the answer, their concatenation equal to the non-streamed (stripped)
-    answer; ``stats`` gets the cache's counts, then ``ttft_ms`` (request start to first piece)
-    and ``total_ms``. Lazy: nothing is looked up or encoded until the first piece is asked for."""
-    start = time.perf_counter()
-    chunks, cache_stats = answerer.cache.get_or_encode(passages)
-    counts = cache_stats.as_dict()
-    stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
-    stats.update({k: counts[k] for k in _CACHE_KEYS})
-    for piece in _stripped(answerer.generator.stream_from_chunks(question, chunks, max_new_tokens)):
-        stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
-        yield piece
-    stats["total_ms"] = (time.perf_counter() - start) * 1e3
-    stats.setdefault("ttft_ms", stats["total_ms"])
-
-
-def _stripped(pieces: Iterator[str]) -> Iterator[str]:
-    # The non-streamed answer is stripped; hold back leading and trailing whitespace so that
-    # the streamed pieces join to exactly the same text.
-    started, held = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        text = held + piece
-        body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body
 
 
 async def _in_threads(pieces: Iterator[str]) -> AsyncGenerator[str, None]:
