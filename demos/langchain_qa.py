@@ -11,10 +11,8 @@ through ``ragcompress.generate.Generator``).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -25,25 +23,18 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_ragcompress import STATS_KEY, RagCompressDocumentCompressor
 
 from ragcompress import Passage
-from ragcompress.corpus import load_passages, load_questions
+from ragcompress.corpus import load_passages
 from ragcompress.generate import Answer, Generator
 
-# Everything loads from local packages; never wait on a model hub. (transformers is imported
-# lazily, at the first model load, so setting these after the imports is early enough.)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-DEFAULT_SPEC = '{"name": "sentences", "ratio": 0.5}'
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common, also when loaded by path
+from _common import Shown, embed, parse_args, report
 
 
 class MiniLMEmbeddings(Embeddings):
     """LangChain ``Embeddings`` over ragcompress's packaged all-MiniLM-L6-v2 (offline)."""
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        from ragcompress.models import load_embedder
-
-        vectors = load_embedder().encode(list(texts), normalize_embeddings=True)
-        return [[float(x) for x in v] for v in vectors]
+        return embed(texts)
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
@@ -80,42 +71,16 @@ def build_chain(
 
 
 def main(argv: list[str] | None = None) -> int:
-    questions = load_questions()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--question", default=questions[0].question, help="question to answer")
-    parser.add_argument("--compressor", default=DEFAULT_SPEC, help="ragcompress spec (JSON or a name)")
-    parser.add_argument("--k", type=int, default=4, help="documents to retrieve (default 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--model", default=None, help="reader: packaged alias, path or HF id")
-    args = parser.parse_args(argv)
-    try:
-        spec = json.loads(args.compressor)
-    except json.JSONDecodeError:
-        spec = args.compressor
-    compressor = RagCompressDocumentCompressor(compressor=spec)
+    args = parse_args(__doc__ or "", argv, "documents")
+    compressor = RagCompressDocumentCompressor(compressor=args.spec)
     generator = Generator(model=args.model, max_new_tokens=args.max_new_tokens)
     out = build_chain(compressor, generator, args.k).invoke(args.question)
 
     docs: list[Document] = out["documents"]
     answer: Answer = out["answer"]
-    print(f"question: {args.question}")
-    gold = next((q.answer for q in questions if q.question == args.question), None)
-    print(f"answer:   {answer.text}" + (f"   (gold: {gold})" if gold else ""))
-    print(f"compressor: {json.dumps(compressor.compressor.spec())}")
-    if docs:
-        batch = docs[0].metadata[STATS_KEY]["batch"]
-        print(
-            f"tokens: {batch['tokens_before']} -> {batch['tokens_after']} "
-            f"({batch['passages_before']} -> {batch['passages_after']} passages); "
-            f"reader prompt: {answer.stats.prompt_tokens} tokens"
-        )
-    else:
-        print("tokens: every retrieved passage was dropped")
-    for d in docs:
-        s = d.metadata[STATS_KEY]
-        print(f"\n[{d.id}] {s['tokens_before']} -> {s['tokens_after']} tokens\n{d.page_content}")
+    kept = [Shown(d.id or "", d.metadata[STATS_KEY], d.page_content) for d in docs]
+    note = f"reader prompt: {answer.stats.prompt_tokens} tokens"
+    report(args.question, answer.text, compressor.compressor.spec(), kept, note)
     return 0
 
 

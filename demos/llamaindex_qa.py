@@ -11,10 +11,8 @@ wrapped as a LlamaIndex ``CustomLLM``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from llama_index.core import VectorStoreIndex
@@ -25,25 +23,18 @@ from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.schema import TextNode
 from llama_index.postprocessor.ragcompress import STATS_KEY, RagCompressNodePostprocessor
 
-from ragcompress.corpus import load_passages, load_questions
+from ragcompress.corpus import load_passages
 from ragcompress.generate import Generator
 
-# Everything loads from local packages; never wait on a model hub. (transformers is imported
-# lazily, at the first model load, so setting these after the imports is early enough.)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-DEFAULT_SPEC = '{"name": "sentences", "ratio": 0.5}'
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common, also when loaded by path
+from _common import Shown, embed, parse_args, report
 
 
 class MiniLMEmbedding(BaseEmbedding):
     """LlamaIndex embedding over ragcompress's packaged all-MiniLM-L6-v2 (offline)."""
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        from ragcompress.models import load_embedder
-
-        vectors = load_embedder().encode(list(texts), normalize_embeddings=True)
-        return [[float(x) for x in v] for v in vectors]
+        return embed(texts)
 
     def _get_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embeddings([text])[0]
@@ -114,43 +105,16 @@ def build_engine(postprocessor: RagCompressNodePostprocessor, generator: Generat
 
 
 def main(argv: list[str] | None = None) -> int:
-    questions = load_questions()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--question", default=questions[0].question, help="question to answer")
-    parser.add_argument("--compressor", default=DEFAULT_SPEC, help="ragcompress spec (JSON or a name)")
-    parser.add_argument("--k", type=int, default=4, help="nodes to retrieve (default 4)")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--model", default=None, help="reader: packaged alias, path or HF id")
-    args = parser.parse_args(argv)
-    try:
-        spec = json.loads(args.compressor)
-    except json.JSONDecodeError:
-        spec = args.compressor
-    postprocessor = RagCompressNodePostprocessor(compressor=spec)
+    args = parse_args(__doc__ or "", argv, "nodes")
+    postprocessor = RagCompressNodePostprocessor(compressor=args.spec)
     generator = Generator(model=args.model, max_new_tokens=args.max_new_tokens)
     response = build_engine(postprocessor, generator, args.k).query(args.question)
 
-    nodes = response.source_nodes
-    print(f"question: {args.question}")
-    gold = next((q.answer for q in questions if q.question == args.question), None)
-    print(f"answer:   {str(response).strip()}" + (f"   (gold: {gold})" if gold else ""))
-    print(f"compressor: {json.dumps(postprocessor.compressor.spec())}")
-    if nodes:
-        batch = nodes[0].node.metadata[STATS_KEY]["batch"]
-        print(
-            f"tokens: {batch['tokens_before']} -> {batch['tokens_after']} "
-            f"({batch['passages_before']} -> {batch['passages_after']} passages)"
-        )
-    else:
-        print("tokens: every retrieved passage was dropped")
-    for n in nodes:
-        s = n.node.metadata[STATS_KEY]
-        print(
-            f"\n[{n.node.node_id}] score {n.score:.3f}, {s['tokens_before']} -> {s['tokens_after']} tokens\n"
-            f"{n.node.get_content()}"
-        )
+    kept = [
+        Shown(n.node.node_id, n.node.metadata[STATS_KEY], n.node.get_content(), n.score)
+        for n in response.source_nodes
+    ]
+    report(args.question, str(response).strip(), postprocessor.compressor.spec(), kept)
     return 0
 
 
