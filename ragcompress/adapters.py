@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ragcompress.registry import build
 from ragcompress.types import STATS_KEY, Budget, CompressionStats, Passage
 
-__all__ = ["Kept", "compress_items", "to_passages"]
+__all__ = ["Kept", "checked_budget", "compress_items", "text_compressor", "to_passages"]
 
 T = TypeVar("T")
 
@@ -28,6 +29,26 @@ class Kept:
 
     passage: Passage
     metadata: dict[str, Any]
+
+
+def text_compressor(value: Any) -> Any:
+    """``value`` built with ``ragcompress.build`` if it is a spec (dict, JSON string, name, list
+    of specs); TypeError unless the result is a text compressor (has ``compress_with_stats``)."""
+    if isinstance(value, dict | str | list | tuple):
+        value = build(value)
+    if not callable(getattr(value, "compress_with_stats", None)):
+        raise TypeError(
+            "compressor must be a ragcompress text compressor (with compress_with_stats) or a spec "
+            f"that ragcompress.build accepts, got {type(value).__name__}"
+        )
+    return value
+
+
+def checked_budget(value: Any) -> Any:
+    """``value`` unchanged, after ``Budget.coerce`` accepted it (so a bad budget fails at
+    construction, with ragcompress's own message)."""
+    Budget.coerce(value)
+    return value
 
 
 def to_passages(items: Sequence[T], passage_of: Callable[[int, T], Passage | None]) -> list[Passage | None]:

@@ -10,15 +10,15 @@ per-document scores and metadata.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, ConfigDict, Field
 
-from ragcompress import Budget, CompressionStats, Passage, build
-from ragcompress.adapters import Kept, compress_items, to_passages
+from ragcompress import Budget, CompressionStats, Passage
+from ragcompress.adapters import Kept, checked_budget, compress_items, text_compressor, to_passages
 from ragcompress.types import STATS_KEY
 
 __all__ = ["STATS_KEY", "RagCompressDocumentCompressor"]
@@ -39,26 +39,8 @@ class RagCompressDocumentCompressor(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    compressor: Any
-    budget: Budget | float | int | None = Field(default=None)
-
-    @field_validator("compressor", mode="before")
-    @classmethod
-    def _build_compressor(cls, value: Any) -> Any:
-        if isinstance(value, dict | str | list | tuple):
-            value = build(value)
-        if not callable(getattr(value, "compress_with_stats", None)):
-            raise TypeError(
-                "compressor must be a ragcompress text compressor (with compress_with_stats) or a spec "
-                f"that ragcompress.build accepts, got {type(value).__name__}"
-            )
-        return value
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _check_budget(cls, value: Any) -> Any:
-        Budget.coerce(value)  # fail at construction, with ragcompress's own message
-        return value
+    compressor: Annotated[Any, BeforeValidator(text_compressor)]
+    budget: Annotated[Budget | float | int | None, BeforeValidator(checked_budget)] = Field(default=None)
 
     # -- BaseDocumentCompressor ------------------------------------------------------------
     def compress_documents(

@@ -8,14 +8,14 @@ never joined into one string and split again, so per-node scores and metadata su
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator
+from llama_index.core.bridge.pydantic import BeforeValidator, ConfigDict, Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
-from ragcompress import Budget, CompressionStats, Passage, build
-from ragcompress.adapters import Kept, compress_items, to_passages
+from ragcompress import Budget, CompressionStats, Passage
+from ragcompress.adapters import Kept, checked_budget, compress_items, text_compressor, to_passages
 from ragcompress.types import STATS_KEY
 
 __all__ = ["STATS_KEY", "RagCompressNodePostprocessor"]
@@ -33,28 +33,12 @@ class RagCompressNodePostprocessor(BaseNodePostprocessor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    compressor: Any = Field(description="A ragcompress text compressor, or its spec.")
-    budget: Budget | float | int | None = Field(
+    compressor: Annotated[Any, BeforeValidator(text_compressor)] = Field(
+        description="A ragcompress text compressor, or its spec."
+    )
+    budget: Annotated[Budget | float | int | None, BeforeValidator(checked_budget)] = Field(
         default=None, description="Overrides the compressor's ratio: a ratio, a token target or a Budget."
     )
-
-    @field_validator("compressor", mode="before")
-    @classmethod
-    def _build_compressor(cls, value: Any) -> Any:
-        if isinstance(value, dict | str | list | tuple):
-            value = build(value)
-        if not callable(getattr(value, "compress_with_stats", None)):
-            raise TypeError(
-                "compressor must be a ragcompress text compressor (with compress_with_stats) or a spec "
-                f"that ragcompress.build accepts, got {type(value).__name__}"
-            )
-        return value
-
-    @field_validator("budget", mode="before")
-    @classmethod
-    def _check_budget(cls, value: Any) -> Any:
-        Budget.coerce(value)  # fail at construction, with ragcompress's own message
-        return value
 
     @classmethod
     def class_name(cls) -> str:
