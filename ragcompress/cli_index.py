@@ -31,7 +31,7 @@ def add_index_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argpa
         "  ragcompress ask 'Who?' --index notes.idx\n"
         "  ragcompress index notes/ --store redis://localhost:6379/0 --json\n"
         "  ragcompress index notes/ --store file:///data/chunks "
-        "--press '{\"name\": \"quantize\", \"bits\": 4}'\n"
+        '--press \'{"name": "quantize", "bits": 4}\'\n'
         "  ragcompress index notes/ --store redis://redis:6379/0 --ray auto\n"
         "  ragcompress demo --kv --store redis://localhost:6379/0",
     )

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.models import cache_kwargs
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
@@ -236,7 +237,7 @@ class Generator:
                 n = step.shape[1]
                 out = lm(
                     input_ids=step,
-                    past_key_values=cache,
+                    **cache_kwargs(lm, cache),
                     use_cache=True,
                     position_ids=torch.arange(position, position + n, device=lm.device)[None],
                     cache_position=torch.arange(physical, physical + n, device=lm.device),

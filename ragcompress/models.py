@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_EMBEDDER",
     "DEFAULT_READER",
     "cache_home",
+    "cache_kwargs",
     "default_device",
     "load_embedder",
     "load_reader",
@@ -60,6 +62,24 @@ _PACKAGED: dict[str, tuple[str, str, str]] = {
 }
 
 _LOCK = threading.Lock()
+
+
+_CACHE_ARG: dict[type, str] = {}
+
+
+def _cache_arg(cls: Any) -> str:
+    if cls not in _CACHE_ARG:
+        params = inspect.signature(cls.forward).parameters
+        _CACHE_ARG[cls] = (
+            "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+        )
+    return _CACHE_ARG[cls]
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """``{keyword: cache}`` for ``model(...)``: transformers renamed ``past_key_values`` to ``cache``
+    (the old name is deprecated, to be removed in 5.40); this passes whichever the model takes."""
+    return {_cache_arg(type(model)): cache}
 
 
 def cache_home() -> Path:

@@ -110,9 +110,7 @@ def build(spec: Any) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = set(params) - names
     if unknown:
-        raise TypeError(
-            f"{spec['name']!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}"
-        )
+        raise TypeError(f"{spec['name']!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(names)}")
     return cls(**params)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ragcompress.models import cache_kwargs
 from ragcompress.types import Passage
 
 if TYPE_CHECKING:
@@ -51,7 +52,10 @@ def read(
     with torch.inference_mode():
         start = time.perf_counter()
         out = lm(
-            input_ids=torch.tensor([ids], device=dev), past_key_values=cache, use_cache=True, logits_to_keep=1
+            input_ids=torch.tensor([ids], device=dev),
+            **cache_kwargs(lm, cache),
+            use_cache=True,
+            logits_to_keep=1,
         )
         last = out.logits[0, -1].float()
         first = int(last.argmax())
@@ -61,7 +65,9 @@ def read(
         # log p(gold_1 | prompt) from the prefill, the rest from one extra forward over gold[:-1]
         logps = [float(torch.log_softmax(last, -1)[gold_ids[0]])]
         if len(gold_ids) > 1:
-            g = lm(input_ids=torch.tensor([gold_ids[:-1]], device=dev), past_key_values=cache, use_cache=True)
+            g = lm(
+                input_ids=torch.tensor([gold_ids[:-1]], device=dev), **cache_kwargs(lm, cache), use_cache=True
+            )
             lp = torch.log_softmax(g.logits[0].float(), -1)
             logps += [float(lp[i, t]) for i, t in enumerate(gold_ids[1:])]
             cache.crop(-(len(gold_ids) - 1))  # back to the prompt alone
@@ -71,7 +77,9 @@ def read(
             if token in stops:
                 break
             tokens.append(token)
-            step = lm(input_ids=torch.tensor([[token]], device=dev), past_key_values=cache, use_cache=True)
+            step = lm(
+                input_ids=torch.tensor([[token]], device=dev), **cache_kwargs(lm, cache), use_cache=True
+            )
             token = int(step.logits[0, -1].argmax())
     answer = str(gen.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
     return ReadResult(answer, sum(logps) / len(logps), ttft, len(ids))

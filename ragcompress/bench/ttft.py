@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ragcompress.models import cache_kwargs
+
 __all__ = ["SHAPES", "main"]
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -210,7 +212,7 @@ def run_context(
     row: dict[str, Any] = {"context_tokens": ctx, "passages": len(sizes), "question_tokens": len(question)}
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        model(input_ids=ids[None].to(dev), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
         # per layer (kv_heads, ctx, d)
         kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
         del cache
@@ -226,7 +228,7 @@ def run_context(
             c = DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in kv], config=model.config)
             out = model(
                 input_ids=qids,
-                past_key_values=c,
+                **cache_kwargs(model, c),
                 use_cache=True,
                 position_ids=qpos[None],
                 cache_position=qpos,

@@ -19,6 +19,7 @@ from ragcompress.kv.assemble import PrefixKV
 from ragcompress.kv.chunk import DenseLayer, KVChunk
 from ragcompress.kv.key import ChunkKey, model_fingerprint, press_fingerprint, tokens_digest
 from ragcompress.kv.press import KVPress, apply_presses
+from ragcompress.models import cache_kwargs
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
@@ -175,7 +176,7 @@ class ChunkEncoder:
             res = model(
                 input_ids=ids,
                 attention_mask=mask,
-                past_key_values=past,
+                **cache_kwargs(model, past),
                 position_ids=torch.arange(plen, plen + n, device=dev)[None].expand(b, -1),
                 cache_position=torch.arange(plen, plen + n, device=dev),
                 use_cache=True,

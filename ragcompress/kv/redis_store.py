@@ -38,14 +38,16 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
-# KEYS: value, lru zset, sizes hash, bytes counter. ARGV: value, ttl ms (0: none), max bytes (0: none).
+# LRU scores come from a per-tenant counter, not the clock: two touches within one millisecond
+# (or microsecond) must still be ordered, or the wrong chunk is evicted.
+# KEYS: value, lru zset, sizes hash, bytes counter, lru clock. ARGV: value, ttl ms (0: none),
+# max bytes (0: none).
 # Returns the number of chunks evicted, or -1 when the value alone exceeds max bytes.
 _PUT = """
 local size = string.len(ARGV[1])
 local max = tonumber(ARGV[3])
 if max > 0 and size > max then return -1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis.call('INCR', KEYS[5])
 local old = tonumber(redis.call('HGET', KEYS[3], KEYS[1]) or '0')
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -76,12 +78,11 @@ end
 return evicted
 """
 
-# KEYS: value, lru zset. ARGV: ttl ms (0: none). GET and touch in one round trip.
+# KEYS: value, lru zset, lru clock. ARGV: ttl ms (0: none). GET and touch in one round trip.
 _GET = """
 local v = redis.call('GET', KEYS[1])
 if v then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[2], 'XX', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), KEYS[1])
+  redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), KEYS[1])
   if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 end
 return v
@@ -165,6 +166,7 @@ class RedisStore(ChunkStore):
         prefix = f"rc:{{{namespace}:{tenant}}}"
         self._prefix = prefix
         self._lru, self._sizes, self._bytes = f"{prefix}:lru", f"{prefix}:sizes", f"{prefix}:bytes"
+        self._clock = f"{prefix}:clock"
         self.rejections: Counter[str] = Counter()  # integrity and format failures by reason
         self.unavailable = 0  # operations that gave up after the retries
         self.bytes_read = 0
@@ -176,7 +178,7 @@ class RedisStore(ChunkStore):
         return f"{self._prefix}:{model}:{key.digest}"
 
     def _keys(self, key: ChunkKey) -> list[str]:
-        return [self.redis_key(key), self._lru, self._sizes, self._bytes]
+        return [self.redis_key(key), self._lru, self._sizes, self._bytes, self._clock]
 
     # -- retries ---------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -207,7 +209,9 @@ class RedisStore(ChunkStore):
 
     # -- ChunkStore ------------------------------------------------------------------------
     def lookup(self, key: ChunkKey) -> Lookup:
-        blob = self._call("GET", lambda: self._get(keys=self._keys(key)[:2], args=[self.ttl_ms]))
+        blob = self._call(
+            "GET", lambda: self._get(keys=[self.redis_key(key), self._lru, self._clock], args=[self.ttl_ms])
+        )
         if blob is None:
             return self._record(Lookup(None, MISSING))
         data = bytes(blob)
@@ -261,7 +265,7 @@ class RedisStore(ChunkStore):
 
     def _scan(self) -> list[bytes]:
         pattern = f"{self._prefix}:*"
-        meta = {self._lru.encode(), self._sizes.encode(), self._bytes.encode()}
+        meta = {k.encode() for k in (self._lru, self._sizes, self._bytes, self._clock)}
         found = self._call("SCAN", lambda: list(self.client.scan_iter(match=pattern, count=500)))
         return [k for k in found if k not in meta]
 
@@ -270,7 +274,7 @@ class RedisStore(ChunkStore):
         keys = self._scan()
         if keys:
             self._call("DEL", lambda: self.client.delete(*keys))
-        self._call("DEL", lambda: self.client.delete(self._lru, self._sizes, self._bytes))
+        self._call("DEL", lambda: self.client.delete(self._lru, self._sizes, self._bytes, self._clock))
         return len(keys)
 
     def ping(self) -> bool:

@@ -70,9 +70,12 @@ class EmbeddingsFilterPassages(Contender):
     def setup(self) -> None:
         try:
             import langchain_classic.retrievers.document_compressors  # noqa: F401
+
+            # compress_documents imports its stateful-document helpers from here
+            import langchain_community.document_transformers  # noqa: F401
         except ImportError as err:
             raise Unavailable(
-                f"cannot import langchain_classic ({err}): pip install langchain-classic"
+                f"cannot import {err.name} ({err}): pip install langchain-classic langchain-community"
             ) from err
         self._embeddings = MiniLMEmbeddings(self.embedder)
 

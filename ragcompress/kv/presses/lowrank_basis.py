@@ -4,7 +4,7 @@ sample passages (the CSKV / Palu observation that KV channels are strongly corre
 Keys are calibrated in the **pre-RoPE** frame by default: stored keys are un-rotated by their
 positions first. RoPE spins each channel pair at its own frequency, so post-RoPE keys of one
 head spread over more dimensions than the pre-RoPE ones the projection actually produced; a
-pre-RoPE basis captures more at the same rank (``benchmarks/kv_presses.py`` reports both),
+pre-RoPE basis captures more at the same rank (``ragcompress bench kv`` reports the K and KV rows),
 at the price of one rotation per key after reconstruction (the layer rebuilds pre-RoPE keys
 and rotates them by their kept positions, exactly as the model did).
 
