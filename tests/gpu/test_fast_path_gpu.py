@@ -44,6 +44,22 @@ def _eager_greedy(model, ctx: list[int], question: list[int], n: int) -> list[in
     return out
 
 
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _bf16_error_budget(m, ids: list[int]) -> tuple[torch.Tensor, float]:
+    """Last-token logits of an fp32 forward of the bf16 model's weights, and how far
+    transformers' own bf16 forward lands from them (the rounding a bf16 path cannot avoid)."""
+    import copy
+
+    x = torch.tensor([ids], device="cuda")
+    with torch.inference_mode():
+        ref = copy.deepcopy(m).float()(input_ids=x).logits[0, -1].float()
+        hf = m(input_ids=x).logits[0, -1].float()
+    return ref, _rel(hf, ref)
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = torch.Generator().manual_seed(7)
@@ -156,16 +172,17 @@ def test_gpu_fused_kernels_match_torch_modules():
 
 @pytest.mark.gpu
 def test_gpu_fused_step_matches_unfused(data):
+    """Fused and unfused bf16 steps are each as close to an fp32 forward (same weights) as
+    transformers' own bf16 forward is: bf16 rounding, not a kernel error, is the difference."""
     prefix, passages, questions = data
     m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
     m = m.cuda().to(torch.bfloat16)
-    logits = []
+    ref, hf_err = _bf16_error_budget(m, prefix + [t for p in passages for t in p] + questions[0])
     for fused in (True, False):
         fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), fused=fused)
         fast.load(*_split(m, prefix, passages))
         fast.prefill(questions[:1])
-        logits.append(fast._shapes[(1, 16)].logits[0].clone())
-    assert ((logits[0] - logits[1]).norm() / logits[1].norm()).item() < 1e-2
+        assert _rel(fast._shapes[(1, 16)].logits[0], ref) <= 2 * hf_err + 1e-3, fused
 
 
 @pytest.mark.gpu
@@ -215,10 +232,8 @@ def test_gpu_graph_follows_context_length(data):
         fast.load(*_split(m, prefix, use))
         fast.prefill([q])
         got = fast._shapes[(1, 16)].logits[0]
-        ctx = prefix + [t for p in use for t in p]
-        with torch.inference_mode():
-            want = m(input_ids=torch.tensor([ctx + q], device="cuda")).logits[0, -1].float()
-        assert ((got - want).norm() / want.norm()).item() < 2e-2
+        ref, hf_err = _bf16_error_budget(m, prefix + [t for p in use for t in p] + q)
+        assert _rel(got, ref) <= 2 * hf_err + 1e-3
 
 
 @pytest.mark.gpu

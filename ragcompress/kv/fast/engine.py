@@ -265,6 +265,10 @@ class FastGenerator:
         )
         shape = _Shape(b, t, args, meta)
         if self.graphs:
+            # Warm-up and capture run the step for real, writing K/V into question slots: a shape
+            # captured lazily (the decode step's, right after a prefill) would clobber the live
+            # questions' K/V. Keep them aside for the capture (a one-off copy per shape).
+            saved = (self.buffer.q_keys.clone(), self.buffer.q_values.clone())
             stream = torch.cuda.Stream(device=dev)
             stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(stream):
@@ -277,6 +281,9 @@ class FastGenerator:
             with torch.cuda.graph(graph, pool=self._pool):
                 self._forward(shape)
             shape.graph = graph
+            self.buffer.q_keys.copy_(saved[0])
+            self.buffer.q_values.copy_(saved[1])
+            del saved
         self._shapes[key] = shape
         return shape
 
