@@ -83,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         help="disflqa, boolq, quac, narrativeqa, pubmedqa, needle or hf:<name>",
     )
     p.add_argument(
-        "--limit", type=int, default=5, help="questions to run (default 5: ~10 min on 2 CPU cores; 20: ~35 min)"
+        "--limit",
+        type=int,
+        default=5,
+        help="questions to run (default 5: ~8 min on 2 CPU cores; 20: ~30 min)",
     )
     p.add_argument("--k", type=int, default=3, help="passages per question: the gold one + k-1 distractors")
     p.add_argument("--seed", type=int, default=0)

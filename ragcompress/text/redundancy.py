@@ -50,10 +50,10 @@ def _check_threshold(threshold: float) -> None:
         raise ValueError(f"threshold is a cosine similarity in (0, 1], got {threshold}")
 
 
-@register("redundancy")
 @dataclass
-class RedundancyFilter(EmbeddingCompressor):
-    """Drop sentences whose cosine similarity to an earlier sentence (any passage) >= ``threshold``."""
+class _NearDuplicateFilter(EmbeddingCompressor):
+    """Shared configuration: ``threshold`` is the cosine similarity at which a unit counts as a
+    near-duplicate of an earlier one; ``ratio`` 1.0 drops only duplicates."""
 
     query_aware: ClassVar[bool] = False
 
@@ -63,6 +63,12 @@ class RedundancyFilter(EmbeddingCompressor):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_threshold(self.threshold)
+
+
+@register("redundancy")
+@dataclass
+class RedundancyFilter(_NearDuplicateFilter):
+    """Drop sentences whose cosine similarity to an earlier sentence (any passage) >= ``threshold``."""
 
     def _compress(
         self, passages: list[Passage], query: str, budget: Budget, tokens: list[int]
@@ -94,17 +100,8 @@ class RedundancyFilter(EmbeddingCompressor):
 
 @register("dedup-passages")
 @dataclass
-class PassageDeduplicator(EmbeddingCompressor):
+class PassageDeduplicator(_NearDuplicateFilter):
     """Drop whole passages whose mean sentence embedding nearly equals an earlier passage's."""
-
-    query_aware: ClassVar[bool] = False
-
-    ratio: float = 1.0
-    threshold: float = 0.95
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_threshold(self.threshold)
 
     def _compress(
         self, passages: list[Passage], query: str, budget: Budget, tokens: list[int]

@@ -21,6 +21,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ragcompress.kv.fast.write import triton_available
+
 if TYPE_CHECKING:
     import torch
 
@@ -186,7 +188,7 @@ class FlashCascade(CascadeAttention):
         o_b, lse_b = _flash(
             q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
         )
-        if q.is_cuda and d & (d - 1) == 0 and _triton_ok():
+        if q.is_cuda and d & (d - 1) == 0 and triton_available():
             from ragcompress.kv.fast._merge import merge_partials
 
             return merge_partials(o_a, lse_a, o_b, lse_b, meta.ctx_used, meta.qlen, g)
@@ -226,18 +228,3 @@ def _lse_rows(lse: torch.Tensor, n: int) -> torch.Tensor:
     if lse.dim() == 3:
         lse = lse.permute(1, 0, 2).reshape(lse.shape[1], -1)
     return lse[:, :n].transpose(0, 1).float()
-
-
-_TRITON: bool | None = None
-
-
-def _triton_ok() -> bool:
-    global _TRITON
-    if _TRITON is None:
-        try:
-            import triton  # noqa: F401
-
-            _TRITON = True
-        except ImportError:
-            _TRITON = False
-    return _TRITON

@@ -18,7 +18,7 @@ from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
 from ragcompress.kv.fast.write import (
     _check,
     _inv_freq,
-    _triton_ok,
+    triton_available,
     write_chunk,
     write_layers,
     write_quantized_chunk,
@@ -76,7 +76,7 @@ def write_batch(
 def _batchable(buffer: StaticKVBuffer, items: Sequence[tuple[str, object]], rotary: Rotary) -> bool:
     dev = buffer.ctx_keys.device
     d = buffer.head_dim
-    if dev.type != "cuda" or rotary.rot_dim != d or d & (d - 1) or not _triton_ok():
+    if dev.type != "cuda" or rotary.rot_dim != d or d & (d - 1) or not triton_available():
         return False
     for _, c in items:
         if isinstance(c, PackedChunk):

@@ -14,6 +14,8 @@ bytes:
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.fast.buffer import StaticKVBuffer
@@ -35,7 +37,7 @@ def write_chunk(buffer: StaticKVBuffer, chunk: PackedChunk, rotary: Rotary, what
     if chunk.num_tokens == 0:
         return slot
     cos, sin = rotary.cos_sin_of(pos - chunk.base_offset, chunk.keys.device)
-    if chunk.keys.device.type == "cuda" and rotary.rot_dim == chunk.keys.shape[-1] and _triton_ok():
+    if chunk.keys.device.type == "cuda" and rotary.rot_dim == chunk.keys.shape[-1] and triton_available():
         from ragcompress.kv.fast._triton import rerotate_copy
 
         n, layers, h, d = chunk.keys.shape
@@ -185,16 +187,7 @@ def _write_torch(
     buffer.ctx_values[slot : slot + n].copy_(chunk.values)
 
 
-_TRITON: bool | None = None
-
-
-def _triton_ok() -> bool:
-    global _TRITON
-    if _TRITON is None:
-        try:
-            import triton  # noqa: F401
-
-            _TRITON = True
-        except ImportError:
-            _TRITON = False
-    return _TRITON
+@functools.cache
+def triton_available() -> bool:
+    """Whether triton imports here (the fused CUDA kernels need it; CPU paths never do)."""
+    return importlib.util.find_spec("triton") is not None
