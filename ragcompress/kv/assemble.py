@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import KVChunk
-from ragcompress.kv.rotary import Rotary, rerotate
+from ragcompress.kv.rotary import Rotary, rerotate, rotate_by
 
 if TYPE_CHECKING:
     import torch
@@ -60,14 +60,23 @@ def assemble(
         starts.append(pos)
         pos += c.length
     device, dtype = prefix.keys[0].device, prefix.keys[0].dtype
+    # Every kept token of chunk j moves by the same start_j - base_offset, in every layer (all
+    # layers keep the same tokens): one per-token cos/sin table (prefix tokens move by 0, an exact
+    # identity in fp32) serves all layers, and each layer is one concatenation and one rotation
+    # instead of a rotation per chunk per layer (launch-bound on a GPU).
+    counts = [prefix.length] + [c.layers[0].num_tokens if c.layers else 0 for c in chunks]
+    moves = [0] + [start - c.base_offset for c, start in zip(chunks, starts, strict=True)]
+    deltas = torch.repeat_interleave(torch.tensor(moves), torch.tensor(counts)).to(device)
+    cos, sin = rotary.cos_sin(deltas) if any(moves) else (None, None)
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     for li in range(len(prefix.keys)):
         ks, vs = [prefix.keys[li]], [prefix.values[li]]
-        for c, start in zip(chunks, starts, strict=True):
+        for c in chunks:
             k, v, _ = c.layers[li].dense()
-            k, v = k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype)
-            k = rerotate(k, start - c.base_offset, rotary)
-            ks.append(k)
-            vs.append(v)
-        layers.append((torch.cat(ks, dim=1)[None], torch.cat(vs, dim=1)[None]))
+            ks.append(k.to(device=device, dtype=dtype))
+            vs.append(v.to(device=device, dtype=dtype))
+        k = torch.cat(ks, dim=1)
+        if cos is not None and sin is not None:
+            k = rotate_by(k, cos, sin)
+        layers.append((k[None], torch.cat(vs, dim=1)[None]))
     return DynamicCache(ddp_cache_data=layers, config=config), pos

@@ -94,7 +94,6 @@ def rerotate(keys: torch.Tensor, delta_positions: torch.Tensor | int, rotary: Ro
     ``keys``: (..., n, head_dim), any float dtype (computed in fp32, returned in keys' dtype).
     ``delta_positions``: an int, or an int64 tensor broadcastable to ``keys.shape[:-1]``.
     """
-    import torch
 
     if isinstance(delta_positions, int):
         if delta_positions == 0:
@@ -102,7 +101,15 @@ def rerotate(keys: torch.Tensor, delta_positions: torch.Tensor | int, rotary: Ro
         cos, sin = rotary.cos_sin_of(delta_positions, keys.device)
     else:
         cos, sin = rotary.cos_sin(delta_positions.to(keys.device))
-    r = rotary.rot_dim
+    return rotate_by(keys, cos, sin)
+
+
+def rotate_by(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``keys`` (..., n, head_dim) by precomputed fp32 ``cos``/``sin`` (n or broadcastable,
+    rot_dim); channels past ``rot_dim`` (partial rotary) pass through. Computed in fp32."""
+    import torch
+
+    r = cos.shape[-1]
     k = keys.float()
     rot = k[..., :r] * cos + _rotate_half(k[..., :r]) * sin
     out = rot if r == k.shape[-1] else torch.cat((rot, k[..., r:]), dim=-1)
