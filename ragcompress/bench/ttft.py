@@ -552,4 +552,7 @@ def _write(
     }
     (out / "ttft_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "ttft_gpu.md").write_text(markdown(report))
+    from ragcompress.bench.ttft_plot import write_plot
+
+    write_plot(report, out / "ttft_gpu.png")
     return report

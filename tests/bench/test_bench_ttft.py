@@ -1,0 +1,38 @@
+"""``ragcompress bench ttft`` as a CPU smoke run: every column the issue names, a table, a plot.
+
+Timings are not checked (no thresholds in tests); the structure and the first-token agreement
+between the fast path and the full prefill are."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ragcompress.bench.ttft import main
+
+KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "ragcompress_ms", "ragcompress_compressed_ms",
+        "floor_ms", "device"}  # fmt: skip
+
+
+def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> None:
+    argv = ["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--contexts", "96,200",
+            "--prefix-tokens", "8", "--passage-tokens", "40", "--question-tokens", "6", "--repeats", "2",
+            "--warmup", "1", "--prefill-repeats", "1", "--batches", "1,2", "--qps-context", "96",
+            "--new-tokens", "3", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "ttft_gpu.json").read_text())
+    assert report["command"].endswith(" ".join(argv)) and report["device"] == "cpu"
+    assert [r["context_tokens"] for r in report["rows"]] == [96, 200]
+    for row in report["rows"]:
+        assert KEYS <= set(row) and all(row[k] > 0 for k in KEYS - {"context_tokens", "device"})
+    assert [q["batch"] for q in report["qps"]] == [1, 2]
+    assert "| context_tokens |" in (tmp_path / "ttft_gpu.md").read_text()
+    assert (tmp_path / "ttft_gpu.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a CUDA device here")
+def test_bench_ttft_without_cuda_says_how_to_smoke_run(capsys) -> None:
+    assert main(["--device", "cuda"]) == 2
+    assert "--device cpu --shape tiny" in capsys.readouterr().err
