@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models import cache_kwargs
+from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
@@ -243,7 +243,7 @@ class Generator:
                     cache_position=torch.arange(physical, physical + n, device=lm.device),
                     logits_to_keep=1,
                 )
-                cache = out.past_key_values
+                cache = output_cache(out)
                 physical += n
                 position += n
                 token = int(out.logits[0, -1].argmax())

@@ -36,6 +36,7 @@ __all__ = [
     "load_embedder",
     "load_reader",
     "load_tokenizer",
+    "output_cache",
     "resolve_path",
 ]
 
@@ -80,6 +81,13 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """``{keyword: cache}`` for ``model(...)``: transformers renamed ``past_key_values`` to ``cache``
     (the old name is deprecated, to be removed in 5.40); this passes whichever the model takes."""
     return {_cache_arg(type(model)): cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The cache a forward returned (``out.cache`` in newer transformers, ``past_key_values`` before;
+    reading the old attribute where the new one exists logs a deprecation)."""
+    # not out.get("cache", out.past_key_values): that reads the deprecated attribute eagerly
+    return out["cache"] if "cache" in out else out.past_key_values  # noqa: SIM401
 
 
 def cache_home() -> Path:

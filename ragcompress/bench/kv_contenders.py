@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.bench.contender import Unavailable, package_version
-from ragcompress.models import cache_kwargs
+from ragcompress.models import cache_kwargs, output_cache
 
 if TYPE_CHECKING:
     from ragcompress.generate import Generator
@@ -59,7 +59,7 @@ class KVSession:
                 # kvpress's hooks read cache_position from the attention kwargs
                 cache_position=torch.arange(len(ids), device=self.gen.lm.device),
             )
-        return out.past_key_values
+        return output_cache(out)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from ragcompress.kv.assemble import PrefixKV
 from ragcompress.kv.chunk import DenseLayer, KVChunk
 from ragcompress.kv.key import ChunkKey, model_fingerprint, press_fingerprint, tokens_digest
 from ragcompress.kv.press import KVPress, apply_presses
-from ragcompress.models import cache_kwargs
+from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
@@ -44,7 +44,7 @@ def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
         ids = layout.prefix_ids()
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         keys = [layer.keys[0].clone() for layer in cache.layers]
         values = [layer.values[0].clone() for layer in cache.layers]
         per_model[fp] = PrefixKV(tuple(ids), keys, values, model_fingerprint(model), fp)
@@ -183,7 +183,7 @@ class ChunkEncoder:
                 output_attentions=needs_attn,
                 logits_to_keep=1,
             )
-        cache = res.past_key_values
+        cache = output_cache(res)
         fp = model_fingerprint(model)
         for row, i in enumerate(batch):
             m = lens[row]
