@@ -62,6 +62,13 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
             Chunks(f"knorm {r} + int4", spec=[{"name": "knorm", "ratio": r}, int4]),
             Chunks(f"observed {r} + int4", spec=[{**observed, "ratio": r}, int4]),
         ]
+    # The target, at most 1/8 of the fp16 bytes: evict 60%, int4 with 64-wide groups
+    # (0.4 x 0.5625 / 2 bytes per fp16 byte, + positions = 0.118).
+    int4_64 = {"name": "quantize", "bits": 4, "group_size": 64}
+    line += [
+        Chunks("knorm 0.6 + int4/64", spec=[{"name": "knorm", "ratio": 0.6}, int4_64]),
+        Chunks("observed 0.6 + int4/64", spec=[{**observed, "ratio": 0.6}, int4_64]),
+    ]
     for r in ratios:
         line += [
             KVPressAnchor(f"kvpress Knorm {r}", press="KnormPress", params={"compression_ratio": r}),
