@@ -155,7 +155,11 @@ def write_plot(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
             )
             if pts:
                 ax.plot(
-                    [p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], label=name
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    marker=markers[i % len(markers)],
+                    color=plt.get_cmap("tab20")(i % 20),  # the default cycle repeats after 10 rows
+                    label=name,
                 )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("achieved compression (× fewer tokens)")
