@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="ragcompress bench kv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--dataset", default="disflqa", help="disflqa, boolq, quac, narrativeqa, pubmedqa, needle")
-    p.add_argument("--limit", type=int, default=4, help="questions (default 4: ~5 min on 2 CPU cores; 8: ~10 min)")
+    p.add_argument(
+        "--limit", type=int, default=4, help="questions (default 4: ~5 min on 2 CPU cores; 8: ~10 min)"
+    )
     p.add_argument("--k", type=int, default=3, help="passages per question: the gold one + k-1 distractors")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ratios", default=",".join(map(str, DEFAULT_RATIOS)), help="shares of tokens to evict")
