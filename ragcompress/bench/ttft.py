@@ -17,14 +17,14 @@ bf16, on the GPU; no hub), for each context length, in one process and on the sa
 
 Each time runs from chunks already on the GPU to the first token on the host; median of
 ``--repeats`` after ``--warmup``, with CUDA events. Queries/s at several batch sizes (questions
-sharing the chunks) close the report. Writes ``ttft_gpu.json`` and ``ttft_gpu.md`` to ``--out``.
+sharing the chunks) close the report. Writes ``ttft_gpu.json``, ``ttft_gpu.md`` and
+``ttft_gpu.png`` to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ragcompress.bench.ttft_report import device_name, markdown, write_report
+from ragcompress.bench.ttft_timing import Clock, copy_bandwidth, ints, passage_sizes, profile, run_qps
 from ragcompress.models import cache_kwargs
 
 __all__ = ["SHAPES", "main"]
@@ -67,10 +69,6 @@ SHAPES: dict[str, dict[str, Any]] = {
         rope_theta=500000.0,
     ),
 }
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,53 +117,6 @@ def build_model(shape: str, device: str, dtype: Any) -> Any:
     return model.eval().requires_grad_(False)
 
 
-class Clock:
-    """Median milliseconds of a callable: CUDA events on the GPU, perf_counter elsewhere."""
-
-    def __init__(self, device: Any, warmup: int, repeats: int) -> None:
-        self.device, self.warmup, self.repeats = device, warmup, repeats
-
-    def __call__(self, fn: Callable[[], Any], repeats: int | None = None, warmup: int | None = None) -> float:
-        import torch
-
-        cuda = self.device.type == "cuda"
-        for _ in range(self.warmup if warmup is None else warmup):
-            fn()
-        times = []
-        for _ in range(self.repeats if repeats is None else repeats):
-            if cuda:
-                torch.cuda.synchronize(self.device)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-
-def copy_bandwidth(device: Any, clock: Clock) -> float:
-    """Bytes/s of a large device-to-device copy, counting bytes read + written."""
-    import torch
-
-    n = (1 << 30) if device.type == "cuda" else (1 << 24)
-    src = torch.randn(n // 2, device=device, dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    ms = clock(lambda: dst.copy_(src), repeats=10, warmup=3)
-    return 2 * n / (ms / 1e3)
-
-
-def _passages(total: int, size: int) -> list[int]:
-    sizes = [size] * (total // size)
-    if total % size:
-        sizes.append(total % size)
-    return sizes
-
-
 def _compressed_chunks(
     kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], args: Any
 ) -> list[Any]:
@@ -206,7 +157,7 @@ def run_context(
     g = torch.Generator(device="cpu").manual_seed(args.seed + ctx)
     vocab = model.config.vocab_size
     p = args.prefix_tokens
-    sizes = _passages(ctx - p, args.passage_tokens)
+    sizes = passage_sizes(ctx - p, args.passage_tokens)
     ids = torch.randint(100, vocab, (ctx,), generator=g)
     question = torch.randint(100, vocab, (args.question_tokens,), generator=g).tolist()
     row: dict[str, Any] = {"context_tokens": ctx, "passages": len(sizes), "question_tokens": len(question)}
@@ -307,144 +258,8 @@ def run_context(
     row["fast_matches_full_prefill"] = ref is not None and (
         tokens.get("ragcompress") == ref == tokens.get("ragcompress_warm")
     )
-    row["device"] = _device_name(dev)
+    row["device"] = device_name(dev)
     return row
-
-
-def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, Any]]:
-    """Queries/s with B questions over one shared context (chunks loaded once per batch)."""
-    import torch
-
-    from ragcompress.kv.fast import PackedChunk
-
-    dev = model.device
-    cfg = model.config
-    ctx = args.qps_context
-    g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    n = ctx - args.prefix_tokens
-    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim)
-
-    def rnd(tokens: int) -> Any:
-        return torch.randn(tokens, *shape, device=dev, dtype=model.dtype)
-
-    prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
-    sizes = _passages(n, args.passage_tokens)
-    chunks = [PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens) for s in sizes]
-    rows = []
-    for b in _ints(args.batches):
-        qs = [
-            torch.randint(100, cfg.vocab_size, (args.question_tokens,), generator=g).tolist()
-            for _ in range(b)
-        ]
-
-        def first(qs: list[list[int]] = qs) -> None:
-            fast.load(prefix, chunks)
-            fast.prefill(qs).tolist()
-
-        def answers(qs: list[list[int]] = qs) -> None:
-            fast.load(prefix, chunks)
-            tok = fast.prefill(qs)
-            for _ in range(args.new_tokens - 1):
-                tok = fast.decode_step(tok)
-            tok.tolist()
-
-        try:
-            t1 = clock(first)
-            t2 = clock(answers, repeats=max(3, args.repeats // 4))
-            rows.append(
-                {
-                    "batch": b,
-                    "context_tokens": ctx,
-                    "first_token_ms": round(t1, 3),
-                    "qps_first_token": round(b / t1 * 1e3, 1),
-                    "new_tokens": args.new_tokens,
-                    "answer_ms": round(t2, 3),
-                    "qps_answers": round(b / t2 * 1e3, 1),
-                }
-            )
-        except Exception as exc:
-            traceback.print_exc()
-            rows.append({"batch": b, "error": f"{type(exc).__name__}: {exc}"[:300]})
-    return rows
-
-
-def profile(model: Any, fast: Any, args: Any) -> None:
-    """Top kernels (GPU time) of load + prefill at --qps-context, batch 1."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof
-
-    from ragcompress.kv.fast import PackedChunk
-
-    cfg = model.config
-    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
-
-    def rnd(t: int) -> Any:
-        return torch.randn(t, *shape, device=model.device, dtype=model.dtype)
-
-    prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
-    chunks = [
-        PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens)
-        for s in _passages(args.qps_context - args.prefix_tokens, args.passage_tokens)
-    ]
-    q = [list(range(100, 100 + args.question_tokens))]
-    for _ in range(3):
-        fast.load(prefix, chunks)
-        fast.prefill(q).tolist()
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-        for _ in range(5):
-            fast.load(prefix, chunks)
-            fast.prefill(q).tolist()
-    print(
-        p.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60), flush=True
-    )
-
-
-def _device_name(dev: Any) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-
-
-COLUMNS = (
-    "context_tokens",
-    "full_prefill_ms",
-    "hf_reuse_ms",
-    "ragcompress_ms",
-    "ragcompress_compressed_ms",
-    "floor_ms",
-    "ragcompress_warm_ms",
-)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# TTFT from cached chunks ({report['device']}, {report['shape']})",
-        "",
-        f"`{report['command']}`",
-        "",
-        "| " + " | ".join(COLUMNS) + " | same first token |",
-        "|" + "---|" * (len(COLUMNS) + 1),
-    ]
-    for r in report["rows"]:
-        cells = ["—" if r.get(c) is None else str(r[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + f" | {r.get('fast_matches_full_prefill')} |")
-    lines += [
-        "",
-        f"copy bandwidth {report['copy_bandwidth_gbs']} GB/s (read + written); attention "
-        f"backend {report['attention']}; floor = non-embedding weights "
-        f"({report['weight_bytes'] / 1e9:.2f} GB) + context KV, over that bandwidth.",
-        "",
-        "| batch | context | first token ms | queries/s (first token) | answer ms | queries/s (answers) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for q in report["qps"]:
-        lines.append(
-            f"| {q.get('batch')} | {q.get('context_tokens', '—')} | {q.get('first_token_ms', '—')} | "
-            f"{q.get('qps_first_token', '—')} | {q.get('answer_ms', '—')} | {q.get('qps_answers', '—')} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -461,8 +276,8 @@ def main(argv: list[str]) -> int:
         )
         return 2
     dtype = getattr(torch, args.dtype)
-    contexts = _ints(args.contexts)
-    batches = _ints(args.batches)
+    contexts = ints(args.contexts)
+    batches = ints(args.batches)
     clock = Clock(dev, args.warmup, args.repeats)
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)  # the random weights: the same model run to run
@@ -512,47 +327,11 @@ def main(argv: list[str]) -> int:
     for ctx in contexts:
         rows.append(run_context(model, fast, ctx, args, clock, bw, wbytes))
         print(json.dumps(rows[-1]), flush=True)
-        _write(out, argv, args, dev, fast, bw, wbytes, rows, qps)  # partial results survive a timeout
+        write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps)  # partial results survive a timeout
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     qps = run_qps(model, fast, args, clock)
     if args.profile:
         profile(model, fast, args)
-    print(markdown(_write(out, argv, args, dev, fast, bw, wbytes, rows, qps)))
+    print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps)))
     return 0
-
-
-def _write(
-    out: Path,
-    argv: list[str],
-    args: Any,
-    dev: Any,
-    fast: Any,
-    bw: float,
-    wbytes: int,
-    rows: list[dict[str, Any]],
-    qps: list[dict[str, Any]],
-) -> dict[str, Any]:
-    import torch
-
-    report = {
-        "command": "python3 benchmarks/ttft_gpu.py " + " ".join(argv),
-        "device": _device_name(dev),
-        "shape": args.shape,
-        "dtype": args.dtype,
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "attention": type(fast.attention).__name__,
-        "graphs": fast.graphs,
-        "fused": fast.step.fused,
-        "copy_bandwidth_gbs": round(bw / 1e9, 1),
-        "weight_bytes": wbytes,
-        "rows": rows,
-        "qps": qps,
-    }
-    (out / "ttft_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "ttft_gpu.md").write_text(markdown(report))
-    from ragcompress.bench.ttft_plot import write_plot
-
-    write_plot(report, out / "ttft_gpu.png")
-    return report

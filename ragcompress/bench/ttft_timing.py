@@ -1,0 +1,153 @@
+"""Timing helpers of ``ragcompress bench ttft``: a CUDA-event clock, the copy-bandwidth probe,
+passage sizes, and the queries/s and profiler passes."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Clock", "copy_bandwidth", "ints", "passage_sizes", "profile", "run_qps"]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+class Clock:
+    """Median milliseconds of a callable: CUDA events on the GPU, perf_counter elsewhere."""
+
+    def __init__(self, device: Any, warmup: int, repeats: int) -> None:
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+
+    def __call__(self, fn: Callable[[], Any], repeats: int | None = None, warmup: int | None = None) -> float:
+        import torch
+
+        cuda = self.device.type == "cuda"
+        for _ in range(self.warmup if warmup is None else warmup):
+            fn()
+        times = []
+        for _ in range(self.repeats if repeats is None else repeats):
+            if cuda:
+                torch.cuda.synchronize(self.device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+def copy_bandwidth(device: Any, clock: Clock) -> float:
+    """Bytes/s of a large device-to-device copy, counting bytes read + written."""
+    import torch
+
+    n = (1 << 30) if device.type == "cuda" else (1 << 24)
+    src = torch.randn(n // 2, device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = clock(lambda: dst.copy_(src), repeats=10, warmup=3)
+    return 2 * n / (ms / 1e3)
+
+
+def passage_sizes(total: int, size: int) -> list[int]:
+    sizes = [size] * (total // size)
+    if total % size:
+        sizes.append(total % size)
+    return sizes
+
+
+def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, Any]]:
+    """Queries/s with B questions over one shared context (chunks loaded once per batch)."""
+    import torch
+
+    from ragcompress.kv.fast import PackedChunk
+
+    dev = model.device
+    cfg = model.config
+    ctx = args.qps_context
+    g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    n = ctx - args.prefix_tokens
+    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim)
+
+    def rnd(tokens: int) -> Any:
+        return torch.randn(tokens, *shape, device=dev, dtype=model.dtype)
+
+    prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
+    sizes = passage_sizes(n, args.passage_tokens)
+    chunks = [PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens) for s in sizes]
+    rows = []
+    for b in ints(args.batches):
+        qs = [
+            torch.randint(100, cfg.vocab_size, (args.question_tokens,), generator=g).tolist()
+            for _ in range(b)
+        ]
+
+        def first(qs: list[list[int]] = qs) -> None:
+            fast.load(prefix, chunks)
+            fast.prefill(qs).tolist()
+
+        def answers(qs: list[list[int]] = qs) -> None:
+            fast.load(prefix, chunks)
+            tok = fast.prefill(qs)
+            for _ in range(args.new_tokens - 1):
+                tok = fast.decode_step(tok)
+            tok.tolist()
+
+        try:
+            t1 = clock(first)
+            t2 = clock(answers, repeats=max(3, args.repeats // 4))
+            rows.append(
+                {
+                    "batch": b,
+                    "context_tokens": ctx,
+                    "first_token_ms": round(t1, 3),
+                    "qps_first_token": round(b / t1 * 1e3, 1),
+                    "new_tokens": args.new_tokens,
+                    "answer_ms": round(t2, 3),
+                    "qps_answers": round(b / t2 * 1e3, 1),
+                }
+            )
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append({"batch": b, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    return rows
+
+
+def profile(model: Any, fast: Any, args: Any) -> None:
+    """Top kernels (GPU time) of load + prefill at --qps-context, batch 1."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    from ragcompress.kv.fast import PackedChunk
+
+    cfg = model.config
+    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
+
+    def rnd(t: int) -> Any:
+        return torch.randn(t, *shape, device=model.device, dtype=model.dtype)
+
+    prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
+    chunks = [
+        PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens)
+        for s in passage_sizes(args.qps_context - args.prefix_tokens, args.passage_tokens)
+    ]
+    q = [list(range(100, 100 + args.question_tokens))]
+    for _ in range(3):
+        fast.load(prefix, chunks)
+        fast.prefill(q).tolist()
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        for _ in range(5):
+            fast.load(prefix, chunks)
+            fast.prefill(q).tolist()
+    print(
+        p.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60), flush=True
+    )
