@@ -93,6 +93,13 @@ def _add_pipeline_args(p: argparse.ArgumentParser, kv: bool = False) -> None:
         g.add_argument(
             "--store", metavar="URL", help="with --kv: chunk store URL (memory://, file:///dir, redis://…)"
         )
+        g.add_argument(
+            "--fast-capacity",
+            metavar="TOKENS",
+            type=int,
+            help="with --kv: answer on the fast engine (one static KV buffer of this many context "
+            "tokens; CUDA graphs and flash attention on a GPU) instead of transformers' forward",
+        )
 
 
 def _load_pipeline(args: argparse.Namespace) -> Pipeline:
@@ -127,9 +134,10 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
             presses=tuple(presses if isinstance(presses, list) else [presses]),
             store=args.store or base.get("store"),
             memory_bytes=int(base.get("memory_bytes", 2 << 30)),
+            fast_capacity=args.fast_capacity or base.get("fast_capacity"),
         )
-    elif any(getattr(args, a, None) for a in ("cache_dir", "press", "store")):
-        raise UsageError("--cache-dir, --press and --store only apply with --kv")
+    elif any(getattr(args, a, None) for a in ("cache_dir", "press", "store", "fast_capacity")):
+        raise UsageError("--cache-dir, --press, --store and --fast-capacity only apply with --kv")
     _log(f"loading pipeline {path.stem} ({path})")
     from ragcompress.types import Budget
 

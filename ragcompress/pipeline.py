@@ -65,12 +65,15 @@ class KVSpec:
 
     ``store`` is a chunk-store URL (``memory://``, ``file:///dir``, ``redis://...``); without
     it chunks stay in memory, backed by ``cache_dir`` on disk when that is set.
+    ``fast_capacity`` (context tokens) answers on the fast engine
+    (:class:`~ragcompress.kv.fast_answer.FastKVAnswerer`) instead of transformers' forward.
     """
 
     cache_dir: str | None = None
     presses: tuple[Any, ...] = ()
     store: str | None = None
     memory_bytes: int = 2 << 30
+    fast_capacity: int | None = None
 
     def build(self, generator: Generator) -> Any:
         """A ``KVAnswerer`` over ``generator`` (imported lazily: the KV path pulls in torch)."""
@@ -82,10 +85,16 @@ class KVSpec:
 
             store = open_store(self.store, device=str(generator.lm.device))
         cache_dir = str(Path(self.cache_dir).expanduser()) if self.cache_dir else None
-        return KVAnswerer.from_generator(
-            generator, cache_dir=cache_dir, presses=list(self.presses),
-            memory_bytes=self.memory_bytes, store=store,
-        )  # fmt: skip
+        common: dict[str, Any] = dict(
+            cache_dir=cache_dir, presses=list(self.presses), memory_bytes=self.memory_bytes, store=store
+        )
+        if self.fast_capacity is not None:
+            from ragcompress.kv.fast_answer import FastKVAnswerer
+
+            if self.fast_capacity < 1:
+                raise ValueError(f"fast_capacity is a number of context tokens, got {self.fast_capacity}")
+            return FastKVAnswerer.from_generator(generator, capacity=self.fast_capacity, **common)
+        return KVAnswerer.from_generator(generator, **common)
 
 
 @dataclass(frozen=True)

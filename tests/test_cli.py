@@ -46,6 +46,7 @@ def test_no_command_prints_help_and_fails(capsys):
         (["demo", "--pipeline", "nope"], "no pipeline 'nope'"),
         (["demo", "--limit", "0"], "--limit must be >= 1"),
         (["demo", "--cache-dir", "{tmp}"], "only apply with --kv"),
+        (["demo", "--fast-capacity", "4096"], "only apply with --kv"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, argv, message):

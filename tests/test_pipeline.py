@@ -129,6 +129,16 @@ def test_kv_section_answers_from_cached_chunks(tmp_path, generator):
     assert second.as_dict()["chunks_hit"] == len(PASSAGES)
 
 
+def test_kv_section_on_the_fast_engine_gives_the_same_answer(tmp_path, generator):
+    eager = Pipeline.from_spec({"compressors": []}, generator=generator, kv=KVSpec()).run(QUESTION, PASSAGES)
+    fast_spec = KVSpec(cache_dir=str(tmp_path), fast_capacity=1024)
+    fast = Pipeline.from_spec({"compressors": []}, generator=generator, kv=fast_spec).run(QUESTION, PASSAGES)
+    assert fast.generation.extra["engine"] == "fast"
+    assert fast.answer == eager.answer and fast.as_dict()["chunks_encoded"] == len(PASSAGES)
+    with pytest.raises(ValueError, match="fast_capacity"):
+        KVSpec(fast_capacity=0).build(generator)
+
+
 def test_hybrid_spec_builds(tmp_path, generator):
     pipe = Pipeline.from_yaml(
         "hybrid", generator=generator, kv=KVSpec(cache_dir=str(tmp_path), presses=({"name": "quantize"},))

@@ -16,6 +16,7 @@ from ragcompress.types import Passage
 
 if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
+    from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["KVAnswerer"]
 
@@ -37,8 +38,10 @@ class KVAnswerer:
         presses: Sequence[Any] = (),
         memory_bytes: int = 2 << 30,
         store: ChunkStore | None = None,
-    ) -> KVAnswerer:
-        """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is given."""
+        **options: Any,
+    ) -> Any:
+        """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is
+        given; ``options`` are a subclass's own fields (e.g. ``FastKVAnswerer(capacity=...)``)."""
         from ragcompress.kv.disk_store import DiskStore
         from ragcompress.kv.memory_store import MemoryStore
 
@@ -46,7 +49,7 @@ class KVAnswerer:
             memory = MemoryStore(memory_bytes, device=generator.lm.device)
             store = memory if cache_dir is None else TieredStore(memory, DiskStore(cache_dir))
         encoder = ChunkEncoder.from_generator(generator)
-        return cls(generator, ChunkCache(encoder, store, presses))
+        return cls(generator, ChunkCache(encoder, store, presses), **options)
 
     def answer(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
@@ -61,7 +64,11 @@ class KVAnswerer:
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Iterator[str]:
         chunks, _ = self.cache.get_or_encode(passages)
-        yield from self.generator.stream_from_chunks(query, chunks, max_new_tokens)
+        yield from self._pieces(query, chunks, max_new_tokens)
+
+    def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
+        """The answer's text pieces from ready chunks (the engine a subclass replaces)."""
+        return self.generator.stream_from_chunks(query, chunks, max_new_tokens)
 
     def stream_with_stats(
         self,
@@ -81,7 +88,7 @@ class KVAnswerer:
         chunks, cache_stats = self.cache.get_or_encode(passages)
         stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
         stats.update(_extra(cache_stats))
-        for piece in _stripped(self.generator.stream_from_chunks(query, chunks, max_new_tokens)):
+        for piece in _stripped(self._pieces(query, chunks, max_new_tokens)):
             stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
             yield piece
         stats["total_ms"] = (time.perf_counter() - start) * 1e3

@@ -1,0 +1,111 @@
+"""The KV path on the fast engine: same chunk cache, same answers, no transformers forward.
+
+:class:`FastKVAnswerer` is a :class:`~ragcompress.kv.answer.KVAnswerer` whose answers come from
+:class:`~ragcompress.kv.fast.FastGenerator`: chunks are written into one static KV buffer (the
+ones the previous request already wrote are skipped), the question is prefilled and decoded by
+the fast step (captured CUDA graphs and split-KV flash attention on a GPU; the same step run
+eagerly with reference attention on a CPU). Greedy, batch 1 per call; the buffer is sized once
+by ``capacity`` (context tokens: shared prefix + kept chunk tokens) and raises
+:class:`~ragcompress.kv.fast.BufferOverflowError` when a request does not fit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.answer import KVAnswerer, _extra
+
+if TYPE_CHECKING:
+    from ragcompress.generate import Answer
+    from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast import FastGenerator, PackedChunk
+    from ragcompress.types import Passage
+
+__all__ = ["FastKVAnswerer"]
+
+
+@dataclass
+class FastKVAnswerer(KVAnswerer):
+    """``capacity``: context slots of the static buffer; ``max_question``: longest question in
+    tokens (chat template included); ``graphs``: capture CUDA graphs (ignored off CUDA)."""
+
+    capacity: int = 16384
+    max_question: int = 256
+    graphs: bool = True
+    _engine: FastGenerator | None = field(default=None, init=False, repr=False)
+    _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
+
+    @property
+    def engine(self) -> FastGenerator:
+        """The fast engine, built on first use (its buffer is allocated then)."""
+        if self._engine is None:
+            from ragcompress.kv.encode import prefix_kv
+            from ragcompress.kv.fast import FastGenerator, PackedChunk
+
+            gen = self.generator
+            self._engine = FastGenerator(
+                gen.lm,
+                capacity=self.capacity,
+                max_question=self.max_question,
+                max_new_tokens=gen.max_new_tokens,
+                buckets=(*(b for b in (16, 32, 64, 128, 256) if b < self.max_question), self.max_question),
+                graphs=self.graphs,
+            )
+            self._prefix = PackedChunk.from_prefix(prefix_kv(gen.lm, gen.layout))
+        return self._engine
+
+    def _tokens(
+        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None, timing: dict[str, float]
+    ) -> Iterator[int]:
+        """Greedy token ids (stop tokens end the answer and are not yielded); sets ``timing["first"]``."""
+        gen, engine = self.generator, self.engine
+        limit = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if limit > engine.max_new_tokens:
+            raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
+        ids = gen.layout.question_ids(query)
+        assert self._prefix is not None
+        position = engine.load_reusing(self._prefix, chunks)
+        gen._check_length(position + len(ids), limit)
+        if limit <= 0:
+            return
+        stops = gen.stop_ids
+        tok = engine.prefill([ids])
+        for i in range(limit):
+            token = int(tok[0])  # one host sync per token: the answer streams
+            timing.setdefault("first", time.perf_counter())
+            if token in stops:
+                return
+            yield token
+            if i < limit - 1:
+                tok = engine.decode_step(tok).clone()
+
+    def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
+        return self.generator._text_pieces(self._tokens(query, chunks, max_new_tokens, {}))
+
+    def answer(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+    ) -> Answer:
+        from ragcompress.generate import Answer, GenerationStats
+
+        start = time.perf_counter()
+        chunks, cache_stats = self.cache.get_or_encode(passages)
+        timing: dict[str, float] = {}
+        tokens = list(self._tokens(query, chunks, max_new_tokens, timing))
+        end = time.perf_counter()
+        total = (end - start) * 1e3
+        ttft = (timing.get("first", end) - start) * 1e3
+        prompt = len(self.generator.layout.question_ids(query))
+        extra: dict[str, Any] = {
+            "chunks": len(chunks),
+            "chunk_tokens": sum(c.num_tokens for c in chunks),
+            **_extra(cache_stats),
+            "ttft_ms": ttft,
+            "engine": "fast",
+        }
+        context = self.engine.buffer.next_position + prompt
+        stats = GenerationStats(prompt, context, len(tokens), ttft, total, extra)
+        text = str(self.generator.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        return Answer(text=text, token_ids=tuple(tokens), stats=stats)
