@@ -26,7 +26,7 @@ from ragcompress.kv.fast.write import triton_available
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CascadeAttention", "FlashCascade", "ReferenceCascade", "StepMeta"]
+__all__ = ["CascadeAttention", "FlashCascade", "ReferenceCascade", "StepMeta", "default_attention"]
 
 
 @dataclass(eq=False)
@@ -228,3 +228,59 @@ def _lse_rows(lse: torch.Tensor, n: int) -> torch.Tensor:
     if lse.dim() == 3:
         lse = lse.permute(1, 0, 2).reshape(lse.shape[1], -1)
     return lse[:, :n].transpose(0, 1).float()
+
+
+def default_attention(param: torch.Tensor) -> CascadeAttention:
+    """Flash cascade on CUDA in fp16/bf16 when it agrees with the reference here, else the
+    reference (CPU, fp32, or a flash build that misbehaves on this device)."""
+    import torch
+
+    if param.device.type == "cuda" and param.dtype in (torch.float16, torch.bfloat16) and _flash_works(param):
+        return FlashCascade()
+    return ReferenceCascade()
+
+
+_FLASH_OK: dict[str, bool] = {}
+
+
+def _flash_works(param: torch.Tensor) -> bool:
+    """Check the flash variable-length path against the reference once per device/dtype."""
+    import torch
+
+    key = f"{param.device}/{param.dtype}"
+    if key not in _FLASH_OK:
+        try:
+            _FLASH_OK[key] = _compare_backends(param.device, param.dtype) < 2e-2
+        except (RuntimeError, TypeError, NotImplementedError):
+            _FLASH_OK[key] = False
+        torch.cuda.synchronize(param.device)
+    return _FLASH_OK[key]
+
+
+def _compare_backends(device: torch.device, dtype: torch.dtype) -> float:
+    """Relative error of FlashCascade vs ReferenceCascade on random inputs (B=2, T=5)."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    b, t, r, cap, h, kvh, d = 2, 5, 9, 40, 8, 2, 64
+
+    def rnd(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=g).to(device=device, dtype=dtype)
+
+    # context views strided like the buffer's (capacity, layers, kv_heads, d)[:, layer]
+    q, ok, ov = rnd(b * t, h, d), rnd(b * r, kvh, d), rnd(b * r, kvh, d)
+    ck, cv = rnd(cap, 3, kvh, d)[:, 1], rnd(cap, 3, kvh, d)[:, 2]
+    meta = StepMeta(
+        b,
+        t,
+        r,
+        cap,
+        torch.tensor([23], dtype=torch.int32, device=device),
+        torch.tensor([t, t + 2], dtype=torch.int32, device=device),
+        splits=3,
+        group=h // kvh,
+    )
+    meta.refresh()
+    ref = ReferenceCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
+    got = FlashCascade()(q, ck, cv, ok, ov, meta, d**-0.5).float()
+    return float((got - ref).norm() / ref.norm())
