@@ -148,18 +148,33 @@ class Generator:
         ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
         timing: dict[str, float] = {}
         tokens = list(self.iter_tokens(ids, cache, max_new_tokens, position, timing=timing, start=start))
+        return self.chunk_answer(tokens, len(ids), position, chunks, start, timing.get("ttft_ms"), extra)
+
+    def chunk_answer(
+        self,
+        tokens: Sequence[int],
+        prompt_tokens: int,
+        position: int,
+        chunks: Sequence[KVChunk],
+        start: float,
+        ttft_ms: float | None,
+        extra: dict[str, Any] | None = None,
+    ) -> Answer:
+        """The :class:`Answer` of a KV-path request, whatever engine decoded ``tokens``:
+        ``position`` is where the question started, ``start`` the request's ``perf_counter()``."""
         total = (time.perf_counter() - start) * 1e3
+        ttft = total if ttft_ms is None else ttft_ms
         info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
-        info.setdefault("ttft_ms", timing.get("ttft_ms", total))
+        info.setdefault("ttft_ms", ttft)
         stats = GenerationStats(
-            prompt_tokens=len(ids),
-            context_tokens=position + len(ids),
+            prompt_tokens=prompt_tokens,
+            context_tokens=position + prompt_tokens,
             new_tokens=len(tokens),
-            ttft_ms=timing.get("ttft_ms", total),
+            ttft_ms=ttft,
             total_ms=total,
             extra=info,
         )
-        text = str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        text = str(self.tokenizer.decode(list(tokens), skip_special_tokens=True)).strip()
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def stream_from_chunks(

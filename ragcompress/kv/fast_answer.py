@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ragcompress.kv.answer import KVAnswerer, _extra
 
@@ -58,54 +58,38 @@ class FastKVAnswerer(KVAnswerer):
         return self._engine
 
     def _tokens(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None, timing: dict[str, float]
+        self, ids: list[int], chunks: Sequence[KVChunk], max_new_tokens: int | None, timing: dict[str, float]
     ) -> Iterator[int]:
-        """Greedy token ids (stop tokens end the answer and are not yielded); sets ``timing["first"]``."""
+        """Greedy token ids after question ``ids`` (stop tokens end the answer, unyielded);
+        ``timing["position"]`` is where the question starts, ``timing["first"]`` when token 1 came."""
         gen, engine = self.generator, self.engine
         limit = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit > engine.max_new_tokens:
             raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
-        ids = gen.layout.question_ids(query)
         assert self._prefix is not None
-        position = engine.load_reusing(self._prefix, chunks)
-        gen._check_length(position + len(ids), limit)
-        if limit <= 0:
-            return
+        timing["position"] = engine.load_reusing(self._prefix, chunks)
+        gen._check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
-        tok = engine.prefill([ids])
-        for i in range(limit):
-            token = int(tok[0])  # one host sync per token: the answer streams
+        for host in engine.steps([ids], limit):  # one host sync per token: the answer streams
             timing.setdefault("first", time.perf_counter())
-            if token in stops:
+            if host[0] in stops:
                 return
-            yield token
-            if i < limit - 1:
-                tok = engine.decode_step(tok).clone()
+            yield host[0]
 
     def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
-        return self.generator._text_pieces(self._tokens(query, chunks, max_new_tokens, {}))
+        ids = self.generator.layout.question_ids(query)
+        return self.generator._text_pieces(self._tokens(ids, chunks, max_new_tokens, {}))
 
     def answer(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Answer:
-        from ragcompress.generate import Answer, GenerationStats
-
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
+        ids = self.generator.layout.question_ids(query)
         timing: dict[str, float] = {}
-        tokens = list(self._tokens(query, chunks, max_new_tokens, timing))
-        end = time.perf_counter()
-        total = (end - start) * 1e3
-        ttft = (timing.get("first", end) - start) * 1e3
-        prompt = len(self.generator.layout.question_ids(query))
-        extra: dict[str, Any] = {
-            "chunks": len(chunks),
-            "chunk_tokens": sum(c.num_tokens for c in chunks),
-            **_extra(cache_stats),
-            "ttft_ms": ttft,
-            "engine": "fast",
-        }
-        context = self.engine.buffer.next_position + prompt
-        stats = GenerationStats(prompt, context, len(tokens), ttft, total, extra)
-        text = str(self.generator.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
-        return Answer(text=text, token_ids=tuple(tokens), stats=stats)
+        tokens = list(self._tokens(ids, chunks, max_new_tokens, timing))
+        ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
+        extra = {**_extra(cache_stats), "engine": "fast"}
+        return self.generator.chunk_answer(
+            tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra
+        )

@@ -13,7 +13,7 @@ check that the fast path gives the eager generator's greedy tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +198,20 @@ class FastGenerator:
         assert shape.tokens is not None
         return shape.tokens
 
+    def steps(self, questions: Sequence[Sequence[int]], limit: int) -> Iterator[list[int]]:
+        """Each question's greedy token at each of up to ``limit`` steps (host lists of B ints).
+
+        Lazy: a decode step runs only when the next list is asked for, so a consumer that stops
+        (every question hit a stop token) costs no extra step.
+        """
+        if limit <= 0:
+            return
+        tok = self.prefill(questions)
+        for i in range(limit):
+            yield tok.tolist()
+            if i < limit - 1:
+                tok = self.decode_step(tok).clone()
+
     def generate(
         self,
         questions: Sequence[Sequence[int]],
@@ -210,20 +224,15 @@ class FastGenerator:
             raise BufferOverflowError(f"max_new_tokens={limit} exceeds the buffer's {self.max_new_tokens}")
         out: list[list[int]] = [[] for _ in questions]
         done = [False] * len(questions)
-        if limit <= 0:
-            return out
-        tok = self.prefill(questions)
-        for i in range(limit):
-            host = tok.tolist()
+        for host in self.steps(questions, limit):
             for j, t in enumerate(host):
                 if not done[j]:
                     if t in stop_ids:
                         done[j] = True
                     else:
                         out[j].append(int(t))
-            if all(done) or i == limit - 1:
+            if all(done):
                 break
-            tok = self.decode_step(tok).clone()
         return out
 
     # -- graphs ----------------------------------------------------------------------------
