@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kv_common import load_qa, machine, write_result
 
+from ragcompress.bench.ttft_timing import Clock, copy_bandwidth
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_context
@@ -73,38 +72,6 @@ def build_model(config: str, device: str, dtype: str, tokenizer: str | None = No
     return model, load_tokenizer(tokenizer)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def copy_bandwidth(device: str, nbytes: int = 1 << 30) -> float:
-    """Device copy bandwidth in bytes/s, counting read + write."""
-    src = torch.empty(nbytes // 2, dtype=torch.float16, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    sync(device)
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * nbytes / min(times)
-
-
-def median_ms(fn: Any, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -130,7 +97,9 @@ def main() -> None:
     question = rows[0]["question"]
     ks = [int(k) for k in args.ks.split(",")]
     kv.cache.get_or_encode(passages[: max(ks)])  # warm: every chunk encoded once, on the device
-    bandwidth = copy_bandwidth(args.device) if args.device.startswith("cuda") else None
+    # median of --repeats, wall clock off CUDA and CUDA events on it (each path warms up below)
+    clock = Clock(torch.device(args.device), warmup=0, repeats=args.repeats)
+    bandwidth = copy_bandwidth(clock.device, clock) if args.device.startswith("cuda") else None
 
     results = []
     for k in ks:
@@ -139,9 +108,9 @@ def main() -> None:
         assert stats.encoded == 0
         gen.generate(question, ps)  # warm-up both paths at this size
         kv.answer(question, ps)
-        full_ms = median_ms(lambda ps=ps: gen.generate(question, ps), args.repeats, args.device)
-        kv_ms = median_ms(lambda ps=ps: kv.answer(question, ps), args.repeats, args.device)
-        asm_ms = median_ms(lambda ch=chunks: chunk_context(model, gen.layout, ch), args.repeats, args.device)
+        full_ms = clock(lambda ps=ps: gen.generate(question, ps))
+        kv_ms = clock(lambda ps=ps: kv.answer(question, ps))
+        asm_ms = clock(lambda ch=chunks: chunk_context(model, gen.layout, ch))
         ctx = len(gen.layout.prompt_ids(ps, question))
         kv_bytes = sum(c.nbytes for c in chunks)
         row = {
