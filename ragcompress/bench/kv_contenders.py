@@ -87,7 +87,7 @@ class FullPrefill(KVContender):
 
     def context(self, session: KVSession, passages: list[str]) -> tuple[Any, int, float]:
         ids = session.context_ids(passages)
-        return session.prefill(ids), len(ids), 1.0 * _dtype_bytes(session) / 2
+        return session.prefill(ids), len(ids), _dtype_bytes(session) / 2
 
 
 @dataclass
