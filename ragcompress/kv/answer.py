@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.encode import ChunkEncoder
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["KVAnswerer"]
+
+_A = TypeVar("_A", bound="KVAnswerer")
 
 
 @dataclass
@@ -32,14 +34,14 @@ class KVAnswerer:
 
     @classmethod
     def from_generator(
-        cls,
+        cls: type[_A],
         generator: Generator,
         cache_dir: str | os.PathLike[str] | None = None,
         presses: Sequence[Any] = (),
         memory_bytes: int = 2 << 30,
         store: ChunkStore | None = None,
         **options: Any,
-    ) -> Any:
+    ) -> _A:
         """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is
         given; ``options`` are a subclass's own fields (e.g. ``FastKVAnswerer(capacity=...)``)."""
         from ragcompress.kv.disk_store import DiskStore
