@@ -5,7 +5,8 @@ Every row answers the same questions in the same process with the same reader (t
 SmolLM2-135M-Instruct by default): the full-prefill baseline, the uncompressed chunks of the KV path,
 each of ours (eviction, quantization, low-rank, chains) and kvpress's presses on the whole-context
 prefill. Reported per row: stored bytes / fp16 bytes, greedy-answer agreement with the full prefill and
-with the uncompressed chunks (same generated token ids), gold-answer log-likelihood per token (teacher
+with the uncompressed chunks (same generated token ids), next-token agreement with the
+uncompressed chunks' greedy answer (teacher forced), gold-answer log-likelihood per token (teacher
 forced) and its change vs the full prefill, token F1 against the gold answers, time to first token
 and encode time. Writes ``DIR/kv.json``, ``DIR/kv.md`` and ``DIR/kv.png`` (``--out DIR``).
 """
@@ -67,6 +68,7 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
     int4_64 = {"name": "quantize", "bits": 4, "group_size": 64}
     line += [
         Chunks("knorm 0.6 + int4/64", spec=[{"name": "knorm", "ratio": 0.6}, int4_64]),
+        Chunks("window 0.6 + int4/64", spec=[{"name": "window", "ratio": 0.6, "sinks": 4}, int4_64]),
         Chunks("observed 0.6 + int4/64", spec=[{**observed, "ratio": 0.6}, int4_64]),
     ]
     for r in ratios:
@@ -82,27 +84,56 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
     return line
 
 
-def score(session: KVSession, cache: Any, pos: int, question: str, answer: str) -> dict[str, Any]:
-    """Gold-answer log-likelihood per token (teacher forced) and the greedy answer, from one context."""
+def _teacher_forced(session: KVSession, cache: Any, pos: int, q: list[int], toks: list[int]) -> Any:
+    """Log-probabilities (len(toks), vocab) of each of ``toks`` after ``q`` and the tokens before it.
+
+    Runs on a copy of ``cache``: a forward pass extends the cache in place.
+    """
+    import torch
+
+    gen, dev = session.gen, session.gen.lm.device
+    phys, n = cache.get_seq_length(), len(q) + len(toks)
+    with torch.inference_mode():
+        logits = gen.lm(
+            input_ids=torch.tensor([q + toks], device=dev),
+            **cache_kwargs(gen.lm, copy.deepcopy(cache)),
+            position_ids=torch.arange(pos, pos + n, device=dev)[None],
+            cache_position=torch.arange(phys, phys + n, device=dev),
+        ).logits[0]
+    return logits[len(q) - 1 : n - 1].float().log_softmax(-1)
+
+
+def score(
+    session: KVSession, cache: Any, pos: int, question: str, answer: str, reference: list[int] | None = None
+) -> dict[str, Any]:
+    """Gold-answer log-likelihood per token (teacher forced) and the greedy answer, from one context.
+
+    ``token_agree``: the share of ``reference`` tokens (the greedy answer of the uncompressed chunks;
+    None: this context's own greedy answer; empty: not measured) that this context ranks first when
+    fed the reference's own prefix. Whole greedy answers diverge for good after one flipped token, so
+    their agreement says little about how far a context is from the reference; this says how often
+    the next token would differ.
+    """
     import torch
 
     gen = session.gen
+    dev = gen.lm.device
     q = gen.layout.question_ids(question)
     a = list(gen.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    phys = cache.get_seq_length()
-    fresh = copy.deepcopy(cache)  # the teacher-forced pass extends the cache in place
-    dev = gen.lm.device
-    with torch.inference_mode():
-        logits = gen.lm(
-            input_ids=torch.tensor([q + a], device=dev),
-            **cache_kwargs(gen.lm, cache),
-            position_ids=torch.arange(pos, pos + len(q) + len(a), device=dev)[None],
-            cache_position=torch.arange(phys, phys + len(q) + len(a), device=dev),
-        ).logits[0]
-    logp = logits[len(q) - 1 : len(q) - 1 + len(a)].float().log_softmax(-1)
-    ll = float(logp.gather(1, torch.tensor(a, device=dev)[:, None]).mean())
-    ans = gen.decode(q, fresh, next_position=pos)
-    return {"gold_ll": ll, "tokens": list(ans.token_ids), "text": ans.text, "ttft_ms": ans.stats.ttft_ms}
+    logp = _teacher_forced(session, cache, pos, q, a)
+    ans = gen.decode(q, copy.deepcopy(cache), next_position=pos)
+    tokens = list(ans.token_ids)
+    out: dict[str, Any] = {
+        "gold_ll": float(logp.gather(1, torch.tensor(a, device=dev)[:, None]).mean()),
+        "tokens": tokens,
+        "text": ans.text,
+        "ttft_ms": ans.stats.ttft_ms,
+    }
+    ref = tokens if reference is None else reference
+    if ref:
+        top = _teacher_forced(session, cache, pos, q, ref).argmax(-1)
+        out["token_agree"] = float((top == torch.tensor(ref, device=dev)).float().mean())
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,9 +238,12 @@ def run_and_report(
         rows: list[dict[str, Any]] = []
         errors: dict[str, list[str]] = {}
         bar = tqdm(total=len(evals) * len(line), desc="bench kv", unit="run", disable=args.no_progress)
+        # the uncompressed chunks run first: their greedy tokens are the token-agreement reference
+        order = sorted(line, key=lambda c: c.label != "chunks (no press)")
         for ex in evals:
             passages = [p.text for p in ex.passages]
-            for c in line:
+            reference: list[int] = []  # stays empty when the uncompressed chunks fail on this example
+            for c in order:
                 bar.set_postfix_str(c.label)
                 bar.update(1)
                 if c.label in unavailable:
@@ -218,7 +252,10 @@ def run_and_report(
                     t0 = time.perf_counter()
                     cache, pos, frac = c.context(session, passages)
                     encode_ms = (time.perf_counter() - t0) * 1e3
-                    r = score(session, cache, pos, ex.question, ex.answers[0])
+                    ref = None if c.label == "chunks (no press)" else reference
+                    r = score(session, cache, pos, ex.question, ex.answers[0], ref)
+                    if ref is None:
+                        reference = r["tokens"]
                 except Exception as err:  # one failing row must not hide the others' numbers
                     errors.setdefault(c.label, []).append(f"{ex.id}: {type(err).__name__}: {err}")
                     continue

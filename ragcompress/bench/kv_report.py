@@ -52,6 +52,7 @@ def summarize(
                         if r["example"] in chunks
                     ]
                 ),
+                token_agree=_mean([r["token_agree"] for r in rs if "token_agree" in r]),
                 gold_ll=_mean([r["gold_ll"] for r in rs]),
                 delta_ll=_mean(
                     [r["gold_ll"] - full[r["example"]]["gold_ll"] for r in rs if r["example"] in full]
@@ -80,9 +81,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "Bytes are stored bytes over the fp16 bytes of the same tokens (an fp32 reader's uncompressed "
         "cache is 2.0); kvpress rows are kept tokens of the whole-context prefill.",
         "",
-        "| contender | version | bytes / fp16 | agrees w/ full prefill | agrees w/ chunks | gold LL / token "
-        "| Δ LL vs full | F1 | TTFT ms | encode ms | note |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| contender | version | bytes / fp16 | agrees w/ full prefill | agrees w/ chunks "
+        "| next-token agrees w/ chunks | gold LL / token | Δ LL vs full | F1 | TTFT ms | encode ms | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for s in payload["summary"]:
         note = s.get("unavailable", "")
@@ -91,7 +92,8 @@ def markdown(payload: dict[str, Any]) -> str:
         head.append(
             f"| {s['contender']} | {s['version']} | {_f(s.get('bytes_frac'), '{:.3f}')} | "
             f"{_f(s.get('agree_full'), '{:.2f}')} | {_f(s.get('agree_chunks'), '{:.2f}')} | "
-            f"{_f(s.get('gold_ll'), '{:.3f}')} | {_f(s.get('delta_ll'), '{:+.3f}')} | "
+            f"{_f(s.get('token_agree'), '{:.3f}')} | {_f(s.get('gold_ll'), '{:.3f}')} | "
+            f"{_f(s.get('delta_ll'), '{:+.3f}')} | "
             f"{_f(s.get('f1'), '{:.2f}')} | "
             f"{_f(s.get('ttft_ms'), '{:.0f}')} | {_f(s.get('encode_ms'), '{:.0f}')} | {note} |"
         )
@@ -99,17 +101,19 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Fidelity (agreement, Δ log-likelihood) against stored bytes, one point per contender."""
+    """Fidelity (answer and next-token agreement, Δ log-likelihood) against stored bytes, one
+    point per contender."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colors = {"ours": "tab:blue", "kvpress": "tab:orange", "baseline": "black"}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5))
     for ax, key, ylabel in (
-        (axes[0], "agree_full", "greedy agreement with full prefill"),
-        (axes[1], "delta_ll", "Δ gold log-likelihood / token vs full prefill"),
+        (axes[0], "agree_chunks", "greedy answer agreement with uncompressed chunks"),
+        (axes[1], "token_agree", "next-token agreement with uncompressed chunks"),
+        (axes[2], "delta_ll", "Δ gold log-likelihood / token vs full prefill"),
     ):
         for s in summary:
             if s.get(key) is None or s.get("bytes_frac") is None:

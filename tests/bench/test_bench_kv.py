@@ -40,6 +40,8 @@ def test_bench_kv_writes_table_json_png_and_baselines_agree_with_themselves(
     assert list(by) == ["full prefill", "chunks (no press)", "int4", "knorm 0.5 + int4"]
     full, chunks = by["full prefill"], by["chunks (no press)"]
     assert full["agree_full"] == 1.0 and full["delta_ll"] == 0.0 and chunks["agree_chunks"] == 1.0
+    # next-token agreement is measured along the uncompressed chunks' own greedy answer
+    assert chunks["token_agree"] == 1.0 and all(0.0 <= s["token_agree"] <= 1.0 for s in by.values())
     # the tiny reader is fp32: uncompressed = 2x fp16; presses store less, a chain less than either
     assert full["bytes_frac"] == pytest.approx(2.0) and chunks["bytes_frac"] == pytest.approx(
         2.0, rel=0.1
