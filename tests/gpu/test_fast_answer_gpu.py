@@ -1,0 +1,51 @@
+"""FastKVAnswerer on CUDA (captured graphs, flash cascade, Triton chunk writes) gives the eager KV
+path's greedy tokens from the same cached chunks; tests/kv/test_fast_answer.py is the CPU side.
+
+The device machines have no packaged models: set ``RAGCOMPRESS_TEST_TOKENIZER`` to a tokenizer
+folder there (the reader's weights are a tiny random Llama either way)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ragcompress.generate import Generator
+from ragcompress.kv.answer import KVAnswerer
+from ragcompress.kv.fast_answer import FastKVAnswerer
+from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.quantize import QuantizePress
+from ragcompress.testing import make_tiny_llama
+from tests.kv.test_fast_answer import PASSAGES, QUESTIONS
+
+
+@pytest.fixture(scope="module")
+def gen() -> Generator:
+    from transformers import AutoTokenizer
+
+    from ragcompress.models import load_tokenizer
+
+    path = os.environ.get("RAGCOMPRESS_TEST_TOKENIZER")
+    try:
+        tok = AutoTokenizer.from_pretrained(path) if path else load_tokenizer()
+    except Exception as err:  # no packaged reader and no folder given
+        pytest.skip(f"no tokenizer: {type(err).__name__}: {err}")
+    model = make_tiny_llama(len(tok)).cuda()
+    return Generator.from_model(model, tok, max_new_tokens=10)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("presses", [(), (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8))])
+def test_gpu_fast_answers_match_the_eager_path(gen, presses) -> None:
+    eager = KVAnswerer.from_generator(gen, presses=presses)
+    fast = FastKVAnswerer.from_generator(gen, presses=presses, capacity=512, max_question=64)
+    assert fast.engine.graphs, "on CUDA the fast answerer must run captured graphs"
+    for q in QUESTIONS:
+        for passages in (PASSAGES, PASSAGES[1:], PASSAGES[::-1]):
+            want, got = eager.answer(q, passages), fast.answer(q, passages)
+            assert got.token_ids == want.token_ids and len(want.token_ids) > 0
+            assert got.stats.extra["engine"] == "fast"
+    again = fast.answer(QUESTIONS[0], PASSAGES)
+    assert again.stats.extra["chunks_encoded"] == 0 and again.stats.extra["chunks_hit"] == 3
+    assert torch.cuda.memory_allocated() > 0
