@@ -19,6 +19,7 @@ from ragcompress.kv.assemble import PrefixKV
 from ragcompress.kv.chunk import DenseLayer, KVChunk
 from ragcompress.kv.key import ChunkKey, model_fingerprint, press_fingerprint, tokens_digest
 from ragcompress.kv.press import KVPress, apply_presses
+from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
 from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
@@ -172,6 +173,7 @@ class ChunkEncoder:
             config=model.config,
         )
         needs_attn = any(getattr(p, "needs_attention", False) for p in presses)
+        prompt = reconstruction_prompt(presses)
         with torch.inference_mode(), _eager_attention(model) if needs_attn else _nullcontext():
             res = model(
                 input_ids=ids,
@@ -184,6 +186,12 @@ class ChunkEncoder:
                 logits_to_keep=1,
             )
         cache = output_cache(res)
+        recon = None
+        if prompt is not None:  # kvzip: how much repeating each passage looks at its tokens
+            prompt_ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            recon = reconstruction_scores(
+                model, cache, [items[i][1] for i in batch], prompt_ids, plen, n, int(pad)
+            )
         fp = model_fingerprint(model)
         for row, i in enumerate(batch):
             m = lens[row]
@@ -194,6 +202,8 @@ class ChunkEncoder:
                 pos = torch.arange(plen, plen + m, device=dev)[None].expand(k.shape[0], -1).clone()
                 dense = DenseLayer(k, v, pos)
                 attn = res.attentions[li][row, :, :m, plen : plen + m] if needs_attn else None
+                if recon is not None:
+                    attn = recon[li][row, :, None, :m]  # (num_attention_heads, 1, m)
                 layers.append(
                     apply_presses(dense, tuple(presses), layer_idx=li, attn=attn) if presses else dense
                 )

@@ -1,7 +1,7 @@
 """KV presses: query-agnostic compressors of one layer of one chunk, registered by name.
 
 Importing this package registers every press (``knorm``, ``window``, ``observed``,
-``quantize``, ``lowrank``, ``compose``) and the compressed layer classes (``quantized``,
+``kvzip``, ``quantize``, ``lowrank``, ``compose``) and the compressed layer classes (``quantized``,
 ``lowrank``) that stores rebuild chunks with.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from ragcompress.kv.presses.base import EvictionPress, kept_count
 from ragcompress.kv.presses.compose import ComposedPress
 from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.kvzip import KVzipPress
 from ragcompress.kv.presses.lowrank import LowRankPress
 from ragcompress.kv.presses.lowrank_basis import LowRankBasis, calibrate, fit_basis
 from ragcompress.kv.presses.lowrank_layer import LowRankLayer
@@ -21,6 +22,7 @@ from ragcompress.kv.presses.window import WindowPress
 __all__ = [
     "ComposedPress",
     "EvictionPress",
+    "KVzipPress",
     "KnormPress",
     "LowRankBasis",
     "LowRankLayer",

@@ -42,6 +42,10 @@ class ComposedPress:
     def needs_attention(self) -> bool:
         return any(getattr(p, "needs_attention", False) for p in self.presses)
 
+    @property
+    def needs_reconstruction(self) -> bool:
+        return any(getattr(p, "needs_reconstruction", False) for p in self.presses)
+
     def __call__(self, layer: DenseLayer, *, layer_idx: int, attn: torch.Tensor | None) -> ChunkLayer:
         from ragcompress.kv.chunk import DenseLayer
 
@@ -50,12 +54,11 @@ class ComposedPress:
         for press in self.presses:
             dense = out if isinstance(out, DenseLayer) else DenseLayer(*out.dense())
             sub = attn
-            if (
-                attn is not None
-                and getattr(press, "needs_attention", False)
-                and dense.num_tokens != first.shape[1]
-            ):
-                sub = _kept_attention(attn, first, dense.positions)
+            if attn is not None and dense.num_tokens != first.shape[1]:
+                if getattr(press, "needs_attention", False):
+                    sub = _kept_attention(attn, first, dense.positions)
+                elif getattr(press, "needs_reconstruction", False):
+                    sub = _kept_columns(attn, first, dense.positions)
             out = press(dense, layer_idx=layer_idx, attn=sub)
         return out
 
@@ -73,3 +76,17 @@ def _kept_attention(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tens
     idx = idx.repeat_interleave(nh // h, dim=0)  # (num_heads, k)
     rows = torch.gather(attn, 1, idx[:, :, None].expand(nh, k, n))
     return torch.gather(rows, 2, idx[:, None, :].expand(nh, k, k))
+
+
+def _kept_columns(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Reconstruction attention (num_heads, r, n) restricted to the kept tokens: (num_heads, r, k).
+
+    ``original``/``kept``: (kv_heads, n) / (kv_heads, k) sorted positions.
+    """
+    import torch
+
+    h, k = kept.shape
+    idx = torch.searchsorted(original.contiguous(), kept.contiguous())  # (kv_heads, k)
+    nh, r, _ = attn.shape
+    idx = idx.repeat_interleave(nh // h, dim=0)  # (num_heads, k)
+    return torch.gather(attn, 2, idx[:, None, :].expand(nh, r, k))

@@ -41,6 +41,8 @@ CASES = [
     ("window-0", {"name": "window", "ratio": 0.0}, 0.0, _dense_bytes, "exact"),
     ("window-0.7", {"name": "window", "ratio": 0.7, "sinks": 2}, 0.7, _dense_bytes, None),
     ("observed-0", {"name": "observed", "ratio": 0.0}, 0.0, _dense_bytes, "exact"),
+    ("kvzip-0", {"name": "kvzip", "ratio": 0.0}, 0.0, _dense_bytes, "exact"),
+    ("kvzip-0.6", {"name": "kvzip", "ratio": 0.6}, 0.6, _dense_bytes, None),
     ("observed-0.5", {"name": "observed", "ratio": 0.5}, 0.5, _dense_bytes, None),
     (
         "snapkv-0.3",

@@ -22,6 +22,8 @@ SPECS = [
     {"name": "window", "ratio": 0.5},
     {"name": "window", "ratio": 0.5, "sinks": 2},
     {"name": "observed", "ratio": 0.5},
+    {"name": "kvzip", "ratio": 0.5},
+    {"name": "kvzip", "ratio": 0.5, "prompt": "Repeat:"},
     {"name": "quantize", "bits": 8},
     {"name": "quantize", "bits": 4},
     {"name": "quantize", "bits": 4, "group_size": 16},
@@ -72,7 +74,12 @@ def test_compressed_chunks_reload_bit_exactly_from_disk(encoder, tmp_path):
 
 @pytest.mark.parametrize(
     "spec",
-    [{"name": "knorm", "ratio": 0.0}, {"name": "window", "ratio": 0.0}, {"name": "observed", "ratio": 0.0}],
+    [
+        {"name": "knorm", "ratio": 0.0},
+        {"name": "window", "ratio": 0.0},
+        {"name": "observed", "ratio": 0.0},
+        {"name": "kvzip", "ratio": 0.0},
+    ],
 )
 def test_noop_presses_give_the_uncompressed_logits(encoder, tiny_llama, spec):
     plain = encoder.encode(PASSAGES)
