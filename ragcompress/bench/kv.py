@@ -45,6 +45,7 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
             Chunks(f"knorm {r}", spec={"name": "knorm", "ratio": r}),
             Chunks(f"window {r}", spec={"name": "window", "ratio": r, "sinks": 4}),
             Chunks(f"observed {r}", spec={**observed, "ratio": r}),
+            Chunks(f"kvzip {r}", spec={"name": "kvzip", "ratio": r}),
         ]
     line += [
         Chunks("int8", spec={"name": "quantize", "bits": 8}),
@@ -62,6 +63,7 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
         line += [
             Chunks(f"knorm {r} + int4", spec=[{"name": "knorm", "ratio": r}, int4]),
             Chunks(f"observed {r} + int4", spec=[{**observed, "ratio": r}, int4]),
+            Chunks(f"kvzip {r} + int4", spec=[{"name": "kvzip", "ratio": r}, int4]),
         ]
     # The target, at most 1/8 of the fp16 bytes: evict 60%, int4 with 64-wide groups
     # (0.4 x 0.5625 / 2 bytes per fp16 byte, + positions = 0.118).
@@ -70,6 +72,7 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
         Chunks("knorm 0.6 + int4/64", spec=[{"name": "knorm", "ratio": 0.6}, int4_64]),
         Chunks("window 0.6 + int4/64", spec=[{"name": "window", "ratio": 0.6, "sinks": 4}, int4_64]),
         Chunks("observed 0.6 + int4/64", spec=[{**observed, "ratio": 0.6}, int4_64]),
+        Chunks("kvzip 0.6 + int4/64", spec=[{"name": "kvzip", "ratio": 0.6}, int4_64]),
     ]
     for r in ratios:
         line += [
