@@ -63,26 +63,9 @@ class ComposedPress:
         return out
 
 
-def _kept_attention(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Attention (num_heads, n, n) restricted to the kept tokens of each KV head: (num_heads, k, k).
-
-    ``original``/``kept``: (kv_heads, n) / (kv_heads, k) sorted positions.
-    """
-    import torch
-
-    h, k = kept.shape
-    idx = torch.searchsorted(original.contiguous(), kept.contiguous())  # (kv_heads, k)
-    nh, n, _ = attn.shape
-    idx = idx.repeat_interleave(nh // h, dim=0)  # (num_heads, k)
-    rows = torch.gather(attn, 1, idx[:, :, None].expand(nh, k, n))
-    return torch.gather(rows, 2, idx[:, None, :].expand(nh, k, k))
-
-
 def _kept_columns(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Reconstruction attention (num_heads, r, n) restricted to the kept tokens: (num_heads, r, k).
-
-    ``original``/``kept``: (kv_heads, n) / (kv_heads, k) sorted positions.
-    """
+    """Attention of r queries (num_heads, r, n) restricted to the kept tokens of each KV head:
+    (num_heads, r, k). ``original``/``kept``: (kv_heads, n) / (kv_heads, k) sorted positions."""
     import torch
 
     h, k = kept.shape
@@ -90,3 +73,11 @@ def _kept_columns(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tensor
     nh, r, _ = attn.shape
     idx = idx.repeat_interleave(nh // h, dim=0)  # (num_heads, k)
     return torch.gather(attn, 2, idx[:, None, :].expand(nh, r, k))
+
+
+def _kept_attention(attn: torch.Tensor, original: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The passage's own attention (num_heads, n, n) restricted to the kept tokens, as queries
+    and as keys: (num_heads, k, k)."""
+    # rows are passage tokens too: restrict the columns of the transpose, then transpose back
+    cols = _kept_columns(attn, original, kept)  # (num_heads, n, k)
+    return _kept_columns(cols.transpose(1, 2), original, kept).transpose(1, 2)

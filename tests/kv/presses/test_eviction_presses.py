@@ -122,3 +122,16 @@ def test_empty_heads_layer_shapes_survive_every_dtype():
     layer = DenseLayer(keys, keys.clone(), torch.arange(5)[None].expand(2, -1))
     out = ragcompress.build({"name": "knorm", "ratio": 0.4})(layer, layer_idx=0, attn=None)
     assert out.dense()[0].dtype == torch.bfloat16 and out.num_tokens == 3
+
+
+def test_chains_restrict_attention_to_the_tokens_an_earlier_press_kept() -> None:
+    from ragcompress.kv.presses.compose import _kept_attention, _kept_columns
+
+    attn = torch.rand(4, 6, 6, generator=torch.Generator().manual_seed(0))  # 4 query heads, 2 KV heads
+    original = torch.arange(10, 16)[None].expand(2, 6)
+    kept = torch.tensor([[10, 12, 15], [11, 12, 13]])
+    square, cols = _kept_attention(attn, original, kept), _kept_columns(attn[:, :2], original, kept)
+    for head in range(4):
+        idx = kept[head // 2] - 10
+        assert torch.equal(square[head], attn[head][idx][:, idx])
+        assert torch.equal(cols[head], attn[head, :2][:, idx])
