@@ -15,6 +15,7 @@ from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.fast_answer import FastKVAnswerer
 from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.kvzip import KVzipPress
 from ragcompress.kv.presses.quantize import QuantizePress
 from ragcompress.testing import make_tiny_llama
 from tests.kv.test_fast_answer import PASSAGES, QUESTIONS
@@ -36,7 +37,14 @@ def gen() -> Generator:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("presses", [(), (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8))])
+@pytest.mark.parametrize(
+    "presses",
+    [
+        (),
+        (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
+        (KVzipPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
+    ],
+)
 def test_gpu_fast_answers_match_the_eager_path(gen, presses) -> None:
     eager = KVAnswerer.from_generator(gen, presses=presses)
     fast = FastKVAnswerer.from_generator(gen, presses=presses, capacity=512, max_question=64)

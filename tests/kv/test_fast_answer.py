@@ -10,6 +10,7 @@ from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.fast import BufferOverflowError
 from ragcompress.kv.fast_answer import FastKVAnswerer
 from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.kvzip import KVzipPress
 from ragcompress.kv.presses.quantize import QuantizePress
 
 PASSAGES = [
@@ -25,7 +26,14 @@ def gen(tokenizer, tiny_llama) -> Generator:
     return Generator.from_model(tiny_llama, tokenizer, max_new_tokens=10)
 
 
-@pytest.mark.parametrize("presses", [(), (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8))])
+@pytest.mark.parametrize(
+    "presses",
+    [
+        (),
+        (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
+        (KVzipPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
+    ],
+)
 def test_fast_answers_match_the_eager_path(gen, presses) -> None:
     eager = KVAnswerer.from_generator(gen, presses=presses)
     fast = FastKVAnswerer.from_generator(gen, presses=presses, capacity=512, max_question=64)
