@@ -5,7 +5,10 @@ Run once per encoding batch, right after the passages' own forward pass, on top 
 pass produced: the input is ``prompt + passage`` per row, positions continuing after the
 passage. A forward hook on every attention module reduces that layer's weights to a per-head
 maximum over the reconstruction queries as soon as they exist, so only (batch, heads, n) per
-layer is kept, never the (batch, heads, queries, keys) weights of all layers at once.
+layer is kept, never the (batch, heads, queries, keys) weights of all layers at once. One
+layer's weights still exist for a moment: batch × heads × (len(prompt) + n) × (prefix + 2n +
+len(prompt)) floats — sized for retrieval passages (hundreds to a few thousand tokens); the
+encoder's ``max_batch_tokens`` bounds the batch.
 """
 
 from __future__ import annotations
