@@ -126,6 +126,10 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
                 xytext=(3, 2),
                 textcoords="offset points",
             )
+        full = next((x.get(key) for x in summary if x["contender"] == FULL), None)
+        if key != "delta_ll" and full is not None:
+            # how far a full prefill itself lands from the chunks: the KV path's own deviation
+            ax.axhline(full, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("stored bytes / fp16 bytes")
         ax.set_ylabel(ylabel)
@@ -147,5 +151,6 @@ def write_reports(out: Path, payload: dict[str, Any]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "kv.md").write_text(md)
     write_json(out / "kv.json", payload)
-    plot(payload["summary"], out / "kv.png", f"bench kv: {payload['dataset']}, fidelity vs stored bytes")
+    title = f"bench kv: {payload['dataset']}, fidelity vs stored bytes (dashed: full prefill)"
+    plot(payload["summary"], out / "kv.png", title)
     return md
