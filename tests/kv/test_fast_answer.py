@@ -26,17 +26,16 @@ def gen(tokenizer, tiny_llama) -> Generator:
     return Generator.from_model(tiny_llama, tokenizer, max_new_tokens=10)
 
 
-@pytest.mark.parametrize(
-    "presses",
-    [
-        (),
-        (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
-        (KVzipPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
-    ],
-)
-def test_fast_answers_match_the_eager_path(gen, presses) -> None:
-    eager = KVAnswerer.from_generator(gen, presses=presses)
-    fast = FastKVAnswerer.from_generator(gen, presses=presses, capacity=512, max_question=64)
+# uncompressed, evicted by key norm / by reconstruction attention, each then int4
+PRESSES = [
+    (),
+    (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
+    (KVzipPress(ratio=0.5), QuantizePress(bits=4, group_size=8)),
+]
+
+
+def assert_fast_matches_eager(eager: KVAnswerer, fast: FastKVAnswerer) -> None:
+    """Same greedy tokens for every question over passages in several orders and subsets."""
     for q in QUESTIONS:
         for passages in (PASSAGES, PASSAGES[1:], PASSAGES[::-1]):
             want, got = eager.answer(q, passages), fast.answer(q, passages)
@@ -44,6 +43,14 @@ def test_fast_answers_match_the_eager_path(gen, presses) -> None:
             assert got.stats.context_tokens == want.stats.context_tokens
             assert got.stats.extra["engine"] == "fast" and got.stats.extra["chunks"] == len(passages)
             assert "".join(fast.stream(q, passages)).strip() == got.text
+
+
+@pytest.mark.parametrize("presses", PRESSES)
+def test_fast_answers_match_the_eager_path(gen, presses) -> None:
+    eager = KVAnswerer.from_generator(gen, presses=presses)
+    assert_fast_matches_eager(
+        eager, FastKVAnswerer.from_generator(gen, presses=presses, capacity=512, max_question=64)
+    )
 
 
 def test_second_request_reuses_cached_chunks(gen) -> None:
