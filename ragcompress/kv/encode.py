@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from ragcompress.kv.chunk import DenseLayer, KVChunk
 from ragcompress.kv.key import ChunkKey, model_fingerprint, press_fingerprint, tokens_digest
 from ragcompress.kv.press import KVPress, apply_presses
 from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
-from ragcompress.models import cache_kwargs, output_cache
+from ragcompress.models import cache_kwargs, eager_attention, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
@@ -50,20 +50,6 @@ def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
         values = [layer.values[0].clone() for layer in cache.layers]
         per_model[fp] = PrefixKV(tuple(ids), keys, values, model_fingerprint(model), fp)
         return per_model[fp]
-
-
-@contextmanager
-def _eager_attention(model: PreTrainedModel) -> Iterator[None]:
-    # Attention weights exist only with eager attention; switch for the call and back.
-    before = model.config._attn_implementation
-    if before == "eager":
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 @dataclass
@@ -174,7 +160,7 @@ class ChunkEncoder:
         )
         needs_attn = any(getattr(p, "needs_attention", False) for p in presses)
         prompt = reconstruction_prompt(presses)
-        with torch.inference_mode(), _eager_attention(model) if needs_attn else _nullcontext():
+        with torch.inference_mode(), eager_attention(model) if needs_attn else nullcontext():
             res = model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -221,8 +207,3 @@ class ChunkEncoder:
                 key=self.key(items[i][1], presses),
                 model=fp,
             )
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models import cache_kwargs
+from ragcompress.models import cache_kwargs, eager_attention
 
 if TYPE_CHECKING:
     import torch
@@ -68,8 +68,6 @@ def reconstruction_scores(
     """
     import torch
 
-    from ragcompress.kv.encode import _eager_attention
-
     dev = model.device
     b, r = len(passages), len(prompt) + width
     ids = torch.full((b, r), int(pad_id), dtype=torch.long, device=dev)
@@ -106,7 +104,7 @@ def reconstruction_scores(
         layer.self_attn.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)
     ]
     try:
-        with torch.inference_mode(), _eager_attention(model):
+        with torch.inference_mode(), eager_attention(model):
             model(
                 input_ids=ids,
                 attention_mask=mask,

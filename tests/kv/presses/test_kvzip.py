@@ -8,10 +8,10 @@ import torch
 
 import ragcompress
 from ragcompress.generate import Generator
-from ragcompress.kv.encode import ChunkEncoder, _eager_attention
+from ragcompress.kv.encode import ChunkEncoder
 from ragcompress.kv.presses import kept_count
 from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
-from ragcompress.models import output_cache
+from ragcompress.models import eager_attention, output_cache
 
 from ..conftest import PASSAGES
 
@@ -30,7 +30,7 @@ def test_hooked_scores_equal_the_attention_of_one_plain_forward(encoder, tiny_ll
     ids = encoder.passage_ids(ragcompress.Passage(PASSAGES[0]))
     prompt = list(tokenizer(ragcompress.build(KVZIP).prompt, add_special_tokens=False)["input_ids"])
     plen, m = len(prefix), len(ids)
-    with torch.inference_mode(), _eager_attention(tiny_llama):
+    with torch.inference_mode(), eager_attention(tiny_llama):
         out = tiny_llama(input_ids=torch.tensor([prefix + ids + prompt + ids]), output_attentions=True)
         first = tiny_llama(input_ids=torch.tensor([prefix + ids]), use_cache=True)
     want = [a[0, :, plen + m :, plen : plen + m].amax(dim=1) for a in out.attentions]
