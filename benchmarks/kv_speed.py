@@ -101,7 +101,9 @@ def main() -> None:
     model, tok = build_model(args.config, args.device, dtype, args.tokenizer)
     gen = Generator.from_model(model, tok, max_new_tokens=1)
     kv = KVAnswerer.from_generator(gen, memory_bytes=64 << 30)
-    capacity = args.fast_capacity if args.fast_capacity is not None else 8192 * args.device.startswith("cuda")
+    capacity = args.fast_capacity
+    if capacity is None:
+        capacity = 8192 if args.device.startswith("cuda") else 0
     # the same chunk cache: both engines answer from the very same stored chunks
     fast = FastKVAnswerer(gen, kv.cache, capacity=capacity) if capacity else None
     rows = load_qa(args.data)

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from ragcompress.bench.contender import Unavailable, package_version
-from ragcompress.bench.kv_contenders import Chunks, FullPrefill, KVContender, KVPressAnchor, KVSession
+from ragcompress.bench.kv_contenders import (
+    CHUNKS,
+    FULL,
+    Chunks,
+    FullPrefill,
+    KVContender,
+    KVPressAnchor,
+    KVSession,
+)
 from ragcompress.models import cache_kwargs
 
 __all__ = ["DEFAULT_RATIOS", "build_contenders", "main", "run_and_report", "score"]
@@ -39,7 +47,7 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
     calibrated low-rank basis file (None: no low-rank rows) of at least ``rank`` components.
     """
     observed = {"name": "observed", "window": 32, "kernel_size": 5}
-    line: list[KVContender] = [FullPrefill(), Chunks("chunks (no press)")]
+    line: list[KVContender] = [FullPrefill(), Chunks(CHUNKS)]
     for r in ratios:
         line += [
             Chunks(f"knorm {r}", spec={"name": "knorm", "ratio": r}),
@@ -227,11 +235,7 @@ def run_and_report(
                     f"unknown contender(s) {sorted(unknown)}; choose from: {[c.label for c in line]}"
                 )
             # the baselines always run: the agreement columns are measured against them
-            line = [
-                c
-                for c in line
-                if c.label.lower() in wanted or c.label in ("full prefill", "chunks (no press)")
-            ]
+            line = [c for c in line if c.label.lower() in wanted or c.label in (FULL, CHUNKS)]
         unavailable: dict[str, str] = {}
         for c in line:
             try:
@@ -242,7 +246,7 @@ def run_and_report(
         errors: dict[str, list[str]] = {}
         bar = tqdm(total=len(evals) * len(line), desc="bench kv", unit="run", disable=args.no_progress)
         # the uncompressed chunks run first: their greedy tokens are the token-agreement reference
-        order = sorted(line, key=lambda c: c.label != "chunks (no press)")
+        order = sorted(line, key=lambda c: c.label != CHUNKS)
         for ex in evals:
             passages = [p.text for p in ex.passages]
             reference: list[int] = []  # stays empty when the uncompressed chunks fail on this example
@@ -255,7 +259,7 @@ def run_and_report(
                     t0 = time.perf_counter()
                     cache, pos, frac = c.context(session, passages)
                     encode_ms = (time.perf_counter() - t0) * 1e3
-                    ref = None if c.label == "chunks (no press)" else reference
+                    ref = None if c.label == CHUNKS else reference
                     r = score(session, cache, pos, ex.question, ex.answers[0], ref)
                     if ref is None:
                         reference = r["tokens"]

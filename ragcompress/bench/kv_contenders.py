@@ -25,7 +25,10 @@ from ragcompress.models import cache_kwargs, output_cache
 if TYPE_CHECKING:
     from ragcompress.generate import Generator
 
-__all__ = ["Chunks", "FullPrefill", "KVContender", "KVPressAnchor", "KVSession"]
+__all__ = ["CHUNKS", "FULL", "Chunks", "FullPrefill", "KVContender", "KVPressAnchor", "KVSession"]
+
+# The baselines' row labels: every other row's agreement is measured against these two.
+FULL, CHUNKS = "full prefill", "chunks (no press)"
 
 
 @dataclass
@@ -82,7 +85,7 @@ class KVContender:
 
 @dataclass
 class FullPrefill(KVContender):
-    label: str = "full prefill"
+    label: str = FULL
     family: str = "baseline"
 
     def context(self, session: KVSession, passages: list[str]) -> tuple[Any, int, float]:

@@ -6,11 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ragcompress.bench.kv_contenders import KVContender
+from ragcompress.bench.kv_contenders import CHUNKS, FULL, KVContender
 
 __all__ = ["markdown", "summarize", "write_reports"]
-
-FULL, CHUNKS = "full prefill", "chunks (no press)"
 
 
 def _mean(values: list[float]) -> float | None:
