@@ -306,19 +306,27 @@ def load_generator(reader: str, device: str | None, dtype: str, max_new_tokens: 
     from ragcompress.generate import Generator
     from ragcompress.models import resolve_path
 
-    fetch = f"ragcompress models fetch {reader}"
+    path: str | None = None
     try:
         path = resolve_path(reader)
     except (FileNotFoundError, ModuleNotFoundError) as err:
-        raise SystemExit(f"--reader {reader!r} is not available: {err}") from None
-    if reader == DEFAULT_READER and not Path(path).exists():
-        raise SystemExit(f"the reader {reader!r} is not fetched yet: run `{fetch}` (1.1 GB, once)")
+        why = _first_line(err)
+    if reader == DEFAULT_READER and (path is None or not Path(path).exists()):
+        raise SystemExit(
+            f"the reader {reader!r} is not fetched: run `ragcompress models fetch {reader}` (1.1 GB, once)"
+        )
+    if path is None:
+        raise SystemExit(f"--reader {reader!r} is not available: {why}")
     gen = Generator(model=reader, device=device, dtype=dtype, max_new_tokens=max_new_tokens)
     try:
         gen.lm  # noqa: B018  # loads model and tokenizer
     except (OSError, ValueError, ModuleNotFoundError) as err:
-        raise SystemExit(f"--reader {reader!r} could not be loaded: {err}") from None
+        raise SystemExit(f"--reader {reader!r} could not be loaded: {_first_line(err)}") from None
     return gen
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,24 @@ from typing import Any
 
 from ragcompress.bench.kv_contenders import FULL
 from ragcompress.bench.metrics import exact_match, mean, token_f1
+from ragcompress.bench.report import machine, save_figure, write_json
 
 __all__ = ["groups", "markdown", "plot", "summarize", "write_reports"]
 
 ALL = "all"
-_METRICS = ("f1", "f1_ratio", "f1_vs_full", "agree_full", "next_token_agree", "gold_ll", "delta_ll")
-_METRICS += ("recompute", "ttft_ms")
+# (header, row key, format) of the table's metric columns; every row carries every key
+_COLUMNS = (
+    ("F1", "f1", "{:.3f}"),
+    ("F1 / full", "f1_ratio", "{:.1%}"),
+    ("F1 vs full answer", "f1_vs_full", "{:.3f}"),
+    ("same answer as full", "agree_full", "{:.2f}"),
+    ("next-token agrees", "next_token_agree", "{:.3f}"),
+    ("gold LL / token", "gold_ll", "{:.3f}"),
+    ("Δ LL vs full", "delta_ll", "{:+.3f}"),
+    ("recomputed", "recompute", "{:.0%}"),
+    ("TTFT ms", "ttft_ms", "{:.0f}"),
+)
+_METRICS = tuple(key for _, key, _ in _COLUMNS)
 
 
 def _k(dataset: str) -> str:
@@ -83,19 +95,6 @@ def _f(v: Any, fmt: str) -> str:
     return "—" if v is None else fmt.format(v)
 
 
-_COLUMNS = (
-    ("F1", "f1", "{:.3f}"),
-    ("F1 / full", "f1_ratio", "{:.1%}"),
-    ("F1 vs full answer", "f1_vs_full", "{:.3f}"),
-    ("same answer as full", "agree_full", "{:.2f}"),
-    ("next-token agrees", "next_token_agree", "{:.3f}"),
-    ("gold LL / token", "gold_ll", "{:.3f}"),
-    ("Δ LL vs full", "delta_ll", "{:+.3f}"),
-    ("recomputed", "recompute", "{:.0%}"),
-    ("TTFT ms", "ttft_ms", "{:.0f}"),
-)
-
-
 def markdown(payload: dict[str, Any]) -> str:
     """A header (reader, dtype, device, command), then one table per group of rows."""
     m = payload.get("machine", {})
@@ -155,18 +154,12 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_title("filled: all questions, hollow: two-hop; orange: kvzip 0.6 + int4/64 chunks")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def write_reports(out: Path, payload: dict[str, Any]) -> str:
     """Write ``fidelity.json``, ``fidelity.md`` and (with matplotlib) ``fidelity.png`` under
     ``out``; returns the markdown."""
-    from ragcompress.bench.report import machine, write_json
-
     payload = {**payload, "machine": machine()}
     md = markdown(payload)
     out.mkdir(parents=True, exist_ok=True)
