@@ -276,7 +276,9 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_READER,
         help=f"reader: alias, local path or HF id (default {DEFAULT_READER})",
     )
-    p.add_argument("--dtype", default="bfloat16", help="reader dtype (default bfloat16)")
+    p.add_argument(
+        "--dtype", default="bfloat16", choices=("auto", "float32", "bfloat16", "float16"), help="reader dtype"
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--limit", type=int, default=8, help="questions per dataset and k (default 8)")
     p.add_argument(
