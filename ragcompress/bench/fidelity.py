@@ -119,12 +119,17 @@ class FullPath:
 
     def logprobs(self, question: str, passages: list[str], target: list[int]) -> torch.Tensor:
         """(len(target), vocab) log-probabilities of each target token after the prompt and the
-        targets before it: one forward over prompt + target."""
-        from ragcompress.generate import greedy_logits
+        targets before it: one forward over prompt + target, logits kept only where needed (a
+        10K-token prompt's full logits over a 150K vocabulary would take gigabytes)."""
+        import torch
 
         ids = self.gen.layout.prompt_ids(passages, question)
-        logits = greedy_logits(self.gen.lm, ids + target)
-        return logits[len(ids) - 1 : len(ids) - 1 + len(target)].float().log_softmax(-1)
+        with torch.inference_mode():
+            out = self.gen.lm(
+                input_ids=torch.tensor([ids + target], device=self.gen.lm.device),
+                logits_to_keep=len(target) + 1,
+            )
+        return out.logits[0, : len(target)].float().log_softmax(-1)
 
     def recompute(self, answer: Answer) -> float:
         return 1.0  # every context token is computed for the request

@@ -46,15 +46,21 @@ def groups(datasets: Sequence[str]) -> dict[str, list[str]]:
 
 def _stats(rs: list[dict[str, Any]], full: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
     """Means over one contender's questions; the ``*_full`` columns pair each with the reference."""
-    paired = [(r, full[r["dataset"], r["example"]]) for r in rs if (r["dataset"], r["example"]) in full]
+    # the reference answer is read as a prediction is (first line only): vs itself it scores 1
+    paired = [
+        (r, full[r["dataset"], r["example"]]["text"].strip().split("\n", 1)[0])
+        for r in rs
+        if (r["dataset"], r["example"]) in full
+    ]
+    ll = {(r["dataset"], r["example"]): r["gold_ll"] for r in rs}
     return {
         "n": len(rs),
         "f1": mean(token_f1(r["text"], r["answers"]) for r in rs),
-        "f1_vs_full": mean(token_f1(r["text"], [f["text"]]) for r, f in paired),
-        "agree_full": mean(exact_match(r["text"], [f["text"]]) for r, f in paired),
+        "f1_vs_full": mean(token_f1(r["text"], [f]) for r, f in paired),
+        "agree_full": mean(exact_match(r["text"], [f]) for r, f in paired),
         "next_token_agree": mean(r["next_token_agree"] for r in rs),
         "gold_ll": mean(r["gold_ll"] for r in rs),
-        "delta_ll": mean(r["gold_ll"] - f["gold_ll"] for r, f in paired),
+        "delta_ll": mean(ll[key] - full[key]["gold_ll"] for key in ll if key in full),
         "recompute": mean(r["recompute"] for r in rs),
         "ttft_ms": mean(r["ttft_ms"] for r in rs),
     }
