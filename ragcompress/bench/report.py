@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "markdown_table", "write_json", "write_plot"]
+__all__ = ["machine", "markdown_table", "save_figure", "write_json", "write_plot"]
 
 COLUMNS = (
     ("contender", "contender"),
@@ -166,8 +166,15 @@ def write_plot(path: Path, rows: Sequence[dict[str, Any]], title: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
+    save_figure(fig, path, title, dpi=110)
+
+
+def save_figure(fig: Any, path: Path, title: str, dpi: int = 120) -> None:
+    """Title, lay out and write a matplotlib figure to ``path`` (folders created), then close it."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

@@ -10,7 +10,7 @@ from ragcompress.bench.data.example import KINDS, QAExample, RawQA, retrieval_se
 
 __all__ = ["DATASETS", "KINDS", "QAExample", "RawQA", "load", "retrieval_setting"]
 
-DATASETS = ("disflqa", "boolq", "quac", "narrativeqa", "pubmedqa", "needle")
+DATASETS = ("disflqa", "boolq", "quac", "narrativeqa", "pubmedqa", "needle", "twohop")
 
 
 def load(
@@ -18,12 +18,17 @@ def load(
 ) -> list[QAExample]:
     """Examples of a dataset: a name in :data:`DATASETS`, or ``hf:<name>[:<config>]`` for the hub.
 
-    ``needle`` ignores ``k`` (its passages are the haystack's pieces).
+    ``needle`` ignores ``k`` (its passages are the haystack's pieces); ``twohop`` is invented
+    (:mod:`ragcompress.bench.data.twohop`): two passages are needed to answer.
     """
     if name == "needle":
         from ragcompress.bench.data.needle import needle_examples
 
         return needle_examples(seed=seed, limit=limit)
+    if name == "twohop":
+        from ragcompress.bench.data.twohop import twohop_examples
+
+        return twohop_examples(k=k, seed=seed, limit=limit)
     if name.startswith("hf:"):
         from ragcompress.bench.data.hub import hub_rows
 
