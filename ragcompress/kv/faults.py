@@ -158,7 +158,8 @@ def concurrent_clients(
 # -- a writer killed mid-write ------------------------------------------------------------
 def synthetic_chunk(index: int, version: int, tokens: int = 2048, layers: int = 4) -> KVChunk:
     """A chunk whose every value is a function of (index, version): readers can tell which write
-    they got (``base_offset`` is the version). 4 layers × 2 heads × 2048 tokens × 64 dims × K and V in fp32 ≈ 8 MiB."""
+    they got (``base_offset`` is the version). 4 layers × 2 heads × 2048 tokens × 64 dims × K and V
+    in fp32 ≈ 8 MiB."""
     import torch
 
     from ragcompress.kv.chunk import DenseLayer, KVChunk

@@ -24,7 +24,15 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["MAGIC", "IntegrityError", "Signer", "envelope_size", "is_signed", "resolve_secret"]
+__all__ = [
+    "HEADER_PREFIX_BYTES",
+    "MAGIC",
+    "IntegrityError",
+    "Signer",
+    "envelope_size",
+    "is_signed",
+    "resolve_secret",
+]
 
 MAGIC = b"RCHMAC1\x00"
 _LEN = struct.Struct(">I")
