@@ -158,7 +158,8 @@ def concurrent_clients(
 # -- a writer killed mid-write ------------------------------------------------------------
 def synthetic_chunk(index: int, version: int, tokens: int = 2048, layers: int = 4) -> KVChunk:
     """A chunk whose every value is a function of (index, version): readers can tell which write
-    they got. 4 layers × 2 heads × 2048 tokens × 64 dims × K and V in fp32 ≈ 8 MiB."""
+    they got (``base_offset`` is the version). 4 layers × 2 heads × 2048 tokens × 64 dims × K and V
+    in fp32 ≈ 8 MiB."""
     import torch
 
     from ragcompress.kv.chunk import DenseLayer, KVChunk
@@ -170,7 +171,8 @@ def synthetic_chunk(index: int, version: int, tokens: int = 2048, layers: int = 
         k = torch.randn(2, tokens, 64, generator=gen)
         made.append(DenseLayer(k, k + 1.0, torch.arange(tokens).expand(2, -1).clone()))
     key = ChunkKey(model="synthetic:0", layout="faults", presses="[]", tokens=tokens_digest([index]))
-    return KVChunk(made, torch.tensor([index, version]), 0, tokens, key, "synthetic:0")
+    # The stored token ids must be the key's, so the write's version rides in base_offset.
+    return KVChunk(made, torch.tensor([index]), version, tokens, key, "synthetic:0")
 
 
 def _writer(url: str, keys: int, state: Any) -> None:
@@ -194,7 +196,7 @@ def _check(store: ChunkStore, key: ChunkKey, index: int) -> str | None:
     found = store.lookup(key)
     if found.chunk is None:
         return None if found.reason == "absent" else f"damaged value read: {found.reason}"
-    version = int(found.chunk.token_ids[1])
+    version = found.chunk.base_offset
     expected = synthetic_chunk(index, version)
     for a, b in zip(found.chunk.layers, expected.layers, strict=True):
         if not all(

@@ -9,6 +9,9 @@ The MAC covers magic, header length, header and payload. The header names the st
 namespace, the tenant and the chunk key, so a valid envelope copied under another key or
 into another tenant's namespace fails verification like a flipped byte does. Anything that
 fails is a :class:`IntegrityError` with a reason; stores turn it into a miss, never a hit.
+
+Every shared store (disk, Redis) signs when a secret is configured: passed as ``secret=`` or,
+when none is passed, read from ``$RAGCOMPRESS_STORE_SECRET`` (:func:`resolve_secret`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["MAGIC", "IntegrityError", "Signer", "is_signed"]
+__all__ = [
+    "HEADER_PREFIX_BYTES",
+    "MAGIC",
+    "IntegrityError",
+    "Signer",
+    "envelope_size",
+    "is_signed",
+    "resolve_secret",
+]
 
 MAGIC = b"RCHMAC1\x00"
 _LEN = struct.Struct(">I")
@@ -39,6 +51,39 @@ class IntegrityError(ValueError):
 def is_signed(blob: bytes) -> bool:
     """Whether ``blob`` starts like a signed envelope."""
     return blob[: len(MAGIC)] == MAGIC
+
+
+def resolve_secret(secret: bytes | str | None) -> bytes | str | None:
+    """``secret``, else ``$RAGCOMPRESS_STORE_SECRET`` when set and non-empty, else None.
+
+    One rule for every store, so that configuring the key once signs every shared tier.
+    """
+    if secret is not None:
+        return secret
+    from ragcompress.kv.stores import SECRET_ENV
+
+    return os.environ.get(SECRET_ENV) or None
+
+
+def envelope_size(prefix: bytes) -> int:
+    """The whole envelope's size as its header declares it, from a prefix that holds the
+    header (at most ``HEADER_PREFIX_BYTES``). Not verified yet: only a bound on what to read."""
+    start = len(MAGIC) + _LEN.size
+    if not is_signed(prefix) or len(prefix) < start:
+        raise IntegrityError("truncated: envelope shorter than its fixed header")
+    (n_header,) = _LEN.unpack_from(prefix, len(MAGIC))
+    if n_header > _MAX_HEADER or len(prefix) < start + n_header:
+        raise IntegrityError("truncated: envelope shorter than its header")
+    try:
+        declared = json.loads(prefix[start : start + n_header]).get("len")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise IntegrityError("bad MAC: the envelope header is not JSON") from None
+    if type(declared) is not int or declared < 0:
+        raise IntegrityError("bad MAC: the envelope header declares no payload length")
+    return start + n_header + _MAC_BYTES + declared
+
+
+HEADER_PREFIX_BYTES = len(MAGIC) + _LEN.size + _MAX_HEADER
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "press_fingerprint", "tokens_digest"]
 
 # Bump when the meaning of stored tensors or metadata changes; old files then miss.
-FORMAT_VERSION = 1
+# 2: the stored digest covers the header (key, offsets, layer metadata) as well as the tensors.
+FORMAT_VERSION = 2
 
 # Elements sampled from each parameter: enough to tell fine-tuned or re-seeded weights apart,
 # cheap enough (a strided gather per tensor) for an 8B model on the GPU.
@@ -101,6 +102,12 @@ class ChunkKey:
             tokens=meta["key.tokens"],
             format=int(meta["key.format"]),
         )
+
+    def tokens_mismatch(self, token_ids: Sequence[int]) -> str | None:
+        """Why ``token_ids`` (read from storage) are not this key's passage tokens, or None."""
+        if tokens_digest(token_ids) != self.tokens:
+            return "stored token ids differ from the key's passage tokens"
+        return None
 
     def mismatch(self, other: ChunkKey) -> str | None:
         """Why ``other`` (read from storage) is not this key, or None when it is."""

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ragcompress.kv.integrity import IntegrityError, Signer, is_signed
+from ragcompress.kv.integrity import IntegrityError, Signer, is_signed, resolve_secret
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
 from ragcompress.kv.store import MISSING, ChunkStore, Lookup
 from ragcompress.kv.stores import StoreUnavailableError, redact_url
@@ -105,7 +105,9 @@ class RedisStore(ChunkStore):
     redis-py settings (``password``, ``ssl_ca_certs``, ``ssl_certfile``, ``socket_timeout`` …)
     pass through ``redis_kwargs``. ``ttl_s``: chunks not read for that long expire.
     ``max_bytes``: the tenant's byte budget, least recently used chunks evicted first.
-    ``secret``: sign every chunk and accept only chunks signed with it. Operations that
+    ``secret``: sign every chunk and accept only chunks signed with it (default: the
+    ``RAGCOMPRESS_STORE_SECRET`` environment variable when set; without one, the chunk digest
+    detects damage but not a forger who can write the server). Operations that
     cannot reach the server are tried ``retries + 1`` times with exponential backoff from
     ``backoff_s``, then raise :class:`~ragcompress.kv.stores.StoreUnavailableError`.
     """
@@ -147,6 +149,7 @@ class RedisStore(ChunkStore):
         self.max_bytes = int(max_bytes) if max_bytes else 0
         self.device = device
         self.retries, self.backoff_s = retries, backoff_s
+        secret = resolve_secret(secret)  # default: $RAGCOMPRESS_STORE_SECRET, as for every store
         self.signer = (
             Signer(secret, {"namespace": namespace, "tenant": tenant}) if secret is not None else None
         )
@@ -221,7 +224,9 @@ class RedisStore(ChunkStore):
                 data = self.signer.verify(key.digest, data)
             elif is_signed(data):
                 raise IntegrityError("signed chunk, but this store has no secret to verify it")
-            chunk = chunk_from_bytes(data, expected=key, device=self.device)
+            chunk = chunk_from_bytes(
+                data, expected=key, device=self.device, authenticated=self.signer is not None
+            )
         except (IntegrityError, ChunkFormatError) as err:
             # A bad value is a miss; the caller re-encodes and its put overwrites it.
             self.rejections[err.reason] += 1

@@ -1,7 +1,15 @@
-"""Chunk ⇄ bytes: a safetensors blob whose header metadata holds the key, the layer classes,
-the format version and a SHA-256 checksum of the tensor payload. Shared by every store
-(disk, Redis). Never pickle: a foreign or damaged blob raises :class:`ChunkFormatError`
-with a reason, and the caller treats it as a miss.
+"""Chunk ⇄ bytes: a safetensors blob whose header metadata holds the key, the layer classes
+and metadata, the format version and a SHA-256 digest. Shared by every store (disk, Redis).
+
+The digest covers a canonical encoding of every header field (key strings, ``length``,
+``base_offset``, ``chunk.model``, layer classes and metadata, format version) and of every
+tensor (name, dtype, shape, bytes), so a damaged byte anywhere that changes what the blob
+decodes to is caught. On load the stored token ids must also hash to the key's ``tokens``.
+The digest is unkeyed: it detects damage, not a deliberate forger who recomputes it; that is
+what the HMAC envelope of :mod:`ragcompress.kv.integrity` is for.
+
+Never pickle: a foreign or damaged blob raises :class:`ChunkFormatError` with a reason, and
+the caller treats it as a miss.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import KVChunk, layer_class
@@ -17,9 +26,21 @@ from ragcompress.kv.key import FORMAT_VERSION, ChunkKey
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ChunkFormatError", "chunk_from_bytes", "chunk_to_bytes", "read_header"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "ChunkFormatError",
+    "blob_size",
+    "chunk_from_bytes",
+    "chunk_to_bytes",
+    "header_length",
+    "read_header",
+]
 
 _MAGIC = "ragcompress.kvchunk"
+_DIGEST_DOMAIN = b"ragcompress.kvchunk.digest\x00"
+# Our headers are a few KiB; safetensors itself refuses more than 100 MB. A length field
+# beyond this is damage, and reading it would mean allocating whatever the bytes claim.
+MAX_HEADER_BYTES = 16 << 20
 
 
 class ChunkFormatError(ValueError):
@@ -30,14 +51,20 @@ class ChunkFormatError(ValueError):
         self.reason = reason
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the header fields (all but the digest itself) and of every tensor."""
     import torch
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(_DIGEST_DOMAIN)
+    head = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        raw = t.reshape(-1).view(torch.uint8)
+        # Length-prefixed descriptor: no two (name, dtype, shape, bytes) sequences encode alike.
+        desc = json.dumps([name, str(t.dtype), list(t.shape), raw.numel()]).encode()
+        h.update(struct.pack("<Q", len(desc)) + desc)
+        h.update(raw.numpy().data)  # the buffer itself: hashed in place, no copy
     return h.hexdigest()
 
 
@@ -63,35 +90,72 @@ def chunk_to_bytes(chunk: KVChunk) -> bytes:
         "chunk.model": chunk.model,
         "layer_classes": json.dumps(classes),
         "layer_meta": json.dumps(layer_meta),
-        "shapes": json.dumps({k: list(v.shape) for k, v in tensors.items()}),
-        "sha256": _checksum(tensors),
         **chunk.key.fields(),
     }
+    meta["sha256"] = _digest(meta, tensors)
     return bytes(save(tensors, metadata=meta))
 
 
-def read_header(data: bytes) -> dict[str, str]:
-    """The metadata of a serialized chunk, without loading tensors."""
-    if len(data) < 8:
-        raise ChunkFormatError(f"truncated: {len(data)} bytes")
-    (n,) = struct.unpack("<Q", data[:8])
+def header_length(prefix: bytes) -> int:
+    """The safetensors header length that the first 8 bytes of a blob declare (bounded)."""
+    if len(prefix) < 8:
+        raise ChunkFormatError(f"truncated: {len(prefix)} bytes")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise ChunkFormatError(f"corrupt header: claims {n} bytes (limit {MAX_HEADER_BYTES})")
+    return int(n)
+
+
+def _parse_header(data: bytes) -> dict[str, object]:
+    n = header_length(data)
     if n > len(data) - 8:
         raise ChunkFormatError(f"truncated: header of {n} bytes in a {len(data)}-byte blob")
     try:
         header = json.loads(data[8 : 8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ChunkFormatError(f"corrupt header: {err}") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(header, dict):
+        raise ChunkFormatError("corrupt header: not a JSON object")
+    return header
+
+
+def read_header(data: bytes) -> dict[str, str]:
+    """The metadata of a serialized chunk, without loading tensors."""
+    meta = _parse_header(data).get("__metadata__")
     if not isinstance(meta, dict) or meta.get("magic") != _MAGIC:
         raise ChunkFormatError("not a ragcompress chunk")
     return meta
 
 
+def blob_size(prefix: bytes) -> int:
+    """The whole blob's size as its header declares it, from a prefix holding the header
+    (``8 + header_length(prefix)`` bytes): lets a reader refuse a cut or padded file before
+    reading its tensors."""
+    header = _parse_header(prefix)
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise ChunkFormatError(f"corrupt header: tensor {name!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    return 8 + header_length(prefix) + end
+
+
 def chunk_from_bytes(
-    data: bytes, expected: ChunkKey | None = None, device: torch.device | str = "cpu"
+    data: bytes,
+    expected: ChunkKey | None = None,
+    device: torch.device | str = "cpu",
+    *,
+    authenticated: bool = False,
 ) -> KVChunk:
     """Rebuild a chunk; raise :class:`ChunkFormatError` when it is damaged, of another format
-    version, or not the chunk of ``expected``."""
+    version, or not the chunk of ``expected``.
+
+    ``authenticated``: the caller has verified an HMAC over exactly these bytes, so the
+    digest (which it subsumes) is not recomputed; every other check still runs.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -100,7 +164,7 @@ def chunk_from_bytes(
         raise ChunkFormatError(f"foreign format version {meta.get('format')} (expected {FORMAT_VERSION})")
     try:
         key = ChunkKey.from_fields(meta)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, TypeError) as err:
         raise ChunkFormatError(f"corrupt key metadata: {err}") from None
     if expected is not None:
         why = expected.mismatch(key)
@@ -110,8 +174,22 @@ def chunk_from_bytes(
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
         raise ChunkFormatError(f"unreadable payload: {err}") from None
-    if _checksum(tensors) != meta.get("sha256"):
-        raise ChunkFormatError("checksum mismatch")
+    if not authenticated and _digest(meta, tensors) != meta.get("sha256"):
+        raise ChunkFormatError("checksum mismatch: header or tensors damaged")
+    return _rebuild(meta, tensors, key, device)
+
+
+def _rebuild(
+    meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor], key: ChunkKey, device: torch.device | str
+) -> KVChunk:
+    import torch
+
+    token_ids = tensors.get("token_ids")
+    if token_ids is None or token_ids.dim() != 1 or token_ids.dtype not in (torch.int64, torch.int32):
+        raise ChunkFormatError("inconsistent chunk: token_ids missing or not a 1-D integer tensor")
+    why = key.tokens_mismatch(token_ids.tolist())
+    if why is not None:
+        raise ChunkFormatError(why)
     try:
         classes = json.loads(meta["layer_classes"])
         layer_meta = json.loads(meta["layer_meta"])
@@ -122,11 +200,11 @@ def chunk_from_bytes(
             layers.append(layer_class(name).from_tensors(local, layer_meta[i]))
         return KVChunk(
             layers=layers,
-            token_ids=tensors["token_ids"].to(device),
+            token_ids=token_ids.to(device),
             base_offset=int(meta["base_offset"]),
             length=int(meta["length"]),
             key=key,
             model=meta["chunk.model"],
         )
-    except (KeyError, ValueError, IndexError) as err:
+    except (KeyError, ValueError, IndexError, TypeError, RuntimeError) as err:
         raise ChunkFormatError(f"inconsistent chunk: {err}") from None
