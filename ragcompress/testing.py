@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["make_tiny_llama", "make_tiny_qwen2"]
+__all__ = ["TINY_FAMILIES", "make_tiny_llama", "make_tiny_qwen2"]
 
 
 def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
@@ -66,3 +67,9 @@ def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
             torch.nn.init.normal_(param, std=cfg["initializer_range"])
     model.requires_grad_(False)
     return model
+
+
+# Architectures the KV path (eager and fast) is tested on, each as a tiny seeded model:
+# ``TINY_FAMILIES[name](vocab_size, seed=...)``. Add a family here and tests/kv/test_families.py
+# checks it.
+TINY_FAMILIES: dict[str, Callable[..., Any]] = {"llama": make_tiny_llama, "qwen2": make_tiny_qwen2}
