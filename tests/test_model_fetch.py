@@ -11,6 +11,7 @@ import json
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -184,9 +185,9 @@ def write_tiny_qwen2_gguf(path: Path) -> torch.nn.Module:
     w.add_chat_template(CHAT)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, cfg.num_hidden_layers)
     for name, tensor in model.state_dict().items():
-        w.add_tensor(
-            names.get_name(name, try_suffixes=(".weight", ".bias")), tensor.numpy().astype(np.float32)
-        )
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gguf_name is not None, name
+        w.add_tensor(gguf_name, tensor.numpy().astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -213,7 +214,7 @@ def test_conversion_reproduces_the_gguf_model(tiny_gguf, tmp_path):
     torch.testing.assert_close(model(IDS).logits, source(IDS).logits, rtol=0, atol=1e-5)
     tok = AutoTokenizer.from_pretrained(str(out))
     assert tok.decode(tok("hello world")["input_ids"]) == "hello world"
-    prompt = tok.apply_chat_template(
+    prompt: Any = tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     )
     assert prompt.endswith("<|im_start|>assistant\n")
@@ -294,15 +295,16 @@ def test_real_qwen_reader_loads_in_bf16_and_answers():
     from ragcompress.generate import Generator
 
     gen = Generator(model="qwen2.5-coder-1.5b-instruct", device="cpu", dtype="bfloat16", max_new_tokens=8)
-    lm = gen.lm
+    lm: Any = gen.lm
+    tok: Any = gen.tokenizer
     assert lm.dtype == torch.bfloat16 and lm.config.model_type == "qwen2"
     assert lm.model.layers[0].self_attn.q_proj.bias is not None
     assert lm.config.num_hidden_layers == 28 and not lm.config.tie_word_embeddings
-    ids = gen.tokenizer.apply_chat_template(
+    ids = tok.apply_chat_template(
         [{"role": "user", "content": "Say hello."}],
         add_generation_prompt=True,
         return_tensors="pt",
         return_dict=True,
     )
     out = lm.generate(**ids, max_new_tokens=8, do_sample=False)
-    assert gen.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -5,6 +5,8 @@ family with QKV biases, RoPE theta 1e6 and an untied output layer."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -27,9 +29,10 @@ def family_model(request, tokenizer):
     return TINY_FAMILIES[request.param](len(tokenizer), seed=2)
 
 
-def question_logits(model, layout, chunk, question: str, shift: int) -> torch.Tensor:
+def question_logits(model: Any, layout: Any, chunk: Any, question: str, shift: int) -> torch.Tensor:
     """Last-token logits (vocab,) of the question prefilled against prefix + ``chunk``, the whole
     context moved ``shift`` positions later (RoPE attention sees only relative positions)."""
+    cache: Any
     cache, pos = chunk_context(model, layout, [chunk])
     for layer in cache.layers:
         layer.keys = rerotate(layer.keys, shift, rotary_of(model))
@@ -57,9 +60,10 @@ def test_qwen2_family_has_the_parts_it_stands_for(tokenizer):
 def test_single_chunk_matches_fresh_prefill(family_model, tokenizer, shift):
     gen = Generator.from_model(family_model, tokenizer, max_new_tokens=4)
     enc = ChunkEncoder.from_generator(gen)
+    layout: Any = enc.layout
     for text, chunk in zip(PASSAGES, enc.encode(PASSAGES), strict=True):
-        ref = greedy_logits(family_model, enc.layout.prompt_ids([text], QUESTION))[-1]
-        got = question_logits(family_model, enc.layout, chunk, QUESTION, shift)
+        ref = greedy_logits(family_model, layout.prompt_ids([text], QUESTION))[-1]
+        got = question_logits(family_model, layout, chunk, QUESTION, shift)
         torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
         if shift == 0:
             assert (
