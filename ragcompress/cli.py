@@ -76,6 +76,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser, kv: bool = False) -> None:
     )
     g.add_argument("--k", type=int, metavar="K", help="passages retrieved per question (spec: retriever.k)")
     g.add_argument("--reader", metavar="MODEL", help="generator model: packaged alias, local path or HF id")
+    g.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="reader weights' dtype (default auto: bfloat16 on a GPU, float32 on a CPU); "
+        "bfloat16 halves a CPU reader's time on CPUs with avx512_bf16",
+    )
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="answer length limit in tokens")
     g.add_argument("--json", action="store_true", help="print one JSON object per question on stdout")
     if kv:
@@ -114,6 +120,8 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
     spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
     if args.reader:
         spec.setdefault("generator", {})["model"] = args.reader
+    if args.dtype:
+        spec.setdefault("generator", {})["dtype"] = args.dtype
     if args.max_new_tokens is not None:
         spec.setdefault("generator", {})["max_new_tokens"] = args.max_new_tokens
     if args.k is not None:
@@ -255,35 +263,6 @@ def run_bench(name: str, argv: list[str], package: str = "ragcompress.bench") ->
     return int(mod.main(argv) or 0)
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from ragcompress import models
-
-    rows = []
-    for alias, (package, _inner, hint) in sorted(models._PACKAGED.items()):
-        installed = models._package_dir(package) is not None
-        default = {models.DEFAULT_READER: "default reader", models.DEFAULT_EMBEDDER: "default embedder"}
-        rows.append(
-            {
-                "model": alias,
-                "package": package,
-                "installed": installed,
-                "role": default.get(alias, ""),
-                "install": hint,
-            }
-        )
-    from ragcompress.pipeline import pipeline_names
-
-    if args.json:
-        for r in rows:
-            print(json.dumps(r))
-        return 0
-    for r in rows:
-        state = "installed" if r["installed"] else f"missing: {r['install']}"
-        print(f"{r['model']:<24} {r['role']:<17} {state}")
-    print(f"\npipelines: {', '.join(pipeline_names())}")
-    return 0
-
-
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -360,18 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=cmd_bench)
 
-    mdl = sub.add_parser(
-        "models",
-        formatter_class=_F,
-        help="list the packaged models and ready pipelines",
-        description=_wrap(
-            "List the packaged offline models (and whether their PyPI package is installed) "
-            "and the ready pipeline specs."
-        ),
-        epilog="example:\n  ragcompress models --json",
-    )
-    mdl.add_argument("--json", action="store_true", help="one JSON object per model")
-    mdl.set_defaults(func=cmd_models)
+    from ragcompress.cli_models import add_models_parser
+
+    add_models_parser(sub, _F)
     return parser
 
 

@@ -129,7 +129,8 @@ def _package_dir(package: str) -> Path | None:
 def resolve_path(name: str) -> str:
     """Turn an alias, a local path or an HF id into what ``from_pretrained`` takes.
 
-    Aliases of packaged models resolve to a local folder (GGUF files are converted once);
+    Aliases of packaged models resolve to a local folder (GGUF files are converted once),
+    aliases of fetchable ones (``ragcompress models fetch NAME``) to their converted folder;
     anything else is returned unchanged so that hub ids keep working for users with a hub.
     """
     if name in _PACKAGED:
@@ -142,10 +143,29 @@ def resolve_path(name: str) -> str:
             raise FileNotFoundError(f"{name!r}: {inner} not found in {root}; reinstall: {hint}")
         target = matches[0]
         return str(_materialize_gguf(target) if target.suffix == ".gguf" else target)
+    fetched = _fetched_path(name)
+    if fetched is not None:
+        return str(fetched)
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return str(_materialize_gguf(path))
     return name
+
+
+def _fetched_path(name: str) -> Path | None:
+    """The converted folder of a fetchable alias (``ragcompress models fetch``); None for other
+    names. An alias not fetched yet raises FileNotFoundError saying how to fetch it."""
+    from ragcompress.model_fetch import FETCHABLE, fetched_dir, is_fetched
+
+    if name not in FETCHABLE:
+        return None
+    if not is_fetched(name):
+        spec = FETCHABLE[name]
+        raise FileNotFoundError(
+            f"the model {name!r} is not fetched yet ({spec.size / 1e9:.1f} GB from PyPI, converted once "
+            f"into {fetched_dir(name)}): run `{spec.install_hint()}`"
+        )
+    return fetched_dir(name)
 
 
 def _materialize_gguf(gguf: Path) -> Path:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["make_tiny_llama"]
+__all__ = ["TINY_FAMILIES", "make_tiny_llama", "make_tiny_qwen2"]
 
 
 def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
@@ -34,3 +35,41 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     model.requires_grad_(False)
     return model
+
+
+def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A 2-layer Qwen2 (QKV bias, RoPE theta 1e6, untied output layer), GQA 4/2, fp32, eval mode.
+
+    The biases are drawn at the same scale as the weights: at their default of zero a test
+    could not tell whether a path drops them. ``overrides`` replace any ``Qwen2Config`` field.
+    """
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        initializer_range=0.2,  # varied greedy text, as in make_tiny_llama
+    )
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**cfg)).eval()
+    for name, param in model.named_parameters():
+        if name.endswith(".bias"):
+            torch.nn.init.normal_(param, std=cfg["initializer_range"])
+    model.requires_grad_(False)
+    return model
+
+
+# Architectures the KV path (eager and fast) is tested on, each as a tiny seeded model:
+# ``TINY_FAMILIES[name](vocab_size, seed=...)``. Add a family here and tests/kv/test_families.py
+# checks it.
+TINY_FAMILIES: dict[str, Callable[..., Any]] = {"llama": make_tiny_llama, "qwen2": make_tiny_qwen2}

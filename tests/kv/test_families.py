@@ -1,0 +1,89 @@
+"""Every model family in ``ragcompress.testing.TINY_FAMILIES`` on the KV path: a single cached
+chunk reproduces a fresh prefill (also moved to another offset), and the fast engine (CPU
+reference kernels) gives the eager path's greedy tokens over several chunks. Qwen2 is the
+family with QKV biases, RoPE theta 1e6 and an untied output layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from ragcompress.generate import Generator, greedy_logits
+from ragcompress.kv.answer import KVAnswerer
+from ragcompress.kv.context import chunk_context, rotary_of
+from ragcompress.kv.encode import ChunkEncoder
+from ragcompress.kv.fast_answer import FastKVAnswerer
+from ragcompress.kv.rotary import rerotate
+from ragcompress.models import cache_kwargs
+from ragcompress.testing import TINY_FAMILIES
+
+from .conftest import PASSAGES, QUESTION
+from .test_fast_answer import PASSAGES as FAST_PASSAGES
+from .test_fast_answer import PRESSES, assert_fast_matches_eager
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_FAMILIES))
+def family_model(request, tokenizer):
+    return TINY_FAMILIES[request.param](len(tokenizer), seed=2)
+
+
+def question_logits(model: Any, layout: Any, chunk: Any, question: str, shift: int) -> torch.Tensor:
+    """Last-token logits (vocab,) of the question prefilled against prefix + ``chunk``, the whole
+    context moved ``shift`` positions later (RoPE attention sees only relative positions)."""
+    cache: Any
+    cache, pos = chunk_context(model, layout, [chunk])
+    for layer in cache.layers:
+        layer.keys = rerotate(layer.keys, shift, rotary_of(model))
+    ids = layout.question_ids(question)
+    phys = cache.get_seq_length()
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([ids]),
+            **cache_kwargs(model, cache),
+            position_ids=torch.arange(pos + shift, pos + shift + len(ids))[None],
+            cache_position=torch.arange(phys, phys + len(ids)),
+        )
+    return out.logits[0, -1]
+
+
+def test_qwen2_family_has_the_parts_it_stands_for(tokenizer):
+    model = TINY_FAMILIES["qwen2"](len(tokenizer))
+    attn = model.model.layers[0].self_attn
+    assert all(getattr(attn, p).bias.abs().max() > 0.05 for p in ("q_proj", "k_proj", "v_proj"))
+    assert model.config.rope_parameters["rope_theta"] == 1e6
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("shift", [0, 1500])
+def test_single_chunk_matches_fresh_prefill(family_model, tokenizer, shift):
+    gen = Generator.from_model(family_model, tokenizer, max_new_tokens=4)
+    enc = ChunkEncoder.from_generator(gen)
+    layout: Any = enc.layout
+    for text, chunk in zip(PASSAGES, enc.encode(PASSAGES), strict=True):
+        ref = greedy_logits(family_model, layout.prompt_ids([text], QUESTION))[-1]
+        got = question_logits(family_model, layout, chunk, QUESTION, shift)
+        torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
+        if shift == 0:
+            assert (
+                gen.generate_from_chunks(QUESTION, [chunk]).token_ids
+                == gen.generate(QUESTION, [text]).token_ids
+            )
+
+
+def test_kv_answerer_on_one_passage_answers_like_a_fresh_prefill(family_model, tokenizer):
+    gen = Generator.from_model(family_model, tokenizer, max_new_tokens=8)
+    kv = KVAnswerer.from_generator(gen)
+    for text in FAST_PASSAGES:
+        want = gen.generate(QUESTION, [text]).token_ids
+        assert kv.answer(QUESTION, [text]).token_ids == want and len(want) > 0
+
+
+@pytest.mark.parametrize("presses", PRESSES[:2])
+def test_fast_answers_match_the_eager_path(family_model, tokenizer, presses):
+    gen = Generator.from_model(family_model, tokenizer, max_new_tokens=10)
+    assert_fast_matches_eager(
+        KVAnswerer.from_generator(gen, presses=presses),
+        FastKVAnswerer.from_generator(gen, presses=presses, capacity=512, max_question=64),
+    )
