@@ -115,8 +115,9 @@ class DiskLeases(Leases):
 
 
 def _read(path: Path, ttl_s: float) -> tuple[str, float] | None:
-    """(token, deadline) of the lock at ``path``; None when there is none. A lock that cannot
-    be parsed (being written, or damaged) holds until ``ttl_s`` after it was last modified."""
+    """(token, deadline) of the lock at ``path``; None when there is none. No lock holds
+    longer than ``ttl_s`` after it was written (a deadline further out is a skewed clock or a
+    planted file), and one that cannot be parsed (being written, or damaged) holds that long."""
     try:
         text = path.read_text()
         mtime = path.stat().st_mtime
@@ -124,7 +125,7 @@ def _read(path: Path, ttl_s: float) -> tuple[str, float] | None:
         return None
     try:
         data = json.loads(text)
-        return str(data["token"]), float(data["deadline"])
+        return str(data["token"]), min(float(data["deadline"]), mtime + ttl_s)
     except (ValueError, KeyError, TypeError):
         return "", mtime + ttl_s
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import random
 import threading
 import time
@@ -99,14 +100,18 @@ def test_eight_threads_encode_each_chunk_once(
     assert all(_close(c, reference[c.key]) for chunks, _ in results for c in chunks)
 
 
-def test_stale_disk_lease_of_a_dead_process_is_broken(tmp_path: Path, encoder: Any) -> None:
+@pytest.mark.parametrize("deadline", [-1.0, 1e6])
+def test_stale_disk_lease_of_a_dead_process_is_broken(tmp_path: Path, encoder: Any, deadline: float) -> None:
     store = DiskStore(tmp_path / "chunks")
-    cache = ChunkCache(encoder, store, poll_s=0.01)
+    cache = ChunkCache(encoder, store, lease_s=30.0, poll_s=0.01)
     key = cache.keys(CORPUS[:1])[0]
     lock = DiskLeases(store.directory).path(key)
     lock.parent.mkdir(parents=True)
-    # As a killed process leaves it: its lease ran out a second ago and nobody released it.
-    lock.write_text(json.dumps({"token": "4242-dead", "deadline": time.time() - 1.0, "pid": 4242}))
+    # As a killed process leaves it: its lease ran out a second ago and nobody released it; or
+    # a deadline no holder could have set (a skewed clock), on a lock written a minute ago.
+    lock.write_text(json.dumps({"token": "4242-dead", "deadline": time.time() + deadline, "pid": 4242}))
+    written = time.time() - 60.0
+    os.utime(lock, (written, written))
     _, stats = cache.get_or_encode(CORPUS[:1])
     assert (stats.encoded, stats.waited) == (1, 0) and store.contains(key)
     assert not lock.exists()  # broken, then ours, then released
