@@ -53,7 +53,7 @@ def open_store(
 ) -> ChunkStore:
     """The chunk store that ``url`` names (see the module docstring for the schemes).
 
-    ``tenant`` and ``secret`` apply to Redis stores; ``secret`` defaults to the
+    ``tenant`` applies to Redis stores, ``secret`` (HMAC signing) to disk and Redis; it defaults to the
     ``RAGCOMPRESS_STORE_SECRET`` environment variable when it is set.
     """
     if not isinstance(url, str) or not url.strip():
@@ -89,7 +89,7 @@ def open_store(
         path = unquote(urlsplit(url).path) if scheme == "file" else url
         if not path:
             raise ValueError(f"store URL {url!r} names no directory (use file:///absolute/path)")
-        return DiskStore(path, device=device)
+        return DiskStore(path, device=device, secret=_secret(secret))
     raise ValueError(
         f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
         "use memory://, file:///path (or a plain path), redis:// or rediss://"

@@ -311,7 +311,7 @@ def tiered_store(
     if disk is not None:
         from ragcompress.kv.disk_store import DiskStore
 
-        tiers.append(("disk", DiskStore(disk)))
+        tiers.append(("disk", DiskStore(disk, secret=secret)))
     if url is not None:
         tiers.append(("remote", open_store(url, tenant=tenant, secret=secret)))
     return MultiTierStore(tiers)
