@@ -267,7 +267,12 @@ def run_bench(name: str, argv: list[str], package: str = "ragcompress.bench") ->
         if err.name and module.startswith(err.name):
             raise UsageError(f"benchmark {name!r} is not available: no module {module}") from err
         raise
-    return int(mod.main(argv) or 0)
+    try:
+        return int(mod.main(argv) or 0)
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # a benchmark's `raise SystemExit("--limit must be ...")`
+            raise UsageError(stop.code) from None
+        raise
 
 
 def cmd_models(args: argparse.Namespace) -> int:
