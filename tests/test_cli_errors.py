@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from ragcompress.cli import DEBUG_ENV, main
+from ragcompress.cli import main
 from ragcompress.testing import make_tiny_llama
 
 SECRET = "hunter2-s3cret"
+DEBUG_ENV = "RAGCOMPRESS_DEBUG"
 
 
 @pytest.fixture(scope="module")
