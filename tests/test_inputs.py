@@ -164,3 +164,18 @@ def test_kv_chunks_of_a_hostile_passage_hold_no_control_tokens(kv: KVAnswerer, t
     assert not set(chunks[0].token_ids.tolist()) & _special_ids(tokenizer)
     # The KV path and the text path read the same tokens (the chunk is the text path's segment).
     assert chunks[0].token_ids.tolist() == kv.generator.layout.passage_ids(INJECTION)
+
+
+def test_a_tokenizer_that_cannot_split_its_special_tokens_refuses_the_text() -> None:
+    # Canine (a Python tokenizer) maps every character to its code point, its special tokens
+    # included: no tokenization keeps them plain text, so the text is refused, not injected.
+    from transformers import CanineTokenizer
+
+    layout = PromptLayout(CanineTokenizer())
+    assert layout.passage_ids("plain text") == [
+        ord(c) for c in layout.document_template.format(text="plain text")
+    ]
+    with pytest.raises(ValueError, match="passage text contains the special token"):
+        layout.passage_ids("before \ue000 after")
+    with pytest.raises(ValueError, match="query contains the special token"):
+        layout.question_ids("before \ue001 after")
