@@ -429,7 +429,8 @@ def error_line(err: BaseException) -> str:
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     message = " ".join(message.split()) or type(err).__name__
     if not isinstance(err, UsageError | ValueError | OSError | ImportError):
-        message = f"{type(err).__name__}: {message}"
+        # a TypeError or KeyError may be a bug rather than bad input: say how to see more
+        message = f"{type(err).__name__}: {message} ({DEBUG_ENV}=1 shows the traceback)"
     return _URL.sub(lambda m: redact_url(m.group()), message)
 
 
