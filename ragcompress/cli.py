@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import os
-import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -26,8 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 BENCHES = ("text", "kv", "ttft")
-DEBUG_ENV = "RAGCOMPRESS_DEBUG"
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _F = argparse.RawDescriptionHelpFormatter
 
 
@@ -402,36 +399,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
+    from ragcompress.cli_errors import DEBUG_ENV, error_line, expected
+
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `ragcompress demo --json | head -1`
         return 0
     except Exception as err:
-        if not _expected(err) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        if not expected(err) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(f"ragcompress {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
-
-
-def _expected(err: Exception) -> bool:
-    """Errors that bad input or the environment cause (not bugs): one line and exit 2."""
-    from ragcompress.kv.stores import StoreUnavailableError
-
-    expected = (UsageError, ValueError, TypeError, KeyError, OSError, ImportError, StoreUnavailableError)
-    return isinstance(err, expected)
-
-
-def error_line(err: BaseException) -> str:
-    """``err`` as one line for stderr: its message (a KeyError's unquoted), whitespace folded,
-    every URL in it passed through :func:`~ragcompress.kv.stores.redact_url`."""
-    from ragcompress.kv.stores import redact_url
-
-    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    message = " ".join(message.split()) or type(err).__name__
-    if not isinstance(err, UsageError | ValueError | OSError | ImportError):
-        # a TypeError or KeyError may be a bug rather than bad input: say how to see more
-        message = f"{type(err).__name__}: {message} ({DEBUG_ENV}=1 shows the traceback)"
-    return _URL.sub(lambda m: redact_url(m.group()), message)
 
 
 if __name__ == "__main__":
