@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
-from ragcompress.types import Passage, validate_passages
+from ragcompress.types import Passage
+from ragcompress.validate import check_max_new_tokens, check_query, check_request
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +60,11 @@ class Generator:
 
     ``model`` is an alias of a packaged model, a local path or an HF id (``None``: the packaged
     SmolLM2-135M-Instruct). Use :meth:`from_model` to wrap an already loaded model.
+
+    Every entry point checks its arguments first (:mod:`ragcompress.validate`): ``query`` is a
+    ``str``; ``passages`` a list of passages or strings (a single string is a ``TypeError``,
+    not one passage per character); ``max_new_tokens`` ``None`` (this generator's
+    ``max_new_tokens``) or an int >= 0, where 0 generates nothing and answers ``""``.
     """
 
     model: str | None = None
@@ -69,6 +75,9 @@ class Generator:
     _lm: Any = field(default=None, init=False, repr=False)
     _tok: Any = field(default=None, init=False, repr=False)
     _layout: PromptLayout | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_max_new_tokens(self.max_new_tokens)
 
     @classmethod
     def from_model(
@@ -117,17 +126,18 @@ class Generator:
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Answer:
         """Prefill prefix + passages + question, then decode greedily."""
-        ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
+        ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
         self._check_length(len(ids), max_new_tokens)
         return self.decode(ids, cache=None, max_new_tokens=max_new_tokens)
 
     def stream(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are produced."""
-        ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
+        """Yield the answer's text piece by piece as tokens are produced (arguments are checked
+        and the prompt tokenized at the call, the model runs as pieces are asked for)."""
+        ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
         self._check_length(len(ids), max_new_tokens)
-        yield from self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
+        return self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
 
     # -- KV path ---------------------------------------------------------------------------
     def generate_from_chunks(
@@ -189,6 +199,8 @@ class Generator:
     ) -> tuple[list[int], Cache, int]:
         from ragcompress.kv.context import chunk_context
 
+        check_query(query)
+        check_max_new_tokens(max_new_tokens)
         ids = self.layout.question_ids(query)
         cache, position = chunk_context(self.lm, self.layout, chunks)
         self._check_length(position + len(ids), max_new_tokens)
@@ -240,7 +252,8 @@ class Generator:
         from transformers import DynamicCache
 
         lm = self.lm
-        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        new = check_max_new_tokens(max_new_tokens)
+        limit = self.max_new_tokens if new is None else new
         start = time.perf_counter() if start is None else start
         cache = DynamicCache(config=lm.config) if cache is None else cache
         physical = _cache_len(cache)

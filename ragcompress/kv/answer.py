@@ -13,6 +13,7 @@ from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.encode import ChunkEncoder
 from ragcompress.kv.store import ChunkStore, TieredStore
 from ragcompress.types import Passage
+from ragcompress.validate import check_request
 
 if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
@@ -43,10 +44,16 @@ class KVAnswerer:
         **options: Any,
     ) -> _A:
         """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is
-        given; ``options`` are a subclass's own fields (e.g. ``FastKVAnswerer(capacity=...)``)."""
+        given, or ``store`` (never both: a ``ValueError``); ``options`` are a subclass's own
+        fields (e.g. ``FastKVAnswerer(capacity=...)``)."""
         from ragcompress.kv.disk_store import DiskStore
         from ragcompress.kv.memory_store import MemoryStore
 
+        if store is not None and cache_dir is not None:
+            raise ValueError(
+                "give store= or cache_dir=, not both: cache_dir builds a store of its own "
+                "(wrap both in a TieredStore to use them together)"
+            )
         if store is None:
             memory = MemoryStore(memory_bytes, device=generator.lm.device)
             store = memory if cache_dir is None else TieredStore(memory, DiskStore(cache_dir))
@@ -56,6 +63,7 @@ class KVAnswerer:
     def answer(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Answer:
+        passages = check_request(query, passages, max_new_tokens)
         start = time.perf_counter()
         chunks, stats = self.cache.get_or_encode(passages)
         return self.generator.generate_from_chunks(
@@ -65,6 +73,7 @@ class KVAnswerer:
     def stream(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Iterator[str]:
+        passages = check_request(query, passages, max_new_tokens)
         chunks, _ = self.cache.get_or_encode(passages)
         yield from self._pieces(query, chunks, max_new_tokens)
 
@@ -86,6 +95,7 @@ class KVAnswerer:
         first piece, then ``ttft_ms`` (request start to first piece) and ``total_ms``. Lazy:
         nothing is looked up or encoded until the first piece is asked for.
         """
+        passages = check_request(query, passages, max_new_tokens)
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
         stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))

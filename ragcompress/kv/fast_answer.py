@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.answer import KVAnswerer, _extra
+from ragcompress.validate import check_request
 
 if TYPE_CHECKING:
     from ragcompress.generate import Answer
@@ -83,6 +84,7 @@ class FastKVAnswerer(KVAnswerer):
     def answer(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Answer:
+        passages = check_request(query, passages, max_new_tokens)
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
         ids = self.generator.layout.question_ids(query)

@@ -143,7 +143,7 @@ class RedisStore(ChunkStore):
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError("RedisStore needs redis-py: pip install 'ragcompress[redis]'") from err
         for label, value in (("namespace", namespace), ("tenant", tenant)):
-            if not isinstance(value, str) or not _NAME.match(value):
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise ValueError(f"{label} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if ttl_s is not None and ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
