@@ -9,7 +9,7 @@ positions (evicted tokens keep their original positions).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
+    from ragcompress.kv.assembly import Assembly, Context
     from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["Answer", "GenerationStats", "Generator"]
@@ -138,17 +139,25 @@ class Generator:
         *,
         extra: dict[str, Any] | None = None,
         start: float | None = None,
+        assembly: Assembly | Mapping[str, Any] | None = None,
     ) -> Answer:
-        """Assemble the shared prefix + ``chunks`` (in order), prefill only the question, decode.
+        """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
+        prefill only the question, decode.
 
         ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
-        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks`` and ``chunk_tokens``).
+        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
+        ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens recomputed).
         """
         start = time.perf_counter() if start is None else start
-        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
+        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
         timing: dict[str, float] = {}
-        tokens = list(self.iter_tokens(ids, cache, max_new_tokens, position, timing=timing, start=start))
-        return self.chunk_answer(tokens, len(ids), position, chunks, start, timing.get("ttft_ms"), extra)
+        tokens = list(
+            self.iter_tokens(
+                ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step=ctx.step_kwargs
+            )
+        )
+        info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
+        return self.chunk_answer(tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
 
     def chunk_answer(
         self,
@@ -178,21 +187,31 @@ class Generator:
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def stream_from_chunks(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None = None
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None = None,
+        assembly: Assembly | Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate_from_chunks`, yielding the answer's text piece by piece."""
-        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
-        yield from self._text_pieces(self.iter_tokens(ids, cache, max_new_tokens, position))
+        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
+        yield from self._text_pieces(
+            self.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step=ctx.step_kwargs)
+        )
 
     def _chunk_prompt(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None
-    ) -> tuple[list[int], Cache, int]:
-        from ragcompress.kv.context import chunk_context
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None,
+        assembly: Assembly | Mapping[str, Any] | None,
+    ) -> tuple[list[int], Context]:
+        from ragcompress.kv.context import prepare_context
 
         ids = self.layout.question_ids(query)
-        cache, position = chunk_context(self.lm, self.layout, chunks)
-        self._check_length(position + len(ids), max_new_tokens)
-        return ids, cache, position
+        ctx = prepare_context(self.lm, self.layout, chunks, ids, assembly)
+        self._check_length(ctx.position + len(ids), max_new_tokens)
+        return ids, ctx
 
     # -- shared decode loop (also the KV path's entry point) -------------------------------
     def decode(
@@ -234,8 +253,12 @@ class Generator:
         next_position: int | None = None,
         timing: dict[str, float] | None = None,
         start: float | None = None,
+        step: Callable[[int, int], dict[str, Any]] | None = None,
     ) -> Iterator[int]:
-        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded)."""
+        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded).
+
+        ``step(physical, n)``: extra forward arguments for ``n`` tokens written at cache slot
+        ``physical`` (an assembly mode's attention mask)."""
         import torch
         from transformers import DynamicCache
 
@@ -246,17 +269,18 @@ class Generator:
         physical = _cache_len(cache)
         position = physical if next_position is None else next_position
         stops = self.stop_ids
-        step = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
+        tokens = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
         with torch.inference_mode():
             for i in range(limit):
-                n = step.shape[1]
+                n = tokens.shape[1]
                 out = lm(
-                    input_ids=step,
+                    input_ids=tokens,
                     **cache_kwargs(lm, cache),
                     use_cache=True,
                     position_ids=torch.arange(position, position + n, device=lm.device)[None],
                     cache_position=torch.arange(physical, physical + n, device=lm.device),
                     logits_to_keep=1,
+                    **(step(physical, n) if step is not None else {}),
                 )
                 cache = output_cache(out)
                 physical += n
@@ -269,7 +293,7 @@ class Generator:
                 if token in stops:
                     return
                 yield token
-                step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
+                tokens = torch.tensor([[token]], dtype=torch.long, device=lm.device)
 
     def _text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
         # Decode the growing sequence and yield the new suffix: byte-level BPE pieces may not
