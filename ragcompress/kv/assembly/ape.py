@@ -57,6 +57,15 @@ class APE(Assembly):
                 f"this model uses {impl!r}"
             )
 
+    def check_fast(self) -> None:
+        # The fast engine attends to prefix + chunks in one pass (one log-sum-exp), so it cannot
+        # weigh the chunks apart from the prefix; 1/T lives in the written keys and works.
+        if self.scale != 1.0:
+            raise ValueError(
+                f"ape.scale={self.scale}: the fast engine runs ape with scale 1 only (any temperature); "
+                "use the eager KVAnswerer for scale != 1"
+            )
+
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:

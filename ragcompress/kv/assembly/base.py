@@ -124,6 +124,29 @@ class Assembly(ABC):
 
         rotary_of(model)
 
+    def check_fast(self) -> None:
+        """Raise ValueError when the fast engine cannot run this mode as configured (called when a
+        ``FastKVAnswerer`` is built); every mode runs there unless it says otherwise."""
+        return None
+
+    def load_fast(
+        self,
+        engine: Any,
+        packed_prefix: Any,
+        model: PreTrainedModel,
+        prefix: PrefixKV,
+        chunks: Sequence[KVChunk],
+        question: Sequence[int],
+    ) -> tuple[int, float]:
+        """Put one request's context into the fast engine's buffer; returns ``(position where the
+        question starts, recompute share)``. Default: :meth:`prepare` on the eager model (any
+        partial forward runs there), then the assembled K/V are written into the buffer as is."""
+        ctx = self.prepare(model, prefix, chunks, question)
+        if ctx.bias is not None:
+            raise ValueError(f"{self.name}: the fast engine takes no attention bias over the context")
+        layers: list[Any] = [(layer.keys[0], layer.values[0]) for layer in ctx.cache.layers]  # type: ignore[union-attr,index]
+        return engine.load_context(layers, ctx.position), ctx.recompute
+
     @abstractmethod
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]

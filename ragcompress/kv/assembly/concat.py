@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly.base import Assembly, Context, register_assembly
 
@@ -31,3 +31,15 @@ class Concat(Assembly):
 
         cache, position = assemble(prefix, chunks, rotary_of(model), model.config)
         return Context(cache, position, slots=cache.get_seq_length())
+
+    def load_fast(
+        self,
+        engine: Any,
+        packed_prefix: Any,
+        model: PreTrainedModel,
+        prefix: PrefixKV,
+        chunks: Sequence[KVChunk],
+        question: Sequence[int],
+    ) -> tuple[int, float]:
+        # The engine writes (and re-rotates) chunks itself, skipping those the last request left.
+        return engine.load_reusing(packed_prefix, chunks), 0.0
