@@ -92,6 +92,9 @@ def question_attention(
 
     dev, n, slots = model.device, len(question), cache.get_seq_length()
     pos = torch.arange(position, position + n, device=dev)[None]
+    # A dynamic layer appends by concatenation (new tensors), so the context tensors kept here
+    # are untouched by the probe and put back afterwards.
+    kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
     with torch.inference_mode():
         out = model(
             input_ids=torch.tensor([list(question)], device=dev),
@@ -115,7 +118,8 @@ def question_attention(
             logits = (q.float() @ keys.float().transpose(1, 2)) * float(layer.self_attn.scaling)
             logits[:, :, slots:] = logits[:, :, slots:].masked_fill(~causal, float("-inf"))
             total += logits.softmax(dim=-1)[:, :, :slots].amax(dim=(0, 1))
-    cache.crop(-n)  # drop the question: the real prefill comes after the repair
+    for layer, (k, v) in zip(cache.layers, kept, strict=True):  # drop the question's K/V
+        layer.keys, layer.values = k, v  # type: ignore[union-attr]
     return total / len(_layers(model))
 
 
