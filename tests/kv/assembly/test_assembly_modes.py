@@ -125,3 +125,11 @@ def test_registry_and_defaults():
     assert build_assembly(None).name == "concat"
     assert build_assembly("ape").spec() == {"name": "ape", "temperature": 1.0, "scale": 1.0}
     assert build_assembly({"name": "blend"}).spec() == {"name": "blend", "recompute": 0.15}
+
+
+@pytest.mark.parametrize("spec", MODES, ids=lambda s: str(sorted(s.items())))
+def test_no_passages_answers_from_the_prefix(tiny_llama, tokenizer, spec):
+    kv = answerer(tiny_llama, tokenizer, spec)
+    got = kv.teacher_forced_logprobs(QUESTION, [], TARGETS)
+    torch.testing.assert_close(got, full_logprobs(kv, [], TARGETS), atol=1e-4, rtol=1e-4)
+    assert kv.answer(QUESTION, []).stats.extra["recompute"] == 0.0
