@@ -151,11 +151,11 @@ class Generator:
         start = time.perf_counter() if start is None else start
         ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
         timing: dict[str, float] = {}
-        tokens = list(
-            self.iter_tokens(
-                ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step=ctx.step_kwargs
-            )
+        mask = ctx.step_kwargs
+        steps = self.iter_tokens(
+            ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=mask
         )
+        tokens = list(steps)
         info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
         return self.chunk_answer(tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
 
@@ -196,7 +196,7 @@ class Generator:
         """Like :meth:`generate_from_chunks`, yielding the answer's text piece by piece."""
         ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
         yield from self._text_pieces(
-            self.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step=ctx.step_kwargs)
+            self.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
         )
 
     def _chunk_prompt(
@@ -253,11 +253,11 @@ class Generator:
         next_position: int | None = None,
         timing: dict[str, float] | None = None,
         start: float | None = None,
-        step: Callable[[int, int], dict[str, Any]] | None = None,
+        step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
     ) -> Iterator[int]:
         """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded).
 
-        ``step(physical, n)``: extra forward arguments for ``n`` tokens written at cache slot
+        ``step_kwargs(physical, n)``: extra forward arguments for ``n`` tokens written at cache slot
         ``physical`` (an assembly mode's attention mask)."""
         import torch
         from transformers import DynamicCache
@@ -269,18 +269,18 @@ class Generator:
         physical = _cache_len(cache)
         position = physical if next_position is None else next_position
         stops = self.stop_ids
-        tokens = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
+        step = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
         with torch.inference_mode():
             for i in range(limit):
-                n = tokens.shape[1]
+                n = step.shape[1]
                 out = lm(
-                    input_ids=tokens,
+                    input_ids=step,
                     **cache_kwargs(lm, cache),
                     use_cache=True,
                     position_ids=torch.arange(position, position + n, device=lm.device)[None],
                     cache_position=torch.arange(physical, physical + n, device=lm.device),
                     logits_to_keep=1,
-                    **(step(physical, n) if step is not None else {}),
+                    **(step_kwargs(physical, n) if step_kwargs is not None else {}),
                 )
                 cache = output_cache(out)
                 physical += n
@@ -293,7 +293,7 @@ class Generator:
                 if token in stops:
                     return
                 yield token
-                tokens = torch.tensor([[token]], dtype=torch.long, device=lm.device)
+                step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
 
     def _text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
         # Decode the growing sequence and yield the new suffix: byte-level BPE pieces may not
