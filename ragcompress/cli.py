@@ -103,6 +103,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser, kv: bool = False) -> None:
             "--store", metavar="URL", help="with --kv: chunk store URL (memory://, file:///dir, redis://…)"
         )
         g.add_argument(
+            "--assembly",
+            metavar="SPEC_JSON",
+            help='with --kv: how chunks are assembled, e.g. \'{"name": "blend", "recompute": 0.15}\' '
+            'or \'{"name": "ape"}\' (default concat; spec: kv.assembly)',
+        )
+        g.add_argument(
             "--fast-capacity",
             metavar="TOKENS",
             type=int,
@@ -155,9 +161,13 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
             store=args.store or base.get("store"),
             memory_bytes=int(base.get("memory_bytes", 2 << 30)),
             fast_capacity=fast,
+            assembly=_json_arg("--assembly", args.assembly) if args.assembly else base.get("assembly"),
         )
-    elif any(getattr(args, a, None) is not None for a in ("cache_dir", "press", "store", "fast_capacity")):
-        raise UsageError("--cache-dir, --press, --store and --fast-capacity only apply with --kv")
+    elif any(
+        getattr(args, a, None) is not None
+        for a in ("cache_dir", "press", "store", "fast_capacity", "assembly")
+    ):
+        raise UsageError("--cache-dir, --press, --store, --fast-capacity and --assembly only apply with --kv")
     _log(f"loading pipeline {path.stem} ({path})")
     from ragcompress.types import Budget
 

@@ -9,7 +9,7 @@ positions (evicted tokens keep their original positions).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
+    from ragcompress.kv.assembly import Assembly, Context
     from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["Answer", "GenerationStats", "Generator"]
@@ -148,17 +149,25 @@ class Generator:
         *,
         extra: dict[str, Any] | None = None,
         start: float | None = None,
+        assembly: Assembly | Mapping[str, Any] | None = None,
     ) -> Answer:
-        """Assemble the shared prefix + ``chunks`` (in order), prefill only the question, decode.
+        """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
+        prefill only the question, decode.
 
         ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
-        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks`` and ``chunk_tokens``).
+        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
+        ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens recomputed).
         """
         start = time.perf_counter() if start is None else start
-        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
+        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
         timing: dict[str, float] = {}
-        tokens = list(self.iter_tokens(ids, cache, max_new_tokens, position, timing=timing, start=start))
-        return self.chunk_answer(tokens, len(ids), position, chunks, start, timing.get("ttft_ms"), extra)
+        mask = ctx.step_kwargs
+        steps = self.iter_tokens(
+            ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=mask
+        )
+        tokens = list(steps)
+        info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
+        return self.chunk_answer(tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
 
     def chunk_answer(
         self,
@@ -188,23 +197,33 @@ class Generator:
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def stream_from_chunks(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None = None
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None = None,
+        assembly: Assembly | Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate_from_chunks`, yielding the answer's text piece by piece."""
-        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
-        yield from self._text_pieces(self.iter_tokens(ids, cache, max_new_tokens, position))
+        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
+        yield from self._text_pieces(
+            self.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
+        )
 
     def _chunk_prompt(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None
-    ) -> tuple[list[int], Cache, int]:
-        from ragcompress.kv.context import chunk_context
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None,
+        assembly: Assembly | Mapping[str, Any] | None,
+    ) -> tuple[list[int], Context]:
+        from ragcompress.kv.context import prepare_context
 
         check_query(query)
         check_max_new_tokens(max_new_tokens)
         ids = self.layout.question_ids(query)
-        cache, position = chunk_context(self.lm, self.layout, chunks)
-        self._check_length(position + len(ids), max_new_tokens)
-        return ids, cache, position
+        ctx = prepare_context(self.lm, self.layout, chunks, ids, assembly)
+        self._check_length(ctx.position + len(ids), max_new_tokens)
+        return ids, ctx
 
     # -- shared decode loop (also the KV path's entry point) -------------------------------
     def decode(
@@ -246,8 +265,12 @@ class Generator:
         next_position: int | None = None,
         timing: dict[str, float] | None = None,
         start: float | None = None,
+        step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
     ) -> Iterator[int]:
-        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded)."""
+        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded).
+
+        ``step_kwargs(physical, n)``: extra forward arguments for ``n`` tokens written at cache slot
+        ``physical`` (an assembly mode's attention mask)."""
         import torch
         from transformers import DynamicCache
 
@@ -270,6 +293,7 @@ class Generator:
                     position_ids=torch.arange(position, position + n, device=lm.device)[None],
                     cache_position=torch.arange(physical, physical + n, device=lm.device),
                     logits_to_keep=1,
+                    **(step_kwargs(physical, n) if step_kwargs is not None else {}),
                 )
                 cache = output_cache(out)
                 physical += n

@@ -4,9 +4,15 @@
 :class:`~ragcompress.kv.fast.FastGenerator`: chunks are written into one static KV buffer (the
 ones the previous request already wrote are skipped), the question is prefilled and decoded by
 the fast step (captured CUDA graphs and split-KV flash attention on a GPU; the same step run
-eagerly with reference attention on a CPU). Greedy, batch 1 per call; the buffer is sized once
-by ``capacity`` (context tokens: shared prefix + kept chunk tokens) and raises
-:class:`~ragcompress.kv.fast.BufferOverflowError` when a request does not fit.
+eagerly with reference attention on a CPU). Assembly modes: ``concat`` writes chunks straight into
+the buffer (re-rotating them there); the others prepare the context on the eager model (APE's shared
+positions and 1/T keys; blend's question pass and partial forward) and write it into the buffer as
+is, after which the question runs on the fast step. ``ape`` with ``scale`` != 1 is refused when the
+answerer is built (the fast attention cannot weigh chunks apart from the prefix).
+
+Greedy, batch 1 per call; the buffer is sized once by ``capacity`` (context tokens: shared
+prefix + kept chunk tokens) and raises :class:`~ragcompress.kv.fast.BufferOverflowError` when a
+request does not fit.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ class FastKVAnswerer(KVAnswerer):
     _engine: FastGenerator | None = field(default=None, init=False, repr=False)
     _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.assembly.check_fast()  # a mode the fast engine cannot run fails here, not mid-request
+
     @property
     def engine(self) -> FastGenerator:
         """The fast engine, built on first use (its buffer is allocated then)."""
@@ -68,7 +78,11 @@ class FastKVAnswerer(KVAnswerer):
         if limit > engine.max_new_tokens:
             raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
         assert self._prefix is not None
-        timing["position"] = engine.load_reusing(self._prefix, chunks)
+        from ragcompress.kv.encode import prefix_kv
+
+        timing["position"], timing["recompute"] = self.assembly.load_fast(
+            engine, self._prefix, gen.lm, prefix_kv(gen.lm, gen.layout), chunks, ids
+        )
         gen._check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
         for host in engine.steps([ids], limit):  # one host sync per token: the answer streams
@@ -91,7 +105,12 @@ class FastKVAnswerer(KVAnswerer):
         timing: dict[str, float] = {}
         tokens = list(self._tokens(ids, chunks, max_new_tokens, timing))
         ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
-        extra = {**_extra(cache_stats), "engine": "fast"}
+        extra = {
+            **_extra(cache_stats),
+            "engine": "fast",
+            "assembly": self.assembly.name,
+            "recompute": timing["recompute"],
+        }
         return self.generator.chunk_answer(
             tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra
         )
