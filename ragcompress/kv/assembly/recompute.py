@@ -73,18 +73,20 @@ class SlotMap:
 def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], device: Any) -> SlotMap:
     import torch
 
-    positions = [torch.arange(prefix_len, dtype=torch.long)]
-    tokens = [torch.full((prefix_len,), -1, dtype=torch.long)]
+    positions = [torch.arange(prefix_len, dtype=torch.long, device=device)]
+    tokens = [torch.full((prefix_len,), -1, dtype=torch.long, device=device)]
     for c, start in zip(chunks, starts, strict=True):
-        held = torch.stack([layer.dense()[2].to("cpu", torch.long) for layer in c.layers])  # (L, h, n)
+        # every layer class keeps its (kv_heads, n) positions as a plain tensor: read them without
+        # dequantizing, and reduce on the device (one host transfer per request, not per layer)
+        held = torch.stack([layer.positions.to(device, torch.long) for layer in c.layers])  # (L, h, n)
         hi, lo = held.amax(dim=(0, 1)), held.amin(dim=(0, 1))
         local = hi - c.base_offset
-        ids = c.token_ids.to("cpu", torch.long)[local]
+        ids = c.token_ids.to(device, torch.long)[local]
         positions.append(start + local)
         tokens.append(torch.where(hi == lo, ids, -1))
     pos, tok = torch.cat(positions), torch.cat(tokens)
     cand = torch.nonzero(tok >= 0).flatten()
-    return SlotMap(pos.to(device), tok.to(device), cand.to(device), int(pos.numel() - prefix_len))
+    return SlotMap(pos, tok, cand, int(pos.numel() - prefix_len))
 
 
 def recompute_slots(
