@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from ragcompress.kv.breaker import CircuitBreaker, CircuitOpenError
 from ragcompress.kv.cache import ChunkCache
@@ -22,6 +21,7 @@ from ragcompress.kv.redis_store import RedisStore
 from ragcompress.kv.store import ChunkStore, TieredStore
 from ragcompress.kv.stores import StoreUnavailableError
 from ragcompress.kv.tiered import MemoryTier, MultiTierStore
+from ragcompress.testing import chunks_close
 
 
 class FakeClock:
@@ -35,16 +35,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def _close(a: Any, b: Any) -> bool:
-    if a.key != b.key:
-        return False
-    return all(
-        torch.allclose(x.float(), y.float(), atol=1e-5)
-        for la, lb in zip(a.layers, b.layers, strict=True)
-        for x, y in zip(la.tensors().values(), lb.tensors().values(), strict=True)
-    )
 
 
 def _dead_redis() -> RedisStore:
@@ -145,7 +135,7 @@ def test_dead_redis_tier_is_skipped_and_every_request_answered(
     def ask(i: int) -> None:
         sample = [corpus[i % len(corpus)], corpus[(i + 3) % len(corpus)]]
         chunks, _ = cache.get_or_encode(sample)
-        assert all(_close(c, reference[p]) for c, p in zip(chunks, sample, strict=True))
+        assert all(chunks_close(c, reference[p]) for c, p in zip(chunks, sample, strict=True))
 
     for i in range(12):
         ask(i)
@@ -179,7 +169,7 @@ def test_redis_stopped_mid_run_then_probed_back(
     try:
         for _ in range(4):
             chunks, _ = cache.get_or_encode(passages[:3])
-            assert all(_close(c, reference[p]) for c, p in zip(chunks, passages[:3], strict=True))
+            assert all(chunks_close(c, reference[p]) for c, p in zip(chunks, passages[:3], strict=True))
         assert breaker.calls - before == 3 and breaker.state == "open"
     finally:
         redis_server.start()
@@ -189,7 +179,7 @@ def test_redis_stopped_mid_run_then_probed_back(
     clock.advance(5.0)  # the probe finds the server again and closes the breaker
     chunks, _ = cache.get_or_encode(passages[3:4])
     assert breaker.state == "closed" and remote.contains(chunks[0].key)
-    assert _close(chunks[0], reference[passages[3]])
+    assert chunks_close(chunks[0], reference[passages[3]])
 
 
 def _broken_disk(tmp_path: Path) -> DiskStore:
@@ -213,7 +203,7 @@ def test_failed_write_is_logged_and_the_request_answered(
     reference = encoder.encode(passages[:2])
     with caplog.at_level(logging.WARNING, logger="ragcompress"):
         chunks, stats = ChunkCache(encoder, store).get_or_encode(passages[:2])
-    assert stats.encoded == 2 and all(_close(c, r) for c, r in zip(chunks, reference, strict=True))
+    assert stats.encoded == 2 and all(chunks_close(c, r) for c, r in zip(chunks, reference, strict=True))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     needle = "DiskStore" if builder == "bare" else "'back': write failed"
     assert any(needle in w and "Error" in w for w in warnings), warnings

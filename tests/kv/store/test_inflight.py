@@ -27,6 +27,7 @@ from ragcompress.kv.memory_store import MemoryStore
 from ragcompress.kv.press import KVPress
 from ragcompress.kv.redis_store import RedisStore
 from ragcompress.kv.store import ChunkStore, TieredStore
+from ragcompress.testing import chunks_close
 
 CORPUS = [
     "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
@@ -49,16 +50,6 @@ class CountingEncoder(ChunkEncoder):
         with self._count_lock:
             self.counts.update(tuple(ids) for _, ids in items)
         return super().encode_ids(items, presses)
-
-
-def _close(a: Any, b: Any) -> bool:
-    if a.key != b.key:
-        return False
-    return all(
-        torch.allclose(x.float(), y.float(), atol=1e-5)
-        for la, lb in zip(a.layers, b.layers, strict=True)
-        for x, y in zip(la.tensors().values(), lb.tensors().values(), strict=True)
-    )
 
 
 STORES: dict[str, Callable[[Path], ChunkStore]] = {
@@ -97,7 +88,7 @@ def test_eight_threads_encode_each_chunk_once(
     assert sum(s.encoded for _, s in results) == len(CORPUS)
     assert sum(s.hits + s.encoded + s.waited for _, s in results) == 8 * (4 + len(CORPUS))
     reference = {c.key: c for c in encoder.encode(CORPUS)}
-    assert all(_close(c, reference[c.key]) for chunks, _ in results for c in chunks)
+    assert all(chunks_close(c, reference[c.key]) for chunks, _ in results for c in chunks)
 
 
 @pytest.mark.parametrize("deadline", [-1.0, 1e6])
@@ -153,7 +144,7 @@ def test_a_live_holder_is_waited_for_not_duplicated(
     assert not waiter.is_alive() and out
     chunks, stats = out[0]
     assert (stats.hits, stats.encoded, stats.waited) == (0, 0, 1) and not counting.counts
-    assert _close(chunks[0], chunk)
+    assert chunks_close(chunks[0], chunk)
 
 
 def test_lease_settings_are_checked(encoder: Any) -> None:
