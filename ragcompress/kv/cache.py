@@ -54,16 +54,15 @@ class ChunkCache:
         self.presses: tuple[KVPress, ...] = tuple(build(p) for p in presses)
 
     def keys(self, passages: Sequence[Passage] | Sequence[str]) -> list[ChunkKey]:
-        return [
-            self.encoder.key(self.encoder.passage_ids(p), self.presses) for p in validate_passages(passages)
-        ]
+        ids = [self.encoder.passage_ids(p) for p in validate_passages(passages)]
+        return self.encoder.keys(ids, self.presses)
 
     def get_or_encode(self, passages: Sequence[Passage] | Sequence[str]) -> tuple[list[KVChunk], CacheStats]:
         """One chunk per passage, in order. A passage repeated in the list is encoded once."""
         t0 = time.perf_counter()
         items = validate_passages(passages)
         ids = [self.encoder.passage_ids(p) for p in items]
-        keys = [self.encoder.key(i, self.presses) for i in ids]
+        keys = self.encoder.keys(ids, self.presses)
         found: dict[str, KVChunk] = {}
         misses: dict[str, str] = {}
         todo: dict[str, int] = {}  # digest -> first index needing it
@@ -84,7 +83,9 @@ class ChunkCache:
             order = list(todo.values())
             chunks = self.encoder.encode_ids([(items[i].id, ids[i]) for i in order], self.presses)
             for i, chunk in zip(order, chunks, strict=True):
-                self.store.put(keys[i], chunk)
+                # chunk.key, not keys[i]: should the weights change between lookup and encoding,
+                # the chunk is stored under the key of the weights that made it
+                self.store.put(chunk.key, chunk)
                 found[keys[i].digest] = chunk
         t2 = time.perf_counter()
         out = [found[k.digest] for k in keys]

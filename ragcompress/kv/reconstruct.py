@@ -13,10 +13,12 @@ encoder's ``max_batch_tokens`` bounds the batch.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models import cache_kwargs, eager_attention
+from ragcompress.kv.eager import eager_view
+from ragcompress.models import cache_kwargs
 
 if TYPE_CHECKING:
     import torch
@@ -83,13 +85,16 @@ def reconstruction_scores(
         rows[i, :q] = True
         # positions continue right after this row's passage, as if the padding were not there
         pos[i] = torch.arange(prefix_len + m, prefix_len + m + r, device=dev)
-    layers = getattr(getattr(model, "model", model), "layers", None)
+    view = eager_view(model)  # the model's tensors with eager attention; the model is untouched
+    layers = getattr(getattr(view, "model", view), "layers", None)
     if layers is None:
         raise ValueError(f"{type(model).__name__} has no model.layers: kvzip cannot hook its attention")
     scores: list[torch.Tensor | None] = [None] * len(layers)
 
     def hook(idx: int) -> Any:
         def reduce(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
+            if threading.get_ident() != caller:  # another request's pass through the shared view
+                return None
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if weights is None:
                 raise RuntimeError("attention weights are missing: kvzip needs eager attention")
@@ -100,15 +105,18 @@ def reconstruction_scores(
 
         return reduce
 
+    # Hooks live on the view, shared by every request that needs attention weights: each
+    # request's hooks act only on the forward its own thread runs.
+    caller = threading.get_ident()
     handles = [
         layer.self_attn.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)
     ]
     try:
-        with torch.inference_mode(), eager_attention(model):
-            model(
+        with torch.inference_mode():
+            view(
                 input_ids=ids,
                 attention_mask=mask,
-                **cache_kwargs(model, cache),
+                **cache_kwargs(view, cache),
                 position_ids=pos,
                 cache_position=torch.arange(prefix_len + width, prefix_len + width + r, device=dev),
                 use_cache=True,

@@ -1,0 +1,102 @@
+"""The model fingerprint: an exact hash of a model's weights, recomputed when they change.
+
+``model_fingerprint`` hashes the config, every parameter and buffer (name, dtype, shape and
+every byte) with BLAKE2b. Hashing an 8B model takes seconds, so the result is kept per model
+and keyed by :func:`weights_version`, a cheap token over the tensors' identity: storage
+address, dtype, shape, device and autograd version counter. The full hash is recomputed only
+when that token changes. What the token sees (and what it cannot) is in docs/design.md
+("Model fingerprint"); :func:`forget_fingerprint` covers the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import weakref
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+__all__ = ["forget_fingerprint", "model_fingerprint", "weights_version"]
+
+# Bytes copied to the host and hashed at a time: bounds the host memory a large tensor needs.
+_BLOCK = 64 << 20
+
+_CACHE: weakref.WeakKeyDictionary[Any, tuple[Hashable, str]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _tensors(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
+    """Parameters then buffers, by name (tied tensors once)."""
+    params = sorted(model.named_parameters(), key=lambda kv: kv[0])
+    buffers = sorted(model.named_buffers(), key=lambda kv: kv[0])
+    return [(f"p:{n}", t) for n, t in params] + [(f"b:{n}", t) for n, t in buffers]
+
+
+def weights_version(model: PreTrainedModel) -> Hashable:
+    """A token that changes whenever a tensor of ``model`` is replaced, cast, moved or written in
+    place through autograd's view of it (``copy_``, ``add_``, optimizer steps): per tensor its
+    name, storage address, dtype, shape, device and ``_version`` counter. Cheap (no data read)."""
+    return tuple(
+        (name, t.data_ptr(), t.dtype, tuple(t.shape), t.device, t._version) for name, t in _tensors(model)
+    )
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """``name:hash``: BLAKE2b of the config and of every parameter and buffer (name, dtype, shape,
+    bytes). Hashed once per :func:`weights_version`; thread-safe."""
+    token = weights_version(model)
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == token:
+        return cached[1]
+    with _LOCK:  # one thread hashes; the others wait for its result instead of hashing too
+        token = weights_version(model)
+        cached = _CACHE.get(model)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        fp = _full_hash(model)
+        _CACHE[model] = (token, fp)
+        return fp
+
+
+def forget_fingerprint(model: PreTrainedModel) -> None:
+    """Drop the kept fingerprint of ``model``: call after changing weights in a way the version
+    token cannot see (in-place writes through ``param.data``); the next use rehashes."""
+    with _LOCK:
+        _CACHE.pop(model, None)
+
+
+def _full_hash(model: PreTrainedModel) -> str:
+    import torch
+
+    tensors = _tensors(model)
+    with torch.no_grad(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        # hashlib releases the GIL on large buffers: tensors hash in parallel
+        digests = list(pool.map(_tensor_digest, [t for _, t in tensors]))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    h.update(str(model.dtype).encode())
+    for (name, t), digest in zip(tensors, digests, strict=True):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(digest)
+    name = str(getattr(model.config, "name_or_path", "") or type(model).__name__).replace(":", "_")
+    return f"{name}:{h.hexdigest()}"
+
+
+def _tensor_digest(tensor: torch.Tensor) -> bytes:
+    """BLAKE2b of a tensor's bytes in logical (row-major) order, copied to the host a block at a time."""
+    import torch
+
+    flat = tensor.detach().reshape(-1)
+    h = hashlib.blake2b(digest_size=32)
+    step = max(1, _BLOCK // max(1, flat.element_size()))
+    for start in range(0, flat.numel(), step):
+        block = flat[start : start + step].contiguous().cpu()
+        # numpy has no bfloat16/float8: hash the raw bytes through a byte view (no copy)
+        h.update(block.view(torch.uint8).numpy())
+    return h.digest()
