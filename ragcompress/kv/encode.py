@@ -107,7 +107,9 @@ class ChunkEncoder:
 
     def _keys(self, ids: Sequence[Sequence[int]], presses: Sequence[KVPress], model: str) -> list[ChunkKey]:
         pf = press_fingerprint(presses)
-        return [ChunkKey(model=model, layout=self._layout_fp, presses=pf, tokens=tokens_digest(i)) for i in ids]
+        return [
+            ChunkKey(model=model, layout=self._layout_fp, presses=pf, tokens=tokens_digest(i)) for i in ids
+        ]
 
     def encode(
         self, passages: Sequence[Passage] | Sequence[str], presses: Sequence[KVPress] = ()

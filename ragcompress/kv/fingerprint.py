@@ -98,5 +98,5 @@ def _tensor_digest(tensor: torch.Tensor) -> bytes:
     for start in range(0, flat.numel(), step):
         block = flat[start : start + step].contiguous().cpu()
         # numpy has no bfloat16/float8: hash the raw bytes through a byte view (no copy)
-        h.update(block.view(torch.uint8).numpy())
+        h.update(block.view(torch.uint8).numpy().data)
     return h.digest()

@@ -21,6 +21,7 @@ __all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "press_fingerprint
 # Bump when the meaning of stored tensors or metadata changes; old files then miss.
 FORMAT_VERSION = 1
 
+
 def press_fingerprint(presses: Sequence[Any]) -> str:
     """Canonical JSON of the presses' specs (``"[]"`` without presses)."""
     from ragcompress.registry import spec_of
