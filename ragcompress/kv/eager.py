@@ -9,7 +9,10 @@ a shallow copy that shares its parameter and buffer dicts with the original (so 
 updates, casts, device moves and replaced tensors are seen at once), with its own hook dicts
 (hooks registered on the view do not fire on the model) and its own copy of the config, set
 to eager. The model itself is never changed; concurrent requests pick per call which tree
-runs.
+runs. Passes that reduce the weights inside the forward (kvzip's reconstruction) use
+:func:`tap_attention`: one hook per attention module, installed when the view is built,
+calls the function the *calling thread* set, so requests sharing the view never see each
+other's observers.
 """
 
 from __future__ import annotations
@@ -19,22 +22,27 @@ import functools
 import threading
 import types
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["eager_view"]
+__all__ = ["eager_view", "tap_attention"]
 
 _VIEWS: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+# The calling thread's attention tap (see tap_attention): hooks are installed once, when a view
+# is built, and never added or removed afterwards, since torch iterates a module's hook dicts
+# unlocked and another thread may be inside that module's forward at any moment.
+_TAP = threading.local()
+_TAPPED = "_ragcompress_tapped"  # attribute set on views whose attention modules carry a tap
 
 
 def eager_view(model: PreTrainedModel) -> PreTrainedModel:
-    """``model`` itself when it already runs eager attention, else its eager view (kept per
-    model; rebuilt when modules are added, removed or replaced, e.g. by adapter injection)."""
-    if model.config._attn_implementation == "eager":
-        return model
+    """The eager view of ``model`` (kept per model; rebuilt when modules are added, removed or
+    replaced, e.g. by adapter injection). Thread-safe."""
     structure = tuple(map(id, model.modules()))
     kept = _VIEWS.get(model)
     if kept is not None and kept[0] == structure:
@@ -46,7 +54,33 @@ def eager_view(model: PreTrainedModel) -> PreTrainedModel:
         return kept[1]  # type: ignore[no-any-return]
 
 
+@contextmanager
+def tap_attention(view: PreTrainedModel, fn: Callable[[int, Any], Any]) -> Iterator[None]:
+    """Inside the block, ``fn(layer_idx, output)`` receives the output (attention output,
+    weights (batch, heads, queries, keys), ...) of every ``model.layers[i].self_attn`` of
+    ``view`` in the forwards *this thread* runs, and returns what the layer passes on."""
+    if not getattr(view, _TAPPED, False):
+        raise ValueError(f"{type(view).__name__} has no model.layers[i].self_attn to observe")
+    if getattr(_TAP, "fn", None) is not None:
+        raise RuntimeError("tap_attention blocks do not nest")
+    _TAP.fn = fn
+    try:
+        yield
+    finally:
+        _TAP.fn = None
+
+
+def _tap(idx: int) -> Callable[[Any, Any, Any], Any]:
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        fn = getattr(_TAP, "fn", None)
+        return None if fn is None else fn(idx, output)
+
+    return hook
+
+
 def _build(model: PreTrainedModel) -> PreTrainedModel:
+    import torch
+
     configs = _config_copies(model.config)
     twins: dict[int, Any] = {}
     for module in model.modules():
@@ -64,6 +98,15 @@ def _build(model: PreTrainedModel) -> PreTrainedModel:
                 twin.__dict__[name] = _rebind(value, twins, configs)
     view = twins[id(model)]
     view.set_attn_implementation("eager")  # on the view's own config copies only
+    layers = getattr(getattr(view, "model", view), "layers", None)
+    if layers is not None and all(hasattr(layer, "self_attn") for layer in layers):
+        for i, layer in enumerate(layers):
+            layer.self_attn.register_forward_hook(_tap(i))
+        setattr(view, _TAPPED, True)
+    # One token with output_attentions before the view is shared: transformers installs its
+    # output-capturing hooks lazily on the first such call, which must not race with forwards.
+    with torch.inference_mode():
+        view(input_ids=torch.zeros((1, 1), dtype=torch.long, device=model.device), output_attentions=True)
     return view  # type: ignore[no-any-return]
 
 
