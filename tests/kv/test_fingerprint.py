@@ -147,3 +147,20 @@ def test_in_place_cast_misses_and_answers_like_a_fresh_model(model, tokenizer) -
     assert after.stats.extra["chunks_hit"] == 0
     fresh = answerer(copy.deepcopy(model), tokenizer).answer(QUESTION, PASSAGES)
     assert after.token_ids == fresh.token_ids
+
+
+def test_fast_answerer_repacks_the_prefix_after_an_in_place_change(model, tokenizer) -> None:
+    from ragcompress.kv.fast_answer import FastKVAnswerer
+
+    def fast(m) -> FastKVAnswerer:
+        gen = Generator.from_model(m, tokenizer, max_new_tokens=6)
+        return FastKVAnswerer.from_generator(gen, capacity=512, max_question=64)
+
+    ans = fast(model)
+    ans.answer(QUESTION, PASSAGES)
+    with torch.no_grad():
+        for p in model.model.layers[0].parameters():
+            p.mul_(1.25)
+    after = ans.answer(QUESTION, PASSAGES)
+    assert after.stats.extra["chunks_hit"] == 0
+    assert after.token_ids == fast(copy.deepcopy(model)).answer(QUESTION, PASSAGES).token_ids
