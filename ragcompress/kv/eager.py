@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.kv.fingerprint import submodules
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -43,7 +45,7 @@ _TAPPED = "_ragcompress_tapped"  # attribute set on views whose attention module
 def eager_view(model: PreTrainedModel) -> PreTrainedModel:
     """The eager view of ``model`` (kept per model; rebuilt when modules are added, removed or
     replaced, e.g. by adapter injection). Thread-safe."""
-    structure = tuple(map(id, model.modules()))
+    structure = (id(model), *map(id, submodules(model)))
     kept = _VIEWS.get(model)
     if kept is not None and kept[0] == structure:
         return kept[1]  # type: ignore[no-any-return]

@@ -1,9 +1,9 @@
 """The model fingerprint: an exact hash of a model's weights, recomputed when they change.
 
-``model_fingerprint`` hashes the config, every parameter and buffer (name, dtype, shape and
-every byte) with BLAKE2b. Hashing an 8B model takes seconds, so the result is kept per model
-and keyed by :func:`weights_version`, a cheap token over the tensors' identity: storage
-address, dtype, shape, device and autograd version counter. The full hash is recomputed only
+``model_fingerprint`` hashes the config, every parameter and persistent buffer (name, dtype,
+shape and every byte) with BLAKE2b. Hashing an 8B model takes seconds, so the result is kept per model
+and keyed by :func:`weights_version`, a cheap token over the module tree and the tensors'
+identity: storage address, dtype and autograd version counter. The full hash is recomputed only
 when that token changes. What the token sees (and what it cannot) is in docs/design.md
 ("Model fingerprint"); :func:`forget_fingerprint` covers the rest.
 """
@@ -20,32 +20,76 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from torch.nn import Module
     from transformers import PreTrainedModel
 
-__all__ = ["forget_fingerprint", "model_fingerprint", "weights_version"]
+__all__ = ["forget_fingerprint", "model_fingerprint", "submodules", "weights_version"]
 
 # Bytes copied to the host and hashed at a time: bounds the host memory a large tensor needs.
 _BLOCK = 32 << 20
 _STAGING = threading.local()  # per hashing thread: a pinned host buffer of _BLOCK bytes
 
 _CACHE: weakref.WeakKeyDictionary[Any, tuple[Hashable, str]] = weakref.WeakKeyDictionary()
+_MODULES: weakref.WeakKeyDictionary[Any, tuple[list[Any], tuple[int, ...]]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
 def _tensors(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
-    """Parameters then buffers, by name (tied tensors once)."""
+    """Parameters then persistent buffers, by name (tied tensors once). Non-persistent buffers
+    (rotary tables, masks) are derived from the config, which is hashed."""
     params = sorted(model.named_parameters(), key=lambda kv: kv[0])
-    buffers = sorted(model.named_buffers(), key=lambda kv: kv[0])
+    buffers = sorted(
+        (f"{prefix}.{name}".lstrip("."), buf)
+        for prefix, module in model.named_modules()
+        for name, buf in module._buffers.items()
+        if buf is not None and name not in module._non_persistent_buffers_set
+    )
     return [(f"p:{n}", t) for n, t in params] + [(f"b:{n}", t) for n, t in buffers]
 
 
+def submodules(model: Module) -> list[Module]:
+    """``model.modules()`` minus ``model`` itself, each once; kept per model and walked again
+    only when some module's children changed (an identity check, cheaper than the walk)."""
+    return _walk(model)[0][1:]
+
+
+def _walk(model: Module) -> tuple[list[Module], tuple[int, ...]]:
+    """``([model, *submodules], identity of every module's children)``."""
+    kept = _MODULES.get(model)
+    if kept is not None:
+        mods = [model, *kept[0]]
+        children = _children(mods)
+        if children == kept[1]:
+            return mods, children
+    # the root is left out of what is kept: the kept list must not hold the weak key alive
+    mods = [model, *(m for m in model.modules() if m is not model)]
+    children = _children(mods)
+    _MODULES[model] = (mods[1:], children)
+    return mods, children
+
+
+def _children(mods: list[Module]) -> tuple[int, ...]:
+    return tuple(id(c) for m in mods for c in m._modules.values())
+
+
 def weights_version(model: PreTrainedModel) -> Hashable:
-    """A token that changes whenever a tensor of ``model`` is replaced, cast, moved or written in
-    place through autograd's view of it (``copy_``, ``add_``, optimizer steps): per tensor its
-    name, storage address, dtype, shape, device and ``_version`` counter. Cheap (no data read)."""
-    return tuple(
-        (name, t.data_ptr(), t.dtype, tuple(t.shape), t.device, t._version) for name, t in _tensors(model)
-    )
+    """A token that changes whenever a module is added or replaced, or a parameter or persistent
+    buffer is replaced, cast, moved (``model.to(...)``, ``param.data = ...``) or written in place
+    through autograd's view of it (``copy_``, ``add_``, optimizer steps): per tensor its storage
+    address, dtype and ``_version`` counter. Reads no data (about a millisecond for the 291
+    tensors and 423 modules of an 8B Llama)."""
+    mods, children = _walk(model)
+    out: list[Any] = [children]
+    for m in mods:
+        out += [(p.data_ptr(), p.dtype, p._version) for p in m._parameters.values() if p is not None]
+        if m._buffers:
+            skip = m._non_persistent_buffers_set
+            out += [
+                (b.data_ptr(), b.dtype, b._version)
+                for n, b in m._buffers.items()
+                if b is not None and n not in skip
+            ]
+    return tuple(out)
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

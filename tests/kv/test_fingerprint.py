@@ -164,3 +164,16 @@ def test_fast_answerer_repacks_the_prefix_after_an_in_place_change(model, tokeni
     after = ans.answer(QUESTION, PASSAGES)
     assert after.stats.extra["chunks_hit"] == 0
     assert after.token_ids == fast(copy.deepcopy(model)).answer(QUESTION, PASSAGES).token_ids
+
+
+def test_replaced_module_changes_it_and_the_eager_view_follows(model) -> None:
+    from ragcompress.kv.eager import eager_view
+
+    before, view = model_fingerprint(model), eager_view(model)
+    mlp = model.model.layers[0].mlp
+    new = torch.nn.Linear(mlp.down_proj.in_features, mlp.down_proj.out_features, bias=False)
+    mlp.down_proj = new.requires_grad_(False)  # what adapter injection does
+    assert model_fingerprint(model) != before
+    rebuilt = eager_view(model)
+    assert rebuilt is not view
+    assert rebuilt.model.layers[0].mlp.down_proj.weight is new.weight
