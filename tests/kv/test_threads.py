@@ -118,3 +118,21 @@ def test_eager_view_shares_the_weights_and_leaves_the_model_alone(tiny_llama) ->
     finally:
         handle.remove()
     assert eager_view(tiny_llama) is view  # built once per model
+
+
+def test_kept_views_and_fingerprints_do_not_keep_the_model_alive(tokenizer) -> None:
+    import gc
+    import weakref
+
+    from ragcompress.kv.encode import prefix_kv
+    from ragcompress.kv.fingerprint import model_fingerprint
+    from ragcompress.testing import make_tiny_llama
+
+    model = make_tiny_llama(len(tokenizer), seed=5)
+    eager_view(model)
+    model_fingerprint(model)
+    prefix_kv(model, Generator.from_model(model, tokenizer).layout)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
