@@ -8,6 +8,7 @@ positions (evicted tokens keep their original positions).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["Answer", "GenerationStats", "Generator"]
+
+# Guards the lazy loads below: threads sharing a generator must not build two models/layouts.
+_INIT = threading.RLock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,9 @@ class Generator:
         if self._lm is None:
             from ragcompress.models import load_reader
 
-            self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
+            with _INIT:
+                if self._lm is None:
+                    self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
         return self._lm
 
     @property
@@ -103,13 +109,17 @@ class Generator:
         if self._tok is None:
             from ragcompress.models import load_tokenizer
 
-            self._tok = load_tokenizer(self.model)
+            with _INIT:
+                if self._tok is None:
+                    self._tok = load_tokenizer(self.model)
         return self._tok
 
     @property
     def layout(self) -> PromptLayout:
         if self._layout is None:
-            self._layout = PromptLayout(self.tokenizer, system=self.system)
+            with _INIT:
+                if self._layout is None:
+                    self._layout = PromptLayout(self.tokenizer, system=self.system)
         return self._layout
 
     @property

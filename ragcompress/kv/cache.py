@@ -95,16 +95,15 @@ class ChunkCache:
         self._claims_lock = threading.Lock()
 
     def keys(self, passages: Sequence[Passage] | Sequence[str]) -> list[ChunkKey]:
-        return [
-            self.encoder.key(self.encoder.passage_ids(p), self.presses) for p in validate_passages(passages)
-        ]
+        ids = [self.encoder.passage_ids(p) for p in validate_passages(passages)]
+        return self.encoder.keys(ids, self.presses)
 
     def get_or_encode(self, passages: Sequence[Passage] | Sequence[str]) -> tuple[list[KVChunk], CacheStats]:
         """One chunk per passage, in order. A passage repeated in the list is encoded once."""
         t0 = time.perf_counter()
         items = validate_passages(passages)
         ids = [self.encoder.passage_ids(p) for p in items]
-        keys = [self.encoder.key(i, self.presses) for i in ids]
+        keys = self.encoder.keys(ids, self.presses)
         found: dict[str, KVChunk] = {}
         misses: dict[str, str] = {}
         todo: dict[str, _Need] = {}  # digest -> what encoding it needs (first passage needing it)
@@ -240,13 +239,15 @@ class ChunkCache:
 
     def _encode_and_put(self, needs: Sequence[_Need]) -> list[KVChunk]:
         chunks = self.encoder.encode_ids([(pid, ids) for _, pid, ids in needs], self.presses)
-        for (key, _, _), chunk in zip(needs, chunks, strict=True):
+        for chunk in chunks:
             try:
-                self.store.put(key, chunk)
+                # chunk.key, not the lookup key: should the weights change between lookup and
+                # encoding, the chunk is stored under the key of the weights that made it
+                self.store.put(chunk.key, chunk)
             except TIER_ERRORS as err:
                 # Degrade: the request has its chunk; the next one encodes it again.
                 name = type(self.store).__name__
                 log.warning(
-                    "chunk %s not stored in %s: %s: %s", key.digest[:12], name, type(err).__name__, err
+                    "chunk %s not stored in %s: %s: %s", chunk.key.digest[:12], name, type(err).__name__, err
                 )
         return chunks

@@ -27,6 +27,7 @@ from ragcompress.validate import check_request
 
 if TYPE_CHECKING:
     from ragcompress.generate import Answer
+    from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast import FastGenerator, PackedChunk
     from ragcompress.types import Passage
@@ -44,6 +45,7 @@ class FastKVAnswerer(KVAnswerer):
     graphs: bool = True
     _engine: FastGenerator | None = field(default=None, init=False, repr=False)
     _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
+    _prefix_src: PrefixKV | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,8 +55,7 @@ class FastKVAnswerer(KVAnswerer):
     def engine(self) -> FastGenerator:
         """The fast engine, built on first use (its buffer is allocated then)."""
         if self._engine is None:
-            from ragcompress.kv.encode import prefix_kv
-            from ragcompress.kv.fast import FastGenerator, PackedChunk
+            from ragcompress.kv.fast import FastGenerator
 
             gen = self.generator
             self._engine = FastGenerator(
@@ -65,7 +66,6 @@ class FastKVAnswerer(KVAnswerer):
                 buckets=(*(b for b in (16, 32, 64, 128, 256) if b < self.max_question), self.max_question),
                 graphs=self.graphs,
             )
-            self._prefix = PackedChunk.from_prefix(prefix_kv(gen.lm, gen.layout))
         return self._engine
 
     def _tokens(
@@ -73,15 +73,18 @@ class FastKVAnswerer(KVAnswerer):
     ) -> Iterator[int]:
         """Greedy token ids after question ``ids`` (stop tokens end the answer, unyielded);
         ``timing["position"]`` is where the question starts, ``timing["first"]`` when token 1 came."""
+        from ragcompress.kv.encode import prefix_kv
+        from ragcompress.kv.fast import PackedChunk
+
         gen, engine = self.generator, self.engine
         limit = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit > engine.max_new_tokens:
             raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
-        assert self._prefix is not None
-        from ragcompress.kv.encode import prefix_kv
-
+        prefix = prefix_kv(gen.lm, gen.layout)  # kept per weight version: re-pack when it changes
+        if self._prefix is None or self._prefix_src is not prefix:
+            self._prefix, self._prefix_src = PackedChunk.from_prefix(prefix), prefix
         timing["position"], timing["recompute"] = self.assembly.load_fast(
-            engine, self._prefix, gen.lm, prefix_kv(gen.lm, gen.layout), chunks, ids
+            engine, self._prefix, gen.lm, prefix, chunks, ids
         )
         gen._check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
