@@ -91,7 +91,7 @@ def test_compressor_given_as_spec_or_object(documents: list[Document], form: str
 
 
 def test_bad_compressor_and_budget_are_rejected_clearly() -> None:
-    with pytest.raises(KeyError, match="no_such_method"):
+    with pytest.raises(ValueError, match="no_such_method"):
         RagCompressDocumentCompressor(compressor={"name": "no_such_method"})
     with pytest.raises(TypeError, match="compress_with_stats"):
         RagCompressDocumentCompressor(compressor=object())

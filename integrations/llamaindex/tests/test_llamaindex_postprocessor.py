@@ -153,7 +153,7 @@ def test_compressor_given_as_spec_or_object(form: str) -> None:
 
 
 def test_bad_compressor_budget_and_nodes_are_rejected_clearly() -> None:
-    with pytest.raises(KeyError, match="no_such_method"):
+    with pytest.raises(ValueError, match="no_such_method"):
         RagCompressNodePostprocessor(compressor={"name": "no_such_method"})
     with pytest.raises(TypeError, match="compress_with_stats"):
         RagCompressNodePostprocessor(compressor=object())
