@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
@@ -23,9 +24,9 @@ OBSERVED = {"name": "observed", "ratio": 0.5}
 KNORM = {"name": "knorm", "ratio": 0.25}
 KVZIP = {"name": "kvzip", "ratio": 0.5}
 QUANTIZE = {"name": "quantize", "bits": 4, "group_size": 8}
-# An attention press after an eviction (the one apply_presses broke), a reconstruction press
+# An attention press after an eviction (the chain a plain list used to break), a reconstruction press
 # after one, and a quantization after both evictions.
-CHAINS = {
+CHAINS: dict[str, list[dict[str, Any]]] = {
     "window-observed": [WINDOW, OBSERVED],
     "knorm-kvzip": [KNORM, KVZIP],
     "window-observed-quantize": [WINDOW, OBSERVED, QUANTIZE],
