@@ -26,7 +26,7 @@ from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode import ChunkEncoder
 from ragcompress.kv.key import ChunkKey
 from ragcompress.kv.lease import Lease, leases_for
-from ragcompress.kv.press import KVPress
+from ragcompress.kv.press import KVPress, build_presses
 from ragcompress.kv.store import ChunkStore
 from ragcompress.types import Passage, validate_passages
 
@@ -80,15 +80,16 @@ class ChunkCache:
         lease_s: float = 30.0,
         poll_s: float = 0.05,
     ) -> None:
-        from ragcompress.registry import build
-
         if not lease_s > 0:
             raise ValueError(f"lease_s must be positive, got {lease_s!r}")
         if not 0 < poll_s <= lease_s:
             raise ValueError(f"poll_s must be positive and at most lease_s, got {poll_s!r}")
         self.encoder = encoder
         self.store = store
-        self.presses: tuple[KVPress, ...] = tuple(build(p) for p in presses)
+        # One press (a list composes into one, as in every other entry point): the chunks and
+        # keys of a list and of its ComposedPress are the same.
+        press = build_presses(presses)
+        self.presses: tuple[KVPress, ...] = () if press is None else (press,)
         self.lease_s, self.poll_s = float(lease_s), float(poll_s)
         self.leases = leases_for(store)
         self._claims: dict[str, Future[KVChunk]] = {}  # digest -> the chunk a thread is encoding

@@ -19,7 +19,7 @@ from ragcompress.kv.chunk import DenseLayer, KVChunk
 from ragcompress.kv.eager import eager_view
 from ragcompress.kv.fingerprint import model_fingerprint, weights_version
 from ragcompress.kv.key import ChunkKey, press_fingerprint, tokens_digest
-from ragcompress.kv.press import KVPress, apply_presses
+from ragcompress.kv.press import KVPress, build_presses
 from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
 from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
@@ -105,7 +105,9 @@ class ChunkEncoder:
         """The keys of several passages (token ids), the model fingerprinted once for all."""
         return self._keys(ids, presses, model_fingerprint(self.model))
 
-    def _keys(self, ids: Sequence[Sequence[int]], presses: Sequence[KVPress], model: str) -> list[ChunkKey]:
+    def _keys(
+        self, ids: Sequence[Sequence[int]], presses: Sequence[KVPress] | KVPress | None, model: str
+    ) -> list[ChunkKey]:
         pf = press_fingerprint(presses)
         return [
             ChunkKey(model=model, layout=self._layout_fp, presses=pf, tokens=tokens_digest(i)) for i in ids
@@ -121,7 +123,9 @@ class ChunkEncoder:
     def encode_ids(
         self, items: Sequence[tuple[str, Sequence[int]]], presses: Sequence[KVPress] = ()
     ) -> list[KVChunk]:
-        """``items``: (passage id for error messages, passage token ids). Chunks in input order."""
+        """``items``: (passage id for error messages, passage token ids). Chunks in input order.
+        ``presses`` are applied first to last, composed into one press (:func:`build_presses`)."""
+        press = build_presses(presses)
         plen = self.prefix.length
         limit = self.context_limit
         for pid, ids in items:
@@ -138,18 +142,18 @@ class ChunkEncoder:
         for i in order:
             longest = len(items[i][1])  # sorted ascending: the newcomer is the longest
             if batch and (len(batch) + 1) * longest > self.max_batch_tokens:
-                self._encode_batch(items, batch, presses, out)
+                self._encode_batch(items, batch, press, out)
                 batch = []
             batch.append(i)
         if batch:
-            self._encode_batch(items, batch, presses, out)
+            self._encode_batch(items, batch, press, out)
         return [c for c in out if c is not None]
 
     def _encode_batch(
         self,
         items: Sequence[tuple[str, Sequence[int]]],
         batch: list[int],
-        presses: Sequence[KVPress],
+        press: KVPress | None,
         out: list[KVChunk | None],
     ) -> None:
         import torch
@@ -173,8 +177,8 @@ class ChunkEncoder:
             ],
             config=model.config,
         )
-        needs_attn = any(getattr(p, "needs_attention", False) for p in presses)
-        prompt = reconstruction_prompt(presses)
+        needs_attn = bool(getattr(press, "needs_attention", False))
+        prompt = reconstruction_prompt([] if press is None else [press])
         # Attention weights come from the model's eager view: the model itself is never switched
         # (other threads may be running it).
         runner = eager_view(model) if needs_attn else model
@@ -197,7 +201,7 @@ class ChunkEncoder:
                 model, cache, [items[i][1] for i in batch], prompt_ids, plen, n, int(pad)
             )
         # The prefix's fingerprint: chunks always match the prefix they were encoded after.
-        keys = self._keys([items[i][1] for i in batch], presses, prefix.model)
+        keys = self._keys([items[i][1] for i in batch], press, prefix.model)
         for row, i in enumerate(batch):
             m = lens[row]
             layers = []
@@ -209,13 +213,11 @@ class ChunkEncoder:
                 attn = res.attentions[li][row, :, :m, plen : plen + m] if needs_attn else None
                 if recon is not None:
                     attn = recon[li][row, :, None, :m]  # (num_attention_heads, 1, m)
-                layers.append(
-                    apply_presses(dense, tuple(presses), layer_idx=li, attn=attn) if presses else dense
-                )
+                layers.append(dense if press is None else press(dense, layer_idx=li, attn=attn))
             counts = {layer.num_tokens for layer in layers}
             if len(counts) != 1:
                 raise ValueError(
-                    f"presses {press_fingerprint(presses)} kept different token counts per layer {counts} "
+                    f"presses {press_fingerprint(press)} kept different token counts per layer {counts} "
                     f"for passage {items[i][0]!r}; every layer must keep the same number"
                 )
             out[i] = KVChunk(

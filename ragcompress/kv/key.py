@@ -23,11 +23,16 @@ __all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "press_fingerprint
 FORMAT_VERSION = 2
 
 
-def press_fingerprint(presses: Sequence[Any]) -> str:
-    """Canonical JSON of the presses' specs (``"[]"`` without presses)."""
+def press_fingerprint(presses: Any) -> str:
+    """Canonical JSON ``[spec]`` of the one press that ``presses`` (a press, a spec or a list of
+    them) build into (:func:`~ragcompress.kv.press.build_presses`); ``"[]"`` without presses.
+    Every form of the same chain (a list, a ``ComposedPress``, nested or not) gives one value."""
+    from ragcompress.kv.press import build_presses
     from ragcompress.registry import spec_of
 
-    return json.dumps([spec_of(p) for p in presses], sort_keys=True, separators=(",", ":"))
+    press = build_presses(presses)
+    specs = [] if press is None else [spec_of(press)]
+    return json.dumps(specs, sort_keys=True, separators=(",", ":"))
 
 
 def tokens_digest(token_ids: Sequence[int]) -> str:

@@ -8,14 +8,15 @@ tokens, quantized, low-rank, …). Every layer and head must keep the same numbe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import ChunkLayer, DenseLayer
 
-__all__ = ["KVPress", "apply_presses"]
+__all__ = ["KVPress", "build_presses"]
 
 
 @runtime_checkable
@@ -34,18 +35,43 @@ class KVPress(Protocol):
         ...
 
 
-def apply_presses(
-    layer: DenseLayer,
-    presses: tuple[KVPress, ...] | list[KVPress],
-    *,
-    layer_idx: int,
-    attn: torch.Tensor | None,
-) -> ChunkLayer:
-    """Run presses in order; a press after one that returned a compressed layer sees it densified."""
-    from ragcompress.kv.chunk import DenseLayer
+def build_presses(specs: Any) -> KVPress | None:
+    """The one press that ``specs`` describe, or None for no compression.
 
-    out: ChunkLayer = layer
-    for press in presses:
-        dense = out if isinstance(out, DenseLayer) else DenseLayer(*out.dense())
-        out = press(dense, layer_idx=layer_idx, attn=attn)
-    return out
+    ``specs``: a press object or spec (dict, name, JSON string), or a sequence of them applied
+    first to last. Every form of the same chain builds the same press, so the same chunk key
+    (:func:`~ragcompress.kv.key.press_fingerprint` calls this): a one-item list is its press,
+    several are one :class:`~ragcompress.kv.presses.compose.ComposedPress` (which restricts an
+    attention press's input to the tokens earlier presses kept), and nested compositions are
+    flattened (the same presses in the same order do the same thing).
+    """
+    from ragcompress.kv.presses.compose import ComposedPress
+    from ragcompress.registry import build, lookup
+
+    if specs is None:
+        return None
+    many = isinstance(specs, Sequence) and not isinstance(specs, str | bytes)
+    parts = []
+    for i, spec in enumerate(specs if many else [specs]):
+        press = build(spec)
+        kind = lookup(press.registered_name)[0]
+        if kind != "press":
+            raise TypeError(
+                f"presses item #{i} ({press.registered_name!r}) is a {kind} compressor, not a KV press"
+            )
+        parts.append(press)
+    flat = [leaf for p in parts for leaf in _leaves(p)]
+    if len(flat) <= 1:
+        return flat[0] if flat else None
+    if len(parts) == 1 and not any(isinstance(p, ComposedPress) for p in parts[0].presses):
+        return cast("KVPress", parts[0])  # already one flat composition
+    return cast("KVPress", ComposedPress(flat))
+
+
+def _leaves(press: Any) -> list[Any]:
+    """The presses a (possibly nested) composition applies, in order; ``[press]`` otherwise."""
+    from ragcompress.kv.presses.compose import ComposedPress
+
+    if isinstance(press, ComposedPress):
+        return [leaf for p in press.presses for leaf in _leaves(p)]
+    return [press]
