@@ -206,7 +206,10 @@ class Pipeline:
         steps = spec.get("compressors") if compressors is None else compressors
         if kv is None and spec.get("kv") is not None:
             section = _section(spec, "kv", _KV_KEYS)
-            kv = KVSpec(**{**section, "presses": tuple(section.get("presses") or ())})
+            presses = section.get("presses") or ()
+            # one press may be written as a single spec (a mapping or a name), not only as a list
+            presses = (presses,) if isinstance(presses, dict | str) else tuple(presses)
+            kv = KVSpec(**{**section, "presses": presses})
         return cls(
             generator=generator,
             compressor=_build_compressor(steps),

@@ -100,3 +100,11 @@ def test_a_yaml_presses_list_gives_the_composed_key(generator, tmp_path) -> None
     assert pipe.kv.cache.keys(PASSAGES) == composed.cache.keys(PASSAGES)
     out = pipe.run(QUESTION, PASSAGES)  # encodes through the composition: no shape error
     assert out.generation.extra["chunks_encoded"] == len(PASSAGES)
+
+
+def test_a_yaml_single_press_mapping_is_one_press(generator, tmp_path) -> None:
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump({"compressors": [], "kv": {"presses": WINDOW}}))
+    pipe = Pipeline.from_yaml(path, generator=generator)
+    single = KVAnswerer.from_generator(generator, presses=[WINDOW])
+    assert pipe.kv.cache.keys(PASSAGES) == single.cache.keys(PASSAGES)
