@@ -78,18 +78,19 @@ def test_damaged_chunk_in_each_tier_of_a_signed_stack(
 
 # -- one small case of each scenario module of benchmarks/faults (issue #13), so it cannot rot --
 @pytest.fixture
-def env(
-    tmp_path: Path, redis_server: Any, redis_url: str, model_dir: str, tiny_llama: Any, tokenizer: Any
-) -> Any:
+def env(tmp_path: Path, redis_server: Any, redis_url: str, model_dir: str) -> Any:
     import sys
 
     from ragcompress.kv.encode import ChunkEncoder
+    from ragcompress.models import load_reader
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: `benchmarks`
     from benchmarks.faults.common import Env
 
-    encoder = ChunkEncoder(tiny_llama, tokenizer, max_batch_tokens=1)
-    return Env(tmp_path, model_dir, tiny_llama, tokenizer, encoder, redis_server, quick=True)
+    # Loaded from its folder, as the load scenario's worker processes load it: the same chunk keys.
+    lm, tok = load_reader(model_dir, "cpu")
+    encoder = ChunkEncoder(lm, tok, max_batch_tokens=1)
+    return Env(tmp_path, model_dir, lm, tok, encoder, redis_server, quick=True)
 
 
 SCENARIOS = [
