@@ -1,8 +1,11 @@
 """The ``ragcompress`` command line: demo, ask, index, bench, models.
 
 Results go to stdout (``--json``: one JSON object per line); progress and library logs go to
-stderr, so ``ragcompress demo --json | jq`` sees clean JSON lines. Bad input exits with status 2
-and a message naming the item.
+stderr, so ``ragcompress demo --json | jq`` sees clean JSON lines. Bad input, and every expected
+error (a value, type, store or OS error: a bad store URL, an unreachable Redis, a document too
+long for the model, a missing file), exits with status 2 and one line
+``ragcompress COMMAND: error: ...`` on stderr, URLs redacted. ``RAGCOMPRESS_DEBUG=1`` lets the
+exception through with its traceback instead.
 """
 
 from __future__ import annotations
@@ -100,6 +103,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser, kv: bool = False) -> None:
             "--store", metavar="URL", help="with --kv: chunk store URL (memory://, file:///dir, redis://…)"
         )
         g.add_argument(
+            "--assembly",
+            metavar="SPEC_JSON",
+            help='with --kv: how chunks are assembled, e.g. \'{"name": "blend", "recompute": 0.15}\' '
+            'or \'{"name": "ape"}\' (default concat; spec: kv.assembly)',
+        )
+        g.add_argument(
             "--fast-capacity",
             metavar="TOKENS",
             type=int,
@@ -123,6 +132,8 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
     if args.dtype:
         spec.setdefault("generator", {})["dtype"] = args.dtype
     if args.max_new_tokens is not None:
+        if args.max_new_tokens < 0:
+            raise UsageError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
         spec.setdefault("generator", {})["max_new_tokens"] = args.max_new_tokens
     if args.k is not None:
         if args.k < 1:
@@ -137,15 +148,26 @@ def _load_pipeline(args: argparse.Namespace) -> Pipeline:
     if getattr(args, "kv", False):
         base = spec.pop("kv", None) or {}
         presses = _json_arg("--press", args.press) if args.press else base.get("presses") or []
+        if args.store and args.cache_dir:
+            raise UsageError("give --store URL or --cache-dir DIR, not both (file:///DIR is a disk store)")
+        # An explicit --store replaces the spec's whole storage, its default cache_dir included.
+        cache_dir = args.cache_dir or (None if args.store else base.get("cache_dir"))
+        fast = args.fast_capacity if args.fast_capacity is not None else base.get("fast_capacity")
+        if fast is not None and fast < 1:
+            raise UsageError(f"--fast-capacity must be >= 1 context tokens, got {fast}")
         kv = KVSpec(
-            cache_dir=args.cache_dir or base.get("cache_dir"),
+            cache_dir=cache_dir,
             presses=tuple(presses if isinstance(presses, list) else [presses]),
             store=args.store or base.get("store"),
             memory_bytes=int(base.get("memory_bytes", 2 << 30)),
-            fast_capacity=args.fast_capacity or base.get("fast_capacity"),
+            fast_capacity=fast,
+            assembly=_json_arg("--assembly", args.assembly) if args.assembly else base.get("assembly"),
         )
-    elif any(getattr(args, a, None) for a in ("cache_dir", "press", "store", "fast_capacity")):
-        raise UsageError("--cache-dir, --press, --store and --fast-capacity only apply with --kv")
+    elif any(
+        getattr(args, a, None) is not None
+        for a in ("cache_dir", "press", "store", "fast_capacity", "assembly")
+    ):
+        raise UsageError("--cache-dir, --press, --store, --fast-capacity and --assembly only apply with --kv")
     _log(f"loading pipeline {path.stem} ({path})")
     from ragcompress.types import Budget
 
@@ -260,7 +282,12 @@ def run_bench(name: str, argv: list[str], package: str = "ragcompress.bench") ->
         if err.name and module.startswith(err.name):
             raise UsageError(f"benchmark {name!r} is not available: no module {module}") from err
         raise
-    return int(mod.main(argv) or 0)
+    try:
+        return int(mod.main(argv) or 0)
+    except SystemExit as stop:
+        if isinstance(stop.code, str):  # a benchmark's `raise SystemExit("--limit must be ...")`
+            raise UsageError(stop.code) from None
+        raise
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -352,17 +379,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
-    from ragcompress.corpus import DocumentError
-    from ragcompress.pipeline import PipelineError
-    from ragcompress.retrieve import IndexFormatError
+    from ragcompress.cli_errors import DEBUG_ENV, error_line, expected
 
     try:
         return int(args.func(args))
-    except (UsageError, DocumentError, PipelineError, IndexFormatError) as err:
-        print(f"ragcompress {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # `ragcompress demo --json | head -1`
         return 0
+    except Exception as err:
+        if not expected(err) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"ragcompress {args.command}: error: {error_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

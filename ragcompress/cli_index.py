@@ -23,7 +23,8 @@ def add_index_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argpa
             "--index` reopens. With --store, prefill every passage once into a KV chunk (pressed "
             "with --press) and write it to the chunk store, so that generators pointing at the "
             "same store answer from cached chunks from the first question on. Re-running skips "
-            "chunks the store already holds (idempotent, resumable). --ray spreads encoding over "
+            "chunks the store already holds intact (idempotent, resumable) and re-encodes damaged "
+            "ones. --ray spreads encoding over "
             "a Ray cluster (one actor per GPU, CPU workers otherwise).",
             width=88,
         ),

@@ -8,22 +8,28 @@ positions (evicted tokens keep their original positions).
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
-from ragcompress.types import Passage, validate_passages
+from ragcompress.types import Passage
+from ragcompress.validate import check_max_new_tokens, check_query, check_request
 
 if TYPE_CHECKING:
     import torch
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
+    from ragcompress.kv.assembly import Assembly, Context
     from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["Answer", "GenerationStats", "Generator"]
+
+# Guards the lazy loads below: threads sharing a generator must not build two models/layouts.
+_INIT = threading.RLock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,11 @@ class Generator:
 
     ``model`` is an alias of a packaged model, a local path or an HF id (``None``: the packaged
     SmolLM2-135M-Instruct). Use :meth:`from_model` to wrap an already loaded model.
+
+    Every entry point checks its arguments first (:mod:`ragcompress.validate`): ``query`` is a
+    ``str``; ``passages`` a list of passages or strings (a single string is a ``TypeError``,
+    not one passage per character); ``max_new_tokens`` ``None`` (this generator's
+    ``max_new_tokens``) or an int >= 0, where 0 generates nothing and answers ``""``.
     """
 
     model: str | None = None
@@ -69,6 +80,9 @@ class Generator:
     _lm: Any = field(default=None, init=False, repr=False)
     _tok: Any = field(default=None, init=False, repr=False)
     _layout: PromptLayout | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_max_new_tokens(self.max_new_tokens)
 
     @classmethod
     def from_model(
@@ -85,7 +99,9 @@ class Generator:
         if self._lm is None:
             from ragcompress.models import load_reader
 
-            self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
+            with _INIT:
+                if self._lm is None:
+                    self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
         return self._lm
 
     @property
@@ -93,13 +109,17 @@ class Generator:
         if self._tok is None:
             from ragcompress.models import load_tokenizer
 
-            self._tok = load_tokenizer(self.model)
+            with _INIT:
+                if self._tok is None:
+                    self._tok = load_tokenizer(self.model)
         return self._tok
 
     @property
     def layout(self) -> PromptLayout:
         if self._layout is None:
-            self._layout = PromptLayout(self.tokenizer, system=self.system)
+            with _INIT:
+                if self._layout is None:
+                    self._layout = PromptLayout(self.tokenizer, system=self.system)
         return self._layout
 
     @property
@@ -117,17 +137,18 @@ class Generator:
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Answer:
         """Prefill prefix + passages + question, then decode greedily."""
-        ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
+        ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
         self._check_length(len(ids), max_new_tokens)
         return self.decode(ids, cache=None, max_new_tokens=max_new_tokens)
 
     def stream(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are produced."""
-        ids = self.layout.prompt_ids([p.text for p in validate_passages(passages)], query)
+        """Yield the answer's text piece by piece as tokens are produced (arguments are checked
+        and the prompt tokenized at the call, the model runs as pieces are asked for)."""
+        ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
         self._check_length(len(ids), max_new_tokens)
-        yield from self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
+        return self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
 
     # -- KV path ---------------------------------------------------------------------------
     def generate_from_chunks(
@@ -138,17 +159,25 @@ class Generator:
         *,
         extra: dict[str, Any] | None = None,
         start: float | None = None,
+        assembly: Assembly | Mapping[str, Any] | None = None,
     ) -> Answer:
-        """Assemble the shared prefix + ``chunks`` (in order), prefill only the question, decode.
+        """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
+        prefill only the question, decode.
 
         ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
-        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks`` and ``chunk_tokens``).
+        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
+        ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens recomputed).
         """
         start = time.perf_counter() if start is None else start
-        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
+        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
         timing: dict[str, float] = {}
-        tokens = list(self.iter_tokens(ids, cache, max_new_tokens, position, timing=timing, start=start))
-        return self.chunk_answer(tokens, len(ids), position, chunks, start, timing.get("ttft_ms"), extra)
+        mask = ctx.step_kwargs
+        steps = self.iter_tokens(
+            ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=mask
+        )
+        tokens = list(steps)
+        info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
+        return self.chunk_answer(tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
 
     def chunk_answer(
         self,
@@ -178,21 +207,33 @@ class Generator:
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def stream_from_chunks(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None = None
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None = None,
+        assembly: Assembly | Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate_from_chunks`, yielding the answer's text piece by piece."""
-        ids, cache, position = self._chunk_prompt(query, chunks, max_new_tokens)
-        yield from self._text_pieces(self.iter_tokens(ids, cache, max_new_tokens, position))
+        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
+        yield from self._text_pieces(
+            self.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
+        )
 
     def _chunk_prompt(
-        self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None
-    ) -> tuple[list[int], Cache, int]:
-        from ragcompress.kv.context import chunk_context
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None,
+        assembly: Assembly | Mapping[str, Any] | None,
+    ) -> tuple[list[int], Context]:
+        from ragcompress.kv.context import prepare_context
 
+        check_query(query)
+        check_max_new_tokens(max_new_tokens)
         ids = self.layout.question_ids(query)
-        cache, position = chunk_context(self.lm, self.layout, chunks)
-        self._check_length(position + len(ids), max_new_tokens)
-        return ids, cache, position
+        ctx = prepare_context(self.lm, self.layout, chunks, ids, assembly)
+        self._check_length(ctx.position + len(ids), max_new_tokens)
+        return ids, ctx
 
     # -- shared decode loop (also the KV path's entry point) -------------------------------
     def decode(
@@ -234,13 +275,18 @@ class Generator:
         next_position: int | None = None,
         timing: dict[str, float] | None = None,
         start: float | None = None,
+        step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
     ) -> Iterator[int]:
-        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded)."""
+        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded).
+
+        ``step_kwargs(physical, n)``: extra forward arguments for ``n`` tokens written at cache slot
+        ``physical`` (an assembly mode's attention mask)."""
         import torch
         from transformers import DynamicCache
 
         lm = self.lm
-        limit = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        new = check_max_new_tokens(max_new_tokens)
+        limit = self.max_new_tokens if new is None else new
         start = time.perf_counter() if start is None else start
         cache = DynamicCache(config=lm.config) if cache is None else cache
         physical = _cache_len(cache)
@@ -257,6 +303,7 @@ class Generator:
                     position_ids=torch.arange(position, position + n, device=lm.device)[None],
                     cache_position=torch.arange(physical, physical + n, device=lm.device),
                     logits_to_keep=1,
+                    **(step_kwargs(physical, n) if step_kwargs is not None else {}),
                 )
                 cache = output_cache(out)
                 physical += n

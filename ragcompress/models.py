@@ -19,8 +19,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,21 +81,6 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """``{keyword: cache}`` for ``model(...)``: transformers renamed ``past_key_values`` to ``cache``
     (the old name is deprecated, to be removed in 5.40); this passes whichever the model takes."""
     return {_cache_arg(type(model)): cache}
-
-
-@contextmanager
-def eager_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Run ``model`` with eager attention inside the block (attention weights exist only there),
-    then switch back to what it had."""
-    before = model.config._attn_implementation
-    if before == "eager":
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 def output_cache(out: Any) -> Any:

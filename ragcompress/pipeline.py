@@ -26,7 +26,7 @@ __all__ = ["KVSpec", "Pipeline", "PipelineError", "PipelineResult", "find_pipeli
 _SECTIONS = {"name", "description", "retriever", "compressors", "generator", "kv"}
 _RETRIEVER_KEYS = {"k", "embedder", "index"}
 _GENERATOR_KEYS = {"model", "device", "dtype", "max_new_tokens", "system"}
-_KV_KEYS = {"cache_dir", "presses", "store", "memory_bytes"}
+_KV_KEYS = {"cache_dir", "presses", "store", "memory_bytes", "assembly"}
 
 
 class PipelineError(ValueError):
@@ -67,6 +67,8 @@ class KVSpec:
     it chunks stay in memory, backed by ``cache_dir`` on disk when that is set.
     ``fast_capacity`` (context tokens) answers on the fast engine
     (:class:`~ragcompress.kv.fast_answer.FastKVAnswerer`) instead of transformers' forward.
+    ``assembly`` is an assembly-mode spec (``{"name": "blend", "recompute": 0.15}``, a bare name,
+    or None for ``concat``); a bad one fails in :meth:`build`, before any request.
     """
 
     cache_dir: str | None = None
@@ -74,6 +76,7 @@ class KVSpec:
     store: str | None = None
     memory_bytes: int = 2 << 30
     fast_capacity: int | None = None
+    assembly: Any = None
 
     def build(self, generator: Generator) -> Any:
         """A ``KVAnswerer`` over ``generator`` (imported lazily: the KV path pulls in torch)."""
@@ -86,7 +89,11 @@ class KVSpec:
             store = open_store(self.store, device=str(generator.lm.device))
         cache_dir = str(Path(self.cache_dir).expanduser()) if self.cache_dir else None
         common: dict[str, Any] = dict(
-            cache_dir=cache_dir, presses=list(self.presses), memory_bytes=self.memory_bytes, store=store
+            cache_dir=cache_dir,
+            presses=list(self.presses),
+            memory_bytes=self.memory_bytes,
+            store=store,
+            assembly=self.assembly,
         )
         if self.fast_capacity is not None:
             from ragcompress.kv.fast_answer import FastKVAnswerer

@@ -10,14 +10,26 @@ Each segment is tokenized separately and the ids are concatenated. Both paths us
 these ids, so a KV chunk encoded for one passage holds the same tokens that a full prefill
 of the same prompt would see, whatever precedes it: that is what makes chunk reuse exact
 up to cross-passage attention.
+
+Passage and question text is untrusted: a special token written in it (``<|im_end|>``,
+``<|im_start|>``, ``<|endoftext|>``, any token the tokenizer marks special) is tokenized as
+plain text (``split_special_tokens=True``), never as the control token, so a document cannot
+close the user turn or open a system turn. Text without special-token strings is tokenized
+exactly as before (same ids, same chunk keys). A tokenizer that cannot split special tokens
+gets a ``ValueError`` naming the argument instead of a prompt with injected control tokens.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from ragcompress.validate import check_query
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -25,6 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["PromptLayout"]
 
 _SENTINEL = "\x00RAGCOMPRESS_USER_CONTENT\x00"
+# Fast tokenizers keep split_special_tokens as a flag on the shared Rust tokenizer, set by every
+# call: flipping it for one thread would flip it for the others. Untrusted text goes through a
+# private copy with the flag always on instead.
+_SPLITTERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_SPLITTERS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -44,13 +61,16 @@ class PromptLayout:
     question_template: str = "Question: {query}"
 
     def __post_init__(self) -> None:
-        if "{text}" not in self.document_template:
-            raise ValueError("document_template must contain '{text}'")
-        if "{query}" not in self.question_template:
-            raise ValueError("question_template must contain '{query}'")
+        if self.document_template.count("{text}") != 1:
+            raise ValueError("document_template must contain '{text}' exactly once")
+        if self.question_template.count("{query}") != 1:
+            raise ValueError("question_template must contain '{query}' exactly once")
         head, tail = self._split_template()
         object.__setattr__(self, "_head", head)
         object.__setattr__(self, "_tail", tail)
+        specials, special_ids = _special_tokens(self.tokenizer)
+        object.__setattr__(self, "_specials", specials)
+        object.__setattr__(self, "_special_ids", special_ids)
 
     def _split_template(self) -> tuple[str, str]:
         tok = self.tokenizer
@@ -77,8 +97,42 @@ class PromptLayout:
         # Base models without a chat template: a plain completion prompt.
         return self.system + "\n\n", "\nAnswer:"
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _encode(self, text: str, split_special: bool = False) -> list[int]:
+        if not split_special:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        backend = _splitting_backend(self.tokenizer)
+        if backend is not None:
+            return list(backend.encode(text, add_special_tokens=False).ids)
+        # Python tokenizers read split_special_tokens per call: no shared state to race on.
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+    def _encode_untrusted(self, template: str, user: str, name: str) -> list[int]:
+        """Ids of ``template`` (holding ``_SENTINEL`` once) with ``user`` text in its place; special
+        tokens of the template stay control tokens, those written in ``user`` become plain text."""
+        before, _, after = template.partition(_SENTINEL)
+        specials: tuple[str, ...] = self._specials  # type: ignore[attr-defined]
+        hit = next((s for s in specials if s in user), None)
+        if hit is None:  # the common case: tokenized exactly as a plain string (chunk keys unchanged)
+            return self._encode(before + user + after)
+        # Split the template at its special tokens nearest to the user text, so that the run
+        # tokenized with split_special_tokens holds no trusted control token.
+        cut = max((before.rfind(s) + len(s) for s in specials if s in before), default=0)
+        end = min((after.find(s) for s in specials if s in after), default=len(after))
+        try:
+            run = self._encode(before[cut:] + user + after[:end], split_special=True)
+        except (TypeError, ValueError, NotImplementedError) as err:
+            raise ValueError(
+                f"{name} contains the special token {hit!r}, which this tokenizer "
+                f"({type(self.tokenizer).__name__}) cannot encode as plain text: remove it"
+            ) from err
+        if set(run) & self._special_ids:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{name} contains the special token {hit!r}, which this tokenizer "
+                f"({type(self.tokenizer).__name__}) still encodes as a control token: remove it"
+            )
+        head = self._encode(before[:cut]) if cut else []
+        tail = self._encode(after[end:]) if end < len(after) else []
+        return head + run + tail
 
     def prefix_ids(self) -> list[int]:
         """BOS (when the tokenizer uses one and the template lacks it) + template head + instruction."""
@@ -92,12 +146,14 @@ class PromptLayout:
 
     def passage_ids(self, text: str) -> list[int]:
         """Token ids of one passage segment; independent of the passage's rank."""
-        return self._encode(self.document_template.format(text=text))
+        check_query(text, "passage text")
+        return self._encode_untrusted(self.document_template.format(text=_SENTINEL), text, "passage text")
 
     def question_ids(self, query: str) -> list[int]:
         """Question segment + end of user turn + assistant header (generation starts after it)."""
+        check_query(query)
         tail: str = self._tail  # type: ignore[attr-defined]
-        return self._encode(self.question_template.format(query=query) + tail)
+        return self._encode_untrusted(self.question_template.format(query=_SENTINEL) + tail, query, "query")
 
     def prompt_ids(self, passages: list[str], query: str) -> list[int]:
         """The whole prompt, exactly as the text path prefills it."""
@@ -117,3 +173,32 @@ class PromptLayout:
             "probe": self._encode("The quick brown fox, 1234 ünïcode."),
         }
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def _special_tokens(tok: PreTrainedTokenizerBase) -> tuple[tuple[str, ...], set[int]]:
+    """The tokenizer's special-token strings (longest first) and their ids: the declared special
+    tokens and every added token marked ``special`` (e.g. SmolLM2's ``<|im_start|>``)."""
+    names = {str(t) for t in getattr(tok, "all_special_tokens", ()) or ()}
+    ids = {int(i) for i in getattr(tok, "all_special_ids", ()) or ()}
+    for i, added in (getattr(tok, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            names.add(str(added.content))
+            ids.add(int(i))
+    return tuple(sorted((n for n in names if n), key=len, reverse=True)), ids
+
+
+def _splitting_backend(tok: PreTrainedTokenizerBase) -> Any:
+    """A private copy of a fast tokenizer's Rust backend that never matches special tokens
+    (``None`` for tokenizers without one)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return None
+    with _SPLITTERS_LOCK:
+        splitter = _SPLITTERS.get(tok)
+        if splitter is None:
+            splitter = copy.deepcopy(backend)
+            splitter.encode_special_tokens = True
+            splitter.no_truncation()
+            splitter.no_padding()
+            _SPLITTERS[tok] = splitter
+        return splitter

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-__all__ = ["available", "build", "lookup", "register", "spec_of"]
+__all__ = ["UnknownMethodError", "available", "build", "lookup", "register", "spec_of"]
 
 T = TypeVar("T")
 
@@ -73,13 +73,23 @@ def available(kind: str | None = None) -> list[str]:
     return sorted(n for n, (k, _) in _REGISTRY.items() if kind is None or k == kind)
 
 
+class UnknownMethodError(ValueError, KeyError):
+    """No method is registered under the name (a ``ValueError``; a ``KeyError`` for older callers)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def lookup(name: str) -> tuple[str, type]:
-    """``(kind, class)`` registered under ``name``."""
+    """``(kind, class)`` registered under ``name``; :class:`UnknownMethodError` lists the known names."""
     _load_builtins()
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(available())}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable "name" such as a list
+        known = (
+            f"KV presses: {', '.join(available('press'))}; text compressors: {', '.join(available('text'))}"
+        )
+        raise UnknownMethodError(f"unknown method {name!r}; {known}") from None
 
 
 def build(spec: Any) -> Any:

@@ -5,7 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["TINY_FAMILIES", "make_tiny_llama", "make_tiny_qwen2"]
+__all__ = ["TINY_FAMILIES", "chunks_close", "make_tiny_llama", "make_tiny_qwen2"]
+
+
+def _tiny_config(vocab_size: int, **fields: Any) -> dict[str, Any]:
+    """The shape every tiny family shares: 2 layers, hidden 64, GQA 4 query / 2 KV heads.
+
+    ``initializer_range`` 0.2: at the default 0.02 a random tied-embedding model emits the same
+    token forever, so "greedy tokens are identical" would hold trivially; 0.2 gives varied text.
+    """
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.2,
+        **fields,
+    )
 
 
 def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
@@ -16,20 +35,7 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        # At the default 0.02 a random tied-embedding model emits the same token forever, so
-        # "greedy tokens are identical" would hold trivially; 0.2 gives varied greedy text.
-        initializer_range=0.2,
-    )
+    cfg = _tiny_config(vocab_size, rope_theta=10000.0, tie_word_embeddings=True)
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
@@ -46,19 +52,7 @@ def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_theta=1e6,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        initializer_range=0.2,  # varied greedy text, as in make_tiny_llama
-    )
+    cfg = _tiny_config(vocab_size, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False)
     cfg.update(overrides)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(Qwen2Config(**cfg)).eval()
@@ -73,3 +67,17 @@ def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
 # ``TINY_FAMILIES[name](vocab_size, seed=...)``. Add a family here and tests/kv/test_families.py
 # checks it.
 TINY_FAMILIES: dict[str, Callable[..., Any]] = {"llama": make_tiny_llama, "qwen2": make_tiny_qwen2}
+
+
+def chunks_close(a: Any, b: Any, atol: float = 1e-5) -> bool:
+    """Two :class:`~ragcompress.kv.chunk.KVChunk` s hold the same key and, layer by layer, the same
+    stored tensors (codes, scales, positions…) up to ``atol``."""
+    import torch
+
+    if a.key != b.key:
+        return False
+    return all(
+        torch.allclose(x.float(), y.float(), atol=atol)
+        for la, lb in zip(a.layers, b.layers, strict=True)
+        for x, y in zip(la.tensors().values(), lb.tensors().values(), strict=True)
+    )

@@ -68,9 +68,22 @@ class Passage:
 
 
 def validate_passages(passages: Sequence[Passage] | Sequence[str]) -> list[Passage]:
-    """Coerce strings to passages and reject anything else with an error naming the item."""
+    """Coerce strings to passages and reject anything else with an error naming the item.
+
+    ``passages`` is a list (any iterable) of passages: a single string, bytes, a single
+    ``Passage`` or ``None`` is refused rather than read as one passage per character.
+    """
+    if passages is None or isinstance(passages, str | bytes | bytearray | Passage):
+        what = "None" if passages is None else f"a single {type(passages).__name__}"
+        raise TypeError(f"passages must be a list of passages or strings, got {what}; wrap it in a list")
+    try:
+        items = iter(passages)
+    except TypeError:
+        raise TypeError(
+            f"passages must be a list of passages or strings, got {type(passages).__name__}"
+        ) from None
     out: list[Passage] = []
-    for i, p in enumerate(passages):
+    for i, p in enumerate(items):
         if isinstance(p, Passage):
             out.append(p)
         elif isinstance(p, str | bytes | bytearray):

@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--no-modes",
+        dest="modes",
+        action="store_false",
+        help="skip the assembly-mode rows (ape, blend at 5%% and 15%% recompute)",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"
     )
     return p
@@ -238,6 +244,10 @@ def run_context(
             row["full_prefill_top2_margin"] = round(float(top[0] - top[1]), 5)
             row["fast_logits_max_abs_diff"] = round(float((fast_logits - ref).abs().max()), 5)
         del dense
+        if args.modes:
+            from ragcompress.bench.ttft_modes import mode_rows
+
+            row.update(mode_rows(model, fast, kv, p, sizes, question, clock))
         try:
             comp = _compressed_chunks(kv, starts, sizes, args)
             row["compressed_chunk_bytes"] = sum(c.nbytes for c in comp)

@@ -68,6 +68,9 @@ COLUMNS = (
     "ragcompress_compressed_ms",
     "floor_ms",
     "ragcompress_warm_ms",
+    "ape_ms",
+    "blend_05_ms",
+    "blend_15_ms",
 )
 
 

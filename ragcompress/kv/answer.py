@@ -5,16 +5,20 @@ from __future__ import annotations
 import collections.abc
 import os
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.encode import ChunkEncoder
 from ragcompress.kv.store import ChunkStore, TieredStore
 from ragcompress.types import Passage
+from ragcompress.validate import check_request
 
 if TYPE_CHECKING:
+    import torch
+
     from ragcompress.generate import Answer, Generator
     from ragcompress.kv.chunk import KVChunk
 
@@ -26,11 +30,19 @@ _A = TypeVar("_A", bound="KVAnswerer")
 @dataclass
 class KVAnswerer:
     """Answers from cached KV chunks; ``stats.extra`` of every answer holds ``chunks_hit``,
-    ``chunks_encoded``, ``chunk_bytes``, ``chunk_bytes_fp16`` and ``ttft_ms`` (request start
-    — chunk lookup and encoding included — to first token)."""
+    ``chunks_encoded``, ``chunk_bytes``, ``chunk_bytes_fp16``, ``ttft_ms`` (request start
+    — chunk lookup and encoding included — to first token), ``assembly`` (the mode's name) and
+    ``recompute`` (share of the chunks' kept tokens recomputed for this request)."""
 
     generator: Generator
     cache: ChunkCache
+    assembly: Assembly = field(default_factory=Concat)  # a spec or None is built in __post_init__
+
+    def __post_init__(self) -> None:
+        # Built and checked against the model here, so that a mode the model cannot run fails
+        # when the answerer is built, not in the middle of a request.
+        self.assembly = build_assembly(self.assembly)
+        self.assembly.check(self.generator.lm)
 
     @classmethod
     def from_generator(
@@ -40,37 +52,63 @@ class KVAnswerer:
         presses: Sequence[Any] = (),
         memory_bytes: int = 2 << 30,
         store: ChunkStore | None = None,
+        assembly: Assembly | Mapping[str, Any] | str | None = None,
         **options: Any,
     ) -> _A:
         """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is
-        given; ``options`` are a subclass's own fields (e.g. ``FastKVAnswerer(capacity=...)``)."""
+        given, or ``store`` (never both: a ``ValueError``); ``assembly``: a mode, its spec or name
+        (None: ``concat``); ``options`` are a subclass's own fields (e.g.
+        ``FastKVAnswerer(capacity=...)``)."""
         from ragcompress.kv.disk_store import DiskStore
         from ragcompress.kv.memory_store import MemoryStore
 
+        if store is not None and cache_dir is not None:
+            raise ValueError(
+                "give store= or cache_dir=, not both: cache_dir builds a store of its own "
+                "(wrap both in a TieredStore to use them together)"
+            )
         if store is None:
             memory = MemoryStore(memory_bytes, device=generator.lm.device)
             store = memory if cache_dir is None else TieredStore(memory, DiskStore(cache_dir))
         encoder = ChunkEncoder.from_generator(generator)
-        return cls(generator, ChunkCache(encoder, store, presses), **options)
+        cache = ChunkCache(encoder, store, presses)
+        return cls(generator, cache, build_assembly(assembly), **options)
 
     def answer(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Answer:
+        passages = check_request(query, passages, max_new_tokens)
         start = time.perf_counter()
         chunks, stats = self.cache.get_or_encode(passages)
         return self.generator.generate_from_chunks(
-            query, chunks, max_new_tokens, extra=_extra(stats), start=start
+            query, chunks, max_new_tokens, extra=_extra(stats), start=start, assembly=self.assembly
         )
+
+    def teacher_forced_logprobs(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], target_ids: Sequence[int]
+    ) -> torch.Tensor:
+        """(len(target_ids), vocab) fp32 log-probabilities of each target token given the question
+        and the previous targets, from the same context :meth:`answer` prepares (this answerer's
+        assembly mode; always on the eager model)."""
+        from ragcompress.kv.context import prepare_context, teacher_forced
+
+        chunks, _ = self.cache.get_or_encode(passages)
+        gen = self.generator
+        ids = gen.layout.question_ids(query)
+        ctx = prepare_context(gen.lm, gen.layout, chunks, ids, self.assembly)
+        gen._check_length(ctx.position + len(ids) + len(target_ids), 0)
+        return teacher_forced(gen.lm, ctx, ids, [int(t) for t in target_ids])
 
     def stream(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
     ) -> Iterator[str]:
+        passages = check_request(query, passages, max_new_tokens)
         chunks, _ = self.cache.get_or_encode(passages)
         yield from self._pieces(query, chunks, max_new_tokens)
 
     def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
         """The answer's text pieces from ready chunks (the engine a subclass replaces)."""
-        return self.generator.stream_from_chunks(query, chunks, max_new_tokens)
+        return self.generator.stream_from_chunks(query, chunks, max_new_tokens, self.assembly)
 
     def stream_with_stats(
         self,
@@ -86,6 +124,7 @@ class KVAnswerer:
         first piece, then ``ttft_ms`` (request start to first piece) and ``total_ms``. Lazy:
         nothing is looked up or encoded until the first piece is asked for.
         """
+        passages = check_request(query, passages, max_new_tokens)
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
         stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))

@@ -5,6 +5,10 @@ lengths, so a compressed chunk leaves its evicted positions empty) and a kept to
 at position ``p`` moves to ``start_j + (p - base_offset)``: every key of the chunk is
 re-rotated by the same ``start_j - base_offset``. The question is then prefilled at
 ``next_position`` = prefix_len + sum of original chunk lengths.
+
+That is the ``concat`` placement; :func:`assemble` takes other ``starts`` (APE puts every chunk at
+``prefix_len``, where it was encoded: no key moves) and returns the position after the furthest
+chunk end.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PretrainedConfig
 
-__all__ = ["PrefixKV", "Rotary", "assemble", "rerotate"]
+__all__ = ["PrefixKV", "Rotary", "assemble", "concat_starts", "rerotate"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,9 +43,17 @@ class PrefixKV:
 
 
 def assemble(
-    prefix: PrefixKV, chunks: Sequence[KVChunk], rotary: Rotary, config: PretrainedConfig | None = None
+    prefix: PrefixKV,
+    chunks: Sequence[KVChunk],
+    rotary: Rotary,
+    config: PretrainedConfig | None = None,
+    starts: Sequence[int] | None = None,
 ) -> tuple[DynamicCache, int]:
-    """Build the cache (batch 1) on the prefix's device and dtype; returns ``(cache, next_position)``."""
+    """Build the cache (batch 1) on the prefix's device and dtype; returns ``(cache, next_position)``.
+
+    ``starts``: logical position of each chunk's first token (default: one after the other, after
+    the prefix); ``next_position`` is the largest ``start_j + length_j`` (the prefix length if none).
+    """
     import torch
     from transformers import DynamicCache
 
@@ -55,10 +67,11 @@ def assemble(
             raise ValueError(
                 f"chunk #{i} was encoded at offset {c.base_offset}, the prefix has {prefix.length}"
             )
-    starts, pos = [], prefix.length
-    for c in chunks:
-        starts.append(pos)
-        pos += c.length
+    if starts is None:
+        starts = concat_starts(prefix.length, chunks)
+    elif len(starts) != len(chunks):
+        raise ValueError(f"starts has {len(starts)} entries for {len(chunks)} chunks")
+    pos = max([prefix.length, *(s + c.length for s, c in zip(starts, chunks, strict=True))])
     device, dtype = prefix.keys[0].device, prefix.keys[0].dtype
     # Every kept token of chunk j moves by the same start_j - base_offset, in every layer (all
     # layers keep the same tokens): one per-token cos/sin table (prefix tokens move by 0, an exact
@@ -80,3 +93,12 @@ def assemble(
             k = rotate_by(k, cos, sin)
         layers.append((k[None], torch.cat(vs, dim=1)[None]))
     return DynamicCache(ddp_cache_data=layers, config=config), pos
+
+
+def concat_starts(prefix_len: int, chunks: Sequence[KVChunk]) -> list[int]:
+    """Start position of each chunk when they follow each other after the prefix (original lengths)."""
+    starts, pos = [], prefix_len
+    for c in chunks:
+        starts.append(pos)
+        pos += c.length
+    return starts

@@ -62,9 +62,11 @@ def layer_classes() -> list[str]:
 
 
 class ChunkLayer(ABC):
-    """One decoder layer of one chunk."""
+    """One decoder layer of one chunk; ``positions`` (kv_heads, n) int: each kept token's original
+    position (every layer class keeps them as a plain tensor, so they read without decoding)."""
 
     layer_name: str = ""
+    positions: torch.Tensor
 
     @abstractmethod
     def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

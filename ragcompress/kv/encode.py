@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assemble import PrefixKV
 from ragcompress.kv.chunk import DenseLayer, KVChunk
-from ragcompress.kv.key import ChunkKey, model_fingerprint, press_fingerprint, tokens_digest
+from ragcompress.kv.eager import eager_view
+from ragcompress.kv.fingerprint import model_fingerprint, weights_version
+from ragcompress.kv.key import ChunkKey, press_fingerprint, tokens_digest
 from ragcompress.kv.press import KVPress, apply_presses
 from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
-from ragcompress.models import cache_kwargs, eager_attention, output_cache
+from ragcompress.models import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
@@ -29,27 +30,36 @@ if TYPE_CHECKING:
 
 __all__ = ["ChunkEncoder", "prefix_kv"]
 
-_PREFIXES: weakref.WeakKeyDictionary[Any, dict[str, PrefixKV]] = weakref.WeakKeyDictionary()
+# model -> layout fingerprint -> (weights_version when computed, prefix KV)
+_PREFIXES: weakref.WeakKeyDictionary[Any, dict[str, tuple[Hashable, PrefixKV]]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
 def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
-    """The shared prefix's KV for ``model`` and ``layout``, computed once and kept."""
+    """The shared prefix's KV for ``model`` and ``layout``, computed once per weight version
+    (:func:`~ragcompress.kv.fingerprint.weights_version`) and kept; thread-safe."""
     import torch
 
     fp = layout.fingerprint()
+    token = weights_version(model)
+    kept = _PREFIXES.get(model, {}).get(fp)
+    if kept is not None and kept[0] == token:
+        return kept[1]
     with _LOCK:
         per_model = _PREFIXES.setdefault(model, {})
-        if fp in per_model:
-            return per_model[fp]
+        token = weights_version(model)
+        kept = per_model.get(fp)
+        if kept is not None and kept[0] == token:
+            return kept[1]
         ids = layout.prefix_ids()
         with torch.inference_mode():
             out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
         cache = output_cache(out)
         keys = [layer.keys[0].clone() for layer in cache.layers]
         values = [layer.values[0].clone() for layer in cache.layers]
-        per_model[fp] = PrefixKV(tuple(ids), keys, values, model_fingerprint(model), fp)
-        return per_model[fp]
+        prefix = PrefixKV(tuple(ids), keys, values, model_fingerprint(model), fp)
+        per_model[fp] = (token, prefix)
+        return prefix
 
 
 @dataclass
@@ -89,12 +99,17 @@ class ChunkEncoder:
         return self.layout.passage_ids(passage.text)
 
     def key(self, ids: Sequence[int], presses: Sequence[KVPress] = ()) -> ChunkKey:
-        return ChunkKey(
-            model=model_fingerprint(self.model),
-            layout=self._layout_fp,
-            presses=press_fingerprint(presses),
-            tokens=tokens_digest(ids),
-        )
+        return self.keys([ids], presses)[0]
+
+    def keys(self, ids: Sequence[Sequence[int]], presses: Sequence[KVPress] = ()) -> list[ChunkKey]:
+        """The keys of several passages (token ids), the model fingerprinted once for all."""
+        return self._keys(ids, presses, model_fingerprint(self.model))
+
+    def _keys(self, ids: Sequence[Sequence[int]], presses: Sequence[KVPress], model: str) -> list[ChunkKey]:
+        pf = press_fingerprint(presses)
+        return [
+            ChunkKey(model=model, layout=self._layout_fp, presses=pf, tokens=tokens_digest(i)) for i in ids
+        ]
 
     def encode(
         self, passages: Sequence[Passage] | Sequence[str], presses: Sequence[KVPress] = ()
@@ -160,11 +175,14 @@ class ChunkEncoder:
         )
         needs_attn = any(getattr(p, "needs_attention", False) for p in presses)
         prompt = reconstruction_prompt(presses)
-        with torch.inference_mode(), eager_attention(model) if needs_attn else nullcontext():
-            res = model(
+        # Attention weights come from the model's eager view: the model itself is never switched
+        # (other threads may be running it).
+        runner = eager_view(model) if needs_attn else model
+        with torch.inference_mode():
+            res = runner(
                 input_ids=ids,
                 attention_mask=mask,
-                **cache_kwargs(model, past),
+                **cache_kwargs(runner, past),
                 position_ids=torch.arange(plen, plen + n, device=dev)[None].expand(b, -1),
                 cache_position=torch.arange(plen, plen + n, device=dev),
                 use_cache=True,
@@ -178,7 +196,8 @@ class ChunkEncoder:
             recon = reconstruction_scores(
                 model, cache, [items[i][1] for i in batch], prompt_ids, plen, n, int(pad)
             )
-        fp = model_fingerprint(model)
+        # The prefix's fingerprint: chunks always match the prefix they were encoded after.
+        keys = self._keys([items[i][1] for i in batch], presses, prefix.model)
         for row, i in enumerate(batch):
             m = lens[row]
             layers = []
@@ -204,6 +223,6 @@ class ChunkEncoder:
                 token_ids=torch.tensor(list(items[i][1]), dtype=torch.long, device=dev),
                 base_offset=plen,
                 length=m,
-                key=self.key(items[i][1], presses),
-                model=fp,
+                key=keys[row],
+                model=prefix.model,
             )

@@ -2,9 +2,10 @@
 
 Every passage is encoded (and pressed) once into the store that ``store_url`` names, so that
 generators pointing at the same store answer from cached chunks from the first query on. The
-run is idempotent and resumable: a passage whose chunk the store already holds is skipped
-(checked with ``contains``, one round trip, before anything is encoded), so re-running after
-a crash encodes only what is missing.
+run is idempotent and resumable: a passage whose chunk the store already holds, and that
+loads and verifies, is skipped (checked with ``lookup_many`` before anything is encoded), so
+re-running after a crash encodes only what is missing, and a damaged chunk is re-encoded and
+repaired rather than skipped.
 
 With Ray, batches of passages go to actors that each load the model once: one actor per GPU
 when the cluster has GPUs, one single-threaded CPU actor per CPU otherwise (at most
@@ -29,7 +30,7 @@ __all__ = ["BatchIndexer", "IndexSummary", "index_corpus"]
 class IndexSummary:
     passages: int  # passages read from the source
     encoded: int  # chunks encoded and written in this run
-    skipped: int  # passages whose chunk the store already held (or a duplicate did)
+    skipped: int  # passages whose chunk the store already held intact (or a duplicate did)
     seconds: float
     store: str  # the store URL, password redacted
     workers: int  # 1 in-process, else Ray actors
@@ -70,9 +71,11 @@ class BatchIndexer:
     def run(self, passages: Sequence[Passage]) -> tuple[int, int]:
         """``(encoded, skipped)`` for one batch."""
         keys = self.cache.keys(passages)
+        # A full lookup, not `contains`: a damaged chunk exists but is a miss, so it is re-encoded.
+        found = self.store.lookup_many(keys)
         todo: dict[str, Passage] = {}
-        for passage, key in zip(passages, keys, strict=True):
-            if key.digest not in todo and not self.store.contains(key):
+        for passage, key, got in zip(passages, keys, found, strict=True):
+            if key.digest not in todo and got.chunk is None:
                 todo[key.digest] = passage
         if not todo:
             return 0, len(passages)

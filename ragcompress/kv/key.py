@@ -1,7 +1,7 @@
 """Content-addressed chunk keys.
 
-A key covers everything that changes a chunk's tensors: the model (name, a fingerprint of
-its config and of a deterministic sample of its weights, dtype), the prompt layout (tokenizer
+A key covers everything that changes a chunk's tensors: the model (name, an exact hash of
+its config, dtype and weights: :mod:`ragcompress.kv.fingerprint`), the prompt layout (tokenizer
 and shared prefix), the presses' specs, the storage format version and the passage's token
 ids. Any change gives another key: a miss, never a wrong hit.
 """
@@ -10,49 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+from ragcompress.kv.fingerprint import model_fingerprint
 
 __all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "press_fingerprint", "tokens_digest"]
 
 # Bump when the meaning of stored tensors or metadata changes; old files then miss.
 # 2: the stored digest covers the header (key, offsets, layer metadata) as well as the tensors.
 FORMAT_VERSION = 2
-
-# Elements sampled from each parameter: enough to tell fine-tuned or re-seeded weights apart,
-# cheap enough (a strided gather per tensor) for an 8B model on the GPU.
-_SAMPLES_PER_TENSOR = 64
-
-_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-
-def model_fingerprint(model: PreTrainedModel) -> str:
-    """``name:hash`` of the model's config, dtype and a strided sample of every parameter."""
-    cached = _FINGERPRINTS.get(model)
-    if cached is not None:
-        return cached
-    import torch
-
-    h = hashlib.sha256()
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    h.update(str(model.dtype).encode())
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            flat = param.detach().reshape(-1)
-            step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
-            sample = flat[::step][:_SAMPLES_PER_TENSOR].float().cpu()
-            h.update(name.encode())
-            h.update(str(tuple(param.shape)).encode())
-            h.update(sample.numpy().tobytes())
-    name = str(getattr(model.config, "name_or_path", "") or type(model).__name__).replace(":", "_")
-    fp = f"{name}:{h.hexdigest()[:16]}"
-    _FINGERPRINTS[model] = fp
-    return fp
 
 
 def press_fingerprint(presses: Sequence[Any]) -> str:

@@ -3,9 +3,10 @@ token while it repeats the passage.
 
 Run once per encoding batch, right after the passages' own forward pass, on top of the KV that
 pass produced: the input is ``prompt + passage`` per row, positions continuing after the
-passage. A forward hook on every attention module reduces that layer's weights to a per-head
-maximum over the reconstruction queries as soon as they exist, so only (batch, heads, n) per
-layer is kept, never the (batch, heads, queries, keys) weights of all layers at once. One
+passage, through the model's eager view (:mod:`ragcompress.kv.eager`). A tap on every
+attention module reduces that layer's weights to a per-head maximum over the reconstruction
+queries as soon as they exist, so only (batch, heads, n) per layer is kept, never the
+(batch, heads, queries, keys) weights of all layers at once. One
 layer's weights still exist for a moment: batch × heads × (len(prompt) + n) × (prefix + 2n +
 len(prompt)) floats — sized for retrieval passages (hundreds to a few thousand tokens); the
 encoder's ``max_batch_tokens`` bounds the batch.
@@ -16,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models import cache_kwargs, eager_attention
+from ragcompress.kv.eager import eager_view, tap_attention
+from ragcompress.models import cache_kwargs
 
 if TYPE_CHECKING:
     import torch
@@ -83,40 +85,29 @@ def reconstruction_scores(
         rows[i, :q] = True
         # positions continue right after this row's passage, as if the padding were not there
         pos[i] = torch.arange(prefix_len + m, prefix_len + m + r, device=dev)
-    layers = getattr(getattr(model, "model", model), "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no model.layers: kvzip cannot hook its attention")
-    scores: list[torch.Tensor | None] = [None] * len(layers)
+    view = eager_view(model)  # the model's tensors with eager attention; the model is untouched
+    scores: list[torch.Tensor | None] = [None] * len(getattr(getattr(view, "model", view), "layers", ()))
 
-    def hook(idx: int) -> Any:
-        def reduce(module: Any, args: Any, kwargs: Any, output: Any) -> Any:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if weights is None:
-                raise RuntimeError("attention weights are missing: kvzip needs eager attention")
-            w = weights[..., prefix_len : prefix_len + width].float()  # (b, heads, r, width)
-            w = w.masked_fill(~rows[:, None, :, None], 0.0)
-            scores[idx] = w.amax(dim=2)
-            return (output[0], None, *output[2:])  # drop the weights: nothing keeps them
+    def reduce(idx: int, output: Any) -> Any:
+        weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if weights is None:
+            raise RuntimeError("attention weights are missing: kvzip needs eager attention")
+        w = weights[..., prefix_len : prefix_len + width].float()  # (b, heads, r, width)
+        w = w.masked_fill(~rows[:, None, :, None], 0.0)
+        scores[idx] = w.amax(dim=2)
+        return (output[0], None, *output[2:])  # drop the weights: nothing keeps them
 
-        return reduce
-
-    handles = [
-        layer.self_attn.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)
-    ]
-    try:
-        with torch.inference_mode(), eager_attention(model):
-            model(
-                input_ids=ids,
-                attention_mask=mask,
-                **cache_kwargs(model, cache),
-                position_ids=pos,
-                cache_position=torch.arange(prefix_len + width, prefix_len + width + r, device=dev),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-    finally:
-        for h in handles:
-            h.remove()
+    # the tap sees only this thread's forward: other requests may run the same view meanwhile
+    with torch.inference_mode(), tap_attention(view, reduce):
+        view(
+            input_ids=ids,
+            attention_mask=mask,
+            **cache_kwargs(view, cache),
+            position_ids=pos,
+            cache_position=torch.arange(prefix_len + width, prefix_len + width + r, device=dev),
+            use_cache=True,
+            logits_to_keep=1,
+        )
     if any(s is None for s in scores):
         raise RuntimeError("the reconstruction pass did not reach every attention layer")
     return [s for s in scores if s is not None]

@@ -30,6 +30,7 @@ from ragcompress.kv.stores import StoreUnavailableError, redact_url
 if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.lease import Leases
 
 __all__ = ["RedisStore"]
 
@@ -97,6 +98,13 @@ redis.call('HDEL', KEYS[3], KEYS[1])
 return n
 """
 
+# KEYS: lease. ARGV: token. Delete the lease only while it is still ours: an expired lease may
+# have been taken by another process since.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class RedisStore(ChunkStore):
     """Chunks in Redis under ``namespace`` and ``tenant``.
@@ -135,7 +143,7 @@ class RedisStore(ChunkStore):
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError("RedisStore needs redis-py: pip install 'ragcompress[redis]'") from err
         for label, value in (("namespace", namespace), ("tenant", tenant)):
-            if not isinstance(value, str) or not _NAME.match(value):
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise ValueError(f"{label} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
         if ttl_s is not None and ttl_s <= 0:
             raise ValueError(f"ttl_s must be positive, got {ttl_s}")
@@ -166,6 +174,7 @@ class RedisStore(ChunkStore):
         self._put = self.client.register_script(_PUT)
         self._get = self.client.register_script(_GET)
         self._remove = self.client.register_script(_REMOVE)
+        self._release = self.client.register_script(_RELEASE)
         prefix = f"rc:{{{namespace}:{tenant}}}"
         self._prefix = prefix
         self._lru, self._sizes, self._bytes = f"{prefix}:lru", f"{prefix}:sizes", f"{prefix}:bytes"
@@ -257,6 +266,29 @@ class RedisStore(ChunkStore):
 
     def remove(self, key: ChunkKey) -> bool:
         return bool(self._call("DEL", lambda: self._remove(keys=self._keys(key))))
+
+    # -- leases: one process encodes a chunk, the others wait for it ----------------------
+    def lease_key(self, key: ChunkKey) -> str:
+        """Where the lease on ``key`` lives: outside the chunk prefix (``len``, ``clear`` and the
+        size policy never see it) but in the same cluster slot."""
+        return "rc-lease:" + self.redis_key(key).removeprefix("rc:")
+
+    def try_lease(self, key: ChunkKey, token: str, ttl_ms: int) -> bool:
+        """Take the lease on ``key`` for ``ttl_ms`` under ``token`` unless another holder has it."""
+        if ttl_ms < 1:
+            raise ValueError(f"ttl_ms must be >= 1, got {ttl_ms}")
+        name = self.lease_key(key)
+        return bool(self._call("SET NX", lambda: self.client.set(name, token, nx=True, px=ttl_ms)))
+
+    def release_lease(self, key: ChunkKey, token: str) -> bool:
+        """Drop the lease on ``key`` if ``token`` still holds it; True when it did."""
+        name = self.lease_key(key)
+        return bool(self._call("lease release", lambda: self._release(keys=[name], args=[token])))
+
+    def leases(self) -> Leases:
+        from ragcompress.kv.lease import RedisLeases
+
+        return RedisLeases(self)
 
     # -- tenant-wide -----------------------------------------------------------------------
     def __len__(self) -> int:

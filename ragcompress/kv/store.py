@@ -6,21 +6,36 @@ be used, so that caches report *why* a chunk was re-encoded (absent, corrupt, fo
 version, other model, …). Backends: :class:`~ragcompress.kv.memory_store.MemoryStore` (LRU by
 bytes, on the generator's device), :class:`~ragcompress.kv.disk_store.DiskStore`
 (safetensors files) and :class:`TieredStore` (memory in front of disk).
+
+A tiered store degrades instead of failing: a tier that raises on a read is a miss for that
+tier, a write it cannot take is logged and dropped, and a tier that keeps failing is skipped
+for a while by its :class:`~ragcompress.kv.breaker.CircuitBreaker`.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
+from ragcompress.kv.breaker import CircuitBreaker
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.key import ChunkKey
+from ragcompress.kv.stores import StoreUnavailableError
+
+if TYPE_CHECKING:
+    from ragcompress.kv.lease import Leases
 
 __all__ = ["MISSING", "ChunkStore", "Lookup", "StoreStats", "TieredStore"]
 
 MISSING = "absent"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,11 @@ class ChunkStore(ABC):
     def remove(self, key: ChunkKey) -> bool:
         """Drop the chunk; True when there was one."""
 
+    def leases(self) -> Leases | None:
+        """Leases other processes sharing this store see (:mod:`ragcompress.kv.lease`); None
+        for a store only this process sees."""
+        return None
+
     def get(self, key: ChunkKey) -> KVChunk | None:
         return self.lookup(key).chunk
 
@@ -87,30 +107,70 @@ class ChunkStore(ABC):
 
 class TieredStore(ChunkStore):
     """A fast store in front of a slow one: lookups try ``front`` then ``back`` and promote
-    hits into ``front``; puts go to both."""
+    hits into ``front``; puts go to both. Each tier sits behind its own copy of ``breaker``
+    (``breakers["front"]``, ``breakers["back"]``); a tier that fails or is skipped is a miss on
+    reads and is left out of writes, with a warning."""
 
-    def __init__(self, front: ChunkStore, back: ChunkStore) -> None:
+    def __init__(self, front: ChunkStore, back: ChunkStore, breaker: CircuitBreaker | None = None) -> None:
         super().__init__()
         self.front, self.back = front, back
+        template = breaker if breaker is not None else CircuitBreaker()
+        self.breakers = {"front": template.copy("front"), "back": template.copy("back")}
+
+    def _try(self, name: str, what: str, fn: Callable[[], T], default: T) -> T:
+        """``fn()`` through tier ``name``'s breaker; ``default`` when the tier cannot answer
+        (the breaker has logged why)."""
+        try:
+            return self.breakers[name].call(fn, what)
+        except StoreUnavailableError:
+            return default
 
     def lookup(self, key: ChunkKey) -> Lookup:
-        found = self.front.lookup(key)
+        front, back = self.front, self.back
+        found = self._try("front", "lookup", lambda: front.lookup(key), Lookup(None, "front: unavailable"))
         if found.chunk is None:
-            found = self.back.lookup(key)
+            found = self._try("back", "lookup", lambda: back.lookup(key), Lookup(None, "back: unavailable"))
             if found.chunk is not None:
-                self.front.put(key, found.chunk)
-                found = Lookup(self.front.get(key) or found.chunk)
+                found = Lookup(self._promote(key, found.chunk))
         return self._record(found)
 
+    def _promote(self, key: ChunkKey, chunk: KVChunk) -> KVChunk:
+        """The front tier's copy of ``chunk`` (moved to its device), or ``chunk`` when the front
+        cannot take it."""
+        front = self.front
+
+        def put_and_get() -> KVChunk | None:
+            front.put(key, chunk)
+            return front.get(key)
+
+        return self._try("front", "write", put_and_get, None) or chunk
+
     def put(self, key: ChunkKey, chunk: KVChunk) -> None:
-        self.back.put(key, chunk)
-        self.front.put(key, chunk)
+        for name, tier in reversed(self._tiers()):  # back first: others may be waiting for it there
+            self._try(name, "write", partial(tier.put, key, chunk), None)
         self.stats.puts += 1
 
     def contains(self, key: ChunkKey) -> bool:
-        return self.front.contains(key) or self.back.contains(key)
+        for name, tier in self._tiers():
+            if self._try(name, "contains", partial(tier.contains, key), False):
+                return True
+        return False
 
     def remove(self, key: ChunkKey) -> bool:
-        a = self.front.remove(key)
-        b = self.back.remove(key)
-        return a or b
+        removed = False
+        for name, tier in self._tiers():
+            removed = self._try(name, "remove", partial(tier.remove, key), False) or removed
+        return removed
+
+    def _tiers(self) -> list[tuple[str, ChunkStore]]:
+        return [("front", self.front), ("back", self.back)]
+
+    def leases(self) -> Leases | None:
+        """The back tier's leases (the more widely shared), then the front's, each behind its
+        breaker; None when neither tier is shared."""
+        from ragcompress.kv.lease import FirstAvailable, leases_for
+
+        found = [
+            (n, leases, self.breakers[n]) for n, t in reversed(self._tiers()) if (leases := leases_for(t))
+        ]
+        return FirstAvailable(found) if found else None

@@ -4,11 +4,16 @@ A lookup walks the tiers front to back; a hit in a slower tier is promoted into 
 one. A put writes through to every tier, so that other processes sharing the back tiers see
 the chunk. Each tier keeps its own hit/miss/byte counters (``tier_stats()``).
 
-A tier that cannot answer (Redis down: :class:`~ragcompress.kv.stores.StoreUnavailableError`)
-is skipped for that call, counted and logged: the chunk is looked up further back or
-re-encoded, which is slower but right. A tier that holds a damaged chunk reports a miss with
-the reason (memory tiers check a device-side digest; disk and Redis check the serialized
-checksum and, with a secret, the HMAC), and the re-encoded chunk overwrites it.
+A tier that cannot answer (Redis down: :class:`~ragcompress.kv.stores.StoreUnavailableError`;
+a full or vanished disk: ``OSError``) is skipped for that call, counted and logged: the chunk
+is looked up further back or re-encoded, which is slower but right, and a write it cannot
+take is dropped. Each tier sits behind its own :class:`~ragcompress.kv.breaker.CircuitBreaker`,
+so that a tier that keeps failing is skipped at once for a back-off period instead of costing
+its timeouts and retries on every chunk of every request.
+
+A tier that holds a damaged chunk reports a miss with the reason (memory tiers check a
+device-side digest; disk and Redis check the serialized checksum and, with a secret, the
+HMAC), and the re-encoded chunk overwrites it.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ragcompress.kv.breaker import CircuitBreaker
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.store import MISSING, ChunkStore, Lookup
 from ragcompress.kv.stores import StoreUnavailableError
@@ -28,10 +35,12 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.lease import Leases
 
 __all__ = ["MemoryTier", "MultiTierStore", "TierStats", "chunk_digest", "tiered_store"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _tensors(chunk: KVChunk) -> list[torch.Tensor]:
@@ -153,7 +162,7 @@ class TierStats:
     hits: int = 0
     misses: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # damaged or forged chunks, by reason
-    unavailable: int = 0  # calls skipped because the tier could not answer
+    unavailable: int = 0  # calls that failed or that the tier's breaker refused
     bytes_served: int = 0  # bytes of chunks this tier answered with
     bytes_written: int = 0  # bytes of chunks written or promoted into it
 
@@ -169,9 +178,15 @@ class TierStats:
 
 
 class MultiTierStore(ChunkStore):
-    """Named tiers, fastest first, e.g. ``[("gpu", MemoryTier(...)), ("disk", DiskStore(...))]``."""
+    """Named tiers, fastest first, e.g. ``[("gpu", MemoryTier(...)), ("disk", DiskStore(...))]``.
 
-    def __init__(self, tiers: Sequence[tuple[str, ChunkStore]]) -> None:
+    ``breaker``: the settings of every tier's circuit breaker (each tier gets its own copy, in
+    ``breakers[name]``); default :class:`~ragcompress.kv.breaker.CircuitBreaker()`.
+    """
+
+    def __init__(
+        self, tiers: Sequence[tuple[str, ChunkStore]], breaker: CircuitBreaker | None = None
+    ) -> None:
         super().__init__()
         if not tiers:
             raise ValueError("a MultiTierStore needs at least one tier")
@@ -180,16 +195,25 @@ class MultiTierStore(ChunkStore):
             raise ValueError(f"tier names must be unique, got {names}")
         self.tiers = list(tiers)
         self.tier_counters = {name: TierStats() for name in names}
+        template = breaker if breaker is not None else CircuitBreaker()
+        self.breakers = {name: template.copy(name) for name in names}
+
+    def _call(self, name: str, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` through tier ``name``'s breaker; a failure or refusal is counted and raised
+        as StoreUnavailableError (the breaker has logged a failure)."""
+        try:
+            return self.breakers[name].call(fn, what)
+        except StoreUnavailableError:
+            self.tier_counters[name].unavailable += 1
+            raise
 
     def lookup(self, key: ChunkKey) -> Lookup:
         reasons: list[str] = []
         for depth, (name, tier) in enumerate(self.tiers):
             counters = self.tier_counters[name]
             try:
-                found = tier.lookup(key)
-            except StoreUnavailableError as err:
-                counters.unavailable += 1
-                log.warning("chunk tier %r skipped: %s", name, err)
+                found = self._call(name, "lookup", partial(tier.lookup, key))
+            except StoreUnavailableError:
                 reasons.append(f"{name}: unavailable")
                 continue
             if found.chunk is None:
@@ -214,36 +238,54 @@ class MultiTierStore(ChunkStore):
 
     def _write(self, name: str, tier: ChunkStore, key: ChunkKey, chunk: KVChunk) -> None:
         try:
-            tier.put(key, chunk)
-        except StoreUnavailableError as err:
-            self.tier_counters[name].unavailable += 1
-            log.warning("chunk tier %r not written: %s", name, err)
+            self._call(name, "write", partial(tier.put, key, chunk))
+        except StoreUnavailableError:
             return
         self.tier_counters[name].bytes_written += chunk.nbytes
 
     def put(self, key: ChunkKey, chunk: KVChunk) -> None:
-        for name, tier in self.tiers:
+        # Back to front: a process waiting on this chunk's lease polls the shared tiers.
+        for name, tier in reversed(self.tiers):
             self._write(name, tier, key, chunk)
         self.stats.puts += 1
 
     def contains(self, key: ChunkKey) -> bool:
         for name, tier in self.tiers:
             try:
-                if tier.contains(key):
+                if self._call(name, "contains", partial(tier.contains, key)):
                     return True
             except StoreUnavailableError:
-                self.tier_counters[name].unavailable += 1
+                continue
         return False
 
     def remove(self, key: ChunkKey) -> bool:
         removed = False
-        for _, tier in self.tiers:
-            removed = tier.remove(key) or removed
+        for name, tier in self.tiers:
+            try:
+                removed = self._call(name, "remove", partial(tier.remove, key)) or removed
+            except StoreUnavailableError:
+                continue
         return removed
 
+    def leases(self) -> Leases | None:
+        """The shared tiers' leases, most widely shared (back) first, each behind its breaker;
+        None when no tier is shared (memory only)."""
+        from ragcompress.kv.lease import FirstAvailable, leases_for
+
+        found = [
+            (name, leases, self.breakers[name])
+            for name, tier in reversed(self.tiers)
+            if (leases := leases_for(tier)) is not None
+        ]
+        return FirstAvailable(found) if found else None
+
     def tier_stats(self) -> dict[str, dict[str, Any]]:
-        """Per tier, front to back: hits, misses, rejected (by reason), unavailable, bytes."""
-        return {name: self.tier_counters[name].as_dict() for name, _ in self.tiers}
+        """Per tier, front to back: hits, misses, rejected (by reason), unavailable, bytes, and
+        its breaker's state and counters under ``"breaker"``."""
+        return {
+            name: {**self.tier_counters[name].as_dict(), "breaker": self.breakers[name].as_dict()}
+            for name, _ in self.tiers
+        }
 
 
 def tiered_store(
@@ -269,7 +311,7 @@ def tiered_store(
     if disk is not None:
         from ragcompress.kv.disk_store import DiskStore
 
-        tiers.append(("disk", DiskStore(disk)))
+        tiers.append(("disk", DiskStore(disk, secret=secret)))
     if url is not None:
         tiers.append(("remote", open_store(url, tenant=tenant, secret=secret)))
     return MultiTierStore(tiers)

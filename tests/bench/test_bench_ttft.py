@@ -13,7 +13,7 @@ import torch
 from ragcompress.bench.ttft import main
 
 KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "ragcompress_ms", "ragcompress_compressed_ms",
-        "floor_ms", "device"}  # fmt: skip
+        "floor_ms", "device", "ape_ms", "blend_05_ms", "blend_15_ms"}  # fmt: skip
 
 
 def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> None:
@@ -27,6 +27,9 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
     assert [r["context_tokens"] for r in report["rows"]] == [96, 200]
     for row in report["rows"]:
         assert set(row) >= KEYS and all(row[k] > 0 for k in KEYS - {"context_tokens", "device"})
+        # the blend rows recompute what they say (a share of the chunk tokens), ape recomputes nothing
+        assert row["ape_recompute"] == 0.0
+        assert 0.0 < row["blend_05_recompute"] < row["blend_15_recompute"] <= 0.16
     assert [q["batch"] for q in report["qps"]] == [1, 2]
     assert "| context_tokens |" in (tmp_path / "ttft_gpu.md").read_text()
     assert (tmp_path / "ttft_gpu.png").stat().st_size > 0

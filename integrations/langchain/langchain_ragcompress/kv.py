@@ -65,11 +65,13 @@ class RagCompressKVChain(RunnableSerializable[dict[str, Any], dict[str, Any]]):
         cache_dir: str | os.PathLike[str] | None = None,
         presses: Sequence[Any] = (),
         max_new_tokens: int | None = None,
+        assembly: Any = None,
         **answerer_kwargs: Any,
     ) -> RagCompressKVChain:
-        """A chain over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``."""
+        """A chain over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``;
+        ``assembly``: an assembly-mode spec such as ``{"name": "blend", "recompute": 0.15}``."""
         answerer = KVAnswerer.from_generator(
-            generator, cache_dir=cache_dir, presses=presses, **answerer_kwargs
+            generator, cache_dir=cache_dir, presses=presses, assembly=assembly, **answerer_kwargs
         )
         return cls(answerer=answerer, max_new_tokens=max_new_tokens)
 

@@ -140,6 +140,25 @@ class FastGenerator:
         self._resident = items
         return nxt
 
+    def load_context(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], position: int) -> int:
+        """Write a context assembled elsewhere as is (per layer keys/values (kv_heads, n,
+        head_dim), keys already at their positions): how assembly modes other than ``concat``
+        reach the buffer (APE's shared positions, blend's repaired tokens). Returns ``position``,
+        where the question starts."""
+        import torch
+
+        n = int(layers[0][0].shape[1])
+        self._resident = []  # nothing here is a chunk a later load can reuse
+        self.buffer.reset()
+        self.buffer.reserve(n, n, "assembled context")
+        keys = torch.stack([k.transpose(0, 1) for k, _ in layers], dim=1)  # (n, layers, kv_heads, d)
+        values = torch.stack([v.transpose(0, 1) for _, v in layers], dim=1)
+        self.buffer.ctx_keys[:n].copy_(keys)
+        self.buffer.ctx_values[:n].copy_(values)
+        self.buffer.next_position = position
+        self.buffer.commit()
+        return position
+
     # -- steps -----------------------------------------------------------------------------
     def bucket(self, n: int) -> int:
         """The padded length a question of ``n`` tokens runs at (one graph per bucket)."""

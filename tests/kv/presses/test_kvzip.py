@@ -11,7 +11,8 @@ from ragcompress.generate import Generator
 from ragcompress.kv.encode import ChunkEncoder
 from ragcompress.kv.presses import kept_count
 from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
-from ragcompress.models import eager_attention, output_cache
+from ragcompress.models import output_cache
+from ragcompress.testing import make_tiny_llama
 
 from ..conftest import PASSAGES
 
@@ -30,9 +31,11 @@ def test_hooked_scores_equal_the_attention_of_one_plain_forward(encoder, tiny_ll
     ids = encoder.passage_ids(ragcompress.Passage(PASSAGES[0]))
     prompt = list(tokenizer(ragcompress.build(KVZIP).prompt, add_special_tokens=False)["input_ids"])
     plen, m = len(prefix), len(ids)
-    with torch.inference_mode(), eager_attention(tiny_llama):
-        out = tiny_llama(input_ids=torch.tensor([prefix + ids + prompt + ids]), output_attentions=True)
-        first = tiny_llama(input_ids=torch.tensor([prefix + ids]), use_cache=True)
+    # the same weights built with eager attention: the reference shares no code with the hooks
+    eager = make_tiny_llama(len(tokenizer), attn_implementation="eager")
+    with torch.inference_mode():
+        out = eager(input_ids=torch.tensor([prefix + ids + prompt + ids]), output_attentions=True)
+        first = eager(input_ids=torch.tensor([prefix + ids]), use_cache=True)
     want = [a[0, :, plen + m :, plen : plen + m].amax(dim=1) for a in out.attentions]
     got = reconstruction_scores(tiny_llama, output_cache(first), [ids], prompt, plen, m, 0)
     assert len(got) == len(want)

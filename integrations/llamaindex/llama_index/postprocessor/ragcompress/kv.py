@@ -82,11 +82,13 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         presses: Sequence[Any] = (),
         max_new_tokens: int | None = None,
         streaming: bool = False,
+        assembly: Any = None,
         **answerer_kwargs: Any,
     ) -> RagCompressKVSynthesizer:
-        """A synthesizer over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``."""
+        """A synthesizer over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``;
+        ``assembly``: an assembly-mode spec such as ``{"name": "blend", "recompute": 0.15}``."""
         answerer = KVAnswerer.from_generator(
-            generator, cache_dir=cache_dir, presses=presses, **answerer_kwargs
+            generator, cache_dir=cache_dir, presses=presses, assembly=assembly, **answerer_kwargs
         )
         return cls(answerer, max_new_tokens=max_new_tokens, streaming=streaming)
 

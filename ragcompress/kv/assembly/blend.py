@@ -1,0 +1,152 @@
+"""``blend``: selective recompute at query time (after CacheBlend, Yao et al., EuroSys 2025),
+choosing the tokens by what the question needs (after ProphetKV).
+
+The chunks are assembled as in ``concat``. A cheap first pass runs the question over that stale
+cache and reads, at every layer, how much the question's queries attend to each context token
+(the queries are rebuilt from the layer inputs the forward returns, so no hook and no switch of the
+attention implementation is needed). The share ``recompute`` of the chunks' kept tokens with the
+highest attention (largest over heads and question tokens, averaged over layers) is then recomputed
+by a real partial forward (see :mod:`ragcompress.kv.assembly.recompute`), and the question is
+prefilled over the repaired cache. ``recompute = 1`` is exactly a full prefill of the prompt;
+``recompute = 0`` is exactly ``concat`` (no first pass either).
+
+CacheBlend picks the tokens whose K/V deviate most from a fresh computation at a check layer; that
+needs every token's fresh K/V at that layer, the question-driven choice needs only the question's
+pass. Subclasses choose differently by overriding :meth:`Blend.score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.assembly.base import Assembly, Context, number, register_assembly
+from ragcompress.models import cache_kwargs
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PreTrainedModel
+
+    from ragcompress.kv.assemble import PrefixKV
+    from ragcompress.kv.chunk import KVChunk
+
+__all__ = ["Blend"]
+
+
+@register_assembly("blend")
+@dataclass
+class Blend(Assembly):
+    """``recompute`` in [0, 1]: share of the chunks' kept tokens recomputed per request."""
+
+    recompute: float = 0.15
+
+    def __post_init__(self) -> None:
+        self.recompute = number("blend", "recompute", self.recompute, 0.0, 1.0)
+
+    def check(self, model: PreTrainedModel) -> None:
+        super().check(model)
+        for i, layer in enumerate(_layers(model)):
+            attn = getattr(layer, "self_attn", None)
+            if attn is None or not hasattr(attn, "q_proj") or not hasattr(layer, "input_layernorm"):
+                raise ValueError(
+                    f"blend reads the question's queries from model.layers[{i}].self_attn.q_proj after "
+                    f"input_layernorm; {type(model).__name__} has no such modules"
+                )
+
+    def prepare(
+        self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
+    ) -> Context:
+        import torch
+
+        from ragcompress.kv.assemble import assemble, concat_starts
+        from ragcompress.kv.assembly.recompute import recompute_slots, slot_map
+
+        cache, position = assemble(prefix, chunks, _rotary(model), model.config)
+        n_slots = cache.get_seq_length()
+        slots = slot_map(prefix.length, chunks, concat_starts(prefix.length, chunks), model.device)
+        k = min(round(self.recompute * slots.chunk_slots), int(slots.candidates.numel()))
+        if k == 0:
+            return Context(cache, position, slots=n_slots)
+        chosen = slots.candidates
+        if k < chosen.numel():
+            scores = self.score(model, cache, question, position)[chosen]
+            order = torch.sort(scores, descending=True, stable=True).indices[:k]
+            chosen = torch.sort(chosen[order]).values
+        recompute_slots(model, cache, slots, chosen)
+        return Context(cache, position, slots=n_slots, recompute=k / slots.chunk_slots)
+
+    def score(
+        self, model: PreTrainedModel, cache: DynamicCache, question: Sequence[int], position: int
+    ) -> torch.Tensor:
+        """(slots,) float: how much the question needs each context slot (higher = recompute first)."""
+        return question_attention(model, cache, question, position)
+
+
+def question_attention(
+    model: PreTrainedModel, cache: DynamicCache, question: Sequence[int], position: int
+) -> torch.Tensor:
+    """(slots,): per layer, the largest softmax weight any head of any question token gives each
+    context slot, averaged over layers. The question's K/V are removed from ``cache`` afterwards."""
+    import torch
+
+    dev, n, slots = model.device, len(question), cache.get_seq_length()
+    pos = torch.arange(position, position + n, device=dev)[None]
+    # A dynamic layer appends by concatenation (new tensors), so the context tensors kept here
+    # are untouched by the probe and put back afterwards.
+    kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+    with torch.inference_mode():
+        out = model(
+            input_ids=torch.tensor([list(question)], device=dev),
+            position_ids=pos,
+            cache_position=torch.arange(slots, slots + n, device=dev),
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+            **cache_kwargs(model, cache),
+        )
+        hidden = out.hidden_states  # (L + 1) × (1, n, hidden): hidden[l] is layer l's input
+        rotary: Any = getattr(model, "model", model).rotary_emb
+        cos, sin = rotary(hidden[0], pos)  # (1, n, head_dim)
+        causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+        total = torch.zeros(slots, dtype=torch.float32, device=dev)
+        for li, layer in enumerate(_layers(model)):
+            q = _queries(layer, hidden[li], cos, sin)  # (heads, n, head_dim)
+            keys: Any = getattr(cache.layers[li], "keys", None)
+            keys = keys[0]  # (kv_heads, slots + n, head_dim)
+            keys = keys.repeat_interleave(q.shape[0] // keys.shape[0], dim=0)
+            logits = (q.float() @ keys.float().transpose(1, 2)) * float(layer.self_attn.scaling)
+            logits[:, :, slots:] = logits[:, :, slots:].masked_fill(~causal, float("-inf"))
+            total += logits.softmax(dim=-1)[:, :, :slots].amax(dim=(0, 1))
+    for layer, (k, v) in zip(cache.layers, kept, strict=True):  # drop the question's K/V
+        layer.keys, layer.values = k, v  # type: ignore[union-attr]
+    return total / len(_layers(model))
+
+
+def _queries(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The layer's rotated queries (heads, n, head_dim) for layer input ``hidden`` (1, n, hidden)."""
+    import torch
+
+    attn = layer.self_attn
+    q = attn.q_proj(layer.input_layernorm(hidden))
+    q = q.view(q.shape[1], -1, attn.head_dim)  # (n, heads, head_dim)
+    if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm, applied before RoPE
+        q = attn.q_norm(q)
+    q = q.transpose(0, 1)
+    c, s = cos[0].to(q.dtype), sin[0].to(q.dtype)
+    half = q.shape[-1] // 2
+    rotated = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
+    return q * c + rotated * s
+
+
+def _layers(model: PreTrainedModel) -> Any:
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} has no model.layers: blend cannot read its queries")
+    return layers
+
+
+def _rotary(model: PreTrainedModel) -> Any:
+    from ragcompress.kv.context import rotary_of
+
+    return rotary_of(model)

@@ -1,0 +1,119 @@
+"""A real partial forward: recompute chosen context tokens in place inside an assembled cache.
+
+The assembled cache holds prefix + chunk slots (keys at their logical positions). The tokens of the
+chosen slots are run through the model as one short sequence, each at its logical position, with a
+4D mask that lets each see every slot whose logical position is ≤ its own. At every layer the
+:class:`ScatterLayer` writes the fresh K/V of those tokens over their stale slots *before* that
+layer's attention, so later layers of the recomputed tokens and every later request token read the
+repaired cache. Recomputing every chunk slot is therefore exactly a full prefill of the prompt;
+recomputing none leaves the ``concat`` cache untouched.
+
+Compressed chunks: a slot can be recomputed only where every layer and head of the chunk kept the
+same token there (eviction presses may keep different tokens per head; such slots hold several
+tokens at once and are left as they are). The mask uses, per slot, the largest position any layer
+or head holds there, so a recomputed token never sees a later token (it may miss an earlier one
+that shares a slot with a later one in another head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from transformers.cache_utils import DynamicLayer
+
+from ragcompress.models import cache_kwargs
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PreTrainedModel
+
+    from ragcompress.kv.chunk import KVChunk
+
+__all__ = ["ScatterLayer", "SlotMap", "recompute_slots", "slot_map"]
+
+
+class ScatterLayer(DynamicLayer):
+    """A dynamic cache layer that, while ``slots`` (q,) int64 is set, writes the new keys/values
+    (1, kv_heads, q, head_dim) at those slots instead of appending them."""
+
+    slots: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, layer: Any) -> ScatterLayer:
+        new = cls()
+        new.update(layer.keys, layer.values)
+        return new
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.slots is None:
+            return super().update(key_states, value_states, *args, **kwargs)
+        assert self.keys is not None and self.values is not None
+        self.keys.index_copy_(2, self.slots, key_states.to(self.keys.dtype))
+        self.values.index_copy_(2, self.slots, value_states.to(self.values.dtype))
+        return self.keys, self.values
+
+
+@dataclass(frozen=True, eq=False)
+class SlotMap:
+    """Per cache slot (prefix then chunks): ``positions`` (slots,) int64 logical position (largest
+    over layers and heads), ``tokens`` (slots,) int64 token id (-1 where none is recomputable);
+    ``candidates`` (m,) int64 the chunk slots that can be recomputed; ``chunk_slots`` the number of
+    kept chunk tokens (the denominator of the recompute share)."""
+
+    positions: torch.Tensor
+    tokens: torch.Tensor
+    candidates: torch.Tensor
+    chunk_slots: int
+
+
+def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], device: Any) -> SlotMap:
+    import torch
+
+    positions = [torch.arange(prefix_len, dtype=torch.long, device=device)]
+    tokens = [torch.full((prefix_len,), -1, dtype=torch.long, device=device)]
+    for c, start in zip(chunks, starts, strict=True):
+        # every layer class keeps its (kv_heads, n) positions as a plain tensor: read them without
+        # dequantizing, and reduce on the device (one host transfer per request, not per layer)
+        held = torch.stack([layer.positions.to(device, torch.long) for layer in c.layers])  # (L, h, n)
+        hi, lo = held.amax(dim=(0, 1)), held.amin(dim=(0, 1))
+        local = hi - c.base_offset
+        ids = c.token_ids.to(device, torch.long)[local]
+        positions.append(start + local)
+        tokens.append(torch.where(hi == lo, ids, -1))
+    pos, tok = torch.cat(positions), torch.cat(tokens)
+    cand = torch.nonzero(tok >= 0).flatten()
+    return SlotMap(pos, tok, cand, int(pos.numel() - prefix_len))
+
+
+def recompute_slots(
+    model: PreTrainedModel, cache: DynamicCache, slots: SlotMap, chosen: torch.Tensor
+) -> None:
+    """Recompute the tokens of ``chosen`` (k,) sorted slot indices in place (one forward of k tokens)."""
+    import torch
+
+    layers = [ScatterLayer.of(layer) for layer in cache.layers]
+    cache.layers = layers  # type: ignore[assignment]  # same tensors, a layer that can scatter
+    pos = slots.positions[chosen]
+    dtype = layers[0].keys.dtype if layers[0].keys is not None else torch.float32
+    visible = slots.positions[None, :] <= pos[:, None]  # (k, slots)
+    mask = torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    for layer in layers:
+        layer.slots = chosen
+    try:
+        with torch.inference_mode():
+            model(
+                input_ids=slots.tokens[chosen][None],
+                position_ids=pos[None],
+                attention_mask=mask,
+                cache_position=chosen,
+                use_cache=True,
+                logits_to_keep=1,
+                **cache_kwargs(model, cache),
+            )
+    finally:
+        for layer in layers:
+            layer.slots = None

@@ -1,0 +1,54 @@
+"""Bad assembly specs fail with a ValueError naming what is wrong, before any request."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragcompress.generate import Generator
+from ragcompress.kv.answer import KVAnswerer
+from ragcompress.kv.assembly import build_assembly
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        ({"name": "nope"}, "nope"),
+        ({}, "None"),
+        ({"name": "blend", "recompute": 1.5}, "recompute"),
+        ({"name": "blend", "recompute": -0.1}, "recompute"),
+        ({"name": "blend", "recompute": "lots"}, "recompute"),
+        ({"name": "blend", "recompute": True}, "recompute"),
+        ({"name": "blend", "selection": "x"}, "selection"),
+        ({"name": "ape", "temperature": 0.0}, "temperature"),
+        ({"name": "ape", "temperature": -1}, "temperature"),
+        ({"name": "ape", "scale": 0}, "scale"),
+        ({"name": "ape", "scale": 100.0}, "scale"),
+        ({"name": "concat", "recompute": 0.5}, "recompute"),
+    ],
+)
+def test_bad_spec_names_the_field(spec, named):
+    with pytest.raises(ValueError, match=named):
+        build_assembly(spec)
+
+
+def test_not_a_spec():
+    with pytest.raises(TypeError, match="assembly"):
+        build_assembly(3.5)  # type: ignore[arg-type]
+
+
+def test_model_without_mask_support_fails_at_build(tokenizer):
+    from ragcompress.testing import make_tiny_llama
+
+    model = make_tiny_llama(len(tokenizer), seed=5)
+    model.config._attn_implementation = "flash_attention_2"  # what ape cannot pass a 4D mask to
+    gen = Generator.from_model(model, tokenizer)
+    with pytest.raises(ValueError, match="ape"):
+        KVAnswerer.from_generator(gen, assembly={"name": "ape"})
+    with pytest.raises(ValueError, match="rotary"):
+        build_assembly({"name": "blend"}).check(_Headless())
+
+
+class _Headless:
+    """A 'model' with no decoder layers or rotary module: nothing a mode can hook."""
+
+    config = None

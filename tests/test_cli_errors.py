@@ -1,0 +1,132 @@
+"""The CLI turns every expected error (store, value, OS, argument) into one line on stderr and
+exit status 2, never a traceback; `index` repairs damaged chunks (issue #13, item 7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragcompress.cli import main
+from ragcompress.testing import make_tiny_llama
+
+SECRET = "hunter2-s3cret"
+DEBUG_ENV = "RAGCOMPRESS_DEBUG"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> str:
+    # A real checkpoint folder, as a user's --reader/--model would be (max 4096 positions).
+    out = tmp_path_factory.mktemp("tiny-reader")
+    make_tiny_llama(len(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+
+def _docs(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The Rhine flows into the North Sea.\n\nOxygen is element 8.\n")
+    (docs / "b.jsonl").write_text(json.dumps({"id": "w1", "text": "Warsaw is the capital of Poland."}) + "\n")
+    return docs
+
+
+def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0] == err.splitlines()[-1], err
+    assert errors[0].startswith(f"ragcompress {argv[0]}: error: ")
+    assert message in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # a store URL refused (ValueError from open_store, after the reader loads)
+        (["demo", "--kv", "--store", "file://chunks/sub", "--reader", "{tiny}"], "names the host 'chunks'"),
+        (["index", "{docs}", "--store", "file://chunks/sub", "--model", "{tiny}"], "names the host 'chunks'"),
+        # an OS error: the cache directory is a file
+        (
+            ["ask", "Who?", "--docs", "{docs}", "--kv", "--cache-dir", "{docs}/a.txt", "--reader", "{tiny}"],
+            "a.txt",
+        ),
+        # an unreachable store, its password never printed
+        (
+            [
+                "index",
+                "{docs}",
+                "--store",
+                f"redis://:{SECRET}@127.0.0.1:1/0?password={SECRET}",
+                "--model",
+                "{tiny}",
+            ],
+            "unavailable",
+        ),
+        (["index", "{docs}", "--store", "{tmp}/chunks", "--tenant", "acme\n", "--model", "{tiny}"], "tenant"),
+        # arguments: a negative length, two stores, a benchmark's own argument check
+        (["demo", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
+        (["ask", "Who?", "--docs", "{docs}", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 0"),
+        (["demo", "--kv", "--store", "memory://", "--cache-dir", "{tmp}/c"], "not both"),
+        (["demo", "--kv", "--fast-capacity", "0"], "--fast-capacity must be >= 1"),
+        (["bench", "text", "--limit", "0"], "--limit must be at least 1"),
+    ],
+)
+def test_expected_errors_are_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, tiny_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = _docs(tmp_path)
+    subst = {"{tiny}": tiny_dir, "{docs}": str(docs), "{tmp}": str(tmp_path)}
+    for key, value in subst.items():
+        argv = [a.replace(key, value) for a in argv]
+    line = _fails_in_one_line(capsys, argv, message)
+    assert SECRET not in line
+
+
+def test_ask_kv_with_a_huge_document_says_it_exceeds_the_context(
+    tmp_path: Path, tiny_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.txt"
+    big.write_text("lorem ipsum dolor sit amet " * 40_000)  # ~1M characters, one passage
+    argv = ["ask", "What?", "--docs", str(big), "--kv", "--reader", tiny_dir, "--max-new-tokens", "2"]
+    _fails_in_one_line(capsys, argv, "exceeds the model's context")
+
+
+def test_debug_env_shows_the_traceback(
+    tmp_path: Path, tiny_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    argv = ["index", str(_docs(tmp_path)), "--store", "file://chunks/sub", "--model", tiny_dir]
+    with pytest.raises(Exception, match="names the host") as info:
+        main(argv)
+    assert info.traceback  # raised, not turned into a line
+
+
+def _index(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, int]:
+    assert main(["index", *argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return summary["encoded"], summary["skipped"]
+
+
+def test_index_rerun_repairs_a_damaged_chunk(
+    tmp_path: Path, tiny_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "chunks"
+    args = (str(_docs(tmp_path)), "--store", str(store), "--model", tiny_dir)
+    assert _index(capsys, *args) == (3, 0)
+    files = sorted(p for p in store.rglob("*.safetensors") if "quarantine" not in p.parts)
+    assert len(files) == 3
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])  # a torn write
+    assert _index(capsys, *args) == (1, 2)  # re-encoded, not "skipped"
+    assert files[0].is_file()  # repaired in place; the torn file went to quarantine
+    assert _index(capsys, *args) == (0, 3)
