@@ -74,3 +74,54 @@ def test_damaged_chunk_in_each_tier_of_a_signed_stack(
     outcome = damaged_tiers(stack, ChunkCache(encoder, stack), passages)
     assert outcome.ok and outcome.tried == 6, _explain(outcome)
     assert all(stack.tier_stats()[name]["rejected"] for name in ("host", "disk", "remote"))
+
+
+# -- one small case of each scenario module of benchmarks/faults (issue #13), so it cannot rot --
+@pytest.fixture
+def env(tmp_path: Path, redis_server: Any, redis_url: str, model_dir: str) -> Any:
+    import sys
+
+    from ragcompress.kv.encode import ChunkEncoder
+    from ragcompress.models import load_reader
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: `benchmarks`
+    from benchmarks.faults.common import Env
+
+    # Loaded from its folder, as the load scenario's worker processes load it: the same chunk keys.
+    lm, tok = load_reader(model_dir, "cpu")
+    encoder = ChunkEncoder(lm, tok, max_batch_tokens=1)
+    return Env(tmp_path, model_dir, lm, tok, encoder, redis_server, quick=True)
+
+
+SCENARIOS = [
+    "integrity.planted_and_damaged",
+    "integrity.weights_changed",
+    "threads.eight_threads",
+    "disk.disk_edges",
+    "degrade.degrade",
+    "inputs.urls",
+    "inputs.cli_errors",
+    "inputs.bad_inputs",
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_benchmark_scenario_holds_on_a_few_cases(scenario: str, env: Any) -> None:
+    import importlib
+
+    module, name = scenario.split(".")
+    outcome = getattr(importlib.import_module(f"benchmarks.faults.{module}"), name)(env)
+    assert outcome.tried >= 2, _explain(outcome)
+    assert outcome.ok, _explain(outcome)
+
+
+def test_benchmark_load_two_processes_no_wrong_answer(env: Any) -> None:
+    from benchmarks.faults.load import MODES, load
+
+    rows = load(env, processes=2, per_process=3)
+    assert len(rows) == len(MODES) + 1
+    for row in rows[:-1]:  # every request answered, none wrong, Redis down or not
+        assert row.ok and row.details["answered"] == 6, _explain(row)
+        assert row.details["wrong_answers"] == 0 and row.details["wrong_chunks"] == 0
+    assert rows[2].details["redis_stopped_after_requests"] >= 0
+    assert rows[-1].tried == len(MODES)  # dedup is measured (its goal is the benchmark's to judge)
