@@ -100,9 +100,12 @@ class DiskLeases(Leases):
         return None
 
     def _create(self, path: Path, token: str, ttl_s: float) -> bool:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # A lease may be what recreates a deleted cache directory: create it (and the lease
+        # folder, and the lock) private, as the disk store does, never with the default mode.
+        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
         # A reader may see the file before these bytes; it then dates the lock by its mtime.

@@ -205,3 +205,19 @@ def test_four_processes_sharing_disk_and_redis_encode_each_chunk_once(tmp_path: 
         assert all(r[name]["served"] == len(CORPUS) for r in got.values()), (name, got)
     assert len(DiskStore(tmp_path / "shared")) == len(CORPUS)
     assert len(RedisStore(redis_url)) == len(CORPUS)
+
+
+def test_a_lease_recreates_a_deleted_cache_directory_private(tmp_path) -> None:
+    import shutil
+    import stat
+
+    from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.lease import DiskLeases
+
+    store = DiskStore(tmp_path / "deep" / "chunks")
+    shutil.rmtree(tmp_path / "deep")
+    key = ChunkKey(model="m", layout="l", presses="", tokens="t")
+    lease = DiskLeases(store.directory).acquire(key, 5.0)
+    assert lease is not None
+    for folder in (store.directory, store.directory / ".leases"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
