@@ -29,18 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.faults`, run as a script
 
-from benchmarks.faults.common import Env, make_env
-
-PASSAGES = [
-    "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
-    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
-    "The Danube flows through ten countries before reaching the Black Sea.",
-    "Ada Lovelace wrote what is often called the first computer program.",
-    "The Nile is the longest river in Africa.",
-    "Mount Everest lies on the border of Nepal and China.",
-    "Honey never spoils when it is stored sealed.",
-    "Octopuses have three hearts and blue blood.",
-]
+from benchmarks.faults.common import PASSAGES, Env, make_env
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -34,3 +34,15 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama(tokenizer):
     return make_tiny_llama(len(tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
+    """A real checkpoint folder (safetensors + config + tokenizer) of the tiny Llama, as a user's
+    ``--reader``/``--model`` would be (max 4096 positions)."""
+    from ragcompress.testing import make_tiny_llama
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    make_tiny_llama(len(tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ragcompress.cli import main
-from ragcompress.testing import make_tiny_llama
 
 SECRET = "hunter2-s3cret"
 DEBUG_ENV = "RAGCOMPRESS_DEBUG"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> str:
-    # A real checkpoint folder, as a user's --reader/--model would be (max 4096 positions).
-    out = tmp_path_factory.mktemp("tiny-reader")
-    make_tiny_llama(len(tokenizer)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(autouse=True)
@@ -82,10 +71,10 @@ def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], mess
     ],
 )
 def test_expected_errors_are_one_line_and_exit_2(
-    argv: list[str], message: str, tmp_path: Path, tiny_dir: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     docs = _docs(tmp_path)
-    subst = {"{tiny}": tiny_dir, "{docs}": str(docs), "{tmp}": str(tmp_path)}
+    subst = {"{tiny}": tiny_model_dir, "{docs}": str(docs), "{tmp}": str(tmp_path)}
     for key, value in subst.items():
         argv = [a.replace(key, value) for a in argv]
     line = _fails_in_one_line(capsys, argv, message)
@@ -93,19 +82,19 @@ def test_expected_errors_are_one_line_and_exit_2(
 
 
 def test_ask_kv_with_a_huge_document_says_it_exceeds_the_context(
-    tmp_path: Path, tiny_dir: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     big = tmp_path / "big.txt"
     big.write_text("lorem ipsum dolor sit amet " * 40_000)  # ~1M characters, one passage
-    argv = ["ask", "What?", "--docs", str(big), "--kv", "--reader", tiny_dir, "--max-new-tokens", "2"]
+    argv = ["ask", "What?", "--docs", str(big), "--kv", "--reader", tiny_model_dir, "--max-new-tokens", "2"]
     _fails_in_one_line(capsys, argv, "exceeds the model's context")
 
 
 def test_debug_env_shows_the_traceback(
-    tmp_path: Path, tiny_dir: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(DEBUG_ENV, "1")
-    argv = ["index", str(_docs(tmp_path)), "--store", "file://chunks/sub", "--model", tiny_dir]
+    argv = ["index", str(_docs(tmp_path)), "--store", "file://chunks/sub", "--model", tiny_model_dir]
     with pytest.raises(Exception, match="names the host") as info:
         main(argv)
     assert info.traceback  # raised, not turned into a line
@@ -118,10 +107,10 @@ def _index(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, int]:
 
 
 def test_index_rerun_repairs_a_damaged_chunk(
-    tmp_path: Path, tiny_dir: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "chunks"
-    args = (str(_docs(tmp_path)), "--store", str(store), "--model", tiny_dir)
+    args = (str(_docs(tmp_path)), "--store", str(store), "--model", tiny_model_dir)
     assert _index(capsys, *args) == (3, 0)
     files = sorted(p for p in store.rglob("*.safetensors") if "quarantine" not in p.parts)
     assert len(files) == 3

@@ -13,7 +13,7 @@ from typing import Any
 
 from ragcompress.kv.faults import Outcome
 
-__all__ = ["Env", "Tally", "make_env", "same_chunk"]
+__all__ = ["PASSAGES", "Env", "Tally", "make_env", "same_chunk"]
 
 PASSAGES = [
     "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",

@@ -9,16 +9,6 @@ from typing import Any
 import pytest
 
 from ragcompress.cli import main
-from ragcompress.testing import make_tiny_llama
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> str:
-    # A real checkpoint folder (safetensors + config + tokenizer), as a user's --model would be.
-    out = tmp_path_factory.mktemp("tiny-llama")
-    make_tiny_llama(len(tokenizer)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 def _docs(tmp_path: Path) -> Path:
