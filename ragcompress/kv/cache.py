@@ -25,7 +25,7 @@ from ragcompress.kv.breaker import TIER_ERRORS
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode import ChunkEncoder
 from ragcompress.kv.key import ChunkKey
-from ragcompress.kv.lease import Lease, leases_for
+from ragcompress.kv.lease import Lease
 from ragcompress.kv.press import KVPress, build_presses
 from ragcompress.kv.store import ChunkStore
 from ragcompress.types import Passage, validate_passages
@@ -91,7 +91,7 @@ class ChunkCache:
         press = build_presses(presses)
         self.presses: tuple[KVPress, ...] = () if press is None else (press,)
         self.lease_s, self.poll_s = float(lease_s), float(poll_s)
-        self.leases = leases_for(store)
+        self.leases = store.leases()
         self._claims: dict[str, Future[KVChunk]] = {}  # digest -> the chunk a thread is encoding
         self._claims_lock = threading.Lock()
 

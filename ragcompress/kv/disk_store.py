@@ -42,6 +42,8 @@ from ragcompress.kv.store import MISSING, ChunkStore, Lookup
 if TYPE_CHECKING:
     import torch
 
+    from ragcompress.kv.lease import Leases
+
 __all__ = ["DEFAULT_MAX_CHUNK_BYTES", "DiskStore"]
 
 log = logging.getLogger(__name__)
@@ -223,6 +225,13 @@ class DiskStore(ChunkStore):
         self._total, self._puts_since_scan = total, 0
 
     # -- the rest of ChunkStore -------------------------------------------------------------
+    def leases(self) -> Leases:
+        """Lock files beside the chunks (``<directory>/.leases``), seen by every process sharing
+        the directory."""
+        from ragcompress.kv.lease import DiskLeases
+
+        return DiskLeases(self.directory)
+
     def contains(self, key: ChunkKey) -> bool:
         return self.path(key).is_file()
 

@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.redis_store import RedisStore
     from ragcompress.kv.store import ChunkStore
 
-__all__ = ["DiskLeases", "FirstAvailable", "Lease", "Leases", "RedisLeases", "leases_for", "new_token"]
+__all__ = ["DiskLeases", "FirstAvailable", "Lease", "Leases", "RedisLeases", "new_token", "tier_leases"]
 
 log = logging.getLogger(__name__)
 
@@ -202,12 +202,15 @@ class FirstAvailable(Leases):
         lease.backend.release(lease)
 
 
-def leases_for(store: ChunkStore) -> Leases | None:
-    """The leases that processes sharing ``store`` see; None for a store only this process
-    sees (memory), where the cache's per-key futures are enough."""
-    from ragcompress.kv.disk_store import DiskStore
-
-    if isinstance(store, DiskStore):
-        # DiskStore has no leases() of its own yet: its leases are lock files beside its chunks.
-        return DiskLeases(store.directory)
-    return store.leases()
+def tier_leases(
+    tiers: Sequence[tuple[str, ChunkStore]], breakers: Mapping[str, CircuitBreaker]
+) -> Leases | None:
+    """The leases of a tiered store: each shared tier's, most widely shared (the back, last in
+    ``tiers``) first, each behind its breaker; None when no tier is shared (memory only), where
+    the cache's per-key futures are enough."""
+    found = [
+        (name, leases, breakers[name])
+        for name, tier in reversed(tiers)
+        if (leases := tier.leases()) is not None
+    ]
+    return FirstAvailable(found) if found else None

@@ -166,11 +166,8 @@ class TieredStore(ChunkStore):
         return [("front", self.front), ("back", self.back)]
 
     def leases(self) -> Leases | None:
-        """The back tier's leases (the more widely shared), then the front's, each behind its
-        breaker; None when neither tier is shared."""
-        from ragcompress.kv.lease import FirstAvailable, leases_for
+        """The shared tiers' leases, back first, each behind its breaker (see
+        :func:`~ragcompress.kv.lease.tier_leases`)."""
+        from ragcompress.kv.lease import tier_leases
 
-        found = [
-            (n, leases, self.breakers[n]) for n, t in reversed(self._tiers()) if (leases := leases_for(t))
-        ]
-        return FirstAvailable(found) if found else None
+        return tier_leases(self._tiers(), self.breakers)

@@ -268,16 +268,11 @@ class MultiTierStore(ChunkStore):
         return removed
 
     def leases(self) -> Leases | None:
-        """The shared tiers' leases, most widely shared (back) first, each behind its breaker;
-        None when no tier is shared (memory only)."""
-        from ragcompress.kv.lease import FirstAvailable, leases_for
+        """The shared tiers' leases, back first, each behind its breaker (see
+        :func:`~ragcompress.kv.lease.tier_leases`)."""
+        from ragcompress.kv.lease import tier_leases
 
-        found = [
-            (name, leases, self.breakers[name])
-            for name, tier in reversed(self.tiers)
-            if (leases := leases_for(tier)) is not None
-        ]
-        return FirstAvailable(found) if found else None
+        return tier_leases(self.tiers, self.breakers)
 
     def tier_stats(self) -> dict[str, dict[str, Any]]:
         """Per tier, front to back: hits, misses, rejected (by reason), unavailable, bytes, and
