@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_FAMILIES", "chunks_close", "make_tiny_llama", "make_tiny_qwen2"]
+__all__ = ["TINY_FAMILIES", "chunks_close", "make_tiny_llama", "make_tiny_qwen2", "write_docs"]
 
 
 def _tiny_config(vocab_size: int, **fields: Any) -> dict[str, Any]:
@@ -81,3 +82,15 @@ def chunks_close(a: Any, b: Any, atol: float = 1e-5) -> bool:
         for la, lb in zip(a.layers, b.layers, strict=True)
         for x, y in zip(la.tensors().values(), lb.tensors().values(), strict=True)
     )
+
+
+def write_docs(folder: Path) -> Path:
+    """``folder/docs`` with a small ``.txt`` (two paragraphs) and a ``.jsonl`` (one document with
+    an id): the document formats ``ragcompress ask --docs`` / ``index`` read."""
+    import json
+
+    docs = folder / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The Rhine flows into the North Sea.\n\nOxygen is element 8.\n")
+    (docs / "b.jsonl").write_text(json.dumps({"id": "w1", "text": "Warsaw is the capital of Poland."}) + "\n")
+    return docs

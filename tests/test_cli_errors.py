@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ragcompress.cli import main
+from ragcompress.testing import write_docs
 
 SECRET = "hunter2-s3cret"
 DEBUG_ENV = "RAGCOMPRESS_DEBUG"
@@ -17,14 +18,6 @@ DEBUG_ENV = "RAGCOMPRESS_DEBUG"
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(DEBUG_ENV, raising=False)
-
-
-def _docs(tmp_path: Path) -> Path:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.txt").write_text("The Rhine flows into the North Sea.\n\nOxygen is element 8.\n")
-    (docs / "b.jsonl").write_text(json.dumps({"id": "w1", "text": "Warsaw is the capital of Poland."}) + "\n")
-    return docs
 
 
 def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> str:
@@ -73,7 +66,7 @@ def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], mess
 def test_expected_errors_are_one_line_and_exit_2(
     argv: list[str], message: str, tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    docs = _docs(tmp_path)
+    docs = write_docs(tmp_path)
     subst = {"{tiny}": tiny_model_dir, "{docs}": str(docs), "{tmp}": str(tmp_path)}
     for key, value in subst.items():
         argv = [a.replace(key, value) for a in argv]
@@ -94,7 +87,7 @@ def test_debug_env_shows_the_traceback(
     tmp_path: Path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(DEBUG_ENV, "1")
-    argv = ["index", str(_docs(tmp_path)), "--store", "file://chunks/sub", "--model", tiny_model_dir]
+    argv = ["index", str(write_docs(tmp_path)), "--store", "file://chunks/sub", "--model", tiny_model_dir]
     with pytest.raises(Exception, match="names the host") as info:
         main(argv)
     assert info.traceback  # raised, not turned into a line
@@ -110,7 +103,7 @@ def test_index_rerun_repairs_a_damaged_chunk(
     tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tmp_path / "chunks"
-    args = (str(_docs(tmp_path)), "--store", str(store), "--model", tiny_model_dir)
+    args = (str(write_docs(tmp_path)), "--store", str(store), "--model", tiny_model_dir)
     assert _index(capsys, *args) == (3, 0)
     files = sorted(p for p in store.rglob("*.safetensors") if "quarantine" not in p.parts)
     assert len(files) == 3

@@ -9,14 +9,7 @@ from typing import Any
 import pytest
 
 from ragcompress.cli import main
-
-
-def _docs(tmp_path: Path) -> Path:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.txt").write_text("The Rhine flows into the North Sea.\n\nOxygen is element 8.\n")
-    (docs / "b.jsonl").write_text(json.dumps({"id": "w1", "text": "Warsaw is the capital of Poland."}) + "\n")
-    return docs
+from ragcompress.testing import write_docs
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
@@ -27,7 +20,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
 def test_index_into_redis_twice_encodes_once(
     tmp_path: Path, redis_url: str, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    docs = _docs(tmp_path)
+    docs = write_docs(tmp_path)
     args = ("index", str(docs), "--store", redis_url, "--model", tiny_model_dir, "--json")
     first = _run(capsys, *args)
     assert (first["passages"], first["encoded"], first["skipped"]) == (3, 3, 0)
@@ -38,7 +31,7 @@ def test_index_into_redis_twice_encodes_once(
 def test_a_different_press_is_a_different_chunk(
     tmp_path: Path, redis_url: str, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    docs = _docs(tmp_path)
+    docs = write_docs(tmp_path)
     base = ("index", str(docs), "--store", redis_url, "--model", tiny_model_dir, "--json")
     _run(capsys, *base)
     pressed = _run(capsys, *base, "--press", '{"name": "quantize", "bits": 4}')
@@ -46,13 +39,13 @@ def test_a_different_press_is_a_different_chunk(
 
 
 def test_index_needs_a_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["index", str(_docs(tmp_path))]) == 2
+    assert main(["index", str(write_docs(tmp_path))]) == 2
     assert "--store" in capsys.readouterr().err
 
 
 def test_unreachable_store_is_a_clear_error(
     tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["index", str(_docs(tmp_path)), "--store", "redis://127.0.0.1:1/0", "--model", tiny_model_dir]
+    argv = ["index", str(write_docs(tmp_path)), "--store", "redis://127.0.0.1:1/0", "--model", tiny_model_dir]
     assert main(argv) == 2
     assert "unavailable" in capsys.readouterr().err
