@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ragcompress.bench.kv import main
+from ragcompress_bench.kv import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

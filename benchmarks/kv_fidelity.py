@@ -27,7 +27,7 @@ from kv_common import load_qa, machine, write_result
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_context
-from ragcompress.models import load_reader
+from ragcompress.models.load import load_reader
 
 
 def gold_loglik_full(gen: Generator, passages: list[str], question: str, answer: str) -> float:

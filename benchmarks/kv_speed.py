@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kv_common import load_qa, machine, write_result
+from ragcompress_bench.ttft_timing import Clock, copy_bandwidth
 
-from ragcompress.bench.ttft_timing import Clock, copy_bandwidth
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_context
-from ragcompress.kv.fast_answer import FastKVAnswerer
-from ragcompress.models import load_reader, load_tokenizer
+from ragcompress.kv.fast.answer import FastKVAnswerer
+from ragcompress.models.load import load_reader, load_tokenizer
 
 # Llama-3.1-8B's published config (shapes and RoPE are what timing depends on).
 LLAMA_8B: dict[str, Any] = {

@@ -4,7 +4,7 @@ loopback redis-server.
     python benchmarks/store_faults.py [--processes 8] [--per-process 100] [--quick] [--out DIR]
 
 Starts its own redis-server on 127.0.0.1 (a free port; nothing else is contacted), runs the
-store scenarios of :mod:`ragcompress.kv.faults` and every defect class of issue #13
+store scenarios of :mod:`tests.support.faults` and every defect class of issue #13
 (:mod:`benchmarks.faults`), prints a table (scenario, cases tried, held, throughput, details)
 and writes ``store_faults.json`` and ``store_faults.txt`` under ``--out`` with the command
 line, the machine and the date. Exits 1 when a case does not hold.
@@ -50,12 +50,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _store_scenarios(env: Env, args: argparse.Namespace) -> list[Any]:
-    """The scenarios of ragcompress.kv.faults: concurrent clients, killed writers, restarts."""
+    """The scenarios of tests.support.faults: concurrent clients, killed writers, restarts."""
     from ragcompress.kv.cache import ChunkCache
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.kv.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
-    from ragcompress.kv.redis_store import RedisStore
-    from ragcompress.kv.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.redis import RedisStore
+    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+    from tests.support.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 
     url, server, encoder = env.redis.url, env.redis, env.encoder
     out = [
@@ -139,7 +139,7 @@ def main() -> int:
 
     import torch
 
-    from ragcompress.kv.redis_local import LocalRedis
+    from tests.support.redis_local import LocalRedis
 
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []

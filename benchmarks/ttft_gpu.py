@@ -1,4 +1,4 @@
-"""Time to first token from cached chunks on the GPU (see ragcompress/bench/ttft.py).
+"""Time to first token from cached chunks on the GPU (see benchmarks/ragcompress_bench/ttft.py).
 
 PYTHONPATH=. python3 benchmarks/ttft_gpu.py --contexts 1024,4096,10240,32768 --out benchmarks/results
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from ragcompress.bench.ttft import main
+from ragcompress_bench.ttft import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

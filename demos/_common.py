@@ -22,7 +22,7 @@ DEFAULT_SPEC = '{"name": "sentences", "ratio": 0.5}'
 
 def embed(texts: list[str]) -> list[list[float]]:
     """Unit-norm vectors of ``texts`` from ragcompress's packaged all-MiniLM-L6-v2."""
-    from ragcompress.models import load_embedder
+    from ragcompress.models.load import load_embedder
 
     vectors = load_embedder().encode(list(texts), normalize_embeddings=True)
     return [[float(x) for x in v] for v in vectors]

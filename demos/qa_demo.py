@@ -35,8 +35,8 @@ def main(n_questions: int = 3) -> None:
               f"{s.tokens_before} -> {s.tokens_after} tokens ({s.ratio:.2f}x), "
               f"first token after {answer.stats.ttft_ms:.0f} ms\n")  # fmt: skip
 
-    # The same thing as one object, from the ready spec pipelines/text-only.yaml:
-    from ragcompress.pipeline import Pipeline
+    # The same thing as one object, from the ready spec ragcompress/pipeline/specs/text-only.yaml:
+    from ragcompress.pipeline.core import Pipeline
 
     pipe = Pipeline.from_yaml("text-only", generator=reader)
     pipe.retriever = retriever

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models import cache_kwargs, output_cache
+from ragcompress.models.load import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage
 from ragcompress.validate import check_max_new_tokens, check_query, check_request
@@ -97,7 +97,7 @@ class Generator:
     @property
     def lm(self) -> PreTrainedModel:
         if self._lm is None:
-            from ragcompress.models import load_reader
+            from ragcompress.models.load import load_reader
 
             with _INIT:
                 if self._lm is None:
@@ -107,7 +107,7 @@ class Generator:
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         if self._tok is None:
-            from ragcompress.models import load_tokenizer
+            from ragcompress.models.load import load_tokenizer
 
             with _INIT:
                 if self._tok is None:

@@ -96,7 +96,7 @@ class FaissRetriever:
         """Float32 unit vectors, shape (len(texts), dim)."""
         import numpy as np
 
-        from ragcompress.models import load_embedder
+        from ragcompress.models.load import load_embedder
 
         model = load_embedder(self.embedder, self.device)
         vecs = model.encode(

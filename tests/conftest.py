@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ragcompress.testing import make_tiny_llama
+from tests.support.tiny import make_tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from ragcompress.models import load_tokenizer
+    from ragcompress.models.load import load_tokenizer
 
     return load_tokenizer()
 
@@ -40,7 +40,7 @@ def tiny_llama(tokenizer):
 def tiny_model_dir(tmp_path_factory, tokenizer) -> str:
     """A real checkpoint folder (safetensors + config + tokenizer) of the tiny Llama, as a user's
     ``--reader``/``--model`` would be (max 4096 positions)."""
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     out = tmp_path_factory.mktemp("tiny-llama")
     make_tiny_llama(len(tokenizer)).save_pretrained(out)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ragcompress.cli import main, run_bench
+from ragcompress.cli.app import main, run_bench
 from ragcompress.corpus import load_passages
 
 SUBCOMMANDS = ["demo", "ask", "index", "bench", "models"]
@@ -87,7 +87,17 @@ def test_models_lists_packaged_models(capsys):
 def test_demo_json_lines_from_a_fresh_process():
     # A subprocess, so that anything a library prints to stdout would break the JSON lines.
     proc = subprocess.run(
-        [sys.executable, "-m", "ragcompress.cli", "demo", "--json", "--limit", "3", "--max-new-tokens", "6"],
+        [
+            sys.executable,
+            "-m",
+            "ragcompress.cli",
+            "demo",
+            "--json",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "6",
+        ],
         capture_output=True,
         text=True,
         timeout=900,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ragcompress.cli import main
-from ragcompress.testing import write_docs
+from ragcompress.cli.app import main
+from tests.support.tiny import write_docs
 
 SECRET = "hunter2-s3cret"
 DEBUG_ENV = "RAGCOMPRESS_DEBUG"

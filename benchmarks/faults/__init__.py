@@ -2,7 +2,7 @@
 ``benchmarks/store_faults.py`` and (one small case each) by ``tests/kv/store/test_store_faults.py``.
 
 Every scenario takes an :class:`~benchmarks.faults.common.Env` (the tiny seeded model, its encoder, a
-loopback ``redis-server``, a scratch folder) and returns :class:`ragcompress.kv.faults.Outcome`
+loopback ``redis-server``, a scratch folder) and returns :class:`tests.support.faults.Outcome`
 objects: cases tried, cases held, and what went wrong.
 
 - :mod:`.integrity`: (1) damaged or planted chunks, (3) weights changed in place.

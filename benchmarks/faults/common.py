@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragcompress.kv.faults import Outcome
+from tests.support.faults import Outcome
 
 __all__ = ["PASSAGES", "Env", "Tally", "make_env", "same_chunk"]
 
@@ -32,7 +32,7 @@ SECRET = "a-benchmark-secret-of-32-chars!!"
 class Env:
     """``tmp``: a scratch folder; ``model_dir``: the tiny model saved like a checkpoint (worker
     processes load it by path); ``lm``/``tok``/``encoder``: loaded in this process; ``redis``: a
-    running :class:`~ragcompress.kv.redis_local.LocalRedis`. ``quick``: fewer cases (the tests)."""
+    running :class:`~tests.support.redis_local.LocalRedis`. ``quick``: fewer cases (the tests)."""
 
     tmp: Path
     model_dir: str
@@ -62,9 +62,9 @@ def make_env(tmp: Path, redis: Any, quick: bool = False) -> Env:
     """Save the tiny seeded Llama (with the packaged tokenizer) under ``tmp`` and load it back."""
     import torch
 
-    from ragcompress.kv.encode import ChunkEncoder
-    from ragcompress.models import load_reader, load_tokenizer
-    from ragcompress.testing import make_tiny_llama
+    from ragcompress.kv.encode.encoder import ChunkEncoder
+    from ragcompress.models.load import load_reader, load_tokenizer
+    from tests.support.tiny import make_tiny_llama
 
     torch.set_num_threads(1)
     model_dir = tmp / "tiny-model"

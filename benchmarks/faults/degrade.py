@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from benchmarks.faults.common import Env, Tally, same_chunk
-from ragcompress.kv.faults import Outcome
+from tests.support.faults import Outcome
 
 __all__ = ["CountingPort", "degrade"]
 
@@ -52,7 +52,7 @@ def _ask(env: Env, cache: Any, passages: list[str]) -> str | None:
 
 def _broken_disk(env: Env) -> Any:
     """A disk store whose directory was replaced by a file after it opened: writes fail."""
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     root = env.fresh("broken")
     disk = DiskStore(root)
@@ -72,9 +72,9 @@ def _failed_write(env: Env, build: Callable[[Any], Any]) -> str | None:
 
 
 def _builders() -> dict[str, Callable[[Any], Any]]:
-    from ragcompress.kv.memory_store import MemoryStore
-    from ragcompress.kv.store import TieredStore
-    from ragcompress.kv.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.base import TieredStore
+    from ragcompress.kv.store.memory import MemoryStore
+    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
 
     return {
         "bare disk": lambda back: back,
@@ -91,8 +91,8 @@ def _dead_tier(
     by less than one per request: only the breaker's probes reach the tier, where without a
     breaker every chunk pays a lookup and a write, each with its retries."""
     from ragcompress.kv.cache import ChunkCache
-    from ragcompress.kv.redis_store import RedisStore
-    from ragcompress.kv.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.redis import RedisStore
+    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
 
     remote = RedisStore(url, tenant=env.tenant("dead"), retries=1, backoff_s=0.01, timeout_s=1.0)
     store = MultiTierStore([("host", MemoryTier(1)), ("remote", remote)])
@@ -116,8 +116,8 @@ def _dead_tier(
 def _redis_killed(env: Env, requests: int) -> str | None:
     """Redis stopped mid-run behind a host tier: every request answered, then back after a restart."""
     from ragcompress.kv.cache import ChunkCache
-    from ragcompress.kv.redis_store import RedisStore
-    from ragcompress.kv.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.redis import RedisStore
+    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
 
     remote = RedisStore(env.redis.url, tenant=env.tenant("killed"), retries=1, backoff_s=0.01)
     cache = ChunkCache(env.encoder, MultiTierStore([("host", MemoryTier(1)), ("remote", remote)]))
@@ -134,7 +134,7 @@ def _redis_killed(env: Env, requests: int) -> str | None:
 
 
 def degrade(env: Env) -> Outcome:
-    from ragcompress.kv.redis_local import free_port
+    from tests.support.redis_local import free_port
 
     tally = Tally("(5) failed writes answered, dead tier skipped")
     for name, build in _builders().items():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.faults.common import Env, Tally, same_chunk
-from ragcompress.kv.faults import Outcome
+from tests.support.faults import Outcome
 
 __all__ = ["disk_edges"]
 
@@ -30,7 +30,7 @@ def _answered(env: Env, store: Any, passage: str) -> str | None:
 
 
 def _deleted(env: Env, parents: bool) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     top = env.fresh("deleted")
     root = top / "deep" / "chunks"
@@ -47,7 +47,7 @@ def _deleted(env: Env, parents: bool) -> str | None:
 
 
 def _at_chunk_path(env: Env, kind: str) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     store = DiskStore(env.fresh("odd"))
     passage = env.passages[2] + f" ({kind})"
@@ -71,7 +71,7 @@ def _at_chunk_path(env: Env, kind: str) -> str | None:
 
 def _read_only_shard(env: Env, tally: Tally) -> None:
     """A damaged chunk in a shard nobody may rename or remove from: a miss every time, no raise."""
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     store = DiskStore(env.fresh("readonly"))
     chunk = env.encoder.encode(env.passages[3:4])[0]
@@ -96,7 +96,7 @@ def _read_only_shard(env: Env, tally: Tally) -> None:
 
 
 def _shared_dir(env: Env, mode: int, owner_shift: int) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     d = env.fresh("shared")
     d.mkdir(mode=0o700)
@@ -114,7 +114,7 @@ def _shared_dir(env: Env, mode: int, owner_shift: int) -> str | None:
 
 
 def _symlinked_shard(env: Env) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     root, outside = env.fresh("cache"), env.fresh("elsewhere")
     outside.mkdir()
@@ -132,7 +132,7 @@ def _symlinked_shard(env: Env) -> str | None:
 
 
 def _byte_cap(env: Env) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     probe = DiskStore(env.fresh("probe"))
     chunk = env.encoder.encode(env.passages[:1])[0]
@@ -151,7 +151,7 @@ def _byte_cap(env: Env) -> str | None:
 
 
 def _oversized(env: Env) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     store = DiskStore(env.fresh("huge"))
     chunk = env.encoder.encode(env.passages[5:6])[0]

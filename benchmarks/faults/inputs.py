@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.faults.common import Env, Tally
-from ragcompress.kv.faults import Outcome
+from tests.support.faults import Outcome
 
 __all__ = ["bad_inputs", "cli_errors", "urls"]
 
@@ -47,7 +47,7 @@ SECRET_URLS = [
 def _hidden(url: str) -> str | None:
     """Neither ``redact_url`` nor the error of using the store (a closed port, or a query
     parameter the Redis client refuses) shows the secret."""
-    from ragcompress.kv.stores import open_store, redact_url
+    from ragcompress.kv.store.open import open_store, redact_url
 
     shown = redact_url(url)
     if SECRET in shown:
@@ -61,9 +61,9 @@ def _hidden(url: str) -> str | None:
 
 
 def urls(env: Env) -> Outcome:
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.kv.redis_store import RedisStore
-    from ragcompress.kv.stores import open_store
+    from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.open import open_store
+    from ragcompress.kv.store.redis import RedisStore
 
     tally = Tally("(6) URLs: secrets hidden, file:// host, tenants")
     for i, url in enumerate(SECRET_URLS[:2] if env.quick else SECRET_URLS):
@@ -90,7 +90,7 @@ def urls(env: Env) -> Outcome:
 def _cli(argv: list[str], message: str) -> str | None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     env.pop("RAGCOMPRESS_DEBUG", None)
-    code = "import sys; from ragcompress.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from ragcompress.cli.app import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run(
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
     )
@@ -148,7 +148,7 @@ def _special_tokens_stay_text(env: Env, kv: Any) -> str | None:
 
 def bad_inputs(env: Env) -> Outcome:
     from ragcompress.kv.answer import KVAnswerer
-    from ragcompress.kv.memory_store import MemoryStore
+    from ragcompress.kv.store.memory import MemoryStore
 
     tally = Tally("(8) bad inputs: error names the argument")
     store = MemoryStore(1 << 26)

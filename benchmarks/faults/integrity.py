@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from benchmarks.faults.common import SECRET, Env, Tally, same_chunk
-from ragcompress.kv.faults import Outcome
+from tests.support.faults import Outcome
 
 __all__ = ["planted_and_damaged", "weights_changed"]
 
@@ -68,14 +68,14 @@ class _Backend:
         self.store = store
 
     def read(self, key: Any) -> bytes:
-        from ragcompress.kv.disk_store import DiskStore
+        from ragcompress.kv.store.disk import DiskStore
 
         if isinstance(self.store, DiskStore):
             return self.store.path(key).read_bytes()
         return bytes(self.store.client.get(self.store.redis_key(key)))
 
     def write(self, key: Any, data: bytes) -> None:
-        from ragcompress.kv.disk_store import DiskStore
+        from ragcompress.kv.store.disk import DiskStore
 
         if isinstance(self.store, DiskStore):
             path = self.store.path(key)
@@ -86,8 +86,8 @@ class _Backend:
 
 
 def _stores(env: Env) -> dict[str, Callable[[], Any]]:
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.kv.redis_store import RedisStore
+    from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.redis import RedisStore
 
     url = env.redis.url
     return {
@@ -176,7 +176,7 @@ def _norm(model: Any) -> None:
 
 def _adapter(model: Any) -> None:
     """Load other weights into the same tensors (what loading a fine-tuned state dict does)."""
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     model.load_state_dict(make_tiny_llama(model.config.vocab_size, seed=7).state_dict())
 
@@ -201,8 +201,8 @@ CHANGES: dict[str, Callable[[Any], None]] = {
 def _weights_case(env: Env, change: Callable[[Any], None] | None) -> str | None:
     from ragcompress.generate import Generator
     from ragcompress.kv.answer import KVAnswerer
-    from ragcompress.kv.memory_store import MemoryStore
-    from ragcompress.testing import make_tiny_llama
+    from ragcompress.kv.store.memory import MemoryStore
+    from tests.support.tiny import make_tiny_llama
 
     model = make_tiny_llama(len(env.tok), seed=3)
     kv = KVAnswerer.from_generator(

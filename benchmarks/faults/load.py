@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.faults.common import Env, same_chunk
-from ragcompress.kv.encode import ChunkEncoder
-from ragcompress.kv.faults import Outcome
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from tests.support.faults import Outcome
 
 __all__ = ["DUPLICATE_GOAL", "MODES", "load"]
 
@@ -59,9 +59,9 @@ class Plan:
 
 
 def _store(plan: Plan, mode: int) -> Any:
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.kv.redis_store import RedisStore
-    from ragcompress.kv.tiered import MultiTierStore
+    from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.redis import RedisStore
+    from ragcompress.kv.store.tiered import MultiTierStore
 
     disk = DiskStore(f"{plan.disk_root}/{mode}")
     if mode == 0:
@@ -117,8 +117,8 @@ def _worker(plan: Plan, index: int, barrier: Any, progress: Any, results: Any) -
 
     torch.set_num_threads(1)
     from ragcompress.generate import Generator
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.models import load_reader
+    from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.models.load import load_reader
 
     lm, tok = load_reader(plan.model_dir, "cpu")
     encoder = CountingEncoder(lm, tok, max_batch_tokens=1)
@@ -133,8 +133,8 @@ def _worker(plan: Plan, index: int, barrier: Any, progress: Any, results: Any) -
 
 
 def _plan(env: Env, per_process: int) -> Plan:
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.kv.redis_local import free_port
+    from ragcompress.kv.store.disk import DiskStore
+    from tests.support.redis_local import free_port
 
     base = [f"{p} Note {i}." for i in range(2) for p in env.passages][:CORPUS]
     reference = DiskStore(env.fresh("reference"))

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from benchmarks.faults.common import Env, Tally, same_chunk
-from ragcompress.kv.faults import Outcome
+from tests.support.faults import Outcome
 
 __all__ = ["PRESSES", "eight_threads"]
 
@@ -26,7 +26,7 @@ QUESTIONS = ["Which is the tallest?", "What do octopuses have?", "Which river is
 def _answerer(env: Env, store: Any, presses: list[Any]) -> Any:
     from ragcompress.kv.answer import KVAnswerer
     from ragcompress.kv.cache import ChunkCache
-    from ragcompress.kv.encode import ChunkEncoder
+    from ragcompress.kv.encode.encoder import ChunkEncoder
 
     gen = env.generator(4)
     # one passage per batch: a chunk's bytes do not depend on which request encoded it first
@@ -34,8 +34,8 @@ def _answerer(env: Env, store: Any, presses: list[Any]) -> Any:
 
 
 def _case(env: Env, presses: list[Any], store_kind: str, rounds: int) -> str | None:
-    from ragcompress.kv.disk_store import DiskStore
-    from ragcompress.kv.memory_store import MemoryStore
+    from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.memory import MemoryStore
 
     corpus = env.passages
     requests = [

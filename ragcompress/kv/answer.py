@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
-from ragcompress.kv.encode import ChunkEncoder
-from ragcompress.kv.store import ChunkStore, TieredStore
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from ragcompress.kv.store.base import ChunkStore, TieredStore
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
@@ -59,8 +59,8 @@ class KVAnswerer:
         given, or ``store`` (never both: a ``ValueError``); ``assembly``: a mode, its spec or name
         (None: ``concat``); ``options`` are a subclass's own fields (e.g.
         ``FastKVAnswerer(capacity=...)``)."""
-        from ragcompress.kv.disk_store import DiskStore
-        from ragcompress.kv.memory_store import MemoryStore
+        from ragcompress.kv.store.disk import DiskStore
+        from ragcompress.kv.store.memory import MemoryStore
 
         if store is not None and cache_dir is not None:
             raise ValueError(

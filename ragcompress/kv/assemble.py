@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import KVChunk
-from ragcompress.kv.rotary import Rotary, rerotate, rotate_by
+from ragcompress.models.rope import Rotary, rerotate, rotate_by
 
 if TYPE_CHECKING:
     import torch

@@ -3,7 +3,7 @@
 
 Concurrent requests for the same chunk encode it once. Threads of one process share a future
 per chunk: the first thread to miss it encodes it, the others wait for its result. Processes
-sharing a disk or Redis store take a lease on the chunk (:mod:`ragcompress.kv.lease`): the
+sharing a disk or Redis store take a lease on the chunk (:mod:`ragcompress.kv.store.lease`): the
 holder encodes and stores it, the others poll the store every ``poll_s`` until it appears or
 the lease (``lease_s``) expires, so a holder that died delays them by at most its lease.
 
@@ -21,13 +21,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragcompress.kv.breaker import TIER_ERRORS
 from ragcompress.kv.chunk import KVChunk
-from ragcompress.kv.encode import ChunkEncoder
+from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.key import ChunkKey
-from ragcompress.kv.lease import Lease
-from ragcompress.kv.press import KVPress, build_presses
-from ragcompress.kv.store import ChunkStore
+from ragcompress.kv.presses.protocol import KVPress, build_presses
+from ragcompress.kv.store.base import ChunkStore
+from ragcompress.kv.store.breaker import TIER_ERRORS
+from ragcompress.kv.store.lease import Lease
 from ragcompress.types import Passage, validate_passages
 
 __all__ = ["CacheStats", "ChunkCache"]

@@ -43,14 +43,14 @@ def register_layer(name: str) -> Callable[[L], L]:
 
 
 def layer_class(name: str) -> type[ChunkLayer]:
-    """The layer class stored under ``name``; loads the presses package on a miss."""
+    """The layer class stored under ``name``; loads the layers package on a miss."""
     if name not in _LAYERS:
         import contextlib
         import importlib
 
-        # Compressed layer classes live next to the presses that make them.
+        # Compressed layer classes register themselves when their package loads.
         with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module("ragcompress.kv.presses")
+            importlib.import_module("ragcompress.kv.layers")
     try:
         return _LAYERS[name]
     except KeyError:

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.chunk import KVChunk
-from ragcompress.kv.encode import prefix_kv
-from ragcompress.kv.rotary import Rotary
-from ragcompress.models import cache_kwargs
+from ragcompress.kv.encode.encoder import prefix_kv
+from ragcompress.models.load import cache_kwargs
+from ragcompress.models.rope import Rotary
 from ragcompress.prompt import PromptLayout
 
 if TYPE_CHECKING:

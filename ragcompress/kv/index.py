@@ -58,9 +58,9 @@ class BatchIndexer:
         import torch
 
         from ragcompress.kv.cache import ChunkCache
-        from ragcompress.kv.encode import ChunkEncoder
-        from ragcompress.kv.stores import open_store
-        from ragcompress.models import load_reader
+        from ragcompress.kv.encode.encoder import ChunkEncoder
+        from ragcompress.kv.store.open import open_store
+        from ragcompress.models.load import load_reader
 
         if threads:
             torch.set_num_threads(threads)
@@ -131,7 +131,7 @@ def index_corpus(
     """
     from tqdm.auto import tqdm
 
-    from ragcompress.kv.stores import open_store, redact_url
+    from ragcompress.kv.store.open import open_store, redact_url
     from ragcompress.registry import spec_of
 
     if batch_size < 1:

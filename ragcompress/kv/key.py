@@ -25,9 +25,9 @@ FORMAT_VERSION = 2
 
 def press_fingerprint(presses: Any) -> str:
     """Canonical JSON ``[spec]`` of the one press that ``presses`` (a press, a spec or a list of
-    them) build into (:func:`~ragcompress.kv.press.build_presses`); ``"[]"`` without presses.
+    them) build into (:func:`~ragcompress.kv.presses.protocol.build_presses`); ``"[]"`` without presses.
     Every form of the same chain (a list, a ``ComposedPress``, nested or not) gives one value."""
-    from ragcompress.kv.press import build_presses
+    from ragcompress.kv.presses.protocol import build_presses
     from ragcompress.registry import spec_of
 
     press = build_presses(presses)

@@ -6,7 +6,7 @@ The digest covers a canonical encoding of every header field (key strings, ``len
 tensor (name, dtype, shape, bytes), so a damaged byte anywhere that changes what the blob
 decodes to is caught. On load the stored token ids must also hash to the key's ``tokens``.
 The digest is unkeyed: it detects damage, not a deliberate forger who recomputes it; that is
-what the HMAC envelope of :mod:`ragcompress.kv.integrity` is for.
+what the HMAC envelope of :mod:`ragcompress.kv.store.integrity` is for.
 
 Never pickle: a foreign or damaged blob raises :class:`ChunkFormatError` with a reason, and
 the caller treats it as a miss.

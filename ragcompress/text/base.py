@@ -62,7 +62,7 @@ class TokenCounter:
     def tok(self) -> Any:
         if self._pinned is not None:
             return self._pinned
-        from ragcompress.models import load_tokenizer
+        from ragcompress.models.load import load_tokenizer
 
         return load_tokenizer(self.tokenizer)
 

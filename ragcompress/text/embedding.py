@@ -230,7 +230,7 @@ class EmbeddingCompressor(TextCompressor):
     @property
     def sentence_embedder(self) -> SentenceEmbedder:
         if self._embedder is None:
-            from ragcompress.models import DEFAULT_EMBEDDER, load_embedder
+            from ragcompress.models.load import DEFAULT_EMBEDDER, load_embedder
 
             model = load_embedder(self.embedder, self.device)
             self._embedder = self._make_embedder(model, self.embedder or DEFAULT_EMBEDDER)

@@ -91,7 +91,7 @@ class TokenPruner(TextCompressor):
 
     def _load(self) -> tuple[Any, Any]:
         if self._lm is None:
-            from ragcompress.models import load_reader
+            from ragcompress.models.load import load_reader
 
             self._lm, self._tok = load_reader(self.model, self.device)
         return self._lm, self._tok

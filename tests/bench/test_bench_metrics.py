@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from ragcompress.bench import metrics as M
+from ragcompress_bench import metrics as M
 
 
 def test_normalization_follows_squad() -> None:

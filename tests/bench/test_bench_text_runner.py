@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from ragcompress.bench.text import _parser, build_contenders, run_and_report
+from ragcompress_bench.text import _parser, build_contenders, run_and_report
 
 
 def _gen(tokenizer, tiny_llama):
@@ -18,7 +17,7 @@ def _gen(tokenizer, tiny_llama):
 
 
 def _run(tmp_path: Path, names: str, tokenizer, tiny_llama, capsys) -> tuple[str, dict]:
-    from ragcompress.bench.data import load
+    from ragcompress_bench.data import load
 
     argv = ["--limit", "2", "--k", "3", "--ratios", "0.5,0.25", "--max-new-tokens", "4",
             "--contenders", names, "--out", str(tmp_path), "--no-progress"]  # fmt: skip

@@ -9,8 +9,7 @@ import json
 
 import pytest
 import torch
-
-from ragcompress.bench.ttft import main
+from ragcompress_bench.ttft import main
 
 KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "ragcompress_ms", "ragcompress_compressed_ms",
         "floor_ms", "device", "ape_ms", "blend_05_ms", "blend_15_ms"}  # fmt: skip

@@ -13,16 +13,16 @@ import torch
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.fast_answer import FastKVAnswerer
-from ragcompress.testing import make_tiny_llama
+from ragcompress.kv.fast.answer import FastKVAnswerer
 from tests.kv.test_fast_answer import PASSAGES, PRESSES, QUESTIONS, assert_fast_matches_eager
+from tests.support.tiny import make_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def gen() -> Generator:
     from transformers import AutoTokenizer
 
-    from ragcompress.models import load_tokenizer
+    from ragcompress.models.load import load_tokenizer
 
     path = os.environ.get("RAGCOMPRESS_TEST_TOKENIZER")
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragcompress.testing import make_tiny_llama
+from tests.support.tiny import make_tiny_llama
 
 ROPES = {
     "default": {},

@@ -1,4 +1,4 @@
-"""Every model family in ``ragcompress.testing.TINY_FAMILIES`` on the KV path: a single cached
+"""Every model family in ``tests.support.tiny.TINY_FAMILIES`` on the KV path: a single cached
 chunk reproduces a fresh prefill (also moved to another offset), and the fast engine (CPU
 reference kernels) gives the eager path's greedy tokens over several chunks. Qwen2 is the
 family with QKV biases, RoPE theta 1e6 and an untied output layer."""
@@ -13,11 +13,11 @@ import torch
 from ragcompress.generate import Generator, greedy_logits
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_context, rotary_of
-from ragcompress.kv.encode import ChunkEncoder
-from ragcompress.kv.fast_answer import FastKVAnswerer
-from ragcompress.kv.rotary import rerotate
-from ragcompress.models import cache_kwargs
-from ragcompress.testing import TINY_FAMILIES
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from ragcompress.kv.fast.answer import FastKVAnswerer
+from ragcompress.models.load import cache_kwargs
+from ragcompress.models.rope import rerotate
+from tests.support.tiny import TINY_FAMILIES
 
 from .conftest import PASSAGES, QUESTION
 from .test_fast_answer import PASSAGES as FAST_PASSAGES

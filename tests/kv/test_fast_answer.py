@@ -8,7 +8,7 @@ import pytest
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.fast import BufferOverflowError
-from ragcompress.kv.fast_answer import FastKVAnswerer
+from ragcompress.kv.fast.answer import FastKVAnswerer
 from ragcompress.kv.presses.knorm import KnormPress
 from ragcompress.kv.presses.kvzip import KVzipPress
 from ragcompress.kv.presses.quantize import QuantizePress

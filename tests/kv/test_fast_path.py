@@ -179,7 +179,7 @@ def test_write_matches_reference_with_rerotation(setup):
     write_chunk_reference(b, chunk, fast.rotary)
     assert torch.equal(a.ctx_keys, b.ctx_keys) and a.next_position == 14 and a.ctx_len == 10
     # a key moved by +1 equals the same key re-encoded one position later (rotations compose)
-    from ragcompress.kv.rotary import rerotate
+    from ragcompress.models.rope import rerotate
 
     assert torch.allclose(b.ctx_keys[3:10], rerotate(k, 1, fast.rotary), atol=1e-6)
 

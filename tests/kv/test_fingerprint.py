@@ -12,10 +12,10 @@ import torch
 from ragcompress.generate import Generator
 from ragcompress.kv import fingerprint
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.encode import prefix_kv
+from ragcompress.kv.encode.encoder import prefix_kv
 from ragcompress.kv.fingerprint import forget_fingerprint, model_fingerprint
 from ragcompress.kv.key import model_fingerprint as reexported
-from ragcompress.testing import make_tiny_llama
+from tests.support.tiny import make_tiny_llama
 
 from .conftest import PASSAGES, QUESTION
 
@@ -150,7 +150,7 @@ def test_in_place_cast_misses_and_answers_like_a_fresh_model(model, tokenizer) -
 
 
 def test_fast_answerer_repacks_the_prefix_after_an_in_place_change(model, tokenizer) -> None:
-    from ragcompress.kv.fast_answer import FastKVAnswerer
+    from ragcompress.kv.fast.answer import FastKVAnswerer
 
     def fast(m) -> FastKVAnswerer:
         gen = Generator.from_model(m, tokenizer, max_new_tokens=6)
@@ -167,7 +167,7 @@ def test_fast_answerer_repacks_the_prefix_after_an_in_place_change(model, tokeni
 
 
 def test_replaced_module_changes_it_and_the_eager_view_follows(model) -> None:
-    from ragcompress.kv.eager import eager_view
+    from ragcompress.kv.encode.eager import eager_view
 
     before, view = model_fingerprint(model), eager_view(model)
     mlp = model.model.layers[0].mlp

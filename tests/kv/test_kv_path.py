@@ -14,10 +14,10 @@ from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.chunk import DenseLayer
 from ragcompress.kv.context import chunk_context, rotary_of
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.encode import ChunkEncoder
-from ragcompress.kv.memory_store import MemoryStore
-from ragcompress.kv.rotary import rerotate
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.models.rope import rerotate
 from ragcompress.registry import register
 
 from .conftest import PASSAGES, QUESTION
@@ -147,7 +147,7 @@ def test_corrupt_file_is_reencoded_with_reason(generator, tmp_path):
 
 def test_keys_change_with_model_dtype_prefix_and_presses(tiny_llama, tokenizer):
     from ragcompress.prompt import PromptLayout
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     enc = encoder_for(tiny_llama, tokenizer)
     ids = enc.passage_ids(validate(PASSAGES[0]))
@@ -208,7 +208,7 @@ def test_press_hook_gets_attention_and_keeps_positions(generator):
 
 
 def test_too_long_passage_is_named(tokenizer):
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     model = make_tiny_llama(len(tokenizer), max_position_embeddings=96)
     enc = encoder_for(model, tokenizer)
@@ -220,7 +220,7 @@ def test_too_long_passage_is_named(tokenizer):
 
 
 def test_chunks_from_another_model_are_refused(generator, tokenizer):
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     other = encoder_for(make_tiny_llama(len(tokenizer), seed=9), tokenizer)
     with pytest.raises(ValueError, match="encoded for model"):
@@ -229,7 +229,7 @@ def test_chunks_from_another_model_are_refused(generator, tokenizer):
 
 @pytest.mark.slow
 def test_single_chunk_exact_on_packaged_smollm2():
-    from ragcompress.models import load_reader
+    from ragcompress.models.load import load_reader
 
     model, tok = load_reader(device="cpu", dtype="float32")
     gen = Generator.from_model(model, tok, max_new_tokens=6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragcompress.kv.rotary import Rotary, rerotate
+from ragcompress.models.rope import Rotary, rerotate
 
 
 def test_rotations_compose(rope_llama):
@@ -62,7 +62,7 @@ def test_layer0_keys_rerotated_equal_keys_encoded_there(rope_llama):
 
 
 def test_dynamic_rope_is_refused(tokenizer):
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     m = make_tiny_llama(
         len(tokenizer), rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}

@@ -11,11 +11,11 @@ import torch
 
 from ragcompress.kv import serialize
 from ragcompress.kv.chunk import ChunkLayer, DenseLayer, KVChunk, register_layer
-from ragcompress.kv.disk_store import DiskStore
 from ragcompress.kv.key import ChunkKey, tokens_digest
-from ragcompress.kv.memory_store import MemoryStore
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
-from ragcompress.kv.store import TieredStore
+from ragcompress.kv.store.base import TieredStore
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.memory import MemoryStore
 
 
 @register_layer("test-halfkeys")

@@ -14,11 +14,11 @@ import torch
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.eager import eager_view
-from ragcompress.kv.encode import ChunkEncoder
-from ragcompress.kv.memory_store import MemoryStore
-from ragcompress.kv.store import ChunkStore
+from ragcompress.kv.encode.eager import eager_view
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from ragcompress.kv.store.base import ChunkStore
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.memory import MemoryStore
 
 from .conftest import PASSAGES
 
@@ -124,9 +124,9 @@ def test_kept_views_and_fingerprints_do_not_keep_the_model_alive(tokenizer) -> N
     import gc
     import weakref
 
-    from ragcompress.kv.encode import prefix_kv
+    from ragcompress.kv.encode.encoder import prefix_kv
     from ragcompress.kv.fingerprint import model_fingerprint
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     model = make_tiny_llama(len(tokenizer), seed=5)
     eager_view(model)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from ragcompress.testing import make_tiny_llama
+from tests.support.tiny import make_tiny_llama
 
 
 @pytest.fixture(scope="session")
 def embedder():
-    from ragcompress.models import load_embedder
+    from ragcompress.models.load import load_embedder
 
     return load_embedder(device="cpu")
 

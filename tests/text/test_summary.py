@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ragcompress import Budget, Passage
-from ragcompress.testing import make_tiny_llama
 from ragcompress.text.summarize import _NONE, Summarizer, _shares
+from tests.support.tiny import make_tiny_llama
 
 DOCS = [
     Passage("The bakery on Elm Street opens at seven. It sells rye bread and croissants.", id="bakery"),

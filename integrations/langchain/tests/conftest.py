@@ -65,7 +65,7 @@ class MiniLMEmbeddings(Embeddings):
     """LangChain ``Embeddings`` over the packaged all-MiniLM-L6-v2 (normalized vectors)."""
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        from ragcompress.models import load_embedder
+        from ragcompress.models.load import load_embedder
 
         vectors = load_embedder(device="cpu").encode(list(texts), normalize_embeddings=True)
         return [[float(x) for x in v] for v in vectors]

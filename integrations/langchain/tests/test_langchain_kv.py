@@ -23,8 +23,8 @@ QUESTION = "How tall is the Eiffel Tower and when was it built?"
 
 @pytest.fixture(scope="module")
 def generator() -> Generator:
-    from ragcompress.models import load_tokenizer
-    from ragcompress.testing import make_tiny_llama
+    from ragcompress.models.load import load_tokenizer
+    from tests.support.tiny import make_tiny_llama
 
     tok = load_tokenizer()
     # A wider init than the default makes the random model's greedy answers depend on the

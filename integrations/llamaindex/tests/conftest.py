@@ -18,7 +18,7 @@ class MiniLMEmbedding(BaseEmbedding):
     model_name: str = "all-minilm-l6-v2"
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
-        from ragcompress.models import load_embedder
+        from ragcompress.models.load import load_embedder
 
         vectors = load_embedder(self.model_name, device="cpu").encode(texts, normalize_embeddings=True)
         return [[float(x) for x in v] for v in vectors]

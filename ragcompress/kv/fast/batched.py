@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
-    from ragcompress.kv.rotary import Rotary
+    from ragcompress.models.rope import Rotary
 
 __all__ = ["write_batch"]
 

@@ -75,7 +75,7 @@ class FastGenerator:
     _last: _Shape | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from ragcompress.kv.rotary import Rotary
+        from ragcompress.models.rope import Rotary
 
         self.step = DecoderStep(self.model, fused=self.fused)
         self.rotary = Rotary.from_model(self.model)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
-    from ragcompress.kv.rotary import Rotary
+    from ragcompress.models.rope import Rotary
 
 __all__ = ["write_chunk", "write_chunk_reference", "write_layers", "write_quantized_chunk"]
 

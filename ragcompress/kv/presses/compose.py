@@ -1,7 +1,7 @@
 """Compose: presses applied in order to each layer (e.g. eviction, then quantization).
 
 A list of presses given anywhere (``presses=[...]``, YAML ``kv.presses``, ``--press '[...]'``)
-is built into one of these by :func:`ragcompress.kv.press.build_presses`, so a list and its
+is built into one of these by :func:`ragcompress.kv.presses.protocol.build_presses`, so a list and its
 composition encode the same chunk under the same key. A press after one that returned a
 compressed layer sees that layer (it calls ``dense()`` on it), so put quantization last.
 """

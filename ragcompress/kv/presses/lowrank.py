@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ragcompress.kv.layers.lowrank import LowRankLayer, project
 from ragcompress.kv.presses.lowrank_basis import file_digest, load_verified
-from ragcompress.kv.presses.lowrank_layer import LowRankLayer, project
 from ragcompress.registry import register
 
 if TYPE_CHECKING:

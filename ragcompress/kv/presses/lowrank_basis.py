@@ -173,8 +173,8 @@ def calibrate(
 ) -> LowRankBasis:
     """Encode ``passages`` with the KV path's encoder (no press) and fit a rank-``rank`` basis
     per layer and KV head; ``pre_rope`` un-rotates keys first (see the module docstring)."""
-    from ragcompress.kv.encode import ChunkEncoder
-    from ragcompress.kv.rotary import Rotary
+    from ragcompress.kv.encode.encoder import ChunkEncoder
+    from ragcompress.models.rope import Rotary
 
     if not passages:
         raise ValueError("calibrate needs sample passages")

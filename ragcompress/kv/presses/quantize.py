@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ragcompress.kv.kernels.quant_format import BITS, quantize_keys, quantize_values
 from ragcompress.kv.kernels.reference import QuantizedKV
-from ragcompress.kv.presses.quantized_layer import QuantizedLayer
+from ragcompress.kv.layers.quantized import QuantizedLayer
 from ragcompress.registry import register
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragcompress.testing import make_tiny_llama, make_tiny_qwen2
+from tests.support.tiny import make_tiny_llama, make_tiny_qwen2
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])

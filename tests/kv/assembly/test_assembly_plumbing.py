@@ -6,7 +6,7 @@ import pytest
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.pipeline import Pipeline, PipelineError
+from ragcompress.pipeline.core import Pipeline, PipelineError
 
 from ..conftest import PASSAGES, QUESTION
 
@@ -40,7 +40,7 @@ def test_pipeline_yaml_bad_assembly_names_the_field(tmp_path, generator):
 def test_cli_flag_reaches_the_kv_spec():
     import argparse
 
-    from ragcompress import cli
+    from ragcompress.cli import app as cli
 
     parser = argparse.ArgumentParser()
     cli._add_pipeline_args(parser, kv=True)

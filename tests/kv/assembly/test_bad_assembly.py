@@ -37,7 +37,7 @@ def test_not_a_spec():
 
 
 def test_model_without_mask_support_fails_at_build(tokenizer):
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     model = make_tiny_llama(len(tokenizer), seed=5)
     model.config._attn_implementation = "flash_attention_2"  # what ape cannot pass a 4D mask to

@@ -7,7 +7,7 @@ import pytest
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.fast_answer import FastKVAnswerer
+from ragcompress.kv.fast.answer import FastKVAnswerer
 from ragcompress.kv.presses.knorm import KnormPress
 from ragcompress.kv.presses.quantize import QuantizePress
 
@@ -76,7 +76,7 @@ def gpu_tokenizer(request):
 @pytest.mark.parametrize("spec", FAST_MODES, ids=ids)
 def test_gpu_fast_matches_eager_per_mode_fp32_graphs(gpu_tokenizer, spec):
     """fp32 on CUDA: captured graphs give the eager path's greedy tokens for every mode."""
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     tok = gpu_tokenizer
     gen = Generator.from_model(make_tiny_llama(len(tok)).cuda(), tok, max_new_tokens=6)
@@ -92,7 +92,7 @@ def test_gpu_bf16_fast_first_token_logprobs_close_to_eager(gpu_tokenizer, spec):
     import torch
 
     from ragcompress.kv.fast import FlashCascade
-    from ragcompress.testing import make_tiny_llama
+    from tests.support.tiny import make_tiny_llama
 
     tok = gpu_tokenizer
     model = make_tiny_llama(len(tok), seed=3).cuda().to(torch.bfloat16)

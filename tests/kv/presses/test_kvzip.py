@@ -8,11 +8,11 @@ import torch
 
 import ragcompress
 from ragcompress.generate import Generator
-from ragcompress.kv.encode import ChunkEncoder
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from ragcompress.kv.encode.reconstruct import reconstruction_prompt, reconstruction_scores
 from ragcompress.kv.presses import kept_count
-from ragcompress.kv.reconstruct import reconstruction_prompt, reconstruction_scores
-from ragcompress.models import output_cache
-from ragcompress.testing import make_tiny_llama
+from ragcompress.models.load import output_cache
+from tests.support.tiny import make_tiny_llama
 
 from ..conftest import PASSAGES
 

@@ -10,9 +10,9 @@ import ragcompress
 from ragcompress.generate import Generator
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.context import chunk_context
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.encode import ChunkEncoder
+from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.presses import QuantizedLayer, calibrate
+from ragcompress.kv.store.disk import DiskStore
 
 from ..conftest import PASSAGES, QUESTION
 

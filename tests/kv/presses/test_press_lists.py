@@ -12,10 +12,10 @@ import yaml
 import ragcompress
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.key import press_fingerprint
-from ragcompress.kv.press import build_presses
 from ragcompress.kv.presses import ComposedPress, kept_count
-from ragcompress.pipeline import Pipeline
-from ragcompress.testing import chunks_close
+from ragcompress.kv.presses.protocol import build_presses
+from ragcompress.pipeline.core import Pipeline
+from tests.support.tiny import chunks_close
 
 from ..conftest import PASSAGES, QUESTION
 

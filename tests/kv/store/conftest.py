@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def redis_server() -> Iterator[Any]:
     if shutil.which("redis-server") is None:
         pytest.skip("the redis-server binary is not on PATH (Debian: apt-get install redis-server)")
-    from ragcompress.kv.redis_local import LocalRedis
+    from tests.support.redis_local import LocalRedis
 
     server = LocalRedis().start()
     try:
@@ -51,7 +51,7 @@ def redis_url(redis_server: Any) -> str:
 
 @pytest.fixture(scope="session")
 def encoder(tokenizer: Any, tiny_llama: Any) -> Any:
-    from ragcompress.kv.encode import ChunkEncoder
+    from ragcompress.kv.encode.encoder import ChunkEncoder
 
     return ChunkEncoder(tiny_llama, tokenizer)
 

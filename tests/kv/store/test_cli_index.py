@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ragcompress.cli import main
-from ragcompress.testing import write_docs
+from ragcompress.cli.app import main
+from tests.support.tiny import write_docs
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:

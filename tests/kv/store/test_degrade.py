@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from ragcompress.kv.breaker import CircuitBreaker, CircuitOpenError
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.memory_store import MemoryStore
-from ragcompress.kv.redis_local import free_port
-from ragcompress.kv.redis_store import RedisStore
-from ragcompress.kv.store import ChunkStore, TieredStore
-from ragcompress.kv.stores import StoreUnavailableError
-from ragcompress.kv.tiered import MemoryTier, MultiTierStore
-from ragcompress.testing import chunks_close
+from ragcompress.kv.store.base import ChunkStore, TieredStore
+from ragcompress.kv.store.breaker import CircuitBreaker, CircuitOpenError
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.kv.store.open import StoreUnavailableError
+from ragcompress.kv.store.redis import RedisStore
+from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+from tests.support.redis_local import free_port
+from tests.support.tiny import chunks_close
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ragcompress.kv.disk_store import DiskStore
+from ragcompress.kv.store.disk import DiskStore
 
 
 def _bytes_read() -> int:

@@ -20,14 +20,14 @@ import pytest
 import torch
 
 from ragcompress.kv.cache import CacheStats, ChunkCache
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.encode import ChunkEncoder
-from ragcompress.kv.lease import DiskLeases
-from ragcompress.kv.memory_store import MemoryStore
-from ragcompress.kv.press import KVPress
-from ragcompress.kv.redis_store import RedisStore
-from ragcompress.kv.store import ChunkStore, TieredStore
-from ragcompress.testing import chunks_close
+from ragcompress.kv.encode.encoder import ChunkEncoder
+from ragcompress.kv.presses.protocol import KVPress
+from ragcompress.kv.store.base import ChunkStore, TieredStore
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.lease import DiskLeases
+from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.kv.store.redis import RedisStore
+from tests.support.tiny import chunks_close
 
 CORPUS = [
     "The Eiffel Tower was completed in 1889 for the World's Fair in Paris.",
@@ -160,8 +160,8 @@ def _process(index: int, disk: str, redis_url: str, start: Any, results: Any) ->
     chunk keys as every other worker), then the whole corpus asked in its own order, two
     passages a request, over the shared disk store and then over the shared Redis."""
     torch.set_num_threads(1)
-    from ragcompress.models import load_tokenizer
-    from ragcompress.testing import make_tiny_llama
+    from ragcompress.models.load import load_tokenizer
+    from tests.support.tiny import make_tiny_llama
 
     tokenizer = load_tokenizer()
     encoder = CountingEncoder(make_tiny_llama(len(tokenizer)), tokenizer)
@@ -212,7 +212,7 @@ def test_a_lease_recreates_a_deleted_cache_directory_private(tmp_path) -> None:
     import stat
 
     from ragcompress.kv.key import ChunkKey
-    from ragcompress.kv.lease import DiskLeases
+    from ragcompress.kv.store.lease import DiskLeases
 
     store = DiskStore(tmp_path / "deep" / "chunks")
     shutil.rmtree(tmp_path / "deep")

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.integrity import is_signed
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes, read_header
-from ragcompress.kv.stores import SECRET_ENV
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.integrity import is_signed
+from ragcompress.kv.store.open import SECRET_ENV
 
 SECRET = "a-disk-secret-of-32-characters!!"
 

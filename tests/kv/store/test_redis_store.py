@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import redis
 
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.redis_store import RedisStore
 from ragcompress.kv.serialize import chunk_from_bytes, read_header
-from ragcompress.kv.store import MISSING
-from ragcompress.kv.stores import StoreUnavailableError, open_store
+from ragcompress.kv.store.base import MISSING
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.open import StoreUnavailableError, open_store
+from ragcompress.kv.store.redis import RedisStore
 
 
 def _raw(store: RedisStore, key: Any) -> bytes:
@@ -146,7 +146,7 @@ def test_server_down_raises_after_bounded_retries_then_recovers(
 
 
 def test_password_passthrough_and_wrong_password(chunks: list[Any], same: Any) -> None:
-    from ragcompress.kv.redis_local import LocalRedis
+    from tests.support.redis_local import LocalRedis
 
     with LocalRedis(password="s3cret-pass") as server:
         store = open_store(server.url)
@@ -176,7 +176,7 @@ def test_bad_settings_are_named() -> None:
 
 
 def test_open_store_schemes(tmp_path: Path, redis_url: str) -> None:
-    from ragcompress.kv.memory_store import MemoryStore
+    from ragcompress.kv.store.memory import MemoryStore
 
     assert isinstance(open_store("memory://?max_bytes=1000"), MemoryStore)
     assert isinstance(open_store(f"file://{tmp_path}/a"), DiskStore)

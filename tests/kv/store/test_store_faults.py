@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
-from ragcompress.kv.redis_store import RedisStore
-from ragcompress.kv.tiered import MemoryTier, MultiTierStore
+from ragcompress.kv.store.redis import RedisStore
+from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+from tests.support.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 
 
 def _explain(outcome: Any) -> str:
@@ -62,7 +62,7 @@ def test_eight_processes_share_one_redis_store(redis_url: str, model_dir: str, p
 def test_damaged_chunk_in_each_tier_of_a_signed_stack(
     redis_url: str, tmp_path: Path, encoder: Any, passages: list[str]
 ) -> None:
-    from ragcompress.kv.disk_store import DiskStore
+    from ragcompress.kv.store.disk import DiskStore
 
     stack = MultiTierStore(
         [
@@ -81,8 +81,8 @@ def test_damaged_chunk_in_each_tier_of_a_signed_stack(
 def env(tmp_path: Path, redis_server: Any, redis_url: str, model_dir: str) -> Any:
     import sys
 
-    from ragcompress.kv.encode import ChunkEncoder
-    from ragcompress.models import load_reader
+    from ragcompress.kv.encode.encoder import ChunkEncoder
+    from ragcompress.models.load import load_reader
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: `benchmarks`
     from benchmarks.faults.common import Env

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.encode import ChunkEncoder
+from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.index import index_corpus
-from ragcompress.kv.stores import StoreUnavailableError, open_store
+from ragcompress.kv.store.open import StoreUnavailableError, open_store
 from ragcompress.types import Passage
 
 CORPUS = [
@@ -24,7 +24,7 @@ CORPUS = [
 
 
 def _cache(model_dir: str, url: str, presses: list[Any] | None = None) -> ChunkCache:
-    from ragcompress.models import load_reader
+    from ragcompress.models.load import load_reader
 
     lm, tok = load_reader(model_dir, "cpu")
     return ChunkCache(ChunkEncoder(lm, tok), open_store(url), presses or [])
@@ -74,7 +74,7 @@ def test_index_a_folder_of_text_files(redis_url: str, model_dir: str, tmp_path: 
 
 
 def test_index_fails_early_and_clearly(model_dir: str) -> None:
-    from ragcompress.kv.redis_local import free_port
+    from tests.support.redis_local import free_port
 
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         index_corpus(CORPUS, f"redis://127.0.0.1:{free_port()}/0", model=model_dir, progress=False)

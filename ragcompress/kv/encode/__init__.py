@@ -1,0 +1,1 @@
+"""Encoding passages into chunks: the encoder, the eager-attention view, the reconstruction pass."""

@@ -1,0 +1,119 @@
+"""The KV path on the fast engine: same chunk cache, same answers, no transformers forward.
+
+:class:`FastKVAnswerer` is a :class:`~ragcompress.kv.answer.KVAnswerer` whose answers come from
+:class:`~ragcompress.kv.fast.FastGenerator`: chunks are written into one static KV buffer (the
+ones the previous request already wrote are skipped), the question is prefilled and decoded by
+the fast step (captured CUDA graphs and split-KV flash attention on a GPU; the same step run
+eagerly with reference attention on a CPU). Assembly modes: ``concat`` writes chunks straight into
+the buffer (re-rotating them there); the others prepare the context on the eager model (APE's shared
+positions and 1/T keys; blend's question pass and partial forward) and write it into the buffer as
+is, after which the question runs on the fast step. ``ape`` with ``scale`` != 1 is refused when the
+answerer is built (the fast attention cannot weigh chunks apart from the prefix).
+
+Greedy, batch 1 per call; the buffer is sized once by ``capacity`` (context tokens: shared
+prefix + kept chunk tokens) and raises :class:`~ragcompress.kv.fast.BufferOverflowError` when a
+request does not fit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.answer import KVAnswerer, _extra
+from ragcompress.validate import check_request
+
+if TYPE_CHECKING:
+    from ragcompress.generate import Answer
+    from ragcompress.kv.assemble import PrefixKV
+    from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast import FastGenerator, PackedChunk
+    from ragcompress.types import Passage
+
+__all__ = ["FastKVAnswerer"]
+
+
+@dataclass
+class FastKVAnswerer(KVAnswerer):
+    """``capacity``: context slots of the static buffer; ``max_question``: longest question in
+    tokens (chat template included); ``graphs``: capture CUDA graphs (ignored off CUDA)."""
+
+    capacity: int = 16384
+    max_question: int = 256
+    graphs: bool = True
+    _engine: FastGenerator | None = field(default=None, init=False, repr=False)
+    _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
+    _prefix_src: PrefixKV | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.assembly.check_fast()  # a mode the fast engine cannot run fails here, not mid-request
+
+    @property
+    def engine(self) -> FastGenerator:
+        """The fast engine, built on first use (its buffer is allocated then)."""
+        if self._engine is None:
+            from ragcompress.kv.fast import FastGenerator
+
+            gen = self.generator
+            self._engine = FastGenerator(
+                gen.lm,
+                capacity=self.capacity,
+                max_question=self.max_question,
+                max_new_tokens=gen.max_new_tokens,
+                buckets=(*(b for b in (16, 32, 64, 128, 256) if b < self.max_question), self.max_question),
+                graphs=self.graphs,
+            )
+        return self._engine
+
+    def _tokens(
+        self, ids: list[int], chunks: Sequence[KVChunk], max_new_tokens: int | None, timing: dict[str, float]
+    ) -> Iterator[int]:
+        """Greedy token ids after question ``ids`` (stop tokens end the answer, unyielded);
+        ``timing["position"]`` is where the question starts, ``timing["first"]`` when token 1 came."""
+        from ragcompress.kv.encode.encoder import prefix_kv
+        from ragcompress.kv.fast import PackedChunk
+
+        gen, engine = self.generator, self.engine
+        limit = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if limit > engine.max_new_tokens:
+            raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
+        prefix = prefix_kv(gen.lm, gen.layout)  # kept per weight version: re-pack when it changes
+        if self._prefix is None or self._prefix_src is not prefix:
+            self._prefix, self._prefix_src = PackedChunk.from_prefix(prefix), prefix
+        timing["position"], timing["recompute"] = self.assembly.load_fast(
+            engine, self._prefix, gen.lm, prefix, chunks, ids
+        )
+        gen._check_length(int(timing["position"]) + len(ids), limit)
+        stops = gen.stop_ids
+        for host in engine.steps([ids], limit):  # one host sync per token: the answer streams
+            timing.setdefault("first", time.perf_counter())
+            if host[0] in stops:
+                return
+            yield host[0]
+
+    def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
+        ids = self.generator.layout.question_ids(query)
+        return self.generator._text_pieces(self._tokens(ids, chunks, max_new_tokens, {}))
+
+    def answer(
+        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+    ) -> Answer:
+        passages = check_request(query, passages, max_new_tokens)
+        start = time.perf_counter()
+        chunks, cache_stats = self.cache.get_or_encode(passages)
+        ids = self.generator.layout.question_ids(query)
+        timing: dict[str, float] = {}
+        tokens = list(self._tokens(ids, chunks, max_new_tokens, timing))
+        ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
+        extra = {
+            **_extra(cache_stats),
+            "engine": "fast",
+            "assembly": self.assembly.name,
+            "recompute": timing["recompute"],
+        }
+        return self.generator.chunk_answer(
+            tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra
+        )
