@@ -1,4 +1,5 @@
-"""MultiTierStore: host memory → disk → Redis; promotion, counters, damage in each tier, outages."""
+"""TieredStore: host memory → disk → Redis; promotion, counters, damage in each tier, outages.
+The four-tier store users build from a StoreSpec is in test_store_spec.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.serialize import chunk_from_bytes, chunk_to_bytes
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.redis import RedisStore
-from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore, tiered_store
+from ragcompress.kv.store.memory import Entry, MemoryStore
+from ragcompress.kv.store.tiered import TieredStore
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -27,10 +29,10 @@ def _close(a: Any, b: Any) -> bool:
     )
 
 
-def _stack(redis_url: str, tmp_path: Path, host_bytes: int = 1 << 24) -> MultiTierStore:
-    return MultiTierStore(
+def _stack(redis_url: str, tmp_path: Path, host_bytes: int = 1 << 24) -> TieredStore:
+    return TieredStore(
         [
-            ("host", MemoryTier(host_bytes)),
+            ("host", MemoryStore(host_bytes, device="cpu")),
             ("disk", DiskStore(tmp_path / "disk")),
             ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01)),
         ]
@@ -72,7 +74,7 @@ def test_put_writes_through_and_miss_reports_absent(
 
 def test_memory_tier_is_lru_in_bytes(chunks: list[Any]) -> None:
     budget = chunks[0].nbytes + chunks[1].nbytes
-    tier = MemoryTier(budget)
+    tier = MemoryStore(budget, device="cpu")
     tier.put(chunks[0].key, chunks[0])
     tier.put(chunks[1].key, chunks[1])
     assert tier.lookup(chunks[0].key).chunk is not None
@@ -81,15 +83,17 @@ def test_memory_tier_is_lru_in_bytes(chunks: list[Any]) -> None:
     assert tier.nbytes <= budget and tier.stats.evictions >= 1
     with pytest.raises(ValueError, match="pinned memory"):
         if not torch.cuda.is_available():
-            MemoryTier(1000, pin=True)
+            MemoryStore(1000, device="cpu", pin=True)
         else:
             raise ValueError("pinned memory: CUDA present, nothing to check")
 
 
-def _damage(tier_name: str, kind: str, store: MultiTierStore, key: Any) -> None:
-    tier = dict(store.tiers)[tier_name]
-    if isinstance(tier, MemoryTier):
-        chunk, digest = tier._items[key.digest]
+def _damage(tier_name: str, kind: str, store: TieredStore, key: Any) -> None:
+    tier = store.tier(tier_name)
+    if isinstance(tier, MemoryStore):
+        entry = tier.lru.peek(key.digest)
+        assert entry is not None
+        chunk = entry.chunk
         if kind == "flip":
             chunk.layers[0].tensors()["keys"].view(-1)[3] += 1.0  # an in-place write by a buggy consumer
         else:  # every layer loses its last token; the stored digest stays the old one
@@ -99,7 +103,7 @@ def _damage(tier_name: str, kind: str, store: MultiTierStore, key: Any) -> None:
                 )
                 for x in chunk.layers
             ]
-            tier._items[key.digest] = (dataclasses.replace(chunk, layers=cut), digest)
+            tier.lru.put(key.digest, Entry(dataclasses.replace(chunk, layers=cut), entry.digest))
     elif isinstance(tier, DiskStore):
         path = tier.path(key)
         data = bytearray(path.read_bytes())
@@ -164,8 +168,8 @@ def test_damage_in_one_tier_falls_through_to_a_good_copy(
 def test_redis_outage_is_skipped_counted_and_recovers(
     redis_server: Any, redis_url: str, tmp_path: Path, encoder: Any, passages: list[str]
 ) -> None:
-    store = MultiTierStore(
-        [("host", MemoryTier(1 << 24)), ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01))]
+    store = TieredStore(
+        [("host", MemoryStore(1 << 24, device="cpu")), ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01))]
     )
     cache = ChunkCache(encoder, store)
     reference = encoder.encode(passages[1:2])[0]
@@ -177,15 +181,7 @@ def test_redis_outage_is_skipped_counted_and_recovers(
         assert store.tier_stats()["remote"]["unavailable"] == 2  # the lookup and the write-through
     finally:
         redis_server.start()
-    dict(store.tiers)["host"].remove(reference.key)
+    store.tier("host").remove(reference.key)
     got, stats = cache.get_or_encode(passages[1:2])
     assert stats.encoded == 1 and _close(got[0], reference)  # the restarted server was empty
-    assert dict(store.tiers)["remote"].contains(reference.key)
-
-
-def test_tiered_store_builder(redis_url: str, tmp_path: Path) -> None:
-    store = tiered_store(redis_url + "?tenant=acme", disk=str(tmp_path / "d"), device="cpu")
-    assert [name for name, _ in store.tiers] == ["host", "disk", "remote"]
-    remote = dict(store.tiers)["remote"]
-    assert isinstance(remote, RedisStore) and remote.tenant == "acme"
-    assert [name for name, _ in tiered_store(device="cpu").tiers] == ["host"]
+    assert store.tier("remote").contains(reference.key)
