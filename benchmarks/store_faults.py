@@ -53,8 +53,8 @@ def _store_scenarios(env: Env, args: argparse.Namespace) -> list[Any]:
     """The scenarios of tests.support.faults: concurrent clients, killed writers, restarts."""
     from ragcompress.kv.cache import ChunkCache
     from ragcompress.kv.store.disk import DiskStore
-    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.memory import MemoryStore
+    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.tiered import TieredStore
     from tests.support.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 
@@ -69,7 +69,10 @@ def _store_scenarios(env: Env, args: argparse.Namespace) -> list[Any]:
     outcome.case += " (Redis only)"
     out.append(outcome)
     behind = TieredStore(
-        [("host", MemoryStore(1, "cpu")), ("remote", RedisStore(url, tenant="tiered", retries=1, backoff_s=0.02))]
+        [
+            ("host", MemoryStore(1, "cpu")),
+            ("remote", RedisStore(url, tenant="tiered", retries=1, backoff_s=0.02)),
+        ]
     )
     outcome = redis_restart(server, ChunkCache(encoder, behind), PASSAGES, requests=args.requests)
     outcome.case += " (tiered: re-encodes)"

@@ -77,8 +77,12 @@ def _builders() -> dict[str, Callable[[Any], Any]]:
 
     return {
         "bare disk": lambda back: back,
-        "TieredStore(memory, disk)": lambda back: TieredStore([("memory", MemoryStore(1 << 26)), ("back", back)]),
-        "TieredStore(tiny host, disk)": lambda back: TieredStore([("host", MemoryStore(1, "cpu")), ("back", back)]),
+        "TieredStore(memory, disk)": lambda back: TieredStore(
+            [("memory", MemoryStore(1 << 26)), ("back", back)]
+        ),
+        "TieredStore(tiny host, disk)": lambda back: TieredStore(
+            [("host", MemoryStore(1, "cpu")), ("back", back)]
+        ),
     }
 
 
@@ -90,8 +94,8 @@ def _dead_tier(
     by less than one per request: only the breaker's probes reach the tier, where without a
     breaker every chunk pays a lookup and a write, each with its retries."""
     from ragcompress.kv.cache import ChunkCache
-    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.memory import MemoryStore
+    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.tiered import TieredStore
 
     remote = RedisStore(url, tenant=env.tenant("dead"), retries=1, backoff_s=0.01, timeout_s=1.0)
@@ -116,8 +120,8 @@ def _dead_tier(
 def _redis_killed(env: Env, requests: int) -> str | None:
     """Redis stopped mid-run behind a host tier: every request answered, then back after a restart."""
     from ragcompress.kv.cache import ChunkCache
-    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.memory import MemoryStore
+    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.tiered import TieredStore
 
     remote = RedisStore(env.redis.url, tenant=env.tenant("killed"), retries=1, backoff_s=0.01)

@@ -293,8 +293,8 @@ def damage(store: ChunkStore, key: ChunkKey, kind: str) -> None:
     import dataclasses
 
     from ragcompress.kv.store.disk import DiskStore
-    from ragcompress.kv.store.redis import RedisStore
     from ragcompress.kv.store.memory import Entry, MemoryStore
+    from ragcompress.kv.store.redis import RedisStore
 
     if kind not in ("flip", "truncate"):
         raise ValueError(f"kind must be 'flip' or 'truncate', got {kind!r}")

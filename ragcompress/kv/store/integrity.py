@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
-    "SECRET_ENV",
     "HEADER_PREFIX_BYTES",
     "MAGIC",
+    "SECRET_ENV",
     "IntegrityError",
     "Signer",
     "envelope_size",

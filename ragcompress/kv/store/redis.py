@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
 from ragcompress.kv.store.base import MISSING, ChunkStore, Lookup
-from ragcompress.kv.store.integrity import IntegrityError, Signer, is_signed, resolve_secret
 from ragcompress.kv.store.errors import StoreUnavailableError, redact_url
+from ragcompress.kv.store.integrity import IntegrityError, Signer, is_signed, resolve_secret
 
 if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk

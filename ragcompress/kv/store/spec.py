@@ -50,10 +50,14 @@ class StoreSpec:
         for name in ("gpu_bytes", "host_bytes", "disk_bytes"):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value <= 0):
-                raise ValueError(f"StoreSpec.{name} must be a positive integer (bytes) or None, got {value!r}")
+                raise ValueError(
+                    f"StoreSpec.{name} must be a positive integer (bytes) or None, got {value!r}"
+                )
         if self.disk_dir is not None:
             if not isinstance(self.disk_dir, str | os.PathLike) or not os.fspath(self.disk_dir):
-                raise ValueError(f"StoreSpec.disk_dir must be a directory path or None, got {self.disk_dir!r}")
+                raise ValueError(
+                    f"StoreSpec.disk_dir must be a directory path or None, got {self.disk_dir!r}"
+                )
             object.__setattr__(self, "disk_dir", os.fspath(self.disk_dir))
         elif self.disk_bytes is not None:
             raise ValueError("StoreSpec.disk_bytes caps the disk tier: set disk_dir too, or drop disk_bytes")
@@ -67,18 +71,24 @@ class StoreSpec:
 
     def __repr__(self) -> str:
         # The URL's password (and the secret) must never reach a log line.
-        shown = {**self.to_dict(), "redis_url": None if self.redis_url is None else redact_url(self.redis_url)}
+        shown = {
+            **self.to_dict(),
+            "redis_url": None if self.redis_url is None else redact_url(self.redis_url),
+        }
         return f"StoreSpec({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def _check_redis(self) -> None:
         url = self.redis_url
-        if url is not None:
-            if not isinstance(url, str) or url.split("://", 1)[0].lower() not in ("redis", "rediss"):
-                shown = redact_url(url) if isinstance(url, str) else repr(url)
-                raise ValueError(f"StoreSpec.redis_url must be a redis:// or rediss:// URL, got {shown!r}")
+        if url is not None and (
+            not isinstance(url, str) or url.split("://", 1)[0].lower() not in ("redis", "rediss")
+        ):
+            shown = redact_url(url) if isinstance(url, str) else repr(url)
+            raise ValueError(f"StoreSpec.redis_url must be a redis:// or rediss:// URL, got {shown!r}")
         if self.tenant is not None:
             if url is None:
-                raise ValueError("StoreSpec.tenant applies to the Redis tier: set redis_url too, or drop tenant")
+                raise ValueError(
+                    "StoreSpec.tenant applies to the Redis tier: set redis_url too, or drop tenant"
+                )
             check_name("StoreSpec.tenant", self.tenant)
 
     def tier_names(self) -> list[str]:

@@ -68,7 +68,9 @@ class TieredStore(ChunkStore):
     ``breakers[name]``); default :class:`~ragcompress.kv.store.breaker.CircuitBreaker()`.
     """
 
-    def __init__(self, tiers: Sequence[tuple[str, ChunkStore]], breaker: CircuitBreaker | None = None) -> None:
+    def __init__(
+        self, tiers: Sequence[tuple[str, ChunkStore]], breaker: CircuitBreaker | None = None
+    ) -> None:
         super().__init__()
         if not tiers:
             raise ValueError("a TieredStore needs at least one tier")

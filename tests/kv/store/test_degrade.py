@@ -16,8 +16,8 @@ from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.breaker import CircuitBreaker, CircuitOpenError
 from ragcompress.kv.store.disk import DiskStore
-from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.kv.store.errors import StoreUnavailableError
+from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.kv.store.redis import RedisStore
 from ragcompress.kv.store.tiered import TieredStore
 from tests.support.redis_local import free_port

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.store.redis import RedisStore
 from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.kv.store.redis import RedisStore
 from ragcompress.kv.store.tiered import TieredStore
 from tests.support.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 

@@ -3,7 +3,6 @@ The four-tier store users build from a StoreSpec is in test_store_spec.py."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,10 @@ import torch
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.serialize import chunk_from_bytes, chunk_to_bytes
 from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.kv.store.redis import RedisStore
-from ragcompress.kv.store.memory import Entry, MemoryStore
 from ragcompress.kv.store.tiered import TieredStore
+from tests.support.faults import damage
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -88,41 +88,6 @@ def test_memory_tier_is_lru_in_bytes(chunks: list[Any]) -> None:
             raise ValueError("pinned memory: CUDA present, nothing to check")
 
 
-def _damage(tier_name: str, kind: str, store: TieredStore, key: Any) -> None:
-    tier = store.tier(tier_name)
-    if isinstance(tier, MemoryStore):
-        entry = tier.lru.peek(key.digest)
-        assert entry is not None
-        chunk = entry.chunk
-        if kind == "flip":
-            chunk.layers[0].tensors()["keys"].view(-1)[3] += 1.0  # an in-place write by a buggy consumer
-        else:  # every layer loses its last token; the stored digest stays the old one
-            cut = [
-                dataclasses.replace(
-                    x, keys=x.keys[:, :-1], values=x.values[:, :-1], positions=x.positions[:, :-1]
-                )
-                for x in chunk.layers
-            ]
-            tier.lru.put(key.digest, Entry(dataclasses.replace(chunk, layers=cut), entry.digest))
-    elif isinstance(tier, DiskStore):
-        path = tier.path(key)
-        data = bytearray(path.read_bytes())
-        if kind == "flip":
-            data[-9] ^= 0x10
-            path.write_bytes(bytes(data))
-        else:
-            path.write_bytes(bytes(data[: len(data) // 2]))
-    else:
-        assert isinstance(tier, RedisStore)
-        rkey = tier.redis_key(key)
-        data = bytearray(tier.client.get(rkey))
-        if kind == "flip":
-            data[-9] ^= 0x10
-            tier.client.set(rkey, bytes(data))
-        else:
-            tier.client.set(rkey, bytes(data[: len(data) // 2]))
-
-
 @pytest.mark.parametrize("kind", ["flip", "truncate"])
 def test_damage_in_every_tier_is_detected_and_reencoded(
     redis_url: str, tmp_path: Path, encoder: Any, passages: list[str], kind: str
@@ -134,7 +99,7 @@ def test_damage_in_every_tier_is_detected_and_reencoded(
     key = fresh[0].key
     reference = encoder.encode(passages[:1])[0]
     for name in ("host", "disk", "remote"):
-        _damage(name, kind, store, key)
+        damage(store.tier(name), key, kind)
     got, stats = cache.get_or_encode(passages[:1])
     assert stats.encoded == 1 and stats.hits == 0
     reason = next(iter(stats.misses.values()))
@@ -156,7 +121,7 @@ def test_damage_in_one_tier_falls_through_to_a_good_copy(
         if other == tier_name:
             break
         tier.remove(c.key)
-    _damage(tier_name, "flip", store, c.key)
+    damage(store.tier(tier_name), c.key, "flip")
     found = store.lookup(c.key)
     if tier_name == "remote":
         assert found.chunk is None and "rejected" in found.reason
@@ -169,7 +134,10 @@ def test_redis_outage_is_skipped_counted_and_recovers(
     redis_server: Any, redis_url: str, tmp_path: Path, encoder: Any, passages: list[str]
 ) -> None:
     store = TieredStore(
-        [("host", MemoryStore(1 << 24, device="cpu")), ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01))]
+        [
+            ("host", MemoryStore(1 << 24, device="cpu")),
+            ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01)),
+        ]
     )
     cache = ChunkCache(encoder, store)
     reference = encoder.encode(passages[1:2])[0]
