@@ -53,8 +53,9 @@ def _store_scenarios(env: Env, args: argparse.Namespace) -> list[Any]:
     """The scenarios of tests.support.faults: concurrent clients, killed writers, restarts."""
     from ragcompress.kv.cache import ChunkCache
     from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.memory import MemoryStore
     from ragcompress.kv.store.redis import RedisStore
-    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.tiered import TieredStore
     from tests.support.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 
     url, server, encoder = env.redis.url, env.redis, env.encoder
@@ -67,15 +68,18 @@ def _store_scenarios(env: Env, args: argparse.Namespace) -> list[Any]:
     outcome = redis_restart(server, plain, PASSAGES, requests=args.requests)
     outcome.case += " (Redis only)"
     out.append(outcome)
-    behind = MultiTierStore(
-        [("host", MemoryTier(1)), ("remote", RedisStore(url, tenant="tiered", retries=1, backoff_s=0.02))]
+    behind = TieredStore(
+        [
+            ("host", MemoryStore(1, "cpu")),
+            ("remote", RedisStore(url, tenant="tiered", retries=1, backoff_s=0.02)),
+        ]
     )
     outcome = redis_restart(server, ChunkCache(encoder, behind), PASSAGES, requests=args.requests)
     outcome.case += " (tiered: re-encodes)"
     out.append(outcome)
-    stack = MultiTierStore(
+    stack = TieredStore(
         [
-            ("host", MemoryTier(1 << 26)),
+            ("host", MemoryStore(1 << 26, "cpu")),
             ("disk", DiskStore(env.fresh("tiers"))),
             ("remote", RedisStore(url, tenant="damage", secret="benchmark-secret-of-32-characters")),
         ]

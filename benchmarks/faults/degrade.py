@@ -72,14 +72,17 @@ def _failed_write(env: Env, build: Callable[[Any], Any]) -> str | None:
 
 
 def _builders() -> dict[str, Callable[[Any], Any]]:
-    from ragcompress.kv.store.base import TieredStore
     from ragcompress.kv.store.memory import MemoryStore
-    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.tiered import TieredStore
 
     return {
         "bare disk": lambda back: back,
-        "TieredStore(memory, disk)": lambda back: TieredStore(MemoryStore(1 << 26), back),
-        "MultiTierStore(host, disk)": lambda back: MultiTierStore([("host", MemoryTier(1)), ("back", back)]),
+        "TieredStore(memory, disk)": lambda back: TieredStore(
+            [("memory", MemoryStore(1 << 26)), ("back", back)]
+        ),
+        "TieredStore(tiny host, disk)": lambda back: TieredStore(
+            [("host", MemoryStore(1, "cpu")), ("back", back)]
+        ),
     }
 
 
@@ -91,11 +94,12 @@ def _dead_tier(
     by less than one per request: only the breaker's probes reach the tier, where without a
     breaker every chunk pays a lookup and a write, each with its retries."""
     from ragcompress.kv.cache import ChunkCache
+    from ragcompress.kv.store.memory import MemoryStore
     from ragcompress.kv.store.redis import RedisStore
-    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.tiered import TieredStore
 
     remote = RedisStore(url, tenant=env.tenant("dead"), retries=1, backoff_s=0.01, timeout_s=1.0)
-    store = MultiTierStore([("host", MemoryTier(1)), ("remote", remote)])
+    store = TieredStore([("host", MemoryStore(1, "cpu")), ("remote", remote)])
     cache = ChunkCache(env.encoder, store)
     corpus = [f"{p} (dead tier)" for p in env.passages]
     marks = []
@@ -116,11 +120,12 @@ def _dead_tier(
 def _redis_killed(env: Env, requests: int) -> str | None:
     """Redis stopped mid-run behind a host tier: every request answered, then back after a restart."""
     from ragcompress.kv.cache import ChunkCache
+    from ragcompress.kv.store.memory import MemoryStore
     from ragcompress.kv.store.redis import RedisStore
-    from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+    from ragcompress.kv.store.tiered import TieredStore
 
     remote = RedisStore(env.redis.url, tenant=env.tenant("killed"), retries=1, backoff_s=0.01)
-    cache = ChunkCache(env.encoder, MultiTierStore([("host", MemoryTier(1)), ("remote", remote)]))
+    cache = ChunkCache(env.encoder, TieredStore([("host", MemoryStore(1, "cpu")), ("remote", remote)]))
     corpus = [f"{p} (killed)" for p in env.passages]
     try:
         for i in range(requests):

@@ -61,7 +61,7 @@ class Plan:
 def _store(plan: Plan, mode: int) -> Any:
     from ragcompress.kv.store.disk import DiskStore
     from ragcompress.kv.store.redis import RedisStore
-    from ragcompress.kv.store.tiered import MultiTierStore
+    from ragcompress.kv.store.tiered import TieredStore
 
     disk = DiskStore(f"{plan.disk_root}/{mode}")
     if mode == 0:
@@ -70,7 +70,7 @@ def _store(plan: Plan, mode: int) -> Any:
         return RedisStore(plan.redis_url, tenant=f"load{mode}")
     url = plan.redis_url if mode == 2 else plan.closed_url
     remote = RedisStore(url, tenant=f"load{mode}", retries=1, backoff_s=0.01, timeout_s=2.0)
-    return MultiTierStore([("disk", disk), ("remote", remote)])
+    return TieredStore([("disk", disk), ("remote", remote)])
 
 
 def _run_mode(

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.encode.encoder import ChunkEncoder
-from ragcompress.kv.store.base import ChunkStore, TieredStore
+from ragcompress.kv.store.base import ChunkStore
+from ragcompress.kv.store.spec import StoreSpec
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
@@ -51,25 +52,29 @@ class KVAnswerer:
         cache_dir: str | os.PathLike[str] | None = None,
         presses: Sequence[Any] = (),
         memory_bytes: int = 2 << 30,
-        store: ChunkStore | None = None,
+        store: ChunkStore | StoreSpec | None = None,
         assembly: Assembly | Mapping[str, Any] | str | None = None,
         **options: Any,
     ) -> _A:
-        """Memory store on the generator's device, in front of a disk store when ``cache_dir`` is
-        given, or ``store`` (never both: a ``ValueError``); ``assembly``: a mode, its spec or name
+        """``store``: a built store, or a :class:`~ragcompress.kv.store.spec.StoreSpec` built on
+        the generator's device. Without one: ``StoreSpec(gpu_bytes=memory_bytes,
+        disk_dir=cache_dir)`` (a memory tier on the generator's device, in front of a disk
+        tier when ``cache_dir`` is given). ``store`` and ``cache_dir`` together are a
+        ``ValueError`` (put the directory in the spec). ``assembly``: a mode, its spec or name
         (None: ``concat``); ``options`` are a subclass's own fields (e.g.
         ``FastKVAnswerer(capacity=...)``)."""
-        from ragcompress.kv.store.disk import DiskStore
-        from ragcompress.kv.store.memory import MemoryStore
-
         if store is not None and cache_dir is not None:
             raise ValueError(
                 "give store= or cache_dir=, not both: cache_dir builds a store of its own "
-                "(wrap both in a TieredStore to use them together)"
+                "(use store=StoreSpec(..., disk_dir=...) to have both)"
             )
         if store is None:
-            memory = MemoryStore(memory_bytes, device=generator.lm.device)
-            store = memory if cache_dir is None else TieredStore(memory, DiskStore(cache_dir))
+            try:
+                store = StoreSpec(gpu_bytes=memory_bytes, disk_dir=cache_dir)
+            except ValueError as err:  # name the arguments the caller gave, not the spec's fields
+                raise ValueError(f"from_generator(memory_bytes=, cache_dir=): {err}") from None
+        if isinstance(store, StoreSpec):
+            store = store.build(generator.lm.device)
         encoder = ChunkEncoder.from_generator(generator)
         cache = ChunkCache(encoder, store, presses)
         return cls(generator, cache, build_assembly(assembly), **options)

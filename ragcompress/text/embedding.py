@@ -15,12 +15,12 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.lru import ByteLRU
 from ragcompress.text.base import TextCompressor
 from ragcompress.text.split import Span, segment_texts, split_sentences
 from ragcompress.types import Passage
@@ -35,32 +35,32 @@ _FORMAT = "v1"  # bump when the key or file layout changes: old entries become m
 
 @dataclass
 class EmbeddingCache:
-    """LRU of ``key -> (n_sentences, dim) float32`` arrays, with an optional disk tier."""
+    """LRU of ``key -> (n_sentences, dim) float32`` arrays (:class:`~ragcompress.lru.ByteLRU`,
+    bounded by ``max_entries`` and ``max_bytes``), with an optional disk tier."""
 
     max_entries: int = 4096
     max_bytes: int = 256 << 20
     directory: str | None = None
     hits: int = 0
     misses: int = 0
-    _mem: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict, repr=False)
-    _bytes: int = field(default=0, repr=False)
+    _mem: ByteLRU[str, np.ndarray] = field(init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if self.max_entries < 0 or self.max_bytes < 0:
             raise ValueError("cache bounds must be >= 0 (0 disables the memory tier)")
+        self._mem = ByteLRU(self.max_bytes, lambda arr: int(arr.nbytes), self.max_entries)
 
     def _path(self, key: str) -> Path:
         assert self.directory is not None
         return Path(self.directory) / key[:2] / f"{key}.npy"
 
     def get(self, key: str, rows: int) -> np.ndarray | None:
-        with self._lock:
-            arr = self._mem.get(key)
-            if arr is not None:
-                self._mem.move_to_end(key)
+        arr = self._mem.get(key)
+        if arr is not None:
+            with self._lock:
                 self.hits += 1
-                return arr
+            return arr
         if self.directory is not None:
             arr = self._load(key, rows)
             if arr is not None:
@@ -101,25 +101,13 @@ class EmbeddingCache:
                 raise
 
     def _remember(self, key: str, arr: np.ndarray) -> None:
-        if arr.nbytes > self.max_bytes or self.max_entries == 0:
-            return
-        with self._lock:
-            old = self._mem.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._mem[key] = arr
-            self._bytes += arr.nbytes
-            while len(self._mem) > self.max_entries or self._bytes > self.max_bytes:
-                _, evicted = self._mem.popitem(last=False)
-                self._bytes -= evicted.nbytes
+        self._mem.put(key, arr)
 
     def __len__(self) -> int:
         return len(self._mem)
 
     def clear(self) -> None:
-        with self._lock:
-            self._mem.clear()
-            self._bytes = 0
+        self._mem.clear()
 
 
 @functools.lru_cache(maxsize=16)

@@ -13,9 +13,9 @@ from ragcompress.kv import serialize
 from ragcompress.kv.chunk import ChunkLayer, DenseLayer, KVChunk, register_layer
 from ragcompress.kv.key import ChunkKey, tokens_digest
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
-from ragcompress.kv.store.base import TieredStore
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.kv.store.tiered import TieredStore
 
 
 @register_layer("test-halfkeys")
@@ -170,8 +170,8 @@ def test_disk_store_unwritable_directory_fails_at_construction(tmp_path):
 def test_tiered_store_promotes_disk_hits(tmp_path):
     chunk = make_chunk()
     DiskStore(tmp_path).put(chunk.key, chunk)
-    tiered = TieredStore(MemoryStore(1 << 20), DiskStore(tmp_path))
-    assert not tiered.front.contains(chunk.key)
+    tiered = TieredStore([("memory", MemoryStore(1 << 20)), ("disk", DiskStore(tmp_path))])
+    assert not tiered.tier("memory").contains(chunk.key)
     assert_same(chunk, tiered.get(chunk.key))
-    assert tiered.front.contains(chunk.key)
+    assert tiered.tier("memory").contains(chunk.key)
     assert tiered.remove(chunk.key) and not tiered.contains(chunk.key)

@@ -249,7 +249,7 @@ def redis_restart(server: LocalRedis, cache: Any, passages: Sequence[str], reque
     Passes when every request either returns the right chunks or raises
     StoreUnavailableError (clear, after bounded retries), and requests succeed again after the
     restart."""
-    from ragcompress.kv.store.open import StoreUnavailableError
+    from ragcompress.kv.store.errors import StoreUnavailableError
 
     outcome = Outcome("redis stopped and restarted")
     reference = {p: cache.encoder.encode([p])[0] for p in passages}
@@ -293,13 +293,16 @@ def damage(store: ChunkStore, key: ChunkKey, kind: str) -> None:
     import dataclasses
 
     from ragcompress.kv.store.disk import DiskStore
+    from ragcompress.kv.store.memory import Entry, MemoryStore
     from ragcompress.kv.store.redis import RedisStore
-    from ragcompress.kv.store.tiered import MemoryTier
 
     if kind not in ("flip", "truncate"):
         raise ValueError(f"kind must be 'flip' or 'truncate', got {kind!r}")
-    if isinstance(store, MemoryTier):
-        chunk, digest = store._items[key.digest]
+    if isinstance(store, MemoryStore):
+        entry = store.lru.peek(key.digest)
+        if entry is None:
+            raise KeyError(f"the memory tier holds no chunk {key.digest[:12]}")
+        chunk = entry.chunk
         if kind == "flip":
             next(iter(chunk.layers[0].tensors().values())).view(-1)[3] += 1.0
         else:
@@ -310,7 +313,7 @@ def damage(store: ChunkStore, key: ChunkKey, kind: str) -> None:
                 )
                 for x in layers
             ]
-            store._items[key.digest] = (dataclasses.replace(chunk, layers=cut), digest)
+            store.lru.put(key.digest, Entry(dataclasses.replace(chunk, layers=cut), entry.digest))
         return
     if isinstance(store, DiskStore):
         path = store.path(key)
@@ -332,7 +335,7 @@ def damage(store: ChunkStore, key: ChunkKey, kind: str) -> None:
 
 
 def damaged_tiers(stack: Any, cache: Any, passages: Sequence[str]) -> Outcome:
-    """For each tier of ``stack`` (a MultiTierStore behind ``cache``) and each kind of damage:
+    """For each tier of ``stack`` (a TieredStore behind ``cache``) and each kind of damage:
     damage only that tier's copy, with no healthy copy behind it; the next request must
     detect it, re-encode and return the right chunk."""
     outcome = Outcome("damaged chunk in each tier")
@@ -346,7 +349,7 @@ def damaged_tiers(stack: Any, cache: Any, passages: Sequence[str]) -> Outcome:
             for other, tier in stack.tiers:  # healthy copies only in front of the damaged tier
                 if other != name:
                     tier.remove(reference.key)
-            damage(dict(stack.tiers)[name], reference.key, kind)
+            damage(stack.tier(name), reference.key, kind)
             outcome.tried += 1
             chunks, stats = cache.get_or_encode([text])
             reason = next(iter(stats.misses.values()), "")

@@ -1,1 +1,2 @@
-"""The chunk stores: base interface, memory, disk, Redis, tiers, and the URL factory."""
+"""The chunk stores: base interface (+ errors), memory, disk, Redis, the tiered store and its
+spec (StoreSpec), and the URL factory (open_store)."""

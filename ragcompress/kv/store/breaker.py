@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ragcompress.kv.store.open import StoreUnavailableError
+from ragcompress.kv.store.errors import StoreUnavailableError
 
 __all__ = ["TIER_ERRORS", "CircuitBreaker", "CircuitOpenError"]
 
@@ -141,7 +141,7 @@ class CircuitBreaker:
     def call(self, fn: Callable[[], T], what: str = "call") -> T:
         """``fn()`` when allowed. Raises :class:`CircuitOpenError` without calling ``fn`` while
         open; a tier error from ``fn`` is logged (a warning naming the tier, ``what`` and the
-        reason), recorded and re-raised as :class:`~ragcompress.kv.store.open.StoreUnavailableError`
+        reason), recorded and re-raised as :class:`~ragcompress.kv.store.errors.StoreUnavailableError`
         (the original chained)."""
         if not self.allow():
             log.debug("cache tier %r: %s skipped (breaker open)", self.name, what)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "HEADER_PREFIX_BYTES",
     "MAGIC",
+    "SECRET_ENV",
     "IntegrityError",
     "Signer",
     "envelope_size",
@@ -34,6 +35,8 @@ __all__ = [
     "resolve_secret",
 ]
 
+# The environment variable every store reads its HMAC secret from when none is passed.
+SECRET_ENV = "RAGCOMPRESS_STORE_SECRET"
 MAGIC = b"RCHMAC1\x00"
 _LEN = struct.Struct(">I")
 _MAC_BYTES = hashlib.sha256().digest_size
@@ -60,8 +63,6 @@ def resolve_secret(secret: bytes | str | None) -> bytes | str | None:
     """
     if secret is not None:
         return secret
-    from ragcompress.kv.store.open import SECRET_ENV
-
     return os.environ.get(SECRET_ENV) or None
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.store.open import StoreUnavailableError
+from ragcompress.kv.store.errors import StoreUnavailableError
 
 if TYPE_CHECKING:
     from ragcompress.kv.key import ChunkKey
@@ -61,7 +61,7 @@ class Lease:
 
 class Leases(ABC):
     """Where leases live. ``acquire`` never blocks: it returns None when another holder has an
-    unexpired lease, and raises :class:`~ragcompress.kv.store.open.StoreUnavailableError` (or
+    unexpired lease, and raises :class:`~ragcompress.kv.store.errors.StoreUnavailableError` (or
     ``OSError``) when it cannot tell."""
 
     @abstractmethod

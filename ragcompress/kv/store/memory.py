@@ -1,84 +1,132 @@
-"""An in-memory chunk store, LRU-bounded in bytes, holding tensors on one device (the
-generator's GPU, so that hot chunks never cross PCIe again)."""
+"""An in-memory chunk store, LRU-bounded in bytes, holding tensors on one device: the GPU
+tier (the generator's device, so that hot chunks never cross PCIe again) or the host tier
+(CPU, page-locked when CUDA is present so that copies to the GPU run asynchronously).
+
+Every hit is checked against a digest taken when the chunk was stored (:func:`chunk_digest`),
+so that a consumer writing into a cached tensor, or swapping it for a shorter one, turns the
+next lookup into a miss instead of a silently wrong answer.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.key import ChunkKey
 from ragcompress.kv.store.base import MISSING, ChunkStore, Lookup
+from ragcompress.lru import ByteLRU
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MemoryStore"]
+__all__ = ["Entry", "MemoryStore", "chunk_digest"]
+
+
+def _tensors(chunk: KVChunk) -> list[torch.Tensor]:
+    return [chunk.token_ids, *(t for layer in chunk.layers for _, t in sorted(layer.tensors().items()))]
+
+
+def chunk_digest(chunk: KVChunk) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+    """(dtypes and shapes, per-tensor byte sums) of a chunk, computed where its tensors live.
+
+    Cheap (one reduction per tensor, one device sync) and enough to catch a tensor written in
+    place or swapped for a shorter one while cached; not a cryptographic check (memory is ours).
+    """
+    import torch
+
+    tensors = _tensors(chunk)
+    layout = tuple((str(t.dtype), tuple(t.shape)) for t in tensors)
+    sums = torch.stack([t.detach().reshape(-1).view(torch.uint8).sum(dtype=torch.int64) for t in tensors])
+    return layout, tuple(int(s) for s in sums.tolist())
+
+
+def _pinned(chunk: KVChunk) -> KVChunk:
+    layers = [
+        type(layer).from_tensors({k: t.cpu().pin_memory() for k, t in layer.tensors().items()}, layer.meta())
+        for layer in chunk.layers
+    ]
+    return KVChunk(
+        layers=layers,
+        token_ids=chunk.token_ids.cpu().pin_memory(),
+        base_offset=chunk.base_offset,
+        length=chunk.length,
+        key=chunk.key,
+        model=chunk.model,
+        kv_heads=chunk.kv_heads,
+        head_dim=chunk.head_dim,
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored chunk and its digest at store time."""
+
+    chunk: KVChunk
+    digest: tuple[Any, ...]
 
 
 class MemoryStore(ChunkStore):
-    """Keeps at most ``max_bytes`` of chunks on ``device``, evicting the least recently used.
+    """At most ``max_bytes`` of chunks on ``device`` (None: where they come from), the least
+    recently used evicted first (:class:`~ragcompress.lru.ByteLRU`). A chunk larger than the
+    whole budget is not kept.
 
-    A chunk larger than the whole budget is not kept (counted in ``stats.misses`` as
-    ``"larger than store"`` when looked up later as absent).
+    ``pin``: keep host copies in page-locked memory so they copy to the GPU asynchronously;
+    defaults to True exactly when ``device`` is the CPU and CUDA is available.
     """
 
-    def __init__(self, max_bytes: int = 2 << 30, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, max_bytes: int = 2 << 30, device: torch.device | str | None = None, pin: bool | None = None
+    ) -> None:
         super().__init__()
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self.device = device
-        self._items: OrderedDict[str, KVChunk] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        import torch
+
+        if not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.device = None if device is None else torch.device(device)
+        on_cpu = self.device is not None and self.device.type == "cpu"
+        self.pin = (on_cpu and torch.cuda.is_available()) if pin is None else bool(pin)
+        if self.pin and not (on_cpu and torch.cuda.is_available()):
+            raise ValueError("pin=True (pinned memory) needs device='cpu' on a machine with CUDA")
+        self.lru: ByteLRU[str, Entry] = ByteLRU(self.max_bytes, lambda e: e.chunk.nbytes)
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self.lru.nbytes
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.lru)
+
+    def peek(self, key: ChunkKey) -> KVChunk | None:
+        entry = self.lru.peek(key.digest)
+        return None if entry is None else entry.chunk
 
     def lookup(self, key: ChunkKey) -> Lookup:
-        with self._lock:
-            chunk = self._items.get(key.digest)
-            if chunk is None:
-                return self._record(Lookup(None, MISSING))
-            self._items.move_to_end(key.digest)
-            return self._record(Lookup(chunk))
+        entry = self.lru.get(key.digest)
+        if entry is None:
+            return self._record(Lookup(None, MISSING))
+        if chunk_digest(entry.chunk) != entry.digest:
+            self.remove(key)
+            return self._record(Lookup(None, "corrupt: changed in memory since stored"))
+        return self._record(Lookup(entry.chunk))
 
     def put(self, key: ChunkKey, chunk: KVChunk) -> None:
-        if self.device is not None:
+        if chunk.key != key:
+            raise ValueError("MemoryStore.put: the chunk's own key differs from the key it is stored under")
+        if self.pin:
+            chunk = _pinned(chunk)
+        elif self.device is not None:
             chunk = chunk.to(self.device)
-        size = chunk.nbytes
-        with self._lock:
-            old = self._items.pop(key.digest, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            if size > self.max_bytes:
-                return
-            self._items[key.digest] = chunk
-            self._bytes += size
+        self.stats.evictions += self.lru.put(key.digest, Entry(chunk, chunk_digest(chunk)))
+        if key.digest in self.lru:
             self.stats.puts += 1
-            while self._bytes > self.max_bytes:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-                self.stats.evictions += 1
 
     def contains(self, key: ChunkKey) -> bool:
-        return key.digest in self._items
+        return key.digest in self.lru
 
     def remove(self, key: ChunkKey) -> bool:
-        with self._lock:
-            old = self._items.pop(key.digest, None)
-            if old is None:
-                return False
-            self._bytes -= old.nbytes
-            return True
+        return self.lru.pop(key.digest) is not None
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
+        self.lru.clear()

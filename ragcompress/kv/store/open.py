@@ -7,70 +7,59 @@
 ``rediss://…`` (TLS)                     the same over TLS
 ======================================  =================================================
 
+Each scheme maps to a factory in one table (:func:`register_scheme` adds a backend); an
+unknown scheme's error lists exactly the registered ones. For several tiers at once (memory
+in front of disk in front of Redis) use :class:`~ragcompress.kv.store.spec.StoreSpec`.
+
 Redis URLs may carry the store's own settings as query parameters (``tenant``,
 ``namespace``, ``ttl_s``, ``max_bytes``); the others go to redis-py (``ssl_ca_certs``, …).
 The HMAC secret never goes into a URL: pass ``secret=`` or set ``RAGCOMPRESS_STORE_SECRET``.
 
-URLs are printed only through :func:`redact_url`, which hides the password of the userinfo
-(``redis://user:***@host``; a userinfo without a password, possibly a token, becomes ``***``)
-and the value of every query parameter whose name contains ``pass``,
-``pwd``, ``secret``, ``token``, ``key``, ``auth`` or ``credential`` (``?password=***``).
+URLs are printed only through :func:`~ragcompress.kv.store.errors.redact_url`.
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ragcompress.kv.store.errors import StoreUnavailableError, redact_url
+from ragcompress.kv.store.integrity import SECRET_ENV, resolve_secret
 
 if TYPE_CHECKING:
     from ragcompress.kv.store.base import ChunkStore
 
-__all__ = ["SECRET_ENV", "StoreUnavailableError", "check_name", "open_store", "redact_url"]
+__all__ = [
+    "SECRET_ENV",
+    "StoreFactory",
+    "StoreUnavailableError",
+    "check_name",
+    "open_store",
+    "redact_url",
+    "register_scheme",
+    "schemes",
+]
 
-SECRET_ENV = "RAGCOMPRESS_STORE_SECRET"
-# Query parameters whose values are hidden in messages: matched anywhere in the name, so that
-# `password`, `redis_password`, `ssl_keyfile_password`, `api_key`, `token`, `auth` all are.
-_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
 # Tenant and namespace names: they become part of Redis keys (a newline or a brace would not).
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-
-class StoreUnavailableError(RuntimeError):
-    """The store cannot answer now (server down, refused, authentication failed, out of memory).
-
-    Raised after the store's bounded retries; never turned into a hit. ``url`` is redacted.
-    """
-
-    def __init__(self, message: str, url: str = "") -> None:
-        super().__init__(message)
-        self.url = url
+# (url, tenant, secret, device) -> store. ``secret`` is already resolved (argument or env).
+StoreFactory = Callable[[str, "str | None", "bytes | str | None", str], "ChunkStore"]
+_SCHEMES: dict[str, StoreFactory] = {}
 
 
-def redact_url(url: str) -> str:
-    """``url`` for messages and logs: the userinfo's password and the values of query parameters
-    named like secrets (see the module docstring) replaced by ``***``. Never raises."""
-    try:
-        parts = urlsplit(str(url))
-    except ValueError:  # unparsable (e.g. a bad IPv6 host): nothing of it is safe to print
-        return "<unparsable URL>"
-    out = str(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if at:  # a lone userinfo (no ':') may be a token too: some services put it there
-        user = f"{userinfo.split(':', 1)[0]}:***" if ":" in userinfo else "***"
-        out = out.replace(f"//{parts.netloc}", f"//{user}@{hostport}", 1)
-    if parts.query:
-        query = "&".join(_redact_param(item) for item in parts.query.split("&"))
-        out = out.replace(f"?{parts.query}", f"?{query}", 1)
-    return out
+def register_scheme(scheme: str, factory: StoreFactory) -> None:
+    """Make :func:`open_store` open ``scheme://…`` URLs with ``factory``."""
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme):
+        raise ValueError(f"a URL scheme is lower-case letters, digits, '+', '.', '-': got {scheme!r}")
+    _SCHEMES[scheme] = factory
 
 
-def _redact_param(item: str) -> str:
-    name, eq, value = item.partition("=")
-    if eq and value and _SECRET_PARAM.search(unquote_plus(name)):
-        return f"{name}=***"
-    return item
+def schemes() -> list[str]:
+    """The URL schemes :func:`open_store` knows, sorted (a plain path opens a disk store too)."""
+    return sorted(_SCHEMES)
 
 
 def check_name(label: str, value: object) -> str:
@@ -99,46 +88,51 @@ def open_store(
     url = url.strip()
     if tenant is not None:
         check_name("tenant", tenant)
-    if url[:5].lower() == "file:":
-        return _disk_store(url, device, secret)
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
-    if scheme in ("redis", "rediss"):
-        from ragcompress.kv.store.redis import RedisStore
-
-        options: dict[str, Any] = {}
-        parts = urlsplit(url)
-        passthrough = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in ("tenant", "namespace"):
-                options[name] = check_name(name, value)
-            elif name in ("ttl_s", "max_bytes"):
-                options[name] = _number(name, value, url)
-            else:
-                passthrough.append(f"{name}={value}")
-        if tenant is not None:
-            options["tenant"] = tenant
-        clean = parts._replace(query="&".join(passthrough)).geturl()
-        return RedisStore(clean, secret=_secret(secret), device=device, **options)
-    if scheme == "memory":
-        from ragcompress.kv.store.memory import MemoryStore
-
-        query = dict(parse_qsl(urlsplit(url).query))
-        max_bytes = _number("max_bytes", query.get("max_bytes", str(2 << 30)), url)
-        return MemoryStore(max_bytes=int(max_bytes), device=device)
-    if not scheme:
-        from ragcompress.kv.store.disk import DiskStore
-
-        return DiskStore(url, device=device, secret=_secret(secret))
-    raise ValueError(
-        f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
-        "use memory://, file:///path (or a plain path), redis:// or rediss://"
-    )
+    secret = resolve_secret(secret)
+    if url[:5].lower() == "file:":  # also file:/abs (no "//")
+        return _disk_url(url, tenant, secret, device)
+    if "://" not in url:
+        return _disk(url, device, secret)
+    scheme = urlsplit(url).scheme.lower()
+    factory = _SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in schemes())
+        raise ValueError(
+            f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; use one of {known} "
+            "(or a plain directory path)"
+        )
+    return factory(url, tenant, secret, device)
 
 
-def _disk_store(url: str, device: str, secret: bytes | str | None) -> ChunkStore:
+def _redis(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
+    from ragcompress.kv.store.redis import RedisStore
+
+    options: dict[str, Any] = {}
+    parts = urlsplit(url)
+    passthrough = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in ("tenant", "namespace"):
+            options[name] = check_name(name, value)
+        elif name in ("ttl_s", "max_bytes"):
+            options[name] = _number(name, value, url)
+        else:
+            passthrough.append(f"{name}={value}")
+    if tenant is not None:
+        options["tenant"] = tenant
+    clean = parts._replace(query="&".join(passthrough)).geturl()
+    return RedisStore(clean, secret=secret, device=device, **options)
+
+
+def _memory(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
+    from ragcompress.kv.store.memory import MemoryStore
+
+    query = dict(parse_qsl(urlsplit(url).query))
+    max_bytes = _number("max_bytes", query.get("max_bytes", str(2 << 30)), url)
+    return MemoryStore(max_bytes=int(max_bytes), device=device)
+
+
+def _disk_url(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
     """The disk store of a ``file:`` URL (see :func:`open_store` for the accepted forms)."""
-    from ragcompress.kv.store.disk import DiskStore
-
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise ValueError(
@@ -151,7 +145,13 @@ def _disk_store(url: str, device: str, secret: bytes | str | None) -> ChunkStore
             f"store URL {redact_url(url)!r} is not a file URL of an absolute directory "
             "(file:///abs/path); for a relative directory give the plain path"
         )
-    return DiskStore(path, device=device, secret=_secret(secret))
+    return _disk(path, device, secret)
+
+
+def _disk(path: str, device: str, secret: bytes | str | None) -> ChunkStore:
+    from ragcompress.kv.store.disk import DiskStore
+
+    return DiskStore(path, device=device, secret=secret)
 
 
 def _number(name: str, value: str, url: str) -> float | int:
@@ -164,7 +164,7 @@ def _number(name: str, value: str, url: str) -> float | int:
     return int(number) if number.is_integer() else number
 
 
-def _secret(secret: bytes | str | None) -> bytes | str | None:
-    if secret is not None:
-        return secret
-    return os.environ.get(SECRET_ENV) or None
+register_scheme("memory", _memory)
+register_scheme("file", _disk_url)
+register_scheme("redis", _redis)
+register_scheme("rediss", _redis)

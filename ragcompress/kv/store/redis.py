@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
 from ragcompress.kv.store.base import MISSING, ChunkStore, Lookup
+from ragcompress.kv.store.errors import StoreUnavailableError, redact_url
 from ragcompress.kv.store.integrity import IntegrityError, Signer, is_signed, resolve_secret
-from ragcompress.kv.store.open import StoreUnavailableError, redact_url
 
 if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
@@ -117,7 +117,7 @@ class RedisStore(ChunkStore):
     ``RAGCOMPRESS_STORE_SECRET`` environment variable when set; without one, the chunk digest
     detects damage but not a forger who can write the server). Operations that
     cannot reach the server are tried ``retries + 1`` times with exponential backoff from
-    ``backoff_s``, then raise :class:`~ragcompress.kv.store.open.StoreUnavailableError`.
+    ``backoff_s``, then raise :class:`~ragcompress.kv.store.errors.StoreUnavailableError`.
     """
 
     def __init__(

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from ragcompress.kv.cache import ChunkCache
-from ragcompress.kv.store.base import ChunkStore, TieredStore
+from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.breaker import CircuitBreaker, CircuitOpenError
 from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.errors import StoreUnavailableError
 from ragcompress.kv.store.memory import MemoryStore
-from ragcompress.kv.store.open import StoreUnavailableError
 from ragcompress.kv.store.redis import RedisStore
-from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+from ragcompress.kv.store.tiered import TieredStore
 from tests.support.redis_local import free_port
 from tests.support.tiny import chunks_close
 
@@ -42,21 +42,16 @@ def _dead_redis() -> RedisStore:
     return RedisStore(f"redis://127.0.0.1:{free_port()}/0", retries=1, backoff_s=0.001, timeout_s=2.0)
 
 
-# Both tiered stores, built with a front tier too small to keep anything (every lookup reaches
-# the back tier) over ``back``; each returns (store, the back tier's breaker).
-def _multi(back: ChunkStore, breaker: CircuitBreaker) -> tuple[ChunkStore, CircuitBreaker]:
-    store = MultiTierStore([("host", MemoryTier(1)), ("back", back)], breaker=breaker)
-    return store, store.breakers["back"]
-
-
-def _two(back: ChunkStore, breaker: CircuitBreaker) -> tuple[ChunkStore, CircuitBreaker]:
-    store = TieredStore(MemoryStore(1), back, breaker=breaker)
+# The tiered store, built with a front tier too small to keep anything (every lookup reaches
+# the back tier) over ``back``; returns (store, the back tier's breaker). A table, so that the
+# tests also run on the bare back tier where that makes sense.
+def _tiered(back: ChunkStore, breaker: CircuitBreaker) -> tuple[ChunkStore, CircuitBreaker]:
+    store = TieredStore([("front", MemoryStore(1)), ("back", back)], breaker=breaker)
     return store, store.breakers["back"]
 
 
 BUILDERS: dict[str, Callable[[ChunkStore, CircuitBreaker], tuple[ChunkStore, CircuitBreaker]]] = {
-    "MultiTierStore": _multi,
-    "TieredStore": _two,
+    "TieredStore": _tiered,
 }
 
 
@@ -210,7 +205,7 @@ def test_failed_write_is_logged_and_the_request_answered(
 
 
 def test_tiered_store_put_no_longer_raises(tmp_path: Path, chunks: list[Any], same: Any) -> None:
-    store = TieredStore(MemoryStore(1 << 24), _broken_disk(tmp_path))
+    store = TieredStore([("front", MemoryStore(1 << 24)), ("back", _broken_disk(tmp_path))])
     store.put(chunks[0].key, chunks[0])  # the back tier fails; the front keeps it
     found = store.lookup(chunks[0].key).chunk
     assert found is not None and same(found, chunks[0])

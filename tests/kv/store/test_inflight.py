@@ -22,11 +22,12 @@ import torch
 from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.presses.protocol import KVPress
-from ragcompress.kv.store.base import ChunkStore, TieredStore
+from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.lease import DiskLeases
 from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.kv.store.redis import RedisStore
+from ragcompress.kv.store.spec import StoreSpec
 from tests.support.tiny import chunks_close
 
 CORPUS = [
@@ -55,7 +56,7 @@ class CountingEncoder(ChunkEncoder):
 STORES: dict[str, Callable[[Path], ChunkStore]] = {
     "memory": lambda _: MemoryStore(1 << 26),
     "disk": lambda tmp: DiskStore(tmp / "chunks"),
-    "memory+disk": lambda tmp: TieredStore(MemoryStore(1 << 26), DiskStore(tmp / "chunks")),
+    "memory+disk": lambda tmp: StoreSpec(gpu_bytes=1 << 26, disk_dir=tmp / "chunks").build("cpu"),
 }
 
 

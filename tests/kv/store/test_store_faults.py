@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from ragcompress.kv.cache import ChunkCache
+from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.kv.store.redis import RedisStore
-from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore
+from ragcompress.kv.store.tiered import TieredStore
 from tests.support.faults import concurrent_clients, damaged_tiers, killed_writer, redis_restart
 
 
@@ -41,8 +42,8 @@ def test_redis_restart_behind_a_memory_tier_keeps_answering(
     redis_server: Any, redis_url: str, encoder: Any, passages: list[str]
 ) -> None:
     # A host tier too small to keep anything: every lookup reaches Redis.
-    store = MultiTierStore(
-        [("host", MemoryTier(1)), ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01))]
+    store = TieredStore(
+        [("host", MemoryStore(1, device="cpu")), ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01))]
     )
     outcome = redis_restart(redis_server, ChunkCache(encoder, store), passages, requests=9)
     assert outcome.ok, _explain(outcome)
@@ -64,9 +65,9 @@ def test_damaged_chunk_in_each_tier_of_a_signed_stack(
 ) -> None:
     from ragcompress.kv.store.disk import DiskStore
 
-    stack = MultiTierStore(
+    stack = TieredStore(
         [
-            ("host", MemoryTier(1 << 24)),
+            ("host", MemoryStore(1 << 24, device="cpu")),
             ("disk", DiskStore(tmp_path / "tiers")),
             ("remote", RedisStore(redis_url, secret="a-shared-secret-of-32-characters")),
         ]

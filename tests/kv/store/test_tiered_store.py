@@ -1,8 +1,8 @@
-"""MultiTierStore: host memory → disk → Redis; promotion, counters, damage in each tier, outages."""
+"""TieredStore: host memory → disk → Redis; promotion, counters, damage in each tier, outages.
+The four-tier store users build from a StoreSpec is in test_store_spec.py."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,10 @@ import torch
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.serialize import chunk_from_bytes, chunk_to_bytes
 from ragcompress.kv.store.disk import DiskStore
+from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.kv.store.redis import RedisStore
-from ragcompress.kv.store.tiered import MemoryTier, MultiTierStore, tiered_store
+from ragcompress.kv.store.tiered import TieredStore
+from tests.support.faults import damage
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -27,10 +29,10 @@ def _close(a: Any, b: Any) -> bool:
     )
 
 
-def _stack(redis_url: str, tmp_path: Path, host_bytes: int = 1 << 24) -> MultiTierStore:
-    return MultiTierStore(
+def _stack(redis_url: str, tmp_path: Path, host_bytes: int = 1 << 24) -> TieredStore:
+    return TieredStore(
         [
-            ("host", MemoryTier(host_bytes)),
+            ("host", MemoryStore(host_bytes, device="cpu")),
             ("disk", DiskStore(tmp_path / "disk")),
             ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01)),
         ]
@@ -72,7 +74,7 @@ def test_put_writes_through_and_miss_reports_absent(
 
 def test_memory_tier_is_lru_in_bytes(chunks: list[Any]) -> None:
     budget = chunks[0].nbytes + chunks[1].nbytes
-    tier = MemoryTier(budget)
+    tier = MemoryStore(budget, device="cpu")
     tier.put(chunks[0].key, chunks[0])
     tier.put(chunks[1].key, chunks[1])
     assert tier.lookup(chunks[0].key).chunk is not None
@@ -81,42 +83,9 @@ def test_memory_tier_is_lru_in_bytes(chunks: list[Any]) -> None:
     assert tier.nbytes <= budget and tier.stats.evictions >= 1
     with pytest.raises(ValueError, match="pinned memory"):
         if not torch.cuda.is_available():
-            MemoryTier(1000, pin=True)
+            MemoryStore(1000, device="cpu", pin=True)
         else:
             raise ValueError("pinned memory: CUDA present, nothing to check")
-
-
-def _damage(tier_name: str, kind: str, store: MultiTierStore, key: Any) -> None:
-    tier = dict(store.tiers)[tier_name]
-    if isinstance(tier, MemoryTier):
-        chunk, digest = tier._items[key.digest]
-        if kind == "flip":
-            chunk.layers[0].tensors()["keys"].view(-1)[3] += 1.0  # an in-place write by a buggy consumer
-        else:  # every layer loses its last token; the stored digest stays the old one
-            cut = [
-                dataclasses.replace(
-                    x, keys=x.keys[:, :-1], values=x.values[:, :-1], positions=x.positions[:, :-1]
-                )
-                for x in chunk.layers
-            ]
-            tier._items[key.digest] = (dataclasses.replace(chunk, layers=cut), digest)
-    elif isinstance(tier, DiskStore):
-        path = tier.path(key)
-        data = bytearray(path.read_bytes())
-        if kind == "flip":
-            data[-9] ^= 0x10
-            path.write_bytes(bytes(data))
-        else:
-            path.write_bytes(bytes(data[: len(data) // 2]))
-    else:
-        assert isinstance(tier, RedisStore)
-        rkey = tier.redis_key(key)
-        data = bytearray(tier.client.get(rkey))
-        if kind == "flip":
-            data[-9] ^= 0x10
-            tier.client.set(rkey, bytes(data))
-        else:
-            tier.client.set(rkey, bytes(data[: len(data) // 2]))
 
 
 @pytest.mark.parametrize("kind", ["flip", "truncate"])
@@ -130,7 +99,7 @@ def test_damage_in_every_tier_is_detected_and_reencoded(
     key = fresh[0].key
     reference = encoder.encode(passages[:1])[0]
     for name in ("host", "disk", "remote"):
-        _damage(name, kind, store, key)
+        damage(store.tier(name), key, kind)
     got, stats = cache.get_or_encode(passages[:1])
     assert stats.encoded == 1 and stats.hits == 0
     reason = next(iter(stats.misses.values()))
@@ -152,7 +121,7 @@ def test_damage_in_one_tier_falls_through_to_a_good_copy(
         if other == tier_name:
             break
         tier.remove(c.key)
-    _damage(tier_name, "flip", store, c.key)
+    damage(store.tier(tier_name), c.key, "flip")
     found = store.lookup(c.key)
     if tier_name == "remote":
         assert found.chunk is None and "rejected" in found.reason
@@ -164,8 +133,11 @@ def test_damage_in_one_tier_falls_through_to_a_good_copy(
 def test_redis_outage_is_skipped_counted_and_recovers(
     redis_server: Any, redis_url: str, tmp_path: Path, encoder: Any, passages: list[str]
 ) -> None:
-    store = MultiTierStore(
-        [("host", MemoryTier(1 << 24)), ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01))]
+    store = TieredStore(
+        [
+            ("host", MemoryStore(1 << 24, device="cpu")),
+            ("remote", RedisStore(redis_url, retries=1, backoff_s=0.01)),
+        ]
     )
     cache = ChunkCache(encoder, store)
     reference = encoder.encode(passages[1:2])[0]
@@ -177,15 +149,7 @@ def test_redis_outage_is_skipped_counted_and_recovers(
         assert store.tier_stats()["remote"]["unavailable"] == 2  # the lookup and the write-through
     finally:
         redis_server.start()
-    dict(store.tiers)["host"].remove(reference.key)
+    store.tier("host").remove(reference.key)
     got, stats = cache.get_or_encode(passages[1:2])
     assert stats.encoded == 1 and _close(got[0], reference)  # the restarted server was empty
-    assert dict(store.tiers)["remote"].contains(reference.key)
-
-
-def test_tiered_store_builder(redis_url: str, tmp_path: Path) -> None:
-    store = tiered_store(redis_url + "?tenant=acme", disk=str(tmp_path / "d"), device="cpu")
-    assert [name for name, _ in store.tiers] == ["host", "disk", "remote"]
-    remote = dict(store.tiers)["remote"]
-    assert isinstance(remote, RedisStore) and remote.tenant == "acme"
-    assert [name for name, _ in tiered_store(device="cpu").tiers] == ["host"]
+    assert store.tier("remote").contains(reference.key)
