@@ -109,6 +109,9 @@ def join_path(prefix: str, path: str) -> str:
     return prefix + path if path.startswith("[") else f"{prefix}.{path}"
 
 
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
 def issues_of(err: ValidationError) -> list[tuple[str, str]]:
     """A pydantic error as ``(path, message)`` pairs: ``("kv.cache_dirr", "unknown key")``."""
     out = []
@@ -116,8 +119,18 @@ def issues_of(err: ValidationError) -> list[tuple[str, str]]:
         path = ""
         for part in e["loc"]:
             path = join_path(path, f"[{part}]" if isinstance(part, int) else str(part))
+        inner = e.get("ctx", {}).get("error")
+        if isinstance(inner, SpecError):  # from a validator or a nested section: its own paths
+            out.extend((join_path(path, p), m) for p, m in inner.issues)
+            continue
         if e["type"] == "extra_forbidden":
             out.append((path, "unknown key"))
+            continue
+        bound = next((op for op in _BOUNDS if op in e.get("ctx", {})), None)
+        if e["type"].startswith(("greater_than", "less_than")) and bound:
+            limit = e["ctx"][bound]
+            limit = f"{limit:g}" if isinstance(limit, float) else limit
+            out.append((path, f"out of range: must be {_BOUNDS[bound]} {limit}, got {e['input']!r}"))
             continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] not in ("value_error", "assertion_error", "missing"):
@@ -177,6 +190,11 @@ def check_fields(cls: type, params: Mapping[str, Any]) -> None:
 
 def _singular(kind: str) -> str:
     return KINDS.get(kind, (kind, kind))[0]
+
+
+def _a(kind: str) -> str:
+    word = _singular(kind)
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def _plural(kind: str) -> str:
@@ -254,9 +272,7 @@ def lookup(name: str, kind: str | None = None) -> tuple[str, type]:
     if kind is None and found:
         return found[0], _REGISTRY[found[0]][name]
     if found:
-        raise UnknownMethodError(
-            f"{name!r} is a {_singular(found[0])}, not a {_singular(kind or '')}; {_listing(kind)}"
-        )
+        raise UnknownMethodError(f"{name!r} is {_a(found[0])}, not {_a(kind or '')}; {_listing(kind)}")
     # "unknown method" for compressors and presses: the phrase their callers have always matched
     what = "method" if kind in (None, "text", "press") else _singular(kind or "")
     raise UnknownMethodError(f"unknown {what} {name!r}; {_listing(kind)}")
@@ -306,9 +322,7 @@ def build(spec: Any, kind: str | None = None) -> Any:
 def _check_object(obj: Any, kind: str | None) -> Any:
     got = kind_of(obj)
     if kind is not None and got is not None and got != kind:
-        raise UnknownMethodError(
-            f"{obj.registered_name!r} is a {_singular(got)}, not a {_singular(kind)}; {_listing(kind)}"
-        )
+        raise UnknownMethodError(f"{obj.registered_name!r} is {_a(got)}, not {_a(kind)}; {_listing(kind)}")
     return obj
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "PipelineSpec",
     "RetrieverSpec",
     "SpecError",
+    "check_methods",
     "load_spec",
     "overlay",
     "parse_spec",
@@ -81,6 +82,15 @@ def _methods(kind: str) -> Callable[[Any], tuple[Any, ...]]:
         return tuple(out)
 
     return check
+
+
+def check_methods(value: Any, kind: str, source: str) -> tuple[Any, ...]:
+    """Method specs of ``kind`` given outside a pipeline spec (``ragcompress index --press``),
+    checked as a spec section checks them; errors name ``source``."""
+    try:
+        return _methods(kind)(value)
+    except SpecError as err:
+        raise PipelineError.of(err.issues, source) from None
 
 
 def _assembly(value: Any) -> Any:
