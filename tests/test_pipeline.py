@@ -100,7 +100,10 @@ def test_chain_from_yaml_file(tmp_path, generator):
         ("retriever: [1, 2]\n", "bad.yaml: retriever: Input should be a valid dictionary"),
         ("kv: {cache_dirr: /tmp/x}\n", "bad.yaml: kv.cache_dirr: unknown key"),
         ("retriever: {k: -3}\n", "bad.yaml: retriever.k: out of range: must be >= 1, got -3"),
-        ("compressors: [{name: random, ratio: half}]\n", "compressors\\[0\\].ratio: Input should be a valid number"),
+        (
+            "compressors: [{name: random, ratio: half}]\n",
+            "compressors\\[0\\].ratio: Input should be a valid number",
+        ),
         ("compressors: [\n", "not valid YAML"),
     ],
 )
