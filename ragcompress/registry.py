@@ -114,7 +114,7 @@ _BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 def issues_of(err: ValidationError) -> list[tuple[str, str]]:
     """A pydantic error as ``(path, message)`` pairs: ``("kv.cache_dirr", "unknown key")``."""
-    out = []
+    out: list[tuple[str, str]] = []
     for e in err.errors():
         path = ""
         for part in e["loc"]:
@@ -178,13 +178,8 @@ def check_fields(cls: type, params: Mapping[str, Any]) -> None:
         _params_model(cls).model_validate(dict(params))
     except ValidationError as err:
         fields = sorted(f.name for f in dataclasses.fields(cls) if f.init)  # type: ignore[arg-type]
-        issues = [
-            (
-                path,
-                f"{msg}; {cls.registered_name!r} takes {', '.join(fields)}" if msg == "unknown key" else msg,
-            )  # type: ignore[attr-defined]
-            for path, msg in issues_of(err)
-        ]
+        takes = f"; {getattr(cls, 'registered_name', cls.__name__)!r} takes {', '.join(fields)}"
+        issues = [(path, msg + takes if msg == "unknown key" else msg) for path, msg in issues_of(err)]
         raise SpecError.of(issues) from None
 
 
@@ -283,7 +278,7 @@ def kind_of(obj: Any) -> str | None:
     cls = obj if isinstance(obj, type) else type(obj)
     name = getattr(cls, "registered_name", None)
     for kind, names in _REGISTRY.items():
-        if names.get(name) is cls:
+        if isinstance(name, str) and names.get(name) is cls:
             return kind
     return None
 

@@ -70,7 +70,7 @@ def test_python_spec_errors_name_the_key() -> None:
     with pytest.raises(SpecError, match=r"^cache_dirr: unknown key$"):
         KVSpec(cache_dirr="/tmp")  # type: ignore[call-arg]
     with pytest.raises(SpecError, match=r"^retriever\.k: out of range: must be >= 1, got 0$"):
-        PipelineSpec(retriever={"k": 0})  # type: ignore[arg-type]
+        PipelineSpec(retriever={"k": 0})  # type: ignore[arg-type,call-arg]
     with pytest.raises(PipelineError, match=r"^kv=: presses\[0\]: 'sentences' is a text compressor"):
         Pipeline.from_spec({}, kv={"presses": ["sentences"]})
     with pytest.raises(SpecError, match="k: passages retrieved per question"):

@@ -111,7 +111,7 @@ class RetrieverSpec(_Section):
     """``k`` passages per question from a FAISS index (``index``: one saved by ``ragcompress
     index``; else the documents given to :meth:`Pipeline.index`), embedded with ``embedder``."""
 
-    k: int = Field(4, ge=1)
+    k: int = Field(default=4, ge=1)
     embedder: str | None = None
     index: str | None = None
 
@@ -123,7 +123,7 @@ class GeneratorSpec(_Section):
     model: str | None = None
     device: str | None = None
     dtype: str | None = None
-    max_new_tokens: int = Field(48, ge=0)
+    max_new_tokens: int = Field(default=48, ge=0)
     system: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
@@ -148,8 +148,8 @@ class KVSpec(_Section):
     # `StoreSpec`) plugs in here: widen this field to `str | StoreSpec | None` and open it in
     # build() below; every source (YAML, --store, Python) then reaches it through this model.
     store: str | None = None
-    memory_bytes: int = Field(2 << 30, ge=0)
-    fast_capacity: int | None = Field(None, ge=1)
+    memory_bytes: int = Field(default=2 << 30, ge=0)
+    fast_capacity: int | None = Field(default=None, ge=1)
     assembly: AssemblySpec = None
 
     def build(self, generator: Generator) -> Any:
@@ -187,7 +187,7 @@ class PipelineSpec(_Section):
     retriever: RetrieverSpec = RetrieverSpec()
     compressors: Compressors = ()
     generator: GeneratorSpec = GeneratorSpec()
-    ratio: float | None = Field(None, gt=0, le=1)
+    ratio: float | None = Field(default=None, gt=0, le=1)
     kv: KVSpec | None = None
 
 
