@@ -20,9 +20,10 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
-from typing import Annotated, Any, TypeVar, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 __all__ = [
     "KINDS",
@@ -159,6 +160,9 @@ def _resolve(cls: type, f: dataclasses.Field[Any]) -> Any:
 def _params_model(cls: type) -> type[BaseModel]:
     """A pydantic model of ``cls``'s init fields: strict types (YAML and JSON give native ones,
     so ``"8"`` for an int is a mistake), lists and tuples interchangeable."""
+    # imported here: `import ragcompress` stays cheap until a spec is checked
+    from pydantic import ConfigDict, Field, create_model
+
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init:
@@ -174,6 +178,8 @@ def _params_model(cls: type) -> type[BaseModel]:
 def check_fields(cls: type, params: Mapping[str, Any]) -> None:
     """Check ``params`` against ``cls``'s dataclass fields: every key a field, every value of the
     field's type and inside the constraints it declares. :class:`SpecError` names each field."""
+    from pydantic import ValidationError
+
     try:
         _params_model(cls).model_validate(dict(params))
     except ValidationError as err:
