@@ -4,6 +4,13 @@ command (demo, ask, index, bench, models), shared pieces in :mod:`ragcompress.cl
 
 from __future__ import annotations
 
-from ragcompress.cli.app import main
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Imported on call: importing a command module (or `common`) does not load every command.
+    from ragcompress.cli.app import main as run
+
+    return run(argv)
