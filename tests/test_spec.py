@@ -44,6 +44,8 @@ BAD_YAML = [
         "kv.assembly.recompute: Input should be a valid number",
     ),
     ("kv: {fast_capacity: 0}\n", "kv.fast_capacity: out of range: must be >= 1, got 0"),
+    ("kv: {assembly: 3}\n", "kv.assembly: assembly must be a spec dict"),
+    ("compressors: 3\n", "compressors: expected a spec or a list of specs, got int"),
 ]
 
 

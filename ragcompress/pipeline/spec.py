@@ -98,7 +98,12 @@ def _assembly(value: Any) -> Any:
         return None
     from ragcompress.kv.assembly import Assembly, build_assembly
 
-    mode = build_assembly(value)
+    try:
+        mode = build_assembly(value)
+    except SpecError:
+        raise
+    except (TypeError, ValueError) as err:  # pydantic reports only ValueErrors as the key's error
+        raise SpecError(str(err)) from err
     return mode if isinstance(value, Assembly) else mode.spec()
 
 
