@@ -153,7 +153,7 @@ class KVSpec(_Section):
     # `StoreSpec`) plugs in here: widen this field to `str | StoreSpec | None` and open it in
     # build() below; every source (YAML, --store, Python) then reaches it through this model.
     store: str | None = None
-    memory_bytes: int = Field(default=2 << 30, ge=0)
+    memory_bytes: int = Field(default=2 << 30, gt=0)
     fast_capacity: int | None = Field(default=None, ge=1)
     assembly: AssemblySpec = None
 
