@@ -35,7 +35,7 @@ def text_compressor(value: Any) -> Any:
     """``value`` built with ``ragcompress.build`` if it is a spec (dict, JSON string, name, list
     of specs); TypeError unless the result is a text compressor (has ``compress_with_stats``)."""
     if isinstance(value, dict | str | list | tuple):
-        value = build(value)
+        value = build(value, kind="text")  # a press fails here naming both kinds
     if not callable(getattr(value, "compress_with_stats", None)):
         raise TypeError(
             "compressor must be a ragcompress text compressor (with compress_with_stats) or a spec "

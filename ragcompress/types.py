@@ -108,9 +108,8 @@ class Budget:
             raise ValueError("Budget takes exactly one of ratio= or tokens=")
         # written so that NaN fails the range check too
         if self.ratio is not None and not (0.0 < self.ratio <= 1.0):
-            raise ValueError(
-                f"Budget ratio must be in (0, 1], got {self.ratio}: a ratio of 0 would keep nothing"
-            )
+            why = "above 1 would keep more than all" if self.ratio > 1.0 else "0 or less would keep nothing"
+            raise ValueError(f"Budget ratio is the share of tokens kept, in (0, 1]; got {self.ratio}: {why}")
         if self.tokens is not None and (isinstance(self.tokens, bool) or self.tokens <= 0):
             raise ValueError(f"Budget tokens must be a positive int, got {self.tokens}")
 

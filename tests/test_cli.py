@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from ragcompress.cli.app import main, run_bench
+from ragcompress.cli.app import main
+from ragcompress.cli.bench import run_bench
 from ragcompress.corpus import load_passages
 
 SUBCOMMANDS = ["demo", "ask", "index", "bench", "models"]
@@ -40,9 +41,31 @@ def test_no_command_prints_help_and_fails(capsys):
         (["ask", " ", "--docs", "{tmp}"], "the question is empty"),
         (["index", "{tmp}", "--out", "{tmp}/idx"], "holds no .txt, .md, .jsonl files"),
         (["ask", "Who?", "--index", "{tmp}"], "index.faiss is missing"),
-        (["demo", "--ratio", "0"], "--ratio: Budget ratio must be in (0, 1], got 0.0"),
-        (["demo", "--compressor", '{"name": "nosuch"}'], "unknown method 'nosuch'"),
+        (["demo", "--ratio", "0"], "--ratio: out of range: must be > 0, got 0.0"),
+        (["demo", "--ratio", "1.5"], "--ratio: out of range: must be <= 1, got 1.5"),
+        (["demo", "--k", "-3"], "--k: out of range: must be >= 1, got -3"),
+        (["demo", "--compressor", '{"name": "nosuch"}'], "--compressor: unknown method 'nosuch'"),
+        (
+            ["demo", "--compressor", "sentencez"],
+            "--compressor: unknown method 'sentencez'; text compressors:",
+        ),
+        (
+            ["demo", "--compressor", '{"name": "tokens", "ratio": "half"}'],
+            "--compressor: ratio: Input should be",
+        ),
         (["demo", "--compressor", "{broken"], "--compressor: not valid JSON"),
+        (["demo", "--compressor", "knorm"], "--compressor: 'knorm' is a KV press, not a text compressor"),
+        (
+            ["demo", "--kv", "--press", "sentences"],
+            "--press: 'sentences' is a text compressor, not a KV press",
+        ),
+        (["demo", "--kv", "--press", '{"name": "quantize", "bits": "8"}'], "--press: bits: Input should be"),
+        (
+            ["index", "{tmp}", "--store", "{tmp}/c", "--press", "tokens"],
+            "--press: 'tokens' is a text compressor",
+        ),
+        (["demo", "--kv", "--assembly", "knorm"], "--assembly: 'knorm' is a KV press, not an assembly mode"),
+        (["demo", "--pipeline", "{tmp}/text-only.yaml"], "text-only.yaml: kv.cache_dirr: unknown key"),
         (["demo", "--pipeline", "nope"], "no pipeline 'nope'"),
         (["demo", "--limit", "0"], "--limit must be >= 1"),
         (["demo", "--cache-dir", "{tmp}"], "only apply with --kv"),
@@ -50,6 +73,7 @@ def test_no_command_prints_help_and_fails(capsys):
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, argv, message):
+    (tmp_path / "text-only.yaml").write_text("kv: {cache_dirr: /tmp/chunks}\n", encoding="utf-8")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -73,6 +97,11 @@ def test_bench_dispatches_to_module_main(tmp_path, monkeypatch):
     assert run_bench("text", ["--n", "2"], package="mybench") == 3
     with pytest.raises(Exception, match=r"benchmark 'kv' is not available: no module mybench\.kv"):
         run_bench("kv", [], package="mybench")
+
+
+def test_bench_without_the_bench_package_says_how_to_install_it():
+    with pytest.raises(Exception, match=r"not installed.*pip install -e benchmarks"):
+        run_bench("text", [], package="no_such_bench_package")
 
 
 def test_models_lists_packaged_models(capsys):

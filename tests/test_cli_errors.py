@@ -56,10 +56,10 @@ def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], mess
         ),
         (["index", "{docs}", "--store", "{tmp}/chunks", "--tenant", "acme\n", "--model", "{tiny}"], "tenant"),
         # arguments: a negative length, two stores, a benchmark's own argument check
-        (["demo", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 0"),
-        (["ask", "Who?", "--docs", "{docs}", "--max-new-tokens", "-5"], "--max-new-tokens must be >= 0"),
+        (["demo", "--max-new-tokens", "-1"], "--max-new-tokens: out of range: must be >= 0, got -1"),
+        (["ask", "Who?", "--docs", "{docs}", "--max-new-tokens", "-5"], "--max-new-tokens: out of range"),
         (["demo", "--kv", "--store", "memory://", "--cache-dir", "{tmp}/c"], "not both"),
-        (["demo", "--kv", "--fast-capacity", "0"], "--fast-capacity must be >= 1"),
+        (["demo", "--kv", "--fast-capacity", "0"], "--fast-capacity: out of range: must be >= 1"),
         (["bench", "text", "--limit", "0"], "--limit must be at least 1"),
     ],
 )

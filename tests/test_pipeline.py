@@ -95,9 +95,15 @@ def test_chain_from_yaml_file(tmp_path, generator):
     [
         ("compressors: [{name: nosuch}]\n", "nosuch"),
         ("compressors: [{name: random, bogus: 1}]\n", "bogus"),
-        ("generatr: {model: x}\n", r"unknown key\(s\) \['generatr'\]"),
-        ("retriever: {k: 2, top: 3}\n", r"retriever: unknown key\(s\) \['top'\]"),
-        ("retriever: [1, 2]\n", "retriever must be a mapping"),
+        ("generatr: {model: x}\n", "bad.yaml: generatr: unknown key"),
+        ("retriever: {k: 2, top: 3}\n", "bad.yaml: retriever.top: unknown key"),
+        ("retriever: [1, 2]\n", "bad.yaml: retriever: Input should be a valid dictionary"),
+        ("kv: {cache_dirr: /tmp/x}\n", "bad.yaml: kv.cache_dirr: unknown key"),
+        ("retriever: {k: -3}\n", "bad.yaml: retriever.k: out of range: must be >= 1, got -3"),
+        (
+            "compressors: [{name: random, ratio: half}]\n",
+            "compressors\\[0\\].ratio: Input should be a valid number",
+        ),
         ("compressors: [\n", "not valid YAML"),
     ],
 )

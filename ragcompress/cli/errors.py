@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from ragcompress.cli.common import UsageError
+
 __all__ = ["DEBUG_ENV", "error_line", "expected"]
 
 DEBUG_ENV = "RAGCOMPRESS_DEBUG"
@@ -13,7 +15,6 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 def expected(err: Exception) -> bool:
     """Errors that bad input or the environment cause (not bugs): one line and exit 2."""
-    from ragcompress.cli.app import UsageError
     from ragcompress.kv.store.open import StoreUnavailableError
 
     kinds = (UsageError, ValueError, TypeError, KeyError, OSError, ImportError, StoreUnavailableError)
@@ -23,7 +24,6 @@ def expected(err: Exception) -> bool:
 def error_line(err: BaseException) -> str:
     """``err`` as one line for stderr: its message (a KeyError's unquoted), whitespace folded,
     every URL in it passed through :func:`~ragcompress.kv.store.open.redact_url`."""
-    from ragcompress.cli.app import UsageError
     from ragcompress.kv.store.open import redact_url
 
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)

@@ -9,6 +9,9 @@ import textwrap
 import time
 from typing import Any
 
+from ragcompress.cli.common import UsageError
+from ragcompress.cli.pipeline_args import method_arg
+
 __all__ = ["add_index_parser", "cmd_index"]
 
 
@@ -46,7 +49,9 @@ def add_index_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argpa
         "--store", metavar="URL", help="chunk store: redis://HOST:PORT/DB, rediss://…, file:///DIR or DIR"
     )
     kv.add_argument("--model", metavar="MODEL", help="reader whose KV is stored (default: packaged SmolLM2)")
-    kv.add_argument("--press", metavar="SPEC_JSON", help="KV press(es) applied before storing")
+    kv.add_argument(
+        "--press", metavar="SPEC", help="KV press(es) applied before storing: a name, a JSON spec or a list"
+    )
     kv.add_argument("--ray", metavar="ADDRESS", help="Ray address ('local', 'auto', 'ray://head:10001')")
     kv.add_argument("--tenant", metavar="NAME", help="tenant namespace in a shared store")
     kv.add_argument("--batch-size", type=int, default=16, metavar="N", help="passages per encoding batch")
@@ -56,8 +61,6 @@ def add_index_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> argpa
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ragcompress.cli.app import UsageError
-
     if not args.out and not args.store:
         raise UsageError("give --out INDEX (FAISS index), --store URL (KV chunks), or both")
     summary: dict[str, Any] = {}
@@ -86,17 +89,12 @@ def _faiss(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _chunks(args: argparse.Namespace) -> dict[str, Any]:
-    from ragcompress.cli.app import UsageError
     from ragcompress.kv.index import index_corpus
     from ragcompress.kv.store.open import StoreUnavailableError
+    from ragcompress.pipeline.spec import check_methods
 
-    presses: list[Any] = []
-    if args.press:
-        try:
-            parsed = json.loads(args.press)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"--press: not valid JSON ({err.msg})") from None
-        presses = parsed if isinstance(parsed, list) else [parsed]
+    # checked as the spec's kv.presses are (a name or JSON; a text compressor fails naming both kinds)
+    presses = list(check_methods(method_arg("--press", args.press), "press", "--press")) if args.press else []
     try:
         s = index_corpus(
             args.docs,

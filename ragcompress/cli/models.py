@@ -85,7 +85,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from ragcompress.cli.app import UsageError
+    from ragcompress.cli.common import UsageError
     from ragcompress.models.fetch import FETCHABLE, FetchError, fetch, is_fetched
 
     if args.name not in FETCHABLE:

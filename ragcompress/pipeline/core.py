@@ -1,7 +1,8 @@
 """A RAG pipeline: optional FAISS retrieval → text compressors → generator (text path), or
-→ cached KV chunks → generator (KV path). Built from a YAML spec (see ``ragcompress/pipeline/specs/README.md``).
+→ cached KV chunks → generator (KV path). Built from a checked
+:class:`~ragcompress.pipeline.spec.PipelineSpec` (a YAML file: ``ragcompress/pipeline/specs/README.md``).
 
-The KV path is a seam: a ``kv`` section in the spec makes :meth:`Pipeline.from_spec` build a
+The KV path is a seam: a ``kv`` section in the spec makes :meth:`Pipeline.build` build a
 ``ragcompress.kv.answer.KVAnswerer`` (imported only then) that answers from cached chunks.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.pipeline.spec import KVSpec, PipelineError, PipelineSpec, load_spec, overlay, parse_spec
 from ragcompress.types import Budget, CompressionStats, Passage, validate_passages
 
 if TYPE_CHECKING:
@@ -21,16 +23,15 @@ if TYPE_CHECKING:
     from ragcompress.retrieve import FaissRetriever
     from ragcompress.text.base import TextCompressor
 
-__all__ = ["KVSpec", "Pipeline", "PipelineError", "PipelineResult", "find_pipeline", "pipeline_names"]
-
-_SECTIONS = {"name", "description", "retriever", "compressors", "generator", "kv"}
-_RETRIEVER_KEYS = {"k", "embedder", "index"}
-_GENERATOR_KEYS = {"model", "device", "dtype", "max_new_tokens", "system"}
-_KV_KEYS = {"cache_dir", "presses", "store", "memory_bytes", "assembly"}
-
-
-class PipelineError(ValueError):
-    """A pipeline spec is missing or malformed; the message names the file and the key."""
+__all__ = [
+    "KVSpec",
+    "Pipeline",
+    "PipelineError",
+    "PipelineResult",
+    "PipelineSpec",
+    "find_pipeline",
+    "pipeline_names",
+]
 
 
 def _pipeline_dirs() -> list[Path]:
@@ -56,51 +57,6 @@ def find_pipeline(name_or_path: str | Path) -> Path:
     raise PipelineError(
         f"no pipeline {str(name_or_path)!r}: not a file, and not one of {', '.join(pipeline_names()) or '-'}"
     )
-
-
-@dataclass(frozen=True)
-class KVSpec:
-    """Where cached KV chunks live and how they are compressed (the spec's ``kv`` section).
-
-    ``store`` is a chunk-store URL (``memory://``, ``file:///dir``, ``redis://...``); without
-    it chunks stay in memory, backed by ``cache_dir`` on disk when that is set.
-    ``fast_capacity`` (context tokens) answers on the fast engine
-    (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`) instead of transformers' forward.
-    ``assembly`` is an assembly-mode spec (``{"name": "blend", "recompute": 0.15}``, a bare name,
-    or None for ``concat``); a bad one fails in :meth:`build`, before any request.
-    """
-
-    cache_dir: str | None = None
-    presses: tuple[Any, ...] = ()
-    store: str | None = None
-    memory_bytes: int = 2 << 30
-    fast_capacity: int | None = None
-    assembly: Any = None
-
-    def build(self, generator: Generator) -> Any:
-        """A ``KVAnswerer`` over ``generator`` (imported lazily: the KV path pulls in torch)."""
-        from ragcompress.kv.answer import KVAnswerer
-
-        store = None
-        if self.store:
-            from ragcompress.kv.store.open import open_store
-
-            store = open_store(self.store, device=str(generator.lm.device))
-        cache_dir = str(Path(self.cache_dir).expanduser()) if self.cache_dir else None
-        common: dict[str, Any] = dict(
-            cache_dir=cache_dir,
-            presses=list(self.presses),
-            memory_bytes=self.memory_bytes,
-            store=store,
-            assembly=self.assembly,
-        )
-        if self.fast_capacity is not None:
-            from ragcompress.kv.fast.answer import FastKVAnswerer
-
-            if self.fast_capacity < 1:
-                raise ValueError(f"fast_capacity is a number of context tokens, got {self.fast_capacity}")
-            return FastKVAnswerer.from_generator(generator, capacity=self.fast_capacity, **common)
-        return KVAnswerer.from_generator(generator, **common)
 
 
 @dataclass(frozen=True)
@@ -159,64 +115,69 @@ class Pipeline:
     budget: Budget | float | int | None = None
     kv: Any = None  # a ragcompress.kv.answer.KVAnswerer, or None for the text path
     name: str = ""
+    spec: PipelineSpec | None = None  # what it was built from (None: assembled by hand)
     _counter: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise PipelineError(f"k: passages retrieved per question, an int >= 1; got {self.k!r}")
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            self.budget = Budget.coerce(self.budget)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, name_or_path: str | Path, **overrides: Any) -> Pipeline:
-        """Build from a spec file or a ready spec's name; ``overrides`` as in :meth:`from_spec`."""
-        import yaml
-
-        path = find_pipeline(name_or_path)
-        try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise PipelineError(f"{path}: not valid YAML: {err}") from err
-        try:
-            return cls.from_spec(spec or {}, **overrides)
-        except (PipelineError, TypeError, KeyError, ValueError) as err:
-            raise PipelineError(f"{path}: {err}") from err
+        """Build from a spec file or a ready spec's name; ``overrides`` as in :meth:`from_spec`.
+        A bad spec raises :class:`PipelineError` naming the file and the key path."""
+        return cls.from_spec(load_spec(find_pipeline(name_or_path)), **overrides)
 
     @classmethod
     def from_spec(
         cls,
-        spec: Mapping[str, Any],
+        spec: PipelineSpec | Mapping[str, Any],
         *,
         generator: Generator | None = None,
         retriever: FaissRetriever | None = None,
         compressors: Any = None,
-        kv: KVSpec | None = None,
+        kv: KVSpec | Mapping[str, Any] | None = None,
     ) -> Pipeline:
-        """Build from a parsed spec. Keyword arguments replace the spec's parts: an already
-        loaded ``generator`` or ``retriever``, ``compressors`` (specs; ``[]`` for none), ``kv``."""
-        if not isinstance(spec, Mapping):
-            raise PipelineError(f"a pipeline spec is a mapping, got {type(spec).__name__}")
-        _check_keys("top level", spec, _SECTIONS)
-        ret = _section(spec, "retriever", _RETRIEVER_KEYS)
-        gen_spec = _section(spec, "generator", _GENERATOR_KEYS)
+        """Build from a spec (a :class:`PipelineSpec` or a mapping of the YAML's shape). Keyword
+        arguments replace the spec's parts: an already loaded ``generator`` or ``retriever``,
+        ``compressors`` (specs or built compressors; ``[]`` for none), ``kv`` (a ``KVSpec``)."""
+        checked = parse_spec(spec)
+        if compressors is not None:
+            checked = overlay(checked, "compressors", compressors, "compressors=")
+        if kv is not None:
+            checked = overlay(checked, "kv", kv, "kv=")
+        return cls.build(checked, generator=generator, retriever=retriever)
+
+    @classmethod
+    def build(
+        cls,
+        spec: PipelineSpec,
+        *,
+        generator: Generator | None = None,
+        retriever: FaissRetriever | None = None,
+    ) -> Pipeline:
+        """The pipeline a checked spec describes (loads the generator unless one is given)."""
         if generator is None:
             from ragcompress.generate import Generator
 
-            generator = Generator(**gen_spec)
-        if retriever is None and ret.get("index"):
+            generator = Generator(**spec.generator.kwargs())
+        if retriever is None and spec.retriever.index:
             from ragcompress.retrieve import FaissRetriever
 
-            retriever = FaissRetriever.load(ret["index"])
-        steps = spec.get("compressors") if compressors is None else compressors
-        if kv is None and spec.get("kv") is not None:
-            section = _section(spec, "kv", _KV_KEYS)
-            presses = section.get("presses") or ()
-            # one press may be written as a single spec (a mapping or a name), not only as a list
-            presses = (presses,) if isinstance(presses, dict | str) else tuple(presses)
-            kv = KVSpec(**{**section, "presses": presses})
+            retriever = FaissRetriever.load(spec.retriever.index)
         return cls(
             generator=generator,
-            compressor=_build_compressor(steps),
+            compressor=_build_compressor(spec.compressors),
             retriever=retriever,
-            k=int(ret.get("k", 4)),
-            embedder=ret.get("embedder"),
-            kv=kv.build(generator) if kv is not None else None,
-            name=str(spec.get("name", "")),
+            k=spec.retriever.k,
+            embedder=spec.retriever.embedder,
+            budget=None if spec.ratio is None else Budget(ratio=spec.ratio),
+            kv=spec.kv.build(generator) if spec.kv is not None else None,
+            name=spec.name,
+            spec=spec,
         )
 
     def index(self, passages: Sequence[Passage] | Sequence[str]) -> FaissRetriever:
@@ -273,25 +234,10 @@ class Pipeline:
         return passages, stats
 
 
-def _build_compressor(steps: Any) -> TextCompressor | None:
+def _build_compressor(steps: Sequence[Any]) -> TextCompressor | None:
     from ragcompress.registry import build
 
-    if steps is None or steps == []:
+    if not steps:
         return None
-    if isinstance(steps, Sequence) and not isinstance(steps, str) and len(steps) == 1:
-        steps = steps[0]
-    return build(steps)  # type: ignore[no-any-return]
-
-
-def _section(spec: Mapping[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
-    section = spec.get(name) or {}
-    _check_keys(name, section, allowed)
-    return dict(section)
-
-
-def _check_keys(where: str, section: Any, allowed: set[str]) -> None:
-    if not isinstance(section, Mapping):
-        raise PipelineError(f"{where} must be a mapping, got {type(section).__name__}")
-    unknown = set(section) - allowed
-    if unknown:
-        raise PipelineError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    compressor: TextCompressor = build(steps[0] if len(steps) == 1 else list(steps), kind="text")
+    return compressor

@@ -12,7 +12,9 @@ import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field
 
 from ragcompress.registry import spec_of
 from ragcompress.types import Budget, CompressionStats, Passage, validate_passages
@@ -90,7 +92,9 @@ class TextCompressor:
     query_aware: ClassVar[bool] = True
     registered_name: ClassVar[str]
 
-    ratio: float = 0.5
+    # The constraint is what a spec is checked against (the registry names the field); the
+    # Budget in __post_init__ checks objects built directly.
+    ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     tokenizer: str | None = None
     _counter: TokenCounter = field(init=False, repr=False, compare=False)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ragcompress.registry import build, register
+from ragcompress.registry import SpecError, build, register
 from ragcompress.text.base import TextCompressor
 from ragcompress.types import Budget, Passage
 
@@ -42,7 +42,10 @@ class Chain(TextCompressor):
             raise ValueError("a chain needs at least one step")
         built = []
         for i, step in enumerate(self.steps):
-            obj = build(step)
+            try:
+                obj = build(step, kind="text")
+            except SpecError as err:
+                raise err.at(f"steps[{i}]") from None
             if not isinstance(obj, TextCompressor):
                 raise TypeError(f"chain step #{i} ({type(obj).__name__}) is not a text compressor")
             built.append(obj)

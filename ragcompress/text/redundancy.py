@@ -14,7 +14,9 @@ no repetition it degrades to dropping the units most similar to earlier ones).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
+
+from pydantic import Field
 
 from ragcompress.registry import register
 from ragcompress.text.embedding import EmbeddingCompressor
@@ -57,7 +59,7 @@ class _NearDuplicateFilter(EmbeddingCompressor):
 
     query_aware: ClassVar[bool] = False
 
-    ratio: float = 1.0
+    ratio: Annotated[float, Field(gt=0, le=1)] = 1.0
     threshold: float = 0.95
 
     def __post_init__(self) -> None:

@@ -28,17 +28,14 @@ __all__ = ["Assembly", "Context", "available_assemblies", "build_assembly", "reg
 
 A = TypeVar("A", bound="type[Assembly]")
 
-_MODES: dict[str, type[Assembly]] = {}
-
 
 def register_assembly(name: str) -> Callable[[A], A]:
-    """Class decorator: make an :class:`Assembly` subclass buildable from ``{"name": name, ...}``."""
+    """Class decorator: make an :class:`Assembly` subclass buildable from ``{"name": name, ...}``
+    (registered in :mod:`ragcompress.registry` as kind ``"assembly"``)."""
+    from ragcompress.registry import register
 
     def deco(cls: A) -> A:
-        old = _MODES.get(name)
-        if old is not None and old.__qualname__ != cls.__qualname__:
-            raise ValueError(f"assembly name {name!r} is already registered to {old.__qualname__}")
-        _MODES[name] = cls
+        register(name, kind="assembly")(cls)
         cls.name = name
         return cls
 
@@ -46,13 +43,18 @@ def register_assembly(name: str) -> Callable[[A], A]:
 
 
 def available_assemblies() -> list[str]:
-    return sorted(_MODES)
+    from ragcompress.registry import available
+
+    return available("assembly")
 
 
 def build_assembly(spec: Assembly | Mapping[str, Any] | str | None) -> Assembly:
     """An assembly mode from a spec dict, a bare name, a ready object, or ``None`` (→ ``concat``).
 
-    Raises ValueError naming the unknown mode, the unknown field or the field out of range."""
+    Raises ValueError (a :class:`~ragcompress.registry.SpecError`) naming the unknown mode, the
+    unknown field or the field of a wrong type or out of range."""
+    from ragcompress.registry import build
+
     if spec is None:
         spec = {"name": "concat"}
     if isinstance(spec, Assembly):
@@ -61,16 +63,10 @@ def build_assembly(spec: Assembly | Mapping[str, Any] | str | None) -> Assembly:
         spec = {"name": spec}
     if not isinstance(spec, Mapping):
         raise TypeError(f"assembly must be a spec dict, a name or an Assembly, got {type(spec).__name__}")
-    fields = dict(spec)
-    name = fields.pop("name", None)
-    if name not in _MODES:
-        raise ValueError(f"unknown assembly mode {name!r}; available: {available_assemblies()}")
-    cls = _MODES[name]
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"assembly {name!r} has no field {unknown[0]!r}; its fields: {sorted(known)}")
-    return cls(**fields)
+    if spec.get("name") is None:
+        raise ValueError(f"unknown assembly mode None; assembly modes: {', '.join(available_assemblies())}")
+    built: Assembly = build(spec, kind="assembly")
+    return built
 
 
 @dataclass(eq=False)

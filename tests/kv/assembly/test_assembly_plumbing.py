@@ -40,14 +40,16 @@ def test_pipeline_yaml_bad_assembly_names_the_field(tmp_path, generator):
 def test_cli_flag_reaches_the_kv_spec():
     import argparse
 
-    from ragcompress.cli import app as cli
+    from ragcompress.cli import pipeline_args as cli
+    from ragcompress.cli.common import UsageError
 
     parser = argparse.ArgumentParser()
-    cli._add_pipeline_args(parser, kv=True)
+    cli.add_pipeline_args(parser, kv=True)
     args = parser.parse_args(["--kv", "--assembly", '{"name": "ape", "scale": 0.9}'])
     assert args.assembly == '{"name": "ape", "scale": 0.9}'
-    with pytest.raises(cli.UsageError, match="--assembly"):
-        cli._load_pipeline(parser.parse_args(["--assembly", "ape"]))
+    assert cli.spec_from_args(args).kv.assembly == {"name": "ape", "temperature": 1.0, "scale": 0.9}
+    with pytest.raises(UsageError, match="--assembly"):
+        cli.load_pipeline(parser.parse_args(["--assembly", "ape"]))
 
 
 def test_langchain_adapter_passes_assembly(generator):
