@@ -207,3 +207,38 @@ def test_the_same_spec_from_yaml_and_from_flags_builds_the_same_pipeline(
     assert ra.answer == rb.answer and [p.text for p in ra.passages] == [p.text for p in rb.passages]
     # and the Python form of the same spec
     assert PipelineSpec(**__import__("yaml").safe_load(FULL_YAML)) == from_yaml
+
+
+def test_kv_store_section_builds_the_tiered_store_from_yaml_and_flags(
+    tmp_path: Path, tiny_llama, tokenizer
+) -> None:
+    """``kv.store`` as a mapping of StoreSpec fields reaches the runtime store (YAML and --store
+    alike); a bad tier setting is an error of that key."""
+    disk = tmp_path / "chunks"
+    yaml_path = tmp_path / "tiers.yaml"
+    yaml_path.write_text(
+        f"name: tiers\nkv:\n  store: {{gpu_bytes: 1000000, disk_dir: {disk}}}\n", encoding="utf-8"
+    )
+    spec = load_spec(yaml_path)
+    parser = argparse.ArgumentParser()
+    add_pipeline_args(parser, kv=True)
+    flags = [
+        "--pipeline",
+        str(yaml_path),
+        "--kv",
+        "--store",
+        f'{{"gpu_bytes": 1000000, "disk_dir": "{disk}"}}',
+    ]
+    assert spec_from_args(parser.parse_args(flags)) == spec
+    gen = Generator.from_model(tiny_llama, tokenizer, max_new_tokens=4)
+    pipe = Pipeline.build(spec, generator=gen)
+    store = pipe.kv.cache.store
+    assert [name for name, _ in store.tiers] == ["gpu", "disk"]
+    pipe.run(QUESTION, PASSAGES)
+    assert any(disk.rglob("*")), "chunks reach the disk tier"
+
+    yaml_path.write_text("name: tiers\nkv:\n  store: {gpu_bytes: -1}\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"tiers\.yaml: kv\.store: .*gpu_bytes"):
+        load_spec(yaml_path)
+    with pytest.raises(SpecError, match=r"kv\.store: .*unknown store setting.*gpu_byte"):
+        PipelineSpec(kv={"store": {"gpu_byte": 1}})

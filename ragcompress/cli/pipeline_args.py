@@ -79,7 +79,10 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
         '\'{"name": "quantize", "bits": 8}\'',
     )
     g.add_argument(
-        "--store", metavar="URL", help="with --kv: chunk store URL (memory://, file:///dir, redis://…)"
+        "--store",
+        metavar="URL|JSON",
+        help="with --kv: chunk store URL (memory://, file:///dir, redis://…), or a tiered store as JSON "
+        '(\'{"gpu_bytes": 2147483648, "disk_dir": "~/chunks", "redis_url": "redis://host:6379/0"}\')',
     )
     g.add_argument(
         "--assembly",
@@ -150,6 +153,11 @@ def _kv_flags(spec: PipelineSpec, args: argparse.Namespace) -> PipelineSpec:
         value = getattr(args, dest)
         if flag in ("--press", "--assembly"):
             value = method_arg(flag, value)
+        elif flag == "--store" and value.lstrip().startswith("{"):  # a tiered store's settings
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"--store: not valid JSON: {err}") from None
         spec = overlay(spec, f"kv.{key}", value, flag)
     return spec
 

@@ -107,7 +107,24 @@ def _assembly(value: Any) -> Any:
     return mode if isinstance(value, Assembly) else mode.spec()
 
 
+def _store(value: Any) -> Any:
+    """A chunk-store URL (kept as given) or the settings of a tiered store (checked by
+    :class:`~ragcompress.kv.store.spec.StoreSpec`, kept as a mapping so the spec round-trips)."""
+    if value is None or isinstance(value, str):
+        return value
+    from ragcompress.kv.store.spec import StoreSpec
+
+    if isinstance(value, StoreSpec):
+        return value
+    try:
+        StoreSpec.from_dict(value)
+    except (TypeError, ValueError) as err:  # pydantic reports only ValueErrors as the key's error
+        raise SpecError(str(err)) from err
+    return dict(value)
+
+
 Compressors = Annotated[tuple[Any, ...], BeforeValidator(_methods("text"))]
+StoreSetting = Annotated[Any, BeforeValidator(_store)]
 Presses = Annotated[tuple[Any, ...], BeforeValidator(_methods("press"))]
 AssemblySpec = Annotated[Any, BeforeValidator(_assembly)]
 
@@ -138,9 +155,11 @@ class GeneratorSpec(_Section):
 class KVSpec(_Section):
     """Where cached KV chunks live and how they are compressed (the spec's ``kv`` section).
 
-    ``store`` is a chunk-store URL (``memory://``, ``file:///dir``, ``redis://...``); without
-    it chunks stay in memory (``memory_bytes``), backed by ``cache_dir`` on disk when that is
-    set. ``presses``: KV press specs applied to every chunk before it is stored.
+    ``store`` is a chunk-store URL (``memory://``, ``file:///dir``, ``redis://...``) or the
+    tiers of a tiered store (a mapping of :class:`~ragcompress.kv.store.spec.StoreSpec` fields:
+    ``gpu_bytes``, ``host_bytes``, ``disk_dir``, ``disk_bytes``, ``redis_url``, ``tenant``);
+    without it chunks stay in memory (``memory_bytes``), backed by ``cache_dir`` on disk when
+    that is set. ``presses``: KV press specs applied to every chunk before it is stored.
     ``fast_capacity`` (context tokens) answers on the fast engine
     (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`) instead of transformers' forward.
     ``assembly`` is an assembly-mode spec (``{"name": "blend", "recompute": 0.15}``, a bare name,
@@ -149,10 +168,7 @@ class KVSpec(_Section):
 
     cache_dir: str | None = None
     presses: Presses = ()
-    # The chunk store, a URL for now. The tiered store's spec (ragcompress/kv/store/spec.py,
-    # `StoreSpec`) plugs in here: widen this field to `str | StoreSpec | None` and open it in
-    # build() below; every source (YAML, --store, Python) then reaches it through this model.
-    store: str | None = None
+    store: StoreSetting = None
     memory_bytes: int = Field(default=2 << 30, gt=0)
     fast_capacity: int | None = Field(default=None, ge=1)
     assembly: AssemblySpec = None
@@ -160,12 +176,17 @@ class KVSpec(_Section):
     def build(self, generator: Generator) -> Any:
         """A ``KVAnswerer`` over ``generator`` (imported lazily: the KV path pulls in torch)."""
         from ragcompress.kv.answer import KVAnswerer
+        from ragcompress.kv.store.spec import StoreSpec
 
-        store = None
-        if self.store:
+        store: Any = None
+        if isinstance(self.store, str) and self.store:
             from ragcompress.kv.store.open import open_store
 
             store = open_store(self.store, device=str(generator.lm.device))
+        elif isinstance(self.store, StoreSpec):
+            store = self.store
+        elif self.store is not None:
+            store = StoreSpec.from_dict(self.store)
         cache_dir = str(Path(self.cache_dir).expanduser()) if self.cache_dir else None
         common: dict[str, Any] = dict(
             cache_dir=cache_dir,
