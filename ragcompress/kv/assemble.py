@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import KVChunk
-from ragcompress.models.rope import Rotary, rerotate, rotate_by
+from ragcompress.models.rope import Rotary, rotate_by
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from ragcompress.models.arch import ModelArch
 
-__all__ = ["PrefixKV", "Rotary", "assemble", "concat_starts", "rerotate"]
+__all__ = ["PrefixKV", "assemble", "concat_starts"]
 
 
 @dataclass(frozen=True, eq=False)
