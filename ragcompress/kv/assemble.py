@@ -47,13 +47,14 @@ class PrefixKV:
 def assemble(
     prefix: PrefixKV,
     chunks: Sequence[KVChunk],
-    arch: ModelArch,
+    rope: ModelArch | Rotary,
     config: PretrainedConfig | None = None,
     starts: Sequence[int] | None = None,
 ) -> tuple[DynamicCache, int]:
     """Build the cache (batch 1) on the prefix's device and dtype; returns ``(cache, next_position)``.
 
-    Keys of layer ``i`` move with ``arch``'s RoPE table of that layer.
+    ``rope``: the model's :class:`~ragcompress.models.arch.ModelArch` (keys of layer ``i`` move
+    with its table for layer ``i``), or one :class:`Rotary` used for every layer.
 
     ``starts``: logical position of each chunk's first token (default: one after the other, after
     the prefix); ``next_position`` is the largest ``start_j + length_j`` (the prefix length if none).
@@ -85,7 +86,8 @@ def assemble(
     counts = [prefix.length] + [c.layers[0].num_tokens if c.layers else 0 for c in chunks]
     moves = [0] + [start - c.base_offset for c, start in zip(chunks, starts, strict=True)]
     deltas = torch.repeat_interleave(torch.tensor(moves), torch.tensor(counts)).to(device)
-    tables = {spec: Rotary.of(spec).cos_sin(deltas) for spec in set(arch.rope)} if any(moves) else {}
+    rotaries = [rope] * len(prefix.keys) if isinstance(rope, Rotary) else [Rotary.of(s) for s in rope.rope]
+    tables = {id(r): r.cos_sin(deltas) for r in rotaries} if any(moves) else {}
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     for li in range(len(prefix.keys)):
         ks, vs = [prefix.keys[li]], [prefix.values[li]]
@@ -95,7 +97,7 @@ def assemble(
             vs.append(v.to(device=device, dtype=dtype))
         k = torch.cat(ks, dim=1)
         if tables:
-            k = rotate_by(k, *tables[arch.rope_for(li)])
+            k = rotate_by(k, *tables[id(rotaries[li])])
         layers.append((k[None], torch.cat(vs, dim=1)[None]))
     return DynamicCache(ddp_cache_data=layers, config=config), pos
 
