@@ -212,3 +212,15 @@ def test_a_rope_spec_refuses_what_it_cannot_compute():
         RopeSpec("default", 1e4, 15)
     with pytest.raises(UnsupportedModelError, match="group"):
         ModelArch("x", 1, 3, 2, 16, 48, (RopeSpec("default", 1e4, 16),), 0.25)
+
+
+def test_unsupported_family_fails_when_an_answerer_is_built(tokenizer):
+    """Eager and fast answerers refuse the model before any document is encoded or stored."""
+    from ragcompress.generate import Generator
+    from ragcompress.kv.answer import KVAnswerer
+    from ragcompress.kv.fast.answer import FastKVAnswerer
+
+    gen = Generator.from_model(_gpt2(len(tokenizer)), tokenizer, max_new_tokens=2)
+    for build in (KVAnswerer.from_generator, FastKVAnswerer.from_generator):
+        with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*supported families"):
+            build(gen)

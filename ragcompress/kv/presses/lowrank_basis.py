@@ -184,7 +184,7 @@ def calibrate(
         spec = encoder.arch.uniform_rope("pre-RoPE low-rank calibration")
         if spec.rot_dim != encoder.arch.head_dim:
             raise ValueError("pre-RoPE calibration needs full rotary (rot_dim == head_dim)")
-        inv_freq = spec.inv_freq()
+        inv_freq = spec.inv_freq().clone()  # the basis owns its copy of the shared table
     chunks = encoder.encode(list(passages))
     samples = [[layer.dense() for layer in c.layers] for c in chunks]
     return fit_basis(samples, rank, values=values, inv_freq=inv_freq)
