@@ -72,7 +72,6 @@ class Rotary:
 
     inv_freq: torch.Tensor
     module: Any = None
-    attention_scaling: float = 1.0  # the supported RoPE types never scale cos/sin
     # cos/sin per (delta, device): assembly asks for the same few deltas at every layer.
     _memo: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
