@@ -14,7 +14,7 @@ from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.models import supported_families
 from ragcompress.models.arch import ModelArch, RopeSpec, UnsupportedModelError, arch_for
 from ragcompress.models.rope import Rotary, rerotate, rotate
-from tests.support.tiny import make_tiny_llama, make_tiny_qwen2
+from tests.support.tiny import TINY_FAMILIES, make_tiny_llama, make_tiny_mistral, make_tiny_qwen2
 
 LLAMA3 = {
     "rope_type": "llama3",
@@ -24,26 +24,6 @@ LLAMA3 = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 256,
 }
-
-
-def make_tiny_mistral(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
-    """A 2-layer Mistral, GQA 4/2, no sliding window (the KV path refuses one)."""
-    from transformers import MistralConfig, MistralForCausalLM
-
-    cfg: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        initializer_range=0.2,
-    )
-    cfg.update(overrides)
-    torch.manual_seed(seed)
-    return MistralForCausalLM(MistralConfig(**cfg)).eval().requires_grad_(False)
 
 
 MODELS = {
@@ -65,6 +45,7 @@ def model(request, tokenizer):
 
 def test_supported_families_lists_the_declared_ones():
     assert {"llama", "mistral", "qwen2"} <= set(supported_families())
+    assert set(TINY_FAMILIES) <= set(supported_families())  # every tested family is declared
     assert supported_families() == sorted(supported_families())
 
 
