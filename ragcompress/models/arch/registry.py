@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,6 +15,9 @@ Adapter = Callable[[Any], ModelArch]
 F = TypeVar("F", bound=Adapter)
 
 _FAMILIES: dict[str, Adapter] = {}
+# model -> (id of its config, arch): the KV path asks on every request. A model's RoPE tables
+# and modules are fixed when it is built, so the arch is kept for as long as its config object is.
+_KEPT: weakref.WeakKeyDictionary[Any, tuple[int, ModelArch]] = weakref.WeakKeyDictionary()
 
 
 def register_family(*model_types: str) -> Callable[[F], F]:
@@ -41,6 +46,13 @@ def arch_for(model_or_config: Any) -> ModelArch:
 
     A model (anything with a ``config``) is also checked to have the modules the adapter names."""
     config = getattr(model_or_config, "config", model_or_config)
+    if config is not model_or_config:
+        try:
+            kept = _KEPT.get(model_or_config)
+        except TypeError:  # not weakly referenceable: computed each time
+            kept = None
+        if kept is not None and kept[0] == id(config):
+            return kept[1]
     family = getattr(config, "model_type", None)
     adapter = _FAMILIES.get(str(family))
     if adapter is None:
@@ -51,4 +63,6 @@ def arch_for(model_or_config: Any) -> ModelArch:
     arch = adapter(config)
     if config is not model_or_config:
         arch.check_model(model_or_config)
+        with contextlib.suppress(TypeError):  # not weakly referenceable: not kept
+            _KEPT[model_or_config] = (id(config), arch)
     return arch
