@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import KVChunk
-from ragcompress.models.rope import Rotary, rerotate, rotate_by
+from ragcompress.models.rope import Rotary, rotate_by
 
 if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PretrainedConfig
 
-__all__ = ["PrefixKV", "Rotary", "assemble", "concat_starts", "rerotate"]
+    from ragcompress.models.arch import ModelArch
+
+__all__ = ["PrefixKV", "assemble", "concat_starts"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,11 +47,14 @@ class PrefixKV:
 def assemble(
     prefix: PrefixKV,
     chunks: Sequence[KVChunk],
-    rotary: Rotary,
+    rope: ModelArch | Rotary,
     config: PretrainedConfig | None = None,
     starts: Sequence[int] | None = None,
 ) -> tuple[DynamicCache, int]:
     """Build the cache (batch 1) on the prefix's device and dtype; returns ``(cache, next_position)``.
+
+    ``rope``: the model's :class:`~ragcompress.models.arch.ModelArch` (keys of layer ``i`` move
+    with its table for layer ``i``), or one :class:`Rotary` used for every layer.
 
     ``starts``: logical position of each chunk's first token (default: one after the other, after
     the prefix); ``next_position`` is the largest ``start_j + length_j`` (the prefix length if none).
@@ -74,13 +79,15 @@ def assemble(
     pos = max([prefix.length, *(s + c.length for s, c in zip(starts, chunks, strict=True))])
     device, dtype = prefix.keys[0].device, prefix.keys[0].dtype
     # Every kept token of chunk j moves by the same start_j - base_offset, in every layer (all
-    # layers keep the same tokens): one per-token cos/sin table (prefix tokens move by 0, an exact
-    # identity in fp32) serves all layers, and each layer is one concatenation and one rotation
-    # instead of a rotation per chunk per layer (launch-bound on a GPU).
+    # layers keep the same tokens): one per-token cos/sin table per RoPE table of the family
+    # (prefix tokens move by 0, an exact identity in fp32) serves all its layers, and each layer
+    # is one concatenation and one rotation instead of a rotation per chunk per layer
+    # (launch-bound on a GPU).
     counts = [prefix.length] + [c.layers[0].num_tokens if c.layers else 0 for c in chunks]
     moves = [0] + [start - c.base_offset for c, start in zip(chunks, starts, strict=True)]
     deltas = torch.repeat_interleave(torch.tensor(moves), torch.tensor(counts)).to(device)
-    cos, sin = rotary.cos_sin(deltas) if any(moves) else (None, None)
+    rotaries = [rope] * len(prefix.keys) if isinstance(rope, Rotary) else [Rotary.of(s) for s in rope.rope]
+    tables = {id(r): r.cos_sin(deltas) for r in rotaries} if any(moves) else {}
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     for li in range(len(prefix.keys)):
         ks, vs = [prefix.keys[li]], [prefix.values[li]]
@@ -89,8 +96,8 @@ def assemble(
             ks.append(k.to(device=device, dtype=dtype))
             vs.append(v.to(device=device, dtype=dtype))
         k = torch.cat(ks, dim=1)
-        if cos is not None and sin is not None:
-            k = rotate_by(k, cos, sin)
+        if tables:
+            k = rotate_by(k, *tables[id(rotaries[li])])
         layers.append((k[None], torch.cat(vs, dim=1)[None]))
     return DynamicCache(ddp_cache_data=layers, config=config), pos
 

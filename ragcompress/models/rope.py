@@ -1,10 +1,12 @@
-"""RoPE re-rotation of cached keys.
+"""The torch RoPE reference: the one place in torch where keys (or queries) are rotated.
 
-RoPE rotates each pair of key dimensions by an angle ``position * inv_freq``; rotations
-compose, so a key rotated at position ``p`` is moved to ``p + d`` by rotating it by ``d``.
-We take ``cos``/``sin`` for ``d`` from the model's own rotary module, so default, linear and
-llama3 scalings (which only change ``inv_freq``) are exact; dynamic NTK scaling depends on the
-sequence length and is not. ``rerotate`` is the seam where a fused GPU kernel plugs in.
+RoPE rotates the channel pair ``(j, j + rot_dim // 2)`` of a vector at position ``p`` by the
+angle ``p * inv_freq[j]`` (transformers' ``rotate_half`` pairing); channels past ``rot_dim``
+(partial rotary) pass through. Rotations compose, so a key rotated at ``p`` moves to
+``p + delta`` by a rotation of ``delta * inv_freq``. ``inv_freq`` comes from the model's
+:class:`~ragcompress.models.arch.ModelArch` (default, linear or llama3-scaled: the scaling only
+changes the table), so moving a key is exact up to fp32 rounding. Every Triton kernel that
+rotates (``kv/kernels``, ``kv/fast``) is tested against :func:`rotate`.
 """
 
 from __future__ import annotations
@@ -14,46 +16,94 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
 
-__all__ = ["Rotary", "rerotate"]
+    from ragcompress.models.arch import ModelArch, RopeSpec
+
+__all__ = ["Rotary", "cos_sin", "rerotate", "rotate", "rotate_by", "rotate_half"]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``(x1, x2) -> (-x2, x1)`` over the last dimension's halves."""
+    import torch
+
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def cos_sin(delta: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``cos``/``sin`` of angles ``delta * inv_freq``: shape (*delta.shape, rot_dim), each
+    half repeated (the layout transformers' rotary modules return). ``delta``: integer positions
+    or position differences, any shape; ``inv_freq``: (rot_dim // 2,)."""
+    import torch
+
+    angle = delta.to(torch.float32)[..., None] * inv_freq.to(device=delta.device, dtype=torch.float32)
+    emb = torch.cat((angle, angle), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_by(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``keys`` (..., n, head_dim) by precomputed fp32 ``cos``/``sin`` (broadcastable to
+    (..., n, rot_dim)); channels past ``rot_dim`` pass through. Computed in fp32, returned in
+    ``keys``' dtype."""
+    import torch
+
+    r = cos.shape[-1]
+    k = keys.float()
+    rot = k[..., :r] * cos + rotate_half(k[..., :r]) * sin
+    out = rot if r == k.shape[-1] else torch.cat((rot, k[..., r:]), dim=-1)
+    return out.to(keys.dtype)
+
+
+def rotate(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """``keys`` (..., n, head_dim) rotated by ``delta`` (int, broadcastable to ``keys.shape[:-1]``)
+    with the table ``inv_freq`` (rot_dim // 2,): the reference every rotating kernel matches.
+    A negative ``delta`` un-rotates (e.g. back to the pre-RoPE frame)."""
+    return rotate_by(keys, *cos_sin(delta.to(keys.device), inv_freq))
 
 
 @dataclass(frozen=True, eq=False)
 class Rotary:
-    """The model's rotary embedding module and what re-rotation needs from it.
+    """One RoPE frequency table, with memoized cos/sin for the deltas assembly asks for.
 
-    Assumes the half-split pairing of Llama-family models (``rotate_half``); ``rot_dim`` is
-    the number of rotated dimensions (< head_dim for partial rotary).
+    ``inv_freq`` (rot_dim // 2,) fp32, from :meth:`RopeSpec.inv_freq`. ``module``: the model's
+    own rotary module, kept only for ``kv/fast`` code that still reads ``module.inv_freq``
+    (it equals ``inv_freq``); nothing here uses it.
     """
 
-    module: Any
-    attention_scaling: float
-    rot_dim: int
+    inv_freq: torch.Tensor
+    module: Any = None
     # cos/sin per (delta, device): assembly asks for the same few deltas at every layer.
     _memo: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
-    @classmethod
-    def from_model(cls, model: PreTrainedModel) -> Rotary:
-        import torch
+    @property
+    def rot_dim(self) -> int:
+        return 2 * int(self.inv_freq.shape[-1])
 
-        base = getattr(model, "model", model)
-        module = getattr(base, "rotary_emb", None)
-        if module is None or not hasattr(module, "inv_freq"):
-            raise ValueError(
-                f"{type(model).__name__} has no single rotary embedding module (model.model.rotary_emb); "
-                "KV chunk re-positioning supports RoPE models with one rotary embedding"
-            )
-        rope_type = getattr(module, "rope_type", "default")
-        if "dynamic" in str(rope_type):
-            raise ValueError(
-                f"rope type {rope_type!r} depends on the sequence length; re-rotation would be inexact"
-            )
-        dummy = torch.zeros(1, device=module.inv_freq.device, dtype=torch.float32)
-        cos, _ = module(dummy, torch.zeros(1, 1, dtype=torch.long, device=dummy.device))
-        return cls(
-            module=module, attention_scaling=float(module.attention_scaling), rot_dim=int(cos.shape[-1])
-        )
+    @classmethod
+    def of(cls, spec: RopeSpec, module: Any = None) -> Rotary:
+        """The table of ``spec`` (one shared instance per spec, so its cos/sin memo is reused)."""
+        if module is not None:
+            return cls(inv_freq=spec.inv_freq(), module=module)
+        hit = _BY_SPEC.get(spec)
+        if hit is None:
+            hit = _BY_SPEC.setdefault(spec, cls(inv_freq=spec.inv_freq()))
+        return hit
+
+    @classmethod
+    def from_arch(cls, arch: ModelArch, layer_idx: int | None = None) -> Rotary:
+        """Layer ``layer_idx``'s table; None: the one table all layers share (raises for a family
+        with per-layer-type tables)."""
+        spec = arch.uniform_rope("one Rotary") if layer_idx is None else arch.rope_for(layer_idx)
+        return cls.of(spec)
+
+    @classmethod
+    def from_model(cls, model: Any) -> Rotary:
+        """The table of ``model``'s family adapter (:func:`~ragcompress.models.arch.arch_for`);
+        raises for an unsupported family or RoPE type."""
+        from ragcompress.models.arch import arch_for
+
+        spec = arch_for(model).uniform_rope("one Rotary")
+        return cls.of(spec, getattr(getattr(model, "model", model), "rotary_emb", None))
 
     def cos_sin_of(self, delta: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Memoized fp32 ``cos``/``sin`` (rot_dim,) of one integer delta."""
@@ -70,22 +120,10 @@ class Rotary:
 
     def cos_sin(self, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 ``cos``/``sin`` of ``delta`` (any shape, int64): shape (*delta.shape, rot_dim)."""
-        import torch
-
-        dev = delta.device
-        dummy = torch.zeros(1, device=dev, dtype=torch.float32)
-        cos, sin = self.module(dummy, delta.reshape(1, -1).to(torch.long))
-        # The module folds attention scaling into cos/sin; keys already carry it once.
-        scale = self.attention_scaling
-        shape = (*delta.shape, self.rot_dim)
-        return (cos / scale).reshape(shape), (sin / scale).reshape(shape)
+        return cos_sin(delta, self.inv_freq)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+_BY_SPEC: dict[Any, Rotary] = {}
 
 
 def rerotate(keys: torch.Tensor, delta_positions: torch.Tensor | int, rotary: Rotary) -> torch.Tensor:
@@ -94,23 +132,9 @@ def rerotate(keys: torch.Tensor, delta_positions: torch.Tensor | int, rotary: Ro
     ``keys``: (..., n, head_dim), any float dtype (computed in fp32, returned in keys' dtype).
     ``delta_positions``: an int, or an int64 tensor broadcastable to ``keys.shape[:-1]``.
     """
-
     if isinstance(delta_positions, int):
         if delta_positions == 0:
             return keys
         cos, sin = rotary.cos_sin_of(delta_positions, keys.device)
-    else:
-        cos, sin = rotary.cos_sin(delta_positions.to(keys.device))
-    return rotate_by(keys, cos, sin)
-
-
-def rotate_by(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``keys`` (..., n, head_dim) by precomputed fp32 ``cos``/``sin`` (n or broadcastable,
-    rot_dim); channels past ``rot_dim`` (partial rotary) pass through. Computed in fp32."""
-    import torch
-
-    r = cos.shape[-1]
-    k = keys.float()
-    rot = k[..., :r] * cos + _rotate_half(k[..., :r]) * sin
-    out = rot if r == k.shape[-1] else torch.cat((rot, k[..., r:]), dim=-1)
-    return out.to(keys.dtype)
+        return rotate_by(keys, cos, sin)
+    return rotate(keys, delta_positions, rotary.inv_freq)

@@ -1,4 +1,5 @@
-"""Re-rotation: pure RoPE algebra on the models' own rotary modules."""
+"""Re-rotation: pure RoPE algebra with the tables of the models' family adapters, checked
+against the models' own rotary modules."""
 
 from __future__ import annotations
 
@@ -61,11 +62,22 @@ def test_layer0_keys_rerotated_equal_keys_encoded_there(rope_llama):
         torch.testing.assert_close(rerotate(keys_at(p), d, rot), keys_at(p + d), atol=1e-4, rtol=1e-4)
 
 
+def test_cos_sin_equal_the_models_rotary_module(rope_llama):
+    """The adapter's table gives the cos/sin the model itself rotates with (default, linear and
+    llama3 scaling), so re-rotated keys are the keys the model would have computed."""
+    rot = Rotary.from_model(rope_llama)
+    assert rot.rot_dim == rope_llama.config.head_dim
+    delta = torch.tensor([[0, 1, 17, 900, 4095]])
+    cos, sin = rot.cos_sin(delta[0])
+    want_cos, want_sin = rope_llama.model.rotary_emb(torch.zeros(1), delta)
+    assert torch.equal(cos, want_cos[0]) and torch.equal(sin, want_sin[0])
+
+
 def test_dynamic_rope_is_refused(tokenizer):
     from tests.support.tiny import make_tiny_llama
 
     m = make_tiny_llama(
         len(tokenizer), rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
     )
-    with pytest.raises(ValueError, match="dynamic"):
+    with pytest.raises(ValueError, match=r"RoPE type 'dynamic' is not supported .*'llama3'"):
         Rotary.from_model(m)

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_FAMILIES", "chunks_close", "make_tiny_llama", "make_tiny_qwen2", "write_docs"]
+__all__ = [
+    "TINY_FAMILIES",
+    "chunks_close",
+    "make_tiny_llama",
+    "make_tiny_mistral",
+    "make_tiny_qwen2",
+    "write_docs",
+]
 
 
 def _tiny_config(vocab_size: int, **fields: Any) -> dict[str, Any]:
@@ -64,10 +71,28 @@ def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     return model
 
 
+def make_tiny_mistral(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A 2-layer Mistral, GQA 4/2, fp32, eval mode, without a sliding window (the KV path refuses
+    a window shorter than the context). ``overrides`` replace any ``MistralConfig`` field."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = _tiny_config(vocab_size, rope_theta=10000.0, sliding_window=None, tie_word_embeddings=False)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(MistralConfig(**cfg)).eval()
+    model.requires_grad_(False)
+    return model
+
+
 # Architectures the KV path (eager and fast) is tested on, each as a tiny seeded model:
 # ``TINY_FAMILIES[name](vocab_size, seed=...)``. Add a family here and tests/kv/test_families.py
 # checks it.
-TINY_FAMILIES: dict[str, Callable[..., Any]] = {"llama": make_tiny_llama, "qwen2": make_tiny_qwen2}
+TINY_FAMILIES: dict[str, Callable[..., Any]] = {
+    "llama": make_tiny_llama,
+    "mistral": make_tiny_mistral,
+    "qwen2": make_tiny_qwen2,
+}
 
 
 def chunks_close(a: Any, b: Any, atol: float = 1e-5) -> bool:

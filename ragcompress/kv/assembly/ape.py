@@ -72,10 +72,10 @@ class APE(Assembly):
         import torch
 
         from ragcompress.kv.assemble import assemble
-        from ragcompress.kv.context import rotary_of
+        from ragcompress.models.arch import arch_for
 
         starts = [prefix.length] * len(chunks)
-        cache, position = assemble(prefix, chunks, rotary_of(model), model.config, starts=starts)
+        cache, position = assemble(prefix, chunks, arch_for(model), model.config, starts=starts)
         slots = cache.get_seq_length()
         p = prefix.length
         if self.temperature != 1.0:

@@ -115,10 +115,11 @@ class Assembly(ABC):
 
     def check(self, model: PreTrainedModel) -> None:
         """Raise ValueError when ``model`` lacks what this mode needs (called when an answerer is
-        built, so that a request never fails half-way)."""
-        from ragcompress.kv.context import rotary_of
+        built, so that a request never fails half-way): by default, a family adapter
+        (:func:`~ragcompress.models.arch.arch_for` raises naming the supported families)."""
+        from ragcompress.models.arch import arch_for
 
-        rotary_of(model)
+        arch_for(model)
 
     def check_fast(self) -> None:
         """Raise ValueError when the fast engine cannot run this mode as configured (called when a

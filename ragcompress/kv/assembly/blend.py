@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly.base import Assembly, Context, number, register_assembly
 from ragcompress.models.load import cache_kwargs
+from ragcompress.models.rope import rotate_by
 
 if TYPE_CHECKING:
     import torch
@@ -44,16 +45,6 @@ class Blend(Assembly):
     def __post_init__(self) -> None:
         self.recompute = number("blend", "recompute", self.recompute, 0.0, 1.0)
 
-    def check(self, model: PreTrainedModel) -> None:
-        super().check(model)
-        for i, layer in enumerate(_layers(model)):
-            attn = getattr(layer, "self_attn", None)
-            if attn is None or not hasattr(attn, "q_proj") or not hasattr(layer, "input_layernorm"):
-                raise ValueError(
-                    f"blend reads the question's queries from model.layers[{i}].self_attn.q_proj after "
-                    f"input_layernorm; {type(model).__name__} has no such modules"
-                )
-
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:
@@ -61,8 +52,9 @@ class Blend(Assembly):
 
         from ragcompress.kv.assemble import assemble, concat_starts
         from ragcompress.kv.assembly.recompute import recompute_slots, slot_map
+        from ragcompress.models.arch import arch_for
 
-        cache, position = assemble(prefix, chunks, _rotary(model), model.config)
+        cache, position = assemble(prefix, chunks, arch_for(model), model.config)
         n_slots = cache.get_seq_length()
         slots = slot_map(prefix.length, chunks, concat_starts(prefix.length, chunks), model.device)
         k = min(round(self.recompute * slots.chunk_slots), int(slots.candidates.numel()))
@@ -90,6 +82,10 @@ def question_attention(
     context slot, averaged over layers. The question's K/V are removed from ``cache`` afterwards."""
     import torch
 
+    from ragcompress.models.arch import arch_for
+    from ragcompress.models.rope import Rotary
+
+    arch = arch_for(model)
     dev, n, slots = model.device, len(question), cache.get_seq_length()
     pos = torch.arange(position, position + n, device=dev)[None]
     # A dynamic layer appends by concatenation (new tensors), so the context tensors kept here
@@ -106,47 +102,16 @@ def question_attention(
             **cache_kwargs(model, cache),
         )
         hidden = out.hidden_states  # (L + 1) × (1, n, hidden): hidden[l] is layer l's input
-        rotary: Any = getattr(model, "model", model).rotary_emb
-        cos, sin = rotary(hidden[0], pos)  # (1, n, head_dim)
         causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
         total = torch.zeros(slots, dtype=torch.float32, device=dev)
-        for li, layer in enumerate(_layers(model)):
-            q = _queries(layer, hidden[li], cos, sin)  # (heads, n, head_dim)
+        for li, layer in enumerate(arch.layers(model)):
+            cos, sin = Rotary.of(arch.rope_for(li)).cos_sin(pos[0])  # (n, rot_dim)
+            q = rotate_by(arch.queries(layer, hidden[li]), cos, sin)  # (heads, n, head_dim)
             keys: Any = getattr(cache.layers[li], "keys", None)
-            keys = keys[0]  # (kv_heads, slots + n, head_dim)
-            keys = keys.repeat_interleave(q.shape[0] // keys.shape[0], dim=0)
-            logits = (q.float() @ keys.float().transpose(1, 2)) * float(layer.self_attn.scaling)
+            keys = keys[0].repeat_interleave(arch.group_size, dim=0)  # (heads, slots + n, head_dim)
+            logits = (q.float() @ keys.float().transpose(1, 2)) * arch.attention_scale
             logits[:, :, slots:] = logits[:, :, slots:].masked_fill(~causal, float("-inf"))
             total += logits.softmax(dim=-1)[:, :, :slots].amax(dim=(0, 1))
     for layer, (k, v) in zip(cache.layers, kept, strict=True):  # drop the question's K/V
         layer.keys, layer.values = k, v  # type: ignore[union-attr]
-    return total / len(_layers(model))
-
-
-def _queries(layer: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The layer's rotated queries (heads, n, head_dim) for layer input ``hidden`` (1, n, hidden)."""
-    import torch
-
-    attn = layer.self_attn
-    q = attn.q_proj(layer.input_layernorm(hidden))
-    q = q.view(q.shape[1], -1, attn.head_dim)  # (n, heads, head_dim)
-    if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm, applied before RoPE
-        q = attn.q_norm(q)
-    q = q.transpose(0, 1)
-    c, s = cos[0].to(q.dtype), sin[0].to(q.dtype)
-    half = q.shape[-1] // 2
-    rotated = torch.cat((-q[..., half:], q[..., :half]), dim=-1)
-    return q * c + rotated * s
-
-
-def _layers(model: PreTrainedModel) -> Any:
-    layers = getattr(getattr(model, "model", model), "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no model.layers: blend cannot read its queries")
-    return layers
-
-
-def _rotary(model: PreTrainedModel) -> Any:
-    from ragcompress.kv.context import rotary_of
-
-    return rotary_of(model)
+    return total / arch.num_layers

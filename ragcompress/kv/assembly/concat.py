@@ -27,9 +27,9 @@ class Concat(Assembly):
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:
         from ragcompress.kv.assemble import assemble
-        from ragcompress.kv.context import rotary_of
+        from ragcompress.models.arch import arch_for
 
-        cache, position = assemble(prefix, chunks, rotary_of(model), model.config)
+        cache, position = assemble(prefix, chunks, arch_for(model), model.config)
         return Context(cache, position, slots=cache.get_seq_length())
 
     def load_fast(

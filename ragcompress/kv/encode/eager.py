@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fingerprint import submodules
+from ragcompress.models.arch import arch_for
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -59,10 +60,11 @@ def eager_view(model: PreTrainedModel) -> PreTrainedModel:
 @contextmanager
 def tap_attention(view: PreTrainedModel, fn: Callable[[int, Any], Any]) -> Iterator[None]:
     """Inside the block, ``fn(layer_idx, output)`` receives the output (attention output,
-    weights (batch, heads, queries, keys), ...) of every ``model.layers[i].self_attn`` of
-    ``view`` in the forwards *this thread* runs, and returns what the layer passes on."""
+    weights (batch, heads, queries, keys), ...) of every decoder layer's attention module (as the
+    family adapter names it) of ``view`` in the forwards *this thread* runs, and returns what the
+    layer passes on."""
     if not getattr(view, _TAPPED, False):
-        raise ValueError(f"{type(view).__name__} has no model.layers[i].self_attn to observe")
+        raise ValueError(f"{type(view).__name__} is not an eager view: its attention modules carry no tap")
     if getattr(_TAP, "fn", None) is not None:
         raise RuntimeError("tap_attention blocks do not nest")
     _TAP.fn = fn
@@ -100,11 +102,10 @@ def _build(model: PreTrainedModel) -> PreTrainedModel:
                 twin.__dict__[name] = _rebind(value, twins, configs)
     view = twins[id(model)]
     view.set_attn_implementation("eager")  # on the view's own config copies only
-    layers = getattr(getattr(view, "model", view), "layers", None)
-    if layers is not None and all(hasattr(layer, "self_attn") for layer in layers):
-        for i, layer in enumerate(layers):
-            layer.self_attn.register_forward_hook(_tap(i))
-        setattr(view, _TAPPED, True)
+    arch = arch_for(model)  # the family adapter names the attention modules to tap
+    for i, layer in enumerate(arch.layers(view)):
+        arch.attention(layer).register_forward_hook(_tap(i))
+    setattr(view, _TAPPED, True)
     # One token with output_attentions before the view is shared: transformers installs its
     # output-capturing hooks lazily on the first such call, which must not race with forwards.
     with torch.inference_mode():

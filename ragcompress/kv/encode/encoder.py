@@ -21,6 +21,7 @@ from ragcompress.kv.encode.reconstruct import reconstruction_prompt, reconstruct
 from ragcompress.kv.fingerprint import model_fingerprint, weights_version
 from ragcompress.kv.key import ChunkKey, press_fingerprint, tokens_digest
 from ragcompress.kv.presses.protocol import KVPress, build_presses
+from ragcompress.models.arch import ModelArch, arch_for
 from ragcompress.models.load import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
@@ -66,16 +67,20 @@ def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
 class ChunkEncoder:
     """Turns passages into :class:`KVChunk` objects for one model and prompt layout.
 
-    ``max_batch_tokens`` bounds batch size × longest passage of a batch.
+    ``max_batch_tokens`` bounds batch size × longest passage of a batch. Construction fails with
+    :class:`~ragcompress.models.arch.UnsupportedModelError` (naming the supported families) when
+    the model's family has no adapter or its adapter cannot handle the config.
     """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     layout: PromptLayout | None = None
     max_batch_tokens: int = 4096
+    arch: ModelArch = field(init=False, repr=False)
     _layout_fp: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.arch = arch_for(self.model)
         if self.layout is None:
             self.layout = PromptLayout(self.tokenizer)
         self._layout_fp = self.layout.fingerprint()
@@ -92,7 +97,7 @@ class ChunkEncoder:
 
     @property
     def context_limit(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
+        return self.arch.max_positions
 
     def passage_ids(self, passage: Passage) -> list[int]:
         assert self.layout is not None

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.encode.eager import eager_view, tap_attention
+from ragcompress.models.arch import arch_for
 from ragcompress.models.load import cache_kwargs
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def reconstruction_scores(
         # positions continue right after this row's passage, as if the padding were not there
         pos[i] = torch.arange(prefix_len + m, prefix_len + m + r, device=dev)
     view = eager_view(model)  # the model's tensors with eager attention; the model is untouched
-    scores: list[torch.Tensor | None] = [None] * len(getattr(getattr(view, "model", view), "layers", ()))
+    scores: list[torch.Tensor | None] = [None] * arch_for(model).num_layers
 
     def reduce(idx: int, output: Any) -> Any:
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None

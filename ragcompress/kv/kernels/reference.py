@@ -4,12 +4,9 @@ Every function here has a Triton twin in :mod:`ragcompress.kv.kernels.dequant_ro
 computes exactly the same thing (same fp32 arithmetic, same rounding to the destination
 dtype); the GPU tests compare the two on random inputs.
 
-Re-rotation: RoPE rotates the channel pair ``(j, j + head_dim // 2)`` of a key at position
-``p`` by the angle ``p * inv_freq[j]`` (HF Llama's ``rotate_half`` convention). Rotations
-compose, so a key rotated at ``p`` moves to ``p + delta`` by a rotation of ``delta * inv_freq``.
-``inv_freq`` is the model's own rotary vector (default, linear or llama3-scaled: the scaling
-only changes ``inv_freq``), so the result is exact up to fp32 rounding. The attention scaling
-some rope types fold into cos/sin is already in the stored keys and is not applied again.
+Re-rotation is :func:`ragcompress.models.rope.rotate` (the one torch RoPE reference, exported
+here as ``rerotate``): the channel pair ``(j, j + head_dim // 2)`` turns by ``delta * inv_freq[j]``,
+``inv_freq`` being the layer's table from the model's :class:`~ragcompress.models.arch.ModelArch`.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
+from ragcompress.models.rope import rotate as rerotate
 
 if TYPE_CHECKING:
     import torch
@@ -82,17 +80,6 @@ class QuantizedKV:
         """Layer ``i`` of a stacked QuantizedKV."""
         kc, ks, kz, vc, vs, vz = (t[i] for t in self.tensors())
         return QuantizedKV(kc, ks, kz, vc, vs, vz, bits=self.bits, group=self.group)
-
-
-def rerotate(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """fp32 keys (kv_heads, n, head_dim) rotated by ``delta`` (broadcastable to (kv_heads, n))."""
-    import torch
-
-    half = keys.shape[-1] // 2
-    angle = delta.to(torch.float32)[..., None] * inv_freq.to(torch.float32)
-    cos, sin = angle.cos(), angle.sin()
-    x1, x2 = keys[..., :half], keys[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 def _slot(dst: torch.Tensor) -> torch.Tensor:

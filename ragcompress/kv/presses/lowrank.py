@@ -56,7 +56,7 @@ class LowRankPress:
     def __call__(self, layer: ChunkLayer, *, layer_idx: int, attn: torch.Tensor | None) -> ChunkLayer:
         import torch
 
-        from ragcompress.kv.kernels.reference import rerotate
+        from ragcompress.models.rope import rotate
 
         b = load_verified(self.basis, self.digest)
         keys, values, positions = layer.dense()
@@ -70,7 +70,7 @@ class LowRankPress:
         dev = keys.device
         k = keys.float()
         if b.inv_freq is not None:
-            k = rerotate(k, -positions, b.inv_freq.to(dev))
+            k = rotate(k, -positions, b.inv_freq)  # back to the pre-RoPE frame of the basis
         coef = project(k, b.key_basis[layer_idx, :, :, :r].to(dev), b.key_mean[layer_idx].to(dev))
         vals = values
         if self.values:

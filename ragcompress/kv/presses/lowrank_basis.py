@@ -127,7 +127,7 @@ def fit_basis(
     ``ChunkLayer.dense()`` returns them; with ``inv_freq`` keys are fitted pre-RoPE."""
     import torch
 
-    from ragcompress.kv.kernels.reference import rerotate
+    from ragcompress.models.rope import rotate
 
     if not samples:
         raise ValueError("fitting a low-rank basis needs sample passages")
@@ -142,7 +142,7 @@ def fit_basis(
             k, v, pos = layers[li]
             k = k.float().cpu()
             if freq is not None:
-                k = rerotate(k, -pos.cpu(), freq)
+                k = rotate(k, -pos.cpu(), freq)
             ks.append(k)
             vs.append(v.float().cpu())
         kcat, vcat = torch.cat(ks, dim=1), torch.cat(vs, dim=1)  # (h, N, d)
@@ -174,16 +174,17 @@ def calibrate(
     """Encode ``passages`` with the KV path's encoder (no press) and fit a rank-``rank`` basis
     per layer and KV head; ``pre_rope`` un-rotates keys first (see the module docstring)."""
     from ragcompress.kv.encode.encoder import ChunkEncoder
-    from ragcompress.models.rope import Rotary
 
     if not passages:
         raise ValueError("calibrate needs sample passages")
-    chunks = ChunkEncoder(model, tokenizer).encode(list(passages))
+    encoder = ChunkEncoder(model, tokenizer)
     inv_freq = None
     if pre_rope:
-        rot = Rotary.from_model(model)
-        if rot.rot_dim != chunks[0].head_dim:
+        # one table in the file: a family with per-layer-type RoPE cannot be calibrated pre-RoPE yet
+        spec = encoder.arch.uniform_rope("pre-RoPE low-rank calibration")
+        if spec.rot_dim != encoder.arch.head_dim:
             raise ValueError("pre-RoPE calibration needs full rotary (rot_dim == head_dim)")
-        inv_freq = rot.module.inv_freq
+        inv_freq = spec.inv_freq().clone()  # the basis owns its copy of the shared table
+    chunks = encoder.encode(list(passages))
     samples = [[layer.dense() for layer in c.layers] for c in chunks]
     return fit_basis(samples, rank, values=values, inv_freq=inv_freq)

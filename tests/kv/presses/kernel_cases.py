@@ -10,6 +10,7 @@ import torch
 
 from ragcompress.kv.kernels import QuantizedKV
 from ragcompress.kv.kernels.quant_format import quantize_keys, quantize_values
+from ragcompress.models.arch import RopeSpec
 
 # (kv_heads, n, head_dim, bits, group, source dtype, destination dtype, one delta for all tokens)
 SHAPES = [
@@ -24,17 +25,19 @@ SHAPES = [
 
 
 def inv_freq(head_dim: int) -> torch.Tensor:
-    """llama3-scaled inverse frequencies (theta 5e5, factor 8, original context 256): the
-    formula of transformers' ``_compute_llama3_parameters``, written out so that the GPU tests
-    do not depend on a transformers version."""
-    base = 1.0 / (500000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    factor, low, high, orig = 8.0, 1.0, 4.0, 256
-    wavelen = 2 * torch.pi / base
-    scaled = torch.where(wavelen > orig / low, base / factor, base)
-    smooth = (orig / wavelen - low) / (high - low)
-    mid = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = ~(wavelen < orig / high) & ~(wavelen > orig / low)
-    return torch.where(medium, mid, scaled)
+    """llama3-scaled inverse frequencies (theta 5e5, factor 8, original context 256), the table
+    the model-family adapter gives the kernels (test_kernel_reference checks it against
+    transformers' own)."""
+    spec = RopeSpec(
+        "llama3",
+        500000.0,
+        head_dim,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_positions=256,
+    )
+    return spec.inv_freq().clone()
 
 
 def make_inputs(shape: tuple[Any, ...], device: str, seed: int) -> dict[str, Any]:

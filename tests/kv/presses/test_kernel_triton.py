@@ -86,3 +86,25 @@ def test_stacked_layers_kernel_in_triton_interpreter(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     _check_stacked(_interpreted_module(), "cpu")
+
+
+def _family_tables() -> dict[str, object]:
+    """The RoPE table the adapter of each tiny family gives the kernels (head_dim 16)."""
+    from ragcompress.models.arch import arch_for
+    from tests.support.tiny import TINY_FAMILIES
+
+    return {name: arch_for(make(64)).rope_for(0).inv_freq() for name, make in TINY_FAMILIES.items()}
+
+
+def test_kernel_matches_reference_with_every_familys_table(monkeypatch):
+    """Kernel vs torch reference with the tables the adapters hand out (not only llama3's)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    mod = _interpreted_module()
+    for freq in _family_tables().values():
+        for seed, shape in enumerate(s for s in SHAPES if s[2] == 16):
+            got, ref = make_inputs(shape, "cpu", seed), make_inputs(shape, "cpu", seed)
+            got["inv_freq"] = ref["inv_freq"] = freq
+            write(mod.write_dense_triton, mod.write_quantized_triton, got)
+            write(write_dense_reference, write_quantized_reference, ref)
+            assert_same_writes(got, ref)

@@ -1,0 +1,68 @@
+"""Model family → adapter: :func:`arch_for` and :func:`supported_families`."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ragcompress.models.arch.base import ModelArch, UnsupportedModelError
+
+__all__ = ["arch_for", "register_family", "supported_families"]
+
+Adapter = Callable[[Any], ModelArch]
+F = TypeVar("F", bound=Adapter)
+
+_FAMILIES: dict[str, Adapter] = {}
+# model -> (id of its config, arch): the KV path asks on every request. A model's RoPE tables
+# and modules are fixed when it is built, so the arch is kept for as long as its config object is.
+_KEPT: weakref.WeakKeyDictionary[Any, tuple[int, ModelArch]] = weakref.WeakKeyDictionary()
+
+
+def register_family(*model_types: str) -> Callable[[F], F]:
+    """Decorator: ``adapter(config) -> ModelArch`` handles configs whose ``model_type`` is one of
+    ``model_types``."""
+
+    def deco(fn: F) -> F:
+        for name in model_types:
+            old = _FAMILIES.get(name)
+            if old is not None and old is not fn:
+                raise ValueError(f"model family {name!r} already has an adapter ({old.__qualname__})")
+            _FAMILIES[name] = fn
+        return fn
+
+    return deco
+
+
+def supported_families() -> list[str]:
+    """The ``config.model_type`` values the KV path (encoder, presses, assembly, engines) runs."""
+    return sorted(_FAMILIES)
+
+
+def arch_for(model_or_config: Any) -> ModelArch:
+    """The :class:`ModelArch` of a model or its config. Raises :class:`UnsupportedModelError`
+    naming the family and the supported ones, or what the family's adapter cannot handle.
+
+    A model (anything with a ``config``) is also checked to have the modules the adapter names."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if config is not model_or_config:
+        try:
+            kept = _KEPT.get(model_or_config)
+        except TypeError:  # not weakly referenceable: computed each time
+            kept = None
+        if kept is not None and kept[0] == id(config):
+            return kept[1]
+    family = getattr(config, "model_type", None)
+    adapter = _FAMILIES.get(str(family))
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"model family {family!r} ({type(model_or_config).__name__}) is not supported by the KV path; "
+            f"supported families: {supported_families()}"
+        )
+    arch = adapter(config)
+    if config is not model_or_config:
+        arch.check_model(model_or_config)
+        with contextlib.suppress(TypeError):  # not weakly referenceable: not kept
+            _KEPT[model_or_config] = (id(config), arch)
+    return arch
