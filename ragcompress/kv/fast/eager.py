@@ -10,8 +10,7 @@ from ragcompress.kv.fast.step import DecoderStep
 if TYPE_CHECKING:
     import torch
 
-    from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
-    from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.fast.step import StepIO
 
 __all__ = ["EagerStep"]
 
@@ -22,17 +21,7 @@ class EagerStep(DecoderStep):
     generator's); the only difference is that keys/values go to the buffer. Runs on the CPU
     in tests and wherever :class:`~ragcompress.kv.fast.fused.FusedStep` does not."""
 
-    def layers(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        slots: torch.Tensor,
-        last: torch.Tensor,
-        buffer: StaticKVBuffer,
-        meta: StepMeta,
-        attention: CascadeAttention,
-    ) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, io: StepIO) -> torch.Tensor:
         # Llama's own rotate_half, in the model dtype: the eager forward's rounding (the fp32
         # re-rotation of ragcompress.models.rope would round differently and can flip a token)
         from transformers.models.llama.modeling_llama import rotate_half
@@ -49,10 +38,10 @@ class EagerStep(DecoderStep):
                 q, k = attn.q_norm(q), attn.k_norm(k)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            buffer.q_keys[li].index_copy_(0, slots, k)
-            buffer.q_values[li].index_copy_(0, slots, v)
-            o = self.attend(q, li, buffer, meta, attention)
+            io.buffer.q_keys[li].index_copy_(0, io.slots, k)
+            io.buffer.q_values[li].index_copy_(0, io.slots, v)
+            o = self.attend(q, li, io)
             x = x + attn.o_proj(o.reshape(n, self.heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        h = self.base.norm(x.index_select(0, last))
+        h = self.base.norm(x.index_select(0, io.last))
         return self.model.lm_head(h).float()  # type: ignore[no-any-return]

@@ -18,8 +18,7 @@ from ragcompress.kv.fast.step import DecoderStep
 if TYPE_CHECKING:
     import torch
 
-    from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
-    from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.fast.step import StepIO
 
 __all__ = ["FusedStep", "stack_weights"]
 
@@ -79,17 +78,7 @@ class FusedStep(DecoderStep):
             return "rotary is partial"
         return None
 
-    def layers(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        slots: torch.Tensor,
-        last: torch.Tensor,
-        buffer: StaticKVBuffer,
-        meta: StepMeta,
-        attention: CascadeAttention,
-    ) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, io: StepIO) -> torch.Tensor:
         import torch
 
         from ragcompress.kv.fast._triton import add_rmsnorm, rope_write, silu_mul
@@ -106,14 +95,16 @@ class FusedStep(DecoderStep):
                 q, k, v = linear(hs, qkv).split((h * d, kvh * d, kvh * d), dim=-1)
             else:
                 q, k, v = attn.q_proj(hs), attn.k_proj(hs), attn.v_proj(hs)
-            q = rope_write(q, k, v, cos, sin, slots, buffer.q_keys[li], buffer.q_values[li], h, kvh, d)
-            o = self.attend(q, li, buffer, meta, attention)
+            q = rope_write(
+                q, k, v, cos, sin, io.slots, io.buffer.q_keys[li], io.buffer.q_values[li], h, kvh, d
+            )
+            o = self.attend(q, li, io)
             post = layer.post_attention_layernorm
             x, hs = add_rmsnorm(x, attn.o_proj(o.reshape(n, h * d)), post.weight, post.variance_epsilon)
             nxt = layers[li + 1].input_layernorm if li + 1 < len(layers) else self.base.norm
             mlp = layer.mlp(hs) if gate_up is None else layer.mlp.down_proj(silu_mul(linear(hs, gate_up)))
             x, hs = add_rmsnorm(x, mlp, nxt.weight, nxt.variance_epsilon)
-        return self.model.lm_head(hs.index_select(0, last)).float()  # type: ignore[no-any-return]
+        return self.model.lm_head(hs.index_select(0, io.last)).float()  # type: ignore[no-any-return]
 
 
 def _stackable(base: Any, cfg: Any) -> bool:

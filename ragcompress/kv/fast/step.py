@@ -28,7 +28,20 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["DecoderStep", "default_step"]
+__all__ = ["DecoderStep", "StepIO", "default_step"]
+
+
+@dataclass(frozen=True, eq=False)
+class StepIO:
+    """What one step reads and writes besides the tokens: ``slots`` (N,) int64 question-region
+    slots its keys/values go to, ``last`` (B,) int64 rows whose logits it returns, the buffer,
+    the attention metadata and the cascade attention."""
+
+    slots: torch.Tensor
+    last: torch.Tensor
+    buffer: StaticKVBuffer
+    meta: StepMeta
+    attention: CascadeAttention
 
 
 @dataclass(eq=False)
@@ -82,37 +95,20 @@ class DecoderStep(ABC):
         n = ids.numel()
         x = self.base.embed_tokens(ids.reshape(1, n))  # (1, N, hidden)
         cos, sin = self.base.rotary_emb(x, positions.reshape(1, n))  # (1, N, head_dim) each
-        return self.layers(x[0], cos[0], sin[0], slots, last, buffer, meta, attention)
+        return self.layers(x[0], cos[0], sin[0], StepIO(slots, last, buffer, meta, attention))
 
     @abstractmethod
-    def layers(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        slots: torch.Tensor,
-        last: torch.Tensor,
-        buffer: StaticKVBuffer,
-        meta: StepMeta,
-        attention: CascadeAttention,
-    ) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, io: StepIO) -> torch.Tensor:
         """Every decoder layer, the final norm and the head over embedded tokens x (N, hidden)
-        with their rotary cos/sin (N, head_dim); returns the fp32 logits of the rows ``last``."""
+        with their rotary cos/sin (N, head_dim); returns the fp32 logits (B, vocab) of the
+        rows ``io.last``."""
 
-    def attend(
-        self, q: torch.Tensor, li: int, buffer: StaticKVBuffer, meta: StepMeta, attention: CascadeAttention
-    ) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
         """Layer ``li``'s rotated queries (N, heads, head_dim) over the buffer (this step's
         keys/values already written): (N, heads, head_dim)."""
-        return attention(
-            q,
-            buffer.ctx_keys[:, li],
-            buffer.ctx_values[:, li],
-            buffer.q_keys[li],
-            buffer.q_values[li],
-            meta,
-            self.scale,
-        )
+        buf = io.buffer
+        k, v = buf.ctx_keys[:, li], buf.ctx_values[:, li]
+        return io.attention(q, k, v, buf.q_keys[li], buf.q_values[li], io.meta, self.scale)
 
 
 def default_step(model: Any, share_weights: bool = False) -> DecoderStep:
