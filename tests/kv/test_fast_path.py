@@ -252,9 +252,9 @@ def test_gather_kernel_matches_the_torch_reference(setup, monkeypatch):
     gather(gathered(ref, items), fast.rotary)  # on the CPU: the torch reference
     assert (got.ctx_len, got.next_position) == (ref.ctx_len, ref.next_position)
     n = ref.ctx_len
-    for a, b in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
-        assert not a[:n].isnan().any() and a[n:].isnan().all()  # every slot written, none past
-        torch.testing.assert_close(a[:n], b[:n], atol=2e-5, rtol=1e-5)
+    for x, y in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
+        assert not x[:n].isnan().any() and x[n:].isnan().all()  # every slot written, none past
+        torch.testing.assert_close(x[:n], y[:n], atol=2e-5, rtol=1e-5)
 
 
 _MERGE_CHECK = """
