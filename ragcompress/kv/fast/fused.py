@@ -68,7 +68,9 @@ class FusedStep(DecoderStep):
             return "the model is not on a CUDA device"
         if not triton_available():
             return "triton is not installed (pip install 'ragcompress[gpu]')"
-        norm, attn = layers[0].input_layernorm, layers[0].self_attn
+        norm, attn = getattr(layers[0], "input_layernorm", None), getattr(layers[0], "self_attn", None)
+        if attn is None:
+            return "the layers have no self_attn"
         # the kernels implement LlamaRMSNorm and full-width rotary without q/k norms
         if not (type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon")):
             return f"{type(norm).__name__} is not Llama's RMSNorm"
