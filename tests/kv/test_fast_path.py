@@ -4,6 +4,8 @@ same static-buffer code eagerly; the ``gpu`` ones add CUDA graphs, flash and Tri
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -381,3 +383,22 @@ def test_step_classes_are_chosen_by_the_caller(setup):
     fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, step=EagerStep(model))
     assert fast.step is not None and fast.step.model is model
     assert_untouched(model, before)
+
+
+def test_a_chunk_that_does_not_fit_the_buffer_is_refused_before_any_write(setup):
+    """Each chunk kind checks itself against the buffer; a wrong one is named and nothing of
+    the request is written (the previous context stays loaded)."""
+    model, gen, prefix, passages, questions = setup
+    pre, chunks = _split(model, prefix, passages)
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8)
+    fast.load(pre, chunks)
+    want = fast.generate([questions[0]], 8, gen.stop_ids)
+    keys = fast.buffer.ctx_keys.clone()
+    k = torch.randn(3, fast.buffer.layers + 1, fast.buffer.kv_heads, fast.buffer.head_dim)
+    _, stored = _separate_chunks(model, prefix, passages)
+    short = dataclasses.replace(stored[0], layers=stored[0].layers[:1])  # a stored chunk of 1 layer
+    for bad in (PackedChunk(k, k.clone(), 3, 0), short):
+        with pytest.raises(ValueError, match=r"chunk #1 has \(layers, kv_heads, head_dim\)"):
+            fast.load(pre, [chunks[0], bad])
+        assert torch.equal(fast.buffer.ctx_keys, keys) and fast.buffer.ctx_len == pre.num_tokens + 45
+    assert fast.generate([questions[0]], 8, gen.stop_ids) == want
