@@ -275,7 +275,7 @@ def run_context(
 def main(argv: list[str]) -> int:
     import torch
 
-    from ragcompress.kv.fast import FastGenerator, ReferenceCascade
+    from ragcompress.kv.fast import EagerStep, FastGenerator, ReferenceCascade, default_step
 
     args = _parser().parse_args(argv)
     dev = torch.device(args.device)
@@ -314,7 +314,7 @@ def main(argv: list[str]) -> int:
                 buckets=(args.question_tokens,),
                 graphs=graphs,
                 attention=attention,
-                fused=fused,
+                step=default_step(model) if fused else EagerStep(model),
             )
             fast.warmup(batches, (args.question_tokens,))
             break

@@ -125,7 +125,7 @@ def write_report(
         "transformers": __import__("transformers").__version__,
         "attention": type(fast.attention).__name__,
         "graphs": fast.graphs,
-        "fused": fast.step.fused,
+        "fused": type(fast.step).__name__ == "FusedStep",
         "copy_bandwidth_gbs": round(bw / 1e9, 1),
         "weight_bytes": wbytes,
         "rows": rows,

@@ -8,17 +8,20 @@ import pytest
 import torch
 
 from ragcompress.kv.fast import (
+    EagerStep,
     FastGenerator,
     FlashCascade,
+    FusedStep,
     PackedChunk,
     ReferenceCascade,
     StaticKVBuffer,
     StepMeta,
-    write_chunk,
-    write_chunk_reference,
+    write_batch,
 )
+from ragcompress.kv.fast.gather_reference import gather_reference
+from ragcompress.kv.fast.write import _kernel_runs, gather
 from tests.conftest import make_tiny_llama
-from tests.kv.test_fast_path import _prefill, _split
+from tests.kv.test_fast_path import _prefill, _snapshot, _split, assert_untouched, gathered, mixed_chunks
 
 VOCAB = 1024
 
@@ -42,6 +45,13 @@ def _eager_greedy(model, ctx: list[int], question: list[int], n: int) -> list[in
             step = [int(logits[0, -1].argmax())]
             out.append(step[0])
     return out
+
+
+def _first_logits(fast: FastGenerator) -> torch.Tensor:
+    """fp32 logits (vocab,) of the first question of the last step."""
+    logits = fast.last_logits
+    assert logits is not None
+    return logits[0]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -118,8 +128,9 @@ def test_gpu_triton_write_matches_reference():
     for buf in (a, b):
         buf.ctx_keys.fill_(float("nan"))
         buf.reserve(5, 50)
-    write_chunk(a, chunk, fast.rotary)
-    write_chunk_reference(b, chunk, fast.rotary)
+    assert _kernel_runs(a, fast.rotary)
+    gather(gathered(a, [("chunk", chunk)]), fast.rotary)  # on CUDA: the Triton gather
+    gather_reference(gathered(b, [("chunk", chunk)]), fast.rotary)
     torch.testing.assert_close(a.ctx_keys[5:338], b.ctx_keys[5:338], atol=1e-2, rtol=1e-2)
     assert torch.equal(a.ctx_values[5:338], chunk.values)
     assert a.ctx_keys[338:].isnan().all() and a.ctx_keys[:5].isnan().all()  # nothing else written
@@ -134,7 +145,7 @@ def test_gpu_bf16_fast_path_logits_close_to_eager(data):
     fast.load(*_split(m, prefix, passages))
     q = questions[0]
     fast.prefill([q])
-    got = fast._shapes[(1, 16)].logits[0]
+    got = _first_logits(fast)
     ctx = prefix + [t for p in passages for t in p]
     with torch.inference_mode():
         want = m(input_ids=torch.tensor([ctx + q], device="cuda")).logits[0, -1].float()
@@ -178,45 +189,34 @@ def test_gpu_fused_step_matches_unfused(data):
     m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
     m = m.cuda().to(torch.bfloat16)
     ref, hf_err = _bf16_error_budget(m, prefix + [t for p in passages for t in p] + questions[0])
-    for fused in (True, False):
-        fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), fused=fused)
+    for step in (FusedStep(m), FusedStep(m, share_weights=True), EagerStep(m)):
+        fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), step=step)
         fast.load(*_split(m, prefix, passages))
         fast.prefill(questions[:1])
-        assert _rel(fast._shapes[(1, 16)].logits[0], ref) <= 2 * hf_err + 1e-3, fused
+        assert _rel(_first_logits(fast), ref) <= 2 * hf_err + 1e-3, step
 
 
 @pytest.mark.gpu
-def test_gpu_one_launch_write_matches_per_chunk_writes(data):
-    """All chunks in one launch per kind (bf16 + knorm/int4, moved positions, evicted tokens)
-    == the per-chunk writers; nothing past the context is touched."""
-    from ragcompress.kv.fast import QuantizedPackedChunk, write_quantized_chunk
-    from ragcompress.kv.fast.batched import write_batch
-    from ragcompress.kv.presses.knorm import KnormPress
-    from ragcompress.kv.presses.quantize import QuantizePress
-    from tests.kv.test_fast_path import _separate_chunks
-
+def test_gpu_one_launch_write_matches_the_reference(data):
+    """write_batch of every chunk form (packed/stored, bf16/knorm+int4, moved positions,
+    evicted tokens) in one launch per form == gather_reference; nothing past the context."""
     prefix, passages, _q = data
     m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
-    prefix_kv, dense = _separate_chunks(m, prefix, passages)
-    _, quant = _separate_chunks(m, prefix, passages, (KnormPress(ratio=0.25), QuantizePress(4, 8)))
-    pre = PackedChunk.from_prefix(prefix_kv)
-    chunks = [PackedChunk.from_chunk(dense[0]), QuantizedPackedChunk.from_chunk(quant[1])]
-    chunks += [QuantizedPackedChunk.from_chunk(quant[2]), PackedChunk.from_chunk(dense[1])]
-    fast = FastGenerator(m, capacity=96, max_question=8, max_new_tokens=4)
+    (_, pre), *items = mixed_chunks(m, prefix, passages)
+    fast = FastGenerator(m, capacity=128, max_question=8, max_new_tokens=4)
     got = fast.buffer
-    ref = StaticKVBuffer(got.layers, got.kv_heads, got.head_dim, 96, 4, dtype=torch.bfloat16, device="cuda")
+    ref = StaticKVBuffer(got.layers, got.kv_heads, got.head_dim, 128, 4, dtype=torch.bfloat16, device="cuda")
     for b in (got, ref):
         b.ctx_keys.fill_(float("nan"))
         b.ctx_values.fill_(float("nan"))
-    write_batch(got, pre, chunks, fast.rotary)
-    write_chunk(ref, pre, fast.rotary)
-    for c in chunks:
-        (write_chunk if isinstance(c, PackedChunk) else write_quantized_chunk)(ref, c, fast.rotary)
+    assert _kernel_runs(got, fast.rotary)
+    write_batch(got, pre, [c for _, c in items], fast.rotary)
+    gather_reference(gathered(ref, [("prefix", pre), *items]), fast.rotary)
     n = ref.ctx_len
     assert (got.ctx_len, got.next_position, int(got.ctx_len_t)) == (n, ref.next_position, n)
-    for a, b in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
-        assert not a[:n].isnan().any() and a[n:].isnan().all()
-        torch.testing.assert_close(a[:n], b[:n], atol=1e-2, rtol=1e-2)
+    for x, y in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
+        assert not x[:n].isnan().any() and x[n:].isnan().all()
+        torch.testing.assert_close(x[:n], y[:n], atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.gpu
@@ -231,16 +231,16 @@ def test_gpu_graph_follows_context_length(data):
     for use in (passages, passages[:1], passages[1:2], passages):
         fast.load(*_split(m, prefix, use))
         fast.prefill([q])
-        got = fast._shapes[(1, 16)].logits[0]
+        got = _first_logits(fast)
         ref, hf_err = _bf16_error_budget(m, prefix + [t for p in use for t in p] + q)
         assert _rel(got, ref) <= 2 * hf_err + 1e-3
 
 
 @pytest.mark.gpu
 def test_gpu_silu_mul_and_stacked_weights():
-    """SiLU·mul rounds like LlamaMLP; stacking q/k/v and gate/up keeps every parameter's value
-    and makes the modules views into the stacked weights (no extra memory)."""
-    from ragcompress.kv.fast import DecoderStep
+    """SiLU·mul rounds like LlamaMLP; the fused step stacks q/k/v and gate/up into tensors of
+    its own (or, shared, reads the model's in place) and never touches the model's parameters."""
+    from ragcompress.kv.fast import default_step
     from ragcompress.kv.fast._triton import silu_mul
 
     torch.manual_seed(2)
@@ -248,10 +248,16 @@ def test_gpu_silu_mul_and_stacked_weights():
     want = torch.nn.functional.silu(gu[:, :3000]) * gu[:, 3000:]
     torch.testing.assert_close(silu_mul(gu), want, atol=0, rtol=1e-2)
     m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
-    before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    step = DecoderStep(m)
+    before = _snapshot(m)
+    step = default_step(m)
+    assert isinstance(step, FusedStep)
     assert len(step._qkv) == len(step._gate_up) == len(m.model.layers)
-    assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())
     attn, mlp = m.model.layers[1].self_attn, m.model.layers[1].mlp
-    assert attn.q_proj.weight.data_ptr() == step._qkv[1].data_ptr()
-    assert mlp.gate_proj.weight.data_ptr() == step._gate_up[1].data_ptr()
+    qkv, gate_up = step._qkv[1], step._gate_up[1]
+    assert qkv is not None and gate_up is not None
+    assert torch.equal(qkv, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+    assert torch.equal(gate_up, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+    assert qkv.data_ptr() != attn.q_proj.weight.data_ptr()  # a copy of its own
+    shared = FusedStep(m, share_weights=True)  # separate allocations: no copy, GEMMs one by one
+    assert all(w is None for w in shared._qkv + shared._gate_up)
+    assert_untouched(m, before)

@@ -4,6 +4,7 @@ step runs eagerly with reference attention; tests/gpu covers graphs and flash ke
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
@@ -77,3 +78,22 @@ def test_fast_answers_match_on_the_packaged_reader() -> None:
     eager = KVAnswerer.from_generator(gen).answer(question, passages)
     fast = FastKVAnswerer.from_generator(gen, capacity=2048, max_question=64).answer(question, passages)
     assert fast.token_ids == eager.token_ids
+
+
+def test_a_fast_answerer_leaves_the_model_untouched(gen) -> None:
+    """Building and running the engine changes no parameter of the user's model: same tensors
+    (data pointers, version counters), same bytes, same state dict; answers as the eager path."""
+    from tests.kv.test_fast_path import _snapshot, assert_untouched
+
+    model = gen.lm
+    before = _snapshot(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    fast = FastKVAnswerer.from_generator(gen, capacity=512, max_question=64)
+    eager = KVAnswerer.from_generator(gen)
+    for q in QUESTIONS:
+        assert fast.answer(q, PASSAGES).token_ids == eager.answer(q, PASSAGES).token_ids
+    assert fast.engine.step is not None and fast.engine.step.model is model
+    assert_untouched(model, before)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in state.items())

@@ -4,18 +4,22 @@ same static-buffer code eagerly; the ``gpu`` ones add CUDA graphs, flash and Tri
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from ragcompress.generate import Generator
 from ragcompress.kv.fast import (
+    BufferChunk,
     BufferOverflowError,
     FastGenerator,
     PackedChunk,
     StaticKVBuffer,
+    StoredChunk,
     write_chunk,
-    write_chunk_reference,
 )
+from ragcompress.kv.fast.rows import GatherRows
 from tests.conftest import make_tiny_llama
 
 
@@ -115,7 +119,7 @@ def _separate_chunks(model, prefix, passages, presses=()):
     return prefix_kv, chunks
 
 
-@pytest.mark.parametrize("form", ["dense", "quantized-packed", "quantized-layers"])
+@pytest.mark.parametrize("form", ["dense", "dense-layers", "quantized-packed", "quantized-layers"])
 def test_rerotated_evicted_quantized_chunks_match_assemble(setup, form):
     """Separately encoded chunks (one evicted by half; int4 for the quantized forms): the fast
     path must agree with the KV path's eager assembly (rerotation + spans + dequantization)."""
@@ -125,10 +129,13 @@ def test_rerotated_evicted_quantized_chunks_match_assemble(setup, form):
     from ragcompress.kv.presses.quantize import QuantizePress
 
     model, gen, prefix, passages, questions = setup
-    presses = () if form == "dense" else (KnormPress(ratio=0.25), QuantizePress(bits=4, group_size=8))
+    presses = (
+        () if form.startswith("dense") else (KnormPress(ratio=0.25), QuantizePress(bits=4, group_size=8))
+    )
     prefix_kv, chunks = _separate_chunks(model, prefix, passages, presses)
     pack = {
         "dense": PackedChunk.from_chunk,
+        "dense-layers": lambda c: c,  # stored KVChunks, written layer by layer
         "quantized-packed": QuantizedPackedChunk.from_chunk,
         "quantized-layers": lambda c: c,
     }[form]
@@ -166,22 +173,49 @@ def test_buffer_bounds_raise_before_writing(setup):
         StaticKVBuffer(2, 2, 0, 8, 8)
 
 
-def test_write_matches_reference_with_rerotation(setup):
+def test_write_rerotates_keys_and_copies_values(setup):
     model = setup[0]
     fast = FastGenerator(model, capacity=40, max_question=8, max_new_tokens=4)
     k = torch.randn(7, 2, 2, 16)
     chunk = PackedChunk(k, torch.randn_like(k), length=9, base_offset=4)
-    a = StaticKVBuffer(2, 2, 16, 40, 4)
     b = StaticKVBuffer(2, 2, 16, 40, 4)
-    a.reserve(3, 5)
+    b.ctx_keys.fill_(float("nan"))
     b.reserve(3, 5)
-    write_chunk(a, chunk, fast.rotary)
-    write_chunk_reference(b, chunk, fast.rotary)
-    assert torch.equal(a.ctx_keys, b.ctx_keys) and a.next_position == 14 and a.ctx_len == 10
+    assert write_chunk(b, chunk, fast.rotary) == 3
+    assert b.next_position == 14 and b.ctx_len == 10
     # a key moved by +1 equals the same key re-encoded one position later (rotations compose)
     from ragcompress.models.rope import rerotate
 
     assert torch.allclose(b.ctx_keys[3:10], rerotate(k, 1, fast.rotary), atol=1e-6)
+    assert torch.equal(b.ctx_values[3:10], chunk.values)
+    assert b.ctx_keys[:3].isnan().all() and b.ctx_keys[10:].isnan().all()  # nothing else written
+
+
+def gathered(buffer: StaticKVBuffer, items) -> GatherRows:
+    """The rows write_batch would gather for ``items`` [(what, chunk)] (stored KVChunks too)."""
+    rows = GatherRows(buffer)
+    for what, c in items:
+        c = c if isinstance(c, BufferChunk) else StoredChunk.of(c)
+        c.check(buffer, what)
+        slot, pos = buffer.reserve(c.num_tokens, c.length, what)
+        c.gather_into(rows, slot, pos - c.base_offset)
+    return rows
+
+
+def mixed_chunks(model, prefix, passages):
+    """Every chunk form the buffer takes: packed dense, packed int4 (knorm-evicted), stored
+    dense and stored int4 KVChunks, at moved positions; one chunk evicted by half."""
+    from ragcompress.kv.fast import QuantizedPackedChunk
+    from ragcompress.kv.presses.knorm import KnormPress
+    from ragcompress.kv.presses.quantize import QuantizePress
+
+    prefix_kv, dense = _separate_chunks(model, prefix, passages)
+    _, quant = _separate_chunks(model, prefix, passages, (KnormPress(ratio=0.25), QuantizePress(4, 8)))
+    chunks = [PackedChunk.from_chunk(dense[0]), QuantizedPackedChunk.from_chunk(quant[1]), dense[2]]
+    chunks += [quant[0], QuantizedPackedChunk.from_chunk(quant[2]), PackedChunk.from_chunk(dense[1])]
+    return [("prefix", PackedChunk.from_prefix(prefix_kv))] + [
+        (f"chunk #{i}", c) for i, c in enumerate(chunks)
+    ]
 
 
 def _interpreted(name: str):
@@ -200,41 +234,29 @@ def _interpreted(name: str):
     return mod
 
 
-def test_one_launch_write_of_all_chunks_matches_per_chunk_writes(setup, monkeypatch):
-    """The gather kernels (Triton interpreter): bf16-path and int4 chunks, moved positions and
-    one evicted chunk, written in one launch per kind == the per-chunk writers, every slot."""
+def test_gather_kernel_matches_the_torch_reference(setup, monkeypatch):
+    """The gather kernels (Triton interpreter) == gather_reference for every chunk form in one
+    request (packed/stored, dense/int4, moved positions, evictions): every slot, none past."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from ragcompress.kv.fast import QuantizedPackedChunk, write_quantized_chunk
-    from ragcompress.kv.fast.batched import _write_gathered
-    from ragcompress.kv.presses.knorm import KnormPress
-    from ragcompress.kv.presses.quantize import QuantizePress
+    from ragcompress.kv.fast.write import gather
 
     model, _gen, prefix, passages, _q = setup
-    gather = _interpreted("_gather")
-    prefix_kv, dense = _separate_chunks(model, prefix, passages)
-    _, quant = _separate_chunks(model, prefix, passages, (KnormPress(ratio=0.25), QuantizePress(4, 8)))
-    pre = PackedChunk.from_prefix(prefix_kv)
-    chunks = [PackedChunk.from_chunk(dense[0]), QuantizedPackedChunk.from_chunk(quant[1])]
-    chunks += [QuantizedPackedChunk.from_chunk(quant[2]), PackedChunk.from_chunk(dense[1])]
-    fast = FastGenerator(model, capacity=96, max_question=8, max_new_tokens=4)
+    kernels = _interpreted("_gather")
+    items = mixed_chunks(model, prefix, passages)
+    fast = FastGenerator(model, capacity=128, max_question=8, max_new_tokens=4)
     shape = (fast.buffer.layers, fast.buffer.kv_heads, fast.buffer.head_dim)
-    got, ref = (StaticKVBuffer(*shape, capacity=96, region=4) for _ in "ab")
+    got, ref = (StaticKVBuffer(*shape, capacity=128, region=4) for _ in "ab")
     for b in (got, ref):
         b.ctx_keys.fill_(float("nan"))
         b.ctx_values.fill_(float("nan"))
-    items = [("prefix", pre)] + [(f"chunk #{i}", c) for i, c in enumerate(chunks)]
-    _write_gathered(got, items, fast.rotary, kernels=gather)
-    for what, c in items:
-        if isinstance(c, PackedChunk):
-            write_chunk(ref, c, fast.rotary, what)
-        else:
-            write_quantized_chunk(ref, c, fast.rotary, what)
+    gather(gathered(got, items), fast.rotary, kernels=kernels)
+    gather(gathered(ref, items), fast.rotary)  # on the CPU: the torch reference
     assert (got.ctx_len, got.next_position) == (ref.ctx_len, ref.next_position)
     n = ref.ctx_len
-    for a, b in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
-        assert not a[:n].isnan().any() and a[n:].isnan().all()  # every slot written, none past
-        torch.testing.assert_close(a[:n], b[:n], atol=2e-5, rtol=1e-5)
+    for x, y in ((got.ctx_keys, ref.ctx_keys), (got.ctx_values, ref.ctx_values)):
+        assert not x[:n].isnan().any() and x[n:].isnan().all()  # every slot written, none past
+        torch.testing.assert_close(x[:n], y[:n], atol=2e-5, rtol=1e-5)
 
 
 _MERGE_CHECK = """
@@ -305,3 +327,78 @@ def test_load_reusing_skips_resident_chunks_only(setup):
     assert torch.equal(buf.ctx_keys[1:n], other.buffer.ctx_keys[1:n])  # moved chunk #2 rewritten
     fast.load(pre, chunks)  # the cold load writes everything again
     assert torch.equal(buf.ctx_values[0], pre.values[0])
+
+
+def _snapshot(model) -> dict[str, tuple[int, int, torch.Tensor]]:
+    return {n: (p.data_ptr(), p._version, p.detach().clone()) for n, p in model.named_parameters()}
+
+
+def assert_untouched(model, before: dict[str, tuple[int, int, torch.Tensor]]) -> None:
+    """Every parameter is the same tensor (data pointer, version counter) with the same bytes."""
+    now = dict(model.named_parameters())
+    assert now.keys() == before.keys()
+    for name, (ptr, version, value) in before.items():
+        p = now[name]
+        assert (p.data_ptr(), p._version) == (ptr, version), name
+        assert torch.equal(p.detach(), value), name
+
+
+def test_stacked_weights_copy_or_view_and_never_touch_the_modules():
+    from ragcompress.kv.fast.fused import stack_weights
+
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(8, n, bias=False) for n in (8, 4, 4)]
+    params = [lin.weight for lin in lins]
+    before = [(p.data_ptr(), p._version, p.detach().clone()) for p in params]
+    copy = stack_weights(lins)
+    assert copy is not None and torch.equal(copy, torch.cat(params).detach())
+    copy.zero_()  # the engine's own tensor: the modules do not see it
+    # separate allocations cannot be stacked without a copy: shared means "run them one by one"
+    assert stack_weights(lins, share=True) is None
+    for lin, p, (ptr, version, value) in zip(lins, params, before, strict=True):
+        assert lin.weight is p and (p.data_ptr(), p._version) == (ptr, version) and torch.equal(p, value)
+    # weights that already lie back to back in one storage are stacked as a view of it
+    whole = torch.randn(16, 8)
+    for lin, part in zip(lins, whole.split([8, 4, 4]), strict=True):
+        lin.weight = torch.nn.Parameter(part, requires_grad=False)
+    view = stack_weights(lins, share=True)
+    assert view is not None and view.data_ptr() == whole.data_ptr() and torch.equal(view, whole)
+    lins[1].weight = torch.nn.Parameter(whole[8:12].clone(), requires_grad=False)
+    assert stack_weights(lins, share=True) is None  # a gap in the storage: no view
+
+
+def test_step_classes_are_chosen_by_the_caller(setup):
+    from ragcompress.kv.fast import EagerStep, FusedStep, default_step
+
+    model = setup[0]
+    assert type(default_step(model)) is EagerStep  # a CPU model: the fused kernels cannot run
+    with pytest.raises(ValueError, match="FusedStep cannot run this model: the model is not on a CUDA"):
+        FusedStep(model)
+    other = make_tiny_llama(64, seed=4)
+    with pytest.raises(ValueError, match="another model"):
+        FastGenerator(model, capacity=8, step=EagerStep(other))
+    with pytest.raises(ValueError, match="not a Llama-family causal LM"):
+        EagerStep(torch.nn.Linear(2, 2))
+    before = _snapshot(model)
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, step=EagerStep(model))
+    assert fast.step is not None and fast.step.model is model
+    assert_untouched(model, before)
+
+
+def test_a_chunk_that_does_not_fit_the_buffer_is_refused_before_any_write(setup):
+    """Each chunk kind checks itself against the buffer; a wrong one is named and nothing of
+    the request is written (the previous context stays loaded)."""
+    model, gen, prefix, passages, questions = setup
+    pre, chunks = _split(model, prefix, passages)
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8)
+    fast.load(pre, chunks)
+    want = fast.generate([questions[0]], 8, gen.stop_ids)
+    keys = fast.buffer.ctx_keys.clone()
+    k = torch.randn(3, fast.buffer.layers + 1, fast.buffer.kv_heads, fast.buffer.head_dim)
+    _, stored = _separate_chunks(model, prefix, passages)
+    short = dataclasses.replace(stored[0], layers=stored[0].layers[:1])  # a stored chunk of 1 layer
+    for bad in (PackedChunk(k, k.clone(), 3, 0), short):
+        with pytest.raises(ValueError, match=r"chunk #1 has \(layers, kv_heads, head_dim\)"):
+            fast.load(pre, [chunks[0], bad])
+        assert torch.equal(fast.buffer.ctx_keys, keys) and fast.buffer.ctx_len == pre.num_tokens + 45
+    assert fast.generate([questions[0]], 8, gen.stop_ids) == want

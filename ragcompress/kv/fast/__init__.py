@@ -2,31 +2,38 @@
 
 :class:`PackedChunk` is a chunk in the buffer's layout (packed once, when it enters the GPU
 tier); :class:`FastGenerator` loads a prefix + chunks into its :class:`StaticKVBuffer` and runs
-the question prefill and decode steps as captured graphs with cascade attention.
+the question prefill and decode steps (a :class:`FusedStep` or an :class:`EagerStep`) as
+captured graphs with cascade attention.
 """
 
 from __future__ import annotations
 
 from ragcompress.kv.fast.attention import CascadeAttention, FlashCascade, ReferenceCascade, StepMeta
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
+from ragcompress.kv.fast.eager import EagerStep
 from ragcompress.kv.fast.engine import FastGenerator
-from ragcompress.kv.fast.forward import DecoderStep
-from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
-from ragcompress.kv.fast.write import write_chunk, write_chunk_reference, write_layers, write_quantized_chunk
+from ragcompress.kv.fast.fused import FusedStep
+from ragcompress.kv.fast.packed import BufferChunk, PackedChunk, QuantizedPackedChunk
+from ragcompress.kv.fast.step import DecoderStep, default_step
+from ragcompress.kv.fast.stored import StoredChunk
+from ragcompress.kv.fast.write import write_batch, write_chunk
 
 __all__ = [
+    "BufferChunk",
     "BufferOverflowError",
     "CascadeAttention",
     "DecoderStep",
+    "EagerStep",
     "FastGenerator",
     "FlashCascade",
+    "FusedStep",
     "PackedChunk",
     "QuantizedPackedChunk",
     "ReferenceCascade",
     "StaticKVBuffer",
     "StepMeta",
+    "StoredChunk",
+    "default_step",
+    "write_batch",
     "write_chunk",
-    "write_chunk_reference",
-    "write_layers",
-    "write_quantized_chunk",
 ]

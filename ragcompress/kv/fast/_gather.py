@@ -1,33 +1,38 @@
-"""Triton kernels: write EVERY chunk of a request into the static buffer in one launch.
+"""Triton kernels: write EVERY chunk of a request into the static buffer in one launch per form.
 
 One launch per chunk costs the host ~30 µs (bf16) to ~120 µs (the quantized wrapper) each, so
 64 chunks at 32K spent more time launching than the GPU spent copying. Here a table with one
-row per chunk (where its tensors are, how many rows, which buffer slot, which position delta)
-drives one launch: program ``(chunk, block)`` rotates its block of keys by the chunk's
-``delta * inv_freq`` (cos/sin computed in the program: one row of transcendentals per
-program) and stores keys and values at the chunk's slot.
+row per :class:`~ragcompress.kv.fast.rows.DenseRows` / :class:`~ragcompress.kv.fast.rows.QuantizedRows`
+(where its tensors are, how many rows, where they go, which position delta) drives one launch:
+program ``(entry, block)`` rotates its block of keys by the entry's ``delta * inv_freq``
+(cos/sin computed in the program: one row of transcendentals per program) and stores keys
+and values at their destination rows.
 
 Chunk tensors live in separate allocations; the table holds their element offsets from one
 base tensor of the same dtype (``(ptr - base_ptr) / itemsize``), so a program reaches any
 chunk through ``base + offset`` without pointer casts.
 
-Destination: the buffer's context (capacity, layers, kv_heads, head_dim), contiguous; a
-chunk of every layer is the contiguous block of rows ``slot * layers * kv_heads ..``.
+Destination: the buffer's context (capacity, layers, kv_heads, head_dim), contiguous. The
+torch twin, which the tests hold these kernels to, is :mod:`ragcompress.kv.fast.gather_reference`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["DENSE_FIELDS", "QUANT_FIELDS", "gather_dense", "gather_quantized"]
+if TYPE_CHECKING:
+    from ragcompress.kv.fast.rows import GatherRows
+    from ragcompress.models.rope import Rotary
+
+__all__ = ["DENSE_FIELDS", "QUANT_FIELDS", "gather", "gather_dense", "gather_quantized"]
 
 # table columns
-DENSE_FIELDS = ("key_offset", "value_offset", "rows", "dst_row", "delta")
-QUANT_FIELDS = ("kc", "ks", "kz", "vc", "vs", "vz", "tokens", "dst_token", "delta")
+DENSE_FIELDS = ("key_offset", "value_offset", "rows", "dst_row", "delta", "run", "stride")
+QUANT_FIELDS = ("kc", "ks", "kz", "vc", "vs", "vz", "tokens", "dst_token", "delta", "heads", "head0")
 
 
 @triton.jit
@@ -42,12 +47,14 @@ def _gather_dense_kernel(
     rows = tl.load(row + 2)
     dst_row = tl.load(row + 3)
     delta = tl.load(row + 4).to(tl.float32)
+    run = tl.load(row + 5)
+    stride = tl.load(row + 6)
     r = blk * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     i = tl.arange(0, HALF)
     m = (r < rows)[:, None]
     D: tl.constexpr = 2 * HALF
     src = r[:, None] * D + i[None, :]
-    dst = (dst_row * D) + src
+    dst = (dst_row + (r % run) * stride + r // run)[:, None] * D + i[None, :]
     ang = delta * tl.load(freq_ptr + i)
     cs = tl.cos(ang)[None, :]
     sn = tl.sin(ang)[None, :]
@@ -70,8 +77,9 @@ def gather_dense(
     max_rows: int,
     head_dim: int,
 ) -> None:
-    """table (C, 5) int64 on the device: key/value element offsets from ``base``, rows of
-    head_dim, first destination row, delta; ``max_rows`` = largest ``rows`` (sets the grid)."""
+    """table (C, 7) int64 on the device: key/value element offsets from ``base``, rows of
+    head_dim, first destination row, delta, run, stride (see :class:`~ragcompress.kv.fast.rows.DenseRows`);
+    ``max_rows`` = largest ``rows`` (sets the grid)."""
     block_r = 64
     grid: Any = (table.shape[0], triton.cdiv(max_rows, block_r))
     _gather_dense_kernel[grid](
@@ -86,8 +94,9 @@ def _gather_quant_kernel(
     HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BITS: tl.constexpr,
     GROUP: tl.constexpr, NF: tl.constexpr,
 ):  # fmt: skip
-    # program (chunk, stacked head lh = layer * kv_heads + h, token block); the quantized
-    # layout is :mod:`ragcompress.kv.kernels.quant_format` with layers stacked as heads.
+    # program (entry, source head lh, token block), lh < the entry's heads; source head lh goes
+    # to destination head head0 + lh of the LH = layers * kv_heads stacked heads. The
+    # quantized layout is :mod:`ragcompress.kv.kernels.quant_format` (layers stacked as heads).
     c = tl.program_id(0).to(tl.int64)
     lh = tl.program_id(1).to(tl.int64)
     row = table + c * NF
@@ -100,10 +109,13 @@ def _gather_quant_kernel(
     n = tl.load(row + 6)
     dst_tok = tl.load(row + 7)
     delta = tl.load(row + 8).to(tl.float32)
+    heads = tl.load(row + 9)
+    head0 = tl.load(row + 10)
     t = tl.program_id(2).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     j = tl.arange(0, BLOCK_D)
     jm = j < HALF
-    m = (t < n)[:, None] & jm[None, :]
+    live = tl.where(lh < heads, n, 0)  # tokens this program writes: none past the entry's heads
+    m = (t < live)[:, None] & jm[None, :]
     tt = t[:, None]
     j1 = j[None, :]
     j2 = j1 + HALF
@@ -111,45 +123,42 @@ def _gather_quant_kernel(
     DC: tl.constexpr = HALF if BITS == 4 else D
     VG: tl.constexpr = (D + GROUP - 1) // GROUP
 
-    kb = kc + (lh * n + tt) * DC
-    if BITS == 4:
-        b = tl.load(kb + j1, mask=m, other=0)
-        k1 = (b & 0xF).to(tl.float32)
-        k2 = (b >> 4).to(tl.float32)
-    else:
-        k1 = tl.load(kb + j1, mask=m, other=0).to(tl.float32)
-        k2 = tl.load(kb + j2, mask=m, other=0).to(tl.float32)
-    sb = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D  # per-channel key groups
-    k1 = k1 * tl.load(ks + sb + j1, mask=m, other=0).to(tl.float32) + tl.load(
-        kz + sb + j1, mask=m, other=0
-    ).to(tl.float32)
-    k2 = k2 * tl.load(ks + sb + j2, mask=m, other=0).to(tl.float32) + tl.load(
-        kz + sb + j2, mask=m, other=0
-    ).to(tl.float32)
+    # keys: per-channel groups of GROUP tokens; values: per-token groups of GROUP channels
+    k1, k2 = _codes(kc + (lh * n + tt) * DC, j1, j2, m, BITS)
+    sk = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D
+    k1, k2 = _affine(k1, ks, kz, sk + j1, m), _affine(k2, ks, kz, sk + j2, m)
     ang = delta * tl.load(freq_ptr + j, mask=jm, other=0.0)
     cs = tl.cos(ang)[None, :]
     sn = tl.sin(ang)[None, :]
-    ob = ((dst_tok + tt) * LH + lh) * D
+    ob = ((dst_tok + tt) * LH + head0 + lh) * D
     tl.store(dst_k + ob + j1, (k1 * cs - k2 * sn).to(dst_k.dtype.element_ty), mask=m)
     tl.store(dst_k + ob + j2, (k2 * cs + k1 * sn).to(dst_k.dtype.element_ty), mask=m)
-
-    vb = vc + (lh * n + tt) * DC
-    if BITS == 4:
-        b = tl.load(vb + j1, mask=m, other=0)
-        v1 = (b & 0xF).to(tl.float32)
-        v2 = (b >> 4).to(tl.float32)
-    else:
-        v1 = tl.load(vb + j1, mask=m, other=0).to(tl.float32)
-        v2 = tl.load(vb + j2, mask=m, other=0).to(tl.float32)
-    sv = (lh * n + tt) * VG  # per-token value groups
-    v1 = v1 * tl.load(vs + sv + j1 // GROUP, mask=m, other=0).to(tl.float32) + tl.load(
-        vz + sv + j1 // GROUP, mask=m, other=0
-    ).to(tl.float32)
-    v2 = v2 * tl.load(vs + sv + j2 // GROUP, mask=m, other=0).to(tl.float32) + tl.load(
-        vz + sv + j2 // GROUP, mask=m, other=0
-    ).to(tl.float32)
+    v1, v2 = _codes(vc + (lh * n + tt) * DC, j1, j2, m, BITS)
+    sv = (lh * n + tt) * VG
+    v1, v2 = _affine(v1, vs, vz, sv + j1 // GROUP, m), _affine(v2, vs, vz, sv + j2 // GROUP, m)
     tl.store(dst_v + ob + j1, v1.to(dst_v.dtype.element_ty), mask=m)
     tl.store(dst_v + ob + j2, v2.to(dst_v.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _codes(row, j1, j2, m, BITS: tl.constexpr):
+    """fp32 codes of the channels ``j1`` and ``j2 = j1 + head_dim // 2`` of a row: one byte
+    holds both for int4 (low, high nibble), two bytes for int8."""
+    if BITS == 4:
+        b = tl.load(row + j1, mask=m, other=0)
+        x1 = (b & 0xF).to(tl.float32)
+        x2 = (b >> 4).to(tl.float32)
+    else:
+        x1 = tl.load(row + j1, mask=m, other=0).to(tl.float32)
+        x2 = tl.load(row + j2, mask=m, other=0).to(tl.float32)
+    return x1, x2
+
+
+@triton.jit
+def _affine(x, scale, zero, idx, m):
+    """``x * scale[idx] + zero[idx]`` in fp32."""
+    s = tl.load(scale + idx, mask=m, other=0).to(tl.float32)
+    return x * s + tl.load(zero + idx, mask=m, other=0).to(tl.float32)
 
 
 def gather_quantized(
@@ -160,18 +169,75 @@ def gather_quantized(
     table: torch.Tensor,
     inv_freq: torch.Tensor,
     stacked_heads: int,
+    max_heads: int,
     max_tokens: int,
     head_dim: int,
     bits: int,
     group: int,
 ) -> None:
-    """table (C, 9) int64 on the device: element offsets of the six quantized tensors (codes
-    from ``codes``, scales/zeros from ``scales``), tokens, first destination token, delta."""
+    """table (C, 11) int64 on the device: element offsets of the six quantized tensors (codes
+    from ``codes``, scales/zeros from ``scales``), tokens, first destination token, delta,
+    source heads, first destination head; ``stacked_heads`` = layers * kv_heads of the
+    destination; ``max_heads``/``max_tokens``: the largest entry (set the grid)."""
     half = head_dim // 2
     block_n = max(16, min(128, 4096 // triton.next_power_of_2(half)))
-    grid: Any = (table.shape[0], stacked_heads, triton.cdiv(max_tokens, block_n))
+    grid: Any = (table.shape[0], max_heads, triton.cdiv(max_tokens, block_n))
     _gather_quant_kernel[grid](
         codes, scales, dst_k, dst_v, table, inv_freq, stacked_heads,
         HALF=half, BLOCK_D=triton.next_power_of_2(half), BLOCK_N=block_n, BITS=bits, GROUP=group,
         NF=len(QUANT_FIELDS), num_warps=4,
     )  # fmt: skip
+
+
+def gather(rows: GatherRows, rotary: Rotary) -> None:
+    """Write every entry of ``rows`` into its buffer's context: one launch for the dense
+    entries, one per (bits, group, dtypes) of the quantized ones. Needs full-width rotary and
+    a power-of-two head_dim (the caller checks)."""
+    buffer = rows.buffer
+    dev = buffer.ctx_keys.device
+    d = buffer.head_dim
+    freq = rotary.module.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+    if rows.dense:
+        base = buffer.ctx_keys
+        table = [
+            [_offset(r.keys, base), _offset(r.values, base), r.rows, r.dst_row, r.delta, r.run, r.stride]
+            for r in rows.dense
+        ]
+        gather_dense(
+            base, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
+            max(r.rows for r in rows.dense), d,
+        )  # fmt: skip
+    kinds: dict[tuple[Any, ...], list[Any]] = {}
+    for q in rows.quantized:
+        kinds.setdefault((q.kv.bits, q.kv.group, q.kv.key_codes.dtype, q.kv.key_scale.dtype), []).append(q)
+    for (bits, group, _, _), entries in kinds.items():
+        codes, scales = entries[0].kv.key_codes, entries[0].kv.key_scale
+        table = []
+        for q in entries:
+            kc, ks, kz, vc, vs, vz = q.kv.tensors()
+            offsets = [_offset(kc, codes), *(_offset(t, scales) for t in (ks, kz))]
+            offsets += [_offset(vc, codes), *(_offset(t, scales) for t in (vs, vz))]
+            table.append([*offsets, q.kv.num_tokens, q.slot, q.delta, q.kv.kv_heads, q.head0])
+        gather_quantized(
+            codes, scales, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
+            buffer.layers * buffer.kv_heads, max(r[9] for r in table), max(r[6] for r in table), d,
+            bits, group,
+        )  # fmt: skip
+
+
+def _offset(t: torch.Tensor, base: torch.Tensor) -> int:
+    """Element offset of ``t`` from ``base`` (same dtype): how the kernel reaches ``t``."""
+    diff = t.data_ptr() - base.data_ptr()
+    size = t.element_size()
+    if t.dtype != base.dtype or diff % size:
+        raise ValueError(f"cannot address a {t.dtype} tensor from a {base.dtype} base")
+    return diff // size
+
+
+def _upload(rows: list[list[int]], dev: torch.device) -> torch.Tensor:
+    """The table on the device without blocking the host: pinned (cached by torch's host
+    allocator, which keeps a block until the copy that reads it is done), then async."""
+    table = torch.tensor(rows, dtype=torch.long)
+    if dev.type != "cuda":
+        return table.to(dev)
+    return table.pin_memory().to(dev, non_blocking=True)

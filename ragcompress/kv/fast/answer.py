@@ -38,11 +38,16 @@ __all__ = ["FastKVAnswerer"]
 @dataclass
 class FastKVAnswerer(KVAnswerer):
     """``capacity``: context slots of the static buffer; ``max_question``: longest question in
-    tokens (chat template included); ``graphs``: capture CUDA graphs (ignored off CUDA)."""
+    tokens (chat template included); ``graphs``: capture CUDA graphs (ignored off CUDA);
+    ``share_weights``: on CUDA the fused step stacks q/k/v and gate/up weights into copies of
+    its own (~2/3 of the decoder weights again; the model is never changed); ``True`` reads
+    the model's weights in place instead (no extra memory, more GEMM launches per step), see
+    :class:`~ragcompress.kv.fast.fused.FusedStep`."""
 
     capacity: int = 16384
     max_question: int = 256
     graphs: bool = True
+    share_weights: bool = False
     _engine: FastGenerator | None = field(default=None, init=False, repr=False)
     _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
     _prefix_src: PrefixKV | None = field(default=None, init=False, repr=False)
@@ -55,11 +60,12 @@ class FastKVAnswerer(KVAnswerer):
     def engine(self) -> FastGenerator:
         """The fast engine, built on first use (its buffer is allocated then)."""
         if self._engine is None:
-            from ragcompress.kv.fast import FastGenerator
+            from ragcompress.kv.fast import FastGenerator, default_step
 
             gen = self.generator
             self._engine = FastGenerator(
                 gen.lm,
+                step=default_step(gen.lm, share_weights=self.share_weights),
                 capacity=self.capacity,
                 max_question=self.max_question,
                 max_new_tokens=gen.max_new_tokens,

@@ -2,13 +2,15 @@
 captured CUDA graphs.
 
 Per request: :meth:`FastGenerator.load` writes the prefix and chunks into the buffer (one
-kernel per chunk, keys re-rotated on the way), then :meth:`FastGenerator.prefill` replays the
-graph captured for the (batch, question bucket) shape, then :meth:`FastGenerator.decode_step`
-replays the one-token graph. Questions are padded up to their bucket at the end; causality
-keeps the padding invisible to real tokens and the first decode step overwrites it.
+launch for all dense chunks, one for the quantized ones, keys re-rotated on the way), then
+:meth:`FastGenerator.prefill` replays the graph captured for the (batch, question bucket)
+shape, then :meth:`FastGenerator.decode_step` replays the one-token graph. Questions are
+padded up to their bucket at the end; causality keeps the padding invisible to real tokens
+and the first decode step overwrites it.
 
-Off CUDA (or with ``graphs=False``) the same step runs eagerly; that is how the CPU tests
-check that the fast path gives the eager generator's greedy tokens.
+Off CUDA (or with ``graphs=False``) the step runs without graphs (off CUDA: the
+:class:`~ragcompress.kv.fast.eager.EagerStep` with reference attention); that is how the CPU
+tests check that the fast path gives the eager generator's greedy tokens.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.attention import CascadeAttention, StepMeta, default_attention
-from ragcompress.kv.fast.batched import write_batch
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
-from ragcompress.kv.fast.forward import DecoderStep
-from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
+from ragcompress.kv.fast.packed import BufferChunk
+from ragcompress.kv.fast.step import DecoderStep, default_step
+from ragcompress.kv.fast.write import write_batch
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +52,11 @@ class FastGenerator:
 
     ``capacity``: context slots (prefix + kept chunk tokens); ``max_question``: longest
     question; ``max_new_tokens``: generation limit; ``max_batch``: concurrent questions;
-    ``buckets``: padded question lengths a graph is captured for.
+    ``buckets``: padded question lengths a graph is captured for; ``step``: how a step is
+    computed (:class:`~ragcompress.kv.fast.fused.FusedStep` or
+    :class:`~ragcompress.kv.fast.eager.EagerStep` over ``model``; by default
+    :func:`~ragcompress.kv.fast.step.default_step` picks the fused one where it runs);
+    ``attention``: the cascade (by default flash where it works, else the reference).
     """
 
     model: Any
@@ -61,8 +67,7 @@ class FastGenerator:
     buckets: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
     graphs: bool = True
     attention: CascadeAttention | None = None
-    fused: bool = True  # Triton add+RMSNorm and RoPE+KV-write kernels on CUDA
-    step: DecoderStep = field(init=False, repr=False)
+    step: DecoderStep | None = field(default=None, repr=False)
     buffer: StaticKVBuffer = field(init=False, repr=False)
     rotary: Any = field(init=False, repr=False)
     _shapes: dict[tuple[int, int], _Shape] = field(default_factory=dict, init=False, repr=False)
@@ -77,13 +82,17 @@ class FastGenerator:
     def __post_init__(self) -> None:
         from ragcompress.models.rope import Rotary
 
-        self.step = DecoderStep(self.model, fused=self.fused)
+        if self.step is None:
+            self.step = default_step(self.model)
+        elif self.step.model is not self.model:
+            raise ValueError("step was built for another model than FastGenerator.model")
+        step = self.step
         self.rotary = Rotary.from_model(self.model)
         param = next(self.model.parameters())
         self.buffer = StaticKVBuffer(
-            layers=self.step.num_layers,
-            kv_heads=self.step.kv_heads,
-            head_dim=self.step.head_dim,
+            layers=step.num_layers,
+            kv_heads=step.kv_heads,
+            head_dim=step.head_dim,
             capacity=self.capacity,
             region=self.max_question + self.max_new_tokens,
             max_batch=self.max_batch,
@@ -104,24 +113,25 @@ class FastGenerator:
     def device(self) -> torch.device:
         return self.buffer.ctx_keys.device
 
+    @property
+    def _step(self) -> DecoderStep:
+        assert self.step is not None  # set by __post_init__
+        return self.step
+
     # -- context ---------------------------------------------------------------------------
-    def load(
-        self, prefix: PackedChunk, chunks: Sequence[PackedChunk | QuantizedPackedChunk | KVChunk]
-    ) -> int:
+    def load(self, prefix: BufferChunk, chunks: Sequence[BufferChunk | KVChunk]) -> int:
         """Write prefix + chunks (in this order) into the buffer; returns the next position.
 
-        On CUDA all bf16 chunks take one launch and all quantized chunks one more
-        (:func:`~ragcompress.kv.fast.batched.write_batch`); a stored
-        :class:`~ragcompress.kv.chunk.KVChunk` falls back to one launch per layer.
+        On CUDA all dense chunks take one launch and all quantized chunks one more
+        (:func:`~ragcompress.kv.fast.write.write_batch`), stored
+        :class:`~ragcompress.kv.chunk.KVChunk` layers included.
         """
         self._resident = []  # a failed write leaves nothing known-resident
         nxt = write_batch(self.buffer, prefix, chunks, self.rotary)
         self._resident = [prefix, *chunks]
         return nxt
 
-    def load_reusing(
-        self, prefix: PackedChunk, chunks: Sequence[PackedChunk | QuantizedPackedChunk | KVChunk]
-    ) -> int:
+    def load_reusing(self, prefix: BufferChunk, chunks: Sequence[BufferChunk | KVChunk]) -> int:
         """:meth:`load`, skipping the leading chunks that the previous load already wrote.
 
         The same chunk objects, in the same order from the prefix on, land at the same slots
@@ -289,7 +299,7 @@ class FastGenerator:
             self.buffer.ctx_len_t,
             torch.zeros(b, dtype=torch.int32, device=dev),
             splits=self._splits(b * t),
-            group=self.step.heads // self.step.kv_heads,
+            group=self._step.heads // self._step.kv_heads,
         )
         shape = _Shape(b, t, args, meta)
         if self.graphs:
@@ -323,8 +333,8 @@ class FastGenerator:
         if self.device.type != "cuda":
             return 1
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-        rows = n * (self.step.heads // self.step.kv_heads)
-        blocks = self.step.kv_heads * -(-rows // 128)
+        rows = n * (self._step.heads // self._step.kv_heads)
+        blocks = self._step.kv_heads * -(-rows // 128)
         return max(1, min(-(-2 * sms // blocks), self.capacity // 256))
 
     def _forward(self, shape: _Shape) -> None:
@@ -336,7 +346,7 @@ class FastGenerator:
         with torch.inference_mode():
             shape.meta.q_used.copy_(a[3 * n : 3 * n + b * t : t])
             shape.meta.refresh()
-            logits = self.step(
+            logits = self._step(
                 a[:n].view(b, t),
                 a[n : 2 * n].view(b, t),
                 a[2 * n : 3 * n],

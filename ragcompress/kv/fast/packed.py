@@ -1,5 +1,9 @@
 """GPU-resident chunks in the layout the static buffer wants.
 
+Every chunk kind the buffer takes is a :class:`BufferChunk`: it checks that it fits a buffer
+and adds its tensors to the request's :class:`~ragcompress.kv.fast.rows.GatherRows`, so the
+writer (:mod:`ragcompress.kv.fast.write`) never asks which kind it holds.
+
 A :class:`PackedChunk` holds every layer of one chunk in one tensor per side, keys and values
 (n, layers, kv_heads, head_dim) — the buffer's token-major layout — so that writing it into the
 static buffer is one launch over one contiguous block per chunk instead of one per layer.
@@ -11,6 +15,7 @@ request.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,13 +25,44 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.fast.rows import GatherRows
     from ragcompress.kv.kernels import QuantizedKV
 
-__all__ = ["PackedChunk", "QuantizedPackedChunk"]
+__all__ = ["BufferChunk", "PackedChunk", "QuantizedPackedChunk"]
+
+
+class BufferChunk(ABC):
+    """A chunk the static buffer's context takes. ``length``: the logical span it occupies in
+    the prompt (≥ the tokens kept when a press evicted some); ``base_offset``: the position
+    its keys were rotated at."""
+
+    length: int
+    base_offset: int
+
+    @property
+    @abstractmethod
+    def num_tokens(self) -> int:
+        """Tokens kept per head (buffer slots the chunk takes)."""
+
+    @abstractmethod
+    def check(self, buffer: StaticKVBuffer, what: str) -> None:
+        """Raise ``ValueError`` naming ``what`` when this chunk cannot go into ``buffer``
+        (other layer/head shape, another device): before any slot is reserved."""
+
+    @abstractmethod
+    def gather_into(self, rows: GatherRows, slot: int, delta: int) -> None:
+        """Add this chunk's tensors to ``rows``: its tokens go to the context slots
+        ``slot ..``, its keys move by ``delta`` positions."""
+
+
+def _stacked_row(buffer: StaticKVBuffer, slot: int) -> int:
+    """The first destination row of slot ``slot`` (all layers and heads)."""
+    return slot * buffer.layers * buffer.kv_heads
 
 
 @dataclass(frozen=True, eq=False)
-class PackedChunk:
+class PackedChunk(BufferChunk):
     """Keys/values (n, layers, kv_heads, head_dim), contiguous; keys rotated at their encoding
     positions, which start at ``base_offset``. ``length`` is the original token count (≥ n when
     a press evicted tokens): the logical span the chunk occupies in the prompt."""
@@ -56,6 +92,19 @@ class PackedChunk:
     @property
     def nbytes(self) -> int:
         return 2 * self.keys.numel() * self.keys.element_size()
+
+    def check(self, buffer: StaticKVBuffer, what: str) -> None:
+        want = (buffer.layers, buffer.kv_heads, buffer.head_dim)
+        got = tuple(self.keys.shape[1:])
+        if got != want:
+            raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}, the buffer {want}")
+        if self.keys.device != buffer.ctx_keys.device:
+            raise ValueError(f"{what} is on {self.keys.device}, the buffer on {buffer.ctx_keys.device}")
+
+    def gather_into(self, rows: GatherRows, slot: int, delta: int) -> None:
+        # token-major like the context: one run of consecutive rows
+        n = self.keys.shape[0] * self.keys.shape[1] * self.keys.shape[2]
+        rows.add_dense(self.keys, self.values, _stacked_row(rows.buffer, slot), n, 1, delta)
 
     @classmethod
     def from_layers(
@@ -99,7 +148,7 @@ class PackedChunk:
 
 
 @dataclass(frozen=True, eq=False)
-class QuantizedPackedChunk:
+class QuantizedPackedChunk(BufferChunk):
     """A quantized chunk with its layers stacked as heads: ``kv`` has layers * kv_heads heads
     (head ``l * kv_heads + h`` is head ``h`` of layer ``l``), in the format of
     :mod:`ragcompress.kv.kernels.quant_format`."""
@@ -116,8 +165,20 @@ class QuantizedPackedChunk:
     @property
     def nbytes(self) -> int:
         kv = self.kv
-        parts = (kv.key_codes, kv.key_scale, kv.key_zero, kv.value_codes, kv.value_scale, kv.value_zero)
-        return sum(t.numel() * t.element_size() for t in parts)
+        return sum(t.numel() * t.element_size() for t in kv.tensors())
+
+    def check(self, buffer: StaticKVBuffer, what: str) -> None:
+        h, kv = buffer.kv_heads, self.kv
+        if self.layers != buffer.layers or kv.kv_heads != self.layers * h or kv.head_dim != buffer.head_dim:
+            raise ValueError(
+                f"{what} has {self.layers} layers / {kv.kv_heads} stacked heads of {kv.head_dim}; "
+                f"the buffer {buffer.layers} layers of {h} heads of {buffer.head_dim}"
+            )
+        if kv.key_codes.device != buffer.ctx_keys.device:
+            raise ValueError(f"{what} is on {kv.key_codes.device}, the buffer on {buffer.ctx_keys.device}")
+
+    def gather_into(self, rows: GatherRows, slot: int, delta: int) -> None:
+        rows.add_quantized(self.kv, 0, slot, delta)  # every layer's heads, from head 0
 
     @classmethod
     def from_chunk(cls, chunk: KVChunk, device: torch.device | str | None = None) -> QuantizedPackedChunk:

@@ -1,190 +1,111 @@
-"""Write chunks into the static buffer's context, re-rotating keys on the way.
+"""Write a request's prefix + chunks into the static buffer's context, keys re-rotated.
 
 Every key of a chunk moves by the same position delta (its new start minus its encoding
-offset), so re-rotation is one (cos, sin) vector per chunk. In the buffer's token-major layout
-a chunk of all layers is one contiguous block, so each write is ONE launch over the chunk's
-bytes:
-
-* :func:`write_chunk` — a bf16/fp16/fp32 :class:`PackedChunk` (our Triton kernel on CUDA, the
-  torch reference elsewhere or for partial rotary);
-* :func:`write_quantized_chunk` — a :class:`QuantizedPackedChunk`, through the fused
-  dequantize + re-rotate kernel of :mod:`ragcompress.kv.kernels` (layers seen as heads);
-* :func:`write_layers` — any stored :class:`~ragcompress.kv.chunk.KVChunk`, one launch per layer.
+offset). :func:`write_batch` checks every chunk and reserves its slots first (so a request
+that does not fit fails before any byte is written), then each chunk adds its tensors to one
+:class:`~ragcompress.kv.fast.rows.GatherRows` and one launch per form writes them all: the
+Triton gather (:mod:`ragcompress.kv.fast._gather`) on CUDA, its torch reference
+(:mod:`ragcompress.kv.fast.gather_reference`) elsewhere. Chunk kinds are
+:class:`~ragcompress.kv.fast.packed.BufferChunk` subclasses; a stored
+:class:`~ragcompress.kv.chunk.KVChunk` is taken as a :class:`~ragcompress.kv.fast.stored.StoredChunk`.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.buffer import StaticKVBuffer
-from ragcompress.kv.fast.packed import PackedChunk, QuantizedPackedChunk
+from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
+from ragcompress.kv.fast.packed import BufferChunk
+from ragcompress.kv.fast.rows import GatherRows
+from ragcompress.kv.fast.stored import StoredChunk
 
 if TYPE_CHECKING:
-    import torch
-
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.models.rope import Rotary
 
-__all__ = ["write_chunk", "write_chunk_reference", "write_layers", "write_quantized_chunk"]
+__all__ = ["gather", "triton_available", "write_batch", "write_chunk"]
 
 
-def write_chunk(buffer: StaticKVBuffer, chunk: PackedChunk, rotary: Rotary, what: str = "chunk") -> int:
-    """Append ``chunk`` to the buffer's context; returns the slot it starts at."""
-    _check(buffer, chunk, what)
-    slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
-    if chunk.num_tokens == 0:
-        return slot
-    cos, sin = rotary.cos_sin_of(pos - chunk.base_offset, chunk.keys.device)
-    if chunk.keys.device.type == "cuda" and rotary.rot_dim == chunk.keys.shape[-1] and triton_available():
-        from ragcompress.kv.fast._triton import rerotate_copy
+def write_batch(
+    buffer: StaticKVBuffer,
+    prefix: BufferChunk,
+    chunks: Sequence[BufferChunk | KVChunk],
+    rotary: Rotary,
+    resident: int = 0,
+) -> int:
+    """Reset the buffer and write prefix + chunks in order; returns the next position.
 
-        n, layers, h, d = chunk.keys.shape
-        rerotate_copy(
-            chunk.keys,
-            chunk.values,
-            buffer.ctx_keys,
-            buffer.ctx_values,
-            cos,
-            sin,
-            rows=n * layers * h,
-            dst_offset=slot * layers * h * d,
-            head_dim=d,
+    ``resident``: how many leading items (the prefix counts as the first) the caller knows to
+    be in the buffer already, at the slots and positions this request gives them: their slots
+    are reserved, their bytes not rewritten.
+    """
+    items = [("prefix", prefix)] + [(f"chunk #{i}", _as_buffer_chunk(c)) for i, c in enumerate(chunks)]
+    need = sum(c.num_tokens for _, c in items)
+    if need > buffer.capacity:
+        raise BufferOverflowError(
+            f"prefix + {len(chunks)} chunks need {need} context slots; the buffer has {buffer.capacity}"
         )
+    for what, c in items[resident:]:
+        c.check(buffer, what)
+    buffer.reset()
+    for what, c in items[:resident]:
+        buffer.reserve(c.num_tokens, c.length, what)
+    rows = GatherRows(buffer)
+    for what, c in items[resident:]:
+        slot, pos = buffer.reserve(c.num_tokens, c.length, what)
+        c.gather_into(rows, slot, pos - c.base_offset)
+    gather(rows, rotary)
+    buffer.commit()
+    return buffer.next_position
+
+
+def write_chunk(
+    buffer: StaticKVBuffer, chunk: BufferChunk | KVChunk, rotary: Rotary, what: str = "chunk"
+) -> int:
+    """Append one chunk to the buffer's context (after what is there); returns its first slot."""
+    c = _as_buffer_chunk(chunk)
+    c.check(buffer, what)
+    slot, pos = buffer.reserve(c.num_tokens, c.length, what)
+    rows = GatherRows(buffer)
+    c.gather_into(rows, slot, pos - c.base_offset)
+    gather(rows, rotary)
+    return slot
+
+
+def gather(rows: GatherRows, rotary: Rotary, kernels: ModuleType | None = None) -> None:
+    """Write ``rows`` through the Triton gather where it runs, else the torch reference.
+
+    ``kernels``: the :mod:`~ragcompress.kv.fast._gather` module to use (tests pass a copy
+    running in Triton's interpreter); given, it is used whatever the device.
+    """
+    if kernels is None and _kernel_runs(rows.buffer, rotary):
+        from ragcompress.kv.fast import _gather as kernels
+    if kernels is not None:
+        kernels.gather(rows, rotary)
     else:
-        _write_torch(buffer, chunk, slot, cos, sin, rotary.rot_dim)
-    return slot
+        from ragcompress.kv.fast.gather_reference import gather_reference
+
+        gather_reference(rows, rotary)
 
 
-def write_chunk_reference(
-    buffer: StaticKVBuffer, chunk: PackedChunk, rotary: Rotary, what: str = "chunk"
-) -> int:
-    """:func:`write_chunk` through torch ops only (the reference the kernel is tested against)."""
-    _check(buffer, chunk, what)
-    slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
-    if chunk.num_tokens:
-        cos, sin = rotary.cos_sin_of(pos - chunk.base_offset, chunk.keys.device)
-        _write_torch(buffer, chunk, slot, cos, sin, rotary.rot_dim)
-    return slot
-
-
-def write_quantized_chunk(
-    buffer: StaticKVBuffer, chunk: QuantizedPackedChunk, rotary: Rotary, what: str = "chunk"
-) -> int:
-    """Dequantize + re-rotate a quantized chunk into the context in one launch."""
-
-    from ragcompress.kv import kernels
-
-    h = buffer.kv_heads
-    if (
-        chunk.layers != buffer.layers
-        or chunk.kv.kv_heads != chunk.layers * h
-        or chunk.kv.head_dim != buffer.head_dim
-    ):
-        raise ValueError(
-            f"{what} has {chunk.layers} layers / {chunk.kv.kv_heads} stacked heads of {chunk.kv.head_dim}; "
-            f"the buffer {buffer.layers} layers of {h} heads of {buffer.head_dim}"
-        )
-    if rotary.rot_dim != buffer.head_dim:
-        raise ValueError("partial rotary needs the dense path (PackedChunk)")
-    slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
-    dk, dv = _as_heads(buffer)
-    dev = buffer.ctx_keys.device
-    kernels.write_quantized(
-        chunk.kv, dk, dv, slot, _delta(pos - chunk.base_offset, dev), _inv_freq(rotary, dev)
+def _kernel_runs(buffer: StaticKVBuffer, rotary: Rotary) -> bool:
+    """The kernels rotate full-width keys in power-of-two halves, on CUDA, with Triton."""
+    d = buffer.head_dim
+    return (
+        buffer.ctx_keys.device.type == "cuda"
+        and rotary.rot_dim == d
+        and d & (d - 1) == 0
+        and triton_available()
     )
-    return slot
 
 
-def write_layers(buffer: StaticKVBuffer, chunk: KVChunk, rotary: Rotary, what: str = "chunk") -> int:
-    """Append a stored :class:`~ragcompress.kv.chunk.KVChunk` (dense or quantized layers) layer
-    by layer through :mod:`ragcompress.kv.kernels`: the generic path, one launch per layer."""
-
-    from ragcompress.kv import kernels
-
-    if len(chunk.layers) != buffer.layers or (chunk.kv_heads, chunk.head_dim) != (
-        buffer.kv_heads,
-        buffer.head_dim,
-    ):
-        raise ValueError(
-            f"{what} has {len(chunk.layers)} layers of ({chunk.kv_heads}, {chunk.head_dim}) heads; "
-            "the buffer "
-            f"{buffer.layers} of ({buffer.kv_heads}, {buffer.head_dim})"
-        )
-    if rotary.rot_dim != buffer.head_dim:
-        raise ValueError("partial rotary needs the dense path (PackedChunk)")
-    slot, pos = buffer.reserve(chunk.num_tokens, chunk.length, what)
-    dev = buffer.ctx_keys.device
-    delta = _delta(pos - chunk.base_offset, dev)
-    inv_freq = _inv_freq(rotary, dev)
-    for li, layer in enumerate(chunk.layers):
-        # (capacity, kv_heads, d) seen as the kernels' (1, kv_heads, capacity, d): strides, no copy
-        dk = buffer.ctx_keys[:, li].permute(1, 0, 2)[None]
-        dv = buffer.ctx_values[:, li].permute(1, 0, 2)[None]
-        quant = getattr(layer, "quantized_kv", None)
-        if quant is not None:
-            kernels.write_quantized(quant(), dk, dv, slot, delta, inv_freq)
-        else:
-            k, v, _ = layer.dense()
-            kernels.write_dense(k.to(dev), v.to(dev), dk, dv, slot, delta, inv_freq)
-    return slot
-
-
-def _as_heads(buffer: StaticKVBuffer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The context as (1, layers * kv_heads, capacity, head_dim) strided views (no copy)."""
-    c, layers, h, d = buffer.ctx_keys.shape
-    dk = buffer.ctx_keys.view(c, layers * h, d).permute(1, 0, 2)[None]
-    dv = buffer.ctx_values.view(c, layers * h, d).permute(1, 0, 2)[None]
-    return dk, dv
-
-
-_DELTAS: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _delta(value: int, dev: torch.device) -> torch.Tensor:
-    """A device scalar per delta, made once: creating it per write would be a blocking copy."""
-    import torch
-
-    key = (value, str(dev))
-    hit = _DELTAS.get(key)
-    if hit is None:
-        if len(_DELTAS) > 65536:
-            _DELTAS.clear()
-        hit = _DELTAS[key] = torch.tensor(value, dtype=torch.long, device=dev)
-    return hit
-
-
-def _inv_freq(rotary: Rotary, dev: torch.device) -> torch.Tensor:
-    import torch
-
-    return rotary.module.inv_freq.to(device=dev, dtype=torch.float32)  # type: ignore[no-any-return]
-
-
-def _check(buffer: StaticKVBuffer, chunk: PackedChunk, what: str) -> None:
-    want = (buffer.layers, buffer.kv_heads, buffer.head_dim)
-    got = tuple(chunk.keys.shape[1:])
-    if got != want:
-        raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}, the buffer {want}")
-    if chunk.keys.device != buffer.ctx_keys.device:
-        raise ValueError(f"{what} is on {chunk.keys.device}, the buffer on {buffer.ctx_keys.device}")
-
-
-def _write_torch(
-    buffer: StaticKVBuffer, chunk: PackedChunk, slot: int, cos: torch.Tensor, sin: torch.Tensor, rot: int
-) -> None:
-    import torch
-
-    n = chunk.num_tokens
-    k = chunk.keys.float()
-    half = rot // 2
-    x1, x2 = k[..., :half], k[..., half:rot]
-    c, s = cos[:half], sin[:half]
-    parts = [x1 * c - x2 * s, x2 * c + x1 * s]
-    if rot < k.shape[-1]:
-        parts.append(k[..., rot:])
-    buffer.ctx_keys[slot : slot + n].copy_(torch.cat(parts, dim=-1))
-    buffer.ctx_values[slot : slot + n].copy_(chunk.values)
+def _as_buffer_chunk(chunk: Any) -> BufferChunk:
+    """The one place a chunk's class is looked at: a stored chunk is written layer by layer."""
+    return chunk if isinstance(chunk, BufferChunk) else StoredChunk.of(chunk)
 
 
 @functools.cache

@@ -1,0 +1,103 @@
+"""What one request writes into the buffer's context, as rows for the gather.
+
+Every chunk kind adds its tensors here (:meth:`~ragcompress.kv.fast.packed.BufferChunk.gather_into`)
+in one of two forms, whatever its class: dense rows of head_dim, or quantized heads. Then one
+launch per form writes them all (:mod:`ragcompress.kv.fast._gather` on CUDA, its torch twin
+:mod:`ragcompress.kv.fast.gather_reference` elsewhere), keys re-rotated on the way.
+
+Destination rows: the context ``(capacity, layers, kv_heads, head_dim)`` seen as
+``(capacity * layers * kv_heads, head_dim)``; row ``(t * layers + l) * kv_heads + h`` is head
+``h`` of layer ``l`` at slot ``t``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.kernels import QuantizedKV
+
+__all__ = ["DenseRows", "GatherRows", "QuantizedRows"]
+
+
+@dataclass(frozen=True, eq=False)
+class DenseRows:
+    """keys/values (rows, head_dim) contiguous, in the buffer's dtype and device. Source row
+    ``r`` goes to destination row ``dst_row + (r % run) * stride + r // run``: a packed chunk
+    is one run of consecutive rows (``run = rows, stride = 1``); a stored layer (kv_heads, n,
+    head_dim) is kv_heads runs of n tokens, a token every ``stride = layers * kv_heads`` rows.
+    Keys move by ``delta`` positions."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    dst_row: int
+    run: int
+    stride: int
+    delta: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedRows:
+    """``kv``'s heads (contiguous, on the buffer's device) go to the destination heads
+    ``head0 ..`` of the stacked ``layers * kv_heads`` at slots ``slot ..``; keys move by
+    ``delta`` positions. A quantized packed chunk is every layer at once (``head0 = 0``), a
+    stored quantized layer ``l`` its kv_heads (``head0 = l * kv_heads``)."""
+
+    kv: QuantizedKV
+    head0: int
+    slot: int
+    delta: int
+
+
+@dataclass(eq=False)
+class GatherRows:
+    """The rows of one request for ``buffer``, collected before any byte is written."""
+
+    buffer: StaticKVBuffer
+    dense: list[DenseRows] = field(default_factory=list)
+    quantized: list[QuantizedRows] = field(default_factory=list)
+
+    def add_dense(
+        self, keys: torch.Tensor, values: torch.Tensor, dst_row: int, run: int, stride: int, delta: int
+    ) -> None:
+        """keys/values (..., head_dim) flattened to rows, moved to the buffer's device and dtype
+        when they are elsewhere (a copy), see :class:`DenseRows`."""
+        buf = self.buffer
+        d = buf.head_dim
+
+        def rows(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=buf.ctx_keys.device, dtype=buf.ctx_keys.dtype).reshape(-1, d).contiguous()
+
+        k, v = rows(keys), rows(values)
+        if k.shape[0]:
+            self.dense.append(DenseRows(k, v, dst_row, run, stride, delta))
+
+    def add_quantized(self, kv: QuantizedKV, head0: int, slot: int, delta: int) -> None:
+        """``kv`` (heads, n, ..) moved to the buffer's device (scales and zeros to one dtype, as
+        one launch reads them from one base), see :class:`QuantizedRows`."""
+        from ragcompress.kv.kernels import QuantizedKV
+
+        if kv.num_tokens == 0:
+            return
+        dev = self.buffer.ctx_keys.device
+        sdt = kv.key_scale.dtype
+
+        def codes(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=dev).contiguous()
+
+        def scales(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=dev, dtype=sdt).contiguous()
+
+        kc, ks, kz, vc, vs, vz = kv.tensors()
+        moved = QuantizedKV(
+            codes(kc), scales(ks), scales(kz), codes(vc), scales(vs), scales(vz), bits=kv.bits, group=kv.group
+        )
+        self.quantized.append(QuantizedRows(moved, head0, slot, delta))

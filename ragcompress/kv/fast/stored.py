@@ -1,0 +1,59 @@
+"""A stored :class:`~ragcompress.kv.chunk.KVChunk` as the buffer takes it, without packing.
+
+The chunk cache hands the fast answerer :class:`KVChunk` objects (one tensor set per layer, in
+whatever layer class the presses left: dense, quantized, low-rank). Packing them per request
+would copy every byte once more; instead each layer adds its own entry to the gather, so all
+layers of all chunks still go in one launch per form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.fast.packed import BufferChunk
+
+if TYPE_CHECKING:
+    from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.fast.rows import GatherRows
+
+__all__ = ["StoredChunk"]
+
+
+@dataclass(frozen=True, eq=False)
+class StoredChunk(BufferChunk):
+    """``chunk``'s layers written one entry each: quantized layers as quantized heads
+    (dequantized by the kernel), any other layer through its ``dense()`` keys/values."""
+
+    chunk: KVChunk
+    length: int
+    base_offset: int
+
+    @classmethod
+    def of(cls, chunk: KVChunk) -> StoredChunk:
+        return cls(chunk, chunk.length, chunk.base_offset)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.chunk.num_tokens)
+
+    def check(self, buffer: StaticKVBuffer, what: str) -> None:
+        c = self.chunk
+        got = (len(c.layers), c.kv_heads, c.head_dim)
+        want = (buffer.layers, buffer.kv_heads, buffer.head_dim)
+        if got != want:
+            raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}; the buffer {want}")
+
+    def gather_into(self, rows: GatherRows, slot: int, delta: int) -> None:
+        buf = rows.buffer
+        stacked = buf.layers * buf.kv_heads
+        for li, layer in enumerate(self.chunk.layers):
+            head0 = li * buf.kv_heads
+            quantized = getattr(layer, "quantized_kv", None)
+            if quantized is not None:
+                rows.add_quantized(quantized(), head0, slot, delta)
+            else:
+                # (kv_heads, n, d): kv_heads runs of n tokens, one token every `stacked` rows
+                k, v, _ = layer.dense()
+                rows.add_dense(k, v, slot * stacked + head0, int(k.shape[1]), stacked, delta)
