@@ -65,13 +65,11 @@ def rotate(keys: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> t
 class Rotary:
     """One RoPE frequency table, with memoized cos/sin for the deltas assembly asks for.
 
-    ``inv_freq`` (rot_dim // 2,) fp32, from :meth:`RopeSpec.inv_freq`. ``module``: the model's
-    own rotary module, kept only for ``kv/fast`` code that still reads ``module.inv_freq``
-    (it equals ``inv_freq``); nothing here uses it.
+    ``inv_freq`` (rot_dim // 2,) fp32, from :meth:`RopeSpec.inv_freq` (equal to the model's own
+    table, rounded as the model rounds it).
     """
 
     inv_freq: torch.Tensor
-    module: Any = None
     # cos/sin per (delta, device): assembly asks for the same few deltas at every layer.
     _memo: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
@@ -80,10 +78,8 @@ class Rotary:
         return 2 * int(self.inv_freq.shape[-1])
 
     @classmethod
-    def of(cls, spec: RopeSpec, module: Any = None) -> Rotary:
+    def of(cls, spec: RopeSpec) -> Rotary:
         """The table of ``spec`` (one shared instance per spec, so its cos/sin memo is reused)."""
-        if module is not None:
-            return cls(inv_freq=spec.inv_freq(), module=module)
         hit = _BY_SPEC.get(spec)
         if hit is None:
             hit = _BY_SPEC.setdefault(spec, cls(inv_freq=spec.inv_freq()))
@@ -103,7 +99,7 @@ class Rotary:
         from ragcompress.models.arch import arch_for
 
         spec = arch_for(model).uniform_rope("one Rotary")
-        return cls.of(spec, getattr(getattr(model, "model", model), "rotary_emb", None))
+        return cls.of(spec)
 
     def cos_sin_of(self, delta: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Memoized fp32 ``cos``/``sin`` (rot_dim,) of one integer delta."""

@@ -205,3 +205,16 @@ def test_unsupported_family_fails_when_an_answerer_is_built(tokenizer):
     for build in (KVAnswerer.from_generator, FastKVAnswerer.from_generator):
         with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*supported families"):
             build(gen)
+
+
+def test_a_cast_model_rotates_with_its_own_rounded_table() -> None:
+    """``model.to(bf16)`` rounds the model's RoPE buffer and the model rotates with it; the arch
+    (and every re-rotation built from it) takes the model's values, also after ``.float()``."""
+    model = make_tiny_llama(64, seed=0)
+    exact = arch_for(model).rope[0].inv_freq()
+    assert torch.equal(exact, model.model.rotary_emb.inv_freq.float())
+    for cast in (model.to(torch.bfloat16), model.float()):
+        live = cast.model.rotary_emb.inv_freq.float()
+        assert not torch.equal(live, exact)  # the cast rounded it, and .float() kept the rounding
+        assert torch.equal(arch_for(cast).rope[0].inv_freq(), live)
+        assert torch.equal(Rotary.from_model(cast).inv_freq, live)

@@ -196,7 +196,7 @@ def gather(rows: GatherRows, rotary: Rotary) -> None:
     buffer = rows.buffer
     dev = buffer.ctx_keys.device
     d = buffer.head_dim
-    freq = rotary.module.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+    freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
     if rows.dense:
         base = buffer.ctx_keys
         table = [

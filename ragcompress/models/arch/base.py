@@ -33,7 +33,12 @@ class UnsupportedModelError(ValueError):
 class RopeSpec:
     """One RoPE frequency table: ``rope_type`` in :data:`ROPE_TYPES`, base ``theta``, ``rot_dim``
     rotated channels (pairs ``(j, j + rot_dim // 2)``, transformers' ``rotate_half`` pairing);
-    ``factor`` for linear/llama3 scaling; the llama3 band edges and original context."""
+    ``factor`` for linear/llama3 scaling; the llama3 band edges and original context.
+    ``table``: the model's live table where it differs from the config's. transformers computes
+    the table in fp32, but ``model.to(torch.bfloat16)`` casts that buffer too (and a later
+    ``.float()`` keeps the rounded values), and the model then rotates with those; re-rotating
+    cached keys with the exact table would put them off a fresh prefill's, so
+    :func:`~ragcompress.models.arch.arch_for` reads the model's own values."""
 
     rope_type: str
     theta: float
@@ -42,6 +47,7 @@ class RopeSpec:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_positions: int = 0
+    table: tuple[float, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.rope_type not in ROPE_TYPES:
@@ -67,6 +73,8 @@ def _inv_freq(spec: RopeSpec) -> torch.Tensor:
         inv = inv / spec.factor
     elif spec.rope_type == "llama3":
         inv = _llama3(inv, spec)
+    if spec.table is not None:
+        return torch.tensor(spec.table, dtype=torch.float32)
     return inv
 
 

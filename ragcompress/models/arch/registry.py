@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,7 +18,7 @@ F = TypeVar("F", bound=Adapter)
 _FAMILIES: dict[str, Adapter] = {}
 # model -> (id of its config, arch): the KV path asks on every request. A model's RoPE tables
 # and modules are fixed when it is built, so the arch is kept for as long as its config object is.
-_KEPT: weakref.WeakKeyDictionary[Any, tuple[int, ModelArch]] = weakref.WeakKeyDictionary()
+_KEPT: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], ModelArch]] = weakref.WeakKeyDictionary()
 
 
 def register_family(*model_types: str) -> Callable[[F], F]:
@@ -46,12 +47,14 @@ def arch_for(model_or_config: Any) -> ModelArch:
 
     A model (anything with a ``config``) is also checked to have the modules the adapter names."""
     config = getattr(model_or_config, "config", model_or_config)
+    stamp: tuple[Any, ...] = ()
     if config is not model_or_config:
         try:
             kept = _KEPT.get(model_or_config)
         except TypeError:  # not weakly referenceable: computed each time
             kept = None
-        if kept is not None and kept[0] == id(config):
+        stamp = (id(config), *_table_stamp(model_or_config))  # a cast replaces the table: rebuild
+        if kept is not None and _same(kept[0], stamp):
             return kept[1]
     family = getattr(config, "model_type", None)
     adapter = _FAMILIES.get(str(family))
@@ -63,6 +66,37 @@ def arch_for(model_or_config: Any) -> ModelArch:
     arch = adapter(config)
     if config is not model_or_config:
         arch.check_model(model_or_config)
+        arch = _with_live_table(arch, model_or_config)
         with contextlib.suppress(TypeError):  # not weakly referenceable: not kept
-            _KEPT[model_or_config] = (id(config), arch)
+            _KEPT[model_or_config] = (stamp, arch)
     return arch
+
+
+def _with_live_table(arch: ModelArch, model: Any) -> ModelArch:
+    """``arch`` with the model's own RoPE values where they differ from the config's (a cast
+    model's rounded table); read once per (config, table dtype), so one device sync at most."""
+    rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+    live = getattr(rotary, "inv_freq", None)
+    if live is None or len({r for r in arch.rope}) != 1:  # per-layer tables: the config's
+        return arch
+    spec = arch.rope[0]
+    values = tuple(float(x) for x in live.detach().float().cpu().tolist())
+    if len(values) != spec.rot_dim // 2 or values == tuple(spec.inv_freq().tolist()):
+        return arch
+    live_spec = dataclasses.replace(spec, table=values)
+    return dataclasses.replace(arch, rope=(live_spec,) * arch.num_layers)
+
+
+def _table_stamp(model: Any) -> tuple[Any, ...]:
+    """The model's live RoPE table (weakly: an id could be reused after a cast frees it) and its
+    version counter: ``model.to(...)`` replaces the buffer and an in-place write bumps the
+    counter, so either means "read it again"."""
+    rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+    inv_freq = getattr(rotary, "inv_freq", None)
+    return () if inv_freq is None else (weakref.ref(inv_freq), inv_freq._version)
+
+
+def _same(kept: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    if len(kept) != len(now) or kept[0] != now[0]:
+        return False
+    return len(kept) == 1 or (kept[1]() is now[1]() and kept[2] == now[2])
