@@ -26,6 +26,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tokenizer():
+    """The packaged reader's tokenizer, or a tokenizer folder named by
+    ``RAGCOMPRESS_TEST_TOKENIZER`` (the GPU machines have no packaged models)."""
+    path = os.environ.get("RAGCOMPRESS_TEST_TOKENIZER")
+    if path:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
     from ragcompress.models.load import load_tokenizer
 
     return load_tokenizer()

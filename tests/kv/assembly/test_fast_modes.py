@@ -58,27 +58,13 @@ def test_fast_refuses_ape_scale_at_build(tiny_llama, tokenizer):
         FastKVAnswerer.from_generator(gen, assembly={"name": "ape", "scale": 0.9}, capacity=512)
 
 
-@pytest.fixture()
-def gpu_tokenizer(request):
-    """The packaged tokenizer, or a tokenizer folder named by RAGCOMPRESS_TEST_TOKENIZER (GPU
-    machines may not have the packaged reader installed)."""
-    import os
-
-    path = os.environ.get("RAGCOMPRESS_TEST_TOKENIZER")
-    if path:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    return request.getfixturevalue("tokenizer")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", FAST_MODES, ids=ids)
-def test_gpu_fast_matches_eager_per_mode_fp32_graphs(gpu_tokenizer, spec):
+def test_gpu_fast_matches_eager_per_mode_fp32_graphs(tokenizer, spec):
     """fp32 on CUDA: captured graphs give the eager path's greedy tokens for every mode."""
     from tests.support.tiny import make_tiny_llama
 
-    tok = gpu_tokenizer
+    tok = tokenizer
     gen = Generator.from_model(make_tiny_llama(len(tok)).cuda(), tok, max_new_tokens=6)
     fast = FastKVAnswerer.from_generator(gen, assembly=spec, capacity=512, max_question=64)
     assert fast.engine.graphs
@@ -87,14 +73,14 @@ def test_gpu_fast_matches_eager_per_mode_fp32_graphs(gpu_tokenizer, spec):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", FAST_MODES, ids=ids)
-def test_gpu_bf16_fast_first_token_logprobs_close_to_eager(gpu_tokenizer, spec):
+def test_gpu_bf16_fast_first_token_logprobs_close_to_eager(tokenizer, spec):
     """bf16 on CUDA (flash cascade): the fast prefill's next-token distribution is the eager one's."""
     import torch
 
     from ragcompress.kv.fast import FlashCascade
     from tests.support.tiny import make_tiny_llama
 
-    tok = gpu_tokenizer
+    tok = tokenizer
     model = make_tiny_llama(len(tok), seed=3).cuda().to(torch.bfloat16)
     gen = Generator.from_model(model, tok, max_new_tokens=6)
     eager = KVAnswerer.from_generator(gen, assembly=spec)
