@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragcompress.models.load import cache_kwargs, output_cache
+from ragcompress.models.compat import cache_kwargs, output_cache
 
 
 class _Old:

@@ -9,16 +9,18 @@ from typing import ClassVar
 import pytest
 import torch
 
-from ragcompress.generate import Generator, greedy_logits
+from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.chunk import DenseLayer
-from ragcompress.kv.context import chunk_context, rotary_of
+from ragcompress.kv.context import chunk_context, generate_from_chunks, rotary_of, stream_from_chunks
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress.models.rope import rerotate
 from ragcompress.registry import register
+from tests.support.tiny import greedy_logits
 
 from .conftest import PASSAGES, QUESTION
 
@@ -36,7 +38,7 @@ def question_logits(model, layout, chunks, question, shift: int = 0):
     with torch.inference_mode():
         out = model(
             input_ids=torch.tensor([ids]),
-            past_key_values=cache,
+            **cache_kwargs(model, cache),
             position_ids=torch.arange(pos + shift, pos + shift + len(ids))[None],
             cache_position=torch.arange(phys, phys + len(ids)),
         )
@@ -57,7 +59,7 @@ def test_single_chunk_matches_fresh_prefill(rope_llama, tokenizer):
     gen = Generator.from_model(rope_llama, tokenizer, max_new_tokens=4)
     for text, chunk in zip(PASSAGES, chunks, strict=True):
         assert (
-            gen.generate_from_chunks(QUESTION, [chunk]).token_ids == gen.generate(QUESTION, [text]).token_ids
+            generate_from_chunks(gen, QUESTION, [chunk]).token_ids == gen.generate(QUESTION, [text]).token_ids
         )
 
 
@@ -79,7 +81,7 @@ def test_several_chunks_differ_only_by_cross_passage_attention(tiny_llama, token
     full_ids = enc.layout.prompt_ids(PASSAGES, QUESTION)
     assert pos + len(enc.layout.question_ids(QUESTION)) == len(full_ids)
     with torch.inference_mode():
-        full = tiny_llama(input_ids=torch.tensor([full_ids]), use_cache=True).past_key_values
+        full = output_cache(tiny_llama(input_ids=torch.tensor([full_ids]), use_cache=True))
     plen, n0 = enc.prefix.length, chunks[0].length
     for got, ref in zip(cache.layers, full.layers, strict=True):
         # prefix and the first passage see exactly what a full prefill sees
@@ -114,7 +116,7 @@ def test_second_call_hits_and_answers_identically(generator):
     assert again.token_ids == first.token_ids and again.text == first.text
     assert again.stats.extra["chunk_bytes"] > 0 and again.stats.extra["chunk_bytes_fp16"] > 0
     assert again.stats.extra["ttft_ms"] > 0
-    streamed = "".join(generator.stream_from_chunks(QUESTION, kv.cache.get_or_encode(PASSAGES)[0]))
+    streamed = "".join(stream_from_chunks(generator, QUESTION, kv.cache.get_or_encode(PASSAGES)[0]))
     assert streamed.strip() == first.text
 
 
@@ -203,7 +205,7 @@ def test_press_hook_gets_attention_and_keeps_positions(generator):
     assert cfg._attn_implementation != "eager"  # switched back after encoding
     _, pos = chunk_context(generator.lm, generator.layout, chunks)
     assert pos == len(generator.layout.prefix_ids()) + sum(c.length for c in chunks)
-    answer = generator.generate_from_chunks(QUESTION, chunks)
+    answer = generate_from_chunks(generator, QUESTION, chunks)
     assert answer.stats.context_tokens == pos + len(generator.layout.question_ids(QUESTION))
 
 
@@ -224,7 +226,7 @@ def test_chunks_from_another_model_are_refused(generator, tokenizer):
 
     other = encoder_for(make_tiny_llama(len(tokenizer), seed=9), tokenizer)
     with pytest.raises(ValueError, match="encoded for model"):
-        generator.generate_from_chunks(QUESTION, other.encode(PASSAGES[:1]))
+        generate_from_chunks(generator, QUESTION, other.encode(PASSAGES[:1]))
 
 
 @pytest.mark.slow

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_FAMILIES", "chunks_close", "make_tiny_llama", "make_tiny_qwen2", "write_docs"]
+__all__ = [
+    "TINY_FAMILIES",
+    "chunks_close",
+    "greedy_logits",
+    "make_tiny_llama",
+    "make_tiny_qwen2",
+    "write_docs",
+]
 
 
 def _tiny_config(vocab_size: int, **fields: Any) -> dict[str, Any]:
@@ -68,6 +75,15 @@ def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
 # ``TINY_FAMILIES[name](vocab_size, seed=...)``. Add a family here and tests/kv/test_families.py
 # checks it.
 TINY_FAMILIES: dict[str, Callable[..., Any]] = {"llama": make_tiny_llama, "qwen2": make_tiny_qwen2}
+
+
+def greedy_logits(model: Any, ids: list[int]) -> Any:
+    """Logits of a fresh prefill of ``ids``, shape (len(ids), vocab): the reference a cached or
+    assembled context is checked against."""
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
 
 
 def chunks_close(a: Any, b: Any, atol: float = 1e-5) -> bool:
