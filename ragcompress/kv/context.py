@@ -10,14 +10,13 @@ is the answer of any engine that decoded from chunks.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.kv.assembly import Assembly, Context, build_assembly
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode.encoder import prefix_kv
 from ragcompress.models.compat import cache_kwargs
-from ragcompress.models.rope import Rotary
 from ragcompress.prompt import PromptLayout
 from ragcompress.validate import check_max_new_tokens, check_query
 
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel
 
     from ragcompress.generate import Answer, Generator
-    from ragcompress.kv.assembly import Assembly, Context
 
 __all__ = [
     "chunk_answer",
@@ -34,19 +32,9 @@ __all__ = [
     "chunk_prompt",
     "generate_from_chunks",
     "prepare_context",
-    "rotary_of",
     "stream_from_chunks",
     "teacher_forced",
 ]
-
-_ROTARY: weakref.WeakKeyDictionary[Any, Rotary] = weakref.WeakKeyDictionary()
-
-
-def rotary_of(model: PreTrainedModel) -> Rotary:
-    rot = _ROTARY.get(model)
-    if rot is None:
-        rot = _ROTARY[model] = Rotary.from_model(model)
-    return rot
 
 
 def prepare_context(
@@ -58,8 +46,6 @@ def prepare_context(
 ) -> Context:
     """The context the question ``question`` (token ids) is prefilled after, under ``assembly``
     (an object, a spec, or None: ``concat``); ``ctx.mode`` is the mode's name."""
-    from ragcompress.kv.assembly import build_assembly
-
     mode = build_assembly(assembly)
     ctx = mode.prepare(model, prefix_kv(model, layout), chunks, question)
     ctx.mode = mode.name

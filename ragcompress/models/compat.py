@@ -35,7 +35,11 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 
 
 def output_cache(out: Any) -> Any:
-    """The cache a forward returned (``out.cache`` in newer transformers, ``past_key_values`` before;
-    reading the old attribute where the new one exists logs a deprecation)."""
-    # not out.get("cache", out.past_key_values): that reads the deprecated attribute eagerly
-    return out["cache"] if "cache" in out else out.past_key_values  # noqa: SIM401
+    """The cache a forward returned, or None (``use_cache=False``): ``out.cache`` in newer
+    transformers, ``out.past_key_values`` before. The old attribute is read only on outputs that
+    lack the new field: where both exist, reading the old one logs a deprecation."""
+    if "cache" in out:  # a ModelOutput is a dict of its non-None fields
+        return out["cache"]
+    if hasattr(type(out), "cache"):  # the new field, left None
+        return None
+    return getattr(out, "past_key_values", None)
