@@ -17,6 +17,7 @@ from ragcompress.kv.fast import (
     write_chunk,
     write_chunk_reference,
 )
+from ragcompress.models.compat import cache_kwargs
 from tests.conftest import make_tiny_llama
 from tests.kv.test_fast_path import _prefill, _split
 
@@ -32,7 +33,7 @@ def _eager_greedy(model, ctx: list[int], question: list[int], n: int) -> list[in
             p = torch.arange(pos, pos + len(step), device=model.device)
             logits = model(
                 input_ids=ids,
-                past_key_values=cache,
+                **cache_kwargs(model, cache),
                 use_cache=True,
                 position_ids=p[None],
                 cache_position=p,

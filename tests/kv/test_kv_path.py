@@ -4,7 +4,7 @@ fresh prefills of the same prompt."""
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -25,13 +25,18 @@ from tests.support.tiny import greedy_logits
 from .conftest import PASSAGES, QUESTION
 
 
+def _layers(cache: Any) -> list[Any]:
+    """A cache's layers, each with ``keys`` / ``values`` (batch, kv_heads, seq, head_dim)."""
+    return list(cache.layers)
+
+
 def question_logits(model, layout, chunks, question, shift: int = 0):
     """Last-token logits after prefilling the question against the assembled cache;
     ``shift`` moves the whole context (prefix included) by that many positions."""
     cache, pos = chunk_context(model, layout, chunks)
     if shift:
         rot = rotary_of(model)
-        for layer in cache.layers:
+        for layer in _layers(cache):
             layer.keys = rerotate(layer.keys, shift, rot)
     ids = layout.question_ids(question)
     phys = cache.get_seq_length()
@@ -83,7 +88,8 @@ def test_several_chunks_differ_only_by_cross_passage_attention(tiny_llama, token
     with torch.inference_mode():
         full = output_cache(tiny_llama(input_ids=torch.tensor([full_ids]), use_cache=True))
     plen, n0 = enc.prefix.length, chunks[0].length
-    for got, ref in zip(cache.layers, full.layers, strict=True):
+    layers, full_layers = _layers(cache), _layers(full)
+    for got, ref in zip(layers, full_layers, strict=True):
         # prefix and the first passage see exactly what a full prefill sees
         torch.testing.assert_close(
             got.keys[:, :, : plen + n0], ref.keys[:, :, : plen + n0], atol=1e-5, rtol=1e-4
@@ -92,13 +98,9 @@ def test_several_chunks_differ_only_by_cross_passage_attention(tiny_llama, token
             got.values[:, :, : plen + n0], ref.values[:, :, : plen + n0], atol=1e-5, rtol=1e-4
         )
     # layer 0 keys do not depend on attention: after re-rotation every chunk matches
-    torch.testing.assert_close(cache.layers[0].keys, full.layers[0].keys[:, :, :pos], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layers[0].keys, full_layers[0].keys[:, :, :pos], atol=1e-4, rtol=1e-4)
     # deeper layers of later passages differ: they never attended to earlier passages
-    gap = (
-        (cache.layers[-1].values[:, :, plen + n0 :] - full.layers[-1].values[:, :, plen + n0 : pos])
-        .abs()
-        .max()
-    )
+    gap = (layers[-1].values[:, :, plen + n0 :] - full_layers[-1].values[:, :, plen + n0 : pos]).abs().max()
     assert gap > 1e-3
     ref_logits = greedy_logits(tiny_llama, full_ids)[-1]
     assert not torch.allclose(
