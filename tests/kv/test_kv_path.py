@@ -243,3 +243,20 @@ def test_single_chunk_exact_on_packaged_smollm2():
     got = question_logits(model, gen.layout, chunks, QUESTION)
     torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-4)
     assert kv.answer(QUESTION, PASSAGES[:1]).token_ids == gen.generate(QUESTION, PASSAGES[:1]).token_ids
+
+
+def test_decode_continues_a_ready_cache_like_a_fresh_prefill(generator):
+    """The generator's public decode entry (what the KV path builds on): a cache holding the
+    first tokens of a prompt, continued with the rest, answers as the whole prompt does, and
+    counts the context before decoding grows the cache."""
+    from transformers import DynamicCache
+
+    ids = generator.layout.prompt_ids(PASSAGES[:1], QUESTION)
+    cache = DynamicCache(config=generator.lm.config)
+    with torch.inference_mode():
+        generator.lm(input_ids=torch.tensor([ids[:-3]]), **cache_kwargs(generator.lm, cache), use_cache=True)
+    resumed = generator.decode(ids[-3:], cache, max_new_tokens=4)
+    fresh = generator.decode(ids, None, max_new_tokens=4)
+    assert resumed.token_ids == fresh.token_ids and fresh.stats.new_tokens > 0
+    assert resumed.stats.context_tokens == fresh.stats.context_tokens == len(ids)
+    assert resumed.stats.prompt_tokens == 3
