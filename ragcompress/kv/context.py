@@ -10,6 +10,7 @@ is the answer of any engine that decoded from chunks.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ragcompress.kv.assembly import Assembly, Context, build_assembly
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode.encoder import prefix_kv
 from ragcompress.models.compat import cache_kwargs
+from ragcompress.models.rope import Rotary
 from ragcompress.prompt import PromptLayout
 from ragcompress.validate import check_max_new_tokens, check_query
 
@@ -32,9 +34,20 @@ __all__ = [
     "chunk_prompt",
     "generate_from_chunks",
     "prepare_context",
+    "rotary_of",
     "stream_from_chunks",
     "teacher_forced",
 ]
+
+
+_ROTARY: weakref.WeakKeyDictionary[Any, Rotary] = weakref.WeakKeyDictionary()
+
+
+def rotary_of(model: PreTrainedModel) -> Rotary:
+    rot = _ROTARY.get(model)
+    if rot is None:
+        rot = _ROTARY[model] = Rotary.from_model(model)
+    return rot
 
 
 def prepare_context(

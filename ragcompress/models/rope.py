@@ -9,7 +9,6 @@ sequence length and is not. ``rerotate`` is the seam where a fused GPU kernel pl
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-__all__ = ["Rotary", "rerotate", "rotary_of"]
+__all__ = ["Rotary", "rerotate"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,15 +114,3 @@ def rotate_by(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     rot = k[..., :r] * cos + _rotate_half(k[..., :r]) * sin
     out = rot if r == k.shape[-1] else torch.cat((rot, k[..., r:]), dim=-1)
     return out.to(keys.dtype)
-
-
-_ROTARY: weakref.WeakKeyDictionary[Any, Rotary] = weakref.WeakKeyDictionary()
-
-
-def rotary_of(model: PreTrainedModel) -> Rotary:
-    """``Rotary.from_model(model)``, built once per model and kept while the model lives (its
-    cos/sin memo is then shared by every assembly of that model)."""
-    rot = _ROTARY.get(model)
-    if rot is None:
-        rot = _ROTARY[model] = Rotary.from_model(model)
-    return rot

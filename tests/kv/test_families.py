@@ -12,11 +12,11 @@ import torch
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.context import chunk_context, generate_from_chunks
+from ragcompress.kv.context import chunk_context, generate_from_chunks, rotary_of
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.fast.answer import FastKVAnswerer
 from ragcompress.models.compat import cache_kwargs
-from ragcompress.models.rope import rerotate, rotary_of
+from ragcompress.models.rope import rerotate
 from tests.support.tiny import TINY_FAMILIES, greedy_logits
 
 from .conftest import PASSAGES, QUESTION

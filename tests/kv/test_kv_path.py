@@ -13,12 +13,12 @@ from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.chunk import DenseLayer
-from ragcompress.kv.context import chunk_context, generate_from_chunks, stream_from_chunks
+from ragcompress.kv.context import chunk_context, generate_from_chunks, rotary_of, stream_from_chunks
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.memory import MemoryStore
 from ragcompress.models.compat import cache_kwargs, output_cache
-from ragcompress.models.rope import rerotate, rotary_of
+from ragcompress.models.rope import rerotate
 from ragcompress.registry import register
 from tests.support.tiny import greedy_logits
 

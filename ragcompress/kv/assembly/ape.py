@@ -72,7 +72,7 @@ class APE(Assembly):
         import torch
 
         from ragcompress.kv.assemble import assemble
-        from ragcompress.models.rope import rotary_of
+        from ragcompress.kv.context import rotary_of
 
         starts = [prefix.length] * len(chunks)
         cache, position = assemble(prefix, chunks, rotary_of(model), model.config, starts=starts)

@@ -120,7 +120,7 @@ class Assembly(ABC):
     def check(self, model: PreTrainedModel) -> None:
         """Raise ValueError when ``model`` lacks what this mode needs (called when an answerer is
         built, so that a request never fails half-way)."""
-        from ragcompress.models.rope import rotary_of
+        from ragcompress.kv.context import rotary_of
 
         rotary_of(model)
 

@@ -147,6 +147,6 @@ def _layers(model: PreTrainedModel) -> Any:
 
 
 def _rotary(model: PreTrainedModel) -> Any:
-    from ragcompress.models.rope import rotary_of
+    from ragcompress.kv.context import rotary_of
 
     return rotary_of(model)

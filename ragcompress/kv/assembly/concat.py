@@ -27,7 +27,7 @@ class Concat(Assembly):
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:
         from ragcompress.kv.assemble import assemble
-        from ragcompress.models.rope import rotary_of
+        from ragcompress.kv.context import rotary_of
 
         cache, position = assemble(prefix, chunks, rotary_of(model), model.config)
         return Context(cache, position, slots=cache.get_seq_length())
