@@ -47,6 +47,8 @@ def test_real_model_takes_its_keyword(tiny_llama) -> None:
     cache = DynamicCache(config=tiny_llama.config)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # the keyword it picked is not deprecated
-        out = tiny_llama(input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(tiny_llama, cache), use_cache=True)
+        out = tiny_llama(
+            input_ids=torch.tensor([[5, 6, 7]]), **cache_kwargs(tiny_llama, cache), use_cache=True
+        )
         assert output_cache(out).get_seq_length() == 3
         assert output_cache(tiny_llama(input_ids=torch.tensor([[5, 6, 7]]), use_cache=False)) is None
