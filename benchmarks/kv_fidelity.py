@@ -27,6 +27,7 @@ from kv_common import load_qa, machine, write_result
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_context
+from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.load import load_reader
 
 
@@ -51,7 +52,7 @@ def gold_loglik_chunks(gen: Generator, chunks: list, question: str, answer: str)
     with torch.inference_mode():
         logits = gen.lm(
             input_ids=torch.tensor([seq], device=dev),
-            past_key_values=cache,
+            **cache_kwargs(gen.lm, cache),
             position_ids=torch.arange(pos, pos + len(seq), device=dev)[None],
             cache_position=torch.arange(phys, phys + len(seq), device=dev),
         ).logits[0]

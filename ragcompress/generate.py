@@ -1,30 +1,28 @@
-"""The generator: a HF causal LM that answers a question from passages (text path) or from a
-ready KV cache (the KV path builds one from cached chunks and calls :meth:`Generator.decode`).
+"""The generator: a HF causal LM that answers a question from passages (the text path), and the
+greedy decode loop any ready cache can be continued with.
 
-Greedy by default. Decoding is a plain loop over ``model.forward`` with an explicit cache, so
-that the KV path can start from a cache whose physical length differs from the logical
-positions (evicted tokens keep their original positions).
+This module knows nothing of KV chunks: the KV path (:mod:`ragcompress.kv.context`) builds a
+cache from cached chunks and calls :meth:`Generator.iter_tokens` / :meth:`Generator.answer_of`.
+Decoding is a plain loop over ``model.forward`` with an explicit cache, so that a caller can
+start from a cache whose physical length differs from the logical positions (evicted tokens
+keep their original positions).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models.load import cache_kwargs, output_cache
+from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage
-from ragcompress.validate import check_max_new_tokens, check_query, check_request
+from ragcompress.validate import check_max_new_tokens, check_request
 
 if TYPE_CHECKING:
-    import torch
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
-
-    from ragcompress.kv.assembly import Assembly, Context
-    from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["Answer", "GenerationStats", "Generator"]
 
@@ -138,7 +136,7 @@ class Generator:
     ) -> Answer:
         """Prefill prefix + passages + question, then decode greedily."""
         ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
-        self._check_length(len(ids), max_new_tokens)
+        self.check_length(len(ids), max_new_tokens)
         return self.decode(ids, cache=None, max_new_tokens=max_new_tokens)
 
     def stream(
@@ -147,95 +145,10 @@ class Generator:
         """Yield the answer's text piece by piece as tokens are produced (arguments are checked
         and the prompt tokenized at the call, the model runs as pieces are asked for)."""
         ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
-        self._check_length(len(ids), max_new_tokens)
-        return self._text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
+        self.check_length(len(ids), max_new_tokens)
+        return self.text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
 
-    # -- KV path ---------------------------------------------------------------------------
-    def generate_from_chunks(
-        self,
-        query: str,
-        chunks: Sequence[KVChunk],
-        max_new_tokens: int | None = None,
-        *,
-        extra: dict[str, Any] | None = None,
-        start: float | None = None,
-        assembly: Assembly | Mapping[str, Any] | None = None,
-    ) -> Answer:
-        """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
-        prefill only the question, decode.
-
-        ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
-        ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
-        ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens recomputed).
-        """
-        start = time.perf_counter() if start is None else start
-        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
-        timing: dict[str, float] = {}
-        mask = ctx.step_kwargs
-        steps = self.iter_tokens(
-            ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=mask
-        )
-        tokens = list(steps)
-        info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
-        return self.chunk_answer(tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
-
-    def chunk_answer(
-        self,
-        tokens: Sequence[int],
-        prompt_tokens: int,
-        position: int,
-        chunks: Sequence[KVChunk],
-        start: float,
-        ttft_ms: float | None,
-        extra: dict[str, Any] | None = None,
-    ) -> Answer:
-        """The :class:`Answer` of a KV-path request, whatever engine decoded ``tokens``:
-        ``position`` is where the question started, ``start`` the request's ``perf_counter()``."""
-        total = (time.perf_counter() - start) * 1e3
-        ttft = total if ttft_ms is None else ttft_ms
-        info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
-        info.setdefault("ttft_ms", ttft)
-        stats = GenerationStats(
-            prompt_tokens=prompt_tokens,
-            context_tokens=position + prompt_tokens,
-            new_tokens=len(tokens),
-            ttft_ms=ttft,
-            total_ms=total,
-            extra=info,
-        )
-        text = str(self.tokenizer.decode(list(tokens), skip_special_tokens=True)).strip()
-        return Answer(text=text, token_ids=tuple(tokens), stats=stats)
-
-    def stream_from_chunks(
-        self,
-        query: str,
-        chunks: Sequence[KVChunk],
-        max_new_tokens: int | None = None,
-        assembly: Assembly | Mapping[str, Any] | None = None,
-    ) -> Iterator[str]:
-        """Like :meth:`generate_from_chunks`, yielding the answer's text piece by piece."""
-        ids, ctx = self._chunk_prompt(query, chunks, max_new_tokens, assembly)
-        yield from self._text_pieces(
-            self.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
-        )
-
-    def _chunk_prompt(
-        self,
-        query: str,
-        chunks: Sequence[KVChunk],
-        max_new_tokens: int | None,
-        assembly: Assembly | Mapping[str, Any] | None,
-    ) -> tuple[list[int], Context]:
-        from ragcompress.kv.context import prepare_context
-
-        check_query(query)
-        check_max_new_tokens(max_new_tokens)
-        ids = self.layout.question_ids(query)
-        ctx = prepare_context(self.lm, self.layout, chunks, ids, assembly)
-        self._check_length(ctx.position + len(ids), max_new_tokens)
-        return ids, ctx
-
-    # -- shared decode loop (also the KV path's entry point) -------------------------------
+    # -- decode loop (the KV path continues its assembled cache with it) -------------------
     def decode(
         self,
         input_ids: list[int],
@@ -251,20 +164,36 @@ class Generator:
         """
         start = time.perf_counter()
         timing: dict[str, float] = {}
+        # read before decoding: the loop grows ``cache`` in place
+        context = (next_position if next_position is not None else _cache_len(cache)) + len(input_ids)
         tokens = list(
             self.iter_tokens(input_ids, cache, max_new_tokens, next_position, timing=timing, start=start)
         )
+        return self.answer_of(tokens, len(input_ids), context, start, timing.get("ttft_ms"), extra)
+
+    def answer_of(
+        self,
+        tokens: Sequence[int],
+        prompt_tokens: int,
+        context_tokens: int,
+        start: float,
+        ttft_ms: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Answer:
+        """The :class:`Answer` of greedy ``tokens``, whatever loop or engine decoded them:
+        ``prompt_tokens`` prefilled for the request, ``context_tokens`` positions the first new
+        token attended to, ``start`` the request's ``perf_counter()``, ``ttft_ms`` None: the
+        total time (nothing was decoded or the engine did not time token 1)."""
         total = (time.perf_counter() - start) * 1e3
-        context = (next_position if next_position is not None else _cache_len(cache)) + len(input_ids)
         stats = GenerationStats(
-            prompt_tokens=len(input_ids),
-            context_tokens=context,
+            prompt_tokens=prompt_tokens,
+            context_tokens=context_tokens,
             new_tokens=len(tokens),
-            ttft_ms=timing.get("ttft_ms", total),
+            ttft_ms=total if ttft_ms is None else ttft_ms,
             total_ms=total,
             extra=dict(extra or {}),
         )
-        text = str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        text = str(self.tokenizer.decode(list(tokens), skip_special_tokens=True)).strip()
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def iter_tokens(
@@ -318,7 +247,8 @@ class Generator:
                 yield token
                 step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
 
-    def _text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
+    def text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
+        """The text of greedy ``tokens`` piece by piece, as they come (what :meth:`stream` yields)."""
         # Decode the growing sequence and yield the new suffix: byte-level BPE pieces may not
         # be valid text on their own, so decoding token by token would garble multi-byte chars.
         ids: list[int] = []
@@ -332,7 +262,9 @@ class Generator:
                 yield text[len(shown) :]
                 shown = text
 
-    def _check_length(self, n: int, max_new_tokens: int | None) -> None:
+    def check_length(self, n: int, max_new_tokens: int | None) -> None:
+        """Raise ``ValueError`` when a prompt of ``n`` tokens plus ``max_new_tokens`` (None: this
+        generator's) would not fit the model's context (``max_position_embeddings``)."""
         limit = getattr(self.lm.config, "max_position_embeddings", None)
         new = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit is not None and n + new > limit:
@@ -346,11 +278,3 @@ def _cache_len(cache: Cache | None) -> int:
     if cache is None:
         return 0
     return int(cache.get_seq_length())
-
-
-def greedy_logits(model: PreTrainedModel, ids: list[int]) -> torch.Tensor:
-    """Logits of a fresh prefill of ``ids``, shape (len(ids), vocab); a reference for tests."""
-    import torch
-
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0]  # type: ignore[no-any-return]

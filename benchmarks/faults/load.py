@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.faults.common import Env, same_chunk
+from ragcompress.kv.context import generate_from_chunks
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from tests.support.faults import Outcome
 
@@ -91,7 +92,7 @@ def _run_mode(
         start = time.perf_counter()
         try:
             chunks, _ = cache.get_or_encode(passages)
-            answer = gen.generate_from_chunks(question, chunks, 4)
+            answer = generate_from_chunks(gen, question, chunks, 4)
         except Exception as err:  # counted as not answered, reported
             out["errors"].append(f"{type(err).__name__}: {err}"[:200])
             continue
@@ -148,7 +149,9 @@ def _plan(env: Env, per_process: int) -> Plan:
         for c in chunks:
             reference.put(c.key, c)
         by_text = dict(zip(corpus, chunks, strict=True))
-        answers.append([gen.generate_from_chunks(q, [by_text[p] for p in ps], 4).token_ids for q, ps in reqs])
+        answers.append(
+            [generate_from_chunks(gen, q, [by_text[p] for p in ps], 4).token_ids for q, ps in reqs]
+        )
         requests.append(reqs)
     return Plan(
         env.model_dir, str(env.fresh("shared")), env.redis.url, f"redis://127.0.0.1:{free_port()}/0",

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.contender import Unavailable, package_version
 from ragcompress_bench.kv_contenders import (
     CHUNKS,

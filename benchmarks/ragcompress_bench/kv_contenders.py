@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models.load import cache_kwargs, output_cache
+from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress_bench.contender import Unavailable, package_version
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 from ragcompress.types import Passage
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def read(
 
     lm = gen.lm
     ids = gen.layout.prompt_ids([p.text for p in passages], question)
-    gen._check_length(len(ids), max_new_tokens)
+    gen.check_length(len(ids), max_new_tokens)
     gold_ids = list(gen.tokenizer(" " + gold.strip(), add_special_tokens=False)["input_ids"]) or [
         gen.tokenizer.eos_token_id
     ]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.ttft_report import device_name, markdown, write_report
 from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, ints, passage_sizes, profile, run_qps
 

@@ -30,9 +30,9 @@ def _chunks(kv: list[tuple[Any, Any]], p: int, sizes: list[int]) -> tuple[Any, l
     """The shared prefix and one dense chunk per passage, as the chunk cache would hold them."""
     import torch
 
-    from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import DenseLayer, KVChunk
     from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.prefix import PrefixKV
 
     prefix = PrefixKV(
         tuple(range(p)), [k[:, :p] for k, _ in kv], [v[:, :p] for _, v in kv], model="bench", layout="bench"

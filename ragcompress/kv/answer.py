@@ -11,6 +11,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
+from ragcompress.kv.context import (
+    chunk_answer,
+    generate_from_chunks,
+    prepare_context,
+    stream_from_chunks,
+    teacher_forced,
+)
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.spec import StoreSpec
@@ -85,9 +92,29 @@ class KVAnswerer:
         passages = check_request(query, passages, max_new_tokens)
         start = time.perf_counter()
         chunks, stats = self.cache.get_or_encode(passages)
-        return self.generator.generate_from_chunks(
-            query, chunks, max_new_tokens, extra=_extra(stats), start=start, assembly=self.assembly
+        return generate_from_chunks(
+            self.generator,
+            query,
+            chunks,
+            max_new_tokens,
+            extra=_extra(stats),
+            start=start,
+            assembly=self.assembly,
         )
+
+    def chunk_answer(
+        self,
+        tokens: Sequence[int],
+        prompt_tokens: int,
+        position: int,
+        chunks: Sequence[KVChunk],
+        start: float,
+        ttft_ms: float | None,
+        extra: dict[str, Any] | None = None,
+    ) -> Answer:
+        """The answer of ``tokens`` another engine decoded from ``chunks`` (see
+        :func:`~ragcompress.kv.context.chunk_answer`)."""
+        return chunk_answer(self.generator, tokens, prompt_tokens, position, chunks, start, ttft_ms, extra)
 
     def teacher_forced_logprobs(
         self, query: str, passages: Sequence[Passage] | Sequence[str], target_ids: Sequence[int]
@@ -95,13 +122,11 @@ class KVAnswerer:
         """(len(target_ids), vocab) fp32 log-probabilities of each target token given the question
         and the previous targets, from the same context :meth:`answer` prepares (this answerer's
         assembly mode; always on the eager model)."""
-        from ragcompress.kv.context import prepare_context, teacher_forced
-
         chunks, _ = self.cache.get_or_encode(passages)
         gen = self.generator
         ids = gen.layout.question_ids(query)
         ctx = prepare_context(gen.lm, gen.layout, chunks, ids, self.assembly)
-        gen._check_length(ctx.position + len(ids) + len(target_ids), 0)
+        gen.check_length(ctx.position + len(ids) + len(target_ids), 0)
         return teacher_forced(gen.lm, ctx, ids, [int(t) for t in target_ids])
 
     def stream(
@@ -113,7 +138,7 @@ class KVAnswerer:
 
     def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
         """The answer's text pieces from ready chunks (the engine a subclass replaces)."""
-        return self.generator.stream_from_chunks(query, chunks, max_new_tokens, self.assembly)
+        return stream_from_chunks(self.generator, query, chunks, max_new_tokens, self.assembly)
 
     def stream_with_stats(
         self,

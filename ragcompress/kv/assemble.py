@@ -14,10 +14,10 @@ chunk end.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import KVChunk
+from ragcompress.kv.prefix import PrefixKV  # re-exported: its home before kv/prefix.py
 from ragcompress.models.rope import Rotary, rotate_by
 
 if TYPE_CHECKING:
@@ -27,21 +27,6 @@ if TYPE_CHECKING:
     from ragcompress.models.arch import ModelArch
 
 __all__ = ["PrefixKV", "assemble", "concat_starts"]
-
-
-@dataclass(frozen=True, eq=False)
-class PrefixKV:
-    """KV of the shared prefix: per layer keys/values (kv_heads, prefix_len, head_dim)."""
-
-    ids: tuple[int, ...]
-    keys: Sequence[torch.Tensor]
-    values: Sequence[torch.Tensor]
-    model: str  # model fingerprint
-    layout: str  # layout fingerprint
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
 
 
 def assemble(

@@ -1,28 +1,44 @@
-"""Prefix KV + chunks → ready context for one model: what ``Generator.generate_from_chunks`` calls.
+"""Prefix KV + chunks → ready context for one model, and the eager KV path's answers from it.
 
 :func:`prepare_context` is the one place where an assembly mode turns chunks into a
 :class:`~ragcompress.kv.assembly.Context`; answering, streaming and teacher forcing all go through it.
+:func:`generate_from_chunks` / :func:`stream_from_chunks` continue that context with the
+generator's decode loop (the generator itself knows nothing of chunks), and :func:`chunk_answer`
+is the answer of any engine that decoded from chunks.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.kv.assembly import Assembly, Context, build_assembly
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode.encoder import prefix_kv
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.rope import Rotary
 from ragcompress.prompt import PromptLayout
+from ragcompress.validate import check_max_new_tokens, check_query
 
 if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PreTrainedModel
 
-    from ragcompress.kv.assembly import Assembly, Context
+    from ragcompress.generate import Answer, Generator
 
-__all__ = ["chunk_context", "prepare_context", "rotary_of", "teacher_forced"]
+__all__ = [
+    "chunk_answer",
+    "chunk_context",
+    "chunk_prompt",
+    "generate_from_chunks",
+    "prepare_context",
+    "rotary_of",
+    "stream_from_chunks",
+    "teacher_forced",
+]
+
 
 _ROTARY: weakref.WeakKeyDictionary[Any, Rotary] = weakref.WeakKeyDictionary()
 
@@ -43,8 +59,6 @@ def prepare_context(
 ) -> Context:
     """The context the question ``question`` (token ids) is prefilled after, under ``assembly``
     (an object, a spec, or None: ``concat``); ``ctx.mode`` is the mode's name."""
-    from ragcompress.kv.assembly import build_assembly
-
     mode = build_assembly(assembly)
     ctx = mode.prepare(model, prefix_kv(model, layout), chunks, question)
     ctx.mode = mode.name
@@ -82,3 +96,83 @@ def teacher_forced(
             **ctx.step_kwargs(physical, n),
         )
     return out.logits[0].float().log_softmax(dim=-1)
+
+
+def chunk_prompt(
+    generator: Generator,
+    query: str,
+    chunks: Sequence[KVChunk],
+    max_new_tokens: int | None,
+    assembly: Assembly | Mapping[str, Any] | None,
+) -> tuple[list[int], Context]:
+    """``(question ids, context)``: the checked question and the context it is prefilled after;
+    ``ValueError`` when context + question + ``max_new_tokens`` exceed the model's length."""
+    check_query(query)
+    check_max_new_tokens(max_new_tokens)
+    ids = generator.layout.question_ids(query)
+    ctx = prepare_context(generator.lm, generator.layout, chunks, ids, assembly)
+    generator.check_length(ctx.position + len(ids), max_new_tokens)
+    return ids, ctx
+
+
+def generate_from_chunks(
+    generator: Generator,
+    query: str,
+    chunks: Sequence[KVChunk],
+    max_new_tokens: int | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    start: float | None = None,
+    assembly: Assembly | Mapping[str, Any] | None = None,
+) -> Answer:
+    """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
+    prefill only the question, decode greedily on ``generator``'s model.
+
+    ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
+    ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
+    ``ttft_ms``, ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens
+    recomputed).
+    """
+    start = time.perf_counter() if start is None else start
+    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly)
+    timing: dict[str, float] = {}
+    steps = generator.iter_tokens(
+        ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=ctx.step_kwargs
+    )
+    tokens = list(steps)
+    info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
+    return chunk_answer(generator, tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
+
+
+def stream_from_chunks(
+    generator: Generator,
+    query: str,
+    chunks: Sequence[KVChunk],
+    max_new_tokens: int | None = None,
+    assembly: Assembly | Mapping[str, Any] | None = None,
+) -> Iterator[str]:
+    """Like :func:`generate_from_chunks`, yielding the answer's text piece by piece (lazy: nothing
+    runs until the first piece is asked for)."""
+    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly)
+    yield from generator.text_pieces(
+        generator.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
+    )
+
+
+def chunk_answer(
+    generator: Generator,
+    tokens: Sequence[int],
+    prompt_tokens: int,
+    position: int,
+    chunks: Sequence[KVChunk],
+    start: float,
+    ttft_ms: float | None,
+    extra: dict[str, Any] | None = None,
+) -> Answer:
+    """The :class:`~ragcompress.generate.Answer` of a KV-path request, whatever engine decoded
+    ``tokens``: ``position`` is where the question started, ``start`` the request's
+    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` and ``ttft_ms``."""
+    ttft = (time.perf_counter() - start) * 1e3 if ttft_ms is None else ttft_ms
+    info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
+    info.setdefault("ttft_ms", ttft)
+    return generator.answer_of(tokens, prompt_tokens, position + prompt_tokens, start, ttft, info)

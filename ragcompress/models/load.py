@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import inspect
 import os
 import shutil
 import tempfile
@@ -31,12 +30,10 @@ __all__ = [
     "DEFAULT_EMBEDDER",
     "DEFAULT_READER",
     "cache_home",
-    "cache_kwargs",
     "default_device",
     "load_embedder",
     "load_reader",
     "load_tokenizer",
-    "output_cache",
     "resolve_path",
 ]
 
@@ -63,31 +60,6 @@ _PACKAGED: dict[str, tuple[str, str, str]] = {
 }
 
 _LOCK = threading.Lock()
-
-
-_CACHE_ARG: dict[type, str] = {}
-
-
-def _cache_arg(cls: Any) -> str:
-    if cls not in _CACHE_ARG:
-        params = inspect.signature(cls.forward).parameters
-        _CACHE_ARG[cls] = (
-            "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
-        )
-    return _CACHE_ARG[cls]
-
-
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """``{keyword: cache}`` for ``model(...)``: transformers renamed ``past_key_values`` to ``cache``
-    (the old name is deprecated, to be removed in 5.40); this passes whichever the model takes."""
-    return {_cache_arg(type(model)): cache}
-
-
-def output_cache(out: Any) -> Any:
-    """The cache a forward returned (``out.cache`` in newer transformers, ``past_key_values`` before;
-    reading the old attribute where the new one exists logs a deprecation)."""
-    # not out.get("cache", out.past_key_values): that reads the deprecated attribute eagerly
-    return out["cache"] if "cache" in out else out.past_key_values  # noqa: SIM401
 
 
 def cache_home() -> Path:

@@ -20,6 +20,7 @@ from ragcompress.kv.fast import (
 )
 from ragcompress.kv.fast.gather_reference import gather_reference
 from ragcompress.kv.fast.write import _kernel_runs, gather
+from ragcompress.models.compat import cache_kwargs
 from tests.conftest import make_tiny_llama
 from tests.kv.test_fast_path import _prefill, _snapshot, _split, assert_untouched, gathered, mixed_chunks
 
@@ -35,7 +36,7 @@ def _eager_greedy(model, ctx: list[int], question: list[int], n: int) -> list[in
             p = torch.arange(pos, pos + len(step), device=model.device)
             logits = model(
                 input_ids=ids,
-                past_key_values=cache,
+                **cache_kwargs(model, cache),
                 use_cache=True,
                 position_ids=p[None],
                 cache_position=p,

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import torch
 
-from ragcompress.generate import Generator, greedy_logits
+from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.context import chunk_context, rotary_of
+from ragcompress.kv.context import chunk_context, generate_from_chunks, rotary_of
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.fast.answer import FastKVAnswerer
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.rope import rerotate
-from tests.support.tiny import TINY_FAMILIES
+from tests.support.tiny import TINY_FAMILIES, greedy_logits
 
 from .conftest import PASSAGES, QUESTION
 from .test_fast_answer import PASSAGES as FAST_PASSAGES
@@ -67,7 +67,7 @@ def test_single_chunk_matches_fresh_prefill(family_model, tokenizer, shift):
         torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
         if shift == 0:
             assert (
-                gen.generate_from_chunks(QUESTION, [chunk]).token_ids
+                generate_from_chunks(gen, QUESTION, [chunk]).token_ids
                 == gen.generate(QUESTION, [text]).token_ids
             )
 

@@ -20,6 +20,7 @@ from ragcompress.kv.fast import (
     write_chunk,
 )
 from ragcompress.kv.fast.rows import GatherRows
+from ragcompress.models.compat import cache_kwargs
 from tests.conftest import make_tiny_llama
 
 
@@ -32,7 +33,9 @@ def _prefill(model, ids: list[int]):
 
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(input_ids=torch.tensor([ids], device=model.device), past_key_values=cache, use_cache=True)
+        model(
+            input_ids=torch.tensor([ids], device=model.device), **cache_kwargs(model, cache), use_cache=True
+        )
     return cache
 
 
@@ -96,9 +99,9 @@ def test_batched_questions_match_one_by_one(setup):
 def _separate_chunks(model, prefix, passages, presses=()):
     """Each passage encoded on its own after the prefix (passage #1 with half its tokens
     evicted), then ``presses`` applied layer by layer, as the chunk cache stores them."""
-    from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import DenseLayer, KVChunk
     from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.prefix import PrefixKV
 
     pkv = _layers_kv(_prefill(model, prefix))
     prefix_kv = PrefixKV(tuple(prefix), [k for k, _ in pkv], [v for _, v in pkv], "m", "l")

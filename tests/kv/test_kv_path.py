@@ -4,23 +4,30 @@ fresh prefills of the same prompt."""
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
-from ragcompress.generate import Generator, greedy_logits
+from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.chunk import DenseLayer
-from ragcompress.kv.context import chunk_context, rotary_of
+from ragcompress.kv.context import chunk_context, generate_from_chunks, rotary_of, stream_from_chunks
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.memory import MemoryStore
+from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress.models.rope import rerotate
 from ragcompress.registry import register
+from tests.support.tiny import greedy_logits
 
 from .conftest import PASSAGES, QUESTION
+
+
+def _layers(cache: Any) -> list[Any]:
+    """A cache's layers, each with ``keys`` / ``values`` (batch, kv_heads, seq, head_dim)."""
+    return list(cache.layers)
 
 
 def question_logits(model, layout, chunks, question, shift: int = 0):
@@ -29,14 +36,14 @@ def question_logits(model, layout, chunks, question, shift: int = 0):
     cache, pos = chunk_context(model, layout, chunks)
     if shift:
         rot = rotary_of(model)
-        for layer in cache.layers:
+        for layer in _layers(cache):
             layer.keys = rerotate(layer.keys, shift, rot)
     ids = layout.question_ids(question)
     phys = cache.get_seq_length()
     with torch.inference_mode():
         out = model(
             input_ids=torch.tensor([ids]),
-            past_key_values=cache,
+            **cache_kwargs(model, cache),
             position_ids=torch.arange(pos + shift, pos + shift + len(ids))[None],
             cache_position=torch.arange(phys, phys + len(ids)),
         )
@@ -57,7 +64,7 @@ def test_single_chunk_matches_fresh_prefill(rope_llama, tokenizer):
     gen = Generator.from_model(rope_llama, tokenizer, max_new_tokens=4)
     for text, chunk in zip(PASSAGES, chunks, strict=True):
         assert (
-            gen.generate_from_chunks(QUESTION, [chunk]).token_ids == gen.generate(QUESTION, [text]).token_ids
+            generate_from_chunks(gen, QUESTION, [chunk]).token_ids == gen.generate(QUESTION, [text]).token_ids
         )
 
 
@@ -79,9 +86,10 @@ def test_several_chunks_differ_only_by_cross_passage_attention(tiny_llama, token
     full_ids = enc.layout.prompt_ids(PASSAGES, QUESTION)
     assert pos + len(enc.layout.question_ids(QUESTION)) == len(full_ids)
     with torch.inference_mode():
-        full = tiny_llama(input_ids=torch.tensor([full_ids]), use_cache=True).past_key_values
+        full = output_cache(tiny_llama(input_ids=torch.tensor([full_ids]), use_cache=True))
     plen, n0 = enc.prefix.length, chunks[0].length
-    for got, ref in zip(cache.layers, full.layers, strict=True):
+    layers, full_layers = _layers(cache), _layers(full)
+    for got, ref in zip(layers, full_layers, strict=True):
         # prefix and the first passage see exactly what a full prefill sees
         torch.testing.assert_close(
             got.keys[:, :, : plen + n0], ref.keys[:, :, : plen + n0], atol=1e-5, rtol=1e-4
@@ -90,13 +98,9 @@ def test_several_chunks_differ_only_by_cross_passage_attention(tiny_llama, token
             got.values[:, :, : plen + n0], ref.values[:, :, : plen + n0], atol=1e-5, rtol=1e-4
         )
     # layer 0 keys do not depend on attention: after re-rotation every chunk matches
-    torch.testing.assert_close(cache.layers[0].keys, full.layers[0].keys[:, :, :pos], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layers[0].keys, full_layers[0].keys[:, :, :pos], atol=1e-4, rtol=1e-4)
     # deeper layers of later passages differ: they never attended to earlier passages
-    gap = (
-        (cache.layers[-1].values[:, :, plen + n0 :] - full.layers[-1].values[:, :, plen + n0 : pos])
-        .abs()
-        .max()
-    )
+    gap = (layers[-1].values[:, :, plen + n0 :] - full_layers[-1].values[:, :, plen + n0 : pos]).abs().max()
     assert gap > 1e-3
     ref_logits = greedy_logits(tiny_llama, full_ids)[-1]
     assert not torch.allclose(
@@ -114,7 +118,7 @@ def test_second_call_hits_and_answers_identically(generator):
     assert again.token_ids == first.token_ids and again.text == first.text
     assert again.stats.extra["chunk_bytes"] > 0 and again.stats.extra["chunk_bytes_fp16"] > 0
     assert again.stats.extra["ttft_ms"] > 0
-    streamed = "".join(generator.stream_from_chunks(QUESTION, kv.cache.get_or_encode(PASSAGES)[0]))
+    streamed = "".join(stream_from_chunks(generator, QUESTION, kv.cache.get_or_encode(PASSAGES)[0]))
     assert streamed.strip() == first.text
 
 
@@ -203,7 +207,7 @@ def test_press_hook_gets_attention_and_keeps_positions(generator):
     assert cfg._attn_implementation != "eager"  # switched back after encoding
     _, pos = chunk_context(generator.lm, generator.layout, chunks)
     assert pos == len(generator.layout.prefix_ids()) + sum(c.length for c in chunks)
-    answer = generator.generate_from_chunks(QUESTION, chunks)
+    answer = generate_from_chunks(generator, QUESTION, chunks)
     assert answer.stats.context_tokens == pos + len(generator.layout.question_ids(QUESTION))
 
 
@@ -224,7 +228,7 @@ def test_chunks_from_another_model_are_refused(generator, tokenizer):
 
     other = encoder_for(make_tiny_llama(len(tokenizer), seed=9), tokenizer)
     with pytest.raises(ValueError, match="encoded for model"):
-        generator.generate_from_chunks(QUESTION, other.encode(PASSAGES[:1]))
+        generate_from_chunks(generator, QUESTION, other.encode(PASSAGES[:1]))
 
 
 @pytest.mark.slow
@@ -239,3 +243,20 @@ def test_single_chunk_exact_on_packaged_smollm2():
     got = question_logits(model, gen.layout, chunks, QUESTION)
     torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-4)
     assert kv.answer(QUESTION, PASSAGES[:1]).token_ids == gen.generate(QUESTION, PASSAGES[:1]).token_ids
+
+
+def test_decode_continues_a_ready_cache_like_a_fresh_prefill(generator):
+    """The generator's public decode entry (what the KV path builds on): a cache holding the
+    first tokens of a prompt, continued with the rest, answers as the whole prompt does, and
+    counts the context before decoding grows the cache."""
+    from transformers import DynamicCache
+
+    ids = generator.layout.prompt_ids(PASSAGES[:1], QUESTION)
+    cache = DynamicCache(config=generator.lm.config)
+    with torch.inference_mode():
+        generator.lm(input_ids=torch.tensor([ids[:-3]]), **cache_kwargs(generator.lm, cache), use_cache=True)
+    resumed = generator.decode(ids[-3:], cache, max_new_tokens=4)
+    fresh = generator.decode(ids, None, max_new_tokens=4)
+    assert resumed.token_ids == fresh.token_ids and fresh.stats.new_tokens > 0
+    assert resumed.stats.context_tokens == fresh.stats.context_tokens == len(ids)
+    assert resumed.stats.prompt_tokens == 3

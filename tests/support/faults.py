@@ -66,6 +66,7 @@ def _client(args: tuple[int, str, str, list[str], int, int]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from ragcompress.generate import Generator
     from ragcompress.kv.cache import ChunkCache
+    from ragcompress.kv.context import generate_from_chunks
     from ragcompress.kv.encode.encoder import ChunkEncoder
     from ragcompress.kv.store.open import open_store
     from ragcompress.models.load import load_reader
@@ -103,7 +104,7 @@ def _client(args: tuple[int, str, str, list[str], int, int]) -> dict[str, Any]:
                 reference[text] = encoder.encode([text])[0]
             if not _matches(chunk, reference[text]):
                 out["wrong"] += 1
-        answer = generator.generate_from_chunks("What is this about?", chunks, 4)
+        answer = generate_from_chunks(generator, "What is this about?", chunks, 4)
         out["answers"] += int(answer.stats.new_tokens >= 0)
     out["seconds"] = time.perf_counter() - start
     return out

@@ -9,6 +9,7 @@ from typing import Any
 __all__ = [
     "TINY_FAMILIES",
     "chunks_close",
+    "greedy_logits",
     "make_tiny_llama",
     "make_tiny_mistral",
     "make_tiny_qwen2",
@@ -93,6 +94,15 @@ TINY_FAMILIES: dict[str, Callable[..., Any]] = {
     "mistral": make_tiny_mistral,
     "qwen2": make_tiny_qwen2,
 }
+
+
+def greedy_logits(model: Any, ids: list[int]) -> Any:
+    """Logits of a fresh prefill of ``ids``, shape (len(ids), vocab): the reference a cached or
+    assembled context is checked against."""
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids], device=model.device)).logits[0]
 
 
 def chunks_close(a: Any, b: Any, atol: float = 1e-5) -> bool:

@@ -4,11 +4,17 @@ llmlingua slices ``past_key_values`` as a list of ``(key, value)`` tuples per la
 format) and feeds such lists back; transformers 5 models take and return ``Cache`` objects
 only, so llmlingua fails with "too many values to unpack" (microsoft/LLMLingua#210). This
 wrapper converts at the model boundary, both ways; everything else is passed through.
+
+It is the one place outside :mod:`ragcompress.models.compat` that names ``past_key_values`` on
+purpose: that is the keyword llmlingua calls the wrapper with and the output attribute it reads.
+Toward the wrapped model it speaks whatever the installed transformers takes (``cache_kwargs``).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ragcompress.models.compat import cache_kwargs, output_cache
 
 __all__ = ["LegacyCacheModel", "from_legacy", "to_legacy"]
 
@@ -35,11 +41,15 @@ def LegacyCacheModel(model: Any) -> Any:
             self.inner = inner
 
         def forward(self, *args: Any, past_key_values: Any = None, **kwargs: Any) -> Any:
-            if past_key_values is not None and not hasattr(past_key_values, "get_seq_length"):
-                past_key_values = from_legacy(past_key_values, self.inner.config)
-            out = self.inner(*args, past_key_values=past_key_values, **kwargs)
-            if getattr(out, "past_key_values", None) is not None:
-                out.past_key_values = to_legacy(out.past_key_values)
+            # ``past_key_values``: llmlingua's keyword (it calls the model the pre-5 way), kept on purpose
+            cache = past_key_values
+            if cache is not None and not hasattr(cache, "get_seq_length"):
+                cache = from_legacy(cache, self.inner.config)
+            out = self.inner(*args, **cache_kwargs(self.inner, cache), **kwargs)
+            returned = output_cache(out)
+            if returned is not None:
+                # llmlingua reads ``out.past_key_values``: on transformers >= 5.24 an alias of ``out.cache``
+                out["cache" if "cache" in out else "past_key_values"] = to_legacy(returned)
             return out
 
         def __getattr__(self, name: str) -> Any:

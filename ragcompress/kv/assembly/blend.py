@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly.base import Assembly, Context, number, register_assembly
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.rope import rotate_by
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.cache_utils import DynamicLayer
 
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 
 if TYPE_CHECKING:
     import torch

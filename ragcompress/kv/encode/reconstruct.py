@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.encode.eager import eager_view, tap_attention
 from ragcompress.models.arch import arch_for
-from ragcompress.models.load import cache_kwargs
+from ragcompress.models.compat import cache_kwargs
 
 if TYPE_CHECKING:
     import torch

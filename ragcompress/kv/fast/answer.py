@@ -92,7 +92,7 @@ class FastKVAnswerer(KVAnswerer):
         timing["position"], timing["recompute"] = self.assembly.load_fast(
             engine, self._prefix, gen.lm, prefix, chunks, ids
         )
-        gen._check_length(int(timing["position"]) + len(ids), limit)
+        gen.check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
         for host in engine.steps([ids], limit):  # one host sync per token: the answer streams
             timing.setdefault("first", time.perf_counter())
@@ -102,7 +102,7 @@ class FastKVAnswerer(KVAnswerer):
 
     def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
         ids = self.generator.layout.question_ids(query)
-        return self.generator._text_pieces(self._tokens(ids, chunks, max_new_tokens, {}))
+        return self.generator.text_pieces(self._tokens(ids, chunks, max_new_tokens, {}))
 
     def answer(
         self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
@@ -120,6 +120,4 @@ class FastKVAnswerer(KVAnswerer):
             "assembly": self.assembly.name,
             "recompute": timing["recompute"],
         }
-        return self.generator.chunk_answer(
-            tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra
-        )
+        return self.chunk_answer(tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra)

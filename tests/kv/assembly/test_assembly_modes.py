@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ragcompress.generate import Generator, greedy_logits
+from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.assembly import available_assemblies, build_assembly
+from tests.support.tiny import greedy_logits
 
 from ..conftest import PASSAGES, QUESTION
 

@@ -11,7 +11,7 @@ from ragcompress.generate import Generator
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.encode.reconstruct import reconstruction_prompt, reconstruction_scores
 from ragcompress.kv.presses import kept_count
-from ragcompress.models.load import output_cache
+from ragcompress.models.compat import output_cache
 from tests.support.tiny import make_tiny_llama
 
 from ..conftest import PASSAGES

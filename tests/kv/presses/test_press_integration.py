@@ -13,6 +13,7 @@ from ragcompress.kv.context import chunk_context
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.presses import QuantizedLayer, calibrate
 from ragcompress.kv.store.disk import DiskStore
+from ragcompress.models.compat import cache_kwargs
 
 from ..conftest import PASSAGES, QUESTION
 
@@ -43,7 +44,7 @@ def question_logits(model, layout, chunks) -> torch.Tensor:
     with torch.inference_mode():
         out = model(
             input_ids=torch.tensor([ids]),
-            past_key_values=cache,
+            **cache_kwargs(model, cache),
             position_ids=torch.arange(pos, pos + len(ids))[None],
             cache_position=torch.arange(phys, phys + len(ids)),
         )
