@@ -181,7 +181,7 @@ def _lowrank_rank(session: KVSession) -> int:
 
 
 def _calibrate(session: KVSession, texts: list[str], folder: Path) -> str | None:
-    from ragcompress.kv.presses import calibrate
+    from ragcompress.kv.encode.calibrate import calibrate
 
     if not texts:
         return None

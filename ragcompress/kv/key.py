@@ -12,27 +12,14 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ragcompress.kv.fingerprint import model_fingerprint
 
-__all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "press_fingerprint", "tokens_digest"]
+__all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "tokens_digest"]
 
 # Bump when the meaning of stored tensors or metadata changes; old files then miss.
 # 2: the stored digest covers the header (key, offsets, layer metadata) as well as the tensors.
 FORMAT_VERSION = 2
-
-
-def press_fingerprint(presses: Any) -> str:
-    """Canonical JSON ``[spec]`` of the one press that ``presses`` (a press, a spec or a list of
-    them) build into (:func:`~ragcompress.kv.presses.protocol.build_presses`); ``"[]"`` without presses.
-    Every form of the same chain (a list, a ``ComposedPress``, nested or not) gives one value."""
-    from ragcompress.kv.presses.protocol import build_presses
-    from ragcompress.registry import spec_of
-
-    press = build_presses(presses)
-    specs = [] if press is None else [spec_of(press)]
-    return json.dumps(specs, sort_keys=True, separators=(",", ":"))
 
 
 def tokens_digest(token_ids: Sequence[int]) -> str:
@@ -45,7 +32,7 @@ class ChunkKey:
 
     model: str  # model_fingerprint(...)
     layout: str  # PromptLayout.fingerprint()
-    presses: str  # press_fingerprint(...)
+    presses: str  # kv.presses.protocol.press_fingerprint(...)
     tokens: str  # tokens_digest(passage ids)
     format: int = FORMAT_VERSION
 

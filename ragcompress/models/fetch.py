@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.models.load import cache_home
+from ragcompress.models.paths import cache_home
 
 if TYPE_CHECKING:
     import torch

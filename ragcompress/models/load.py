@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ragcompress.models.paths import cache_home
 
 if TYPE_CHECKING:
     import torch
@@ -60,11 +61,6 @@ _PACKAGED: dict[str, tuple[str, str, str]] = {
 }
 
 _LOCK = threading.Lock()
-
-
-def cache_home() -> Path:
-    """Root of ragcompress's on-disk caches (``$RAGCOMPRESS_HOME`` or ``~/.cache/ragcompress``)."""
-    return Path(os.environ.get("RAGCOMPRESS_HOME", Path.home() / ".cache" / "ragcompress"))
 
 
 def default_device() -> str:

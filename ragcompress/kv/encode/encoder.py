@@ -18,9 +18,9 @@ from ragcompress.kv.chunk import DenseLayer, KVChunk
 from ragcompress.kv.encode.eager import eager_view
 from ragcompress.kv.encode.reconstruct import reconstruction_prompt, reconstruction_scores
 from ragcompress.kv.fingerprint import model_fingerprint, weights_version
-from ragcompress.kv.key import ChunkKey, press_fingerprint, tokens_digest
+from ragcompress.kv.key import ChunkKey, tokens_digest
 from ragcompress.kv.prefix import PrefixKV
-from ragcompress.kv.presses.protocol import KVPress, build_presses
+from ragcompress.kv.presses.protocol import KVPress, build_presses, press_fingerprint
 from ragcompress.models.arch import ModelArch, arch_for
 from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout

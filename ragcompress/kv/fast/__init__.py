@@ -12,9 +12,9 @@ from ragcompress.kv.fast.attention import CascadeAttention, FlashCascade, Refere
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.eager import EagerStep
 from ragcompress.kv.fast.engine import FastGenerator
-from ragcompress.kv.fast.fused import FusedStep
+from ragcompress.kv.fast.fused import FusedStep, default_step
 from ragcompress.kv.fast.packed import BufferChunk, PackedChunk, QuantizedPackedChunk
-from ragcompress.kv.fast.step import DecoderStep, default_step
+from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stored import StoredChunk
 from ragcompress.kv.fast.write import write_batch, write_chunk
 

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.attention import CascadeAttention, StepMeta, default_attention
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
+from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.step import DecoderStep, default_step
+from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.write import write_batch
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class FastGenerator:
     ``buckets``: padded question lengths a graph is captured for; ``step``: how a step is
     computed (:class:`~ragcompress.kv.fast.fused.FusedStep` or
     :class:`~ragcompress.kv.fast.eager.EagerStep` over ``model``; by default
-    :func:`~ragcompress.kv.fast.step.default_step` picks the fused one where it runs);
+    :func:`~ragcompress.kv.fast.fused.default_step` picks the fused one where it runs);
     ``attention``: the cascade (by default flash where it works, else the reference).
     """
 

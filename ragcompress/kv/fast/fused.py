@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.kv.fast.eager import EagerStep
 from ragcompress.kv.fast.step import DecoderStep
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.fast.step import StepIO
 
-__all__ = ["FusedStep", "stack_weights"]
+__all__ = ["FusedStep", "default_step", "stack_weights"]
 
 
 @dataclass(eq=False)
@@ -148,3 +149,14 @@ def stack_weights(linears: Sequence[Any], share: bool = False) -> torch.Tensor |
         offset += w.numel()
     rows = sum(int(w.shape[0]) for w in ws)
     return first.as_strided((rows, first.shape[1]), first.stride(), first.storage_offset())
+
+
+def default_step(model: Any, share_weights: bool = False) -> DecoderStep:
+    """:class:`FusedStep` where it runs (a CUDA model with Llama's
+    RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`.
+
+    ``share_weights``: passed to the fused step (see there: extra memory against GEMM count).
+    """
+    if FusedStep.unsupported(model) is None:
+        return FusedStep(model, share_weights=share_weights)
+    return EagerStep(model)

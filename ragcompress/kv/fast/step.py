@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["DecoderStep", "StepIO", "default_step"]
+__all__ = ["DecoderStep", "StepIO"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,17 +109,3 @@ class DecoderStep(ABC):
         buf = io.buffer
         k, v = buf.ctx_keys[:, li], buf.ctx_values[:, li]
         return io.attention(q, k, v, buf.q_keys[li], buf.q_values[li], io.meta, self.scale)
-
-
-def default_step(model: Any, share_weights: bool = False) -> DecoderStep:
-    """:class:`~ragcompress.kv.fast.fused.FusedStep` where it runs (a CUDA model with Llama's
-    RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`.
-
-    ``share_weights``: passed to the fused step (see there: extra memory against GEMM count).
-    """
-    from ragcompress.kv.fast.eager import EagerStep
-    from ragcompress.kv.fast.fused import FusedStep
-
-    if FusedStep.unsupported(model) is None:
-        return FusedStep(model, share_weights=share_weights)
-    return EagerStep(model)

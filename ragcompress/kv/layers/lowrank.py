@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.chunk import ChunkLayer, register_layer
-from ragcompress.kv.presses.lowrank_basis import LowRankBasis, load_verified
+from ragcompress.kv.layers.lowrank_basis import LowRankBasis, load_verified
 
 if TYPE_CHECKING:
     import torch

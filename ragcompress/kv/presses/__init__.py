@@ -8,13 +8,13 @@ Importing this package registers every press (``knorm``, ``window``, ``observed`
 from __future__ import annotations
 
 from ragcompress.kv.layers.lowrank import LowRankLayer
+from ragcompress.kv.layers.lowrank_basis import LowRankBasis
 from ragcompress.kv.layers.quantized import QuantizedLayer
 from ragcompress.kv.presses.base import EvictionPress, kept_count
 from ragcompress.kv.presses.compose import ComposedPress
 from ragcompress.kv.presses.knorm import KnormPress
 from ragcompress.kv.presses.kvzip import KVzipPress
 from ragcompress.kv.presses.lowrank import LowRankPress
-from ragcompress.kv.presses.lowrank_basis import LowRankBasis, calibrate, fit_basis
 from ragcompress.kv.presses.observed import ObservedAttentionPress
 from ragcompress.kv.presses.quantize import QuantizePress
 from ragcompress.kv.presses.window import WindowPress
@@ -31,7 +31,5 @@ __all__ = [
     "QuantizePress",
     "QuantizedLayer",
     "WindowPress",
-    "calibrate",
-    "fit_basis",
     "kept_count",
 ]

@@ -1,5 +1,5 @@
 """Low-rank: store keys (and optionally values) as coefficients on a per-layer, per-KV-head
-basis calibrated offline (:func:`~ragcompress.kv.presses.lowrank_basis.calibrate`), the CSKV
+basis calibrated offline (:func:`~ragcompress.kv.encode.calibrate.calibrate`), the CSKV
 idea. Keys shrink to ``rank / head_dim`` of their bytes; values too with ``values=True``.
 
 The press references the basis file by path and by the SHA-256 of its bytes (filled in from
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ragcompress.kv.layers.lowrank import LowRankLayer, project
-from ragcompress.kv.presses.lowrank_basis import file_digest, load_verified
+from ragcompress.kv.layers.lowrank_basis import file_digest, load_verified
 from ragcompress.registry import register
 
 if TYPE_CHECKING:

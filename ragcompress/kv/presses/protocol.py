@@ -8,6 +8,7 @@ tokens, quantized, low-rank, …). Every layer and head must keep the same numbe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkable
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.chunk import ChunkLayer, DenseLayer
 
-__all__ = ["KVPress", "build_presses"]
+__all__ = ["KVPress", "build_presses", "press_fingerprint"]
 
 
 @runtime_checkable
@@ -40,7 +41,7 @@ def build_presses(specs: Any) -> KVPress | None:
 
     ``specs``: a press object or spec (dict, name, JSON string), or a sequence of them applied
     first to last. Every form of the same chain builds the same press, so the same chunk key
-    (:func:`~ragcompress.kv.key.press_fingerprint` calls this): a one-item list is its press,
+    (:func:`press_fingerprint` calls this): a one-item list is its press,
     several are one :class:`~ragcompress.kv.presses.compose.ComposedPress` (which restricts an
     attention press's input to the tokens earlier presses kept), and nested compositions are
     flattened (the same presses in the same order do the same thing).
@@ -75,3 +76,14 @@ def _leaves(press: Any) -> list[Any]:
     if isinstance(press, ComposedPress):
         return [leaf for p in press.presses for leaf in _leaves(p)]
     return [press]
+
+
+def press_fingerprint(presses: Any) -> str:
+    """Canonical JSON ``[spec]`` of the one press that ``presses`` (a press, a spec or a list of
+    them) build into (:func:`build_presses`); ``"[]"`` without presses.
+    Every form of the same chain (a list, a ``ComposedPress``, nested or not) gives one value."""
+    from ragcompress.registry import spec_of
+
+    press = build_presses(presses)
+    specs = [] if press is None else [spec_of(press)]
+    return json.dumps(specs, sort_keys=True, separators=(",", ":"))

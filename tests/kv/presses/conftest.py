@@ -31,7 +31,7 @@ def random_layers(seed: int = 0, dtype: torch.dtype = torch.float32, n: int = N)
 @pytest.fixture(scope="session")
 def basis_file(tmp_path_factory) -> str:
     """A full-rank (HEAD_DIM) pre-RoPE key+value basis fitted on other random layers."""
-    from ragcompress.kv.presses.lowrank_basis import fit_basis
+    from ragcompress.kv.encode.calibrate import fit_basis
 
     samples = [[layer.dense() for layer, _ in random_layers(seed=100 + i)] for i in range(4)]
     basis = fit_basis(samples, HEAD_DIM, values=True, inv_freq=INV_FREQ)

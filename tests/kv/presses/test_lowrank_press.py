@@ -9,8 +9,9 @@ import torch
 
 import ragcompress
 from ragcompress.kv.chunk import DenseLayer, layer_class
+from ragcompress.kv.encode.calibrate import fit_basis
 from ragcompress.kv.kernels import rerotate
-from ragcompress.kv.presses.lowrank_basis import LowRankBasis, fit_basis
+from ragcompress.kv.layers.lowrank_basis import LowRankBasis
 from ragcompress.registry import spec_of
 
 from .conftest import HEAD_DIM, INV_FREQ, KV_HEADS, random_layers

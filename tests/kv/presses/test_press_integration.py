@@ -10,8 +10,9 @@ import ragcompress
 from ragcompress.generate import Generator
 from ragcompress.kv.cache import ChunkCache
 from ragcompress.kv.context import chunk_context
+from ragcompress.kv.encode.calibrate import calibrate
 from ragcompress.kv.encode.encoder import ChunkEncoder
-from ragcompress.kv.presses import QuantizedLayer, calibrate
+from ragcompress.kv.presses import QuantizedLayer
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.models.compat import cache_kwargs
 

@@ -11,9 +11,8 @@ import yaml
 
 import ragcompress
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.key import press_fingerprint
 from ragcompress.kv.presses import ComposedPress, kept_count
-from ragcompress.kv.presses.protocol import build_presses
+from ragcompress.kv.presses.protocol import build_presses, press_fingerprint
 from ragcompress.pipeline.core import Pipeline
 from tests.support.tiny import chunks_close
 
