@@ -22,7 +22,8 @@ from ragcompress.kv.fast.gather_reference import gather_reference
 from ragcompress.kv.fast.write import _kernel_runs, gather
 from ragcompress.models.compat import cache_kwargs
 from tests.conftest import make_tiny_llama
-from tests.kv.test_fast_path import _prefill, _snapshot, _split, assert_untouched, gathered, mixed_chunks
+from tests.kv.test_fast_path import _prefill, _split, gathered, mixed_chunks
+from tests.support.tiny import assert_untouched, param_snapshot
 
 VOCAB = 1024
 
@@ -249,7 +250,7 @@ def test_gpu_silu_mul_and_stacked_weights():
     want = torch.nn.functional.silu(gu[:, :3000]) * gu[:, 3000:]
     torch.testing.assert_close(silu_mul(gu), want, atol=0, rtol=1e-2)
     m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
-    before = _snapshot(m)
+    before = param_snapshot(m)
     step = default_step(m)
     assert isinstance(step, FusedStep)
     assert len(step._qkv) == len(step._gate_up) == len(m.model.layers)

@@ -83,10 +83,10 @@ def test_fast_answers_match_on_the_packaged_reader() -> None:
 def test_a_fast_answerer_leaves_the_model_untouched(gen) -> None:
     """Building and running the engine changes no parameter of the user's model: same tensors
     (data pointers, version counters), same bytes, same state dict; answers as the eager path."""
-    from tests.kv.test_fast_path import _snapshot, assert_untouched
+    from tests.support.tiny import assert_untouched, param_snapshot
 
     model = gen.lm
-    before = _snapshot(model)
+    before = param_snapshot(model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     fast = FastKVAnswerer.from_generator(gen, capacity=512, max_question=64)
     eager = KVAnswerer.from_generator(gen)

@@ -6,13 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 __all__ = [
     "TINY_FAMILIES",
+    "assert_untouched",
     "chunks_close",
     "greedy_logits",
     "make_tiny_llama",
     "make_tiny_mistral",
     "make_tiny_qwen2",
+    "param_snapshot",
     "write_docs",
 ]
 
@@ -129,3 +133,18 @@ def write_docs(folder: Path) -> Path:
     (docs / "a.txt").write_text("The Rhine flows into the North Sea.\n\nOxygen is element 8.\n")
     (docs / "b.jsonl").write_text(json.dumps({"id": "w1", "text": "Warsaw is the capital of Poland."}) + "\n")
     return docs
+
+
+def param_snapshot(model: Any) -> dict[str, tuple[int, int, torch.Tensor]]:
+    """Data pointer, version counter and a copy of every parameter (for :func:`assert_untouched`)."""
+    return {n: (p.data_ptr(), p._version, p.detach().clone()) for n, p in model.named_parameters()}
+
+
+def assert_untouched(model: Any, before: dict[str, tuple[int, int, torch.Tensor]]) -> None:
+    """Every parameter is the same tensor (data pointer, version counter) with the same bytes."""
+    now = dict(model.named_parameters())
+    assert now.keys() == before.keys()
+    for name, (ptr, version, value) in before.items():
+        p = now[name]
+        assert (p.data_ptr(), p._version) == (ptr, version), name
+        assert torch.equal(p.detach(), value), name
