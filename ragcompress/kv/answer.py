@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.context import (
-    chunk_answer,
     generate_from_chunks,
     prepare_context,
     stream_from_chunks,
@@ -101,20 +100,6 @@ class KVAnswerer:
             start=start,
             assembly=self.assembly,
         )
-
-    def chunk_answer(
-        self,
-        tokens: Sequence[int],
-        prompt_tokens: int,
-        position: int,
-        chunks: Sequence[KVChunk],
-        start: float,
-        ttft_ms: float | None,
-        extra: dict[str, Any] | None = None,
-    ) -> Answer:
-        """The answer of ``tokens`` another engine decoded from ``chunks`` (see
-        :func:`~ragcompress.kv.context.chunk_answer`)."""
-        return chunk_answer(self.generator, tokens, prompt_tokens, position, chunks, start, ttft_ms, extra)
 
     def teacher_forced_logprobs(
         self, query: str, passages: Sequence[Passage] | Sequence[str], target_ids: Sequence[int]

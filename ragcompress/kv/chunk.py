@@ -11,6 +11,7 @@ assembled cache stays rectangular.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -195,13 +196,14 @@ class KVChunk:
 
     def to(self, device: torch.device | str) -> KVChunk:
         """The same chunk with every tensor on ``device``."""
-        return KVChunk(
-            layers=[layer.to(device) for layer in self.layers],
-            token_ids=self.token_ids.to(device),
-            base_offset=self.base_offset,
-            length=self.length,
-            key=self.key,
-            model=self.model,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
+        return dataclasses.replace(
+            self, layers=[layer.to(device) for layer in self.layers], token_ids=self.token_ids.to(device)
         )
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> KVChunk:
+        """The same chunk with ``fn`` applied to every tensor (the layers' and the token ids)."""
+        layers = [
+            type(layer).from_tensors({k: fn(t) for k, t in layer.tensors().items()}, layer.meta())
+            for layer in self.layers
+        ]
+        return dataclasses.replace(self, layers=layers, token_ids=fn(self.token_ids))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.answer import KVAnswerer, _extra
+from ragcompress.kv.context import chunk_answer
 from ragcompress.validate import check_request
 
 if TYPE_CHECKING:
@@ -120,4 +121,6 @@ class FastKVAnswerer(KVAnswerer):
             "assembly": self.assembly.name,
             "recompute": timing["recompute"],
         }
-        return self.chunk_answer(tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra)
+        return chunk_answer(
+            self.generator, tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra
+        )

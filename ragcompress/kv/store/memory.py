@@ -42,20 +42,7 @@ def chunk_digest(chunk: KVChunk) -> tuple[tuple[Any, ...], tuple[int, ...]]:
 
 
 def _pinned(chunk: KVChunk) -> KVChunk:
-    layers = [
-        type(layer).from_tensors({k: t.cpu().pin_memory() for k, t in layer.tensors().items()}, layer.meta())
-        for layer in chunk.layers
-    ]
-    return KVChunk(
-        layers=layers,
-        token_ids=chunk.token_ids.cpu().pin_memory(),
-        base_offset=chunk.base_offset,
-        length=chunk.length,
-        key=chunk.key,
-        model=chunk.model,
-        kv_heads=chunk.kv_heads,
-        head_dim=chunk.head_dim,
-    )
+    return chunk.map_tensors(lambda t: t.cpu().pin_memory())
 
 
 @dataclass(frozen=True)
