@@ -83,11 +83,20 @@ def run(
     """
     from tqdm.auto import tqdm
 
+    from ragcompress.kv.store.spec import StoreSpec
+
     paths: dict[str, FullPath | KVPath] = {}
     unavailable: dict[str, str] = {}
+    stores: dict[tuple[str, ...], Any] = {}  # one per press set: each passage encoded once per set
     for c in line:
+        key = tuple(repr(p) for p in c.presses)
         try:
-            paths[c.label] = FullPath(gen) if c.assembly is None else kv_path(gen, c)
+            if c.assembly is None:
+                paths[c.label] = FullPath(gen)
+                continue
+            if key not in stores:
+                stores[key] = StoreSpec(gpu_bytes=512 << 20).build(gen.lm.device)
+            paths[c.label] = kv_path(gen, c, store=stores[key])
         except (Unavailable, ValueError, TypeError) as err:  # a mode this build lacks or refuses
             unavailable[c.label] = str(err)
     done = _journaled(journal, list(paths))

@@ -174,14 +174,36 @@ class KVPath:
         cache, pos = chunk_context(gen.lm, gen.layout, chunks)
         return teacher_forced(KVSession(gen), cache, pos, gen.layout.question_ids(question), target)  # type: ignore[no-any-return]
 
+    def logprobs_many(
+        self, question: str, passages: list[str], targets: list[list[int]]
+    ) -> list[torch.Tensor]:
+        """:meth:`logprobs` of each target from one prepared context (a blend's probe and partial
+        forward run once; each target is teacher-forced on a copy of it), as
+        ``teacher_forced_logprobs`` prepares it."""
+        if not self.assembled:
+            return [self.logprobs(question, passages, t) for t in targets]
+        import copy
+
+        from ragcompress.kv.context import prepare_context, teacher_forced
+
+        gen = self.gen
+        chunks, _ = self.answerer.cache.get_or_encode(passages)
+        ids = gen.layout.question_ids(question)
+        ctx = prepare_context(gen.lm, gen.layout, chunks, ids, self.answerer.assembly)
+        return [teacher_forced(gen.lm, copy.deepcopy(ctx), ids, t) for t in targets]
+
     def recompute(self, answer: Answer) -> float:
         return float(answer.stats.extra.get("recompute", 0.0))
 
 
-def kv_path(gen: Generator, contender: FidelityContender, memory_bytes: int = 256 << 20) -> KVPath:
+def kv_path(
+    gen: Generator, contender: FidelityContender, memory_bytes: int = 256 << 20, store: Any = None
+) -> KVPath:
     """The adapter to the KV path: ``KVAnswerer.from_generator(..., presses, assembly)`` where
     ``ragcompress.kv.assembly`` exists; else today's ``concat`` (other modes: :class:`Unavailable`).
-    Each contender gets its own memory store, so no row can read another's chunks."""
+    ``store``: shared by the contenders with the same presses (a chunk is keyed by its content,
+    model and presses, never by the mode, so each passage is encoded once per press set); None: a
+    memory store of this contender's own."""
     from ragcompress.kv.answer import KVAnswerer
 
     assert contender.assembly is not None
@@ -192,12 +214,14 @@ def kv_path(gen: Generator, contender: FidelityContender, memory_bytes: int = 25
             raise Unavailable(
                 f"mode {contender.assembly['name']!r} needs ragcompress.kv.assembly (not in this build)"
             ) from None
-        answerer = KVAnswerer.from_generator(gen, presses=contender.presses, memory_bytes=memory_bytes)
+        answerer = KVAnswerer.from_generator(
+            gen, presses=contender.presses, memory_bytes=memory_bytes, store=store
+        )
         return KVPath(answerer, assembled=False)
     if contender.assembly["name"] not in available_assemblies():
         raise Unavailable(f"assembly mode {contender.assembly['name']!r} is not registered")
     answerer = KVAnswerer.from_generator(
-        gen, presses=contender.presses, memory_bytes=memory_bytes, assembly=contender.assembly
+        gen, presses=contender.presses, memory_bytes=memory_bytes, assembly=contender.assembly, store=store
     )
     return KVPath(answerer, assembled=True)
 
@@ -212,11 +236,7 @@ def measure(path: FullPath | KVPath, ex: QAExample, reference: list[int] | None)
     ans = path.answer(ex.question, passages)
     gold = list(path.gen.tokenizer(ex.answers[0], add_special_tokens=False)["input_ids"])
     ref = list(ans.token_ids) if reference is None else reference
-    if isinstance(path, FullPath):
-        lp, ref_lp = path.logprobs_many(ex.question, passages, [gold, ref])
-    else:
-        lp = path.logprobs(ex.question, passages, gold)
-        ref_lp = path.logprobs(ex.question, passages, ref) if ref else lp[:0]
+    lp, ref_lp = path.logprobs_many(ex.question, passages, [gold, ref])
     agree = None
     if ref:
         top = ref_lp.argmax(-1).cpu()

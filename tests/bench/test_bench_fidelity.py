@@ -173,3 +173,20 @@ def test_resume_keeps_journaled_questions_and_reruns_a_cut_one(tmp_path: Path, t
         r["text"].startswith("MARKER")
         for r in json.loads((tmp_path / "fidelity.json").read_text())["questions"]
     )
+
+
+@pytest.mark.parametrize("assembly", [{"name": "concat"}, {"name": "blend", "recompute": 0.3}])
+def test_kv_path_shared_context_equals_separate_passes(
+    tiny_reader_dir: str, assembly: dict[str, Any]
+) -> None:
+    import torch
+    from ragcompress_bench.fidelity_paths import FidelityContender, kv_path
+
+    from ragcompress.generate import Generator
+
+    gen = Generator(model=tiny_reader_dir, dtype="float32", max_new_tokens=4)
+    path = kv_path(gen, FidelityContender("x", assembly))
+    passages, question = ["The Rhine rises in the Alps.", "It flows to the North Sea."], "Where does it flow?"
+    targets = [[11, 12, 13], [7]]
+    for target, got in zip(targets, path.logprobs_many(question, passages, targets), strict=True):
+        torch.testing.assert_close(got, path.logprobs(question, passages, target), atol=1e-4, rtol=1e-4)
