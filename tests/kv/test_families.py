@@ -7,10 +7,9 @@ an untied output layer; Qwen3 the one with per-head q/k norms before RoPE."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import copy
 import itertools
+from typing import Any
 
 import pytest
 import torch
