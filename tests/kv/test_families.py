@@ -1,8 +1,9 @@
 """Every model family in ``tests.support.tiny.TINY_FAMILIES`` on the KV path: a single cached
 chunk reproduces a fresh prefill (also moved to another offset, and through a calibrated
 low-rank basis that un-rotates keys), the fast engine's step reproduces a fresh prefill's
-logits and (CPU reference kernels) gives the eager path's greedy tokens over several chunks,
-and chunk keys differ across families. Qwen2 is the family with QKV biases, RoPE theta 1e6 and
+logits and (CPU reference kernels) gives the eager path's greedy tokens over several chunks
+(uncompressed, key-norm and KVzip evicted, each then int4), and chunk keys differ across
+families. Qwen2 is the family with QKV biases, RoPE theta 1e6 and
 an untied output layer; Qwen3 the one with per-head q/k norms before RoPE."""
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def test_chunk_keys_differ_across_families(tokenizer):
         assert ka.digest != kb.digest and ka.model != kb.model, (a, b)
 
 
-@pytest.mark.parametrize("presses", PRESSES[:2])
+@pytest.mark.parametrize("presses", PRESSES)
 def test_fast_answers_match_the_eager_path(family_model, tokenizer, presses):
     gen = Generator.from_model(family_model, tokenizer, max_new_tokens=10)
     assert_fast_matches_eager(
