@@ -159,6 +159,21 @@ def test_chunk_keys_differ_across_families(tokenizer):
         assert ka.digest != kb.digest and ka.model != kb.model, (a, b)
 
 
+@pytest.mark.parametrize("recompute", [0.3, 1.0])
+def test_blend_on_the_fast_engine_matches_the_eager_path(family_model, tokenizer, recompute):
+    """Blend rebuilds the question's queries through the adapter (QK-norm included) to choose
+    the tokens it recomputes; recomputing all of them is a full prefill of the prompt."""
+    gen = Generator.from_model(family_model, tokenizer, max_new_tokens=6)
+    spec = {"name": "blend", "recompute": recompute}
+    eager = KVAnswerer.from_generator(gen, assembly=spec)
+    fast = FastKVAnswerer.from_generator(gen, assembly=spec, capacity=512, max_question=64)
+    for passages in (PASSAGES, PASSAGES[::-1]):
+        want = eager.answer(QUESTION, passages).token_ids
+        assert fast.answer(QUESTION, passages).token_ids == want and len(want) > 0
+        if recompute == 1.0:
+            assert want == gen.generate(QUESTION, passages).token_ids
+
+
 @pytest.mark.parametrize("presses", PRESSES)
 def test_fast_answers_match_the_eager_path(family_model, tokenizer, presses):
     gen = Generator.from_model(family_model, tokenizer, max_new_tokens=10)
