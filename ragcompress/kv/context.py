@@ -19,7 +19,8 @@ from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode.encoder import prefix_kv
 from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.rope import Rotary
-from ragcompress.prompt import PromptLayout
+from ragcompress.prompt import PromptLayout, check_history
+from ragcompress.sampling import Sampling, check_sampling
 from ragcompress.validate import check_max_new_tokens, check_query
 
 if TYPE_CHECKING:
@@ -104,12 +105,14 @@ def chunk_prompt(
     chunks: Sequence[KVChunk],
     max_new_tokens: int | None,
     assembly: Assembly | Mapping[str, Any] | None,
+    history: Sequence[tuple[str, str]] | None = None,
 ) -> tuple[list[int], Context]:
-    """``(question ids, context)``: the checked question and the context it is prefilled after;
-    ``ValueError`` when context + question + ``max_new_tokens`` exceed the model's length."""
+    """``(question ids, context)``: the checked question (after the ``history`` turns) and the
+    context it is prefilled after; ``ValueError`` when context + question + ``max_new_tokens``
+    exceed the model's length."""
     check_query(query)
     check_max_new_tokens(max_new_tokens)
-    ids = generator.layout.question_ids(query)
+    ids = generator.layout.question_ids(query, check_history(history))
     ctx = prepare_context(generator.lm, generator.layout, chunks, ids, assembly)
     generator.check_length(ctx.position + len(ids), max_new_tokens)
     return ids, ctx
@@ -124,9 +127,12 @@ def generate_from_chunks(
     extra: dict[str, Any] | None = None,
     start: float | None = None,
     assembly: Assembly | Mapping[str, Any] | None = None,
+    sampling: Sampling | None = None,
+    history: Sequence[tuple[str, str]] | None = None,
 ) -> Answer:
     """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
-    prefill only the question, decode greedily on ``generator``'s model.
+    prefill only [``history`` +] the question, decode with ``sampling`` (None: greedy) on
+    ``generator``'s model.
 
     ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
     ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
@@ -134,14 +140,23 @@ def generate_from_chunks(
     recomputed).
     """
     start = time.perf_counter() if start is None else start
-    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly)
+    sampling = check_sampling(sampling)
+    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly, history)
     timing: dict[str, float] = {}
     steps = generator.iter_tokens(
-        ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=ctx.step_kwargs
+        ids,
+        ctx.cache,
+        max_new_tokens,
+        ctx.position,
+        timing=timing,
+        start=start,
+        step_kwargs=ctx.step_kwargs,
+        sampling=sampling,
     )
-    tokens = list(steps)
+    tokens = list(generator.until_stop(steps, sampling.stop))
     info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
-    return chunk_answer(generator, tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
+    ttft = timing.get("ttft_ms")
+    return chunk_answer(generator, tokens, len(ids), ctx.position, chunks, start, ttft, info, sampling.stop)
 
 
 def stream_from_chunks(
@@ -150,13 +165,17 @@ def stream_from_chunks(
     chunks: Sequence[KVChunk],
     max_new_tokens: int | None = None,
     assembly: Assembly | Mapping[str, Any] | None = None,
+    sampling: Sampling | None = None,
+    history: Sequence[tuple[str, str]] | None = None,
 ) -> Iterator[str]:
     """Like :func:`generate_from_chunks`, yielding the answer's text piece by piece (lazy: nothing
     runs until the first piece is asked for)."""
-    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly)
-    yield from generator.text_pieces(
-        generator.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
+    sampling = check_sampling(sampling)
+    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly, history)
+    steps = generator.iter_tokens(
+        ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs, sampling=sampling
     )
+    yield from generator.text_pieces(steps, sampling.stop)
 
 
 def chunk_answer(
@@ -168,11 +187,13 @@ def chunk_answer(
     start: float,
     ttft_ms: float | None,
     extra: dict[str, Any] | None = None,
+    stop: Sequence[str] = (),
 ) -> Answer:
     """The :class:`~ragcompress.generate.Answer` of a KV-path request, whatever engine decoded
     ``tokens``: ``position`` is where the question started, ``start`` the request's
-    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` and ``ttft_ms``."""
+    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` and ``ttft_ms``; the
+    text ends before the first ``stop`` string."""
     ttft = (time.perf_counter() - start) * 1e3 if ttft_ms is None else ttft_ms
     info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
     info.setdefault("ttft_ms", ttft)
-    return generator.answer_of(tokens, prompt_tokens, position + prompt_tokens, start, ttft, info)
+    return generator.answer_of(tokens, prompt_tokens, position + prompt_tokens, start, ttft, info, stop)
