@@ -28,6 +28,7 @@ from ragcompress.sampling import (
     request_rng,
     trim_at_stop,
 )
+from ragcompress.streaming import AnswerStream
 from ragcompress.types import Passage
 from ragcompress.validate import check_max_new_tokens, check_request
 
@@ -165,12 +166,23 @@ class Generator:
         *,
         sampling: Sampling | None = None,
         history: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are produced (arguments are checked
-        and the prompt tokenized at the call, the model runs as pieces are asked for)."""
-        ids, sampling = self._text_prompt(query, passages, max_new_tokens, sampling, history)
-        tokens = self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens, sampling=sampling)
-        return self.text_pieces(tokens, sampling.stop)
+    ) -> AnswerStream:
+        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
+        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
+        and the prompt tokenized at the call, the model runs as pieces are asked for."""
+        ids, checked = self._text_prompt(query, passages, max_new_tokens, sampling, history)
+
+        def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+            start, timing = time.perf_counter(), dict[str, float]()
+            tokens = self.iter_tokens(ids, None, max_new_tokens, timing=timing, start=start, sampling=checked)
+
+            def finish(done: list[int]) -> Answer:
+                ttft = timing.get("ttft_ms")
+                return self.answer_of(done, len(ids), len(ids), start, ttft, stop=checked.stop)
+
+            return tokens, finish
+
+        return AnswerStream(self, begin, checked.stop)
 
     def _text_prompt(
         self,

@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "ragcompress.prompt", "ragcompress.lru", "ragcompress.corpus", "ragcompress.sampling")),
     ("models", ("ragcompress.models",)),
     # Below the text compressors: the summarizing compressor decodes with a Generator.
-    ("generate", ("ragcompress.generate",)),
+    ("generate", ("ragcompress.generate", "ragcompress.streaming")),
     ("text", ("ragcompress.text",)),
     ("kv.chunk", ("ragcompress.kv", "ragcompress.kv.chunk", "ragcompress.kv.key", "ragcompress.kv.serialize",
                   "ragcompress.kv.layers", "ragcompress.kv.prefix", "ragcompress.kv.fingerprint",

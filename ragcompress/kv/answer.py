@@ -5,23 +5,19 @@ from __future__ import annotations
 import collections.abc
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
-from ragcompress.kv.context import (
-    generate_from_chunks,
-    prepare_context,
-    stream_from_chunks,
-    teacher_forced,
-)
+from ragcompress.kv.context import begin_from_chunks, chunk_sizes, prepare_context, teacher_forced
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.spec import StoreSpec
 from ragcompress.prompt import check_history
 from ragcompress.sampling import Sampling, check_sampling
+from ragcompress.streaming import AnswerStream
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
@@ -101,20 +97,11 @@ class KVAnswerer:
         sampling: Sampling | None = None,
         history: Sequence[tuple[str, str]] | None = None,
     ) -> Answer:
-        passages, sampling, history = _checked(query, passages, max_new_tokens, sampling, history)
+        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
         start = time.perf_counter()
         chunks, stats = self.cache.get_or_encode(passages)
-        return generate_from_chunks(
-            self.generator,
-            query,
-            chunks,
-            max_new_tokens,
-            extra=_extra(stats),
-            start=start,
-            assembly=self.assembly,
-            sampling=sampling,
-            history=history,
-        )
+        steps, finish = self._begin(query, chunks, max_new_tokens, checked, turns, start, _extra(stats))
+        return finish(list(self.generator.until_stop(steps, checked.stop)))
 
     def teacher_forced_logprobs(
         self,
@@ -143,22 +130,41 @@ class KVAnswerer:
         *,
         sampling: Sampling | None = None,
         history: Sequence[tuple[str, str]] | None = None,
-    ) -> Iterator[str]:
-        passages, sampling, history = _checked(query, passages, max_new_tokens, sampling, history)
-        chunks, _ = self.cache.get_or_encode(passages)
-        yield from self._pieces(query, chunks, max_new_tokens, sampling, history)
+    ) -> AnswerStream:
+        """The answer's text pieces as they are decoded, then ``.answer`` (the
+        :class:`~ragcompress.streaming.AnswerStream`); arguments are checked at the call, chunks
+        looked up when the first piece is asked for."""
+        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
 
-    def _pieces(
+        def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+            start = time.perf_counter()
+            chunks, stats = self.cache.get_or_encode(passages)
+            return self._begin(query, chunks, max_new_tokens, checked, turns, start, _extra(stats))
+
+        return AnswerStream(self.generator, begin, checked.stop)
+
+    def _begin(
         self,
         query: str,
         chunks: Sequence[KVChunk],
         max_new_tokens: int | None,
         sampling: Sampling,
         history: Sequence[tuple[str, str]],
-    ) -> Iterator[str]:
-        """The answer's text pieces from ready chunks (the engine a subclass replaces)."""
-        return stream_from_chunks(
-            self.generator, query, chunks, max_new_tokens, self.assembly, sampling=sampling, history=history
+        start: float,
+        extra: dict[str, Any],
+    ) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+        """Start a request on ready chunks (the engine a subclass replaces): ``(token ids as they
+        are decoded, finish(tokens) -> Answer)``, see :func:`~ragcompress.kv.context.begin_from_chunks`."""
+        return begin_from_chunks(
+            self.generator,
+            query,
+            chunks,
+            max_new_tokens,
+            extra=extra,
+            start=start,
+            assembly=self.assembly,
+            sampling=sampling,
+            history=history,
         )
 
     def stream_with_stats(
@@ -174,20 +180,32 @@ class KVAnswerer:
         """Text pieces of the answer, their concatenation equal to ``answer(...).text`` (stripped).
 
         ``stats`` is filled in as the stream runs: the chunk counts (``chunks``,
-        ``chunk_tokens`` and the cache's ``chunks_hit``, ``chunks_encoded``, …) before the
-        first piece, then ``ttft_ms`` (request start to first piece) and ``total_ms``. Lazy:
-        nothing is looked up or encoded until the first piece is asked for.
+        ``chunk_tokens``, ``chunk_tokens_full`` and the cache's ``chunks_hit``,
+        ``chunks_encoded``, …) before the first piece, then ``ttft_ms`` (request start to first
+        piece), ``total_ms`` and, once the answer is complete, ``prompt_tokens``,
+        ``context_tokens`` and ``new_tokens``. Lazy: nothing is looked up or encoded until the
+        first piece is asked for.
         """
-        passages, sampling, history = _checked(query, passages, max_new_tokens, sampling, history)
+        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
-        stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
+        stats.update(chunk_sizes(chunks))
         stats.update(_extra(cache_stats))
-        for piece in _stripped(self._pieces(query, chunks, max_new_tokens, sampling, history)):
+        extra = _extra(cache_stats)
+        stream = AnswerStream(
+            self.generator,
+            lambda: self._begin(query, chunks, max_new_tokens, checked, turns, start, extra),
+            checked.stop,
+        )
+        for piece in _stripped(stream):
             stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
             yield piece
         stats["total_ms"] = (time.perf_counter() - start) * 1e3
         stats.setdefault("ttft_ms", stats["total_ms"])
+        if stream.answer is not None:
+            done = stream.answer.stats
+            stats.update(prompt_tokens=done.prompt_tokens, context_tokens=done.context_tokens)
+            stats.update(new_tokens=done.new_tokens)
 
 
 def _checked(

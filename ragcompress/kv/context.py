@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly import Assembly, Context, build_assembly
@@ -20,7 +20,8 @@ from ragcompress.kv.encode.encoder import prefix_kv
 from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.rope import Rotary
 from ragcompress.prompt import PromptLayout, check_history
-from ragcompress.sampling import Sampling, check_sampling
+from ragcompress.sampling import GREEDY, Sampling, check_sampling
+from ragcompress.streaming import AnswerStream
 from ragcompress.validate import check_max_new_tokens, check_query
 
 if TYPE_CHECKING:
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
 
 __all__ = [
+    "begin_from_chunks",
     "chunk_answer",
     "chunk_context",
     "chunk_prompt",
+    "chunk_sizes",
     "generate_from_chunks",
     "prepare_context",
     "rotary_of",
@@ -118,6 +121,46 @@ def chunk_prompt(
     return ids, ctx
 
 
+def begin_from_chunks(
+    generator: Generator,
+    query: str,
+    chunks: Sequence[KVChunk],
+    max_new_tokens: int | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    start: float | None = None,
+    assembly: Assembly | Mapping[str, Any] | None = None,
+    sampling: Sampling = GREEDY,
+    history: Sequence[tuple[str, str]] = (),
+) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+    """Start an eager KV-path request: assemble the shared prefix + ``chunks`` (in order) under
+    ``assembly`` (None: ``concat``), then ``(the token ids as they are decoded, finish(tokens) ->
+    Answer)``; the question ([``history`` +] question) is prefilled when the first token is
+    asked for. Both :func:`generate_from_chunks` and streaming start here."""
+    start = time.perf_counter() if start is None else start
+    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly, history)
+    timing: dict[str, float] = {}
+    steps = generator.iter_tokens(
+        ids,
+        ctx.cache,
+        max_new_tokens,
+        ctx.position,
+        timing=timing,
+        start=start,
+        step_kwargs=ctx.step_kwargs,
+        sampling=sampling,
+    )
+
+    def finish(tokens: list[int]) -> Answer:
+        info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
+        ttft = timing.get("ttft_ms")
+        return chunk_answer(
+            generator, tokens, len(ids), ctx.position, chunks, start, ttft, info, sampling.stop
+        )
+
+    return steps, finish
+
+
 def generate_from_chunks(
     generator: Generator,
     query: str,
@@ -136,27 +179,22 @@ def generate_from_chunks(
 
     ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
     ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
-    ``ttft_ms``, ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens
-    recomputed).
+    ``chunk_tokens_full``, ``ttft_ms``, ``assembly`` — the mode's name — and ``recompute``, the
+    share of chunk tokens recomputed).
     """
-    start = time.perf_counter() if start is None else start
-    sampling = check_sampling(sampling)
-    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly, history)
-    timing: dict[str, float] = {}
-    steps = generator.iter_tokens(
-        ids,
-        ctx.cache,
+    checked = check_sampling(sampling)
+    steps, finish = begin_from_chunks(
+        generator,
+        query,
+        chunks,
         max_new_tokens,
-        ctx.position,
-        timing=timing,
+        extra=extra,
         start=start,
-        step_kwargs=ctx.step_kwargs,
-        sampling=sampling,
+        assembly=assembly,
+        sampling=checked,
+        history=check_history(history),
     )
-    tokens = list(generator.until_stop(steps, sampling.stop))
-    info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
-    ttft = timing.get("ttft_ms")
-    return chunk_answer(generator, tokens, len(ids), ctx.position, chunks, start, ttft, info, sampling.stop)
+    return finish(list(generator.until_stop(steps, checked.stop)))
 
 
 def stream_from_chunks(
@@ -167,15 +205,24 @@ def stream_from_chunks(
     assembly: Assembly | Mapping[str, Any] | None = None,
     sampling: Sampling | None = None,
     history: Sequence[tuple[str, str]] | None = None,
-) -> Iterator[str]:
-    """Like :func:`generate_from_chunks`, yielding the answer's text piece by piece (lazy: nothing
-    runs until the first piece is asked for)."""
-    sampling = check_sampling(sampling)
-    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly, history)
-    steps = generator.iter_tokens(
-        ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs, sampling=sampling
+) -> AnswerStream:
+    """Like :func:`generate_from_chunks`, yielding the answer's text piece by piece, then its
+    ``.answer`` (lazy: nothing runs until the first piece is asked for)."""
+    checked, turns = check_sampling(sampling), check_history(history)
+    return AnswerStream(
+        generator,
+        lambda: begin_from_chunks(
+            generator, query, chunks, max_new_tokens, assembly=assembly, sampling=checked, history=turns
+        ),
+        checked.stop,
     )
-    yield from generator.text_pieces(steps, sampling.stop)
+
+
+def chunk_sizes(chunks: Sequence[KVChunk]) -> dict[str, int]:
+    """``chunks``, ``chunk_tokens`` (context tokens kept) and ``chunk_tokens_full`` (before any
+    press evicted some) of a request's chunks."""
+    kept, full = sum(c.num_tokens for c in chunks), sum(c.length for c in chunks)
+    return {"chunks": len(chunks), "chunk_tokens": kept, "chunk_tokens_full": full}
 
 
 def chunk_answer(
@@ -191,9 +238,10 @@ def chunk_answer(
 ) -> Answer:
     """The :class:`~ragcompress.generate.Answer` of a KV-path request, whatever engine decoded
     ``tokens``: ``position`` is where the question started, ``start`` the request's
-    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` and ``ttft_ms``; the
-    text ends before the first ``stop`` string."""
+    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` (kept context tokens),
+    ``chunk_tokens_full`` (the chunks' tokens before any press evicted some) and ``ttft_ms``;
+    the text ends before the first ``stop`` string."""
     ttft = (time.perf_counter() - start) * 1e3 if ttft_ms is None else ttft_ms
-    info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
+    info = {**chunk_sizes(chunks), **(extra or {})}
     info.setdefault("ttft_ms", ttft)
     return generator.answer_of(tokens, prompt_tokens, position + prompt_tokens, start, ttft, info, stop)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.answer import KVAnswerer, _checked, _extra
+from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_answer
 from ragcompress.sampling import GREEDY, Sampling, pick_token, request_rng
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast import FastGenerator, PackedChunk
-    from ragcompress.types import Passage
 
 __all__ = ["FastKVAnswerer"]
 
@@ -112,45 +111,33 @@ class FastKVAnswerer(KVAnswerer):
                 return
             yield host[0]
 
-    def _pieces(
+    def _begin(
         self,
         query: str,
         chunks: Sequence[KVChunk],
         max_new_tokens: int | None,
         sampling: Sampling,
         history: Sequence[tuple[str, str]],
-    ) -> Iterator[str]:
-        ids = self.generator.layout.question_ids(query, history)
-        tokens = self._tokens(ids, chunks, max_new_tokens, {}, sampling)
-        return self.generator.text_pieces(tokens, sampling.stop)
-
-    def answer(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> Answer:
-        passages, sampling, history = _checked(query, passages, max_new_tokens, sampling, history)
-        start = time.perf_counter()
-        chunks, cache_stats = self.cache.get_or_encode(passages)
+        start: float,
+        extra: dict[str, Any],
+    ) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
         ids = self.generator.layout.question_ids(query, history)
         timing: dict[str, float] = {}
-        steps = self._tokens(ids, chunks, max_new_tokens, timing, sampling)
-        tokens = list(self.generator.until_stop(steps, sampling.stop))
-        ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
-        extra = {
-            **_extra(cache_stats),
-            "engine": "fast",
-            "assembly": self.assembly.name,
-            "recompute": timing["recompute"],
-        }
-        position = int(timing["position"])
-        return chunk_answer(
-            self.generator, tokens, len(ids), position, chunks, start, ttft, extra, sampling.stop
-        )
+
+        def finish(tokens: list[int]) -> Answer:
+            ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
+            info = {
+                **extra,
+                "engine": "fast",
+                "assembly": self.assembly.name,
+                "recompute": timing["recompute"],
+            }
+            position = int(timing["position"])
+            return chunk_answer(
+                self.generator, tokens, len(ids), position, chunks, start, ttft, info, sampling.stop
+            )
+
+        return self._tokens(ids, chunks, max_new_tokens, timing, sampling), finish
 
 
 def _sampler(sampling: Sampling, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
