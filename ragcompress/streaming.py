@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
 
-__all__ = ["AnswerStream", "Begin"]
+__all__ = ["AnswerStream", "Begin", "stripped"]
 
 #: Starts a request: ``(token ids as they are decoded, finish(all tokens) -> Answer)``.
 Begin = Callable[[], tuple[Iterator[int], Callable[[list[int]], "Answer"]]]
@@ -59,3 +59,21 @@ class AnswerStream(Iterator[str]):
         for tok in tokens:
             self._tokens.append(tok)
             yield tok
+
+
+def stripped(pieces: Iterator[str]) -> Iterator[str]:
+    """``pieces`` without the leading and trailing whitespace of their concatenation (what a
+    non-streamed answer strips): leading whitespace is dropped, trailing whitespace held back
+    until more text follows it."""
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            if not piece:
+                continue
+            started = True
+        text = held + piece
+        body = text.rstrip()
+        held = text[len(body) :]
+        if body:
+            yield body

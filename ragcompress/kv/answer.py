@@ -17,7 +17,7 @@ from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.spec import StoreSpec
 from ragcompress.prompt import check_history
 from ragcompress.sampling import Sampling, check_sampling
-from ragcompress.streaming import AnswerStream
+from ragcompress.streaming import AnswerStream, stripped
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
@@ -197,7 +197,7 @@ class KVAnswerer:
             lambda: self._begin(query, chunks, max_new_tokens, checked, turns, start, extra),
             checked.stop,
         )
-        for piece in _stripped(stream):
+        for piece in stripped(stream):
             stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
             yield piece
         stats["total_ms"] = (time.perf_counter() - start) * 1e3
@@ -224,20 +224,3 @@ def _extra(stats: CacheStats) -> dict[str, Any]:
     return {
         k: d[k] for k in ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
     }
-
-
-def _stripped(pieces: Iterator[str]) -> Iterator[str]:
-    # The non-streamed answer is stripped; hold back leading and trailing whitespace so that
-    # the streamed pieces join to exactly the same text.
-    started, held = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        text = held + piece
-        body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body
