@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -25,7 +27,8 @@ def gen(tiny_llama, tokenizer) -> Generator:
 
 def _hf_greedy(gen: Generator, ids: list[int], n: int) -> tuple[int, ...]:
     """transformers' own greedy search over the same prompt: the reference for temperature 0."""
-    out = gen.lm.generate(
+    lm: Any = gen.lm
+    out = lm.generate(
         torch.tensor([ids]),
         attention_mask=torch.ones(1, len(ids), dtype=torch.long),
         max_new_tokens=n,

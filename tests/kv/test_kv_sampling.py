@@ -107,7 +107,7 @@ def test_bad_sampling_fails_before_any_chunk_is_looked_up(gen) -> None:
 
 def test_pipeline_runs_and_streams_with_sampling(gen) -> None:
     sampling = Sampling(temperature=HOT, seed=11)
-    for kv in (None, KVSpec(presses=[{"name": "knorm", "ratio": 0.5}])):
+    for kv in (None, KVSpec(presses=({"name": "knorm", "ratio": 0.5},))):
         pipe = Pipeline.from_spec({"compressors": []}, generator=gen, kv=kv)
         ran = pipe.run(QUESTION, PASSAGES, sampling=sampling, history=HISTORY)
         stream = pipe.stream(QUESTION, PASSAGES, sampling=sampling, history=HISTORY)
