@@ -41,7 +41,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise UsageError("the question is empty")
-    sampling_from_args(args)  # a bad flag fails before any model loads
+    sampling = sampling_from_args(args)  # a bad flag fails before any model loads
     if args.index:
         from ragcompress.retrieve import FaissRetriever
 
@@ -53,6 +53,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
         pipe = load_pipeline(args)
         log(f"indexing {len(docs)} passages from {args.docs}")
         pipe.index(docs)
-    result, streamed = answer(pipe, args.question, args)
+    result, streamed = answer(pipe, args.question, args, sampling)
     emit(result, args.json, {}, streamed)
     return 0

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ragcompress.pipeline.core import Pipeline, PipelineResult
+    from ragcompress.sampling import Sampling
 
 __all__ = ["FORMATTER", "UsageError", "answer", "emit", "log", "quiet_libraries", "wrap"]
 
@@ -48,13 +49,12 @@ def quiet_libraries() -> None:
         pass
 
 
-def answer(pipe: Pipeline, question: str, args: argparse.Namespace) -> tuple[PipelineResult, bool]:
-    """Answer ``question`` with the generation flags (``sampling_from_args``); ``(result,
-    streamed)``: without ``--json`` or ``--no-stream`` the question and the answer are printed
-    as the answer is generated, and :func:`emit` then prints the rest (``streamed=True``)."""
-    from ragcompress.cli.pipeline_args import sampling_from_args
-
-    sampling = sampling_from_args(args)
+def answer(
+    pipe: Pipeline, question: str, args: argparse.Namespace, sampling: Sampling
+) -> tuple[PipelineResult, bool]:
+    """Answer ``question`` with ``sampling`` (from the generation flags); ``(result, streamed)``:
+    without ``--json`` or ``--no-stream`` the question and the answer are printed as the answer
+    is generated, and :func:`emit` then prints the rest (``streamed=True``)."""
     if args.json or args.no_stream:
         return pipe.run(question, max_new_tokens=args.max_new_tokens, sampling=sampling), False
     stream = pipe.stream(question, max_new_tokens=args.max_new_tokens, sampling=sampling)

@@ -43,7 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     questions = load_questions()
     if args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    sampling_from_args(args)  # a bad flag fails before any model loads
+    sampling = sampling_from_args(args)  # a bad flag fails before any model loads
     pipe = load_pipeline(args)
     passages = load_passages()
     log(f"indexing {len(passages)} bundled passages with FAISS")
@@ -51,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     correct = 0
     chosen = questions[: args.limit]
     for q in chosen:
-        result, streamed = answer(pipe, q.question, args)
+        result, streamed = answer(pipe, q.question, args, sampling)
         hit = q.answer.lower() in result.answer.lower()
         correct += hit
         extra = {"id": q.id, "gold": q.answer, "gold_passage": q.passage_id, "gold_in_answer": hit}
