@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.store.errors import redact_url
-from ragcompress.kv.store.open import check_name
+from ragcompress.kv.store.open import check_name, check_query, redis_query_names
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +84,11 @@ class StoreSpec:
         ):
             shown = redact_url(url) if isinstance(url, str) else repr(url)
             raise ValueError(f"StoreSpec.redis_url must be a redis:// or rediss:// URL, got {shown!r}")
+        if url is not None:
+            try:
+                check_query(url, redis_query_names(url))
+            except ValueError as err:
+                raise ValueError(f"StoreSpec.redis_url: {err}") from None
         if self.tenant is not None:
             if url is None:
                 raise ValueError(
