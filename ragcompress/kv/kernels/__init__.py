@@ -2,8 +2,8 @@
 re-rotated on the way.
 
 :func:`write_dense` and :func:`write_quantized` run the fused Triton kernel when the tensors
-are on CUDA and ``triton`` imports, and the torch reference otherwise (CPU, or no Triton). Both compute the same thing;
-see :mod:`~ragcompress.kv.kernels.reference` for the math and
+are on CUDA and ``triton`` imports, and the torch reference otherwise (CPU, or no Triton). Both
+compute the same thing; see :mod:`~ragcompress.kv.kernels.reference` for the math and
 :mod:`~ragcompress.kv.kernels.quant_format` for the quantized layout.
 """
 
