@@ -125,13 +125,13 @@ def test_accepted_query_parameters_reach_the_connection() -> None:
 
 def test_the_spec_checks_the_redis_query_when_written() -> None:
     from ragcompress.kv.store.spec import StoreSpec
-    from ragcompress.pipeline import PipelineSpec
-    from ragcompress.registry import SpecError
+    from ragcompress.pipeline import PipelineError
+    from ragcompress.pipeline.spec import parse_spec
 
     with pytest.raises(ValueError, match=r"redis_url: .*unknown query parameter"):
         StoreSpec(redis_url=f"redis://127.0.0.1:1/0?secret={SECRET}")
-    with pytest.raises(SpecError, match=r"kv\.store: store URL .*unknown query parameter") as err:
-        PipelineSpec(kv={"store": f"redis://127.0.0.1:1/0?secret={SECRET}"})
+    with pytest.raises(PipelineError, match=r"kv\.store: store URL .*unknown query parameter") as err:
+        parse_spec({"kv": {"store": f"redis://127.0.0.1:1/0?secret={SECRET}"}})
     assert SECRET not in str(err.value)
 
 
