@@ -141,7 +141,8 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--store",
         metavar="URL|JSON",
-        help="with --kv: chunk store URL (memory://, file:///dir, redis://…), or a tiered store as JSON "
+        help="with --kv: chunk store URL (memory://, file:///dir, redis://…; like the JSON naming "
+        "it, with a memory tier of kv.memory_bytes, 2 GiB, in front), or a tiered store as JSON "
         '(\'{"gpu_bytes": 2147483648, "disk_dir": "~/chunks", "redis_url": "redis://host:6379/0"}\')',
     )
     g.add_argument(

@@ -110,13 +110,16 @@ def _assembly(value: Any) -> Any:
 def _store(value: Any) -> Any:
     """A chunk-store URL (kept as given) or the settings of a tiered store (checked by
     :class:`~ragcompress.kv.store.spec.StoreSpec`, kept as a mapping so the spec round-trips)."""
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
     from ragcompress.kv.store.spec import StoreSpec
 
     if isinstance(value, StoreSpec):
         return value
     try:
+        if isinstance(value, str):  # checked now (scheme, path, query), opened when built
+            StoreSpec.from_url(value)
+            return value
         StoreSpec.from_dict(value)
     except (TypeError, ValueError) as err:  # pydantic reports only ValueErrors as the key's error
         raise SpecError(str(err)) from err
@@ -155,11 +158,15 @@ class GeneratorSpec(_Section):
 class KVSpec(_Section):
     """Where cached KV chunks live and how they are compressed (the spec's ``kv`` section).
 
-    ``store`` is a chunk-store URL (``memory://``, ``file:///dir``, ``redis://...``) or the
-    tiers of a tiered store (a mapping of :class:`~ragcompress.kv.store.spec.StoreSpec` fields:
-    ``gpu_bytes``, ``host_bytes``, ``disk_dir``, ``disk_bytes``, ``redis_url``, ``tenant``);
-    without it chunks stay in memory (``memory_bytes``), backed by ``cache_dir`` on disk when
-    that is set. ``presses``: KV press specs applied to every chunk before it is stored.
+    ``store`` is the tiers of a tiered store (a mapping of
+    :class:`~ragcompress.kv.store.spec.StoreSpec` fields: ``gpu_bytes``, ``host_bytes``,
+    ``disk_dir``, ``disk_bytes``, ``redis_url``, ``tenant``) or a single store URL (``redis://…``,
+    ``file:///dir`` or a directory, ``memory://``), which stands for the mapping that names it
+    (:meth:`~ragcompress.kv.store.spec.StoreSpec.from_url`): either way a memory tier of
+    ``memory_bytes`` on the reader's device sits in front unless the mapping sets ``gpu_bytes``
+    (``null``: no memory tier). Without ``store`` chunks stay in memory (``memory_bytes``), backed
+    by ``cache_dir`` on disk when that is set. ``presses``: KV press specs applied to every chunk
+    before it is stored.
     ``fast_capacity`` (context tokens) answers on the fast engine
     (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`) instead of transformers' forward.
     ``assembly`` is an assembly-mode spec (``{"name": "blend", "recompute": 0.15}``, a bare name,
@@ -178,15 +185,13 @@ class KVSpec(_Section):
         from ragcompress.kv.answer import KVAnswerer
         from ragcompress.kv.store.spec import StoreSpec
 
-        store: Any = None
-        if isinstance(self.store, str) and self.store:
-            from ragcompress.kv.store.open import open_store
-
-            store = open_store(self.store, device=str(generator.lm.device))
-        elif isinstance(self.store, StoreSpec):
+        store: StoreSpec | None = None
+        if isinstance(self.store, StoreSpec):
             store = self.store
+        elif isinstance(self.store, str):  # the same tiers as {redis_url: …} / {disk_dir: …}
+            store = StoreSpec.from_url(self.store, gpu_bytes=self.memory_bytes)
         elif self.store is not None:
-            store = StoreSpec.from_dict(self.store)
+            store = StoreSpec.from_dict({"gpu_bytes": self.memory_bytes, **self.store})
         cache_dir = str(Path(self.cache_dir).expanduser()) if self.cache_dir else None
         common: dict[str, Any] = dict(
             cache_dir=cache_dir,

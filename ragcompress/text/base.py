@@ -17,13 +17,11 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from ragcompress.registry import spec_of
+from ragcompress.text.budget import BudgetError, TokenCounter
+from ragcompress.text.select import keep_best
 from ragcompress.types import Budget, CompressionStats, Passage, validate_passages
 
 __all__ = ["BudgetError", "CompressionResult", "TextCompressor", "TokenCounter"]
-
-
-class BudgetError(ValueError):
-    """The requested budget cannot be met (e.g. it is smaller than any unit that can be kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,41 +42,6 @@ class _CallState:
 # A context variable rather than an attribute: the same compressor may run in several
 # threads (or nested inside a chain) at once.
 _STATE: ContextVar[_CallState | None] = ContextVar("ragcompress_text_call", default=None)
-
-
-@dataclass
-class TokenCounter:
-    """Counts tokens with a reader's tokenizer (alias, path or HF id; loaded lazily, shared)."""
-
-    tokenizer: str | None = None
-    _pinned: Any = field(default=None, init=False, repr=False, compare=False)
-
-    @classmethod
-    def of(cls, tokenizer: Any) -> TokenCounter:
-        """A counter that uses an already loaded tokenizer object (e.g. one injected in tests)."""
-        counter = cls(getattr(tokenizer, "name_or_path", None) or None)
-        counter._pinned = tokenizer
-        return counter
-
-    @property
-    def tok(self) -> Any:
-        if self._pinned is not None:
-            return self._pinned
-        from ragcompress.models.load import load_tokenizer
-
-        return load_tokenizer(self.tokenizer)
-
-    def __call__(self, text: str) -> int:
-        return len(self.encode(text))
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def many(self, texts: Sequence[str]) -> list[int]:
-        """Token counts of many texts in one batched tokenizer call."""
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tok(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 @dataclass
@@ -166,6 +129,34 @@ class TextCompressor:
     ) -> list[Passage]:
         """Compress non-empty passages; ``tokens[i]`` is the token count of ``passages[i]``."""
         raise NotImplementedError
+
+    def _keep_best(
+        self,
+        passages: list[Passage],
+        segments: Sequence[Sequence[str]],
+        scores: Sequence[Sequence[float]],
+        budget: Budget,
+        tokens: list[int],
+        *,
+        unit: str = "sentence",
+        excluded: Sequence[Sequence[bool]] | None = None,
+        excluded_reason: str = "excluded",
+    ) -> list[Passage]:
+        """:func:`~ragcompress.text.select.keep_best` within ``budget`` (of the ``tokens`` the
+        passages have together), counted with this compressor's tokenizer, every passage left
+        empty recorded with its reason: what every extractive ``_compress`` ends with."""
+        return keep_best(
+            passages,
+            segments,
+            scores,
+            budget.target(sum(tokens)),
+            self._counter,
+            tokens,
+            unit=unit,
+            excluded=excluded,
+            drop=self._drop,
+            excluded_reason=excluded_reason,
+        )
 
     def _drop(self, passage: Passage | str, reason: str) -> None:
         """Record why ``passage`` (or the passage with this id) is left out (``CompressionStats.dropped``)."""

@@ -13,7 +13,6 @@ from typing import ClassVar
 
 from ragcompress.registry import register
 from ragcompress.text.base import TextCompressor
-from ragcompress.text.select import keep_best
 from ragcompress.text.split import segment_texts, split_sentences
 from ragcompress.types import Budget, Passage
 
@@ -35,12 +34,4 @@ class RandomDrop(TextCompressor):
         segments = [segment_texts(p.text, split_sentences(p.text)) for p in passages]
         rng = random.Random(self.seed)
         scores = [[rng.random() for _ in segs] for segs in segments]
-        return keep_best(
-            passages,
-            segments,
-            scores,
-            budget.target(sum(tokens)),
-            self._counter,
-            tokens,
-            drop=self._drop,
-        )
+        return self._keep_best(passages, segments, scores, budget, tokens)

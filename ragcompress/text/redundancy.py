@@ -20,7 +20,6 @@ from pydantic import Field
 
 from ragcompress.registry import register
 from ragcompress.text.embedding import EmbeddingCompressor
-from ragcompress.text.select import keep_best
 from ragcompress.types import Budget, Passage
 
 if TYPE_CHECKING:
@@ -87,15 +86,13 @@ class RedundancyFilter(_NearDuplicateFilter):
             offset += len(e)
             scores.append((-r).tolist())
             excluded.append((r >= self.threshold - 1e-6).tolist())
-        return keep_best(
+        return self._keep_best(
             passages,
             segments,
             scores,
-            budget.target(sum(tokens)),
-            self._counter,
+            budget,
             tokens,
             excluded=excluded,
-            drop=self._drop,
             excluded_reason=f"nearly duplicates an earlier sentence (cosine >= {self.threshold})",
         )
 
@@ -120,14 +117,12 @@ class PassageDeduplicator(_NearDuplicateFilter):
                 sims = means[:i] @ means[i]
                 j = int(sims.argmax())
                 self._drop(p, f"near-duplicate of passage {passages[j].id!r} (cosine {sims[j]:.3f})")
-        return keep_best(
+        return self._keep_best(
             passages,
             [[p.text] for p in passages],
             [[-float(r)] for r in redundancy],
-            budget.target(sum(tokens)),
-            self._counter,
+            budget,
             tokens,
             unit="passage",
             excluded=excluded,
-            drop=self._drop,
         )

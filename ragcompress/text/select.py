@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ragcompress.text.base import BudgetError, TokenCounter
+from ragcompress.text.budget import BudgetError, TokenCounter
 from ragcompress.text.split import join_segments
 from ragcompress.types import Passage
 

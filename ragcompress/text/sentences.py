@@ -13,7 +13,6 @@ from typing import ClassVar
 
 from ragcompress.registry import register
 from ragcompress.text.embedding import EmbeddingCompressor
-from ragcompress.text.select import keep_best
 from ragcompress.types import Budget, Passage
 
 __all__ = ["SentenceSelector"]
@@ -37,12 +36,4 @@ class SentenceSelector(EmbeddingCompressor):
         segments, embeddings = self._segments_and_embeddings(passages)
         q = self.sentence_embedder.encode([query])[0]  # (dim,)
         scores = [(e @ q).tolist() for e in embeddings]  # cosine: both sides are unit-norm
-        return keep_best(
-            passages,
-            segments,
-            scores,
-            budget.target(sum(tokens)),
-            self._counter,
-            tokens,
-            drop=self._drop,
-        )
+        return self._keep_best(passages, segments, scores, budget, tokens)

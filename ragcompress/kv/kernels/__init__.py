@@ -1,9 +1,9 @@
 """Assembly kernels: write a chunk layer (dense or quantized) into a KV cache slice, keys
 re-rotated on the way.
 
-:func:`write_layer` runs the fused Triton kernel when the tensors are on CUDA and ``triton``
-imports, and the torch reference otherwise (CPU, or no Triton). Both compute the same thing;
-see :mod:`~ragcompress.kv.kernels.reference` for the math and
+:func:`write_dense` and :func:`write_quantized` run the fused Triton kernel when the tensors
+are on CUDA and ``triton`` imports, and the torch reference otherwise (CPU, or no Triton). Both
+compute the same thing; see :mod:`~ragcompress.kv.kernels.reference` for the math and
 :mod:`~ragcompress.kv.kernels.quant_format` for the quantized layout.
 """
 

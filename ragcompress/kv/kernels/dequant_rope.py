@@ -5,8 +5,9 @@ turns codes into fp32 with their group scales, rotates each key channel pair
 ``(j, j + head_dim/2)`` by ``delta * inv_freq[j]`` and stores keys and values straight into
 destination rows ``offset .. offset + n``. Each source byte is read once and each destination
 element written once, so the kernel is bound by memory bandwidth (or, for small chunks, by the
-launch): :func:`write_dense_layers_triton` / :func:`write_quantized_layers_triton` write every
-layer of a chunk in one launch when the layers are stacked (as the fast path's buffer holds them).
+launch): :func:`write_dense_triton` / :func:`write_quantized_triton` write every layer of a chunk
+in one launch when given the layers stacked on a leading axis (as the fast path's buffer holds them).
+Keys and values, quantized or dense, go through the same jitted load / dequantize / store helpers.
 
 Sources are read as contiguous tensors (strides computed in the kernel, which keeps the launch
 cheap); destinations may have any strides. Importing this module needs ``triton``;
@@ -33,6 +34,34 @@ __all__ = [
 
 
 @triton.jit
+def _halves(row_ptr, j1, j2, m, BITS: tl.constexpr):
+    """Channels ``j`` and ``j + HALF`` of each row as fp32: the two nibbles of one byte for 4 bits,
+    two loads otherwise (8-bit codes, or dense values when ``BITS == 0``)."""
+    if BITS == 4:
+        b = tl.load(row_ptr + j1, mask=m, other=0)
+        x1 = (b & 0xF).to(tl.float32)
+        x2 = (b >> 4).to(tl.float32)
+    else:
+        x1 = tl.load(row_ptr + j1, mask=m, other=0).to(tl.float32)
+        x2 = tl.load(row_ptr + j2, mask=m, other=0).to(tl.float32)
+    return x1, x2
+
+
+@triton.jit
+def _dequant(x, scale_ptr, zero_ptr, idx, m):
+    """``code * scale + zero`` in fp32, scale and zero read at ``idx``."""
+    scale = tl.load(scale_ptr + idx, mask=m, other=0).to(tl.float32)
+    return x * scale + tl.load(zero_ptr + idx, mask=m, other=0).to(tl.float32)
+
+
+@triton.jit
+def _store_halves(row_ptr, s_d, j1, j2, x1, x2, m):
+    """Store the two channel halves into destination rows of channel stride ``s_d``."""
+    tl.store(row_ptr + j1 * s_d, x1.to(row_ptr.dtype.element_ty), mask=m)
+    tl.store(row_ptr + j2 * s_d, x2.to(row_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _dequant_rope_kernel(
     k_ptr, ks_ptr, kz_ptr, v_ptr, vs_ptr, vz_ptr, delta_ptr, freq_ptr, dk_ptr, dv_ptr,
     H, n, offset, s_dh, s_dn,
@@ -56,23 +85,12 @@ def _dequant_rope_kernel(
     lh = lyr * H + h  # (layer, head) row of every contiguous source
 
     # -- keys: both halves of every rotation pair --------------------------------------------
-    kb = k_ptr + (lh * n + tt) * DC
-    if BITS == 4:
-        b = tl.load(kb + j1, mask=m, other=0)
-        k1 = (b & 0xF).to(tl.float32)
-        k2 = (b >> 4).to(tl.float32)
-    else:
-        k1 = tl.load(kb + j1, mask=m, other=0).to(tl.float32)
-        k2 = tl.load(kb + j2, mask=m, other=0).to(tl.float32)
+    k1, k2 = _halves(k_ptr + (lh * n + tt) * DC, j1, j2, m, BITS)
     if BITS != 0:
         # per-channel scales: one row of D per group of GROUP tokens
         sb = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D
-        k1 = k1 * tl.load(ks_ptr + sb + j1, mask=m, other=0).to(tl.float32) + tl.load(
-            kz_ptr + sb + j1, mask=m, other=0
-        ).to(tl.float32)
-        k2 = k2 * tl.load(ks_ptr + sb + j2, mask=m, other=0).to(tl.float32) + tl.load(
-            kz_ptr + sb + j2, mask=m, other=0
-        ).to(tl.float32)
+        k1 = _dequant(k1, ks_ptr, kz_ptr, sb + j1, m)
+        k2 = _dequant(k2, ks_ptr, kz_ptr, sb + j2, m)
 
     # -- re-rotation by delta * inv_freq (rotate_half convention) ----------------------------
     f = tl.load(freq_ptr + j, mask=jm, other=0.0)
@@ -88,30 +106,17 @@ def _dequant_rope_kernel(
         c = tl.cos(ang)
         s = tl.sin(ang)
     ok = dk_ptr + lyr * s_okl + h * s_okh + (tt + offset) * s_okn
-    tl.store(ok + j1 * s_okd, (k1 * c - k2 * s).to(dk_ptr.dtype.element_ty), mask=m)
-    tl.store(ok + j2 * s_okd, (k2 * c + k1 * s).to(dk_ptr.dtype.element_ty), mask=m)
+    _store_halves(ok, s_okd, j1, j2, k1 * c - k2 * s, k2 * c + k1 * s, m)
 
     # -- values: dequantize and copy ---------------------------------------------------------
-    vb = v_ptr + (lh * n + tt) * DC
-    if BITS == 4:
-        b = tl.load(vb + j1, mask=m, other=0)
-        v1 = (b & 0xF).to(tl.float32)
-        v2 = (b >> 4).to(tl.float32)
-    else:
-        v1 = tl.load(vb + j1, mask=m, other=0).to(tl.float32)
-        v2 = tl.load(vb + j2, mask=m, other=0).to(tl.float32)
+    v1, v2 = _halves(v_ptr + (lh * n + tt) * DC, j1, j2, m, BITS)
     if BITS != 0:
         # per-token scales: VG per row, one per group of GROUP channels
         sb = (lh * n + tt) * VG
-        v1 = v1 * tl.load(vs_ptr + sb + j1 // GROUP, mask=m, other=0).to(tl.float32) + tl.load(
-            vz_ptr + sb + j1 // GROUP, mask=m, other=0
-        ).to(tl.float32)
-        v2 = v2 * tl.load(vs_ptr + sb + j2 // GROUP, mask=m, other=0).to(tl.float32) + tl.load(
-            vz_ptr + sb + j2 // GROUP, mask=m, other=0
-        ).to(tl.float32)
+        v1 = _dequant(v1, vs_ptr, vz_ptr, sb + j1 // GROUP, m)
+        v2 = _dequant(v2, vs_ptr, vz_ptr, sb + j2 // GROUP, m)
     ov = dv_ptr + lyr * s_ovl + h * s_ovh + (tt + offset) * s_ovn
-    tl.store(ov + j1 * s_ovd, v1.to(dv_ptr.dtype.element_ty), mask=m)
-    tl.store(ov + j2 * s_ovd, v2.to(dv_ptr.dtype.element_ty), mask=m)
+    _store_halves(ov, s_ovd, j1, j2, v1, v2, m)
 
 
 def _block_n(half: int) -> int:
@@ -127,10 +132,11 @@ def _interpreting() -> bool:
 
 def _launch(
     src: tuple[torch.Tensor, ...], dk: torch.Tensor, dv: torch.Tensor, delta: torch.Tensor,
-    inv_freq: torch.Tensor, layers: int, h: int, n: int, d: int, offset: int, bits: int, group: int,
+    inv_freq: torch.Tensor, offset: int, bits: int, group: int,
 ) -> None:  # fmt: skip
-    """``src``: six tensors (codes/dense, scale, zero for keys then values), each with a leading
-    layer axis; ``dk``/``dv``: (layers, kv_heads, max_len, head_dim) views; ``delta`` (h, n)."""
+    """``src``: six tensors (codes/dense, scale, zero for keys then values) of shape (layers,
+    kv_heads, n, ..); ``dk``/``dv``: (layers, kv_heads, max_len, head_dim) views; ``delta`` (h, n)."""
+    layers, h, n, d = dk.shape[0], dk.shape[1], delta.shape[1], dk.shape[3]
     if n == 0 or layers == 0:
         return
     if dk.device.type != "cuda" and not _interpreting():
@@ -158,6 +164,24 @@ def _stacked_dst(dst: torch.Tensor, layers: int) -> torch.Tensor:
     return dst
 
 
+def _write(
+    src: tuple[torch.Tensor, ...], bits: int, group: int, layer_shape: tuple[int, int, int],
+    dst: tuple[torch.Tensor, torch.Tensor], offset: int, delta: torch.Tensor, inv_freq: torch.Tensor,
+) -> None:  # fmt: skip
+    """Validate one write and launch it. ``src``: the six source tensors of one layer, or of every
+    layer stacked on a leading axis (then ``dst`` is stacked the same way); ``layer_shape``:
+    (kv_heads, n, head_dim) of one layer."""
+    h, n, d = layer_shape
+    if src[0].dim() == 4:  # every layer of a chunk in one launch
+        layers = int(src[0].shape[0])
+        dk, dv = _stacked_dst(dst[0], layers), _stacked_dst(dst[1], layers)
+        _, _, delta = check_write(dk[0], dv[0], h, n, d, offset, delta, inv_freq)
+    else:
+        dk, dv, delta = check_write(dst[0], dst[1], h, n, d, offset, delta, inv_freq)
+        src, dk, dv = tuple(t[None] for t in src), dk[None], dv[None]
+    _launch(src, dk, dv, delta, inv_freq, offset, bits, group)
+
+
 def write_dense_triton(
     keys: torch.Tensor,
     values: torch.Tensor,
@@ -167,13 +191,17 @@ def write_dense_triton(
     delta: torch.Tensor,
     inv_freq: torch.Tensor,
 ) -> None:
-    """Triton twin of :func:`~ragcompress.kv.kernels.reference.write_dense_reference`."""
-    h, n, d = keys.shape
+    """Triton twin of :func:`~ragcompress.kv.kernels.reference.write_dense_reference`.
+
+    keys/values (kv_heads, n, head_dim) into dst (1, kv_heads, max_len, head_dim); or every layer
+    in one launch: keys/values (layers, kv_heads, n, head_dim) into dst (layers, kv_heads, max_len,
+    head_dim), the same ``delta`` for every layer. Destinations may have any strides.
+    """
     if values.shape != keys.shape:
         raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} differ")
-    dk, dv, delta = check_write(dst_k, dst_v, h, n, d, offset, delta, inv_freq)
-    k, v = keys[None], values[None]
-    _launch((k, k, k, v, v, v), dk[None], dv[None], delta, inv_freq, 1, h, n, d, offset, 0, 1)
+    h, n, d = keys.shape[-3:]
+    k, v = keys, values  # dense: the codes are the values, scale/zero never read (BITS == 0)
+    _write((k, k, k, v, v, v), 0, 1, (h, n, d), (dst_k, dst_v), offset, delta, inv_freq)
 
 
 def write_quantized_triton(
@@ -184,47 +212,14 @@ def write_quantized_triton(
     delta: torch.Tensor,
     inv_freq: torch.Tensor,
 ) -> None:
-    """Triton twin of :func:`~ragcompress.kv.kernels.reference.write_quantized_reference`."""
-    h, n, d = src.kv_heads, src.num_tokens, src.head_dim
-    dk, dv, delta = check_write(dst_k, dst_v, h, n, d, offset, delta, inv_freq)
-    tensors = tuple(t[None] for t in src.tensors())
-    _launch(tensors, dk[None], dv[None], delta, inv_freq, 1, h, n, d, offset, src.bits, src.group)
+    """Triton twin of :func:`~ragcompress.kv.kernels.reference.write_quantized_reference`, laid out
+    like :func:`write_dense_triton`: a ``src`` from :meth:`QuantizedKV.stack` (leading layer axis)
+    writes every layer of a chunk in one launch."""
+    shape = (src.kv_heads, src.num_tokens, src.head_dim)
+    _write(src.tensors(), src.bits, src.group, shape, (dst_k, dst_v), offset, delta, inv_freq)
 
 
-def write_dense_layers_triton(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    dst_k: torch.Tensor,
-    dst_v: torch.Tensor,
-    offset: int,
-    delta: torch.Tensor,
-    inv_freq: torch.Tensor,
-) -> None:
-    """Every layer in one launch: keys/values (layers, kv_heads, n, head_dim); dst (layers,
-    kv_heads, max_len, head_dim), any strides; the same ``delta`` for every layer."""
-    layers, h, n, d = keys.shape
-    if values.shape != keys.shape:
-        raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} differ")
-    dk, dv = _stacked_dst(dst_k, layers), _stacked_dst(dst_v, layers)
-    _, _, delta = check_write(dk[0], dv[0], h, n, d, offset, delta, inv_freq)
-    _launch(
-        (keys, keys, keys, values, values, values), dk, dv, delta, inv_freq, layers, h, n, d, offset, 0, 1
-    )
-
-
-def write_quantized_layers_triton(
-    src: QuantizedKV,
-    dst_k: torch.Tensor,
-    dst_v: torch.Tensor,
-    offset: int,
-    delta: torch.Tensor,
-    inv_freq: torch.Tensor,
-) -> None:
-    """Every layer in one launch: ``src`` from :meth:`QuantizedKV.stack` (leading layer axis)."""
-    layers = int(src.key_codes.shape[0]) if src.key_codes.dim() == 4 else 0
-    if layers == 0:
-        raise ValueError("write_quantized_layers_triton needs a stacked QuantizedKV (QuantizedKV.stack)")
-    h, n, d = src.kv_heads, src.num_tokens, src.head_dim
-    dk, dv = _stacked_dst(dst_k, layers), _stacked_dst(dst_v, layers)
-    _, _, delta = check_write(dk[0], dv[0], h, n, d, offset, delta, inv_freq)
-    _launch(src.tensors(), dk, dv, delta, inv_freq, layers, h, n, d, offset, src.bits, src.group)
+#: The stacked forms by their former names: :func:`write_dense_triton` and
+#: :func:`write_quantized_triton` take a leading layer axis themselves.
+write_dense_layers_triton = write_dense_triton
+write_quantized_layers_triton = write_quantized_triton

@@ -12,8 +12,14 @@ unknown scheme's error lists exactly the registered ones. For several tiers at o
 in front of disk in front of Redis) use :class:`~ragcompress.kv.store.spec.StoreSpec`.
 
 Redis URLs may carry the store's own settings as query parameters (``tenant``,
-``namespace``, ``ttl_s``, ``max_bytes``); the others go to redis-py (``ssl_ca_certs``, …).
-The HMAC secret never goes into a URL: pass ``secret=`` or set ``RAGCOMPRESS_STORE_SECRET``.
+``namespace``, ``ttl_s``, ``max_bytes``) and the connection options redis-py reads from a URL
+(``socket_timeout``, ``ssl_ca_certs`` on ``rediss://``, …; :func:`redis_query_names` lists
+them); any other parameter is refused when the URL is opened, not at the first request. A
+``memory://`` URL takes ``max_bytes`` only, a ``file:`` URL nothing. The HMAC secret never goes
+into a URL: pass ``secret=`` or set ``RAGCOMPRESS_STORE_SECRET``.
+
+Tenants are a Redis feature (the keys are namespaced per tenant): a tenant given for a disk or
+memory store is refused, never ignored (give each tenant a directory of its own instead).
 
 URLs are printed only through :func:`~ragcompress.kv.store.errors.redact_url`.
 """
@@ -36,11 +42,28 @@ __all__ = [
     "StoreFactory",
     "StoreUnavailableError",
     "check_name",
+    "check_query",
+    "file_path",
+    "memory_bytes",
     "open_store",
     "redact_url",
+    "redis_query_names",
     "register_scheme",
     "schemes",
 ]
+
+#: The budget of a memory store (and of the memory tier in front of a shared store) when none is given.
+DEFAULT_MEMORY_BYTES = 2 << 30
+
+# Query parameters of a Redis URL that are the store's own settings (the rest go to redis-py).
+_REDIS_OWN = ("tenant", "namespace", "ttl_s", "max_bytes")
+# Options redis-py takes from a URL as strings, besides those it parses itself
+# (redis.connection.URL_QUERY_ARGUMENT_PARSERS); the ssl_* ones on rediss:// only.
+_REDIS_STRINGS = ("username", "password", "client_name")
+_REDISS_STRINGS = (
+    "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data",
+    "ssl_password", "ssl_ciphers",
+)  # fmt: skip
 
 # Tenant and namespace names: they become part of Redis keys (a newline or a brace would not).
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -74,9 +97,11 @@ def open_store(
 ) -> ChunkStore:
     """The chunk store that ``url`` names (see the module docstring for the schemes).
 
-    ``tenant`` applies to Redis stores, ``secret`` (HMAC signing) to disk and Redis; it defaults to
-    the ``RAGCOMPRESS_STORE_SECRET`` environment variable when it is set. ``tenant`` (argument or
-    ``?tenant=``) and ``?namespace=`` must be 1-64 characters of ``A-Z a-z 0-9 . _ -``.
+    ``tenant`` applies to Redis stores (a disk or memory store refuses one), ``secret`` (HMAC
+    signing) to disk and Redis; it defaults to the ``RAGCOMPRESS_STORE_SECRET`` environment
+    variable when it is set. ``tenant`` (argument or ``?tenant=``) and ``?namespace=`` must be
+    1-64 characters of ``A-Z a-z 0-9 . _ -``. An unknown query parameter is a ``ValueError``
+    listing the accepted ones.
 
     A disk store is named by a plain path (relative or absolute) or by a ``file:`` URL of an
     absolute path: ``file:///abs/path``, ``file://localhost/abs/path`` or ``file:/abs/path``.
@@ -89,10 +114,8 @@ def open_store(
     if tenant is not None:
         check_name("tenant", tenant)
     secret = resolve_secret(secret)
-    if url[:5].lower() == "file:":  # also file:/abs (no "//")
+    if url[:5].lower() == "file:" or "://" not in url:  # also file:/abs (no "//"), a plain path
         return _disk_url(url, tenant, secret, device)
-    if "://" not in url:
-        return _disk(url, device, secret)
     scheme = urlsplit(url).scheme.lower()
     factory = _SCHEMES.get(scheme)
     if factory is None:
@@ -104,13 +127,42 @@ def open_store(
     return factory(url, tenant, secret, device)
 
 
+def redis_query_names(url: str) -> list[str]:
+    """The query parameters a ``redis://`` (or ``rediss://``) store URL accepts, sorted: the
+    store's own settings and the connection options redis-py reads from a URL."""
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    tls = urlsplit(url).scheme.lower() == "rediss"
+    names = {*_REDIS_OWN, *_REDIS_STRINGS, *URL_QUERY_ARGUMENT_PARSERS, *(_REDISS_STRINGS if tls else ())}
+    # Without TLS redis-py's plain connection takes no ssl_* option: it would fail at first use.
+    return sorted(n for n in names if tls or not n.startswith("ssl_"))
+
+
+def check_query(url: str, accepted: list[str]) -> list[tuple[str, str]]:
+    """The query of ``url`` as (name, value) pairs, every name in ``accepted`` (else a
+    ``ValueError`` naming the unknown ones and listing the accepted; values are never shown)."""
+    pairs = parse_qsl(urlsplit(url).query, keep_blank_values=True)
+    unknown = sorted({name for name, _ in pairs if name not in accepted})
+    if unknown:
+        hint = (
+            "; the HMAC secret never goes into a URL: pass secret= or set " + SECRET_ENV
+            if any("secret" in name.lower() for name in unknown)
+            else ""
+        )
+        raise ValueError(
+            f"store URL {redact_url(url)!r}: unknown query parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or 'none'}{hint}"
+        )
+    return pairs
+
+
 def _redis(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
     from ragcompress.kv.store.redis import RedisStore
 
     options: dict[str, Any] = {}
     parts = urlsplit(url)
     passthrough = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in check_query(url, redis_query_names(url)):
         if name in ("tenant", "namespace"):
             options[name] = check_name(name, value)
         elif name in ("ttl_s", "max_bytes"):
@@ -123,16 +175,25 @@ def _redis(url: str, tenant: str | None, secret: bytes | str | None, device: str
     return RedisStore(clean, secret=secret, device=device, **options)
 
 
+def memory_bytes(url: str, default: int = DEFAULT_MEMORY_BYTES) -> int:
+    """The byte budget a ``memory://`` URL names (``?max_bytes=N``; ``default`` without one)."""
+    query = dict(check_query(url, ["max_bytes"]))
+    return int(_number("max_bytes", query["max_bytes"], url)) if "max_bytes" in query else default
+
+
 def _memory(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
     from ragcompress.kv.store.memory import MemoryStore
 
-    query = dict(parse_qsl(urlsplit(url).query))
-    max_bytes = _number("max_bytes", query.get("max_bytes", str(2 << 30)), url)
-    return MemoryStore(max_bytes=int(max_bytes), device=device)
+    budget = memory_bytes(url)  # the URL first: its own error comes before the tenant's
+    _no_tenant(tenant, "a memory store lives in one process and has no tenants: drop the tenant")
+    return MemoryStore(max_bytes=budget, device=device)
 
 
-def _disk_url(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
-    """The disk store of a ``file:`` URL (see :func:`open_store` for the accepted forms)."""
+def file_path(url: str) -> str:
+    """The directory a disk store URL names: a plain path (relative or absolute) as given, or the
+    absolute path of a ``file:`` URL (see :func:`open_store` for the accepted forms)."""
+    if url[:5].lower() != "file:":
+        return url
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise ValueError(
@@ -143,15 +204,26 @@ def _disk_url(url: str, tenant: str | None, secret: bytes | str | None, device: 
     if not path.startswith("/") or parts.query or parts.fragment:
         raise ValueError(
             f"store URL {redact_url(url)!r} is not a file URL of an absolute directory "
-            "(file:///abs/path); for a relative directory give the plain path"
+            "(file:///abs/path, no query); for a relative directory give the plain path"
         )
-    return _disk(path, device, secret)
+    return path
 
 
-def _disk(path: str, device: str, secret: bytes | str | None) -> ChunkStore:
+def _disk_url(url: str, tenant: str | None, secret: bytes | str | None, device: str) -> ChunkStore:
     from ragcompress.kv.store.disk import DiskStore
 
+    path = file_path(url)
+    _no_tenant(
+        tenant,
+        f"a disk store has no tenants: give each tenant a directory of its own "
+        f"(e.g. {path.rstrip('/')}/{tenant}), or drop the tenant",
+    )
     return DiskStore(path, device=device, secret=secret)
+
+
+def _no_tenant(tenant: str | None, why: str) -> None:
+    if tenant is not None:
+        raise ValueError(f"tenant {tenant!r} applies to Redis stores (their keys are per tenant); {why}")
 
 
 def _number(name: str, value: str, url: str) -> float | int:

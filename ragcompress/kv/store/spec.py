@@ -1,8 +1,11 @@
 """Which tiers a chunk store has and how big each is: the settings users write (YAML
 ``kv.store``, CLI flags, Python), built into one :class:`~ragcompress.kv.store.tiered.TieredStore`.
 
-A single store named by URL (``redis://…``, ``file:///…``, ``memory://``) stays
-:func:`~ragcompress.kv.store.open.open_store`.
+A single store named by URL (``redis://…``, ``file:///…`` or a directory, ``memory://``) in
+those settings stands for the same tiers as the mapping that names it (:meth:`StoreSpec.from_url`):
+a memory tier of the same default budget in front of the disk or Redis store. Without the
+memory tier: a spec with ``gpu_bytes=None`` (the one tier, behind its circuit breaker), or the
+bare store of :func:`~ragcompress.kv.store.open.open_store` (whose errors raise).
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.store.errors import redact_url
-from ragcompress.kv.store.open import check_name
+from ragcompress.kv.store.open import (
+    DEFAULT_MEMORY_BYTES,
+    check_name,
+    check_query,
+    file_path,
+    memory_bytes,
+    redis_query_names,
+    schemes,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +49,7 @@ class StoreSpec:
     when set, else unsigned. Never printed in ``repr`` nor returned by :meth:`to_dict`.
     """
 
-    gpu_bytes: int | None = 2 << 30
+    gpu_bytes: int | None = DEFAULT_MEMORY_BYTES
     host_bytes: int | None = None
     disk_dir: str | os.PathLike[str] | None = None  # stored as a str
     disk_bytes: int | None = None
@@ -84,6 +95,11 @@ class StoreSpec:
         ):
             shown = redact_url(url) if isinstance(url, str) else repr(url)
             raise ValueError(f"StoreSpec.redis_url must be a redis:// or rediss:// URL, got {shown!r}")
+        if url is not None:
+            try:
+                check_query(url, redis_query_names(url))
+            except ValueError as err:
+                raise ValueError(f"StoreSpec.redis_url: {err}") from None
         if self.tenant is not None:
             if url is None:
                 raise ValueError(
@@ -116,6 +132,32 @@ class StoreSpec:
         if self.redis_url is not None:
             tiers.append(("redis", open_store(self.redis_url, tenant=self.tenant, secret=self.secret)))
         return TieredStore(tiers, breaker)
+
+    @classmethod
+    def from_url(cls, url: str, *, gpu_bytes: int | None = DEFAULT_MEMORY_BYTES) -> StoreSpec:
+        """The tiers a single store URL stands for: a memory tier of ``gpu_bytes`` (None: none)
+        in front of the shared store the URL names, as the mapping ``{redis_url: url}`` or
+        ``{disk_dir: path}`` has. ``redis://…`` and ``rediss://…`` (tenant and options in the
+        query) are the Redis tier, ``file:///dir`` or a plain directory the disk tier;
+        ``memory://`` (``?max_bytes=N``, default ``gpu_bytes``) is the memory tier itself.
+        A scheme added with ``register_scheme`` has no tier here: open it with ``open_store``."""
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError(f"a store URL is a non-empty string, got {url!r}")
+        url = url.strip()
+        scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
+        if url[:5].lower() == "file:" or scheme == "file":
+            return cls(gpu_bytes=gpu_bytes, disk_dir=file_path(url))
+        if scheme in ("redis", "rediss"):
+            check_query(url, redis_query_names(url))  # the URL's own error, before the field's
+            return cls(gpu_bytes=gpu_bytes, redis_url=url)
+        if scheme == "memory":
+            return cls(gpu_bytes=memory_bytes(url, gpu_bytes or DEFAULT_MEMORY_BYTES))
+        known = ", ".join(f"{s}://" for s in schemes())
+        raise ValueError(
+            f"store URL scheme {scheme!r} of {redact_url(url)!r} is not a tier of a tiered store "
+            f"(memory://, file:///dir or a directory, redis://, rediss://; open_store knows {known}): "
+            "build that store with open_store and pass it as the store"
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoreSpec:

@@ -49,3 +49,14 @@ def test_unreachable_store_is_a_clear_error(
     argv = ["index", str(write_docs(tmp_path)), "--store", "redis://127.0.0.1:1/0", "--model", tiny_model_dir]
     assert main(argv) == 2
     assert "unavailable" in capsys.readouterr().err
+
+
+def test_a_tenant_for_a_disk_store_is_refused_before_anything_is_written(
+    tmp_path: Path, tiny_model_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "chunks"
+    argv = ["index", str(write_docs(tmp_path)), "--store", str(store), "--tenant", "acme"]
+    assert main([*argv, "--model", tiny_model_dir]) == 2
+    err = capsys.readouterr().err
+    assert "tenant 'acme'" in err and str(store / "acme") in err
+    assert not store.exists()

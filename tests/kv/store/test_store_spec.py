@@ -144,3 +144,64 @@ def test_from_generator_builds_the_spec(generator: Any, tmp_path: Path) -> None:
         KVAnswerer.from_generator(generator, memory_bytes=0)
     with pytest.raises(ValueError, match="not both"):
         KVAnswerer.from_generator(generator, store=spec, cache_dir=os.fspath(tmp_path))
+
+
+def test_a_single_url_stands_for_the_mapping_that_names_it(tmp_path: Path) -> None:
+    """``kv.store: URL`` and ``kv.store: {redis_url: URL}`` (or ``{disk_dir: DIR}``) are one store:
+    a memory tier of the same default budget in front of the shared one."""
+    url = "redis://127.0.0.1:1/0?tenant=acme&ttl_s=60"  # nothing listens: nothing is opened here
+    disk = str(tmp_path / "chunks")
+    assert StoreSpec.from_url(url) == StoreSpec.from_dict({"redis_url": url})
+    assert StoreSpec.from_url(disk) == StoreSpec.from_dict({"disk_dir": disk})
+    assert StoreSpec.from_url(f"file://{disk}") == StoreSpec.from_dict({"disk_dir": disk})
+    assert StoreSpec.from_url(url).tier_names() == ["gpu", "redis"]
+    assert StoreSpec.from_url(url).gpu_bytes == StoreSpec().gpu_bytes == 2 << 30
+    # memory:// is the memory tier itself, of its own budget or the default one
+    assert StoreSpec.from_url("memory://?max_bytes=4096") == StoreSpec(gpu_bytes=4096)
+    assert StoreSpec.from_url("memory://", gpu_bytes=1 << 20) == StoreSpec(gpu_bytes=1 << 20)
+    # without the memory tier: the shared store alone (a tiered store of one tier)
+    alone = StoreSpec.from_url(url, gpu_bytes=None).build("cpu")
+    assert [n for n, _ in alone.tiers] == ["redis"] and alone.tier("redis").tenant == "acme"  # type: ignore[attr-defined]
+
+
+def test_a_url_that_is_no_tier_is_refused_with_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragcompress.kv.store import open as store_open
+
+    monkeypatch.setitem(store_open._SCHEMES, "blob", lambda url, tenant, secret, device: MemoryStore(1))
+    with pytest.raises(ValueError, match=r"'blob'.*open_store"):
+        StoreSpec.from_url("blob://bucket/chunks")
+    for bad, message in (("", "non-empty"), ("file://host/x", "names the host"), ("nosuch://x", "nosuch")):
+        with pytest.raises(ValueError, match=message):
+            StoreSpec.from_url(bad)
+
+
+def test_a_store_url_in_the_pipeline_gets_the_mappings_memory_tier(
+    generator: Any, redis_url: str, passages: list[str]
+) -> None:
+    from ragcompress.pipeline import KVSpec
+
+    by_url, by_map = (KVSpec(store=s).build(generator) for s in (redis_url, {"redis_url": redis_url}))
+    for kv in (by_url, by_map):
+        assert [n for n, _ in kv.cache.store.tiers] == ["gpu", "redis"]
+        assert kv.cache.store.tier("gpu").max_bytes == 2 << 30
+        assert kv.cache.store.tier("gpu").device.type == generator.lm.device.type
+    # memory_bytes sizes the memory tier of both forms; a mapping's own gpu_bytes wins
+    for store in (redis_url, {"redis_url": redis_url}):
+        assert (
+            KVSpec(store=store, memory_bytes=1 << 20).build(generator).cache.store.tier("gpu").max_bytes
+            == 1 << 20
+        )
+    own = KVSpec(store={"redis_url": redis_url, "gpu_bytes": 1 << 21}, memory_bytes=1 << 20).build(generator)
+    assert own.cache.store.tier("gpu").max_bytes == 1 << 21
+    alone = KVSpec(store={"redis_url": redis_url, "gpu_bytes": None}).build(generator)
+    assert [n for n, _ in alone.cache.store.tiers] == ["redis"]
+
+    # what the memory tier is for: a repeated passage is served from memory, Redis is not asked
+    store = by_url.cache.store
+    _, stats = by_url.cache.get_or_encode(passages[:2])
+    assert stats.encoded == 2
+    _, stats = by_url.cache.get_or_encode(passages[:2])
+    assert stats.encoded == 0
+    tiers = store.tier_stats()
+    assert tiers["gpu"]["hits"] == 2 and tiers["redis"]["hits"] == 0
+    assert len(store.tier("redis")) == 2  # written through for the other processes

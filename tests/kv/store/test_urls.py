@@ -93,3 +93,61 @@ def test_a_tenant_in_the_url_is_checked_too() -> None:
         open_store("redis://127.0.0.1:1/0?tenant=acme%0A")
     store = open_store("redis://127.0.0.1:1/0?tenant=acme.prod-1_a")
     assert isinstance(store, RedisStore) and store.tenant == "acme.prod-1_a"
+
+
+def test_an_unknown_query_parameter_is_refused_when_opened_listing_the_accepted() -> None:
+    # It used to reach redis-py, which failed only at the first request, far from the cause.
+    for url in (f"redis://127.0.0.1:1/0?secret={SECRET}", f"rediss://127.0.0.1:1/0?tenant=a&secret={SECRET}"):
+        with pytest.raises(ValueError, match="unknown query parameter") as err:
+            open_store(url)
+        message = str(err.value)
+        assert SECRET not in message
+        assert "secret=" in message and "RAGCOMPRESS_STORE_SECRET" in message  # where it does go
+        for accepted in ("tenant", "namespace", "ttl_s", "max_bytes", "socket_timeout", "db"):
+            assert accepted in message.split("accepted: ")[1]
+    with pytest.raises(ValueError, match=r"tenantt.*accepted: .*tenant"):
+        open_store("redis://127.0.0.1:1/0?tenantt=acme")
+    # TLS options only where there is TLS: a plain connection would reject them at first use
+    with pytest.raises(ValueError, match="ssl_ca_certs"):
+        open_store("redis://127.0.0.1:1/0?ssl_ca_certs=/etc/ca.pem")
+    with pytest.raises(ValueError, match="accepted: max_bytes"):
+        open_store("memory://?max_byte=10")
+
+
+def test_accepted_query_parameters_reach_the_connection() -> None:
+    store = open_store("redis://127.0.0.1:1/0?socket_timeout=0.5&tenant=acme&client_name=idx")
+    assert isinstance(store, RedisStore) and store.tenant == "acme"
+    kwargs = store.pool.connection_kwargs
+    assert kwargs["socket_timeout"] == 0.5 and kwargs["client_name"] == "idx" and "tenant" not in kwargs
+    tls = open_store("rediss://127.0.0.1:1/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem")
+    assert isinstance(tls, RedisStore) and tls.pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+
+
+def test_the_spec_checks_the_redis_query_when_written() -> None:
+    from ragcompress.kv.store.spec import StoreSpec
+    from ragcompress.pipeline import PipelineError
+    from ragcompress.pipeline.spec import parse_spec
+
+    with pytest.raises(ValueError, match=r"redis_url: .*unknown query parameter"):
+        StoreSpec(redis_url=f"redis://127.0.0.1:1/0?secret={SECRET}")
+    with pytest.raises(PipelineError, match=r"kv\.store: store URL .*unknown query parameter") as err:
+        parse_spec({"kv": {"store": f"redis://127.0.0.1:1/0?secret={SECRET}"}})
+    assert SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize("form", ["{p}", "file://{p}"])
+def test_a_tenant_for_a_disk_store_is_refused_not_ignored(form: str, tmp_path: Path) -> None:
+    # A tenant used to be dropped silently: two tenants would have shared one directory.
+    target = tmp_path / "chunks"
+    with pytest.raises(ValueError, match=r"tenant 'acme'.*directory of its own") as err:
+        open_store(form.format(p=target), tenant="acme")
+    assert str(target / "acme") in str(err.value)  # the way out, spelled for this store
+    assert not target.exists()  # refused before anything was created
+    open_store(str(target / "acme"))  # the way out works
+
+
+def test_a_tenant_for_a_memory_store_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"tenant 'acme'.*memory store"):
+        open_store("memory://", tenant="acme")
+    with pytest.raises(ValueError, match="tenant"):
+        open_store("memory://?tenant=acme")  # not a memory store's parameter either
