@@ -1,0 +1,173 @@
+"""``blend``'s own attention inside a transformers forward: the question probe's scores and the
+partial forward's grouped-query attention, without leaving the model's forward.
+
+transformers picks each layer's attention function by ``config._attn_implementation`` from its
+:class:`~transformers.AttentionInterface` registry. :func:`blend_attention` registers one function
+under :data:`NAME`, points the model's config at it for the duration of one forward and puts the
+original back afterwards. The function serves the :class:`AttentionJob` set for the current thread
+or task (a :mod:`contextvars` variable); a forward of the same model from elsewhere meanwhile gets
+the model's original attention, so nothing else sees the switch. Two jobs:
+
+* :class:`Probe`: the question runs over the assembled cache; per layer, the softmax weights of
+  every query head and question token over the context are computed from the cached keys in one
+  grouped matmul (fp32, as the scores need), their largest value per context slot is summed into
+  ``total``, and the attention output reuses those weights (no second pass over the keys, no
+  ``output_attentions`` through eager attention, no query recomputation from hidden states).
+* :class:`Packed`: the partial forward of the recomputed tokens attends under an arbitrary mask.
+  transformers' SDPA path copies every KV head ``group`` times when a mask is given (``repeat_kv``:
+  at 10K context and 32 heads, ~80 MB per layer); here the ``group`` query heads that share a KV
+  head are stacked along the query axis instead, so one SDPA call reads each KV head once, with
+  the mask built once per request in that stacked layout (:func:`packed_mask`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+__all__ = ["NAME", "AttentionJob", "Packed", "Probe", "blend_attention", "packed_mask"]
+
+NAME = "ragcompress_blend"
+
+_JOB: contextvars.ContextVar[AttentionJob | None] = contextvars.ContextVar(
+    "ragcompress_blend_job", default=None
+)
+_LOCK = threading.Lock()
+# id(config) -> [config, original implementation, forwards using the switch now]
+_SWITCHED: dict[int, list[Any]] = {}
+
+
+class AttentionJob:
+    """What :data:`NAME` computes for the forward that set it; ``config`` is that model's config."""
+
+    config: Any
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        """``query`` (1, heads, n, d) after RoPE, ``key``/``value`` (1, kv_heads, slots, d) the
+        whole cache after this layer's update → (1, n, heads, d)."""
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class Probe(AttentionJob):
+    """The question (``n`` tokens, appended after ``slots`` context slots) over the assembled
+    cache; ``total`` (slots,) fp32 gets, per layer, the largest softmax weight any head of any
+    question token gives each context slot."""
+
+    config: Any
+    slots: int
+    total: torch.Tensor
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        import torch
+
+        _, heads, n, d = query.shape
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
+        # (kv_heads, group * n, d): query head j = kv_head * group + g reads KV head j // group
+        q = query[0].reshape(kv_heads, group * n, d)
+        logits = torch.matmul(q.float(), key[0].float().transpose(1, 2)) * scaling  # (kv, g*n, slots+n)
+        tokens = torch.arange(n, device=q.device).repeat(group)  # question token of each row
+        later = torch.arange(n, device=q.device)[None, :] > tokens[:, None]  # (g*n, n) causal
+        logits[:, :, self.slots :] = logits[:, :, self.slots :].masked_fill(later, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        self.total += probs[:, :, : self.slots].amax(dim=(0, 1))
+        out = torch.matmul(probs.to(value.dtype), value[0])  # (kv_heads, group * n, d)
+        return out.reshape(1, heads, n, d).transpose(1, 2)
+
+
+@dataclass(eq=False)
+class Packed(AttentionJob):
+    """The recomputed tokens under ``mask`` (1, 1, group * k, slots), from :func:`packed_mask`."""
+
+    config: Any
+    mask: torch.Tensor
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        import torch
+
+        b, heads, n, d = query.shape
+        q = query.reshape(b, key.shape[1], heads // key.shape[1] * n, d)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, key, value, attn_mask=self.mask, scale=scaling
+        )
+        return out.reshape(b, heads, n, d).transpose(1, 2)
+
+
+def packed_mask(visible: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 1, group * k, slots) additive mask in ``dtype``: ``visible`` (k, slots) bool repeated
+    for each of the ``group`` query heads stacked along the query axis (row ``g * k + i`` is token
+    ``i`` of the ``g``-th head of a group)."""
+    import torch
+
+    return torch.where(visible.repeat(group, 1), 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+
+
+def _attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    job = _JOB.get()
+    if job is None or job.config is not module.config:
+        return _original(module)(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    return job.attend(query, key, value, scale), None
+
+
+def _original(module: Any) -> Any:
+    """The attention function ``module``'s model used before the switch."""
+    from transformers import AttentionInterface
+
+    with _LOCK:
+        entry = _SWITCHED.get(id(module.config))
+    name = entry[1] if entry is not None else module.config._attn_implementation
+    eager: Any = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if name in (None, "eager"):
+        return eager
+    return AttentionInterface().get_interface(name, eager)
+
+
+@contextmanager
+def blend_attention(model: PreTrainedModel, job: AttentionJob) -> Iterator[None]:
+    """Run the forwards inside the block with :data:`NAME` serving ``job`` (this thread only)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, _attention)
+    config = model.config
+    token = _JOB.set(job)
+    with _LOCK:
+        entry = _SWITCHED.setdefault(id(config), [config, config._attn_implementation, 0])
+        entry[2] += 1
+        config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        with _LOCK:
+            entry[2] -= 1
+            if entry[2] == 0:
+                config._attn_implementation = entry[1]
+                del _SWITCHED[id(config)]
+        _JOB.reset(token)
