@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.cache_utils import DynamicLayer
 
-from ragcompress.kv.assembly.blend_attention import Packed, blend_attention, packed_mask
+from ragcompress.kv.assembly.blend_attention import Packed, blend_attention, packed_blocks
 from ragcompress.models.compat import cache_kwargs
 
 if TYPE_CHECKING:
@@ -107,8 +107,7 @@ def recompute_slots(
     cache.layers = layers  # type: ignore[assignment]  # same tensors, a layer that can scatter
     pos = slots.positions[chosen]
     dtype = layers[0].keys.dtype if layers[0].keys is not None else torch.float32
-    visible = slots.positions[None, :] <= pos[:, None]  # (k, slots)
-    job = Packed(model.config, packed_mask(visible, arch_for(model).group_size, dtype))
+    job = Packed(model.config, packed_blocks(slots.positions, chosen, arch_for(model).group_size, dtype))
     for layer in layers:
         layer.slots = chosen
     try:
@@ -116,7 +115,9 @@ def recompute_slots(
             model(
                 input_ids=slots.tokens[chosen][None],
                 position_ids=pos[None],
-                attention_mask=job.mask,  # 4D: transformers hands it to the attention as is
+                # any 4D mask is handed to the attention as is (transformers builds none); the
+                # job applies its blocks' masks
+                attention_mask=job.blocks[0].mask,
                 cache_position=chosen,
                 use_cache=True,
                 logits_to_keep=1,

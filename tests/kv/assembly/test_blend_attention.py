@@ -5,9 +5,11 @@ Llama and Qwen2. The switch of attention implementation is undone afterwards."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ragcompress.kv.assemble import assemble, concat_starts
+from ragcompress.kv.assembly import blend_attention
 from ragcompress.kv.assembly.blend import question_attention
 from ragcompress.kv.assembly.recompute import ScatterLayer, recompute_slots, slot_map
 from ragcompress.kv.context import prepare_context
@@ -71,7 +73,11 @@ def test_probe_scores_match_a_full_softmax_per_head(reader, tokenizer):
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
-def test_partial_forward_matches_the_models_own_attention(reader, tokenizer):
+@pytest.mark.parametrize("min_block", [256, 3], ids=["one-block", "blocks"])
+def test_partial_forward_matches_the_models_own_attention(reader, tokenizer, min_block, monkeypatch):
+    # with a small minimum the recomputed tokens run in several blocks, each reading only the
+    # cache prefix it can see
+    monkeypatch.setattr(blend_attention, "MIN_BLOCK_TOKENS", min_block)
     gen, prefix, chunks, _ = _setup(reader, tokenizer)
     model, arch = gen.lm, arch_for(gen.lm)
     g = torch.Generator().manual_seed(0)
@@ -80,6 +86,9 @@ def test_partial_forward_matches_the_models_own_attention(reader, tokenizer):
         slots = slot_map(prefix.length, chunks, concat_starts(prefix.length, chunks), model.device)
         pick = torch.randperm(slots.candidates.numel(), generator=g)[: slots.candidates.numel() // 3]
         chosen = slots.candidates[pick].sort().values
+        if min_block < 256:
+            blocks = blend_attention.packed_blocks(slots.positions, chosen, arch.group_size, torch.float32)
+            assert len(blocks) > 1 and blocks[0].end < blocks[-1].end
         recompute_slots(model, got, slots, chosen)
 
         want, _ = assemble(prefix, chunks, arch, model.config)
