@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Probe(AttentionJob):
     config: Any
     slots: int
     total: torch.Tensor
+    _later: torch.Tensor | None = field(default=None, repr=False)
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
@@ -79,11 +80,12 @@ class Probe(AttentionJob):
         kv_heads = key.shape[1]
         group = heads // kv_heads
         # (kv_heads, group * n, d): query head j = kv_head * group + g reads KV head j // group
-        q = query[0].reshape(kv_heads, group * n, d)
-        logits = torch.matmul(q.float(), key[0].float().transpose(1, 2)) * scaling  # (kv, g*n, slots+n)
-        tokens = torch.arange(n, device=q.device).repeat(group)  # question token of each row
-        later = torch.arange(n, device=q.device)[None, :] > tokens[:, None]  # (g*n, n) causal
-        logits[:, :, self.slots :] = logits[:, :, self.slots :].masked_fill(later, float("-inf"))
+        q = query[0].reshape(kv_heads, group * n, d).float() * scaling
+        logits = torch.matmul(q, key[0].float().transpose(1, 2))  # (kv_heads, group * n, slots + n)
+        if self._later is None:  # (group * n, n): which question tokens each row may not see yet
+            tokens = torch.arange(n, device=q.device)
+            self._later = tokens[None, :] > tokens.repeat(group)[:, None]
+        logits[:, :, self.slots :] = logits[:, :, self.slots :].masked_fill(self._later, float("-inf"))
         probs = logits.softmax(dim=-1)
         self.total += probs[:, :, : self.slots].amax(dim=(0, 1))
         out = torch.matmul(probs.to(value.dtype), value[0])  # (kv_heads, group * n, d)
