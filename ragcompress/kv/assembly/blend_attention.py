@@ -18,15 +18,17 @@ the model's original attention, so nothing else sees the switch. Two jobs:
   at 10K context and 32 heads, ~80 MB per layer); here the ``group`` query heads that share a KV
   head are stacked along the query axis instead, so SDPA reads each KV head once, and the tokens
   are cut into runs that each read only the cache prefix they can see, with their masks built
-  once per request in that stacked layout (:func:`packed_blocks`).
+  once per request in that stacked layout (:func:`packed_blocks`); on a GPU the runs execute
+  side by side on their own streams.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -122,23 +124,55 @@ class Packed(AttentionJob):
         group = heads // kv_heads
         # (b, kv_heads, n * group, d): the query heads that share a KV head stacked token-major
         q = query.reshape(b, kv_heads, group, n, d).transpose(2, 3).reshape(b, kv_heads, n * group, d)
-        outs = [
-            sdpa(
-                q[:, :, blk.start * group : blk.stop * group],
-                key[:, :, : blk.end],
-                value[:, :, : blk.end],
-                attn_mask=blk.mask,
-                scale=scaling,
-            )
-            for blk in self.blocks
-        ]
+        outs = _side_by_side(
+            q.device,
+            [
+                functools.partial(
+                    sdpa,
+                    q[:, :, blk.start * group : blk.stop * group],
+                    key[:, :, : blk.end],
+                    value[:, :, : blk.end],
+                    attn_mask=blk.mask,
+                    scale=scaling,
+                )
+                for blk in self.blocks
+            ],
+        )
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         return out.reshape(b, kv_heads, n, group, d).transpose(1, 2).reshape(b, n, heads, d)
 
 
 #: Fewest recomputed tokens per block, most blocks (see :func:`packed_blocks`).
-MIN_BLOCK_TOKENS = 256
+MIN_BLOCK_TOKENS = 128
 MAX_BLOCKS = 8
+
+_STREAMS: dict[Any, list[Any]] = {}
+
+
+def _side_by_side(device: torch.device, calls: list[Callable[[], torch.Tensor]]) -> list[torch.Tensor]:
+    """Each call's result. On a GPU, several calls run at once on side streams: one block of
+    recomputed tokens has too few query tiles to fill the device (its KV heads times its rows
+    over the kernel's tile), and the blocks are independent. The current stream waits for them;
+    each result is marked as used by it, so that its memory is not reused by a side stream while
+    the current one still reads it."""
+    import torch
+
+    if device.type != "cuda" or len(calls) == 1:
+        return [call() for call in calls]
+    main = torch.cuda.current_stream(device)
+    key = (device.index, len(calls))
+    if key not in _STREAMS:
+        _STREAMS[key] = [torch.cuda.Stream(device) for _ in calls]
+    streams = _STREAMS[key]
+    outs = []
+    for stream, call in zip(streams, calls, strict=True):
+        stream.wait_stream(main)  # the queries, keys and masks are written
+        with torch.cuda.stream(stream):
+            outs.append(call())
+    for stream, out in zip(streams, outs, strict=True):
+        main.wait_stream(stream)
+        out.record_stream(main)
+    return outs
 
 
 def packed_blocks(

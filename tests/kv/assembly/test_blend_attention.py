@@ -124,3 +124,62 @@ def test_blend_choice_is_deterministic(reader, tokenizer):
     ]
     for a, b in zip(runs[0].cache.layers, runs[1].cache.layers, strict=True):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_partial_forward_in_side_by_side_blocks(monkeypatch):
+    """bf16 on CUDA: the recomputed tokens run in several blocks on side streams (SDPA's GPU
+    kernels, masks cut to each block's prefix) and give the model's own attention's K/V."""
+    from transformers import DynamicCache
+
+    from ragcompress.kv.assembly.recompute import SlotMap
+    from tests.support.tiny import make_tiny_llama
+
+    monkeypatch.setattr(blend_attention, "MIN_BLOCK_TOKENS", 64)
+    model = make_tiny_llama(512, num_key_value_heads=2, num_attention_heads=8, hidden_size=256)
+    model = model.to("cuda", torch.bfloat16)
+    cfg, n_slots = model.config, 3000
+    g = torch.Generator(device="cuda").manual_seed(0)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    shape = (1, cfg.num_key_value_heads, n_slots, head_dim)
+
+    def cache():
+        return DynamicCache(
+            ddp_cache_data=[
+                tuple(torch.randn(shape, generator=g, device="cuda").bfloat16() for _ in "kv")
+                for _ in range(cfg.num_hidden_layers)
+            ],
+            config=cfg,
+        )
+
+    positions = torch.arange(n_slots, device="cuda")
+    tokens = torch.randint(0, 512, (n_slots,), device="cuda", generator=g)
+    slots = SlotMap(positions, tokens, positions[100:], n_slots - 100)
+    chosen = (torch.randperm(n_slots - 100, device="cuda", generator=g)[:700] + 100).sort().values
+    assert len(blend_attention.packed_blocks(positions, chosen, 4, torch.bfloat16)) == 8
+    got = cache()
+    want = DynamicCache(
+        ddp_cache_data=[(k.clone(), v.clone()) for k, v in ((x.keys, x.values) for x in got.layers)],
+        config=cfg,
+    )
+    with torch.inference_mode():
+        recompute_slots(model, got, slots, chosen)
+        layers = [ScatterLayer.of(layer) for layer in want.layers]
+        want.layers = layers
+        pos = positions[chosen]
+        mask = torch.where(positions[None, :] <= pos[:, None], 0.0, torch.finfo(torch.bfloat16).min)
+        for layer in layers:
+            layer.slots = chosen
+        model(
+            input_ids=tokens[chosen][None],
+            position_ids=pos[None],
+            attention_mask=mask.bfloat16()[None, None],
+            cache_position=chosen,
+            use_cache=True,
+            **cache_kwargs(model, want),
+        )
+        torch.cuda.synchronize()
+    for a, b in zip(got.layers, want.layers, strict=True):
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):
+            x, y = x[:, :, chosen].float(), y[:, :, chosen].float()
+            assert ((x - y).norm() / y.norm()) < 1e-2
