@@ -78,6 +78,7 @@ def test_partial_forward_matches_the_models_own_attention(reader, tokenizer, min
     # with a small minimum the recomputed tokens run in several blocks, each reading only the
     # cache prefix it can see
     monkeypatch.setattr(blend_attention, "MIN_BLOCK_TOKENS", min_block)
+    monkeypatch.setattr(blend_attention, "SPLIT_FROM", 0)
     gen, prefix, chunks, _ = _setup(reader, tokenizer)
     model, arch = gen.lm, arch_for(gen.lm)
     g = torch.Generator().manual_seed(0)
@@ -136,6 +137,7 @@ def test_gpu_bf16_partial_forward_in_side_by_side_blocks(monkeypatch):
     from tests.support.tiny import make_tiny_llama
 
     monkeypatch.setattr(blend_attention, "MIN_BLOCK_TOKENS", 64)
+    monkeypatch.setattr(blend_attention, "SPLIT_FROM", 0)
     model = make_tiny_llama(512, num_key_value_heads=2, num_attention_heads=8, hidden_size=256)
     model = model.to("cuda", torch.bfloat16)
     cfg, n_slots = model.config, 3000
