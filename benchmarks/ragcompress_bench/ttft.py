@@ -5,6 +5,9 @@ bf16, on the GPU; no hub), for each context length, in one process and on the sa
 
 * ``full_prefill_ms`` — prefill prefix + passages + question from scratch (SDPA);
 * ``hf_reuse_ms`` — a ready ``DynamicCache`` of the context, the question prefilled against it;
+* ``hf_static_compiled_ms`` — the context prefilled once into a ``StaticCache``, the question
+  prefilled against it by the forward compiled with ``torch.compile(mode="reduce-overhead")``
+  (CUDA graphs); ``hf_static_compile_s``: the compile, timed on its own (see ``ttft_static``);
 * ``ragcompress_ms`` — the fast path: bf16 chunks written into the static buffer, question
   prefill from a captured CUDA graph (:class:`ragcompress.kv.fast.FastGenerator`);
 * ``ragcompress_compressed_ms`` — the same with knorm (0.5) + int4 chunks (fused dequantize +
@@ -34,6 +37,7 @@ from typing import Any
 
 from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.ttft_report import device_name, markdown, write_report
+from ragcompress_bench.ttft_static import COMPILE_CHOICES, static_compiled_row
 from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, ints, passage_sizes, profile, run_qps
 
 __all__ = ["SHAPES", "main"]
@@ -94,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--press-ratio", type=float, default=0.5)
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--static-compile",
+        choices=COMPILE_CHOICES,
+        default=None,
+        help="how the StaticCache anchor's forward is compiled (default: reduce-overhead on "
+        "CUDA, none on CPU)",
+    )
     p.add_argument(
         "--no-modes",
         dest="modes",
@@ -259,6 +270,10 @@ def run_context(
             traceback.print_exc()
             row["ragcompress_compressed_ms"] = None
             row["ragcompress_compressed_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    static = static_compiled_row(model, ids, question, clock, args.static_compile)
+    if "hf_static_first_token" in static:
+        tokens["hf_static_compiled"] = static.pop("hf_static_first_token")
+    row.update(static)
     cfg = model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = ctx * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 2
@@ -268,6 +283,7 @@ def run_context(
     row["fast_matches_full_prefill"] = ref is not None and (
         tokens.get("ragcompress") == ref == tokens.get("ragcompress_warm")
     )
+    row["hf_static_matches_full_prefill"] = ref is not None and tokens.get("hf_static_compiled") == ref
     row["device"] = device_name(dev)
     return row
 
@@ -279,6 +295,8 @@ def main(argv: list[str]) -> int:
 
     args = _parser().parse_args(argv)
     dev = torch.device(args.device)
+    if args.static_compile is None:
+        args.static_compile = "reduce-overhead" if dev.type == "cuda" else "none"
     if dev.type == "cuda" and not torch.cuda.is_available():
         print(
             "ragcompress bench ttft: no CUDA device; pass --device cpu --shape tiny for a smoke run",

@@ -17,6 +17,7 @@ __all__ = ["COLUMNS", "device_name", "markdown", "write_plot", "write_report"]
 SERIES = (
     ("full_prefill_ms", "full prefill", "tab:red"),
     ("hf_reuse_ms", "transformers cache reuse", "tab:orange"),
+    ("hf_static_compiled_ms", "transformers StaticCache + compile", "tab:purple"),
     ("ragcompress_ms", "ragcompress (bf16 chunks)", "tab:blue"),
     ("ragcompress_compressed_ms", "ragcompress (knorm 0.5 + int4)", "tab:green"),
     ("floor_ms", "bandwidth floor", "black"),
@@ -64,6 +65,8 @@ COLUMNS = (
     "context_tokens",
     "full_prefill_ms",
     "hf_reuse_ms",
+    "hf_static_compiled_ms",
+    "hf_static_compile_s",
     "ragcompress_ms",
     "ragcompress_compressed_ms",
     "floor_ms",
@@ -80,17 +83,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}`",
         "",
-        "| " + " | ".join(COLUMNS) + " | same first token |",
-        "|" + "---|" * (len(COLUMNS) + 1),
+        "| " + " | ".join(COLUMNS) + " | same first token | static: same first token |",
+        "|" + "---|" * (len(COLUMNS) + 2),
     ]
     for r in report["rows"]:
         cells = ["—" if r.get(c) is None else str(r[c]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + f" | {r.get('fast_matches_full_prefill')} |")
+        agree = f"{r.get('fast_matches_full_prefill')} | {r.get('hf_static_matches_full_prefill')}"
+        lines.append("| " + " | ".join(cells) + f" | {agree} |")
     lines += [
         "",
         f"copy bandwidth {report['copy_bandwidth_gbs']} GB/s (read + written); attention "
         f"backend {report['attention']}; floor = non-embedding weights "
-        f"({report['weight_bytes'] / 1e9:.2f} GB) + context KV, over that bandwidth.",
+        f"({report['weight_bytes'] / 1e9:.2f} GB) + context KV, over that bandwidth. "
+        "hf_static_compiled: StaticCache + torch.compile (compile: "
+        f"{report.get('static_compile', '—')}), compile time (s) in hf_static_compile_s, not in the ms.",
         "",
         "| batch | context | first token ms | queries/s (first token) | answer ms | queries/s (answers) |",
         "|---|---|---|---|---|---|",
@@ -127,6 +133,7 @@ def write_report(
         "graphs": fast.graphs,
         "fused": type(fast.step).__name__ == "FusedStep",
         "copy_bandwidth_gbs": round(bw / 1e9, 1),
+        "static_compile": args.static_compile,
         "weight_bytes": wbytes,
         "rows": rows,
         "qps": qps,

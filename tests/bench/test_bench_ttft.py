@@ -11,8 +11,9 @@ import pytest
 import torch
 from ragcompress_bench.ttft import main
 
-KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "ragcompress_ms", "ragcompress_compressed_ms",
-        "floor_ms", "device", "ape_ms", "blend_05_ms", "blend_15_ms"}  # fmt: skip
+KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "hf_static_compiled_ms", "ragcompress_ms",
+        "ragcompress_compressed_ms", "floor_ms", "device",
+        "ape_ms", "blend_05_ms", "blend_15_ms"}  # fmt: skip
 
 
 def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> None:
@@ -28,6 +29,7 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         assert set(row) >= KEYS and all(row[k] > 0 for k in KEYS - {"context_tokens", "device"})
         # the blend rows recompute what they say (a share of the chunk tokens), ape recomputes nothing
         assert row["ape_recompute"] == 0.0
+        assert row["hf_static_matches_full_prefill"] is True  # the StaticCache anchor (uncompiled on CPU)
         assert 0.0 < row["blend_05_recompute"] < row["blend_15_recompute"] <= 0.16
     assert [q["batch"] for q in report["qps"]] == [1, 2]
     assert "| context_tokens |" in (tmp_path / "ttft_gpu.md").read_text()

@@ -3,8 +3,8 @@ choosing the tokens by what the question needs (after ProphetKV).
 
 The chunks are assembled as in ``concat``. A cheap first pass runs the question over that stale
 cache and reads, at every layer, how much the question's queries attend to each context token
-(the queries are rebuilt from the layer inputs the forward returns, so no hook and no switch of the
-attention implementation is needed). The share ``recompute`` of the chunks' kept tokens with the
+(its attention computes those weights from the cached keys in one grouped matmul per layer, see
+:mod:`ragcompress.kv.assembly.blend_attention`). The share ``recompute`` of the chunks' kept tokens with the
 highest attention (largest over heads and question tokens, averaged over layers) is then recomputed
 by a real partial forward (see :mod:`ragcompress.kv.assembly.recompute`), and the question is
 prefilled over the repaired cache. ``recompute = 1`` is exactly a full prefill of the prompt;
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ragcompress.kv.assembly.base import Assembly, Context, number, register_assembly
 from ragcompress.models.compat import cache_kwargs
-from ragcompress.models.rope import rotate_by
 
 if TYPE_CHECKING:
     import torch
@@ -79,39 +78,36 @@ def question_attention(
     model: PreTrainedModel, cache: DynamicCache, question: Sequence[int], position: int
 ) -> torch.Tensor:
     """(slots,): per layer, the largest softmax weight any head of any question token gives each
-    context slot, averaged over layers. The question's K/V are removed from ``cache`` afterwards."""
+    context slot, averaged over layers. One forward of the question whose attention computes these
+    weights from the cached keys as it goes (:class:`~ragcompress.kv.assembly.blend_attention.Probe`);
+    the question's K/V are removed from ``cache`` afterwards."""
     import torch
 
+    from ragcompress.kv.assembly.blend_attention import Probe, blend_attention
     from ragcompress.models.arch import arch_for
-    from ragcompress.models.rope import Rotary
 
     arch = arch_for(model)
     dev, n, slots = model.device, len(question), cache.get_seq_length()
-    pos = torch.arange(position, position + n, device=dev)[None]
     # A dynamic layer appends by concatenation (new tensors), so the context tensors kept here
     # are untouched by the probe and put back afterwards.
     kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
-    with torch.inference_mode():
-        out = model(
+    probe = Probe(model.config, slots, torch.zeros(slots, dtype=torch.float32, device=dev))
+    # A 4D mask is handed to the attention as is (transformers builds none); the probe applies
+    # the same causal rule itself while it computes the weights.
+    cols = torch.arange(slots + n, device=dev)[None, :]
+    mask = torch.where(
+        cols <= torch.arange(slots, slots + n, device=dev)[:, None], 0.0, torch.finfo(model.dtype).min
+    )
+    with torch.inference_mode(), blend_attention(model, probe):
+        model(
             input_ids=torch.tensor([list(question)], device=dev),
-            position_ids=pos,
+            position_ids=torch.arange(position, position + n, device=dev)[None],
+            attention_mask=mask.to(model.dtype)[None, None],
             cache_position=torch.arange(slots, slots + n, device=dev),
             use_cache=True,
-            output_hidden_states=True,
             logits_to_keep=1,
             **cache_kwargs(model, cache),
         )
-        hidden = out.hidden_states  # (L + 1) × (1, n, hidden): hidden[l] is layer l's input
-        causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-        total = torch.zeros(slots, dtype=torch.float32, device=dev)
-        for li, layer in enumerate(arch.layers(model)):
-            cos, sin = Rotary.of(arch.rope_for(li)).cos_sin(pos[0])  # (n, rot_dim)
-            q = rotate_by(arch.queries(layer, hidden[li]), cos, sin)  # (heads, n, head_dim)
-            keys: Any = getattr(cache.layers[li], "keys", None)
-            keys = keys[0].repeat_interleave(arch.group_size, dim=0)  # (heads, slots + n, head_dim)
-            logits = (q.float() @ keys.float().transpose(1, 2)) * arch.attention_scale
-            logits[:, :, slots:] = logits[:, :, slots:].masked_fill(~causal, float("-inf"))
-            total += logits.softmax(dim=-1)[:, :, :slots].amax(dim=(0, 1))
     for layer, (k, v) in zip(cache.layers, kept, strict=True):  # drop the question's K/V
         layer.keys, layer.values = k, v  # type: ignore[union-attr]
-    return total / arch.num_layers
+    return probe.total / arch.num_layers

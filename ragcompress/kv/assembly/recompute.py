@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.cache_utils import DynamicLayer
 
+from ragcompress.kv.assembly.blend_attention import Packed, blend_attention, packed_blocks
 from ragcompress.models.compat import cache_kwargs
 
 if TYPE_CHECKING:
@@ -74,17 +75,22 @@ def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], 
     import torch
 
     positions = [torch.arange(prefix_len, dtype=torch.long, device=device)]
-    tokens = [torch.full((prefix_len,), -1, dtype=torch.long, device=device)]
+    kept = [torch.full((prefix_len,), -1, dtype=torch.long, device=device)]  # index into ``ids``
+    offset = 0
     for c, start in zip(chunks, starts, strict=True):
         # every layer class keeps its (kv_heads, n) positions as a plain tensor: read them without
-        # dequantizing, and reduce on the device (one host transfer per request, not per layer)
+        # dequantizing, and reduce on the device
         held = torch.stack([layer.positions.to(device, torch.long) for layer in c.layers])  # (L, h, n)
         hi, lo = held.amax(dim=(0, 1)), held.amin(dim=(0, 1))
         local = hi - c.base_offset
-        ids = c.token_ids.to(device, torch.long)[local]
         positions.append(start + local)
-        tokens.append(torch.where(hi == lo, ids, -1))
-    pos, tok = torch.cat(positions), torch.cat(tokens)
+        kept.append(torch.where(hi == lo, local + offset, -1))
+        offset += int(c.token_ids.numel())
+    # the chunks' token ids reach the device in one transfer (a host-to-device copy per chunk
+    # waits for the device each time), with a -1 appended for the slots that recompute nothing
+    ids = torch.cat([*(c.token_ids.to("cpu", torch.long) for c in chunks), torch.tensor([-1])])
+    pos, at = torch.cat(positions), torch.cat(kept)
+    tok = ids.to(device)[at]
     cand = torch.nonzero(tok >= 0).flatten()
     return SlotMap(pos, tok, cand, int(pos.numel() - prefix_len))
 
@@ -95,20 +101,23 @@ def recompute_slots(
     """Recompute the tokens of ``chosen`` (k,) sorted slot indices in place (one forward of k tokens)."""
     import torch
 
+    from ragcompress.models.arch import arch_for
+
     layers = [ScatterLayer.of(layer) for layer in cache.layers]
     cache.layers = layers  # type: ignore[assignment]  # same tensors, a layer that can scatter
     pos = slots.positions[chosen]
     dtype = layers[0].keys.dtype if layers[0].keys is not None else torch.float32
-    visible = slots.positions[None, :] <= pos[:, None]  # (k, slots)
-    mask = torch.where(visible, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    job = Packed(model.config, packed_blocks(slots.positions, chosen, arch_for(model).group_size, dtype))
     for layer in layers:
         layer.slots = chosen
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), blend_attention(model, job):
             model(
                 input_ids=slots.tokens[chosen][None],
                 position_ids=pos[None],
-                attention_mask=mask,
+                # any 4D mask is handed to the attention as is (transformers builds none); the
+                # job applies its blocks' masks
+                attention_mask=job.blocks[0].mask,
                 cache_position=chosen,
                 use_cache=True,
                 logits_to_keep=1,
