@@ -72,10 +72,12 @@ class APE(Assembly):
         import torch
 
         from ragcompress.kv.assemble import assemble
+        from ragcompress.kv.assembly.window import local_window
         from ragcompress.models.arch import arch_for
 
+        arch = arch_for(model)
         starts = [prefix.length] * len(chunks)
-        cache, position = assemble(prefix, chunks, arch_for(model), model.config, starts=starts)
+        cache, position = assemble(prefix, chunks, arch, model.config, starts=starts)
         slots = cache.get_seq_length()
         p = prefix.length
         if self.temperature != 1.0:
@@ -87,4 +89,6 @@ class APE(Assembly):
             dtype, device = prefix.keys[0].dtype, prefix.keys[0].device
             bias = torch.zeros(slots, dtype=dtype, device=device)
             bias[p:] = math.log(self.scale)
-        return Context(cache, position, slots=slots, bias=bias)
+        # local layers: every chunk's tokens within the window of the question, by position
+        local = local_window(arch, p, chunks, starts, prefix.keys[0].device)
+        return Context(cache, position, slots=slots, bias=bias, **local)

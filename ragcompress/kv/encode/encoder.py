@@ -52,9 +52,17 @@ def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
         kept = per_model.get(fp)
         if kept is not None and kept[0] == token:
             return kept[1]
+        from transformers import DynamicCache
+
         ids = layout.prefix_ids()
         with torch.inference_mode():
-            out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
+            # a cache without the config: local sliding-window layers keep every prefix token
+            # too (transformers' sliding layer drops all but the last window - 1)
+            out = model(
+                input_ids=torch.tensor([ids], device=model.device),
+                use_cache=True,
+                **cache_kwargs(model, DynamicCache()),
+            )
         cache = output_cache(out)
         keys = [layer.keys[0].clone() for layer in cache.layers]
         values = [layer.values[0].clone() for layer in cache.layers]
@@ -175,12 +183,13 @@ class ChunkEncoder:
         for row, i in enumerate(batch):
             ids[row, : lens[row]] = torch.tensor(list(items[i][1]), device=dev)
             mask[row, plen : plen + lens[row]] = 1
+        # No config: every layer is a plain dynamic layer, so local (sliding-window) layers
+        # return every passage token as well; the model still masks them by its window.
         past = DynamicCache(
             ddp_cache_data=[
                 (k[None].expand(b, -1, -1, -1), v[None].expand(b, -1, -1, -1))
                 for k, v in zip(prefix.keys, prefix.values, strict=True)
-            ],
-            config=model.config,
+            ]
         )
         needs_attn = bool(getattr(press, "needs_attention", False))
         prompt = reconstruction_prompt([] if press is None else [press])
