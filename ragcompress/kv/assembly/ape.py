@@ -57,7 +57,8 @@ class APE(Assembly):
                 f"this model uses {impl!r}"
             )
 
-    def check_fast(self) -> None:
+    def check_fast(self, model: PreTrainedModel | None = None) -> None:
+        super().check_fast(model)
         # The fast engine attends to prefix + chunks in one pass (one log-sum-exp), so it cannot
         # weigh the chunks apart from the prefix; 1/T lives in the written keys and works.
         if self.scale != 1.0:

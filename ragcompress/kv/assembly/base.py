@@ -148,10 +148,14 @@ class Assembly(ABC):
 
         arch_for(model)
 
-    def check_fast(self) -> None:
-        """Raise ValueError when the fast engine cannot run this mode as configured (called when a
-        ``FastKVAnswerer`` is built); every mode runs there unless it says otherwise."""
-        return None
+    def check_fast(self, model: PreTrainedModel | None = None) -> None:
+        """Raise ValueError when the fast engine cannot run this mode as configured, or ``model``'s
+        family at all (an :class:`~ragcompress.models.arch.UnsupportedModelError` naming it); called
+        when a ``FastKVAnswerer`` is built. Every mode runs there unless it says otherwise."""
+        if model is not None:
+            from ragcompress.models.arch import arch_for
+
+            arch_for(model).require_fast_engine()
 
     def load_fast(
         self,
