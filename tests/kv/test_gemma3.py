@@ -73,7 +73,9 @@ def ape_reference(model: Any, layout: Any, texts: list[str], question: str) -> t
     causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
     sees = (g[None, :] == -1) | (g[:, None] == -2) | (g[None, :] == g[:, None])
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([ids]), position_ids=p[None], attention_mask=_masks(p, p, causal & sees))
+        out = model(
+            input_ids=torch.tensor([ids]), position_ids=p[None], attention_mask=_masks(p, p, causal & sees)
+        )
     return out.logits[0, -len(q) :]
 
 
@@ -94,6 +96,7 @@ def concat_reference(model: Any, layout: Any, texts: list[str], question: str) -
         cache = DynamicCache()
         with torch.inference_mode():
             model(input_ids=torch.tensor([prefix + seg]), use_cache=True, **cache_kwargs(model, cache))
+        layer: Any
         for li, layer in enumerate(cache.layers):
             k, v = layer.keys[:, :, plen:], layer.values[:, :, plen:]
             delta = torch.full((1, len(seg)), start - plen)
@@ -102,7 +105,9 @@ def concat_reference(model: Any, layout: Any, texts: list[str], question: str) -
                 layers[li].append((layer.keys[:, :, :plen], layer.values[:, :, :plen]))
             layers[li].append((apply_rotary_pos_emb(k, k, cos, sin)[0], v))
         start += len(seg)
-    ctx = DynamicCache(ddp_cache_data=[tuple(torch.cat(t, dim=2) for t in zip(*kv, strict=True)) for kv in layers])
+    ctx = DynamicCache(
+        ddp_cache_data=[tuple(torch.cat(t, dim=2) for t in zip(*kv, strict=True)) for kv in layers]
+    )
     qpos, kpos = torch.arange(start, start + len(q)), torch.arange(start + len(q))
     visible = kpos[None, :] <= qpos[:, None]
     with torch.inference_mode():
@@ -146,6 +151,16 @@ def test_adapter_states_what_the_model_does(gemma):
         if step.endswith("norm"):
             assert hasattr(layers[0], getattr(arch.names, step)), step
     assert not arch.fast_engine
+
+
+def test_a_cast_models_rounded_tables_are_read_per_layer_type(tokenizer):
+    model = make_tiny_gemma3(len(tokenizer), seed=4).to(torch.bfloat16)
+    arch, rot = arch_for(model), model.model.rotary_emb
+    for li, kind in enumerate(model.config.layer_types):
+        assert torch.equal(arch.rope_for(li).inv_freq(), getattr(rot, f"{kind}_inv_freq").float())
+    assert not torch.equal(arch.rope_for(1).inv_freq(), arch_for(model.config).rope_for(1).inv_freq())
+    model.float()  # the buffers are replaced: read again (still the rounded values, as the model has)
+    assert arch_for(model) is not arch
 
 
 def test_local_layers_keep_every_token_and_match_a_fresh_encoding(gemma, gen):
