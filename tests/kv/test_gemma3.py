@@ -272,6 +272,15 @@ def test_fast_engine_and_blend_refuse_gemma3_when_built(gen):
         KVAnswerer.from_generator(gen, assembly="blend")
 
 
+def test_low_rank_calibration_fits_gemma3_after_rope_and_refuses_before(gemma, tokenizer):
+    from ragcompress.kv.encode.calibrate import calibrate
+
+    with pytest.raises(UnsupportedModelError, match="gemma3_text has several"):
+        calibrate(gemma, tokenizer, PASSAGES, rank=4)  # one table per basis: local and global differ
+    basis = calibrate(gemma, tokenizer, PASSAGES, rank=4, pre_rope=False)
+    assert basis.layers == 3 and basis.inv_freq is None
+
+
 def test_chunk_key_covers_the_window_and_the_family(tokenizer, gemma):
     other = make_tiny_gemma3(len(tokenizer), seed=4, sliding_window=WINDOW + 1)
     assert torch.equal(
