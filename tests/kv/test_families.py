@@ -26,7 +26,6 @@ from .conftest import PASSAGES, QUESTION
 from .test_fast_answer import PASSAGES as FAST_PASSAGES
 from .test_fast_answer import PRESSES, assert_fast_matches_eager
 
-
 # the families the eager KV path runs; the fast engine's cases take TINY_FAMILIES
 EAGER_FAMILIES = {**TINY_FAMILIES, "gemma3": make_tiny_gemma3}
 
@@ -48,8 +47,9 @@ def question_logits(model: Any, layout: Any, chunk: Any, question: str, shift: i
     ids = layout.question_ids(question)
     ctx = prepare_context(model, layout, [chunk], ids)
     arch = arch_for(model)
+    layer: Any
     for li, layer in enumerate(ctx.cache.layers):
-        layer.keys = rerotate(layer.keys, shift, Rotary.from_arch(arch, li))  # type: ignore[union-attr]
+        layer.keys = rerotate(layer.keys, shift, Rotary.from_arch(arch, li))
     pos, phys = ctx.position, ctx.cache.get_seq_length()
     with torch.inference_mode():
         out = model(

@@ -101,12 +101,14 @@ class Context:
         full = self._causal(physical, n)
         if self.window is None:
             return {"attention_mask": full}
-        return {"attention_mask": {"full_attention": full, "sliding_attention": self._windowed(full, physical, n)}}
+        return {
+            "attention_mask": {"full_attention": full, "sliding_attention": self._windowed(full, physical, n)}
+        }
 
     def _causal(self, physical: int, n: int) -> torch.Tensor:
         import torch
 
-        ref = self.bias if self.bias is not None else self.cache.layers[0].keys
+        ref = self.bias if self.bias is not None else getattr(self.cache.layers[0], "keys", None)
         assert ref is not None
         neg = torch.finfo(ref.dtype).min
         rows = torch.arange(physical, physical + n, device=ref.device)[:, None]

@@ -54,7 +54,9 @@ def _layer_types(config: Any) -> tuple[str, ...]:
         out = tuple(_SLIDING if (i + 1) % pattern else _FULL for i in range(n))
     unknown = sorted(set(out) - {_SLIDING, _FULL})
     if unknown or len(out) != n:
-        raise UnsupportedModelError(f"gemma3_text: layer types {unknown or len(out)} are not {_SLIDING}/{_FULL}")
+        raise UnsupportedModelError(
+            f"gemma3_text: layer types {unknown or len(out)} are not {_SLIDING}/{_FULL}"
+        )
     return out
 
 
@@ -70,7 +72,9 @@ def _rope(config: Any, head_dim: int, layer_type: str) -> RopeSpec:
 @register_family("gemma3_text")
 def gemma3_arch(config: Any) -> ModelArch:
     if getattr(config, "use_bidirectional_attention", False):
-        raise UnsupportedModelError("gemma3_text: bidirectional attention (an encoder) is not a causal reader")
+        raise UnsupportedModelError(
+            "gemma3_text: bidirectional attention (an encoder) is not a causal reader"
+        )
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
@@ -78,8 +82,8 @@ def gemma3_arch(config: Any) -> ModelArch:
     tables = {t: _rope(config, head_dim, t) for t in set(types)}
     if any(r.rot_dim != head_dim for r in tables.values()):
         raise UnsupportedModelError("gemma3_text: partial rotary is not a Gemma 3 layout")
-    window = getattr(config, "sliding_window", None)
-    if _SLIDING in types and (window is None or int(window) < 1):
+    window = int(getattr(config, "sliding_window", None) or 0)
+    if _SLIDING in types and window < 1:
         raise UnsupportedModelError(f"gemma3_text: local layers need a positive sliding_window, got {window}")
     limit = getattr(config, "max_position_embeddings", None)
     softcap = getattr(config, "attn_logit_softcapping", None)
@@ -97,11 +101,10 @@ def gemma3_arch(config: Any) -> ModelArch:
         qk_norm=True,
         norm_placement="sandwich",
         block_order=_BLOCK,
-        sliding_window=tuple(int(window) if t == _SLIDING else None for t in types),
+        sliding_window=tuple(window if t == _SLIDING else None for t in types),
         max_positions=None if limit is None else int(limit),
         embed_scale=float(config.hidden_size) ** 0.5,
         attn_softcap=None if softcap is None else float(softcap),
         final_softcap=None if final_cap is None else float(final_cap),
         fast_engine=False,
     )
-
