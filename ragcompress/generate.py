@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,19 @@ __all__ = ["Answer", "GenerationStats", "Generator"]
 
 # Guards the lazy loads below: threads sharing a generator must not build two models/layouts.
 _INIT = threading.RLock()
+# tokenizer -> ids of the vocabulary entries holding a line break (base models stop there)
+_NEWLINES: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
+
+
+def _newline_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of tokens containing a line break: literal (SentencePiece), ``Ċ`` (byte-level BPE) or
+    the byte-fallback token ``<0x0A>``."""
+    hit = _NEWLINES.get(tokenizer)
+    if hit is None:
+        vocab = tokenizer.get_vocab()
+        hit = frozenset(i for t, i in vocab.items() if "\n" in t or "Ċ" in t or t == "<0x0A>")
+        _NEWLINES[tokenizer] = hit
+    return hit
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +156,10 @@ class Generator:
                 ids.add(src)
             elif isinstance(src, list | tuple):
                 ids.update(int(i) for i in src)
+        if not getattr(self.tokenizer, "chat_template", None):
+            # a base model (plain completion prompt, see PromptLayout) has no end-of-turn token:
+            # its answer is the first line
+            ids.update(_newline_ids(self.tokenizer))
         return ids
 
     # -- text path -------------------------------------------------------------------------

@@ -84,6 +84,10 @@ def assemble(
         if tables:
             k = rotate_by(k, *tables[id(rotaries[li])])
         layers.append((k[None], torch.cat(vs, dim=1)[None]))
+    if not isinstance(rope, Rotary) and rope.local_window is not None:
+        # Local layers keep every slot: transformers' sliding layer would keep the last
+        # window - 1 *slots*, while the window is by logical position (the Context masks it).
+        config = None
     return DynamicCache(ddp_cache_data=layers, config=config), pos
 
 

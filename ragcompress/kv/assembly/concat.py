@@ -26,11 +26,15 @@ class Concat(Assembly):
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:
-        from ragcompress.kv.assemble import assemble
+        from ragcompress.kv.assemble import assemble, concat_starts
+        from ragcompress.kv.assembly.window import local_window
         from ragcompress.models.arch import arch_for
 
-        cache, position = assemble(prefix, chunks, arch_for(model), model.config)
-        return Context(cache, position, slots=cache.get_seq_length())
+        arch = arch_for(model)
+        starts = concat_starts(prefix.length, chunks)
+        cache, position = assemble(prefix, chunks, arch, model.config, starts=starts)
+        local = local_window(arch, prefix.length, chunks, starts, prefix.keys[0].device)
+        return Context(cache, position, slots=cache.get_seq_length(), **local)
 
     def load_fast(
         self,

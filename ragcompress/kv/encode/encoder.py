@@ -27,7 +27,8 @@ from ragcompress.prompt import PromptLayout
 from ragcompress.types import Passage, validate_passages
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    import torch
+    from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["ChunkEncoder", "prefix_kv"]
 
@@ -52,9 +53,17 @@ def prefix_kv(model: PreTrainedModel, layout: PromptLayout) -> PrefixKV:
         kept = per_model.get(fp)
         if kept is not None and kept[0] == token:
             return kept[1]
+        from transformers import DynamicCache
+
         ids = layout.prefix_ids()
         with torch.inference_mode():
-            out = model(input_ids=torch.tensor([ids], device=model.device), use_cache=True)
+            # a cache without the config: local sliding-window layers keep every prefix token
+            # too (transformers' sliding layer drops all but the last window - 1)
+            out = model(
+                input_ids=torch.tensor([ids], device=model.device),
+                use_cache=True,
+                **cache_kwargs(model, DynamicCache()),
+            )
         cache = output_cache(out)
         keys = [layer.keys[0].clone() for layer in cache.layers]
         values = [layer.values[0].clone() for layer in cache.layers]
@@ -154,6 +163,32 @@ class ChunkEncoder:
             self._encode_batch(items, batch, press, out)
         return [c for c in out if c is not None]
 
+    def _batch_inputs(
+        self, seqs: Sequence[Sequence[int]], n: int, pad: int
+    ) -> tuple[torch.Tensor, torch.Tensor, DynamicCache]:
+        """``(ids (b, n) right-padded with pad, attention mask (b, prefix + n), the prefix's cache
+        expanded to b rows)`` for one batch of passages after the shared prefix."""
+        import torch
+        from transformers import DynamicCache
+
+        prefix, dev, b = self.prefix, self.model.device, len(seqs)
+        plen = prefix.length
+        ids = torch.full((b, n), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros((b, plen + n), dtype=torch.long, device=dev)
+        mask[:, :plen] = 1
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(list(seq), device=dev)
+            mask[row, plen : plen + len(seq)] = 1
+        # No config: every layer is a plain dynamic layer, so local (sliding-window) layers
+        # return every passage token as well; the model still masks them by its window.
+        past = DynamicCache(
+            ddp_cache_data=[
+                (k[None].expand(b, -1, -1, -1), v[None].expand(b, -1, -1, -1))
+                for k, v in zip(prefix.keys, prefix.values, strict=True)
+            ]
+        )
+        return ids, mask, past
+
     def _encode_batch(
         self,
         items: Sequence[tuple[str, Sequence[int]]],
@@ -162,26 +197,13 @@ class ChunkEncoder:
         out: list[KVChunk | None],
     ) -> None:
         import torch
-        from transformers import DynamicCache
 
         model, prefix = self.model, self.prefix
         dev, plen = model.device, prefix.length
         lens = [len(items[i][1]) for i in batch]
-        n, b = max(lens), len(batch)
+        n = max(lens)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((b, n), int(pad), dtype=torch.long, device=dev)
-        mask = torch.zeros((b, plen + n), dtype=torch.long, device=dev)
-        mask[:, :plen] = 1
-        for row, i in enumerate(batch):
-            ids[row, : lens[row]] = torch.tensor(list(items[i][1]), device=dev)
-            mask[row, plen : plen + lens[row]] = 1
-        past = DynamicCache(
-            ddp_cache_data=[
-                (k[None].expand(b, -1, -1, -1), v[None].expand(b, -1, -1, -1))
-                for k, v in zip(prefix.keys, prefix.values, strict=True)
-            ],
-            config=model.config,
-        )
+        ids, mask, past = self._batch_inputs([items[i][1] for i in batch], n, int(pad))
         needs_attn = bool(getattr(press, "needs_attention", False))
         prompt = reconstruction_prompt([] if press is None else [press])
         # Attention weights come from the model's eager view: the model itself is never switched
@@ -192,7 +214,7 @@ class ChunkEncoder:
                 input_ids=ids,
                 attention_mask=mask,
                 **cache_kwargs(runner, past),
-                position_ids=torch.arange(plen, plen + n, device=dev)[None].expand(b, -1),
+                position_ids=torch.arange(plen, plen + n, device=dev)[None].expand(len(batch), -1),
                 cache_position=torch.arange(plen, plen + n, device=dev),
                 use_cache=True,
                 output_attentions=needs_attn,

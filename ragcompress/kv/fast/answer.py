@@ -58,7 +58,7 @@ class FastKVAnswerer(KVAnswerer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.assembly.check_fast()  # a mode the fast engine cannot run fails here, not mid-request
+        self.assembly.check_fast(self.generator.lm)  # a mode or family it cannot run fails here
 
     @property
     def engine(self) -> FastGenerator:

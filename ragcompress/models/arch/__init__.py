@@ -15,6 +15,7 @@ tests run on it.
 
 from __future__ import annotations
 
+from ragcompress.models.arch import gemma3 as _gemma3  # noqa: F401  (registers Gemma 3 text)
 from ragcompress.models.arch import llama as _llama  # noqa: F401  (registers the Llama-shaped families)
 from ragcompress.models.arch import qwen3 as _qwen3  # noqa: F401
 from ragcompress.models.arch.base import (

@@ -122,6 +122,10 @@ class ModuleNames:
     gate_proj: str = "gate_proj"
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"
+    # Sandwich-norm families (Gemma 3) norm the MLP's input and output with their own modules;
+    # ``post_attention_norm`` is then the norm of the attention's output, not the MLP's input.
+    pre_mlp_norm: str = "pre_feedforward_layernorm"
+    post_mlp_norm: str = "post_feedforward_layernorm"
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,8 +160,13 @@ class ModelArch:
     norms on queries and keys, applied before RoPE. ``norm_placement``: ``"pre"`` (norm before
     attention and MLP) or ``"sandwich"`` (also after each, before the residual add).
     ``block_order``: the steps of one decoder layer, in order. ``attention_scale``: the
-    multiplier of ``q · k``. ``sliding_window``: per layer, the window of a local layer or None.
+    multiplier of ``q · k``. ``sliding_window``: per layer, the window of a local layer or None
+    (a local layer's query at position ``q`` sees keys at positions ``q - window < p <= q``).
     ``mlp_act``: the MLP's activation (``config.hidden_act``).
+    ``embed_scale``: the embeddings' multiplier (Gemma: ``sqrt(hidden_size)``);
+    ``attn_softcap`` / ``final_softcap``: ``cap * tanh(x / cap)`` on attention / output logits.
+    ``fast_engine``: whether the GPU fast engine (``kv/fast``) runs this family; the eager KV
+    path runs every family with an adapter.
     """
 
     family: str
@@ -186,6 +195,10 @@ class ModelArch:
     max_positions: int | None = None
     mlp_act: str = "silu"
     names: ModuleNames = field(default_factory=ModuleNames, repr=False)
+    embed_scale: float = 1.0
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    fast_engine: bool = True
 
     def __post_init__(self) -> None:
         if len(self.rope) != self.num_layers:
@@ -201,6 +214,23 @@ class ModelArch:
     def group_size(self) -> int:
         """Query heads per KV head (GQA): query head ``j`` reads KV head ``j // group_size``."""
         return self.num_heads // self.num_kv_heads
+
+    @property
+    def local_window(self) -> int | None:
+        """The window of the local (sliding-window) layers, None when every layer is global;
+        raises :class:`UnsupportedModelError` for local layers of different windows."""
+        windows = {w for w in self.sliding_window if w is not None}
+        if len(windows) > 1:
+            raise UnsupportedModelError(f"{self.family}: local layers of several windows {sorted(windows)}")
+        return windows.pop() if windows else None
+
+    def require_fast_engine(self) -> None:
+        """Raise :class:`UnsupportedModelError` naming the family when the fast engine cannot run it."""
+        if not self.fast_engine:
+            raise UnsupportedModelError(
+                f"{self.family}: the fast engine (FastKVAnswerer) does not run this family yet; "
+                "use the eager KVAnswerer"
+            )
 
     def rope_for(self, layer_idx: int) -> RopeSpec:
         return self.rope[layer_idx]
@@ -284,6 +314,7 @@ class ModelArch:
         layers = self.layers(model)
         n = self.names
         wanted = [n.attention, n.mlp, n.input_norm, n.post_attention_norm]
+        wanted += [getattr(n, step) for step in self.block_order if step.endswith("mlp_norm")]
         attn_parts = [n.q_proj, n.k_proj, n.v_proj, n.o_proj] + ([n.q_norm, n.k_norm] if self.qk_norm else [])
         for i, layer in enumerate(layers):
             missing = [w for w in wanted if not hasattr(layer, w)]

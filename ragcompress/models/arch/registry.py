@@ -74,29 +74,54 @@ def arch_for(model_or_config: Any) -> ModelArch:
 
 def _with_live_table(arch: ModelArch, model: Any) -> ModelArch:
     """``arch`` with the model's own RoPE values where they differ from the config's (a cast
-    model's rounded table); read once per (config, table dtype), so one device sync at most."""
+    model's rounded table); read once per (config, table dtype), so one device sync per table
+    at most. Families with one table per layer type (Gemma 3's ``{type}_inv_freq``) are read
+    per type."""
+    live = _live_tables(model)
+    if not live or ("" in live and len(set(arch.rope)) != 1):  # one live table cannot describe several
+        return arch
+    types = getattr(model.config, "layer_types", None) or ()
+    read: dict[str, tuple[float, ...]] = {}
+    specs = []
+    for i, spec in enumerate(arch.rope):
+        name = "" if "" in live else (str(types[i]) if i < len(types) else None)
+        if name is None or name not in live:
+            specs.append(spec)
+            continue
+        if name not in read:
+            read[name] = tuple(float(x) for x in live[name].detach().float().cpu().tolist())
+        values = read[name]
+        same = len(values) != spec.rot_dim // 2 or values == tuple(spec.inv_freq().tolist())
+        specs.append(spec if same else dataclasses.replace(spec, table=values))
+    return dataclasses.replace(arch, rope=tuple(specs))
+
+
+def _live_tables(model: Any) -> dict[str, Any]:
+    """The model's rotary buffers: ``{"": inv_freq}`` for one table, else ``{layer_type: table}``."""
     rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
-    live = getattr(rotary, "inv_freq", None)
-    if live is None or len({r for r in arch.rope}) != 1:  # per-layer tables: the config's
-        return arch
-    spec = arch.rope[0]
-    values = tuple(float(x) for x in live.detach().float().cpu().tolist())
-    if len(values) != spec.rot_dim // 2 or values == tuple(spec.inv_freq().tolist()):
-        return arch
-    live_spec = dataclasses.replace(spec, table=values)
-    return dataclasses.replace(arch, rope=(live_spec,) * arch.num_layers)
+    if rotary is None:
+        return {}
+    one = getattr(rotary, "inv_freq", None)
+    if one is not None:
+        return {"": one}
+    types = getattr(getattr(model, "config", None), "layer_types", None) or ()
+    found = {str(t): getattr(rotary, f"{t}_inv_freq", None) for t in sorted(set(types))}
+    return {t: v for t, v in found.items() if v is not None}
 
 
 def _table_stamp(model: Any) -> tuple[Any, ...]:
-    """The model's live RoPE table (weakly: an id could be reused after a cast frees it) and its
-    version counter: ``model.to(...)`` replaces the buffer and an in-place write bumps the
+    """The model's live RoPE tables (weakly: an id could be reused after a cast frees one) and
+    their version counters: ``model.to(...)`` replaces a buffer and an in-place write bumps its
     counter, so either means "read it again"."""
-    rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
-    inv_freq = getattr(rotary, "inv_freq", None)
-    return () if inv_freq is None else (weakref.ref(inv_freq), inv_freq._version)
+    stamp: list[Any] = []
+    for table in _live_tables(model).values():
+        stamp += [weakref.ref(table), table._version]
+    return tuple(stamp)
 
 
 def _same(kept: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
     if len(kept) != len(now) or kept[0] != now[0]:
         return False
-    return len(kept) == 1 or (kept[1]() is now[1]() and kept[2] == now[2])
+    pairs = zip(kept[1::2], now[1::2], strict=True)
+    versions = zip(kept[2::2], now[2::2], strict=True)
+    return all(a() is b() for a, b in pairs) and all(a == b for a, b in versions)
