@@ -76,7 +76,7 @@ def test_documents_go_to_the_kv_path(
     usage = again.usage_metadata
     assert usage is not None and usage["input_tokens"] > stats["chunk_tokens"]
     assert (
-        0 < usage["output_tokens"] and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+        usage["output_tokens"] > 0 and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     )
     # Another order is another context: the answer is the KV path's for that order.
     assert llm.invoke(QUESTION, documents=docs[::-1]).content == _kv(generator, QUESTION, docs[::-1])
