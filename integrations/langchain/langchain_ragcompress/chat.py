@@ -42,6 +42,7 @@ from langchain_ragcompress._chat_io import (
 )
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
+from ragcompress.models.load import DEFAULT_READER
 from ragcompress.types import Passage
 
 __all__ = ["ChatRagCompress"]
@@ -86,6 +87,7 @@ class ChatRagCompress(BaseChatModel):
     streaming: bool = False  # invoke() goes through the stream (tokens reach callbacks)
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _label: str = PrivateAttr(default=DEFAULT_READER)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +115,7 @@ class ChatRagCompress(BaseChatModel):
             raise TypeError(f"generator must be a ragcompress Generator, got {type(self.generator).__name__}")
         elif self.model_name is not None and self.model_name != self.generator.model:
             raise ValueError(f"model={self.model_name!r} and generator= disagree: give one of them")
+        self._label = _label_of(self.generator)
         return self
 
     # -- BaseChatModel ------------------------------------------------------------------------
@@ -180,13 +183,9 @@ class ChatRagCompress(BaseChatModel):
     # -- the two paths ------------------------------------------------------------------------
     @property
     def label(self) -> str:
-        """The model's name in traces and ``response_metadata["model_name"]``."""
-        gen: Generator = self.generator
-        if self.model_name or gen.model:
-            return str(self.model_name or gen.model)
-        lm = gen._lm  # loaded already when the generator wraps a model object (from_model)
-        name = getattr(getattr(lm, "config", None), "name_or_path", "") if lm is not None else ""
-        return str(name) or "ragcompress-reader"
+        """The model's name in traces and ``response_metadata["model_name"]``: ``model``, the
+        generator's model, or the name the wrapped model's config gives (fixed when built)."""
+        return self._label
 
     def kv_answerer(self) -> KVAnswerer:
         """The KV path's answerer, built on first use (loads the model) and kept."""
@@ -293,6 +292,15 @@ class ChatRagCompress(BaseChatModel):
         n_in, n_out = int(info.pop("input_tokens", 0)), int(info.pop("output_tokens"))
         usage = UsageMetadata(input_tokens=n_in, output_tokens=n_out, total_tokens=n_in + n_out)
         return usage, {"model_name": self.label, "ragcompress": info}
+
+
+def _label_of(gen: Generator) -> str:
+    if gen.model:
+        return str(gen.model)
+    lm = getattr(gen, "_lm", None)  # set when the generator wraps a loaded model (from_model)
+    if lm is None:
+        return DEFAULT_READER  # what Generator(model=None) loads
+    return str(getattr(lm.config, "name_or_path", "")) or "ragcompress-reader"
 
 
 def _check_temperature(value: Any) -> None:
