@@ -1,10 +1,10 @@
 """What ``ChatRagCompress`` reads from LangChain messages and how it shapes the text it returns:
 messages → (role, text) turns, turns → chat-template token ids (text path), the KV path's
-question, the documents channel, and stop sequences cut out of a stream of text pieces."""
+request (question and history) and the documents channel."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.documents import Document
@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMe
 from langchain_ragcompress.compressor import _to_passages
 from ragcompress.types import Passage
 
-__all__ = ["chat_ids", "cut_at_stop", "kv_question", "passages_of", "stripped", "turns_of"]
+__all__ = ["chat_ids", "kv_request", "passages_of", "turns_of"]
 
 Turn = tuple[str, str]  # (role, text): role is "system", "user" or "assistant"
 
@@ -107,18 +107,14 @@ def _specials(tokenizer: Any) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
-def kv_question(turns: Sequence[Turn]) -> str:
-    """The KV path's per-request text: the last user turn, after the conversation's own
-    instructions and earlier turns (the system prompt and the chunks before it are cached and
-    shared, so whatever belongs to this request goes in the question segment)."""
+def kv_request(turns: Sequence[Turn]) -> tuple[str, list[Turn]]:
+    """The KV path's question (the last user turn) and history (the turns before it, system
+    messages included), which ragcompress renders after the chunks: the prefix and the chunks
+    stay cached and shared."""
     if turns[-1][0] != "user":
         raise ValueError("with documents, the last message must be a human message (the question)")
-    *earlier, (_, question) = turns
-    if not earlier:
-        return question
-    names = {"system": "Instructions", "user": "User", "assistant": "Assistant"}
-    lines = [f"{names[role]}: {text}" for role, text in earlier]
-    return "\n\n".join([*lines, f"User: {question}"])
+    *history, (_, question) = turns
+    return question, history
 
 
 def passages_of(documents: object, name: str = "documents") -> list[Passage]:
@@ -133,48 +129,3 @@ def passages_of(documents: object, name: str = "documents") -> list[Passage]:
                 f"{name}: document #{i} must be a langchain Document or str, got {type(doc).__name__}"
             )
     return _to_passages(docs)
-
-
-def stripped(pieces: Iterator[str]) -> Iterator[str]:
-    """``pieces`` without the answer's leading and trailing whitespace (trailing whitespace is
-    held back until more text follows it), so that the pieces join to the stripped answer."""
-    started, held = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        text = held + piece
-        body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body
-
-
-def cut_at_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
-    """``pieces`` up to (not including) the first occurrence of any ``stop`` string; text that
-    could still be the start of a stop string is held back until it is known not to be. Stops
-    pulling from ``pieces`` at the stop (closing it, which ends the generation)."""
-    if not stop:
-        yield from pieces
-        return
-    hold = max(len(s) for s in stop) - 1
-    pending = ""
-    try:
-        for piece in pieces:
-            pending += piece
-            hits = [at for s in stop if (at := pending.find(s)) >= 0]
-            if hits:
-                if min(hits):
-                    yield pending[: min(hits)]
-                return
-            if len(pending) > hold:
-                yield pending[: len(pending) - hold]
-                pending = pending[len(pending) - hold :]
-        if pending:
-            yield pending
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()

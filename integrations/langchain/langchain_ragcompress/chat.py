@@ -31,18 +31,12 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_ragcompress._chat_io import (
-    Turn,
-    chat_ids,
-    cut_at_stop,
-    kv_question,
-    passages_of,
-    stripped,
-    turns_of,
-)
+from langchain_ragcompress._chat_io import Turn, chat_ids, kv_request, passages_of, turns_of
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.models.load import DEFAULT_READER
+from ragcompress.sampling import Sampling
+from ragcompress.streaming import stripped
 from ragcompress.types import Passage
 
 __all__ = ["ChatRagCompress"]
@@ -52,6 +46,8 @@ __all__ = ["ChatRagCompress"]
 _IGNORED_INIT = ("api_key", "timeout", "max_retries")
 # Call arguments LangChain itself adds; they do not change what this model does.
 _IGNORED_CALL = ("stream", "ls_structured_output_format")
+# Fields (and call arguments) that make the request's ragcompress.sampling.Sampling.
+_SAMPLING = ("temperature", "top_p", "top_k", "seed")
 
 
 class ChatRagCompress(BaseChatModel):
@@ -64,7 +60,9 @@ class ChatRagCompress(BaseChatModel):
     specs), ``memory_bytes`` and ``assembly`` (e.g. ``{"name": "blend", "recompute": 0.15}``).
     ``retriever``: documents for requests that bring none (retrieved for the last human
     message). ``max_tokens`` (None: the generator's ``max_new_tokens``) and ``stop`` are
-    defaults that call arguments override. ``temperature`` 0 or None: greedy decoding.
+    defaults that call arguments override, as are the sampling settings (``temperature``
+    0 or None: greedy, the default; ``top_p``, ``top_k``, ``seed``: see
+    ``ragcompress.sampling.Sampling``; None leaves Sampling's default).
     """
 
     model_config = ConfigDict(
@@ -83,7 +81,10 @@ class ChatRagCompress(BaseChatModel):
     retriever: BaseRetriever | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     stop: list[str] | None = None
-    temperature: float | None = Field(default=None, ge=0)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
     streaming: bool = False  # invoke() goes through the stream (tokens reach callbacks)
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -98,7 +99,7 @@ class ChatRagCompress(BaseChatModel):
 
     @model_validator(mode="after")
     def _build_reader(self) -> ChatRagCompress:
-        _check_temperature(self.temperature)
+        self._sampling({}, list(self.stop or []))  # bad sampling settings fail here, named
         if self.answerer is not None:
             if not isinstance(self.answerer, KVAnswerer):
                 raise TypeError(
@@ -137,7 +138,7 @@ class ChatRagCompress(BaseChatModel):
         model = kwargs.get("model")
         params["ls_model_name"] = model if isinstance(model, str) else self.label
         temperature = kwargs.get("temperature", self.temperature)
-        if isinstance(temperature, int | float):
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
             params["ls_temperature"] = float(temperature)
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if isinstance(max_tokens, int):
@@ -213,30 +214,32 @@ class ChatRagCompress(BaseChatModel):
         call = dict(kwargs)
         documents = call.pop("documents", None)
         max_tokens = call.pop("max_tokens", self.max_tokens)
-        _check_temperature(call.pop("temperature", self.temperature))
         model = call.pop("model", None)
         if model is not None and model != self.label:
-            raise ValueError(
-                f"model={model!r}: this chat model serves {self.label!r} only (build another one)"
-            )
+            raise ValueError(f"model={model!r}: this chat model serves {self.label!r} only")
         for key in _IGNORED_CALL:
             call.pop(key, None)
+        sampling = self._sampling(call, list(self.stop or []) if stop is None else stop)
         if call:
             raise TypeError(f"ChatRagCompress got unexpected call arguments: {sorted(call)}")
-        stops = list(self.stop or []) if stop is None else list(stop)
-        if not all(isinstance(s, str) and s for s in stops):
-            raise ValueError(f"stop must be a list of non-empty strings, got {stops!r}")
         turns = turns_of(messages)
         passages = None if documents is None else passages_of(documents)
         if passages is None and self.retriever is not None and turns[-1][0] == "user":
             passages = passages_of(self.retriever.invoke(turns[-1][1]), "the retriever's documents")
         if passages is None:
-            pieces = self._text_pieces(turns, max_tokens, info)
-        else:
-            pieces = self._kv_pieces(turns, passages, max_tokens, info)
-        return cut_at_stop(pieces, stops)
+            return self._text_pieces(turns, max_tokens, sampling, info)
+        return self._kv_pieces(turns, passages, max_tokens, sampling, info)
 
-    def _text_pieces(self, turns: list[Turn], max_tokens: int | None, info: dict[str, Any]) -> Iterator[str]:
+    def _sampling(self, call: dict[str, Any], stop: Sequence[str]) -> Sampling:
+        """The request's ``Sampling``: call arguments (popped from ``call``) over the fields."""
+        given = {k: call.pop(k) if k in call else getattr(self, k) for k in _SAMPLING}
+        if isinstance(stop, str):
+            raise TypeError("stop must be a list of strings, not a str: write stop=['\\n']")
+        return Sampling(**{k: v for k, v in given.items() if v is not None}, stop=tuple(stop))
+
+    def _text_pieces(
+        self, turns: list[Turn], max_tokens: int | None, sampling: Sampling, info: dict[str, Any]
+    ) -> Iterator[str]:
         gen: Generator = self.generator
         ids = chat_ids(gen.tokenizer, turns)
         gen.check_length(len(ids), max_tokens)
@@ -244,13 +247,14 @@ class ChatRagCompress(BaseChatModel):
         start = time.perf_counter()
 
         def counted() -> Iterator[int]:
-            for token in gen.iter_tokens(ids, None, max_tokens):
+            for token in gen.iter_tokens(ids, None, max_tokens, sampling=sampling):
                 info["output_tokens"] += 1
                 yield token
 
         def run() -> Iterator[str]:
             try:
-                for piece in stripped(gen.text_pieces(counted())):
+                # text_pieces ends before a stop string and asks for no token after it
+                for piece in stripped(gen.text_pieces(counted(), sampling.stop)):
                     info.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
                     yield piece
             finally:
@@ -260,10 +264,15 @@ class ChatRagCompress(BaseChatModel):
         return run()
 
     def _kv_pieces(
-        self, turns: list[Turn], passages: list[Passage], max_tokens: int | None, info: dict[str, Any]
+        self,
+        turns: list[Turn],
+        passages: list[Passage],
+        max_tokens: int | None,
+        sampling: Sampling,
+        info: dict[str, Any],
     ) -> Iterator[str]:
         answerer = self.kv_answerer()
-        question = kv_question(turns)
+        question, history = kv_request(turns)
         layout = answerer.generator.layout
         info.update(path="kv", document_ids=[p.id for p in passages])
         stats: dict[str, Any] = {}
@@ -271,22 +280,28 @@ class ChatRagCompress(BaseChatModel):
 
         def run() -> Iterator[str]:
             try:
-                yield from answerer.stream_with_stats(question, passages, stats, max_tokens)
-            finally:
-                stats["total_ms"] = (time.perf_counter() - start) * 1e3
-                stats.setdefault("ttft_ms", stats["total_ms"])
-                info.update(stats)
-                # What the answer attended to: the cached prefix, the chunks' kept tokens, the question.
-                info["input_tokens"] = (
-                    len(layout.prefix_ids())
-                    + int(stats.get("chunk_tokens", 0))
-                    + len(layout.question_ids(question))
+                yield from answerer.stream_with_stats(
+                    question, passages, stats, max_tokens, sampling=sampling, history=history
                 )
+            finally:
+                stats.setdefault("total_ms", (time.perf_counter() - start) * 1e3)
+                stats.setdefault("ttft_ms", stats["total_ms"])
+                # Input: what the answer attended to, the cached prefix, the chunks' kept tokens,
+                # and history + question (prefilled for this request).
+                asked = stats.pop("prompt_tokens", None)
+                if asked is None:  # the consumer stopped early: count them from the layout
+                    asked = len(layout.question_ids(question, history))
+                kept = int(stats.get("chunk_tokens", 0))
+                info["input_tokens"] = len(layout.prefix_ids()) + kept + int(asked)
+                if "new_tokens" in stats:
+                    info["output_tokens"] = int(stats.pop("new_tokens"))
+                stats.pop("context_tokens", None)
+                info.update(stats)
 
         return run()
 
     def _metadata(self, info: dict[str, Any], text: str) -> tuple[UsageMetadata, dict[str, Any]]:
-        if "output_tokens" not in info:  # the KV stream yields text: count the answer's tokens
+        if "output_tokens" not in info:  # a KV stream closed early: count the text's tokens
             tok = self.generator.tokenizer
             info["output_tokens"] = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
         n_in, n_out = int(info.pop("input_tokens", 0)), int(info.pop("output_tokens"))
@@ -301,12 +316,3 @@ def _label_of(gen: Generator) -> str:
     if lm is None:
         return DEFAULT_READER  # what Generator(model=None) loads
     return str(getattr(lm.config, "name_or_path", "")) or "ragcompress-reader"
-
-
-def _check_temperature(value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"temperature must be a number or None, got {type(value).__name__}")
-    if value != 0:
-        raise ValueError(f"temperature={value}: ChatRagCompress decodes greedily; give 0 or None")

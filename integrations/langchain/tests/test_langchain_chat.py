@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
+from ragcompress.sampling import Sampling
 from ragcompress.types import Passage
 
 QUESTION = "How tall is the Eiffel Tower and when was it built?"
@@ -221,3 +222,49 @@ def test_bad_input_is_rejected_clearly(llm: ChatRagCompress, generator: Generato
         ChatRagCompress.model_validate({"generator": generator, "max_tokns": 3})
     with pytest.raises(TypeError, match="generator must be a ragcompress Generator"):
         ChatRagCompress(generator="smollm2")
+
+
+def test_sampling_settings(llm: ChatRagCompress, generator: Generator, documents: list[Document]) -> None:
+    docs = documents[:2]
+    cases: list[dict[str, Any]] = [{}, {"documents": docs}]
+    for kwargs in cases:
+        first = llm.invoke(QUESTION, temperature=1.0, seed=3, **kwargs).content
+        assert first == llm.invoke(QUESTION, temperature=1.0, seed=3, **kwargs).content, "same seed"
+        assert first != llm.invoke(QUESTION, temperature=1.0, seed=4, **kwargs).content, "another seed"
+        streamed = "".join(str(c.content) for c in llm.stream(QUESTION, temperature=1.0, seed=3, **kwargs))
+        assert streamed == first
+    sampling = Sampling(temperature=0.8, top_k=20, top_p=0.9, seed=5)
+    direct = KVAnswerer.from_generator(generator).answer(
+        QUESTION, [d.page_content for d in docs], sampling=sampling
+    )
+    fielded = ChatRagCompress(generator=generator, temperature=0.8, top_k=20, top_p=0.9, seed=5)
+    assert fielded.invoke(QUESTION, documents=docs).content == direct.text
+    ls = fielded._get_ls_params()
+    assert ls.get("ls_temperature") == 0.8
+    with pytest.raises(ValidationError, match="temperature"):
+        ChatRagCompress(generator=generator, temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        llm.invoke(QUESTION, top_p=0)
+
+
+def test_history_goes_after_the_chunks(
+    llm: ChatRagCompress, generator: Generator, documents: list[Document]
+) -> None:
+    docs = documents[:2]
+    history = [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello. Ask away.")]
+    messages = [
+        SystemMessage("Be brief."),
+        HumanMessage("Hi"),
+        AIMessage("Hello. Ask away."),
+        HumanMessage(QUESTION),
+    ]
+    out = llm.invoke(messages, documents=docs)
+    direct = KVAnswerer.from_generator(generator).answer(
+        QUESTION, [d.page_content for d in docs], history=history
+    )
+    assert out.content == direct.text
+    assert out.content != llm.invoke(QUESTION, documents=docs).content, "the history is seen"
+    again = llm.invoke([HumanMessage("Hi"), AIMessage("Hello."), HumanMessage(QUESTION)], documents=docs)
+    assert again.response_metadata["ragcompress"]["chunks_hit"] == 2, "another history, the same chunks"
+    usage = out.usage_metadata
+    assert usage is not None and usage["output_tokens"] == direct.stats.new_tokens
