@@ -197,6 +197,7 @@ def test_langchain_retrieval_chains(
     kv_prompt = prompt.invoke({"input": QUESTION, "context": ""}).to_messages()
     assert out["answer"] == llm.invoke(kv_prompt, documents=retrieved).content
     assert "".join(rag.pick("answer").stream({"input": QUESTION})) == out["answer"]
+    assert asyncio.run(rag.ainvoke({"input": QUESTION}))["answer"] == out["answer"]
     with pytest.raises(TypeError, match="'context' must be a list of Documents"):
         create_kv_documents_chain(llm, prompt).invoke({"input": QUESTION, "context": "flat text"})
 
