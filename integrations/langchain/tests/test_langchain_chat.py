@@ -5,6 +5,7 @@ what a KVAnswerer gives for the same documents, the text path what the chat temp
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -269,3 +270,19 @@ def test_history_goes_after_the_chunks(
     assert again.response_metadata["ragcompress"]["chunks_hit"] == 2, "another history, the same chunks"
     usage = out.usage_metadata
     assert usage is not None and usage["output_tokens"] == direct.stats.new_tokens
+
+
+def test_answerer_from_fields(generator: Generator, documents: list[Document], tmp_path: Path) -> None:
+    docs = documents[:2]
+    first = ChatRagCompress(generator=generator, cache_dir=tmp_path).invoke(QUESTION, documents=docs)
+    # A new model (fresh memory tier) over the same directory, as a new process would build.
+    again = ChatRagCompress(generator=generator, cache_dir=tmp_path).invoke(QUESTION, documents=docs)
+    assert again.response_metadata["ragcompress"]["chunks_hit"] == 2
+    assert again.content == first.content
+    answerer = KVAnswerer.from_generator(generator)
+    assert ChatRagCompress(answerer=answerer).generator is generator
+    other = Generator.from_model(generator.lm, generator.tokenizer)
+    with pytest.raises(ValueError, match="answerer= and generator= disagree"):
+        ChatRagCompress(answerer=answerer, generator=other)
+    with pytest.raises(ValueError, match="model='smollm2-135m-instruct' and generator= disagree"):
+        ChatRagCompress(model="smollm2-135m-instruct", generator=generator)
