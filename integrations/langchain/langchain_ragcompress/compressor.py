@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from pydantic import BeforeValidator, ConfigDict, Field
 
 from ragcompress import Budget, CompressionStats, Passage
@@ -22,6 +22,9 @@ from ragcompress.adapters import Kept, checked_budget, compress_items, text_comp
 from ragcompress.types import STATS_KEY
 
 __all__ = ["STATS_KEY", "RagCompressDocumentCompressor"]
+
+# The name of the child run each compression call opens under the caller's callbacks.
+RUN_NAME = "ragcompress.compress"
 
 # Numeric metadata keys that retrievers and rerankers use for a document's score, in the
 # order we look for them; the first one present becomes ``Passage.score``.
@@ -49,8 +52,20 @@ class RagCompressDocumentCompressor(BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
-        """Compressed documents: at most one per input, in input order, same ids and metadata."""
-        return self.compress_documents_with_stats(documents, query)[0]
+        """Compressed documents: at most one per input, in input order, same ids and metadata.
+
+        The compression runs as a child run named ``ragcompress.compress`` of
+        ``callbacks`` (a retriever passes its run's child manager), so tracers and callback
+        handlers see it: inputs ``{"query", "documents"}``, outputs the kept documents and the
+        call's statistics, or the error it raised.
+        """
+        step = RunnableLambda(self._traced, name=RUN_NAME)
+        out: dict[str, Any] = step.invoke({"documents": documents, "query": query}, {"callbacks": callbacks})
+        return out["documents"]
+
+    def _traced(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        docs, stats = self.compress_documents_with_stats(inputs["documents"], inputs["query"])
+        return {"documents": docs, "stats": stats.as_dict()}
 
     # -- extras ----------------------------------------------------------------------------
     def compress_documents_with_stats(
@@ -64,11 +79,11 @@ class RagCompressDocumentCompressor(BaseDocumentCompressor):
     def as_runnable(self) -> Runnable[dict[str, Any], list[Document]]:
         """This compressor as an LCEL step taking ``{"documents": [...], "query": str}``."""
 
-        def run(inputs: dict[str, Any]) -> list[Document]:
-            return list(self.compress_documents(*_unpack(inputs)))
+        def run(inputs: dict[str, Any], config: RunnableConfig) -> list[Document]:
+            return list(self.compress_documents(*_unpack(inputs), callbacks=config.get("callbacks")))
 
-        async def arun(inputs: dict[str, Any]) -> list[Document]:
-            return list(await self.acompress_documents(*_unpack(inputs)))
+        async def arun(inputs: dict[str, Any], config: RunnableConfig) -> list[Document]:
+            return list(await self.acompress_documents(*_unpack(inputs), callbacks=config.get("callbacks")))
 
         return RunnableLambda(run, afunc=arun, name="RagCompressDocumentCompressor")
 
