@@ -12,8 +12,10 @@ import pytest
 from llama_index.core import Settings, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.base.response.schema import Response, StreamingResponse
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.chat_engine import SimpleChatEngine
+from llama_index.core.chat_engine.types import ChatMode
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
@@ -78,7 +80,7 @@ def test_settings_llm_answers_a_query_engine(
     llm = RagCompressLLM(generator=generator)
     Settings.llm = llm
     response = index.as_query_engine(similarity_top_k=2).query(QUERY)
-    assert response.source_nodes[0].node.node_id == "jupiter"
+    assert isinstance(response, Response) and response.source_nodes[0].node.node_id == "jupiter"
     [messages] = calls.messages  # compact: both nodes fit one call
     prompt = messages[-1].content or ""
     assert all(n.node.get_content() in prompt for n in response.source_nodes) and QUERY in prompt
@@ -89,7 +91,8 @@ def test_streaming_query_engine(generator: Generator, index: VectorStoreIndex) -
     Settings.llm = RagCompressLLM(generator=generator)
     plain = index.as_query_engine(similarity_top_k=2).query(QUERY)
     streaming = index.as_query_engine(similarity_top_k=2, streaming=True).query(QUERY)
-    assert "".join(streaming.response_gen) == plain.response  # type: ignore[union-attr]
+    assert isinstance(plain, Response) and isinstance(streaming, StreamingResponse)
+    assert "".join(streaming.response_gen) == plain.response
 
 
 def test_kv_synthesizer_from_the_llm_needs_no_llm_argument(
@@ -101,7 +104,8 @@ def test_kv_synthesizer_from_the_llm_needs_no_llm_argument(
     synth = kv.RagCompressKVSynthesizer.from_llm(llm)
     engine = index.as_query_engine(response_synthesizer=synth, similarity_top_k=2)  # no llm=
     response = engine.query(QUERY)
-    assert response.metadata is not None and response.metadata[STATS_KEY]["chunks_encoded"] == 2
+    assert isinstance(response, Response) and response.metadata is not None
+    assert response.metadata[STATS_KEY]["chunks_encoded"] == 2
     # The LLM's own KV path reads the same chunks: nothing encoded again, the same answer.
     direct = llm.complete(QUERY, passages=response.source_nodes)
     assert direct.raw[STATS_KEY]["chunks_hit"] == 2 and direct.text == response.response
@@ -125,7 +129,7 @@ def test_simple_chat_engine_keeps_the_history(generator: Generator) -> None:
 
 def test_context_chat_engine(generator: Generator, index: VectorStoreIndex, calls: Calls) -> None:
     llm = RagCompressLLM(generator=generator)
-    engine = index.as_chat_engine(chat_mode="context", llm=llm, similarity_top_k=2)
+    engine = index.as_chat_engine(chat_mode=ChatMode.CONTEXT, llm=llm, similarity_top_k=2)
     first = engine.chat(QUERY)
     assert first.source_nodes[0].node.node_id == "jupiter"
     second = engine.chat("And Mars?")
@@ -136,7 +140,9 @@ def test_context_chat_engine(generator: Generator, index: VectorStoreIndex, call
     ]
     assert calls.messages[1][-2].content == first.response  # the first answer is in the second call's history
     assert second.response == llm.chat(calls.messages[1]).message.content
-    streamed: Any = index.as_chat_engine(chat_mode="context", llm=llm, similarity_top_k=2).stream_chat(QUERY)
+    streamed: Any = index.as_chat_engine(chat_mode=ChatMode.CONTEXT, llm=llm, similarity_top_k=2).stream_chat(
+        QUERY
+    )
     assert "".join(streamed.response_gen) == first.response
 
 
@@ -145,7 +151,7 @@ def test_the_packaged_reader_as_settings_llm(index: VectorStoreIndex) -> None:
     Settings.llm = RagCompressLLM(max_new_tokens=16)  # the packaged SmolLM2-135M-Instruct
     assert Settings.llm.metadata.context_window >= 2048
     response = index.as_query_engine(similarity_top_k=2).query(QUERY)
-    assert response.response and response.response.strip()
+    assert isinstance(response, Response) and response.response and response.response.strip()
     assert response.source_nodes[0].node.node_id == "jupiter"
-    chat = index.as_chat_engine(chat_mode="context", similarity_top_k=2).chat(QUERY)
-    assert chat.response.strip()
+    chat = index.as_chat_engine(chat_mode=ChatMode.CONTEXT, similarity_top_k=2).chat(QUERY)
+    assert str(chat.response).strip()

@@ -157,7 +157,7 @@ def test_response_modes(generator: Generator) -> None:
     assert out.metadata is not None and out.metadata[STATS_KEY]["chunks"] == 0
     no_text = RagCompressKVSynthesizer.from_generator(generator, response_mode="no_text")
     out = no_text.synthesize(QUERY, nodes())
-    assert out.response == "" and len(out.source_nodes) == 3
+    assert isinstance(out, Response) and out.response == "" and len(out.source_nodes) == 3
     context = RagCompressKVSynthesizer.from_generator(generator, response_mode="context_only", streaming=True)
     streamed = context.synthesize(QUERY, nodes())
     assert isinstance(streamed, StreamingResponse)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from llama_index.core import VectorStoreIndex
@@ -156,7 +157,7 @@ def test_compressor_given_as_spec_or_object(form: str) -> None:
     ("compressor", "budget"),
     [(SPEC, None), (SPEC, 0.3), ([{"name": "redundancy"}, SPEC], Budget(tokens=40)), ("tokens", 25)],
 )
-def test_to_dict_and_json_round_trip(compressor: object, budget: object) -> None:
+def test_to_dict_and_json_round_trip(compressor: Any, budget: Any) -> None:
     post = RagCompressNodePostprocessor(compressor=compressor, budget=budget)
     data = post.to_dict()
     assert data["class_name"] == "RagCompressNodePostprocessor"
