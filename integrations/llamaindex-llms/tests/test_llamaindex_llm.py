@@ -142,6 +142,8 @@ def test_bad_input_is_rejected_clearly(llm: RagCompressLLM, generator: Generator
         llm.chat([])
     with pytest.raises(ValueError, match="one user message"):
         llm.chat([user("hi"), assistant("hello"), user(QUERY)], passages=TEXTS)
+    with pytest.raises(ValueError, match="one user message"):
+        llm.chat([system("Be brief."), user(QUERY)], passages=TEXTS)
     with pytest.raises(TypeError, match="passages"):
         llm.complete(QUERY, passages="one string")
     with pytest.raises(ValueError, match="exceeds the model's context"):

@@ -35,7 +35,7 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
-from llama_index.llms.ragcompress.chat import chat_ids
+from llama_index.llms.ragcompress.chat import chat_ids, message_text
 
 from ragcompress.generate import Answer, Generator
 from ragcompress.kv.answer import KVAnswerer
@@ -190,13 +190,12 @@ class RagCompressLLM(CustomLLM):
     ) -> tuple[str, list[Passage]]:
         """The question and passages of a KV-path request (``passages=`` given)."""
         passages = _passages(kwargs.pop("passages"))
-        turns = [m for m in messages if m.role != MessageRole.SYSTEM]
-        if len(turns) != 1 or turns[0].role != MessageRole.USER:
+        if len(messages) != 1 or messages[0].role != MessageRole.USER:
             raise ValueError(
-                "with passages= the messages must be one user message, the question "
-                "(the KV path's system prompt and layout are the generator's)"
+                "with passages= the messages must be one user message, the question (the KV path's "
+                "system turn and layout are the generator's: Generator(system=...))"
             )
-        return turns[0].content or "", passages
+        return message_text(0, messages[0]), passages
 
     def _answer(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> CompletionResponse:
         _check_kwargs(kwargs)
@@ -222,7 +221,7 @@ class RagCompressLLM(CustomLLM):
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
     # LlamaIndex passes a few keywords of its own through predict(); anything else would be
     # silently ignored, so it is refused by name.
-    unknown = set(kwargs) - {"passages", "formatted"}
+    unknown = set(kwargs) - {"passages"}
     if unknown:
         raise TypeError(f"RagCompressLLM got unsupported keyword argument(s): {', '.join(sorted(unknown))}")
 
