@@ -1,5 +1,6 @@
 """The generator: a HF causal LM that answers a question from passages (the text path), and the
-greedy decode loop any ready cache can be continued with.
+decode loop any ready cache can be continued with (greedy by default, or sampled: see
+:mod:`ragcompress.sampling`).
 
 This module knows nothing of KV chunks: the KV path (:mod:`ragcompress.kv.context`) builds a
 cache from cached chunks and calls :meth:`Generator.iter_tokens` / :meth:`Generator.answer_of`.
@@ -17,7 +18,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.models.compat import cache_kwargs, output_cache
-from ragcompress.prompt import PromptLayout
+from ragcompress.prompt import PromptLayout, check_history
+from ragcompress.sampling import (
+    GREEDY,
+    Sampling,
+    StopScanner,
+    check_sampling,
+    pick_token,
+    request_rng,
+    trim_at_stop,
+)
+from ragcompress.streaming import AnswerStream
 from ragcompress.types import Passage
 from ragcompress.validate import check_max_new_tokens, check_request
 
@@ -67,7 +78,10 @@ class Generator:
     Every entry point checks its arguments first (:mod:`ragcompress.validate`): ``query`` is a
     ``str``; ``passages`` a list of passages or strings (a single string is a ``TypeError``,
     not one passage per character); ``max_new_tokens`` ``None`` (this generator's
-    ``max_new_tokens``) or an int >= 0, where 0 generates nothing and answers ``""``.
+    ``max_new_tokens``) or an int >= 0, where 0 generates nothing and answers ``""``;
+    ``sampling`` a :class:`~ragcompress.sampling.Sampling` or None (greedy); ``history`` None
+    or prior chat turns as ``(role, content)`` pairs (roles ``system``/``user``/``assistant``),
+    rendered between the passages and the question (:mod:`ragcompress.prompt`).
     """
 
     model: str | None = None
@@ -132,21 +146,58 @@ class Generator:
 
     # -- text path -------------------------------------------------------------------------
     def generate(
-        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
     ) -> Answer:
-        """Prefill prefix + passages + question, then decode greedily."""
-        ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
-        self.check_length(len(ids), max_new_tokens)
-        return self.decode(ids, cache=None, max_new_tokens=max_new_tokens)
+        """Prefill prefix + passages + [history +] question, then decode (greedy by default)."""
+        ids, sampling = self._text_prompt(query, passages, max_new_tokens, sampling, history)
+        return self.decode(ids, cache=None, max_new_tokens=max_new_tokens, sampling=sampling)
 
     def stream(
-        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
-    ) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are produced (arguments are checked
-        and the prompt tokenized at the call, the model runs as pieces are asked for)."""
-        ids = self.layout.prompt_ids([p.text for p in check_request(query, passages, max_new_tokens)], query)
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> AnswerStream:
+        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
+        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
+        and the prompt tokenized at the call, the model runs as pieces are asked for."""
+        ids, checked = self._text_prompt(query, passages, max_new_tokens, sampling, history)
+
+        def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+            start, timing = time.perf_counter(), dict[str, float]()
+            tokens = self.iter_tokens(ids, None, max_new_tokens, timing=timing, start=start, sampling=checked)
+
+            def finish(done: list[int]) -> Answer:
+                ttft = timing.get("ttft_ms")
+                return self.answer_of(done, len(ids), len(ids), start, ttft, stop=checked.stop)
+
+            return tokens, finish
+
+        return AnswerStream(self, begin, checked.stop)
+
+    def _text_prompt(
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None,
+        sampling: Sampling | None,
+        history: Sequence[tuple[str, str]] | None,
+    ) -> tuple[list[int], Sampling]:
+        """The text path's checked prompt ids and sampling settings."""
+        texts = [p.text for p in check_request(query, passages, max_new_tokens)]
+        checked = check_sampling(sampling)
+        ids = self.layout.prompt_ids(texts, query, check_history(history))
         self.check_length(len(ids), max_new_tokens)
-        return self.text_pieces(self.iter_tokens(ids, cache=None, max_new_tokens=max_new_tokens))
+        return ids, checked
 
     # -- decode loop (the KV path continues its assembled cache with it) -------------------
     def decode(
@@ -156,8 +207,10 @@ class Generator:
         max_new_tokens: int | None = None,
         next_position: int | None = None,
         extra: dict[str, Any] | None = None,
+        sampling: Sampling | None = None,
     ) -> Answer:
-        """Prefill ``input_ids`` after ``cache`` (or from scratch) and decode greedily.
+        """Prefill ``input_ids`` after ``cache`` (or from scratch) and decode with ``sampling``
+        (None: greedy), ending early at a stop token or stop string.
 
         ``next_position`` is the RoPE position of ``input_ids[0]``; it defaults to the cache's
         length and differs from it when the cache holds evicted (compressed) chunks.
@@ -166,10 +219,14 @@ class Generator:
         timing: dict[str, float] = {}
         # read before decoding: the loop grows ``cache`` in place
         context = (next_position if next_position is not None else _cache_len(cache)) + len(input_ids)
-        tokens = list(
-            self.iter_tokens(input_ids, cache, max_new_tokens, next_position, timing=timing, start=start)
+        sampling = check_sampling(sampling)
+        steps = self.iter_tokens(
+            input_ids, cache, max_new_tokens, next_position, timing=timing, start=start, sampling=sampling
         )
-        return self.answer_of(tokens, len(input_ids), context, start, timing.get("ttft_ms"), extra)
+        tokens = list(self.until_stop(steps, sampling.stop))
+        return self.answer_of(
+            tokens, len(input_ids), context, start, timing.get("ttft_ms"), extra, stop=sampling.stop
+        )
 
     def answer_of(
         self,
@@ -179,11 +236,13 @@ class Generator:
         start: float,
         ttft_ms: float | None = None,
         extra: dict[str, Any] | None = None,
+        stop: Sequence[str] = (),
     ) -> Answer:
-        """The :class:`Answer` of greedy ``tokens``, whatever loop or engine decoded them:
+        """The :class:`Answer` of ``tokens``, whatever loop or engine decoded them:
         ``prompt_tokens`` prefilled for the request, ``context_tokens`` positions the first new
         token attended to, ``start`` the request's ``perf_counter()``, ``ttft_ms`` None: the
-        total time (nothing was decoded or the engine did not time token 1)."""
+        total time (nothing was decoded or the engine did not time token 1). The text ends
+        before the first of the ``stop`` strings (``token_ids`` keep every decoded token)."""
         total = (time.perf_counter() - start) * 1e3
         stats = GenerationStats(
             prompt_tokens=prompt_tokens,
@@ -193,7 +252,7 @@ class Generator:
             total_ms=total,
             extra=dict(extra or {}),
         )
-        text = str(self.tokenizer.decode(list(tokens), skip_special_tokens=True)).strip()
+        text = trim_at_stop(self._text(tokens), stop)[0].strip()
         return Answer(text=text, token_ids=tuple(tokens), stats=stats)
 
     def iter_tokens(
@@ -205,8 +264,10 @@ class Generator:
         timing: dict[str, float] | None = None,
         start: float | None = None,
         step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
+        sampling: Sampling = GREEDY,
     ) -> Iterator[int]:
-        """Greedy token ids, one at a time; stops at an end-of-turn token (not yielded).
+        """Token ids chosen by ``sampling``, one at a time; stops at an end-of-turn token (not
+        yielded). Stop strings are the caller's (:meth:`until_stop`, :meth:`text_pieces`).
 
         ``step_kwargs(physical, n)``: extra forward arguments for ``n`` tokens written at cache slot
         ``physical`` (an assembly mode's attention mask)."""
@@ -221,6 +282,7 @@ class Generator:
         physical = _cache_len(cache)
         position = physical if next_position is None else next_position
         stops = self.stop_ids
+        rng = request_rng(sampling, lm.device)
         step = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
         with torch.inference_mode():
             for i in range(limit):
@@ -237,7 +299,7 @@ class Generator:
                 cache = output_cache(out)
                 physical += n
                 position += n
-                token = int(out.logits[0, -1].argmax())
+                token = pick_token(out.logits[0, -1], sampling, rng)
                 if i == 0 and timing is not None:
                     if lm.device.type == "cuda":
                         torch.cuda.synchronize(lm.device)
@@ -247,20 +309,46 @@ class Generator:
                 yield token
                 step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
 
-    def text_pieces(self, tokens: Iterator[int]) -> Iterator[str]:
-        """The text of greedy ``tokens`` piece by piece, as they come (what :meth:`stream` yields)."""
+    def text_pieces(self, tokens: Iterator[int], stop: Sequence[str] = ()) -> Iterator[str]:
+        """The text of ``tokens`` piece by piece, as they come (what :meth:`stream` yields),
+        ending before the first ``stop`` string: no piece shows any part of it, and no token
+        is asked for after it is complete."""
         # Decode the growing sequence and yield the new suffix: byte-level BPE pieces may not
         # be valid text on their own, so decoding token by token would garble multi-byte chars.
+        scanner = StopScanner(stop)
         ids: list[int] = []
         shown = ""
         for tok in tokens:
             ids.append(tok)
-            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            text = self._text(ids)
             if text.endswith("\ufffd"):
                 continue
             if len(text) > len(shown):
-                yield text[len(shown) :]
+                piece = scanner.feed(text[len(shown) :])
                 shown = text
+                if piece:
+                    yield piece
+                if scanner.stopped:
+                    return
+        rest = scanner.flush()
+        if rest:
+            yield rest
+
+    def until_stop(self, tokens: Iterator[int], stop: Sequence[str]) -> Iterator[int]:
+        """``tokens`` up to the one whose text completes a ``stop`` string (included; the
+        answer's text is trimmed by :meth:`answer_of`): decoding ends there."""
+        if not stop:
+            yield from tokens
+            return
+        ids: list[int] = []
+        for tok in tokens:
+            ids.append(tok)
+            yield tok
+            if trim_at_stop(self._text(ids), stop)[1]:
+                return
+
+    def _text(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def check_length(self, n: int, max_new_tokens: int | None) -> None:
         """Raise ``ValueError`` when a prompt of ``n`` tokens plus ``max_new_tokens`` (None: this

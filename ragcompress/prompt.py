@@ -6,6 +6,16 @@ A prompt is a concatenation of token-id segments::
     passage_1 .. k    one segment per passage ("Document: ...\\n\\n"), tokenized on its own
     question          "Question: ..." + the chat template's end of user turn + assistant header
 
+Chat history (prior turns of a conversation, ``(role, content)`` pairs) goes into the question
+segment, after the passages and before the question: the documents stay at the start of the
+first user turn, the prior turns follow as turns of their own, and the question opens a new
+user turn (``[system] [user: instruction + documents] [history...] [user: question]``). Since
+the prefix and the passage segments do not change, chunk keys and cached chunks are the same
+with or without history. History is rendered through the tokenizer's chat template; a tokenizer
+without one, or a template that refuses that turn order (e.g. one that insists on alternating
+roles), gets a plain ``"User: ..."`` / ``"Assistant: ..."`` rendering inside the current user
+turn, just before the question. History text is untrusted like passage text.
+
 Each segment is tokenized separately and the ids are concatenated. Both paths use exactly
 these ids, so a KV chunk encoded for one passage holds the same tokens that a full prefill
 of the same prompt would see, whatever precedes it: that is what makes chunk reuse exact
@@ -26,6 +36,7 @@ import hashlib
 import json
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +45,11 @@ from ragcompress.validate import check_query
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["PromptLayout"]
+__all__ = ["ROLES", "PromptLayout", "check_history"]
 
 _SENTINEL = "\x00RAGCOMPRESS_USER_CONTENT\x00"
+#: The roles a history turn may have.
+ROLES = ("system", "user", "assistant")
 # Fast tokenizers keep split_special_tokens as a flag on the shared Rust tokenizer, set by every
 # call: flipping it for one thread would flip it for the others. Untrusted text goes through a
 # private copy with the flag always on instead.
@@ -149,18 +162,54 @@ class PromptLayout:
         check_query(text, "passage text")
         return self._encode_untrusted(self.document_template.format(text=_SENTINEL), text, "passage text")
 
-    def question_ids(self, query: str) -> list[int]:
-        """Question segment + end of user turn + assistant header (generation starts after it)."""
+    def question_ids(self, query: str, history: Sequence[tuple[str, str]] | None = None) -> list[int]:
+        """[History turns +] question segment + end of user turn + assistant header (generation
+        starts after it). ``history``: prior ``(role, content)`` turns, see the module doc."""
         check_query(query)
+        turns = check_history(history)
         tail: str = self._tail  # type: ignore[attr-defined]
-        return self._encode_untrusted(self.question_template.format(query=_SENTINEL) + tail, query, "query")
+        question = self.question_template.format(query=_SENTINEL) + tail
+        if not turns:
+            return self._encode_untrusted(question, query, "query")
+        befores, last = self._history_templates(turns)
+        ids: list[int] = []
+        for i, (before, (_, content)) in enumerate(zip(befores, turns, strict=True)):
+            ids.extend(self._encode_untrusted(before + _SENTINEL, content, f"history[{i}] content"))
+        return ids + self._encode_untrusted(last + question, query, "query")
 
-    def prompt_ids(self, passages: list[str], query: str) -> list[int]:
+    def _history_templates(self, turns: Sequence[tuple[str, str]]) -> tuple[list[str], str]:
+        """``(text before each turn's content, text between the last turn and the question)``."""
+        head: str = self._head  # type: ignore[attr-defined]
+        tail: str = self._tail  # type: ignore[attr-defined]
+        marks = [f"\x00RAGCOMPRESS_TURN_{i}\x00" for i in range(len(turns) + 1)]
+        rendered = _render_chat(
+            self.tokenizer, self.system, [(r, m) for (r, _), m in zip(turns, marks, strict=False)], marks[-1]
+        )
+        if (
+            rendered is not None
+            and rendered.startswith(head + _SENTINEL)
+            and rendered.endswith(marks[-1] + tail)
+        ):
+            rest = rendered[len(head + _SENTINEL) : -len(marks[-1] + tail)] + marks[-1]
+            parts: list[str] = []
+            for mark in marks:
+                before, sep, rest = rest.partition(mark)
+                if not sep:
+                    break
+                parts.append(before)
+            if len(parts) == len(marks) and not any(_SENTINEL in p or "\x00RAGCOMPRESS" in p for p in parts):
+                return parts[:-1], parts[-1]
+        # no chat template, or one that refuses this turn order: plain lines before the question
+        return [("\n" if i else "") + f"{role.capitalize()}: " for i, (role, _) in enumerate(turns)], "\n\n"
+
+    def prompt_ids(
+        self, passages: list[str], query: str, history: Sequence[tuple[str, str]] | None = None
+    ) -> list[int]:
         """The whole prompt, exactly as the text path prefills it."""
         ids = self.prefix_ids()
         for text in passages:
             ids.extend(self.passage_ids(text))
-        ids.extend(self.question_ids(query))
+        ids.extend(self.question_ids(query, history))
         return ids
 
     def fingerprint(self) -> str:
@@ -173,6 +222,46 @@ class PromptLayout:
             "probe": self._encode("The quick brown fox, 1234 ünïcode."),
         }
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+def check_history(history: object, name: str = "history") -> tuple[tuple[str, str], ...]:
+    """``history`` as a tuple of ``(role, content)`` pairs (None: no history); roles are
+    ``"system"``, ``"user"`` or ``"assistant"``, contents strings."""
+    if history is None:
+        return ()
+    if isinstance(history, str | bytes) or not isinstance(history, Sequence):
+        raise TypeError(f"{name} must be a sequence of (role, content) pairs, got {type(history).__name__}")
+    turns: list[tuple[str, str]] = []
+    for i, turn in enumerate(history):
+        if isinstance(turn, str | bytes) or not isinstance(turn, Sequence) or len(turn) != 2:
+            raise TypeError(f"{name}[{i}] must be a (role, content) pair, got {turn!r:.80}")
+        role, content = turn
+        if role not in ROLES:
+            raise ValueError(f"{name}[{i}]: role must be one of {', '.join(ROLES)}; got {role!r}")
+        turns.append((role, check_query(content, f"{name}[{i}] content")))
+    return tuple(turns)
+
+
+def _render_chat(
+    tok: PreTrainedTokenizerBase, system: str, turns: list[tuple[str, str]], question: str
+) -> str | None:
+    """The chat template over system, the documents' user turn (``_SENTINEL``), ``turns`` and the
+    question's user turn, as :meth:`PromptLayout._split_template` renders it (None: no template,
+    or the template refuses it)."""
+    if not getattr(tok, "chat_template", None):
+        return None
+    rest = [{"role": r, "content": c} for r, c in turns] + [{"role": "user", "content": question}]
+    for first in (
+        [{"role": "system", "content": system}, {"role": "user", "content": _SENTINEL}],
+        [{"role": "user", "content": system + "\n\n" + _SENTINEL}],
+    ):
+        try:
+            rendered = tok.apply_chat_template(first + rest, add_generation_prompt=True, tokenize=False)
+        except Exception:  # a template's own refusal (raise_exception): try the next form
+            continue
+        if isinstance(rendered, str):
+            return rendered
+    return None
 
 
 def _special_tokens(tok: PreTrainedTokenizerBase) -> tuple[tuple[str, ...], set[int]]:

@@ -39,6 +39,7 @@ class FaissRetriever:
     embedder: str | None = None
     device: str | None = None
     batch_size: int = 64
+    progress_over: int = 256  # a tqdm bar when embedding more passages than this (indexing a corpus)
     passages: list[Passage] = field(default_factory=list, repr=False)
     _index: Any = field(default=None, init=False, repr=False)
 
@@ -104,7 +105,7 @@ class FaissRetriever:
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
-            show_progress_bar=False,
+            show_progress_bar=len(texts) > self.progress_over,
         )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 

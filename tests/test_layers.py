@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parents[1] / "ragcompress"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # corpus: document loaders over types only, used by the indexer and the retriever alike
     ("core", ("ragcompress", "ragcompress.types", "ragcompress.registry", "ragcompress.validate",
-              "ragcompress.prompt", "ragcompress.lru", "ragcompress.corpus")),
+              "ragcompress.prompt", "ragcompress.lru", "ragcompress.corpus", "ragcompress.sampling")),
     ("models", ("ragcompress.models",)),
     # Below the text compressors: the summarizing compressor decodes with a Generator.
-    ("generate", ("ragcompress.generate",)),
+    ("generate", ("ragcompress.generate", "ragcompress.streaming")),
     ("text", ("ragcompress.text",)),
     ("kv.chunk", ("ragcompress.kv", "ragcompress.kv.chunk", "ragcompress.kv.key", "ragcompress.kv.serialize",
                   "ragcompress.kv.layers", "ragcompress.kv.prefix", "ragcompress.kv.fingerprint",

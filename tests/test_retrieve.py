@@ -73,3 +73,10 @@ def test_load_rejects_incomplete_or_foreign_folders(retriever, tmp_path):
     (out / "passages.json").write_text("{broken")
     with pytest.raises(IndexFormatError, match="not valid JSON"):
         FaissRetriever.load(out)
+
+
+def test_indexing_a_corpus_shows_progress_and_a_query_does_not(capsys):
+    r = FaissRetriever.from_passages(["one passage.", "another passage.", "a third."], progress_over=2)
+    assert "Batches" in capsys.readouterr().err  # sentence-transformers' tqdm bar
+    r.search("passage")
+    assert "Batches" not in capsys.readouterr().err

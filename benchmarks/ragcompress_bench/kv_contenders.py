@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.models.arch import arch_for
 from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress_bench.contender import Unavailable, package_version
 
@@ -156,7 +157,9 @@ def _cache_alias(model: Any) -> Iterator[None]:
         if "past_key_values" not in kwargs and "cache" in kwargs:
             kwargs["past_key_values"] = kwargs["cache"]
 
-    handles = [layer.self_attn.register_forward_hook(alias, with_kwargs=True) for layer in model.model.layers]
+    arch = arch_for(model)  # the family adapter names the attention modules
+    attns = [arch.attention(layer) for layer in arch.layers(model)]
+    handles = [a.register_forward_hook(alias, with_kwargs=True) for a in attns]
     try:
         yield
     finally:

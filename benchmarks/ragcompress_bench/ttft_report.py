@@ -117,7 +117,7 @@ def write_report(
     import torch
 
     report = {
-        "command": "python3 benchmarks/ttft_gpu.py " + " ".join(argv),
+        "command": "ragcompress bench ttft " + " ".join(argv),
         "device": device_name(dev),
         "shape": args.shape,
         "dtype": args.dtype,

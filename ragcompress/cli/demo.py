@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ragcompress.cli.common import FORMATTER, UsageError, emit, log, wrap
-from ragcompress.cli.pipeline_args import add_pipeline_args, load_pipeline
+from ragcompress.cli.common import FORMATTER, UsageError, answer, emit, log, wrap
+from ragcompress.cli.pipeline_args import add_pipeline_args, load_pipeline, sampling_from_args
 
 __all__ = ["add_demo_parser", "cmd_demo"]
 
@@ -19,12 +19,15 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
         description=wrap(
             "Index the bundled corpus (45 SQuAD passages on 5 Wikipedia articles) with FAISS, "
             "answer bundled questions, and print for each the answer, the gold answer, the "
-            "passages kept, tokens before → after, the compression ratio (before / after) and latency."
+            "passages kept, tokens before → after, the compression ratio (before / after) and latency; "
+            "on the KV path the context tokens kept and the chunks' bytes against fp16. Answers are "
+            "printed as they are generated."
         ),
         epilog="examples:\n  ragcompress demo\n  ragcompress demo --json --limit 10\n"
         '  ragcompress demo --compressor \'{"name": "tokens", "ratio": 0.4}\'\n'
         "  ragcompress demo --compressor none --k 2\n  ragcompress demo --pipeline my.yaml --ratio 0.3\n"
-        "  ragcompress demo --kv --cache-dir /tmp/chunks --json   # twice: the 2nd run encodes nothing",
+        "  ragcompress demo --kv --cache-dir /tmp/chunks --json   # twice: the 2nd run encodes nothing\n"
+        "  ragcompress demo --temperature 0.7 --seed 1            # sampled, reproducibly",
     )
     demo.add_argument(
         "--limit", type=int, default=3, metavar="N", help="questions to answer (1-10, default 3)"
@@ -40,6 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     questions = load_questions()
     if args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    sampling = sampling_from_args(args)  # a bad flag fails before any model loads
     pipe = load_pipeline(args)
     passages = load_passages()
     log(f"indexing {len(passages)} bundled passages with FAISS")
@@ -47,10 +51,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     correct = 0
     chosen = questions[: args.limit]
     for q in chosen:
-        result = pipe.run(q.question, max_new_tokens=args.max_new_tokens)
+        result, streamed = answer(pipe, q.question, args, sampling)
         hit = q.answer.lower() in result.answer.lower()
         correct += hit
         extra = {"id": q.id, "gold": q.answer, "gold_passage": q.passage_id, "gold_in_answer": hit}
-        emit(result, args.json, extra)
+        emit(result, args.json, extra, streamed)
     log(f"{correct}/{len(chosen)} answers contain the gold answer")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.cli.common import UsageError, log
@@ -18,8 +19,21 @@ from ragcompress.cli.common import UsageError, log
 if TYPE_CHECKING:
     from ragcompress.pipeline.core import Pipeline
     from ragcompress.pipeline.spec import PipelineSpec
+    from ragcompress.sampling import Sampling
 
-__all__ = ["KV_FLAGS", "add_pipeline_args", "load_pipeline", "method_arg", "spec_from_args"]
+__all__ = [
+    "KV_FLAGS",
+    "SAMPLING_FLAGS",
+    "add_pipeline_args",
+    "load_pipeline",
+    "method_arg",
+    "sampling_from_args",
+    "spec_from_args",
+]
+
+# Sampling field → its flag (errors name the flag)
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_p": "--top-p", "top_k": "--top-k",
+                  "seed": "--seed", "stop": "--stop"}  # fmt: skip
 
 # flag → (argparse dest, key in the spec's kv section)
 KV_FLAGS = {
@@ -63,6 +77,52 @@ def add_pipeline_args(p: argparse.ArgumentParser, kv: bool = False) -> None:
     g.add_argument("--json", action="store_true", help="print one JSON object per question on stdout")
     if kv:
         _add_kv_args(g)
+    _add_sampling_args(p.add_argument_group("generation"))
+
+
+def _add_sampling_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="sampling temperature; 0 (the default) decodes greedily",
+    )
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest (0: all)")
+    g.add_argument("--seed", type=int, metavar="N", help="seed for sampling: the same seed, the same answer")
+    g.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end the answer at TEXT (repeatable; \\n and \\t are read as newline and tab)",
+    )
+    g.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="print each answer when it is complete instead of as it is generated (--json never streams)",
+    )
+
+
+def sampling_from_args(args: argparse.Namespace) -> Sampling:
+    """The :class:`~ragcompress.sampling.Sampling` the generation flags describe; a bad value is a
+    :class:`UsageError` naming its flag (checked before any model loads)."""
+    from ragcompress.sampling import Sampling
+
+    stop = tuple(_unescape(s) for s in (args.stop or ()))
+    try:
+        return Sampling(args.temperature, args.top_p, args.top_k, args.seed, stop)
+    except (TypeError, ValueError) as err:
+        msg = str(err)
+        for field, flag in SAMPLING_FLAGS.items():
+            if f"Sampling.{field}" in msg:
+                raise UsageError(msg.replace(f"Sampling.{field}", flag)) from None
+        raise UsageError(msg) from None
+
+
+def _unescape(text: str) -> str:
+    # A shell passes `--stop '\n'` as a backslash and an n: read \n, \t and \\ as escapes.
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t"}.get(m[1], "\\"), text)
 
 
 def _add_kv_args(g: argparse._ArgumentGroup) -> None:

@@ -5,21 +5,19 @@ from __future__ import annotations
 import collections.abc
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
-from ragcompress.kv.context import (
-    generate_from_chunks,
-    prepare_context,
-    stream_from_chunks,
-    teacher_forced,
-)
+from ragcompress.kv.context import begin_from_chunks, chunk_sizes, prepare_context, teacher_forced
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.spec import StoreSpec
+from ragcompress.prompt import check_history
+from ragcompress.sampling import Sampling, check_sampling
+from ragcompress.streaming import AnswerStream, stripped
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
@@ -39,7 +37,12 @@ class KVAnswerer:
     """Answers from cached KV chunks; ``stats.extra`` of every answer holds ``chunks_hit``,
     ``chunks_encoded``, ``chunk_bytes``, ``chunk_bytes_fp16``, ``ttft_ms`` (request start
     — chunk lookup and encoding included — to first token), ``assembly`` (the mode's name) and
-    ``recompute`` (share of the chunks' kept tokens recomputed for this request)."""
+    ``recompute`` (share of the chunks' kept tokens recomputed for this request).
+
+    Every entry point takes ``sampling`` (a :class:`~ragcompress.sampling.Sampling`; None:
+    greedy) and ``history`` (prior chat turns, ``(role, content)`` pairs, rendered between the
+    chunks and the question, so chunk keys and cached chunks do not depend on it), both checked
+    before any chunk is looked up."""
 
     generator: Generator
     cache: ChunkCache
@@ -86,44 +89,83 @@ class KVAnswerer:
         return cls(generator, cache, build_assembly(assembly), **options)
 
     def answer(
-        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
     ) -> Answer:
-        passages = check_request(query, passages, max_new_tokens)
+        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
         start = time.perf_counter()
         chunks, stats = self.cache.get_or_encode(passages)
-        return generate_from_chunks(
-            self.generator,
-            query,
-            chunks,
-            max_new_tokens,
-            extra=_extra(stats),
-            start=start,
-            assembly=self.assembly,
-        )
+        steps, finish = self._begin(query, chunks, max_new_tokens, checked, turns, start, _extra(stats))
+        return finish(list(self.generator.until_stop(steps, checked.stop)))
 
     def teacher_forced_logprobs(
-        self, query: str, passages: Sequence[Passage] | Sequence[str], target_ids: Sequence[int]
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        target_ids: Sequence[int],
+        *,
+        history: Sequence[tuple[str, str]] | None = None,
     ) -> torch.Tensor:
         """(len(target_ids), vocab) fp32 log-probabilities of each target token given the question
         and the previous targets, from the same context :meth:`answer` prepares (this answerer's
         assembly mode; always on the eager model)."""
+        turns = check_history(history)
         chunks, _ = self.cache.get_or_encode(passages)
         gen = self.generator
-        ids = gen.layout.question_ids(query)
+        ids = gen.layout.question_ids(query, turns)
         ctx = prepare_context(gen.lm, gen.layout, chunks, ids, self.assembly)
         gen.check_length(ctx.position + len(ids) + len(target_ids), 0)
         return teacher_forced(gen.lm, ctx, ids, [int(t) for t in target_ids])
 
     def stream(
-        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
-    ) -> Iterator[str]:
-        passages = check_request(query, passages, max_new_tokens)
-        chunks, _ = self.cache.get_or_encode(passages)
-        yield from self._pieces(query, chunks, max_new_tokens)
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> AnswerStream:
+        """The answer's text pieces as they are decoded, then ``.answer`` (the
+        :class:`~ragcompress.streaming.AnswerStream`); arguments are checked at the call, chunks
+        looked up when the first piece is asked for."""
+        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
 
-    def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
-        """The answer's text pieces from ready chunks (the engine a subclass replaces)."""
-        return stream_from_chunks(self.generator, query, chunks, max_new_tokens, self.assembly)
+        def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+            start = time.perf_counter()
+            chunks, stats = self.cache.get_or_encode(passages)
+            return self._begin(query, chunks, max_new_tokens, checked, turns, start, _extra(stats))
+
+        return AnswerStream(self.generator, begin, checked.stop)
+
+    def _begin(
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None,
+        sampling: Sampling,
+        history: Sequence[tuple[str, str]],
+        start: float,
+        extra: dict[str, Any],
+    ) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+        """Start a request on ready chunks (the engine a subclass replaces): ``(token ids as they
+        are decoded, finish(tokens) -> Answer)``, see :func:`~ragcompress.kv.context.begin_from_chunks`."""
+        return begin_from_chunks(
+            self.generator,
+            query,
+            chunks,
+            max_new_tokens,
+            extra=extra,
+            start=start,
+            assembly=self.assembly,
+            sampling=sampling,
+            history=history,
+        )
 
     def stream_with_stats(
         self,
@@ -131,24 +173,50 @@ class KVAnswerer:
         passages: Sequence[Passage] | Sequence[str],
         stats: dict[str, Any],
         max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
     ) -> collections.abc.Generator[str, None, None]:
         """Text pieces of the answer, their concatenation equal to ``answer(...).text`` (stripped).
 
         ``stats`` is filled in as the stream runs: the chunk counts (``chunks``,
-        ``chunk_tokens`` and the cache's ``chunks_hit``, ``chunks_encoded``, …) before the
-        first piece, then ``ttft_ms`` (request start to first piece) and ``total_ms``. Lazy:
-        nothing is looked up or encoded until the first piece is asked for.
+        ``chunk_tokens``, ``chunk_tokens_full`` and the cache's ``chunks_hit``,
+        ``chunks_encoded``, …) before the first piece, then ``ttft_ms`` (request start to first
+        piece), ``total_ms`` and, once the answer is complete, ``prompt_tokens``,
+        ``context_tokens`` and ``new_tokens``. Lazy: nothing is looked up or encoded until the
+        first piece is asked for.
         """
-        passages = check_request(query, passages, max_new_tokens)
+        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
-        stats.update(chunks=len(chunks), chunk_tokens=sum(c.num_tokens for c in chunks))
+        stats.update(chunk_sizes(chunks))
         stats.update(_extra(cache_stats))
-        for piece in _stripped(self._pieces(query, chunks, max_new_tokens)):
+        extra = _extra(cache_stats)
+        stream = AnswerStream(
+            self.generator,
+            lambda: self._begin(query, chunks, max_new_tokens, checked, turns, start, extra),
+            checked.stop,
+        )
+        for piece in stripped(stream):
             stats.setdefault("ttft_ms", (time.perf_counter() - start) * 1e3)
             yield piece
         stats["total_ms"] = (time.perf_counter() - start) * 1e3
         stats.setdefault("ttft_ms", stats["total_ms"])
+        if stream.answer is not None:
+            done = stream.answer.stats
+            stats.update(prompt_tokens=done.prompt_tokens, context_tokens=done.context_tokens)
+            stats.update(new_tokens=done.new_tokens)
+
+
+def _checked(
+    query: object,
+    passages: Sequence[Passage] | Sequence[str],
+    max_new_tokens: object,
+    sampling: object,
+    history: object,
+) -> tuple[list[Passage], Sampling, tuple[tuple[str, str], ...]]:
+    """One KV request's checked arguments (before any chunk is looked up)."""
+    return check_request(query, passages, max_new_tokens), check_sampling(sampling), check_history(history)
 
 
 def _extra(stats: CacheStats) -> dict[str, Any]:
@@ -156,20 +224,3 @@ def _extra(stats: CacheStats) -> dict[str, Any]:
     return {
         k: d[k] for k in ("chunks_hit", "chunks_encoded", "chunk_bytes", "chunk_bytes_fp16", "chunk_misses")
     }
-
-
-def _stripped(pieces: Iterator[str]) -> Iterator[str]:
-    # The non-streamed answer is stripped; hold back leading and trailing whitespace so that
-    # the streamed pieces join to exactly the same text.
-    started, held = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            if not piece:
-                continue
-            started = True
-        text = held + piece
-        body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly import Assembly, Context, build_assembly
@@ -19,7 +19,9 @@ from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.encode.encoder import prefix_kv
 from ragcompress.models.compat import cache_kwargs
 from ragcompress.models.rope import Rotary
-from ragcompress.prompt import PromptLayout
+from ragcompress.prompt import PromptLayout, check_history
+from ragcompress.sampling import GREEDY, Sampling, check_sampling
+from ragcompress.streaming import AnswerStream
 from ragcompress.validate import check_max_new_tokens, check_query
 
 if TYPE_CHECKING:
@@ -29,9 +31,11 @@ if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
 
 __all__ = [
+    "begin_from_chunks",
     "chunk_answer",
     "chunk_context",
     "chunk_prompt",
+    "chunk_sizes",
     "generate_from_chunks",
     "prepare_context",
     "rotary_of",
@@ -104,15 +108,57 @@ def chunk_prompt(
     chunks: Sequence[KVChunk],
     max_new_tokens: int | None,
     assembly: Assembly | Mapping[str, Any] | None,
+    history: Sequence[tuple[str, str]] | None = None,
 ) -> tuple[list[int], Context]:
-    """``(question ids, context)``: the checked question and the context it is prefilled after;
-    ``ValueError`` when context + question + ``max_new_tokens`` exceed the model's length."""
+    """``(question ids, context)``: the checked question (after the ``history`` turns) and the
+    context it is prefilled after; ``ValueError`` when context + question + ``max_new_tokens``
+    exceed the model's length."""
     check_query(query)
     check_max_new_tokens(max_new_tokens)
-    ids = generator.layout.question_ids(query)
+    ids = generator.layout.question_ids(query, check_history(history))
     ctx = prepare_context(generator.lm, generator.layout, chunks, ids, assembly)
     generator.check_length(ctx.position + len(ids), max_new_tokens)
     return ids, ctx
+
+
+def begin_from_chunks(
+    generator: Generator,
+    query: str,
+    chunks: Sequence[KVChunk],
+    max_new_tokens: int | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    start: float | None = None,
+    assembly: Assembly | Mapping[str, Any] | None = None,
+    sampling: Sampling = GREEDY,
+    history: Sequence[tuple[str, str]] = (),
+) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+    """Start an eager KV-path request: assemble the shared prefix + ``chunks`` (in order) under
+    ``assembly`` (None: ``concat``), then ``(the token ids as they are decoded, finish(tokens) ->
+    Answer)``; the question ([``history`` +] question) is prefilled when the first token is
+    asked for. Both :func:`generate_from_chunks` and streaming start here."""
+    start = time.perf_counter() if start is None else start
+    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly, history)
+    timing: dict[str, float] = {}
+    steps = generator.iter_tokens(
+        ids,
+        ctx.cache,
+        max_new_tokens,
+        ctx.position,
+        timing=timing,
+        start=start,
+        step_kwargs=ctx.step_kwargs,
+        sampling=sampling,
+    )
+
+    def finish(tokens: list[int]) -> Answer:
+        info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
+        ttft = timing.get("ttft_ms")
+        return chunk_answer(
+            generator, tokens, len(ids), ctx.position, chunks, start, ttft, info, sampling.stop
+        )
+
+    return steps, finish
 
 
 def generate_from_chunks(
@@ -124,24 +170,31 @@ def generate_from_chunks(
     extra: dict[str, Any] | None = None,
     start: float | None = None,
     assembly: Assembly | Mapping[str, Any] | None = None,
+    sampling: Sampling | None = None,
+    history: Sequence[tuple[str, str]] | None = None,
 ) -> Answer:
     """Assemble the shared prefix + ``chunks`` (in order) under ``assembly`` (None: ``concat``),
-    prefill only the question, decode greedily on ``generator``'s model.
+    prefill only [``history`` +] the question, decode with ``sampling`` (None: greedy) on
+    ``generator``'s model.
 
     ``start`` (a ``time.perf_counter()`` value) lets callers count chunk lookup in TTFT;
     ``extra`` is merged into ``stats.extra`` (which always gets ``chunks``, ``chunk_tokens``,
-    ``ttft_ms``, ``assembly`` — the mode's name — and ``recompute``, the share of chunk tokens
-    recomputed).
+    ``chunk_tokens_full``, ``ttft_ms``, ``assembly`` — the mode's name — and ``recompute``, the
+    share of chunk tokens recomputed).
     """
-    start = time.perf_counter() if start is None else start
-    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly)
-    timing: dict[str, float] = {}
-    steps = generator.iter_tokens(
-        ids, ctx.cache, max_new_tokens, ctx.position, timing=timing, start=start, step_kwargs=ctx.step_kwargs
+    checked = check_sampling(sampling)
+    steps, finish = begin_from_chunks(
+        generator,
+        query,
+        chunks,
+        max_new_tokens,
+        extra=extra,
+        start=start,
+        assembly=assembly,
+        sampling=checked,
+        history=check_history(history),
     )
-    tokens = list(steps)
-    info = {"assembly": ctx.mode, "recompute": ctx.recompute, **(extra or {})}
-    return chunk_answer(generator, tokens, len(ids), ctx.position, chunks, start, timing.get("ttft_ms"), info)
+    return finish(list(generator.until_stop(steps, checked.stop)))
 
 
 def stream_from_chunks(
@@ -150,13 +203,26 @@ def stream_from_chunks(
     chunks: Sequence[KVChunk],
     max_new_tokens: int | None = None,
     assembly: Assembly | Mapping[str, Any] | None = None,
-) -> Iterator[str]:
-    """Like :func:`generate_from_chunks`, yielding the answer's text piece by piece (lazy: nothing
-    runs until the first piece is asked for)."""
-    ids, ctx = chunk_prompt(generator, query, chunks, max_new_tokens, assembly)
-    yield from generator.text_pieces(
-        generator.iter_tokens(ids, ctx.cache, max_new_tokens, ctx.position, step_kwargs=ctx.step_kwargs)
+    sampling: Sampling | None = None,
+    history: Sequence[tuple[str, str]] | None = None,
+) -> AnswerStream:
+    """Like :func:`generate_from_chunks`, yielding the answer's text piece by piece, then its
+    ``.answer`` (lazy: nothing runs until the first piece is asked for)."""
+    checked, turns = check_sampling(sampling), check_history(history)
+    return AnswerStream(
+        generator,
+        lambda: begin_from_chunks(
+            generator, query, chunks, max_new_tokens, assembly=assembly, sampling=checked, history=turns
+        ),
+        checked.stop,
     )
+
+
+def chunk_sizes(chunks: Sequence[KVChunk]) -> dict[str, int]:
+    """``chunks``, ``chunk_tokens`` (context tokens kept) and ``chunk_tokens_full`` (before any
+    press evicted some) of a request's chunks."""
+    kept, full = sum(c.num_tokens for c in chunks), sum(c.length for c in chunks)
+    return {"chunks": len(chunks), "chunk_tokens": kept, "chunk_tokens_full": full}
 
 
 def chunk_answer(
@@ -168,11 +234,14 @@ def chunk_answer(
     start: float,
     ttft_ms: float | None,
     extra: dict[str, Any] | None = None,
+    stop: Sequence[str] = (),
 ) -> Answer:
     """The :class:`~ragcompress.generate.Answer` of a KV-path request, whatever engine decoded
     ``tokens``: ``position`` is where the question started, ``start`` the request's
-    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` and ``ttft_ms``."""
+    ``perf_counter()``; ``stats.extra`` gets ``chunks``, ``chunk_tokens`` (kept context tokens),
+    ``chunk_tokens_full`` (the chunks' tokens before any press evicted some) and ``ttft_ms``;
+    the text ends before the first ``stop`` string."""
     ttft = (time.perf_counter() - start) * 1e3 if ttft_ms is None else ttft_ms
-    info = {"chunks": len(chunks), "chunk_tokens": sum(c.num_tokens for c in chunks), **(extra or {})}
+    info = {**chunk_sizes(chunks), **(extra or {})}
     info.setdefault("ttft_ms", ttft)
-    return generator.answer_of(tokens, prompt_tokens, position + prompt_tokens, start, ttft, info)
+    return generator.answer_of(tokens, prompt_tokens, position + prompt_tokens, start, ttft, info, stop)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import os
 import shutil
 import tempfile
 import threading
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_READER",
     "cache_home",
     "default_device",
+    "known_models",
     "load_embedder",
     "load_reader",
     "load_tokenizer",
@@ -100,7 +102,33 @@ def resolve_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return str(_materialize_gguf(path))
+    if not path.exists():
+        _check_hub_id(name)
     return name
+
+
+def known_models() -> str:
+    """One line naming the packaged aliases and the ``models fetch`` names (for error messages)."""
+    from ragcompress.models.fetch import FETCHABLE
+
+    fetch = ", ".join(sorted(FETCHABLE))
+    return f"packaged: {', '.join(sorted(_PACKAGED))}; `ragcompress models fetch`: {fetch}"
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail now, in one line, for a name that can only be a missing folder, or a hub id that
+    cannot load offline; otherwise the hub is asked (users with a hub keep ``org/name``), and
+    transformers would spend a minute retrying before a traceback."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(f"no model folder {name!r}; known models: {known_models()}")
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
+    if offline and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise FileNotFoundError(
+            f"unknown model {name!r}: not an alias, a local folder or a hub id in the local cache "
+            f"(the hub is offline); known models: {known_models()}"
+        )
 
 
 def _fetched_path(name: str) -> Path | None:

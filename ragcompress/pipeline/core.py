@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +19,10 @@ from ragcompress.pipeline.spec import KVSpec, PipelineError, PipelineSpec, load_
 from ragcompress.types import Budget, CompressionStats, Passage, validate_passages
 
 if TYPE_CHECKING:
-    from ragcompress.generate import GenerationStats, Generator
+    from ragcompress.generate import Answer, GenerationStats, Generator
     from ragcompress.retrieve import FaissRetriever
+    from ragcompress.sampling import Sampling
+    from ragcompress.streaming import AnswerStream
     from ragcompress.text.base import TextCompressor
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "PipelineError",
     "PipelineResult",
     "PipelineSpec",
+    "PipelineStream",
     "find_pipeline",
     "pipeline_names",
 ]
@@ -70,16 +73,35 @@ class PipelineResult:
     retrieval_ms: float
     latency_ms: float  # the whole run: retrieval + compression + generation
 
+    @property
+    def path(self) -> str:
+        """``"kv"`` when the answer came from KV chunks, else ``"text"``."""
+        return "kv" if "chunk_bytes" in self.generation.extra else "text"
+
+    @property
+    def ratio(self) -> float | None:
+        """The compression of this result's path (None when nothing was kept). Text path:
+        tokens before / after the text compressors. KV path: the fp16 bytes of the chunks'
+        uncompressed KV / the bytes stored (token eviction, quantization and the storage dtype
+        together; the text step, if any, is ``tokens_before`` / ``tokens_after``)."""
+        if self.path == "kv":
+            stored, fp16 = self.generation.extra["chunk_bytes"], self.generation.extra["chunk_bytes_fp16"]
+            return fp16 / stored if stored else None
+        return None if math.isinf(self.compression.ratio) else self.compression.ratio
+
     def as_dict(self, snippet: int = 120) -> dict[str, Any]:
-        """JSON-able summary; ``ratio`` is tokens before / after (None when nothing was kept)."""
+        """JSON-able summary; ``ratio`` is :attr:`ratio` (``ratio_basis`` says which:
+        ``"text_tokens"`` or ``"kv_bytes_vs_fp16"``)."""
         c = self.compression
-        ratio = None if math.isinf(c.ratio) else round(c.ratio, 4)
+        ratio = self.ratio
         return {
             "question": self.question,
             "answer": self.answer,
+            "path": self.path,
             "tokens_before": c.tokens_before,
             "tokens_after": c.tokens_after,
-            "ratio": ratio,
+            "ratio": None if ratio is None else round(ratio, 4),
+            "ratio_basis": "kv_bytes_vs_fp16" if self.path == "kv" else "text_tokens",
             "compressor": c.compressor,
             "latency_ms": round(self.latency_ms, 1),
             "ttft_ms": round(self.generation.ttft_ms, 1),
@@ -193,10 +215,60 @@ class Pipeline:
         question: str,
         passages: Sequence[Passage] | Sequence[str] | None = None,
         max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
     ) -> PipelineResult:
-        """Answer ``question`` from ``passages``, or from the top ``k`` retrieved when ``None``."""
+        """Answer ``question`` from ``passages``, or from the top ``k`` retrieved when ``None``.
+        ``sampling`` (None: greedy) and ``history`` (prior chat turns) go to the generator or the
+        KV answerer (:mod:`ragcompress.sampling`, :mod:`ragcompress.prompt`)."""
+        start = time.perf_counter()
+        found, kept, stats, retrieval_ms = self._context(question, passages, sampling, history)
+        if self.kv is not None and kept:
+            answer = self.kv.answer(question, kept, max_new_tokens, sampling=sampling, history=history)
+        else:
+            answer = self.generator.generate(
+                question, kept, max_new_tokens, sampling=sampling, history=history
+            )
+        return self._result(question, found, kept, stats, answer, retrieval_ms, start)
+
+    def stream(
+        self,
+        question: str,
+        passages: Sequence[Passage] | Sequence[str] | None = None,
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> PipelineStream:
+        """:meth:`run`, streamed: retrieval and compression run at the call, then the returned
+        :class:`PipelineStream` yields the answer's text as it is decoded (the pieces join to
+        ``result.answer``) and holds the :class:`PipelineResult` once exhausted."""
+        start = time.perf_counter()
+        found, kept, stats, retrieval_ms = self._context(question, passages, sampling, history)
+        if self.kv is not None and kept:
+            pieces = self.kv.stream(question, kept, max_new_tokens, sampling=sampling, history=history)
+        else:
+            pieces = self.generator.stream(question, kept, max_new_tokens, sampling=sampling, history=history)
+        return PipelineStream(
+            pieces, lambda answer: self._result(question, found, kept, stats, answer, retrieval_ms, start)
+        )
+
+    def _context(
+        self,
+        question: str,
+        passages: Sequence[Passage] | Sequence[str] | None,
+        sampling: object,
+        history: object,
+    ) -> tuple[list[Passage], list[Passage], CompressionStats, float]:
+        """``(retrieved, kept, compression stats, retrieval ms)`` after checking every argument."""
+        from ragcompress.prompt import check_history
+        from ragcompress.sampling import check_sampling
+
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question must be a non-empty string")
+        check_sampling(sampling)
+        check_history(history)
         start = time.perf_counter()
         if passages is None:
             if self.retriever is None:
@@ -206,15 +278,23 @@ class Pipeline:
             found = validate_passages(passages)
         retrieval_ms = (time.perf_counter() - start) * 1e3
         kept, stats = self._compress(found, question)
-        if self.kv is not None and kept:
-            answer = self.kv.answer(question, kept, max_new_tokens)
-        else:
-            answer = self.generator.generate(question, kept, max_new_tokens)
+        return list(found), kept, stats, retrieval_ms
+
+    @staticmethod
+    def _result(
+        question: str,
+        found: list[Passage],
+        kept: list[Passage],
+        stats: CompressionStats,
+        answer: Answer,
+        retrieval_ms: float,
+        start: float,
+    ) -> PipelineResult:
         return PipelineResult(
             question=question,
             answer=answer.text,
             passages=kept,
-            retrieved=list(found),
+            retrieved=found,
             compression=stats,
             generation=answer.stats,
             retrieval_ms=retrieval_ms,
@@ -232,6 +312,31 @@ class Pipeline:
         n = sum(self._counter.many([p.text for p in passages]))
         stats = CompressionStats("none", n, n, len(passages), len(passages), 0.0)
         return passages, stats
+
+
+class PipelineStream(Iterator[str]):
+    """The answer of :meth:`Pipeline.stream` as it is decoded: text pieces (leading and
+    trailing whitespace held back, so that they join to exactly ``result.answer``), then
+    :attr:`result`, the :class:`PipelineResult` (None until the pieces are exhausted)."""
+
+    def __init__(self, pieces: AnswerStream, finish: Callable[[Answer], PipelineResult]) -> None:
+        from ragcompress.streaming import stripped
+
+        self._stream = pieces
+        self._pieces = stripped(pieces)
+        self._finish = finish
+        self.result: PipelineResult | None = None
+
+    def __iter__(self) -> PipelineStream:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            if self.result is None and self._stream.answer is not None:
+                self.result = self._finish(self._stream.answer)
+            raise
 
 
 def _build_compressor(steps: Sequence[Any]) -> TextCompressor | None:

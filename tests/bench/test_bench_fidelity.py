@@ -130,3 +130,63 @@ def test_twohop_needs_both_passages(k: int) -> None:
         ex = examples[0]
         suffix = ex.answers[0].split()[-1]
         assert sum(suffix in p.text for p in ex.passages) >= 2
+
+
+def test_full_path_shared_prefill_equals_separate_passes(tiny_reader_dir: str) -> None:
+    import torch
+    from ragcompress_bench.fidelity_paths import FullPath
+
+    from ragcompress.generate import Generator
+
+    path = FullPath(Generator(model=tiny_reader_dir, dtype="float32", max_new_tokens=4))
+    passages, question = ["The Rhine rises in the Alps.", "It flows to the North Sea."], "Where does it flow?"
+    targets = [[11, 12, 13, 14], [7], []]
+    many = path.logprobs_many(question, passages, targets)
+    for target, got in zip(targets, many, strict=True):
+        want = path.logprobs(question, passages, target)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_resume_keeps_journaled_questions_and_reruns_a_cut_one(tmp_path: Path, tiny_reader_dir: str) -> None:
+    argv = ["--reader", tiny_reader_dir, "--dtype", "float32", "--limit", "2", "--k", "2",
+            "--datasets", "twohop", "--contenders", "chunks", "--max-new-tokens", "3",
+            "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    journal = tmp_path / "questions.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 4  # 2 questions x (full, chunks)
+    first = json.loads((tmp_path / "fidelity.json").read_text())["questions"]
+    # a run stopped mid-write: the second question's chunks record is cut short
+    journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2] + "\n")
+    kept = json.loads(lines[0])
+    kept["text"] = "MARKER kept from the journal"
+    journal.write_text(json.dumps(kept) + "\n" + journal.read_text().split("\n", 1)[1])
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads((tmp_path / "fidelity.json").read_text())["questions"]
+    assert len(again) == len(first) == 4
+    assert any(r["text"] == "MARKER kept from the journal" for r in again)  # not run again
+    by = {(r["example"], r["contender"]): r["tokens"] for r in again}
+    assert by == {(r["example"], r["contender"]): r["tokens"] for r in first}  # the cut one ran again
+    assert main(argv) == 0  # without --resume the journal starts over
+    assert not any(
+        r["text"].startswith("MARKER")
+        for r in json.loads((tmp_path / "fidelity.json").read_text())["questions"]
+    )
+
+
+@pytest.mark.parametrize("assembly", [{"name": "concat"}, {"name": "blend", "recompute": 0.3}])
+def test_kv_path_shared_context_equals_separate_passes(
+    tiny_reader_dir: str, assembly: dict[str, Any]
+) -> None:
+    import torch
+    from ragcompress_bench.fidelity_paths import FidelityContender, kv_path
+
+    from ragcompress.generate import Generator
+
+    gen = Generator(model=tiny_reader_dir, dtype="float32", max_new_tokens=4)
+    path = kv_path(gen, FidelityContender("x", assembly))
+    passages, question = ["The Rhine rises in the Alps.", "It flows to the North Sea."], "Where does it flow?"
+    targets = [[11, 12, 13], [7]]
+    for target, got in zip(targets, path.logprobs_many(question, passages, targets), strict=True):
+        torch.testing.assert_close(got, path.logprobs(question, passages, target), atol=1e-4, rtol=1e-4)

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from ragcompress.kv.fast import FastGenerator
-from tests.support.tiny import assert_untouched, make_tiny_llama, param_snapshot
+from tests.support.tiny import (
+    TINY_FAMILIES,
+    assert_untouched,
+    make_tiny_llama,
+    make_tiny_qwen3,
+    param_snapshot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +55,85 @@ def test_step_classes_are_chosen_by_the_caller(setup):
     other = make_tiny_llama(64, seed=4)
     with pytest.raises(ValueError, match="another model"):
         FastGenerator(model, capacity=8, step=EagerStep(other))
-    with pytest.raises(ValueError, match="not a Llama-family causal LM"):
+    with pytest.raises(ValueError, match="is not supported by the KV path; supported families"):
         EagerStep(torch.nn.Linear(2, 2))
     before = param_snapshot(model)
     fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, step=EagerStep(model))
     assert fast.step is not None and fast.step.model is model
     assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_FAMILIES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_rope_is_the_models_rotary_bit_for_bit(family, dtype):
+    """The step takes its RoPE tables from the family adapter, not the model's rotary module;
+    the cos/sin it computes are still that module's, bit for bit (also for a cast model, whose
+    rounded table the adapter reads)."""
+    from ragcompress.kv.fast import EagerStep
+
+    model = TINY_FAMILIES[family](64, seed=1).to(dtype)
+    step = EagerStep(model)
+    positions = torch.tensor([0, 1, 7, 300, 4095, 12, 2048])
+    x = torch.zeros(1, len(positions), 64, dtype=dtype)
+    want = model.model.rotary_emb(x, positions[None])
+    got = step.rope(positions, dtype)
+    for li in range(step.num_layers):
+        cos, sin = got.of(li)
+        assert cos.dtype == dtype and torch.equal(cos, want[0][0]) and torch.equal(sin, want[1][0])
+
+
+def test_qk_norms_are_no_reason_to_refuse_the_fused_step():
+    """Qwen3's per-head q/k norms run in the fused step (the RMSNorm kernel per head): on the
+    CPU the only reason given is the device."""
+    from ragcompress.kv.fast import FusedStep
+
+    assert FusedStep.unsupported(make_tiny_qwen3(64)) == "the model is not on a CUDA device"
+    reason = FusedStep.unsupported(torch.nn.Linear(2, 2))
+    assert reason is not None and "supported families" in reason
+
+
+@pytest.mark.gpu
+def test_gpu_head_norm_kernel_matches_the_qwen3_module():
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    from ragcompress.kv.fast.fused import _head_norm
+
+    torch.manual_seed(2)
+    n, h, kvh, d = 5, 8, 2, 128
+    norm = Qwen3RMSNorm(d, eps=1e-6).cuda().to(torch.bfloat16)
+    norm.weight.data.uniform_(0.25, 2.0)
+    fused = torch.randn(n, (h + 2 * kvh) * d, device="cuda", dtype=torch.bfloat16)
+    q = fused[:, : h * d]  # a column slice of one fused projection, as the step splits it
+    got = _head_norm(q, norm, n * h, d)
+    assert got.shape == (n, h * d) and got.is_contiguous()
+    torch.testing.assert_close(got.view(n, h, d), norm(q.view(n, h, d)), atol=0, rtol=1e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_fused_qwen3_step_matches_a_full_prefill():
+    """Fused (QK-norms per head before RoPE) and eager steps on a bf16 Qwen3 are each as close
+    to an fp32 forward of the same weights as transformers' own bf16 forward is."""
+    import copy
+
+    from ragcompress.kv.fast import EagerStep, FusedStep
+    from tests.kv.test_fast_path import _split
+
+    vocab = 1024
+    m = make_tiny_qwen3(vocab, seed=3, hidden_size=256, head_dim=64).cuda().to(torch.bfloat16)
+    rng = torch.Generator().manual_seed(7)
+    prefix, q = torch.randint(5, vocab, (9,), generator=rng).tolist(), [7, 300, 41, 999, 12, 5]
+    passages = [torch.randint(5, vocab, (n,), generator=rng).tolist() for n in (17, 5, 23)]
+    x = torch.tensor([prefix + [t for p in passages for t in p] + q], device="cuda")
+    with torch.inference_mode():
+        ref = copy.deepcopy(m).float()(input_ids=x).logits[0, -1].float()
+        hf = m(input_ids=x).logits[0, -1].float()
+
+    def rel(a: torch.Tensor) -> float:
+        return float((a - ref).norm() / ref.norm())
+
+    for step in (FusedStep(m), EagerStep(m)):
+        fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), step=step)
+        fast.load(*_split(m, prefix, passages))
+        fast.prefill([q])
+        assert fast.last_logits is not None
+        assert rel(fast.last_logits[0]) <= 2 * rel(hf) + 1e-3, step

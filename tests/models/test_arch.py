@@ -14,7 +14,13 @@ from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.models import supported_families
 from ragcompress.models.arch import ModelArch, RopeSpec, UnsupportedModelError, arch_for
 from ragcompress.models.rope import Rotary, rerotate, rotate
-from tests.support.tiny import TINY_FAMILIES, make_tiny_llama, make_tiny_mistral, make_tiny_qwen2
+from tests.support.tiny import (
+    TINY_FAMILIES,
+    make_tiny_llama,
+    make_tiny_mistral,
+    make_tiny_qwen2,
+    make_tiny_qwen3,
+)
 
 LLAMA3 = {
     "rope_type": "llama3",
@@ -35,6 +41,7 @@ MODELS = {
     "llama-bias": lambda v: make_tiny_llama(v, seed=3, attention_bias=True),
     "qwen2": lambda v: make_tiny_qwen2(v, seed=3),
     "mistral": lambda v: make_tiny_mistral(v, seed=3),
+    "qwen3": lambda v: make_tiny_qwen3(v, seed=3),
 }
 
 
@@ -44,7 +51,7 @@ def model(request, tokenizer):
 
 
 def test_supported_families_lists_the_declared_ones():
-    assert {"llama", "mistral", "qwen2"} <= set(supported_families())
+    assert {"llama", "mistral", "qwen2", "qwen3"} <= set(supported_families())
     assert set(TINY_FAMILIES) <= set(supported_families())  # every tested family is declared
     assert supported_families() == sorted(supported_families())
 
@@ -56,8 +63,22 @@ def test_facts_match_the_model(model):
     assert (arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.head_dim) == (2, 4, 2, 16)
     assert arch.group_size == 2 and arch.hidden_size == 64
     assert arch.qkv_bias == (model.model.layers[0].self_attn.k_proj.bias is not None)
-    assert not arch.qk_norm and arch.norm_placement == "pre"
+    assert arch.qk_norm == hasattr(model.model.layers[0].self_attn, "q_norm")
+    assert arch.norm_placement == "pre" and arch.mlp_act == cfg.hidden_act
     assert list(arch.layers(model)) == list(model.model.layers)
+    layer = model.model.layers[1]
+    parts = arch.parts(layer)
+    assert (parts.input_norm, parts.post_attention_norm) == (
+        layer.input_layernorm,
+        layer.post_attention_layernorm,
+    )
+    assert (parts.q_proj, parts.o_proj, parts.mlp) == (
+        layer.self_attn.q_proj,
+        layer.self_attn.o_proj,
+        layer.mlp,
+    )
+    assert (parts.gate_proj, parts.down_proj) == (layer.mlp.gate_proj, layer.mlp.down_proj)
+    assert parts.k_norm is (layer.self_attn.k_norm if arch.qk_norm else None)
     assert arch.attention(model.model.layers[1]) is model.model.layers[1].self_attn
     assert arch.module(model, "final_norm") is model.model.norm
     assert arch.module(model, "lm_head") is model.lm_head
@@ -75,6 +96,25 @@ def test_qkv_bias_per_family(tokenizer):
     assert not arch_for(make_tiny_llama(v)).qkv_bias
     assert arch_for(make_tiny_llama(v, attention_bias=True)).qkv_bias
     assert arch_for(make_tiny_qwen2(v)).rope_for(0).theta == 1e6
+    assert not arch_for(make_tiny_qwen3(v)).qkv_bias
+    assert arch_for(make_tiny_qwen3(v, attention_bias=True)).qkv_bias
+
+
+def test_projections_are_the_models_pre_rope_queries_and_keys(model):
+    """``project`` gives what the model's attention rotates: its cached keys are these keys
+    rotated (QK-norm before RoPE for Qwen3), its queries those ``queries`` returns."""
+    arch = arch_for(model)
+    ids = torch.tensor([[5, 17, 99, 4, 250, 31, 8]])
+    pos = torch.arange(ids.shape[1]) + 40
+    with torch.inference_mode():
+        out = model(input_ids=ids, position_ids=pos[None], output_hidden_states=True, use_cache=True)
+        for li, layer in enumerate(arch.layers(model)):
+            p = arch.parts(layer)
+            q, k, _ = arch.project(p, p.input_norm(out.hidden_states[li][0]))
+            inv = arch.rope_for(li).inv_freq()
+            keys = out.past_key_values.layers[li].keys[0]  # (kv_heads, n, head_dim)
+            torch.testing.assert_close(rotate(k.transpose(0, 1), pos, inv), keys, atol=1e-5, rtol=1e-5)
+            assert torch.equal(q.transpose(0, 1), arch.queries(layer, out.hidden_states[li]))
 
 
 def test_queries_rope_grouping_and_scale_reproduce_the_models_attention(model):
@@ -162,6 +202,15 @@ def test_sliding_window_shorter_than_the_context_is_refused():
         arch_for(MistralConfig(sliding_window=1024, max_position_embeddings=8192))
     assert arch_for(MistralConfig(sliding_window=None)).family == "mistral"
     assert arch_for(MistralConfig(sliding_window=8192, max_position_embeddings=8192)).family == "mistral"
+
+
+def test_qwen3_sliding_window_layers_are_refused():
+    from transformers import Qwen3Config
+
+    cfg = Qwen3Config(use_sliding_window=True, sliding_window=1024, max_window_layers=0, num_hidden_layers=2)
+    with pytest.raises(UnsupportedModelError, match="qwen3: sliding-window"):
+        arch_for(cfg)
+    assert arch_for(Qwen3Config(num_hidden_layers=2)).qk_norm  # the released configs: no window
 
 
 def test_per_layer_rope_tables_are_used_layer_by_layer(tiny_llama, tokenizer):

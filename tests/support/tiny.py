@@ -16,6 +16,7 @@ __all__ = [
     "make_tiny_llama",
     "make_tiny_mistral",
     "make_tiny_qwen2",
+    "make_tiny_qwen3",
     "param_snapshot",
     "write_docs",
 ]
@@ -90,6 +91,28 @@ def make_tiny_mistral(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
     return model
 
 
+def make_tiny_qwen3(vocab_size: int, seed: int = 0, **overrides: Any) -> Any:
+    """A 2-layer Qwen3 (per-head RMSNorm on queries and keys before RoPE, no QKV bias, RoPE theta
+    1e6, untied output layer), GQA 4/2, fp32, eval mode.
+
+    The q/k norm weights are drawn around 1 (default: all ones) so that a path which skips a
+    QK-norm, or applies it after RoPE (they commute only for weights constant over each rotated
+    pair), lands elsewhere. ``overrides`` replace any ``Qwen3Config`` field.
+    """
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = _tiny_config(vocab_size, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(**cfg)).eval()
+    for name, param in model.named_parameters():
+        if name.endswith(("q_norm.weight", "k_norm.weight")):
+            torch.nn.init.uniform_(param, 0.25, 2.0)
+    model.requires_grad_(False)
+    return model
+
+
 # Architectures the KV path (eager and fast) is tested on, each as a tiny seeded model:
 # ``TINY_FAMILIES[name](vocab_size, seed=...)``. Add a family here and tests/kv/test_families.py
 # checks it.
@@ -97,6 +120,7 @@ TINY_FAMILIES: dict[str, Callable[..., Any]] = {
     "llama": make_tiny_llama,
     "mistral": make_tiny_mistral,
     "qwen2": make_tiny_qwen2,
+    "qwen3": make_tiny_qwen3,
 }
 
 

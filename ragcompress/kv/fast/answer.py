@@ -10,28 +10,31 @@ positions and 1/T keys; blend's question pass and partial forward) and write it 
 is, after which the question runs on the fast step. ``ape`` with ``scale`` != 1 is refused when the
 answerer is built (the fast attention cannot weigh chunks apart from the prefix).
 
-Greedy, batch 1 per call; the buffer is sized once by ``capacity`` (context tokens: shared
-prefix + kept chunk tokens) and raises :class:`~ragcompress.kv.fast.BufferOverflowError` when a
-request does not fit.
+Batch 1 per call, greedy or sampled (:mod:`ragcompress.sampling`: the same picker as the eager
+loop, run on the step's logits outside the captured graphs); the buffer is sized once by
+``capacity`` (context tokens: shared prefix + kept chunk tokens) and raises
+:class:`~ragcompress.kv.fast.BufferOverflowError` when a request does not fit (history makes
+the question longer: raise ``max_question`` for long conversations).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.answer import KVAnswerer, _extra
+from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.context import chunk_answer
-from ragcompress.validate import check_request
+from ragcompress.sampling import GREEDY, Sampling, pick_token, request_rng
 
 if TYPE_CHECKING:
+    import torch
+
     from ragcompress.generate import Answer
     from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast import FastGenerator, PackedChunk
-    from ragcompress.types import Passage
 
 __all__ = ["FastKVAnswerer"]
 
@@ -76,10 +79,16 @@ class FastKVAnswerer(KVAnswerer):
         return self._engine
 
     def _tokens(
-        self, ids: list[int], chunks: Sequence[KVChunk], max_new_tokens: int | None, timing: dict[str, float]
+        self,
+        ids: list[int],
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None,
+        timing: dict[str, float],
+        sampling: Sampling = GREEDY,
     ) -> Iterator[int]:
-        """Greedy token ids after question ``ids`` (stop tokens end the answer, unyielded);
-        ``timing["position"]`` is where the question starts, ``timing["first"]`` when token 1 came."""
+        """Token ids after question ``ids`` chosen by ``sampling`` (stop tokens end the answer,
+        unyielded); ``timing["position"]`` is where the question starts, ``timing["first"]``
+        when token 1 came."""
         from ragcompress.kv.encode.encoder import prefix_kv
         from ragcompress.kv.fast import PackedChunk
 
@@ -95,32 +104,54 @@ class FastKVAnswerer(KVAnswerer):
         )
         gen.check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
-        for host in engine.steps([ids], limit):  # one host sync per token: the answer streams
+        choose = _sampler(sampling, engine.device)
+        for host in engine.steps([ids], limit, choose):  # one host sync per token: the answer streams
             timing.setdefault("first", time.perf_counter())
             if host[0] in stops:
                 return
             yield host[0]
 
-    def _pieces(self, query: str, chunks: Sequence[KVChunk], max_new_tokens: int | None) -> Iterator[str]:
-        ids = self.generator.layout.question_ids(query)
-        return self.generator.text_pieces(self._tokens(ids, chunks, max_new_tokens, {}))
-
-    def answer(
-        self, query: str, passages: Sequence[Passage] | Sequence[str], max_new_tokens: int | None = None
-    ) -> Answer:
-        passages = check_request(query, passages, max_new_tokens)
-        start = time.perf_counter()
-        chunks, cache_stats = self.cache.get_or_encode(passages)
-        ids = self.generator.layout.question_ids(query)
+    def _begin(
+        self,
+        query: str,
+        chunks: Sequence[KVChunk],
+        max_new_tokens: int | None,
+        sampling: Sampling,
+        history: Sequence[tuple[str, str]],
+        start: float,
+        extra: dict[str, Any],
+    ) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+        ids = self.generator.layout.question_ids(query, history)
         timing: dict[str, float] = {}
-        tokens = list(self._tokens(ids, chunks, max_new_tokens, timing))
-        ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
-        extra = {
-            **_extra(cache_stats),
-            "engine": "fast",
-            "assembly": self.assembly.name,
-            "recompute": timing["recompute"],
-        }
-        return chunk_answer(
-            self.generator, tokens, len(ids), int(timing["position"]), chunks, start, ttft, extra
-        )
+
+        def finish(tokens: list[int]) -> Answer:
+            ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
+            info = {
+                **extra,
+                "engine": "fast",
+                "assembly": self.assembly.name,
+                "recompute": timing["recompute"],
+            }
+            position = int(timing["position"])
+            return chunk_answer(
+                self.generator, tokens, len(ids), position, chunks, start, ttft, info, sampling.stop
+            )
+
+        return self._tokens(ids, chunks, max_new_tokens, timing, sampling), finish
+
+
+def _sampler(sampling: Sampling, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The fast engine's token choice for one request: None when greedy (the argmax stays inside
+    the captured graph), else :func:`~ragcompress.sampling.pick_token` per row of the step's
+    logits (B, vocab) with the request's random generator -> (B,) token ids on the device."""
+    if sampling.greedy:
+        return None
+    rng = request_rng(sampling, device)
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        picked = [pick_token(row, sampling, rng) for row in logits]
+        return torch.tensor(picked, dtype=torch.long, device=logits.device)
+
+    return choose

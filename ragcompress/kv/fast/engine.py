@@ -15,7 +15,7 @@ tests check that the fast path gives the eager generator's greedy tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -228,16 +228,22 @@ class FastGenerator:
         assert shape.tokens is not None
         return shape.tokens
 
-    def steps(self, questions: Sequence[Sequence[int]], limit: int) -> Iterator[list[int]]:
-        """Each question's greedy token at each of up to ``limit`` steps (host lists of B ints).
-
-        Lazy: a decode step runs only when the next list is asked for, so a consumer that stops
-        (every question hit a stop token) costs no extra step.
-        """
+    def steps(
+        self,
+        questions: Sequence[Sequence[int]],
+        limit: int,
+        choose: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Iterator[list[int]]:
+        """Each question's token at each of up to ``limit`` steps (host lists of B ints): the
+        step's argmax, or ``choose(logits (B, vocab) fp32) -> (B,)`` run outside the graph (a
+        sampler). Lazy: a decode step runs only when the next list is asked for."""
         if limit <= 0:
             return
         tok = self.prefill(questions)
         for i in range(limit):
+            if choose is not None:
+                assert self._last is not None and self._last.logits is not None
+                tok = choose(self._last.logits)
             yield tok.tolist()
             if i < limit - 1:
                 tok = self.decode_step(tok).clone()

@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.step import StepIO
+    from ragcompress.models.arch import LayerParts
 
 __all__ = ["FusedStep", "default_step", "stack_weights"]
 
 
 @dataclass(eq=False)
 class FusedStep(DecoderStep):
-    """Llama with RMSNorm, full-width rotary and no q/k norms, on CUDA with Triton.
+    """RMSNorm (QK-norms too, where the family has them) and full-width RoPE, on CUDA with Triton.
 
     ``share_weights``: by default the step stacks each layer's q/k/v weights (and gate/up) into
     tensors of its own, a copy of ~2/3 of the decoder weights, and leaves the model untouched.
@@ -46,12 +47,11 @@ class FusedStep(DecoderStep):
             raise ValueError(f"FusedStep cannot run this model: {reason}; use EagerStep")
         import torch
 
-        stackable = _stackable(self.base, self.model.config)
+        parts = self.parts()
+        stackable = _stackable(self.arch, parts)
         with torch.no_grad():
-            for layer in self.base.layers:
-                a, mlp = layer.self_attn, layer.mlp
-                qkv = (a.q_proj, a.k_proj, a.v_proj)
-                gate_up = (mlp.gate_proj, mlp.up_proj)
+            for p in parts:
+                qkv, gate_up = (p.q_proj, p.k_proj, p.v_proj), (p.gate_proj, p.up_proj)
                 self._qkv.append(stack_weights(qkv, self.share_weights) if stackable else None)
                 self._gate_up.append(stack_weights(gate_up, self.share_weights) if stackable else None)
 
@@ -59,67 +59,82 @@ class FusedStep(DecoderStep):
     def unsupported(model: Any) -> str | None:
         """Why the fused kernels cannot run ``model`` here, or None when they can."""
         from ragcompress.kv.fast.write import triton_available
+        from ragcompress.models.arch import UnsupportedModelError, arch_for
 
-        base = getattr(model, "model", None)
-        layers = getattr(base, "layers", None)
-        if not layers:
-            return f"{type(model).__name__} has no model.layers"
+        try:
+            arch = arch_for(model)
+            parts = [arch.parts(layer) for layer in arch.layers(model)]
+        except UnsupportedModelError as e:
+            return str(e)
         param = next(model.parameters(), None)
         if param is None or not param.is_cuda:
             return "the model is not on a CUDA device"
         if not triton_available():
             return "triton is not installed (pip install 'ragcompress[gpu]')"
-        norm, attn = getattr(layers[0], "input_layernorm", None), getattr(layers[0], "self_attn", None)
-        if attn is None:
-            return "the layers have no self_attn"
-        # the kernels implement LlamaRMSNorm and full-width rotary without q/k norms
-        if not (type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon")):
-            return f"{type(norm).__name__} is not Llama's RMSNorm"
-        if hasattr(attn, "q_norm"):
-            return "attention has q/k norms"
-        if getattr(getattr(base, "rotary_emb", None), "partial_rotary_factor", None):
+        if any(r.rot_dim != arch.head_dim for r in arch.rope):
             return "rotary is partial"
+        # the kernels implement Llama's RMSNorm (weight * normed, rounded as LlamaRMSNorm rounds)
+        norms = [arch.module(model, "final_norm")]
+        norms += [n for p in parts for n in (p.input_norm, p.post_attention_norm, p.q_norm, p.k_norm)]
+        for norm in norms:
+            if norm is not None and not _rms_norm(norm):
+                return f"{type(norm).__name__} is not Llama's RMSNorm"
         return None
 
-    def layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, io: StepIO) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, io: StepIO) -> torch.Tensor:
         import torch
 
         from ragcompress.kv.fast._triton import add_rmsnorm, rope_write, silu_mul
 
         n, h, kvh, d = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        cos, sin = cos.contiguous(), sin.contiguous()
         linear = torch.nn.functional.linear
-        layers = self.base.layers
-        norm0 = layers[0].input_layernorm
+        parts = self.parts()
+        final = self.arch.module(self.model, "final_norm")
+        norm0 = parts[0].input_norm
         x, hs = add_rmsnorm(x, None, norm0.weight, norm0.variance_epsilon)
-        for li, layer in enumerate(layers):
-            attn, qkv, gate_up = layer.self_attn, self._qkv[li], self._gate_up[li]
+        for li, p in enumerate(parts):
+            qkv, gate_up = self._qkv[li], self._gate_up[li]
             if qkv is not None:
                 q, k, v = linear(hs, qkv).split((h * d, kvh * d, kvh * d), dim=-1)
             else:
-                q, k, v = attn.q_proj(hs), attn.k_proj(hs), attn.v_proj(hs)
+                q, k, v = p.q_proj(hs), p.k_proj(hs), p.v_proj(hs)
+            if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE
+                q, k = _head_norm(q, p.q_norm, n * h, d), _head_norm(k, p.k_norm, n * kvh, d)
+            cos, sin = (t.contiguous() for t in io.rope.of(li))
             q = rope_write(
                 q, k, v, cos, sin, io.slots, io.buffer.q_keys[li], io.buffer.q_values[li], h, kvh, d
             )
             o = self.attend(q, li, io)
-            post = layer.post_attention_layernorm
-            x, hs = add_rmsnorm(x, attn.o_proj(o.reshape(n, h * d)), post.weight, post.variance_epsilon)
-            nxt = layers[li + 1].input_layernorm if li + 1 < len(layers) else self.base.norm
-            mlp = layer.mlp(hs) if gate_up is None else layer.mlp.down_proj(silu_mul(linear(hs, gate_up)))
+            post = p.post_attention_norm
+            x, hs = add_rmsnorm(x, p.o_proj(o.reshape(n, h * d)), post.weight, post.variance_epsilon)
+            nxt = parts[li + 1].input_norm if li + 1 < len(parts) else final
+            down = p.down_proj  # set wherever gate/up were stacked (_stackable)
+            mlp = p.mlp(hs) if gate_up is None or down is None else down(silu_mul(linear(hs, gate_up)))
             x, hs = add_rmsnorm(x, mlp, nxt.weight, nxt.variance_epsilon)
-        return self.model.lm_head(hs.index_select(0, io.last)).float()  # type: ignore[no-any-return]
+        return self.arch.module(self.model, "lm_head")(hs.index_select(0, io.last)).float()  # type: ignore[no-any-return]
 
 
-def _stackable(base: Any, cfg: Any) -> bool:
-    """Llama attention/MLP without biases and with a SiLU gate: what the stacked GEMMs and the
-    SiLU·mul kernel compute."""
-    if getattr(cfg, "hidden_act", None) not in ("silu", "swish"):
+def _rms_norm(norm: Any) -> bool:
+    return type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon")
+
+
+def _head_norm(x: torch.Tensor, norm: Any, rows: int, head_dim: int) -> torch.Tensor:
+    """``norm`` (an RMSNorm over ``head_dim``) of every head of x (n, heads * head_dim), rows =
+    n * heads; returns (n, heads * head_dim) contiguous (the kernel reads whole rows)."""
+    from ragcompress.kv.fast._triton import add_rmsnorm
+
+    out = add_rmsnorm(x.contiguous().view(rows, head_dim), None, norm.weight, norm.variance_epsilon)[1]
+    return out.view(x.shape[0], -1)
+
+
+def _stackable(arch: Any, parts: Sequence[LayerParts]) -> bool:
+    """Attention and a gated MLP without biases and with a SiLU gate: what the stacked GEMMs and
+    the SiLU·mul kernel compute."""
+    if arch.mlp_act not in ("silu", "swish"):
         return False
-    for layer in base.layers:
-        a, mlp = layer.self_attn, layer.mlp
-        parts = [a.q_proj, a.k_proj, a.v_proj]
-        parts += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-        if any(p is None or getattr(p, "bias", None) is not None for p in parts):
+    for p in parts:
+        linears = [p.q_proj, p.k_proj, p.v_proj, p.gate_proj, p.up_proj, p.down_proj]
+        if any(m is None or getattr(m, "bias", None) is not None for m in linears):
             return False
     return True
 
@@ -152,7 +167,7 @@ def stack_weights(linears: Sequence[Any], share: bool = False) -> torch.Tensor |
 
 
 def default_step(model: Any, share_weights: bool = False) -> DecoderStep:
-    """:class:`FusedStep` where it runs (a CUDA model with Llama's
+    """:class:`FusedStep` where it runs (a CUDA model of a supported family with Llama's
     RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`.
 
     ``share_weights``: passed to the fused step (see there: extra memory against GEMM count).

@@ -1,9 +1,11 @@
-"""One forward step of a Llama-family decoder over the static buffer, with static shapes.
+"""One forward step of a decoder over the static buffer, with static shapes.
 
-:class:`DecoderStep` is what every step shares: it checks the model family, embeds the tokens
-and computes their rotary cos/sin, and attends over the buffer (the cascade over the shared
-context + each question's own slots). What differs is how a layer is computed, so that is a
-subclass each, and the caller picks one (:func:`default_step` picks for it):
+:class:`DecoderStep` is what every step shares: it asks the model-family adapter
+(:func:`~ragcompress.models.arch.arch_for`) for the modules, head counts, attention scale and
+RoPE tables, embeds the tokens and computes their cos/sin, and attends over the buffer (the
+cascade over the shared context + each question's own slots). What differs is how a layer is
+computed, so that is a subclass each, and the caller picks one (:func:`default_step` picks
+for it):
 
 * :class:`~ragcompress.kv.fast.eager.EagerStep` runs the model's own modules op by op: any
   device and dtype, the eager generator's numerics; the reference the fused step is held to;
@@ -22,61 +24,81 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.models.arch import ModelArch, UnsupportedModelError, arch_for
+from ragcompress.models.rope import cos_sin
+
 if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.models.arch import LayerParts
 
-__all__ = ["DecoderStep", "StepIO"]
+__all__ = ["DecoderStep", "StepIO", "StepRope"]
+
+
+@dataclass(frozen=True, eq=False)
+class StepRope:
+    """The RoPE cos/sin of one step's tokens: ``tables`` one (cos, sin) pair (N, rot_dim), in the
+    model dtype, per distinct frequency table; ``index[li]`` is layer ``li``'s (families with
+    per-layer-type tables have several)."""
+
+    tables: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    index: tuple[int, ...]
+
+    def of(self, li: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tables[self.index[li]]
 
 
 @dataclass(frozen=True, eq=False)
 class StepIO:
     """What one step reads and writes besides the tokens: ``slots`` (N,) int64 question-region
     slots its keys/values go to, ``last`` (B,) int64 rows whose logits it returns, the buffer,
-    the attention metadata and the cascade attention."""
+    the attention metadata, the cascade attention and the tokens' RoPE cos/sin."""
 
     slots: torch.Tensor
     last: torch.Tensor
     buffer: StaticKVBuffer
     meta: StepMeta
     attention: CascadeAttention
+    rope: StepRope
 
 
 @dataclass(eq=False)
 class DecoderStep(ABC):
-    """A Llama-family ``*ForCausalLM`` (embed_tokens, layers with self_attn.{q,k,v,o}_proj and
-    optional q_norm/k_norm, mlp, norms, rotary_emb, lm_head) seen as a step function."""
+    """A ``*ForCausalLM`` of a supported family (:func:`~ragcompress.models.arch.supported_families`)
+    seen as a step function; its adapter (``self.arch``) names every module the step calls.
+    Raises :class:`~ragcompress.models.arch.UnsupportedModelError` (a ``ValueError``) naming the
+    family for a model the step cannot run."""
 
     model: Any
 
     def __post_init__(self) -> None:
-        base = getattr(self.model, "model", None)
-        needed = ("embed_tokens", "layers", "norm", "rotary_emb")
-        if base is None or not all(hasattr(base, a) for a in needed) or not hasattr(self.model, "lm_head"):
-            raise ValueError(
-                f"{type(self.model).__name__} is not a Llama-family causal LM (model.model.embed_tokens/"
-                "layers/norm/rotary_emb + lm_head); the fast path supports that family"
+        import torch
+
+        arch = arch_for(self.model)  # raises naming the supported families
+        if any(w is not None for w in arch.sliding_window):
+            raise UnsupportedModelError(
+                f"{arch.family}: sliding-window layers are not supported by the fast path"
             )
-        attn = base.layers[0].self_attn
-        for a in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            if not hasattr(attn, a):
-                raise ValueError(
-                    f"{type(attn).__name__} has no {a}; the fast path supports Llama-style attention"
-                )
-        cfg = self.model.config
-        if any("sliding" in str(t) for t in (getattr(cfg, "layer_types", None) or ())):
-            raise ValueError("sliding-window layers are not supported by the fast path")
-        self.base = base
-        self.head_dim = int(getattr(attn, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
-        self.heads = int(cfg.num_attention_heads)
-        self.kv_heads = int(getattr(cfg, "num_key_value_heads", None) or self.heads)
-        self.scale = float(getattr(attn, "scaling", self.head_dim**-0.5))
+        if any(r.rot_dim != arch.head_dim for r in arch.rope):
+            raise UnsupportedModelError(f"{arch.family}: the fast path rotates whole heads (partial RoPE)")
+        self.arch: ModelArch = arch
+        self.head_dim, self.heads, self.kv_heads = arch.head_dim, arch.num_heads, arch.num_kv_heads
+        self.scale = float(arch.attention_scale)
+        specs = list(dict.fromkeys(arch.rope))  # distinct tables, in layer order
+        device = next(self.model.parameters()).device
+        # on the model's device once: a step captured in a CUDA graph copies nothing from the host
+        self._inv_freq = [s.inv_freq().to(device=device, dtype=torch.float32) for s in specs]
+        self._table_of = tuple(specs.index(s) for s in arch.rope)
 
     @property
     def num_layers(self) -> int:
-        return len(self.base.layers)
+        return self.arch.num_layers
+
+    def parts(self) -> list[LayerParts]:
+        """Each decoder layer's modules, as the family adapter names them (resolved per step)."""
+        return [self.arch.parts(layer) for layer in self.arch.layers(self.model)]
 
     def __call__(
         self,
@@ -93,15 +115,25 @@ class DecoderStep(ABC):
         ids, positions (B, T) int64; slots (B*T,) int64: question-region slots to write.
         """
         n = ids.numel()
-        x = self.base.embed_tokens(ids.reshape(1, n))  # (1, N, hidden)
-        cos, sin = self.base.rotary_emb(x, positions.reshape(1, n))  # (1, N, head_dim) each
-        return self.layers(x[0], cos[0], sin[0], StepIO(slots, last, buffer, meta, attention))
+        x = self.arch.module(self.model, "embed")(ids.reshape(1, n))[0]  # (N, hidden)
+        rope = self.rope(positions.reshape(n), x.dtype)
+        return self.layers(x, StepIO(slots, last, buffer, meta, attention, rope))
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> StepRope:
+        """cos/sin of ``positions`` (N,) int64 per distinct table, cast to ``dtype``: the model's
+        rotary module computes the same fp32 angles (one product each) and casts them the same
+        way, so these are its values bit for bit (tests/kv/test_fast_steps.py checks it)."""
+        tables = []
+        for inv in self._inv_freq:
+            cos, sin = cos_sin(positions, inv)
+            tables.append((cos.to(dtype), sin.to(dtype)))
+        return StepRope(tuple(tables), self._table_of)
 
     @abstractmethod
-    def layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, io: StepIO) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, io: StepIO) -> torch.Tensor:
         """Every decoder layer, the final norm and the head over embedded tokens x (N, hidden)
-        with their rotary cos/sin (N, head_dim); returns the fp32 logits (B, vocab) of the
-        rows ``io.last``."""
+        with their RoPE cos/sin ``io.rope``; returns the fp32 logits (B, vocab) of the rows
+        ``io.last``."""
 
     def attend(self, q: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
         """Layer ``li``'s rotated queries (N, heads, head_dim) over the buffer (this step's

@@ -16,11 +16,20 @@ tests run on it.
 from __future__ import annotations
 
 from ragcompress.models.arch import llama as _llama  # noqa: F401  (registers the Llama-shaped families)
-from ragcompress.models.arch.base import ROPE_TYPES, ModelArch, ModuleNames, RopeSpec, UnsupportedModelError
+from ragcompress.models.arch import qwen3 as _qwen3  # noqa: F401
+from ragcompress.models.arch.base import (
+    ROPE_TYPES,
+    LayerParts,
+    ModelArch,
+    ModuleNames,
+    RopeSpec,
+    UnsupportedModelError,
+)
 from ragcompress.models.arch.registry import arch_for, register_family, supported_families
 
 __all__ = [
     "ROPE_TYPES",
+    "LayerParts",
     "ModelArch",
     "ModuleNames",
     "RopeSpec",

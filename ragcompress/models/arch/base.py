@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ROPE_TYPES", "ModelArch", "ModuleNames", "RopeSpec", "UnsupportedModelError"]
+__all__ = ["ROPE_TYPES", "LayerParts", "ModelArch", "ModuleNames", "RopeSpec", "UnsupportedModelError"]
 
 # RoPE variants whose rotation depends only on the position (the frequency table is fixed), so a
 # cached key moves to another position by one exact rotation. YaRN/LongRoPE scale cos/sin too (or
@@ -102,7 +102,8 @@ def _llama3(inv: torch.Tensor, spec: RopeSpec) -> torch.Tensor:
 class ModuleNames:
     """Attribute paths of a family's modules. ``decoder``, ``embed``, ``final_norm``, ``lm_head``
     are dotted paths from the ``*ForCausalLM`` model; the others are attributes of one decoder
-    layer (``attention``, ``mlp``, the norms) or of its attention module (projections, QK-norms)."""
+    layer (``attention``, ``mlp``, the norms), of its attention module (projections, QK-norms) or
+    of its MLP (``gate_proj``, ``up_proj``, ``down_proj``: a gated MLP's parts, where it has them)."""
 
     decoder: str = "model.layers"
     embed: str = "model.embed_tokens"
@@ -118,6 +119,32 @@ class ModuleNames:
     o_proj: str = "o_proj"
     q_norm: str = "q_norm"
     k_norm: str = "k_norm"
+    gate_proj: str = "gate_proj"
+    up_proj: str = "up_proj"
+    down_proj: str = "down_proj"
+
+
+@dataclass(frozen=True, eq=False)
+class LayerParts:
+    """The modules of one decoder layer, resolved through :class:`ModuleNames`: what a step that
+    computes the layer op by op (the fast engine's) calls. ``q_norm``/``k_norm``: the per-head
+    RMS norms on queries/keys before RoPE, None where the family has none. ``gate_proj``,
+    ``up_proj``, ``down_proj``: the gated MLP's projections, None where the MLP has none (then
+    only ``mlp`` as a whole runs)."""
+
+    attention: Any
+    input_norm: Any
+    q_proj: Any
+    k_proj: Any
+    v_proj: Any
+    o_proj: Any
+    q_norm: Any | None
+    k_norm: Any | None
+    post_attention_norm: Any
+    mlp: Any
+    gate_proj: Any | None
+    up_proj: Any | None
+    down_proj: Any | None
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,7 @@ class ModelArch:
     attention and MLP) or ``"sandwich"`` (also after each, before the residual add).
     ``block_order``: the steps of one decoder layer, in order. ``attention_scale``: the
     multiplier of ``q · k``. ``sliding_window``: per layer, the window of a local layer or None.
+    ``mlp_act``: the MLP's activation (``config.hidden_act``).
     """
 
     family: str
@@ -156,6 +184,7 @@ class ModelArch:
     )
     sliding_window: tuple[int | None, ...] = field(default=(), repr=False)
     max_positions: int | None = None
+    mlp_act: str = "silu"
     names: ModuleNames = field(default_factory=ModuleNames, repr=False)
 
     def __post_init__(self) -> None:
@@ -207,14 +236,47 @@ class ModelArch:
             raise UnsupportedModelError(f"{type(model).__name__} has no {path!r} ({self.family} adapter)")
         return found
 
+    def parts(self, layer: Any) -> LayerParts:
+        """The modules of one decoder layer (resolved now: a module replaced later, e.g. by
+        adapter injection, is seen by the next call)."""
+        n = self.names
+        attn, mlp = self.attention(layer), getattr(layer, n.mlp)
+        return LayerParts(
+            attention=attn,
+            input_norm=getattr(layer, n.input_norm),
+            q_proj=getattr(attn, n.q_proj),
+            k_proj=getattr(attn, n.k_proj),
+            v_proj=getattr(attn, n.v_proj),
+            o_proj=getattr(attn, n.o_proj),
+            q_norm=getattr(attn, n.q_norm) if self.qk_norm else None,
+            k_norm=getattr(attn, n.k_norm) if self.qk_norm else None,
+            post_attention_norm=getattr(layer, n.post_attention_norm),
+            mlp=mlp,
+            gate_proj=getattr(mlp, n.gate_proj, None),
+            up_proj=getattr(mlp, n.up_proj, None),
+            down_proj=getattr(mlp, n.down_proj, None),
+        )
+
+    def project(self, parts: LayerParts, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pre-RoPE queries (n, heads, head_dim), keys and values (n, kv_heads, head_dim) of one
+        layer from its normed input ``h`` (n, hidden_size): the projections (with their biases),
+        then the QK-norm where the family has one (before RoPE, as the model applies it)."""
+        n = h.shape[-2]
+        q = parts.q_proj(h).view(n, self.num_heads, self.head_dim)
+        k = parts.k_proj(h).view(n, self.num_kv_heads, self.head_dim)
+        v = parts.v_proj(h).view(n, self.num_kv_heads, self.head_dim)
+        if parts.q_norm is not None and parts.k_norm is not None:
+            q, k = parts.q_norm(q), parts.k_norm(k)
+        return q, k, v
+
     def queries(self, layer: Any, hidden: torch.Tensor) -> torch.Tensor:
         """Pre-RoPE queries (heads, n, head_dim) of one decoder layer for its input ``hidden``
         (1, n, hidden_size): input norm, query projection (with its bias), QK-norm if any."""
-        attn = self.attention(layer)
-        q = getattr(attn, self.names.q_proj)(getattr(layer, self.names.input_norm)(hidden))
+        p = self.parts(layer)
+        q = p.q_proj(p.input_norm(hidden))
         q = q.view(q.shape[1], self.num_heads, self.head_dim)  # (n, heads, head_dim)
-        if self.qk_norm:
-            q = getattr(attn, self.names.q_norm)(q)
+        if p.q_norm is not None:
+            q = p.q_norm(q)
         return q.transpose(0, 1)
 
     def check_model(self, model: Any) -> None:

@@ -15,10 +15,12 @@ from ragcompress.models.arch.base import ModelArch, UnsupportedModelError
 from ragcompress.models.arch.registry import register_family
 from ragcompress.models.arch.rope_params import rope_spec
 
-__all__ = ["llama_arch", "mistral_arch", "qwen2_arch"]
+__all__ = ["llama_arch", "llama_shaped", "mistral_arch", "qwen2_arch"]
 
 
-def _llama_shaped(config: Any, *, qkv_bias: bool) -> ModelArch:
+def llama_shaped(config: Any, *, qkv_bias: bool, qk_norm: bool = False) -> ModelArch:
+    """The :class:`ModelArch` of a Llama-shaped ``config``; ``qk_norm``: per-head RMS norms on
+    queries and keys before RoPE (Qwen3)."""
     family = config.model_type
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -43,7 +45,9 @@ def _llama_shaped(config: Any, *, qkv_bias: bool) -> ModelArch:
         rope=(rope,) * layers,
         attention_scale=head_dim**-0.5,
         qkv_bias=qkv_bias,
+        qk_norm=qk_norm,
         max_positions=None if limit is None else int(limit),
+        mlp_act=str(getattr(config, "hidden_act", "silu")),
     )
 
 
@@ -63,14 +67,14 @@ def _refuse_sliding_window(config: Any, limit: int | None) -> None:
 
 @register_family("llama")
 def llama_arch(config: Any) -> ModelArch:
-    return _llama_shaped(config, qkv_bias=bool(getattr(config, "attention_bias", False)))
+    return llama_shaped(config, qkv_bias=bool(getattr(config, "attention_bias", False)))
 
 
 @register_family("mistral")
 def mistral_arch(config: Any) -> ModelArch:
-    return _llama_shaped(config, qkv_bias=False)
+    return llama_shaped(config, qkv_bias=False)
 
 
 @register_family("qwen2")
 def qwen2_arch(config: Any) -> ModelArch:
-    return _llama_shaped(config, qkv_bias=True)
+    return llama_shaped(config, qkv_bias=True)
