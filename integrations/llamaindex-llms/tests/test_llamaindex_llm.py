@@ -14,6 +14,7 @@ from llama_index.llms.ragcompress.chat import chat_ids
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
+from ragcompress.sampling import Sampling
 from ragcompress.types import STATS_KEY
 
 QUERY = "How many moons does Jupiter have?"
@@ -86,6 +87,9 @@ def test_streaming_and_async_give_the_same_text(llm: RagCompressLLM) -> None:
     text = llm.chat(messages).message.content
     pieces = list(llm.stream_chat(messages))
     assert len(pieces) > 1 and "".join(p.delta or "" for p in pieces) == text == pieces[-1].message.content
+    # The last piece carries what the non-streamed response has: usage and statistics.
+    assert pieces[-1].additional_kwargs == llm.chat(messages).additional_kwargs
+    assert pieces[-1].raw[STATS_KEY]["new_tokens"] == pieces[-1].additional_kwargs["completion_tokens"] > 0
     assert "".join(r.delta or "" for r in llm.stream_complete(QUERY)) == llm.complete(QUERY).text
 
     async def run() -> tuple[str, str, str, str]:
@@ -140,10 +144,8 @@ def test_bad_input_is_rejected_clearly(llm: RagCompressLLM, generator: Generator
         )
     with pytest.raises(ValueError, match="at least one"):
         llm.chat([])
-    with pytest.raises(ValueError, match="one user message"):
-        llm.chat([user("hi"), assistant("hello"), user(QUERY)], passages=TEXTS)
-    with pytest.raises(ValueError, match="one user message"):
-        llm.chat([system("Be brief."), user(QUERY)], passages=TEXTS)
+    with pytest.raises(ValueError, match="last message must be the user's question"):
+        llm.chat([user(QUERY), assistant("Ninety-five.")], passages=TEXTS)
     with pytest.raises(TypeError, match="passages"):
         llm.complete(QUERY, passages="one string")
     with pytest.raises(ValueError, match="exceeds the model's context"):
@@ -162,3 +164,54 @@ def test_to_dict_round_trips_without_loading_a_model() -> None:
     back = RagCompressLLM.from_dict(llm.to_dict())
     assert back.to_dict() == llm.to_dict()
     assert back.generator.model == "smollm2-135m-instruct" and back.generator.max_new_tokens == 32
+
+
+def test_sampling_settings_and_per_call_overrides(llm: RagCompressLLM, generator: Generator) -> None:
+    greedy = llm.complete(QUERY).text
+    ids = chat_ids(generator.tokenizer, [user(QUERY)])
+    sampled = {seed: llm.complete(QUERY, temperature=1.5, top_k=50, seed=seed).text for seed in range(4)}
+    assert any(text != greedy for text in sampled.values()), "sampling at T=1.5 changes some answer"
+    for seed, text in sampled.items():
+        assert text == llm.complete(QUERY, temperature=1.5, top_k=50, seed=seed).text  # the seed replays
+        settings = Sampling(temperature=1.5, top_k=50, seed=seed)
+        assert text == generator.decode(ids, None, llm.max_new_tokens, sampling=settings).text
+    configured = RagCompressLLM(generator=generator, temperature=1.5, top_k=50, seed=2)
+    assert configured.sampling == Sampling(temperature=1.5, top_k=50, seed=2)
+    assert configured.complete(QUERY).text == sampled[2]
+    assert configured.complete(QUERY, temperature=0.0).text == greedy
+    streamed = "".join(r.delta or "" for r in configured.stream_complete(QUERY))
+    assert streamed == sampled[2]
+
+
+def test_stop_strings_end_the_answer(llm: RagCompressLLM) -> None:
+    greedy = llm.complete(QUERY).text
+    word = greedy.split()[2]
+    expected = greedy[: greedy.index(word)].strip()
+    assert llm.complete(QUERY, stop=[word]).text == expected
+    assert "".join(r.delta or "" for r in llm.stream_complete(QUERY, stop=[word])) == expected
+    assert (
+        llm.complete(QUERY, stop=[word], passages=TEXTS).text
+        == llm.kv_answerer.answer(QUERY, TEXTS, llm.max_new_tokens, sampling=Sampling(stop=(word,))).text
+    )
+
+
+def test_kv_path_with_chat_history(llm: RagCompressLLM, generator: Generator) -> None:
+    history = [user("Name a planet."), assistant("Mars.")]
+    reference = KVAnswerer.from_generator(generator).answer(
+        QUERY, TEXTS, history=[("user", "Name a planet."), ("assistant", "Mars.")]
+    )
+    llm.complete(QUERY, passages=TEXTS)  # the chunks, encoded without history
+    out = llm.chat([*history, user(QUERY)], passages=TEXTS)
+    assert out.message.content == reference.text != llm.complete(QUERY, passages=TEXTS).text
+    assert out.raw[STATS_KEY]["chunks_hit"] == 2, "history leaves the chunks reusable"
+    streamed = "".join(r.delta or "" for r in llm.stream_chat([*history, user(QUERY)], passages=TEXTS))
+    assert streamed == reference.text
+
+
+def test_bad_sampling_settings_are_rejected_clearly(llm: RagCompressLLM, generator: Generator) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        RagCompressLLM(generator=generator, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):
+        llm.complete(QUERY, top_p=0.0)
+    with pytest.raises(TypeError, match="stop"):
+        llm.complete(QUERY, stop="\n")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import threading
-from collections.abc import AsyncGenerator, Iterator, Sequence
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -35,11 +36,13 @@ from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
-from llama_index.llms.ragcompress.chat import chat_ids, message_text
+from llama_index.llms.ragcompress.chat import chat_ids, message_turns
 
 from ragcompress.generate import Answer, Generator
 from ragcompress.kv.answer import KVAnswerer
 from ragcompress.models.load import DEFAULT_READER
+from ragcompress.sampling import Sampling
+from ragcompress.streaming import AnswerStream, stripped
 from ragcompress.types import STATS_KEY, Passage
 
 __all__ = ["RagCompressLLM"]
@@ -54,7 +57,8 @@ class RagCompressLLM(CustomLLM):
     generator, ``RagCompressLLM(answerer=KVAnswerer(...))`` an answerer (and its generator).
     Responses carry the request's statistics in ``raw["ragcompress"]`` and token usage in
     ``additional_kwargs`` (``prompt_tokens``, ``completion_tokens``, ``total_tokens``).
-    Decoding is greedy.
+    Decoding is greedy unless ``temperature`` > 0 (``top_p``, ``top_k``, ``seed``, ``stop``:
+    ``ragcompress.sampling.Sampling``); every call may override them by keyword.
     """
 
     model: str | None = Field(
@@ -64,6 +68,13 @@ class RagCompressLLM(CustomLLM):
     device: str | None = Field(default=None, description="Torch device; None: CUDA when available.")
     dtype: str | None = Field(default=None, description="Torch dtype name; None: the device's default.")
     cache_dir: str | None = Field(default=None, description="Disk tier of the KV path's chunk store.")
+    # Decoding settings (ragcompress.sampling.Sampling), greedy by default; each call may
+    # override any of them by keyword (complete(prompt, temperature=0.7, seed=1)).
+    temperature: float = Field(default=0.0, description="0: greedy; > 0 samples from softmax(logits / T).")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1]; 1: off.")
+    top_k: int = Field(default=0, description="Sample among the k most likely tokens; 0: off.")
+    seed: int | None = Field(default=None, description="Seeds each request (same seed, same answer).")
+    stop: list[str] = Field(default_factory=list, description="Strings that end the answer (cut off).")
 
     _generator: Generator = PrivateAttr()
     _answerer: KVAnswerer | None = PrivateAttr(default=None)
@@ -100,6 +111,7 @@ class RagCompressLLM(CustomLLM):
             model=self.model, device=self.device, dtype=self.dtype, max_new_tokens=self.max_new_tokens
         )
         self._answerer = answerer
+        self._sampling({})  # bad settings fail here, naming the field, not at the first request
 
     @classmethod
     def class_name(cls) -> str:
@@ -109,6 +121,11 @@ class RagCompressLLM(CustomLLM):
     def generator(self) -> Generator:
         """The text path's generator (loads the reader on first use)."""
         return self._generator
+
+    @property
+    def sampling(self) -> Sampling:
+        """This LLM's decoding settings as a ``ragcompress.sampling.Sampling``."""
+        return self._sampling({})
 
     @property
     def kv_answerer(self) -> KVAnswerer:
@@ -138,8 +155,8 @@ class RagCompressLLM(CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        pieces = self._pieces(messages, kwargs)  # arguments checked here, the model runs lazily
-        return (_chat_response(r) for r in _cumulative(pieces))
+        stream = self._stream(messages, kwargs)
+        return (_chat_response(r) for r in _responses(stream))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -147,8 +164,8 @@ class RagCompressLLM(CustomLLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        pieces = self._pieces(messages, kwargs)
-        return (_chat_response(r) async for r in _in_threads(_cumulative(pieces)))
+        stream = self._stream(messages, kwargs)
+        return (_chat_response(r) async for r in _in_threads(_responses(stream)))
 
     # -- completion: the prompt is one user turn (or, with passages=, the question) --------
     @llm_completion_callback()
@@ -157,7 +174,7 @@ class RagCompressLLM(CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return _cumulative(self._pieces(self._user(prompt, formatted), kwargs))
+        return _responses(self._stream(self._user(prompt, formatted), kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -167,7 +184,7 @@ class RagCompressLLM(CustomLLM):
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return _in_threads(_cumulative(self._pieces(self._user(prompt, formatted), kwargs)))
+        return _in_threads(_responses(self._stream(self._user(prompt, formatted), kwargs)))
 
     # -- helpers ---------------------------------------------------------------------------
     def _user(self, prompt: str, formatted: bool) -> list[ChatMessage]:
@@ -185,45 +202,69 @@ class RagCompressLLM(CustomLLM):
         self._generator.check_length(len(ids), self.max_new_tokens)
         return ids
 
-    def _kv_request(
-        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
-    ) -> tuple[str, list[Passage]]:
-        """The question and passages of a KV-path request (``passages=`` given)."""
-        passages = _passages(kwargs.pop("passages"))
-        if len(messages) != 1 or messages[0].role != MessageRole.USER:
-            raise ValueError(
-                "with passages= the messages must be one user message, the question (the KV path's "
-                "system turn and layout are the generator's: Generator(system=...))"
-            )
-        return message_text(0, messages[0]), passages
+    def _sampling(self, kwargs: dict[str, Any]) -> Sampling:
+        """This LLM's settings with the call's overrides (popped from ``kwargs``)."""
+        settings = {name: kwargs.pop(name, getattr(self, name)) for name in _SAMPLING}
+        if isinstance(settings["stop"], list):  # a lone str stays a str: Sampling refuses it
+            settings["stop"] = tuple(settings["stop"])
+        return Sampling(**settings)
 
     def _answer(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> CompletionResponse:
+        sampling, passages = self._sampling(kwargs), kwargs.pop("passages", None)
         _check_kwargs(kwargs)
-        if kwargs.get("passages") is not None:
-            answer = self.kv_answerer.answer(*self._kv_request(messages, kwargs), self.max_new_tokens)
+        if passages is not None:
+            query, history = _kv_turns(messages)
+            answer = self.kv_answerer.answer(
+                query, _passages(passages), self.max_new_tokens, sampling=sampling, history=history
+            )
         else:
-            gen = self._generator
-            answer = gen.decode(self._prompt_ids(messages), cache=None, max_new_tokens=self.max_new_tokens)
+            ids = self._prompt_ids(messages)
+            answer = self._generator.decode(ids, None, self.max_new_tokens, sampling=sampling)
         return _completion(answer)
 
-    def _pieces(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> Iterator[str]:
+    def _stream(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> AnswerStream:
+        """The answer's stream; arguments are checked here, the model runs as pieces are asked for."""
+        sampling, passages = self._sampling(kwargs), kwargs.pop("passages", None)
         _check_kwargs(kwargs)
-        if kwargs.get("passages") is not None:
-            query, passages = self._kv_request(messages, kwargs)
-            return self.kv_answerer.stream_with_stats(query, passages, {}, self.max_new_tokens)
-        gen = self._generator
-        ids = self._prompt_ids(messages)
-        return _stripped(
-            gen.text_pieces(gen.iter_tokens(ids, cache=None, max_new_tokens=self.max_new_tokens))
-        )
+        if passages is not None:
+            query, history = _kv_turns(messages)
+            return self.kv_answerer.stream(
+                query, _passages(passages), self.max_new_tokens, sampling=sampling, history=history
+            )
+        return _text_stream(self._generator, self._prompt_ids(messages), self.max_new_tokens, sampling)
+
+
+_SAMPLING = ("temperature", "top_p", "top_k", "seed", "stop")
 
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
-    # LlamaIndex passes a few keywords of its own through predict(); anything else would be
-    # silently ignored, so it is refused by name.
-    unknown = set(kwargs) - {"passages"}
-    if unknown:
-        raise TypeError(f"RagCompressLLM got unsupported keyword argument(s): {', '.join(sorted(unknown))}")
+    # Whatever is left after the known keywords would be silently ignored: refused by name.
+    if kwargs:
+        raise TypeError(f"RagCompressLLM got unsupported keyword argument(s): {', '.join(sorted(kwargs))}")
+
+
+def _kv_turns(messages: Sequence[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
+    """The question (the last message, a user's) and the turns before it as history: the KV path
+    renders them after the passages' chunks, before the question (chunks stay reusable)."""
+    turns = message_turns(messages)
+    if turns[-1][0] != "user":
+        raise ValueError("with passages= the last message must be the user's question")
+    return turns[-1][1], turns[:-1]
+
+
+def _text_stream(gen: Generator, ids: list[int], max_new_tokens: int, sampling: Sampling) -> AnswerStream:
+    """The text path's stream over ready prompt ids (``Generator.stream`` over a chat prompt)."""
+
+    def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+        start, timing = time.perf_counter(), dict[str, float]()
+        tokens = gen.iter_tokens(ids, None, max_new_tokens, timing=timing, start=start, sampling=sampling)
+
+        def finish(done: list[int]) -> Answer:
+            return gen.answer_of(done, len(ids), len(ids), start, timing.get("ttft_ms"), stop=sampling.stop)
+
+        return tokens, finish
+
+    return AnswerStream(gen, begin, sampling.stop)
 
 
 def _passages(items: Any) -> list[Passage]:
@@ -259,24 +300,18 @@ def _chat_response(r: CompletionResponse) -> ChatResponse:
     return ChatResponse(message=message, delta=r.delta, raw=r.raw, additional_kwargs=r.additional_kwargs)
 
 
-def _cumulative(pieces: Iterator[str]) -> collections.abc.Generator[CompletionResponse, None, None]:
-    text = ""
-    for piece in pieces:
-        text += piece
-        yield CompletionResponse(text=text, delta=piece)
-
-
-def _stripped(pieces: Iterator[str]) -> Iterator[str]:
-    # The non-streamed answer is stripped (Generator.answer_of); hold back leading and trailing
-    # whitespace so that the streamed deltas join to exactly the same text.
-    started, held = False, ""
-    for piece in pieces:
-        text = held + (piece if started else piece.lstrip())
-        started = started or bool(text)
-        body = text.rstrip()
-        held = text[len(body) :]
-        if body:
-            yield body
+def _responses(stream: AnswerStream) -> collections.abc.Generator[CompletionResponse, None, None]:
+    """Cumulative responses with each piece as ``delta``; the last one also carries the usage and
+    statistics (known once the stream is exhausted, hence one piece held back)."""
+    text, held = "", None
+    for piece in stripped(stream):
+        if held is not None:
+            yield CompletionResponse(text=text, delta=held)
+        text, held = text + piece, piece
+    if held is not None:
+        done = _completion(stream.answer) if stream.answer is not None else None
+        raw, usage = (done.raw, done.additional_kwargs) if done is not None else ({}, {})
+        yield CompletionResponse(text=text, delta=held, raw=raw, additional_kwargs=usage)
 
 
 async def _in_threads(items: Iterator[Any]) -> AsyncGenerator[Any, None]:

@@ -17,7 +17,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["chat_ids", "message_text"]
+__all__ = ["chat_ids", "message_text", "message_turns"]
 
 # LlamaIndex roles → chat-template roles. Tool and function turns have no place in a reader
 # without tool calling: they are refused rather than passed as text the model cannot place.
@@ -41,7 +41,9 @@ def message_text(i: int, message: ChatMessage) -> str:
     return "".join(b.text for b in message.blocks if isinstance(b, TextBlock))
 
 
-def _turns(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+def message_turns(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """``(role, text)`` of each message, roles ``system``/``user``/``assistant``; ``ValueError``
+    naming the message for other roles or non-text blocks, and for no message at all."""
     if not messages:
         raise ValueError("messages must hold at least one message")
     turns = []
@@ -51,8 +53,12 @@ def _turns(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
             raise ValueError(
                 f"message #{i} has role {m.role.value!r}: this reader takes system, user and assistant"
             )
-        turns.append({"role": role or "", "content": message_text(i, m)})
+        turns.append((role or "", message_text(i, m)))
     return turns
+
+
+def _turns(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": role, "content": text} for role, text in message_turns(messages)]
 
 
 def _render(tok: PreTrainedTokenizerBase, turns: list[dict[str, str]]) -> str:
