@@ -102,6 +102,9 @@ def test_kv_synthesizer_from_the_llm_needs_no_llm_argument(
     llm = RagCompressLLM(generator=generator)
     Settings.llm = llm
     synth = kv.RagCompressKVSynthesizer.from_llm(llm)
+    assert synth.sampling == llm.sampling and synth.max_new_tokens == llm.max_new_tokens
+    sampled = RagCompressLLM(generator=generator, temperature=1.5, seed=4)
+    assert kv.RagCompressKVSynthesizer.from_llm(sampled).sampling == sampled.sampling
     engine = index.as_query_engine(response_synthesizer=synth, similarity_top_k=2)  # no llm=
     response = engine.query(QUERY)
     assert isinstance(response, Response) and response.metadata is not None

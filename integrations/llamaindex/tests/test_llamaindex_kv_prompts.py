@@ -17,6 +17,7 @@ from llama_index.postprocessor.ragcompress.templates import layout_for
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
+from ragcompress.sampling import Sampling
 
 QUERY = "How many moons does Jupiter have?"
 TEXTS = [
@@ -168,3 +169,15 @@ def test_response_modes(generator: Generator) -> None:
 def test_other_response_modes_are_refused(generator: Generator, mode: str) -> None:
     with pytest.raises(ValueError, match="response_mode"):
         RagCompressKVSynthesizer.from_generator(generator, response_mode=mode)
+
+
+def test_sampling(generator: Generator) -> None:
+    settings = Sampling(temperature=1.5, top_k=50, seed=3, stop=("\n",))
+    reference = KVAnswerer.from_generator(generator).answer(QUERY, TEXTS, sampling=settings).text
+    synth = RagCompressKVSynthesizer.from_generator(generator, sampling=settings)
+    assert str(synth.synthesize(QUERY, nodes())) == reference
+    streaming = RagCompressKVSynthesizer.from_generator(generator, sampling=settings, streaming=True)
+    out = streaming.synthesize(QUERY, nodes())
+    assert isinstance(out, StreamingResponse) and "".join(out.response_gen) == reference
+    with pytest.raises(TypeError, match="sampling"):
+        RagCompressKVSynthesizer.from_generator(generator, sampling={"temperature": 1.0})  # type: ignore[arg-type]

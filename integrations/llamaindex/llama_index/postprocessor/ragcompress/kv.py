@@ -43,6 +43,7 @@ from llama_index.postprocessor.ragcompress.base import _to_passages
 from llama_index.postprocessor.ragcompress.templates import answerer_for, check_mode, layout_for
 
 from ragcompress.kv.answer import KVAnswerer
+from ragcompress.sampling import Sampling, check_sampling
 from ragcompress.types import STATS_KEY, Passage
 
 __all__ = ["RagCompressKVSynthesizer"]
@@ -54,7 +55,8 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
     """Answer from the nodes' cached KV chunks with a ``ragcompress.kv.answer.KVAnswerer``.
 
     ``streaming`` is LlamaIndex's switch between ``Response`` and ``StreamingResponse``;
-    ``max_new_tokens`` overrides the generator's own limit. ``text_qa_template`` (also through
+    ``max_new_tokens`` overrides the generator's own limit; ``sampling`` (a
+    ``ragcompress.Sampling``, None: greedy) decodes every answer. ``text_qa_template`` (also through
     ``update_prompts``) becomes the KV path's prompt layout when it maps onto one
     (:mod:`~llama_index.postprocessor.ragcompress.templates`); ``response_mode`` is one of
     ``compact`` (default) and ``simple_summarize`` (one answer over all chunks), ``generation``
@@ -73,6 +75,7 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         llm: LLM | None = None,
         text_qa_template: BasePromptTemplate | None = None,
         response_mode: ResponseMode | str = ResponseMode.COMPACT,
+        sampling: Sampling | None = None,
     ) -> None:
         if not isinstance(answerer, KVAnswerer):
             raise TypeError(
@@ -86,6 +89,7 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         self.base_answerer = answerer  # the answerer as given, before any template
         self.answerer = answerer
         self.max_new_tokens = max_new_tokens
+        self.sampling = check_sampling(sampling)  # None: greedy
         self._text_qa_template: BasePromptTemplate | None = None
         if text_qa_template is not None:
             self._update_prompts({"text_qa_template": text_qa_template})
@@ -101,6 +105,7 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         assembly: Any = None,
         text_qa_template: BasePromptTemplate | None = None,
         response_mode: ResponseMode | str = ResponseMode.COMPACT,
+        sampling: Sampling | None = None,
         **answerer_kwargs: Any,
     ) -> RagCompressKVSynthesizer:
         """A synthesizer over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``;
@@ -114,13 +119,14 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
             streaming=streaming,
             text_qa_template=text_qa_template,
             response_mode=response_mode,
+            sampling=sampling,
         )
 
     @classmethod
     def from_llm(cls, llm: LLM, **kwargs: Any) -> RagCompressKVSynthesizer:
         """A synthesizer over a ``llama_index.llms.ragcompress.RagCompressLLM``'s KV answerer (its
         generator and chunk store: chunks encoded through either serve both); ``kwargs`` as
-        ``__init__``'s. ``max_new_tokens`` defaults to the LLM's."""
+        ``__init__``'s. ``max_new_tokens`` and ``sampling`` default to the LLM's."""
         answerer = getattr(llm, "kv_answerer", None)
         if not isinstance(answerer, KVAnswerer):
             raise TypeError(
@@ -128,6 +134,7 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
                 f"llama-index-llms-ragcompress), got {type(llm).__name__}"
             )
         kwargs.setdefault("max_new_tokens", getattr(llm, "max_new_tokens", None))
+        kwargs.setdefault("sampling", getattr(llm, "sampling", None))
         return cls(answerer, llm=llm, **kwargs)
 
     # -- PromptMixin: text_qa_template, mapped onto the KV path's layout ---------------------
@@ -214,8 +221,11 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
             passages = []
         if self._streaming:
             stats: dict[str, Any] = {}
-            return self.answerer.stream_with_stats(query, passages, stats, self.max_new_tokens), stats
-        answer = self.answerer.answer(query, passages, self.max_new_tokens)
+            pieces = self.answerer.stream_with_stats(
+                query, passages, stats, self.max_new_tokens, sampling=self.sampling
+            )
+            return pieces, stats
+        answer = self.answerer.answer(query, passages, self.max_new_tokens, sampling=self.sampling)
         return answer.text, answer.stats.as_dict()
 
     def _response(
