@@ -116,6 +116,20 @@ def test_kv_synthesizer_from_the_llm_needs_no_llm_argument(
         kv.RagCompressKVSynthesizer.from_llm(object())
 
 
+def test_kv_synthesizer_without_settings_llm(generator: Generator, index: VectorStoreIndex) -> None:
+    """Without ``Settings.llm``, ``as_query_engine`` would resolve LlamaIndex's default (OpenAI);
+    a ``RetrieverQueryEngine`` built directly never asks for it."""
+    kv = pytest.importorskip("llama_index.postprocessor.ragcompress")
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    synth = kv.RagCompressKVSynthesizer.from_llm(RagCompressLLM(generator=generator))
+    response = RetrieverQueryEngine(index.as_retriever(similarity_top_k=2), response_synthesizer=synth).query(
+        QUERY
+    )
+    assert isinstance(response, Response) and response.response
+    assert Settings._llm is None
+
+
 def test_simple_chat_engine_keeps_the_history(generator: Generator) -> None:
     llm = RagCompressLLM(generator=generator)
     engine = SimpleChatEngine.from_defaults(llm=llm)
