@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
+from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms import CustomLLM
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.llms.ragcompress import RagCompressLLM
@@ -154,6 +155,8 @@ def test_bad_input_is_rejected_clearly(llm: RagCompressLLM, generator: Generator
         RagCompressLLM(generator=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_new_tokens"):
         RagCompressLLM(generator=generator, max_new_tokens=0)
+    with pytest.raises(ValueError, match="differs from the generator's model"):
+        RagCompressLLM("qwen3-0.6b", generator=Generator(model="smollm2-135m-instruct"))
     other = Generator.from_model(generator.lm, generator.tokenizer)
     with pytest.raises(ValueError, match=r"answerer\.generator"):
         RagCompressLLM(generator=other, answerer=KVAnswerer.from_generator(generator))
@@ -215,3 +218,11 @@ def test_bad_sampling_settings_are_rejected_clearly(llm: RagCompressLLM, generat
         llm.complete(QUERY, top_p=0.0)
     with pytest.raises(TypeError, match="stop"):
         llm.complete(QUERY, stop="\n")
+
+
+def test_token_counting_handler_reads_our_usage(generator: Generator) -> None:
+    handler = TokenCountingHandler()
+    llm = RagCompressLLM(generator=generator, callback_manager=CallbackManager([handler]))
+    out = llm.complete(QUERY)
+    assert handler.prompt_llm_token_count == out.additional_kwargs["prompt_tokens"]
+    assert handler.completion_llm_token_count == out.additional_kwargs["completion_tokens"] > 0

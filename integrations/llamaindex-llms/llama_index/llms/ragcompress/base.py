@@ -105,6 +105,8 @@ class RagCompressLLM(CustomLLM):
             kwargs.setdefault("max_new_tokens", generator.max_new_tokens or 256)
             kwargs.setdefault("device", generator.device)
             kwargs.setdefault("dtype", generator.dtype)
+            if model is not None and generator.model is not None and model != generator.model:
+                raise ValueError(f"model={model!r} differs from the generator's model {generator.model!r}")
             model = model or generator.model
         super().__init__(model=model, **kwargs)
         self._generator = generator or Generator(
@@ -292,7 +294,9 @@ def _completion(answer: Answer) -> CompletionResponse:
         "completion_tokens": s.new_tokens,
         "total_tokens": s.prompt_tokens + s.new_tokens,
     }
-    return CompletionResponse(text=answer.text, raw={STATS_KEY: s.as_dict()}, additional_kwargs=usage)
+    # raw["usage"] is where LlamaIndex's TokenCountingHandler reads an LLM's own token counts.
+    raw = {STATS_KEY: s.as_dict(), "usage": usage}
+    return CompletionResponse(text=answer.text, raw=raw, additional_kwargs=usage)
 
 
 def _chat_response(r: CompletionResponse) -> ChatResponse:
