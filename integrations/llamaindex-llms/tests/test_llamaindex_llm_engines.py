@@ -19,7 +19,7 @@ from llama_index.core.chat_engine.types import ChatMode
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
-from llama_index.core.instrumentation.events.llm import LLMChatStartEvent
+from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCompletionStartEvent
 from llama_index.core.schema import TextNode
 from llama_index.llms.ragcompress import RagCompressLLM
 
@@ -55,6 +55,7 @@ class Calls(BaseEventHandler):
     managers are replaced by ``Settings.llm`` and the engines, the dispatcher is not)."""
 
     messages: list[list[ChatMessage]] = Field(default_factory=list)
+    prompts: list[str] = Field(default_factory=list)  # of completion calls
 
     @classmethod
     def class_name(cls) -> str:
@@ -63,6 +64,8 @@ class Calls(BaseEventHandler):
     def handle(self, event: BaseEvent, **kwargs: Any) -> None:
         if isinstance(event, LLMChatStartEvent):
             self.messages.append(list(event.messages))
+        elif isinstance(event, LLMCompletionStartEvent):
+            self.prompts.append(event.prompt)
 
 
 @pytest.fixture()
@@ -161,6 +164,19 @@ def test_context_chat_engine(generator: Generator, index: VectorStoreIndex, call
         QUERY
     )
     assert "".join(streamed.response_gen) == first.response
+
+
+def test_condense_plus_context_chat_engine(
+    generator: Generator, index: VectorStoreIndex, calls: Calls
+) -> None:
+    llm = RagCompressLLM(generator=generator)
+    engine = index.as_chat_engine(chat_mode=ChatMode.CONDENSE_PLUS_CONTEXT, llm=llm, similarity_top_k=2)
+    first = engine.chat(QUERY)
+    second = engine.chat("And Mars?")  # condensed into a standalone question by the LLM, then answered
+    assert first.response and second.response and len(calls.messages) == 2
+    [condense] = calls.prompts
+    assert QUERY in condense and first.response in condense and "And Mars?" in condense
+    assert second.response == llm.chat(calls.messages[1]).message.content
 
 
 @pytest.mark.slow
