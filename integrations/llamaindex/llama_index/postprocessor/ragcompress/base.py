@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from llama_index.core.bridge.pydantic import BeforeValidator, ConfigDict, Field
+from llama_index.core.bridge.pydantic import BeforeValidator, ConfigDict, Field, field_serializer
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
@@ -19,6 +19,17 @@ from ragcompress.adapters import Kept, checked_budget, compress_items, text_comp
 from ragcompress.types import STATS_KEY
 
 __all__ = ["STATS_KEY", "RagCompressNodePostprocessor"]
+
+
+def _budget(value: Any) -> Any:
+    """``value`` checked by ``Budget.coerce``; a dict (``Budget.spec()``, as ``to_dict`` writes
+    it) becomes the ``Budget`` it describes."""
+    if isinstance(value, dict):
+        try:
+            value = Budget(**value)
+        except TypeError as err:
+            raise ValueError(f"budget as a dict takes 'ratio' or 'tokens', got {sorted(value)}") from err
+    return checked_budget(value)
 
 
 class RagCompressNodePostprocessor(BaseNodePostprocessor):
@@ -36,9 +47,19 @@ class RagCompressNodePostprocessor(BaseNodePostprocessor):
     compressor: Annotated[Any, BeforeValidator(text_compressor)] = Field(
         description="A ragcompress text compressor, or its spec."
     )
-    budget: Annotated[Budget | float | int | None, BeforeValidator(checked_budget)] = Field(
+    budget: Annotated[Budget | float | int | None, BeforeValidator(_budget)] = Field(
         default=None, description="Overrides the compressor's ratio: a ratio, a token target or a Budget."
     )
+
+    # to_dict/to_json write the compressor's spec and the budget's, which the validators above
+    # turn back into equal objects: from_dict(to_dict()) round-trips without pickle.
+    @field_serializer("compressor")
+    def _compressor_spec(self, compressor: Any) -> Any:
+        return compressor.spec()
+
+    @field_serializer("budget")
+    def _budget_spec(self, budget: Budget | float | int | None) -> Any:
+        return budget.spec() if isinstance(budget, Budget) else budget
 
     @classmethod
     def class_name(cls) -> str:

@@ -33,13 +33,17 @@ from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.callbacks.schema import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.synthesis import SynthesizeEndEvent, SynthesizeStartEvent
 from llama_index.core.llms import LLM, MockLLM
+from llama_index.core.prompts import BasePromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.response_synthesizers.base import BaseSynthesizer, QueryTextType
+from llama_index.core.response_synthesizers.type import ResponseMode
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.types import RESPONSE_TEXT_TYPE
 from llama_index.postprocessor.ragcompress.base import _to_passages
+from llama_index.postprocessor.ragcompress.templates import answerer_for, check_mode, layout_for
 
 from ragcompress.kv.answer import KVAnswerer
+from ragcompress.sampling import Sampling, check_sampling
 from ragcompress.types import STATS_KEY, Passage
 
 __all__ = ["RagCompressKVSynthesizer"]
@@ -51,8 +55,15 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
     """Answer from the nodes' cached KV chunks with a ``ragcompress.kv.answer.KVAnswerer``.
 
     ``streaming`` is LlamaIndex's switch between ``Response`` and ``StreamingResponse``;
-    ``max_new_tokens`` overrides the generator's own limit. ``llm`` is never called: the
-    answer comes from the answerer's generator; it only satisfies ``BaseSynthesizer``.
+    ``max_new_tokens`` overrides the generator's own limit; ``sampling`` (a
+    ``ragcompress.Sampling``, None: greedy) decodes every answer. ``text_qa_template`` (also through
+    ``update_prompts``) becomes the KV path's prompt layout when it maps onto one
+    (:mod:`~llama_index.postprocessor.ragcompress.templates`); ``response_mode`` is one of
+    ``compact`` (default) and ``simple_summarize`` (one answer over all chunks), ``generation``
+    (no chunks), ``no_text``, ``context_only``; the per-node modes (``refine``,
+    ``tree_summarize``, ``accumulate``, ``compact_accumulate``) and templates that cannot map
+    are refused with a ``ValueError``. ``llm`` is never called: the answer comes from the
+    answerer's generator (``from_llm`` shares a ``RagCompressLLM``'s generator and chunk store).
     """
 
     def __init__(
@@ -62,6 +73,9 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         streaming: bool = False,
         callback_manager: CallbackManager | None = None,
         llm: LLM | None = None,
+        text_qa_template: BasePromptTemplate | None = None,
+        response_mode: ResponseMode | str = ResponseMode.COMPACT,
+        sampling: Sampling | None = None,
     ) -> None:
         if not isinstance(answerer, KVAnswerer):
             raise TypeError(
@@ -71,8 +85,14 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         if max_new_tokens is not None and max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {max_new_tokens}")
         super().__init__(llm=llm or MockLLM(), callback_manager=callback_manager, streaming=streaming)
+        self.response_mode = check_mode(response_mode)
+        self.base_answerer = answerer  # the answerer as given, before any template
         self.answerer = answerer
         self.max_new_tokens = max_new_tokens
+        self.sampling = check_sampling(sampling)  # None: greedy
+        self._text_qa_template: BasePromptTemplate | None = None
+        if text_qa_template is not None:
+            self._update_prompts({"text_qa_template": text_qa_template})
 
     @classmethod
     def from_generator(
@@ -83,6 +103,9 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         max_new_tokens: int | None = None,
         streaming: bool = False,
         assembly: Any = None,
+        text_qa_template: BasePromptTemplate | None = None,
+        response_mode: ResponseMode | str = ResponseMode.COMPACT,
+        sampling: Sampling | None = None,
         **answerer_kwargs: Any,
     ) -> RagCompressKVSynthesizer:
         """A synthesizer over ``KVAnswerer.from_generator(generator, cache_dir, presses, ...)``;
@@ -90,14 +113,48 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         answerer = KVAnswerer.from_generator(
             generator, cache_dir=cache_dir, presses=presses, assembly=assembly, **answerer_kwargs
         )
-        return cls(answerer, max_new_tokens=max_new_tokens, streaming=streaming)
+        return cls(
+            answerer,
+            max_new_tokens=max_new_tokens,
+            streaming=streaming,
+            text_qa_template=text_qa_template,
+            response_mode=response_mode,
+            sampling=sampling,
+        )
 
-    # -- PromptMixin: no prompt template; the layout is the generator's chat template --------
+    @classmethod
+    def from_llm(cls, llm: LLM, **kwargs: Any) -> RagCompressKVSynthesizer:
+        """A synthesizer over a ``llama_index.llms.ragcompress.RagCompressLLM``'s KV answerer (its
+        generator and chunk store: chunks encoded through either serve both); ``kwargs`` as
+        ``__init__``'s. ``max_new_tokens`` and ``sampling`` default to the LLM's."""
+        answerer = getattr(llm, "kv_answerer", None)
+        if not isinstance(answerer, KVAnswerer):
+            raise TypeError(
+                "llm must be a llama_index.llms.ragcompress.RagCompressLLM (pip install "
+                f"llama-index-llms-ragcompress), got {type(llm).__name__}"
+            )
+        kwargs.setdefault("max_new_tokens", getattr(llm, "max_new_tokens", None))
+        kwargs.setdefault("sampling", getattr(llm, "sampling", None))
+        return cls(answerer, llm=llm, **kwargs)
+
+    # -- PromptMixin: text_qa_template, mapped onto the KV path's layout ---------------------
     def _get_prompts(self) -> PromptDictType:
-        return {}
+        # Empty until a template is set: the layout is then the generator's own.
+        return {} if self._text_qa_template is None else {"text_qa_template": self._text_qa_template}
 
     def _update_prompts(self, prompts: PromptDictType) -> None:
-        return None
+        for key in ("refine_template", "summary_template"):
+            if key in prompts:
+                raise ValueError(
+                    f"RagCompressKVSynthesizer has no {key}: it answers once over all chunks "
+                    "(set text_qa_template instead)"
+                )
+        template = prompts.get("text_qa_template")
+        if template is not None:
+            gen = self.base_answerer.generator
+            layout = layout_for(template, gen.tokenizer, gen.system)  # raises before anything changes
+            self.answerer = answerer_for(self.base_answerer, layout)
+            self._text_qa_template = template
 
     # -- the node path (what query engines call) --------------------------------------------
     @dispatcher.span
@@ -156,10 +213,19 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
     def _respond(
         self, query: str, passages: list[Passage]
     ) -> tuple[str | Generator[str, None, None], dict[str, Any]]:
+        mode = self.response_mode
+        if mode in (ResponseMode.NO_TEXT, ResponseMode.CONTEXT_ONLY):  # no model call: no stats
+            text = "" if mode == ResponseMode.NO_TEXT else "\n\n".join(p.text for p in passages)
+            return (_once(text) if self._streaming else text), {}
+        if mode == ResponseMode.GENERATION:  # the question alone; the nodes stay source_nodes
+            passages = []
         if self._streaming:
             stats: dict[str, Any] = {}
-            return self.answerer.stream_with_stats(query, passages, stats, self.max_new_tokens), stats
-        answer = self.answerer.answer(query, passages, self.max_new_tokens)
+            pieces = self.answerer.stream_with_stats(
+                query, passages, stats, self.max_new_tokens, sampling=self.sampling
+            )
+            return pieces, stats
+        answer = self.answerer.answer(query, passages, self.max_new_tokens, sampling=self.sampling)
         return answer.text, answer.stats.as_dict()
 
     def _response(
@@ -170,6 +236,11 @@ class RagCompressKVSynthesizer(BaseSynthesizer):
         if isinstance(text, str):
             return Response(text, source_nodes=sources, metadata=metadata)
         return StreamingResponse(text, source_nodes=sources, metadata=metadata)
+
+
+def _once(text: str) -> Generator[str, None, None]:
+    if text:
+        yield text
 
 
 async def _in_threads(pieces: Iterator[str]) -> AsyncGenerator[str, None]:
