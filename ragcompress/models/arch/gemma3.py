@@ -106,5 +106,6 @@ def gemma3_arch(config: Any) -> ModelArch:
         embed_scale=float(config.hidden_size) ** 0.5,
         attn_softcap=None if softcap is None else float(softcap),
         final_softcap=None if final_cap is None else float(final_cap),
+        mlp_act=str(getattr(config, "hidden_activation", None) or "gelu_pytorch_tanh"),
         fast_engine=False,
     )
