@@ -29,6 +29,7 @@ PACKAGES: tuple[tuple[Path, Path], ...] = (
     (REPO / "ragcompress", REPO),
     (REPO / "integrations" / "langchain" / "langchain_ragcompress", REPO / "integrations" / "langchain"),
     (REPO / "integrations" / "llamaindex" / "llama_index", REPO / "integrations" / "llamaindex"),
+    (REPO / "integrations" / "llamaindex-llms" / "llama_index", REPO / "integrations" / "llamaindex-llms"),
 )
 
 LIMIT = 60
