@@ -137,7 +137,7 @@ def context_logits(model: Any, ctx: Context, q: list[int]) -> torch.Tensor:
 
 def test_adapter_states_what_the_model_does(gemma):
     arch, rot = arch_for(gemma), gemma.model.rotary_emb
-    assert arch.family == "gemma3_text" and arch.num_layers == 3 and arch.local_window == WINDOW
+    assert arch.family == "gemma3" and arch.num_layers == 3 and arch.local_window == WINDOW
     assert arch.sliding_window == (WINDOW, None, WINDOW)
     assert torch.equal(arch.rope_for(0).inv_freq(), rot.sliding_attention_inv_freq)
     assert torch.equal(arch.rope_for(1).inv_freq(), rot.full_attention_inv_freq)
@@ -266,16 +266,16 @@ def test_presses_keep_their_contract_on_gemma3(gemma, gen, press):
 
 
 def test_fast_engine_and_blend_refuse_gemma3_when_built(gen):
-    with pytest.raises(UnsupportedModelError, match="gemma3_text"):
+    with pytest.raises(UnsupportedModelError, match="gemma3"):
         FastKVAnswerer.from_generator(gen, capacity=256, max_question=32)
-    with pytest.raises(UnsupportedModelError, match=r"blend .*gemma3_text"):
+    with pytest.raises(UnsupportedModelError, match=r"blend .*gemma3"):
         KVAnswerer.from_generator(gen, assembly="blend")
 
 
 def test_low_rank_calibration_fits_gemma3_after_rope_and_refuses_before(gemma, tokenizer):
     from ragcompress.kv.encode.calibrate import calibrate
 
-    with pytest.raises(UnsupportedModelError, match="gemma3_text has several"):
+    with pytest.raises(UnsupportedModelError, match="gemma3 has several"):
         calibrate(gemma, tokenizer, PASSAGES, rank=4)  # one table per basis: local and global differ
     basis = calibrate(gemma, tokenizer, PASSAGES, rank=4, pre_rope=False)
     assert basis.layers == 3 and basis.inv_freq is None
@@ -296,5 +296,5 @@ def test_chunk_key_covers_the_window_and_the_family(tokenizer, gemma):
 def test_multimodal_gemma3_config_is_refused_naming_the_text_family():
     from transformers import Gemma3Config
 
-    with pytest.raises(UnsupportedModelError, match="gemma3_text"):
+    with pytest.raises(UnsupportedModelError, match="gemma3"):
         arch_for(Gemma3Config())

@@ -56,6 +56,15 @@ def test_supported_families_lists_the_declared_ones():
     assert supported_families() == sorted(supported_families())
 
 
+def test_families_name_their_model_types():
+    from ragcompress.models.arch import supported_model_types
+
+    types = supported_model_types()
+    assert "gemma3" in supported_families() and types["gemma3_text"] == "gemma3"
+    assert set(types.values()) == set(supported_families())
+    assert all(types[f] == f for f in ("llama", "mistral", "qwen2", "qwen3"))
+
+
 def test_facts_match_the_model(model):
     arch = arch_for(model)
     cfg = model.config

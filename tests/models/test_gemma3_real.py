@@ -49,7 +49,7 @@ def test_real_gemma3_chunk_reproduces_a_fresh_prefill(gen):
 
     lm: Any = gen.lm
     arch = arch_for(lm)
-    assert arch.family == "gemma3_text" and arch.local_window == 512 and not arch.fast_engine
+    assert arch.family == "gemma3" and arch.local_window == 512 and not arch.fast_engine
     enc = ChunkEncoder.from_generator(gen)
     layout: Any = enc.layout
     text = long_passage()

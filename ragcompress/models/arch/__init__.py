@@ -26,7 +26,12 @@ from ragcompress.models.arch.base import (
     RopeSpec,
     UnsupportedModelError,
 )
-from ragcompress.models.arch.registry import arch_for, register_family, supported_families
+from ragcompress.models.arch.registry import (
+    arch_for,
+    register_family,
+    supported_families,
+    supported_model_types,
+)
 
 __all__ = [
     "ROPE_TYPES",
@@ -38,4 +43,5 @@ __all__ = [
     "arch_for",
     "register_family",
     "supported_families",
+    "supported_model_types",
 ]

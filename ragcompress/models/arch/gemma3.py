@@ -69,7 +69,7 @@ def _rope(config: Any, head_dim: int, layer_type: str) -> RopeSpec:
     return RopeSpec("default", float(getattr(config, "rope_local_base_freq", 10000.0)), head_dim)
 
 
-@register_family("gemma3_text")
+@register_family("gemma3_text", family="gemma3")
 def gemma3_arch(config: Any) -> ModelArch:
     if getattr(config, "use_bidirectional_attention", False):
         raise UnsupportedModelError(
@@ -89,7 +89,7 @@ def gemma3_arch(config: Any) -> ModelArch:
     softcap = getattr(config, "attn_logit_softcapping", None)
     final_cap = getattr(config, "final_logit_softcapping", None)
     return ModelArch(
-        family="gemma3_text",
+        family="gemma3",
         num_layers=len(types),
         num_heads=heads,
         num_kv_heads=kv_heads,

@@ -10,35 +10,47 @@ from typing import Any, TypeVar
 
 from ragcompress.models.arch.base import ModelArch, UnsupportedModelError
 
-__all__ = ["arch_for", "register_family", "supported_families"]
+__all__ = ["arch_for", "register_family", "supported_families", "supported_model_types"]
 
 Adapter = Callable[[Any], ModelArch]
 F = TypeVar("F", bound=Adapter)
 
-_FAMILIES: dict[str, Adapter] = {}
+_FAMILIES: dict[str, Adapter] = {}  # config.model_type -> adapter
+_NAMES: dict[str, str] = {}  # config.model_type -> family name (what users and errors see)
 # model -> (id of its config, arch): the KV path asks on every request. A model's RoPE tables
 # and modules are fixed when it is built, so the arch is kept for as long as its config object is.
 _KEPT: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], ModelArch]] = weakref.WeakKeyDictionary()
 
 
-def register_family(*model_types: str) -> Callable[[F], F]:
+def register_family(*model_types: str, family: str | None = None) -> Callable[[F], F]:
     """Decorator: ``adapter(config) -> ModelArch`` handles configs whose ``model_type`` is one of
-    ``model_types``."""
+    ``model_types``; ``family`` names them (default: the first model type), e.g. Gemma 3's text
+    models have model type ``gemma3_text`` and family ``gemma3``."""
+    if not model_types:
+        raise ValueError("register_family needs at least one model_type")
 
     def deco(fn: F) -> F:
         for name in model_types:
             old = _FAMILIES.get(name)
             if old is not None and old is not fn:
-                raise ValueError(f"model family {name!r} already has an adapter ({old.__qualname__})")
+                raise ValueError(f"model type {name!r} already has an adapter ({old.__qualname__})")
             _FAMILIES[name] = fn
+            _NAMES[name] = family or model_types[0]
         return fn
 
     return deco
 
 
 def supported_families() -> list[str]:
-    """The ``config.model_type`` values the KV path (encoder, presses, assembly, engines) runs."""
-    return sorted(_FAMILIES)
+    """The model families the KV path (encoder, presses, assembly, engines) runs, e.g.
+    ``["gemma3", "llama", ...]``; :func:`supported_model_types` gives the ``config.model_type``
+    values they cover."""
+    return sorted(set(_NAMES.values()))
+
+
+def supported_model_types() -> dict[str, str]:
+    """``{config.model_type: family}`` of every registered adapter."""
+    return dict(sorted(_NAMES.items()))
 
 
 def arch_for(model_or_config: Any) -> ModelArch:
@@ -60,8 +72,8 @@ def arch_for(model_or_config: Any) -> ModelArch:
     adapter = _FAMILIES.get(str(family))
     if adapter is None:
         raise UnsupportedModelError(
-            f"model family {family!r} ({type(model_or_config).__name__}) is not supported by the KV path; "
-            f"supported families: {supported_families()}"
+            f"model type {family!r} ({type(model_or_config).__name__}) is not supported by the KV path; "
+            f"supported families: {supported_families()} (model types {sorted(_FAMILIES)})"
         )
     arch = adapter(config)
     if config is not model_or_config:
