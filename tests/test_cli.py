@@ -167,3 +167,23 @@ def test_index_then_ask(tmp_path, capsys):
     rec = json.loads(capsys.readouterr().out)
     assert [p["id"] for p in rec["passages_kept"]] == ["rhine.md#0"]
     assert rec["compressor"] == "none" and rec["tokens_before"] == rec["tokens_after"]
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_drops_progress_lines_and_keeps_results(tmp_path, capsys, where):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The Rhine flows around the rock Lorelei.\n", encoding="utf-8")
+    cmd = ["index", str(docs), "--out", str(tmp_path / "idx")]
+    argv = ["-q", *cmd] if where == "before" else [*cmd, "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "indexed 1 passages" in out.out and out.err.strip() == ""
+    assert main([*cmd, "--verbose"]) == 0  # the next command in the process is not quiet
+    assert "embedding 1 passages" in capsys.readouterr().err
+
+
+def test_verbose_and_quiet_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["index", "x", "--out", "y", "-q", "-v"])
+    assert err.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ragcompress.cli.ask import add_ask_parser
 from ragcompress.cli.bench import add_bench_parser
-from ragcompress.cli.common import FORMATTER, quiet_libraries, wrap
+from ragcompress.cli.common import FORMATTER, add_output_flags, quiet_libraries, wrap
 from ragcompress.cli.demo import add_demo_parser
 from ragcompress.cli.errors import DEBUG_ENV, error_line, expected
 from ragcompress.cli.index import add_index_parser
@@ -41,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         "  ragcompress models\n\nRun `ragcompress COMMAND --help` for each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"ragcompress {__version__}")
+    add_output_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_demo_parser(sub)
     add_ask_parser(sub)
     add_index_parser(sub, FORMATTER)
     add_bench_parser(sub)
     add_models_parser(sub, FORMATTER)
+    for command in sub.choices.values():
+        add_output_flags(command)
     return parser
 
 
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    quiet_libraries()
+    quiet_libraries(verbose=args.verbose, quiet=args.quiet)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `ragcompress demo --json | head -1`

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ragcompress.pipeline.core import Pipeline, PipelineResult
     from ragcompress.sampling import Sampling
 
-__all__ = ["FORMATTER", "UsageError", "answer", "emit", "log", "quiet_libraries", "wrap"]
+__all__ = ["FORMATTER", "UsageError", "add_output_flags", "answer", "emit", "log", "quiet_libraries", "wrap"]
 
 _INDENT = "\n           "  # continuation lines of a multi-line answer
 
@@ -30,21 +30,50 @@ def wrap(text: str) -> str:
     return textwrap.fill(text, width=88)
 
 
+_OUTPUT = {"level": 0}  # -1: --quiet, 0: default, 1: --verbose (set once per command by main)
+
+
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress line on stderr (none under ``--quiet``)."""
+    if _OUTPUT["level"] >= 0:
+        print(msg, file=sys.stderr, flush=True)
 
 
-def quiet_libraries() -> None:
-    # Before transformers is imported: its progress bars and warnings would otherwise
-    # interleave with our output.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+def add_output_flags(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-v/--verbose`` and ``-q/--quiet``, accepted before or after the command: the
+    command's copy defaults to SUPPRESS so it never overrides the top-level one."""
+    group = parser.add_mutually_exclusive_group()
+    default: object = False if top else argparse.SUPPRESS
+    verbose_help = "also show library logs (INFO) on stderr"
+    quiet_help = "no progress lines or bars, only results and errors"
+    group.add_argument("-v", "--verbose", action="store_true", default=default, help=verbose_help)
+    group.add_argument("-q", "--quiet", action="store_true", default=default, help=quiet_help)
+
+
+def quiet_libraries(verbose: bool = False, quiet: bool = False) -> None:
+    """Set how much goes to stderr: libraries' warnings and bars off by default (they would
+    interleave with our output), their INFO logs on with ``verbose``, every progress bar
+    (tqdm, ours included) and progress line off with ``quiet``. Call before transformers loads."""
+    import logging
+
+    _OUTPUT["level"] = 1 if verbose else -1 if quiet else 0
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads it for every bar
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    logging.getLogger("ragcompress").setLevel(
+        logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
+    )
     try:
         from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        if verbose:
+            hf_logging.set_verbosity_info()
+        else:
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
     except ImportError:  # transformers missing: the command that needs it will say so
         pass
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import textwrap
 import time
 from typing import Any
 
-from ragcompress.cli.common import UsageError
+from ragcompress.cli.common import UsageError, log
 from ragcompress.cli.pipeline_args import method_arg
 
 __all__ = ["add_index_parser", "cmd_index"]
@@ -79,7 +78,7 @@ def _faiss(args: argparse.Namespace) -> dict[str, Any]:
 
     docs = load_documents(args.docs)
     start = time.perf_counter()
-    print(f"embedding {len(docs)} passages", file=sys.stderr)
+    log(f"embedding {len(docs)} passages")
     retriever = FaissRetriever.from_passages(docs, embedder=args.embedder)
     out = retriever.save(args.out)
     seconds = time.perf_counter() - start

@@ -20,6 +20,7 @@ the question longer: raise ``max_question`` for long conversations).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,14 @@ class FastKVAnswerer(KVAnswerer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.assembly.check_fast(self.generator.lm)  # a mode or family it cannot run fails here
+        device = self.generator.lm.device
+        if device.type != "cuda":  # it works (reference kernels, for tests), but slowly
+            warnings.warn(
+                f"FastKVAnswerer on {device}: without CUDA the fast engine runs its torch reference "
+                "kernels, many times slower than KVAnswerer (the eager KV path); use it on a GPU",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @property
     def engine(self) -> FastGenerator:
