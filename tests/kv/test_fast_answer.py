@@ -97,3 +97,10 @@ def test_a_fast_answerer_leaves_the_model_untouched(gen) -> None:
     after = model.state_dict()
     assert after.keys() == state.keys()
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in state.items())
+
+
+def test_fast_engine_off_cuda_warns_the_user(gen) -> None:
+    if gen.lm.device.type == "cuda":
+        pytest.skip("the warning is for CPU readers")
+    with pytest.warns(RuntimeWarning, match="without CUDA the fast engine runs its torch reference"):
+        FastKVAnswerer.from_generator(gen, capacity=64, max_question=16)
