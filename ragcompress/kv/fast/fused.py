@@ -68,7 +68,7 @@ class FusedStep(DecoderStep):
         if param is None or not param.is_cuda:
             return "the model is not on a CUDA device"
         if not triton_available():
-            return "triton is not installed (pip install 'ragcompress[gpu]')"
+            return "triton is not installed (pip install 'ragcompress-core[gpu]')"
         norm, attn = getattr(layers[0], "input_layernorm", None), getattr(layers[0], "self_attn", None)
         if attn is None:
             return "the layers have no self_attn"
