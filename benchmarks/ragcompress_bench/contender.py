@@ -37,7 +37,7 @@ class Contender:
 
     @property
     def version(self) -> str:
-        return "ragcompress " + package_version("ragcompress")
+        return "ragcompress " + package_version("ragcompress-core")
 
     @property
     def label(self) -> str:

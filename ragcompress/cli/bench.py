@@ -12,7 +12,7 @@ __all__ = ["BENCHES", "add_bench_parser", "cmd_bench", "run_bench"]
 
 BENCHES = ("text", "kv", "ttft", "fidelity")
 PACKAGE = "ragcompress_bench"
-INSTALL_HINT = "pip install -e benchmarks (from a ragcompress checkout; install.sh does it)"
+INSTALL_HINT = "pip install -e benchmarks from a ragcompress checkout (./install.sh --bench adds the anchors)"
 
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:

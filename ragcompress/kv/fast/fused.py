@@ -70,7 +70,7 @@ class FusedStep(DecoderStep):
         if param is None or not param.is_cuda:
             return "the model is not on a CUDA device"
         if not triton_available():
-            return "triton is not installed (pip install 'ragcompress[gpu]')"
+            return "triton is not installed (pip install 'ragcompress-core[gpu]')"
         if any(r.rot_dim != arch.head_dim for r in arch.rope):
             return "rotary is partial"
         # the kernels implement Llama's RMSNorm (weight * normed, rounded as LlamaRMSNorm rounds)

@@ -141,7 +141,9 @@ class RedisStore(ChunkStore):
             from redis.backoff import NoBackoff
             from redis.retry import Retry
         except ModuleNotFoundError as err:
-            raise ModuleNotFoundError("RedisStore needs redis-py: pip install 'ragcompress[redis]'") from err
+            raise ModuleNotFoundError(
+                "RedisStore needs redis-py: pip install 'ragcompress-core[redis]'"
+            ) from err
         for label, value in (("namespace", namespace), ("tenant", tenant)):
             if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise ValueError(f"{label} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")

@@ -26,7 +26,7 @@ def _check(mod, device: str) -> None:
 def test_kernel_matches_reference_on_cuda():
     from ragcompress.kv.kernels import dequant_rope, triton_available
 
-    assert triton_available(), "CUDA is there but triton is not: pip install 'ragcompress[gpu]'"
+    assert triton_available(), "CUDA is there but triton is not: pip install 'ragcompress-core[gpu]'"
     _check(dequant_rope, "cuda")
 
 
