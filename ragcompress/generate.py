@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout, check_history
@@ -29,14 +29,14 @@ from ragcompress.sampling import (
     request_rng,
     trim_at_stop,
 )
-from ragcompress.streaming import AnswerStream
+from ragcompress.streaming import AnswerStream, Begin
 from ragcompress.types import Passage
 from ragcompress.validate import check_max_new_tokens, check_request
 
 if TYPE_CHECKING:
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Answer", "GenerationStats", "Generator"]
+__all__ = ["Answer", "AnswerMethods", "GenerationStats", "Generator", "Request"]
 
 # Guards the lazy loads below: threads sharing a generator must not build two models/layouts.
 _INIT = threading.RLock()
@@ -82,8 +82,65 @@ class Answer:
     stats: GenerationStats
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One question's arguments as the caller passed them to an :class:`AnswerMethods` entry
+    point (not yet checked)."""
+
+    query: str
+    passages: Sequence[Passage] | Sequence[str]
+    max_new_tokens: int | None
+    sampling: Sampling | None
+    history: Sequence[tuple[str, str]] | None
+
+
+class AnswerMethods:
+    """The two ways to ask a question from passages, written once for every reader (the text
+    path's :class:`Generator`, the KV answerers): the whole :class:`Answer`, or an
+    :class:`~ragcompress.streaming.AnswerStream` of its text. A reader supplies
+    :meth:`_request` (check the arguments, return how to start) and :meth:`_decoder`."""
+
+    def _request(self, ask: Request) -> tuple[Begin, Sampling]:
+        """Check ``ask`` (raising before any work) and return ``(begin, checked sampling)``:
+        ``begin()`` runs the request up to its token iterator."""
+        raise NotImplementedError
+
+    def _decoder(self) -> Generator:
+        """The generator whose tokenizer turns tokens into text and ends at stop strings."""
+        raise NotImplementedError
+
+    def _whole(
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> Answer:
+        """The whole :class:`Answer`: decode (greedy by default) until a stop token or string."""
+        begin, checked = self._request(Request(query, passages, max_new_tokens, sampling, history))
+        tokens, finish = begin()
+        return finish(list(self._decoder().until_stop(tokens, checked.stop)))
+
+    def stream(
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> AnswerStream:
+        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
+        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
+        at the call, the work (chunk lookup, prefill, decoding) runs as pieces are asked for."""
+        begin, checked = self._request(Request(query, passages, max_new_tokens, sampling, history))
+        return AnswerStream(self._decoder(), begin, checked.stop)
+
+
 @dataclass
-class Generator:
+class Generator(AnswerMethods):
     """Answers questions with a causal LM and its chat template.
 
     ``model`` is an alias of a packaged model, a local path or an HF id (``None``: the packaged
@@ -120,33 +177,38 @@ class Generator:
         return gen
 
     # -- lazily loaded parts ---------------------------------------------------------------
+    def _loaded(self, attr: str, load: Callable[[], None]) -> Any:
+        """``self.<attr>``, filled in by ``load()`` on first use (once across threads)."""
+        if getattr(self, attr) is None:
+            with _INIT:
+                if getattr(self, attr) is None:
+                    load()
+        return getattr(self, attr)
+
+    def _load_reader(self) -> None:
+        from ragcompress.models.load import load_reader
+
+        self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
+
+    def _load_tokenizer(self) -> None:
+        from ragcompress.models.load import load_tokenizer
+
+        self._tok = load_tokenizer(self.model)
+
+    def _load_layout(self) -> None:
+        self._layout = PromptLayout(self.tokenizer, system=self.system)
+
     @property
     def lm(self) -> PreTrainedModel:
-        if self._lm is None:
-            from ragcompress.models.load import load_reader
-
-            with _INIT:
-                if self._lm is None:
-                    self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
-        return self._lm
+        return self._loaded("_lm", self._load_reader)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        if self._tok is None:
-            from ragcompress.models.load import load_tokenizer
-
-            with _INIT:
-                if self._tok is None:
-                    self._tok = load_tokenizer(self.model)
-        return self._tok
+        return self._loaded("_tok", self._load_tokenizer)
 
     @property
     def layout(self) -> PromptLayout:
-        if self._layout is None:
-            with _INIT:
-                if self._layout is None:
-                    self._layout = PromptLayout(self.tokenizer, system=self.system)
-        return self._layout
+        return cast(PromptLayout, self._loaded("_layout", self._load_layout))
 
     @property
     def stop_ids(self) -> set[int]:
@@ -163,32 +225,19 @@ class Generator:
         return ids
 
     # -- text path -------------------------------------------------------------------------
-    def generate(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> Answer:
-        """Prefill prefix + passages + [history +] question, then decode (greedy by default)."""
-        ids, sampling = self._text_prompt(query, passages, max_new_tokens, sampling, history)
-        return self.decode(ids, cache=None, max_new_tokens=max_new_tokens, sampling=sampling)
+    #: Prefill prefix + passages + [history +] question, then decode (greedy by default).
+    generate = AnswerMethods._whole
 
-    def stream(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> AnswerStream:
-        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
-        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
-        and the prompt tokenized at the call, the model runs as pieces are asked for."""
-        ids, checked = self._text_prompt(query, passages, max_new_tokens, sampling, history)
+    def _decoder(self) -> Generator:
+        return self
+
+    def _request(self, ask: Request) -> tuple[Begin, Sampling]:
+        """The text path: the prompt is checked and tokenized now, the model runs in ``begin``."""
+        max_new_tokens = ask.max_new_tokens
+        texts = [p.text for p in check_request(ask.query, ask.passages, max_new_tokens)]
+        checked = check_sampling(ask.sampling)
+        ids = self.layout.prompt_ids(texts, ask.query, check_history(ask.history))
+        self.check_length(len(ids), max_new_tokens)
 
         def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
             start, timing = time.perf_counter(), dict[str, float]()
@@ -200,22 +249,7 @@ class Generator:
 
             return tokens, finish
 
-        return AnswerStream(self, begin, checked.stop)
-
-    def _text_prompt(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None,
-        sampling: Sampling | None,
-        history: Sequence[tuple[str, str]] | None,
-    ) -> tuple[list[int], Sampling]:
-        """The text path's checked prompt ids and sampling settings."""
-        texts = [p.text for p in check_request(query, passages, max_new_tokens)]
-        checked = check_sampling(sampling)
-        ids = self.layout.prompt_ids(texts, query, check_history(history))
-        self.check_length(len(ids), max_new_tokens)
-        return ids, checked
+        return begin, checked
 
     # -- decode loop (the KV path continues its assembled cache with it) -------------------
     def decode(
