@@ -29,14 +29,13 @@ from ragcompress.sampling import (
     request_rng,
     trim_at_stop,
 )
-from ragcompress.streaming import AnswerStream, Begin
-from ragcompress.types import Passage
+from ragcompress.streaming import AnswerMethods, Begin, Request
 from ragcompress.validate import check_max_new_tokens, check_request
 
 if TYPE_CHECKING:
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Answer", "AnswerMethods", "GenerationStats", "Generator", "Request"]
+__all__ = ["Answer", "GenerationStats", "Generator"]
 
 # Guards the lazy loads below: threads sharing a generator must not build two models/layouts.
 _INIT = threading.RLock()
@@ -80,63 +79,6 @@ class Answer:
     text: str
     token_ids: tuple[int, ...]
     stats: GenerationStats
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One question's arguments as the caller passed them to an :class:`AnswerMethods` entry
-    point (not yet checked)."""
-
-    query: str
-    passages: Sequence[Passage] | Sequence[str]
-    max_new_tokens: int | None
-    sampling: Sampling | None
-    history: Sequence[tuple[str, str]] | None
-
-
-class AnswerMethods:
-    """The two ways to ask a question from passages, written once for every reader (the text
-    path's :class:`Generator`, the KV answerers): the whole :class:`Answer`, or an
-    :class:`~ragcompress.streaming.AnswerStream` of its text. A reader supplies
-    :meth:`_request` (check the arguments, return how to start) and :meth:`_decoder`."""
-
-    def _request(self, ask: Request) -> tuple[Begin, Sampling]:
-        """Check ``ask`` (raising before any work) and return ``(begin, checked sampling)``:
-        ``begin()`` runs the request up to its token iterator."""
-        raise NotImplementedError
-
-    def _decoder(self) -> Generator:
-        """The generator whose tokenizer turns tokens into text and ends at stop strings."""
-        raise NotImplementedError
-
-    def _whole(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> Answer:
-        """The whole :class:`Answer`: decode (greedy by default) until a stop token or string."""
-        begin, checked = self._request(Request(query, passages, max_new_tokens, sampling, history))
-        tokens, finish = begin()
-        return finish(list(self._decoder().until_stop(tokens, checked.stop)))
-
-    def stream(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> AnswerStream:
-        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
-        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
-        at the call, the work (chunk lookup, prefill, decoding) runs as pieces are asked for."""
-        begin, checked = self._request(Request(query, passages, max_new_tokens, sampling, history))
-        return AnswerStream(self._decoder(), begin, checked.stop)
 
 
 @dataclass

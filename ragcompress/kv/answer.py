@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ragcompress.generate import AnswerMethods, Request
 from ragcompress.kv.assembly import Assembly, Concat, build_assembly
 from ragcompress.kv.cache import CacheStats, ChunkCache
 from ragcompress.kv.context import begin_from_chunks, chunk_sizes, prepare_context, teacher_forced
@@ -18,7 +17,7 @@ from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.spec import StoreSpec
 from ragcompress.prompt import check_history
 from ragcompress.sampling import Sampling, check_sampling
-from ragcompress.streaming import AnswerStream, Begin, stripped
+from ragcompress.streaming import AnswerMethods, AnswerStream, Begin, Request, stripped
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
