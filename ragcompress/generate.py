@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress.prompt import PromptLayout, check_history
@@ -29,8 +29,7 @@ from ragcompress.sampling import (
     request_rng,
     trim_at_stop,
 )
-from ragcompress.streaming import AnswerStream
-from ragcompress.types import Passage
+from ragcompress.streaming import AnswerMethods, Begin, Request
 from ragcompress.validate import check_max_new_tokens, check_request
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ class Answer:
 
 
 @dataclass
-class Generator:
+class Generator(AnswerMethods):
     """Answers questions with a causal LM and its chat template.
 
     ``model`` is an alias of a packaged model, a local path or an HF id (``None``: the packaged
@@ -120,33 +119,38 @@ class Generator:
         return gen
 
     # -- lazily loaded parts ---------------------------------------------------------------
+    def _loaded(self, attr: str, load: Callable[[], None]) -> Any:
+        """``self.<attr>``, filled in by ``load()`` on first use (once across threads)."""
+        if getattr(self, attr) is None:
+            with _INIT:
+                if getattr(self, attr) is None:
+                    load()
+        return getattr(self, attr)
+
+    def _load_reader(self) -> None:
+        from ragcompress.models.load import load_reader
+
+        self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
+
+    def _load_tokenizer(self) -> None:
+        from ragcompress.models.load import load_tokenizer
+
+        self._tok = load_tokenizer(self.model)
+
+    def _load_layout(self) -> None:
+        self._layout = PromptLayout(self.tokenizer, system=self.system)
+
     @property
     def lm(self) -> PreTrainedModel:
-        if self._lm is None:
-            from ragcompress.models.load import load_reader
-
-            with _INIT:
-                if self._lm is None:
-                    self._lm, self._tok = load_reader(self.model, self.device, self.dtype)
-        return self._lm
+        return self._loaded("_lm", self._load_reader)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        if self._tok is None:
-            from ragcompress.models.load import load_tokenizer
-
-            with _INIT:
-                if self._tok is None:
-                    self._tok = load_tokenizer(self.model)
-        return self._tok
+        return self._loaded("_tok", self._load_tokenizer)
 
     @property
     def layout(self) -> PromptLayout:
-        if self._layout is None:
-            with _INIT:
-                if self._layout is None:
-                    self._layout = PromptLayout(self.tokenizer, system=self.system)
-        return self._layout
+        return cast(PromptLayout, self._loaded("_layout", self._load_layout))
 
     @property
     def stop_ids(self) -> set[int]:
@@ -163,32 +167,19 @@ class Generator:
         return ids
 
     # -- text path -------------------------------------------------------------------------
-    def generate(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> Answer:
-        """Prefill prefix + passages + [history +] question, then decode (greedy by default)."""
-        ids, sampling = self._text_prompt(query, passages, max_new_tokens, sampling, history)
-        return self.decode(ids, cache=None, max_new_tokens=max_new_tokens, sampling=sampling)
+    #: Prefill prefix + passages + [history +] question, then decode (greedy by default).
+    generate = AnswerMethods._whole
 
-    def stream(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> AnswerStream:
-        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
-        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
-        and the prompt tokenized at the call, the model runs as pieces are asked for."""
-        ids, checked = self._text_prompt(query, passages, max_new_tokens, sampling, history)
+    def _decoder(self) -> Generator:
+        return self
+
+    def _request(self, ask: Request) -> tuple[Begin, Sampling]:
+        """The text path: the prompt is checked and tokenized now, the model runs in ``begin``."""
+        max_new_tokens = ask.max_new_tokens
+        texts = [p.text for p in check_request(ask.query, ask.passages, max_new_tokens)]
+        checked = check_sampling(ask.sampling)
+        ids = self.layout.prompt_ids(texts, ask.query, check_history(ask.history))
+        self.check_length(len(ids), max_new_tokens)
 
         def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
             start, timing = time.perf_counter(), dict[str, float]()
@@ -200,22 +191,7 @@ class Generator:
 
             return tokens, finish
 
-        return AnswerStream(self, begin, checked.stop)
-
-    def _text_prompt(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None,
-        sampling: Sampling | None,
-        history: Sequence[tuple[str, str]] | None,
-    ) -> tuple[list[int], Sampling]:
-        """The text path's checked prompt ids and sampling settings."""
-        texts = [p.text for p in check_request(query, passages, max_new_tokens)]
-        checked = check_sampling(sampling)
-        ids = self.layout.prompt_ids(texts, query, check_history(history))
-        self.check_length(len(ids), max_new_tokens)
-        return ids, checked
+        return begin, checked
 
     # -- decode loop (the KV path continues its assembled cache with it) -------------------
     def decode(

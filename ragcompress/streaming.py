@@ -6,17 +6,21 @@ exhausted, :attr:`AnswerStream.answer` holds the :class:`~ragcompress.generate.A
 non-streamed call returns for the same tokens (stripped text ending before any stop string,
 token ids, stats with token counts and timings), so a caller that streams still gets usage
 numbers. Lazy: nothing is looked up, prefilled or decoded until the first piece is asked for.
+:class:`AnswerMethods` writes both entry points (whole answer, stream) once for every reader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
+    from ragcompress.sampling import Sampling
+    from ragcompress.types import Passage
 
-__all__ = ["AnswerStream", "Begin", "stripped"]
+__all__ = ["AnswerMethods", "AnswerStream", "Begin", "Request", "stripped"]
 
 #: Starts a request: ``(token ids as they are decoded, finish(all tokens) -> Answer)``.
 Begin = Callable[[], tuple[Iterator[int], Callable[[list[int]], "Answer"]]]
@@ -77,3 +81,60 @@ def stripped(pieces: Iterator[str]) -> Iterator[str]:
         held = text[len(body) :]
         if body:
             yield body
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One question's arguments as the caller passed them to an :class:`AnswerMethods` entry
+    point (not yet checked)."""
+
+    query: str
+    passages: Sequence[Passage] | Sequence[str]
+    max_new_tokens: int | None
+    sampling: Sampling | None
+    history: Sequence[tuple[str, str]] | None
+
+
+class AnswerMethods:
+    """The two ways to ask a question from passages, written once for every reader (the text
+    path's :class:`Generator`, the KV answerers): the whole :class:`Answer`, or an
+    :class:`~ragcompress.streaming.AnswerStream` of its text. A reader supplies
+    :meth:`_request` (check the arguments, return how to start) and :meth:`_decoder`."""
+
+    def _request(self, ask: Request) -> tuple[Begin, Sampling]:
+        """Check ``ask`` (raising before any work) and return ``(begin, checked sampling)``:
+        ``begin()`` runs the request up to its token iterator."""
+        raise NotImplementedError
+
+    def _decoder(self) -> Generator:
+        """The generator whose tokenizer turns tokens into text and ends at stop strings."""
+        raise NotImplementedError
+
+    def _whole(
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> Answer:
+        """The whole :class:`Answer`: decode (greedy by default) until a stop token or string."""
+        begin, checked = self._request(Request(query, passages, max_new_tokens, sampling, history))
+        tokens, finish = begin()
+        return finish(list(self._decoder().until_stop(tokens, checked.stop)))
+
+    def stream(
+        self,
+        query: str,
+        passages: Sequence[Passage] | Sequence[str],
+        max_new_tokens: int | None = None,
+        *,
+        sampling: Sampling | None = None,
+        history: Sequence[tuple[str, str]] | None = None,
+    ) -> AnswerStream:
+        """The answer's text piece by piece as tokens are produced, then its :class:`Answer`
+        (``.answer``, see :class:`~ragcompress.streaming.AnswerStream`); arguments are checked
+        at the call, the work (chunk lookup, prefill, decoding) runs as pieces are asked for."""
+        begin, checked = self._request(Request(query, passages, max_new_tokens, sampling, history))
+        return AnswerStream(self._decoder(), begin, checked.stop)

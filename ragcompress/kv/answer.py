@@ -17,7 +17,7 @@ from ragcompress.kv.store.base import ChunkStore
 from ragcompress.kv.store.spec import StoreSpec
 from ragcompress.prompt import check_history
 from ragcompress.sampling import Sampling, check_sampling
-from ragcompress.streaming import AnswerStream, stripped
+from ragcompress.streaming import AnswerMethods, AnswerStream, Begin, Request, stripped
 from ragcompress.types import Passage
 from ragcompress.validate import check_request
 
@@ -27,13 +27,28 @@ if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
     from ragcompress.kv.chunk import KVChunk
 
-__all__ = ["KVAnswerer"]
+__all__ = ["ChunkRequest", "KVAnswerer"]
 
 _A = TypeVar("_A", bound="KVAnswerer")
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    """One checked request on ready chunks, as :meth:`KVAnswerer._begin` (the engine) gets it:
+    ``start`` is the request's ``perf_counter()`` (chunk lookup counts in TTFT), ``extra`` the
+    cache's counts for the answer's stats."""
+
+    query: str
+    chunks: Sequence[KVChunk]
+    max_new_tokens: int | None
+    sampling: Sampling
+    history: Sequence[tuple[str, str]]
+    start: float
+    extra: dict[str, Any]
+
+
 @dataclass
-class KVAnswerer:
+class KVAnswerer(AnswerMethods):
     """Answers from cached KV chunks; ``stats.extra`` of every answer holds ``chunks_hit``,
     ``chunks_encoded``, ``chunk_bytes``, ``chunk_bytes_fp16``, ``ttft_ms`` (request start
     — chunk lookup and encoding included — to first token), ``assembly`` (the mode's name) and
@@ -88,20 +103,24 @@ class KVAnswerer:
         cache = ChunkCache(encoder, store, presses)
         return cls(generator, cache, build_assembly(assembly), **options)
 
-    def answer(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> Answer:
-        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
-        start = time.perf_counter()
-        chunks, stats = self.cache.get_or_encode(passages)
-        steps, finish = self._begin(query, chunks, max_new_tokens, checked, turns, start, _extra(stats))
-        return finish(list(self.generator.until_stop(steps, checked.stop)))
+    answer = AnswerMethods._whole
+
+    def _decoder(self) -> Generator:
+        return self.generator
+
+    def _request(self, ask: Request) -> tuple[Begin, Sampling]:
+        """Arguments are checked now; chunks are looked up (and encoded) in ``begin``."""
+        passages, checked, turns = _checked(ask)
+
+        def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+            start = time.perf_counter()
+            chunks, stats = self.cache.get_or_encode(passages)
+            extra = _extra(stats)
+            return self._begin(
+                ChunkRequest(ask.query, chunks, ask.max_new_tokens, checked, turns, start, extra)
+            )
+
+        return begin, checked
 
     def teacher_forced_logprobs(
         self,
@@ -122,49 +141,19 @@ class KVAnswerer:
         gen.check_length(ctx.position + len(ids) + len(target_ids), 0)
         return teacher_forced(gen.lm, ctx, ids, [int(t) for t in target_ids])
 
-    def stream(
-        self,
-        query: str,
-        passages: Sequence[Passage] | Sequence[str],
-        max_new_tokens: int | None = None,
-        *,
-        sampling: Sampling | None = None,
-        history: Sequence[tuple[str, str]] | None = None,
-    ) -> AnswerStream:
-        """The answer's text pieces as they are decoded, then ``.answer`` (the
-        :class:`~ragcompress.streaming.AnswerStream`); arguments are checked at the call, chunks
-        looked up when the first piece is asked for."""
-        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
-
-        def begin() -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
-            start = time.perf_counter()
-            chunks, stats = self.cache.get_or_encode(passages)
-            return self._begin(query, chunks, max_new_tokens, checked, turns, start, _extra(stats))
-
-        return AnswerStream(self.generator, begin, checked.stop)
-
-    def _begin(
-        self,
-        query: str,
-        chunks: Sequence[KVChunk],
-        max_new_tokens: int | None,
-        sampling: Sampling,
-        history: Sequence[tuple[str, str]],
-        start: float,
-        extra: dict[str, Any],
-    ) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+    def _begin(self, job: ChunkRequest) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
         """Start a request on ready chunks (the engine a subclass replaces): ``(token ids as they
         are decoded, finish(tokens) -> Answer)``, see :func:`~ragcompress.kv.context.begin_from_chunks`."""
         return begin_from_chunks(
             self.generator,
-            query,
-            chunks,
-            max_new_tokens,
-            extra=extra,
-            start=start,
+            job.query,
+            job.chunks,
+            job.max_new_tokens,
+            extra=job.extra,
+            start=job.start,
             assembly=self.assembly,
-            sampling=sampling,
-            history=history,
+            sampling=job.sampling,
+            history=job.history,
         )
 
     def stream_with_stats(
@@ -186,7 +175,7 @@ class KVAnswerer:
         ``context_tokens`` and ``new_tokens``. Lazy: nothing is looked up or encoded until the
         first piece is asked for.
         """
-        passages, checked, turns = _checked(query, passages, max_new_tokens, sampling, history)
+        passages, checked, turns = _checked(Request(query, passages, max_new_tokens, sampling, history))
         start = time.perf_counter()
         chunks, cache_stats = self.cache.get_or_encode(passages)
         stats.update(chunk_sizes(chunks))
@@ -194,7 +183,7 @@ class KVAnswerer:
         extra = _extra(cache_stats)
         stream = AnswerStream(
             self.generator,
-            lambda: self._begin(query, chunks, max_new_tokens, checked, turns, start, extra),
+            lambda: self._begin(ChunkRequest(query, chunks, max_new_tokens, checked, turns, start, extra)),
             checked.stop,
         )
         for piece in stripped(stream):
@@ -208,15 +197,10 @@ class KVAnswerer:
             stats.update(new_tokens=done.new_tokens)
 
 
-def _checked(
-    query: object,
-    passages: Sequence[Passage] | Sequence[str],
-    max_new_tokens: object,
-    sampling: object,
-    history: object,
-) -> tuple[list[Passage], Sampling, tuple[tuple[str, str], ...]]:
+def _checked(ask: Request) -> tuple[list[Passage], Sampling, tuple[tuple[str, str], ...]]:
     """One KV request's checked arguments (before any chunk is looked up)."""
-    return check_request(query, passages, max_new_tokens), check_sampling(sampling), check_history(history)
+    passages = check_request(ask.query, ask.passages, ask.max_new_tokens)
+    return passages, check_sampling(ask.sampling), check_history(ask.history)
 
 
 def _extra(stats: CacheStats) -> dict[str, Any]:

@@ -62,6 +62,14 @@ class AttentionJob:
         raise NotImplementedError
 
 
+def _heads(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """``(batch, heads, n, head_dim, kv_heads, group)`` of an :meth:`AttentionJob.attend` call:
+    ``group`` query heads share each KV head (GQA)."""
+    b, heads, n, d = query.shape
+    kv_heads = key.shape[1]
+    return b, heads, n, d, kv_heads, heads // kv_heads
+
+
 @dataclass(eq=False)
 class Probe(AttentionJob):
     """The question (``n`` tokens, appended after ``slots`` context slots) over the assembled
@@ -78,9 +86,7 @@ class Probe(AttentionJob):
     ) -> torch.Tensor:
         import torch
 
-        _, heads, n, d = query.shape
-        kv_heads = key.shape[1]
-        group = heads // kv_heads
+        _, heads, n, d, kv_heads, group = _heads(query, key)
         # (kv_heads, group * n, d): query head j = kv_head * group + g reads KV head j // group
         q = query[0].reshape(kv_heads, group * n, d).float() * scaling
         logits = torch.matmul(q, key[0].float().transpose(1, 2))  # (kv_heads, group * n, slots + n)
@@ -119,9 +125,7 @@ class Packed(AttentionJob):
         import torch
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-        b, heads, n, d = query.shape
-        kv_heads = key.shape[1]
-        group = heads // kv_heads
+        b, heads, n, d, kv_heads, group = _heads(query, key)
         # (b, kv_heads, n * group, d): the query heads that share a KV head stacked token-major
         q = query.reshape(b, kv_heads, group, n, d).transpose(2, 3).reshape(b, kv_heads, n * group, d)
         outs = _side_by_side(

@@ -24,6 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+# the quantized rows' int4/int8 loads and dequantization are the per-chunk kernel's own
+from ragcompress.kv.kernels.dequant_rope import _dequant, _halves
+
 if TYPE_CHECKING:
     from ragcompress.kv.fast.rows import GatherRows
     from ragcompress.models.rope import Rotary
@@ -124,41 +127,20 @@ def _gather_quant_kernel(
     VG: tl.constexpr = (D + GROUP - 1) // GROUP
 
     # keys: per-channel groups of GROUP tokens; values: per-token groups of GROUP channels
-    k1, k2 = _codes(kc + (lh * n + tt) * DC, j1, j2, m, BITS)
+    k1, k2 = _halves(kc + (lh * n + tt) * DC, j1, j2, m, BITS)
     sk = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D
-    k1, k2 = _affine(k1, ks, kz, sk + j1, m), _affine(k2, ks, kz, sk + j2, m)
+    k1, k2 = _dequant(k1, ks, kz, sk + j1, m), _dequant(k2, ks, kz, sk + j2, m)
     ang = delta * tl.load(freq_ptr + j, mask=jm, other=0.0)
     cs = tl.cos(ang)[None, :]
     sn = tl.sin(ang)[None, :]
     ob = ((dst_tok + tt) * LH + head0 + lh) * D
     tl.store(dst_k + ob + j1, (k1 * cs - k2 * sn).to(dst_k.dtype.element_ty), mask=m)
     tl.store(dst_k + ob + j2, (k2 * cs + k1 * sn).to(dst_k.dtype.element_ty), mask=m)
-    v1, v2 = _codes(vc + (lh * n + tt) * DC, j1, j2, m, BITS)
+    v1, v2 = _halves(vc + (lh * n + tt) * DC, j1, j2, m, BITS)
     sv = (lh * n + tt) * VG
-    v1, v2 = _affine(v1, vs, vz, sv + j1 // GROUP, m), _affine(v2, vs, vz, sv + j2 // GROUP, m)
+    v1, v2 = _dequant(v1, vs, vz, sv + j1 // GROUP, m), _dequant(v2, vs, vz, sv + j2 // GROUP, m)
     tl.store(dst_v + ob + j1, v1.to(dst_v.dtype.element_ty), mask=m)
     tl.store(dst_v + ob + j2, v2.to(dst_v.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _codes(row, j1, j2, m, BITS: tl.constexpr):
-    """fp32 codes of the channels ``j1`` and ``j2 = j1 + head_dim // 2`` of a row: one byte
-    holds both for int4 (low, high nibble), two bytes for int8."""
-    if BITS == 4:
-        b = tl.load(row + j1, mask=m, other=0)
-        x1 = (b & 0xF).to(tl.float32)
-        x2 = (b >> 4).to(tl.float32)
-    else:
-        x1 = tl.load(row + j1, mask=m, other=0).to(tl.float32)
-        x2 = tl.load(row + j2, mask=m, other=0).to(tl.float32)
-    return x1, x2
-
-
-@triton.jit
-def _affine(x, scale, zero, idx, m):
-    """``x * scale[idx] + zero[idx]`` in fp32."""
-    s = tl.load(scale + idx, mask=m, other=0).to(tl.float32)
-    return x * s + tl.load(zero + idx, mask=m, other=0).to(tl.float32)
 
 
 def gather_quantized(

@@ -23,9 +23,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ragcompress.kv.answer import KVAnswerer
+from ragcompress.kv.answer import ChunkRequest, KVAnswerer
 from ragcompress.kv.context import chunk_answer
 from ragcompress.sampling import GREEDY, Sampling, pick_token, request_rng
 
@@ -120,33 +120,25 @@ class FastKVAnswerer(KVAnswerer):
                 return
             yield host[0]
 
-    def _begin(
-        self,
-        query: str,
-        chunks: Sequence[KVChunk],
-        max_new_tokens: int | None,
-        sampling: Sampling,
-        history: Sequence[tuple[str, str]],
-        start: float,
-        extra: dict[str, Any],
-    ) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
-        ids = self.generator.layout.question_ids(query, history)
+    def _begin(self, job: ChunkRequest) -> tuple[Iterator[int], Callable[[list[int]], Answer]]:
+        ids = self.generator.layout.question_ids(job.query, job.history)
+        chunks, start = job.chunks, job.start
         timing: dict[str, float] = {}
 
         def finish(tokens: list[int]) -> Answer:
             ttft = (timing["first"] - start) * 1e3 if "first" in timing else None
             info = {
-                **extra,
+                **job.extra,
                 "engine": "fast",
                 "assembly": self.assembly.name,
                 "recompute": timing["recompute"],
             }
             position = int(timing["position"])
             return chunk_answer(
-                self.generator, tokens, len(ids), position, chunks, start, ttft, info, sampling.stop
+                self.generator, tokens, len(ids), position, chunks, start, ttft, info, job.sampling.stop
             )
 
-        return self._tokens(ids, chunks, max_new_tokens, timing, sampling), finish
+        return self._tokens(ids, chunks, job.max_new_tokens, timing, job.sampling), finish
 
 
 def _sampler(sampling: Sampling, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
