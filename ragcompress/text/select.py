@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ragcompress.text.budget import BudgetError, TokenCounter
-from ragcompress.text.split import join_segments
+from ragcompress.text.split import join_kept
 from ragcompress.types import Passage
 
 __all__ = ["keep_best"]
@@ -144,7 +144,7 @@ def _segment_counts(counter: TokenCounter, text: str, segs: Sequence[str]) -> li
 
 
 def _join(segs: Sequence[str], kept: set[tuple[int, int]], i: int) -> str:
-    return join_segments([s for j, s in enumerate(segs) if (i, j) in kept])
+    return join_kept(segs, [j for j in range(len(segs)) if (i, j) in kept])
 
 
 def _texts(segments: Sequence[Sequence[str]], kept: set[tuple[int, int]]) -> list[str]:

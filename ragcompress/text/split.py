@@ -16,9 +16,18 @@ boundaries where possible and in hard windows otherwise, so no embedder ever tru
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 
-__all__ = ["DEFAULT_LANGUAGE", "Span", "check_language", "join_segments", "segment_texts", "split_sentences"]
+__all__ = [
+    "DEFAULT_LANGUAGE",
+    "Span",
+    "check_language",
+    "join_kept",
+    "join_segments",
+    "segment_texts",
+    "split_sentences",
+]
 
 Span = tuple[int, int]  # [start, end) character offsets into the text
 
@@ -150,3 +159,24 @@ def segment_texts(text: str, spans: Sequence[Span]) -> list[str]:
 def join_segments(segments: Sequence[str]) -> str:
     """Kept segments joined back into a passage (outer whitespace removed)."""
     return "".join(segments).strip()
+
+
+def _wide(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in ("W", "F")
+
+
+def join_kept(segments: Sequence[str], kept: Sequence[int]) -> str:
+    """``segments[j]`` for the sorted indices ``kept``, joined back into a passage.
+
+    Sentences that touch in the source ("…type tags.Server-based…", common in scraped text)
+    need a space when the sentence between them was dropped, or "tags." and the next word
+    would fuse into one; scripts written without spaces (CJK) get none.
+    """
+    parts: list[str] = []
+    for n, j in enumerate(kept):
+        seg = segments[j]
+        gap = n > 0 and j != kept[n - 1] + 1
+        if gap and parts[-1][-1:].strip() and seg[:1].strip() and not _wide(parts[-1][-1]):
+            seg = " " + seg
+        parts.append(seg)
+    return join_segments(parts)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ragcompress.text.split import join_segments, segment_texts, split_sentences
+from ragcompress.text.split import join_kept, join_segments, segment_texts, split_sentences
 
 
 def _sentences(text: str, **kw) -> list[str]:
@@ -140,3 +140,13 @@ def test_a_million_characters_split_completely():
 def test_max_pieces_must_be_positive(embedder):
     with pytest.raises(ValueError, match="max_pieces"):
         split_sentences("A long sentence here.", 0, _offsets(embedder))
+
+
+def test_join_kept_spaces_sentences_that_touched_across_a_gap():
+    text = "First one.Second one.Third one. 第一句。第二句。第三句。"
+    segs = segment_texts(text, split_sentences(text))
+    assert [s.strip() for s in segs][:3] == ["First one.", "Second one.", "Third one."]
+    assert join_kept(segs, [0, 2]) == "First one. Third one."  # not "one.Third"
+    assert join_kept(segs, [0, 1]) == "First one.Second one."  # adjacent: the source as it was
+    assert join_kept(segs, [3, 5]) == "第一句。第三句。"  # no spaces in CJK
+    assert join_kept(segs, list(range(len(segs)))) == text
