@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from ragcompress.registry import register
 from ragcompress.text.base import TextCompressor
-from ragcompress.text.split import DEFAULT_LANGUAGE, segment_texts, split_sentences
+from ragcompress.text.split import DEFAULT_LANGUAGE, check_language, segment_texts, split_sentences
 from ragcompress.types import Budget, Passage
 
 __all__ = ["RandomDrop"]
@@ -28,6 +28,10 @@ class RandomDrop(TextCompressor):
 
     seed: int = 0
     language: str = DEFAULT_LANGUAGE  # of the texts, for the sentence splitter
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_language(self.language)
 
     def _compress(
         self, passages: list[Passage], query: str, budget: Budget, tokens: list[int]
