@@ -102,10 +102,10 @@ def _greedy(
 ) -> set[tuple[int, int]]:
     """Segments taken best score first, each with its group, skipping what does not fit.
 
-    A segment's group ranks at the segment's own score, ahead of lower-scoring sentences; a
-    group that no longer fits is skipped whole, so a leaning sentence is never kept without its
-    antecedent. If groups leave nothing kept, lone segments are taken instead (a budget that
-    fits one sentence still returns one).
+    A segment's group ranks at the segment's score, ahead of lower-scoring sentences; a group
+    that no longer fits is skipped whole, so a leaning sentence is not kept without its
+    antecedent, with one exception: the best-ranked segment is taken alone when its group does
+    not fit the budget (losing the best sentence costs more than reading it without context).
     """
     order = sorted(flat, key=lambda ij: (-scores[ij[0]][ij[1]], ij))
     kept: set[tuple[int, int]] = set()
@@ -116,6 +116,8 @@ def _greedy(
         if (i, j) in kept or len(new) < len([m for m in members if m not in kept]):
             continue  # already in, or an antecedent is excluded
         cost = sum(counts[a][b] for a, b in new)
+        if total + cost > target and not kept and total + counts[i][j] <= target:
+            new, cost = [(i, j)], counts[i][j]  # the best-ranked sentence is never lost for its group
         if total + cost <= target:
             kept.update(new)
             total += cost

@@ -6,6 +6,7 @@ import pytest
 
 from ragcompress import Budget, Passage
 from ragcompress.text.referents import antecedent_groups, leans_back
+from ragcompress.text.select import keep_best
 from ragcompress.text.sentences import SentenceSelector
 
 RHINE = "The Rhine rises in the Swiss Alps. It flows 1,230 km to the North Sea."
@@ -76,18 +77,28 @@ def test_window_zero_keeps_sentences_alone(embedder):
 
 
 def test_a_leaning_sentence_is_never_kept_without_its_antecedent(embedder):
+    counter = _selector(embedder)._counter
+    segments = [["Mars is the fourth planet from the Sun.", " It has two small moons."], ["Phobos is small."]]
+    passages = [Passage("".join(s), id=f"p{i}") for i, s in enumerate(segments)]
+    scores = [[0.1, 0.8], [0.9]]  # the leaning sentence ranks second, not first
+    groups = [[(0,), (0, 1)], [(0,)]]
+    # Room for "Phobos…" and the lone "It has…", not for "Phobos…" and the pair.
+    budget = counter("Phobos is small.") + counter(" It has two small moons.") + 1
+    assert budget < counter("Phobos is small.") + counter(passages[0].text)
+    tokens = counter.many([p.text for p in passages])
+    out = keep_best(passages, segments, scores, budget, counter, tokens, groups=groups)
+    assert [(p.id, p.text) for p in out] == [("p1", "Phobos is small.")]
+    # Without groups the lone leaning sentence is kept: the rule is what drops it.
+    out = keep_best(passages, segments, scores, budget, counter, tokens)
+    assert [p.text for p in out] == ["It has two small moons.", "Phobos is small."]
+
+
+def test_the_best_sentence_is_kept_alone_when_its_pair_cannot_fit(embedder):
     sel = _selector(embedder)
-    # Room for one full sentence, not for the pair: the lone "It has…" is skipped.
-    budget = sel._counter("Mars is the fourth planet from the Sun. It has two small moons.") - 3
-    assert budget >= sel._counter(MARS.split(". ")[-1])
-    assert budget < sel._counter("Mars is the fourth planet from the Sun. It has two small moons.")
-    out = sel.compress([MARS], "Which planet has two small moons?", Budget(tokens=budget))
-    assert out and "It has two small moons." not in out[0].text
-    assert out[0].metadata["ragcompress"]["tokens_after"] <= budget
-    # Room for the short leaning sentence only: a lone sentence beats an empty answer.
     tight = sel._counter("It has two small moons.")
     out = sel.compress([MARS], "Which planet has two small moons?", Budget(tokens=tight))
     assert out[0].text == "It has two small moons."
+    assert out[0].metadata["ragcompress"]["tokens_after"] <= tight
 
 
 def test_negative_window_names_the_field():
