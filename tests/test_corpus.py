@@ -37,7 +37,8 @@ def test_load_documents_folder(tmp_path):
     )
     (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
     docs = load_documents(tmp_path)
-    assert [d.id for d in docs] == ["a.txt#0", "a.txt#1", "sub/b.md#0", "sub/b.md#1", "x1"]
+    assert [d.id for d in docs] == ["a.txt#0", "a.txt#1", "sub/b.md#0", "x1"]
+    assert docs[2].text == "# Title\n\nBody text."  # the heading stays with its section
     assert docs[-1].metadata == {"lang": "en", "source": "sub/c.jsonl"}
     assert docs[0].metadata["source"] == "a.txt"
 

@@ -141,6 +141,7 @@ class TextCompressor:
         unit: str = "sentence",
         excluded: Sequence[Sequence[bool]] | None = None,
         excluded_reason: str = "excluded",
+        groups: Sequence[Sequence[tuple[int, ...]]] | None = None,
     ) -> list[Passage]:
         """:func:`~ragcompress.text.select.keep_best` within ``budget`` (of the ``tokens`` the
         passages have together), counted with this compressor's tokenizer, every passage left
@@ -156,6 +157,7 @@ class TextCompressor:
             excluded=excluded,
             drop=self._drop,
             excluded_reason=excluded_reason,
+            groups=groups,
         )
 
     def _drop(self, passage: Passage | str, reason: str) -> None:

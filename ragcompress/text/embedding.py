@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.lru import ByteLRU
 from ragcompress.text.base import TextCompressor
-from ragcompress.text.split import Span, segment_texts, split_sentences
+from ragcompress.text.split import DEFAULT_LANGUAGE, Span, check_language, segment_texts, split_sentences
 from ragcompress.types import Passage
 
 if TYPE_CHECKING:
@@ -187,6 +187,8 @@ class EmbeddingCompressor(TextCompressor):
     ``embedder``: alias, path or HF id of a sentence-transformers model (None: all-MiniLM-L6-v2).
     ``max_sentence_pieces``: longer sentences are cut (None: what the embedder reads).
     ``cache_dir``: optional folder for the disk tier of the embedding cache.
+    ``language``: ISO 639 code of the texts for the sentence splitter (sentencex's rules; the
+    default ``"en"`` also splits at CJK and Devanagari sentence marks).
     """
 
     embedder: str | None = None
@@ -196,6 +198,7 @@ class EmbeddingCompressor(TextCompressor):
     cache_entries: int = 4096
     cache_bytes: int = 256 << 20
     cache_dir: str | None = None
+    language: str = DEFAULT_LANGUAGE
     _embedder: SentenceEmbedder | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,6 +207,7 @@ class EmbeddingCompressor(TextCompressor):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_sentence_pieces is not None and self.max_sentence_pieces < 1:
             raise ValueError(f"max_sentence_pieces must be >= 1, got {self.max_sentence_pieces}")
+        check_language(self.language)
 
     def use_embedder(self, model: Any, name: str | None = None) -> EmbeddingCompressor:
         """Use an already loaded SentenceTransformer (``name`` keys its cache entries)."""
@@ -227,7 +231,7 @@ class EmbeddingCompressor(TextCompressor):
     def _split(self, passages: Sequence[Passage]) -> list[list[Span]]:
         emb = self.sentence_embedder
         limit = self.max_sentence_pieces or emb.max_pieces()
-        return [split_sentences(p.text, limit, emb.offsets) for p in passages]
+        return [split_sentences(p.text, limit, emb.offsets, language=self.language) for p in passages]
 
     def _segments_and_embeddings(
         self, passages: Sequence[Passage]

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from ragcompress.registry import register
 from ragcompress.text.base import TextCompressor
-from ragcompress.text.split import segment_texts, split_sentences
+from ragcompress.text.split import DEFAULT_LANGUAGE, check_language, segment_texts, split_sentences
 from ragcompress.types import Budget, Passage
 
 __all__ = ["RandomDrop"]
@@ -27,11 +27,16 @@ class RandomDrop(TextCompressor):
     query_aware: ClassVar[bool] = False
 
     seed: int = 0
+    language: str = DEFAULT_LANGUAGE  # of the texts, for the sentence splitter
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_language(self.language)
 
     def _compress(
         self, passages: list[Passage], query: str, budget: Budget, tokens: list[int]
     ) -> list[Passage]:
-        segments = [segment_texts(p.text, split_sentences(p.text)) for p in passages]
+        segments = [segment_texts(p.text, split_sentences(p.text, language=self.language)) for p in passages]
         rng = random.Random(self.seed)
         scores = [[rng.random() for _ in segs] for segs in segments]
         return self._keep_best(passages, segments, scores, budget, tokens)

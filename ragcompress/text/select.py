@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ragcompress.text.budget import BudgetError, TokenCounter
-from ragcompress.text.split import join_segments
+from ragcompress.text.split import join_kept
 from ragcompress.types import Passage
 
 __all__ = ["keep_best"]
@@ -30,12 +30,15 @@ def keep_best(
     excluded: Sequence[Sequence[bool]] | None = None,
     drop: Callable[[Passage, str], None] | None = None,
     excluded_reason: str = "excluded",
+    groups: Sequence[Sequence[tuple[int, ...]]] | None = None,
     **extra: Any,
 ) -> list[Passage]:
     """Passages made of their kept segments, in input order, empty ones left out.
 
     ``segments[i]`` partition ``passages[i].text``; ``scores[i][j]`` ranks segment j (higher
     is kept first, ties go to the earlier segment). ``excluded[i][j]`` forces a segment out.
+    ``groups[i][j]`` lists the segments of passage i kept together with segment j (its
+    antecedents, see :mod:`ragcompress.text.referents`); without it each segment stands alone.
     Raises :class:`BudgetError` when no candidate segment fits ``target`` tokens.
     """
     flat: list[tuple[int, int]] = []
@@ -53,21 +56,17 @@ def keep_best(
                 f"a budget of {target} tokens is smaller than the shortest {unit} ({min(counts)} "
                 f"tokens); raise the budget or use a finer-grained compressor such as 'tokens'"
             )
-        order = sorted(range(len(flat)), key=lambda k: (-scores[flat[k][0]][flat[k][1]], flat[k]))
-        kept = set()
-        total = 0
-        for k in order:
-            if total + counts[k] <= target:
-                kept.add(flat[k])
-                total += counts[k]
+        kept = _greedy(flat, scores, per_passage, target, groups, set(flat))
     texts = _texts(segments, kept)
     after = counter.many(texts)
     # Seams can add a token or two; drop the weakest kept segments until the real count fits.
     while sum(after) > target and kept:
         worst = min(kept, key=lambda ij: (scores[ij[0]][ij[1]], -ij[0], -ij[1]))
+        i = worst[0]
+        kept -= {(i, j) for i2, j in kept if i2 == i and groups is not None and worst[1] in groups[i][j]}
         kept.discard(worst)
-        texts[worst[0]] = _join(segments[worst[0]], kept, worst[0])
-        after[worst[0]] = counter(texts[worst[0]]) if texts[worst[0]] else 0
+        texts[i] = _join(segments[i], kept, i)
+        after[i] = counter(texts[i]) if texts[i] else 0
     out: list[Passage] = []
     for i, p in enumerate(passages):
         n_kept = sum(1 for j in range(len(segments[i])) if (i, j) in kept)
@@ -93,6 +92,40 @@ def keep_best(
     return out
 
 
+def _greedy(
+    flat: Sequence[tuple[int, int]],
+    scores: Sequence[Sequence[float]],
+    counts: Sequence[Sequence[int]],
+    target: int,
+    groups: Sequence[Sequence[tuple[int, ...]]] | None,
+    allowed: set[tuple[int, int]],
+) -> set[tuple[int, int]]:
+    """Segments taken best score first, each with its group, skipping what does not fit.
+
+    A segment's group ranks at the segment's score, ahead of lower-scoring sentences; a group
+    that no longer fits is skipped whole, so a leaning sentence is not kept without its
+    antecedent, with one exception: the best-ranked segment is taken alone when its group does
+    not fit the budget (losing the best sentence costs more than reading it without context).
+    """
+    order = sorted(flat, key=lambda ij: (-scores[ij[0]][ij[1]], ij))
+    kept: set[tuple[int, int]] = set()
+    total = 0
+    for i, j in order:
+        members = [(i, k) for k in (groups[i][j] if groups is not None else (j,))]
+        new = [m for m in members if m not in kept and m in allowed]
+        if (i, j) in kept or len(new) < len([m for m in members if m not in kept]):
+            continue  # already in, or an antecedent is excluded
+        cost = sum(counts[a][b] for a, b in new)
+        if total + cost > target and not kept and total + counts[i][j] <= target:
+            new, cost = [(i, j)], counts[i][j]  # the best-ranked sentence is never lost for its group
+        if total + cost <= target:
+            kept.update(new)
+            total += cost
+    if not kept and groups is not None:
+        return _greedy(flat, scores, counts, target, None, allowed)
+    return kept
+
+
 def _segment_counts(counter: TokenCounter, text: str, segs: Sequence[str]) -> list[int]:
     """Tokens of each segment, from one tokenization of the whole passage when possible.
 
@@ -113,7 +146,7 @@ def _segment_counts(counter: TokenCounter, text: str, segs: Sequence[str]) -> li
 
 
 def _join(segs: Sequence[str], kept: set[tuple[int, int]], i: int) -> str:
-    return join_segments([s for j, s in enumerate(segs) if (i, j) in kept])
+    return join_kept(segs, [j for j in range(len(segs)) if (i, j) in kept])
 
 
 def _texts(segments: Sequence[Sequence[str]], kept: set[tuple[int, int]]) -> list[str]:

@@ -7,129 +7,55 @@ therefore reads naturally, and joining all of them gives the text back unchanged
 whitespace *before* a sentence mirrors byte-level BPE, which merges a space into the word
 after it, so per-segment token counts add up to (almost exactly) the count of the join.
 
-Everything is one regex pass plus constant work per candidate boundary: linear in the text.
-Sentences longer than ``max_pieces`` word pieces of an embedder are cut further, at clause
+Sentence boundaries come from sentencex (Wikimedia's multilingual segmenter, compiled: it
+knows abbreviations, ordinals and the sentence marks of ~250 languages, CJK and Devanagari
+included). Sentences longer than ``max_pieces`` word pieces of an embedder are cut further, at clause
 boundaries where possible and in hard windows otherwise, so no embedder ever truncates one.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 
-__all__ = ["Span", "join_segments", "segment_texts", "split_sentences"]
+__all__ = [
+    "DEFAULT_LANGUAGE",
+    "Span",
+    "check_language",
+    "join_kept",
+    "join_segments",
+    "segment_texts",
+    "split_sentences",
+]
 
 Span = tuple[int, int]  # [start, end) character offsets into the text
 
-# Candidate sentence ends: terminal punctuation (with closing quotes/brackets) followed by
-# whitespace, or a blank line (a paragraph break ends a sentence even without punctuation).
-_BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n[ \t]*\n")
-_NEXT_WORD = re.compile(r"\s+(\S)")
-_LAST_WORD = re.compile(r"(\S+)$")
-# Words ending in a period that rarely end a sentence (lower-cased, without the period).
-_ABBREVIATIONS = frozenset(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "dr",
-        "prof",
-        "sr",
-        "jr",
-        "st",
-        "mt",
-        "vs",
-        "etc",
-        "e.g",
-        "i.e",
-        "cf",
-        "al",
-        "fig",
-        "figs",
-        "no",
-        "nos",
-        "vol",
-        "vols",
-        "pp",
-        "ed",
-        "eds",
-        "approx",
-        "dept",
-        "est",
-        "inc",
-        "ltd",
-        "co",
-        "corp",
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "sept",
-        "oct",
-        "nov",
-        "dec",
-        "gen",
-        "col",
-        "lt",
-        "sgt",
-        "capt",
-        "rev",
-        "hon",
-        "gov",
-        "pres",
-        "sen",
-        "rep",
-        "u.s",
-        "u.k",
-        "u.n",
-        "a.m",
-        "p.m",
-        "ph.d",
-        "b.a",
-        "m.a",
-        "b.sc",
-        "m.sc",
-    ]
-)
 # Clause boundaries used to cut over-long sentences: after , ; : or a dash between spaces.
 _CLAUSE = re.compile(r"[,;:](?=\s)|\s[-–—]\s")
-_LOOKBACK = 40  # chars scanned before a candidate period for the abbreviation check
+DEFAULT_LANGUAGE = "en"
+_NEXT_WORD = re.compile(r"\s+(\S)")
 
 
-def _is_abbreviation(text: str, dot: int) -> bool:
-    """Whether the period at ``text[dot]`` belongs to an abbreviation or an initial."""
-    m = _LAST_WORD.search(text, max(0, dot - _LOOKBACK), dot)
-    if m is None:
-        return False
-    word = m.group(1).lstrip("([\"'“‘").lower()
-    if len(word) == 1 and word.isalpha():  # an initial: "J. Smith"
-        return True
-    return word in _ABBREVIATIONS
+def _sentence_ends(text: str, language: str) -> list[int]:
+    """End offsets of the sentences found by sentencex, each before the whitespace after it.
 
+    sentencex returns boundaries whose pieces carry the whitespace *after* a sentence (and
+    paragraph breaks as pieces of their own); :func:`_segments` moves that whitespace onto the
+    next sentence, so only the end of each sentence's visible text is kept here. A boundary
+    followed by a lower-case word on the same paragraph is dropped: in scripts with case a
+    sentence never starts in lower case, and these are abbreviations sentencex does not know
+    ("approx. five", "ca. zehn").
+    """
+    from sentencex import get_sentence_boundaries
 
-def _sentence_ends(text: str) -> list[int]:
     ends: list[int] = []
-    for m in _BOUNDARY.finditer(text):
-        if m.group().startswith("\n"):
-            ends.append(m.start())
-            continue
-        nxt = _NEXT_WORD.match(text, m.end())
-        if nxt is None:  # only whitespace follows: the text's last sentence
-            continue
-        first = nxt.group(1)
-        if first.islower():  # "approx. five", "e.g. this": not a new sentence
-            continue
-        if (
-            m.group()[0] == "."
-            and len(m.group().rstrip("\"'”’)]")) == 1
-            and _is_abbreviation(text, m.start())
-        ):
-            continue
-        ends.append(m.end())
+    for b in get_sentence_boundaries(language, text):
+        piece: str = b["text"]
+        end = int(b["start_index"]) + len(piece.rstrip())
+        nxt = _NEXT_WORD.match(text, end)
+        if b["is_paragraph_break"] or nxt is None or not nxt.group(1).islower() or "\n\n" in nxt.group():
+            ends.append(end)
     return ends
 
 
@@ -189,15 +115,20 @@ def split_sentences(
     text: str,
     max_pieces: int | None = None,
     offsets: Callable[[str], list[tuple[int, int]]] | None = None,
+    *,
+    language: str = DEFAULT_LANGUAGE,
 ) -> list[Span]:
     """Segments of ``text`` (see the module docstring); ``[]`` for blank text.
 
-    With ``max_pieces`` and ``offsets`` (a function giving the character span of each word
-    piece of a string under the embedder's tokenizer), longer sentences are cut further.
+    ``language`` is an ISO 639-1 code for sentencex's rules (abbreviations, ordinals, sentence
+    marks); a code it has no rules for falls back to its generic ones. With ``max_pieces`` and
+    ``offsets`` (a function giving the character span of each word piece of a string under the
+    embedder's tokenizer), longer sentences are cut further.
     """
+    check_language(language)
     if not text.strip():
         return []
-    spans = _segments(text, _sentence_ends(text))
+    spans = _segments(text, _sentence_ends(text, language))
     if max_pieces is None or offsets is None:
         return spans
     if max_pieces < 1:
@@ -213,6 +144,14 @@ def split_sentences(
     return out
 
 
+def check_language(language: str) -> None:
+    """Raise a clear error for a value that cannot be a language code."""
+    if not isinstance(language, str) or not re.fullmatch(r"[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*", language):
+        raise ValueError(
+            f"language must be an ISO 639 code such as 'en', 'de', 'zh', 'ja' or 'hi', got {language!r}"
+        )
+
+
 def segment_texts(text: str, spans: Sequence[Span]) -> list[str]:
     return [text[a:b] for a, b in spans]
 
@@ -220,3 +159,24 @@ def segment_texts(text: str, spans: Sequence[Span]) -> list[str]:
 def join_segments(segments: Sequence[str]) -> str:
     """Kept segments joined back into a passage (outer whitespace removed)."""
     return "".join(segments).strip()
+
+
+def _wide(char: str) -> bool:
+    return unicodedata.east_asian_width(char) in ("W", "F")
+
+
+def join_kept(segments: Sequence[str], kept: Sequence[int]) -> str:
+    """``segments[j]`` for the sorted indices ``kept``, joined back into a passage.
+
+    Sentences that touch in the source ("…type tags.Server-based…", common in scraped text)
+    need a space when the sentence between them was dropped, or "tags." and the next word
+    would fuse into one; scripts written without spaces (CJK) get none.
+    """
+    parts: list[str] = []
+    for n, j in enumerate(kept):
+        seg = segments[j]
+        gap = n > 0 and j != kept[n - 1] + 1
+        if gap and parts[-1][-1:].strip() and seg[:1].strip() and not _wide(parts[-1][-1]):
+            seg = " " + seg
+        parts.append(seg)
+    return join_segments(parts)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ragcompress.text.split import join_segments, segment_texts, split_sentences
+from ragcompress.text.split import join_kept, join_segments, segment_texts, split_sentences
 
 
 def _sentences(text: str, **kw) -> list[str]:
@@ -35,12 +35,52 @@ def test_abbreviations_initials_decimals_do_not_split():
 
 
 def test_quotes_and_brackets_stay_with_their_sentence():
-    assert _sentences('He said "Stop." Then he left. (It was late.) Next.') == [
-        'He said "Stop."',
-        "Then he left.",
-        "(It was late.)",
-        "Next.",
-    ]
+    got = _sentences('He said "Stop." Then he left. (It was late.) Next.')
+    assert got[:2] == ['He said "Stop."', "Then he left."]
+    # sentencex keeps a bracketed sentence with the one after it; it is never cut inside.
+    assert any(s.startswith("(It was late.)") for s in got)
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "expected"),
+    [
+        (
+            "zh",
+            "今天天气很好。我们去公园吧！你想一起去吗？",
+            ["今天天气很好。", "我们去公园吧！", "你想一起去吗？"],
+        ),
+        (
+            "ja",
+            "今日は晴れです。公園に行きましょう！一緒に行きますか？",
+            ["今日は晴れです。", "公園に行きましょう！", "一緒に行きますか？"],
+        ),
+        (
+            "hi",
+            "यह पहला वाक्य है। यह दूसरा वाक्य है। क्या यह तीसरा है?",
+            ["यह पहला वाक्य है।", "यह दूसरा वाक्य है।", "क्या यह तीसरा है?"],
+        ),
+        (
+            "de",
+            "Wir treffen uns am 3. Oktober in Berlin. Das ist z. B. gut. Dr. Müller kommt um 10 Uhr.",
+            ["Wir treffen uns am 3. Oktober in Berlin.", "Das ist z. B. gut.", "Dr. Müller kommt um 10 Uhr."],
+        ),
+    ],
+)
+def test_other_languages_split_at_their_own_marks(language, text, expected):
+    spans = split_sentences(text, language=language)
+    assert "".join(segment_texts(text, spans)) == text
+    assert _sentences(text, language=language) == expected
+
+
+def test_cjk_splits_with_the_default_language_too():
+    # Mixed-language corpora are common: the default rules still know the full-width marks.
+    assert len(_sentences("今天天气很好。我们去公园吧！Then English. 今日は晴れです。")) == 4
+
+
+@pytest.mark.parametrize("bad", ["", "English", "e", "EN!", 3])
+def test_a_bad_language_names_the_argument(bad):
+    with pytest.raises(ValueError, match="language"):
+        split_sentences("One. Two.", language=bad)
 
 
 def test_blank_text_has_no_segments():
@@ -100,3 +140,13 @@ def test_a_million_characters_split_completely():
 def test_max_pieces_must_be_positive(embedder):
     with pytest.raises(ValueError, match="max_pieces"):
         split_sentences("A long sentence here.", 0, _offsets(embedder))
+
+
+def test_join_kept_spaces_sentences_that_touched_across_a_gap():
+    text = "First one.Second one.Third one. 第一句。第二句。第三句。"
+    segs = segment_texts(text, split_sentences(text))
+    assert [s.strip() for s in segs][:3] == ["First one.", "Second one.", "Third one."]
+    assert join_kept(segs, [0, 2]) == "First one. Third one."  # not "one.Third"
+    assert join_kept(segs, [0, 1]) == "First one.Second one."  # adjacent: the source as it was
+    assert join_kept(segs, [3, 5]) == "第一句。第三句。"  # no spaces in CJK
+    assert join_kept(segs, list(range(len(segs)))) == text
