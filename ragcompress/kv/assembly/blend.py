@@ -109,8 +109,8 @@ def question_attention(
     mask = torch.where(
         cols <= torch.arange(slots, slots + n, device=dev)[:, None], 0.0, torch.finfo(model.dtype).min
     )
-    with torch.inference_mode(), blend_attention(model, probe):
-        model(
+    with torch.inference_mode(), blend_attention(model, probe) as runner:
+        runner(
             input_ids=torch.tensor([list(question)], device=dev),
             position_ids=torch.arange(position, position + n, device=dev)[None],
             attention_mask=mask.to(model.dtype)[None, None],

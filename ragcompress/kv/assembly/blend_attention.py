@@ -3,10 +3,11 @@ partial forward's grouped-query attention, without leaving the model's forward.
 
 transformers picks each layer's attention function by ``config._attn_implementation`` from its
 :class:`~transformers.AttentionInterface` registry. :func:`blend_attention` registers one function
-under :data:`NAME`, points the model's config at it for the duration of one forward and puts the
-original back afterwards. The function serves the :class:`AttentionJob` set for the current thread
-or task (a :mod:`contextvars` variable); a forward of the same model from elsewhere meanwhile gets
-the model's original attention, so nothing else sees the switch. Two jobs:
+under :data:`NAME` and runs the forward on a view of the model (same tensors, own config copy set
+to :data:`NAME`: :func:`~ragcompress.kv.encode.eager.attention_view`, as the eager view for
+attention weights), so the model a user or another request holds is never switched. The function
+serves the :class:`AttentionJob` set for the current thread or task (a :mod:`contextvars`
+variable). Two jobs:
 
 * :class:`Probe`: the question runs over the assembled cache; per layer, the softmax weights of
   every query head and question token over the context are computed from the cached keys in one
@@ -27,7 +28,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,9 +44,6 @@ NAME = "ragcompress_blend"
 _JOB: contextvars.ContextVar[AttentionJob | None] = contextvars.ContextVar(
     "ragcompress_blend_job", default=None
 )
-_LOCK = threading.Lock()
-# id(config) -> [config, original implementation, forwards using the switch now]
-_SWITCHED: dict[int, list[Any]] = {}
 
 
 class AttentionJob:
@@ -226,45 +223,25 @@ def _attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     job = _JOB.get()
-    if job is None or job.config is not module.config:
-        return _original(module)(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
+    if job is None:  # the view run outside a blend_attention block: plain eager attention
+        eager: Any = sys.modules[type(module).__module__].eager_attention_forward
+        return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)  # type: ignore[no-any-return]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     return job.attend(query, key, value, scale), None
 
 
-def _original(module: Any) -> Any:
-    """The attention function ``module``'s model used before the switch."""
-    from transformers import AttentionInterface
-
-    with _LOCK:
-        entry = _SWITCHED.get(id(module.config))
-    name = entry[1] if entry is not None else module.config._attn_implementation
-    eager: Any = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if name in (None, "eager"):
-        return eager
-    return AttentionInterface().get_interface(name, eager)
-
-
 @contextmanager
-def blend_attention(model: PreTrainedModel, job: AttentionJob) -> Iterator[None]:
-    """Run the forwards inside the block with :data:`NAME` serving ``job`` (this thread only)."""
+def blend_attention(model: PreTrainedModel, job: AttentionJob) -> Iterator[PreTrainedModel]:
+    """Yields the model to run inside the block: a view of ``model`` over the same tensors whose
+    own config selects :data:`NAME`, serving ``job`` for the forwards this thread or task runs.
+    ``model`` itself is never switched, so its other users never see :data:`NAME`."""
     from transformers import AttentionInterface
+
+    from ragcompress.kv.encode.eager import attention_view
 
     AttentionInterface.register(NAME, _attention)
-    config = model.config
     token = _JOB.set(job)
-    with _LOCK:
-        entry = _SWITCHED.setdefault(id(config), [config, config._attn_implementation, 0])
-        entry[2] += 1
-        config._attn_implementation = NAME
     try:
-        yield
+        yield attention_view(model, NAME)
     finally:
-        with _LOCK:
-            entry[2] -= 1
-            if entry[2] == 0:
-                config._attn_implementation = entry[1]
-                del _SWITCHED[id(config)]
         _JOB.reset(token)

@@ -111,8 +111,8 @@ def recompute_slots(
     for layer in layers:
         layer.slots = chosen
     try:
-        with torch.inference_mode(), blend_attention(model, job):
-            model(
+        with torch.inference_mode(), blend_attention(model, job) as runner:
+            runner(
                 input_ids=slots.tokens[chosen][None],
                 position_ids=pos[None],
                 # any 4D mask is handed to the attention as is (transformers builds none); the

@@ -32,9 +32,10 @@ from ragcompress.models.arch import arch_for
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["eager_view", "tap_attention"]
+__all__ = ["attention_view", "eager_view", "tap_attention"]
 
-_VIEWS: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+# model -> attention implementation -> (module structure when built, view)
+_VIEWS: weakref.WeakKeyDictionary[Any, dict[str, tuple[tuple[int, ...], Any]]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 # The calling thread's attention tap (see tap_attention): hooks are installed once, when a view
 # is built, and never added or removed afterwards, since torch iterates a module's hook dicts
@@ -46,14 +47,23 @@ _TAPPED = "_ragcompress_tapped"  # attribute set on views whose attention module
 def eager_view(model: PreTrainedModel) -> PreTrainedModel:
     """The eager view of ``model`` (kept per model; rebuilt when modules are added, removed or
     replaced, e.g. by adapter injection). Thread-safe."""
+    return attention_view(model, "eager")
+
+
+def attention_view(model: PreTrainedModel, implementation: str) -> PreTrainedModel:
+    """A view of ``model`` over the same tensors whose own config selects the attention function
+    ``implementation`` (``"eager"``: with the per-thread taps of :func:`tap_attention`; any other
+    name registered with transformers' ``AttentionInterface``). Kept per model and name, rebuilt
+    when modules are added, removed or replaced. Thread-safe; the model is never changed."""
     structure = (id(model), *map(id, submodules(model)))
-    kept = _VIEWS.get(model)
+    kept = _VIEWS.get(model, {}).get(implementation)
     if kept is not None and kept[0] == structure:
         return kept[1]  # type: ignore[no-any-return]
     with _LOCK:
-        kept = _VIEWS.get(model)
+        views = _VIEWS.setdefault(model, {})
+        kept = views.get(implementation)
         if kept is None or kept[0] != structure:
-            kept = _VIEWS[model] = (structure, _build(model))
+            kept = views[implementation] = (structure, _build(model, implementation))
         return kept[1]  # type: ignore[no-any-return]
 
 
@@ -82,7 +92,7 @@ def _tap(idx: int) -> Callable[[Any, Any, Any], Any]:
     return hook
 
 
-def _build(model: PreTrainedModel) -> PreTrainedModel:
+def _build(model: PreTrainedModel, implementation: str) -> PreTrainedModel:
     import torch
 
     configs = _config_copies(model.config)
@@ -101,6 +111,9 @@ def _build(model: PreTrainedModel) -> PreTrainedModel:
             else:
                 twin.__dict__[name] = _rebind(value, twins, configs)
     view = twins[id(model)]
+    if implementation != "eager":  # a registered function: transformers' setter validates names
+        view.config._attn_implementation = implementation  # the view's own config copy only
+        return view  # type: ignore[no-any-return]
     view.set_attn_implementation("eager")  # on the view's own config copies only
     arch = arch_for(model)  # the family adapter names the attention modules to tap
     for i, layer in enumerate(arch.layers(view)):

@@ -185,3 +185,16 @@ def test_gpu_bf16_partial_forward_in_side_by_side_blocks(monkeypatch):
         for x, y in ((a.keys, b.keys), (a.values, b.values)):
             x, y = x[:, :, chosen].float(), y[:, :, chosen].float()
             assert ((x - y).norm() / y.norm()) < 1e-2
+
+
+def test_blend_runs_on_a_view_and_never_switches_the_model(reader, tokenizer):
+    gen, _, _, _ = _setup(reader, tokenizer)
+    model = gen.lm
+    original = model.config._attn_implementation
+    job = blend_attention.Probe(model.config, 4, torch.zeros(4))
+    with blend_attention.blend_attention(model, job) as runner:
+        # another request using the model meanwhile sees its own attention, untouched
+        assert model.config._attn_implementation == original
+        assert runner is not model and runner.config._attn_implementation == blend_attention.NAME
+        assert runner.model.embed_tokens.weight is model.model.embed_tokens.weight  # same tensors
+    assert model.config._attn_implementation == original
