@@ -5,8 +5,9 @@
 On the Llama-3-8B shape with random bf16 weights (``ragcompress bench ttft``'s model), from dense
 chunks (512-token passages after a 64-token prefix, each the slice of one joint prefill), for each
 context and recompute share: the median milliseconds (CUDA events, after a warm-up) of the eager
-concat assembly, the slot map, the question probe (``blend.question_attention``), the partial
-forward (``recompute.recompute_slots``) and of the whole :meth:`Blend.prepare`; then one profiled
+concat assembly, the slot map, the token scoring pass (``Blend.score``: the check-layer
+deviation), the partial forward (``recompute.recompute_slots``) and of the whole
+:meth:`Blend.prepare`; then one profiled
 ``prepare`` at the last context and share, its top kernels by GPU time and top ops by CPU time.
 Writes ``blend_profile.json`` and ``blend_profile.txt`` to ``--out``.
 """
@@ -45,8 +46,8 @@ def stages(model: Any, prefix: Any, chunks: list[Any], question: list[int], shar
         lambda: recompute_mod.slot_map(prefix.length, chunks, starts, model.device), reps
     )
     cache, position = assemble(prefix, chunks, arch, model.config)
-    row["probe_ms"] = clock(lambda: mode.score(model, cache, question, position), reps)
     slots = recompute_mod.slot_map(prefix.length, chunks, starts, model.device)
+    row["score_ms"] = clock(lambda: mode.score(model, cache, slots, question, position), reps)
     k = round(share * slots.chunk_slots)
     chosen = slots.candidates[torch.randperm(slots.candidates.numel(), device=model.device)[:k]].sort().values
     row["partial_forward_ms"] = clock(

@@ -78,8 +78,9 @@ def run(
 
     The full prefill answers each question first: its greedy tokens are the reference the others'
     next-token agreement is measured along. ``journal``: a JSON-lines file each question's records
-    are appended to as soon as it is done; questions it already holds for every contender are
-    not run again (a long CPU run survives being stopped), the others are run whole.
+    are appended to as soon as it is done; a contender it already holds a record of for a question
+    is not run again on it (a long CPU run survives being stopped, and adding a contender to a
+    finished run measures only that contender).
     """
     from tqdm.auto import tqdm
 
@@ -99,53 +100,69 @@ def run(
             paths[c.label] = kv_path(gen, c, store=stores[key])
         except (Unavailable, ValueError, TypeError) as err:  # a mode this build lacks or refuses
             unavailable[c.label] = str(err)
-    done = _journaled(journal, list(paths))
-    records: list[dict[str, Any]] = [r for rs in done.values() for r in rs]
+    done = _journaled(journal)
+    records: list[dict[str, Any]] = []
     errors: dict[str, list[str]] = {}
     bar = tqdm(total=sum(len(exs) for _, exs in sets), desc="bench fidelity", unit="q", disable=not progress)
     for dataset, exs in sets:
         for ex in exs:
-            if (dataset, ex.id) in done:
-                bar.update(1)
-                continue
-            reference: list[int] | None = None
-            first = len(records)
-            for label, path in paths.items():
-                bar.set_postfix_str(f"{dataset} {label}")
-                try:
-                    r = measure(path, ex, reference)
-                except Exception as err:  # one failing row must not hide the others' numbers
-                    errors.setdefault(label, []).append(f"{dataset} {ex.id}: {type(err).__name__}: {err}")
-                    if label == FULL:
-                        break  # nothing to compare against on this question
-                    continue
-                if label == FULL:
-                    reference = r["tokens"]
-                records.append(
-                    {"dataset": dataset, "example": ex.id, "contender": label, "answers": ex.answers, **r}
-                )
-            if journal is not None:
+            kept = done.get((dataset, ex.id), {})
+            new = _question(paths, dataset, ex, kept, errors, bar)
+            records += [kept[label] for label in paths if label in kept and label not in new]
+            records += new.values()
+            if journal is not None and new:
                 with journal.open("a", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in records[first:])
+                    f.writelines(json.dumps(r) + "\n" for r in new.values())
             bar.update(1)
     bar.close()
     return records, unavailable, errors
 
 
-def _journaled(journal: Path | None, labels: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The questions ``journal`` holds a record of for every contender in ``labels``."""
+def _question(
+    paths: dict[str, FullPath | KVPath],
+    dataset: str,
+    ex: QAExample,
+    kept: dict[str, dict[str, Any]],
+    errors: dict[str, list[str]],
+    bar: Any,
+) -> dict[str, dict[str, Any]]:
+    """The records of the contenders ``kept`` (journaled) lacks on one question, by label. The
+    full prefill's greedy tokens are the others' reference: journaled or measured first."""
+    full = kept.get(FULL)
+    reference: list[int] | None = None if full is None else full["tokens"]
+    new: dict[str, dict[str, Any]] = {}
+    for label, path in paths.items():
+        if label in kept:
+            continue
+        bar.set_postfix_str(f"{dataset} {label}")
+        try:
+            r = measure(path, ex, reference)
+        except Exception as err:  # one failing row must not hide the others' numbers
+            errors.setdefault(label, []).append(f"{dataset} {ex.id}: {type(err).__name__}: {err}")
+            if label == FULL:
+                break  # nothing to compare against on this question
+            continue
+        if label == FULL:
+            reference = r["tokens"]
+        new[label] = {"dataset": dataset, "example": ex.id, "contender": label, "answers": ex.answers, **r}
+    return new
+
+
+def _journaled(journal: Path | None) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """The records ``journal`` holds, by question and contender (the last one wins): a resumed
+    run measures only the contenders a question lacks, against the journaled full prefill."""
     if journal is None or not journal.exists():
         return {}
-    by_q: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    by_q: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for n, text in enumerate(journal.read_text(encoding="utf-8").splitlines(), 1):
         if not text.strip():
             continue
         try:
             r = json.loads(text)
-            by_q.setdefault((r["dataset"], r["example"]), []).append(r)
+            by_q.setdefault((r["dataset"], r["example"]), {})[r["contender"]] = r
         except (ValueError, KeyError, TypeError):  # a line cut short by a stopped run: run it again
             print(f"{journal}:{n}: unreadable record, its question runs again", file=sys.stderr)
-    return {q: rs for q, rs in by_q.items() if {r["contender"] for r in rs} >= set(labels)}
+    return by_q
 
 
 def _parser() -> argparse.ArgumentParser:

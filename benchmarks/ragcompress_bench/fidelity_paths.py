@@ -32,7 +32,8 @@ COMPRESSED: tuple[dict[str, Any], ...] = (
     {"name": "kvzip", "ratio": 0.6},
     {"name": "quantize", "bits": 4, "group_size": 64},
 )
-_MODES = ("chunks", "ape", "blend")
+_MODES = ("chunks", "ape", "blend", "blend_question")
+_SELECTIVE = ("blend", "blend_question")
 _BASE = ("chunks", "ape", "blend:0.05", "blend:0.15", "blend:0.3")
 DEFAULT_CONTENDERS = ",".join(c for b in _BASE for c in (b, b + "+kvzip"))
 
@@ -49,7 +50,7 @@ class FidelityContender:
 
 def parse_contenders(text: str) -> list[FidelityContender]:
     """The full prefill, then each ``MODE[:RECOMPUTE][+kvzip]`` of ``text`` (empty or ``all``:
-    :data:`DEFAULT_CONTENDERS`). ``blend`` alone means ``blend:0.15``."""
+    :data:`DEFAULT_CONTENDERS`). ``blend`` (or ``blend_question``) alone means ``blend:0.15``."""
     out = [FidelityContender(FULL, None)]
     for item in (DEFAULT_CONTENDERS if text.strip() in ("", "all") else text).split(","):
         name = item.strip().lower().replace(" ", "")
@@ -64,7 +65,7 @@ def parse_contenders(text: str) -> list[FidelityContender]:
             raise ValueError(f"--contenders: unknown mode {mode!r} in {item.strip()!r}; choose from {_MODES}")
         assembly: dict[str, Any] = {"name": "concat" if mode == "chunks" else mode}
         label = mode
-        if mode == "blend":
+        if mode in _SELECTIVE:
             try:
                 r = float(share) if colon else 0.15
             except ValueError:
@@ -75,9 +76,11 @@ def parse_contenders(text: str) -> list[FidelityContender]:
                 raise ValueError(
                     f"--contenders: {item.strip()!r}: recompute share must be in [0, 1], got {r}"
                 )
-            assembly["recompute"], label = r, f"blend:{r:g}"
+            assembly["recompute"], label = r, f"{mode}:{r:g}"
         elif colon:
-            raise ValueError(f"--contenders: {item.strip()!r}: only blend takes a recompute share")
+            raise ValueError(
+                f"--contenders: {item.strip()!r}: only {' and '.join(_SELECTIVE)} take a recompute share"
+            )
         c = FidelityContender(label + ("+kvzip" if plus else ""), assembly, COMPRESSED if plus else ())
         if c.label not in {o.label for o in out}:
             out.append(c)

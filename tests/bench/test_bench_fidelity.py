@@ -76,8 +76,16 @@ def test_one_passage_chunks_read_the_same_prompt_as_the_full_prefill(
 
 
 def test_contender_list_parsing() -> None:
-    line = parse_contenders("chunks, concat ,blend:0.3+kvzip,ape,blend")
-    assert [c.label for c in line] == ["full prefill", "chunks", "blend:0.3+kvzip", "ape", "blend:0.15"]
+    line = parse_contenders("chunks, concat ,blend:0.3+kvzip,ape,blend,blend_question:0.2")
+    assert [c.label for c in line] == [
+        "full prefill",
+        "chunks",
+        "blend:0.3+kvzip",
+        "ape",
+        "blend:0.15",
+        "blend_question:0.2",
+    ]
+    assert line[5].assembly == {"name": "blend_question", "recompute": 0.2}
     assert line[0].assembly is None and line[1].assembly == {"name": "concat"} and not line[1].presses
     assert line[2].assembly == {"name": "blend", "recompute": 0.3} and line[2].presses == COMPRESSED
     labels = [c.label for c in parse_contenders("")]
@@ -88,7 +96,7 @@ def test_contender_list_parsing() -> None:
 @pytest.mark.parametrize(
     ("text", "needle"),
     [("lingua", "unknown mode 'lingua'"), ("blend:1.5", "must be in [0, 1]"), ("blend:x", "not a number"),
-     ("ape:0.1", "only blend takes"), ("chunks+int8", "'+kvzip'")],
+     ("ape:0.1", "only blend and blend_question take"), ("chunks+int8", "'+kvzip'")],
 )  # fmt: skip
 def test_bad_contenders_are_clear_errors(text: str, needle: str) -> None:
     with pytest.raises(ValueError, match=re.escape(needle)):

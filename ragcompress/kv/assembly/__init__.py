@@ -1,4 +1,5 @@
-"""Assembly modes (``concat``, ``ape``, ``blend``): registered by name, built from a spec."""
+"""Assembly modes (``concat``, ``ape``, ``blend``, ``blend_question``): registered by name, built
+from a spec."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from ragcompress.kv.assembly.base import (
     register_assembly,
 )
 from ragcompress.kv.assembly.blend import Blend
+from ragcompress.kv.assembly.blend_question import QuestionBlend
 from ragcompress.kv.assembly.concat import Concat
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "Blend",
     "Concat",
     "Context",
+    "QuestionBlend",
     "available_assemblies",
     "build_assembly",
     "register_assembly",

@@ -18,7 +18,9 @@ MODES = [
     {"name": "ape", "temperature": 0.7, "scale": 0.8},
     {"name": "blend", "recompute": 0.15},
     {"name": "blend", "recompute": 0.5},
+    {"name": "blend_question", "recompute": 0.5},
 ]
+SELECTIVE = ["blend", "blend_question"]
 
 
 def answerer(model, tokenizer, spec, **kw):
@@ -38,7 +40,10 @@ def full_logprobs(kv, passages, targets):
 TARGETS = [11, 220, 315, 42]
 
 
-@pytest.mark.parametrize("spec", [{"name": "ape"}, {"name": "blend", "recompute": 0.15}])
+@pytest.mark.parametrize(
+    "spec",
+    [{"name": "ape"}, {"name": "blend", "recompute": 0.15}, {"name": "blend_question", "recompute": 0.15}],
+)
 def test_one_passage_is_a_fresh_prefill(reader, tokenizer, spec):
     kv = answerer(reader, tokenizer, spec)
     for text in PASSAGES:
@@ -46,15 +51,17 @@ def test_one_passage_is_a_fresh_prefill(reader, tokenizer, spec):
         torch.testing.assert_close(got, full_logprobs(kv, [text], TARGETS), atol=1e-4, rtol=1e-4)
 
 
-def test_blend_full_recompute_is_a_full_prefill(reader, tokenizer):
-    kv = answerer(reader, tokenizer, {"name": "blend", "recompute": 1.0})
+@pytest.mark.parametrize("name", SELECTIVE)
+def test_blend_full_recompute_is_a_full_prefill(reader, tokenizer, name):
+    kv = answerer(reader, tokenizer, {"name": name, "recompute": 1.0})
     got = kv.teacher_forced_logprobs(QUESTION, PASSAGES, TARGETS)
     torch.testing.assert_close(got, full_logprobs(kv, PASSAGES, TARGETS), atol=1e-4, rtol=1e-4)
     assert kv.answer(QUESTION, PASSAGES).stats.extra["recompute"] == 1.0
 
 
-def test_blend_zero_recompute_is_concat(reader, tokenizer):
-    blend = answerer(reader, tokenizer, {"name": "blend", "recompute": 0.0})
+@pytest.mark.parametrize("name", SELECTIVE)
+def test_blend_zero_recompute_is_concat(reader, tokenizer, name):
+    blend = answerer(reader, tokenizer, {"name": name, "recompute": 0.0})
     concat = answerer(reader, tokenizer, None)
     torch.testing.assert_close(
         blend.teacher_forced_logprobs(QUESTION, PASSAGES, TARGETS),
@@ -64,15 +71,16 @@ def test_blend_zero_recompute_is_concat(reader, tokenizer):
     )
     a, b = blend.answer(QUESTION, PASSAGES), concat.answer(QUESTION, PASSAGES)
     assert a.token_ids == b.token_ids
-    assert (a.stats.extra["assembly"], a.stats.extra["recompute"]) == ("blend", 0.0)
+    assert (a.stats.extra["assembly"], a.stats.extra["recompute"]) == (name, 0.0)
     assert (b.stats.extra["assembly"], b.stats.extra["recompute"]) == ("concat", 0.0)
 
 
-def test_blend_moves_toward_the_full_prefill(tiny_llama, tokenizer):
+@pytest.mark.parametrize("name", SELECTIVE)
+def test_blend_moves_toward_the_full_prefill(tiny_llama, tokenizer, name):
     """More recompute, closer to a full prefill (measured on the tiny model: max |Δ log p|)."""
     errors = []
     for share in (0.0, 0.5, 1.0):
-        kv = answerer(tiny_llama, tokenizer, {"name": "blend", "recompute": share})
+        kv = answerer(tiny_llama, tokenizer, {"name": name, "recompute": share})
         got = kv.teacher_forced_logprobs(QUESTION, PASSAGES, TARGETS)
         errors.append(float((got - full_logprobs(kv, PASSAGES, TARGETS)).abs().max()))
     assert errors[0] > errors[1] > errors[2]
@@ -122,10 +130,11 @@ def test_specs_round_trip(spec):
 
 
 def test_registry_and_defaults():
-    assert {"concat", "ape", "blend"} <= set(available_assemblies())
+    assert {"concat", "ape", "blend", "blend_question"} <= set(available_assemblies())
     assert build_assembly(None).name == "concat"
     assert build_assembly("ape").spec() == {"name": "ape", "temperature": 1.0, "scale": 1.0}
-    assert build_assembly({"name": "blend"}).spec() == {"name": "blend", "recompute": 0.15}
+    assert build_assembly({"name": "blend"}).spec() == {"name": "blend", "recompute": 0.15, "check_layer": 1}
+    assert build_assembly("blend_question").spec() == {"name": "blend_question", "recompute": 0.15}
 
 
 @pytest.mark.parametrize("spec", MODES, ids=lambda s: str(sorted(s.items())))

@@ -10,7 +10,7 @@ from ragcompress.pipeline.core import Pipeline, PipelineError
 
 from ..conftest import PASSAGES, QUESTION
 
-BLEND = {"name": "blend", "recompute": 0.5}
+BLEND = {"name": "blend", "recompute": 0.5, "check_layer": 1}
 
 
 @pytest.fixture()

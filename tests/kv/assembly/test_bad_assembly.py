@@ -19,6 +19,11 @@ from ragcompress.kv.assembly import build_assembly
         ({"name": "blend", "recompute": "lots"}, "recompute"),
         ({"name": "blend", "recompute": True}, "recompute"),
         ({"name": "blend", "selection": "x"}, "selection"),
+        ({"name": "blend", "check_layer": 0}, "check_layer"),
+        ({"name": "blend", "check_layer": True}, "check_layer"),
+        ({"name": "blend", "check_layer": 1.5}, "check_layer"),
+        ({"name": "blend_question", "recompute": 2}, "blend_question.recompute"),
+        ({"name": "blend_question", "check_layer": 1}, "check_layer"),
         ({"name": "ape", "temperature": 0.0}, "temperature"),
         ({"name": "ape", "temperature": -1}, "temperature"),
         ({"name": "ape", "scale": 0}, "scale"),
@@ -29,6 +34,12 @@ from ragcompress.kv.assembly import build_assembly
 def test_bad_spec_names_the_field(spec, named):
     with pytest.raises(ValueError, match=named):
         build_assembly(spec)
+
+
+def test_check_layer_beyond_the_model_fails_at_build(tiny_llama, tokenizer):
+    gen = Generator.from_model(tiny_llama, tokenizer)  # 2 layers: only layer 1 can be checked
+    with pytest.raises(ValueError, match=r"check_layer must be below the model's 2 layers"):
+        KVAnswerer.from_generator(gen, assembly={"name": "blend", "check_layer": 2})
 
 
 def test_not_a_spec():

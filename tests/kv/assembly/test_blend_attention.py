@@ -10,7 +10,7 @@ import torch
 
 from ragcompress.kv.assemble import assemble, concat_starts
 from ragcompress.kv.assembly import blend_attention
-from ragcompress.kv.assembly.blend import question_attention
+from ragcompress.kv.assembly.blend_question import question_attention
 from ragcompress.kv.assembly.recompute import ScatterLayer, recompute_slots, slot_map
 from ragcompress.kv.context import prepare_context
 from ragcompress.kv.encode.encoder import prefix_kv

@@ -19,6 +19,7 @@ FAST_MODES = [
     {"name": "ape", "temperature": 0.7},
     {"name": "blend", "recompute": 0.3},
     {"name": "blend", "recompute": 1.0},
+    {"name": "blend_question", "recompute": 0.3},
 ]
 QUESTIONS = [QUESTION, "Which mountain is the highest in Africa?"]
 

@@ -1,0 +1,85 @@
+"""Selective recompute at query time: the shared frame of the ``blend`` modes.
+
+The chunks are assembled as in ``concat``; a mode's :meth:`SelectiveRecompute.score` ranks the
+recomputable context slots, the share ``recompute`` of the chunks' kept tokens ranked highest is
+recomputed by a real partial forward (:func:`~ragcompress.kv.assembly.recompute.recompute_slots`),
+and the question is prefilled over the repaired cache. ``recompute = 1`` is exactly a full prefill
+of the prompt; ``recompute = 0`` is exactly ``concat`` (no scoring pass either). Modes differ only
+in how they rank: ``blend`` by how far a token's values at a check layer are from a fresh
+prefill's (CacheBlend), ``blend_question`` by how much the question attends to it (ProphetKV).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.assembly.base import Assembly, Context, number
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PreTrainedModel
+
+    from ragcompress.kv.assemble import PrefixKV
+    from ragcompress.kv.assembly.recompute import SlotMap
+    from ragcompress.kv.chunk import KVChunk
+
+__all__ = ["SelectiveRecompute"]
+
+
+@dataclass
+class SelectiveRecompute(Assembly):
+    """``recompute`` in [0, 1]: share of the chunks' kept tokens recomputed per request."""
+
+    recompute: float = 0.15
+
+    def __post_init__(self) -> None:
+        self.recompute = number(self.name, "recompute", self.recompute, 0.0, 1.0)
+
+    def check(self, model: PreTrainedModel) -> None:
+        from ragcompress.models.arch import UnsupportedModelError, arch_for
+
+        super().check(model)
+        arch = arch_for(model)
+        if arch.local_window is not None:
+            # the scoring pass and the partial forward mask all layers alike; local layers need their own
+            raise UnsupportedModelError(
+                f"{self.name} does not run {arch.family} (local sliding-window layers) yet; use concat or ape"
+            )
+
+    def prepare(
+        self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
+    ) -> Context:
+        import torch
+
+        from ragcompress.kv.assemble import assemble, concat_starts
+        from ragcompress.kv.assembly.recompute import recompute_slots, slot_map
+        from ragcompress.models.arch import arch_for
+
+        cache, position = assemble(prefix, chunks, arch_for(model), model.config)
+        n_slots = cache.get_seq_length()
+        slots = slot_map(prefix.length, chunks, concat_starts(prefix.length, chunks), model.device)
+        k = min(round(self.recompute * slots.chunk_slots), int(slots.candidates.numel()))
+        if k == 0:
+            return Context(cache, position, slots=n_slots)
+        chosen = slots.candidates
+        if k < chosen.numel():
+            scores = self.score(model, cache, slots, question, position)[chosen]
+            order = torch.sort(scores, descending=True, stable=True).indices[:k]
+            chosen = torch.sort(chosen[order]).values
+        recompute_slots(model, cache, slots, chosen)
+        return Context(cache, position, slots=n_slots, recompute=k / slots.chunk_slots)
+
+    @abstractmethod
+    def score(
+        self,
+        model: PreTrainedModel,
+        cache: DynamicCache,
+        slots: SlotMap,
+        question: Sequence[int],
+        position: int,
+    ) -> torch.Tensor:
+        """(slots,) float: how much recomputing each context slot is worth (higher first); only
+        ``slots.candidates`` are read. ``cache`` (the ``concat`` cache) must be left as it was."""
