@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-modes",
         dest="modes",
         action="store_false",
-        help="skip the assembly-mode rows (ape, blend at 5%% and 15%% recompute)",
+        help="skip the assembly-mode rows (ape, blend at 5%% and 15%% and blend_question at 15%% recompute)",
     )
     p.add_argument(
         "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"

@@ -3,7 +3,7 @@
 Every mode goes through the same entry the :class:`~ragcompress.kv.fast.answer.FastKVAnswerer`
 uses, :meth:`Assembly.load_fast` followed by the question prefill, from the same dense chunks
 (each passage's slice of one joint prefill, stored as a chunk encoded after the shared prefix).
-``blend`` runs its question probe and
+``blend`` runs its check pass (``blend_question``: its question probe) and
 the partial forward of the recomputed tokens on the eager model, then writes the repaired context
 into the buffer; ``ape`` assembles at shared positions and writes likewise. The model has random
 weights: these rows measure time only (the first tokens of ``blend``/``ape`` are not compared with
@@ -23,6 +23,7 @@ DEFAULT_MODES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("ape", {"name": "ape"}),
     ("blend_05", {"name": "blend", "recompute": 0.05}),
     ("blend_15", {"name": "blend", "recompute": 0.15}),
+    ("blend_question_15", {"name": "blend_question", "recompute": 0.15}),
 )
 
 

@@ -74,6 +74,7 @@ COLUMNS = (
     "ape_ms",
     "blend_05_ms",
     "blend_15_ms",
+    "blend_question_15_ms",
 )
 
 
