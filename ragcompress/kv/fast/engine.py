@@ -321,7 +321,7 @@ class FastGenerator:
             group=self._step.heads // self._step.kv_heads,
         )
         shape = _Shape(b, t, args, meta, GatedAttention(self.attention, self._host) if gated else None)  # type: ignore[arg-type]
-        if self.graphs:
+        if self.graphs and (self._host.capturable or not gated):
             # Warm-up and capture run the step for real, writing K/V into question slots: a shape
             # captured lazily (the decode step's, right after a prefill) would clobber the live
             # questions' K/V. Keep them aside for the capture (a one-off copy per shape).

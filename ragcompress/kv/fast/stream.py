@@ -47,6 +47,7 @@ class HostStream:
     side: Any = field(default=None, init=False, repr=False)
     events: list[Any] = field(default_factory=list, init=False, repr=False)
     ranges: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
+    capturable: bool = field(default=True, init=False)  # a gated step can be a CUDA graph
     _keep: list[Any] = field(default_factory=list, init=False, repr=False)  # this request's tables
     _issued: Any = field(default=None, init=False, repr=False)
 
@@ -123,7 +124,11 @@ class HostStream:
             self._issued = None
         if self.side is None:
             self.side = torch.cuda.Stream(device=dev)
-            self.events = [torch.cuda.Event(external=True) for _ in self.ranges]
+            try:  # external: a graph waits on the event's record of each request
+                self.events = [torch.cuda.Event(external=True) for _ in self.ranges]
+            except TypeError:  # a torch without external events: gated steps run uncaptured
+                self.events = [torch.cuda.Event() for _ in self.ranges]
+                self.capturable = False
         staging = self._stage(total)
         self.side.wait_stream(main)  # the context may still be read by the last request's steps
         kernel = rotary.rot_dim == buf.head_dim and buf.head_dim & (buf.head_dim - 1) == 0
