@@ -136,3 +136,24 @@ def test_gpu_pinned_host_chunks_stream_under_graphs_to_the_device_tokens(tokeniz
     streamed.load(prefix, [c.to("cpu") for c in chunks])
     device.load(prefix, chunks)
     assert streamed.generate([q], 6, gen.stop_ids) == device.generate([q], 6, gen.stop_ids)
+
+
+@pytest.mark.gpu
+def test_gpu_the_captured_step_waits_for_late_copies(tokenizer):
+    """The side stream is held back (a GPU sleep queued before the copies) and the context is
+    poisoned with NaN: a graph that did not wait on the layer events would read the poison."""
+    model = make_tiny_llama(len(tokenizer), seed=5, num_hidden_layers=4).cuda().to(torch.bfloat16)
+    gen, prefix, chunks, q = _setup(model, tokenizer, "kvzip-int4")
+    host = [HostChunk.from_chunk(c.to("cpu"), torch.bfloat16) for c in chunks]
+    device, streamed = _engine(model), _engine(model, stream_group=2)
+    streamed.load(prefix, host[:2])
+    streamed.generate([q], 2, gen.stop_ids)  # the gated graph is captured here
+    device.load(prefix, host[::-1])
+    want = device.generate([q], 6, gen.stop_ids)
+    for _ in range(2):
+        streamed.buffer.ctx_keys.fill_(float("nan"))
+        with torch.cuda.stream(streamed._host.side):
+            torch.cuda._sleep(200_000_000)  # ~0.1 s of the side stream before this request's copies
+        streamed.load(prefix, host[::-1])
+        assert streamed.generate([q], 6, gen.stop_ids) == want
+    assert not torch.isnan(_context(streamed)[0]).any()

@@ -72,10 +72,10 @@ class HostStream:
             )
 
     def layer_of(self, keys: torch.Tensor) -> int:
-        """Which layer's context ``keys`` (a ``ctx_keys[:, l]`` view) is."""
+        """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
         ctx = self.buffer.ctx_keys
         step = self.buffer.kv_heads * self.buffer.head_dim * ctx.element_size()
-        return (keys.data_ptr() - ctx.data_ptr()) // step
+        return (keys.data_ptr() - ctx.data_ptr()) // step % self.buffer.layers
 
     def stream(self, entries: Sequence[tuple[HostChunk, int, int]], rotary: Rotary) -> None:
         """Write each (chunk, slot, delta) of ``entries`` into the context, layer group by
