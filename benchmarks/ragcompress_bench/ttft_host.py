@@ -8,9 +8,10 @@ Columns per context:
 * ``kvzip_gpu_ms`` — the chunks packed on the GPU (:class:`~ragcompress.kv.fast.QuantizedPackedChunk`):
   one gather launch, then the question graph;
 * ``kvzip_host_ms`` — the same chunks as pinned :class:`~ragcompress.kv.fast.HostChunk` s, streamed
-  in groups of ``--stream-group`` layers (``host_over_gpu`` = the ratio); ``kvzip_host_g{N}_ms`` for
-  the other group sizes of the sweep; ``kvzip_host_serial_ms``: one group of every layer (all copies,
-  then the step: no overlap);
+  in ranges of ``--stream-group`` layers, tapered at both ends (``host_over_gpu`` = the ratio);
+  ``kvzip_host_g{N}_ms`` for the other group sizes of the sweep; ``kvzip_host_serial_ms``: one range
+  of every layer (all copies, then the step: no overlap); ``kvzip_host_direct_g{N}_ms``: the
+  zero-copy streamer (the kernel reads pinned host memory, no staging copies);
 * ``kvzip_disk_ms`` — read from a :class:`~ragcompress.kv.store.disk.DiskStore` (page cache dropped
   before each request where the machine allows it, see ``disk_cache``), packed into pinned memory
   and streamed; wall clock from the first read to the first token on the host.
@@ -23,6 +24,7 @@ survive does not matter for time, only how many).
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -33,7 +35,8 @@ from typing import Any
 
 __all__ = ["SWEEP", "host_bandwidths", "host_lines", "host_rows"]
 
-SWEEP = (1, 8)  # layer-group sizes timed besides --stream-group (and the serial one)
+SWEEP = (4, 16)  # layer-group sizes timed besides --stream-group (and the serial one)
+DIRECT = (1, 4)  # layer-group sizes of the zero-copy streamer
 RATIO, BITS, GROUP = 0.6, 4, 64
 
 
@@ -108,6 +111,8 @@ def host_rows(
     import torch
 
     from ragcompress.kv.fast import FastGenerator, HostChunk, PackedChunk, QuantizedPackedChunk
+    from ragcompress.kv.fast.stream import HostStream
+    from ragcompress.kv.fast.stream_direct import DirectHostStream
 
     row: dict[str, Any] = {}
     starts = [p + sum(sizes[:i]) for i in range(len(sizes))]
@@ -129,32 +134,36 @@ def host_rows(
 
         return go
 
-    engines: dict[str, tuple[Any, list[Any]]] = {"kvzip_gpu": (fast, gpu), "kvzip_host": (fast, host)}
-    for g in (*SWEEP, fast.buffer.layers):
-        if g != group:
-            name = "kvzip_host_serial" if g == fast.buffer.layers else f"kvzip_host_g{g}"
-            other = FastGenerator(
-                model,
-                capacity=fast.capacity,
-                max_question=fast.max_question,
-                max_new_tokens=fast.max_new_tokens,
-                buckets=fast.buckets,
-                graphs=fast.graphs,
-                attention=fast.attention,
-                step=fast.step,
-                stream_group=g,
-            )
-            engines[name] = (other, host)
-    for name, (engine, items) in engines.items():
-        try:
-            fn = run(engine, items)
-            row[f"{name}_ms"] = round(clock(fn), 3)
-            tokens[name] = fn()
+    def variant(streamer: Any, g: int) -> Any:
+        return FastGenerator(
+            model,
+            capacity=fast.capacity,
+            max_question=fast.max_question,
+            max_new_tokens=fast.max_new_tokens,
+            buckets=fast.buckets,
+            graphs=fast.graphs,
+            attention=fast.attention,
+            step=fast.step,  # the same step (and stacked weights): only the buffer is new
+            stream_group=g,
+            streamer=streamer,
+        )
+
+    engines: dict[str, tuple[Callable[[], Any], list[Any]]] = {
+        "kvzip_gpu": (lambda: fast, gpu),
+        "kvzip_host": (lambda: fast, host),
+    }
+    variants = [(f"kvzip_host_g{g}", HostStream, g) for g in SWEEP if g != group]
+    variants += [("kvzip_host_serial", HostStream, fast.buffer.layers)]
+    variants += [(f"kvzip_host_direct_g{g}", DirectHostStream, g) for g in DIRECT]
+    for name, streamer, g in variants:
+        engines[name] = (functools.partial(variant, streamer, g), host)
+    for name, (make, items) in engines.items():
+        try:  # one engine at a time: a variant's buffer goes before the next is built
+            row[f"{name}_ms"], tokens[name] = _timed(run(make(), items), clock)
         except Exception as exc:
             traceback.print_exc()
             row[f"{name}_ms"] = None
             row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    del engines
     if row.get("kvzip_gpu_ms") and row.get("kvzip_host_ms"):
         row["host_over_gpu"] = round(row["kvzip_host_ms"] / row["kvzip_gpu_ms"], 3)
     try:
@@ -167,6 +176,11 @@ def host_rows(
     del gpu, host, chunks
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return row
+
+
+def _timed(fn: Callable[[], int], clock: Any) -> tuple[float, int]:
+    """Median ms of ``fn`` and its first token."""
+    return round(clock(fn), 3), fn()
 
 
 def _drop_page_cache() -> str:
@@ -210,7 +224,8 @@ def host_lines(report: dict[str, Any]) -> list[str]:
     rows = [r for r in report["rows"] if "kvzip_host_ms" in r]
     if not rows:
         return []
-    sweep = sorted({k for r in rows for k in r if k.startswith("kvzip_host_g") and k.endswith("_ms")})
+    sweep = sorted({k for r in rows for k in r if k.startswith("kvzip_host_") and k.endswith("_ms")})
+    sweep = [k for k in sweep if k != "kvzip_host_serial_ms"]
     cols = [
         "context_tokens",
         "kvzip_tokens",

@@ -14,6 +14,8 @@ import ragcompress
 from ragcompress.generate import Generator
 from ragcompress.kv.encode.encoder import ChunkEncoder
 from ragcompress.kv.fast import FastGenerator, HostChunk, PackedChunk, write_batch
+from ragcompress.kv.fast.stream import HostStream, schedule
+from ragcompress.kv.fast.stream_direct import DirectHostStream
 from tests.support.tiny import make_tiny_llama
 
 from .conftest import PASSAGES, QUESTION
@@ -54,13 +56,34 @@ def deep_llama(tokenizer):
     return make_tiny_llama(len(tokenizer), seed=5, num_hidden_layers=4)
 
 
+def test_schedule_tapers_both_ends_and_covers_every_layer_once():
+    assert schedule(32, 8) == [
+        (0, 1),
+        (1, 3),
+        (3, 7),
+        (7, 15),
+        (15, 23),
+        (23, 25),
+        (25, 29),
+        (29, 31),
+        (31, 32),
+    ]
+    assert schedule(32, 32) == [(0, 32)] and schedule(4, 1) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    for layers in (1, 2, 5, 28, 32, 80):
+        for group in (1, 2, 3, 4, 8, 16, 100):
+            r = schedule(layers, group)
+            assert r[0][0] == 0 and r[-1][1] == layers and all(a < b for a, b in r)
+            assert all(r[i][1] == r[i + 1][0] for i in range(len(r) - 1))
+            assert max(b - a for a, b in r) <= max(group, 1) or r == [(0, layers)]
+
+
 @pytest.mark.parametrize("form", sorted(FORMS))
-@pytest.mark.parametrize("group", [1, 3])
-def test_host_chunks_give_the_device_chunks_context_and_tokens(deep_llama, tokenizer, form, group):
+@pytest.mark.parametrize(("streamer", "group"), [(HostStream, 1), (HostStream, 3), (DirectHostStream, 2)])
+def test_host_chunks_give_the_device_chunks_context_and_tokens(deep_llama, tokenizer, form, streamer, group):
     gen, prefix, chunks, q = _setup(deep_llama, tokenizer, form)
     host = [HostChunk.from_chunk(c, torch.float32) for c in chunks]
     assert all(h.form.__class__.__name__ == ("DenseForm" if form == "dense" else "QuantForm") for h in host)
-    device, streamed = _engine(deep_llama), _engine(deep_llama, stream_group=group)
+    device, streamed = _engine(deep_llama), _engine(deep_llama, stream_group=group, streamer=streamer)
     for order in ([0, 1, 2, 3, 4], [4, 2, 0], [4, 2, 0], [3, 1]):  # reordered, repeated, fewer
         want_pos = device.load(prefix, [chunks[i] for i in order])
         assert streamed.load_reusing(prefix, [host[i] for i in order]) == want_pos
@@ -118,14 +141,15 @@ def test_a_host_chunk_of_another_shape_is_refused_naming_it(deep_llama, tiny_lla
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("form", sorted(FORMS))
-def test_gpu_pinned_host_chunks_stream_under_graphs_to_the_device_tokens(tokenizer, form):
+@pytest.mark.parametrize("streamer", [HostStream, DirectHostStream])
+def test_gpu_pinned_host_chunks_stream_under_graphs_to_the_device_tokens(tokenizer, form, streamer):
     """bf16 on CUDA, chunks pinned on the host, the gated step captured as a CUDA graph: the
     context is bitwise the device chunks' (the same gather kernel) and so are the tokens."""
     model = make_tiny_llama(len(tokenizer), seed=5, num_hidden_layers=4).cuda().to(torch.bfloat16)
     gen, prefix, chunks, q = _setup(model, tokenizer, form)
     host = [HostChunk.from_chunk(c.to("cpu"), torch.bfloat16) for c in chunks]
     assert all(h.pinned for h in host)
-    device, streamed = _engine(model, stream_group=4), _engine(model, stream_group=1)
+    device, streamed = _engine(model, stream_group=4), _engine(model, stream_group=1, streamer=streamer)
     for order in ([0, 1, 2, 3, 4], [4, 2, 0], [4, 2, 0], [3, 1]):
         device.load(prefix, [chunks[i] for i in order])
         streamed.load_reusing(prefix, [host[i] for i in order])
@@ -139,13 +163,14 @@ def test_gpu_pinned_host_chunks_stream_under_graphs_to_the_device_tokens(tokeniz
 
 
 @pytest.mark.gpu
-def test_gpu_the_captured_step_waits_for_late_copies(tokenizer):
+@pytest.mark.parametrize("streamer", [HostStream, DirectHostStream])
+def test_gpu_the_captured_step_waits_for_late_copies(tokenizer, streamer):
     """The side stream is held back (a GPU sleep queued before the copies) and the context is
     poisoned with NaN: a graph that did not wait on the layer events would read the poison."""
     model = make_tiny_llama(len(tokenizer), seed=5, num_hidden_layers=4).cuda().to(torch.bfloat16)
     gen, prefix, chunks, q = _setup(model, tokenizer, "kvzip-int4")
     host = [HostChunk.from_chunk(c.to("cpu"), torch.bfloat16) for c in chunks]
-    device, streamed = _engine(model), _engine(model, stream_group=2)
+    device, streamed = _engine(model), _engine(model, stream_group=2, streamer=streamer)
     streamed.load(prefix, host[:2])
     streamed.generate([q], 2, gen.stop_ids)  # the gated graph is captured here
     device.load(prefix, host[::-1])

@@ -62,7 +62,8 @@ class FastGenerator:
     ``attention``: the cascade (by default flash where it works, else the reference);
     ``stream_group``: layers per host-to-device copy of host-resident chunks
     (:class:`~ragcompress.kv.fast.host.HostChunk`, or stored chunks on the CPU), which stream
-    under the question's compute (:mod:`~ragcompress.kv.fast.stream`).
+    under the question's compute; ``streamer``: how (:class:`~ragcompress.kv.fast.stream.HostStream`,
+    copies through a staging area, or :class:`~ragcompress.kv.fast.stream_direct.DirectHostStream`).
     """
 
     model: Any
@@ -74,7 +75,8 @@ class FastGenerator:
     graphs: bool = True
     attention: CascadeAttention | None = None
     step: DecoderStep | None = field(default=None, repr=False)
-    stream_group: int = 4
+    stream_group: int = 8
+    streamer: type[HostStream] = field(default=HostStream, repr=False)
     buffer: StaticKVBuffer = field(init=False, repr=False)
     rotary: Any = field(init=False, repr=False)
     _shapes: dict[tuple[int, ...], _Shape] = field(default_factory=dict, init=False, repr=False)
@@ -111,7 +113,7 @@ class FastGenerator:
         if self.attention is None:
             self.attention = default_attention(param)
         self.graphs = self.graphs and param.device.type == "cuda"
-        self._host = HostStream(self.buffer, self.stream_group)
+        self._host = self.streamer(self.buffer, self.stream_group)
 
     @property
     def last_logits(self) -> torch.Tensor | None:

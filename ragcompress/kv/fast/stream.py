@@ -36,26 +36,47 @@ __all__ = ["HostStream", "stream_batch"]
 STAGE_ALIGN = 256
 
 
+def schedule(layers: int, group: int) -> list[tuple[int, int]]:
+    """Layer ranges copied one after the other: groups of ``group`` layers, tapered to 1, 2, 4..
+    at both ends, so the first layer waits for one layer's bytes (not a group's) and, when the
+    copies are the bottleneck, the layers after the last copy are few. ``group >= layers``: one
+    range (all copies, then the step)."""
+    if group >= layers:
+        return [(0, layers)]
+    head = [1 << i for i in range(max(0, group.bit_length() - 1)) if 1 << i < group]
+    mid = layers - 2 * sum(head)
+    sizes = [group] * (layers // group) + ([layers % group] if layers % group else [])
+    if mid >= 0:
+        sizes = head + [group] * (mid // group) + ([mid % group] if mid % group else []) + head[::-1]
+    ranges, a = [], 0
+    for n in sizes:
+        ranges.append((a, a + n))
+        a += n
+    return ranges
+
+
 @dataclass(eq=False)
 class HostStream:
-    """The side stream, staging area and per-group events of one buffer. ``group``: layers per
-    copy (one copy per chunk and group, one gather launch per group)."""
+    """The side stream, staging area and per-range events of one buffer. ``group``: layers per
+    copy in the middle of the :func:`schedule` (one copy per chunk and range, one gather launch
+    per range)."""
 
     buffer: StaticKVBuffer
-    group: int = 4
+    group: int = 8
     staging: torch.Tensor | None = field(default=None, init=False, repr=False)
     side: Any = field(default=None, init=False, repr=False)
     events: list[Any] = field(default_factory=list, init=False, repr=False)
     ranges: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
     capturable: bool = field(default=True, init=False)  # a gated step can be a CUDA graph
+    _first: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # layer -> range
     _keep: list[Any] = field(default_factory=list, init=False, repr=False)  # this request's tables
     _issued: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.group <= 0:
             raise ValueError(f"group (layers per copy) must be positive, got {self.group}")
-        layers = self.buffer.layers
-        self.ranges = [(a, min(a + self.group, layers)) for a in range(0, layers, self.group)]
+        self.ranges = schedule(self.buffer.layers, self.group)
+        self._first = {a: i for i, (a, _) in enumerate(self.ranges)}
 
     @property
     def cuda(self) -> bool:
@@ -64,12 +85,11 @@ class HostStream:
     def wait(self, layer: int) -> None:
         """Make the current stream wait until layer ``layer``'s context is written (captured
         in a graph as an external event wait; a no-op off CUDA)."""
-        if self.cuda and layer % self.group == 0 and self.events:
+        i = self._first.get(layer)
+        if self.cuda and i is not None and self.events:
             import torch
 
-            torch.cuda.current_stream(self.buffer.ctx_keys.device).wait_event(
-                self.events[layer // self.group]
-            )
+            torch.cuda.current_stream(self.buffer.ctx_keys.device).wait_event(self.events[i])
 
     def layer_of(self, keys: torch.Tensor) -> int:
         """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
@@ -78,14 +98,11 @@ class HostStream:
         return (keys.data_ptr() - ctx.data_ptr()) // step % self.buffer.layers
 
     def stream(self, entries: Sequence[tuple[HostChunk, int, int]], rotary: Rotary) -> None:
-        """Write each (chunk, slot, delta) of ``entries`` into the context, layer group by
-        group; on CUDA asynchronously on the side stream (see :meth:`wait`)."""
+        """Write each (chunk, slot, delta) of ``entries`` into the context, range by range; on
+        CUDA asynchronously on the side stream (see :meth:`wait`)."""
         import torch
 
-        stages, total = [], 0
-        for c, _, _ in entries:
-            stages.append(total)
-            total += -(-c.nbytes // STAGE_ALIGN) * STAGE_ALIGN
+        stages = self.stages([c for c, _, _ in entries])
         stacked = self.buffer.layers * self.buffer.kv_heads
         forms: dict[HostForm, list[torch.Tensor]] = {}
         most: dict[HostForm, int] = {}
@@ -93,30 +110,57 @@ class HostStream:
             shift = torch.tensor(c.form.shift(s, slot, delta, stacked), dtype=torch.long)
             forms.setdefault(c.form, []).append(c.template + shift)
             most[c.form] = max(most.get(c.form, 0), c.tokens)
-        # (layers, chunks, F): a layer group's rows are one contiguous block
+        # (layers, chunks, F): a range's rows are one contiguous block
         tables = {f: torch.stack(rows, dim=1).contiguous() for f, rows in forms.items()}
         if not self.cuda:
-            staging = self._stage(total)
-            for c, s in zip((e[0] for e in entries), stages, strict=True):
+            staging = self._stage(stages[-1] + entries[-1][0].nbytes)
+            for (c, _, _), s in zip(entries, stages, strict=True):
                 staging[s : s + c.nbytes].copy_(c.data)
             for f, t in tables.items():
                 f.reference(staging, t.reshape(-1, t.shape[-1]), self.buffer, rotary)
             return
-        self._stream_cuda(entries, stages, total, tables, most, rotary)
+        side = self._begin()
+        kernel = _kernel_runs(self.buffer, rotary)
+        dev = self.buffer.ctx_keys.device
+        freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+        with torch.cuda.stream(side):
+            up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in tables.items()}
+            self._keep = [up, freq]
+            for (a, b), event in zip(self.ranges, self.events, strict=True):
+                base = self.fetch([c for c, _, _ in entries], stages, a, b)
+                for f, t in up.items():
+                    if kernel:
+                        f.launch(base, t[a:b].reshape(-1, t.shape[-1]), self.buffer, freq, most[f])
+                    else:
+                        f.reference(base, tables[f][a:b].reshape(-1, t.shape[-1]), self.buffer, rotary)
+                event.record(side)
 
-    def _stream_cuda(
-        self,
-        entries: Sequence[tuple[HostChunk, int, int]],
-        stages: list[int],
-        total: int,
-        tables: dict[HostForm, torch.Tensor],
-        most: dict[HostForm, int],
-        rotary: Rotary,
-    ) -> None:
+    def stages(self, chunks: Sequence[HostChunk]) -> list[int]:
+        """Where each chunk's first byte lands in the staging area (bytes from its start)."""
+        stages, total = [], 0
+        for c in chunks:
+            stages.append(total)
+            total += -(-c.nbytes // STAGE_ALIGN) * STAGE_ALIGN
+        if self.cuda:
+            self._stage(total)
+        return stages
+
+    def fetch(self, chunks: Sequence[HostChunk], stages: list[int], a: int, b: int) -> torch.Tensor:
+        """Queue the copies of layers ``a..b`` of every chunk into the staging area (on the
+        current stream, the side one); returns the base the table offsets count from."""
+        staging = self.staging
+        assert staging is not None  # sized by stages()
+        for c, s in zip(chunks, stages, strict=True):
+            lo, hi = a * c.layer_bytes, b * c.layer_bytes
+            staging[s + lo : s + hi].copy_(c.data[lo:hi], non_blocking=True)
+        return staging
+
+    def _begin(self) -> Any:
+        """The side stream, after the main stream's queued work (the context may still be read
+        by the last request's steps) and the last gated step's event waits."""
         import torch
 
-        buf, dev = self.buffer, self.buffer.ctx_keys.device
-        main = torch.cuda.current_stream(dev)
+        dev = self.buffer.ctx_keys.device
         if self._issued is not None:
             # the last gated step must be past its event waits before they are recorded again
             # (in any real flow the host read its token long ago: this returns at once)
@@ -129,25 +173,8 @@ class HostStream:
             except TypeError:  # a torch without external events: gated steps run uncaptured
                 self.events = [torch.cuda.Event() for _ in self.ranges]
                 self.capturable = False
-        staging = self._stage(total)
-        self.side.wait_stream(main)  # the context may still be read by the last request's steps
-        kernel = rotary.rot_dim == buf.head_dim and buf.head_dim & (buf.head_dim - 1) == 0
-        kernel = kernel and triton_available()
-        freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
-        with torch.cuda.stream(self.side):
-            up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in tables.items()}
-            self._keep = [up, freq]
-            for (a, b), event in zip(self.ranges, self.events, strict=True):
-                for c, s in zip((e[0] for e in entries), stages, strict=True):
-                    lo, hi = a * c.layer_bytes, b * c.layer_bytes
-                    staging[s + lo : s + hi].copy_(c.data[lo:hi], non_blocking=True)
-                for f, t in up.items():
-                    rows = t[a:b].reshape(-1, t.shape[-1])
-                    if kernel:
-                        f.launch(staging, rows, buf, freq, most[f])
-                    else:
-                        f.reference(staging, tables[f][a:b].reshape(-1, t.shape[-1]), buf, rotary)
-                event.record(self.side)
+        self.side.wait_stream(torch.cuda.current_stream(dev))
+        return self.side
 
     def mark(self) -> None:
         """Called right after a step that waits on this request's events was launched: the
@@ -160,16 +187,21 @@ class HostStream:
             self._issued.record(torch.cuda.current_stream(self.buffer.ctx_keys.device))
 
     def _stage(self, nbytes: int) -> torch.Tensor:
-        """The device staging area, grown (never shrunk) to ``nbytes``."""
+        """The staging area (on the buffer's device), grown (never shrunk) to ``nbytes``."""
         import torch
 
         if self.staging is None or self.staging.numel() < nbytes:
             if self.side is not None:
                 self.side.synchronize()  # the old area may still be read by the last gathers
-            self.staging = torch.empty(
-                max(nbytes, STAGE_ALIGN), dtype=torch.uint8, device=self.buffer.ctx_keys.device
-            )
+            dev = self.buffer.ctx_keys.device
+            self.staging = torch.empty(max(nbytes, STAGE_ALIGN), dtype=torch.uint8, device=dev)
         return self.staging
+
+
+def _kernel_runs(buffer: StaticKVBuffer, rotary: Rotary) -> bool:
+    """The gather kernels rotate full-width keys in power-of-two halves, with Triton."""
+    d = buffer.head_dim
+    return rotary.rot_dim == d and d & (d - 1) == 0 and triton_available()
 
 
 def stream_batch(
