@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the assembly-mode rows (ape, blend at 5%% and 15%% recompute)",
     )
-    p.add_argument("--stream-group", type=int, default=4, help="layers per host-to-device copy (host tier)")
+    p.add_argument("--stream-group", type=int, default=8, help="layers per host-to-device copy (host tier)")
     p.add_argument(
         "--no-host",
         dest="host_tiers",

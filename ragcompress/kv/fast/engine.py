@@ -152,7 +152,9 @@ class FastGenerator:
         """
         items = [prefix, *chunks]
         same = 0
-        for old, new in zip(self._resident if reuse else [], items, strict=False):
+        # a streamed load that no prefill flushed never reached the buffer: nothing is resident
+        dropped = self._host.discard()
+        for old, new in zip(self._resident if reuse and not dropped else [], items, strict=False):
             if old is not new:
                 break
             same += 1
@@ -170,6 +172,7 @@ class FastGenerator:
 
         n = int(layers[0][0].shape[1])
         self._resident = []  # nothing here is a chunk a later load can reuse
+        self._host.discard()
         self._gated = False
         self.buffer.reset()
         self.buffer.reserve(n, n, "assembled context")
@@ -202,7 +205,10 @@ class FastGenerator:
         t = self.bucket(max(lens))
         b = len(questions)
         self.buffer.check_question(max(lens), 0, b)
-        shape = self._shape(b, t, self._gated)
+        gated = self._gated
+        if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
+            self._host.flush()  # a capture, or a step that cannot wait, needs the context written
+        shape = self._shape(b, t, gated)
         r, p0 = self.buffer.region, self.buffer.next_position
         ids = torch.zeros(b, t, dtype=torch.long)
         for i, q in enumerate(questions):
@@ -212,8 +218,8 @@ class FastGenerator:
         used = torch.full((b * t,), t, dtype=torch.long)
         last = torch.arange(b) * t + torch.tensor(lens) - 1
         self._run(shape, torch.cat([ids.reshape(-1), pos.reshape(-1), slots, used, last]))
-        if self._gated:  # later steps find the whole context written: no waits
-            self._host.mark()
+        if gated:  # the host queues the copies while the step, queued first, computes
+            self._host.flush()
             self._gated = False
         self._cur = lens
         self._last = shape
@@ -323,7 +329,7 @@ class FastGenerator:
             group=self._step.heads // self._step.kv_heads,
         )
         shape = _Shape(b, t, args, meta, GatedAttention(self.attention, self._host) if gated else None)  # type: ignore[arg-type]
-        if self.graphs and (self._host.capturable or not gated):
+        if self.graphs:
             # Warm-up and capture run the step for real, writing K/V into question slots: a shape
             # captured lazily (the decode step's, right after a prefill) would clobber the live
             # questions' K/V. Keep them aside for the capture (a one-off copy per shape).

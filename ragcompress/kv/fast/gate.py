@@ -2,8 +2,9 @@
 
 The decoder steps read the context only inside attention (``DecoderStep.attend``), one call per
 layer with that layer's ``ctx_keys[:, l]`` view, so wrapping the cascade is enough to make layer
-``l`` wait on layer ``l``'s copy and nothing else: the steps stay as they are, and the wait is
-captured into the step's CUDA graph (an external event wait node) like any other launch.
+``l`` wait on layer ``l``'s copy and nothing else: the steps stay as they are, and the wait (a
+flag-polling kernel, :func:`~ragcompress.kv.fast._spin.wait_flag`) is captured into the step's
+CUDA graph like any other launch.
 """
 
 from __future__ import annotations

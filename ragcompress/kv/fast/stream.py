@@ -1,14 +1,17 @@
-"""Stream host-resident chunks into the buffer's context layer group by layer group, under the
+"""Stream host-resident chunks into the buffer's context layer range by layer range, under the
 question's compute.
 
-Per request, on a side CUDA stream: the tables go up (one copy), then for each group of
-``group`` layers every host chunk's bytes of those layers are copied (one contiguous range per
-chunk) into a device staging area, the gather kernel dequantizes / re-rotates them into the
-context, and the group's event is recorded. The question step waits, before layer ``l``'s
-attention reads the context, only on the event of ``l``'s group
-(:class:`~ragcompress.kv.fast.gate.GatedAttention`), so copies of later layers overlap the
-compute of earlier ones. Off CUDA the same code copies and gathers in order (the torch
-reference over the same table rows): "streaming" degenerates to a copy.
+:meth:`HostStream.stream` (at load) plans a request: the gather tables and where each chunk's
+bytes land in a device staging area. :meth:`HostStream.flush` (the engine calls it right after
+it has queued the question step) queues the work on a side CUDA stream: the tables go up (one
+copy), then for each range of layers (:func:`schedule`) every host chunk's bytes of those
+layers are copied (one contiguous range per chunk), the gather kernel dequantizes / re-rotates
+them into the context, and the range's flag is set. Before layer ``l``'s attention reads the
+context, the step polls the flag of ``l``'s range (:class:`~ragcompress.kv.fast.gate.GatedAttention`,
+:func:`~ragcompress.kv.fast._spin.wait_flag`), so copies of later layers overlap the compute of
+earlier ones, and the host queues the copies while the GPU already computes. Off CUDA the same
+plan is written at flush, in order, by the torch reference over the same table rows:
+"streaming" degenerates to a copy.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.host_forms import HostForm
     from ragcompress.models.rope import Rotary
 
-__all__ = ["HostStream", "stream_batch"]
+__all__ = ["HostStream", "schedule", "stream_batch"]
 
 STAGE_ALIGN = 256
 
@@ -55,9 +58,23 @@ def schedule(layers: int, group: int) -> list[tuple[int, int]]:
     return ranges
 
 
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """One request's host chunks, where their bytes land (``stages``), their gather tables
+    (layers, chunks, F) per form on the host, each form's largest token count, and the main
+    stream's point after which the side stream may write (CUDA)."""
+
+    chunks: list[HostChunk]
+    stages: list[int]
+    tables: dict[HostForm, torch.Tensor]
+    most: dict[HostForm, int]
+    rotary: Rotary
+    ready: Any = None
+
+
 @dataclass(eq=False)
 class HostStream:
-    """The side stream, staging area and per-range events of one buffer. ``group``: layers per
+    """The side stream, staging area and per-range flags of one buffer. ``group``: layers per
     copy in the middle of the :func:`schedule` (one copy per chunk and range, one gather launch
     per range)."""
 
@@ -65,12 +82,11 @@ class HostStream:
     group: int = 8
     staging: torch.Tensor | None = field(default=None, init=False, repr=False)
     side: Any = field(default=None, init=False, repr=False)
-    events: list[Any] = field(default_factory=list, init=False, repr=False)
+    flags: Any = field(default=None, init=False, repr=False)  # (ranges,) int32: range written
     ranges: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
-    capturable: bool = field(default=True, init=False)  # a gated step can be a CUDA graph
     _first: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # layer -> range
+    _plan: _Plan | None = field(default=None, init=False, repr=False)
     _keep: list[Any] = field(default_factory=list, init=False, repr=False)  # this request's tables
-    _issued: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.group <= 0:
@@ -82,14 +98,20 @@ class HostStream:
     def cuda(self) -> bool:
         return self.buffer.ctx_keys.device.type == "cuda"
 
-    def wait(self, layer: int) -> None:
-        """Make the current stream wait until layer ``layer``'s context is written (captured
-        in a graph as an external event wait; a no-op off CUDA)."""
-        i = self._first.get(layer)
-        if self.cuda and i is not None and self.events:
-            import torch
+    @property
+    def overlaps(self) -> bool:
+        """Whether a step can wait per layer range (CUDA, with the Triton flag kernel); else
+        the engine flushes before the step, which then finds the context written."""
+        return self.cuda and triton_available()
 
-            torch.cuda.current_stream(self.buffer.ctx_keys.device).wait_event(self.events[i])
+    def wait(self, layer: int) -> None:
+        """Hold the current stream until layer ``layer``'s context is written (a no-op off
+        CUDA, or but at the first layer of a range)."""
+        i = self._first.get(layer)
+        if i is not None and self.overlaps and self.flags is not None:
+            from ragcompress.kv.fast._spin import wait_flag
+
+            wait_flag(self.flags[i : i + 1])
 
     def layer_of(self, keys: torch.Tensor) -> int:
         """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
@@ -97,12 +119,19 @@ class HostStream:
         step = self.buffer.kv_heads * self.buffer.head_dim * ctx.element_size()
         return (keys.data_ptr() - ctx.data_ptr()) // step % self.buffer.layers
 
+    def discard(self) -> bool:
+        """Drop a planned request that was never flushed (its load was replaced); True if one was."""
+        plan, self._plan = self._plan, None
+        return plan is not None
+
     def stream(self, entries: Sequence[tuple[HostChunk, int, int]], rotary: Rotary) -> None:
-        """Write each (chunk, slot, delta) of ``entries`` into the context, range by range; on
-        CUDA asynchronously on the side stream (see :meth:`wait`)."""
+        """Plan writing each (chunk, slot, delta) of ``entries`` into the context; the work is
+        queued by :meth:`flush`."""
         import torch
 
-        stages = self.stages([c for c, _, _ in entries])
+        self._plan = None
+        chunks = [c for c, _, _ in entries]
+        stages = self.stages(chunks)
         stacked = self.buffer.layers * self.buffer.kv_heads
         forms: dict[HostForm, list[torch.Tensor]] = {}
         most: dict[HostForm, int] = {}
@@ -112,28 +141,61 @@ class HostStream:
             most[c.form] = max(most.get(c.form, 0), c.tokens)
         # (layers, chunks, F): a range's rows are one contiguous block
         tables = {f: torch.stack(rows, dim=1).contiguous() for f, rows in forms.items()}
-        if not self.cuda:
-            staging = self._stage(stages[-1] + entries[-1][0].nbytes)
-            for (c, _, _), s in zip(entries, stages, strict=True):
-                staging[s : s + c.nbytes].copy_(c.data)
-            for f, t in tables.items():
-                f.reference(staging, t.reshape(-1, t.shape[-1]), self.buffer, rotary)
+        ready = None
+        if self.cuda:
+            dev = self.buffer.ctx_keys.device
+            if self.side is None:
+                self.side = torch.cuda.Stream(device=dev)
+                self.flags = torch.zeros(len(self.ranges), dtype=torch.int32, device=dev)
+            self.flags.zero_()  # after the last request's steps, before this one's writes
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(dev))
+        self._plan = _Plan(chunks, stages, tables, most, rotary, ready)
+
+    def flush(self, join: bool = False) -> None:
+        """Queue the planned request's copies and gathers (CUDA: on the side stream, each range
+        setting its flag; elsewhere: written now). ``join``: the current stream waits for them
+        (as it does anyway where steps cannot wait per range)."""
+        import torch
+
+        plan, self._plan = self._plan, None
+        if plan is None:
             return
-        side = self._begin()
-        kernel = _kernel_runs(self.buffer, rotary)
-        dev = self.buffer.ctx_keys.device
-        freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
-        with torch.cuda.stream(side):
-            up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in tables.items()}
-            self._keep = [up, freq]
-            for (a, b), event in zip(self.ranges, self.events, strict=True):
-                base = self.fetch([c for c, _, _ in entries], stages, a, b)
+        if not self.cuda:
+            staging = self._stage(plan.stages[-1] + plan.chunks[-1].nbytes)
+            for c, s in zip(plan.chunks, plan.stages, strict=True):
+                staging[s : s + c.nbytes].copy_(c.data)
+            for f, t in plan.tables.items():
+                f.reference(staging, t.reshape(-1, t.shape[-1]), self.buffer, plan.rotary)
+            return
+        try:
+            self._queue(plan)
+        except BaseException:
+            with torch.cuda.stream(self.side):  # never leave a queued step polling forever
+                self.flags.fill_(1)
+            raise
+        if join or not self.overlaps:
+            torch.cuda.current_stream(self.buffer.ctx_keys.device).wait_stream(self.side)
+
+    def _queue(self, plan: _Plan) -> None:
+        import torch
+
+        buf, dev = self.buffer, self.buffer.ctx_keys.device
+        kernel = _kernel_runs(buf, plan.rotary)
+        freq = plan.rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+        self.side.wait_event(plan.ready)
+        with torch.cuda.stream(self.side):
+            up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in plan.tables.items()}
+            self._keep = [up, freq, plan.chunks]  # alive while the side stream reads them
+            for i, (a, b) in enumerate(self.ranges):
+                base = self.fetch(plan.chunks, plan.stages, a, b)
                 for f, t in up.items():
+                    cols = t.shape[-1]
                     if kernel:
-                        f.launch(base, t[a:b].reshape(-1, t.shape[-1]), self.buffer, freq, most[f])
+                        f.launch(base, t[a:b].reshape(-1, cols), buf, freq, plan.most[f])
                     else:
-                        f.reference(base, tables[f][a:b].reshape(-1, t.shape[-1]), self.buffer, rotary)
-                event.record(side)
+                        f.reference(base, plan.tables[f][a:b].reshape(-1, cols), buf, plan.rotary)
+                self.flags[i : i + 1].fill_(1)
 
     def stages(self, chunks: Sequence[HostChunk]) -> list[int]:
         """Where each chunk's first byte lands in the staging area (bytes from its start)."""
@@ -154,37 +216,6 @@ class HostStream:
             lo, hi = a * c.layer_bytes, b * c.layer_bytes
             staging[s + lo : s + hi].copy_(c.data[lo:hi], non_blocking=True)
         return staging
-
-    def _begin(self) -> Any:
-        """The side stream, after the main stream's queued work (the context may still be read
-        by the last request's steps) and the last gated step's event waits."""
-        import torch
-
-        dev = self.buffer.ctx_keys.device
-        if self._issued is not None:
-            # the last gated step must be past its event waits before they are recorded again
-            # (in any real flow the host read its token long ago: this returns at once)
-            self._issued.synchronize()
-            self._issued = None
-        if self.side is None:
-            self.side = torch.cuda.Stream(device=dev)
-            try:  # external: a graph waits on the event's record of each request
-                self.events = [torch.cuda.Event(external=True) for _ in self.ranges]
-            except TypeError:  # a torch without external events: gated steps run uncaptured
-                self.events = [torch.cuda.Event() for _ in self.ranges]
-                self.capturable = False
-        self.side.wait_stream(torch.cuda.current_stream(dev))
-        return self.side
-
-    def mark(self) -> None:
-        """Called right after a step that waits on this request's events was launched: the
-        next :meth:`stream` holds back until that step is past its waits before recording the
-        events again (whatever the driver's rule for when a graph's wait node reads its event)."""
-        if self.cuda:
-            import torch
-
-            self._issued = torch.cuda.Event()
-            self._issued.record(torch.cuda.current_stream(self.buffer.ctx_keys.device))
 
     def _stage(self, nbytes: int) -> torch.Tensor:
         """The staging area (on the buffer's device), grown (never shrunk) to ``nbytes``."""
@@ -215,7 +246,8 @@ def stream_batch(
     """:func:`~ragcompress.kv.fast.write.write_batch` where host chunks stream: device chunks
     go in one gather now, host chunks (a :class:`HostChunk`, or a stored chunk on the CPU while
     the buffer is on CUDA, packed on the way) through ``host``. Returns the next position and
-    whether anything streams (the step must then wait per layer: :meth:`HostStream.wait`)."""
+    whether a plan is pending: the engine then queues the step with per-range waits
+    (:meth:`HostStream.wait`) and :meth:`HostStream.flush` es right after."""
     items = [("prefix", _item(prefix, buffer))]
     items += [(f"chunk #{i}", _item(c, buffer)) for i, c in enumerate(chunks)]
     need = sum(c.num_tokens for _, c in items)
@@ -236,11 +268,11 @@ def stream_batch(
             streamed.append((c, slot, pos - c.base_offset))
         else:
             c.gather_into(rows, slot, pos - c.base_offset)
-    if streamed:  # first: its copies start while the device chunks are gathered on this stream
+    if streamed:  # planned first: its writes (other slots) may run alongside this gather
         host.stream(streamed, rotary)
     gather(rows, rotary)
     buffer.commit()
-    return buffer.next_position, bool(streamed) and host.cuda
+    return buffer.next_position, bool(streamed)
 
 
 def _item(chunk: Any, buffer: StaticKVBuffer) -> BufferChunk:
