@@ -61,14 +61,19 @@ def schedule(layers: int, group: int) -> list[tuple[int, int]]:
 @dataclass(frozen=True, eq=False)
 class _Plan:
     """One request's host chunks, where their bytes land (``stages``), their gather tables
-    (layers, chunks, F) per form on the host, each form's largest token count, and the main
-    stream's point after which the side stream may write (CUDA)."""
+    (layers, chunks, F) per form on the host and (CUDA) on the device, each form's largest token
+    count, and (CUDA) the RoPE frequencies on the device and the main stream's point after which
+    the side stream may write. Everything that allocates is done here, at load: while a queued
+    step polls, the flush only queues copies and launches (an allocation that had to free
+    memory would synchronize the device, and wait for the step that waits for the flush)."""
 
     chunks: list[HostChunk]
     stages: list[int]
     tables: dict[HostForm, torch.Tensor]
     most: dict[HostForm, int]
     rotary: Rotary
+    device_tables: dict[HostForm, torch.Tensor] | None = None
+    freq: Any = None
     ready: Any = None
 
 
@@ -86,6 +91,7 @@ class HostStream:
     ranges: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
     _first: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # layer -> range
     _plan: _Plan | None = field(default=None, init=False, repr=False)
+    _kernel: bool = field(default=False, init=False, repr=False)  # the gather kernels run here
     _keep: list[Any] = field(default_factory=list, init=False, repr=False)  # this request's tables
 
     def __post_init__(self) -> None:
@@ -102,7 +108,7 @@ class HostStream:
     def overlaps(self) -> bool:
         """Whether a step can wait per layer range (CUDA, with the Triton flag kernel); else
         the engine flushes before the step, which then finds the context written."""
-        return self.cuda and triton_available()
+        return self.cuda and self._kernel
 
     def wait(self, layer: int) -> None:
         """Hold the current stream until layer ``layer``'s context is written (a no-op off
@@ -141,16 +147,20 @@ class HostStream:
             most[c.form] = max(most.get(c.form, 0), c.tokens)
         # (layers, chunks, F): a range's rows are one contiguous block
         tables = {f: torch.stack(rows, dim=1).contiguous() for f, rows in forms.items()}
-        ready = None
-        if self.cuda:
-            dev = self.buffer.ctx_keys.device
-            if self.side is None:
-                self.side = torch.cuda.Stream(device=dev)
-                self.flags = torch.zeros(len(self.ranges), dtype=torch.int32, device=dev)
-            self.flags.zero_()  # after the last request's steps, before this one's writes
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(dev))
-        self._plan = _Plan(chunks, stages, tables, most, rotary, ready)
+        self._kernel = _kernel_runs(self.buffer, rotary)
+        if not self.cuda:
+            self._plan = _Plan(chunks, stages, tables, most, rotary)
+            return
+        dev = self.buffer.ctx_keys.device
+        if self.side is None:
+            self.side = torch.cuda.Stream(device=dev)
+            self.flags = torch.zeros(len(self.ranges), dtype=torch.int32, device=dev)
+        up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in tables.items()}
+        freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+        self.flags.zero_()  # after the last request's steps, before this one's writes
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(dev))
+        self._plan = _Plan(chunks, stages, tables, most, rotary, up, freq, ready)
 
     def flush(self, join: bool = False) -> None:
         """Queue the planned request's copies and gathers (CUDA: on the side stream, each range
@@ -180,18 +190,18 @@ class HostStream:
     def _queue(self, plan: _Plan) -> None:
         import torch
 
-        buf, dev = self.buffer, self.buffer.ctx_keys.device
-        kernel = _kernel_runs(buf, plan.rotary)
-        freq = plan.rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+        buf, up, freq = self.buffer, plan.device_tables, plan.freq
+        assert up is not None  # a CUDA plan
         self.side.wait_event(plan.ready)
+        for t in (*up.values(), freq):
+            t.record_stream(self.side)  # made on the main stream, read on the side one
+        self._keep = [plan.chunks]  # alive while the side stream reads them
         with torch.cuda.stream(self.side):
-            up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in plan.tables.items()}
-            self._keep = [up, freq, plan.chunks]  # alive while the side stream reads them
             for i, (a, b) in enumerate(self.ranges):
                 base = self.fetch(plan.chunks, plan.stages, a, b)
                 for f, t in up.items():
                     cols = t.shape[-1]
-                    if kernel:
+                    if self._kernel:
                         f.launch(base, t[a:b].reshape(-1, cols), buf, freq, plan.most[f])
                     else:
                         f.reference(base, plan.tables[f][a:b].reshape(-1, cols), buf, plan.rotary)
