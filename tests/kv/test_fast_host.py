@@ -200,4 +200,5 @@ def test_gpu_the_captured_step_waits_for_late_copies(tokenizer, streamer):
             torch.cuda._sleep(200_000_000)  # ~0.1 s of the side stream before this request's copies
         streamed.load(prefix, host[::-1])
         assert streamed.generate([q], 6, gen.stop_ids) == want
+        assert streamed._host.flags.tolist() == [1] * len(streamed._host.ranges)  # set, not timed out
     assert not torch.isnan(_context(streamed)[0]).any()

@@ -18,16 +18,25 @@ import triton.language as tl
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["wait_flag"]
+__all__ = ["LIMIT", "wait_flag"]
+
+
+#: polls before giving up (~1 µs each: seconds): a host that never sets the flag (a bug) must
+#: not hang the device, which others may share; the flag then reads 2 (the host can check it)
+LIMIT = 1 << 24
 
 
 @triton.jit
-def _wait_flag_kernel(flag):
+def _wait_flag_kernel(flag, limit):
     # volatile: read memory every time, never a register or L1 copy of the first read
-    while tl.load(flag, volatile=True) == 0:
-        pass
+    n = 0
+    while (tl.load(flag, volatile=True) == 0) & (n < limit):
+        n += 1
+    if n >= limit:
+        tl.store(flag, 2)
 
 
 def wait_flag(flag: torch.Tensor) -> None:
-    """Hold the current stream until ``flag`` (one int32 on the device) is non-zero."""
-    _wait_flag_kernel[(1,)](flag, num_warps=1)
+    """Hold the current stream until ``flag`` (one int32 on the device) is non-zero (at most
+    :data:`LIMIT` polls)."""
+    _wait_flag_kernel[(1,)](flag, LIMIT, num_warps=1)
