@@ -14,6 +14,9 @@ bf16, on the GPU; no hub), for each context length, in one process and on the sa
   re-rotate);
 * ``floor_ms`` — non-embedding weight bytes + context KV bytes over the device-to-device copy
   bandwidth measured in the same run (bytes read + written per second);
+* ``kvzip_*`` — kvzip 0.6 + int4/64 chunks on the GPU, in pinned host memory (streamed under the
+  question's compute, ``--stream-group``) and on disk, and the host-to-device bandwidths of the
+  run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
   chunks, which :meth:`FastGenerator.load_reusing` finds resident in the buffer and does not
   rewrite (question prefill + first token only). The cold ``ragcompress_ms`` always writes.
