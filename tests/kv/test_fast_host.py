@@ -120,6 +120,20 @@ def test_host_and_device_chunks_mix_in_one_request(deep_llama, tokenizer):
     torch.testing.assert_close(_context(mixed), _context(device), atol=0, rtol=0)
 
 
+def test_batched_questions_over_host_chunks_match_one_by_one(deep_llama, tokenizer):
+    gen, prefix, chunks, q = _setup(deep_llama, tokenizer, "kvzip-int4")
+    host = [HostChunk.from_chunk(c, torch.float32) for c in chunks]
+    questions = [q, q[:3], list(reversed(q))]
+    batched = _engine(deep_llama, max_batch=3, stream_group=2)
+    batched.load(prefix, host)
+    want = []
+    for question in questions:
+        one = _engine(deep_llama)
+        one.load(prefix, chunks)
+        want += one.generate([question], 6, gen.stop_ids)
+    assert batched.generate(questions, 6, gen.stop_ids) == want
+
+
 def test_host_chunks_match_the_eager_generator(tiny_llama, tokenizer):
     """The engine's answer from host chunks is the eager KV path's (assemble + decode)."""
     from ragcompress.kv.assemble import assemble

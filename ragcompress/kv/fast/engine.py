@@ -136,7 +136,10 @@ class FastGenerator:
 
         On CUDA all dense chunks take one launch and all quantized chunks one more
         (:func:`~ragcompress.kv.fast.write.write_batch`), stored
-        :class:`~ragcompress.kv.chunk.KVChunk` layers included.
+        :class:`~ragcompress.kv.chunk.KVChunk` layers included. Host-resident chunks
+        (:class:`~ragcompress.kv.fast.host.HostChunk`, or stored chunks on the CPU while the
+        buffer is on CUDA) are planned here and written during the next :meth:`prefill`, layer
+        range by layer range under its compute (:mod:`~ragcompress.kv.fast.stream`).
         """
         return self.load_reusing(prefix, chunks, reuse=False)
 
@@ -328,7 +331,9 @@ class FastGenerator:
             splits=self._splits(b * t),
             group=self._step.heads // self._step.kv_heads,
         )
-        shape = _Shape(b, t, args, meta, GatedAttention(self.attention, self._host) if gated else None)  # type: ignore[arg-type]
+        # a gated step waits, per layer range, for host chunks streamed while it runs
+        gate = GatedAttention(self.attention, self._host) if gated else None  # type: ignore[arg-type]
+        shape = _Shape(b, t, args, meta, gate)
         if self.graphs:
             # Warm-up and capture run the step for real, writing K/V into question slots: a shape
             # captured lazily (the decode step's, right after a prefill) would clobber the live
