@@ -14,6 +14,9 @@ bf16, on the GPU; no hub), for each context length, in one process and on the sa
   re-rotate);
 * ``floor_ms`` — non-embedding weight bytes + context KV bytes over the device-to-device copy
   bandwidth measured in the same run (bytes read + written per second);
+* ``kvzip_*`` — kvzip 0.6 + int4/64 chunks on the GPU, in pinned host memory (streamed under the
+  question's compute, ``--stream-group``) and on disk, and the host-to-device bandwidths of the
+  run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
   chunks, which :meth:`FastGenerator.load_reusing` finds resident in the buffer and does not
   rewrite (question prefill + first token only). The cold ``ragcompress_ms`` always writes.
@@ -110,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="modes",
         action="store_false",
         help="skip the assembly-mode rows (ape, blend at 5%% and 15%% and blend_question at 15%% recompute)",
+    )
+    p.add_argument("--stream-group", type=int, default=8, help="layers per host-to-device copy (host tier)")
+    p.add_argument(
+        "--no-host",
+        dest="host_tiers",
+        action="store_false",
+        help="skip the host/disk tier columns (kvzip 0.6 + int4/64 chunks, ttft_host)",
     )
     p.add_argument(
         "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"
@@ -270,6 +280,14 @@ def run_context(
             traceback.print_exc()
             row["ragcompress_compressed_ms"] = None
             row["ragcompress_compressed_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        if args.host_tiers:
+            from ragcompress_bench.ttft_host import host_rows
+
+            try:
+                row.update(host_rows(model, fast, kv, p, sizes, ids, question, clock, args.stream_group))
+            except Exception as exc:
+                traceback.print_exc()
+                row["kvzip_host_error"] = f"{type(exc).__name__}: {exc}"[:300]
     static = static_compiled_row(model, ids, question, clock, args.static_compile)
     if "hf_static_first_token" in static:
         tokens["hf_static_compiled"] = static.pop("hf_static_first_token")
@@ -313,6 +331,10 @@ def main(argv: list[str]) -> int:
     wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
     bw = copy_bandwidth(dev, clock)
     print(f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    from ragcompress_bench.ttft_host import host_bandwidths
+
+    extra = {"host_bandwidths": host_bandwidths(dev, clock), "stream_group": args.stream_group}
+    print(f"host-to-device bandwidth (GB/s): {extra['host_bandwidths']}", flush=True)
     fast = None
     # Fall back (and say so in the report) rather than lose the run if flash or graphs fail here.
     plans = (
@@ -333,6 +355,7 @@ def main(argv: list[str]) -> int:
                 graphs=graphs,
                 attention=attention,
                 step=default_step(model) if fused else EagerStep(model),
+                stream_group=args.stream_group,
             )
             fast.warmup(batches, (args.question_tokens,))
             break
@@ -355,11 +378,13 @@ def main(argv: list[str]) -> int:
     for ctx in contexts:
         rows.append(run_context(model, fast, ctx, args, clock, bw, wbytes))
         print(json.dumps(rows[-1]), flush=True)
-        write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps)  # partial results survive a timeout
+        write_report(
+            out, argv, args, dev, fast, bw, wbytes, rows, qps, extra
+        )  # partial results survive a timeout
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     qps = run_qps(model, fast, args, clock)
     if args.profile:
         profile(model, fast, args)
-    print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps)))
+    print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps, extra)))
     return 0

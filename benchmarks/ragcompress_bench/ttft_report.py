@@ -107,6 +107,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {q.get('batch')} | {q.get('context_tokens', '—')} | {q.get('first_token_ms', '—')} | "
             f"{q.get('qps_first_token', '—')} | {q.get('answer_ms', '—')} | {q.get('qps_answers', '—')} |"
         )
+    from ragcompress_bench.ttft_host import host_lines
+
+    lines += host_lines(report)
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +123,7 @@ def write_report(
     wbytes: int,
     rows: list[dict[str, Any]],
     qps: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -138,6 +142,7 @@ def write_report(
         "weight_bytes": wbytes,
         "rows": rows,
         "qps": qps,
+        **(extra or {}),
     }
     (out / "ttft_gpu.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "ttft_gpu.md").write_text(markdown(report))

@@ -31,8 +31,12 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         assert row["ape_recompute"] == 0.0
         assert row["hf_static_matches_full_prefill"] is True  # the StaticCache anchor (uncompiled on CPU)
         assert 0.0 < row["blend_05_recompute"] < row["blend_15_recompute"] <= 0.16
+        # the tiers (ttft_host): kvzip chunks on the device, streamed from the host, from disk
+        assert all(row[f"kvzip_{t}_ms"] > 0 for t in ("gpu", "host", "host_serial", "disk"))
+        assert row["kvzip_tiers_agree"] is True and 0 < row["kvzip_tokens"] < row["context_tokens"]
     assert [q["batch"] for q in report["qps"]] == [1, 2]
     assert "| context_tokens |" in (tmp_path / "ttft_gpu.md").read_text()
+    assert "| kvzip_gpu_ms | kvzip_host_ms |" in (tmp_path / "ttft_gpu.md").read_text()
     assert (tmp_path / "ttft_gpu.png").stat().st_size > 0
 
 

@@ -13,6 +13,7 @@ from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.eager import EagerStep
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.fused import FusedStep, default_step
+from ragcompress.kv.fast.host import HostChunk
 from ragcompress.kv.fast.packed import BufferChunk, PackedChunk, QuantizedPackedChunk
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stored import StoredChunk
@@ -27,6 +28,7 @@ __all__ = [
     "FastGenerator",
     "FlashCascade",
     "FusedStep",
+    "HostChunk",
     "PackedChunk",
     "QuantizedPackedChunk",
     "ReferenceCascade",

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 from ragcompress.kv.fast.attention import CascadeAttention, StepMeta, default_attention
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.fused import default_step
+from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.step import DecoderStep
-from ragcompress.kv.fast.write import write_batch
+from ragcompress.kv.fast.stream import HostStream, stream_batch
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,7 @@ class _Shape:
     qlen: int
     args: torch.Tensor  # int64 (4*B*T + B,): ids | positions | slots | used(B*T, first B) | last(B)
     meta: StepMeta
+    attention: CascadeAttention | None = None  # None: the generator's; gated when chunks stream
     logits: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     graph: Any = None
@@ -57,7 +59,11 @@ class FastGenerator:
     computed (:class:`~ragcompress.kv.fast.fused.FusedStep` or
     :class:`~ragcompress.kv.fast.eager.EagerStep` over ``model``; by default
     :func:`~ragcompress.kv.fast.fused.default_step` picks the fused one where it runs);
-    ``attention``: the cascade (by default flash where it works, else the reference).
+    ``attention``: the cascade (by default flash where it works, else the reference);
+    ``stream_group``: layers per host-to-device copy of host-resident chunks
+    (:class:`~ragcompress.kv.fast.host.HostChunk`, or stored chunks on the CPU), which stream
+    under the question's compute; ``streamer``: how (:class:`~ragcompress.kv.fast.stream.HostStream`,
+    copies through a staging area, or :class:`~ragcompress.kv.fast.stream_direct.DirectHostStream`).
     """
 
     model: Any
@@ -69,9 +75,11 @@ class FastGenerator:
     graphs: bool = True
     attention: CascadeAttention | None = None
     step: DecoderStep | None = field(default=None, repr=False)
+    stream_group: int = 8
+    streamer: type[HostStream] = field(default=HostStream, repr=False)
     buffer: StaticKVBuffer = field(init=False, repr=False)
     rotary: Any = field(init=False, repr=False)
-    _shapes: dict[tuple[int, int], _Shape] = field(default_factory=dict, init=False, repr=False)
+    _shapes: dict[tuple[int, ...], _Shape] = field(default_factory=dict, init=False, repr=False)
     _cur: list[int] = field(default_factory=list, init=False, repr=False)
     _pool: Any = field(default=None, init=False, repr=False)
     _staging: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
@@ -79,6 +87,8 @@ class FastGenerator:
     # prefix + chunks of the last load, in buffer order (strong refs: identity stays unique)
     _resident: list[Any] = field(default_factory=list, init=False, repr=False)
     _last: _Shape | None = field(default=None, init=False, repr=False)
+    _host: HostStream = field(init=False, repr=False)
+    _gated: bool = field(default=False, init=False, repr=False)  # the next prefill waits per layer
 
     def __post_init__(self) -> None:
         from ragcompress.models.rope import Rotary
@@ -103,6 +113,7 @@ class FastGenerator:
         if self.attention is None:
             self.attention = default_attention(param)
         self.graphs = self.graphs and param.device.type == "cuda"
+        self._host = self.streamer(self.buffer, self.stream_group)
 
     @property
     def last_logits(self) -> torch.Tensor | None:
@@ -125,14 +136,16 @@ class FastGenerator:
 
         On CUDA all dense chunks take one launch and all quantized chunks one more
         (:func:`~ragcompress.kv.fast.write.write_batch`), stored
-        :class:`~ragcompress.kv.chunk.KVChunk` layers included.
+        :class:`~ragcompress.kv.chunk.KVChunk` layers included. Host-resident chunks
+        (:class:`~ragcompress.kv.fast.host.HostChunk`, or stored chunks on the CPU while the
+        buffer is on CUDA) are planned here and written during the next :meth:`prefill`, layer
+        range by layer range under its compute (:mod:`~ragcompress.kv.fast.stream`).
         """
-        self._resident = []  # a failed write leaves nothing known-resident
-        nxt = write_batch(self.buffer, prefix, chunks, self.rotary)
-        self._resident = [prefix, *chunks]
-        return nxt
+        return self.load_reusing(prefix, chunks, reuse=False)
 
-    def load_reusing(self, prefix: BufferChunk, chunks: Sequence[BufferChunk | KVChunk]) -> int:
+    def load_reusing(
+        self, prefix: BufferChunk, chunks: Sequence[BufferChunk | KVChunk], reuse: bool = True
+    ) -> int:
         """:meth:`load`, skipping the leading chunks that the previous load already wrote.
 
         The same chunk objects, in the same order from the prefix on, land at the same slots
@@ -142,12 +155,14 @@ class FastGenerator:
         """
         items = [prefix, *chunks]
         same = 0
-        for old, new in zip(self._resident, items, strict=False):
+        # a streamed load that no prefill flushed never reached the buffer: nothing is resident
+        dropped = self._host.discard()
+        for old, new in zip(self._resident if reuse and not dropped else [], items, strict=False):
             if old is not new:
                 break
             same += 1
-        self._resident = []
-        nxt = write_batch(self.buffer, prefix, chunks, self.rotary, resident=same)
+        self._resident = []  # a failed write leaves nothing known-resident
+        nxt, self._gated = stream_batch(self.buffer, prefix, chunks, self.rotary, self._host, resident=same)
         self._resident = items
         return nxt
 
@@ -160,6 +175,8 @@ class FastGenerator:
 
         n = int(layers[0][0].shape[1])
         self._resident = []  # nothing here is a chunk a later load can reuse
+        self._host.discard()
+        self._gated = False
         self.buffer.reset()
         self.buffer.reserve(n, n, "assembled context")
         keys = torch.stack([k.transpose(0, 1) for k, _ in layers], dim=1)  # (n, layers, kv_heads, d)
@@ -191,7 +208,10 @@ class FastGenerator:
         t = self.bucket(max(lens))
         b = len(questions)
         self.buffer.check_question(max(lens), 0, b)
-        shape = self._shape(b, t)
+        gated = self._gated
+        if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
+            self._host.flush()  # a capture, or a step that cannot wait, needs the context written
+        shape = self._shape(b, t, gated)
         r, p0 = self.buffer.region, self.buffer.next_position
         ids = torch.zeros(b, t, dtype=torch.long)
         for i, q in enumerate(questions):
@@ -201,6 +221,9 @@ class FastGenerator:
         used = torch.full((b * t,), t, dtype=torch.long)
         last = torch.arange(b) * t + torch.tensor(lens) - 1
         self._run(shape, torch.cat([ids.reshape(-1), pos.reshape(-1), slots, used, last]))
+        if gated:  # the host queues the copies while the step, queued first, computes
+            self._host.flush()
+            self._gated = False
         self._cur = lens
         self._last = shape
         assert shape.tokens is not None
@@ -279,10 +302,10 @@ class FastGenerator:
                 self._shape(b, self.bucket(t))
             self._shape(b, 1)
 
-    def _shape(self, b: int, t: int) -> _Shape:
+    def _shape(self, b: int, t: int, gated: bool = False) -> _Shape:
         import torch
 
-        key = (b, t)
+        key = (b, t, 1) if gated else (b, t)
         hit = self._shapes.get(key)
         if hit is not None:
             return hit
@@ -308,7 +331,9 @@ class FastGenerator:
             splits=self._splits(b * t),
             group=self._step.heads // self._step.kv_heads,
         )
-        shape = _Shape(b, t, args, meta)
+        # a gated step waits, per layer range, for host chunks streamed while it runs
+        gate = GatedAttention(self.attention, self._host) if gated else None  # type: ignore[arg-type]
+        shape = _Shape(b, t, args, meta, gate)
         if self.graphs:
             # Warm-up and capture run the step for real, writing K/V into question slots: a shape
             # captured lazily (the decode step's, right after a prefill) would clobber the live
@@ -360,7 +385,7 @@ class FastGenerator:
                 a[4 * n :],
                 self.buffer,
                 shape.meta,
-                self.attention,  # type: ignore[arg-type]
+                shape.attention or self.attention,  # type: ignore[arg-type]
             )
             shape.logits = logits
             shape.tokens = logits.argmax(-1)

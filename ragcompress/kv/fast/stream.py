@@ -1,0 +1,294 @@
+"""Stream host-resident chunks into the buffer's context layer range by layer range, under the
+question's compute.
+
+:meth:`HostStream.stream` (at load) plans a request: the gather tables and where each chunk's
+bytes land in a device staging area. :meth:`HostStream.flush` (the engine calls it right after
+it has queued the question step) queues the work on a side CUDA stream: the tables go up (one
+copy), then for each range of layers (:func:`schedule`) every host chunk's bytes of those
+layers are copied (one contiguous range per chunk), the gather kernel dequantizes / re-rotates
+them into the context, and the range's flag is set. Before layer ``l``'s attention reads the
+context, the step polls the flag of ``l``'s range (:class:`~ragcompress.kv.fast.gate.GatedAttention`,
+:func:`~ragcompress.kv.fast._spin.wait_flag`), so copies of later layers overlap the compute of
+earlier ones, and the host queues the copies while the GPU already computes. Off CUDA the same
+plan is written at flush, in order, by the torch reference over the same table rows:
+"streaming" degenerates to a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
+from ragcompress.kv.fast.host import HostChunk
+from ragcompress.kv.fast.packed import BufferChunk
+from ragcompress.kv.fast.rows import GatherRows
+from ragcompress.kv.fast.stored import StoredChunk
+from ragcompress.kv.fast.write import gather, triton_available
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.host_forms import HostForm
+    from ragcompress.models.rope import Rotary
+
+__all__ = ["HostStream", "schedule", "stream_batch"]
+
+STAGE_ALIGN = 256
+
+
+def schedule(layers: int, group: int) -> list[tuple[int, int]]:
+    """Layer ranges copied one after the other: groups of ``group`` layers, tapered to 1, 2, 4..
+    at both ends, so the first layer waits for one layer's bytes (not a group's) and, when the
+    copies are the bottleneck, the layers after the last copy are few. ``group >= layers``: one
+    range (all copies, then the step)."""
+    if group >= layers:
+        return [(0, layers)]
+    head = [1 << i for i in range(max(0, group.bit_length() - 1)) if 1 << i < group]
+    mid = layers - 2 * sum(head)
+    sizes = [group] * (layers // group) + ([layers % group] if layers % group else [])
+    if mid >= 0:
+        sizes = head + [group] * (mid // group) + ([mid % group] if mid % group else []) + head[::-1]
+    ranges, a = [], 0
+    for n in sizes:
+        ranges.append((a, a + n))
+        a += n
+    return ranges
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """One request's host chunks, where their bytes land (``stages``), their gather tables
+    (layers, chunks, F) per form on the host and (CUDA) on the device, each form's largest token
+    count, and (CUDA) the RoPE frequencies on the device and the main stream's point after which
+    the side stream may write. Everything that allocates is done here, at load: while a queued
+    step polls, the flush only queues copies and launches (an allocation that had to free
+    memory would synchronize the device, and wait for the step that waits for the flush)."""
+
+    chunks: list[HostChunk]
+    stages: list[int]
+    tables: dict[HostForm, torch.Tensor]
+    most: dict[HostForm, int]
+    rotary: Rotary
+    device_tables: dict[HostForm, torch.Tensor] | None = None
+    freq: Any = None
+    ready: Any = None
+
+
+@dataclass(eq=False)
+class HostStream:
+    """The side stream, staging area and per-range flags of one buffer. ``group``: layers per
+    copy in the middle of the :func:`schedule` (one copy per chunk and range, one gather launch
+    per range)."""
+
+    buffer: StaticKVBuffer
+    group: int = 8
+    staging: torch.Tensor | None = field(default=None, init=False, repr=False)
+    side: Any = field(default=None, init=False, repr=False)
+    flags: Any = field(default=None, init=False, repr=False)  # (ranges,) int32: range written
+    ranges: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
+    _first: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # layer -> range
+    _plan: _Plan | None = field(default=None, init=False, repr=False)
+    _kernel: bool = field(default=False, init=False, repr=False)  # the gather kernels run here
+    _keep: list[Any] = field(default_factory=list, init=False, repr=False)  # this request's tables
+
+    def __post_init__(self) -> None:
+        if self.group <= 0:
+            raise ValueError(f"group (layers per copy) must be positive, got {self.group}")
+        self.ranges = schedule(self.buffer.layers, self.group)
+        self._first = {a: i for i, (a, _) in enumerate(self.ranges)}
+
+    @property
+    def cuda(self) -> bool:
+        return self.buffer.ctx_keys.device.type == "cuda"
+
+    @property
+    def overlaps(self) -> bool:
+        """Whether a step can wait per layer range (CUDA, with the Triton flag kernel); else
+        the engine flushes before the step, which then finds the context written."""
+        return self.cuda and self._kernel
+
+    def wait(self, layer: int) -> None:
+        """Hold the current stream until layer ``layer``'s context is written (a no-op off
+        CUDA, or but at the first layer of a range)."""
+        i = self._first.get(layer)
+        if i is not None and self.overlaps and self.flags is not None:
+            from ragcompress.kv.fast._spin import wait_flag
+
+            wait_flag(self.flags[i : i + 1])
+
+    def layer_of(self, keys: torch.Tensor) -> int:
+        """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
+        ctx = self.buffer.ctx_keys
+        step = self.buffer.kv_heads * self.buffer.head_dim * ctx.element_size()
+        return (keys.data_ptr() - ctx.data_ptr()) // step % self.buffer.layers
+
+    def discard(self) -> bool:
+        """Drop a planned request that was never flushed (its load was replaced); True if one was."""
+        plan, self._plan = self._plan, None
+        return plan is not None
+
+    def stream(self, entries: Sequence[tuple[HostChunk, int, int]], rotary: Rotary) -> None:
+        """Plan writing each (chunk, slot, delta) of ``entries`` into the context; the work is
+        queued by :meth:`flush`."""
+        import torch
+
+        self._plan = None
+        chunks = [c for c, _, _ in entries]
+        stages = self.stages(chunks)
+        stacked = self.buffer.layers * self.buffer.kv_heads
+        forms: dict[HostForm, list[torch.Tensor]] = {}
+        most: dict[HostForm, int] = {}
+        for (c, slot, delta), s in zip(entries, stages, strict=True):
+            shift = torch.tensor(c.form.shift(s, slot, delta, stacked), dtype=torch.long)
+            forms.setdefault(c.form, []).append(c.template + shift)
+            most[c.form] = max(most.get(c.form, 0), c.tokens)
+        # (layers, chunks, F): a range's rows are one contiguous block
+        tables = {f: torch.stack(rows, dim=1).contiguous() for f, rows in forms.items()}
+        self._kernel = _kernel_runs(self.buffer, rotary)
+        if not self.cuda:
+            self._plan = _Plan(chunks, stages, tables, most, rotary)
+            return
+        dev = self.buffer.ctx_keys.device
+        if self.side is None:
+            self.side = torch.cuda.Stream(device=dev)
+            self.flags = torch.zeros(len(self.ranges), dtype=torch.int32, device=dev)
+        up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in tables.items()}
+        freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+        self.flags.zero_()  # after the last request's steps, before this one's writes
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(dev))
+        self._plan = _Plan(chunks, stages, tables, most, rotary, up, freq, ready)
+
+    def flush(self, join: bool = False) -> None:
+        """Queue the planned request's copies and gathers (CUDA: on the side stream, each range
+        setting its flag; elsewhere: written now). ``join``: the current stream waits for them
+        (as it does anyway where steps cannot wait per range)."""
+        import torch
+
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return
+        if not self.cuda:
+            staging = self._stage(plan.stages[-1] + plan.chunks[-1].nbytes)
+            for c, s in zip(plan.chunks, plan.stages, strict=True):
+                staging[s : s + c.nbytes].copy_(c.data)
+            for f, t in plan.tables.items():
+                f.reference(staging, t.reshape(-1, t.shape[-1]), self.buffer, plan.rotary)
+            return
+        try:
+            self._queue(plan)
+        except BaseException:
+            with torch.cuda.stream(self.side):  # never leave a queued step polling forever
+                self.flags.fill_(1)
+            raise
+        if join or not self.overlaps:
+            torch.cuda.current_stream(self.buffer.ctx_keys.device).wait_stream(self.side)
+
+    def _queue(self, plan: _Plan) -> None:
+        import torch
+
+        buf, up, freq = self.buffer, plan.device_tables, plan.freq
+        assert up is not None  # a CUDA plan
+        self.side.wait_event(plan.ready)
+        for t in (*up.values(), freq):
+            t.record_stream(self.side)  # made on the main stream, read on the side one
+        self._keep = [plan.chunks]  # alive while the side stream reads them
+        with torch.cuda.stream(self.side):
+            for i, (a, b) in enumerate(self.ranges):
+                base = self.fetch(plan.chunks, plan.stages, a, b)
+                for f, t in up.items():
+                    cols = t.shape[-1]
+                    if self._kernel:
+                        f.launch(base, t[a:b].reshape(-1, cols), buf, freq, plan.most[f])
+                    else:
+                        f.reference(base, plan.tables[f][a:b].reshape(-1, cols), buf, plan.rotary)
+                self.flags[i : i + 1].fill_(1)
+
+    def stages(self, chunks: Sequence[HostChunk]) -> list[int]:
+        """Where each chunk's first byte lands in the staging area (bytes from its start)."""
+        stages, total = [], 0
+        for c in chunks:
+            stages.append(total)
+            total += -(-c.nbytes // STAGE_ALIGN) * STAGE_ALIGN
+        if self.cuda:
+            self._stage(total)
+        return stages
+
+    def fetch(self, chunks: Sequence[HostChunk], stages: list[int], a: int, b: int) -> torch.Tensor:
+        """Queue the copies of layers ``a..b`` of every chunk into the staging area (on the
+        current stream, the side one); returns the base the table offsets count from."""
+        staging = self.staging
+        assert staging is not None  # sized by stages()
+        for c, s in zip(chunks, stages, strict=True):
+            lo, hi = a * c.layer_bytes, b * c.layer_bytes
+            staging[s + lo : s + hi].copy_(c.data[lo:hi], non_blocking=True)
+        return staging
+
+    def _stage(self, nbytes: int) -> torch.Tensor:
+        """The staging area (on the buffer's device), grown (never shrunk) to ``nbytes``."""
+        import torch
+
+        if self.staging is None or self.staging.numel() < nbytes:
+            if self.side is not None:
+                self.side.synchronize()  # the old area may still be read by the last gathers
+            dev = self.buffer.ctx_keys.device
+            self.staging = torch.empty(max(nbytes, STAGE_ALIGN), dtype=torch.uint8, device=dev)
+        return self.staging
+
+
+def _kernel_runs(buffer: StaticKVBuffer, rotary: Rotary) -> bool:
+    """The gather kernels rotate full-width keys in power-of-two halves, with Triton."""
+    d = buffer.head_dim
+    return rotary.rot_dim == d and d & (d - 1) == 0 and triton_available()
+
+
+def stream_batch(
+    buffer: StaticKVBuffer,
+    prefix: BufferChunk,
+    chunks: Sequence[BufferChunk | KVChunk],
+    rotary: Rotary,
+    host: HostStream,
+    resident: int = 0,
+) -> tuple[int, bool]:
+    """:func:`~ragcompress.kv.fast.write.write_batch` where host chunks stream: device chunks
+    go in one gather now, host chunks (a :class:`HostChunk`, or a stored chunk on the CPU while
+    the buffer is on CUDA, packed on the way) through ``host``. Returns the next position and
+    whether a plan is pending: the engine then queues the step with per-range waits
+    (:meth:`HostStream.wait`) and :meth:`HostStream.flush` es right after."""
+    items = [("prefix", _item(prefix, buffer))]
+    items += [(f"chunk #{i}", _item(c, buffer)) for i, c in enumerate(chunks)]
+    need = sum(c.num_tokens for _, c in items)
+    if need > buffer.capacity:
+        raise BufferOverflowError(
+            f"prefix + {len(chunks)} chunks need {need} context slots; the buffer has {buffer.capacity}"
+        )
+    for what, c in items[resident:]:
+        c.check(buffer, what)
+    buffer.reset()
+    for what, c in items[:resident]:
+        buffer.reserve(c.num_tokens, c.length, what)
+    rows = GatherRows(buffer)
+    streamed: list[tuple[HostChunk, int, int]] = []
+    for what, c in items[resident:]:
+        slot, pos = buffer.reserve(c.num_tokens, c.length, what)
+        if isinstance(c, HostChunk):
+            streamed.append((c, slot, pos - c.base_offset))
+        else:
+            c.gather_into(rows, slot, pos - c.base_offset)
+    if streamed:  # planned first: its writes (other slots) may run alongside this gather
+        host.stream(streamed, rotary)
+    gather(rows, rotary)
+    buffer.commit()
+    return buffer.next_position, bool(streamed)
+
+
+def _item(chunk: Any, buffer: StaticKVBuffer) -> BufferChunk:
+    """A buffer chunk; a stored chunk held on the CPU for a CUDA buffer is packed for streaming."""
+    if isinstance(chunk, BufferChunk):
+        return chunk
+    if buffer.ctx_keys.device.type == "cuda" and chunk.device.type == "cpu":
+        return HostChunk.from_chunk(chunk, buffer.ctx_keys.dtype)
+    return StoredChunk.of(chunk)
