@@ -73,6 +73,12 @@ class FusedStep(DecoderStep):
             return "triton is not installed (pip install 'ragcompress-core[gpu]')"
         if any(r.rot_dim != arch.head_dim for r in arch.rope):
             return "rotary is partial"
+        if arch.norm_placement != "pre":
+            # Gemma 3: sandwich norms, (1 + w) RMSNorm rounded in fp32 (EagerStep runs it)
+            return (
+                f"{arch.family} has {arch.norm_placement} norms; the fused kernels implement "
+                "pre-norm layers with Llama's RMSNorm"
+            )
         # the kernels implement Llama's RMSNorm (weight * normed, rounded as LlamaRMSNorm rounds)
         norms = [arch.module(model, "final_norm")]
         norms += [n for p in parts for n in (p.input_norm, p.post_attention_norm, p.q_norm, p.k_norm)]
@@ -111,7 +117,10 @@ class FusedStep(DecoderStep):
             down = p.down_proj  # set wherever gate/up were stacked (_stackable)
             mlp = p.mlp(hs) if gate_up is None or down is None else down(silu_mul(linear(hs, gate_up)))
             x, hs = add_rmsnorm(x, mlp, nxt.weight, nxt.variance_epsilon)
-        return self.arch.module(self.model, "lm_head")(hs.index_select(0, io.last)).float()  # type: ignore[no-any-return]
+        return self.head(hs.index_select(0, io.last))
+
+
+_GATES = ("silu", "swish")  # what silu_mul computes
 
 
 def _rms_norm(norm: Any) -> bool:
@@ -130,7 +139,7 @@ def _head_norm(x: torch.Tensor, norm: Any, rows: int, head_dim: int) -> torch.Te
 def _stackable(arch: Any, parts: Sequence[LayerParts]) -> bool:
     """Attention and a gated MLP without biases and with a SiLU gate: what the stacked GEMMs and
     the SiLU·mul kernel compute."""
-    if arch.mlp_act not in ("silu", "swish"):
+    if arch.mlp_act not in _GATES:
         return False
     for p in parts:
         linears = [p.q_proj, p.k_proj, p.v_proj, p.gate_proj, p.up_proj, p.down_proj]
@@ -168,7 +177,8 @@ def stack_weights(linears: Sequence[Any], share: bool = False) -> torch.Tensor |
 
 def default_step(model: Any, share_weights: bool = False) -> DecoderStep:
     """:class:`FusedStep` where it runs (a CUDA model of a supported family with Llama's
-    RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`.
+    RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`
+    (Gemma 3 always: see :meth:`FusedStep.unsupported`).
 
     ``share_weights``: passed to the fused step (see there: extra memory against GEMM count).
     """
