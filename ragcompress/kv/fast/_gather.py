@@ -143,7 +143,9 @@ def _gather_quant_kernel(
     sk = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D
     k1, k2 = _dequant(k1, ks, kz, sk + j1, m), _dequant(k2, ks, kz, sk + j2, m)
     # freq_ptr: (layers, HALF); destination head head0 + lh is in layer (head0 + lh) // KVH
-    ang = delta * tl.load(freq_ptr + ((head0 + lh) // KVH) * HALF + j, mask=jm, other=0.0)
+    # (a program past the entry's heads writes nothing; its layer may lie past the table: row 0)
+    layer = tl.where(lh < heads, (head0 + lh) // KVH, 0)
+    ang = delta * tl.load(freq_ptr + layer * HALF + j, mask=jm, other=0.0)
     cs = tl.cos(ang)[None, :]
     sn = tl.sin(ang)[None, :]
     ob = ((dst_tok + tt) * LH + head0 + lh) * D

@@ -43,7 +43,8 @@ def _window_kernel(
     d = tl.arange(0, D)
     q = tl.load(q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D + d[None, :], mask=rm[:, None], other=0.0)
     qp = tl.load(qpos_ptr + tok, mask=rm, other=0)
-    qmax = tl.max(tl.where(rm, qp, -(2**62)), axis=0)
+    # a key is seen by some row iff the earliest row sees it (q - p < window)
+    qmin = tl.min(tl.where(rm, qp, 2**62), axis=0)
     start = tl.load(start_ptr + seg).to(tl.int64)
     used = tl.load(used_ptr + seg).to(tl.int64)
     # 1. the span [lo, hi) of segment slots some row of this program can see
@@ -51,8 +52,8 @@ def _window_kernel(
     hi = used * 0
     for off in range(0, used, SCAN):
         n = off + tl.arange(0, SCAN).to(tl.int64)
-        kp = tl.load(kpos_ptr + start + n, mask=n < used, other=-(2**62))
-        seen = (n < used) & (qmax - kp < window)
+        kp = tl.load(kpos_ptr + start + n, mask=n < used, other=0)
+        seen = (n < used) & (qmin - kp < window)
         lo = tl.minimum(lo, tl.min(tl.where(seen, n, used), axis=0))
         hi = tl.maximum(hi, tl.max(tl.where(seen, n + 1, 0), axis=0))
     # 2. online softmax over that span, each row masked by its own position
