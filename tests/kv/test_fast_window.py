@@ -53,7 +53,15 @@ def test_the_window_is_what_makes_the_step_a_fresh_prefill(setup, monkeypatch):
 
     def unwindowed(self, q, li, io):  # type: ignore[no-untyped-def]
         buf = io.buffer
-        return io.attention(q, buf.ctx_keys[:, li], buf.ctx_values[:, li], buf.q_keys[li], buf.q_values[li], io.meta, self.scale)
+        return io.attention(
+            q,
+            buf.ctx_keys[:, li],
+            buf.ctx_values[:, li],
+            buf.q_keys[li],
+            buf.q_values[li],
+            io.meta,
+            self.scale,
+        )
 
     monkeypatch.setattr(DecoderStep, "attend", unwindowed)
     off = _question_logits(model, prefix, passages, question)

@@ -29,7 +29,7 @@ from ragcompress.kv.kernels.dequant_rope import _dequant, _halves
 
 if TYPE_CHECKING:
     from ragcompress.kv.fast.rows import GatherRows
-    from ragcompress.kv.fast.write import Rotaries
+    from ragcompress.kv.fast.tables import Rotaries
 
 __all__ = ["DENSE_FIELDS", "QUANT_FIELDS", "gather", "gather_dense", "gather_quantized"]
 
@@ -196,7 +196,7 @@ def gather(rows: GatherRows, rotary: Rotaries) -> None:
     """Write every entry of ``rows`` into its buffer's context: one launch for the dense
     entries, one per (bits, group, dtypes) of the quantized ones. Needs full-width rotary and
     a power-of-two head_dim (the caller checks)."""
-    from ragcompress.kv.fast.write import layer_freqs, uniform
+    from ragcompress.kv.fast.tables import layer_freqs, uniform
 
     buffer = rows.buffer
     dev = buffer.ctx_keys.device

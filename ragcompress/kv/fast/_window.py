@@ -41,7 +41,9 @@ def _window_kernel(
     tok = rows // G
     head = kv * G + rows % G
     d = tl.arange(0, D)
-    q = tl.load(q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D + d[None, :], mask=rm[:, None], other=0.0)
+    q = tl.load(
+        q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D + d[None, :], mask=rm[:, None], other=0.0
+    )
     qp = tl.load(qpos_ptr + tok, mask=rm, other=0)
     # a key is seen by some row iff the earliest row sees it (q - p < window)
     qmin = tl.min(tl.where(rm, qp, 2**62), axis=0)
@@ -79,7 +81,11 @@ def _window_kernel(
     seen_any = l_i > 0
     out = acc / tl.where(seen_any, l_i, 1.0)[:, None]
     lse = tl.where(seen_any, m_i + tl.log(tl.where(seen_any, l_i, 1.0)), float("-inf"))
-    tl.store(o_ptr + ((seg * NG + rows[:, None]) * KVH + kv) * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=rm[:, None])
+    tl.store(
+        o_ptr + ((seg * NG + rows[:, None]) * KVH + kv) * D + d[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=rm[:, None],
+    )
     tl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rm)
 
 
@@ -106,7 +112,9 @@ def window_context(
     segs = seg_start.numel()
     for name, t in (("keys", ctx_k), ("values", ctx_v)):
         if t.stride(2) != 1 or t.stride(1) != d:
-            raise ValueError(f"window_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}")
+            raise ValueError(
+                f"window_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}"
+            )
     ng = n * g
     o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
     lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)

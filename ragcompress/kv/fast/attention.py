@@ -227,18 +227,45 @@ class FlashCascade(CascadeAttention):
             qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)  # row t*g + j
             qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
             o_a, lse_a = _flash(
-                qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n * g, meta.max_seg, False, scale, meta.ctx_used
+                qs,
+                ctx_k,
+                ctx_v,
+                meta.cu_q_ctx,
+                meta.cu_k_ctx,
+                n * g,
+                meta.max_seg,
+                False,
+                scale,
+                meta.ctx_used,
             )
         else:
             from ragcompress.kv.fast._window import window_context
 
             o_a, lse_a = window_context(
-                q, ctx_k, ctx_v, window.q_pos, window.ctx_pos, meta.seg_start, meta.ctx_used, window.size, scale
+                q,
+                ctx_k,
+                ctx_v,
+                window.q_pos,
+                window.ctx_pos,
+                meta.seg_start,
+                meta.ctx_used,
+                window.size,
+                scale,
             )
         # own slots: consecutive positions, so flash's window by slot is the window by position
         left = None if window is None else window.size - 1
         o_b, lse_b = _flash(
-            q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used, left
+            q,
+            own_k,
+            own_v,
+            meta.cu_q_own,
+            meta.cu_k_own,
+            meta.qlen,
+            meta.region,
+            True,
+            scale,
+            meta.q_used,
+            left,
         )
         if fused:
             from ragcompress.kv.fast._merge import merge_partials

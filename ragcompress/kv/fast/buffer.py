@@ -78,7 +78,9 @@ class StaticKVBuffer:
         self.q_keys = torch.zeros(qshape, dtype=dt, device=self.device)
         self.q_values = torch.zeros(qshape, dtype=dt, device=self.device)
         self.ctx_len_t = torch.zeros(1, dtype=torch.int32, device=self.device)
-        self.ctx_pos = torch.zeros(self.capacity if self.positions else 0, dtype=torch.long, device=self.device)
+        self.ctx_pos = torch.zeros(
+            self.capacity if self.positions else 0, dtype=torch.long, device=self.device
+        )
 
     @property
     def nbytes(self) -> int:

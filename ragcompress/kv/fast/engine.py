@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
-    from ragcompress.kv.fast.write import Rotaries
+    from ragcompress.kv.fast.tables import Rotaries
 
 __all__ = ["FastGenerator"]
 

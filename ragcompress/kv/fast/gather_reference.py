@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.rows import GatherRows
-    from ragcompress.kv.fast.write import Rotaries
+    from ragcompress.kv.fast.tables import Rotaries
 
 __all__ = ["gather_reference"]
 
@@ -25,7 +25,7 @@ def gather_reference(rows: GatherRows, rotary: Rotaries) -> None:
     """Write every entry of ``rows`` into its buffer's context, as the kernel does."""
     import torch
 
-    from ragcompress.kv.fast.write import layer_freqs
+    from ragcompress.kv.fast.tables import layer_freqs
     from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
     from ragcompress.models.rope import cos_sin, rotate_by
 
@@ -51,7 +51,9 @@ def gather_reference(rows: GatherRows, rotary: Rotaries) -> None:
     for q in rows.quantized:
         kv = q.kv
         cos, sin = angles(q.delta)
-        layer = torch.div(torch.arange(q.head0, q.head0 + kv.kv_heads, device=dev), kvh, rounding_mode="floor")
+        layer = torch.div(
+            torch.arange(q.head0, q.head0 + kv.kv_heads, device=dev), kvh, rounding_mode="floor"
+        )
         keys = dequantize_keys(kv.key_codes, kv.key_scale, kv.key_zero, kv.bits, kv.group)
         values = dequantize_values(kv.value_codes, kv.value_scale, kv.value_zero, kv.bits, kv.group)
         tokens, heads = slice(q.slot, q.slot + kv.num_tokens), slice(q.head0, q.head0 + kv.kv_heads)

@@ -16,7 +16,7 @@ import functools
 import importlib.util
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.packed import BufferChunk
@@ -24,15 +24,10 @@ from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.kv.fast.stored import StoredChunk
 
 if TYPE_CHECKING:
-    import torch
-
     from ragcompress.kv.chunk import KVChunk
-    from ragcompress.models.rope import Rotary
+    from ragcompress.kv.fast.tables import Rotaries
 
-__all__ = ["Rotaries", "gather", "layer_freqs", "uniform", "write_positions", "triton_available", "write_batch", "write_chunk"]
-
-# one table for every layer, or one per layer
-Rotaries: TypeAlias = "Rotary | Sequence[Rotary]"
+__all__ = ["gather", "triton_available", "write_batch", "write_chunk", "write_positions"]
 
 
 def write_batch(
@@ -109,35 +104,6 @@ def write_positions(buffer: StaticKVBuffer, writes: Sequence[tuple[int, int, Buf
         kept = c.slot_positions()
         if kept is not None:
             buffer.ctx_pos[s : s + c.num_tokens] = kept.to(dev, torch.long) + d
-
-
-def layer_freqs(rotary: Rotaries, layers: int, device: Any) -> torch.Tensor:
-    """(layers, rot_dim // 2) fp32 inverse frequencies on ``device``: layer ``l``'s table.
-    Memoized per (tables, device): built and copied to the device once, not per request."""
-    import torch
-
-    tables = (rotary,) * layers if not isinstance(rotary, Sequence) else tuple(rotary)
-    if len(tables) != layers:
-        raise ValueError(f"{len(tables)} RoPE tables for {layers} layers")
-    key = (tables, str(device))  # Rotary hashes by identity; the key holds them alive
-    hit = _FREQS.get(key)
-    if hit is None:
-        if len(_FREQS) > 64:
-            _FREQS.clear()
-        stacked = torch.stack([t.inv_freq for t in tables])
-        hit = _FREQS[key] = stacked.to(device=device, dtype=torch.float32).contiguous()
-    return hit
-
-
-_FREQS: dict[tuple[Any, str], Any] = {}
-
-
-def uniform(rotary: Rotaries) -> Rotary | None:
-    """The one table of ``rotary`` when every layer has the same object, else None."""
-    if not isinstance(rotary, Sequence):
-        return rotary
-    first = rotary[0]
-    return first if all(r is first for r in rotary) else None
 
 
 def gather(rows: GatherRows, rotary: Rotaries, kernels: ModuleType | None = None) -> None:
