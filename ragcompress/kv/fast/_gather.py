@@ -40,8 +40,8 @@ QUANT_FIELDS = ("kc", "ks", "kz", "vc", "vs", "vz", "tokens", "dst_token", "delt
 
 @triton.jit
 def _gather_dense_kernel(
-    base, dst_k, dst_v, table, freq_ptr, KVH, LAYERS,
-    HALF: tl.constexpr, BLOCK_R: tl.constexpr, NF: tl.constexpr, PER_LAYER: tl.constexpr,
+    base, dst_k, dst_v, table, freq_ptr, tab_ptr, KVH, LAYERS,
+    HALF: tl.constexpr, BLOCK_R: tl.constexpr, NF: tl.constexpr, NT: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1).to(tl.int64)
@@ -60,15 +60,17 @@ def _gather_dense_kernel(
     src = r[:, None] * D + i[None, :]
     drow = dst_row + (r % run) * stride + r // run
     dst = drow[:, None] * D + i[None, :]
-    if PER_LAYER:  # each destination row's layer has its own table: (layers, HALF)
-        layer = (drow // KVH) % LAYERS
-        ang = delta * tl.load(freq_ptr + layer[:, None] * HALF + i[None, :], mask=m, other=0.0)
-        cs = tl.cos(ang)
-        sn = tl.sin(ang)
-    else:
-        ang1 = delta * tl.load(freq_ptr + i)
-        cs = tl.cos(ang1)[None, :]
-        sn = tl.sin(ang1)[None, :]
+    ang0 = delta * tl.load(freq_ptr + i)
+    cs = tl.cos(ang0)[None, :]
+    sn = tl.sin(ang0)[None, :]
+    if NT > 1:  # NT distinct tables (T, HALF): cos/sin once per table, picked by each row's layer
+        tab = tl.load(tab_ptr + (drow // KVH) % LAYERS, mask=r < rows, other=0)[:, None]
+        cs = tl.broadcast_to(cs, (BLOCK_R, HALF))
+        sn = tl.broadcast_to(sn, (BLOCK_R, HALF))
+        for ti in tl.static_range(1, NT):
+            ang = delta * tl.load(freq_ptr + ti * HALF + i)
+            cs = tl.where(tab == ti, tl.cos(ang)[None, :], cs)
+            sn = tl.where(tab == ti, tl.sin(ang)[None, :], sn)
     x1 = tl.load(base + k_off + src, mask=m).to(tl.float32)
     x2 = tl.load(base + k_off + src + HALF, mask=m).to(tl.float32)
     v1 = tl.load(base + v_off + src, mask=m)
@@ -87,25 +89,27 @@ def gather_dense(
     inv_freq: torch.Tensor,
     max_rows: int,
     head_dim: int,
+    index: torch.Tensor | None = None,
     kv_heads: int = 1,
 ) -> None:
     """table (C, 7) int64 on the device: key/value element offsets from ``base``, rows of
     head_dim, first destination row, delta, run, stride (see :class:`~ragcompress.kv.fast.rows.DenseRows`);
     ``max_rows`` = largest ``rows`` (sets the grid). ``inv_freq``: (head_dim // 2,) for every
-    layer, or (layers, head_dim // 2), one table per layer of the destination (then
-    ``kv_heads`` tells a destination row's layer)."""
+    layer, or the distinct tables (T, head_dim // 2) with ``index`` (layers,) int32 each
+    destination layer's table (``kv_heads`` heads per layer tell a row's layer)."""
     block_r = 64
     grid: Any = (table.shape[0], triton.cdiv(max_rows, block_r))
-    layers = inv_freq.shape[0] if inv_freq.dim() == 2 else 1
+    freqs = inv_freq.reshape(-1, head_dim // 2)
+    tab = index if index is not None else torch.zeros(1, dtype=torch.int32, device=table.device)
     _gather_dense_kernel[grid](
-        base, dst_k, dst_v, table, inv_freq, kv_heads, layers, HALF=head_dim // 2, BLOCK_R=block_r,
-        NF=len(DENSE_FIELDS), PER_LAYER=inv_freq.dim() == 2, num_warps=4,
+        base, dst_k, dst_v, table, freqs, tab, kv_heads, tab.numel(), HALF=head_dim // 2, BLOCK_R=block_r,
+        NF=len(DENSE_FIELDS), NT=freqs.shape[0], num_warps=4,
     )  # fmt: skip
 
 
 @triton.jit
 def _gather_quant_kernel(
-    codes, scales, dst_k, dst_v, table, freq_ptr, LH, KVH,
+    codes, scales, dst_k, dst_v, table, freq_ptr, tab_ptr, LH, KVH,
     HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BITS: tl.constexpr,
     GROUP: tl.constexpr, NF: tl.constexpr,
 ):  # fmt: skip
@@ -143,9 +147,10 @@ def _gather_quant_kernel(
     sk = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D
     k1, k2 = _dequant(k1, ks, kz, sk + j1, m), _dequant(k2, ks, kz, sk + j2, m)
     # freq_ptr: (layers, HALF); destination head head0 + lh is in layer (head0 + lh) // KVH
-    # (a program past the entry's heads writes nothing; its layer may lie past the table: row 0)
+    # destination head head0 + lh is in layer (head0 + lh) // KVH, whose table is tab_ptr[layer]
+    # (a program past the entry's heads writes nothing; its layer may lie past the index: 0)
     layer = tl.where(lh < heads, (head0 + lh) // KVH, 0)
-    ang = delta * tl.load(freq_ptr + layer * HALF + j, mask=jm, other=0.0)
+    ang = delta * tl.load(freq_ptr + tl.load(tab_ptr + layer) * HALF + j, mask=jm, other=0.0)
     cs = tl.cos(ang)[None, :]
     sn = tl.sin(ang)[None, :]
     ob = ((dst_tok + tt) * LH + head0 + lh) * D
@@ -171,22 +176,23 @@ def gather_quantized(
     head_dim: int,
     bits: int,
     group: int,
+    index: torch.Tensor | None = None,
     kv_heads: int | None = None,
 ) -> None:
     """table (C, 11) int64 on the device: element offsets of the six quantized tensors (codes
     from ``codes``, scales/zeros from ``scales``), tokens, first destination token, delta,
     source heads, first destination head; ``stacked_heads`` = layers * kv_heads of the
     destination; ``max_heads``/``max_tokens``: the largest entry (set the grid).
-    ``inv_freq``: (head_dim // 2,) for every layer, or (layers, head_dim // 2) with ``kv_heads``
-    heads per layer."""
-    if inv_freq.dim() == 1:  # one table: every head reads row 0
-        inv_freq, kv_heads = inv_freq[None], stacked_heads
+    ``inv_freq``: (head_dim // 2,) for every layer, or the distinct tables (T, head_dim // 2)
+    with ``index`` (layers,) int32 each layer's table and ``kv_heads`` heads per layer."""
+    if index is None:  # one table: every head reads row 0
+        index, kv_heads = torch.zeros(1, dtype=torch.int32, device=table.device), stacked_heads
     assert kv_heads is not None
     half = head_dim // 2
     block_n = max(16, min(128, 4096 // triton.next_power_of_2(half)))
     grid: Any = (table.shape[0], max_heads, triton.cdiv(max_tokens, block_n))
     _gather_quant_kernel[grid](
-        codes, scales, dst_k, dst_v, table, inv_freq.contiguous(), stacked_heads, kv_heads,
+        codes, scales, dst_k, dst_v, table, inv_freq.contiguous(), index, stacked_heads, kv_heads,
         HALF=half, BLOCK_D=triton.next_power_of_2(half), BLOCK_N=block_n, BITS=bits, GROUP=group,
         NF=len(QUANT_FIELDS), num_warps=4,
     )  # fmt: skip
@@ -196,17 +202,12 @@ def gather(rows: GatherRows, rotary: Rotaries) -> None:
     """Write every entry of ``rows`` into its buffer's context: one launch for the dense
     entries, one per (bits, group, dtypes) of the quantized ones. Needs full-width rotary and
     a power-of-two head_dim (the caller checks)."""
-    from ragcompress.kv.fast.tables import layer_freqs, uniform
+    from ragcompress.kv.fast.tables import layer_tables
 
     buffer = rows.buffer
     dev = buffer.ctx_keys.device
     d = buffer.head_dim
-    one = uniform(rotary)
-    # one table: the kernels' cheaper path (one row of cos/sin per program)
-    if one is not None:
-        freq = one.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
-    else:
-        freq = layer_freqs(rotary, buffer.layers, dev)
+    freq, index = layer_tables(rotary, buffer.layers, dev)
     if rows.dense:
         base = buffer.ctx_keys
         table = [
@@ -215,7 +216,7 @@ def gather(rows: GatherRows, rotary: Rotaries) -> None:
         ]
         gather_dense(
             base, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
-            max(r.rows for r in rows.dense), d, buffer.kv_heads,
+            max(r.rows for r in rows.dense), d, index, buffer.kv_heads,
         )  # fmt: skip
     kinds: dict[tuple[Any, ...], list[Any]] = {}
     for q in rows.quantized:
@@ -231,7 +232,7 @@ def gather(rows: GatherRows, rotary: Rotaries) -> None:
         gather_quantized(
             codes, scales, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
             buffer.layers * buffer.kv_heads, max(r[9] for r in table), max(r[6] for r in table), d,
-            bits, group, buffer.kv_heads,
+            bits, group, index, buffer.kv_heads,
         )  # fmt: skip
 
 
