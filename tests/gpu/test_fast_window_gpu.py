@@ -12,9 +12,11 @@ from ragcompress.kv.fast import (
     EagerStep,
     FastGenerator,
     FlashCascade,
+    FusedStep,
     ReferenceCascade,
     StaticKVBuffer,
     StepMeta,
+    default_step,
 )
 from ragcompress.kv.fast.attention import LocalWindow
 from ragcompress.kv.fast.gather_reference import gather_reference
@@ -79,13 +81,15 @@ def test_gpu_windowed_flash_cascade_matches_reference(splits, window):
 
 
 @pytest.mark.gpu
-def test_gpu_gemma3_graphs_same_tokens_fp32(data):
-    """fp32 (reference cascade) in captured graphs: the window's masks come from device
-    tensors, so one graph gives the eager tokens for several contexts in turn."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_gpu_gemma3_graphs_same_tokens_fp32(data, fused):
+    """fp32 (reference cascade) in captured graphs, fused and unfused steps: the window's masks
+    come from device tensors, so one graph gives the eager tokens for several contexts in turn."""
     prefix, passages, questions = data
     model = _gemma(torch.float32)
-    fast = FastGenerator(model, capacity=128, max_question=16, max_new_tokens=10, buckets=(16,))
-    assert fast.graphs and isinstance(fast.step, EagerStep)
+    step = FusedStep(model) if fused else EagerStep(model)
+    fast = FastGenerator(model, capacity=128, max_question=16, max_new_tokens=10, buckets=(16,), step=step)
+    assert fast.graphs
     for use in (passages, passages[2:], passages[::-1]):
         fast.load(*_split(model, prefix, use))
         ctx = prefix + [t for p in use for t in p]
@@ -94,12 +98,16 @@ def test_gpu_gemma3_graphs_same_tokens_fp32(data):
 
 
 @pytest.mark.gpu
-def test_gpu_gemma3_bf16_graph_logits_close_to_a_full_forward(data):
-    """bf16, flash + the windowed Triton pass, one graph for contexts of several lengths: as
-    close to an fp32 forward of the same weights as transformers' own bf16 forward is."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_gpu_gemma3_bf16_graph_logits_close_to_a_full_forward(data, fused):
+    """bf16, flash + the windowed Triton pass, fused and unfused steps, one graph for contexts of
+    several lengths: as close to an fp32 forward of the same weights as transformers' own bf16
+    forward is. The fused step is the default on CUDA."""
     prefix, passages, questions = data
     m = _gemma(torch.bfloat16)
-    fast = FastGenerator(m, capacity=128, max_question=16, max_new_tokens=4, buckets=(16,))
+    assert isinstance(default_step(m), FusedStep)
+    step = FusedStep(m) if fused else EagerStep(m)
+    fast = FastGenerator(m, capacity=128, max_question=16, max_new_tokens=4, buckets=(16,), step=step)
     assert fast.graphs and isinstance(fast.attention, FlashCascade)
     q = questions[1]
     for use in (passages, passages[:1], passages[1:], passages):
@@ -125,3 +133,24 @@ def test_gpu_gather_per_layer_tables_matches_reference(data):
     n = b.ctx_len
     torch.testing.assert_close(a.ctx_keys[:n].float(), b.ctx_keys[:n].float(), atol=2e-2, rtol=1e-2)
     assert torch.equal(a.ctx_values[:n], b.ctx_values[:n])
+
+
+@pytest.mark.gpu
+def test_gpu_gemma_norm_and_gelu_kernels_match_the_modules():
+    """The add+norm kernel's Gemma flag rounds like Gemma3RMSNorm ((1 + w) * normed in fp32, cast
+    once), the act*mul kernel like Gemma3MLP's tanh-GELU gate times up, in bf16."""
+    from transformers.activations import ACT2FN
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from ragcompress.kv.fast._triton import act_mul, add_rmsnorm
+
+    torch.manual_seed(2)
+    norm = Gemma3RMSNorm(256, eps=1e-6).cuda().to(torch.bfloat16)
+    norm.weight.data.normal_(0, 0.3)
+    x, d = (torch.randn(7, 256, device="cuda", dtype=torch.bfloat16) for _ in "xd")
+    res, out = add_rmsnorm(x, d, norm.weight, norm.eps, gemma=True)
+    assert torch.equal(res, x + d)
+    torch.testing.assert_close(out, norm(x + d), atol=0, rtol=1e-2)
+    gate_up = torch.randn(7, 2 * 512, device="cuda", dtype=torch.bfloat16) * 3
+    want = ACT2FN["gelu_pytorch_tanh"](gate_up[:, :512]) * gate_up[:, 512:]
+    torch.testing.assert_close(act_mul(gate_up, "gelu_pytorch_tanh"), want, atol=1e-2, rtol=1e-2)

@@ -186,3 +186,38 @@ def test_window_kernel_matches_a_masked_softmax_per_segment():
         [sys.executable, "-c", _WINDOW_CHECK], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+_FUSED_CHECK = """
+import torch
+from ragcompress.kv.fast import EagerStep, FastGenerator, FusedStep
+from tests.kv.test_fast_path import _split
+from tests.support.tiny import greedy_logits, make_tiny_gemma3
+
+FusedStep.unsupported = staticmethod(lambda model: None)  # off CUDA: the kernels interpreted
+m = make_tiny_gemma3(1024, seed=3)
+rng = torch.Generator().manual_seed(5)
+prefix, q = torch.randint(5, 1024, (7,), generator=rng).tolist(), [5, 901, 77, 402, 13, 260]
+passages = [torch.randint(5, 1024, (n,), generator=rng).tolist() for n in (11, 6)]
+ref = greedy_logits(m, prefix + passages[0] + passages[1] + q)[-1]
+step = FusedStep(m)
+assert all(w is not None for w in step._gate_up)  # the GELU gate runs in the act*mul kernel
+fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, step=step)
+fast.load(*_split(m, prefix, passages))
+fast.prefill([q])
+torch.testing.assert_close(fast.last_logits[0], ref, atol=1e-4, rtol=1e-4)
+"""
+
+
+def test_fused_step_runs_gemma3_like_a_fresh_prefill():
+    """The fused step's Gemma 3 layer (sandwich norms and (1 + w) RMSNorm in the add+norm kernel,
+    per-head QK-norms, the tanh-GELU gate in the act*mul kernel, windowed attention): a fresh
+    prefill's logits in fp32, its Triton kernels run in the interpreter (a fresh process, as
+    for the window kernel)."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -265,16 +265,15 @@ def test_presses_keep_their_contract_on_gemma3(gemma, gen, press):
         assert (got.softmax(-1) - want.softmax(-1)).abs().max() < 0.05
 
 
-def test_blend_refuses_gemma3_when_built_and_the_fast_engine_runs_it_unfused(gen):
+def test_blend_refuses_gemma3_when_built_and_the_fast_engine_runs_it(gen):
     from ragcompress.kv.fast import FusedStep
 
     with pytest.raises(UnsupportedModelError, match=r"blend .*gemma3"):
         KVAnswerer.from_generator(gen, assembly="blend")
     fast = FastKVAnswerer.from_generator(gen, capacity=256, max_question=32)
-    assert type(fast.engine.step).__name__ == "EagerStep"
-    reason = FusedStep.unsupported(gen.lm)
-    assert reason is not None  # on a GPU too: the fused kernels implement pre-norm layers only
-    assert "sandwich norms" in reason or "CUDA" in reason
+    assert fast.engine.step is not None
+    # off CUDA the only reason the fused step gives is the device (sandwich norms are none)
+    assert FusedStep.unsupported(gen.lm) == "the model is not on a CUDA device"
 
 
 def test_low_rank_calibration_fits_gemma3_after_rope_and_refuses_before(gemma, tokenizer):

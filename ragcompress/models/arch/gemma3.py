@@ -16,8 +16,8 @@ The multimodal ``gemma3`` config (``Gemma3ForConditionalGeneration``: its decode
 ``model.language_model`` and its forward builds its own masks for image tokens) has no adapter:
 :func:`~ragcompress.models.arch.arch_for` refuses it naming the supported families, among them
 ``gemma3_text``; load the text part as ``Gemma3ForCausalLM``.
-The GPU fast engine runs Gemma 3 on its unfused step (``EagerStep``: the fused kernels
-implement pre-norm Llama-style layers), with local layers masked by logical position.
+The GPU fast engine runs Gemma 3 (fused step on CUDA: Gemma's RMSNorm and sandwich order in its
+kernels), with local layers masked by logical position.
 """
 
 from __future__ import annotations
