@@ -97,9 +97,13 @@ def gather_dense(
     ``max_rows`` = largest ``rows`` (sets the grid). ``inv_freq``: (head_dim // 2,) for every
     layer, or the distinct tables (T, head_dim // 2) with ``index`` (layers,) int32 each
     destination layer's table (``kv_heads`` heads per layer tell a row's layer)."""
-    block_r = 64
-    grid: Any = (table.shape[0], triton.cdiv(max_rows, block_r))
     freqs = inv_freq.reshape(-1, head_dim // 2)
+    # rows per program scaled to the head size, as the quantized kernel's tokens are: a block of
+    # 64 rows of 256 channels (Gemma 3), with one cos/sin tile per row for several tables,
+    # holds ~4x the registers of Llama's 64 x 128 (measured: the dense 32K write of Gemma 3 12B
+    # took ~60 ms on an H200, ~10x its bytes over bandwidth, while the quantized one did not)
+    block_r = max(8, (4096 if freqs.shape[0] == 1 else 2048) // (head_dim // 2))
+    grid: Any = (table.shape[0], triton.cdiv(max_rows, block_r))
     tab = index if index is not None else torch.zeros(1, dtype=torch.int32, device=table.device)
     _gather_dense_kernel[grid](
         base, dst_k, dst_v, table, freqs, tab, kv_heads, tab.numel(), HALF=head_dim // 2, BLOCK_R=block_r,
