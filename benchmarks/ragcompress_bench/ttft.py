@@ -1,7 +1,8 @@
 """``ragcompress bench ttft``: time to first token from cached chunks, side by side.
 
-On one model with random weights built from an inline config (default: the Llama-3-8B shape,
-bf16, on the GPU; no hub), for each context length, in one process and on the same inputs:
+On one model with random weights built from an inline config (``--shape``: Llama-3-8B by default,
+Qwen2.5-7B, Mistral-7B, Gemma-3-12B, see ``ttft_shapes``; bf16, on the GPU; no hub), for each
+context length, in one process and on the same inputs:
 
 * ``full_prefill_ms`` — prefill prefix + passages + question from scratch (SDPA);
 * ``hf_reuse_ms`` — a ready ``DynamicCache`` of the context, the question prefilled against it;
@@ -12,8 +13,9 @@ bf16, on the GPU; no hub), for each context length, in one process and on the sa
   prefill from a captured CUDA graph (:class:`ragcompress.kv.fast.FastGenerator`);
 * ``ragcompress_compressed_ms`` — the same with knorm (0.5) + int4 chunks (fused dequantize +
   re-rotate);
-* ``floor_ms`` — non-embedding weight bytes + context KV bytes over the device-to-device copy
-  bandwidth measured in the same run (bytes read + written per second);
+* ``floor_ms`` — non-embedding weight bytes (a tied output layer counted) + the context KV bytes
+  a question must read (a local sliding-window layer: its window's only) over the
+  device-to-device copy bandwidth measured in the same run (bytes read + written per second);
 * ``kvzip_*`` — kvzip 0.6 + int4/64 chunks on the GPU, in pinned host memory (streamed under the
   question's compute, ``--stream-group``) and on disk, and the host-to-device bandwidths of the
   run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
@@ -40,42 +42,11 @@ from typing import Any
 
 from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.ttft_report import device_name, markdown, write_report
+from ragcompress_bench.ttft_shapes import SHAPES, build_model, kv_bytes_per_token, weight_bytes
 from ragcompress_bench.ttft_static import COMPILE_CHOICES, static_compiled_row
 from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, ints, passage_sizes, profile, run_qps
 
-__all__ = ["SHAPES", "main"]
-
-SHAPES: dict[str, dict[str, Any]] = {
-    "llama3-8b": dict(
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        tie_word_embeddings=False,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    ),
-    "tiny": dict(
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=256,
-        vocab_size=2048,
-        max_position_embeddings=65536,
-        rope_theta=500000.0,
-    ),
-}
+__all__ = ["SHAPES", "build_model", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,23 +98,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_model(shape: str, device: str, dtype: Any) -> Any:
-    """A Llama with random weights created directly on ``device`` (no CPU copy, no hub)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(**SHAPES[shape])
-    cfg._attn_implementation = "sdpa"
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(prev)
-    return model.eval().requires_grad_(False)
-
-
 def _compressed_chunks(
     kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], args: Any
 ) -> list[Any]:
@@ -189,7 +143,9 @@ def run_context(
     question = torch.randint(100, vocab, (args.question_tokens,), generator=g).tolist()
     row: dict[str, Any] = {"context_tokens": ctx, "passages": len(sizes), "question_tokens": len(question)}
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
+        # no config: a sliding-window family's local layers would keep only their last window
+        # slots; chunks keep every token (the fast engine applies the window by position)
+        cache = DynamicCache()
         model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
         # per layer (kv_heads, ctx, d)
         kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
@@ -292,9 +248,7 @@ def run_context(
     if "hf_static_first_token" in static:
         tokens["hf_static_compiled"] = static.pop("hf_static_first_token")
     row.update(static)
-    cfg = model.config
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    kv_bytes = ctx * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * 2
+    kv_bytes = ctx * kv_bytes_per_token(model.config, ctx)
     row["floor_ms"] = round((wbytes + kv_bytes) / bw * 1e3, 3)
     row["first_tokens"] = tokens
     ref = tokens.get("full_prefill")
@@ -328,7 +282,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)  # the random weights: the same model run to run
     model = build_model(args.shape, args.device, dtype)
-    wbytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    wbytes = weight_bytes(model)
     bw = copy_bandwidth(dev, clock)
     print(f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
     from ragcompress_bench.ttft_host import host_bandwidths

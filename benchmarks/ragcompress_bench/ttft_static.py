@@ -43,6 +43,34 @@ def _compiled(model: Any, compile: str) -> Callable[..., Any]:
     raise ValueError(f"compile must be one of {list(COMPILE_CHOICES)}, got {compile!r}")
 
 
+def _rewinder(cache: Any, ctx: int) -> Callable[[], None]:
+    """What puts ``cache`` back to its state after the context prefill, before each question.
+
+    Newer transformers' static layers count the tokens written so far themselves and ignore
+    ``cache_position``: that count goes back to the context's end (one foreach launch), so every
+    call writes the question at the same slots. Sliding-window layers (Gemma 3's local ones)
+    roll their window in place as tokens come: their keys/values are restored from a copy taken
+    after the context prefill (one more foreach copy, inside the timed call)."""
+    import torch
+
+    counts = [c for c in (getattr(x, "cumulative_length", None) for x in cache.layers) if c is not None]
+    ends = [torch.full_like(c, ctx) for c in counts]
+    sliding = [x for x in cache.layers if getattr(x, "is_sliding", False) and x.keys is not None]
+    live = [t for x in sliding for t in (x.keys, x.values)]
+    saved = [t.clone() for t in live]
+    host = [(x, x.cumulative_length_int) for x in sliding if hasattr(x, "cumulative_length_int")]
+
+    def rewind() -> None:
+        if counts:
+            torch._foreach_copy_(counts, ends)
+        if live:
+            torch._foreach_copy_(live, saved)
+        for layer, n in host:
+            layer.cumulative_length_int = n
+
+    return rewind
+
+
 def static_compiled_row(
     model: Any, ids: Any, question: list[int], clock: Any, compile: str, warmup_calls: int = 3
 ) -> dict[str, Any]:
@@ -74,17 +102,10 @@ def static_compiled_row(
             step = _compiled(model, compile)
             qids = torch.tensor([question], device=dev)
             qpos = torch.arange(ctx, ctx + n, device=dev)
-            # Newer transformers' static layers count the tokens written so far themselves and
-            # ignore ``cache_position``: put that count back to the context's end before each
-            # question (one foreach launch), so every call writes the question at the same slots.
-            counts = [
-                c for c in (getattr(x, "cumulative_length", None) for x in cache.layers) if c is not None
-            ]
-            ends = [torch.full_like(c, ctx) for c in counts]
+            rewind = _rewinder(cache, ctx)
 
             def run() -> int:
-                if counts:
-                    torch._foreach_copy_(counts, ends)
+                rewind()
                 out = step(
                     input_ids=qids,
                     position_ids=qpos[None],

@@ -9,6 +9,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ragcompress_bench.ttft_shapes import head_dim
+
 __all__ = ["Clock", "copy_bandwidth", "ints", "passage_sizes", "profile", "run_qps"]
 
 
@@ -73,9 +75,8 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, An
     cfg = model.config
     ctx = args.qps_context
     g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
     n = ctx - args.prefix_tokens
-    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim)
+    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
 
     def rnd(tokens: int) -> Any:
         return torch.randn(tokens, *shape, device=dev, dtype=model.dtype)
@@ -130,7 +131,7 @@ def profile(model: Any, fast: Any, args: Any) -> None:
     from ragcompress.kv.fast import PackedChunk
 
     cfg = model.config
-    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
+    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
 
     def rnd(t: int) -> Any:
         return torch.randn(t, *shape, device=model.device, dtype=model.dtype)

@@ -44,3 +44,32 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
 def test_bench_ttft_without_cuda_says_how_to_smoke_run(capsys) -> None:
     assert main(["--device", "cuda"]) == 2
     assert "--device cpu --shape tiny" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("shape", "model_class"),
+    [("tiny-qwen2.5", "Qwen2ForCausalLM"), ("tiny-mistral", "MistralForCausalLM"),
+     ("tiny-gemma3", "Gemma3ForCausalLM")],
+)  # fmt: skip
+def test_bench_ttft_family_shapes_smoke(tmp_path, shape, model_class) -> None:
+    """The tiny form of each family's shape (qwen2.5-7b, mistral-7b, gemma3-12b): built with
+    its family's config class; in fp32 the fast path's first token and logits are the full
+    prefill's, and so is the StaticCache anchor's (Gemma 3: window 16, shorter than the
+    context, so the fast path's window by position and the anchor's restored sliding layers
+    both count)."""
+    from ragcompress_bench.ttft_shapes import SHAPES, build_model
+
+    assert {"qwen2.5-7b", "mistral-7b", "gemma3-12b", "llama3-8b"} <= set(SHAPES)
+    assert type(build_model(shape, "cpu", torch.float32)).__name__ == model_class
+    argv = ["--device", "cpu", "--shape", shape, "--dtype", "float32", "--contexts", "200",
+            "--prefix-tokens", "8", "--passage-tokens", "40", "--question-tokens", "6", "--repeats", "2",
+            "--warmup", "1", "--prefill-repeats", "1", "--batches", "1", "--qps-context", "96",
+            "--new-tokens", "3", "--no-modes", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    (row,) = json.loads((tmp_path / "ttft_gpu.json").read_text())["rows"]
+    assert all(
+        row[k] > 0 for k in ("ragcompress_ms", "ragcompress_compressed_ms", "floor_ms", "full_prefill_ms")
+    )
+    assert row["fast_matches_full_prefill"] is True and row["fast_logits_rel_err"] < 1e-4
+    assert row["hf_static_matches_full_prefill"] is True
+    assert row["full_prefill_top2_margin"] >= 0

@@ -216,3 +216,23 @@ def test_gpu_the_captured_step_waits_for_late_copies(tokenizer, streamer):
         assert streamed.generate([q], 6, gen.stop_ids) == want
         assert streamed._host.flags.tolist() == [1] * len(streamed._host.ranges)  # set, not timed out
     assert not torch.isnan(_context(streamed)[0]).any()
+
+
+@pytest.mark.parametrize("form", ["dense", "knorm-int4"])
+def test_host_chunks_on_a_windowed_family_keep_slot_positions(tokenizer, form):
+    """Gemma 3 (local layers with their own RoPE table, a window shorter than the context): host
+    chunks are written with the device chunks (per-layer tables do not stream yet) and carry the
+    positions an evicting press kept, so the windowed attention sees what the device chunks give."""
+    from tests.support.tiny import make_tiny_gemma3
+
+    model = make_tiny_gemma3(len(tokenizer), seed=3)
+    gen, prefix, chunks, q = _setup(model, tokenizer, form)
+    host = [HostChunk.from_chunk(c, torch.float32) for c in chunks]
+    assert (form == "dense") == all(h.positions is None for h in host)
+    device, streamed = _engine(model), _engine(model, stream_group=2)
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0]):
+        assert streamed.load(prefix, [host[i] for i in order]) == device.load(prefix, [chunks[i] for i in order])
+        n = device.buffer.ctx_len
+        assert torch.equal(streamed.buffer.ctx_pos[:n], device.buffer.ctx_pos[:n])
+        assert streamed.generate([q], 6, gen.stop_ids) == device.generate([q], 6, gen.stop_ids)
+        torch.testing.assert_close(_context(streamed), _context(device), atol=0, rtol=0)

@@ -31,7 +31,9 @@ def _layers_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _prefill(model, ids: list[int]):
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    # no config: a sliding-window family's local layers would keep only their last window - 1
+    # slots; the fast path's chunks keep every token (the window is applied at attention)
+    cache = DynamicCache()
     with torch.inference_mode():
         model(
             input_ids=torch.tensor([ids], device=model.device), **cache_kwargs(model, cache), use_cache=True

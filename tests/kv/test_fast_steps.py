@@ -75,9 +75,13 @@ def test_step_rope_is_the_models_rotary_bit_for_bit(family, dtype):
     step = EagerStep(model)
     positions = torch.tensor([0, 1, 7, 300, 4095, 12, 2048])
     x = torch.zeros(1, len(positions), 64, dtype=dtype)
-    want = model.model.rotary_emb(x, positions[None])
+    # families with per-layer-type tables (Gemma 3) take the layer's type
+    per_type = isinstance(model.model.rotary_emb.rope_type, dict)
+    types = model.config.layer_types if per_type else [None] * step.num_layers
     got = step.rope(positions, dtype)
-    for li in range(step.num_layers):
+    for li, kind in enumerate(types):
+        extra = () if kind is None else (kind,)
+        want = model.model.rotary_emb(x, positions[None], *extra)
         cos, sin = got.of(li)
         assert cos.dtype == dtype and torch.equal(cos, want[0][0]) and torch.equal(sin, want[1][0])
 

@@ -162,6 +162,7 @@ TINY_FAMILIES: dict[str, Callable[..., Any]] = {
     "mistral": make_tiny_mistral,
     "qwen2": make_tiny_qwen2,
     "qwen3": make_tiny_qwen3,
+    "gemma3": make_tiny_gemma3,
 }
 
 

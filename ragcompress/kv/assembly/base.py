@@ -175,7 +175,7 @@ class Assembly(ABC):
         if ctx.bias is not None:
             raise ValueError(f"{self.name}: the fast engine takes no attention bias over the context")
         layers: list[Any] = [(layer.keys[0], layer.values[0]) for layer in ctx.cache.layers]  # type: ignore[union-attr,index]
-        return engine.load_context(layers, ctx.position), ctx.recompute
+        return engine.load_context(layers, ctx.position, ctx.positions), ctx.recompute
 
     @abstractmethod
     def prepare(

@@ -29,7 +29,7 @@ from ragcompress.kv.kernels.dequant_rope import _dequant, _halves
 
 if TYPE_CHECKING:
     from ragcompress.kv.fast.rows import GatherRows
-    from ragcompress.models.rope import Rotary
+    from ragcompress.kv.fast.tables import Rotaries
 
 __all__ = ["DENSE_FIELDS", "QUANT_FIELDS", "gather", "gather_dense", "gather_quantized"]
 
@@ -40,8 +40,9 @@ QUANT_FIELDS = ("kc", "ks", "kz", "vc", "vs", "vz", "tokens", "dst_token", "delt
 
 @triton.jit
 def _gather_dense_kernel(
-    base, dst_k, dst_v, table, freq_ptr, HALF: tl.constexpr, BLOCK_R: tl.constexpr, NF: tl.constexpr
-):
+    base, dst_k, dst_v, table, freq_ptr, tab_ptr, KVH, LAYERS,
+    HALF: tl.constexpr, BLOCK_R: tl.constexpr, NF: tl.constexpr, NT: tl.constexpr,
+):  # fmt: skip
     c = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1).to(tl.int64)
     row = table + c * NF
@@ -57,10 +58,19 @@ def _gather_dense_kernel(
     m = (r < rows)[:, None]
     D: tl.constexpr = 2 * HALF
     src = r[:, None] * D + i[None, :]
-    dst = (dst_row + (r % run) * stride + r // run)[:, None] * D + i[None, :]
-    ang = delta * tl.load(freq_ptr + i)
-    cs = tl.cos(ang)[None, :]
-    sn = tl.sin(ang)[None, :]
+    drow = dst_row + (r % run) * stride + r // run
+    dst = drow[:, None] * D + i[None, :]
+    ang0 = delta * tl.load(freq_ptr + i)
+    cs = tl.cos(ang0)[None, :]
+    sn = tl.sin(ang0)[None, :]
+    if NT > 1:  # NT distinct tables (T, HALF): cos/sin once per table, picked by each row's layer
+        tab = tl.load(tab_ptr + (drow // KVH) % LAYERS, mask=r < rows, other=0)[:, None]
+        cs = tl.broadcast_to(cs, (BLOCK_R, HALF))
+        sn = tl.broadcast_to(sn, (BLOCK_R, HALF))
+        for ti in tl.static_range(1, NT):
+            ang = delta * tl.load(freq_ptr + ti * HALF + i)
+            cs = tl.where(tab == ti, tl.cos(ang)[None, :], cs)
+            sn = tl.where(tab == ti, tl.sin(ang)[None, :], sn)
     x1 = tl.load(base + k_off + src, mask=m).to(tl.float32)
     x2 = tl.load(base + k_off + src + HALF, mask=m).to(tl.float32)
     v1 = tl.load(base + v_off + src, mask=m)
@@ -79,21 +89,31 @@ def gather_dense(
     inv_freq: torch.Tensor,
     max_rows: int,
     head_dim: int,
+    index: torch.Tensor | None = None,
+    kv_heads: int = 1,
 ) -> None:
     """table (C, 7) int64 on the device: key/value element offsets from ``base``, rows of
     head_dim, first destination row, delta, run, stride (see :class:`~ragcompress.kv.fast.rows.DenseRows`);
-    ``max_rows`` = largest ``rows`` (sets the grid)."""
-    block_r = 64
+    ``max_rows`` = largest ``rows`` (sets the grid). ``inv_freq``: (head_dim // 2,) for every
+    layer, or the distinct tables (T, head_dim // 2) with ``index`` (layers,) int32 each
+    destination layer's table (``kv_heads`` heads per layer tell a row's layer)."""
+    freqs = inv_freq.reshape(-1, head_dim // 2)
+    # rows per program scaled to the head size, as the quantized kernel's tokens are: a block of
+    # 64 rows of 256 channels (Gemma 3), with one cos/sin tile per row for several tables,
+    # holds ~4x the registers of Llama's 64 x 128 (measured: the dense 32K write of Gemma 3 12B
+    # took ~60 ms on an H200, ~10x its bytes over bandwidth, while the quantized one did not)
+    block_r = max(8, (4096 if freqs.shape[0] == 1 else 2048) // (head_dim // 2))
     grid: Any = (table.shape[0], triton.cdiv(max_rows, block_r))
+    tab = index if index is not None else torch.zeros(1, dtype=torch.int32, device=table.device)
     _gather_dense_kernel[grid](
-        base, dst_k, dst_v, table, inv_freq, HALF=head_dim // 2, BLOCK_R=block_r, NF=len(DENSE_FIELDS),
-        num_warps=4,
+        base, dst_k, dst_v, table, freqs, tab, kv_heads, tab.numel(), HALF=head_dim // 2, BLOCK_R=block_r,
+        NF=len(DENSE_FIELDS), NT=freqs.shape[0], num_warps=4,
     )  # fmt: skip
 
 
 @triton.jit
 def _gather_quant_kernel(
-    codes, scales, dst_k, dst_v, table, freq_ptr, LH,
+    codes, scales, dst_k, dst_v, table, freq_ptr, tab_ptr, LH, KVH,
     HALF: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BITS: tl.constexpr,
     GROUP: tl.constexpr, NF: tl.constexpr,
 ):  # fmt: skip
@@ -130,7 +150,11 @@ def _gather_quant_kernel(
     k1, k2 = _halves(kc + (lh * n + tt) * DC, j1, j2, m, BITS)
     sk = (lh * ((n + GROUP - 1) // GROUP) + tt // GROUP) * D
     k1, k2 = _dequant(k1, ks, kz, sk + j1, m), _dequant(k2, ks, kz, sk + j2, m)
-    ang = delta * tl.load(freq_ptr + j, mask=jm, other=0.0)
+    # freq_ptr: (layers, HALF); destination head head0 + lh is in layer (head0 + lh) // KVH
+    # destination head head0 + lh is in layer (head0 + lh) // KVH, whose table is tab_ptr[layer]
+    # (a program past the entry's heads writes nothing; its layer may lie past the index: 0)
+    layer = tl.where(lh < heads, (head0 + lh) // KVH, 0)
+    ang = delta * tl.load(freq_ptr + tl.load(tab_ptr + layer) * HALF + j, mask=jm, other=0.0)
     cs = tl.cos(ang)[None, :]
     sn = tl.sin(ang)[None, :]
     ob = ((dst_tok + tt) * LH + head0 + lh) * D
@@ -156,29 +180,38 @@ def gather_quantized(
     head_dim: int,
     bits: int,
     group: int,
+    index: torch.Tensor | None = None,
+    kv_heads: int | None = None,
 ) -> None:
     """table (C, 11) int64 on the device: element offsets of the six quantized tensors (codes
     from ``codes``, scales/zeros from ``scales``), tokens, first destination token, delta,
     source heads, first destination head; ``stacked_heads`` = layers * kv_heads of the
-    destination; ``max_heads``/``max_tokens``: the largest entry (set the grid)."""
+    destination; ``max_heads``/``max_tokens``: the largest entry (set the grid).
+    ``inv_freq``: (head_dim // 2,) for every layer, or the distinct tables (T, head_dim // 2)
+    with ``index`` (layers,) int32 each layer's table and ``kv_heads`` heads per layer."""
+    if index is None:  # one table: every head reads row 0
+        index, kv_heads = torch.zeros(1, dtype=torch.int32, device=table.device), stacked_heads
+    assert kv_heads is not None
     half = head_dim // 2
     block_n = max(16, min(128, 4096 // triton.next_power_of_2(half)))
     grid: Any = (table.shape[0], max_heads, triton.cdiv(max_tokens, block_n))
     _gather_quant_kernel[grid](
-        codes, scales, dst_k, dst_v, table, inv_freq, stacked_heads,
+        codes, scales, dst_k, dst_v, table, inv_freq.contiguous(), index, stacked_heads, kv_heads,
         HALF=half, BLOCK_D=triton.next_power_of_2(half), BLOCK_N=block_n, BITS=bits, GROUP=group,
         NF=len(QUANT_FIELDS), num_warps=4,
     )  # fmt: skip
 
 
-def gather(rows: GatherRows, rotary: Rotary) -> None:
+def gather(rows: GatherRows, rotary: Rotaries) -> None:
     """Write every entry of ``rows`` into its buffer's context: one launch for the dense
     entries, one per (bits, group, dtypes) of the quantized ones. Needs full-width rotary and
     a power-of-two head_dim (the caller checks)."""
+    from ragcompress.kv.fast.tables import layer_tables
+
     buffer = rows.buffer
     dev = buffer.ctx_keys.device
     d = buffer.head_dim
-    freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
+    freq, index = layer_tables(rotary, buffer.layers, dev)
     if rows.dense:
         base = buffer.ctx_keys
         table = [
@@ -187,7 +220,7 @@ def gather(rows: GatherRows, rotary: Rotary) -> None:
         ]
         gather_dense(
             base, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
-            max(r.rows for r in rows.dense), d,
+            max(r.rows for r in rows.dense), d, index, buffer.kv_heads,
         )  # fmt: skip
     kinds: dict[tuple[Any, ...], list[Any]] = {}
     for q in rows.quantized:
@@ -203,7 +236,7 @@ def gather(rows: GatherRows, rotary: Rotary) -> None:
         gather_quantized(
             codes, scales, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
             buffer.layers * buffer.kv_heads, max(r[9] for r in table), max(r[6] for r in table), d,
-            bits, group,
+            bits, group, index, buffer.kv_heads,
         )  # fmt: skip
 
 

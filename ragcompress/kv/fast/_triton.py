@@ -7,7 +7,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["add_rmsnorm", "rope_write", "silu_mul"]
+__all__ = ["ACTS", "act_mul", "add_rmsnorm", "rope_write", "silu_mul"]
+
+# gate activations act_mul computes (``config.hidden_act`` / ``hidden_activation`` names)
+ACTS = ("silu", "swish", "gelu_pytorch_tanh")
 
 
 @triton.jit
@@ -21,9 +24,11 @@ def _add_rmsnorm_kernel(
     eps,
     HAS_DELTA: tl.constexpr,
     BLOCK: tl.constexpr,
+    GEMMA: tl.constexpr,
 ):
     # Rounds like the eager modules: residual add in the model dtype, normalized value cast to
-    # the model dtype before the weight multiply (LlamaRMSNorm).
+    # the model dtype before the weight multiply (LlamaRMSNorm); GEMMA: normalized * (1 + w) in
+    # fp32, cast once (Gemma3RMSNorm).
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < n_cols
@@ -34,15 +39,19 @@ def _add_rmsnorm_kernel(
         tl.store(res_ptr + row * n_cols + cols, xr, mask=m)
         x = xr.to(tl.float32)
     var = tl.sum(x * x, axis=0) / n_cols
-    y = (x * (1.0 / tl.sqrt(var + eps))).to(out_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * n_cols + cols, (w * y).to(out_ptr.dtype.element_ty), mask=m)
+    if GEMMA:
+        out = (x * (1.0 / tl.sqrt(var + eps))) * (1.0 + w)
+    else:
+        out = w * (x * (1.0 / tl.sqrt(var + eps))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    tl.store(out_ptr + row * n_cols + cols, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
 def add_rmsnorm(
-    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, gemma: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x + delta, rmsnorm(x + delta) * weight)`` for x (rows, hidden); without delta, ``(x, norm)``."""
+    """``(x + delta, rmsnorm(x + delta) * weight)`` for x (rows, hidden); without delta, ``(x, norm)``.
+    ``gemma``: the norm multiplies by ``1 + weight`` (Gemma's RMSNorm)."""
     rows, n = x.shape
     out = torch.empty_like(x)
     res = torch.empty_like(x) if delta is not None else x
@@ -57,6 +66,7 @@ def add_rmsnorm(
         eps,
         HAS_DELTA=delta is not None,
         BLOCK=block,
+        GEMMA=gemma,
         num_warps=min(16, max(4, block // 512)),
     )
     return res, out
@@ -155,24 +165,37 @@ def rope_write(
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr):
-    # x (rows, 2 * inter) = [gate | up]; rounds like LlamaMLP: bf16(bf16(silu(gate)) * up)
+def _act_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, GELU: tl.constexpr):
+    # x (rows, 2 * inter) = [gate | up]; rounds like LlamaMLP / Gemma3MLP: bf16(bf16(act(gate)) * up)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < inter
     g = tl.load(x_ptr + row * (2 * inter) + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * (2 * inter) + inter + cols, mask=m, other=0.0).to(tl.float32)
     dt = out_ptr.dtype.element_ty
-    s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
-    tl.store(out_ptr + row * inter + cols, (s * u).to(dt), mask=m)
+    if GELU:  # torch's gelu(approximate="tanh"), in fp32 as torch computes it for bf16
+        inner = 0.7978845608028654 * (g + 0.044715 * (g * g * g))
+        # tanh(z) = 1 - 2 / (exp(2z) + 1): fp32-exact to ~1e-7, far under a bf16 ulp
+        a = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
+    else:
+        a = g / (1.0 + tl.exp(-g))
+    tl.store(out_ptr + row * inter + cols, (a.to(dt).to(tl.float32) * u).to(dt), mask=m)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` for gate_up (rows, 2 * inter) contiguous = [gate | up] (one GEMM
-    over the stacked gate/up weights); returns (rows, inter)."""
+def act_mul(gate_up: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    """``act(gate) * up`` for gate_up (rows, 2 * inter) contiguous = [gate | up] (one GEMM
+    over the stacked gate/up weights); ``act`` in :data:`ACTS`; returns (rows, inter)."""
+    if act not in ACTS:
+        raise ValueError(f"act_mul: activation {act!r} is not one of {list(ACTS)}")
     rows, two = gate_up.shape
     inter = two // 2
     out = torch.empty(rows, inter, device=gate_up.device, dtype=gate_up.dtype)
     block = 1024
-    _silu_mul_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block, num_warps=4)
+    grid = (rows, triton.cdiv(inter, block))
+    _act_mul_kernel[grid](gate_up, out, inter, BLOCK=block, GELU=act == "gelu_pytorch_tanh", num_warps=4)
     return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` (see :func:`act_mul`)."""
+    return act_mul(gate_up, "silu")

@@ -13,6 +13,12 @@ same captured graph serves any context length up to the buffer's capacity.
 Shapes: queries (B*T, heads, head_dim); context keys/values (capacity, kv_heads, head_dim);
 question keys/values (B*region, kv_heads, head_dim); ``q_used`` (B,) int32 = question slots
 written so far including this step's; ``ctx_len`` (1,) int32.
+
+A local (sliding-window) layer passes a :class:`LocalWindow`: its queries see only the context
+slots fewer than ``size`` logical positions back (positions from device tensors, so graphs
+stay valid for any request), and in their own question region the last ``size`` slots (one
+position per slot there). ``softcap``: ``cap * tanh(score / cap)`` on the scaled scores, for
+families that soft-cap attention logits (the reference only).
 """
 
 from __future__ import annotations
@@ -26,7 +32,29 @@ from ragcompress.kv.fast.write import triton_available
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CascadeAttention", "FlashCascade", "ReferenceCascade", "StepMeta", "default_attention"]
+__all__ = [
+    "CascadeAttention",
+    "FlashCascade",
+    "LocalWindow",
+    "ReferenceCascade",
+    "StepMeta",
+    "default_attention",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class LocalWindow:
+    """The window of a local layer for one step: a query at logical position ``q`` sees the keys
+    at ``q - size < p``. ``q_pos`` (N,) int64: the step's query positions; ``ctx_pos``
+    (capacity,) int64: each context slot's position (``StaticKVBuffer.ctx_pos``)."""
+
+    size: int
+    q_pos: torch.Tensor
+    ctx_pos: torch.Tensor
+
+    def context_mask(self, capacity: int) -> torch.Tensor:
+        """(N, capacity) bool: which context slots each query sees within the window."""
+        return (self.q_pos[:, None] - self.ctx_pos[None, :capacity]) < self.size
 
 
 @dataclass(eq=False)
@@ -108,6 +136,9 @@ class CascadeAttention(ABC):
         own_v: torch.Tensor,
         meta: StepMeta,
         scale: float,
+        *,
+        window: LocalWindow | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """(B*T, heads, head_dim) in ``q``'s dtype."""
 
@@ -126,8 +157,12 @@ def merge(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torc
 class ReferenceCascade(CascadeAttention):
     """fp32 torch math; runs anywhere (CPU, fp32 models) and is the GPU kernel's reference."""
 
-    def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
+    def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale, *, window=None, softcap=None):  # type: ignore[no-untyped-def]
         import torch
+
+        def scores(x: torch.Tensor) -> torch.Tensor:  # scaled (and soft-capped) scores
+            x = x * scale
+            return x if softcap is None else softcap * torch.tanh(x / softcap)
 
         n, heads, d = q.shape
         kvh = ctx_k.shape[1]
@@ -137,8 +172,10 @@ class ReferenceCascade(CascadeAttention):
         # (a) shared context, every slot below ctx_len
         kc = ctx_k.float().permute(1, 0, 2).unsqueeze(1)  # (kvh, 1, cap, d)
         vc = ctx_v.float().permute(1, 0, 2).unsqueeze(1)
-        s = torch.matmul(qf, kc.transpose(-1, -2)) * scale  # (kvh, g, N, cap)
+        s = scores(torch.matmul(qf, kc.transpose(-1, -2)))  # (kvh, g, N, cap)
         valid = torch.arange(ctx_k.shape[0], device=q.device) < meta.ctx_len
+        if window is not None:
+            valid = valid & window.context_mask(ctx_k.shape[0])  # (N, cap)
         s = s.masked_fill(~valid, float("-inf"))
         lse_a = torch.logsumexp(s, dim=-1)  # (kvh, g, N)
         o_a = torch.matmul(torch.exp(s - lse_a.clamp_min(-1e30).unsqueeze(-1)), vc)
@@ -146,11 +183,13 @@ class ReferenceCascade(CascadeAttention):
         qb = qf.reshape(kvh, g, b, t, d)
         ko = own_k[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)  # (kvh, 1, B, R, d)
         vo = own_v[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)
-        s = torch.matmul(qb, ko.transpose(-1, -2)) * scale  # (kvh, g, B, T, R)
+        s = scores(torch.matmul(qb, ko.transpose(-1, -2)))  # (kvh, g, B, T, R)
         used = meta.q_used.long().view(b, 1, 1)
         j = torch.arange(r, device=q.device).view(1, 1, r)
         i = torch.arange(t, device=q.device).view(1, t, 1)
         ok = (j < used) & (j <= i + used - t)  # (B, T, R)
+        if window is not None:  # own slots hold consecutive positions: the window counts slots
+            ok = ok & (i + used - t - j < window.size)
         s = s.masked_fill(~ok, float("-inf"))
         lse_b = torch.logsumexp(s, dim=-1)
         o_b = torch.matmul(torch.exp(s - lse_b.clamp_min(-1e30).unsqueeze(-1)), vo)
@@ -172,23 +211,63 @@ class FlashCascade(CascadeAttention):
     causal, one sequence per question. Partial results merge by log-sum-exp.
     """
 
-    def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale):  # type: ignore[no-untyped-def]
-
+    def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale, *, window=None, softcap=None):  # type: ignore[no-untyped-def]
+        if softcap is not None:
+            raise ValueError("FlashCascade does not soft-cap attention logits; use ReferenceCascade")
         n, h, d = q.shape
         kvh = ctx_k.shape[1]
         g = h // kvh
         if meta.group != g:
             raise ValueError(f"StepMeta.group={meta.group} but the model has {g} query heads per KV head")
+        fused = q.is_cuda and d & (d - 1) == 0 and triton_available()
+        if window is not None and not fused:  # the windowed context pass is a Triton kernel
+            return ReferenceCascade()(q, ctx_k, ctx_v, own_k, own_v, meta, scale, window=window)
         sp = meta.splits
-        qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)  # row t*g + j
-        qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
-        o_a, lse_a = _flash(
-            qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n * g, meta.max_seg, False, scale, meta.ctx_used
-        )
+        if window is None:
+            qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)  # row t*g + j
+            qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
+            o_a, lse_a = _flash(
+                qs,
+                ctx_k,
+                ctx_v,
+                meta.cu_q_ctx,
+                meta.cu_k_ctx,
+                n * g,
+                meta.max_seg,
+                False,
+                scale,
+                meta.ctx_used,
+            )
+        else:
+            from ragcompress.kv.fast._window import window_context
+
+            o_a, lse_a = window_context(
+                q,
+                ctx_k,
+                ctx_v,
+                window.q_pos,
+                window.ctx_pos,
+                meta.seg_start,
+                meta.ctx_used,
+                window.size,
+                scale,
+            )
+        # own slots: consecutive positions, so flash's window by slot is the window by position
+        left = None if window is None else window.size - 1
         o_b, lse_b = _flash(
-            q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
+            q,
+            own_k,
+            own_v,
+            meta.cu_q_own,
+            meta.cu_k_own,
+            meta.qlen,
+            meta.region,
+            True,
+            scale,
+            meta.q_used,
+            left,
         )
-        if q.is_cuda and d & (d - 1) == 0 and triton_available():
+        if fused:
             from ragcompress.kv.fast._merge import merge_partials
 
             return merge_partials(o_a, lse_a, o_b, lse_b, meta.ctx_used, meta.qlen, g)
@@ -213,11 +292,12 @@ def _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d):  # type: ignore
     return ((o.float() * w).sum(0) / w.sum(0)).to(o_b.dtype)
 
 
-def _flash(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, used):  # type: ignore[no-untyped-def]
+def _flash(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale, used, left=None):  # type: ignore[no-untyped-def]
     import torch
 
+    window = {} if left is None else {"window_size_left": left, "window_size_right": 0}
     out = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=used
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=used, **window
     )
     return out[0], out[1]
 

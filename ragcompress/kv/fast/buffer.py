@@ -11,6 +11,11 @@ variable-length kernels read without a copy:
 * the **questions** (layers, max_batch * region, kv_heads, head_dim): one ``region`` of slots
   per concurrent question (its tokens, then the tokens it generates).
 
+For a family with local sliding-window layers (``positions=True``) the buffer also holds each
+context slot's logical position, ``ctx_pos`` (capacity,) int64: the window is by position, not
+by slot (re-positioned chunks and evicted tokens leave gaps), see
+:class:`~ragcompress.kv.fast.attention.LocalWindow`.
+
 Nothing is ever concatenated or reallocated, so the question prefill and decode steps have
 static shapes and can be captured as CUDA graphs. Writes past either region raise
 :class:`BufferOverflowError` before touching memory.
@@ -36,7 +41,9 @@ class StaticKVBuffer:
     """Preallocated context + question KV slots for one model.
 
     ``capacity``: context slots (prefix + kept chunk tokens); ``region``: slots per question
-    (question tokens + generated tokens); ``max_batch``: concurrent questions.
+    (question tokens + generated tokens); ``max_batch``: concurrent questions; ``positions``:
+    keep each context slot's logical position in ``ctx_pos`` (writers fill it; local
+    sliding-window layers read it).
     """
 
     layers: int
@@ -47,11 +54,13 @@ class StaticKVBuffer:
     max_batch: int = 1
     dtype: torch.dtype | None = None
     device: torch.device | str = "cpu"
+    positions: bool = False
     ctx_keys: torch.Tensor = field(init=False, repr=False)
     ctx_values: torch.Tensor = field(init=False, repr=False)
     q_keys: torch.Tensor = field(init=False, repr=False)
     q_values: torch.Tensor = field(init=False, repr=False)
     ctx_len_t: torch.Tensor = field(init=False, repr=False)  # (1,) int32, read by the graphs
+    ctx_pos: torch.Tensor = field(init=False, repr=False)  # (capacity,) int64 if positions, else (0,)
     ctx_len: int = field(default=0, init=False)  # slots written (host copy)
     next_position: int = field(default=0, init=False)  # RoPE position of the first question token
 
@@ -69,10 +78,13 @@ class StaticKVBuffer:
         self.q_keys = torch.zeros(qshape, dtype=dt, device=self.device)
         self.q_values = torch.zeros(qshape, dtype=dt, device=self.device)
         self.ctx_len_t = torch.zeros(1, dtype=torch.int32, device=self.device)
+        self.ctx_pos = torch.zeros(
+            self.capacity if self.positions else 0, dtype=torch.long, device=self.device
+        )
 
     @property
     def nbytes(self) -> int:
-        t = (self.ctx_keys, self.ctx_values, self.q_keys, self.q_values)
+        t = (self.ctx_keys, self.ctx_values, self.q_keys, self.q_values, self.ctx_pos)
         return sum(x.numel() * x.element_size() for x in t)
 
     def reset(self) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.attention import CascadeAttention, StepMeta, default_attention
+from ragcompress.kv.fast.attention import CascadeAttention, ReferenceCascade, StepMeta, default_attention
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.tables import Rotaries
 
 __all__ = ["FastGenerator"]
 
@@ -78,7 +79,7 @@ class FastGenerator:
     stream_group: int = 8
     streamer: type[HostStream] = field(default=HostStream, repr=False)
     buffer: StaticKVBuffer = field(init=False, repr=False)
-    rotary: Any = field(init=False, repr=False)
+    rotary: Rotaries = field(init=False, repr=False)  # one Rotary, or one per layer
     _shapes: dict[tuple[int, ...], _Shape] = field(default_factory=dict, init=False, repr=False)
     _cur: list[int] = field(default_factory=list, init=False, repr=False)
     _pool: Any = field(default=None, init=False, repr=False)
@@ -98,7 +99,10 @@ class FastGenerator:
         elif self.step.model is not self.model:
             raise ValueError("step was built for another model than FastGenerator.model")
         step = self.step
-        self.rotary = Rotary.from_model(self.model)
+        arch = step.arch
+        # chunks are re-rotated layer by layer with each layer's table where they differ
+        tables = tuple(Rotary.of(spec) for spec in arch.rope)
+        self.rotary = tables[0] if len(set(tables)) == 1 else tables
         param = next(self.model.parameters())
         self.buffer = StaticKVBuffer(
             layers=step.num_layers,
@@ -109,9 +113,11 @@ class FastGenerator:
             max_batch=self.max_batch,
             dtype=param.dtype,
             device=param.device,
+            positions=arch.local_window is not None,  # local layers mask by slot position
         )
         if self.attention is None:
-            self.attention = default_attention(param)
+            # flash has no soft-capping of attention logits
+            self.attention = ReferenceCascade() if arch.attn_softcap else default_attention(param)
         self.graphs = self.graphs and param.device.type == "cuda"
         self._host = self.streamer(self.buffer, self.stream_group)
 
@@ -166,14 +172,25 @@ class FastGenerator:
         self._resident = items
         return nxt
 
-    def load_context(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], position: int) -> int:
+    def load_context(
+        self,
+        layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        position: int,
+        positions: torch.Tensor | None = None,
+    ) -> int:
         """Write a context assembled elsewhere as is (per layer keys/values (kv_heads, n,
         head_dim), keys already at their positions): how assembly modes other than ``concat``
         reach the buffer (APE's shared positions, blend's repaired tokens). Returns ``position``,
-        where the question starts."""
+        where the question starts. ``positions`` (n,) int64: each slot's logical position
+        (``Context.positions``), required for a family with local sliding-window layers."""
         import torch
 
         n = int(layers[0][0].shape[1])
+        if self.buffer.positions and (positions is None or tuple(positions.shape) != (n,)):
+            raise ValueError(
+                f"load_context: {self._step.arch.family} has local sliding-window layers; pass "
+                f"positions, the ({n},) logical position of each slot (Context.positions)"
+            )
         self._resident = []  # nothing here is a chunk a later load can reuse
         self._host.discard()
         self._gated = False
@@ -183,6 +200,8 @@ class FastGenerator:
         values = torch.stack([v.transpose(0, 1) for _, v in layers], dim=1)
         self.buffer.ctx_keys[:n].copy_(keys)
         self.buffer.ctx_values[:n].copy_(values)
+        if positions is not None and self.buffer.positions:
+            self.buffer.ctx_pos[:n].copy_(positions)
         self.buffer.next_position = position
         self.buffer.commit()
         return position

@@ -63,7 +63,8 @@ class FusedStep(DecoderStep):
 
         try:
             arch = arch_for(model)
-            parts = [arch.parts(layer) for layer in arch.layers(model)]
+            layers = arch.layers(model)
+            parts = [arch.parts(layer) for layer in layers]
         except UnsupportedModelError as e:
             return str(e)
         param = next(model.parameters(), None)
@@ -73,49 +74,100 @@ class FusedStep(DecoderStep):
             return "triton is not installed (pip install 'ragcompress-core[gpu]')"
         if any(r.rot_dim != arch.head_dim for r in arch.rope):
             return "rotary is partial"
+        if arch.block_order not in _ORDERS.values():
+            return f"{arch.family}: block order {arch.block_order} is neither pre-norm nor Gemma's sandwich"
         # the kernels implement Llama's RMSNorm (weight * normed, rounded as LlamaRMSNorm rounds)
+        # and Gemma's ((1 + weight) * normed in fp32)
         norms = [arch.module(model, "final_norm")]
         norms += [n for p in parts for n in (p.input_norm, p.post_attention_norm, p.q_norm, p.k_norm)]
+        if arch.norm_placement == "sandwich":
+            norms += [getattr(layer, getattr(arch.names, n)) for layer in layers for n in _MLP_NORMS]
         for norm in norms:
-            if norm is not None and not _rms_norm(norm):
-                return f"{type(norm).__name__} is not Llama's RMSNorm"
+            if norm is not None and _norm_kind(norm) is None:
+                return f"{type(norm).__name__} is neither Llama's nor Gemma's RMSNorm"
         return None
 
     def layers(self, x: torch.Tensor, io: StepIO) -> torch.Tensor:
-        import torch
+        from ragcompress.kv.fast._triton import add_rmsnorm
 
-        from ragcompress.kv.fast._triton import add_rmsnorm, rope_write, silu_mul
-
-        n, h, kvh, d = x.shape[0], self.heads, self.kv_heads, self.head_dim
-        linear = torch.nn.functional.linear
         parts = self.parts()
         final = self.arch.module(self.model, "final_norm")
-        norm0 = parts[0].input_norm
-        x, hs = add_rmsnorm(x, None, norm0.weight, norm0.variance_epsilon)
+        sandwich = self.arch.norm_placement == "sandwich"
+        layers = self.arch.layers(self.model)
+        x, hs = add_rmsnorm(x, None, *_norm_args(parts[0].input_norm))
         for li, p in enumerate(parts):
-            qkv, gate_up = self._qkv[li], self._gate_up[li]
-            if qkv is not None:
-                q, k, v = linear(hs, qkv).split((h * d, kvh * d, kvh * d), dim=-1)
-            else:
-                q, k, v = p.q_proj(hs), p.k_proj(hs), p.v_proj(hs)
-            if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE
-                q, k = _head_norm(q, p.q_norm, n * h, d), _head_norm(k, p.k_norm, n * kvh, d)
-            cos, sin = (t.contiguous() for t in io.rope.of(li))
-            q = rope_write(
-                q, k, v, cos, sin, io.slots, io.buffer.q_keys[li], io.buffer.q_values[li], h, kvh, d
-            )
-            o = self.attend(q, li, io)
-            post = p.post_attention_norm
-            x, hs = add_rmsnorm(x, p.o_proj(o.reshape(n, h * d)), post.weight, post.variance_epsilon)
+            o = self._attention(p, hs, li, io)
             nxt = parts[li + 1].input_norm if li + 1 < len(parts) else final
-            down = p.down_proj  # set wherever gate/up were stacked (_stackable)
-            mlp = p.mlp(hs) if gate_up is None or down is None else down(silu_mul(linear(hs, gate_up)))
-            x, hs = add_rmsnorm(x, mlp, nxt.weight, nxt.variance_epsilon)
-        return self.arch.module(self.model, "lm_head")(hs.index_select(0, io.last)).float()  # type: ignore[no-any-return]
+            if sandwich:  # each block's output normed again before its residual add (Gemma 3)
+                pre, post = (getattr(layers[li], getattr(self.arch.names, n)) for n in _MLP_NORMS)
+                o = add_rmsnorm(o, None, *_norm_args(p.post_attention_norm))[1]
+                x, hs = add_rmsnorm(x, o, *_norm_args(pre))
+                mlp = add_rmsnorm(self._mlp(p, hs, li), None, *_norm_args(post))[1]
+            else:
+                x, hs = add_rmsnorm(x, o, *_norm_args(p.post_attention_norm))
+                mlp = self._mlp(p, hs, li)
+            x, hs = add_rmsnorm(x, mlp, *_norm_args(nxt))
+        return self.head(hs.index_select(0, io.last))
+
+    def _attention(self, p: LayerParts, hs: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
+        """Layer ``li``'s attention output (n, hidden) after o_proj, from its normed input ``hs``;
+        writes this step's rotated keys and values into the question regions."""
+        import torch
+
+        from ragcompress.kv.fast._triton import rope_write
+
+        n, h, kvh, d = hs.shape[0], self.heads, self.kv_heads, self.head_dim
+        qkv = self._qkv[li]
+        if qkv is not None:
+            q, k, v = torch.nn.functional.linear(hs, qkv).split((h * d, kvh * d, kvh * d), dim=-1)
+        else:
+            q, k, v = p.q_proj(hs), p.k_proj(hs), p.v_proj(hs)
+        if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE
+            q, k = _head_norm(q, p.q_norm, n * h, d), _head_norm(k, p.k_norm, n * kvh, d)
+        cos, sin = (t.contiguous() for t in io.rope.of(li))
+        q = rope_write(q, k, v, cos, sin, io.slots, io.buffer.q_keys[li], io.buffer.q_values[li], h, kvh, d)
+        o = self.attend(q, li, io)
+        return p.o_proj(o.reshape(n, h * d))  # type: ignore[no-any-return]
+
+    def _mlp(self, p: LayerParts, hs: torch.Tensor, li: int) -> torch.Tensor:
+        """The gated MLP of layer ``li`` on ``hs`` (n, hidden): one GEMM over the stacked
+        gate/up weights and the fused activation·up kernel where they were stacked."""
+        import torch
+
+        from ragcompress.kv.fast._triton import act_mul
+
+        gate_up, down = self._gate_up[li], p.down_proj  # down is set wherever gate/up were stacked
+        if gate_up is None or down is None:
+            return p.mlp(hs)  # type: ignore[no-any-return]
+        return down(act_mul(torch.nn.functional.linear(hs, gate_up), self.arch.mlp_act))  # type: ignore[no-any-return]
 
 
-def _rms_norm(norm: Any) -> bool:
-    return type(norm).__name__.endswith("RMSNorm") and hasattr(norm, "variance_epsilon")
+# the block orders the fused layers implement: pre-norm (Llama-shaped) and sandwich (Gemma 3)
+_ORDERS = {
+    "pre": ("input_norm", "attention", "residual", "post_attention_norm", "mlp", "residual"),
+    "sandwich": (
+        "input_norm", "attention", "post_attention_norm", "residual",
+        "pre_mlp_norm", "mlp", "post_mlp_norm", "residual",
+    ),
+}  # fmt: skip
+_MLP_NORMS = ("pre_mlp_norm", "post_mlp_norm")
+
+
+def _norm_kind(norm: Any) -> str | None:
+    """``"gemma"`` for Gemma's RMSNorm ((1 + w) * normed, in fp32), ``"llama"`` for Llama's
+    (w * normed rounded to the model dtype first), None for any other norm."""
+    name = type(norm).__name__
+    if name.startswith("Gemma") and name.endswith("RMSNorm") and hasattr(norm, "eps"):
+        return "gemma"
+    if name.endswith("RMSNorm") and hasattr(norm, "variance_epsilon"):
+        return "llama"
+    return None
+
+
+def _norm_args(norm: Any) -> tuple[Any, float, bool]:
+    """``(weight, eps, gemma)`` of an RMSNorm module, as ``add_rmsnorm`` takes them."""
+    gemma = _norm_kind(norm) == "gemma"
+    return norm.weight, float(norm.eps if gemma else norm.variance_epsilon), gemma
 
 
 def _head_norm(x: torch.Tensor, norm: Any, rows: int, head_dim: int) -> torch.Tensor:
@@ -123,14 +175,16 @@ def _head_norm(x: torch.Tensor, norm: Any, rows: int, head_dim: int) -> torch.Te
     n * heads; returns (n, heads * head_dim) contiguous (the kernel reads whole rows)."""
     from ragcompress.kv.fast._triton import add_rmsnorm
 
-    out = add_rmsnorm(x.contiguous().view(rows, head_dim), None, norm.weight, norm.variance_epsilon)[1]
+    out = add_rmsnorm(x.contiguous().view(rows, head_dim), None, *_norm_args(norm))[1]
     return out.view(x.shape[0], -1)
 
 
 def _stackable(arch: Any, parts: Sequence[LayerParts]) -> bool:
-    """Attention and a gated MLP without biases and with a SiLU gate: what the stacked GEMMs and
-    the SiLU·mul kernel compute."""
-    if arch.mlp_act not in ("silu", "swish"):
+    """Attention and a gated MLP without biases and with a gate activation the act·mul kernel
+    computes (SiLU, Gemma's tanh GELU): what the stacked GEMMs and that kernel compute."""
+    from ragcompress.kv.fast._triton import ACTS
+
+    if arch.mlp_act not in ACTS:
         return False
     for p in parts:
         linears = [p.q_proj, p.k_proj, p.v_proj, p.gate_proj, p.up_proj, p.down_proj]
@@ -168,7 +222,8 @@ def stack_weights(linears: Sequence[Any], share: bool = False) -> torch.Tensor |
 
 def default_step(model: Any, share_weights: bool = False) -> DecoderStep:
     """:class:`FusedStep` where it runs (a CUDA model of a supported family with Llama's
-    RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`.
+    RMSNorm and full-width rotary, and Triton), else :class:`~ragcompress.kv.fast.eager.EagerStep`
+    (pre-norm Llama-shaped families and Gemma 3's sandwich norms).
 
     ``share_weights``: passed to the fused step (see there: extra memory against GEMM count).
     """

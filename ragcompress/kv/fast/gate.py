@@ -17,7 +17,7 @@ from ragcompress.kv.fast.attention import CascadeAttention
 if TYPE_CHECKING:
     import torch
 
-    from ragcompress.kv.fast.attention import StepMeta
+    from ragcompress.kv.fast.attention import LocalWindow, StepMeta
     from ragcompress.kv.fast.stream import HostStream
 
 __all__ = ["GatedAttention"]
@@ -39,7 +39,10 @@ class GatedAttention(CascadeAttention):
         own_v: torch.Tensor,
         meta: StepMeta,
         scale: float,
+        *,
+        window: LocalWindow | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """(B*T, heads, head_dim), as ``inner`` computes it."""
         self.host.wait(self.host.layer_of(ctx_k))
-        return self.inner(q, ctx_k, ctx_v, own_k, own_v, meta, scale)
+        return self.inner(q, ctx_k, ctx_v, own_k, own_v, meta, scale, window=window, softcap=softcap)

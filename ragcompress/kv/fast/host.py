@@ -52,6 +52,7 @@ class HostChunk(BufferChunk):
     template: torch.Tensor
     length: int
     base_offset: int
+    positions: torch.Tensor | None = None  # (tokens,) int64 kept positions, where not consecutive
 
     @property
     def num_tokens(self) -> int:
@@ -60,6 +61,9 @@ class HostChunk(BufferChunk):
     @property
     def nbytes(self) -> int:
         return int(self.data.numel())
+
+    def slot_positions(self) -> torch.Tensor | None:
+        return self.positions
 
     @property
     def pinned(self) -> bool:
@@ -125,8 +129,24 @@ class HostChunk(BufferChunk):
                 data[start : start + _nbytes(shape, dt)].view(dt).view(shape).copy_(t)
         table = torch.tensor(offsets, dtype=torch.long)[None] + pos * torch.arange(layers)[:, None]
         template = form.template(table, h, n, layers)
+        from ragcompress.kv.fast.packed import held_positions
+
+        # local sliding-window layers mask by each slot's position: keep it where a press evicted
+        held = held_positions(chunk.layers)
+        dense = torch.equal(held, torch.arange(n, dtype=held.dtype, device=held.device) + chunk.base_offset)
         return cls(
-            data, form, layers, h, d, n, pos, tuple(offsets), template, chunk.length, chunk.base_offset
+            data,
+            form,
+            layers,
+            h,
+            d,
+            n,
+            pos,
+            tuple(offsets),
+            template,
+            chunk.length,
+            chunk.base_offset,
+            None if dense else held.cpu(),
         )
 
 

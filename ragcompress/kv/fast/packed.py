@@ -11,6 +11,9 @@ static buffer is one launch over one contiguous block per chunk instead of one p
 as extra KV heads, dequantized and re-rotated by one launch of the fused kernel. Packing
 happens once, when a chunk enters the GPU tier, not per
 request.
+
+A chunk also knows each slot's logical position in its encoding frame
+(:meth:`BufferChunk.slot_positions`): local sliding-window layers mask by it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +32,17 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.rows import GatherRows
     from ragcompress.kv.kernels import QuantizedKV
 
-__all__ = ["BufferChunk", "PackedChunk", "QuantizedPackedChunk"]
+__all__ = ["BufferChunk", "PackedChunk", "QuantizedPackedChunk", "held_positions"]
+
+
+def held_positions(layers: Sequence[Any]) -> torch.Tensor:
+    """(n,) int64: per slot, the newest encoding position any layer or head keeps there (layers
+    of one chunk, each with ``positions`` (kv_heads, n); an evicting press may keep different
+    tokens per head). The position a local window tests: a slot is hidden only when every
+    token in it is out of the window (as the eager path's assembly does)."""
+    import torch
+
+    return torch.stack([layer.positions.to(torch.long) for layer in layers]).amax(dim=(0, 1))
 
 
 class BufferChunk(ABC):
@@ -55,6 +68,12 @@ class BufferChunk(ABC):
         """Add this chunk's tensors to ``rows``: its tokens go to the context slots
         ``slot ..``, its keys move by ``delta`` positions."""
 
+    def slot_positions(self) -> torch.Tensor | None:
+        """(num_tokens,) int64: each slot's logical position in the encoding frame (before the
+        move); None (the default) when they are consecutive from ``base_offset`` (nothing
+        evicted), which the writer fills without a tensor per chunk."""
+        return None
+
 
 def _stacked_row(buffer: StaticKVBuffer, slot: int) -> int:
     """The first destination row of slot ``slot`` (all layers and heads)."""
@@ -65,12 +84,15 @@ def _stacked_row(buffer: StaticKVBuffer, slot: int) -> int:
 class PackedChunk(BufferChunk):
     """Keys/values (n, layers, kv_heads, head_dim), contiguous; keys rotated at their encoding
     positions, which start at ``base_offset``. ``length`` is the original token count (≥ n when
-    a press evicted tokens): the logical span the chunk occupies in the prompt."""
+    a press evicted tokens): the logical span the chunk occupies in the prompt. ``positions``
+    (n,) int64: each slot's encoding position (:func:`held_positions`), None when the n tokens
+    are consecutive from ``base_offset``."""
 
     keys: torch.Tensor
     values: torch.Tensor
     length: int
     base_offset: int
+    positions: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         k, v = self.keys, self.values
@@ -83,11 +105,16 @@ class PackedChunk(BufferChunk):
             raise ValueError("packed keys/values must be contiguous")
         if self.length < k.shape[0]:
             raise ValueError(f"length {self.length} is below the {k.shape[0]} tokens kept")
+        if self.positions is not None and tuple(self.positions.shape) != (k.shape[0],):
+            raise ValueError(f"positions must be ({k.shape[0]},), got {tuple(self.positions.shape)}")
 
     @property
     def num_tokens(self) -> int:
         """Tokens kept per head (buffer slots the chunk takes)."""
         return int(self.keys.shape[0])
+
+    def slot_positions(self) -> torch.Tensor | None:
+        return self.positions
 
     @property
     def nbytes(self) -> int:
@@ -115,8 +142,10 @@ class PackedChunk(BufferChunk):
         base_offset: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        positions: torch.Tensor | None = None,
     ) -> PackedChunk:
-        """Stack per-layer keys/values (kv_heads, n, head_dim) into the packed layout."""
+        """Stack per-layer keys/values (kv_heads, n, head_dim) into the packed layout;
+        ``positions``: see the class."""
         import torch
 
         if len(keys) != len(values) or not keys:
@@ -125,7 +154,7 @@ class PackedChunk(BufferChunk):
         dt = keys[0].dtype if dtype is None else dtype
         k = torch.stack([t.to(device=dev, dtype=dt).transpose(0, 1) for t in keys], dim=1).contiguous()
         v = torch.stack([t.to(device=dev, dtype=dt).transpose(0, 1) for t in values], dim=1).contiguous()
-        return cls(k, v, length, base_offset)
+        return cls(k, v, length, base_offset, positions)
 
     @classmethod
     def from_chunk(
@@ -137,7 +166,8 @@ class PackedChunk(BufferChunk):
             k, v, _ = layer.dense()
             ks.append(k)
             vs.append(v)
-        return cls.from_layers(ks, vs, chunk.length, chunk.base_offset, device, dtype)
+        pos = held_positions(chunk.layers)
+        return cls.from_layers(ks, vs, chunk.length, chunk.base_offset, device, dtype, pos.to(ks[0].device))
 
     @classmethod
     def from_prefix(
@@ -151,16 +181,20 @@ class PackedChunk(BufferChunk):
 class QuantizedPackedChunk(BufferChunk):
     """A quantized chunk with its layers stacked as heads: ``kv`` has layers * kv_heads heads
     (head ``l * kv_heads + h`` is head ``h`` of layer ``l``), in the format of
-    :mod:`ragcompress.kv.kernels.quant_format`."""
+    :mod:`ragcompress.kv.kernels.quant_format`. ``positions``: as :class:`PackedChunk`'s."""
 
     kv: QuantizedKV
     layers: int
     length: int
     base_offset: int
+    positions: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
         return self.kv.num_tokens
+
+    def slot_positions(self) -> torch.Tensor | None:
+        return self.positions
 
     @property
     def nbytes(self) -> int:
@@ -199,4 +233,4 @@ class QuantizedPackedChunk(BufferChunk):
         names = ("key_codes", "key_scale", "key_zero", "value_codes", "value_scale", "value_zero")
         stacked = {n: torch.cat([getattr(kv, n) for kv in kvs]).to(dev).contiguous() for n in names}
         kv = QuantizedKV(**stacked, bits=kvs[0].bits, group=kvs[0].group)
-        return cls(kv, len(kvs), chunk.length, chunk.base_offset)
+        return cls(kv, len(kvs), chunk.length, chunk.base_offset, held_positions(chunk.layers).to(dev))

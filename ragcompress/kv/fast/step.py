@@ -13,7 +13,10 @@ for it):
   and RoPE into the KV write (Triton, CUDA), and runs q/k/v and gate/up as one GEMM each.
 
 Only the cache handling differs from the eager forward: this step's keys/values are
-scattered into the question regions and attention reads the buffer. Nothing here
+scattered into the question regions and attention reads the buffer. Local (sliding-window)
+layers (Gemma 3) attend through a :class:`~ragcompress.kv.fast.attention.LocalWindow` built
+from the step's query positions and the buffer's slot positions (tensors, so a captured graph
+serves any request); each layer rotates with its own RoPE table. Nothing here
 synchronizes with the host, so a step can be captured as a CUDA graph. A step never changes
 the model it is given.
 """
@@ -54,7 +57,8 @@ class StepRope:
 class StepIO:
     """What one step reads and writes besides the tokens: ``slots`` (N,) int64 question-region
     slots its keys/values go to, ``last`` (B,) int64 rows whose logits it returns, the buffer,
-    the attention metadata, the cascade attention and the tokens' RoPE cos/sin."""
+    the attention metadata, the cascade attention, the tokens' RoPE cos/sin and their logical
+    positions (N,) int64 (local layers' window)."""
 
     slots: torch.Tensor
     last: torch.Tensor
@@ -62,6 +66,7 @@ class StepIO:
     meta: StepMeta
     attention: CascadeAttention
     rope: StepRope
+    positions: torch.Tensor
 
 
 @dataclass(eq=False)
@@ -77,10 +82,8 @@ class DecoderStep(ABC):
         import torch
 
         arch = arch_for(self.model)  # raises naming the supported families
-        if any(w is not None for w in arch.sliding_window):
-            raise UnsupportedModelError(
-                f"{arch.family}: sliding-window layers are not supported by the fast path"
-            )
+        arch.require_fast_engine()
+        arch.local_window  # noqa: B018  (raises for local layers of several windows)
         if any(r.rot_dim != arch.head_dim for r in arch.rope):
             raise UnsupportedModelError(f"{arch.family}: the fast path rotates whole heads (partial RoPE)")
         self.arch: ModelArch = arch
@@ -115,9 +118,11 @@ class DecoderStep(ABC):
         ids, positions (B, T) int64; slots (B*T,) int64: question-region slots to write.
         """
         n = ids.numel()
+        # the embedding module applies the family's scale (Gemma: sqrt(hidden)) as the model does
         x = self.arch.module(self.model, "embed")(ids.reshape(1, n))[0]  # (N, hidden)
-        rope = self.rope(positions.reshape(n), x.dtype)
-        return self.layers(x, StepIO(slots, last, buffer, meta, attention, rope))
+        pos = positions.reshape(n)
+        rope = self.rope(pos, x.dtype)
+        return self.layers(x, StepIO(slots, last, buffer, meta, attention, rope, pos))
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> StepRope:
         """cos/sin of ``positions`` (N,) int64 per distinct table, cast to ``dtype``: the model's
@@ -138,6 +143,24 @@ class DecoderStep(ABC):
     def attend(self, q: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
         """Layer ``li``'s rotated queries (N, heads, head_dim) over the buffer (this step's
         keys/values already written): (N, heads, head_dim)."""
+        from ragcompress.kv.fast.attention import LocalWindow
+
         buf = io.buffer
         k, v = buf.ctx_keys[:, li], buf.ctx_values[:, li]
-        return io.attention(q, k, v, buf.q_keys[li], buf.q_values[li], io.meta, self.scale)
+        size = self.arch.sliding_window[li]
+        window = None if size is None else LocalWindow(size, io.positions, buf.ctx_pos)
+        return io.attention(
+            q, k, v, buf.q_keys[li], buf.q_values[li], io.meta, self.scale,
+            window=window, softcap=self.arch.attn_softcap,
+        )  # fmt: skip
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """fp32 logits (B, vocab) of the final-normed rows ``h`` (B, hidden): the output layer,
+        then the family's soft-cap where it has one (in the model dtype, as the model does)."""
+        import torch
+
+        logits = self.arch.module(self.model, "lm_head")(h)
+        cap = self.arch.final_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits.float()  # type: ignore[no-any-return]

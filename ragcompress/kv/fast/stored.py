@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from ragcompress.kv.fast.packed import BufferChunk
 
 if TYPE_CHECKING:
+    import torch
+
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast.buffer import StaticKVBuffer
     from ragcompress.kv.fast.rows import GatherRows
@@ -37,6 +39,11 @@ class StoredChunk(BufferChunk):
     @property
     def num_tokens(self) -> int:
         return int(self.chunk.num_tokens)
+
+    def slot_positions(self) -> torch.Tensor:
+        from ragcompress.kv.fast.packed import held_positions
+
+        return held_positions(self.chunk.layers)
 
     def check(self, buffer: StaticKVBuffer, what: str) -> None:
         c = self.chunk

@@ -25,13 +25,14 @@ from ragcompress.kv.fast.host import HostChunk
 from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.kv.fast.stored import StoredChunk
-from ragcompress.kv.fast.write import gather, triton_available
+from ragcompress.kv.fast.write import gather, triton_available, write_positions
 
 if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast.host_forms import HostForm
+    from ragcompress.kv.fast.tables import Rotaries
     from ragcompress.models.rope import Rotary
 
 __all__ = ["HostStream", "schedule", "stream_batch"]
@@ -249,7 +250,7 @@ def stream_batch(
     buffer: StaticKVBuffer,
     prefix: BufferChunk,
     chunks: Sequence[BufferChunk | KVChunk],
-    rotary: Rotary,
+    rotary: Rotaries,
     host: HostStream,
     resident: int = 0,
 ) -> tuple[int, bool]:
@@ -257,9 +258,12 @@ def stream_batch(
     go in one gather now, host chunks (a :class:`HostChunk`, or a stored chunk on the CPU while
     the buffer is on CUDA, packed on the way) through ``host``. Returns the next position and
     whether a plan is pending: the engine then queues the step with per-range waits
-    (:meth:`HostStream.wait`) and :meth:`HostStream.flush` es right after."""
-    items = [("prefix", _item(prefix, buffer))]
-    items += [(f"chunk #{i}", _item(c, buffer)) for i, c in enumerate(chunks)]
+    (:meth:`HostStream.wait`) and :meth:`HostStream.flush` es right after. Models whose layers
+    re-rotate with different tables (Gemma 3's local and global layers) do not stream yet: their
+    host chunks are written with the device chunks, before the step."""
+    streams = not isinstance(rotary, Sequence)
+    items = [("prefix", _item(prefix, buffer, streams))]
+    items += [(f"chunk #{i}", _item(c, buffer, streams)) for i, c in enumerate(chunks)]
     need = sum(c.num_tokens for _, c in items)
     if need > buffer.capacity:
         raise BufferOverflowError(
@@ -272,23 +276,28 @@ def stream_batch(
         buffer.reserve(c.num_tokens, c.length, what)
     rows = GatherRows(buffer)
     streamed: list[tuple[HostChunk, int, int]] = []
+    writes = []
     for what, c in items[resident:]:
         slot, pos = buffer.reserve(c.num_tokens, c.length, what)
-        if isinstance(c, HostChunk):
+        writes.append((slot, pos - c.base_offset, c))
+        if streams and isinstance(c, HostChunk):
             streamed.append((c, slot, pos - c.base_offset))
         else:
             c.gather_into(rows, slot, pos - c.base_offset)
     if streamed:  # planned first: its writes (other slots) may run alongside this gather
+        assert not isinstance(rotary, Sequence)
         host.stream(streamed, rotary)
     gather(rows, rotary)
+    write_positions(buffer, writes)
     buffer.commit()
     return buffer.next_position, bool(streamed)
 
 
-def _item(chunk: Any, buffer: StaticKVBuffer) -> BufferChunk:
-    """A buffer chunk; a stored chunk held on the CPU for a CUDA buffer is packed for streaming."""
+def _item(chunk: Any, buffer: StaticKVBuffer, streams: bool) -> BufferChunk:
+    """A buffer chunk; a stored chunk held on the CPU for a CUDA buffer is packed for streaming
+    (where the model streams)."""
     if isinstance(chunk, BufferChunk):
         return chunk
-    if buffer.ctx_keys.device.type == "cuda" and chunk.device.type == "cpu":
+    if streams and buffer.ctx_keys.device.type == "cuda" and chunk.device.type == "cpu":
         return HostChunk.from_chunk(chunk, buffer.ctx_keys.dtype)
     return StoredChunk.of(chunk)

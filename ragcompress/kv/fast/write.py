@@ -25,16 +25,16 @@ from ragcompress.kv.fast.stored import StoredChunk
 
 if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
-    from ragcompress.models.rope import Rotary
+    from ragcompress.kv.fast.tables import Rotaries
 
-__all__ = ["gather", "triton_available", "write_batch", "write_chunk"]
+__all__ = ["gather", "triton_available", "write_batch", "write_chunk", "write_positions"]
 
 
 def write_batch(
     buffer: StaticKVBuffer,
     prefix: BufferChunk,
     chunks: Sequence[BufferChunk | KVChunk],
-    rotary: Rotary,
+    rotary: Rotaries,
     resident: int = 0,
 ) -> int:
     """Reset the buffer and write prefix + chunks in order; returns the next position.
@@ -55,16 +55,19 @@ def write_batch(
     for what, c in items[:resident]:
         buffer.reserve(c.num_tokens, c.length, what)
     rows = GatherRows(buffer)
+    writes = []
     for what, c in items[resident:]:
         slot, pos = buffer.reserve(c.num_tokens, c.length, what)
         c.gather_into(rows, slot, pos - c.base_offset)
+        writes.append((slot, pos - c.base_offset, c))
     gather(rows, rotary)
+    write_positions(buffer, writes)
     buffer.commit()
     return buffer.next_position
 
 
 def write_chunk(
-    buffer: StaticKVBuffer, chunk: BufferChunk | KVChunk, rotary: Rotary, what: str = "chunk"
+    buffer: StaticKVBuffer, chunk: BufferChunk | KVChunk, rotary: Rotaries, what: str = "chunk"
 ) -> int:
     """Append one chunk to the buffer's context (after what is there); returns its first slot."""
     c = _as_buffer_chunk(chunk)
@@ -73,10 +76,37 @@ def write_chunk(
     rows = GatherRows(buffer)
     c.gather_into(rows, slot, pos - c.base_offset)
     gather(rows, rotary)
+    write_positions(buffer, [(slot, pos - c.base_offset, c)])
     return slot
 
 
-def gather(rows: GatherRows, rotary: Rotary, kernels: ModuleType | None = None) -> None:
+def write_positions(buffer: StaticKVBuffer, writes: Sequence[tuple[int, int, BufferChunk]]) -> None:
+    """Each written slot's logical position into ``buffer.ctx_pos`` (when the buffer keeps them):
+    ``writes`` (first slot, position delta, chunk) for consecutive chunks. Slots of chunks with
+    consecutive positions are filled by one device op from a small host table (a host-to-device
+    copy per chunk would wait for the writes queued before it); chunks that know their kept
+    positions (evicting presses) copy theirs."""
+    import torch
+
+    if not buffer.positions or not writes:
+        return
+    dev = buffer.ctx_pos.device
+    first = writes[0][0]
+    counts = [c.num_tokens for _, _, c in writes]
+    total = sum(counts)
+    # slot s of chunk c (first slot f) holds position base + delta + (s - f)
+    shift = [c.base_offset + d - (s - first) for s, d, c in writes]
+    host = torch.tensor([shift, counts], dtype=torch.long)
+    table = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host.to(dev)
+    offsets = torch.repeat_interleave(table[0], table[1], output_size=total)
+    buffer.ctx_pos[first : first + total] = torch.arange(total, device=dev) + offsets
+    for s, d, c in writes:
+        kept = c.slot_positions()
+        if kept is not None:
+            buffer.ctx_pos[s : s + c.num_tokens] = kept.to(dev, torch.long) + d
+
+
+def gather(rows: GatherRows, rotary: Rotaries, kernels: ModuleType | None = None) -> None:
     """Write ``rows`` through the Triton gather where it runs, else the torch reference.
 
     ``kernels``: the :mod:`~ragcompress.kv.fast._gather` module to use (tests pass a copy
@@ -92,12 +122,13 @@ def gather(rows: GatherRows, rotary: Rotary, kernels: ModuleType | None = None) 
         gather_reference(rows, rotary)
 
 
-def _kernel_runs(buffer: StaticKVBuffer, rotary: Rotary) -> bool:
+def _kernel_runs(buffer: StaticKVBuffer, rotary: Rotaries) -> bool:
     """The kernels rotate full-width keys in power-of-two halves, on CUDA, with Triton."""
     d = buffer.head_dim
+    tables = list(rotary) if isinstance(rotary, Sequence) else [rotary]
     return (
         buffer.ctx_keys.device.type == "cuda"
-        and rotary.rot_dim == d
+        and all(r.rot_dim == d for r in tables)
         and d & (d - 1) == 0
         and triton_available()
     )

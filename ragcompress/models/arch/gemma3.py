@@ -16,8 +16,8 @@ The multimodal ``gemma3`` config (``Gemma3ForConditionalGeneration``: its decode
 ``model.language_model`` and its forward builds its own masks for image tokens) has no adapter:
 :func:`~ragcompress.models.arch.arch_for` refuses it naming the supported families, among them
 ``gemma3_text``; load the text part as ``Gemma3ForCausalLM``.
-The GPU fast engine does not run Gemma 3 (``fast_engine=False``): it is refused when a
-``FastKVAnswerer`` is built.
+The GPU fast engine runs Gemma 3 (fused step on CUDA: Gemma's RMSNorm and sandwich order in its
+kernels), with local layers masked by logical position.
 """
 
 from __future__ import annotations
@@ -107,5 +107,4 @@ def gemma3_arch(config: Any) -> ModelArch:
         attn_softcap=None if softcap is None else float(softcap),
         final_softcap=None if final_cap is None else float(final_cap),
         mlp_act=str(getattr(config, "hidden_activation", None) or "gelu_pytorch_tanh"),
-        fast_engine=False,
     )

@@ -1,0 +1,129 @@
+"""Triton kernel: a local (sliding-window) layer's context pass, masked by logical position.
+
+A local layer's query at logical position ``q`` sees the context slots whose logical position
+``p`` has ``q - p < window`` (docs/design.md, "Local sliding-window layers"). Slots are not
+positions (chunks are moved, presses leave gaps, ``ape`` stacks chunks at the same positions),
+so flash attention's window (by slot index) cannot express it; this kernel reads the slots'
+positions (``StaticKVBuffer.ctx_pos``) and the queries' positions from device tensors, so it
+runs inside a captured CUDA graph.
+
+Same split-KV layout as :class:`~ragcompress.kv.fast.attention.FlashCascade`'s context pass
+(segments of the filled context, the query heads sharing a KV head folded into the rows), and
+the same outputs, so :func:`~ragcompress.kv.fast._merge.merge_partials` merges them: o
+(S*N*G, kv_heads, D), lse fp32 (S, kv_heads, N*G), natural log, -inf for a row that sees no
+key of the segment. A program first scans its segment's positions for the slots any of its
+rows can see, then attends over that span only: a local layer reads about ``window`` keys,
+not the whole context.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["window_context"]
+
+
+@triton.jit
+def _window_kernel(
+    q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, start_ptr, used_ptr, o_ptr, lse_ptr,
+    sk_t, sv_t, NG, window, scale,
+    G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCAN: tl.constexpr,
+):  # fmt: skip
+    seg = tl.program_id(0).to(tl.int64)
+    kv = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(2).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    rm = rows < NG
+    tok = rows // G
+    head = kv * G + rows % G
+    d = tl.arange(0, D)
+    q = tl.load(
+        q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D + d[None, :], mask=rm[:, None], other=0.0
+    )
+    qp = tl.load(qpos_ptr + tok, mask=rm, other=0)
+    # a key is seen by some row iff the earliest row sees it (q - p < window)
+    qmin = tl.min(tl.where(rm, qp, 2**62), axis=0)
+    start = tl.load(start_ptr + seg).to(tl.int64)
+    used = tl.load(used_ptr + seg).to(tl.int64)
+    # 1. the span [lo, hi) of segment slots some row of this program can see
+    lo = used
+    hi = used * 0
+    for off in range(0, used, SCAN):
+        n = off + tl.arange(0, SCAN).to(tl.int64)
+        kp = tl.load(kpos_ptr + start + n, mask=n < used, other=0)
+        seen = (n < used) & (qmin - kp < window)
+        lo = tl.minimum(lo, tl.min(tl.where(seen, n, used), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(seen, n + 1, 0), axis=0))
+    # 2. online softmax over that span, each row masked by its own position
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for off in range(lo, hi, BLOCK_N):
+        n = off + tl.arange(0, BLOCK_N).to(tl.int64)
+        nm = n < hi
+        kp = tl.load(kpos_ptr + start + n, mask=nm, other=0)
+        vis = rm[:, None] & nm[None, :] & (qp[:, None] - kp[None, :] < window)
+        k = tl.load(k_ptr + (start + n)[:, None] * sk_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + (start + n)[:, None] * sv_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    seen_any = l_i > 0
+    out = acc / tl.where(seen_any, l_i, 1.0)[:, None]
+    lse = tl.where(seen_any, m_i + tl.log(tl.where(seen_any, l_i, 1.0)), float("-inf"))
+    tl.store(
+        o_ptr + ((seg * NG + rows[:, None]) * KVH + kv) * D + d[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=rm[:, None],
+    )
+    tl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rm)
+
+
+def window_context(
+    q: torch.Tensor,
+    ctx_k: torch.Tensor,
+    ctx_v: torch.Tensor,
+    q_pos: torch.Tensor,
+    ctx_pos: torch.Tensor,
+    seg_start: torch.Tensor,
+    ctx_used: torch.Tensor,
+    window: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o, lse)`` of the context pass of a local layer (layout in the module docstring).
+
+    q (N, heads, D) contiguous; ctx_k/ctx_v (capacity, kv_heads, D) with unit stride over heads
+    and channels (a layer's view of the buffer); q_pos (N,) int64; ctx_pos (capacity,) int64;
+    seg_start/ctx_used (S,) int32: each segment's first slot and filled slots.
+    """
+    n, heads, d = q.shape
+    kvh = ctx_k.shape[1]
+    g = heads // kvh
+    segs = seg_start.numel()
+    for name, t in (("keys", ctx_k), ("values", ctx_v)):
+        if t.stride(2) != 1 or t.stride(1) != d:
+            raise ValueError(
+                f"window_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}"
+            )
+    ng = n * g
+    o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
+    lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)
+    block_m = 16
+    block_n = 64 if d <= 128 else 32
+    grid: Any = (segs, kvh, triton.cdiv(ng, block_m))
+    _window_kernel[grid](
+        q.contiguous(), ctx_k, ctx_v, q_pos, ctx_pos, seg_start, ctx_used, o, lse,
+        ctx_k.stride(0), ctx_v.stride(0), ng, window, scale,
+        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, SCAN=256, num_warps=4,
+    )  # fmt: skip
+    return o, lse
