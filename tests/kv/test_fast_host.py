@@ -231,7 +231,8 @@ def test_host_chunks_on_a_windowed_family_keep_slot_positions(tokenizer, form):
     assert (form == "dense") == all(h.positions is None for h in host)
     device, streamed = _engine(model), _engine(model, stream_group=2)
     for order in ([0, 1, 2, 3, 4], [4, 2, 0]):
-        assert streamed.load(prefix, [host[i] for i in order]) == device.load(prefix, [chunks[i] for i in order])
+        want = device.load(prefix, [chunks[i] for i in order])
+        assert streamed.load(prefix, [host[i] for i in order]) == want
         n = device.buffer.ctx_len
         assert torch.equal(streamed.buffer.ctx_pos[:n], device.buffer.ctx_pos[:n])
         assert streamed.generate([q], 6, gen.stop_ids) == device.generate([q], 6, gen.stop_ids)
