@@ -35,6 +35,7 @@ from ragcompress_bench.fidelity_paths import (
     FidelityContender,
     FullPath,
     KVPath,
+    along_reference,
     kv_path,
     measure,
     parse_contenders,
@@ -126,26 +127,44 @@ def _question(
     errors: dict[str, list[str]],
     bar: Any,
 ) -> dict[str, dict[str, Any]]:
-    """The records of the contenders ``kept`` (journaled) lacks on one question, by label. The
-    full prefill's greedy tokens are the others' reference: journaled or measured first."""
+    """The records of the contenders ``kept`` (journaled) lacks on one question, by label, and
+    kept records completed with the columns they lack (the KL column, added later: only the
+    teacher-forced pass runs again). The full prefill's greedy tokens are the others' reference:
+    journaled or measured first."""
     full = kept.get(FULL)
     reference: list[int] | None = None if full is None else full["tokens"]
+    ref_top = None if full is None else full.get("ref_top")
     new: dict[str, dict[str, Any]] = {}
     for label, path in paths.items():
-        if label in kept:
+        old = kept.get(label)
+        if old is not None and "kl_full" in old:
             continue
         bar.set_postfix_str(f"{dataset} {label}")
         try:
-            r = measure(path, ex, reference)
+            if old is None:
+                r = measure(path, ex, reference, ref_top)
+            else:
+                r = old | _backfill(path, ex, reference, ref_top)
         except Exception as err:  # one failing row must not hide the others' numbers
             errors.setdefault(label, []).append(f"{dataset} {ex.id}: {type(err).__name__}: {err}")
             if label == FULL:
                 break  # nothing to compare against on this question
             continue
         if label == FULL:
-            reference = r["tokens"]
+            reference, ref_top = r["tokens"], r["ref_top"]
         new[label] = {"dataset": dataset, "example": ex.id, "contender": label, "answers": ex.answers, **r}
     return new
+
+
+def _backfill(
+    path: FullPath | KVPath, ex: QAExample, reference: list[int] | None, ref_top: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The reference-dependent columns of a journaled record (the reference's top tokens, or this
+    contender's KL from them): the teacher-forced pass along the reference only."""
+    if not reference:
+        return {"kl_full": None} if ref_top is not None else {"ref_top": None, "kl_full": None}
+    (lp,) = path.logprobs_many(ex.question, [p.text for p in ex.passages], [reference])
+    return along_reference(lp, ref_top)
 
 
 def _journaled(journal: Path | None) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:

@@ -22,7 +22,9 @@ __all__ = [
     "FidelityContender",
     "FullPath",
     "KVPath",
+    "along_reference",
     "kv_path",
+    "kl_to_reference",
     "measure",
     "parse_contenders",
 ]
@@ -229,10 +231,19 @@ def kv_path(
     return KVPath(answerer, assembled=True)
 
 
-def measure(path: FullPath | KVPath, ex: QAExample, reference: list[int] | None) -> dict[str, Any]:
+#: How many of the full prefill's most likely tokens per answer position the journal keeps for
+#: the KL column (the rest of the vocabulary is one bucket).
+TOP = 32
+
+
+def measure(
+    path: FullPath | KVPath, ex: QAExample, reference: list[int] | None, ref_top: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One contender on one question: its greedy answer, the gold answer's mean log-probability
-    per token and, along the ``reference`` greedy tokens (None: this answer's own), the share of
-    them this context ranks first (None when the reference answered nothing)."""
+    per token and, along the ``reference`` greedy tokens (None: this answer's own, and this is the
+    reference), the share of them this context ranks first and the KL divergence from the
+    reference's next-token distributions there (:func:`kl_to_reference`; None when the reference
+    answered nothing). The reference's record keeps its distributions' top tokens (``ref_top``)."""
     import torch
 
     passages = [p.text for p in ex.passages]
@@ -244,7 +255,7 @@ def measure(path: FullPath | KVPath, ex: QAExample, reference: list[int] | None)
     if ref:
         top = ref_lp.argmax(-1).cpu()
         agree = float((top == torch.tensor(ref)).float().mean())
-    return {
+    out = {
         "text": ans.text,
         "tokens": list(ans.token_ids),
         "gold_ll": float(lp.gather(1, torch.tensor(gold, device=lp.device)[:, None]).mean()),
@@ -252,3 +263,33 @@ def measure(path: FullPath | KVPath, ex: QAExample, reference: list[int] | None)
         "ttft_ms": ans.stats.ttft_ms,
         "recompute": path.recompute(ans),
     }
+    return out | along_reference(ref_lp, ref_top)
+
+
+def along_reference(ref_lp: torch.Tensor, ref_top: dict[str, Any] | None) -> dict[str, Any]:
+    """The reference's own record (``ref_top`` None): its top :data:`TOP` tokens per position of
+    ``ref_lp`` (len(reference), vocab) and a KL of 0; another contender's: its KL from them."""
+    if ref_top is None:
+        if not len(ref_lp):
+            return {"ref_top": None, "kl_full": None}
+        best = ref_lp.float().topk(min(TOP, ref_lp.shape[-1]), dim=-1)
+        return {"ref_top": {"ids": best.indices.tolist(), "lp": best.values.tolist()}, "kl_full": 0.0}
+    return {"kl_full": kl_to_reference(ref_top, ref_lp)}
+
+
+def kl_to_reference(ref_top: dict[str, Any] | None, lp: torch.Tensor) -> float | None:
+    """Mean over the reference answer's positions of KL(reference ‖ this context), in nats, over
+    the reference's top tokens plus one bucket for the rest of the vocabulary (a coarsening, so
+    a lower bound of the full KL that misses only what the reference gives < its top tokens'
+    leftover mass). ``lp`` (len(reference), vocab) this context's log-probabilities there."""
+    import torch
+
+    if ref_top is None or not len(lp):
+        return None
+    ids = torch.tensor(ref_top["ids"], device=lp.device)
+    p_lp = torch.tensor(ref_top["lp"], device=lp.device, dtype=torch.float32)
+    q_lp = lp.float().gather(1, ids)
+    p_rest = (1 - p_lp.exp().sum(-1)).clamp_min(1e-12)
+    q_rest = (1 - q_lp.exp().sum(-1)).clamp_min(1e-12)
+    kl = (p_lp.exp() * (p_lp - q_lp)).sum(-1) + p_rest * (p_rest.log() - q_rest.log())
+    return float(kl.clamp_min(0).mean())

@@ -20,6 +20,7 @@ _COLUMNS = (
     ("F1 vs full answer", "f1_vs_full", "{:.3f}"),
     ("same answer as full", "agree_full", "{:.2f}"),
     ("next-token agrees", "next_token_agree", "{:.3f}"),
+    ("KL vs full / token", "kl_full", "{:.4f}"),
     ("gold LL / token", "gold_ll", "{:.3f}"),
     ("Δ LL vs full", "delta_ll", "{:+.3f}"),
     ("recomputed", "recompute", "{:.0%}"),
@@ -59,6 +60,7 @@ def _stats(rs: list[dict[str, Any]], full: dict[tuple[str, str], dict[str, Any]]
         "f1_vs_full": mean(token_f1(r["text"], [f]) for r, f in paired),
         "agree_full": mean(exact_match(r["text"], [f]) for r, f in paired),
         "next_token_agree": mean(r["next_token_agree"] for r in rs),
+        "kl_full": mean(r.get("kl_full") for r in rs),
         "gold_ll": mean(r["gold_ll"] for r in rs),
         "delta_ll": mean(ll[key] - full[key]["gold_ll"] for key in ll if key in full),
         "recompute": mean(r["recompute"] for r in rs),
@@ -112,8 +114,10 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Date: {payload['date']}. Machine: {m.get('cpu_model', m.get('processor'))}, {m.get('cpus')} CPUs, "
         f"torch {m.get('torch')}. Wall time: {payload['wall_s']:.0f} s.  ",
         "Agreement columns compare each answer with the full prefill's greedy answer on the same "
-        "question; next-token agreement is teacher forced along that answer; Δ LL is the gold "
-        "answer's log-likelihood per token minus the full prefill's (nats).",
+        "question; next-token agreement is teacher forced along that answer, and so is the KL "
+        "(nats per token, KL(full prefill ‖ contender) over the full prefill's top 32 tokens plus "
+        "one bucket for the rest: the closest column to 'the same distribution as a full "
+        "prefill'); Δ LL is the gold answer's log-likelihood per token minus the full prefill's (nats).",
     ]
     head = "| contender | n | " + " | ".join(c[0] for c in _COLUMNS) + " | note |"
     rule = "| --- | ---: | " + " | ".join("---:" for _ in _COLUMNS) + " | --- |"

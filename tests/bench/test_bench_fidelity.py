@@ -73,6 +73,30 @@ def test_one_passage_chunks_read_the_same_prompt_as_the_full_prefill(
     chunks = next(r for r in rows if r["contender"] == "chunks" and r["dataset"] == "all")
     assert chunks["n"] == 2 and chunks["agree_full"] == 1.0 and chunks["next_token_agree"] == 1.0
     assert chunks["delta_ll"] == pytest.approx(0.0, abs=1e-4)
+    assert chunks["kl_full"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_kl_column_and_a_resumed_journal_gets_it_without_new_answers(tmp_path: Path, tiny_reader_dir: str) -> None:
+    """Several chunks read another context than the full prefill: KL > 0 (the full prefill's own
+    is 0). A journal written before the column existed is completed by --resume: the answers
+    stay as journaled, only the KL is added."""
+    argv = ["--reader", tiny_reader_dir, "--dtype", "float32", "--limit", "2", "--k", "5",
+            "--datasets", "twohop", "--contenders", "chunks", "--max-new-tokens", "4",
+            "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    by = {r["contender"]: r for r in json.loads((tmp_path / "fidelity.json").read_text())["rows"]}
+    assert by["full prefill"]["kl_full"] == 0.0 and by["chunks"]["kl_full"] > 1e-4
+    journal = tmp_path / "questions.jsonl"
+    old = [json.loads(line) for line in journal.read_text().splitlines()]
+    for r in old:
+        r.pop("kl_full"), r.pop("ref_top", None)
+        r["text"] = "journaled " + r["text"]  # a marker: resumed rows must keep what was journaled
+    journal.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert main([*argv, "--resume"]) == 0
+    again = {r["contender"]: r for r in json.loads((tmp_path / "fidelity.json").read_text())["rows"]}
+    assert again["chunks"]["kl_full"] == pytest.approx(by["chunks"]["kl_full"], rel=1e-4, abs=1e-6)
+    questions = json.loads((tmp_path / "fidelity.json").read_text())["questions"]
+    assert questions and all(q["text"].startswith("journaled ") for q in questions)
 
 
 def test_contender_list_parsing() -> None:
