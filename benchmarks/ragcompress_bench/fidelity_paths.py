@@ -23,8 +23,8 @@ __all__ = [
     "FullPath",
     "KVPath",
     "along_reference",
-    "kv_path",
     "kl_to_reference",
+    "kv_path",
     "measure",
     "parse_contenders",
 ]

@@ -76,7 +76,9 @@ def test_one_passage_chunks_read_the_same_prompt_as_the_full_prefill(
     assert chunks["kl_full"] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_kl_column_and_a_resumed_journal_gets_it_without_new_answers(tmp_path: Path, tiny_reader_dir: str) -> None:
+def test_kl_column_and_a_resumed_journal_gets_it_without_new_answers(
+    tmp_path: Path, tiny_reader_dir: str
+) -> None:
     """Several chunks read another context than the full prefill: KL > 0 (the full prefill's own
     is 0). A journal written before the column existed is completed by --resume: the answers
     stay as journaled, only the KL is added."""
