@@ -115,7 +115,9 @@ def paged_context(
     g = heads // kvh
     for name, t in (("keys", pool_k), ("values", pool_v)):
         if t.stride(2) != 1 or t.stride(1) != d:
-            raise ValueError(f"paged_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}")
+            raise ValueError(
+                f"paged_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}"
+            )
     ng = n * g
     o = torch.empty(splits * ng, kvh, d, device=q.device, dtype=q.dtype)
     lse = torch.empty(splits, kvh, ng, device=q.device, dtype=torch.float32)

@@ -82,7 +82,9 @@ class PagedFastGenerator(FastGenerator):
         if self.pool is None:
             raise ValueError("PagedFastGenerator needs a pool (ChunkPool.for_model(model, tokens))")
         if self.attention is not None:
-            raise ValueError("PagedFastGenerator attends through its pool (PagedCascade): leave attention None")
+            raise ValueError(
+                "PagedFastGenerator attends through its pool (PagedCascade): leave attention None"
+            )
         arch = arch_for(self.model)
         if arch.local_window is not None or len(set(arch.rope)) != 1 or arch.attn_softcap:
             raise UnsupportedModelError(

@@ -75,7 +75,8 @@ class ChunkPool:
     block_size: int = 64
     dtype: torch.dtype | None = None
     device: torch.device | str = "cpu"
-    keys: torch.Tensor = field(init=False, repr=False)  # (num_blocks * block_size, layers, kv_heads, head_dim)
+    # (num_blocks * block_size, layers, kv_heads, head_dim)
+    keys: torch.Tensor = field(init=False, repr=False)
     values: torch.Tensor = field(init=False, repr=False)
     _free: list[int] = field(init=False, repr=False)
     _entries: OrderedDict[Hashable, PoolEntry] = field(init=False, repr=False)  # LRU first
