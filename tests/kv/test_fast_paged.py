@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -38,7 +39,7 @@ def setup(tokenizer):
 
 
 def _engines(model, pool_tokens: int = 256, block_size: int = 4):
-    kw = {"capacity": 80, "max_question": 16, "max_new_tokens": 8, "buckets": (8, 16)}
+    kw: dict[str, Any] = {"capacity": 80, "max_question": 16, "max_new_tokens": 8, "buckets": (8, 16)}
     pool = ChunkPool.for_model(model, pool_tokens, block_size)
     return FastGenerator(model, **kw), PagedFastGenerator(model, pool=pool, **kw)
 
@@ -143,7 +144,13 @@ def test_generators_sharing_a_pool_keep_each_others_chunks(setup):
     prefix_kv, chunks = _separate_chunks(model, prefix, passages)
     pre = PackedChunk.from_prefix(prefix_kv)
     pool = ChunkPool.for_model(model, 4 * 16, 4)  # 16 blocks; the request needs 3 + 5 + 2 + 6
-    kw = {"capacity": 80, "max_question": 16, "max_new_tokens": 8, "buckets": (16,), "pool": pool}
+    kw: dict[str, Any] = {
+        "capacity": 80,
+        "max_question": 16,
+        "max_new_tokens": 8,
+        "buckets": (16,),
+        "pool": pool,
+    }
     a, b = PagedFastGenerator(model, **kw), PagedFastGenerator(model, **kw)
     a.load(pre, chunks)
     want = a.generate([questions[0]], 8, gen.stop_ids)
@@ -257,3 +264,24 @@ def test_paged_kernel_matches_the_torch_reference():
         [sys.executable, "-c", _KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fast_answerer_with_paged_placement_answers_as_the_copy_one(tokenizer, tiny_llama):
+    """FastKVAnswerer(placement=PagedPlacement(...)) gives the copy placement's tokens over passages
+    in several orders (stored chunks from the cache, a chunk placed again without a copy); a mode
+    that assembles its own context is refused when the answerer is built."""
+    from ragcompress.kv.fast import PagedPlacement
+    from ragcompress.kv.fast.answer import FastKVAnswerer
+
+    from .test_fast_answer import PASSAGES, QUESTIONS
+
+    gen = Generator.from_model(tiny_llama, tokenizer, max_new_tokens=10)
+    copy = FastKVAnswerer.from_generator(gen, capacity=512, max_question=64)
+    paged = FastKVAnswerer.from_generator(
+        gen, capacity=512, max_question=64, placement=PagedPlacement(pool_tokens=1024, block_size=16)
+    )
+    for passages in (PASSAGES, PASSAGES[::-1], PASSAGES[1:]):
+        want, got = copy.answer(QUESTIONS[0], passages), paged.answer(QUESTIONS[0], passages)
+        assert got.token_ids == want.token_ids and len(want.token_ids) > 0
+    with pytest.raises(ValueError, match="CopyPlacement"):
+        FastKVAnswerer.from_generator(gen, assembly="ape", placement=PagedPlacement())
