@@ -103,12 +103,15 @@ def paged_context(
     block_size: int,
     splits: int,
     scale: float,
+    block_m: int | None = None,
+    num_warps: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)`` of the context pass (layout in the module docstring).
 
     q (N, heads, D), already rotated at its own positions; pool_k/pool_v (slots, kv_heads, D)
     with unit stride over heads and channels (a layer's view of the pool); table (1 +
-    max_blocks, 3) int32; inv_freq (D // 2,) fp32; ``splits``: S, fixed per captured shape.
+    max_blocks, 3) int32; inv_freq (D // 2,) fp32; ``splits``: S, fixed per captured shape;
+    ``block_m``: query rows per program (default: the folded rows up to 64, at least 16).
     """
     n, heads, d = q.shape
     kvh = pool_k.shape[1]
@@ -121,11 +124,11 @@ def paged_context(
     ng = n * g
     o = torch.empty(splits * ng, kvh, d, device=q.device, dtype=q.dtype)
     lse = torch.empty(splits, kvh, ng, device=q.device, dtype=torch.float32)
-    block_m = max(16, min(64, triton.next_power_of_2(ng)))
+    block_m = block_m or max(16, min(64, triton.next_power_of_2(ng)))
     grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
     _paged_kernel[grid](
         q.contiguous(), pool_k, pool_v, table, inv_freq, o, lse,
         pool_k.stride(0), pool_v.stride(0), ng, scale,
-        S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m, num_warps=4,
+        S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m, num_warps=num_warps,
     )  # fmt: skip
     return o, lse
