@@ -137,6 +137,41 @@ def test_pool_never_gives_a_leased_block_to_another_chunk():
     assert pool.resident(a) is None
 
 
+def test_stored_chunks_hit_by_key_and_packed_ones_by_identity(setup):
+    """A stored chunk fetched again (a new KVChunk object, the same ChunkKey) is found in the pool
+    and not copied again; a packed chunk is known by identity only (an equal copy is another)."""
+    model, _gen, prefix, passages, _q = setup
+    _, first = _separate_chunks(model, prefix, passages)
+    _, again = _separate_chunks(model, prefix, passages)
+    pool = ChunkPool.for_model(model, 256, 4)
+    lease = pool.acquire(first)
+    free = pool.free_blocks
+    pool.release(pool.acquire(again))
+    assert pool.free_blocks == free and pool.resident(again[0]) is lease.entries[0]
+    packed = PackedChunk.from_chunk(first[0])
+    twin = PackedChunk(packed.keys.clone(), packed.values.clone(), packed.length, packed.base_offset)
+    pool.acquire([packed, twin, packed])
+    assert pool.free_blocks == free - 2 * -(-packed.num_tokens // 4)
+
+
+def test_a_reused_identity_is_a_miss_and_the_old_blocks_stay_leased():
+    """A packed chunk whose id another object takes (after the first died) is a miss; the old
+    entry keeps its blocks while a lease holds them and is evicted like any other after."""
+    pool = _pool(6)
+    a, b = _chunk(8, 1), _chunk(4, 2)
+    held = pool.acquire([a])
+    real = pool._key
+    pool._key = lambda c: real(a) if c is b else real(c)  # type: ignore[method-assign]  # b takes a's id
+    lb = pool.acquire([b])
+    (ea,), (eb,) = held.entries, lb.entries
+    assert eb is not ea and set(eb.blocks).isdisjoint(ea.blocks)
+    assert torch.equal(pool.keys[eb.blocks[0] * 4 : eb.blocks[0] * 4 + 4], b.keys)
+    pool.release(lb)
+    pool.release(held)
+    pool.acquire([_chunk(24, 3)])  # all 6 blocks: both old entries must go
+    assert pool.free_blocks == 0 and pool.resident(b) is None
+
+
 def test_generators_sharing_a_pool_keep_each_others_chunks(setup):
     """A generator's loaded request keeps its blocks while another fills the pool: it still
     answers the same; the other is refused rather than given those blocks."""
