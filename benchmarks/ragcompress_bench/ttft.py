@@ -19,6 +19,9 @@ context length, in one process and on the same inputs:
 * ``kvzip_*`` — kvzip 0.6 + int4/64 chunks on the GPU, in pinned host memory (streamed under the
   question's compute, ``--stream-group``) and on disk, and the host-to-device bandwidths of the
   run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
+* ``ragcompress_paged_ms`` — zero-copy placement: the same chunks already resident in a paged
+  pool, placed by a block-table write and read in place (:mod:`ragcompress_bench.ttft_paged`;
+  ``--no-paged`` skips it);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
   chunks, which :meth:`FastGenerator.load_reusing` finds resident in the buffer and does not
   rewrite (question prefill + first token only). The cold ``ragcompress_ms`` always writes.
@@ -93,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the host/disk tier columns (kvzip 0.6 + int4/64 chunks, ttft_host)",
     )
     p.add_argument(
+        "--no-paged",
+        dest="paged",
+        action="store_false",
+        help="skip the zero-copy column (chunks read in place from a paged pool, ttft_paged)",
+    )
+    p.add_argument(
         "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"
     )
     return p
@@ -127,7 +136,7 @@ def _compressed_chunks(
 
 
 def run_context(
-    model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int
+    model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int, paged: Any = None
 ) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache
@@ -220,6 +229,10 @@ def run_context(
             row["fast_logits_rel_err"] = round(float((fast_logits - ref).norm() / ref.norm()), 5)
             row["full_prefill_top2_margin"] = round(float(top[0] - top[1]), 5)
             row["fast_logits_max_abs_diff"] = round(float((fast_logits - ref).abs().max()), 5)
+        if paged is not None:
+            from ragcompress_bench.ttft_paged import paged_row
+
+            row.update(paged_row(paged, prefix, dense, question, clock, fast_logits, tokens))
         del dense
         if args.modes:
             from ragcompress_bench.ttft_modes import mode_rows
@@ -325,12 +338,15 @@ def main(argv: list[str]) -> int:
         f"at {time.perf_counter() - t0:.1f}s",
         flush=True,
     )
+    from ragcompress_bench.ttft_paged import build_paged
+
+    paged = build_paged(model, fast, contexts, args) if args.paged else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     qps: list[dict[str, Any]] = []
     for ctx in contexts:
-        rows.append(run_context(model, fast, ctx, args, clock, bw, wbytes))
+        rows.append(run_context(model, fast, ctx, args, clock, bw, wbytes, paged))
         print(json.dumps(rows[-1]), flush=True)
         write_report(
             out, argv, args, dev, fast, bw, wbytes, rows, qps, extra

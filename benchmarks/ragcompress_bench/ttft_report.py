@@ -19,6 +19,7 @@ SERIES = (
     ("hf_reuse_ms", "transformers cache reuse", "tab:orange"),
     ("hf_static_compiled_ms", "transformers StaticCache + compile", "tab:purple"),
     ("ragcompress_ms", "ragcompress (bf16 chunks)", "tab:blue"),
+    ("ragcompress_paged_ms", "ragcompress (bf16 chunks in a paged pool, zero-copy)", "tab:cyan"),
     ("ragcompress_compressed_ms", "ragcompress (knorm 0.5 + int4)", "tab:green"),
     ("floor_ms", "bandwidth floor", "black"),
 )
@@ -68,6 +69,7 @@ COLUMNS = (
     "hf_static_compiled_ms",
     "hf_static_compile_s",
     "ragcompress_ms",
+    "ragcompress_paged_ms",
     "ragcompress_compressed_ms",
     "floor_ms",
     "ragcompress_warm_ms",

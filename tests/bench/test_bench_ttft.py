@@ -12,6 +12,7 @@ import torch
 from ragcompress_bench.ttft import main
 
 KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "hf_static_compiled_ms", "ragcompress_ms",
+        "ragcompress_paged_ms",
         "ragcompress_compressed_ms", "floor_ms", "device",
         "ape_ms", "blend_05_ms", "blend_15_ms", "blend_question_15_ms"}  # fmt: skip
 
@@ -30,6 +31,8 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         # the blend rows recompute what they say (a share of the chunk tokens), ape recomputes nothing
         assert row["ape_recompute"] == 0.0
         assert row["hf_static_matches_full_prefill"] is True  # the StaticCache anchor (uncompiled on CPU)
+        # zero-copy placement (ttft_paged): the copy engine's first token, logits equal up to fp32
+        assert row["paged_same_token_as_copy"] is True and row["paged_vs_copy_logits_rel_err"] < 1e-4
         assert 0.0 < row["blend_05_recompute"] < row["blend_15_recompute"] <= 0.16
         # the tiers (ttft_host): kvzip chunks on the device, streamed from the host, from disk
         assert all(row[f"kvzip_{t}_ms"] > 0 for t in ("gpu", "host", "host_serial", "disk"))

@@ -3,7 +3,8 @@
 :class:`PackedChunk` is a chunk in the buffer's layout (packed once, when it enters the GPU
 tier); :class:`FastGenerator` loads a prefix + chunks into its :class:`StaticKVBuffer` and runs
 the question prefill and decode steps (a :class:`FusedStep` or an :class:`EagerStep`) as
-captured graphs with cascade attention.
+captured graphs with cascade attention. With :class:`PagedPlacement` chunks live in a
+:class:`ChunkPool` instead and :class:`PagedFastGenerator` reads them in place (zero-copy).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.fused import FusedStep, default_step
 from ragcompress.kv.fast.host import HostChunk
 from ragcompress.kv.fast.packed import BufferChunk, PackedChunk, QuantizedPackedChunk
+from ragcompress.kv.fast.paged_engine import PagedFastGenerator
+from ragcompress.kv.fast.placement import CopyPlacement, PagedPlacement, Placement
+from ragcompress.kv.fast.pool import ChunkPool, PoolFullError
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stored import StoredChunk
 from ragcompress.kv.fast.write import write_batch, write_chunk
@@ -23,6 +27,8 @@ __all__ = [
     "BufferChunk",
     "BufferOverflowError",
     "CascadeAttention",
+    "ChunkPool",
+    "CopyPlacement",
     "DecoderStep",
     "EagerStep",
     "FastGenerator",
@@ -30,6 +36,10 @@ __all__ = [
     "FusedStep",
     "HostChunk",
     "PackedChunk",
+    "PagedFastGenerator",
+    "PagedPlacement",
+    "Placement",
+    "PoolFullError",
     "QuantizedPackedChunk",
     "ReferenceCascade",
     "StaticKVBuffer",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ragcompress.kv.answer import ChunkRequest, KVAnswerer
 from ragcompress.kv.context import chunk_answer
+from ragcompress.kv.fast.placement import CopyPlacement, Placement
 from ragcompress.sampling import GREEDY, Sampling, pick_token, request_rng
 
 if TYPE_CHECKING:
@@ -47,12 +48,16 @@ class FastKVAnswerer(KVAnswerer):
     ``share_weights``: on CUDA the fused step stacks q/k/v and gate/up weights into copies of
     its own (~2/3 of the decoder weights again; the model is never changed); ``True`` reads
     the model's weights in place instead (no extra memory, more GEMM launches per step), see
-    :class:`~ragcompress.kv.fast.fused.FusedStep`."""
+    :class:`~ragcompress.kv.fast.fused.FusedStep`. ``placement``: how chunks reach attention,
+    copied into the request's buffer (:class:`~ragcompress.kv.fast.placement.CopyPlacement`)
+    or read in place from a paged pool (:class:`~ragcompress.kv.fast.placement.PagedPlacement`,
+    ``concat`` only)."""
 
     capacity: int = 16384
     max_question: int = 256
     graphs: bool = True
     share_weights: bool = False
+    placement: Placement = field(default_factory=CopyPlacement)
     _engine: FastGenerator | None = field(default=None, init=False, repr=False)
     _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
     _prefix_src: PrefixKV | None = field(default=None, init=False, repr=False)
@@ -60,6 +65,7 @@ class FastKVAnswerer(KVAnswerer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.assembly.check_fast(self.generator.lm)  # a mode or family it cannot run fails here
+        self.placement.check(self.assembly)
         device = self.generator.lm.device
         if device.type != "cuda":  # it works (reference kernels, for tests), but slowly
             warnings.warn(
@@ -73,10 +79,10 @@ class FastKVAnswerer(KVAnswerer):
     def engine(self) -> FastGenerator:
         """The fast engine, built on first use (its buffer is allocated then)."""
         if self._engine is None:
-            from ragcompress.kv.fast import FastGenerator, default_step
+            from ragcompress.kv.fast import default_step
 
             gen = self.generator
-            self._engine = FastGenerator(
+            self._engine = self.placement.engine(
                 gen.lm,
                 step=default_step(gen.lm, share_weights=self.share_weights),
                 capacity=self.capacity,

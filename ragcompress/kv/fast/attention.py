@@ -39,6 +39,8 @@ __all__ = [
     "ReferenceCascade",
     "StepMeta",
     "default_attention",
+    "own_pass_flash",
+    "own_pass_reference",
 ]
 
 
@@ -167,7 +169,6 @@ class ReferenceCascade(CascadeAttention):
         n, heads, d = q.shape
         kvh = ctx_k.shape[1]
         g = heads // kvh
-        b, t, r = meta.batch, meta.qlen, meta.region
         qf = q.float().view(n, kvh, g, d).permute(1, 2, 0, 3)  # (kvh, g, N, d)
         # (a) shared context, every slot below ctx_len
         kc = ctx_k.float().permute(1, 0, 2).unsqueeze(1)  # (kvh, 1, cap, d)
@@ -180,25 +181,61 @@ class ReferenceCascade(CascadeAttention):
         lse_a = torch.logsumexp(s, dim=-1)  # (kvh, g, N)
         o_a = torch.matmul(torch.exp(s - lse_a.clamp_min(-1e30).unsqueeze(-1)), vc)
         # (b) own question slots, causal aligned to the last used slot
-        qb = qf.reshape(kvh, g, b, t, d)
-        ko = own_k[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)  # (kvh, 1, B, R, d)
-        vo = own_v[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)
-        s = scores(torch.matmul(qb, ko.transpose(-1, -2)))  # (kvh, g, B, T, R)
-        used = meta.q_used.long().view(b, 1, 1)
-        j = torch.arange(r, device=q.device).view(1, 1, r)
-        i = torch.arange(t, device=q.device).view(1, t, 1)
-        ok = (j < used) & (j <= i + used - t)  # (B, T, R)
-        if window is not None:  # own slots hold consecutive positions: the window counts slots
-            ok = ok & (i + used - t - j < window.size)
-        s = s.masked_fill(~ok, float("-inf"))
-        lse_b = torch.logsumexp(s, dim=-1)
-        o_b = torch.matmul(torch.exp(s - lse_b.clamp_min(-1e30).unsqueeze(-1)), vo)
-        o_b, lse_b = o_b.reshape(kvh, g, n, d), lse_b.reshape(kvh, g, n)
+        size = None if window is None else window.size
+        o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale, size, softcap)
 
         def flat(x: torch.Tensor) -> torch.Tensor:  # (kvh, g, N, ...) -> (N, heads, ...)
             return x.permute(2, 0, 1, *range(3, x.dim())).reshape(n, heads, *x.shape[3:])
 
-        return merge(flat(o_a), flat(lse_a), flat(o_b), flat(lse_b)).to(q.dtype)
+        return merge(flat(o_a), flat(lse_a), o_b, lse_b).to(q.dtype)
+
+
+def own_pass_reference(
+    q: torch.Tensor,
+    own_k: torch.Tensor,
+    own_v: torch.Tensor,
+    meta: StepMeta,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The queries (N, heads, D) over their own question slots, causally (aligned to each
+    question's last used slot; ``window``: the last ``window`` slots only), in fp32 torch math:
+    ``(o (N, heads, D), lse (N, heads))``, the partial a cascade merges with its context's."""
+    import torch
+
+    n, heads, d = q.shape
+    kvh = own_k.shape[1]
+    g = heads // kvh
+    b, t, r = meta.batch, meta.qlen, meta.region
+    qb = q.float().view(n, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g, b, t, d)
+    ko = own_k[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)  # (kvh, 1, B, R, d)
+    vo = own_v[: b * r].float().view(b, r, kvh, d).permute(2, 0, 1, 3).unsqueeze(1)
+    s = torch.matmul(qb, ko.transpose(-1, -2)) * scale  # (kvh, g, B, T, R)
+    if softcap is not None:
+        s = softcap * torch.tanh(s / softcap)
+    used = meta.q_used.long().view(b, 1, 1)
+    j = torch.arange(r, device=q.device).view(1, 1, r)
+    i = torch.arange(t, device=q.device).view(1, t, 1)
+    ok = (j < used) & (j <= i + used - t)  # (B, T, R)
+    if window is not None:  # own slots hold consecutive positions: the window counts slots
+        ok = ok & (i + used - t - j < window)
+    s = s.masked_fill(~ok, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    o = torch.matmul(torch.exp(s - lse.clamp_min(-1e30).unsqueeze(-1)), vo)
+    o = o.reshape(kvh, g, n, d).permute(2, 0, 1, 3).reshape(n, heads, d)
+    return o, lse.reshape(kvh, g, n).permute(2, 0, 1).reshape(n, heads)
+
+
+def own_pass_flash(
+    q: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor, meta: StepMeta, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`own_pass_reference` through flash attention (CUDA, fp16/bf16, graph-safe):
+    ``(o (N, heads, D), lse)`` in flash's layouts, as
+    :func:`~ragcompress.kv.fast._merge.merge_partials` takes them."""
+    return _flash(  # type: ignore[no-any-return]
+        q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
+    )
 
 
 class FlashCascade(CascadeAttention):

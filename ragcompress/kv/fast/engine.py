@@ -104,7 +104,16 @@ class FastGenerator:
         tables = tuple(Rotary.of(spec) for spec in arch.rope)
         self.rotary = tables[0] if len(set(tables)) == 1 else tables
         param = next(self.model.parameters())
-        self.buffer = StaticKVBuffer(
+        self.buffer = self._new_buffer(step, param)
+        if self.attention is None:
+            # flash has no soft-capping of attention logits
+            self.attention = ReferenceCascade() if arch.attn_softcap else default_attention(param)
+        self.graphs = self.graphs and param.device.type == "cuda"
+        self._host = self.streamer(self.buffer, self.stream_group)
+
+    def _new_buffer(self, step: DecoderStep, param: torch.Tensor) -> StaticKVBuffer:
+        """The request's buffer: a context of ``capacity`` slots + the question regions."""
+        return StaticKVBuffer(
             layers=step.num_layers,
             kv_heads=step.kv_heads,
             head_dim=step.head_dim,
@@ -113,13 +122,8 @@ class FastGenerator:
             max_batch=self.max_batch,
             dtype=param.dtype,
             device=param.device,
-            positions=arch.local_window is not None,  # local layers mask by slot position
+            positions=step.arch.local_window is not None,  # local layers mask by slot position
         )
-        if self.attention is None:
-            # flash has no soft-capping of attention logits
-            self.attention = ReferenceCascade() if arch.attn_softcap else default_attention(param)
-        self.graphs = self.graphs and param.device.type == "cuda"
-        self._host = self.streamer(self.buffer, self.stream_group)
 
     @property
     def last_logits(self) -> torch.Tensor | None:

@@ -1,0 +1,104 @@
+"""The zero-copy column of ``ragcompress bench ttft``: chunks read in place from a paged pool.
+
+* ``ragcompress_paged_ms`` — the same bf16 chunks as ``ragcompress_ms``, already resident in a
+  :class:`~ragcompress.kv.fast.ChunkPool` (they entered it once, before timing): placing them is
+  leasing them and writing the block table, then the question prefill (captured CUDA graph,
+  paged attention: queries rotated by each chunk's ``-delta``, keys never rewritten) and the
+  first token on the host (:class:`~ragcompress.kv.fast.PagedFastGenerator`);
+* ``paged_insert_ms`` — one sample: the first load, which copies every chunk into the pool;
+* ``paged_vs_copy_logits_rel_err`` / ``paged_same_token_as_copy`` — the paged first-token
+  logits against the copy engine's on the same request.
+
+The paged engine shares the copy engine's decoder step (its fused weights too), so the two
+differ only in placement and attention.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from ragcompress_bench.ttft_timing import Clock
+
+__all__ = ["build_paged", "paged_row"]
+
+
+def build_paged(model: Any, fast: Any, contexts: list[int], args: Any, block_size: int = 64) -> Any:
+    """A :class:`~ragcompress.kv.fast.PagedFastGenerator` beside ``fast`` (batch 1, its question
+    bucket), its pool large enough for the longest context (one partly filled block per
+    passage), graphs captured; None (and the traceback printed) when it cannot be built."""
+    import torch
+
+    from ragcompress.kv.fast import ChunkPool, PagedFastGenerator
+    from ragcompress.models.arch import UnsupportedModelError
+
+    try:
+        cap = max(contexts)
+        passages = -(-cap // args.passage_tokens) + 1
+        pool = ChunkPool.for_model(model, cap + passages * block_size, block_size)
+        paged = PagedFastGenerator(
+            model,
+            capacity=cap,
+            max_question=args.question_tokens,
+            max_new_tokens=args.new_tokens,
+            buckets=(args.question_tokens,),
+            graphs=fast.graphs,
+            step=fast.step,
+            pool=pool,
+        )
+        paged.warmup((1,), (args.question_tokens,))
+        return paged
+    except UnsupportedModelError as exc:  # a family the paged engine refuses: no column, said once
+        print(f"no ragcompress_paged_ms column: {exc}", flush=True)
+        return None
+    except Exception:
+        traceback.print_exc()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
+
+def paged_row(
+    paged: Any,
+    prefix: Any,
+    chunks: list[Any],
+    question: list[int],
+    clock: Clock,
+    copy_logits: Any,
+    tokens: dict[str, int],
+) -> dict[str, Any]:
+    """The paged columns for one context (``chunks`` the copy path's dense chunks; ``tokens``
+    gets the paged first token); the chunks leave the pool's lease after, so the next context
+    may evict them."""
+    import torch
+
+    row: dict[str, Any] = {}
+    try:
+        dev = paged.device
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        paged.load(prefix, chunks)  # the chunks enter the pool: a copy, once
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        row["paged_insert_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+
+        def run() -> int:
+            paged.load(prefix, chunks)  # resident: lease + block table write
+            return int(paged.prefill([question])[0])
+
+        row["ragcompress_paged_ms"] = round(clock(run), 3)
+        tokens["ragcompress_paged"] = run()
+        if copy_logits is not None and paged.last_logits is not None:
+            got = paged.last_logits[0].float()
+            err = (got - copy_logits.float()).norm() / copy_logits.float().norm()
+            row["paged_vs_copy_logits_rel_err"] = round(float(err), 5)
+        row["paged_same_token_as_copy"] = tokens.get("ragcompress") == tokens["ragcompress_paged"]
+    except Exception as exc:  # the other columns must survive
+        traceback.print_exc()
+        row["ragcompress_paged_ms"] = None
+        row["ragcompress_paged_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        paged.release()
+    return row

@@ -1,0 +1,195 @@
+"""Paged attention: a request's queries read its chunks in place in the chunk pool.
+
+The context of a request is a :class:`BlockTable`, one row per pool block it reads (block id,
+slots filled, its chunk's position delta), in device memory; :class:`PagedCascade` attends
+over those blocks, each with the queries rotated by ``-delta`` (``q . R(delta) k =
+(R(-delta) q) . k``, so no key is rewritten), and over the question's own slots, and merges
+the partials by log-sum-exp as :class:`~ragcompress.kv.fast.attention.FlashCascade` does. On
+CUDA in fp16/bf16 the context pass is a Triton kernel (:mod:`~ragcompress.kv.fast._paged`) and
+the own pass flash; elsewhere :func:`paged_context_reference` and
+:func:`~ragcompress.kv.fast.attention.own_pass_reference`, in fp32 torch.
+
+The table, its count included, is written before a step runs (:meth:`BlockTable.write`: one
+host-to-device copy through pinned memory) and read by the step on the device, so one captured
+graph per step shape serves every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.fast.attention import CascadeAttention, merge, own_pass_flash, own_pass_reference
+from ragcompress.kv.fast.buffer import BufferOverflowError
+from ragcompress.kv.fast.write import triton_available
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.fast.attention import LocalWindow, StepMeta
+
+__all__ = ["BlockTable", "PagedCascade", "paged_context_reference"]
+
+
+@dataclass(eq=False)
+class BlockTable:
+    """``rows`` (1 + max_blocks, 3) int32 on ``device``: row 0 ``[count, 0, 0]``, then one row
+    ``[block, used, delta]`` per block the request reads, in context order."""
+
+    max_blocks: int
+    device: torch.device | str = "cpu"
+    rows: torch.Tensor = field(init=False, repr=False)
+    _stage: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _copied: Any = field(default=None, init=False, repr=False)  # event: the last copy out of _stage
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.max_blocks <= 0:
+            raise ValueError(f"max_blocks must be positive, got {self.max_blocks}")
+        self.rows = torch.zeros(1 + self.max_blocks, 3, dtype=torch.int32, device=self.device)
+
+    def write(self, blocks: Sequence[tuple[int, int, int]]) -> None:
+        """Publish a request's ``(block, used, delta)`` rows (raises
+        :class:`~ragcompress.kv.fast.buffer.BufferOverflowError` past ``max_blocks``). On CUDA
+        the copy is queued without blocking the host, after the work already queued."""
+        import torch
+
+        if len(blocks) > self.max_blocks:
+            raise BufferOverflowError(
+                f"the request reads {len(blocks)} pool blocks; the block table holds max_blocks="
+                f"{self.max_blocks}"
+            )
+        host = torch.tensor([(len(blocks), 0, 0), *blocks], dtype=torch.int32).reshape(-1, 3)
+        if self.rows.device.type != "cuda":
+            self.rows[: len(host)].copy_(host)
+            return
+        if self._stage is None:
+            self._stage = torch.empty(self.rows.shape, dtype=torch.int32).pin_memory()
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous copy must have left the staging rows
+        self._stage[: len(host)].copy_(host)
+        self.rows[: len(host)].copy_(self._stage[: len(host)], non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+
+    def clear(self) -> None:
+        """No block: the context is empty (a step then attends to its own slots only)."""
+        self.write([])
+
+
+@dataclass(eq=False)
+class PagedCascade(CascadeAttention):
+    """Attention over the blocks of ``table`` in the pool layer view the step passes as the
+    context (``ctx_k``/``ctx_v`` (pool slots, kv_heads, D)) + the question's own slots.
+    ``inv_freq`` (D // 2,) fp32: the RoPE table every layer shares; ``splits``: context splits
+    of the kernel (None: enough programs for ~2 waves of the device)."""
+
+    table: BlockTable
+    inv_freq: torch.Tensor
+    block_size: int
+    splits: int | None = None
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+        own_k: torch.Tensor,
+        own_v: torch.Tensor,
+        meta: StepMeta,
+        scale: float,
+        *,
+        window: LocalWindow | None = None,
+        softcap: float | None = None,
+    ) -> torch.Tensor:
+        """(B*T, heads, head_dim) in ``q``'s dtype."""
+        import torch
+
+        if window is not None or softcap is not None:
+            raise ValueError("paged attention has no local window or soft-cap (dense, global layers only)")
+        d = q.shape[-1]
+        if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
+            o_a, lse_a = paged_context_reference(
+                q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, scale
+            )
+            o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
+            return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
+        from ragcompress.kv.fast._merge import merge_partials
+        from ragcompress.kv.fast._paged import paged_context
+
+        n, heads, _ = q.shape
+        g = heads // ctx_k.shape[1]
+        sp = self.splits or self._auto_splits(q.device, n * g, ctx_k.shape[1])
+        o_a, lse_a = paged_context(
+            q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, sp, scale
+        )
+        o_b, lse_b = own_pass_flash(q, own_k, own_v, meta, scale)
+        # empty splits carry lse -inf and o 0: every split takes part in the merge
+        ones = _ones(sp, q.device)
+        return merge_partials(o_a, lse_a, o_b, lse_b, ones, meta.qlen, g)
+
+    def _kernel_runs(self, d: int) -> bool:
+        bs = self.block_size
+        return d >= 32 and d & (d - 1) == 0 and 16 <= bs <= 128 and bs & (bs - 1) == 0 and triton_available()
+
+    def _auto_splits(self, device: torch.device, rows: int, kv_heads: int) -> int:
+        import torch
+
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        tiles = kv_heads * -(-rows // 64)
+        return max(1, min(-(-2 * sms // tiles), self.table.max_blocks))
+
+
+_ONES: dict[tuple[int, str], Any] = {}
+
+
+def _ones(n: int, device: torch.device) -> torch.Tensor:
+    """(n,) int32 ones on ``device``, made once (a step captured in a graph allocates nothing)."""
+    import torch
+
+    key = (n, str(device))
+    if key not in _ONES:
+        _ONES[key] = torch.ones(n, dtype=torch.int32, device=device)
+    return _ONES[key]  # type: ignore[no-any-return]
+
+
+def paged_context_reference(
+    q: torch.Tensor,
+    pool_k: torch.Tensor,
+    pool_v: torch.Tensor,
+    table: torch.Tensor,
+    inv_freq: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context pass in fp32 torch: ``(o (N, heads, D), lse (N, heads))``, ``-inf`` / 0 for an
+    empty table. Each table entry's keys are scored against the queries rotated by its
+    ``-delta`` (the kernel's algorithm, not a re-rotation of the keys); one softmax over every
+    entry's filled slots. No host sync (capturable); memory ~ entries x N x heads x D, a
+    reference, not a long-context path."""
+    import torch
+
+    from ragcompress.models.rope import cos_sin, rotate_by
+
+    n, heads, d = q.shape
+    kvh = pool_k.shape[1]
+    g = heads // kvh
+    rows = table[1:].long()  # (E, 3): every row; the ones past the count are masked
+    e = rows.shape[0]
+    live = torch.arange(e, device=q.device) < table[0, 0]
+    j = torch.arange(block_size, device=q.device)
+    slot = (rows[:, :1] * block_size + j).clamp(0, pool_k.shape[0] - 1)  # (E, BS)
+    ok = live[:, None] & (j[None, :] < rows[:, 1:2])  # (E, BS)
+    k = pool_k[slot].float()  # (E, BS, kvh, d)
+    v = pool_v[slot].float()
+    cos, sin = cos_sin(-rows[:, 2], inv_freq.to(q.device))  # (E, d)
+    qe = rotate_by(q.float()[None], cos[:, None, None], sin[:, None, None])  # (E, N, heads, d)
+    qe = qe.view(e, n, kvh, g, d)
+    s = torch.einsum("enkgd,ebkd->nkgeb", qe, k) * scale  # (N, kvh, g, E, BS)
+    s = s.masked_fill(~ok, float("-inf")).reshape(n, kvh, g, e * block_size)
+    lse = torch.logsumexp(s, dim=-1)  # (N, kvh, g)
+    p = torch.exp(s - lse.clamp_min(-1e30)[..., None])
+    o = torch.einsum("nkgs,skd->nkgd", p, v.reshape(e * block_size, kvh, d))
+    return o.reshape(n, heads, d), lse.reshape(n, heads)

@@ -1,0 +1,243 @@
+"""A paged pool of GPU-resident chunks: fixed-size blocks of K/V that requests read in place.
+
+vLLM's paged KV is the model. The pool is one token-major store (slots, layers, kv_heads,
+head_dim), the static buffer's context layout, cut into blocks of ``block_size`` slots. A chunk
+enters once (its keys stay rotated at their *encoding* positions) and takes
+``ceil(num_tokens / block_size)`` blocks; a request then places it by writing a row of a block
+table (:mod:`~ragcompress.kv.fast.paged`), not by copying its K/V.
+
+Ownership: a request holds a :class:`PoolLease` on every chunk it reads, from
+:meth:`ChunkPool.acquire` until :meth:`ChunkPool.release`. A leased chunk is never evicted, so
+its blocks are never handed to another chunk while a live request can still read them; chunks
+no lease holds are evicted least recently used first when an insert needs blocks. A chunk read
+by several live requests (or twice by one) is stored once and shared: reads never conflict.
+
+Chunks are known by their :class:`~ragcompress.kv.key.ChunkKey` when they have one (stored
+chunks: content-addressed, so a chunk fetched again from a store hits) and by identity
+otherwise (packed chunks; a dead object's entry can never be hit again, only evicted).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ragcompress.kv.fast.buffer import BufferOverflowError
+from ragcompress.kv.fast.packed import BufferChunk, PackedChunk
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.chunk import KVChunk
+
+__all__ = ["ChunkPool", "PoolEntry", "PoolFullError", "PoolLease"]
+
+
+class PoolFullError(BufferOverflowError):
+    """The pool cannot take a request's chunks: the blocks it lacks are held by live leases."""
+
+
+@dataclass(eq=False)
+class PoolEntry:
+    """One resident chunk: its ``blocks`` (in token order), ``num_tokens`` slots filled, and how
+    many live leases hold it (``refs``)."""
+
+    key: Hashable
+    blocks: tuple[int, ...]
+    num_tokens: int
+    refs: int = 0
+    ref: Any = None  # weakref to the chunk object for identity keys (a reused id is a miss)
+
+
+@dataclass(eq=False)
+class PoolLease:
+    """What :meth:`ChunkPool.acquire` returns: one entry per requested item, in order (a chunk
+    asked twice appears twice, held once)."""
+
+    entries: list[PoolEntry]
+    held: list[PoolEntry]
+    released: bool = False
+
+
+@dataclass(eq=False)
+class ChunkPool:
+    """``num_blocks`` blocks of ``block_size`` token slots, each slot holding every layer's keys
+    and values of one token (kv_heads, head_dim), in ``dtype`` on ``device``. Thread-safe."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    num_blocks: int
+    block_size: int = 64
+    dtype: torch.dtype | None = None
+    device: torch.device | str = "cpu"
+    # (num_blocks * block_size, layers, kv_heads, head_dim)
+    keys: torch.Tensor = field(init=False, repr=False)
+    values: torch.Tensor = field(init=False, repr=False)
+    _free: list[int] = field(init=False, repr=False)
+    _entries: OrderedDict[Hashable, PoolEntry] = field(init=False, repr=False)  # LRU first
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        for name in ("layers", "kv_heads", "head_dim", "num_blocks", "block_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        shape = (self.num_blocks * self.block_size, self.layers, self.kv_heads, self.head_dim)
+        dt = torch.float32 if self.dtype is None else self.dtype
+        self.keys = torch.zeros(shape, dtype=dt, device=self.device)
+        self.values = torch.zeros(shape, dtype=dt, device=self.device)
+        self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out 0, 1, 2, ..
+        self._entries = OrderedDict()
+
+    @classmethod
+    def for_model(cls, model: Any, tokens: int, block_size: int = 64) -> ChunkPool:
+        """A pool of at least ``tokens`` slots in ``model``'s dtype, on its device, shaped by its
+        family adapter."""
+        from ragcompress.models.arch import arch_for
+
+        arch = arch_for(model)
+        param = next(model.parameters())
+        return cls(
+            layers=arch.num_layers,
+            kv_heads=arch.num_kv_heads,
+            head_dim=arch.head_dim,
+            num_blocks=-(-tokens // block_size),
+            block_size=block_size,
+            dtype=param.dtype,
+            device=param.device,
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def free_blocks(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+    def resident(self, chunk: BufferChunk | KVChunk) -> PoolEntry | None:
+        """The entry holding ``chunk``, or None (does not touch the LRU order)."""
+        with self._lock:
+            return self._find(chunk)
+
+    def acquire(self, chunks: Sequence[BufferChunk | KVChunk]) -> PoolLease:
+        """Insert the chunks that are not resident (evicting unleased chunks, least recently used
+        first) and lease all of them. All or nothing: when the blocks cannot be found, raises
+        :class:`PoolFullError` and the pool is as before."""
+        for i, c in enumerate(chunks):
+            self._check(c, f"item #{i}")
+        with self._lock:
+            found = [self._find(c) for c in chunks]
+            held = list({id(e): e for e in found if e is not None}.values())
+            for e in held:  # leased first, so the evictions below cannot take them
+                e.refs += 1
+            missing = {self._key(c): c for c, e in zip(chunks, found, strict=True) if e is None}
+            need = sum(self._blocks_for(c) for c in missing.values())
+            try:
+                self._evict_for(need)
+                for key, c in missing.items():
+                    e = self._insert(key, c)
+                    e.refs += 1
+                    held.append(e)
+            except BaseException:
+                for e in held:
+                    e.refs -= 1
+                raise
+            entries = []
+            for c in chunks:
+                e = self._entries[self._key(c)]
+                self._entries.move_to_end(e.key)
+                entries.append(e)
+            return PoolLease(entries, held)
+
+    def release(self, lease: PoolLease) -> None:
+        """End a lease: its chunks may be evicted once no other lease holds them."""
+        with self._lock:
+            if lease.released:
+                return
+            lease.released = True
+            for e in lease.held:
+                e.refs -= 1
+
+    # -- inside the lock -------------------------------------------------------------------
+    def _key(self, chunk: Any) -> Hashable:
+        key = getattr(chunk, "key", None)
+        return ("key", key) if key is not None else ("id", id(chunk))
+
+    def _find(self, chunk: Any) -> PoolEntry | None:
+        key = self._key(chunk)
+        e = self._entries.get(key)
+        if e is not None and e.ref is not None and e.ref() is not chunk:
+            # an identity entry whose object died and whose id was reused: never a hit again, but
+            # a live lease may still read its blocks, so it stays, under a key of its own, oldest
+            del self._entries[key]
+            e.key = ("dead", id(e))
+            self._entries[e.key] = e
+            self._entries.move_to_end(e.key, last=False)
+            return None
+        return e
+
+    def _blocks_for(self, chunk: Any) -> int:
+        return -(-int(chunk.num_tokens) // self.block_size)
+
+    def _evict_for(self, need: int) -> None:
+        if need <= len(self._free):
+            return
+        idle = [e for e in self._entries.values() if e.refs == 0]  # oldest first
+        if need > len(self._free) + sum(len(e.blocks) for e in idle):
+            held = self.num_blocks - len(self._free) - sum(len(e.blocks) for e in idle)
+            raise PoolFullError(
+                f"the chunk pool needs {need} free blocks of {self.block_size} tokens; {len(self._free)} "
+                f"are free and {held} of its {self.num_blocks} are held by live requests: build the "
+                "pool larger or release finished requests"
+            )
+        for e in idle:
+            if need <= len(self._free):
+                break
+            del self._entries[e.key]
+            self._free.extend(reversed(e.blocks))
+
+    def _insert(self, key: Hashable, chunk: Any) -> PoolEntry:
+        import torch
+
+        packed = chunk if isinstance(chunk, PackedChunk) else PackedChunk.from_chunk(chunk)
+        n, bs = packed.num_tokens, self.block_size
+        blocks = tuple(self._free.pop() for _ in range(self._blocks_for(packed)))
+        k = packed.keys.to(device=self.keys.device, dtype=self.keys.dtype)
+        v = packed.values.to(device=self.keys.device, dtype=self.keys.dtype)
+        if blocks == tuple(range(blocks[0], blocks[0] + len(blocks))):  # one run: a plain copy
+            self.keys[blocks[0] * bs : blocks[0] * bs + n].copy_(k)
+            self.values[blocks[0] * bs : blocks[0] * bs + n].copy_(v)
+        else:
+            idx = torch.tensor(blocks, device=self.keys.device)[:, None] * bs
+            idx = (idx + torch.arange(bs, device=idx.device)).reshape(-1)[:n]
+            self.keys.index_copy_(0, idx, k)
+            self.values.index_copy_(0, idx, v)
+        ref = weakref.ref(chunk) if key[0] == "id" else None  # type: ignore[index]
+        e = PoolEntry(key, blocks, n, ref=ref)
+        self._entries[key] = e
+        return e
+
+    def _check(self, chunk: Any, what: str) -> None:
+        """Refuse, before anything changes, a chunk the pool cannot hold."""
+        if isinstance(chunk, BufferChunk) and not isinstance(chunk, PackedChunk):
+            raise ValueError(
+                f"{what} is a {type(chunk).__name__}: the chunk pool takes dense chunks (PackedChunk) "
+                "and stored KVChunks (quantized layers are expanded when they enter the pool)"
+            )
+        want = (self.layers, self.kv_heads, self.head_dim)
+        if isinstance(chunk, PackedChunk):
+            got = tuple(chunk.keys.shape[1:])
+        else:
+            got = (len(chunk.layers), int(chunk.kv_heads), int(chunk.head_dim))
+        if got != want:
+            raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}, the chunk pool {want}")
+        if int(chunk.num_tokens) == 0:
+            raise ValueError(f"{what} keeps no tokens")
