@@ -24,6 +24,7 @@ from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.packed import BufferChunk
+from ragcompress.kv.fast.shapes import ArgUploader, _Shape, context_splits
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 
@@ -34,20 +35,6 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.tables import Rotaries
 
 __all__ = ["FastGenerator"]
-
-
-@dataclass(eq=False)
-class _Shape:
-    """Static tensors (and the graph, when captured) of one (batch, qlen) step shape."""
-
-    batch: int
-    qlen: int
-    args: torch.Tensor  # int64 (4*B*T + B,): ids | positions | slots | used(B*T, first B) | last(B)
-    meta: StepMeta
-    attention: CascadeAttention | None = None  # None: the generator's; gated when chunks stream
-    logits: torch.Tensor | None = None
-    tokens: torch.Tensor | None = None
-    graph: Any = None
 
 
 @dataclass(eq=False)
@@ -83,8 +70,7 @@ class FastGenerator:
     _shapes: dict[tuple[int, ...], _Shape] = field(default_factory=dict, init=False, repr=False)
     _cur: list[int] = field(default_factory=list, init=False, repr=False)
     _pool: Any = field(default=None, init=False, repr=False)
-    _staging: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
-    _staged: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+    _uploader: ArgUploader = field(default_factory=ArgUploader, init=False, repr=False)
     # prefix + chunks of the last load, in buffer order (strong refs: identity stays unique)
     _resident: list[Any] = field(default_factory=list, init=False, repr=False)
     _last: _Shape | None = field(default=None, init=False, repr=False)
@@ -266,7 +252,7 @@ class FastGenerator:
         r, p0 = self.buffer.region, self.buffer.next_position
         host = torch.cat([p0 + cur, torch.arange(b) * r + cur, cur + 1, torch.arange(b)])
         args = shape.args
-        self._upload(args[b:], host)
+        self._uploader(args[b:], host)
         args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]
@@ -351,7 +337,7 @@ class FastGenerator:
             self.capacity,
             self.buffer.ctx_len_t,
             torch.zeros(b, dtype=torch.int32, device=dev),
-            splits=self._splits(b * t),
+            splits=context_splits(self.device, b * t, self._step.heads, self._step.kv_heads, self.capacity),
             group=self._step.heads // self._step.kv_heads,
         )
         # a gated step waits, per layer range, for host chunks streamed while it runs
@@ -380,18 +366,6 @@ class FastGenerator:
         self._shapes[key] = shape
         return shape
 
-    def _splits(self, n: int) -> int:
-        """Context segments for n query tokens: enough thread blocks (KV heads x 128-row tiles of
-        the folded queries x segments) for ~2 waves on the device, segments of ≥ 256 keys."""
-        import torch
-
-        if self.device.type != "cuda":
-            return 1
-        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-        rows = n * (self._step.heads // self._step.kv_heads)
-        blocks = self._step.kv_heads * -(-rows // 128)
-        return max(1, min(-(-2 * sms // blocks), self.capacity // 256))
-
     def _forward(self, shape: _Shape) -> None:
         import torch
 
@@ -414,31 +388,8 @@ class FastGenerator:
             shape.tokens = logits.argmax(-1)
 
     def _run(self, shape: _Shape, host_args: torch.Tensor) -> None:
-        self._upload(shape.args, host_args)
+        self._uploader(shape.args, host_args)
         self._replay(shape)
-
-    def _upload(self, dst: torch.Tensor, host: torch.Tensor) -> None:
-        """Host -> device copy of step arguments without blocking the host: through a pinned
-        staging tensor (a pageable copy would wait for the chunk writes queued before it)."""
-        import torch
-
-        if dst.device.type != "cuda":
-            dst.copy_(host)
-            return
-        key = host.numel()
-        stage = self._staging.get(key)
-        if stage is None:
-            stage = self._staging[key] = torch.empty_like(host).pin_memory()
-        done = self._staged.get(key)
-        if done is not None:
-            # the previous copy out of this staging tensor must be done before it is overwritten
-            done.synchronize()
-        with torch.inference_mode():  # the stage may have been made inside inference mode
-            stage.copy_(host)
-            dst.copy_(stage, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        self._staged[key] = ev
 
     def _replay(self, shape: _Shape) -> None:
         if shape.graph is not None:

@@ -1,0 +1,71 @@
+"""The per-shape state of :class:`~ragcompress.kv.fast.engine.FastGenerator` and the small
+helpers around it: how a step's context is split, and how step arguments reach the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
+
+__all__ = ["ArgUploader", "context_splits"]
+
+
+@dataclass(eq=False)
+class _Shape:
+    """Static tensors (and the graph, when captured) of one (batch, qlen) step shape."""
+
+    batch: int
+    qlen: int
+    args: torch.Tensor  # int64 (4*B*T + B,): ids | positions | slots | used(B*T, first B) | last(B)
+    meta: StepMeta
+    attention: CascadeAttention | None = None  # None: the generator's; gated when chunks stream
+    logits: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    graph: Any = None
+
+
+def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capacity: int) -> int:
+    """Context segments for n query tokens: enough thread blocks (KV heads x 128-row tiles of
+    the folded queries x segments) for ~2 waves on the device, segments of ≥ 256 keys."""
+    import torch
+
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    rows = n * (heads // kv_heads)
+    blocks = kv_heads * -(-rows // 128)
+    return max(1, min(-(-2 * sms // blocks), capacity // 256))
+
+
+@dataclass(eq=False)
+class ArgUploader:
+    """Host -> device copies of step arguments without blocking the host: through a pinned
+    staging tensor per size (a pageable copy would wait for the chunk writes queued before it)."""
+
+    _staging: dict[int, Any] = field(default_factory=dict, repr=False)
+    _staged: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def __call__(self, dst: torch.Tensor, host: torch.Tensor) -> None:
+        import torch
+
+        if dst.device.type != "cuda":
+            dst.copy_(host)
+            return
+        key = host.numel()
+        stage = self._staging.get(key)
+        if stage is None:
+            stage = self._staging[key] = torch.empty_like(host).pin_memory()
+        done = self._staged.get(key)
+        if done is not None:
+            # the previous copy out of this staging tensor must be done before it is overwritten
+            done.synchronize()
+        with torch.inference_mode():  # the stage may have been made inside inference mode
+            stage.copy_(host)
+            dst.copy_(stage, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self._staged[key] = ev
