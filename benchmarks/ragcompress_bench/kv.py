@@ -19,6 +19,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,22 +102,30 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
     return line
 
 
-def teacher_forced(session: KVSession, ctx: Context, q: list[int], toks: list[int]) -> Any:
+def teacher_forced(
+    session: KVSession,
+    cache: Any,
+    pos: int,
+    q: list[int],
+    toks: list[int],
+    step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
+) -> Any:
     """Log-probabilities (len(toks), vocab) of each of ``toks`` after ``q`` and the tokens before it.
 
-    Runs on a copy of ``ctx.cache``: a forward pass extends the cache in place.
+    Runs on a copy of ``cache``: a forward pass extends the cache in place. ``step_kwargs``: the
+    context's extra forward arguments (``Context.step_kwargs``: its attention masks), if any.
     """
     import torch
 
-    gen, dev, pos = session.gen, session.gen.lm.device, ctx.position
-    phys, n = ctx.cache.get_seq_length(), len(q) + len(toks)
+    gen, dev = session.gen, session.gen.lm.device
+    phys, n = cache.get_seq_length(), len(q) + len(toks)
     with torch.inference_mode():
         logits = gen.lm(
             input_ids=torch.tensor([q + toks], device=dev),
-            **cache_kwargs(gen.lm, copy.deepcopy(ctx.cache)),
+            **cache_kwargs(gen.lm, copy.deepcopy(cache)),
             position_ids=torch.arange(pos, pos + n, device=dev)[None],
             cache_position=torch.arange(phys, phys + n, device=dev),
-            **ctx.step_kwargs(phys, n),
+            **(step_kwargs(phys, n) if step_kwargs is not None else {}),
         ).logits[0]
     return logits[len(q) - 1 : n - 1].float().log_softmax(-1)
 
@@ -148,7 +157,7 @@ def score(
     dev = gen.lm.device
     q = gen.layout.question_ids(question)
     a = list(gen.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    logp = teacher_forced(session, ctx, q, a)
+    logp = teacher_forced(session, ctx.cache, ctx.position, q, a, ctx.step_kwargs)
     ans = greedy(session, ctx, q)
     tokens = list(ans.token_ids)
     out: dict[str, Any] = {
@@ -159,7 +168,7 @@ def score(
     }
     ref = tokens if reference is None else reference
     if ref:
-        top = teacher_forced(session, ctx, q, ref).argmax(-1)
+        top = teacher_forced(session, ctx.cache, ctx.position, q, ref, ctx.step_kwargs).argmax(-1)
         out["token_agree"] = float((top == torch.tensor(ref, device=dev)).float().mean())
     return out
 

@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.assembly import Context
 from ragcompress.models.arch import arch_for
 from ragcompress.models.compat import cache_kwargs, output_cache
 from ragcompress_bench.contender import Unavailable, package_version
 
 if TYPE_CHECKING:
     from ragcompress.generate import Generator
+    from ragcompress.kv.assembly import Context
 
 __all__ = ["CHUNKS", "FULL", "Chunks", "FullPrefill", "KVContender", "KVPressAnchor", "KVSession"]
 
@@ -173,6 +173,8 @@ def _cache_alias(model: Any) -> Iterator[None]:
 
 def _plain(cache: Any, position: int) -> Context:
     """A whole-context prefill's cache as a Context: the model's own masks, nothing added."""
+    from ragcompress.kv.assembly import Context
+
     return Context(cache=cache, position=position, slots=cache.get_seq_length())
 
 

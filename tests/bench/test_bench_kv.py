@@ -135,7 +135,7 @@ def test_scores_evicted_chunks_of_a_local_window_family_as_the_kv_path_serves_th
     answer = list(tokenizer(" 330 metres tall", add_special_tokens=False)["input_ids"])
     chunks = session.encoder.encode(passages, [KnormPress(ratio=0.5)])
     want = teacher_forced(model, prepare_context(model, gen.layout, chunks, q), q, [*answer, 0])
-    got = bench_teacher_forced(session, ctx, q, answer)
+    got = bench_teacher_forced(session, ctx.cache, ctx.position, q, answer, ctx.step_kwargs)
     torch.testing.assert_close(got, want[: len(answer)], atol=1e-5, rtol=0)
     served = generate_from_chunks(gen, question, chunks).token_ids
     assert list(greedy(session, ctx, q).token_ids) == list(served)
