@@ -2,7 +2,8 @@
 the Qwen2 family (QKV biases, RoPE theta 1e6, chat template) on real weights. A cached chunk
 reproduces a fresh prefill's logits, the fast engine (its CPU reference kernels) answers several
 chunks like the eager KV path, and ``ragcompress demo --kv --reader`` answers. Slow; skipped
-where the model is not fetched (CI fetches no model, so it costs CI nothing there)."""
+where the model is not in ``$RAGCOMPRESS_HOME`` (``.ci/run`` fetches none: a fresh CI machine
+skips them; one where the model was fetched runs them, ~1.5 CPU-minutes)."""
 
 from __future__ import annotations
 
