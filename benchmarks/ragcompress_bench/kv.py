@@ -289,6 +289,9 @@ def run_and_report(
                     r = score(session, ctx, ex.question, ex.answers[0], ref)
                     if ref is None:
                         reference = r["tokens"]
+                except Unavailable as err:  # a row that cannot run on this reader: said once
+                    unavailable[c.label] = str(err)
+                    continue
                 except Exception as err:  # one failing row must not hide the others' numbers
                     errors.setdefault(c.label, []).append(f"{ex.id}: {type(err).__name__}: {err}")
                     continue

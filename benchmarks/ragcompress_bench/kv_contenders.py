@@ -144,6 +144,14 @@ class KVPressAnchor(KVContender):
     def context(self, session: KVSession, passages: list[str]) -> tuple[Context, float]:
         import kvpress
 
+        arch = arch_for(session.gen.lm)
+        if arch.local_window is not None:
+            # kvpress presses the local layers' caches too; transformers then sizes their masks
+            # by the tokens seen, not kept: the next forward fails on a shape mismatch
+            raise Unavailable(
+                f"kvpress {package_version('kvpress')} does not run {arch.family} (local sliding-window "
+                "layers): transformers' window masks no longer match its pressed caches"
+            )
         ids = session.context_ids(passages)
         press = getattr(kvpress, self.press)(**self.params)
         with _cache_alias(session.gen.lm), press(session.gen.lm):

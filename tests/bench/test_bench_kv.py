@@ -82,6 +82,19 @@ def test_bench_kv_says_why_kvpress_rows_did_not_run(
     )
 
 
+def test_bench_kv_on_gemma3_runs_ours_and_says_why_kvpress_does_not(tmp_path, tokenizer, capsys) -> None:
+    """kvpress presses Gemma 3's local layers too, and transformers' window masks then fail on a
+    shape mismatch: the row says so in one line instead of a shape error per question."""
+    from tests.support.tiny import make_tiny_gemma3
+
+    gemma = make_tiny_gemma3(len(tokenizer), seed=2)
+    table, data = _run(tmp_path, tokenizer, gemma, capsys, "knorm 0.5,kvpress Knorm 0.5")
+    by = {s["contender"]: s for s in data["summary"]}
+    assert "unavailable" not in by["knorm 0.5"] and by["knorm 0.5"]["n"] == 2
+    assert "does not run gemma3" in by["kvpress Knorm 0.5"]["unavailable"]
+    assert "does not run gemma3" in next(ln for ln in table.splitlines() if ln.startswith("| kvpress Knorm"))
+
+
 def test_line_up_has_ours_and_anchors_at_every_ratio() -> None:
     labels = [c.label for c in build_contenders((0.25, 0.5), basis="b.safetensors")]
     for r in (0.25, 0.5):
