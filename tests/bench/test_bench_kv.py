@@ -82,6 +82,19 @@ def test_bench_kv_says_why_kvpress_rows_did_not_run(
     )
 
 
+def test_bench_kv_on_gemma3_runs_ours_and_says_why_kvpress_does_not(tmp_path, tokenizer, capsys) -> None:
+    """kvpress presses Gemma 3's local layers too, and transformers' window masks then fail on a
+    shape mismatch: the row says so in one line instead of a shape error per question."""
+    from tests.support.tiny import make_tiny_gemma3
+
+    gemma = make_tiny_gemma3(len(tokenizer), seed=2)
+    table, data = _run(tmp_path, tokenizer, gemma, capsys, "knorm 0.5,kvpress Knorm 0.5")
+    by = {s["contender"]: s for s in data["summary"]}
+    assert "unavailable" not in by["knorm 0.5"] and by["knorm 0.5"]["n"] == 2
+    assert "does not run gemma3" in by["kvpress Knorm 0.5"]["unavailable"]
+    assert "does not run gemma3" in next(ln for ln in table.splitlines() if ln.startswith("| kvpress Knorm"))
+
+
 def test_line_up_has_ours_and_anchors_at_every_ratio() -> None:
     labels = [c.label for c in build_contenders((0.25, 0.5), basis="b.safetensors")]
     for r in (0.25, 0.5):
@@ -102,3 +115,42 @@ def test_line_up_has_ours_and_anchors_at_every_ratio() -> None:
 def test_unknown_contender_is_a_clear_error(tmp_path, tokenizer, tiny_llama, capsys) -> None:
     with pytest.raises(SystemExit, match="unknown contender"):
         _run(tmp_path, tokenizer, tiny_llama, capsys, "knorm 0.99")
+
+
+def test_scores_evicted_chunks_of_a_local_window_family_as_the_kv_path_serves_them(tokenizer) -> None:
+    """Gemma 3's local layers see keys by logical position: after eviction the chunks' slots have
+    gaps, so the model's own mask (by slot) would let a local layer see past its window. The
+    benchmark scores the context with the assembly's masks, as the eager KV path answers: same
+    teacher-forced log-probabilities, same greedy tokens (the window, 30, is shorter than the
+    context and longer than the evicted tail, so a mask by slot would differ)."""
+    import torch
+    from ragcompress_bench.kv import greedy, score
+    from ragcompress_bench.kv import teacher_forced as bench_teacher_forced
+    from ragcompress_bench.kv_contenders import Chunks
+
+    from ragcompress.generate import Generator
+    from ragcompress.kv.context import generate_from_chunks, prepare_context, teacher_forced
+    from ragcompress.kv.presses import KnormPress
+    from tests.support.tiny import make_tiny_gemma3
+
+    passages = [
+        "The Eiffel Tower is 330 metres tall and was finished in 1889.",
+        "Bananas are berries, botanically speaking, while strawberries are not.",
+        "Mount Kilimanjaro in Tanzania is the highest mountain in Africa.",
+    ]
+    question = "How tall is the Eiffel Tower?"
+    model = make_tiny_gemma3(len(tokenizer), seed=2, sliding_window=30)
+    gen = Generator.from_model(model, tokenizer, max_new_tokens=6)
+    session = KVSession(gen)
+    ctx, frac = Chunks("knorm 0.5", spec={"name": "knorm", "ratio": 0.5}).context(session, passages)
+    assert ctx.cache.get_seq_length() < ctx.position and frac < 1.5  # evicted: slots have gaps
+    q = gen.layout.question_ids(question)
+    answer = list(tokenizer(" 330 metres tall", add_special_tokens=False)["input_ids"])
+    chunks = session.encoder.encode(passages, [KnormPress(ratio=0.5)])
+    want = teacher_forced(model, prepare_context(model, gen.layout, chunks, q), q, [*answer, 0])
+    got = bench_teacher_forced(session, ctx.cache, ctx.position, q, answer, ctx.step_kwargs)
+    torch.testing.assert_close(got, want[: len(answer)], atol=1e-5, rtol=0)
+    served = generate_from_chunks(gen, question, chunks).token_ids
+    assert list(greedy(session, ctx, q).token_ids) == list(served)
+    r = score(session, ctx, question, " 330 metres tall")
+    assert r["tokens"] == list(served) and r["token_agree"] == 1.0

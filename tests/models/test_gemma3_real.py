@@ -1,6 +1,7 @@
 """Gemma 3 270M base (real weights, ``ragcompress models fetch gemma-3-270m``): a cached chunk
 longer than the local layers' 512-token window reproduces a fresh prefill, and the base model's
-answer (no chat template) stops at the first line break. Slow; skipped where not fetched."""
+answer (no chat template) stops at the first line break, and the fast engine (CPU reference
+kernels) answers like the eager path. Slow; skipped where not fetched."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_real_gemma3_chunk_reproduces_a_fresh_prefill(gen):
 
     lm: Any = gen.lm
     arch = arch_for(lm)
-    assert arch.family == "gemma3" and arch.local_window == 512 and not arch.fast_engine
+    assert arch.family == "gemma3" and arch.local_window == 512 and arch.fast_engine
     enc = ChunkEncoder.from_generator(gen)
     layout: Any = enc.layout
     text = long_passage()
@@ -79,3 +80,18 @@ def test_real_gemma3_answers_from_chunks_like_the_text_path_and_stops_at_a_newli
     got = KVAnswerer.from_generator(gen).answer(QUESTION, [text])
     assert got.token_ids == want.token_ids and got.text
     assert "\n" not in gen.tokenizer.decode(list(got.token_ids))
+
+
+def test_real_gemma3_fast_engine_answers_like_the_eager_path(gen):
+    """The fast engine's CPU reference (windowed attention by logical position at the local
+    layers) over a passage longer than the window, then split into two chunks in either order."""
+    from ragcompress.kv.answer import KVAnswerer
+    from ragcompress.kv.fast.answer import FastKVAnswerer
+
+    eager = KVAnswerer.from_generator(gen)
+    fast = FastKVAnswerer.from_generator(gen, capacity=2048, max_question=64)
+    first, second = long_passage(8), "The city of Lyon lies where the Saone flows into the Rhone."
+    for passages in ([long_passage(20)], [first, second], [second, first]):  # 20 sentences: ~700 tokens
+        want, got = eager.answer(QUESTION, passages), fast.answer(QUESTION, passages)
+        assert got.token_ids == want.token_ids and len(want.token_ids) > 0
+        assert got.stats.extra["engine"] == "fast" and got.stats.extra["chunks"] == len(passages)
