@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
+from ragcompress.kv.fast.buffer import StaticKVBuffer
 from ragcompress.kv.fast.host import HostChunk
 from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.kv.fast.stored import StoredChunk
-from ragcompress.kv.fast.write import gather, triton_available, write_positions
+from ragcompress.kv.fast.write import begin_write, gather, triton_available, write_positions
 
 if TYPE_CHECKING:
     import torch
@@ -264,16 +264,7 @@ def stream_batch(
     streams = not isinstance(rotary, Sequence)
     items = [("prefix", _item(prefix, buffer, streams))]
     items += [(f"chunk #{i}", _item(c, buffer, streams)) for i, c in enumerate(chunks)]
-    need = sum(c.num_tokens for _, c in items)
-    if need > buffer.capacity:
-        raise BufferOverflowError(
-            f"prefix + {len(chunks)} chunks need {need} context slots; the buffer has {buffer.capacity}"
-        )
-    for what, c in items[resident:]:
-        c.check(buffer, what)
-    buffer.reset()
-    for what, c in items[:resident]:
-        buffer.reserve(c.num_tokens, c.length, what)
+    begin_write(buffer, items, resident)
     rows = GatherRows(buffer)
     streamed: list[tuple[HostChunk, int, int]] = []
     writes = []

@@ -44,16 +44,7 @@ def write_batch(
     are reserved, their bytes not rewritten.
     """
     items = [("prefix", prefix)] + [(f"chunk #{i}", _as_buffer_chunk(c)) for i, c in enumerate(chunks)]
-    need = sum(c.num_tokens for _, c in items)
-    if need > buffer.capacity:
-        raise BufferOverflowError(
-            f"prefix + {len(chunks)} chunks need {need} context slots; the buffer has {buffer.capacity}"
-        )
-    for what, c in items[resident:]:
-        c.check(buffer, what)
-    buffer.reset()
-    for what, c in items[:resident]:
-        buffer.reserve(c.num_tokens, c.length, what)
+    begin_write(buffer, items, resident)
     rows = GatherRows(buffer)
     writes = []
     for what, c in items[resident:]:
@@ -64,6 +55,21 @@ def write_batch(
     write_positions(buffer, writes)
     buffer.commit()
     return buffer.next_position
+
+
+def begin_write(buffer: StaticKVBuffer, items: Sequence[tuple[str, BufferChunk]], resident: int) -> None:
+    """Check that prefix + chunks (``items``: (name, chunk), the prefix first) fit and suit the
+    buffer, reset it and reserve the ``resident`` leading items' slots (their bytes are there)."""
+    need = sum(c.num_tokens for _, c in items)
+    if need > buffer.capacity:
+        raise BufferOverflowError(
+            f"prefix + {len(items) - 1} chunks need {need} context slots; the buffer has {buffer.capacity}"
+        )
+    for what, c in items[resident:]:
+        c.check(buffer, what)
+    buffer.reset()
+    for what, c in items[:resident]:
+        buffer.reserve(c.num_tokens, c.length, what)
 
 
 def write_chunk(
