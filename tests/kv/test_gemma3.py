@@ -21,7 +21,6 @@ from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.assembly import Context
 from ragcompress.kv.context import prepare_context
 from ragcompress.kv.encode.encoder import ChunkEncoder
-from ragcompress.kv.fast.answer import FastKVAnswerer
 from ragcompress.kv.fingerprint import model_fingerprint
 from ragcompress.models.arch import UnsupportedModelError, arch_for
 from ragcompress.models.compat import cache_kwargs
@@ -265,13 +264,18 @@ def test_presses_keep_their_contract_on_gemma3(gemma, gen, press):
         assert (got.softmax(-1) - want.softmax(-1)).abs().max() < 0.05
 
 
-def test_blend_refuses_gemma3_when_built_and_the_fast_engine_runs_it(gen):
+@pytest.mark.parametrize(
+    "spec", [{"name": "blend", "recompute": 0.3}, {"name": "blend_question", "recompute": 0.3}]
+)
+def test_selective_recompute_runs_gemma3_on_both_engines(gen, spec):
+    """The blend modes build for Gemma 3 and the fast engine (reference kernels off CUDA) answers
+    as the eager path does; the windowed tests of the modes themselves are in
+    ``tests/kv/assembly`` (Gemma 3 is one of their readers)."""
     from ragcompress.kv.fast import FusedStep
 
-    with pytest.raises(UnsupportedModelError, match=r"blend .*gemma3"):
-        KVAnswerer.from_generator(gen, assembly="blend")
-    fast = FastKVAnswerer.from_generator(gen, capacity=256, max_question=32)
-    assert fast.engine.step is not None
+    from .assembly.test_fast_modes import check_same_tokens
+
+    check_same_tokens(gen, spec, capacity=256)
     # off CUDA the only reason the fused step gives is the device (sandwich norms are none)
     assert FusedStep.unsupported(gen.lm) == "the model is not on a CUDA device"
 
@@ -302,3 +306,24 @@ def test_multimodal_gemma3_config_is_refused_naming_the_text_family():
 
     with pytest.raises(UnsupportedModelError, match="gemma3"):
         arch_for(Gemma3Config())
+
+
+def test_a_config_soft_cap_on_attention_is_what_the_model_ignores(tokenizer):
+    """transformers' Gemma 3 attention never applies ``attn_logit_softcapping`` (a Gemma 2 field a
+    config may still carry): the adapter says so, and every KV path follows the model, a full
+    recompute reproducing its full prefill and the fast engine its eager answers."""
+    from .assembly.test_assembly_modes import TARGETS, answerer, full_logprobs
+    from .assembly.test_fast_modes import check_same_tokens
+
+    capped = make_tiny_gemma3(len(tokenizer), seed=4, attn_logit_softcapping=2.0)
+    assert arch_for(capped).attn_softcap is None
+    full = answerer(capped, tokenizer, {"name": "blend", "recompute": 1.0})
+    torch.testing.assert_close(
+        full.teacher_forced_logprobs(QUESTION, PASSAGES, TARGETS),
+        full_logprobs(full, PASSAGES, TARGETS),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    check_same_tokens(
+        Generator.from_model(capped, tokenizer, max_new_tokens=6), {"name": "concat"}, capacity=256
+    )

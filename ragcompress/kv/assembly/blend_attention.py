@@ -37,7 +37,16 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-__all__ = ["NAME", "AttentionJob", "Block", "Packed", "Probe", "blend_attention", "packed_blocks"]
+__all__ = [
+    "NAME",
+    "AttentionJob",
+    "Block",
+    "Packed",
+    "Probe",
+    "blend_attention",
+    "packed_blocks",
+    "packed_job",
+]
 
 NAME = "ragcompress_blend"
 
@@ -47,16 +56,23 @@ _JOB: contextvars.ContextVar[AttentionJob | None] = contextvars.ContextVar(
 
 
 class AttentionJob:
-    """What :data:`NAME` computes for the forward that set it; ``config`` is that model's config."""
+    """What :data:`NAME` computes for the forward that set it; ``config`` is that model's config.
+    ``windows``: per layer, the window of a local sliding-window layer or None (empty: no local
+    layers)."""
 
     config: Any
+    windows: tuple[int | None, ...]
 
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, layer: int
     ) -> torch.Tensor:
         """``query`` (1, heads, n, d) after RoPE, ``key``/``value`` (1, kv_heads, slots, d) the
-        whole cache after this layer's update → (1, n, heads, d)."""
+        whole cache after layer ``layer``'s update → (1, n, heads, d)."""
         raise NotImplementedError
+
+    def local(self, layer: int) -> bool:
+        """Whether ``layer`` is a local sliding-window layer."""
+        return bool(self.windows) and self.windows[layer] is not None
 
 
 def _heads(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, int, int, int, int]:
@@ -71,15 +87,18 @@ def _heads(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, int, int, 
 class Probe(AttentionJob):
     """The question (``n`` tokens, appended after ``slots`` context slots) over the assembled
     cache; ``total`` (slots,) fp32 gets, per layer, the largest softmax weight any head of any
-    question token gives each context slot."""
+    question token gives each context slot. ``far`` (n, slots + n) bool, with local layers: the
+    keys each question token is too far from to see at a local layer (by logical position)."""
 
     config: Any
     slots: int
     total: torch.Tensor
+    windows: tuple[int | None, ...] = ()
+    far: torch.Tensor | None = None
     _later: torch.Tensor | None = field(default=None, repr=False)
 
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, layer: int
     ) -> torch.Tensor:
         import torch
 
@@ -91,6 +110,8 @@ class Probe(AttentionJob):
             tokens = torch.arange(n, device=q.device)
             self._later = tokens[None, :] > tokens.repeat(group)[:, None]
         logits[:, :, self.slots :] = logits[:, :, self.slots :].masked_fill(self._later, float("-inf"))
+        if self.far is not None and self.local(layer):  # rows are group-major: row g * n + t is token t
+            logits = logits.masked_fill(self.far.repeat(group, 1), float("-inf"))
         probs = logits.softmax(dim=-1)
         self.total += probs[:, :, : self.slots].amax(dim=(0, 1))
         out = torch.matmul(probs.to(value.dtype), value[0])  # (kv_heads, group * n, d)
@@ -101,12 +122,14 @@ class Probe(AttentionJob):
 class Block:
     """Recomputed tokens ``start:stop`` (in slot order), which see only the first ``end`` cache
     slots; ``mask`` (1, 1, (stop - start) * group, end) additive, token-major (row ``i * group +
-    j`` is token ``start + i`` as seen by the ``j``-th query head that shares a KV head)."""
+    j`` is token ``start + i`` as seen by the ``j``-th query head that shares a KV head);
+    ``local_mask`` the same at local sliding-window layers (None without them)."""
 
     start: int
     stop: int
     end: int
     mask: torch.Tensor
+    local_mask: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -115,9 +138,10 @@ class Packed(AttentionJob):
 
     config: Any
     blocks: list[Block]
+    windows: tuple[int | None, ...] = ()
 
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, layer: int
     ) -> torch.Tensor:
         import torch
         from torch.nn.functional import scaled_dot_product_attention as sdpa
@@ -125,6 +149,7 @@ class Packed(AttentionJob):
         b, heads, n, d, kv_heads, group = _heads(query, key)
         # (b, kv_heads, n * group, d): the query heads that share a KV head stacked token-major
         q = query.reshape(b, kv_heads, group, n, d).transpose(2, 3).reshape(b, kv_heads, n * group, d)
+        local = self.local(layer)
         outs = _side_by_side(
             q.device,
             [
@@ -133,7 +158,7 @@ class Packed(AttentionJob):
                     q[:, :, blk.start * group : blk.stop * group],
                     key[:, :, : blk.end],
                     value[:, :, : blk.end],
-                    attn_mask=blk.mask,
+                    attn_mask=blk.local_mask if local and blk.local_mask is not None else blk.mask,
                     scale=scaling,
                 )
                 for blk in self.blocks
@@ -182,10 +207,11 @@ def _side_by_side(device: torch.device, calls: list[Callable[[], torch.Tensor]])
 
 
 def packed_blocks(
-    positions: torch.Tensor, chosen: torch.Tensor, group: int, dtype: torch.dtype
+    positions: torch.Tensor, chosen: torch.Tensor, group: int, dtype: torch.dtype, window: int | None = None
 ) -> list[Block]:
     """The blocks of the recomputed slots ``chosen`` (k,) sorted, under ``positions`` (slots,)
-    int64 (each slot's logical position; a token sees every slot whose position is ≤ its own).
+    int64 (each slot's logical position; a token sees every slot whose position is ≤ its own,
+    and at a local layer only those fewer than ``window`` positions back).
 
     One run below :data:`SPLIT_FROM` tokens, else up to :data:`MAX_BLOCKS` runs of at least
     :data:`MIN_BLOCK_TOKENS` tokens. Where positions
@@ -198,18 +224,37 @@ def packed_blocks(
     slots, k = int(positions.numel()), int(chosen.numel())
     pos = positions[chosen]
     visible = positions[None, :] <= pos[:, None]  # (k, slots)
+    near = None if window is None else visible & (pos[:, None] - positions[None, :] < window)
     runs = 1 if k < SPLIT_FROM else max(1, min(MAX_BLOCKS, k // MIN_BLOCK_TOKENS))
     bounds = [round(i * k / runs) for i in range(runs + 1)]
     monotone = (positions[1:] >= positions[:-1]).all()
     last = pos[torch.tensor(bounds[1:], device=pos.device) - 1]  # each run's largest position
     ends = torch.where(monotone, torch.searchsorted(positions, last, right=True), slots).tolist()
     neg = torch.finfo(dtype).min
+
+    def additive(seen: torch.Tensor, start: int, stop: int, end: int) -> torch.Tensor:
+        rows = seen[start:stop, :end].repeat_interleave(group, dim=0)
+        return torch.where(rows, 0.0, neg).to(dtype)[None, None]
+
     blocks = []
     for start, stop, end in zip(bounds[:-1], bounds[1:], ends, strict=True):
         end = min(slots, -(-int(end) // 16) * 16)  # a 16-aligned width: no padding copy in SDPA
-        rows = visible[start:stop, :end].repeat_interleave(group, dim=0)
-        blocks.append(Block(start, stop, end, torch.where(rows, 0.0, neg).to(dtype)[None, None]))
+        local = None if near is None else additive(near, start, stop, end)
+        blocks.append(Block(start, stop, end, additive(visible, start, stop, end), local))
     return blocks
+
+
+def packed_job(
+    model: PreTrainedModel, positions: torch.Tensor, chosen: torch.Tensor, dtype: torch.dtype
+) -> Packed:
+    """The :class:`Packed` job recomputing slots ``chosen`` (k,) sorted of a cache whose slots
+    sit at logical ``positions`` (slots,) in ``model``: its family's group size and local windows."""
+    from ragcompress.models.arch import arch_for
+
+    arch = arch_for(model)
+    window = arch.local_window
+    blocks = packed_blocks(positions, chosen, arch.group_size, dtype, window)
+    return Packed(model.config, blocks, arch.sliding_window if window else ())
 
 
 def _attention(
@@ -227,7 +272,7 @@ def _attention(
         eager: Any = sys.modules[type(module).__module__].eager_attention_forward
         return eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)  # type: ignore[no-any-return]
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    return job.attend(query, key, value, scale), None
+    return job.attend(query, key, value, scale, int(module.layer_idx)), None
 
 
 @contextmanager

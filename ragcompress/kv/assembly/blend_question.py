@@ -42,16 +42,22 @@ class QuestionBlend(SelectiveRecompute):
         question: Sequence[int],
         position: int,
     ) -> torch.Tensor:
-        return question_attention(model, cache, question, position)
+        return question_attention(model, cache, question, position, slots.positions)
 
 
 def question_attention(
-    model: PreTrainedModel, cache: DynamicCache, question: Sequence[int], position: int
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    question: Sequence[int],
+    position: int,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(slots,): per layer, the largest softmax weight any head of any question token gives each
     context slot, averaged over layers. One forward of the question whose attention computes these
     weights from the cached keys as it goes (:class:`~ragcompress.kv.assembly.blend_attention.Probe`);
-    the question's K/V are removed from ``cache`` afterwards."""
+    the question's K/V are removed from ``cache`` afterwards. ``positions`` (slots,) int64, the
+    slots' logical positions, is required for a family with local sliding-window layers (a local
+    layer's question token sees only the slots within its window)."""
     import torch
 
     from ragcompress.kv.assembly.blend_attention import Probe, blend_attention
@@ -62,7 +68,21 @@ def question_attention(
     # A dynamic layer appends by concatenation (new tensors), so the context tensors kept here
     # are untouched by the probe and put back afterwards.
     kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
-    probe = Probe(model.config, slots, torch.zeros(slots, dtype=torch.float32, device=dev))
+    window = arch.local_window
+    far = None
+    if window is not None:
+        if positions is None:
+            raise ValueError(f"{arch.family} has local sliding-window layers: pass the slots' positions")
+        q_pos = torch.arange(position, position + n, device=dev)
+        keys = torch.cat([positions.to(dev), q_pos])
+        far = q_pos[:, None] - keys[None, :] >= window  # (n, slots + n)
+    probe = Probe(
+        model.config,
+        slots,
+        torch.zeros(slots, dtype=torch.float32, device=dev),
+        arch.sliding_window if window else (),
+        far,
+    )
     # A 4D mask is handed to the attention as is (transformers builds none); the probe applies
     # the same causal rule itself while it computes the weights.
     cols = torch.arange(slots + n, device=dev)[None, :]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.cache_utils import DynamicLayer
 
-from ragcompress.kv.assembly.blend_attention import Packed, blend_attention, packed_blocks
+from ragcompress.kv.assembly.blend_attention import blend_attention, packed_job
 from ragcompress.kv.assembly.recompute import ScatterLayer
 from ragcompress.models.compat import cache_kwargs
 
@@ -76,9 +76,7 @@ def value_deviation(
     trial = copy.copy(cache)  # a shallow copy: its own layer list, the same untouched tensors
     trial.layers = [*below, _CheckLayer(cache.layers[check_layer], cand), *cache.layers[check_layer + 1 :]]  # type: ignore[list-item]
     dtype = below[0].keys.dtype if below[0].keys is not None else torch.float32
-    from ragcompress.models.arch import arch_for
-
-    job = Packed(model.config, packed_blocks(slots.positions, cand, arch_for(model).group_size, dtype))
+    job = packed_job(model, slots.positions, cand, dtype)
     try:
         with torch.inference_mode(), blend_attention(model, job) as runner:
             runner(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.cache_utils import DynamicLayer
 
-from ragcompress.kv.assembly.blend_attention import Packed, blend_attention, packed_blocks
+from ragcompress.kv.assembly.blend_attention import blend_attention, packed_job
 from ragcompress.models.compat import cache_kwargs
 
 if TYPE_CHECKING:
@@ -101,13 +101,11 @@ def recompute_slots(
     """Recompute the tokens of ``chosen`` (k,) sorted slot indices in place (one forward of k tokens)."""
     import torch
 
-    from ragcompress.models.arch import arch_for
-
     layers = [ScatterLayer.of(layer) for layer in cache.layers]
     cache.layers = layers  # type: ignore[assignment]  # same tensors, a layer that can scatter
     pos = slots.positions[chosen]
     dtype = layers[0].keys.dtype if layers[0].keys is not None else torch.float32
-    job = Packed(model.config, packed_blocks(slots.positions, chosen, arch_for(model).group_size, dtype))
+    job = packed_job(model, slots.positions, chosen, dtype)
     for layer in layers:
         layer.slots = chosen
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly.base import Assembly, Context, number
 
@@ -38,17 +38,6 @@ class SelectiveRecompute(Assembly):
     def __post_init__(self) -> None:
         self.recompute = number(self.name, "recompute", self.recompute, 0.0, 1.0)
 
-    def check(self, model: PreTrainedModel) -> None:
-        from ragcompress.models.arch import UnsupportedModelError, arch_for
-
-        super().check(model)
-        arch = arch_for(model)
-        if arch.local_window is not None:
-            # the scoring pass and the partial forward mask all layers alike; local layers need their own
-            raise UnsupportedModelError(
-                f"{self.name} does not run {arch.family} (local sliding-window layers) yet; use concat or ape"
-            )
-
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:
@@ -58,19 +47,23 @@ class SelectiveRecompute(Assembly):
         from ragcompress.kv.assembly.recompute import recompute_slots, slot_map
         from ragcompress.models.arch import arch_for
 
-        cache, position = assemble(prefix, chunks, arch_for(model), model.config)
+        arch = arch_for(model)
+        cache, position = assemble(prefix, chunks, arch, model.config)
         n_slots = cache.get_seq_length()
         slots = slot_map(prefix.length, chunks, concat_starts(prefix.length, chunks), model.device)
+        # local sliding-window layers: the question reads the context by logical position
+        window = arch.local_window
+        local: dict[str, Any] = {} if window is None else {"window": window, "positions": slots.positions}
         k = min(round(self.recompute * slots.chunk_slots), int(slots.candidates.numel()))
         if k == 0:
-            return Context(cache, position, slots=n_slots)
+            return Context(cache, position, slots=n_slots, **local)
         chosen = slots.candidates
         if k < chosen.numel():
             scores = self.score(model, cache, slots, question, position)[chosen]
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = torch.sort(chosen[order]).values
         recompute_slots(model, cache, slots, chosen)
-        return Context(cache, position, slots=n_slots, recompute=k / slots.chunk_slots)
+        return Context(cache, position, slots=n_slots, recompute=k / slots.chunk_slots, **local)
 
     @abstractmethod
     def score(

@@ -86,7 +86,6 @@ def gemma3_arch(config: Any) -> ModelArch:
     if _SLIDING in types and window < 1:
         raise UnsupportedModelError(f"gemma3_text: local layers need a positive sliding_window, got {window}")
     limit = getattr(config, "max_position_embeddings", None)
-    softcap = getattr(config, "attn_logit_softcapping", None)
     final_cap = getattr(config, "final_logit_softcapping", None)
     return ModelArch(
         family="gemma3",
@@ -104,7 +103,9 @@ def gemma3_arch(config: Any) -> ModelArch:
         sliding_window=tuple(window if t == _SLIDING else None for t in types),
         max_positions=None if limit is None else int(limit),
         embed_scale=float(config.hidden_size) ** 0.5,
-        attn_softcap=None if softcap is None else float(softcap),
+        # no attention soft cap: Gemma 3 dropped it (Gemma 2 had one) and transformers' Gemma 3
+        # attention never applies ``attn_logit_softcapping`` even when a config sets it
+        attn_softcap=None,
         final_softcap=None if final_cap is None else float(final_cap),
         mlp_act=str(getattr(config, "hidden_activation", None) or "gelu_pytorch_tanh"),
     )

@@ -1,7 +1,8 @@
 """``blend``'s own attention (question probe, grouped partial forward) against plain references:
 the probe's scores against queries rebuilt from the hidden states with a full softmax per head,
-the partial forward against the model's own attention under a (k, slots) mask; fp32 tiny
-Llama and Qwen2. The switch of attention implementation is undone afterwards."""
+the partial forward against the model's own attention under a (k, slots) mask (one per layer type
+where local sliding-window layers see only their window); fp32 tiny Llama, Qwen2 and Gemma 3. The
+switch of attention implementation is undone afterwards."""
 
 from __future__ import annotations
 
@@ -30,28 +31,47 @@ def _setup(reader, tokenizer):
     return gen, prefix, chunks, gen.layout.question_ids(QUESTION)
 
 
-def reference_scores(model, cache, question, position):
+def layer_masks(model, key_pos, query_pos, visible):
+    """``attention_mask`` for a forward: additive (1, 1, q, k) from ``visible`` (q, k) bool, and
+    for a family with local layers a dict adding the window by logical position."""
+    neg = torch.finfo(torch.float32).min
+    full = torch.where(visible, 0.0, neg)[None, None]
+    window = arch_for(model).local_window
+    if window is None:
+        return full
+    near = visible & (query_pos[:, None] - key_pos[None, :] < window)
+    return {"full_attention": full, "sliding_attention": torch.where(near, 0.0, neg)[None, None]}
+
+
+def reference_scores(model, cache, question, position, positions):
     """The probe as first written: hidden states out of the forward, queries rebuilt and rotated
-    per layer, every head's softmax over the repeated keys."""
+    per layer, every head's softmax over the repeated keys (windowed at local layers by the
+    slots' logical ``positions``)."""
     arch = arch_for(model)
     dev, n, slots = model.device, len(question), cache.get_seq_length()
     pos = torch.arange(position, position + n, device=dev)[None]
+    keys_pos = torch.cat([positions, pos[0]])
+    own = torch.ones(n, n, dtype=torch.bool).tril()
+    visible = torch.cat([torch.ones(n, slots, dtype=torch.bool), own], 1)
     out = model(
         input_ids=torch.tensor([list(question)], device=dev),
         position_ids=pos,
+        attention_mask=layer_masks(model, keys_pos, pos[0], visible),
         cache_position=torch.arange(slots, slots + n, device=dev),
         use_cache=True,
         output_hidden_states=True,
         **cache_kwargs(model, cache),
     )
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
     total = torch.zeros(slots)
     for li, layer in enumerate(arch.layers(model)):
         cos, sin = Rotary.of(arch.rope_for(li)).cos_sin(pos[0])
         q = rotate_by(arch.queries(layer, out.hidden_states[li]), cos, sin)
-        keys = cache.layers[li].keys[0].repeat_interleave(arch.group_size, dim=0)
+        keys = cache.layers[li].keys[0].repeat_interleave(arch.group_size, dim=0)  # context + question
         logits = (q.float() @ keys.float().transpose(1, 2)) * arch.attention_scale
-        logits[:, :, slots:] = logits[:, :, slots:].masked_fill(~causal, float("-inf"))
+        seen = visible
+        if arch.sliding_window[li] is not None:
+            seen = visible & (pos[0][:, None] - keys_pos[None, :] < arch.sliding_window[li])
+        logits = logits.masked_fill(~seen, float("-inf"))
         total += logits.softmax(dim=-1)[:, :, :slots].amax(dim=(0, 1))
     return total / arch.num_layers
 
@@ -64,10 +84,14 @@ def test_probe_scores_match_a_full_softmax_per_head(reader, tokenizer):
         cache, position = assemble(prefix, chunks, arch, model.config)
         slots = cache.get_seq_length()
         before = [layer.keys.clone() for layer in cache.layers]
-        got = question_attention(model, cache, question, position)
+        starts = concat_starts(prefix.length, chunks)
+        positions = slot_map(prefix.length, chunks, starts, model.device).positions
+        got = question_attention(model, cache, question, position, positions)
         assert cache.get_seq_length() == slots  # the question's K/V are gone again
         assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers, strict=True))
-        want = reference_scores(model, assemble(prefix, chunks, arch, model.config)[0], question, position)
+        want = reference_scores(
+            model, assemble(prefix, chunks, arch, model.config)[0], question, position, positions
+        )
     assert model.config._attn_implementation == attn_impl
     assert got.shape == (slots,) and torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
@@ -97,13 +121,12 @@ def test_partial_forward_matches_the_models_own_attention(reader, tokenizer, min
         want.layers = layers
         pos = slots.positions[chosen]
         visible = slots.positions[None, :] <= pos[:, None]
-        mask = torch.where(visible, 0.0, torch.finfo(torch.float32).min)[None, None]
         for layer in layers:
             layer.slots = chosen
         model(
             input_ids=slots.tokens[chosen][None],
             position_ids=pos[None],
-            attention_mask=mask,
+            attention_mask=layer_masks(model, slots.positions, pos, visible),
             cache_position=chosen,
             use_cache=True,
             **cache_kwargs(model, want),
