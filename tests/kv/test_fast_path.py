@@ -266,37 +266,48 @@ def test_gather_kernel_matches_the_torch_reference(setup, monkeypatch):
 
 _MERGE_CHECK = """
 import sys
-from types import SimpleNamespace
 
 import torch
 
-from ragcompress.kv.fast._merge import merge_partials
-from ragcompress.kv.fast.attention import _merge_torch
+from ragcompress.kv.fast._merge import merge_with_own
+from ragcompress.kv.fast.attention import _merge_torch, own_pass_reference
+from ragcompress.kv.fast.step_meta import StepMeta
 
 g = torch.Generator().manual_seed(5)
-s, b, t, kvh, grp, d = 3, 2, 3, 2, 4, 16
+s, b, t, kvh, grp, d, region = 3, 2, 3, 2, 4, 16, 70  # a region over one 64-slot tile
 n, h = b * t, kvh * grp
 o_a = torch.randn(s * n * grp, kvh, d, generator=g)
 lse_a = torch.randn(s, kvh, n * grp, generator=g) * 3
-o_b = torch.randn(n, h, d, generator=g)
-lse_b = torch.randn(b, h, t, generator=g) * 3
 used = torch.tensor([5, 0, 7], dtype=torch.int32)
 o_a.view(s, -1)[1] = 0  # an empty segment, as flash leaves it: 0 / +inf
 lse_a[1] = float("inf")
-if sys.argv[1] == "flat":  # (heads, total rows), the other layout flash returns
+q = torch.randn(n, h, d, generator=g)
+own_k, own_v = (torch.randn(b * region + 4, kvh, d, generator=g) for _ in "kv")
+# question 0 fills its 3 query slots after 66 answer slots (its keys cross a tile); question 1
+# uses 2 of its 3 (a padded row that sees no own slot)
+q_used = torch.tensor([69, 2], dtype=torch.int32)
+meta = StepMeta(b, t, region, 64, torch.zeros(1, dtype=torch.int32), q_used, splits=s, group=grp)
+meta.ctx_used.copy_(used)
+window = None if sys.argv[2] == "global" else 4
+layout = sys.argv[1]
+if layout == "flat":  # (heads, total rows), the other layout a context pass returns
     lse_a = lse_a.permute(1, 0, 2).reshape(kvh, -1)
-    lse_b = lse_b.permute(1, 0, 2).reshape(h, -1)
-want = _merge_torch(o_a, lse_a, o_b, lse_b, SimpleNamespace(splits=s, ctx_used=used), n, h, grp, kvh, d)
-got = merge_partials(o_a, lse_a, o_b, lse_b, used, t, grp)
+o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, 0.3, window)
+want = _merge_torch(o_a, lse_a, o_b, lse_b.t(), meta, n, h, grp, kvh, d)  # lse as (heads, N)
+got = merge_with_own(o_a, lse_a, used, q, own_k, own_v, meta, 0.3, window)
+# row 3 (question 1, token 0) is padding: no own slot, the context alone
 torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+assert torch.isfinite(got).all()
 """
 
 
+@pytest.mark.parametrize("window", ["global", "window"])
 @pytest.mark.parametrize("layout", ["padded", "flat"])
-def test_fused_merge_matches_torch_merge(layout):
-    """The one-pass log-sum-exp merge == the torch merge, with an empty segment and both lse
-    layouts. In a fresh interpreter process: Triton's reductions only run interpreted when
-    TRITON_INTERPRET=1 is set before triton is first imported."""
+def test_fused_own_pass_and_merge_match_torch(layout, window):
+    """The one-kernel own pass + log-sum-exp merge == the torch own pass and merge: an empty
+    context segment, both lse layouts, an own region longer than one tile, a padded query row,
+    a local window. In a fresh interpreter process: Triton's reductions only run interpreted
+    when TRITON_INTERPRET=1 is set before triton is first imported."""
     import os
     import subprocess
     import sys
@@ -306,7 +317,11 @@ def test_fused_merge_matches_torch_merge(layout):
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
     done = subprocess.run(
-        [sys.executable, "-c", _MERGE_CHECK, layout], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _MERGE_CHECK, layout, window],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
 

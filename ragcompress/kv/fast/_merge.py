@@ -1,97 +1,138 @@
-"""Triton kernel: the log-sum-exp merge of the cascade's partial attentions, in one pass.
+"""Triton kernel: the question's attention over its own slots and the log-sum-exp merge with
+the context's partial attentions, in one pass.
 
-:class:`~ragcompress.kv.fast.attention.FlashCascade` gets ``S`` context partials (split-KV
-segments, GQA groups folded into the query rows) and one own-question partial per query.
-Merged in torch that is ~10 launches per layer over fp32 copies of every partial (unfold,
-mask, cat, exp, max, sum, divide, cast); here one program per (query token, head) reads its
-``S`` context rows and its own row once, in the layout flash wrote them, and writes the
-merged output in the query dtype::
+The cascade (:class:`~ragcompress.kv.fast.attention.FlashCascade`, the paged cascade) gets ``S``
+context partials (split-KV segments, GQA groups folded into the query rows). The question's own
+slots are few (the question and the answer so far: ``region`` ≤ a few hundred), so one program
+per (query token, head) attends over them itself, online softmax over ``BR``-slot tiles, and
+merges the result with its ``S`` context rows read once in the layout the context pass wrote:
+no own-pass launch (flash's own pass and a separate merge were two launches per layer, each
+latency bound at ~10 µs on an H200), no fp32 copies::
 
-    out = (sum_s o_s * exp(lse_s - m) + o_b * exp(lse_b - m)) / (sum_s exp(lse_s - m) + exp(lse_b - m))
+    out = (sum_s o_s * exp(lse_s - m) + acc * exp(m_own - m)) / (sum_s exp(lse_s - m) + l * exp(m_own - m))
 
-Segments with no keys (``ctx_used[s] == 0``) are skipped: flash leaves them 0 / +inf.
-Imported only where Triton is (CUDA, or the interpreter in tests).
+with ``acc``/``l``/``m_own`` the own pass's unnormalized sum, weight and running maximum.
+Query ``t`` of a question with ``used`` own slots sees the slots ``j ≤ t + used - T`` (causal,
+aligned to the last used slot), and with a local window only the last ``window`` of those.
+Segments with no keys (``ctx_used[s] == 0``) are skipped. Imported only where Triton is (CUDA,
+or the interpreter in tests).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["merge_partials"]
+if TYPE_CHECKING:
+    from ragcompress.kv.fast.step_meta import StepMeta
+
+__all__ = ["merge_with_own"]
 
 
 @triton.jit
-def _merge_kernel(
-    oa_ptr, la_ptr, ob_ptr, lb_ptr, used_ptr, out_ptr,
-    N, T, la_s, la_h, la_r, lb_b, lb_h, lb_t,
+def _own_merge_kernel(
+    oa_ptr, la_ptr, q_ptr, k_ptr, v_ptr, used_ptr, qused_ptr, out_ptr,
+    N, T, R, WINDOW, scale, la_s, la_h, la_r, q_n, q_h, k_r, k_h,
     S: tl.constexpr, SP: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr,
+    BR: tl.constexpr,
 ):  # fmt: skip
     n = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
     kv = h // G
-    j = h % G
-    s = tl.arange(0, SP)
-    sm = s < S
-    used = tl.load(used_ptr + s, mask=sm, other=0)
-    valid = sm & (used > 0)
-    r = n * G + j  # folded query row inside each segment
-    la = tl.load(la_ptr + s.to(tl.int64) * la_s + kv * la_h + r * la_r, mask=valid, other=0.0)
-    la = tl.where(valid, la, float("-inf"))
+    d = tl.arange(0, D)
+    # own slots: online softmax over BR-slot tiles of this question's region
     b = n // T
     t = n % T
-    lb = tl.load(lb_ptr + b * lb_b + h * lb_h + t * lb_t)
-    m = tl.maximum(tl.max(la, axis=0), lb)
+    used_own = tl.load(qused_ptr + b)
+    last = t + used_own - T  # the newest own slot this query sees
+    q = tl.load(q_ptr + n * q_n + h * q_h + d).to(tl.float32) * scale
+    m_own = tl.full((), float("-inf"), tl.float32)
+    l_own = tl.zeros((), tl.float32)
+    acc = tl.zeros((D,), tl.float32)
+    for r0 in range(0, R, BR):
+        r = r0 + tl.arange(0, BR)
+        ok = (r < R) & (r < used_own) & (r <= last) & (last - r < WINDOW)
+        rows = (b * R + r).to(tl.int64)
+        k = tl.load(k_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_own, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe)
+        alpha = tl.exp(m_own - m_safe)
+        v = tl.load(v_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        l_own = l_own * alpha + tl.sum(p, axis=0)
+        m_own = m_new
+    # context partials, then the merge
+    s_idx = tl.arange(0, SP)
+    sm = s_idx < S
+    used = tl.load(used_ptr + s_idx, mask=sm, other=0)
+    valid = sm & (used > 0)
+    row = n * G + h % G  # folded query row inside each segment
+    la = tl.load(la_ptr + s_idx.to(tl.int64) * la_s + kv * la_h + row * la_r, mask=valid, other=0.0)
+    la = tl.where(valid, la, float("-inf"))
+    m = tl.maximum(tl.max(la, axis=0), m_own)
+    m = tl.where(m == float("-inf"), 0.0, m)
     wa = tl.exp(la - m)
-    wb = tl.exp(lb - m)
-    d = tl.arange(0, D)
-    rows = s.to(tl.int64) * (N * G) + r  # (SP,) rows of the (S*N*G, KVH, D) context output
-    oa = tl.load(oa_ptr + (rows[:, None] * KVH + kv) * D + d[None, :], mask=valid[:, None], other=0.0)
-    ob = tl.load(ob_ptr + (n * (KVH * G) + h) * D + d).to(tl.float32)
-    acc = tl.sum(oa.to(tl.float32) * wa[:, None], axis=0) + ob * wb
-    out = acc / (tl.sum(wa, axis=0) + wb)
+    wb = tl.exp(m_own - m)
+    seg_rows = s_idx.to(tl.int64) * (N * G) + row  # (SP,) rows of the (S*N*G, KVH, D) context output
+    oa = tl.load(oa_ptr + (seg_rows[:, None] * KVH + kv) * D + d[None, :], mask=valid[:, None], other=0.0)
+    num = tl.sum(oa.to(tl.float32) * wa[:, None], axis=0) + acc * wb
+    den = tl.sum(wa, axis=0) + l_own * wb
+    out = num / tl.where(den > 0, den, 1.0)  # a padded query row with no keys at all: 0
     tl.store(out_ptr + (n * (KVH * G) + h) * D + d, out.to(out_ptr.dtype.element_ty))
 
 
 def _strides3(lse: torch.Tensor, rows: int) -> tuple[int, int, int]:
-    """(sequence, head, row) strides of flash's log-sum-exp: it comes as (seqs, heads, max_q)
-    or as (heads, total_q) with ``rows`` queries per sequence."""
+    """(sequence, head, row) strides of a context pass's log-sum-exp: it comes as (seqs, heads,
+    max_q) or as (heads, total_q) with ``rows`` queries per sequence."""
     if lse.dim() == 3:
         return lse.stride(0), lse.stride(1), lse.stride(2)
     return rows * lse.stride(1), lse.stride(0), lse.stride(1)
 
 
-def merge_partials(
+def merge_with_own(
     o_a: torch.Tensor,
     lse_a: torch.Tensor,
-    o_b: torch.Tensor,
-    lse_b: torch.Tensor,
     ctx_used: torch.Tensor,
-    qlen: int,
-    group: int,
+    q: torch.Tensor,
+    own_k: torch.Tensor,
+    own_v: torch.Tensor,
+    meta: StepMeta,
+    scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """Merged attention (N, heads, D) in ``o_b``'s dtype.
+    """Attention output (N, heads, D) in ``q``'s dtype: the context partials merged with the
+    queries' attention over their own question slots.
 
     o_a (S*N*G, kv_heads, D): context partials, segment-major, query row ``t*G + j`` for head
-    ``kv*G + j``; lse_a fp32 (S, kv_heads, N*G) or (kv_heads, S*N*G); o_b (N, heads, D) own
-    partials; lse_b fp32 (B, heads, T) or (heads, N); ctx_used (S,) int32; qlen = T.
-    """
-    n, heads, d = o_b.shape
+    ``kv*G + j``; lse_a fp32 (S, kv_heads, N*G) or (kv_heads, S*N*G); ctx_used (S,) int32 keys per
+    segment; q (N, heads, D) rotated queries; own_k/own_v (≥ B*region, kv_heads, D) the question
+    slots (``meta.region`` per question, ``meta.q_used`` used); ``window``: a local layer's window
+    (the own slots hold consecutive positions, so it counts slots)."""
+    n, heads, d = q.shape
     kvh = o_a.shape[1]
+    group = heads // kvh
     segs = ctx_used.numel()
     if heads != kvh * group or o_a.shape[0] != segs * n * group or o_a.shape[2] != d:
         raise ValueError(
             f"context partials {tuple(o_a.shape)} do not fold {segs} segments of {n} queries x "
             f"{heads} heads (group {group})"
         )
-    oa, ob = o_a.contiguous(), o_b.contiguous()
-    out = torch.empty_like(ob)
+    if own_k.stride(-1) != 1 or own_v.stride() != own_k.stride() or q.stride(-1) != 1:
+        raise ValueError("own keys/values and queries need a unit last stride (and the same layout)")
+    oa = o_a.contiguous()
+    out = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
+    region = meta.region
     grid: Any = (n, heads)
-    _merge_kernel[grid](
-        oa, lse_a, ob, lse_b, ctx_used, out, n, qlen, *_strides3(lse_a, n * group), *_strides3(lse_b, qlen),
-        S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d, num_warps=4,
+    _own_merge_kernel[grid](
+        oa, lse_a, q, own_k, own_v, ctx_used, meta.q_used, out,
+        n, meta.qlen, region, region + 1 if window is None else window, scale,
+        *_strides3(lse_a, n * group), q.stride(0), q.stride(1), own_k.stride(0), own_k.stride(1),
+        S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d,
+        BR=min(64, triton.next_power_of_2(region)), num_warps=4,
     )  # fmt: skip
     return out

@@ -15,7 +15,7 @@ ceil(count / S)``, of KV head ``kv`` for query rows ``m*BLOCK_M ..`` (the query 
 KV head folded into the rows, row ``t * G + j``), and writes the same partials as the window
 kernel (:mod:`~ragcompress.kv.fast._window`): o (S*N*G, kv_heads, D), lse fp32 (S, kv_heads,
 N*G), natural log, ``-inf`` (and o = 0) for a split with no entry, so
-:func:`~ragcompress.kv.fast._merge.merge_partials` merges them with the question's own pass.
+:func:`~ragcompress.kv.fast._merge.merge_with_own` merges them with the question's own pass.
 The torch twin it is tested against is :func:`~ragcompress.kv.fast.paged.paged_context_reference`.
 """
 

@@ -9,7 +9,7 @@ runs inside a captured CUDA graph.
 
 Same split-KV layout as :class:`~ragcompress.kv.fast.attention.FlashCascade`'s context pass
 (segments of the filled context, the query heads sharing a KV head folded into the rows), and
-the same outputs, so :func:`~ragcompress.kv.fast._merge.merge_partials` merges them: o
+the same outputs, so :func:`~ragcompress.kv.fast._merge.merge_with_own` merges them: o
 (S*N*G, kv_heads, D), lse fp32 (S, kv_heads, N*G), natural log, -inf for a row that sees no
 key of the segment. A program first scans its segment's positions for the slots any of its
 rows can see, then attends over that span only: a local layer reads about ``window`` keys,

@@ -39,7 +39,6 @@ __all__ = [
     "ReferenceCascade",
     "StepMeta",
     "default_attention",
-    "own_pass_flash",
     "own_pass_reference",
 ]
 
@@ -146,17 +145,6 @@ def own_pass_reference(
     return o, lse.reshape(kvh, g, n).permute(2, 0, 1).reshape(n, heads)
 
 
-def own_pass_flash(
-    q: torch.Tensor, own_k: torch.Tensor, own_v: torch.Tensor, meta: StepMeta, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`own_pass_reference` through flash attention (CUDA, fp16/bf16, graph-safe):
-    ``(o (N, heads, D), lse)`` in flash's layouts, as
-    :func:`~ragcompress.kv.fast._merge.merge_partials` takes them."""
-    return _flash(  # type: ignore[no-any-return]
-        q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
-    )
-
-
 class FlashCascade(CascadeAttention):
     """Flash attention's variable-length kernel (fp16/bf16 on CUDA), graph-safe: valid
     lengths are read from device tensors (``seqused_k``).
@@ -180,8 +168,10 @@ class FlashCascade(CascadeAttention):
             return ReferenceCascade()(q, ctx_k, ctx_v, own_k, own_v, meta, scale, window=window)
         sp = meta.splits
         if window is None:
-            qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)  # row t*g + j
-            qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
+            # row t*g + j of each segment, the segments' copies made by one copy kernel (a fold
+            # then a repeat were two launches, ~6 µs each per layer on an H200)
+            qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).unsqueeze(0)
+            qs = qf.expand(sp, n, g, kvh, d).reshape(sp * n * g, kvh, d)
             o_a, lse_a = _flash(
                 qs,
                 ctx_k,
@@ -208,6 +198,11 @@ class FlashCascade(CascadeAttention):
                 window.size,
                 scale,
             )
+        if fused:  # the own slots and the merge in one kernel
+            from ragcompress.kv.fast._merge import merge_with_own
+
+            size = None if window is None else window.size
+            return merge_with_own(o_a, lse_a, meta.ctx_used, q, own_k, own_v, meta, scale, size)
         # own slots: consecutive positions, so flash's window by slot is the window by position
         left = None if window is None else window.size - 1
         o_b, lse_b = _flash(
@@ -223,15 +218,12 @@ class FlashCascade(CascadeAttention):
             meta.q_used,
             left,
         )
-        if fused:
-            from ragcompress.kv.fast._merge import merge_partials
-
-            return merge_partials(o_a, lse_a, o_b, lse_b, meta.ctx_used, meta.qlen, g)
         return _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d).to(q.dtype)
 
 
 def _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d):  # type: ignore[no-untyped-def]
-    """The merge in torch ops (reference of :func:`~ragcompress.kv.fast._merge.merge_partials`)."""
+    """The merge in torch ops (what :func:`~ragcompress.kv.fast._merge.merge_with_own` does after
+    its own pass)."""
     import torch
 
     sp = meta.splits

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.attention import CascadeAttention, merge, own_pass_flash, own_pass_reference
+from ragcompress.kv.fast.attention import CascadeAttention, merge, own_pass_reference
 from ragcompress.kv.fast.buffer import BufferOverflowError
 from ragcompress.kv.fast.write import triton_available
 
@@ -116,7 +116,7 @@ class PagedCascade(CascadeAttention):
             )
             o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
             return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
-        from ragcompress.kv.fast._merge import merge_partials
+        from ragcompress.kv.fast._merge import merge_with_own
         from ragcompress.kv.fast._paged import paged_context
 
         n, heads, _ = q.shape
@@ -125,10 +125,8 @@ class PagedCascade(CascadeAttention):
         o_a, lse_a = paged_context(
             q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, sp, scale
         )
-        o_b, lse_b = own_pass_flash(q, own_k, own_v, meta, scale)
         # empty splits carry lse -inf and o 0: every split takes part in the merge
-        ones = _ones(sp, q.device)
-        return merge_partials(o_a, lse_a, o_b, lse_b, ones, meta.qlen, g)
+        return merge_with_own(o_a, lse_a, _ones(sp, q.device), q, own_k, own_v, meta, scale)
 
     def _kernel_runs(self, d: int) -> bool:
         bs = self.block_size
