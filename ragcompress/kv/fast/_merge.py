@@ -6,8 +6,10 @@ context partials (split-KV segments, GQA groups folded into the query rows). The
 slots are few (the question and the answer so far: ``region`` ≤ a few hundred), so one program
 per (query token, head) attends over them itself, online softmax over ``BR``-slot tiles, and
 merges the result with its ``S`` context rows read once in the layout the context pass wrote:
-no own-pass launch (flash's own pass and a separate merge were two launches per layer, each
-latency bound at ~10 µs on an H200), no fp32 copies::
+no own-pass launch, no fp32 copies. Measured on an H200 (32 query tokens, 32 heads over 8 KV
+heads, 33 segments, a 48-slot region; CUDA graph of 32 calls): 7.8 µs per layer against 14.8 for
+flash's own pass + a separate merge; one warp per program and 16-slot tiles (4 warps: 17-26 µs,
+the programs are too small to feed more)::
 
     out = (sum_s o_s * exp(lse_s - m) + acc * exp(m_own - m)) / (sum_s exp(lse_s - m) + l * exp(m_own - m))
 
@@ -133,6 +135,6 @@ def merge_with_own(
         n, meta.qlen, region, region + 1 if window is None else window, scale,
         *_strides3(lse_a, n * group), q.stride(0), q.stride(1), own_k.stride(0), own_k.stride(1),
         S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d,
-        BR=min(64, triton.next_power_of_2(region)), num_warps=4,
+        BR=16, num_warps=1,
     )  # fmt: skip
     return out

@@ -168,10 +168,13 @@ class FlashCascade(CascadeAttention):
             return ReferenceCascade()(q, ctx_k, ctx_v, own_k, own_v, meta, scale, window=window)
         sp = meta.splits
         if window is None:
-            # row t*g + j of each segment, the segments' copies made by one copy kernel (a fold
-            # then a repeat were two launches, ~6 µs each per layer on an H200)
-            qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).unsqueeze(0)
-            qs = qf.expand(sp, n, g, kvh, d).reshape(sp * n * g, kvh, d)
+            if fused:  # one launch (see _fold.py)
+                from ragcompress.kv.fast._fold import fold_queries
+
+                qs = fold_queries(q, sp, kvh)
+            else:  # row t*g + j, once per segment
+                qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)
+                qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
             o_a, lse_a = _flash(
                 qs,
                 ctx_k,
