@@ -140,6 +140,7 @@ def test_an_assembled_context_needs_its_slot_positions(setup):
 _WINDOW_CHECK = """
 import torch
 from ragcompress.kv.fast._window import window_context
+from ragcompress.kv.fast.step_meta import window_span
 
 g = torch.Generator().manual_seed(3)
 n, kvh, grp, d, cap, window, scale = 5, 2, 3, 16, 90, 30, 0.3
@@ -150,34 +151,38 @@ cv = torch.randn(cap, 3, kvh, d, generator=g)[:, 1]
 # gaps, repeats (ape stacks chunks at the same positions), not sorted
 pos = [*range(40), *range(30, 55, 2), *range(54, 29, -2), *range(60, 84)]
 ctx_pos = torch.tensor(pos + [0] * (cap - len(pos)))
-q_pos, ctx_len, segs = torch.arange(76, 81), 80, 3
-seg = -(-ctx_len // segs)
-start = torch.tensor([i * seg for i in range(segs)], dtype=torch.int32)
-used = torch.clamp(ctx_len - start, 0, seg).to(torch.int32)
-o, lse = window_context(q, ck, cv, q_pos, ctx_pos, start, used, window, scale)
-empty = 0
-for s in range(segs):
-    a, b = int(start[s]), int(start[s] + used[s])
+q_pos, ctx_len = torch.arange(76, 81), torch.tensor([80], dtype=torch.int32)
+span = window_span(q_pos, ctx_pos, ctx_len, window)
+# the earliest query (76) sees positions > 46: from slot 49 (position 48) to the last filled, 79
+assert span.tolist() == [49, 80], span
+assert window_span(q_pos + 500, ctx_pos, ctx_len, window).tolist()[0] == window_span(
+    q_pos + 500, ctx_pos, ctx_len, window
+).tolist()[1]  # nothing in the window: an empty span
+for segs in (1, 3, 7, 40):  # more segments than slots in the span: some empty
+    o, lse = window_context(q, ck, cv, q_pos, ctx_pos, span, segs, window, scale)
+    o = o.view(segs, n * grp, kvh, d)
     for t in range(n):
         for hh in range(h):
             kv, r = hh // grp, t * grp + hh % grp
-            vis = (q_pos[t] - ctx_pos[a:b]) < window
-            if not vis.any():  # nothing of this segment in the window: no weight in the merge
-                assert lse[s, kv, r] == float("-inf") and torch.isfinite(o[s * n * grp + r, kv]).all()
-                empty += 1
-                continue
-            sc = (ck[a:b, kv] @ q[t, hh] * scale).masked_fill(~vis, float("-inf"))
-            torch.testing.assert_close(lse[s, kv, r], torch.logsumexp(sc, 0), atol=1e-4, rtol=1e-4)
-            want = torch.softmax(sc, 0) @ cv[a:b, kv]
-            torch.testing.assert_close(o[s * n * grp + r, kv], want, atol=1e-4, rtol=1e-4)
-assert 0 < empty < segs * n * h
+            vis = (q_pos[t] - ctx_pos[:80]) < window
+            sc = (ck[:80, kv] @ q[t, hh] * scale).masked_fill(~vis, float("-inf"))
+            # the segments merged by log-sum-exp == one masked softmax over the whole context
+            w = torch.softmax(lse[:, kv, r], 0)
+            got = (w[:, None] * o[:, r, kv]).sum(0)
+            total = torch.logsumexp(lse[:, kv, r], 0)
+            torch.testing.assert_close(total, torch.logsumexp(sc, 0), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got, torch.softmax(sc, 0) @ cv[:80, kv], atol=1e-4, rtol=1e-4)
+            assert torch.isfinite(o[:, r, kv]).all()
+    if segs == 40:
+        assert (lse == float("-inf")).any()  # empty segments weigh nothing
 """
 
 
 def test_window_kernel_matches_a_masked_softmax_per_segment():
-    """The local layers' context pass (Triton, interpreted) == a softmax over each segment's
-    keys within the window by position, with gapped, repeated and unsorted positions; a
-    segment out of the window gives -inf. In a fresh process: Triton's reductions only run
+    """The local layers' context pass (Triton, interpreted), its segments cut over the step's
+    window span and merged, == one softmax over the context's keys within the window by
+    position, with gapped, repeated and unsorted positions and empty segments (-inf); the span
+    is the tight one. In a fresh process: Triton's reductions only run
     interpreted when TRITON_INTERPRET=1 is set before triton is first imported."""
     pytest.importorskip("triton")
     root = Path(__file__).resolve().parents[2]

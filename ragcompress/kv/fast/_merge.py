@@ -99,7 +99,7 @@ def _strides3(lse: torch.Tensor, rows: int) -> tuple[int, int, int]:
 def merge_with_own(
     o_a: torch.Tensor,
     lse_a: torch.Tensor,
-    ctx_used: torch.Tensor,
+    ctx_used: torch.Tensor | None,
     q: torch.Tensor,
     own_k: torch.Tensor,
     own_v: torch.Tensor,
@@ -112,12 +112,15 @@ def merge_with_own(
 
     o_a (S*N*G, kv_heads, D): context partials, segment-major, query row ``t*G + j`` for head
     ``kv*G + j``; lse_a fp32 (S, kv_heads, N*G) or (kv_heads, S*N*G); ctx_used (S,) int32 keys per
-    segment; q (N, heads, D) rotated queries; own_k/own_v (≥ B*region, kv_heads, D) the question
+    segment (None: every segment has keys or carries lse -inf); q (N, heads, D) rotated
+    queries; own_k/own_v (≥ B*region, kv_heads, D) the question
     slots (``meta.region`` per question, ``meta.q_used`` used); ``window``: a local layer's window
     (the own slots hold consecutive positions, so it counts slots)."""
     n, heads, d = q.shape
     kvh = o_a.shape[1]
     group = heads // kvh
+    if ctx_used is None:
+        ctx_used = _ones(o_a.shape[0] // max(1, n * group), q.device)
     segs = ctx_used.numel()
     if heads != kvh * group or o_a.shape[0] != segs * n * group or o_a.shape[2] != d:
         raise ValueError(
@@ -138,3 +141,14 @@ def merge_with_own(
         BR=16, num_warps=1,
     )  # fmt: skip
     return out
+
+
+_ONES: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _ones(n: int, device: torch.device) -> torch.Tensor:
+    """(n,) int32 ones on ``device``, made once (a step captured in a graph allocates nothing)."""
+    key = (n, str(device))
+    if key not in _ONES:
+        _ONES[key] = torch.ones(n, dtype=torch.int32, device=device)
+    return _ONES[key]

@@ -189,23 +189,21 @@ class FlashCascade(CascadeAttention):
             )
         else:
             from ragcompress.kv.fast._window import window_context
+            from ragcompress.kv.fast.step_meta import window_span
 
+            span = window.span
+            if span is None:
+                span = window_span(window.q_pos, window.ctx_pos, meta.ctx_len, window.size)
             o_a, lse_a = window_context(
-                q,
-                ctx_k,
-                ctx_v,
-                window.q_pos,
-                window.ctx_pos,
-                meta.seg_start,
-                meta.ctx_used,
-                window.size,
-                scale,
+                q, ctx_k, ctx_v, window.q_pos, window.ctx_pos, span, sp, window.size, scale
             )
         if fused:  # the own slots and the merge in one kernel
             from ragcompress.kv.fast._merge import merge_with_own
 
-            size = None if window is None else window.size
-            return merge_with_own(o_a, lse_a, meta.ctx_used, q, own_k, own_v, meta, scale, size)
+            # the window pass's segments cut its span, not the context: a segment without keys
+            # carries lse -inf and weighs nothing, so every segment takes part (used = None)
+            size, used = (None, meta.ctx_used) if window is None else (window.size, None)
+            return merge_with_own(o_a, lse_a, used, q, own_k, own_v, meta, scale, size)
         # own slots: consecutive positions, so flash's window by slot is the window by position
         left = None if window is None else window.size - 1
         o_b, lse_b = _flash(

@@ -126,7 +126,7 @@ class PagedCascade(CascadeAttention):
             q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, sp, scale
         )
         # empty splits carry lse -inf and o 0: every split takes part in the merge
-        return merge_with_own(o_a, lse_a, _ones(sp, q.device), q, own_k, own_v, meta, scale)
+        return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
 
     def _kernel_runs(self, d: int) -> bool:
         bs = self.block_size
@@ -138,19 +138,6 @@ class PagedCascade(CascadeAttention):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         tiles = kv_heads * -(-rows // 64)
         return max(1, min(-(-2 * sms // tiles), self.table.max_blocks))
-
-
-_ONES: dict[tuple[int, str], Any] = {}
-
-
-def _ones(n: int, device: torch.device) -> torch.Tensor:
-    """(n,) int32 ones on ``device``, made once (a step captured in a graph allocates nothing)."""
-    import torch
-
-    key = (n, str(device))
-    if key not in _ONES:
-        _ONES[key] = torch.ones(n, dtype=torch.int32, device=device)
-    return _ONES[key]  # type: ignore[no-any-return]
 
 
 def paged_context_reference(

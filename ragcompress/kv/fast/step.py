@@ -24,7 +24,7 @@ the model it is given.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.models.arch import ModelArch, UnsupportedModelError, arch_for
@@ -67,6 +67,7 @@ class StepIO:
     attention: CascadeAttention
     rope: StepRope
     positions: torch.Tensor
+    spans: dict[int, torch.Tensor] = field(default_factory=dict)  # window size -> its span
 
 
 @dataclass(eq=False)
@@ -143,12 +144,16 @@ class DecoderStep(ABC):
     def attend(self, q: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
         """Layer ``li``'s rotated queries (N, heads, head_dim) over the buffer (this step's
         keys/values already written): (N, heads, head_dim)."""
-        from ragcompress.kv.fast.attention import LocalWindow
+        from ragcompress.kv.fast.step_meta import LocalWindow, window_span
 
         buf = io.buffer
         k, v = buf.ctx_keys[:, li], buf.ctx_values[:, li]
         size = self.arch.sliding_window[li]
-        window = None if size is None else LocalWindow(size, io.positions, buf.ctx_pos)
+        window = None
+        if size is not None:  # the span once per step, for every local layer
+            if size not in io.spans:
+                io.spans[size] = window_span(io.positions, buf.ctx_pos, io.meta.ctx_len, size)
+            window = LocalWindow(size, io.positions, buf.ctx_pos, io.spans[size])
         return io.attention(
             q, k, v, buf.q_keys[li], buf.q_values[li], io.meta, self.scale,
             window=window, softcap=self.arch.attn_softcap,

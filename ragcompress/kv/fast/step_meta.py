@@ -10,18 +10,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LocalWindow", "StepMeta"]
+__all__ = ["LocalWindow", "StepMeta", "window_span"]
 
 
 @dataclass(frozen=True, eq=False)
 class LocalWindow:
     """The window of a local layer for one step: a query at logical position ``q`` sees the keys
     at ``q - size < p``. ``q_pos`` (N,) int64: the step's query positions; ``ctx_pos``
-    (capacity,) int64: each context slot's position (``StaticKVBuffer.ctx_pos``)."""
+    (capacity,) int64: each context slot's position (``StaticKVBuffer.ctx_pos``); ``span`` (2,)
+    int32: :func:`window_span` of the step (the slots any query can see), or None."""
 
     size: int
     q_pos: torch.Tensor
     ctx_pos: torch.Tensor
+    span: torch.Tensor | None = None
 
     def context_mask(self, capacity: int) -> torch.Tensor:
         """(N, capacity) bool: which context slots each query sees within the window."""
@@ -92,3 +94,19 @@ class StepMeta:
         self.seg_start.copy_(self._iota * self.seg_len)
         self.cu_k_ctx[:n].copy_(self.seg_start)
         self.ctx_used.copy_(torch.minimum((self.ctx_len - self.seg_start).clamp_min(0), self.seg_len))
+
+
+def window_span(
+    q_pos: torch.Tensor, ctx_pos: torch.Tensor, ctx_len: torch.Tensor, window: int
+) -> torch.Tensor:
+    """(2,) int32 ``[lo, hi)``: the first and one past the last of the filled slots (``ctx_len``
+    (1,) int32) whose position the earliest query in ``q_pos`` (N,) int64 sees (``q - p <
+    window``); no later query sees a slot outside it (context positions precede the
+    question's). ``[x, x)`` when it sees none. Device ops only: graph-safe, once per step."""
+    import torch
+
+    slots = torch.arange(ctx_pos.numel(), device=ctx_pos.device)
+    seen = (q_pos.min() - ctx_pos < window) & (slots < ctx_len.to(slots.dtype))
+    lo = torch.where(seen, slots, ctx_pos.numel()).amin()
+    hi = torch.where(seen, slots + 1, 0).amax()
+    return torch.stack([lo, torch.maximum(hi, lo)]).to(torch.int32)
