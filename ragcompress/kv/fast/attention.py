@@ -166,37 +166,7 @@ class FlashCascade(CascadeAttention):
         fused = q.is_cuda and d & (d - 1) == 0 and triton_available()
         if window is not None and not fused:  # the windowed context pass is a Triton kernel
             return ReferenceCascade()(q, ctx_k, ctx_v, own_k, own_v, meta, scale, window=window)
-        sp = meta.splits
-        if window is None:
-            if fused:  # one launch (see _fold.py)
-                from ragcompress.kv.fast._fold import fold_queries
-
-                qs = fold_queries(q, sp, kvh)
-            else:  # row t*g + j, once per segment
-                qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)
-                qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
-            o_a, lse_a = _flash(
-                qs,
-                ctx_k,
-                ctx_v,
-                meta.cu_q_ctx,
-                meta.cu_k_ctx,
-                n * g,
-                meta.max_seg,
-                False,
-                scale,
-                meta.ctx_used,
-            )
-        else:
-            from ragcompress.kv.fast._window import window_context
-            from ragcompress.kv.fast.step_meta import window_span
-
-            span = window.span
-            if span is None:
-                span = window_span(window.q_pos, window.ctx_pos, meta.ctx_len, window.size)
-            o_a, lse_a = window_context(
-                q, ctx_k, ctx_v, window.q_pos, window.ctx_pos, span, sp, window.size, scale
-            )
+        o_a, lse_a = self._context_pass(q, ctx_k, ctx_v, meta, scale, window, fused)
         if fused:  # the own slots and the merge in one kernel
             from ragcompress.kv.fast._merge import merge_with_own
 
@@ -204,22 +174,37 @@ class FlashCascade(CascadeAttention):
             # carries lse -inf and weighs nothing, so every segment takes part (used = None)
             size, used = (None, meta.ctx_used) if window is None else (window.size, None)
             return merge_with_own(o_a, lse_a, used, q, own_k, own_v, meta, scale, size)
-        # own slots: consecutive positions, so flash's window by slot is the window by position
-        left = None if window is None else window.size - 1
+        # unfused: no window here (a windowed layer went to the reference above)
         o_b, lse_b = _flash(
-            q,
-            own_k,
-            own_v,
-            meta.cu_q_own,
-            meta.cu_k_own,
-            meta.qlen,
-            meta.region,
-            True,
-            scale,
-            meta.q_used,
-            left,
+            q, own_k, own_v, meta.cu_q_own, meta.cu_k_own, meta.qlen, meta.region, True, scale, meta.q_used
         )
         return _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d).to(q.dtype)
+
+    @staticmethod
+    def _context_pass(q, ctx_k, ctx_v, meta, scale, window, fused):  # type: ignore[no-untyped-def]
+        """The context partials ``(o_a, lse_a)`` over ``meta.splits`` segments: flash split-KV
+        over the filled context, or a local layer's window kernel over its window span."""
+        n, h, d = q.shape
+        kvh = ctx_k.shape[1]
+        g, sp = h // kvh, meta.splits
+        if window is not None:
+            from ragcompress.kv.fast._window import window_context
+            from ragcompress.kv.fast.step_meta import window_span
+
+            span = window.span
+            if span is None:
+                span = window_span(window.q_pos, window.ctx_pos, meta.ctx_len, window.size)
+            return window_context(q, ctx_k, ctx_v, window.q_pos, window.ctx_pos, span, sp, window.size, scale)
+        if fused:  # one launch (see _fold.py)
+            from ragcompress.kv.fast._fold import fold_queries
+
+            qs = fold_queries(q, sp, kvh)
+        else:  # row t*g + j, once per segment
+            qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)
+            qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
+        return _flash(
+            qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n * g, meta.max_seg, False, scale, meta.ctx_used
+        )
 
 
 def _merge_torch(o_a, lse_a, o_b, lse_b, meta, n, h, g, kvh, d):  # type: ignore[no-untyped-def]
