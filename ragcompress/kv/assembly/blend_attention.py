@@ -87,8 +87,9 @@ def _heads(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, int, int, 
 class Probe(AttentionJob):
     """The question (``n`` tokens, appended after ``slots`` context slots) over the assembled
     cache; ``total`` (slots,) fp32 gets, per layer, the largest softmax weight any head of any
-    question token gives each context slot. ``far`` (n, slots + n) bool, with local layers: the
-    keys each question token is too far from to see at a local layer (by logical position)."""
+    question token gives each context slot. ``far`` (group * n, slots + n) bool, with local layers:
+    the keys each query row (group-major: row ``g * n + t`` is token ``t``) is too far from to see
+    at a local layer (by logical position), made once for every local layer."""
 
     config: Any
     slots: int
@@ -110,8 +111,8 @@ class Probe(AttentionJob):
             tokens = torch.arange(n, device=q.device)
             self._later = tokens[None, :] > tokens.repeat(group)[:, None]
         logits[:, :, self.slots :] = logits[:, :, self.slots :].masked_fill(self._later, float("-inf"))
-        if self.far is not None and self.local(layer):  # rows are group-major: row g * n + t is token t
-            logits = logits.masked_fill(self.far.repeat(group, 1), float("-inf"))
+        if self.far is not None and self.local(layer):
+            logits = logits.masked_fill(self.far, float("-inf"))
         probs = logits.softmax(dim=-1)
         self.total += probs[:, :, : self.slots].amax(dim=(0, 1))
         out = torch.matmul(probs.to(value.dtype), value[0])  # (kv_heads, group * n, d)

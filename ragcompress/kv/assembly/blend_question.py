@@ -75,7 +75,8 @@ def question_attention(
             raise ValueError(f"{arch.family} has local sliding-window layers: pass the slots' positions")
         q_pos = torch.arange(position, position + n, device=dev)
         keys = torch.cat([positions.to(dev), q_pos])
-        far = q_pos[:, None] - keys[None, :] >= window  # (n, slots + n)
+        # (group * n, slots + n), the probe's group-major query rows
+        far = (q_pos[:, None] - keys[None, :] >= window).repeat(arch.group_size, 1)
     probe = Probe(
         model.config,
         slots,

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ragcompress.kv.fast._online import online_update, store_partial
+
 __all__ = ["paged_context"]
 
 
@@ -75,23 +77,10 @@ def _paged_kernel(
         k2 = tl.load(kp + HALF + i[None, :], mask=nm[:, None], other=0.0)
         s = (tl.dot(a1, tl.trans(k1)) + tl.dot(a2, tl.trans(k2))) * scale
         s = tl.where(nm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i, l_i, p, alpha = online_update(s, m_i, l_i)
         v = tl.load(v_ptr + slot[:, None] * sv_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    seen = l_i > 0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
-    tl.store(
-        o_ptr + ((seg * NG + rows[:, None]) * KVH + kv) * D + d[None, :],
-        out.to(o_ptr.dtype.element_ty),
-        mask=rm[:, None],
-    )
-    tl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rm)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def paged_context(

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ragcompress.kv.fast._online import online_update, store_partial
+
 __all__ = ["window_context"]
 
 
@@ -77,23 +79,10 @@ def _window_kernel(
         k = tl.load(k_ptr + (start + n)[:, None] * sk_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale
         s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        m_i, l_i, p, alpha = online_update(s, m_i, l_i)
         v = tl.load(v_ptr + (start + n)[:, None] * sv_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    seen_any = l_i > 0
-    out = acc / tl.where(seen_any, l_i, 1.0)[:, None]
-    lse = tl.where(seen_any, m_i + tl.log(tl.where(seen_any, l_i, 1.0)), float("-inf"))
-    tl.store(
-        o_ptr + ((seg * NG + rows[:, None]) * KVH + kv) * D + d[None, :],
-        out.to(o_ptr.dtype.element_ty),
-        mask=rm[:, None],
-    )
-    tl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rm)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def window_context(
