@@ -5,10 +5,28 @@ Triton is (CUDA, or the interpreter in tests)."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
-__all__ = ["online_update", "store_partial"]
+__all__ = ["online_update", "partials", "store_partial"]
+
+
+def partials(
+    caller: str, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, segs: int
+) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """Checks a layer's ``keys``/``values`` (slots, kv_heads, D) have unit stride over heads and
+    channels, and allocates the outputs of a context pass of ``q`` (N, heads, D) over ``segs``
+    segments: ``(G, N*G, o (segs*N*G, kv_heads, D), lse fp32 (segs, kv_heads, N*G))``."""
+    n, heads, d = q.shape
+    kvh = keys.shape[1]
+    for name, t in (("keys", keys), ("values", values)):
+        if t.stride(2) != 1 or t.stride(1) != d:
+            raise ValueError(f"{caller} needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}")
+    ng = n * (heads // kvh)
+    o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
+    lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)
+    return heads // kvh, ng, o, lse
 
 
 @triton.jit

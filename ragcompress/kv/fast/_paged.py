@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._online import online_update, store_partial
+from ragcompress.kv.fast._online import online_update, partials, store_partial
 
 __all__ = ["paged_context"]
 
@@ -102,17 +102,8 @@ def paged_context(
     max_blocks, 3) int32; inv_freq (D // 2,) fp32; ``splits``: S, fixed per captured shape;
     ``block_m``: query rows per program (default: the folded rows up to 64, at least 16).
     """
-    n, heads, d = q.shape
-    kvh = pool_k.shape[1]
-    g = heads // kvh
-    for name, t in (("keys", pool_k), ("values", pool_v)):
-        if t.stride(2) != 1 or t.stride(1) != d:
-            raise ValueError(
-                f"paged_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}"
-            )
-    ng = n * g
-    o = torch.empty(splits * ng, kvh, d, device=q.device, dtype=q.dtype)
-    lse = torch.empty(splits, kvh, ng, device=q.device, dtype=torch.float32)
+    d, kvh = q.shape[2], pool_k.shape[1]
+    g, ng, o, lse = partials("paged_context", q, pool_k, pool_v, splits)
     block_m = block_m or max(16, min(64, triton.next_power_of_2(ng)))
     grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
     _paged_kernel[grid](

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._online import online_update, store_partial
+from ragcompress.kv.fast._online import online_update, partials, store_partial
 
 __all__ = ["window_context"]
 
@@ -103,17 +103,8 @@ def window_context(
     span (2,) int32 from :func:`~ragcompress.kv.fast.step_meta.window_span`; ``segs``: the
     number of segments S.
     """
-    n, heads, d = q.shape
-    kvh = ctx_k.shape[1]
-    g = heads // kvh
-    for name, t in (("keys", ctx_k), ("values", ctx_v)):
-        if t.stride(2) != 1 or t.stride(1) != d:
-            raise ValueError(
-                f"window_context needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}"
-            )
-    ng = n * g
-    o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
-    lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)
+    d, kvh = q.shape[2], ctx_k.shape[1]
+    g, ng, o, lse = partials("window_context", q, ctx_k, ctx_v, segs)
     block_m = 16
     block_n = 64 if d <= 128 else 32
     grid: Any = (segs, kvh, triton.cdiv(ng, block_m))
