@@ -154,3 +154,13 @@ def test_scores_evicted_chunks_of_a_local_window_family_as_the_kv_path_serves_th
     assert list(greedy(session, ctx, q).token_ids) == list(served)
     r = score(session, ctx, question, " 330 metres tall")
     assert r["tokens"] == list(served) and r["token_agree"] == 1.0
+
+
+def test_reader_dtype_is_an_option_of_bench_kv_and_bench_text() -> None:
+    from ragcompress_bench.text import _parser as text_parser
+
+    for parser in (_parser(), text_parser()):
+        assert parser.parse_args([]).dtype == "auto"  # fp32 on CPU: earlier tables stay comparable
+        assert parser.parse_args(["--dtype", "bfloat16"]).dtype == "bfloat16"
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--dtype", "int3"])
