@@ -86,16 +86,18 @@ def _heads(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, int, int, 
 @dataclass(eq=False)
 class Probe(AttentionJob):
     """The question (``n`` tokens, appended after ``slots`` context slots) over the assembled
-    cache; ``total`` (slots,) fp32 gets, per layer, the largest softmax weight any head of any
-    question token gives each context slot. ``far`` (group * n, slots + n) bool, with local layers:
-    the keys each query row (group-major: row ``g * n + t`` is token ``t``) is too far from to see
-    at a local layer (by logical position), made once for every local layer."""
+    cache; ``total`` (slots,) fp32 gets, per layer, the largest softmax weight any head of the
+    question's last ``voters`` tokens (None: all ``n``) gives each context slot. ``far``
+    (group * n, slots + n) bool, with local layers: the keys each query row (group-major: row
+    ``g * n + t`` is token ``t``) is too far from to see at a local layer (by logical position),
+    made once for every local layer."""
 
     config: Any
     slots: int
     total: torch.Tensor
     windows: tuple[int | None, ...] = ()
     far: torch.Tensor | None = None
+    voters: int | None = None
     _later: torch.Tensor | None = field(default=None, repr=False)
 
     def attend(
@@ -114,7 +116,10 @@ class Probe(AttentionJob):
         if self.far is not None and self.local(layer):
             logits = logits.masked_fill(self.far, float("-inf"))
         probs = logits.softmax(dim=-1)
-        self.total += probs[:, :, : self.slots].amax(dim=(0, 1))
+        first = 0 if self.voters is None else max(0, n - self.voters)
+        # (kv_heads, group, n, slots): the voting tokens' weights over the context
+        votes = probs.view(kv_heads, group, n, -1)[:, :, first:, : self.slots]
+        self.total += votes.amax(dim=(0, 1, 2))
         out = torch.matmul(probs.to(value.dtype), value[0])  # (kv_heads, group * n, d)
         return out.reshape(1, heads, n, d).transpose(1, 2)
 

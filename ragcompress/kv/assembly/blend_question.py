@@ -32,7 +32,17 @@ __all__ = ["QuestionBlend", "question_attention"]
 @register_assembly("blend_question")
 @dataclass
 class QuestionBlend(SelectiveRecompute):
-    """``recompute`` in [0, 1]: share of the chunks' kept tokens recomputed per request."""
+    """``recompute`` in [0, 1]: share of the chunks' kept tokens recomputed per request;
+    ``last_tokens`` ≥ 1: how many of the question's last tokens rank the context by their
+    attention (None: every question token)."""
+
+    last_tokens: int | None = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.last_tokens
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"blend_question.last_tokens must be an integer ≥ 1 or None, got {n!r}")
 
     def score(
         self,
@@ -42,7 +52,7 @@ class QuestionBlend(SelectiveRecompute):
         question: Sequence[int],
         position: int,
     ) -> torch.Tensor:
-        return question_attention(model, cache, question, position, slots.positions)
+        return question_attention(model, cache, question, position, slots.positions, self.last_tokens)
 
 
 def question_attention(
@@ -51,9 +61,10 @@ def question_attention(
     question: Sequence[int],
     position: int,
     positions: torch.Tensor | None = None,
+    voters: int | None = None,
 ) -> torch.Tensor:
-    """(slots,): per layer, the largest softmax weight any head of any question token gives each
-    context slot, averaged over layers. One forward of the question whose attention computes these
+    """(slots,): per layer, the largest softmax weight any head of the question's last ``voters``
+    tokens (None: of every question token) gives each context slot, averaged over layers. One forward of the question whose attention computes these
     weights from the cached keys as it goes (:class:`~ragcompress.kv.assembly.blend_attention.Probe`);
     the question's K/V are removed from ``cache`` afterwards. ``positions`` (slots,) int64, the
     slots' logical positions, is required for a family with local sliding-window layers (a local
@@ -83,6 +94,7 @@ def question_attention(
         torch.zeros(slots, dtype=torch.float32, device=dev),
         arch.sliding_window if window else (),
         far,
+        voters,
     )
     # A 4D mask is handed to the attention as is (transformers builds none); the probe applies
     # the same causal rule itself while it computes the weights.

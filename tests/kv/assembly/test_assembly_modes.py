@@ -134,7 +134,13 @@ def test_registry_and_defaults():
     assert build_assembly(None).name == "concat"
     assert build_assembly("ape").spec() == {"name": "ape", "temperature": 1.0, "scale": 1.0}
     assert build_assembly({"name": "blend"}).spec() == {"name": "blend", "recompute": 0.15, "check_layer": 1}
-    assert build_assembly("blend_question").spec() == {"name": "blend_question", "recompute": 0.15}
+    assert build_assembly("blend_question").spec() == {
+        "name": "blend_question",
+        "recompute": 0.15,
+        "last_tokens": 8,
+    }
+    every = {"name": "blend_question", "recompute": 0.3, "last_tokens": None}
+    assert build_assembly(every).spec() == every
 
 
 @pytest.mark.parametrize("spec", MODES, ids=lambda s: str(sorted(s.items())))

@@ -43,10 +43,10 @@ def layer_masks(model, key_pos, query_pos, visible):
     return {"full_attention": full, "sliding_attention": torch.where(near, 0.0, neg)[None, None]}
 
 
-def reference_scores(model, cache, question, position, positions):
+def reference_scores(model, cache, question, position, positions, voters=None):
     """The probe as first written: hidden states out of the forward, queries rebuilt and rotated
     per layer, every head's softmax over the repeated keys (windowed at local layers by the
-    slots' logical ``positions``)."""
+    slots' logical ``positions``); only the last ``voters`` question tokens' weights count."""
     arch = arch_for(model)
     dev, n, slots = model.device, len(question), cache.get_seq_length()
     pos = torch.arange(position, position + n, device=dev)[None]
@@ -72,11 +72,13 @@ def reference_scores(model, cache, question, position, positions):
         if arch.sliding_window[li] is not None:
             seen = visible & (pos[0][:, None] - keys_pos[None, :] < arch.sliding_window[li])
         logits = logits.masked_fill(~seen, float("-inf"))
-        total += logits.softmax(dim=-1)[:, :, :slots].amax(dim=(0, 1))
+        first = 0 if voters is None else max(0, n - voters)
+        total += logits.softmax(dim=-1)[:, first:, :slots].amax(dim=(0, 1))
     return total / arch.num_layers
 
 
-def test_probe_scores_match_a_full_softmax_per_head(reader, tokenizer):
+@pytest.mark.parametrize("voters", [None, 1, 3, 1000], ids=["all", "last", "last3", "more-than-n"])
+def test_probe_scores_match_a_full_softmax_per_head(reader, tokenizer, voters):
     gen, prefix, chunks, question = _setup(reader, tokenizer)
     model, arch = gen.lm, arch_for(gen.lm)
     attn_impl = model.config._attn_implementation
@@ -86,11 +88,11 @@ def test_probe_scores_match_a_full_softmax_per_head(reader, tokenizer):
         before = [layer.keys.clone() for layer in cache.layers]
         starts = concat_starts(prefix.length, chunks)
         positions = slot_map(prefix.length, chunks, starts, model.device).positions
-        got = question_attention(model, cache, question, position, positions)
+        got = question_attention(model, cache, question, position, positions, voters)
         assert cache.get_seq_length() == slots  # the question's K/V are gone again
         assert all(torch.equal(a, layer.keys) for a, layer in zip(before, cache.layers, strict=True))
         want = reference_scores(
-            model, assemble(prefix, chunks, arch, model.config)[0], question, position, positions
+            model, assemble(prefix, chunks, arch, model.config)[0], question, position, positions, voters
         )
     assert model.config._attn_implementation == attn_impl
     assert got.shape == (slots,) and torch.isfinite(got).all()
