@@ -22,6 +22,8 @@ context length, in one process and on the same inputs:
 * ``ragcompress_paged_ms`` — zero-copy placement: the same chunks already resident in a paged
   pool, placed by a block-table write and read in place (:mod:`ragcompress_bench.ttft_paged`;
   ``--no-paged`` skips it);
+* ``ragcompress_stored_ms`` — the same chunks as the chunk cache stores them (layer by layer;
+  Gemma 3's local layers skip chunks out of their window; :mod:`ragcompress_bench.ttft_stored`);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
   chunks, which :meth:`FastGenerator.load_reusing` finds resident in the buffer and does not
   rewrite (question prefill + first token only). The cold ``ragcompress_ms`` always writes.
@@ -100,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="paged",
         action="store_false",
         help="skip the zero-copy column (chunks read in place from a paged pool, ttft_paged)",
+    )
+    p.add_argument(
+        "--no-stored",
+        dest="stored",
+        action="store_false",
+        help="skip the stored-chunk columns (chunks as the chunk cache holds them, ttft_stored)",
     )
     p.add_argument(
         "--profile", action="store_true", help="print the top GPU kernels of the fast path at --qps-context"
@@ -229,6 +237,10 @@ def run_context(
             row["fast_logits_rel_err"] = round(float((fast_logits - ref).norm() / ref.norm()), 5)
             row["full_prefill_top2_margin"] = round(float(top[0] - top[1]), 5)
             row["fast_logits_max_abs_diff"] = round(float((fast_logits - ref).abs().max()), 5)
+        if args.stored:
+            from ragcompress_bench.ttft_stored import stored_rows
+
+            row.update(stored_rows(fast, prefix, kv, starts, sizes, question, clock, tokens))
         if paged is not None:
             from ragcompress_bench.ttft_paged import paged_row
 

@@ -69,6 +69,8 @@ COLUMNS = (
     "hf_static_compiled_ms",
     "hf_static_compile_s",
     "ragcompress_ms",
+    "ragcompress_stored_ms",
+    "ragcompress_stored_every_layer_ms",
     "ragcompress_paged_ms",
     "ragcompress_compressed_ms",
     "floor_ms",

@@ -46,8 +46,17 @@ def _engine(model, **kw) -> FastGenerator:
 
 
 def _context(fast: FastGenerator) -> tuple[torch.Tensor, torch.Tensor]:
-    n = fast.buffer.ctx_len
-    return fast.buffer.ctx_keys[:n].clone(), fast.buffer.ctx_values[:n].clone()
+    """The context as the question can read it: local sliding-window layers of slots too far back
+    for their window are zeroed (a chunk written layer by layer leaves them out)."""
+    buf = fast.buffer
+    n = buf.ctx_len
+    keys, values = buf.ctx_keys[:n].clone(), buf.ctx_values[:n].clone()
+    if buf.local is not None:
+        hidden = (buf.ctx_pos[:n] <= buf.next_position - buf.local.window)[:, None] & torch.tensor(
+            [i in buf.local.local for i in range(buf.layers)]
+        )
+        keys[hidden], values[hidden] = 0, 0
+    return keys, values
 
 
 @pytest.fixture(scope="module")

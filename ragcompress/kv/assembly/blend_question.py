@@ -64,11 +64,12 @@ def question_attention(
     voters: int | None = None,
 ) -> torch.Tensor:
     """(slots,): per layer, the largest softmax weight any head of the question's last ``voters``
-    tokens (None: of every question token) gives each context slot, averaged over layers. One forward of the question whose attention computes these
-    weights from the cached keys as it goes (:class:`~ragcompress.kv.assembly.blend_attention.Probe`);
-    the question's K/V are removed from ``cache`` afterwards. ``positions`` (slots,) int64, the
-    slots' logical positions, is required for a family with local sliding-window layers (a local
-    layer's question token sees only the slots within its window)."""
+    tokens (None: of every question token) gives each context slot, averaged over layers. One
+    forward of the question whose attention computes these weights from the cached keys as it
+    goes (:class:`~ragcompress.kv.assembly.blend_attention.Probe`); the question's K/V are
+    removed from ``cache`` afterwards. ``positions`` (slots,) int64, the slots' logical
+    positions, is required for a family with local sliding-window layers (a local layer's
+    question token sees only the slots within its window)."""
     import torch
 
     from ragcompress.kv.assembly.blend_attention import Probe, blend_attention

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from ragcompress.kv.fast.local_layers import LocalLayers
+
 __all__ = ["BufferOverflowError", "StaticKVBuffer"]
 
 
@@ -43,7 +45,8 @@ class StaticKVBuffer:
     ``capacity``: context slots (prefix + kept chunk tokens); ``region``: slots per question
     (question tokens + generated tokens); ``max_batch``: concurrent questions; ``positions``:
     keep each context slot's logical position in ``ctx_pos`` (writers fill it; local
-    sliding-window layers read it).
+    sliding-window layers read it); ``local``: the local layers, whose writers leave out chunks
+    too far back to be seen (:mod:`~ragcompress.kv.fast.local_layers`).
     """
 
     layers: int
@@ -55,6 +58,7 @@ class StaticKVBuffer:
     dtype: torch.dtype | None = None
     device: torch.device | str = "cpu"
     positions: bool = False
+    local: LocalLayers | None = None
     ctx_keys: torch.Tensor = field(init=False, repr=False)
     ctx_values: torch.Tensor = field(init=False, repr=False)
     q_keys: torch.Tensor = field(init=False, repr=False)

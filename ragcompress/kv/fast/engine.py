@@ -23,6 +23,7 @@ from ragcompress.kv.fast.attention import CascadeAttention, ReferenceCascade, St
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
+from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.shapes import ArgUploader, _Shape, context_splits
 from ragcompress.kv.fast.step import DecoderStep
@@ -73,6 +74,7 @@ class FastGenerator:
     _uploader: ArgUploader = field(default_factory=ArgUploader, init=False, repr=False)
     # prefix + chunks of the last load, in buffer order (strong refs: identity stays unique)
     _resident: list[Any] = field(default_factory=list, init=False, repr=False)
+    _partial: frozenset[int] = field(default=frozenset(), init=False, repr=False)  # local layers left out
     _last: _Shape | None = field(default=None, init=False, repr=False)
     _host: HostStream = field(init=False, repr=False)
     _gated: bool = field(default=False, init=False, repr=False)  # the next prefill waits per layer
@@ -109,6 +111,7 @@ class FastGenerator:
             dtype=param.dtype,
             device=param.device,
             positions=step.arch.local_window is not None,  # local layers mask by slot position
+            local=LocalLayers.of(step.arch),
         )
 
     @property
@@ -158,7 +161,9 @@ class FastGenerator:
                 break
             same += 1
         self._resident = []  # a failed write leaves nothing known-resident
-        nxt, self._gated = stream_batch(self.buffer, prefix, chunks, self.rotary, self._host, resident=same)
+        nxt, self._gated, self._partial = stream_batch(
+            self.buffer, prefix, chunks, self.rotary, self._host, same, self._partial
+        )
         self._resident = items
         return nxt
 

@@ -68,6 +68,13 @@ class BufferChunk(ABC):
         """Add this chunk's tensors to ``rows``: its tokens go to the context slots
         ``slot ..``, its keys move by ``delta`` positions."""
 
+    def gather_layers(self, rows: GatherRows, slot: int, delta: int, layers: Sequence[int]) -> bool:
+        """:meth:`gather_into` for at least the layers ``layers``; returns whether every layer
+        was added. Here every layer is (the chunk's layers share one block); a chunk held layer
+        by layer adds only those (local sliding-window layers skip chunks out of their window)."""
+        self.gather_into(rows, slot, delta)
+        return True
+
     def slot_positions(self) -> torch.Tensor | None:
         """(num_tokens,) int64: each slot's logical position in the encoding frame (before the
         move); None (the default) when they are consecutive from ``base_offset`` (nothing

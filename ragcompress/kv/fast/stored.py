@@ -8,6 +8,7 @@ layers of all chunks still go in one launch per form.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -53,9 +54,14 @@ class StoredChunk(BufferChunk):
             raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}; the buffer {want}")
 
     def gather_into(self, rows: GatherRows, slot: int, delta: int) -> None:
+        self.gather_layers(rows, slot, delta, range(len(self.chunk.layers)))
+
+    def gather_layers(self, rows: GatherRows, slot: int, delta: int, layers: Sequence[int]) -> bool:
         buf = rows.buffer
         stacked = buf.layers * buf.kv_heads
-        for li, layer in enumerate(self.chunk.layers):
+        wanted = sorted(set(layers))
+        for li in wanted:
+            layer = self.chunk.layers[li]
             head0 = li * buf.kv_heads
             quantized = getattr(layer, "quantized_kv", None)
             if quantized is not None:
@@ -64,3 +70,4 @@ class StoredChunk(BufferChunk):
                 # (kv_heads, n, d): kv_heads runs of n tokens, one token every `stacked` rows
                 k, v, _ = layer.dense()
                 rows.add_dense(k, v, slot * stacked + head0, int(k.shape[1]), stacked, delta)
+        return len(wanted) == len(self.chunk.layers)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.buffer import StaticKVBuffer
 from ragcompress.kv.fast.host import HostChunk
+from ragcompress.kv.fast.local_layers import place
 from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.kv.fast.stored import StoredChunk
@@ -253,35 +254,41 @@ def stream_batch(
     rotary: Rotaries,
     host: HostStream,
     resident: int = 0,
-) -> tuple[int, bool]:
+    missing: frozenset[int] = frozenset(),
+) -> tuple[int, bool, frozenset[int]]:
     """:func:`~ragcompress.kv.fast.write.write_batch` where host chunks stream: device chunks
     go in one gather now, host chunks (a :class:`HostChunk`, or a stored chunk on the CPU while
-    the buffer is on CUDA, packed on the way) through ``host``. Returns the next position and
-    whether a plan is pending: the engine then queues the step with per-range waits
-    (:meth:`HostStream.wait`) and :meth:`HostStream.flush` es right after. Models whose layers
-    re-rotate with different tables (Gemma 3's local and global layers) do not stream yet: their
-    host chunks are written with the device chunks, before the step."""
+    the buffer is on CUDA, packed on the way) through ``host``. Returns the next position,
+    whether a plan is pending (the engine then queues the step with per-range waits,
+    :meth:`HostStream.wait`, and :meth:`HostStream.flush` es right after) and which items
+    (0: the prefix) lack their local layers. Models whose layers re-rotate with different tables
+    (Gemma 3's local and global layers) do not stream yet: their host chunks are written with
+    the device chunks, before the step, and only to the layers that can see them
+    (``buffer.local``; ``missing``: :func:`~ragcompress.kv.fast.local_layers.place`)."""
     streams = not isinstance(rotary, Sequence)
     items = [("prefix", _item(prefix, buffer, streams))]
     items += [(f"chunk #{i}", _item(c, buffer, streams)) for i, c in enumerate(chunks)]
-    begin_write(buffer, items, resident)
+    spans = begin_write(buffer, items, resident)
     rows = GatherRows(buffer)
     streamed: list[tuple[HostChunk, int, int]] = []
     writes = []
-    for what, c in items[resident:]:
+    placed = []
+    for i, (what, c) in enumerate(items[resident:], resident):
         slot, pos = buffer.reserve(c.num_tokens, c.length, what)
         writes.append((slot, pos - c.base_offset, c))
         if streams and isinstance(c, HostChunk):
             streamed.append((c, slot, pos - c.base_offset))
         else:
-            c.gather_into(rows, slot, pos - c.base_offset)
+            placed.append((i, c, slot, pos))
+    kept = [(i, c, *span) for i, ((_, c), span) in enumerate(zip(items, spans, strict=False))]
+    partial = place(rows, placed, kept, buffer.local, buffer.next_position, missing)
     if streamed:  # planned first: its writes (other slots) may run alongside this gather
         assert not isinstance(rotary, Sequence)
         host.stream(streamed, rotary)
     gather(rows, rotary)
     write_positions(buffer, writes)
     buffer.commit()
-    return buffer.next_position, bool(streamed)
+    return buffer.next_position, bool(streamed), partial
 
 
 def _item(chunk: Any, buffer: StaticKVBuffer, streams: bool) -> BufferChunk:

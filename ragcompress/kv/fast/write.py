@@ -57,9 +57,12 @@ def write_batch(
     return buffer.next_position
 
 
-def begin_write(buffer: StaticKVBuffer, items: Sequence[tuple[str, BufferChunk]], resident: int) -> None:
+def begin_write(
+    buffer: StaticKVBuffer, items: Sequence[tuple[str, BufferChunk]], resident: int
+) -> list[tuple[int, int]]:
     """Check that prefix + chunks (``items``: (name, chunk), the prefix first) fit and suit the
-    buffer, reset it and reserve the ``resident`` leading items' slots (their bytes are there)."""
+    buffer, reset it and reserve the ``resident`` leading items' slots (their bytes are there);
+    returns their (first slot, first position)."""
     need = sum(c.num_tokens for _, c in items)
     if need > buffer.capacity:
         raise BufferOverflowError(
@@ -68,8 +71,7 @@ def begin_write(buffer: StaticKVBuffer, items: Sequence[tuple[str, BufferChunk]]
     for what, c in items[resident:]:
         c.check(buffer, what)
     buffer.reset()
-    for what, c in items[:resident]:
-        buffer.reserve(c.num_tokens, c.length, what)
+    return [buffer.reserve(c.num_tokens, c.length, what) for what, c in items[:resident]]
 
 
 def write_chunk(
