@@ -34,7 +34,10 @@ def stored_chunks(kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int]
             pos = torch.arange(s, s + n, device=k.device).expand(k.shape[0], n).contiguous()
             layers.append(DenseLayer(k[:, s : s + n].contiguous(), v[:, s : s + n].contiguous(), pos))
         key = ChunkKey(model="bench", layout="bench", presses="[]", tokens=str(i))
-        out.append(KVChunk(layers, torch.zeros(n, dtype=torch.long), s, n, key, "bench"))
+        # the token ids on the device too: a chunk on the CPU is a host-tier chunk (streamed)
+        out.append(
+            KVChunk(layers, torch.zeros(n, dtype=torch.long, device=kv[0][0].device), s, n, key, "bench")
+        )
     return out
 
 

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 # the quantized rows' int4/int8 loads and dequantization are the per-chunk kernel's own
+from ragcompress.kv.fast.rows import _offset
 from ragcompress.kv.kernels.dequant_rope import _dequant, _halves
 
 if TYPE_CHECKING:
@@ -212,15 +213,12 @@ def gather(rows: GatherRows, rotary: Rotaries) -> None:
     dev = buffer.ctx_keys.device
     d = buffer.head_dim
     freq, index = layer_tables(rotary, buffer.layers, dev)
-    if rows.dense:
-        base = buffer.ctx_keys
-        table = [
-            [_offset(r.keys, base), _offset(r.values, base), r.rows, r.dst_row, r.delta, r.run, r.stride]
-            for r in rows.dense
-        ]
+    dense = rows.dense_table()
+    if dense is not None:
+        dense_table, most = dense
         gather_dense(
-            base, buffer.ctx_keys, buffer.ctx_values, _upload(table, dev), freq,
-            max(r.rows for r in rows.dense), d, index, buffer.kv_heads,
+            buffer.ctx_keys, buffer.ctx_keys, buffer.ctx_values, _upload(dense_table, dev), freq, most, d,
+            index, buffer.kv_heads,
         )  # fmt: skip
     kinds: dict[tuple[Any, ...], list[Any]] = {}
     for q in rows.quantized:
@@ -240,19 +238,10 @@ def gather(rows: GatherRows, rotary: Rotaries) -> None:
         )  # fmt: skip
 
 
-def _offset(t: torch.Tensor, base: torch.Tensor) -> int:
-    """Element offset of ``t`` from ``base`` (same dtype): how the kernel reaches ``t``."""
-    diff = t.data_ptr() - base.data_ptr()
-    size = t.element_size()
-    if t.dtype != base.dtype or diff % size:
-        raise ValueError(f"cannot address a {t.dtype} tensor from a {base.dtype} base")
-    return diff // size
-
-
-def _upload(rows: list[list[int]], dev: torch.device) -> torch.Tensor:
+def _upload(rows: list[list[int]] | torch.Tensor, dev: torch.device) -> torch.Tensor:
     """The table on the device without blocking the host: pinned (cached by torch's host
     allocator, which keeps a block until the copy that reads it is done), then async."""
-    table = torch.tensor(rows, dtype=torch.long)
+    table = rows if isinstance(rows, torch.Tensor) else torch.tensor(rows, dtype=torch.long)
     if dev.type != "cuda":
         return table.to(dev)
     return table.pin_memory().to(dev, non_blocking=True)

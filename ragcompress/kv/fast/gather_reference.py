@@ -38,7 +38,7 @@ def gather_reference(rows: GatherRows, rotary: Rotaries) -> None:
         return cos_sin(torch.tensor([delta], device=dev), freqs.unsqueeze(1))  # type: ignore[return-value]
 
     flat_k, flat_v = buffer.ctx_keys.view(-1, d), buffer.ctx_values.view(-1, d)
-    for r in rows.dense:
+    for r in rows.all_dense():
         cos, sin = (t[:, 0] for t in angles(r.delta))
         i = torch.arange(r.rows, device=dev)
         dst = r.dst_row + (i % r.run) * r.stride + torch.div(i, r.run, rounding_mode="floor")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.fast.layer_plan import DenseBlock
     from ragcompress.kv.kernels import QuantizedKV
 
 __all__ = ["DenseRows", "GatherRows", "QuantizedRows"]
@@ -64,6 +65,30 @@ class GatherRows:
     buffer: StaticKVBuffer
     dense: list[DenseRows] = field(default_factory=list)
     quantized: list[QuantizedRows] = field(default_factory=list)
+    blocks: list[DenseBlock] = field(default_factory=list)  # dense rows planned per chunk
+
+    def all_dense(self) -> list[DenseRows]:
+        """Every dense entry, the blocks' included (the torch reference's form)."""
+        return self.dense + [r for b in self.blocks for r in b.rows()]
+
+    def dense_table(self) -> tuple[torch.Tensor, int] | None:
+        """(entries, 7) int64 host table of the dense gather (offsets from ``buffer.ctx_keys``,
+        see :data:`~ragcompress.kv.fast._gather.DENSE_FIELDS`) and the largest entry's rows;
+        None without dense entries."""
+        import torch
+
+        if not self.dense and not self.blocks:
+            return None
+        base = self.buffer.ctx_keys
+        parts = [b.table() for b in self.blocks]
+        if self.dense:
+            rows = [
+                [_offset(r.keys, base), _offset(r.values, base), r.rows, r.dst_row, r.delta, r.run, r.stride]
+                for r in self.dense
+            ]
+            parts.append(torch.tensor(rows, dtype=torch.long))
+        most = max([r.rows for r in self.dense] + [b.max_rows for b in self.blocks])
+        return torch.cat(parts), most
 
     def add_dense(
         self, keys: torch.Tensor, values: torch.Tensor, dst_row: int, run: int, stride: int, delta: int
@@ -101,3 +126,12 @@ class GatherRows:
             codes(kc), scales(ks), scales(kz), codes(vc), scales(vs), scales(vz), bits=kv.bits, group=kv.group
         )
         self.quantized.append(QuantizedRows(moved, head0, slot, delta))
+
+
+def _offset(t: torch.Tensor, base: torch.Tensor) -> int:
+    """Element offset of ``t`` from ``base`` (same dtype): how the kernel reaches ``t``."""
+    diff = t.data_ptr() - base.data_ptr()
+    size = t.element_size()
+    if t.dtype != base.dtype or diff % size:
+        raise ValueError(f"cannot address a {t.dtype} tensor from a {base.dtype} base")
+    return diff // size

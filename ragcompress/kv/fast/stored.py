@@ -57,9 +57,15 @@ class StoredChunk(BufferChunk):
         self.gather_layers(rows, slot, delta, range(len(self.chunk.layers)))
 
     def gather_layers(self, rows: GatherRows, slot: int, delta: int, layers: Sequence[int]) -> bool:
+        from ragcompress.kv.fast.layer_plan import DenseBlock, dense_plan
+
         buf = rows.buffer
         stacked = buf.layers * buf.kv_heads
         wanted = sorted(set(layers))
+        plan = dense_plan(self.chunk, buf)
+        if plan is not None:  # dense layers on the buffer's device: made ready once per chunk
+            rows.blocks.append(DenseBlock(plan, tuple(wanted), slot, delta))
+            return len(wanted) == len(self.chunk.layers)
         for li in wanted:
             layer = self.chunk.layers[li]
             head0 = li * buf.kv_heads
