@@ -41,6 +41,7 @@ from ragcompress_bench.fidelity_paths import (
     parse_contenders,
 )
 from ragcompress_bench.kv_contenders import FULL
+from ragcompress_bench.reader import add_dtype_option
 
 if TYPE_CHECKING:
     from ragcompress.generate import Generator
@@ -195,9 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_READER,
         help=f"reader: alias, local path or HF id (default {DEFAULT_READER})",
     )
-    p.add_argument(
-        "--dtype", default="bfloat16", choices=("auto", "float32", "bfloat16", "float16"), help="reader dtype"
-    )
+    add_dtype_option(p, "bfloat16")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--limit", type=int, default=8, help="questions per dataset and k (default 8)")
     p.add_argument(

@@ -34,6 +34,7 @@ from ragcompress_bench.kv_contenders import (
     KVPressAnchor,
     KVSession,
 )
+from ragcompress_bench.reader import add_dtype_option
 
 if TYPE_CHECKING:
     from ragcompress.generate import Answer
@@ -193,13 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--contenders", default="", help="comma-separated row labels to run (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--reader", default=None, help="reader model: packaged alias, local path or HF id")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="reader dtype (auto: bfloat16 on CUDA, float32 on CPU; bfloat16 halves a 1.5B "
-        "reader's time on CPUs with avx512_bf16)",
-    )
+    add_dtype_option(p)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="benchmarks/results/kv", help="results folder")
     p.add_argument("--no-progress", action="store_true")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragcompress_bench.contender import Contender, NoCompression, Ours, package_version
+from ragcompress_bench.reader import add_dtype_option
 
 __all__ = ["ANCHORS", "DEFAULT_RATIOS", "build_contenders", "main"]
 
@@ -94,13 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--contenders", default="", help="comma-separated row names to run (default: all)")
     p.add_argument("--ratios", default=",".join(map(str, DEFAULT_RATIOS)), help="shares of tokens to keep")
     p.add_argument("--reader", default=None, help="reader model: packaged alias, local path or HF id")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="reader dtype (auto: bfloat16 on CUDA, float32 on CPU; bfloat16 halves a 1.5B "
-        "reader's time on CPUs with avx512_bf16)",
-    )
+    add_dtype_option(p)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="benchmarks/results/text", help="results folder")
     p.add_argument("--no-progress", action="store_true")

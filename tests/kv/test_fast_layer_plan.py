@@ -13,15 +13,13 @@ from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.kv.fast.stored import StoredChunk
 from tests.support.tiny import make_tiny_llama
 
-from .test_fast_path import _ids, _separate_chunks
+from .test_fast_path import _separate_chunks, sample_request
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     model = make_tiny_llama(len(tokenizer), seed=3)
-    rng = torch.Generator().manual_seed(7)
-    prefix = _ids(rng, 9, len(tokenizer))
-    passages = [_ids(rng, n, len(tokenizer)) for n in (17, 5, 23)]
+    prefix, passages, _ = sample_request(len(tokenizer))
     prefix_kv, chunks = _separate_chunks(model, prefix, passages)
     return model, PackedChunk.from_prefix(prefix_kv), chunks
 

@@ -12,7 +12,7 @@ from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.models.arch import arch_for
 from tests.support.tiny import make_tiny_gemma3, make_tiny_llama
 
-from .test_fast_path import _ids, _separate_chunks
+from .test_fast_path import _separate_chunks, sample_request
 
 STALE = 1e4  # finite: a row the attention weighs at zero adds nothing, a row it reads is visible
 
@@ -20,10 +20,7 @@ STALE = 1e4  # finite: a row the attention weighs at zero adds nothing, a row it
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     model = make_tiny_gemma3(len(tokenizer), seed=3)
-    rng = torch.Generator().manual_seed(7)
-    prefix = _ids(rng, 9, len(tokenizer))
-    passages = [_ids(rng, n, len(tokenizer)) for n in (17, 5, 23)]
-    question = _ids(rng, 6, len(tokenizer))
+    prefix, passages, question = sample_request(len(tokenizer))
     prefix_kv, chunks = _separate_chunks(model, prefix, passages)  # stored KVChunks, #1 evicted by half
     return model, PackedChunk.from_prefix(prefix_kv), chunks, question
 

@@ -61,6 +61,15 @@ def _split(model, prefix: list[int], passages: list[list[int]]) -> tuple[PackedC
     return pre, chunks
 
 
+def sample_request(vocab: int) -> tuple[list[int], list[list[int]], list[int]]:
+    """Seeded prefix (9 tokens), passages (17, 5 and 23) and a question (6): the fast-path tests'
+    request."""
+    rng = torch.Generator().manual_seed(7)
+    prefix = _ids(rng, 9, vocab)
+    passages = [_ids(rng, n, vocab) for n in (17, 5, 23)]
+    return prefix, passages, _ids(rng, 6, vocab)
+
+
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     model = make_tiny_llama(len(tokenizer), seed=3)

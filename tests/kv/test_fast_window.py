@@ -20,17 +20,13 @@ from ragcompress.models.arch import arch_for
 from ragcompress.models.rope import Rotary, rerotate
 from tests.support.tiny import greedy_logits, make_tiny_gemma3
 
-from .test_fast_path import _ids, _interpreted, _separate_chunks, _split, gathered, mixed_chunks
+from .test_fast_path import _interpreted, _separate_chunks, _split, gathered, mixed_chunks, sample_request
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     model = make_tiny_gemma3(len(tokenizer), seed=3)
-    rng = torch.Generator().manual_seed(7)
-    prefix = _ids(rng, 9, len(tokenizer))
-    passages = [_ids(rng, n, len(tokenizer)) for n in (17, 5, 23)]
-    question = _ids(rng, 6, len(tokenizer))
-    return model, prefix, passages, question
+    return (model, *sample_request(len(tokenizer)))
 
 
 def _question_logits(model, prefix, passages, question) -> torch.Tensor:
