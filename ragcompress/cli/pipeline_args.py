@@ -149,8 +149,8 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
         "--assembly",
         metavar="SPEC",
         help='with --kv: how chunks are assembled, e.g. \'{"name": "blend", "recompute": 0.15}\' '
-        "(recompute the tokens whose values deviate most), blend_question (the tokens the question "
-        "attends to most) or ape (default concat; spec: kv.assembly)",
+        "(recompute the tokens whose values deviate most), blend_question (the tokens the question's "
+        "last tokens attend to most; field last_tokens) or ape (default concat; spec: kv.assembly)",
     )
     g.add_argument(
         "--fast-capacity",
