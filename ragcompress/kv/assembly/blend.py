@@ -7,9 +7,8 @@ is one the missing cross-passage attention changes most. The check pass runs eve
 token through layers 0..``check_layer`` with full attention (``check_layer + 1`` layers of a full
 prefill, :func:`~ragcompress.kv.assembly.deviation.value_deviation`); the ``recompute`` share with
 the largest deviation is then recomputed through every layer (see
-:mod:`ragcompress.kv.assembly.selective`). On the two-hop and QA sets of ``bench fidelity`` this
-choice repaired more than choosing by the question's attention (``blend_question``), see
-``benchmarks/README.md``.
+:mod:`ragcompress.kv.assembly.selective`). On ``bench fidelity`` it repaired less than choosing by
+the attention of the question's last tokens (``blend_question``), see ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ recomputed by a real partial forward (:func:`~ragcompress.kv.assembly.recompute.
 and the question is prefilled over the repaired cache. ``recompute = 1`` is exactly a full prefill
 of the prompt; ``recompute = 0`` is exactly ``concat`` (no scoring pass either). Modes differ only
 in how they rank: ``blend`` by how far a token's values at a check layer are from a fresh
-prefill's (CacheBlend), ``blend_question`` by how much the question attends to it (ProphetKV).
+prefill's (CacheBlend), ``blend_question`` by how much the question's last tokens attend to it
+(after ProphetKV).
 """
 
 from __future__ import annotations
