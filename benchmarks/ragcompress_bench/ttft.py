@@ -119,28 +119,13 @@ def _compressed_chunks(
     kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], args: Any
 ) -> list[Any]:
     """knorm + quantize through the presses, each passage as the chunk cache would store it."""
-    import torch
-
-    from ragcompress.kv.chunk import DenseLayer, KVChunk
     from ragcompress.kv.fast import QuantizedPackedChunk
-    from ragcompress.kv.key import ChunkKey
     from ragcompress.kv.presses.knorm import KnormPress
     from ragcompress.kv.presses.quantize import QuantizePress
+    from ragcompress_bench.ttft_stored import stored_chunks
 
     presses = (KnormPress(ratio=args.press_ratio), QuantizePress(bits=args.bits, group_size=32))
-    out = []
-    for i, (s, n) in enumerate(zip(starts, sizes, strict=True)):
-        layers = []
-        for li, (k, v) in enumerate(kv):
-            pos = torch.arange(s, s + n, device=k.device).expand(k.shape[0], n).contiguous()
-            layer: Any = DenseLayer(k[:, s : s + n].contiguous(), v[:, s : s + n].contiguous(), pos)
-            for press in presses:
-                layer = press(layer, layer_idx=li, attn=None)
-            layers.append(layer)
-        key = ChunkKey(model="bench", layout="bench", presses="knorm+quantize", tokens=str(i))
-        chunk = KVChunk(layers, torch.zeros(n, dtype=torch.long), s, n, key, "bench")
-        out.append(QuantizedPackedChunk.from_chunk(chunk))
-    return out
+    return [QuantizedPackedChunk.from_chunk(c) for c in stored_chunks(kv, starts, sizes, presses)]
 
 
 def run_context(

@@ -20,24 +20,30 @@ from typing import Any
 __all__ = ["stored_rows"]
 
 
-def stored_chunks(kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int]) -> list[Any]:
-    """Dense KVChunks cut out of the joint prefill's ``kv`` (per layer (kv_heads, ctx, d))."""
+def stored_chunks(
+    kv: list[tuple[Any, Any]], starts: list[int], sizes: list[int], presses: tuple[Any, ...] = ()
+) -> list[Any]:
+    """KVChunks cut out of the joint prefill's ``kv`` (per layer (kv_heads, ctx, d)), each layer
+    through ``presses`` as the chunk cache would store it."""
     import torch
 
     from ragcompress.kv.chunk import DenseLayer, KVChunk
     from ragcompress.kv.key import ChunkKey
 
+    label = "+".join(type(p).__name__ for p in presses) or "[]"
     out = []
     for i, (s, n) in enumerate(zip(starts, sizes, strict=True)):
         layers = []
-        for k, v in kv:
+        for li, (k, v) in enumerate(kv):
             pos = torch.arange(s, s + n, device=k.device).expand(k.shape[0], n).contiguous()
-            layers.append(DenseLayer(k[:, s : s + n].contiguous(), v[:, s : s + n].contiguous(), pos))
-        key = ChunkKey(model="bench", layout="bench", presses="[]", tokens=str(i))
+            layer: Any = DenseLayer(k[:, s : s + n].contiguous(), v[:, s : s + n].contiguous(), pos)
+            for press in presses:
+                layer = press(layer, layer_idx=li, attn=None)
+            layers.append(layer)
+        key = ChunkKey(model="bench", layout="bench", presses=label, tokens=str(i))
         # the token ids on the device too: a chunk on the CPU is a host-tier chunk (streamed)
-        out.append(
-            KVChunk(layers, torch.zeros(n, dtype=torch.long, device=kv[0][0].device), s, n, key, "bench")
-        )
+        ids = torch.zeros(n, dtype=torch.long, device=kv[0][0].device)
+        out.append(KVChunk(layers, ids, s, n, key, "bench"))
     return out
 
 

@@ -28,6 +28,7 @@ from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.shapes import ArgUploader, _Shape, context_splits
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
+from ragcompress.kv.fast.write import write_context
 
 if TYPE_CHECKING:
     import torch
@@ -178,8 +179,6 @@ class FastGenerator:
         reach the buffer (APE's shared positions, blend's repaired tokens). Returns ``position``,
         where the question starts. ``positions`` (n,) int64: each slot's logical position
         (``Context.positions``), required for a family with local sliding-window layers."""
-        import torch
-
         n = int(layers[0][0].shape[1])
         if self.buffer.positions and (positions is None or tuple(positions.shape) != (n,)):
             raise ValueError(
@@ -189,17 +188,7 @@ class FastGenerator:
         self._resident = []  # nothing here is a chunk a later load can reuse
         self._host.discard()
         self._gated = False
-        self.buffer.reset()
-        self.buffer.reserve(n, n, "assembled context")
-        keys = torch.stack([k.transpose(0, 1) for k, _ in layers], dim=1)  # (n, layers, kv_heads, d)
-        values = torch.stack([v.transpose(0, 1) for _, v in layers], dim=1)
-        self.buffer.ctx_keys[:n].copy_(keys)
-        self.buffer.ctx_values[:n].copy_(values)
-        if positions is not None and self.buffer.positions:
-            self.buffer.ctx_pos[:n].copy_(positions)
-        self.buffer.next_position = position
-        self.buffer.commit()
-        return position
+        return write_context(self.buffer, layers, position, positions)
 
     # -- steps -----------------------------------------------------------------------------
     def bucket(self, n: int) -> int:

@@ -110,13 +110,13 @@ def dense_plan(chunk: KVChunk, buffer: StaticKVBuffer) -> DensePlan | None:
             return None
         keys.append(k.reshape(-1, buffer.head_dim))
         values.append(v.reshape(-1, buffer.head_dim))
-    n, size = chunk.num_tokens, base.element_size()
-    stride = buffer.layers * buffer.kv_heads
+    from ragcompress.kv.fast.rows import _offset
+
+    n, stride = chunk.num_tokens, buffer.layers * buffer.kv_heads
     rows = [
-        [(k.data_ptr() - base.data_ptr()) // size, (v.data_ptr() - base.data_ptr()) // size,
-         int(k.shape[0]), li * buffer.kv_heads, 0, n, stride]
+        [_offset(k, base), _offset(v, base), int(k.shape[0]), li * buffer.kv_heads, 0, n, stride]
         for li, (k, v) in enumerate(zip(keys, values, strict=True))
-    ]  # fmt: skip
+    ]
     plan = DensePlan(
         tuple(keys), tuple(values), torch.tensor(rows, dtype=torch.long), base.data_ptr(), n, stride
     )

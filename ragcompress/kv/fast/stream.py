@@ -280,7 +280,7 @@ def stream_batch(
             streamed.append((c, slot, pos - c.base_offset))
         else:
             placed.append((i, c, slot, pos))
-    kept = [(i, c, *span) for i, ((_, c), span) in enumerate(zip(items, spans, strict=False))]
+    kept = [(i, c, *span) for i, ((_, c), span) in enumerate(zip(items[:resident], spans, strict=True))]
     partial = place(rows, placed, kept, buffer.local, buffer.next_position, missing)
     if streamed:  # planned first: its writes (other slots) may run alongside this gather
         assert not isinstance(rotary, Sequence)

@@ -24,10 +24,12 @@ from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.kv.fast.stored import StoredChunk
 
 if TYPE_CHECKING:
+    import torch
+
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast.tables import Rotaries
 
-__all__ = ["gather", "triton_available", "write_batch", "write_chunk", "write_positions"]
+__all__ = ["gather", "triton_available", "write_batch", "write_chunk", "write_context", "write_positions"]
 
 
 def write_batch(
@@ -86,6 +88,32 @@ def write_chunk(
     gather(rows, rotary)
     write_positions(buffer, [(slot, pos - c.base_offset, c)])
     return slot
+
+
+def write_context(
+    buffer: StaticKVBuffer,
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    position: int,
+    positions: torch.Tensor | None = None,
+) -> int:
+    """Reset the buffer and write a context assembled elsewhere as is: per layer keys/values
+    (kv_heads, n, head_dim), keys already at their positions; ``positions`` (n,) int64 each
+    slot's logical position (kept where the buffer keeps them). Returns ``position``, where the
+    question starts."""
+    import torch
+
+    n = int(layers[0][0].shape[1])
+    buffer.reset()
+    buffer.reserve(n, n, "assembled context")
+    keys = torch.stack([k.transpose(0, 1) for k, _ in layers], dim=1)  # (n, layers, kv_heads, d)
+    values = torch.stack([v.transpose(0, 1) for _, v in layers], dim=1)
+    buffer.ctx_keys[:n].copy_(keys)
+    buffer.ctx_values[:n].copy_(values)
+    if positions is not None and buffer.positions:
+        buffer.ctx_pos[:n].copy_(positions)
+    buffer.next_position = position
+    buffer.commit()
+    return position
 
 
 def write_positions(buffer: StaticKVBuffer, writes: Sequence[tuple[int, int, BufferChunk]]) -> None:
