@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.assembly.base import register_assembly
-from ragcompress.kv.assembly.selective import SelectiveRecompute
+from ragcompress.kv.assembly.selective import SelectiveRecompute, stale_context
 from ragcompress.models.compat import cache_kwargs
 
 if TYPE_CHECKING:
@@ -38,15 +38,20 @@ __all__ = ["QuestionBlend", "question_attention"]
 class QuestionBlend(SelectiveRecompute):
     """``recompute`` in [0, 1]: share of the chunks' kept tokens recomputed per request;
     ``last_tokens`` ≥ 1: how many of the question's last tokens rank the context by their
-    attention (None: every question token)."""
+    attention (None: every question token); ``draft_tokens`` ≥ 0: how many tokens of a greedy
+    draft of the answer over the stale context vote with them (:mod:`~ragcompress.kv.assembly.draft`)."""
 
     last_tokens: int | None = 8
+    draft_tokens: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         n = self.last_tokens
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"blend_question.last_tokens must be an integer ≥ 1 or None, got {n!r}")
+        d = self.draft_tokens
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError(f"blend_question.draft_tokens must be an integer ≥ 0, got {d!r}")
 
     def score(
         self,
@@ -56,7 +61,12 @@ class QuestionBlend(SelectiveRecompute):
         question: Sequence[int],
         position: int,
     ) -> torch.Tensor:
-        return question_attention(model, cache, question, position, slots.positions, self.last_tokens)
+        from ragcompress.kv.assembly.draft import draft_answer
+
+        stale = stale_context(model, cache, position, slots)
+        draft = draft_answer(model, stale, question, self.draft_tokens)
+        voters = None if self.last_tokens is None else self.last_tokens + len(draft)
+        return question_attention(model, cache, [*question, *draft], position, slots.positions, voters)
 
 
 def question_attention(
@@ -77,13 +87,11 @@ def question_attention(
     import torch
 
     from ragcompress.kv.assembly.blend_attention import Probe, blend_attention
+    from ragcompress.kv.assembly.draft import untouched
     from ragcompress.models.arch import arch_for
 
     arch = arch_for(model)
     dev, n, slots = model.device, len(question), cache.get_seq_length()
-    # A dynamic layer appends by concatenation (new tensors), so the context tensors kept here
-    # are untouched by the probe and put back afterwards.
-    kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
     window = arch.local_window
     far = None
     if window is not None:
@@ -107,7 +115,8 @@ def question_attention(
     mask = torch.where(
         cols <= torch.arange(slots, slots + n, device=dev)[:, None], 0.0, torch.finfo(model.dtype).min
     )
-    with torch.inference_mode(), blend_attention(model, probe) as runner:
+    # the question's K/V are dropped from the cache afterwards
+    with untouched(cache), torch.inference_mode(), blend_attention(model, probe) as runner:
         runner(
             input_ids=torch.tensor([list(question)], device=dev),
             position_ids=torch.arange(position, position + n, device=dev)[None],
@@ -117,6 +126,4 @@ def question_attention(
             logits_to_keep=1,
             **cache_kwargs(model, cache),
         )
-    for layer, (k, v) in zip(cache.layers, kept, strict=True):  # drop the question's K/V
-        layer.keys, layer.values = k, v  # type: ignore[union-attr]
     return probe.total / arch.num_layers

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.assembly.recompute import SlotMap
     from ragcompress.kv.chunk import KVChunk
 
-__all__ = ["SelectiveRecompute"]
+__all__ = ["SelectiveRecompute", "stale_context"]
 
 
 @dataclass
@@ -48,23 +48,20 @@ class SelectiveRecompute(Assembly):
         from ragcompress.kv.assembly.recompute import recompute_slots, slot_map
         from ragcompress.models.arch import arch_for
 
-        arch = arch_for(model)
-        cache, position = assemble(prefix, chunks, arch, model.config)
-        n_slots = cache.get_seq_length()
+        cache, position = assemble(prefix, chunks, arch_for(model), model.config)
         slots = slot_map(prefix.length, chunks, concat_starts(prefix.length, chunks), model.device)
-        # local sliding-window layers: the question reads the context by logical position
-        window = arch.local_window
-        local: dict[str, Any] = {} if window is None else {"window": window, "positions": slots.positions}
+        ctx = stale_context(model, cache, position, slots)
         k = min(round(self.recompute * slots.chunk_slots), int(slots.candidates.numel()))
         if k == 0:
-            return Context(cache, position, slots=n_slots, **local)
+            return ctx
         chosen = slots.candidates
         if k < chosen.numel():
             scores = self.score(model, cache, slots, question, position)[chosen]
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = torch.sort(chosen[order]).values
         recompute_slots(model, cache, slots, chosen)
-        return Context(cache, position, slots=n_slots, recompute=k / slots.chunk_slots, **local)
+        ctx.recompute = k / slots.chunk_slots
+        return ctx
 
     @abstractmethod
     def score(
@@ -77,3 +74,13 @@ class SelectiveRecompute(Assembly):
     ) -> torch.Tensor:
         """(slots,) float: how much recomputing each context slot is worth (higher first); only
         ``slots.candidates`` are read. ``cache`` (the ``concat`` cache) must be left as it was."""
+
+
+def stale_context(model: PreTrainedModel, cache: DynamicCache, position: int, slots: SlotMap) -> Context:
+    """The ``concat`` context over ``cache`` (nothing recomputed): with local sliding-window
+    layers, the question reads the context by the slots' logical positions."""
+    from ragcompress.models.arch import arch_for
+
+    window = arch_for(model).local_window
+    local: dict[str, Any] = {} if window is None else {"window": window, "positions": slots.positions}
+    return Context(cache, position, slots=cache.get_seq_length(), **local)
