@@ -171,7 +171,10 @@ class Assembly(ABC):
         """Put one request's context into the fast engine's buffer; returns ``(position where the
         question starts, recompute share)``. Default: :meth:`prepare` on the eager model (any
         partial forward runs there), then the assembled K/V are written into the buffer as is."""
-        ctx = self.prepare(model, prefix, chunks, question)
+        return self.write_fast(engine, self.prepare(model, prefix, chunks, question))
+
+    def write_fast(self, engine: Any, ctx: Context) -> tuple[int, float]:
+        """Write ``ctx``'s K/V into the fast engine's buffer as is: ``(position, recompute share)``."""
         if ctx.bias is not None:
             raise ValueError(f"{self.name}: the fast engine takes no attention bias over the context")
         layers: list[Any] = [(layer.keys[0], layer.values[0]) for layer in ctx.cache.layers]  # type: ignore[union-attr,index]

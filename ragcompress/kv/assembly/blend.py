@@ -65,6 +65,7 @@ class Blend(SelectiveRecompute):
         slots: SlotMap,
         question: Sequence[int],
         position: int,
+        draft: Sequence[int] | None = None,
     ) -> torch.Tensor:
         from ragcompress.kv.assembly.deviation import value_deviation
 

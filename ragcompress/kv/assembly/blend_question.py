@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.assembly.base import register_assembly
 from ragcompress.kv.assembly.selective import SelectiveRecompute, stale_context
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PreTrainedModel
 
+    from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.assembly.recompute import SlotMap
+    from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["QuestionBlend", "question_attention"]
 
@@ -60,13 +62,41 @@ class QuestionBlend(SelectiveRecompute):
         slots: SlotMap,
         question: Sequence[int],
         position: int,
+        draft: Sequence[int] | None = None,
     ) -> torch.Tensor:
         from ragcompress.kv.assembly.draft import draft_answer
 
-        stale = stale_context(model, cache, position, slots)
-        draft = draft_answer(model, stale, question, self.draft_tokens)
+        if draft is None:
+            stale = stale_context(model, cache, position, slots)
+            draft = draft_answer(model, stale, question, self.draft_tokens)
+        draft = list(draft)[: self.draft_tokens]
         voters = None if self.last_tokens is None else self.last_tokens + len(draft)
         return question_attention(model, cache, [*question, *draft], position, slots.positions, voters)
+
+    def load_fast(
+        self,
+        engine: Any,
+        packed_prefix: Any,
+        model: PreTrainedModel,
+        prefix: PrefixKV,
+        chunks: Sequence[KVChunk],
+        question: Sequence[int],
+    ) -> tuple[int, float]:
+        """The draft is decoded by the fast engine over the ``concat`` context (its CUDA graphs:
+        a few ms a token, where the eager model takes tens), then the repair runs as on the eager
+        path and its context replaces the ``concat`` one in the buffer."""
+        from ragcompress.kv.assembly.draft import stop_ids
+
+        if not self.draft_tokens:
+            return super().load_fast(engine, packed_prefix, model, prefix, chunks, question)
+        engine.load_reusing(packed_prefix, chunks)
+        draft: list[int] = []
+        stop = stop_ids(model)
+        for host in engine.steps([list(question)], min(self.draft_tokens, engine.max_new_tokens)):
+            if host[0] in stop:
+                break
+            draft.append(host[0])
+        return self.write_fast(engine, self.repair(model, prefix, chunks, question, draft))
 
 
 def question_attention(

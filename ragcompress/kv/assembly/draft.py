@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.assembly.base import Context
 
-__all__ = ["draft_answer", "untouched"]
+__all__ = ["draft_answer", "stop_ids", "untouched"]
 
 
 @contextmanager
@@ -39,7 +39,8 @@ def untouched(cache: DynamicCache) -> Iterator[DynamicCache]:
             vars(layer).update(state)
 
 
-def _stop_ids(model: PreTrainedModel) -> set[int]:
+def stop_ids(model: PreTrainedModel) -> set[int]:
+    """The token ids that end an answer: the model's generation config's end-of-sequence ids."""
     eos: Any = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
         eos = getattr(model.config, "eos_token_id", None)
@@ -56,7 +57,7 @@ def draft_answer(model: PreTrainedModel, ctx: Context, question: Sequence[int], 
 
     if n < 1:
         return []
-    stop, dev = _stop_ids(model), model.device
+    stop, dev = stop_ids(model), model.device
     physical, position, ids = ctx.cache.get_seq_length(), ctx.position, list(question)
     out: list[int] = []
     with untouched(ctx.cache), torch.inference_mode():

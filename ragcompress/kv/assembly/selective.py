@@ -42,6 +42,18 @@ class SelectiveRecompute(Assembly):
     def prepare(
         self, model: PreTrainedModel, prefix: PrefixKV, chunks: Sequence[KVChunk], question: Sequence[int]
     ) -> Context:
+        return self.repair(model, prefix, chunks, question)
+
+    def repair(
+        self,
+        model: PreTrainedModel,
+        prefix: PrefixKV,
+        chunks: Sequence[KVChunk],
+        question: Sequence[int],
+        draft: Sequence[int] | None = None,
+    ) -> Context:
+        """:meth:`prepare`, with the answer's first tokens ``draft`` when the caller has already
+        decoded them over the ``concat`` context (the fast engine does, see ``blend_question``)."""
         import torch
 
         from ragcompress.kv.assemble import assemble, concat_starts
@@ -56,7 +68,7 @@ class SelectiveRecompute(Assembly):
             return ctx
         chosen = slots.candidates
         if k < chosen.numel():
-            scores = self.score(model, cache, slots, question, position)[chosen]
+            scores = self.score(model, cache, slots, question, position, draft)[chosen]
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = torch.sort(chosen[order]).values
         recompute_slots(model, cache, slots, chosen)
@@ -71,9 +83,11 @@ class SelectiveRecompute(Assembly):
         slots: SlotMap,
         question: Sequence[int],
         position: int,
+        draft: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """(slots,) float: how much recomputing each context slot is worth (higher first); only
-        ``slots.candidates`` are read. ``cache`` (the ``concat`` cache) must be left as it was."""
+        ``slots.candidates`` are read. ``cache`` (the ``concat`` cache) must be left as it was.
+        ``draft``: the answer's first tokens over that cache, when already decoded (else None)."""
 
 
 def stale_context(model: PreTrainedModel, cache: DynamicCache, position: int, slots: SlotMap) -> Context:

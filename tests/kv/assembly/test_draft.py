@@ -69,5 +69,8 @@ def test_draft_tokens_vote_with_the_question(reader, tokenizer):
     got = mode.score(reader, ctx.cache, slots, ids, ctx.position)
     want = question_attention(reader, ctx.cache, [*ids, *draft], ctx.position, slots.positions, 5)
     torch.testing.assert_close(got, want, atol=0.0, rtol=0.0)
+    # a draft decoded elsewhere (the fast engine's) is taken as given, cut to draft_tokens
+    given = mode.score(reader, ctx.cache, slots, ids, ctx.position, [*draft, 7, 7])
+    torch.testing.assert_close(given, want, atol=0.0, rtol=0.0)
     without = build_assembly({"name": "blend_question", "recompute": 0.3, "last_tokens": 2})
     assert not torch.equal(without.score(reader, ctx.cache, slots, ids, ctx.position), got)
