@@ -48,7 +48,9 @@ def _chunks(kv: list[tuple[Any, Any]], p: int, sizes: list[int]) -> tuple[Any, l
                 DenseLayer(k[:, start : start + n].contiguous(), v[:, start : start + n].contiguous(), pos)
             )
         key = ChunkKey(model="bench", layout="bench", presses="", tokens=f"passage-{i}")
-        chunks.append(KVChunk(layers, torch.zeros(n, dtype=torch.long), p, n, key, "bench"))
+        # token ids on the device too: a chunk on the CPU is a host-tier chunk, streamed
+        ids = torch.zeros(n, dtype=torch.long, device=kv[0][0].device)
+        chunks.append(KVChunk(layers, ids, p, n, key, "bench"))
         start += n
     return prefix, chunks
 
