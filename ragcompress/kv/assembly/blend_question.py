@@ -11,7 +11,9 @@ over layers. Those tokens (the question's end and the template's assistant heade
 answer; the question's first tokens attend mostly to the context's structure. Needs only the
 question's pass, no layer of a full prefill. On ``bench fidelity`` (1.5B reader, k = 5) it is the
 closest repair to a full prefill at 15%: KL 0.016 on Disfl-QA and 0.083 on two-hop, against
-0.052 and 0.090 for ``blend`` (``benchmarks/README.md``).
+0.052 and 0.090 for ``blend`` (``benchmarks/README.md``). With ``draft_tokens``, the first tokens of
+a greedy draft of the answer over the stale context vote too (:mod:`~ragcompress.kv.assembly.draft`);
+the fast engine decodes that draft with its own graphs (:meth:`QuestionBlend.load_fast`).
 """
 
 from __future__ import annotations
