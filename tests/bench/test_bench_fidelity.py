@@ -114,6 +114,11 @@ def test_contender_list_parsing() -> None:
     assert line[5].assembly == {"name": "blend_question", "recompute": 0.2}
     assert line[0].assembly is None and line[1].assembly == {"name": "concat"} and not line[1].presses
     assert line[2].assembly == {"name": "blend", "recompute": 0.3} and line[2].presses == COMPRESSED
+    drafted = parse_contenders("blend_question:0.15/draft_tokens=4/last_tokens=none+kvzip")[1]
+    assert drafted.label == "blend_question:0.15/draft_tokens=4/last_tokens=none+kvzip"
+    spec = {"name": "blend_question", "recompute": 0.15, "draft_tokens": 4, "last_tokens": None}
+    assert drafted.assembly == spec
+    assert drafted.presses == COMPRESSED
     labels = [c.label for c in parse_contenders("")]
     assert labels[:3] == ["full prefill", "chunks", "chunks+kvzip"] and len(labels) == 11
     assert {"blend:0.05", "blend:0.15", "blend:0.3+kvzip", "ape+kvzip"} <= set(labels)
@@ -122,7 +127,9 @@ def test_contender_list_parsing() -> None:
 @pytest.mark.parametrize(
     ("text", "needle"),
     [("lingua", "unknown mode 'lingua'"), ("blend:1.5", "must be in [0, 1]"), ("blend:x", "not a number"),
-     ("ape:0.1", "only blend and blend_question take"), ("chunks+int8", "'+kvzip'")],
+     ("ape:0.1", "only blend and blend_question take"), ("chunks+int8", "'+kvzip'"),
+     ("blend_question/draft_tokens=-1", "draft_tokens"), ("blend/drafts=2", "drafts"),
+     ("blend_question/draft_tokens", "not FIELD=VALUE"), ("blend_question/draft_tokens=x", "not a number")],
 )  # fmt: skip
 def test_bad_contenders_are_clear_errors(text: str, needle: str) -> None:
     with pytest.raises(ValueError, match=re.escape(needle)):
