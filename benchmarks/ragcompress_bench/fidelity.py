@@ -14,7 +14,7 @@ token. Writes ``DIR/fidelity.json``, ``DIR/fidelity.md`` and ``DIR/fidelity.png`
 
 Contenders (``--contenders``, comma-separated): ``MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip]``
 with MODE one of chunks (= concat), ape, blend, blend_question; e.g.
-``chunks,blend:0.15,blend:0.15+kvzip,blend_question:0.15/draft_tokens=4``. The full prefill
+``chunks,blend:0.15,blend:0.15+kvzip,blend_question:0.15/draft_tokens=0``. The full prefill
 always runs: every agreement column is measured against it.
 """
 
@@ -103,14 +103,17 @@ def run(
             paths[c.label] = kv_path(gen, c, store=stores[key])
         except (Unavailable, ValueError, TypeError) as err:  # a mode this build lacks or refuses
             unavailable[c.label] = str(err)
+    specs = {c.label: resolved_spec(c) for c in line}
     done = _journaled(journal)
     records: list[dict[str, Any]] = []
     errors: dict[str, list[str]] = {}
     bar = tqdm(total=sum(len(exs) for _, exs in sets), desc="bench fidelity", unit="q", disable=not progress)
     for dataset, exs in sets:
         for ex in exs:
-            kept = done.get((dataset, ex.id), {})
+            kept = _same_spec(done.get((dataset, ex.id), {}), specs)
             new = _question(paths, dataset, ex, kept, errors, bar)
+            for label, r in new.items():
+                r["spec"] = specs[label]
             records += [kept[label] for label in paths if label in kept and label not in new]
             records += new.values()
             if journal is not None and new:
@@ -156,6 +159,27 @@ def _question(
             reference, ref_top = r["tokens"], r["ref_top"]
         new[label] = {"dataset": dataset, "example": ex.id, "contender": label, "answers": ex.answers, **r}
     return new
+
+
+def resolved_spec(c: FidelityContender) -> dict[str, Any]:
+    """What a contender runs, every default filled in: a journaled record is reused only under
+    the same one (a mode's default that changes re-measures its label's rows)."""
+    from ragcompress.kv.assembly import build_assembly
+
+    try:
+        mode = None if c.assembly is None else build_assembly(c.assembly).spec()
+    except ValueError:  # unavailable here: never reused, never run
+        mode = {"unbuildable": c.assembly}
+    return {"assembly": mode, "presses": [dict(p) for p in c.presses]}
+
+
+Records = dict[str, dict[str, Any]]
+
+
+def _same_spec(kept: Records, specs: Records) -> Records:
+    """The journaled records of one question whose spec is the contender's now. A record with no
+    spec (journals written before specs were recorded) is taken as its label's."""
+    return {label: r for label, r in kept.items() if r.get("spec", specs.get(label)) == specs.get(label)}
 
 
 def _backfill(
@@ -207,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--contenders",
         default="",
-        help="MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip],... e.g. blend_question:0.15/draft_tokens=4 "
+        help="MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip],... e.g. blend_question:0.15/draft_tokens=0 "
         "(default: all; see above)",
     )
     p.add_argument("--max-new-tokens", type=int, default=24)

@@ -216,6 +216,29 @@ def test_resume_keeps_journaled_questions_and_reruns_a_cut_one(tmp_path: Path, t
     )
 
 
+def test_resume_measures_again_a_record_of_another_spec(tmp_path: Path, tiny_reader_dir: str) -> None:
+    """A label whose spec changed (a mode's default did) is not reused from the journal; a record
+    without a spec (an older journal) is."""
+    argv = ["--reader", tiny_reader_dir, "--dtype", "float32", "--limit", "1", "--k", "2",
+            "--datasets", "twohop", "--contenders", "blend_question:0.5", "--max-new-tokens", "3",
+            "--out", str(tmp_path), "--no-progress", "--resume"]  # fmt: skip
+    assert main(argv) == 0
+    journal = tmp_path / "questions.jsonl"
+    records = [json.loads(line) for line in journal.read_text().splitlines()]
+    mode = next(r for r in records if r["contender"] == "blend_question:0.5")
+    assert mode["spec"]["assembly"]["draft_tokens"] == 4  # resolved: every default written down
+    old, legacy = dict(mode), dict(records[0])
+    old["spec"] = {**mode["spec"], "assembly": {**mode["spec"]["assembly"], "draft_tokens": 0}}
+    old["text"] = legacy["text"] = "MARKER journaled"
+    del legacy["spec"]
+    journal.write_text(json.dumps(legacy) + "\n" + json.dumps(old) + "\n")
+    assert main(argv) == 0
+    again = {r["contender"]: r for r in json.loads((tmp_path / "fidelity.json").read_text())["questions"]}
+    assert again["full prefill"]["text"] == "MARKER journaled"  # no spec: taken as is
+    assert again["blend_question:0.5"]["text"] != "MARKER journaled"  # another spec: measured again
+    assert again["blend_question:0.5"]["spec"] == mode["spec"]
+
+
 @pytest.mark.parametrize("assembly", [{"name": "concat"}, {"name": "blend", "recompute": 0.3}])
 def test_kv_path_shared_context_equals_separate_passes(
     tiny_reader_dir: str, assembly: dict[str, Any]
