@@ -14,7 +14,7 @@ token. Writes ``DIR/fidelity.json``, ``DIR/fidelity.md`` and ``DIR/fidelity.png`
 
 Contenders (``--contenders``, comma-separated): ``MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip]``
 with MODE one of chunks (= concat), ape, blend, blend_question; e.g.
-``chunks,blend:0.15,blend:0.15+kvzip,blend_question:0.15/draft_tokens=0``. The full prefill
+``chunks,blend:0.15,blend:0.15+kvzip,blend_question:0.15/draft_tokens=4``. The full prefill
 always runs: every agreement column is measured against it.
 """
 
@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--contenders",
         default="",
-        help="MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip],... e.g. blend_question:0.15/draft_tokens=0 "
+        help="MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip],... e.g. blend_question:0.15/draft_tokens=4 "
         "(default: all; see above)",
     )
     p.add_argument("--max-new-tokens", type=int, default=24)

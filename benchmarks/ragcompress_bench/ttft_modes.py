@@ -24,7 +24,7 @@ DEFAULT_MODES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("blend_05", {"name": "blend", "recompute": 0.05}),
     ("blend_15", {"name": "blend", "recompute": 0.15}),
     ("blend_question_15", {"name": "blend_question", "recompute": 0.15}),
-    ("blend_question_nodraft_15", {"name": "blend_question", "recompute": 0.15, "draft_tokens": 0}),
+    ("blend_question_draft4_15", {"name": "blend_question", "recompute": 0.15, "draft_tokens": 4}),
 )
 
 

@@ -79,7 +79,7 @@ COLUMNS = (
     "blend_05_ms",
     "blend_15_ms",
     "blend_question_15_ms",
-    "blend_question_nodraft_15_ms",
+    "blend_question_draft4_15_ms",
 )
 
 

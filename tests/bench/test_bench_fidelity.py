@@ -226,9 +226,9 @@ def test_resume_measures_again_a_record_of_another_spec(tmp_path: Path, tiny_rea
     journal = tmp_path / "questions.jsonl"
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     mode = next(r for r in records if r["contender"] == "blend_question:0.5")
-    assert mode["spec"]["assembly"]["draft_tokens"] == 4  # resolved: every default written down
+    assert mode["spec"]["assembly"]["draft_tokens"] == 0  # resolved: every default written down
     old, legacy = dict(mode), dict(records[0])
-    old["spec"] = {**mode["spec"], "assembly": {**mode["spec"]["assembly"], "draft_tokens": 0}}
+    old["spec"] = {**mode["spec"], "assembly": {**mode["spec"]["assembly"], "draft_tokens": 4}}
     old["text"] = legacy["text"] = "MARKER journaled"
     del legacy["spec"]
     journal.write_text(json.dumps(legacy) + "\n" + json.dumps(old) + "\n")

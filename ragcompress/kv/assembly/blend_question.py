@@ -46,7 +46,7 @@ class QuestionBlend(SelectiveRecompute):
     draft of the answer over the stale context vote with them (:mod:`~ragcompress.kv.assembly.draft`)."""
 
     last_tokens: int | None = 8
-    draft_tokens: int = 4
+    draft_tokens: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -19,7 +19,7 @@ MODES = [
     {"name": "blend", "recompute": 0.15},
     {"name": "blend", "recompute": 0.5},
     {"name": "blend_question", "recompute": 0.5},
-    {"name": "blend_question", "recompute": 0.5, "draft_tokens": 0},
+    {"name": "blend_question", "recompute": 0.5, "draft_tokens": 3},
 ]
 SELECTIVE = ["blend", "blend_question"]
 
@@ -47,7 +47,7 @@ TARGETS = [11, 220, 315, 42]
         {"name": "ape"},
         {"name": "blend", "recompute": 0.15},
         {"name": "blend_question", "recompute": 0.15},
-        {"name": "blend_question", "recompute": 0.15, "draft_tokens": 0},
+        {"name": "blend_question", "recompute": 0.15, "draft_tokens": 3},
     ],
 )
 def test_one_passage_is_a_fresh_prefill(reader, tokenizer, spec):
@@ -144,7 +144,7 @@ def test_registry_and_defaults():
         "name": "blend_question",
         "recompute": 0.15,
         "last_tokens": 8,
-        "draft_tokens": 4,
+        "draft_tokens": 0,
     }
     every = {"name": "blend_question", "recompute": 0.3, "last_tokens": None, "draft_tokens": 0}
     assert build_assembly(every).spec() == every

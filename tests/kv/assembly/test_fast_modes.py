@@ -20,7 +20,7 @@ FAST_MODES = [
     {"name": "blend", "recompute": 0.3},
     {"name": "blend", "recompute": 1.0},
     {"name": "blend_question", "recompute": 0.3},
-    {"name": "blend_question", "recompute": 0.3, "draft_tokens": 0},
+    {"name": "blend_question", "recompute": 0.3, "draft_tokens": 4},
 ]
 QUESTIONS = [QUESTION, "Which mountain is the highest in Africa?"]
 
