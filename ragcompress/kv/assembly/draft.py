@@ -5,7 +5,8 @@ question's last tokens are the closest such tokens the request has; the answer's
 are closer still. On the two-hop set's selection probe (1.5B reader, 15% recompute), letting a
 4-token draft vote with the question's last 8 tokens lowered the gold answer's loss against a full
 prefill from 0.32 to 0.22 nats/token (``benchmarks/results/fidelity_selection_twohop/``), and on
-``bench fidelity``'s 15 two-hop questions from 0.35 to 0.17 (``benchmarks/results/fidelity_draft/``).
+``bench fidelity``'s 30 two-hop questions from 0.22 to 0.02 (``benchmarks/results/fidelity_draft30/``;
+on Disfl-QA it lost F1, so ``blend_question`` drafts nothing unless asked).
 The draft is decoded over the unrepaired context, so it may differ from the final answer; it only
 chooses what is recomputed, and a wrong draft still points at the passage it read from.
 """
