@@ -35,7 +35,7 @@ from ragcompress.validate import check_max_new_tokens, check_request
 if TYPE_CHECKING:
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Answer", "GenerationStats", "Generator"]
+__all__ = ["Answer", "GenerationStats", "Generator", "decode", "model_stop_ids"]
 
 # Guards the lazy loads below: threads sharing a generator must not build two models/layouts.
 _INIT = threading.RLock()
@@ -154,12 +154,9 @@ class Generator(AnswerMethods):
 
     @property
     def stop_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for src in (self.tokenizer.eos_token_id, getattr(self.lm.generation_config, "eos_token_id", None)):
-            if isinstance(src, int):
-                ids.add(src)
-            elif isinstance(src, list | tuple):
-                ids.update(int(i) for i in src)
+        ids = model_stop_ids(self.lm)
+        if isinstance(self.tokenizer.eos_token_id, int):
+            ids.add(self.tokenizer.eos_token_id)
         if not getattr(self.tokenizer, "chat_template", None):
             # a base model (plain completion prompt, see PromptLayout) has no end-of-turn token:
             # its answer is the first line
@@ -273,35 +270,16 @@ class Generator(AnswerMethods):
         limit = self.max_new_tokens if new is None else new
         start = time.perf_counter() if start is None else start
         cache = DynamicCache(config=lm.config) if cache is None else cache
-        physical = _cache_len(cache)
-        position = physical if next_position is None else next_position
-        stops = self.stop_ids
-        rng = request_rng(sampling, lm.device)
-        step = torch.tensor([input_ids], dtype=torch.long, device=lm.device)
-        with torch.inference_mode():
-            for i in range(limit):
-                n = step.shape[1]
-                out = lm(
-                    input_ids=step,
-                    **cache_kwargs(lm, cache),
-                    use_cache=True,
-                    position_ids=torch.arange(position, position + n, device=lm.device)[None],
-                    cache_position=torch.arange(physical, physical + n, device=lm.device),
-                    logits_to_keep=1,
-                    **(step_kwargs(physical, n) if step_kwargs is not None else {}),
-                )
-                cache = output_cache(out)
-                physical += n
-                position += n
-                token = pick_token(out.logits[0, -1], sampling, rng)
-                if i == 0 and timing is not None:
-                    if lm.device.type == "cuda":
-                        torch.cuda.synchronize(lm.device)
-                    timing["ttft_ms"] = (time.perf_counter() - start) * 1e3
-                if token in stops:
-                    return
-                yield token
-                step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
+
+        def first() -> None:
+            if timing is not None:
+                if lm.device.type == "cuda":
+                    torch.cuda.synchronize(lm.device)
+                timing["ttft_ms"] = (time.perf_counter() - start) * 1e3
+
+        yield from decode(
+            lm, input_ids, cache, limit, next_position, self.stop_ids, step_kwargs, sampling, first
+        )
 
     def text_pieces(self, tokens: Iterator[int], stop: Sequence[str] = ()) -> Iterator[str]:
         """The text of ``tokens`` piece by piece, as they come (what :meth:`stream` yields),
@@ -354,6 +332,59 @@ class Generator(AnswerMethods):
                 f"prompt of {n} tokens + {new} new tokens exceeds the model's context of {limit}; "
                 "compress harder or pass fewer passages"
             )
+
+
+def model_stop_ids(lm: PreTrainedModel) -> set[int]:
+    """The end-of-sequence ids of ``lm``'s generation config (the tokenizer may add its own)."""
+    eos = getattr(lm.generation_config, "eos_token_id", None)
+    if isinstance(eos, int):
+        return {eos}
+    return {int(i) for i in eos} if isinstance(eos, list | tuple) else set()
+
+
+def decode(
+    lm: PreTrainedModel,
+    input_ids: Sequence[int],
+    cache: Cache,
+    limit: int,
+    next_position: int | None = None,
+    stops: set[int] | frozenset[int] = frozenset(),
+    step_kwargs: Callable[[int, int], dict[str, Any]] | None = None,
+    sampling: Sampling = GREEDY,
+    first: Callable[[], None] | None = None,
+) -> Iterator[int]:
+    """Up to ``limit`` token ids chosen by ``sampling`` after ``input_ids``, decoded into ``cache``
+    (which grows by each step's K/V) from its end, at logical position ``next_position`` (None:
+    the cache's length) on; a token of ``stops`` ends it (not yielded). ``first()`` runs once the
+    first token is chosen (a TTFT clock); ``step_kwargs``: as in :meth:`Generator.iter_tokens`."""
+    import torch
+
+    physical = _cache_len(cache)
+    position = physical if next_position is None else next_position
+    rng = request_rng(sampling, lm.device)
+    step = torch.tensor([list(input_ids)], dtype=torch.long, device=lm.device)
+    with torch.inference_mode():
+        for i in range(limit):
+            n = step.shape[1]
+            out = lm(
+                input_ids=step,
+                **cache_kwargs(lm, cache),
+                use_cache=True,
+                position_ids=torch.arange(position, position + n, device=lm.device)[None],
+                cache_position=torch.arange(physical, physical + n, device=lm.device),
+                logits_to_keep=1,
+                **(step_kwargs(physical, n) if step_kwargs is not None else {}),
+            )
+            cache = output_cache(out)
+            physical += n
+            position += n
+            token = pick_token(out.logits[0, -1], sampling, rng)
+            if i == 0 and first is not None:
+                first()
+            if token in stops:
+                return
+            yield token
+            step = torch.tensor([[token]], dtype=torch.long, device=lm.device)
 
 
 def _cache_len(cache: Cache | None) -> int:

@@ -87,13 +87,13 @@ class QuestionBlend(SelectiveRecompute):
         """The draft is decoded by the fast engine over the ``concat`` context (its CUDA graphs:
         a few ms a token, where the eager model takes tens), then the repair runs as on the eager
         path and its context replaces the ``concat`` one in the buffer."""
-        from ragcompress.kv.assembly.draft import stop_ids
+        from ragcompress.generate import model_stop_ids
 
         if not self.draft_tokens:
             return super().load_fast(engine, packed_prefix, model, prefix, chunks, question)
         engine.load_reusing(packed_prefix, chunks)
         draft: list[int] = []
-        stop = stop_ids(model)
+        stop = model_stop_ids(model)
         for host in engine.steps([list(question)], min(self.draft_tokens, engine.max_new_tokens)):
             if host[0] in stop:
                 break

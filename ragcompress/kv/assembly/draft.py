@@ -15,16 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
-
-from ragcompress.models.compat import cache_kwargs
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedModel
 
     from ragcompress.kv.assembly.base import Context
 
-__all__ = ["draft_answer", "stop_ids", "untouched"]
+__all__ = ["draft_answer", "untouched"]
 
 
 @contextmanager
@@ -41,42 +39,15 @@ def untouched(cache: DynamicCache) -> Iterator[DynamicCache]:
             vars(layer).update(state)
 
 
-def stop_ids(model: PreTrainedModel) -> set[int]:
-    """The token ids that end an answer: the model's generation config's end-of-sequence ids."""
-    eos: Any = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in eos} if isinstance(eos, list | tuple) else {int(eos)}
-
-
 def draft_answer(model: PreTrainedModel, ctx: Context, question: Sequence[int], n: int) -> list[int]:
     """The first ≤ ``n`` tokens of the greedy answer to ``question`` (token ids) over ``ctx``,
     ending early at an end-of-sequence token (which is not returned): one forward of the question,
-    then one of each drafted token. ``ctx.cache`` is left as it was."""
-    import torch
+    then one of each drafted token (:func:`~ragcompress.generate.decode`, the eager path's own
+    loop). ``ctx.cache`` is left as it was."""
+    from ragcompress.generate import decode, model_stop_ids
 
     if n < 1:
         return []
-    stop, dev = stop_ids(model), model.device
-    physical, position, ids = ctx.cache.get_seq_length(), ctx.position, list(question)
-    out: list[int] = []
-    with untouched(ctx.cache), torch.inference_mode():
-        while ids:
-            m = len(ids)
-            logits = model(
-                input_ids=torch.tensor([ids], dtype=torch.long, device=dev),
-                position_ids=torch.arange(position, position + m, device=dev)[None],
-                cache_position=torch.arange(physical, physical + m, device=dev),
-                use_cache=True,
-                logits_to_keep=1,
-                **cache_kwargs(model, ctx.cache),
-                **ctx.step_kwargs(physical, m),
-            ).logits
-            token = int(logits[0, -1].argmax())
-            if token in stop:
-                break
-            out.append(token)
-            physical, position, ids = physical + m, position + m, ([token] if len(out) < n else [])
-    return out
+    with untouched(ctx.cache):
+        steps = decode(model, question, ctx.cache, n, ctx.position, model_stop_ids(model), ctx.step_kwargs)
+        return list(steps)
