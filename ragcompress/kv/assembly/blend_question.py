@@ -13,7 +13,7 @@ question's pass, no layer of a full prefill. On ``bench fidelity`` (1.5B reader,
 closest repair to a full prefill at 15%: KL 0.016 on Disfl-QA and 0.083 on two-hop, against
 0.052 and 0.090 for ``blend`` (``benchmarks/README.md``). With ``draft_tokens``, the first tokens of
 a greedy draft of the answer over the stale context vote too (:mod:`~ragcompress.kv.assembly.draft`);
-the fast engine decodes that draft with its own graphs (:meth:`QuestionBlend.load_fast`).
+the fast engine decodes that draft with its own graphs (:meth:`QuestionBlend.draft_fast`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PreTrainedModel
 
-    from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.assembly.recompute import SlotMap
-    from ragcompress.kv.chunk import KVChunk
 
 __all__ = ["QuestionBlend", "question_attention"]
 
@@ -75,30 +73,20 @@ class QuestionBlend(SelectiveRecompute):
         voters = None if self.last_tokens is None else self.last_tokens + len(draft)
         return question_attention(model, cache, [*question, *draft], position, slots.positions, voters)
 
-    def load_fast(
-        self,
-        engine: Any,
-        packed_prefix: Any,
-        model: PreTrainedModel,
-        prefix: PrefixKV,
-        chunks: Sequence[KVChunk],
-        question: Sequence[int],
-    ) -> tuple[int, float]:
-        """The draft is decoded by the fast engine over the ``concat`` context (its CUDA graphs:
-        a few ms a token, where the eager model takes tens), then the repair runs as on the eager
-        path and its context replaces the ``concat`` one in the buffer."""
+    def draft_fast(self, engine: Any, model: PreTrainedModel, question: Sequence[int]) -> list[int] | None:
+        """The draft, decoded by the fast engine over the ``concat`` context it has loaded (its
+        CUDA graphs: a few ms a token, where the eager model takes tens)."""
         from ragcompress.generate import model_stop_ids
 
         if not self.draft_tokens:
-            return super().load_fast(engine, packed_prefix, model, prefix, chunks, question)
-        engine.load_reusing(packed_prefix, chunks)
+            return None
         draft: list[int] = []
         stop = model_stop_ids(model)
         for host in engine.steps([list(question)], min(self.draft_tokens, engine.max_new_tokens)):
             if host[0] in stop:
                 break
             draft.append(host[0])
-        return self.write_fast(engine, self.repair(model, prefix, chunks, question, draft))
+        return draft
 
 
 def question_attention(

@@ -43,8 +43,18 @@ class ScatterLayer(DynamicLayer):
 
     @classmethod
     def of(cls, layer: Any) -> ScatterLayer:
+        """A copy of ``layer``'s keys and values that can scatter (the original stays as it was)."""
         new = cls()
         new.update(layer.keys, layer.values)
+        return new
+
+    @classmethod
+    def over(cls, keys: torch.Tensor, values: torch.Tensor) -> ScatterLayer:
+        """A layer over ``keys``/``values`` (1, kv_heads, slots, head_dim) themselves, any strides:
+        scattered tokens are written into them (views of the fast engine's buffer included)."""
+        new = cls()
+        new.update(keys[:, :, :0], values[:, :, :0])  # initialised for their dtype and device
+        new.keys, new.values = keys, values
         return new
 
     def update(
@@ -98,11 +108,17 @@ def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], 
 def recompute_slots(
     model: PreTrainedModel, cache: DynamicCache, slots: SlotMap, chosen: torch.Tensor
 ) -> None:
-    """Recompute the tokens of ``chosen`` (k,) sorted slot indices in place (one forward of k tokens)."""
+    """Recompute the tokens of ``chosen`` (k,) sorted slot indices in place (one forward of k
+    tokens): ``cache``'s layers' tensors are overwritten at those slots."""
     import torch
 
-    layers = [ScatterLayer.of(layer) for layer in cache.layers]
-    cache.layers = layers  # type: ignore[assignment]  # same tensors, a layer that can scatter
+    layers = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            raise ValueError("recompute_slots needs a cache whose every layer holds keys and values")
+        layers.append(ScatterLayer.over(keys, values))  # the repair is written into these tensors
+    cache.layers = layers  # type: ignore[assignment]
     pos = slots.positions[chosen]
     dtype = layers[0].keys.dtype if layers[0].keys is not None else torch.float32
     job = packed_job(model, slots.positions, chosen, dtype)

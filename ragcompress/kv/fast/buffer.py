@@ -119,6 +119,16 @@ class StaticKVBuffer:
         """Publish the host context length to the device (before a prefill reads it)."""
         self.ctx_len_t.fill_(self.ctx_len)
 
+    def context_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the written context's keys and values as views (1, kv_heads, ctx_len,
+        head_dim) of the buffer (strided: token-major underneath): writes through them change
+        the buffer in place."""
+        n = self.ctx_len
+        return [
+            (self.ctx_keys[:n, i].permute(1, 0, 2)[None], self.ctx_values[:n, i].permute(1, 0, 2)[None])
+            for i in range(self.layers)
+        ]
+
     def check_question(self, length: int, new_tokens: int, batch: int) -> None:
         """Raise before a batch of questions would overrun its regions."""
         if batch > self.max_batch:

@@ -190,6 +190,17 @@ class FastGenerator:
         self._gated = False
         return write_context(self.buffer, layers, position, positions)
 
+    def context_views(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The loaded context as views of the buffer (:meth:`StaticKVBuffer.context_layers`), for a
+        partial forward that repairs it in place (``blend``): host chunks are written first, and
+        no later load reuses this one's chunks. None with local sliding-window layers (their
+        buffer layers leave chunks out of the window)."""
+        if self.buffer.positions:
+            return None
+        self._host.flush(join=True)
+        self._gated, self._resident = False, []
+        return self.buffer.context_layers()
+
     # -- steps -----------------------------------------------------------------------------
     def bucket(self, n: int) -> int:
         """The padded length a question of ``n`` tokens runs at (one graph per bucket)."""

@@ -1,0 +1,93 @@
+"""Selective recompute on the fast engine repairs the engine's own buffer in place (CPU: the
+engine's reference kernels): the buffer then holds the eager path's repaired context, and the next
+load does not take the repaired bytes for the chunks' own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragcompress.generate import Generator
+from ragcompress.kv.assembly import build_assembly
+from ragcompress.kv.encode.encoder import prefix_kv
+from ragcompress.kv.fast import PackedChunk
+from ragcompress.kv.fast.answer import FastKVAnswerer
+from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.quantize import QuantizePress
+
+from ..conftest import PASSAGES, QUESTION
+
+MODES = [
+    {"name": "blend", "recompute": 0.3},
+    {"name": "blend_question", "recompute": 0.3},
+    {"name": "blend_question", "recompute": 0.3, "draft_tokens": 2},
+]
+PRESSES = {"full": (), "knorm+int4": (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8))}
+
+
+def fast_request(model, tokenizer, spec, presses=()):
+    """(answerer, engine, prefix, packed prefix, chunks, question ids) of one request."""
+    gen = Generator.from_model(model, tokenizer, max_new_tokens=6)
+    with pytest.warns(RuntimeWarning, match="reference kernels"):
+        fast = FastKVAnswerer.from_generator(
+            gen, presses=presses, assembly=spec, capacity=512, max_question=64
+        )
+    chunks, _ = fast.cache.get_or_encode(PASSAGES)
+    prefix = prefix_kv(gen.lm, gen.layout)
+    ids = gen.layout.question_ids(QUESTION, ())
+    return fast, fast.engine, prefix, PackedChunk.from_prefix(prefix), chunks, ids
+
+
+def buffer_context(engine):
+    """Per layer (keys, values) (1, kv_heads, slots, head_dim): copies of the buffer's context."""
+    return [(k.clone(), v.clone()) for k, v in engine.buffer.context_layers()]
+
+
+def assert_same_context(got, cache):
+    for (k, v), layer in zip(got, cache.layers, strict=True):
+        torch.testing.assert_close(k, layer.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(v, layer.values, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("presses", list(PRESSES.values()), ids=list(PRESSES))
+@pytest.mark.parametrize("spec", MODES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_fast_repair_leaves_the_eager_context_in_the_buffer(tiny_llama, tokenizer, spec, presses):
+    fast, engine, prefix, packed, chunks, ids = fast_request(tiny_llama, tokenizer, spec, presses)
+    mode = fast.assembly
+    position, share = mode.load_fast(engine, packed, tiny_llama, prefix, chunks, ids)
+    want = build_assembly(spec).prepare(tiny_llama, prefix, chunks, ids)
+    assert (position, engine.buffer.ctx_len) == (want.position, want.slots)
+    assert share == pytest.approx(want.recompute) and share > 0
+    assert_same_context(buffer_context(engine), want.cache)
+
+
+def test_fast_repair_of_each_family(reader, tokenizer):
+    """Llama and Qwen2 repair the buffer in place; Gemma 3, whose buffer leaves far chunks out
+    of its local layers, repairs an assembled cache and writes it: the same tokens either way."""
+    spec = {"name": "blend_question", "recompute": 0.3}
+    fast, engine, prefix, packed, chunks, ids = fast_request(reader, tokenizer, spec)
+    position, _ = fast.assembly.load_fast(engine, packed, reader, prefix, chunks, ids)
+    want = fast.assembly.prepare(reader, prefix, chunks, ids)
+    assert position == want.position
+    if not engine.buffer.positions:
+        assert_same_context(buffer_context(engine), want.cache)
+    eager = Generator.from_model(reader, tokenizer, max_new_tokens=6)
+    from ragcompress.kv.answer import KVAnswerer
+
+    kv = KVAnswerer.from_generator(eager, assembly=spec)
+    assert fast.answer(QUESTION, PASSAGES).token_ids == kv.answer(QUESTION, PASSAGES).token_ids
+
+
+def test_a_load_after_a_repair_writes_the_chunks_again(tiny_llama, tokenizer):
+    """The repaired bytes sit where the chunks were loaded: a later load of the same chunk objects
+    (which would otherwise reuse what the buffer holds) writes them again."""
+    spec = {"name": "blend_question", "recompute": 0.5}
+    fast, engine, prefix, packed, chunks, ids = fast_request(tiny_llama, tokenizer, spec)
+    engine.load_reusing(packed, chunks)
+    concat = buffer_context(engine)
+    fast.assembly.load_fast(engine, packed, tiny_llama, prefix, chunks, ids)
+    repaired = buffer_context(engine)
+    assert any(not torch.equal(a[1], b[1]) for a, b in zip(concat, repaired, strict=True))
+    engine.load_reusing(packed, chunks)
+    for (k, v), (k0, v0) in zip(buffer_context(engine), concat, strict=True):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
