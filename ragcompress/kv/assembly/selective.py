@@ -101,8 +101,9 @@ class SelectiveRecompute(Assembly):
         chunks), and the repair's partial forward writes into that buffer through views of it
         (:meth:`~ragcompress.kv.fast.engine.FastGenerator.context_views`): nothing is assembled
         on the side and copied in (``blend_question`` at 15%, 10K context on an H200: the
-        repair took 143 ms that way, 98 ms this way; ``benchmarks/results/ttft_modes_inbuffer_h200/``). Families with local sliding-window layers, whose buffer
-        leaves chunks out of the window, repair an assembled cache and write it instead."""
+        repair took 143 ms that way, 98 ms this way; ``results/ttft_modes_inbuffer_h200/``).
+        Families with local sliding-window layers, whose buffer leaves chunks out of the
+        window, repair an assembled cache and write it instead."""
         from transformers import DynamicCache
 
         from ragcompress.kv.assembly.recompute import ScatterLayer
