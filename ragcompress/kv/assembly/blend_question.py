@@ -73,6 +73,20 @@ class QuestionBlend(SelectiveRecompute):
         voters = None if self.last_tokens is None else self.last_tokens + len(draft)
         return question_attention(model, cache, [*question, *draft], position, slots.positions, voters)
 
+    def score_fast(
+        self, engine: Any, question: Sequence[int], draft: Sequence[int] | None = None
+    ) -> torch.Tensor | None:
+        """The same ranking from the fast engine's own step in its CUDA graph
+        (:meth:`~ragcompress.kv.fast.engine.FastGenerator.probe`): the eager probe is a
+        transformers forward, bound by the host. None when the question and draft are longer
+        than the engine's question buffer (the eager probe ranks then)."""
+        draft = list(draft or [])[: self.draft_tokens]
+        tokens = [*question, *draft]
+        if len(tokens) > engine.max_question:
+            return None
+        voters = None if self.last_tokens is None else self.last_tokens + len(draft)
+        return engine.probe(tokens, voters)  # type: ignore[no-any-return]
+
     def draft_fast(self, engine: Any, model: PreTrainedModel, question: Sequence[int]) -> list[int] | None:
         """The draft, decoded by the fast engine over the ``concat`` context it has loaded (its
         CUDA graphs: a few ms a token, where the eager model takes tens)."""

@@ -68,9 +68,11 @@ class SelectiveRecompute(Assembly):
         slots: SlotMap,
         question: Sequence[int],
         draft: Sequence[int] | None = None,
+        engine: Any = None,
     ) -> Context:
         """Repair ``cache``, the ``concat`` context of ``slots`` whose question starts at
-        ``position``, in place: its tensors are overwritten at the recomputed slots."""
+        ``position``, in place: its tensors are overwritten at the recomputed slots. ``engine``:
+        the fast engine holding that context, for a mode that ranks on it (:meth:`score_fast`)."""
         import torch
 
         from ragcompress.kv.assembly.recompute import recompute_slots
@@ -81,7 +83,10 @@ class SelectiveRecompute(Assembly):
             return ctx
         chosen = slots.candidates
         if k < chosen.numel():
-            scores = self.score(model, cache, slots, question, position, draft)[chosen]
+            scores = None if engine is None else self.score_fast(engine, question, draft)
+            if scores is None:
+                scores = self.score(model, cache, slots, question, position, draft)
+            scores = scores[chosen]
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = torch.sort(chosen[order]).values
         recompute_slots(model, cache, slots, chosen)
@@ -116,12 +121,19 @@ class SelectiveRecompute(Assembly):
         cache = DynamicCache()
         cache.layers = [ScatterLayer.over(k, v) for k, v in views]  # type: ignore[assignment]
         slots = concat_slots(model, prefix, chunks)
-        ctx = self.repair_cache(model, cache, position, slots, question, draft)
+        ctx = self.repair_cache(model, cache, position, slots, question, draft, engine)
         return position, ctx.recompute
 
     def draft_fast(self, engine: Any, model: PreTrainedModel, question: Sequence[int]) -> list[int] | None:
         """The answer's first tokens that :meth:`score` reads, decoded by the fast engine over the
         ``concat`` context it has just loaded; None when the mode reads none (the default)."""
+        return None
+
+    def score_fast(
+        self, engine: Any, question: Sequence[int], draft: Sequence[int] | None = None
+    ) -> torch.Tensor | None:
+        """:meth:`score` of the ``concat`` context the fast engine holds, computed by the engine;
+        None where the mode has no such ranking (the default) and :meth:`score` ranks instead."""
         return None
 
     @abstractmethod

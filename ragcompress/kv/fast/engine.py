@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.attention import CascadeAttention, ReferenceCascade, StepMeta, default_attention
+from ragcompress.kv.fast.attention import CascadeAttention, ReferenceCascade, default_attention
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.shapes import ArgUploader, _Shape, context_splits
+from ragcompress.kv.fast.shapes import ArgUploader, _Shape, new_shape
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 from ragcompress.kv.fast.write import write_context
@@ -79,6 +79,7 @@ class FastGenerator:
     _last: _Shape | None = field(default=None, init=False, repr=False)
     _host: HostStream = field(init=False, repr=False)
     _gated: bool = field(default=False, init=False, repr=False)  # the next prefill waits per layer
+    _probe: Any = field(default=None, init=False, repr=False)  # ProbingAttention, made on first use
 
     def __post_init__(self) -> None:
         from ragcompress.models.rope import Rotary
@@ -214,6 +215,26 @@ class FastGenerator:
     def prefill(self, questions: Sequence[Sequence[int]]) -> torch.Tensor:
         """Prefill B questions against the loaded context; returns their first tokens (B,)
         on the device (no host sync)."""
+        return self._prefill(questions)
+
+    def probe(self, question: Sequence[int], voters: int | None = None) -> torch.Tensor:
+        """(ctx_len,) fp32, ``blend_question``'s ranking of the loaded context: per layer, the
+        largest softmax weight any head of the question's last ``voters`` tokens (None: all)
+        gives each slot, averaged over layers, from one prefill of ``question`` on the engine's
+        step (:class:`~ragcompress.kv.fast.probe.ProbingAttention`, in its own CUDA graph).
+        Writes question region 0 as a prefill does. A local sliding-window layer refuses it."""
+        from ragcompress.kv.fast.probe import ProbingAttention
+
+        if self._probe is None:
+            assert self.attention is not None  # set by __post_init__
+            self._probe = ProbingAttention.over(self.attention, self.capacity, self.max_question, self.device)
+        self._probe.voters(len(question), voters)
+        self._prefill([question], self._probe)
+        return self._probe.total[: self.buffer.ctx_len] / self._step.num_layers
+
+    def _prefill(
+        self, questions: Sequence[Sequence[int]], probe: CascadeAttention | None = None
+    ) -> torch.Tensor:
         import torch
 
         lens = [len(q) for q in questions]
@@ -225,7 +246,7 @@ class FastGenerator:
         gated = self._gated
         if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
             self._host.flush()  # a capture, or a step that cannot wait, needs the context written
-        shape = self._shape(b, t, gated)
+        shape = self._shape(b, t, gated, probe)
         r, p0 = self.buffer.region, self.buffer.next_position
         ids = torch.zeros(b, t, dtype=torch.long)
         for i, q in enumerate(questions):
@@ -316,38 +337,20 @@ class FastGenerator:
                 self._shape(b, self.bucket(t))
             self._shape(b, 1)
 
-    def _shape(self, b: int, t: int, gated: bool = False) -> _Shape:
+    def _shape(self, b: int, t: int, gated: bool = False, probe: CascadeAttention | None = None) -> _Shape:
+        """The (batch, qlen) step, built (and captured) on first use. ``gated``: it waits, per
+        layer range, for host chunks streamed while it runs; ``probe``: :meth:`probe`'s."""
         import torch
 
-        key = (b, t, 1) if gated else (b, t)
+        key = (b, t, 1) if gated else (b, t, 2) if probe is not None else (b, t)
         hit = self._shapes.get(key)
         if hit is not None:
             return hit
         if b > self.max_batch:
             raise BufferOverflowError(f"{b} questions in one batch; the buffer holds {self.max_batch}")
         dev = self.device
-        n = b * t
-        args = torch.zeros(4 * n + b, dtype=torch.long, device=dev)
-        # harmless defaults for warm-up/capture: slot i of question 0.., position i
-        args[n : 2 * n] = torch.arange(n, device=dev) % t
-        args[2 * n : 3 * n] = (
-            torch.arange(b, device=dev)[:, None] * self.buffer.region + torch.arange(t, device=dev)
-        ).reshape(-1)
-        args[3 * n : 4 * n] = t
-        args[4 * n :] = torch.arange(b, device=dev) * t + t - 1
-        meta = StepMeta(
-            b,
-            t,
-            self.buffer.region,
-            self.capacity,
-            self.buffer.ctx_len_t,
-            torch.zeros(b, dtype=torch.int32, device=dev),
-            splits=context_splits(self.device, b * t, self._step.heads, self._step.kv_heads, self.capacity),
-            group=self._step.heads // self._step.kv_heads,
-        )
-        # a gated step waits, per layer range, for host chunks streamed while it runs
-        gate = GatedAttention(self.attention, self._host) if gated else None  # type: ignore[arg-type]
-        shape = _Shape(b, t, args, meta, gate)
+        gate = GatedAttention(self.attention, self._host) if gated else probe  # type: ignore[arg-type]
+        shape = new_shape(b, t, self.buffer, self.capacity, self._step.heads, self._step.kv_heads, gate)
         if self.graphs:
             # Warm-up and capture run the step for real, writing K/V into question slots: a shape
             # captured lazily (the decode step's, right after a prefill) would clobber the live

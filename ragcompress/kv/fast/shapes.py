@@ -10,8 +10,9 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
+    from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["ArgUploader", "context_splits"]
+__all__ = ["ArgUploader", "context_splits", "new_shape"]
 
 
 @dataclass(eq=False)
@@ -26,6 +27,38 @@ class _Shape:
     logits: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     graph: Any = None
+
+
+def new_shape(
+    b: int,
+    t: int,
+    buffer: StaticKVBuffer,
+    capacity: int,
+    heads: int,
+    kv_heads: int,
+    attention: CascadeAttention | None,
+) -> _Shape:
+    """A (batch ``b``, qlen ``t``) step's static tensors over ``buffer``, whose requests hold up
+    to ``capacity`` context slots (not captured). Its arguments start as harmless defaults for
+    warm-up and capture: slot i of question 0.., position i."""
+    import torch
+
+    from ragcompress.kv.fast.attention import StepMeta
+
+    dev = buffer.ctx_keys.device
+    n = b * t
+    args = torch.zeros(4 * n + b, dtype=torch.long, device=dev)
+    args[n : 2 * n] = torch.arange(n, device=dev) % t
+    questions = torch.arange(b, device=dev)[:, None] * buffer.region
+    args[2 * n : 3 * n] = (questions + torch.arange(t, device=dev)).reshape(-1)
+    args[3 * n : 4 * n] = t
+    args[4 * n :] = torch.arange(b, device=dev) * t + t - 1
+    splits = context_splits(dev, n, heads, kv_heads, capacity)
+    used = torch.zeros(b, dtype=torch.int32, device=dev)
+    meta = StepMeta(
+        b, t, buffer.region, capacity, buffer.ctx_len_t, used, splits=splits, group=heads // kv_heads
+    )
+    return _Shape(b, t, args, meta, attention)
 
 
 def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capacity: int) -> int:

@@ -91,3 +91,35 @@ def test_a_load_after_a_repair_writes_the_chunks_again(tiny_llama, tokenizer):
     engine.load_reusing(packed, chunks)
     for (k, v), (k0, v0) in zip(buffer_context(engine), concat, strict=True):
         assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
+@pytest.mark.parametrize("voters", [None, 1, 5], ids=["all", "last", "last5"])
+def test_engine_probe_ranks_as_the_eager_probe(reader, tokenizer, voters):
+    """The probe on the engine's own step gives the eager probe's scores (one prefill, its
+    attention output untouched: the next prefill's first token is the plain one's)."""
+    from ragcompress.kv.assembly.blend_question import question_attention
+
+    spec = {"name": "blend_question", "recompute": 0.3}
+    _fast, engine, prefix, packed, chunks, ids = fast_request(reader, tokenizer, spec)
+    position = engine.load_reusing(packed, chunks)
+    first = engine.prefill([ids]).item()
+    if engine.buffer.positions:  # Gemma 3's local layers: the eager probe ranks for it
+        with pytest.raises(ValueError, match="sliding window"):
+            engine.probe(ids, voters)
+        return
+    got = engine.probe(ids, voters)
+    dense = build_assembly("concat").prepare(reader, prefix, chunks, ids)
+    want = question_attention(reader, dense.cache, ids, position, None, voters)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert engine.prefill([ids]).item() == first
+
+
+def test_a_draft_longer_than_the_question_buffer_ranks_on_the_eager_model(tiny_llama, tokenizer):
+    spec = {"name": "blend_question", "recompute": 0.3, "draft_tokens": 4}
+    fast, engine, _prefix, packed, chunks, ids = fast_request(tiny_llama, tokenizer, spec)
+    engine.load_reusing(packed, chunks)
+    long = (ids * engine.max_question)[: engine.max_question - 1]
+    assert fast.assembly.score_fast(engine, long, [7, 8]) is None
+    assert fast.assembly.score_fast(engine, long, []) is not None
+    assert fast.assembly.score_fast(engine, ids, [7, 8]) is not None
