@@ -79,7 +79,7 @@ class FastGenerator:
     _last: _Shape | None = field(default=None, init=False, repr=False)
     _host: HostStream = field(init=False, repr=False)
     _gated: bool = field(default=False, init=False, repr=False)  # the next prefill waits per layer
-    _probe: Any = field(default=None, init=False, repr=False)  # ProbingAttention, made on first use
+    _taps: dict[int, Any] = field(default_factory=dict, init=False, repr=False)  # QueryTap per bucket
 
     def __post_init__(self) -> None:
         from ragcompress.models.rope import Rotary
@@ -218,19 +218,19 @@ class FastGenerator:
         return self._prefill(questions)
 
     def probe(self, question: Sequence[int], voters: int | None = None) -> torch.Tensor:
-        """(ctx_len,) fp32, ``blend_question``'s ranking of the loaded context: per layer, the
-        largest softmax weight any head of the question's last ``voters`` tokens (None: all)
-        gives each slot, averaged over layers, from one prefill of ``question`` on the engine's
-        step (:class:`~ragcompress.kv.fast.probe.ProbingAttention`, in its own CUDA graph).
-        Writes question region 0 as a prefill does. A local sliding-window layer refuses it."""
-        from ragcompress.kv.fast.probe import ProbingAttention
+        """(ctx_len,) fp32: ``blend_question``'s ranking of the loaded context by the question's
+        last ``voters`` tokens (:meth:`~ragcompress.kv.fast.probe.QueryTap.scores`), from one
+        prefill of ``question`` in its own graph. Writes question region 0, as a prefill does."""
+        from ragcompress.kv.fast.probe import QueryTap
 
-        if self._probe is None:
+        t = self.bucket(len(question))
+        if t not in self._taps:
             assert self.attention is not None  # set by __post_init__
-            self._probe = ProbingAttention.over(self.attention, self.capacity, self.max_question, self.device)
-        self._probe.voters(len(question), voters)
-        self._prefill([question], self._probe)
-        return self._probe.total[: self.buffer.ctx_len] / self._step.num_layers
+            self._taps[t] = QueryTap.over(self.attention, self.buffer, t, self._step.heads)
+        self._host.flush(join=True)  # the tap's step never waits for streamed chunks
+        self._gated = False
+        self._prefill([question], self._taps[t])
+        return self._taps[t].scores(len(question), voters)  # type: ignore[no-any-return]
 
     def _prefill(
         self, questions: Sequence[Sequence[int]], probe: CascadeAttention | None = None

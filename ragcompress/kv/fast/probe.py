@@ -1,17 +1,17 @@
 """``blend_question``'s question probe on the fast engine: one prefill of the question on the
-engine's own step (its CUDA graph), whose attention also ranks the context.
+engine's own step (its CUDA graph) keeps every layer's queries, and the ranking is computed from
+them afterwards, over the filled context only, all layers in a few batched launches.
 
 The ranking is the eager probe's (:func:`~ragcompress.kv.assembly.blend_question.question_attention`):
 per layer, the largest softmax weight any head of the question's last tokens (the *voters*) gives
-each context slot, summed over layers. :class:`ProbingAttention` wraps the engine's cascade: the
-step's output is the cascade's as in any prefill, and on the side the voters' rows are scored
-against the whole context in fp32, normalised over the context and their own question slots
-(causally), as the softmax of a full prefill would be.
+each context slot, averaged over layers, the softmax normalised over the context and the voter's
+own question slots (causally), as in a full prefill.
 
 Why on the engine: the eager probe is a transformers forward of the question, bound by the host
-(28–51 ms at 10K context on an H200 for a 32-token question, of which 18 ms GPU work); a replayed
-graph costs the GPU work only. Everything a request changes (the voters' rows, the context
-length) lives in device tensors, so one captured graph serves every request of its bucket.
+(28–51 ms at 10K context on an H200 for a 32-token question, of which 18 ms GPU work). Here the
+step is a replayed graph, and :class:`QueryTap` only copies each layer's rotated queries aside
+inside it (its shapes are static; the context length and the voters change per request, so the
+scores are computed after the replay, outside the graph).
 """
 
 from __future__ import annotations
@@ -25,41 +25,35 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.attention import LocalWindow, StepMeta
+    from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["ProbingAttention"]
+__all__ = ["QueryTap"]
+
+#: Bytes of fp32 context keys one batched pass of :meth:`QueryTap.scores` converts (the layers
+#: per pass follow: 6 at 10K context on an 8B model, 1 at 32K).
+PASS_BYTES = 256 << 20
 
 
 @dataclass(eq=False)
-class ProbingAttention(CascadeAttention):
-    """``inner``'s attention; on the side, ``total`` (capacity,) fp32 += per layer, the largest
-    softmax weight any head of the query rows ``rows`` (V,) int64 gives each context slot
-    (batch 1; a row may repeat: the maximum is the same). Local sliding-window layers and
-    soft-capped logits are refused (the engine repairs those families on the eager model)."""
+class QueryTap(CascadeAttention):
+    """``inner``'s attention, keeping each layer's rotated queries in ``queries`` (layers, T,
+    heads, head_dim) for one question of ``T`` (padded) tokens; ``scale`` is the attention's
+    (set by the step). Local sliding-window layers and soft-capped logits are refused (the engine
+    repairs those families on the eager model)."""
 
     inner: CascadeAttention
-    total: torch.Tensor
-    rows: torch.Tensor
+    buffer: StaticKVBuffer
+    queries: torch.Tensor
+    scale: float = 1.0
 
     @classmethod
-    def over(
-        cls, inner: CascadeAttention, capacity: int, max_rows: int, device: torch.device
-    ) -> ProbingAttention:
-        """``inner`` wrapped, over a context of up to ``capacity`` slots, with ≤ ``max_rows`` voters."""
+    def over(cls, inner: CascadeAttention, buffer: StaticKVBuffer, qlen: int, heads: int) -> QueryTap:
         import torch
 
-        total = torch.zeros(capacity, dtype=torch.float32, device=device)
-        return cls(inner, total, torch.zeros(max_rows, dtype=torch.long, device=device))
-
-    def voters(self, length: int, voters: int | None) -> None:
-        """Set the rows for a question of ``length`` tokens whose last ``voters`` vote (None:
-        all), and clear ``total``: before the step runs."""
-        import torch
-
-        first = 0 if voters is None else max(0, length - voters)
-        rows = torch.full((self.rows.numel(),), length - 1, dtype=torch.long)
-        rows[: length - first] = torch.arange(first, length)
-        self.rows.copy_(rows)
-        self.total.zero_()
+        shape = (buffer.layers, qlen, heads, buffer.head_dim)
+        return cls(
+            inner, buffer, torch.zeros(shape, dtype=buffer.ctx_keys.dtype, device=buffer.ctx_keys.device)
+        )
 
     def __call__(
         self,
@@ -74,30 +68,40 @@ class ProbingAttention(CascadeAttention):
         window: LocalWindow | None = None,
         softcap: float | None = None,
     ) -> torch.Tensor:
-        """(T, heads, head_dim) as ``inner`` gives it; ``q`` (T, heads, head_dim) is one question."""
+        """(T, heads, head_dim) as ``inner`` gives it; ``q`` (T, heads, head_dim), one question."""
         if window is not None or softcap is not None:
             raise ValueError("the engine's question probe takes no sliding window or soft-capping")
-        out = self.inner(q, ctx_k, ctx_v, own_k, own_v, meta, scale)
-        self.total += self.votes(q, ctx_k, own_k, meta, scale)
-        return out
+        ctx = self.buffer.ctx_keys
+        row = self.buffer.kv_heads * self.buffer.head_dim * ctx.element_size()
+        layer = (ctx_k.data_ptr() - ctx.data_ptr()) // row % self.buffer.layers  # a ctx_keys[:, l] view
+        self.queries[layer].copy_(q)
+        self.scale = scale
+        return self.inner(q, ctx_k, ctx_v, own_k, own_v, meta, scale)
 
-    def votes(
-        self, q: torch.Tensor, ctx_k: torch.Tensor, own_k: torch.Tensor, meta: StepMeta, scale: float
-    ) -> torch.Tensor:
-        """(capacity,) fp32: the voters' largest weight per context slot at this layer (0 past
-        the filled context). ``ctx_k`` (capacity, kv_heads, d), ``own_k`` (region, kv_heads, d)."""
+    def scores(self, length: int, voters: int | None) -> torch.Tensor:
+        """(ctx_len,) fp32 after the step ran a question of ``length`` tokens: per layer, the
+        largest softmax weight any head of its last ``voters`` tokens (None: all) gives each
+        context slot, averaged over layers."""
         import torch
 
-        heads, d = q.shape[1], q.shape[2]
-        kvh = ctx_k.shape[1]
-        g, v, t = heads // kvh, self.rows.numel(), meta.qlen
-        # (kv_heads, g * V, d): query head j = kv_head * g + i reads KV head j // g
-        qv = q[self.rows].float().view(v, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g * v, d) * scale
-        ctx = torch.matmul(qv, ctx_k.float().permute(1, 2, 0))  # (kv_heads, g * V, capacity)
-        filled = torch.arange(ctx_k.shape[0], device=q.device) < meta.ctx_len
-        ctx = ctx.masked_fill(~filled, float("-inf"))
-        own = torch.matmul(qv, own_k[:t].float().permute(1, 2, 0))  # (kv_heads, g * V, T)
-        later = torch.arange(t, device=q.device)[None, :] > self.rows.repeat(g)[:, None]
-        own = own.masked_fill(later, float("-inf"))
-        lse = torch.logaddexp(ctx.logsumexp(dim=-1), own.logsumexp(dim=-1)).unsqueeze(-1)
-        return (ctx - lse).exp().amax(dim=(0, 1))
+        buf = self.buffer
+        n, kvh, d = buf.ctx_len, buf.kv_heads, buf.head_dim
+        first = 0 if voters is None else max(0, length - voters)
+        v = length - first
+        q = self.queries[:, first:length]  # (layers, V, heads, d)
+        g = q.shape[2] // kvh
+        # (layers, kv_heads, g * V, d): query head j = kv_head * g + i reads KV head j // g
+        q = q.float().view(-1, v, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(-1, kvh, g * v, d) * self.scale
+        rows = torch.arange(first, length, device=q.device).repeat(g)  # each row's token
+        later = torch.arange(length, device=q.device)[None, :] > rows[:, None]  # (g * V, length)
+        total = torch.zeros(n, dtype=torch.float32, device=q.device)
+        per = max(1, PASS_BYTES // max(1, n * kvh * d * 4))
+        for a in range(0, buf.layers, per):
+            b = min(a + per, buf.layers)
+            ctx = torch.matmul(q[a:b], buf.ctx_keys[:n, a:b].float().permute(1, 2, 3, 0))
+            own = torch.matmul(q[a:b], buf.q_keys[a:b, :length].float().permute(0, 2, 3, 1))
+            own = own.masked_fill(later, float("-inf"))
+            lse = torch.logaddexp(ctx.logsumexp(dim=-1), own.logsumexp(dim=-1)).unsqueeze(-1)
+            # exp is monotone: the largest weight is exp of the largest log-weight
+            total += (ctx - lse).amax(dim=(1, 2)).exp().sum(dim=0)
+        return total / buf.layers
