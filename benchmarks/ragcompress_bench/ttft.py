@@ -53,6 +53,9 @@ from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, ints, passage_s
 
 __all__ = ["SHAPES", "build_model", "main"]
 
+#: Question slots beyond ``--question-tokens`` in the engine: a draft of the answer (``blend_question``).
+DRAFT_ROOM = 16
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ragcompress bench ttft", description=__doc__.split("\n\n")[0])
@@ -312,10 +315,12 @@ def main(argv: list[str]) -> int:
             fast = FastGenerator(
                 model,
                 capacity=max([*contexts, args.qps_context]),
-                max_question=args.question_tokens,
+                # room for a draft after the question: blend_question's probe of question +
+                # draft runs on the engine (its own bucket) only where they fit
+                max_question=args.question_tokens + DRAFT_ROOM,
                 max_new_tokens=args.new_tokens,
                 max_batch=max(batches),
-                buckets=(args.question_tokens,),
+                buckets=(args.question_tokens, args.question_tokens + DRAFT_ROOM),
                 graphs=graphs,
                 attention=attention,
                 step=default_step(model) if fused else EagerStep(model),
