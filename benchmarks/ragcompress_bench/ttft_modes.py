@@ -15,7 +15,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-__all__ = ["DEFAULT_MODES", "mode_rows"]
+__all__ = ["DEFAULT_MODES", "mode_rows", "random_request"]
 
 # (column, assembly spec): the modes timed at every context length
 # (``concat`` is the table's ``ragcompress_ms``/``ragcompress_warm_ms`` columns already)
@@ -53,6 +53,34 @@ def _chunks(kv: list[tuple[Any, Any]], p: int, sizes: list[int]) -> tuple[Any, l
         chunks.append(KVChunk(layers, ids, p, n, key, "bench"))
         start += n
     return prefix, chunks
+
+
+def random_request(
+    model: Any, ctx: int, prefix_tokens: int = 64, passage_tokens: int = 512, question_tokens: int = 32
+) -> tuple[Any, list[Any], list[int]]:
+    """``(prefix, chunks, question)`` for diagnostic scripts: ``ctx`` random token ids (seed
+    ``ctx``, ids in [100, 32000)) prefilled jointly on ``model``, cut into the shared prefix and one
+    dense chunk per passage (:func:`_chunks`), and a random question of ``question_tokens`` ids."""
+    import torch
+    from transformers import DynamicCache
+
+    from ragcompress.models.compat import cache_kwargs
+    from ragcompress_bench.ttft import passage_sizes
+
+    g = torch.Generator().manual_seed(ctx)
+    ids = torch.randint(100, 32000, (ctx,), generator=g)
+    question = torch.randint(100, 32000, (question_tokens,), generator=g).tolist()
+    with torch.inference_mode():
+        cache = DynamicCache()
+        model(
+            input_ids=ids[None].to(model.device),
+            **cache_kwargs(model, cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+    prefix, chunks = _chunks(kv, prefix_tokens, passage_sizes(ctx - prefix_tokens, passage_tokens))
+    return prefix, chunks, question
 
 
 def mode_rows(

@@ -1,16 +1,12 @@
 """Where blend_question's draft time goes on the fast engine (8B shape, random bf16)."""
-import time, sys
+import time
 import torch
-from transformers import DynamicCache
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_modes import _chunks
-from ragcompress_bench.ttft import passage_sizes
+from ragcompress_bench.ttft_modes import random_request
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.assembly import build_assembly
 from ragcompress.kv.assembly.draft import draft_answer
-from ragcompress.kv.assembly.selective import stale_context
-from ragcompress.models.compat import cache_kwargs
 
 torch.manual_seed(0)
 model = build_model("llama3-8b", "cuda", torch.bfloat16)
@@ -26,16 +22,8 @@ def t(fn, n=3):
     return best * 1e3, r
 
 for ctx in (10240, 32768):
-    g = torch.Generator().manual_seed(ctx)
-    ids = torch.randint(100, 32000, (ctx,), generator=g)
-    q = torch.randint(100, 32000, (32,), generator=g).tolist()
-    with torch.inference_mode():
-        cache = DynamicCache()
-        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
-        kv = [(l.keys[0], l.values[0]) for l in cache.layers]
-        del cache
+    prefix, chunks, q = random_request(model, ctx)
     p = 64
-    prefix, chunks = _chunks(kv, p, passage_sizes(ctx - p, 512))
     packed = PackedChunk.from_prefix(prefix)
     mode = build_assembly({"name": "blend_question", "recompute": 0.15, "draft_tokens": 4})
     packed_chunks = [PackedChunk.from_chunk(c) for c in chunks] if hasattr(PackedChunk, "from_chunk") else None

@@ -4,8 +4,7 @@ import time
 import torch
 from transformers import DynamicCache
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_modes import _chunks
-from ragcompress_bench.ttft import passage_sizes
+from ragcompress_bench.ttft_modes import random_request
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.attention import CascadeAttention, StepMeta, own_pass_reference
@@ -13,7 +12,6 @@ from ragcompress.kv.fast.shapes import _Shape
 from ragcompress.kv.assembly import build_assembly
 from ragcompress.kv.assembly.recompute import ScatterLayer
 from ragcompress.kv.assembly.selective import concat_slots
-from ragcompress.models.compat import cache_kwargs
 
 torch.manual_seed(0)
 model = build_model("llama3-8b", "cuda", torch.bfloat16)
@@ -73,16 +71,8 @@ def t_(fn, n=5):
 
 
 for ctx in (10240, 32768):
-    g = torch.Generator().manual_seed(ctx)
-    ids = torch.randint(100, 32000, (ctx,), generator=g)
-    q = torch.randint(100, 32000, (32,), generator=g).tolist()
-    with torch.inference_mode():
-        cache = DynamicCache()
-        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
-        kv = [(l.keys[0], l.values[0]) for l in cache.layers]
-        del cache
+    prefix, chunks, q = random_request(model, ctx)
     p = 64
-    prefix, chunks = _chunks(kv, p, passage_sizes(ctx - p, 512))
     packed = PackedChunk.from_prefix(prefix)
     bq = build_assembly({"name": "blend_question", "recompute": 0.15})
     fast.load(packed, chunks)
@@ -103,5 +93,5 @@ for ctx in (10240, 32768):
     t2 = fast.prefill([q]).item()
     out["prefill_same_after_probe"] = t1 == t2
     print(ctx, out, flush=True)
-    del kv, prefix, chunks, cache
+    del prefix, chunks, cache
     torch.cuda.empty_cache()

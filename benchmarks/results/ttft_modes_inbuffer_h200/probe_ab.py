@@ -7,8 +7,7 @@ from transformers import DynamicCache
 sys.path.insert(0, ".devcarry/exp/oldprobe")
 import old_bq
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_modes import _chunks
-from ragcompress_bench.ttft import passage_sizes
+from ragcompress_bench.ttft_modes import random_request
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.assembly.blend_question import question_attention
@@ -16,7 +15,6 @@ from ragcompress.kv.assembly.recompute import ScatterLayer
 from ragcompress.kv.assembly.selective import concat_slots
 from ragcompress.kv.assemble import assemble
 from ragcompress.models.arch import arch_for
-from ragcompress.models.compat import cache_kwargs
 
 torch.manual_seed(0)
 model = build_model("llama3-8b", "cuda", torch.bfloat16)
@@ -35,15 +33,8 @@ def t_(fn, n=5):
 
 
 for ctx in (10240, 32768):
-    g = torch.Generator().manual_seed(ctx)
-    ids = torch.randint(100, 32000, (ctx,), generator=g)
-    q = torch.randint(100, 32000, (32,), generator=g).tolist()
-    with torch.inference_mode():
-        cache = DynamicCache()
-        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
-        kv = [(l.keys[0], l.values[0]) for l in cache.layers]
-        del cache
-    prefix, chunks = _chunks(kv, 64, passage_sizes(ctx - 64, 512))
+    prefix, chunks, q = random_request(model, ctx)
+    p = 64
     fast.load(PackedChunk.from_prefix(prefix), chunks)
     slots = concat_slots(model, prefix, chunks)
     views = DynamicCache()
@@ -55,5 +46,5 @@ for ctx in (10240, 32768):
         out[f"after_{name}"], b = t_(lambda: question_attention(model, c, q, position, slots.positions, 8))
         out[f"rel_diff_{name}"] = round(((a - b).norm() / a.norm()).item(), 6)
     print(ctx, out, flush=True)
-    del kv, prefix, chunks, views, dense
+    del prefix, chunks, views, dense
     torch.cuda.empty_cache()

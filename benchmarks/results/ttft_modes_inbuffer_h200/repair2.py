@@ -5,15 +5,13 @@ import time
 import torch
 from transformers import DynamicCache
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_modes import _chunks
-from ragcompress_bench.ttft import passage_sizes
+from ragcompress_bench.ttft_modes import random_request
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.assembly import build_assembly
 from ragcompress.kv.assembly import recompute as rc
 from ragcompress.kv.assembly.blend_attention import packed_blocks
 from ragcompress.kv.assemble import concat_starts
-from ragcompress.models.compat import cache_kwargs
 
 torch.manual_seed(0)
 model = build_model("llama3-8b", "cuda", torch.bfloat16)
@@ -73,16 +71,8 @@ def packed_attend(q, key, value, blocks, group, scale):
 
 
 for ctx in (10240, 32768):
-    g = torch.Generator().manual_seed(ctx)
-    ids = torch.randint(100, 32000, (ctx,), generator=g)
-    q = torch.randint(100, 32000, (32,), generator=g).tolist()
-    with torch.inference_mode():
-        cache = DynamicCache()
-        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
-        kv = [(l.keys[0], l.values[0]) for l in cache.layers]
-        del cache
+    prefix, chunks, q = random_request(model, ctx)
     p = 64
-    prefix, chunks = _chunks(kv, p, passage_sizes(ctx - p, 512))
     packed = PackedChunk.from_prefix(prefix)
     bq = build_assembly({"name": "blend_question", "recompute": 0.15})
     out = {}
@@ -147,5 +137,5 @@ for ctx in (10240, 32768):
     out["score_gpu_kernel_ms"] = round(cuda_total, 2)
     print(ctx, {kk: (round(v, 2) if isinstance(v, float) else v) for kk, v in out.items()}, flush=True)
     print(ev.table(sort_by="self_device_time_total", row_limit=8), flush=True)
-    del ref, ref_ctx, kv, prefix, chunks, cache
+    del ref, ref_ctx, prefix, chunks, cache
     torch.cuda.empty_cache()

@@ -2,16 +2,13 @@
 job for the partial forward against the current packed SDPA job."""
 import time
 import torch
-from transformers import DynamicCache
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_modes import _chunks
-from ragcompress_bench.ttft import passage_sizes
+from ragcompress_bench.ttft_modes import random_request
 from ragcompress.kv.assembly import build_assembly
 from ragcompress.kv.assembly import recompute as rc
 from ragcompress.kv.assembly.blend_attention import AttentionJob, _heads
 from ragcompress.kv.assemble import assemble, concat_starts
 from ragcompress.models.arch import arch_for
-from ragcompress.models.compat import cache_kwargs
 from torch.nn.attention.flex_attention import flex_attention, create_block_mask
 
 torch.manual_seed(0)
@@ -62,16 +59,8 @@ def t(fn, n=3):
 
 
 for ctx in (10240, 32768):
-    g = torch.Generator().manual_seed(ctx)
-    ids = torch.randint(100, 32000, (ctx,), generator=g)
-    q = torch.randint(100, 32000, (32,), generator=g).tolist()
-    with torch.inference_mode():
-        cache = DynamicCache()
-        model(input_ids=ids[None].to(dev), **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
-        kv = [(l.keys[0], l.values[0]) for l in cache.layers]
-        del cache
+    prefix, chunks, q = random_request(model, ctx)
     p = 64
-    prefix, chunks = _chunks(kv, p, passage_sizes(ctx - p, 512))
     bq = build_assembly({"name": "blend_question", "recompute": 0.15})
     out = {}
     out["assemble"], (cache, position) = t(lambda: assemble(prefix, chunks, arch, model.config))
@@ -103,5 +92,5 @@ for ctx in (10240, 32768):
     out["maxdiff_k_v_last"] = (round(dk, 4), round(dv, 4), round(res["packed"][1].abs().max().item(), 3))
     out["repair_total"], _ = t(lambda: bq.repair(model, prefix, chunks, q))
     print(ctx, {kk: (round(v, 2) if isinstance(v, float) else v) for kk, v in out.items()}, flush=True)
-    del cache, kv, prefix, chunks, res
+    del cache, prefix, chunks, res
     torch.cuda.empty_cache()
