@@ -11,7 +11,7 @@ from typing import Any
 
 from ragcompress_bench.ttft_shapes import head_dim
 
-__all__ = ["Clock", "copy_bandwidth", "ints", "passage_sizes", "profile", "run_qps"]
+__all__ = ["Clock", "best_of", "copy_bandwidth", "ints", "passage_sizes", "profile", "run_qps"]
 
 
 def ints(text: str) -> list[int]:
@@ -45,6 +45,23 @@ class Clock:
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """``(ms, result)``: the fastest of ``repeats`` calls of ``fn`` after one warm-up call, each
+    timed to a CUDA synchronisation (wall clock, launches included: what a host-bound path costs).
+    For the GPU diagnostic scripts under ``results/``."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3, result
 
 
 def copy_bandwidth(device: Any, clock: Clock) -> float:

@@ -1,8 +1,8 @@
 """Where blend_question's draft time goes on the fast engine (8B shape, random bf16)."""
-import time
 import torch
 from ragcompress_bench.ttft_shapes import build_model
 from ragcompress_bench.ttft_modes import random_request
+from ragcompress_bench.ttft_timing import best_of
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.assembly import build_assembly
@@ -15,11 +15,7 @@ fast.warmup([1], (32,))
 dev = model.device
 
 def t(fn, n=3):
-    fn(); torch.cuda.synchronize()
-    best = 1e9
-    for _ in range(n):
-        t0 = time.perf_counter(); r = fn(); torch.cuda.synchronize(); best = min(best, time.perf_counter() - t0)
-    return best * 1e3, r
+    return best_of(fn, n)
 
 for ctx in (10240, 32768):
     prefix, chunks, q = random_request(model, ctx)

@@ -1,10 +1,10 @@
 """blend_question's probe: the HF forward over buffer views (library) vs the fast engine's own
 step run once without graphs with a probing cascade attention (8B shape, random bf16)."""
-import time
 import torch
 from transformers import DynamicCache
 from ragcompress_bench.ttft_shapes import build_model
 from ragcompress_bench.ttft_modes import random_request
+from ragcompress_bench.ttft_timing import best_of
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.attention import CascadeAttention, StepMeta, own_pass_reference
@@ -63,11 +63,7 @@ def engine_probe(question, voters=8):
 
 
 def t_(fn, n=5):
-    fn(); torch.cuda.synchronize()
-    best = 1e9
-    for _ in range(n):
-        t0 = time.perf_counter(); r = fn(); torch.cuda.synchronize(); best = min(best, time.perf_counter() - t0)
-    return round(best * 1e3, 2), r
+    return best_of(fn, n)
 
 
 for ctx in (10240, 32768):

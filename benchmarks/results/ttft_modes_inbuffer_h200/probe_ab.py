@@ -1,13 +1,14 @@
 """blend_question's probe, same call: before (question K/V appended by concatenation, cache
 restored) vs after (ProbeLayer: K/V held aside), over the engine's buffer views and over an
 assembled contiguous cache (8B shape, random bf16)."""
-import sys, time
+import sys
 import torch
 from transformers import DynamicCache
 sys.path.insert(0, ".devcarry/exp/oldprobe")
 import old_bq
 from ragcompress_bench.ttft_shapes import build_model
 from ragcompress_bench.ttft_modes import random_request
+from ragcompress_bench.ttft_timing import best_of
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.assembly.blend_question import question_attention
@@ -25,11 +26,7 @@ buf = fast.buffer
 
 
 def t_(fn, n=5):
-    fn(); torch.cuda.synchronize()
-    best = 1e9
-    for _ in range(n):
-        t0 = time.perf_counter(); r = fn(); torch.cuda.synchronize(); best = min(best, time.perf_counter() - t0)
-    return round(best * 1e3, 2), r
+    return best_of(fn, n)
 
 
 for ctx in (10240, 32768):

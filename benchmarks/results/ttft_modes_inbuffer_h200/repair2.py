@@ -1,11 +1,11 @@
 """(A) repair inside the engine's buffer vs assemble + repair + write; (B) split attention
 (flash over the fully visible prefix + masked efficient over the diagonal, LSE-merged) vs the
 packed blocks; (C) where the probe's time goes."""
-import time
 import torch
 from transformers import DynamicCache
 from ragcompress_bench.ttft_shapes import build_model
 from ragcompress_bench.ttft_modes import random_request
+from ragcompress_bench.ttft_timing import best_of
 from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.assembly import build_assembly
@@ -39,11 +39,7 @@ def view_cache(n):
 
 
 def t(fn, n=3):
-    fn(); torch.cuda.synchronize()
-    best = 1e9
-    for _ in range(n):
-        t0 = time.perf_counter(); r = fn(); torch.cuda.synchronize(); best = min(best, time.perf_counter() - t0)
-    return best * 1e3, r
+    return best_of(fn, n)
 
 
 def split_attend(q, key, value, blocks, positions, chosen, group, scale):

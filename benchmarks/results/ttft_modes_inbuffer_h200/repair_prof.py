@@ -4,6 +4,7 @@ import time
 import torch
 from ragcompress_bench.ttft_shapes import build_model
 from ragcompress_bench.ttft_modes import random_request
+from ragcompress_bench.ttft_timing import best_of
 from ragcompress.kv.assembly import build_assembly
 from ragcompress.kv.assembly import recompute as rc
 from ragcompress.kv.assembly.blend_attention import AttentionJob, _heads
@@ -51,11 +52,7 @@ orig_job = rc.packed_job
 
 
 def t(fn, n=3):
-    fn(); torch.cuda.synchronize()
-    best = 1e9
-    for _ in range(n):
-        t0 = time.perf_counter(); r = fn(); torch.cuda.synchronize(); best = min(best, time.perf_counter() - t0)
-    return best * 1e3, r
+    return best_of(fn, n)
 
 
 for ctx in (10240, 32768):
