@@ -78,7 +78,7 @@ def random_request(
             use_cache=True,
             logits_to_keep=1,
         )
-        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]  # type: ignore[union-attr,index]
     prefix, chunks = _chunks(kv, prefix_tokens, passage_sizes(ctx - prefix_tokens, passage_tokens))
     return prefix, chunks, question
 
