@@ -94,13 +94,8 @@ class QuestionBlend(SelectiveRecompute):
 
         if not self.draft_tokens:
             return None
-        draft: list[int] = []
-        stop = model_stop_ids(model)
-        for host in engine.steps([list(question)], min(self.draft_tokens, engine.max_new_tokens)):
-            if host[0] in stop:
-                break
-            draft.append(host[0])
-        return draft
+        limit = min(self.draft_tokens, engine.max_new_tokens)
+        return engine.generate([list(question)], limit, model_stop_ids(model))[0]  # type: ignore[no-any-return]
 
 
 def question_attention(

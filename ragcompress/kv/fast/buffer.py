@@ -119,6 +119,11 @@ class StaticKVBuffer:
         """Publish the host context length to the device (before a prefill reads it)."""
         self.ctx_len_t.fill_(self.ctx_len)
 
+    def layer_of(self, keys: torch.Tensor) -> int:
+        """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
+        step = self.kv_heads * self.head_dim * self.ctx_keys.element_size()
+        return (keys.data_ptr() - self.ctx_keys.data_ptr()) // step % self.layers
+
     def context_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the written context's keys and values as views (1, kv_heads, ctx_len,
         head_dim) of the buffer (strided: token-major underneath): writes through them change

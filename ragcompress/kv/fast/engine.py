@@ -25,7 +25,7 @@ from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.shapes import ArgUploader, _Shape, new_shape
+from ragcompress.kv.fast.shapes import ArgUploader, _Shape, capture, new_shape
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 from ragcompress.kv.fast.write import write_context
@@ -198,9 +198,15 @@ class FastGenerator:
         buffer layers leave chunks out of the window)."""
         if self.buffer.positions:
             return None
-        self._host.flush(join=True)
-        self._gated, self._resident = False, []
+        self._written()
+        self._resident = []
         return self.buffer.context_layers()
+
+    def _written(self) -> None:
+        """Write the host chunks still planned or streaming now, for a reader that does not wait
+        for them layer by layer (a view of the buffer, the probe's step)."""
+        self._host.flush(join=True)
+        self._gated = False
 
     # -- steps -----------------------------------------------------------------------------
     def bucket(self, n: int) -> int:
@@ -227,8 +233,7 @@ class FastGenerator:
         if t not in self._taps:
             assert self.attention is not None  # set by __post_init__
             self._taps[t] = QueryTap.over(self.attention, self.buffer, t, self._step.heads)
-        self._host.flush(join=True)  # the tap's step never waits for streamed chunks
-        self._gated = False
+        self._written()  # the tap's step never waits for streamed chunks
         self._prefill([question], self._taps[t])
         return self._taps[t].scores(len(question), voters)  # type: ignore[no-any-return]
 
@@ -340,7 +345,6 @@ class FastGenerator:
     def _shape(self, b: int, t: int, gated: bool = False, probe: CascadeAttention | None = None) -> _Shape:
         """The (batch, qlen) step, built (and captured) on first use. ``gated``: it waits, per
         layer range, for host chunks streamed while it runs; ``probe``: :meth:`probe`'s."""
-        import torch
 
         key = (b, t, 1) if gated else (b, t, 2) if probe is not None else (b, t)
         hit = self._shapes.get(key)
@@ -348,29 +352,10 @@ class FastGenerator:
             return hit
         if b > self.max_batch:
             raise BufferOverflowError(f"{b} questions in one batch; the buffer holds {self.max_batch}")
-        dev = self.device
         gate = GatedAttention(self.attention, self._host) if gated else probe  # type: ignore[arg-type]
         shape = new_shape(b, t, self.buffer, self.capacity, self._step.heads, self._step.kv_heads, gate)
         if self.graphs:
-            # Warm-up and capture run the step for real, writing K/V into question slots: a shape
-            # captured lazily (the decode step's, right after a prefill) would clobber the live
-            # questions' K/V. Keep them aside for the capture (a one-off copy per shape).
-            saved = (self.buffer.q_keys.clone(), self.buffer.q_values.clone())
-            stream = torch.cuda.Stream(device=dev)
-            stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(shape)
-            torch.cuda.current_stream(dev).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool):
-                self._forward(shape)
-            shape.graph = graph
-            self.buffer.q_keys.copy_(saved[0])
-            self.buffer.q_values.copy_(saved[1])
-            del saved
+            self._pool = capture(shape, self._forward, self.buffer, self._pool)
         self._shapes[key] = shape
         return shape
 

@@ -44,5 +44,5 @@ class GatedAttention(CascadeAttention):
         softcap: float | None = None,
     ) -> torch.Tensor:
         """(B*T, heads, head_dim), as ``inner`` computes it."""
-        self.host.wait(self.host.layer_of(ctx_k))
+        self.host.wait(self.host.buffer.layer_of(ctx_k))
         return self.inner(q, ctx_k, ctx_v, own_k, own_v, meta, scale, window=window, softcap=softcap)

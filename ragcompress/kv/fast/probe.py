@@ -71,10 +71,7 @@ class QueryTap(CascadeAttention):
         """(T, heads, head_dim) as ``inner`` gives it; ``q`` (T, heads, head_dim), one question."""
         if window is not None or softcap is not None:
             raise ValueError("the engine's question probe takes no sliding window or soft-capping")
-        ctx = self.buffer.ctx_keys
-        row = self.buffer.kv_heads * self.buffer.head_dim * ctx.element_size()
-        layer = (ctx_k.data_ptr() - ctx.data_ptr()) // row % self.buffer.layers  # a ctx_keys[:, l] view
-        self.queries[layer].copy_(q)
+        self.queries[self.buffer.layer_of(ctx_k)].copy_(q)
         self.scale = scale
         return self.inner(q, ctx_k, ctx_v, own_k, own_v, meta, scale)
 

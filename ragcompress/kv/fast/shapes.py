@@ -3,6 +3,7 @@ helpers around it: how a step's context is split, and how step arguments reach t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["ArgUploader", "context_splits", "new_shape"]
+__all__ = ["ArgUploader", "capture", "context_splits", "new_shape"]
 
 
 @dataclass(eq=False)
@@ -59,6 +60,33 @@ def new_shape(
         b, t, buffer.region, capacity, buffer.ctx_len_t, used, splits=splits, group=heads // kv_heads
     )
     return _Shape(b, t, args, meta, attention)
+
+
+def capture(shape: _Shape, forward: Callable[[_Shape], None], buffer: StaticKVBuffer, pool: Any) -> Any:
+    """Capture ``forward(shape)`` into ``shape.graph`` (CUDA), in the graph memory ``pool`` (None:
+    a new one); returns the pool, for the next shape to share."""
+    import torch
+
+    dev = buffer.ctx_keys.device
+    # Warm-up and capture run the step for real, writing K/V into question slots: a shape
+    # captured lazily (the decode step's, right after a prefill) would clobber the live
+    # questions' K/V. Keep them aside for the capture (a one-off copy per shape).
+    saved = (buffer.q_keys.clone(), buffer.q_values.clone())
+    stream = torch.cuda.Stream(device=dev)
+    stream.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            forward(shape)
+    torch.cuda.current_stream(dev).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    if pool is None:
+        pool = torch.cuda.graph_pool_handle()
+    with torch.cuda.graph(graph, pool=pool):
+        forward(shape)
+    shape.graph = graph
+    buffer.q_keys.copy_(saved[0])
+    buffer.q_values.copy_(saved[1])
+    return pool
 
 
 def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capacity: int) -> int:

@@ -121,12 +121,6 @@ class HostStream:
 
             wait_flag(self.flags[i : i + 1])
 
-    def layer_of(self, keys: torch.Tensor) -> int:
-        """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
-        ctx = self.buffer.ctx_keys
-        step = self.buffer.kv_heads * self.buffer.head_dim * ctx.element_size()
-        return (keys.data_ptr() - ctx.data_ptr()) // step % self.buffer.layers
-
     def discard(self) -> bool:
         """Drop a planned request that was never flushed (its load was replaced); True if one was."""
         plan, self._plan = self._plan, None
