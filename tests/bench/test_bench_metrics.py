@@ -44,3 +44,11 @@ def test_agreement_ratio_mean() -> None:
     assert math.isinf(M.compression_ratio(10, 0))
     assert M.mean([1.0, None, 3.0]) == 2.0
     assert M.mean([None]) is None
+
+
+def test_contains_answer_reads_a_sentence_answer_on_its_first_line() -> None:
+    answer = "The Osmel River runs through the town where Velor Danik was born."
+    assert M.contains_answer(answer, ["Osmel River", "Osmel"]) == 1.0
+    assert M.token_f1(answer, ["Osmel River"]) < 0.4  # what F1 makes of the same right answer
+    assert M.contains_answer("The Brask River.\nNot the Osmel River", ["Osmel River"]) == 0.0
+    assert M.contains_answer("Osmelholm", ["Osmel"]) == 0.0  # word boundaries

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from ragcompress.types import Passage
 from ragcompress_bench.data.example import QAExample
 
-__all__ = ["TEMPLATES", "HopTemplate", "NameMaker", "twohop_examples"]
+__all__ = ["HOPS_IN_ORDER", "HOPS_REVERSED", "TEMPLATES", "HopTemplate", "NameMaker", "twohop_examples"]
+
+# ``metadata["subset"]``: whether the first hop's passage comes before the bridge's. Only then can
+# the bridge's tokens attend to the first hop in a full prefill (causal attention), so only then can
+# cross-passage attention, which independently encoded chunks lack, help the answer.
+HOPS_IN_ORDER = "hops-in-order"
+HOPS_REVERSED = "hops-reversed"
 
 _ONSETS = ("b", "br", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u", "ei")
@@ -131,7 +137,8 @@ def twohop_examples(k: int = 5, seed: int = 0, limit: int | None = None) -> list
     distractors (first hops and bridges of other chains of the same template), shuffled.
 
     The gold passage is the bridge (it holds the answer); ``metadata["hops"]`` lists both passage
-    ids in the order a reader must follow them. Deterministic for a given ``seed``.
+    ids in the order a reader must follow them, ``metadata["subset"]`` is :data:`HOPS_IN_ORDER`
+    or :data:`HOPS_REVERSED`. Deterministic for a given ``seed``.
     """
     if k < 2:
         raise ValueError(f"a two-hop question needs k >= 2 passages, got k={k}")
@@ -155,6 +162,7 @@ def twohop_examples(k: int = 5, seed: int = 0, limit: int | None = None) -> list
         ]
         passages = [first, bridge, *distractors]
         rng.shuffle(passages)
+        in_order = passages.index(first) < passages.index(bridge)
         answers = [gold.answer] + (
             [gold.answer.removesuffix(" " + t.answer_suffix)] if t.answer_suffix else []
         )
@@ -166,7 +174,12 @@ def twohop_examples(k: int = 5, seed: int = 0, limit: int | None = None) -> list
                 answers=answers,
                 kind="extractive",
                 id=f"twohop:{i}",
-                metadata={"hops": [first.id, bridge.id], "person": gold.person, "place": gold.place},
+                metadata={
+                    "hops": [first.id, bridge.id],
+                    "person": gold.person,
+                    "place": gold.place,
+                    "subset": HOPS_IN_ORDER if in_order else HOPS_REVERSED,
+                },
             )
         )
     return out
