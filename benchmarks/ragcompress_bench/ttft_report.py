@@ -80,6 +80,7 @@ COLUMNS = (
     "blend_15_ms",
     "blend_question_15_ms",
     "blend_question_draft4_15_ms",
+    "blend_question_30_ms",
 )
 
 

@@ -68,6 +68,7 @@ class KVAnswerer(AnswerMethods):
         # when the answerer is built, not in the middle of a request.
         self.assembly = build_assembly(self.assembly)
         self.assembly.check(self.generator.lm)
+        self.assembly.bind(self.generator.lm, self.generator.tokenizer)
 
     @classmethod
     def from_generator(

@@ -1,5 +1,5 @@
-"""Assembly modes (``concat``, ``ape``, ``blend``, ``blend_question``): registered by name, built
-from a spec."""
+"""Assembly modes (``concat``, ``ape``, ``blend``, ``blend_question``, ``blend_link``): registered
+by name, built from a spec."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ragcompress.kv.assembly.base import (
     register_assembly,
 )
 from ragcompress.kv.assembly.blend import Blend
+from ragcompress.kv.assembly.blend_link import LinkBlend
 from ragcompress.kv.assembly.blend_question import QuestionBlend
 from ragcompress.kv.assembly.concat import Concat
 
@@ -21,6 +22,7 @@ __all__ = [
     "Blend",
     "Concat",
     "Context",
+    "LinkBlend",
     "QuestionBlend",
     "available_assemblies",
     "build_assembly",

@@ -150,6 +150,12 @@ class Assembly(ABC):
 
         arch_for(model)
 
+    def bind(self, model: PreTrainedModel, tokenizer: Any) -> None:
+        """Learn what this mode needs of ``model``'s tokenizer before its first request (called
+        when an answerer is built, and by :func:`~ragcompress.kv.context.prepare_context`). Most
+        modes read token ids only and need nothing (the default)."""
+        return None
+
     def check_fast(self, model: PreTrainedModel | None = None) -> None:
         """Raise ValueError when the fast engine cannot run this mode as configured, or ``model``'s
         family at all (an :class:`~ragcompress.models.arch.UnsupportedModelError` naming it); called

@@ -73,12 +73,14 @@ class SlotMap:
     """Per cache slot (prefix then chunks): ``positions`` (slots,) int64 logical position (largest
     over layers and heads), ``tokens`` (slots,) int64 token id (-1 where none is recomputable);
     ``candidates`` (m,) int64 the chunk slots that can be recomputed; ``chunk_slots`` the number of
-    kept chunk tokens (the denominator of the recompute share)."""
+    kept chunk tokens (the denominator of the recompute share); ``passages`` (slots,) int64 the
+    index of the chunk each slot belongs to (-1 for the prefix), None where not known."""
 
     positions: torch.Tensor
     tokens: torch.Tensor
     candidates: torch.Tensor
     chunk_slots: int
+    passages: torch.Tensor | None = None
 
 
 def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], device: Any) -> SlotMap:
@@ -86,8 +88,9 @@ def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], 
 
     positions = [torch.arange(prefix_len, dtype=torch.long, device=device)]
     kept = [torch.full((prefix_len,), -1, dtype=torch.long, device=device)]  # index into ``ids``
+    owner = [kept[0]]
     offset = 0
-    for c, start in zip(chunks, starts, strict=True):
+    for j, (c, start) in enumerate(zip(chunks, starts, strict=True)):
         # every layer class keeps its (kv_heads, n) positions as a plain tensor: read them without
         # dequantizing, and reduce on the device
         held = torch.stack([layer.positions.to(device, torch.long) for layer in c.layers])  # (L, h, n)
@@ -95,6 +98,7 @@ def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], 
         local = hi - c.base_offset
         positions.append(start + local)
         kept.append(torch.where(hi == lo, local + offset, -1))
+        owner.append(torch.full_like(local, j))
         offset += int(c.token_ids.numel())
     # the chunks' token ids reach the device in one transfer (a host-to-device copy per chunk
     # waits for the device each time), with a -1 appended for the slots that recompute nothing
@@ -102,7 +106,7 @@ def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], 
     pos, at = torch.cat(positions), torch.cat(kept)
     tok = ids.to(device)[at]
     cand = torch.nonzero(tok >= 0).flatten()
-    return SlotMap(pos, tok, cand, int(pos.numel() - prefix_len))
+    return SlotMap(pos, tok, cand, int(pos.numel() - prefix_len), torch.cat(owner))
 
 
 def recompute_slots(

@@ -86,7 +86,7 @@ class SelectiveRecompute(Assembly):
             scores = None if engine is None else self.score_fast(engine, question, draft)
             if scores is None:
                 scores = self.score(model, cache, slots, question, position, draft)
-            scores = scores[chosen]
+            scores = self.rerank(model, scores, slots, question)[chosen]
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = torch.sort(chosen[order]).values
         recompute_slots(model, cache, slots, chosen)
@@ -135,6 +135,13 @@ class SelectiveRecompute(Assembly):
         """:meth:`score` of the ``concat`` context the fast engine holds, computed by the engine;
         None where the mode has no such ranking (the default) and :meth:`score` ranks instead."""
         return None
+
+    def rerank(
+        self, model: PreTrainedModel, scores: torch.Tensor, slots: SlotMap, question: Sequence[int]
+    ) -> torch.Tensor:
+        """(slots,) the final ranking from :meth:`score`'s (or :meth:`score_fast`'s) ``scores``
+        (slots,), on the eager and the fast path alike; the default keeps them."""
+        return scores
 
     @abstractmethod
     def score(

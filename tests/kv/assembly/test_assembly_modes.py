@@ -20,8 +20,9 @@ MODES = [
     {"name": "blend", "recompute": 0.5},
     {"name": "blend_question", "recompute": 0.5},
     {"name": "blend_question", "recompute": 0.5, "draft_tokens": 3},
+    {"name": "blend_link", "recompute": 0.5},
 ]
-SELECTIVE = ["blend", "blend_question"]
+SELECTIVE = ["blend", "blend_question", "blend_link"]
 
 
 def answerer(model, tokenizer, spec, **kw):
@@ -48,6 +49,7 @@ TARGETS = [11, 220, 315, 42]
         {"name": "blend", "recompute": 0.15},
         {"name": "blend_question", "recompute": 0.15},
         {"name": "blend_question", "recompute": 0.15, "draft_tokens": 3},
+        {"name": "blend_link", "recompute": 0.15},
     ],
 )
 def test_one_passage_is_a_fresh_prefill(reader, tokenizer, spec):
@@ -136,7 +138,7 @@ def test_specs_round_trip(spec):
 
 
 def test_registry_and_defaults():
-    assert {"concat", "ape", "blend", "blend_question"} <= set(available_assemblies())
+    assert {"concat", "ape", "blend", "blend_question", "blend_link"} <= set(available_assemblies())
     assert build_assembly(None).name == "concat"
     assert build_assembly("ape").spec() == {"name": "ape", "temperature": 1.0, "scale": 1.0}
     assert build_assembly({"name": "blend"}).spec() == {"name": "blend", "recompute": 0.15, "check_layer": 1}

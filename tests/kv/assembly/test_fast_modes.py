@@ -21,6 +21,7 @@ FAST_MODES = [
     {"name": "blend", "recompute": 1.0},
     {"name": "blend_question", "recompute": 0.3},
     {"name": "blend_question", "recompute": 0.3, "draft_tokens": 4},
+    {"name": "blend_link", "recompute": 0.3},
 ]
 QUESTIONS = [QUESTION, "Which mountain is the highest in Africa?"]
 

@@ -21,6 +21,7 @@ MODES = [
     {"name": "blend", "recompute": 0.3},
     {"name": "blend_question", "recompute": 0.3},
     {"name": "blend_question", "recompute": 0.3, "draft_tokens": 2},
+    {"name": "blend_link", "recompute": 0.3},
 ]
 PRESSES = {"full": (), "knorm+int4": (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=8))}
 
