@@ -13,7 +13,7 @@ per token and its change vs the full prefill, share of tokens recomputed and tim
 token. Writes ``DIR/fidelity.json``, ``DIR/fidelity.md`` and ``DIR/fidelity.png``.
 
 Contenders (``--contenders``, comma-separated): ``MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip]``
-with MODE one of chunks (= concat), ape, blend, blend_question; e.g.
+with MODE one of chunks (= concat), ape, blend, blend_question, blend_link; e.g.
 ``chunks,blend:0.15,blend:0.15+kvzip,blend_question:0.15/draft_tokens=4``. The full prefill
 always runs: every agreement column is measured against it.
 """

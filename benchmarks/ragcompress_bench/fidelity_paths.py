@@ -34,8 +34,8 @@ COMPRESSED: tuple[dict[str, Any], ...] = (
     {"name": "kvzip", "ratio": 0.6},
     {"name": "quantize", "bits": 4, "group_size": 64},
 )
-_MODES = ("chunks", "ape", "blend", "blend_question")
-_SELECTIVE = ("blend", "blend_question")
+_MODES = ("chunks", "ape", "blend", "blend_question", "blend_link")
+_SELECTIVE = ("blend", "blend_question", "blend_link")
 _BASE = ("chunks", "ape", "blend:0.05", "blend:0.15", "blend:0.3")
 DEFAULT_CONTENDERS = ",".join(c for b in _BASE for c in (b, b + "+kvzip"))
 
@@ -52,9 +52,9 @@ class FidelityContender:
 
 def parse_contenders(text: str) -> list[FidelityContender]:
     """The full prefill, then each ``MODE[:RECOMPUTE][/FIELD=VALUE...][+kvzip]`` of ``text``
-    (empty or ``all``: :data:`DEFAULT_CONTENDERS`). ``blend`` (or ``blend_question``) alone means
-    ``blend:0.15``; ``/FIELD=VALUE`` sets one more field of the mode's spec, checked here by
-    building it (e.g. ``blend_question:0.15/draft_tokens=4``)."""
+    (empty or ``all``: :data:`DEFAULT_CONTENDERS`). A selective mode (``blend``, ``blend_question``,
+    ``blend_link``) alone means it at 0.15; ``/FIELD=VALUE`` sets one more field of the mode's
+    spec, checked here by building it (e.g. ``blend_question:0.15/draft_tokens=4``)."""
     out = [FidelityContender(FULL, None)]
     for item in (DEFAULT_CONTENDERS if text.strip() in ("", "all") else text).split(","):
         name = item.strip().lower().replace(" ", "")
