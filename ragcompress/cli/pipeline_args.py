@@ -150,7 +150,9 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
         metavar="SPEC",
         help='with --kv: how chunks are assembled, e.g. \'{"name": "blend", "recompute": 0.15}\' '
         "(recompute the tokens whose values deviate most), blend_question (the tokens the question's "
-        "last tokens attend to most; field last_tokens) or ape (default concat; spec: kv.assembly)",
+        "last tokens attend to most; field last_tokens), blend_link (those, with later passages' "
+        "sentences sharing a name with its top sentences first; field top_sentences) or ape "
+        "(default concat; spec: kv.assembly)",
     )
     g.add_argument(
         "--fast-capacity",
