@@ -123,10 +123,10 @@ def link_ranking(
     mean = mean.masked_fill(~has, float("-inf"))
     top = torch.topk(mean, min(top_sentences, int(has.sum()))).indices  # (t,)
     # bigram codes: slot i and i + 1 in one sentence, both with a token
-    vocab = int(ends.numel())
+    q = torch.tensor(list(question), dtype=torch.long, device=dev)
+    vocab = max(int(ends.numel()), max(question, default=0) + 1)  # codes of distinct pairs differ
     pair = valid[:-1] & valid[1:] & (sid[:-1] == sid[1:])
     code = torch.where(pair, tokens[:-1] * vocab + tokens[1:], -1)
-    q = torch.tensor(list(question), dtype=torch.long, device=dev)
     q_codes = q[:-1] * vocab + q[1:] if q.numel() > 1 else q[:0]
     linked = torch.zeros(count, dtype=torch.bool, device=dev)
     for t in top.tolist():
