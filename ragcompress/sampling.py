@@ -116,7 +116,11 @@ def pick_token(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator | 
     Greedy: ``argmax`` (exactly the token the greedy loops always chose). Otherwise the
     logits are divided by the temperature, filtered by ``top_k`` then ``top_p`` and one token
     is drawn by inverting the cumulative distribution at one uniform number from ``rng``
-    (one draw per token whatever the vocabulary, so a seed replays the same answer).
+    (one draw per token whatever the vocabulary, so a seed replays the same answer). The
+    distribution is inverted in token-id order, not in rank order: two engines whose logits
+    differ by rounding (the eager model and the fast engine) rank near-tied tokens differently,
+    which would hand the same uniform number to another token; in id order rounding moves the
+    cumulative sums only by as much as it moves the probabilities.
     """
     import torch
 
@@ -130,16 +134,17 @@ def pick_token(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator | 
     ranked = scaled[order]
     if 0 < sampling.top_k < ranked.numel():
         ranked = ranked[: sampling.top_k]
-    probs = torch.softmax(ranked, dim=-1)
+    keep = ranked.numel()
     if sampling.top_p < 1.0:
         # keep a token while the mass before it is below top_p: the most likely one always stays
+        probs = torch.softmax(ranked, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs
-        keep = int((before < sampling.top_p).sum())
-        probs = probs[: max(keep, 1)]
-    cdf = torch.cumsum(probs, dim=-1)
+        keep = max(int((before < sampling.top_p).sum()), 1)
+    ids = torch.sort(order[:keep]).values  # the kept tokens, in id order
+    cdf = torch.cumsum(torch.softmax(scaled[ids], dim=-1), dim=-1)
     u = torch.rand((), generator=rng, device=rng.device, dtype=torch.float32).to(cdf.device) * cdf[-1]
-    i = min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), probs.numel() - 1)
-    return int(order[i])
+    i = min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), ids.numel() - 1)
+    return int(ids[i])
 
 
 def trim_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -136,7 +136,7 @@ def test_contender_list_parsing() -> None:
 @pytest.mark.parametrize(
     ("text", "needle"),
     [("lingua", "unknown mode 'lingua'"), ("blend:1.5", "must be in [0, 1]"), ("blend:x", "not a number"),
-     ("ape:0.1", "only blend and blend_question take"), ("chunks+int8", "'+kvzip'"),
+     ("ape:0.1", "(blend, blend_question, blend_link) take a recompute share"), ("chunks+int8", "'+kvzip'"),
      ("blend_question/draft_tokens=-1", "draft_tokens"), ("blend/drafts=2", "drafts"),
      ("blend_question/draft_tokens", "not FIELD=VALUE"), ("blend_question/draft_tokens=x", "not a number")],
 )  # fmt: skip
