@@ -84,7 +84,8 @@ def parse_contenders(text: str) -> list[FidelityContender]:
             assembly["recompute"], label = r, f"{mode}:{r:g}"
         elif colon:
             raise ValueError(
-                f"--contenders: {item.strip()!r}: only the selective modes ({', '.join(_SELECTIVE)}) take a recompute share"
+                f"--contenders: {item.strip()!r}: only the selective modes "
+                f"({', '.join(_SELECTIVE)}) take a recompute share"
             )
         if assigned:
             from ragcompress.kv.assembly import build_assembly
