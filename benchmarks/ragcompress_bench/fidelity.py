@@ -114,10 +114,9 @@ def run(
             new = _question(paths, dataset, ex, kept, errors, bar)
             for label, r in new.items():
                 r["spec"] = specs[label]
-            subset = ex.metadata.get("subset")  # a row group of its own in the report
-            for r in [*kept.values(), *new.values()]:
-                if subset is not None:
-                    r["subset"] = subset
+            if "subset" in ex.metadata:  # a row group of its own in the report
+                for r in [*kept.values(), *new.values()]:
+                    r["subset"] = ex.metadata["subset"]
             records += [kept[label] for label in paths if label in kept and label not in new]
             records += new.values()
             if journal is not None and new:

@@ -64,7 +64,7 @@ def prepare_context(
     """The context the question ``question`` (token ids) is prefilled after, under ``assembly``
     (an object, a spec, or None: ``concat``); ``ctx.mode`` is the mode's name."""
     mode = build_assembly(assembly)
-    mode.bind(model, layout.tokenizer)
+    mode.bind(model, layout.tokenizer)  # for the module's own callers; a lookup once bound
     ctx = mode.prepare(model, prefix_kv(model, layout), chunks, question)
     ctx.mode = mode.name
     return ctx

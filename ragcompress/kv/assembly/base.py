@@ -152,8 +152,9 @@ class Assembly(ABC):
 
     def bind(self, model: PreTrainedModel, tokenizer: Any) -> None:
         """Learn what this mode needs of ``model``'s tokenizer before its first request (called
-        when an answerer is built, and by :func:`~ragcompress.kv.context.prepare_context`). Most
-        modes read token ids only and need nothing (the default)."""
+        when an answerer is built, and by :func:`~ragcompress.kv.context.prepare_context`, where a
+        bound mode only looks up what it kept). Most modes read token ids only and need nothing
+        (the default)."""
         return None
 
     def check_fast(self, model: PreTrainedModel | None = None) -> None:

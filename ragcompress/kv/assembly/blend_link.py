@@ -24,10 +24,11 @@ Whole sentences are recomputed so the bridge's composed tokens (its end, the ans
 shared name) are repaired together; the share ``recompute`` still caps the tokens, so the last
 sentence taken may be cut at its lower-scoring tokens. Sentences end after a token that holds
 ``.``, ``!``, ``?`` or a newline (a table over the tokenizer's vocabulary, built once per
-tokenizer when the answerer is built: :meth:`LinkBlend.bind`). The fast engine ranks the same way:
-the question probe runs on the engine (:meth:`QuestionBlend.score_fast`), the re-ranking is a few
-tensor operations on the device (92 / 342 ms at 10K / 32K on the 8B shape, ``blend_question`` 100 /
-345: ``benchmarks/results/ttft_modes_link_h200/``).
+tokenizer when the answerer is built and kept on the model's device: :meth:`LinkBlend.bind`).
+The fast engine ranks the same way: the question probe runs on the engine
+(:meth:`QuestionBlend.score_fast`), the re-ranking is a few tensor operations on the device (92 /
+342 ms at 10K / 32K on the 8B shape, ``blend_question`` 100 / 345:
+``benchmarks/results/ttft_modes_link_h200/``).
 
 Measured on the 1.5B reader (``benchmarks/results/fidelity_twohop50_link/``, 50 two-hop
 questions, 15%): on the questions whose first hop comes first, the gold answer loses 0.028
@@ -57,7 +58,9 @@ if TYPE_CHECKING:
 __all__ = ["LinkBlend", "link_ranking", "sentence_ends"]
 
 _ENDS_BY_TOKENIZER: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
-_ENDS_BY_MODEL: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+# model -> (its tokenizer's table, that table on the model's device covering its whole vocabulary)
+_ENDS_BY_MODEL: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor]]
+_ENDS_BY_MODEL = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _SENTENCE_END = (".", "!", "?", "\n", "。", "！", "？")
 
@@ -97,14 +100,13 @@ def link_ranking(
     ``scores`` (slots,) float: the question's attention per slot; ``tokens`` (slots,) int64 (-1 where
     no single token is held); ``passages`` (slots,) int64 chunk index (-1: the prefix); ``ends``
     (vocab,) bool: tokens that end a sentence; ``question``: its token ids (their bigrams link
-    nothing). Slots of the prefix or with no token are never part of a sentence."""
+    nothing); ``ends`` covers every id in ``tokens``. Slots of the prefix or with no token are
+    never part of a sentence."""
     import torch
 
     dev = scores.device
     tokens, passages, ends = tokens.to(dev), passages.to(dev), ends.to(dev)
     n = tokens.numel()
-    if n and int(tokens.max()) >= ends.numel():  # ids past the tokenizer's table (padded vocab)
-        ends = torch.cat([ends, ends.new_zeros(int(tokens.max()) + 1 - ends.numel())])
     s = scores.float()
     out = s / s.max().clamp_min(1e-12)
     valid = (passages >= 0) & (tokens >= 0)
@@ -162,20 +164,29 @@ class LinkBlend(QuestionBlend):
             raise ValueError(f"blend_link.top_sentences must be an integer ≥ 0, got {t!r}")
 
     def bind(self, model: PreTrainedModel, tokenizer: Any) -> None:
-        """Build (once per tokenizer) the table of tokens that end a sentence, kept for ``model``."""
+        """Build (once per tokenizer) the table of tokens that end a sentence and keep it for
+        ``model`` on its device, padded to its whole vocabulary (an embedding may be larger than
+        the tokenizer), so that a request only reads it."""
+        import torch
+
         table = sentence_ends(tokenizer)
         with _LOCK:
-            _ENDS_BY_MODEL[model] = table
+            kept = _ENDS_BY_MODEL.get(model)
+            if kept is not None and kept[0] is table:
+                return
+            vocab = max(int(getattr(model.config, "vocab_size", 0) or 0), table.numel())
+            padded = torch.cat([table, table.new_zeros(vocab - table.numel())])
+            _ENDS_BY_MODEL[model] = (table, padded.to(model.device))
 
     def rerank(
         self, model: PreTrainedModel, scores: torch.Tensor, slots: SlotMap, question: Sequence[int]
     ) -> torch.Tensor:
-        ends = _ENDS_BY_MODEL.get(model)
-        if ends is None:
+        kept = _ENDS_BY_MODEL.get(model)
+        if kept is None:
             raise ValueError(
                 "blend_link needs the model's tokenizer to find sentences: build it through "
                 "KVAnswerer / FastKVAnswerer or prepare_context, or call bind(model, tokenizer)"
             )
         if slots.passages is None:
             raise ValueError("blend_link needs the slots' passages (SlotMap.passages)")
-        return link_ranking(scores, slots.tokens, slots.passages, ends, question, self.top_sentences)
+        return link_ranking(scores, slots.tokens, slots.passages, kept[1], question, self.top_sentences)

@@ -92,3 +92,15 @@ def test_an_unbound_mode_says_what_it_needs(tiny_llama, tokenizer):
     theirs, _ = plain.cache.get_or_encode(PASSAGES)
     with pytest.raises(ValueError, match="blend_link needs the model's tokenizer"):
         bound.prepare(other, prefix_kv(other, plain.generator.layout), theirs, ids)
+
+
+def test_bind_builds_one_device_table_per_model_covering_its_vocabulary(tiny_llama, tokenizer):
+    from ragcompress.kv.assembly.blend_link import _ENDS_BY_MODEL
+
+    mode = build_assembly({"name": "blend_link"})
+    mode.bind(tiny_llama, tokenizer)
+    table = _ENDS_BY_MODEL[tiny_llama][1]
+    mode.bind(tiny_llama, tokenizer)  # what prepare_context does on every request: nothing new
+    assert _ENDS_BY_MODEL[tiny_llama][1] is table
+    assert table.numel() >= tiny_llama.config.vocab_size and table.device == tiny_llama.device
+    assert torch.equal(table[: len(tokenizer)], sentence_ends(tokenizer))
