@@ -49,7 +49,15 @@ from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.ttft_report import device_name, markdown, write_report
 from ragcompress_bench.ttft_shapes import SHAPES, build_model, kv_bytes_per_token, weight_bytes
 from ragcompress_bench.ttft_static import COMPILE_CHOICES, static_compiled_row
-from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, ints, passage_sizes, profile, run_qps
+from ragcompress_bench.ttft_timing import (
+    Clock,
+    copy_bandwidth,
+    ints,
+    matmul_rate,
+    passage_sizes,
+    profile,
+    run_qps,
+)
 
 __all__ = ["SHAPES", "build_model", "main"]
 
@@ -297,10 +305,19 @@ def main(argv: list[str]) -> int:
     model = build_model(args.shape, args.device, dtype)
     wbytes = weight_bytes(model)
     bw = copy_bandwidth(dev, clock)
-    print(f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+    rate = matmul_rate(dev, dtype, clock)
+    print(
+        f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s; "
+        f"matmul {rate / 1e12:.0f} TFLOP/s",
+        flush=True,
+    )
     from ragcompress_bench.ttft_host import host_bandwidths
 
-    extra = {"host_bandwidths": host_bandwidths(dev, clock), "stream_group": args.stream_group}
+    extra = {
+        "host_bandwidths": host_bandwidths(dev, clock),
+        "stream_group": args.stream_group,
+        "matmul_tflops": round(rate / 1e12, 1),
+    }
     print(f"host-to-device bandwidth (GB/s): {extra['host_bandwidths']}", flush=True)
     fast = None
     # Fall back (and say so in the report) rather than lose the run if flash or graphs fail here.
@@ -355,7 +372,7 @@ def main(argv: list[str]) -> int:
         )  # partial results survive a timeout
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    qps = run_qps(model, fast, args, clock)
+    qps = run_qps(model, fast, args, clock, rate)
     if args.profile:
         profile(model, fast, args)
     print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps, extra)))

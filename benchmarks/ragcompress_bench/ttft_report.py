@@ -25,6 +25,10 @@ SERIES = (
 )
 
 
+QPS_COLUMNS = ("batch", "context_tokens", "first_token_ms", "qps_first_token", "compute_floor_ms",
+               "qps_compute_ceiling", "answer_ms", "qps_answers")  # fmt: skip
+
+
 def write_plot(report: dict[str, Any], path: Path) -> bool:
     """Draw the report's rows (log-log); returns False, drawing nothing, without matplotlib."""
     try:
@@ -106,14 +110,18 @@ def markdown(report: dict[str, Any]) -> str:
         "hf_static_compiled: StaticCache + torch.compile (compile: "
         f"{report.get('static_compile', '—')}), compile time (s) in hf_static_compile_s, not in the ms.",
         "",
-        "| batch | context | first token ms | queries/s (first token) | answer ms | queries/s (answers) |",
-        "|---|---|---|---|---|---|",
+        "| batch | context | first token ms | queries/s (first token) | compute floor ms | "
+        "queries/s at the compute floor | answer ms | queries/s (answers) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for q in report["qps"]:
-        lines.append(
-            f"| {q.get('batch')} | {q.get('context_tokens', '—')} | {q.get('first_token_ms', '—')} | "
-            f"{q.get('qps_first_token', '—')} | {q.get('answer_ms', '—')} | {q.get('qps_answers', '—')} |"
-        )
+        lines.append("| " + " | ".join(str(q.get(c, "—")) for c in QPS_COLUMNS) + " |")
+    lines += [
+        "",
+        f"compute floor = the step's matrix FLOPs (projections, MLP, attention, the last tokens' "
+        f"output layer) at the rate of an 8192-square matmul in the same run "
+        f"({report.get('matmul_tflops', '—')} TFLOP/s): no step over that context is faster.",
+    ]
     from ragcompress_bench.ttft_host import host_lines
 
     lines += host_lines(report)

@@ -174,3 +174,21 @@ def kv_bytes_per_token(cfg: Any, ctx: int, dtype_bytes: int = 2) -> float:
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
     tokens = [min(ctx, window) if t == "sliding_attention" and window else ctx for t in types]
     return per_layer * sum(tokens) / max(ctx, 1)
+
+
+def step_flops(cfg: Any, batch: int, tokens: int, ctx: int) -> float:
+    """Matrix FLOPs of one question step to the first token: ``batch`` questions of ``tokens``
+    tokens each, over a shared ``ctx``-token context. Every layer's projections and gated MLP
+    for every token; attention (scores and values) of every token over the context keys its
+    layer sees (a local layer: its window's) and, on average, half its own question; the output
+    layer for each question's last token only (the step returns only those logits). Norms,
+    RoPE and softmax are left out, so this is a lower bound of the work."""
+    d, hidden, heads = head_dim(cfg), cfg.hidden_size, cfg.num_attention_heads
+    linear = 2 * hidden * (heads + 2 * cfg.num_key_value_heads) * d + 2 * heads * d * hidden
+    linear += 3 * 2 * hidden * cfg.intermediate_size  # gate, up and down
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    seen = sum(min(ctx, window) if t == "sliding_attention" and window else ctx for t in types)
+    seen += len(types) * (tokens + 1) / 2
+    per_token = linear * len(types) + 4 * heads * d * seen
+    return batch * tokens * per_token + 2 * hidden * cfg.vocab_size * batch

@@ -9,9 +9,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ragcompress_bench.ttft_shapes import head_dim
+from ragcompress_bench.ttft_shapes import head_dim, step_flops
 
-__all__ = ["Clock", "best_of", "copy_bandwidth", "ints", "passage_sizes", "profile", "run_qps"]
+__all__ = ["Clock", "best_of", "copy_bandwidth", "ints", "matmul_rate", "passage_sizes", "profile", "run_qps"]
 
 
 def ints(text: str) -> list[int]:
@@ -75,6 +75,19 @@ def copy_bandwidth(device: Any, clock: Clock) -> float:
     return 2 * n / (ms / 1e3)
 
 
+def matmul_rate(device: Any, dtype: Any, clock: Clock) -> float:
+    """FLOP/s of a large square matrix product in ``dtype`` (8192 on the GPU): the most matrix
+    work per second this device gives a step, so ``step_flops`` over it is a lower bound of a
+    step's time (its GEMMs are smaller and its attention slower than this)."""
+    import torch
+
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = clock(lambda: torch.mm(a, b), repeats=10, warmup=3)
+    return 2 * n**3 / (ms / 1e3)
+
+
 def passage_sizes(total: int, size: int) -> list[int]:
     sizes = [size] * (total // size)
     if total % size:
@@ -82,8 +95,11 @@ def passage_sizes(total: int, size: int) -> list[int]:
     return sizes
 
 
-def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, Any]]:
-    """Queries/s with B questions over one shared context (chunks loaded once per batch)."""
+def run_qps(model: Any, fast: Any, args: Any, clock: Clock, rate: float) -> list[dict[str, Any]]:
+    """Queries/s with B questions over one shared context (chunks loaded once per batch), and
+    the queries/s no step could beat: ``compute_floor_ms`` is the step's matrix FLOPs
+    (:func:`~ragcompress_bench.ttft_shapes.step_flops`) at ``rate``, the FLOP/s of
+    :func:`matmul_rate` in the same run."""
     import torch
 
     from ragcompress.kv.fast import PackedChunk
@@ -122,12 +138,15 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock) -> list[dict[str, An
         try:
             t1 = clock(first)
             t2 = clock(answers, repeats=max(3, args.repeats // 4))
+            floor = step_flops(cfg, b, args.question_tokens, ctx) / rate * 1e3
             rows.append(
                 {
                     "batch": b,
                     "context_tokens": ctx,
                     "first_token_ms": round(t1, 3),
                     "qps_first_token": round(b / t1 * 1e3, 1),
+                    "compute_floor_ms": float(f"{floor:.4g}"),  # 4 digits: tiny on a smoke run
+                    "qps_compute_ceiling": float(f"{b / floor * 1e3:.4g}"),
                     "new_tokens": args.new_tokens,
                     "answer_ms": round(t2, 3),
                     "qps_answers": round(b / t2 * 1e3, 1),

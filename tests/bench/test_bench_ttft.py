@@ -40,6 +40,11 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         assert all(row[f"kvzip_{t}_ms"] > 0 for t in ("gpu", "host", "host_serial", "disk"))
         assert row["kvzip_tiers_agree"] is True and 0 < row["kvzip_tokens"] < row["context_tokens"]
     assert [q["batch"] for q in report["qps"]] == [1, 2]
+    # the compute floor: the step's FLOPs at the run's own matmul rate, twice the work at batch 2
+    assert report["matmul_tflops"] > 0
+    one, two = report["qps"]
+    assert two["compute_floor_ms"] == pytest.approx(2 * one["compute_floor_ms"], rel=1e-2)
+    assert "| compute floor ms |" in (tmp_path / "ttft_gpu.md").read_text()
     assert "| context_tokens |" in (tmp_path / "ttft_gpu.md").read_text()
     assert "| kvzip_gpu_ms | kvzip_host_ms |" in (tmp_path / "ttft_gpu.md").read_text()
     assert (tmp_path / "ttft_gpu.png").stat().st_size > 0
@@ -85,3 +90,26 @@ def test_bench_ttft_family_shapes_smoke(tmp_path, shape, model_class) -> None:
     assert ("ragcompress_stored_every_layer_ms" in row) == local
     assert first.get("ragcompress_stored_every_layer", first["full_prefill"]) == first["full_prefill"]
     assert row["full_prefill_top2_margin"] >= 0
+
+
+def test_step_flops_counts_each_matrix_product_once() -> None:
+    """Llama-3-8B at batch 1, 32 tokens over 10K: the projections and MLP (7.0 B weights in
+    products, 2 FLOP each) per token, attention over the context and half the question, and the
+    output layer for the last token only: ~0.62 TFLOP, and linear in the batch."""
+    from ragcompress_bench.ttft_shapes import SHAPES, step_flops
+    from transformers import AutoConfig
+
+    model_type, fields = SHAPES["llama3-8b"]
+    cfg = AutoConfig.for_model(model_type, **fields)
+    linear = 2 * 4096 * (4096 + 2 * 1024) + 2 * 4096 * 4096 + 6 * 4096 * 14336  # per token, per layer
+    attention = 4 * 32 * 128 * (10240 + 16.5)  # per token, per layer
+    want = 32 * 32 * (linear + attention) + 2 * 4096 * 128256
+    assert step_flops(cfg, 1, 32, 10240) == pytest.approx(want)
+    assert step_flops(cfg, 32, 32, 10240) == pytest.approx(32 * want)
+    # a sliding-window layer attends to its window only
+    gem_type, gem = SHAPES["gemma3-12b"]
+    g = AutoConfig.for_model(gem_type, **gem)
+    w, heads, d = g.sliding_window, g.num_attention_heads, g.head_dim
+    full = sum(t == "full_attention" for t in g.layer_types)
+    grow = step_flops(g, 1, 32, 4 * w) - step_flops(g, 1, 32, 2 * w)
+    assert 0 < full < g.num_hidden_layers and grow == pytest.approx(32 * 4 * heads * d * full * 2 * w)
