@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.stream import STAGE_ALIGN, HostStream
+from ragcompress.kv.fast.stream import STAGE_ALIGN, HostStream, _Copies
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,10 @@ class DirectHostStream(HostStream):
             self.side.synchronize()  # done long ago in any real flow: its step was read
         super().flush(join)
 
-    def fetch(self, chunks: Sequence[HostChunk], stages: list[int], a: int, b: int) -> torch.Tensor:
+    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> list[_Copies]:
+        return [] if self._direct else super().copies(chunks, stages)
+
+    def fetch(self, copies: list[_Copies], i: int) -> torch.Tensor:
         if not self._direct:
-            return super().fetch(chunks, stages, a, b)
+            return super().fetch(copies, i)
         return self._base  # type: ignore[no-any-return]
