@@ -245,6 +245,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the questions already in DIR/questions.jsonl (a stopped run) and run the rest",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild DIR/fidelity.md, .json and .png from DIR/fidelity.json's questions with this "
+        "version's columns (no reader is loaded, nothing is measured)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -293,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.limit < 1:
         raise SystemExit("--limit must be at least 1")
+    if args.report_only:
+        from ragcompress_bench.fidelity_report import rereport
+
+        print(rereport(Path(args.out)))
+        return 0
     ks = _ints(args.k, "--k")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     try:

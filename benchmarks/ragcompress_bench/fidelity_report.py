@@ -6,25 +6,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragcompress_bench.fidelity_ci import paired_intervals
 from ragcompress_bench.kv_contenders import FULL
 from ragcompress_bench.metrics import contains_answer, exact_match, mean, token_f1
 from ragcompress_bench.report import machine, save_figure, write_json
 
-__all__ = ["groups", "markdown", "plot", "summarize", "write_reports"]
+__all__ = ["groups", "markdown", "plot", "rereport", "summarize", "write_reports"]
 
 ALL = "all"
 # (header, row key, format) of the table's metric columns; every row carries every key
 _COLUMNS = (
     ("F1", "f1", "{:.3f}"),
     ("F1 / full", "f1_ratio", "{:.1%}"),
+    ("95% CI", "f1_ratio_ci", "{:.0%}"),
     ("gold in answer", "gold_in", "{:.3f}"),
     ("gold in / full", "gold_in_ratio", "{:.1%}"),
+    ("95% CI", "gold_in_ratio_ci", "{:.0%}"),
     ("F1 vs full answer", "f1_vs_full", "{:.3f}"),
     ("same answer as full", "agree_full", "{:.2f}"),
     ("next-token agrees", "next_token_agree", "{:.3f}"),
     ("KL vs full / token", "kl_full", "{:.4f}"),
     ("gold LL / token", "gold_ll", "{:.3f}"),
     ("Δ LL vs full", "delta_ll", "{:+.3f}"),
+    ("95% CI", "delta_ll_ci", "{:+.3f}"),
     ("recomputed", "recompute", "{:.0%}"),
     ("TTFT ms", "ttft_ms", "{:.0f}"),
 )
@@ -97,6 +101,8 @@ def summarize(
             rs = [r for r in records if r["contender"] == label and _member(r, members)]
             row: dict[str, Any] = {"contender": label, "dataset": group, **dict.fromkeys(_METRICS)}
             row.update(_stats(rs, full) if rs else {"n": 0})
+            if label != FULL and rs:
+                row.update(paired_intervals(rs, full))
             if label == FULL:
                 full_f1, full_in = row["f1"], row["gold_in"]
             row["f1_ratio"] = _ratio(row["f1"], full_f1)
@@ -117,6 +123,8 @@ def _ratio(value: float | None, full: float | None) -> float | None:
 
 
 def _f(v: Any, fmt: str) -> str:
+    if isinstance(v, list):  # an interval
+        return "—" if not v else f"{fmt.format(v[0])} … {fmt.format(v[1])}"
     return "—" if v is None else fmt.format(v)
 
 
@@ -138,7 +146,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "Gold in answer: the share of answers whose first line holds a gold answer (the accuracy of "
         "a reader that answers in sentences, where token F1 against a short gold stays low). "
         "Two-hop subsets: `hops-in-order`, the first hop's passage before the bridge's (only there "
-        "can a full prefill's cross-passage attention help), and `hops-reversed`.",
+        "can a full prefill's cross-passage attention help), and `hops-reversed`. "
+        "95% CI: paired bootstrap over the questions (2,000 draws; the contender and the full "
+        "prefill resampled together).",
     ]
     head = "| contender | n | " + " | ".join(c[0] for c in _COLUMNS) + " | note |"
     rule = "| --- | ---: | " + " | ".join("---:" for _ in _COLUMNS) + " | --- |"
@@ -192,7 +202,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def write_reports(out: Path, payload: dict[str, Any]) -> str:
     """Write ``fidelity.json``, ``fidelity.md`` and (with matplotlib) ``fidelity.png`` under
     ``out``; returns the markdown."""
-    payload = {**payload, "machine": machine()}
+    payload = {"machine": machine(), **payload}  # a re-report keeps the measuring machine
     md = markdown(payload)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.md").write_text(md)
@@ -204,3 +214,28 @@ def write_reports(out: Path, payload: dict[str, Any]) -> str:
         return md
     plot(payload["rows"], out / "fidelity.png", f"bench fidelity: {payload['reader']} ({payload['dtype']})")
     return md
+
+
+def rereport(out: Path) -> str:
+    """Summarize ``out/fidelity.json``'s questions again with this version's columns and write
+    the reports (no reader runs); returns the markdown. What a contender could not do (a row's
+    ``unavailable`` or failed questions) is carried over from the old rows."""
+    import json
+
+    path = out / "fidelity.json"
+    if not path.is_file():
+        raise SystemExit(f"--report-only: {path} does not exist (run the benchmark first)")
+    payload = json.loads(path.read_text())
+    old = payload["rows"]
+    unavailable = {
+        r["contender"]: r["unavailable"]
+        for r in old
+        if r.get("unavailable") and not r["unavailable"].startswith("every question failed")
+    }
+    errors: dict[str, list[str]] = {}
+    for r in old:
+        if r["dataset"] == ALL:
+            errors.setdefault(r["contender"], []).extend(r.get("errors", []))
+    labels = list(payload["contenders"])
+    payload["rows"] = summarize(payload["questions"], labels, payload["datasets"], unavailable, errors)
+    return write_reports(out, payload)
