@@ -5,7 +5,7 @@ question's compute.
 bytes land in a device staging area. :meth:`HostStream.flush` (the engine calls it right after
 it has queued the question step) queues the work on two side CUDA streams: for each range of
 layers (:func:`schedule`) every host chunk's bytes of those layers are copied (one contiguous
-range per chunk) on copy streams that do nothing else, so the copy engines run the ranges
+range per chunk) on a copy stream that does nothing else, so the copy engine runs the ranges
 back to back; on a high-priority gather stream the gather kernel waits for the range's copies,
 dequantizes / re-rotates them into the context, and sets the range's flag. Before layer
 ``l``'s attention reads the context, the step polls the flag of ``l``'s range
@@ -85,18 +85,18 @@ class _Plan:
 
 @dataclass(eq=False)
 class HostStream:
-    """The side streams, staging area and per-range flags of one buffer. ``group``: layers per
+    """The side stream, staging area and per-range flags of one buffer. ``group``: layers per
     copy in the middle of the :func:`schedule` (one copy per chunk and range, one gather launch
-    per range); ``copy_streams``: streams the copies are dealt over, chunk by chunk (the copy
-    engines overlap one piece's fixed cost with another's transfer)."""
+    per range)."""
 
     buffer: StaticKVBuffer
     group: int = 8
-    copy_streams: int = 2
     staging: torch.Tensor | None = field(default=None, init=False, repr=False)
     side: Any = field(default=None, init=False, repr=False)  # the gather stream (high priority)
-    copiers: list[Any] = field(default_factory=list, init=False, repr=False)  # the copy streams
-    copied: list[list[Any]] = field(default_factory=list, init=False, repr=False)  # per range, copier
+    # one copy stream: dealing a request's copies over two measured slower on an H200 (32K:
+    # 17.3 against 14.9 ms, results/ttft_host_load_h200/copy_streams_ab.txt)
+    copier: Any = field(default=None, init=False, repr=False)
+    copied: list[Any] = field(default_factory=list, init=False, repr=False)  # per range: copies done
     flags: Any = field(default=None, init=False, repr=False)  # (ranges,) int32: range written
     ranges: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
     _first: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # layer -> range
@@ -107,8 +107,6 @@ class HostStream:
     def __post_init__(self) -> None:
         if self.group <= 0:
             raise ValueError(f"group (layers per copy) must be positive, got {self.group}")
-        if self.copy_streams <= 0:
-            raise ValueError(f"copy_streams must be positive, got {self.copy_streams}")
         self.ranges = schedule(self.buffer.layers, self.group)
         self._first = {a: i for i, (a, _) in enumerate(self.ranges)}
 
@@ -166,8 +164,8 @@ class HostStream:
             # high priority: a range's gather is short and the step may be polling for it, so
             # its blocks go before the step's next ones rather than queue behind them
             self.side = torch.cuda.Stream(device=dev, priority=-1)
-            self.copiers = [torch.cuda.Stream(device=dev) for _ in range(self.copy_streams)]
-            self.copied = [[torch.cuda.Event() for _ in self.copiers] for _ in self.ranges]
+            self.copier = torch.cuda.Stream(device=dev)
+            self.copied = [torch.cuda.Event() for _ in self.ranges]
             self.flags = torch.zeros(len(self.ranges), dtype=torch.int32, device=dev)
         up = {f: t.pin_memory().to(dev, non_blocking=True) for f, t in tables.items()}
         freq = rotary.inv_freq.to(device=dev, dtype=torch.float32).contiguous()
@@ -206,8 +204,7 @@ class HostStream:
 
         buf, up, freq = self.buffer, plan.device_tables, plan.freq
         assert up is not None  # a CUDA plan
-        for copier in self.copiers:
-            copier.wait_event(plan.ready)
+        self.copier.wait_event(plan.ready)
         self.side.wait_event(plan.ready)
         for t in (*up.values(), freq):
             t.record_stream(self.side)  # made on the main stream, read on the side one
@@ -216,10 +213,11 @@ class HostStream:
         for i, (a, b) in enumerate(self.ranges):
             # Copies and gathers on separate streams: on one stream, range i + 1's copies
             # would wait behind range i's gather, which shares the SMs with the step.
-            base = self.fetch(copies, i)
+            with torch.cuda.stream(self.copier):
+                base = self.fetch(copies, i)
+                self.copied[i].record(self.copier)
             with torch.cuda.stream(self.side):
-                for event in self.copied[i]:
-                    self.side.wait_event(event)
+                self.side.wait_event(self.copied[i])
                 for f, t in up.items():
                     cols = t.shape[-1]
                     if self._kernel:
@@ -253,18 +251,12 @@ class HostStream:
         return [([d[i] for d in dst], [x[i] for x in src]) for i in range(len(sizes))]
 
     def fetch(self, copies: list[_Copies], i: int) -> torch.Tensor:
-        """Queue range ``i``'s copies into the staging area, the chunks dealt round-robin over
-        the copy streams (one call per stream), each stream then recording its event of range
-        ``i``; returns the base the table offsets count from."""
+        """Queue range ``i``'s copies into the staging area (on the current stream, the copy
+        one; one call for all chunks); returns the base the table offsets count from."""
         import torch
 
         dst, src = copies[i]
-        n = len(self.copiers)
-        for j, (copier, event) in enumerate(zip(self.copiers, self.copied[i], strict=True)):
-            with torch.cuda.stream(copier):
-                if dst[j::n]:
-                    torch._foreach_copy_(dst[j::n], src[j::n], non_blocking=True)
-                event.record(copier)
+        torch._foreach_copy_(dst, src, non_blocking=True)
         assert self.staging is not None
         return self.staging
 
