@@ -78,6 +78,23 @@ def chunks_for(
     return prefix, out
 
 
+def engine(
+    model, base: FastGenerator, streamer: type[HostStream] = HostStream, group: int = 8
+) -> FastGenerator:  # type: ignore[no-untyped-def]
+    """A streaming engine sharing ``base``'s step and attention (and so its stacked weights)."""
+    return FastGenerator(
+        model,
+        capacity=base.capacity,
+        max_question=32,
+        max_new_tokens=1,
+        buckets=(32,),
+        attention=base.attention,
+        step=base.step,
+        stream_group=group,
+        streamer=streamer,
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--contexts", default="10240,32768")
@@ -91,19 +108,6 @@ def main() -> int:
     clock = Clock(torch.device(args.device), 3, args.repeats)
     base = FastGenerator(model, capacity=max(contexts), max_question=32, max_new_tokens=1, buckets=(32,))
     question = torch.randint(100, model.config.vocab_size, (32,)).tolist()
-
-    def engine(streamer: type[HostStream], group: int) -> FastGenerator:
-        return FastGenerator(
-            model,
-            capacity=base.capacity,
-            max_question=32,
-            max_new_tokens=1,
-            buckets=(32,),
-            attention=base.attention,
-            step=base.step,
-            stream_group=group,
-            streamer=streamer,
-        )
 
     rows = []
     for ctx in contexts:
@@ -125,7 +129,7 @@ def main() -> int:
             ("serial", HostStream, 64, host),
         ]
         for name, streamer, group, items in plan:
-            eng = base if streamer is None else engine(streamer, group)
+            eng = base if streamer is None else engine(model, base, streamer, group)
 
             def go(eng=eng, items=items, prefix=prefix) -> int:
                 eng.load(prefix, items)

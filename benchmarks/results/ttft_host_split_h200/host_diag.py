@@ -22,27 +22,28 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from host_ab import chunks_for
+from host_ab import chunks_for, engine
 from ragcompress_bench.ttft_shapes import build_model, head_dim
 from ragcompress_bench.ttft_timing import Clock, passage_sizes
 
 from ragcompress.kv.fast import FastGenerator, HostChunk, PackedChunk
 
 
+def issue_ms(fn) -> float:  # type: ignore[no-untyped-def]
+    """Host ms to queue ``fn``'s work on an idle device."""
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    ms = round((time.perf_counter() - t) * 1e3, 3)
+    torch.cuda.synchronize()
+    return ms
+
+
 def host_tier(model, base, clock, question, ctx: int) -> dict:
     prefix, chunks = chunks_for(model, ctx)
     host = [HostChunk.from_chunk(c.to("cpu"), model.dtype) for c in chunks]
     del chunks
-    eng = FastGenerator(
-        model,
-        capacity=base.capacity,
-        max_question=32,
-        max_new_tokens=1,
-        buckets=(32,),
-        attention=base.attention,
-        step=base.step,
-        stream_group=8,
-    )
+    eng = engine(model, base)
 
     def go() -> int:
         eng.load(prefix, host)
@@ -77,11 +78,7 @@ def host_tier(model, base, clock, question, ctx: int) -> dict:
             hs.fetch(host, stages, a, b)
 
     row["copies_ranges_ms"] = round(clock(copies), 3)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    copies()
-    row["copies_issue_ms"] = round((time.perf_counter() - t) * 1e3, 3)
-    torch.cuda.synchronize()
+    row["copies_issue_ms"] = issue_ms(copies)
 
     def whole() -> None:
         for c, s in zip(host, stages, strict=True):
@@ -100,11 +97,7 @@ def host_tier(model, base, clock, question, ctx: int) -> dict:
             torch._foreach_copy_(dst, src, non_blocking=True)
 
     row["foreach_ranges_ms"] = round(clock(foreach), 3)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    foreach()
-    row["foreach_issue_ms"] = round((time.perf_counter() - t) * 1e3, 3)
-    torch.cuda.synchronize()
+    row["foreach_issue_ms"] = issue_ms(foreach)
     one = torch.empty(sum(h.nbytes for h in host), dtype=torch.uint8, pin_memory=True)
     row["one_copy_ms"] = round(clock(lambda: staging[: one.numel()].copy_(one, non_blocking=True)), 3)
     row["pieces_per_request"] = len(hs.ranges) * len(host)
