@@ -28,6 +28,7 @@ DEFAULT_MODES: tuple[tuple[str, dict[str, Any]], ...] = (
     # the share that recovers most two-hop answers on the 1.5B reader (results/fidelity_twohop50_30)
     ("blend_question_30", {"name": "blend_question", "recompute": 0.3}),
     ("blend_link_15", {"name": "blend_link", "recompute": 0.15}),
+    ("blend_link_draft4_15", {"name": "blend_link", "recompute": 0.15, "draft_tokens": 4}),
 )
 
 

@@ -86,6 +86,7 @@ COLUMNS = (
     "blend_question_draft4_15_ms",
     "blend_question_30_ms",
     "blend_link_15_ms",
+    "blend_link_draft4_15_ms",
 )
 
 

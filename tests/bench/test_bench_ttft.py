@@ -16,7 +16,7 @@ KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "hf_static_compiled_
         "ragcompress_compressed_ms", "floor_ms", "device",
         "ape_ms", "blend_05_ms", "blend_15_ms", "blend_question_15_ms",
         "blend_question_draft4_15_ms", "blend_question_30_ms",
-        "blend_link_15_ms"}  # fmt: skip
+        "blend_link_15_ms", "blend_link_draft4_15_ms"}  # fmt: skip
 
 
 def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> None:
