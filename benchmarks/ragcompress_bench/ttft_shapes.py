@@ -170,10 +170,15 @@ def kv_bytes_per_token(cfg: Any, ctx: int, dtype_bytes: int = 2) -> float:
     """Context K/V bytes a question must read, per context token (averaged over ``ctx``): every
     layer's, except that a local (sliding-window) layer reads at most its window's."""
     per_layer = 2 * cfg.num_key_value_heads * head_dim(cfg) * dtype_bytes
+    return per_layer * sum(context_seen(cfg, ctx)) / max(ctx, 1)
+
+
+def context_seen(cfg: Any, ctx: int) -> list[int]:
+    """Per layer, the context tokens a question reads: all ``ctx``, or a local (sliding-window)
+    layer's window."""
     window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
-    tokens = [min(ctx, window) if t == "sliding_attention" and window else ctx for t in types]
-    return per_layer * sum(tokens) / max(ctx, 1)
+    return [min(ctx, window) if t == "sliding_attention" and window else ctx for t in types]
 
 
 def step_flops(cfg: Any, batch: int, tokens: int, ctx: int) -> float:
@@ -186,9 +191,7 @@ def step_flops(cfg: Any, batch: int, tokens: int, ctx: int) -> float:
     d, hidden, heads = head_dim(cfg), cfg.hidden_size, cfg.num_attention_heads
     linear = 2 * hidden * (heads + 2 * cfg.num_key_value_heads) * d + 2 * heads * d * hidden
     linear += 3 * 2 * hidden * cfg.intermediate_size  # gate, up and down
-    window = getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
-    seen = sum(min(ctx, window) if t == "sliding_attention" and window else ctx for t in types)
-    seen += len(types) * (tokens + 1) / 2
-    per_token = linear * len(types) + 4 * heads * d * seen
+    per_layer = context_seen(cfg, ctx)
+    seen = sum(per_layer) + len(per_layer) * (tokens + 1) / 2
+    per_token = linear * len(per_layer) + 4 * heads * d * seen
     return batch * tokens * per_token + 2 * hidden * cfg.vocab_size * batch

@@ -167,9 +167,7 @@ def _form_and_tensors(chunk: KVChunk, dtype: torch.dtype) -> tuple[HostForm, lis
 
 
 def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    import torch
-
-    n = torch.empty((), dtype=dtype).element_size()
+    n = dtype.itemsize
     for s in shape:
         n *= s
     return n

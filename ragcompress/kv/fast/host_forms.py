@@ -18,7 +18,6 @@ kernel does not run), held to the kernels by the tests.
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -73,16 +72,9 @@ class HostForm(ABC):
 
 
 def _units(specs: list[TensorSpec]) -> list[int]:
-    return [_unit(dt) for _, dt in specs]
-
-
-@functools.cache
-def _unit(dtype: torch.dtype) -> int:
-    """Bytes per element (cached: the streamer asks once per chunk and request, on the path to
-    the first token)."""
-    import torch
-
-    return torch.empty((), dtype=dtype).element_size()
+    """Bytes per element of each tensor (the streamer asks once per chunk and request, on the
+    path to the first token: read from the dtype, no tensor made)."""
+    return [dt.itemsize for _, dt in specs]
 
 
 @dataclass(frozen=True)
