@@ -20,7 +20,9 @@ variable). Two jobs:
   head are stacked along the query axis instead, so SDPA reads each KV head once, and the tokens
   are cut into runs that each read only the cache prefix they can see, with their masks built
   once per request in that stacked layout (:func:`packed_blocks`); on a GPU the runs execute
-  side by side on their own streams.
+  side by side on their own streams. On a GPU with Triton, :func:`packed_job` returns a
+  :class:`~ragcompress.kv.assembly.flash_packed.FlashPacked` instead: one flash kernel per layer
+  that masks each token by its position itself (no masks built, 1.7–2.8× faster on an H200).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
+
+    from ragcompress.kv.assembly.flash_packed import FlashPacked
 
 __all__ = [
     "NAME",
@@ -146,6 +150,11 @@ class Packed(AttentionJob):
     blocks: list[Block]
     windows: tuple[int | None, ...] = ()
 
+    @property
+    def mask(self) -> torch.Tensor:
+        """The 4D mask to hand the forward (transformers builds none when given one)."""
+        return self.blocks[0].mask
+
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, layer: int
     ) -> torch.Tensor:
@@ -251,16 +260,32 @@ def packed_blocks(
 
 
 def packed_job(
-    model: PreTrainedModel, positions: torch.Tensor, chosen: torch.Tensor, dtype: torch.dtype
-) -> Packed:
-    """The :class:`Packed` job recomputing slots ``chosen`` (k,) sorted of a cache whose slots
-    sit at logical ``positions`` (slots,) in ``model``: its family's group size and local windows."""
+    model: PreTrainedModel,
+    positions: torch.Tensor,
+    chosen: torch.Tensor,
+    dtype: torch.dtype,
+    kernel: Callable[..., torch.Tensor] | None = None,
+) -> Packed | FlashPacked:
+    """The job recomputing slots ``chosen`` (k,) sorted of a cache whose slots sit at logical
+    ``positions`` (slots,) in ``model``: its family's group size and local windows. On a GPU with
+    Triton (or given ``kernel``, :func:`~ragcompress.kv.assembly.flash_packed.flash_kernel`'s
+    signature) a :class:`~ragcompress.kv.assembly.flash_packed.FlashPacked`, whose local layers,
+    if any, keep the packed blocks; elsewhere :class:`Packed`."""
+    from ragcompress.kv.assembly.flash_packed import BLOCK_M, BLOCK_N, FlashPacked, flash_bounds, flash_kernel
     from ragcompress.models.arch import arch_for
 
     arch = arch_for(model)
     window = arch.local_window
-    blocks = packed_blocks(positions, chosen, arch.group_size, dtype, window)
-    return Packed(model.config, blocks, arch.sliding_window if window else ())
+    windows = arch.sliding_window if window else ()
+    kernel = kernel or flash_kernel(positions.device)
+    if kernel is None:
+        return Packed(model.config, packed_blocks(positions, chosen, arch.group_size, dtype, window), windows)
+    local = None
+    if window:  # only the local layers read these blocks
+        blocks = packed_blocks(positions, chosen, arch.group_size, dtype, window)
+        local = Packed(model.config, blocks, windows)
+    bounds = flash_bounds(positions, chosen, arch.group_size, BLOCK_M, BLOCK_N)
+    return FlashPacked(model.config, positions, positions[chosen], bounds, kernel, windows, local)
 
 
 def _attention(

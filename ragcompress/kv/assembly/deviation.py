@@ -82,7 +82,7 @@ def value_deviation(
             runner(
                 input_ids=slots.tokens[cand][None],
                 position_ids=slots.positions[cand][None],
-                attention_mask=job.blocks[0].mask,
+                attention_mask=job.mask,
                 cache_position=cand,
                 use_cache=True,
                 logits_to_keep=1,

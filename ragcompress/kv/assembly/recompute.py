@@ -135,7 +135,7 @@ def recompute_slots(
                 position_ids=pos[None],
                 # any 4D mask is handed to the attention as is (transformers builds none); the
                 # job applies its blocks' masks
-                attention_mask=job.blocks[0].mask,
+                attention_mask=job.mask,
                 cache_position=chosen,
                 use_cache=True,
                 logits_to_keep=1,

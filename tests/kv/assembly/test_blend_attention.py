@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ragcompress.kv.assemble import assemble, concat_starts
-from ragcompress.kv.assembly import blend_attention
+from ragcompress.kv.assembly import blend_attention, flash_packed
 from ragcompress.kv.assembly.blend_question import question_attention
 from ragcompress.kv.assembly.recompute import ScatterLayer, recompute_slots, slot_map
 from ragcompress.kv.context import prepare_context
@@ -153,9 +153,11 @@ def test_blend_choice_is_deterministic(reader, tokenizer):
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_partial_forward_in_side_by_side_blocks(monkeypatch):
-    """bf16 on CUDA: the recomputed tokens run in several blocks on side streams (SDPA's GPU
-    kernels, masks cut to each block's prefix) and give the model's own attention's K/V."""
+@pytest.mark.parametrize("attention", ["flash-kernel", "sdpa-blocks"])
+def test_gpu_bf16_partial_forward(monkeypatch, attention):
+    """bf16 on CUDA: the recomputed tokens through the position-masked flash kernel (what a GPU
+    runs), or in several SDPA blocks on side streams (masks cut to each block's prefix, what
+    runs without Triton), give the model's own attention's K/V."""
     from transformers import DynamicCache
 
     from ragcompress.kv.assembly.recompute import SlotMap
@@ -163,6 +165,8 @@ def test_gpu_bf16_partial_forward_in_side_by_side_blocks(monkeypatch):
 
     monkeypatch.setattr(blend_attention, "MIN_BLOCK_TOKENS", 64)
     monkeypatch.setattr(blend_attention, "SPLIT_FROM", 0)
+    if attention == "sdpa-blocks":
+        monkeypatch.setattr(flash_packed, "flash_kernel", lambda device: None)
     model = make_tiny_llama(512, num_key_value_heads=2, num_attention_heads=8, hidden_size=256)
     model = model.to("cuda", torch.bfloat16)
     cfg, n_slots = model.config, 3000
@@ -189,6 +193,8 @@ def test_gpu_bf16_partial_forward_in_side_by_side_blocks(monkeypatch):
         ddp_cache_data=[(k.clone(), v.clone()) for k, v in ((x.keys, x.values) for x in got.layers)],
         config=cfg,
     )
+    job = blend_attention.packed_job(model, positions, chosen, torch.bfloat16)
+    assert type(job).__name__ == ("FlashPacked" if attention == "flash-kernel" else "Packed")
     with torch.inference_mode():
         recompute_slots(model, got, slots, chosen)
         layers = [ScatterLayer.of(layer) for layer in want.layers]
