@@ -17,6 +17,7 @@ that shares a slot with a later one in another head).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -83,30 +84,55 @@ class SlotMap:
     passages: torch.Tensor | None = None
 
 
+#: per chunk and device: ``(local, same, ids)`` (n,) each: a slot's position from the chunk's
+#: start (largest over layers and heads, int64), whether every layer and head holds the same
+#: token there (bool), the chunk's token ids (int64). A chunk is immutable, so this is built once
+#: per chunk, not per request: at 32K context (64 chunks × 32 layers) building it took 13.5 ms
+#: per request on an H200's host.
+_SLOTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[torch.Tensor, ...]]] = weakref.WeakKeyDictionary()
+
+
+def _chunk_slots(chunk: KVChunk, device: Any) -> tuple[torch.Tensor, ...]:
+    import torch
+
+    per_device = _SLOTS.setdefault(chunk, {})
+    key = str(device)
+    if key not in per_device:
+        # every layer class keeps its (kv_heads, n) positions as a plain tensor: read them without
+        # dequantizing, and reduce on the device
+        held = torch.stack([layer.positions.to(device, torch.long) for layer in chunk.layers])  # (L, h, n)
+        hi, lo = held.amax(dim=(0, 1)), held.amin(dim=(0, 1))
+        per_device[key] = (hi - chunk.base_offset, hi == lo, chunk.token_ids.to(device, torch.long))
+    return per_device[key]
+
+
+def _none(device: Any) -> tuple[torch.Tensor, ...]:
+    import torch
+
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return empty, empty.bool(), empty
+
+
 def slot_map(prefix_len: int, chunks: Sequence[KVChunk], starts: Sequence[int], device: Any) -> SlotMap:
     import torch
 
-    positions = [torch.arange(prefix_len, dtype=torch.long, device=device)]
-    kept = [torch.full((prefix_len,), -1, dtype=torch.long, device=device)]  # index into ``ids``
-    owner = [kept[0]]
-    offset = 0
-    for j, (c, start) in enumerate(zip(chunks, starts, strict=True)):
-        # every layer class keeps its (kv_heads, n) positions as a plain tensor: read them without
-        # dequantizing, and reduce on the device
-        held = torch.stack([layer.positions.to(device, torch.long) for layer in c.layers])  # (L, h, n)
-        hi, lo = held.amax(dim=(0, 1)), held.amin(dim=(0, 1))
-        local = hi - c.base_offset
-        positions.append(start + local)
-        kept.append(torch.where(hi == lo, local + offset, -1))
-        owner.append(torch.full_like(local, j))
-        offset += int(c.token_ids.numel())
-    # the chunks' token ids reach the device in one transfer (a host-to-device copy per chunk
-    # waits for the device each time), with a -1 appended for the slots that recompute nothing
-    ids = torch.cat([*(c.token_ids.to("cpu", torch.long) for c in chunks), torch.tensor([-1])])
-    pos, at = torch.cat(positions), torch.cat(kept)
-    tok = ids.to(device)[at]
+    parts = [_chunk_slots(c, device) for c in chunks]
+    total = sum(int(p[0].numel()) for p in parts)
+    # per chunk [start, first token index, chunk index, slots], one host-to-device transfer, spread
+    # over its slots on the device (repeat_interleave with output_size: no host sync)
+    rows, offset = [], 0
+    for j, (start, (local, _, ids)) in enumerate(zip(starts, parts, strict=True)):
+        rows.append([start, offset, j, int(local.numel())])
+        offset += int(ids.numel())
+    meta = torch.tensor(rows, dtype=torch.long).reshape(-1, 4).to(device)
+    per_slot = torch.repeat_interleave(meta[:, :3], meta[:, 3], dim=0, output_size=total)  # (slots, 3)
+    local, same, ids = (torch.cat([p[i] for p in parts]) for i in range(3)) if parts else _none(device)
+    none = torch.full((prefix_len,), -1, dtype=torch.long, device=device)
+    pos = torch.cat([torch.arange(prefix_len, dtype=torch.long, device=device), local + per_slot[:, 0]])
+    at = torch.cat([none, torch.where(same, local + per_slot[:, 1], -1)])  # index into ``ids``
+    tok = torch.cat([ids, ids.new_full((1,), -1)])[at]  # -1: the slots that recompute nothing
     cand = torch.nonzero(tok >= 0).flatten()
-    return SlotMap(pos, tok, cand, int(pos.numel() - prefix_len), torch.cat(owner))
+    return SlotMap(pos, tok, cand, total, torch.cat([none, per_slot[:, 2]]))
 
 
 def recompute_slots(
