@@ -86,6 +86,7 @@ def _rope_write_kernel(
     sq,
     sk,
     sv,
+    sdst,
     H: tl.constexpr,
     KVH: tl.constexpr,
     HALF: tl.constexpr,
@@ -108,11 +109,11 @@ def _rope_write_kernel(
     else:
         slot = tl.load(slots_ptr + t)
         src = k_ptr + t * sk + (j - H) * D
-        dst = kbuf_ptr + slot * (KVH * D) + (j - H) * D
+        dst = kbuf_ptr + slot * sdst + (j - H) * D
         v1 = tl.load(v_ptr + t * sv + (j - H) * D + i)
         v2 = tl.load(v_ptr + t * sv + (j - H) * D + HALF + i)
-        tl.store(vbuf_ptr + slot * (KVH * D) + (j - H) * D + i, v1)
-        tl.store(vbuf_ptr + slot * (KVH * D) + (j - H) * D + HALF + i, v2)
+        tl.store(vbuf_ptr + slot * sdst + (j - H) * D + i, v1)
+        tl.store(vbuf_ptr + slot * sdst + (j - H) * D + HALF + i, v2)
     x1 = tl.load(src + i).to(tl.float32)
     x2 = tl.load(src + HALF + i).to(tl.float32)
     o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
@@ -137,11 +138,14 @@ def rope_write(
     """Rotated queries (n, heads, head_dim); rotated keys and values written to kbuf/vbuf
     (slots, kv_heads, head_dim) rows ``slots`` (n,). q/k/v (n, heads*head_dim) with unit
     column stride (row stride free: they may be column slices of one fused projection);
-    cos/sin (n, head_dim) contiguous."""
+    cos/sin (n, head_dim) contiguous; kbuf/vbuf one row stride (free: a layer's view of the
+    context buffer), heads and channels contiguous."""
     n = q.shape[0]
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(1) != 1:
             raise ValueError(f"rope_write needs unit column stride for {name}, got {x.stride()}")
+    if kbuf.stride() != vbuf.stride() or kbuf.stride()[1:] != (head_dim, 1):
+        raise ValueError(f"rope_write needs kbuf/vbuf rows of contiguous heads, got {kbuf.stride()}")
     qo = torch.empty(n, heads, head_dim, device=q.device, dtype=q.dtype)
     _rope_write_kernel[(n, heads + kv_heads)](
         q,
@@ -156,6 +160,7 @@ def rope_write(
         q.stride(0),
         k.stride(0),
         v.stride(0),
+        kbuf.stride(0),
         H=heads,
         KVH=kv_heads,
         HALF=head_dim // 2,

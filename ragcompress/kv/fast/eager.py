@@ -45,7 +45,7 @@ class EagerStep(DecoderStep):
 
     def _attention(self, p: LayerParts, h: torch.Tensor, li: int, io: StepIO) -> Any:
         """Layer ``li``'s attention output (N, hidden) for its normed input ``h``; writes this
-        step's keys/values into the question regions."""
+        step's keys/values into the question regions (a repair's: its context rows)."""
         n = h.shape[0]
         q, k, v = self.arch.project(p, h)  # pre-RoPE, QK-normed
         # the rotation in the model dtype, as apply_rotary_pos_emb does: the fp32
@@ -54,7 +54,8 @@ class EagerStep(DecoderStep):
         cos, sin = (t.unsqueeze(1) for t in io.rope.of(li))  # (N, 1, d): one angle per token
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        io.buffer.q_keys[li].index_copy_(0, io.slots, k)
-        io.buffer.q_values[li].index_copy_(0, io.slots, v)
+        keys, values = io.kv_out(li)
+        keys.index_copy_(0, io.slots, k)
+        values.index_copy_(0, io.slots, v)
         o = self.attend(q, li, io)
         return p.o_proj(o.reshape(n, self.heads * self.head_dim))

@@ -111,7 +111,8 @@ class FusedStep(DecoderStep):
 
     def _attention(self, p: LayerParts, hs: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
         """Layer ``li``'s attention output (n, hidden) after o_proj, from its normed input ``hs``;
-        writes this step's rotated keys and values into the question regions."""
+        writes this step's rotated keys and values into the question regions (a repair's: its
+        context rows)."""
         import torch
 
         from ragcompress.kv.fast._triton import rope_write
@@ -125,7 +126,8 @@ class FusedStep(DecoderStep):
         if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE
             q, k = _head_norm(q, p.q_norm, n * h, d), _head_norm(k, p.k_norm, n * kvh, d)
         cos, sin = (t.contiguous() for t in io.rope.of(li))
-        q = rope_write(q, k, v, cos, sin, io.slots, io.buffer.q_keys[li], io.buffer.q_values[li], h, kvh, d)
+        keys, values = io.kv_out(li)
+        q = rope_write(q, k, v, cos, sin, io.slots, keys, values, h, kvh, d)
         o = self.attend(q, li, io)
         return p.o_proj(o.reshape(n, h * d))  # type: ignore[no-any-return]
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
+    from ragcompress.kv.fast.repair import RepairTarget
     from ragcompress.models.arch import LayerParts
 
 __all__ = ["DecoderStep", "StepIO", "StepRope"]
@@ -68,6 +69,16 @@ class StepIO:
     rope: StepRope
     positions: torch.Tensor
     spans: dict[int, torch.Tensor] = field(default_factory=dict)  # window size -> its span
+    #: set for a partial forward that repairs context slots in place (``blend``): the keys and
+    #: values go to those context rows, and attention is the target's (:mod:`.repair`)
+    target: RepairTarget | None = None
+
+    def kv_out(self, li: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``li``'s (rows, kv_heads, head_dim) keys and values tensors whose rows
+        ``slots`` this step writes: the question regions, or the target's context rows."""
+        if self.target is not None:
+            return self.target.kv_out(li)
+        return self.buffer.q_keys[li], self.buffer.q_values[li]
 
 
 @dataclass(eq=False)
@@ -146,6 +157,8 @@ class DecoderStep(ABC):
         keys/values already written): (N, heads, head_dim)."""
         from ragcompress.kv.fast.step_meta import LocalWindow, window_span
 
+        if io.target is not None:
+            return io.target.attend(q, li)
         buf = io.buffer
         k, v = buf.ctx_keys[:, li], buf.ctx_values[:, li]
         size = self.arch.sliding_window[li]

@@ -124,3 +124,75 @@ def test_a_draft_longer_than_the_question_buffer_ranks_on_the_eager_model(tiny_l
     assert fast.assembly.score_fast(engine, long, [7, 8]) is None
     assert fast.assembly.score_fast(engine, long, []) is not None
     assert fast.assembly.score_fast(engine, ids, [7, 8]) is not None
+
+
+def test_the_repair_runs_on_the_engine_step(reader, tokenizer, monkeypatch):
+    """Llama and Qwen2: the recomputed tokens run on the engine's own step, no transformers
+    forward (which would fail here); Gemma 3 (local layers) still takes the transformers one."""
+    from ragcompress.kv.assembly import recompute
+
+    spec = {"name": "blend_question", "recompute": 0.3}
+    fast, engine, prefix, packed, chunks, ids = fast_request(reader, tokenizer, spec)
+    want = fast.assembly.prepare(reader, prefix, chunks, ids)  # before the forward is cut off
+    calls = []
+    monkeypatch.setattr(recompute, "recompute_slots", lambda *a: calls.append(a))
+    fast.assembly.load_fast(engine, packed, reader, prefix, chunks, ids)
+    if engine.buffer.positions:
+        assert len(calls) == 1
+        return
+    assert not calls
+    assert_same_context(buffer_context(engine), want.cache)
+
+
+_FUSED_REPAIR = """
+import os
+
+from ragcompress.generate import Generator
+from ragcompress.kv.assembly import build_assembly
+from ragcompress.kv.encode.encoder import prefix_kv
+from ragcompress.kv.fast import FusedStep, PackedChunk
+from ragcompress.kv.fast.answer import FastKVAnswerer
+from tests.kv.assembly.test_fast_repair import assert_same_context, buffer_context
+from tests.kv.conftest import PASSAGES, QUESTION
+from ragcompress.models.load import load_tokenizer
+from tests.support.tiny import make_tiny_llama
+
+FusedStep.unsupported = staticmethod(lambda model: None)  # off CUDA: the kernels interpreted
+path = os.environ.get("RAGCOMPRESS_TEST_TOKENIZER")  # as the tokenizer fixture finds it
+if path:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+else:
+    tok = load_tokenizer()
+model = make_tiny_llama(len(tok), seed=3)
+gen = Generator.from_model(model, tok, max_new_tokens=6)
+spec = {"name": "blend_question", "recompute": 0.3}
+fast = FastKVAnswerer.from_generator(gen, assembly=spec, capacity=512, max_question=64)
+assert isinstance(fast.engine._step, FusedStep)
+chunks, _ = fast.cache.get_or_encode(PASSAGES)
+prefix = prefix_kv(model, gen.layout)
+ids = gen.layout.question_ids(QUESTION, ())
+fast.assembly.load_fast(fast.engine, PackedChunk.from_prefix(prefix), model, prefix, chunks, ids)
+want = build_assembly(spec).prepare(model, prefix, chunks, ids)
+assert_same_context(buffer_context(fast.engine), want.cache)
+"""
+
+
+def test_the_fused_step_repairs_as_the_eager_path():
+    """The fused step's kernels (RoPE written into the context rows through the buffer's layer
+    stride, fused norms and MLP) in the Triton interpreter: the buffer holds the eager repair.
+    In a fresh process: Triton's nested helpers only run interpreted when TRITON_INTERPRET=1 is
+    set before triton is first imported."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _FUSED_REPAIR], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
