@@ -141,3 +141,45 @@ def test_gpu_fused_qwen3_step_matches_a_full_prefill():
         fast.prefill([q])
         assert fast.last_logits is not None
         assert rel(fast.last_logits[0]) <= 2 * rel(hf) + 1e-3, step
+
+
+_QWEN2_FUSED = """
+import torch
+from ragcompress.kv.fast import FastGenerator, FusedStep
+from tests.kv.test_fast_path import _split
+from tests.support.tiny import greedy_logits, make_tiny_qwen2
+
+FusedStep.unsupported = staticmethod(lambda model: None)  # off CUDA: the kernels interpreted
+m = make_tiny_qwen2(1024, seed=3)
+rng = torch.Generator().manual_seed(5)
+prefix, q = torch.randint(5, 1024, (7,), generator=rng).tolist(), [5, 901, 77, 402, 13, 260]
+passages = [torch.randint(5, 1024, (n,), generator=rng).tolist() for n in (11, 6)]
+ref = greedy_logits(m, prefix + passages[0] + passages[1] + q)[-1]
+step = FusedStep(m)
+attn = m.model.layers[1].self_attn
+assert all(w is not None for w in step._qkv + step._gate_up)  # q/k/v with biases: one GEMM
+assert torch.equal(step._qkv_bias[1], torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, step=step)
+fast.load(*_split(m, prefix, passages))
+fast.prefill([q])
+torch.testing.assert_close(fast.last_logits[0], ref, atol=1e-4, rtol=1e-4)
+"""
+
+
+def test_fused_step_stacks_qwen2_qkv_with_its_biases():
+    """Qwen2's q/k/v (with biases) run as one GEMM with the stacked bias, gate/up as one GEMM with
+    the act*mul kernel: a fresh prefill's logits in fp32, the Triton kernels in the interpreter
+    (a fresh process: nested jit helpers only run interpreted when TRITON_INTERPRET=1 is set
+    before triton is first imported)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", _QWEN2_FUSED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

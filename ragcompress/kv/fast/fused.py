@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.step import StepIO
     from ragcompress.models.arch import LayerParts
 
-__all__ = ["FusedStep", "default_step", "stack_weights"]
+__all__ = ["FusedStep", "default_step", "stack_biases", "stack_weights"]
 
 
 @dataclass(eq=False)
@@ -38,6 +38,7 @@ class FusedStep(DecoderStep):
 
     share_weights: bool = False
     _qkv: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
+    _qkv_bias: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
     _gate_up: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -48,12 +49,14 @@ class FusedStep(DecoderStep):
         import torch
 
         parts = self.parts()
-        stackable = _stackable(self.arch, parts)
+        stack_qkv, stack_mlp = _stackable(self.arch, parts)
         with torch.no_grad():
             for p in parts:
                 qkv, gate_up = (p.q_proj, p.k_proj, p.v_proj), (p.gate_proj, p.up_proj)
-                self._qkv.append(stack_weights(qkv, self.share_weights) if stackable else None)
-                self._gate_up.append(stack_weights(gate_up, self.share_weights) if stackable else None)
+                self._qkv.append(stack_weights(qkv, self.share_weights) if stack_qkv else None)
+                # Qwen2's q/k/v biases: one small copy, added by the stacked GEMM
+                self._qkv_bias.append(stack_biases(qkv) if self._qkv[-1] is not None else None)
+                self._gate_up.append(stack_weights(gate_up, self.share_weights) if stack_mlp else None)
 
     @staticmethod
     def unsupported(model: Any) -> str | None:
@@ -120,7 +123,8 @@ class FusedStep(DecoderStep):
         n, h, kvh, d = hs.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = self._qkv[li]
         if qkv is not None:
-            q, k, v = torch.nn.functional.linear(hs, qkv).split((h * d, kvh * d, kvh * d), dim=-1)
+            qkv_out = torch.nn.functional.linear(hs, qkv, self._qkv_bias[li])
+            q, k, v = qkv_out.split((h * d, kvh * d, kvh * d), dim=-1)
         else:
             q, k, v = p.q_proj(hs), p.k_proj(hs), p.v_proj(hs)
         if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE
@@ -181,18 +185,31 @@ def _head_norm(x: torch.Tensor, norm: Any, rows: int, head_dim: int) -> torch.Te
     return out.view(x.shape[0], -1)
 
 
-def _stackable(arch: Any, parts: Sequence[LayerParts]) -> bool:
-    """Attention and a gated MLP without biases and with a gate activation the act·mul kernel
-    computes (SiLU, Gemma's tanh GELU): what the stacked GEMMs and that kernel compute."""
+def _stackable(arch: Any, parts: Sequence[LayerParts]) -> tuple[bool, bool]:
+    """Whether q/k/v can run as one GEMM (all three present; biases, as Qwen2 has, are stacked
+    too) and whether gate/up can: a gated MLP without biases whose gate activation the act·mul
+    kernel computes (SiLU, Gemma's tanh GELU)."""
     from ragcompress.kv.fast._triton import ACTS
 
-    if arch.mlp_act not in ACTS:
-        return False
+    qkv = all(m is not None for p in parts for m in (p.q_proj, p.k_proj, p.v_proj))
+    mlp = arch.mlp_act in ACTS
     for p in parts:
-        linears = [p.q_proj, p.k_proj, p.v_proj, p.gate_proj, p.up_proj, p.down_proj]
+        linears = [p.gate_proj, p.up_proj, p.down_proj]
         if any(m is None or getattr(m, "bias", None) is not None for m in linears):
-            return False
-    return True
+            mlp = False
+    return qkv, mlp
+
+
+def stack_biases(linears: Sequence[Any]) -> torch.Tensor | None:
+    """The modules' biases as one (sum out_i,) tensor (a copy; zeros for a module without one),
+    or None when none has a bias."""
+    import torch
+
+    if all(getattr(m, "bias", None) is None for m in linears):
+        return None
+    return torch.cat(
+        [m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in linears]
+    )
 
 
 def stack_weights(linears: Sequence[Any], share: bool = False) -> torch.Tensor | None:
