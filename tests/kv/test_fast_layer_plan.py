@@ -70,3 +70,20 @@ def test_only_dense_layers_on_the_buffers_device_and_dtype_are_planned(setup):
     assert (
         dense_plan(c.map_tensors(lambda t: t.double() if t.is_floating_point() else t), fast.buffer) is None
     )
+
+
+@pytest.mark.parametrize("layers", [None, [1]], ids=["every-layer", "some-layers"])
+def test_the_blocks_table_is_each_blocks_table_in_order(setup, layers):
+    """The request's table of several planned chunks, at their own slots and deltas, built in a
+    few tensor ops == each block's rows in turn; the plans' own tables are left as they were."""
+    model, _, chunks = setup
+    fast = FastGenerator(model, capacity=64, max_question=8, max_new_tokens=2)
+    rows = GatherRows(fast.buffer)
+    for i, (c, slot, delta) in enumerate(zip(chunks, (3, 20, 11), (5, -2, 0), strict=True)):
+        wanted = layers if layers is not None and i == 1 else range(len(c.layers))
+        StoredChunk.of(c).gather_layers(rows, slot, delta, wanted)
+    before = [b.plan.table.clone() for b in rows.blocks]
+    got = rows.dense_table()
+    assert got is not None
+    assert torch.equal(got[0], torch.cat([b.table() for b in rows.blocks]))
+    assert all(torch.equal(a, b.plan.table) for a, b in zip(before, rows.blocks, strict=True))

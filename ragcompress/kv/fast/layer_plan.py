@@ -13,6 +13,7 @@ are the plan's with the request's slot and position delta filled in by two tenso
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.buffer import StaticKVBuffer
     from ragcompress.kv.fast.rows import DenseRows
 
-__all__ = ["DenseBlock", "DensePlan", "dense_plan"]
+__all__ = ["DenseBlock", "DensePlan", "blocks_table", "dense_plan"]
 
 # table columns, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
 _DST, _DELTA = 3, 4
@@ -122,3 +123,18 @@ def dense_plan(chunk: KVChunk, buffer: StaticKVBuffer) -> DensePlan | None:
     )
     _PLANS[chunk] = plan
     return plan
+
+
+def blocks_table(blocks: Sequence[DenseBlock]) -> torch.Tensor:
+    """(rows, 7) int64 host rows of the dense gather for every block, in order: the same as
+    ``torch.cat([b.table() for b in blocks])`` in a handful of tensor ops, not three per block
+    (64 blocks at 32K: 1.6 ms of host time per request on the development machine)."""
+    import torch
+
+    full = all(len(b.layers) == b.plan.table.shape[0] for b in blocks)
+    tables = [b.plan.table if full else b.plan.table[torch.tensor(b.layers)] for b in blocks]
+    counts = torch.tensor([t.shape[0] for t in tables])
+    t = torch.cat(tables)  # a new tensor: the plans' tables stay as they are
+    t[:, _DST] += torch.repeat_interleave(torch.tensor([b.slot * b.plan.stride for b in blocks]), counts)
+    t[:, _DELTA] = torch.repeat_interleave(torch.tensor([b.delta for b in blocks]), counts)
+    return t

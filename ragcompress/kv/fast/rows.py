@@ -79,8 +79,10 @@ class GatherRows:
 
         if not self.dense and not self.blocks:
             return None
+        from ragcompress.kv.fast.layer_plan import blocks_table
+
         base = self.buffer.ctx_keys
-        parts = [b.table() for b in self.blocks]
+        parts = [blocks_table(self.blocks)] if self.blocks else []
         if self.dense:
             rows = [
                 [_offset(r.keys, base), _offset(r.values, base), r.rows, r.dst_row, r.delta, r.run, r.stride]
