@@ -73,8 +73,8 @@ class GatherRows:
 
     def dense_table(self) -> tuple[torch.Tensor, int] | None:
         """(entries, 7) int64 host table of the dense gather (offsets from ``buffer.ctx_keys``,
-        see :data:`~ragcompress.kv.fast._gather.DENSE_FIELDS`) and the largest entry's rows;
-        None without dense entries."""
+        see :data:`~ragcompress.kv.fast._gather.DENSE_FIELDS`), long single runs cut by
+        :func:`even_entries`, and the largest entry's rows; None without dense entries."""
         import torch
 
         if not self.dense and not self.blocks:
@@ -89,8 +89,7 @@ class GatherRows:
                 for r in self.dense
             ]
             parts.append(torch.tensor(rows, dtype=torch.long))
-        most = max([r.rows for r in self.dense] + [b.max_rows for b in self.blocks])
-        return torch.cat(parts), most
+        return even_entries(torch.cat(parts), self.buffer.head_dim)
 
     def add_dense(
         self, keys: torch.Tensor, values: torch.Tensor, dst_row: int, run: int, stride: int, delta: int
@@ -137,3 +136,36 @@ def _offset(t: torch.Tensor, base: torch.Tensor) -> int:
     if t.dtype != base.dtype or diff % size:
         raise ValueError(f"cannot address a {t.dtype} tensor from a {base.dtype} base")
     return diff // size
+
+
+#: rows an entry of one run keeps before :func:`even_entries` cuts it (at least; more where an
+#: entry of several runs, which is not cut, is longer)
+EVEN_ROWS = 4096
+
+
+def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]:
+    """``(table, largest rows)`` with every entry of one run (``run == rows``: packed chunks, the
+    prefix) longer than the longest entry of several runs (a stored layer: kv_heads runs), or
+    than :data:`EVEN_ROWS`, cut into entries of that many rows: the gather's grid gives every
+    entry the largest entry's blocks, so one packed prefix of 16,384 rows next to 2,048 stored
+    layers of 4,096 left three blocks in four idle (5.3 against 2.5 ms for 32K on an H200,
+    ``benchmarks/results/ttft_stored_gather_h200/``). Source row ``start + r`` of a cut piece
+    is row ``r`` of an entry starting ``start`` rows on, with ``start * stride`` destination rows."""
+    import torch
+
+    rows, run = table[:, 2], table[:, 5]
+    single = run == rows
+    cap = max(EVEN_ROWS, int(rows[~single].max()) if (~single).any() else 0)
+    pieces = torch.where(single, (rows + cap - 1) // cap, 1).clamp(min=1)
+    if int(pieces.max()) == 1:
+        return table, int(rows.max())
+    out = table.repeat_interleave(pieces, dim=0)
+    first = torch.repeat_interleave(torch.cumsum(pieces, 0) - pieces, pieces)
+    start = (torch.arange(out.shape[0]) - first) * cap  # 0 for entries not cut
+    out[:, 0] += start * head_dim
+    out[:, 1] += start * head_dim
+    out[:, 3] += start * out[:, 6]
+    cut = torch.where(out[:, 5] == out[:, 2], (out[:, 2] - start).clamp(max=cap), out[:, 2])
+    out[:, 5] = torch.where(out[:, 5] == out[:, 2], cut, out[:, 5])
+    out[:, 2] = cut
+    return out, int(out[:, 2].max())
