@@ -151,21 +151,24 @@ def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]
     layers of 4,096 left three blocks in four idle (5.3 against 2.5 ms for 32K on an H200,
     ``benchmarks/results/ttft_stored_gather_h200/``). Source row ``start + r`` of a cut piece
     is row ``r`` of an entry starting ``start`` rows on, with ``start * stride`` destination rows."""
+    import numpy as np
     import torch
 
-    rows, run = table[:, 2], table[:, 5]
+    # numpy, not torch: torch's CPU kernels hand even these few thousand rows to a thread pool,
+    # whose wake-up cost milliseconds per request on a 16-core GPU host
+    t = table.numpy()
+    rows, run = t[:, 2], t[:, 5]
     single = run == rows
     cap = max(EVEN_ROWS, int(rows[~single].max()) if (~single).any() else 0)
-    pieces = torch.where(single, (rows + cap - 1) // cap, 1).clamp(min=1)
+    pieces = np.where(single, np.maximum((rows + cap - 1) // cap, 1), 1)
     if int(pieces.max()) == 1:
         return table, int(rows.max())
-    out = table.repeat_interleave(pieces, dim=0)
-    first = torch.repeat_interleave(torch.cumsum(pieces, 0) - pieces, pieces)
-    start = (torch.arange(out.shape[0]) - first) * cap  # 0 for entries not cut
+    out = np.repeat(t, pieces, axis=0)
+    start = (np.arange(out.shape[0]) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * cap  # 0: not cut
+    cut = np.where(out[:, 5] == out[:, 2], np.minimum(out[:, 2] - start, cap), out[:, 2])
     out[:, 0] += start * head_dim
     out[:, 1] += start * head_dim
     out[:, 3] += start * out[:, 6]
-    cut = torch.where(out[:, 5] == out[:, 2], (out[:, 2] - start).clamp(max=cap), out[:, 2])
-    out[:, 5] = torch.where(out[:, 5] == out[:, 2], cut, out[:, 5])
+    out[:, 5] = np.where(out[:, 5] == out[:, 2], cut, out[:, 5])
     out[:, 2] = cut
-    return out, int(out[:, 2].max())
+    return torch.from_numpy(out), int(cut.max())
