@@ -40,10 +40,12 @@ def test_cut_entries_move_every_row_where_the_whole_entry_did(monkeypatch):
     assert most == 24 == int(got[:, 2].max()) and got.shape[0] == 2 + 1 + 1 + 2
     assert _row_map(got, d) == _row_map(table, d)
     assert torch.equal(even_entries(table[1:2], d)[0], table[1:2])  # nothing to cut
-    single = table[[0, 2, 3]]  # no stored layer: cut to EVEN_ROWS
-    got, most = even_entries(single, d)
-    assert most == 8 and got.shape[0] == 6 + 1 + 4
-    assert _row_map(got, d) == _row_map(single, d)
+    single = table[[0, 2, 3]]  # packed entries alone: left as they are
+    assert torch.equal(even_entries(single, d)[0], single) and even_entries(single, d)[1] == 45
+    wide = torch.tensor([[0, 900, 6, 50, 0, 2, 40]])  # a stored layer shorter than EVEN_ROWS
+    got, most = even_entries(torch.cat([single, wide]), d)
+    assert most == 8 and got.shape[0] == 6 + 1 + 4 + 1
+    assert _row_map(got, d) == _row_map(torch.cat([single, wide]), d)
 
 
 def test_the_gather_kernel_over_cut_entries_matches_the_reference(setup, monkeypatch):  # noqa: F811

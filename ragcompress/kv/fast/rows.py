@@ -138,19 +138,20 @@ def _offset(t: torch.Tensor, base: torch.Tensor) -> int:
     return diff // size
 
 
-#: rows an entry of one run keeps before :func:`even_entries` cuts it (at least; more where an
-#: entry of several runs, which is not cut, is longer)
+#: rows an entry of one run keeps, at least, when :func:`even_entries` cuts it (more where an
+#: entry of several runs, which is never cut, is longer)
 EVEN_ROWS = 4096
 
 
 def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]:
-    """``(table, largest rows)`` with every entry of one run (``run == rows``: packed chunks, the
-    prefix) longer than the longest entry of several runs (a stored layer: kv_heads runs), or
-    than :data:`EVEN_ROWS`, cut into entries of that many rows: the gather's grid gives every
-    entry the largest entry's blocks, so one packed prefix of 16,384 rows next to 2,048 stored
-    layers of 4,096 left three blocks in four idle (5.3 against 2.5 ms for 32K on an H200,
-    ``benchmarks/results/ttft_stored_gather_h200/``). Source row ``start + r`` of a cut piece
-    is row ``r`` of an entry starting ``start`` rows on, with ``start * stride`` destination rows."""
+    """``(table, largest rows)``; where the table has entries of several runs (stored layers:
+    kv_heads runs each), every entry of one run (``run == rows``: packed chunks, the prefix)
+    longer than the longest of those, or than :data:`EVEN_ROWS`, cut into entries of that many
+    rows. The gather's grid gives every entry the largest entry's blocks: one packed prefix of
+    16,384 rows next to 2,048 stored layers of 4,096 left three blocks in four idle (5.3
+    against 2.5 ms for 32K on an H200, ``benchmarks/results/ttft_stored_gather_h200/``). Source
+    row ``start + r`` of a cut piece is row ``r`` of an entry starting ``start`` rows on, with
+    ``start * stride`` destination rows."""
     import numpy as np
     import torch
 
@@ -159,7 +160,9 @@ def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]
     t = table.numpy()
     rows, run = t[:, 2], t[:, 5]
     single = run == rows
-    cap = max(EVEN_ROWS, int(rows[~single].max()) if (~single).any() else 0)
+    if single.all():  # packed chunks alone: their entries are alike already (and left as they were)
+        return table, int(rows.max())
+    cap = max(EVEN_ROWS, int(rows[~single].max()))
     pieces = np.where(single, np.maximum((rows + cap - 1) // cap, 1), 1)
     if int(pieces.max()) == 1:
         return table, int(rows.max())
