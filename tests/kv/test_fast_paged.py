@@ -5,10 +5,6 @@ reference. tests/gpu/test_fast_paged_gpu.py runs it compiled, in graphs, in bf16
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +17,7 @@ from ragcompress.kv.fast.paged_engine import PagedFastGenerator
 from ragcompress.kv.fast.pool import ChunkPool, PoolFullError
 from ragcompress.models.arch import UnsupportedModelError
 from tests.conftest import make_tiny_llama
+from tests.support.interpret import run_interpreted
 
 from .test_fast_path import _ids, _separate_chunks
 
@@ -292,13 +289,7 @@ def test_paged_kernel_matches_the_torch_reference():
     twice at different deltas, partly filled blocks, garbage rows past the count, empty splits,
     an empty table. In a fresh process: Triton's reductions only run interpreted when
     TRITON_INTERPRET=1 is set before triton is first imported."""
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_interpreted(_KERNEL_CHECK)
 
 
 def test_fast_answerer_with_paged_placement_answers_as_the_copy_one(tokenizer, tiny_llama):

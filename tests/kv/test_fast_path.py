@@ -22,6 +22,7 @@ from ragcompress.kv.fast import (
 from ragcompress.kv.fast.rows import GatherRows
 from ragcompress.models.compat import cache_kwargs
 from tests.conftest import make_tiny_llama
+from tests.support.interpret import run_interpreted
 
 
 def _layers_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -248,13 +249,17 @@ def _interpreted(name: str):
     return mod
 
 
-def test_gather_kernel_matches_the_torch_reference(setup, monkeypatch):
+@pytest.mark.parametrize("even_rows", [4096, 8], ids=["entries-whole", "long-entries-cut"])
+def test_gather_kernel_matches_the_torch_reference(setup, monkeypatch, even_rows):
     """The gather kernels (Triton interpreter) == gather_reference for every chunk form in one
-    request (packed/stored, dense/int4, moved positions, evictions): every slot, none past."""
+    request (packed/stored, dense/int4, moved positions, evictions): every slot, none past; also
+    with the packed entries cut to the stored layers' length (``rows.even_entries``)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from ragcompress.kv.fast import rows as rows_mod
     from ragcompress.kv.fast.write import gather
 
+    monkeypatch.setattr(rows_mod, "EVEN_ROWS", even_rows)
     model, _gen, prefix, passages, _q = setup
     kernels = _interpreted("_gather")
     items = mixed_chunks(model, prefix, passages)
@@ -264,7 +269,11 @@ def test_gather_kernel_matches_the_torch_reference(setup, monkeypatch):
     for b in (got, ref):
         b.ctx_keys.fill_(float("nan"))
         b.ctx_values.fill_(float("nan"))
-    gather(gathered(got, items), fast.rotary, kernels=kernels)
+    rows = gathered(got, items)
+    table = rows.dense_table()
+    entries = len(rows.dense) + sum(len(b.layers) for b in rows.blocks)
+    assert table is not None and (table[0].shape[0] > entries) == (even_rows == 8)
+    gather(rows, fast.rotary, kernels=kernels)
     gather(gathered(ref, items), fast.rotary)  # on the CPU: the torch reference
     assert (got.ctx_len, got.next_position) == (ref.ctx_len, ref.next_position)
     n = ref.ctx_len
@@ -324,22 +333,7 @@ def test_fused_own_pass_and_merge_match_torch(layout, window):
     a local window; and the folded queries per segment == torch's fold and repeat. In a fresh
     interpreter process: Triton's reductions only run interpreted when TRITON_INTERPRET=1 is
     set before triton is first imported."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _MERGE_CHECK, layout, window],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_interpreted(_MERGE_CHECK, layout, window)
 
 
 def test_load_reusing_skips_resident_chunks_only(setup):

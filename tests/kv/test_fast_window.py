@@ -5,11 +5,6 @@ in the interpreter; tests/gpu/test_fast_window_gpu.py runs them compiled, in gra
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,6 +13,7 @@ from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.write import write_batch
 from ragcompress.models.arch import arch_for
 from ragcompress.models.rope import Rotary, rerotate
+from tests.support.interpret import run_interpreted
 from tests.support.tiny import greedy_logits, make_tiny_gemma3
 
 from .test_fast_path import _interpreted, _separate_chunks, _split, gathered, mixed_chunks, sample_request
@@ -180,29 +176,31 @@ def test_window_kernel_matches_a_masked_softmax_per_segment():
     position, with gapped, repeated and unsorted positions and empty segments (-inf); the span
     is the tight one. In a fresh process: Triton's reductions only run
     interpreted when TRITON_INTERPRET=1 is set before triton is first imported."""
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _WINDOW_CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_interpreted(_WINDOW_CHECK)
 
 
 _FUSED_CHECK = """
+import sys
+
 import torch
-from ragcompress.kv.fast import EagerStep, FastGenerator, FusedStep
+from ragcompress.kv.fast import FastGenerator, FusedStep
 from tests.kv.test_fast_path import _split
-from tests.support.tiny import greedy_logits, make_tiny_gemma3
+from tests.support import tiny
 
 FusedStep.unsupported = staticmethod(lambda model: None)  # off CUDA: the kernels interpreted
-m = make_tiny_gemma3(1024, seed=3)
+family = sys.argv[1]
+m = getattr(tiny, f"make_tiny_{family}")(1024, seed=3)
 rng = torch.Generator().manual_seed(5)
 prefix, q = torch.randint(5, 1024, (7,), generator=rng).tolist(), [5, 901, 77, 402, 13, 260]
 passages = [torch.randint(5, 1024, (n,), generator=rng).tolist() for n in (11, 6)]
-ref = greedy_logits(m, prefix + passages[0] + passages[1] + q)[-1]
+ref = tiny.greedy_logits(m, prefix + passages[0] + passages[1] + q)[-1]
 step = FusedStep(m)
-assert all(w is not None for w in step._gate_up)  # the GELU gate runs in the act*mul kernel
+# q/k/v as one GEMM (Qwen2: with its biases stacked), the gate in the act*mul kernel (Gemma 3: GELU)
+assert all(w is not None for w in step._qkv + step._gate_up)
+if family == "qwen2":
+    attn = m.model.layers[1].self_attn
+    biases = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+    assert torch.equal(step._qkv_bias[1], biases)
 fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, step=step)
 fast.load(*_split(m, prefix, passages))
 fast.prefill([q])
@@ -210,15 +208,10 @@ torch.testing.assert_close(fast.last_logits[0], ref, atol=1e-4, rtol=1e-4)
 """
 
 
-def test_fused_step_runs_gemma3_like_a_fresh_prefill():
+@pytest.mark.parametrize("family", ["gemma3", "qwen2"])
+def test_fused_step_runs_like_a_fresh_prefill(family):
     """The fused step's Gemma 3 layer (sandwich norms and (1 + w) RMSNorm in the add+norm kernel,
-    per-head QK-norms, the tanh-GELU gate in the act*mul kernel, windowed attention): a fresh
-    prefill's logits in fp32, its Triton kernels run in the interpreter (a fresh process, as
-    for the window kernel)."""
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    per-head QK-norms, the tanh-GELU gate in the act*mul kernel, windowed attention) and Qwen2's
+    (q/k/v with biases as one GEMM): a fresh prefill's logits in fp32, the Triton kernels run in
+    the interpreter."""
+    run_interpreted(_FUSED_CHECK, family)

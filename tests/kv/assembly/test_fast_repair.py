@@ -14,6 +14,7 @@ from ragcompress.kv.fast import PackedChunk
 from ragcompress.kv.fast.answer import FastKVAnswerer
 from ragcompress.kv.presses.knorm import KnormPress
 from ragcompress.kv.presses.quantize import QuantizePress
+from tests.support.interpret import run_interpreted
 
 from ..conftest import PASSAGES, QUESTION
 
@@ -184,15 +185,4 @@ def test_the_fused_step_repairs_as_the_eager_path():
     stride, fused norms and MLP) in the Triton interpreter: the buffer holds the eager repair.
     In a fresh process: Triton's nested helpers only run interpreted when TRITON_INTERPRET=1 is
     set before triton is first imported."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _FUSED_REPAIR], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_interpreted(_FUSED_REPAIR)

@@ -9,16 +9,12 @@ is set before triton is first imported."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from ragcompress.kv.assembly import flash_packed
 from ragcompress.kv.assembly.flash_packed import BLOCK_M, BLOCK_N, flash_bounds
+from tests.support.interpret import run_interpreted
 
 KERNEL_CASES = [(True, 4, 400, 90), (True, 3, 300, 120), (False, 4, 200, 70), (True, 1, 150, 150)]
 
@@ -113,23 +109,13 @@ else:
 """
 
 
-def _interpreted(*args: str) -> None:
-    pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[3]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run(
-        [sys.executable, "-c", _CHECKS, *args], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def test_kernel_matches_a_dense_softmax():
-    _interpreted("kernel")
+    run_interpreted(_CHECKS, "kernel")
 
 
 @pytest.mark.parametrize("order", ["concat", "unordered"])
 def test_recompute_through_the_kernel_matches_the_sdpa_blocks(order):
-    _interpreted("recompute", order)
+    run_interpreted(_CHECKS, "recompute", order)
 
 
 @pytest.mark.parametrize("monotone", [True, False])
