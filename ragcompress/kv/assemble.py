@@ -44,6 +44,7 @@ def assemble(
     ``starts``: logical position of each chunk's first token (default: one after the other, after
     the prefix); ``next_position`` is the largest ``start_j + length_j`` (the prefix length if none).
     """
+    import numpy as np
     import torch
     from transformers import DynamicCache
 
@@ -70,7 +71,8 @@ def assemble(
     # (launch-bound on a GPU).
     counts = [prefix.length] + [c.layers[0].num_tokens if c.layers else 0 for c in chunks]
     moves = [0] + [start - c.base_offset for c, start in zip(chunks, starts, strict=True)]
-    deltas = torch.repeat_interleave(torch.tensor(moves), torch.tensor(counts)).to(device)
+    # numpy: torch's CPU repeat_interleave wakes a thread pool (milliseconds on a many-core host)
+    deltas = torch.from_numpy(np.repeat(np.asarray(moves, dtype=np.int64), counts)).to(device)
     rotaries = [rope] * len(prefix.keys) if isinstance(rope, Rotary) else [Rotary.of(s) for s in rope.rope]
     tables = {id(r): r.cos_sin(deltas) for r in rotaries} if any(moves) else {}
     layers: list[tuple[torch.Tensor, torch.Tensor]] = []
