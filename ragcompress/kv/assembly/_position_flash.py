@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.assembly.flash_packed import BLOCK_M, BLOCK_N
+from ragcompress.kv.assembly.flash_blocks import BLOCK_M, BLOCK_N
 
 __all__ = ["position_flash"]
 

@@ -20,7 +20,8 @@ variable). Two jobs:
   head are stacked along the query axis instead, so SDPA reads each KV head once, and the tokens
   are cut into runs that each read only the cache prefix they can see, with their masks built
   once per request in that stacked layout (:func:`packed_blocks`); on a GPU the runs execute
-  side by side on their own streams. On a GPU with Triton, :func:`packed_job` returns a
+  side by side on their own streams. On a GPU with Triton,
+  :func:`~ragcompress.kv.assembly.flash_packed.packed_job` returns a
   :class:`~ragcompress.kv.assembly.flash_packed.FlashPacked` instead: one flash kernel per layer
   that masks each token by its position itself (no masks built, 1.7–2.8× faster on an H200).
 """
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from ragcompress.kv.assembly.flash_packed import FlashPacked
-
 __all__ = [
     "NAME",
     "AttentionJob",
@@ -49,7 +48,6 @@ __all__ = [
     "Probe",
     "blend_attention",
     "packed_blocks",
-    "packed_job",
 ]
 
 NAME = "ragcompress_blend"
@@ -257,35 +255,6 @@ def packed_blocks(
         local = None if near is None else additive(near, start, stop, end)
         blocks.append(Block(start, stop, end, additive(visible, start, stop, end), local))
     return blocks
-
-
-def packed_job(
-    model: PreTrainedModel,
-    positions: torch.Tensor,
-    chosen: torch.Tensor,
-    dtype: torch.dtype,
-    kernel: Callable[..., torch.Tensor] | None = None,
-) -> Packed | FlashPacked:
-    """The job recomputing slots ``chosen`` (k,) sorted of a cache whose slots sit at logical
-    ``positions`` (slots,) in ``model``: its family's group size and local windows. On a GPU with
-    Triton (or given ``kernel``, :func:`~ragcompress.kv.assembly.flash_packed.flash_kernel`'s
-    signature) a :class:`~ragcompress.kv.assembly.flash_packed.FlashPacked`, whose local layers,
-    if any, keep the packed blocks; elsewhere :class:`Packed`."""
-    from ragcompress.kv.assembly.flash_packed import BLOCK_M, BLOCK_N, FlashPacked, flash_bounds, flash_kernel
-    from ragcompress.models.arch import arch_for
-
-    arch = arch_for(model)
-    window = arch.local_window
-    windows = arch.sliding_window if window else ()
-    kernel = kernel or flash_kernel(positions.device)
-    if kernel is None:
-        return Packed(model.config, packed_blocks(positions, chosen, arch.group_size, dtype, window), windows)
-    local = None
-    if window:  # only the local layers read these blocks
-        blocks = packed_blocks(positions, chosen, arch.group_size, dtype, window)
-        local = Packed(model.config, blocks, windows)
-    bounds = flash_bounds(positions, chosen, arch.group_size, BLOCK_M, BLOCK_N)
-    return FlashPacked(model.config, positions, positions[chosen], bounds, kernel, windows, local)
 
 
 def _attention(

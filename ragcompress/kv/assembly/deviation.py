@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.cache_utils import DynamicLayer
 
-from ragcompress.kv.assembly.blend_attention import blend_attention, packed_job
+from ragcompress.kv.assembly.blend_attention import blend_attention
+from ragcompress.kv.assembly.flash_packed import packed_job
 from ragcompress.kv.assembly.recompute import ScatterLayer
 from ragcompress.models.compat import cache_kwargs
 

@@ -16,17 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.assembly.blend_attention import AttentionJob, Packed
+from ragcompress.kv.assembly.blend_attention import AttentionJob, Packed, packed_blocks
+from ragcompress.kv.assembly.flash_blocks import BLOCK_M, BLOCK_N
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
 
-__all__ = ["BLOCK_M", "BLOCK_N", "FlashPacked", "flash_bounds", "flash_kernel"]
+__all__ = ["BLOCK_M", "BLOCK_N", "FlashPacked", "flash_bounds", "flash_kernel", "packed_job"]
 
-#: rows (tokens × folded query heads) per kernel program and keys per tile: 128 × 64 with 8
-#: warps is the shape flash kernels use for head_dim 128 on Hopper. The bounds are cut with them.
-BLOCK_M = 128
-BLOCK_N = 64
 
 #: ``position_flash``'s signature: (query (heads, n, D), key, value (kv_heads, slots, D),
 #: q_pos (n,), k_pos (slots,), bounds (blocks, 2), scale) → (n, heads, D)
@@ -99,3 +97,31 @@ class FlashPacked(AttentionJob):
         if query.shape[0] != 1:
             raise ValueError(f"the partial forward runs one sequence, got a batch of {query.shape[0]}")
         return self.kernel(query[0], key[0], value[0], self.q_pos, self.positions, self.bounds, scaling)[None]
+
+
+def packed_job(
+    model: PreTrainedModel,
+    positions: torch.Tensor,
+    chosen: torch.Tensor,
+    dtype: torch.dtype,
+    kernel: Callable[..., torch.Tensor] | None = None,
+) -> Packed | FlashPacked:
+    """The job recomputing slots ``chosen`` (k,) sorted of a cache whose slots sit at logical
+    ``positions`` (slots,) in ``model``: its family's group size and local windows. On a GPU with
+    Triton (or given ``kernel``, :func:`~ragcompress.kv.assembly.flash_packed.flash_kernel`'s
+    signature) a :class:`FlashPacked`, whose local layers, if any, keep the packed blocks;
+    elsewhere :class:`~ragcompress.kv.assembly.blend_attention.Packed`."""
+    from ragcompress.models.arch import arch_for
+
+    arch = arch_for(model)
+    window = arch.local_window
+    windows = arch.sliding_window if window else ()
+    kernel = kernel or flash_kernel(positions.device)
+    if kernel is None:
+        return Packed(model.config, packed_blocks(positions, chosen, arch.group_size, dtype, window), windows)
+    local = None
+    if window:  # only the local layers read these blocks
+        blocks = packed_blocks(positions, chosen, arch.group_size, dtype, window)
+        local = Packed(model.config, blocks, windows)
+    bounds = flash_bounds(positions, chosen, arch.group_size, BLOCK_M, BLOCK_N)
+    return FlashPacked(model.config, positions, positions[chosen], bounds, kernel, windows, local)

@@ -74,11 +74,10 @@ class SelectiveRecompute(Assembly):
         ``position``, in place: its tensors are overwritten at the recomputed slots. ``engine``:
         the fast engine whose buffer ``cache`` views: a mode that ranks on it does
         (:meth:`score_fast`), and the recomputed tokens run on its step
-        (:func:`~ragcompress.kv.fast.repair.repair_in_buffer`)."""
+        (``engine.recompute``)."""
         import torch
 
         from ragcompress.kv.assembly.recompute import recompute_slots
-        from ragcompress.kv.fast.repair import repair_in_buffer
 
         ctx = stale_context(model, cache, position, slots)
         k = min(round(self.recompute * slots.chunk_slots), int(slots.candidates.numel()))
@@ -92,7 +91,7 @@ class SelectiveRecompute(Assembly):
             scores = self.rerank(model, scores, slots, question)[chosen]
             order = torch.sort(scores, descending=True, stable=True).indices[:k]
             chosen = torch.sort(chosen[order]).values
-        if engine is None or not repair_in_buffer(engine, slots, chosen):
+        if engine is None or not engine.recompute(slots, chosen):
             recompute_slots(model, cache, slots, chosen)
         ctx.recompute = k / slots.chunk_slots
         return ctx

@@ -202,6 +202,13 @@ class FastGenerator:
         self._resident = []
         return self.buffer.context_layers()
 
+    def recompute(self, slots: Any, chosen: torch.Tensor) -> bool:
+        """``blend``'s partial forward of context slots ``chosen`` on this engine's step, in its
+        buffer (:func:`~ragcompress.kv.fast.repair.repair_in_buffer`); False where it cannot."""
+        from ragcompress.kv.fast.repair import repair_in_buffer
+
+        return repair_in_buffer(self, slots, chosen)
+
     def _written(self) -> None:
         """Write the host chunks still planned or streaming now, for a reader that does not wait
         for them layer by layer (a view of the buffer, the probe's step)."""

@@ -13,9 +13,11 @@ are the plan's with the request's slot and position delta filled in by two tenso
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+# table columns, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
+from ragcompress.kv.fast.rows import _DELTA, _DST
 
 if TYPE_CHECKING:
     import torch
@@ -24,10 +26,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.buffer import StaticKVBuffer
     from ragcompress.kv.fast.rows import DenseRows
 
-__all__ = ["DenseBlock", "DensePlan", "blocks_table", "dense_plan"]
-
-# table columns, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
-_DST, _DELTA = 3, 4
+__all__ = ["DenseBlock", "DensePlan", "dense_plan"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,25 +122,3 @@ def dense_plan(chunk: KVChunk, buffer: StaticKVBuffer) -> DensePlan | None:
     )
     _PLANS[chunk] = plan
     return plan
-
-
-def blocks_table(blocks: Sequence[DenseBlock]) -> torch.Tensor:
-    """(rows, 7) int64 host rows of the dense gather for every block, in order: the same as
-    ``torch.cat([b.table() for b in blocks])`` in a handful of array ops, not three tensor ops
-    per block (64 blocks at 32K: 1.6 ms of host time per request on the development machine).
-    In numpy: torch's CPU kernels hand even these few thousand rows to a thread pool, whose
-    wake-up cost milliseconds per request on a 16-core GPU host."""
-    import numpy as np
-    import torch
-
-    tables = [
-        b.plan.table.numpy()
-        if len(b.layers) == b.plan.table.shape[0]
-        else b.plan.table.numpy()[list(b.layers)]
-        for b in blocks
-    ]
-    counts = [t.shape[0] for t in tables]
-    t = np.concatenate(tables)  # a new array: the plans' tables stay as they are
-    t[:, _DST] += np.repeat([b.slot * b.plan.stride for b in blocks], counts)
-    t[:, _DELTA] = np.repeat([b.delta for b in blocks], counts)
-    return torch.from_numpy(t)

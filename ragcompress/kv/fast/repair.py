@@ -5,7 +5,7 @@ The recomputed context tokens run through the engine's :class:`~ragcompress.kv.f
 RoPE into the KV write, q/k/v and gate/up as one GEMM each) instead of a transformers forward:
 each layer writes their fresh keys and values over their own context rows, then they attend over
 the whole context, each masked by its logical position, through the job
-:func:`~ragcompress.kv.assembly.blend_attention.packed_job` builds (the position-masked flash
+:func:`~ragcompress.kv.assembly.flash_packed.packed_job` builds (the position-masked flash
 kernel on a GPU, the packed SDPA blocks elsewhere). The result is what
 :func:`~ragcompress.kv.assembly.recompute.recompute_slots` writes through the buffer's views,
 up to the fused kernels' bf16 roundings.
@@ -56,7 +56,7 @@ def repair_in_buffer(engine: Any, slots: SlotMap, chosen: torch.Tensor) -> bool:
     (local sliding-window layers): the caller repairs through the transformers forward."""
     import torch
 
-    from ragcompress.kv.assembly.blend_attention import packed_job
+    from ragcompress.kv.assembly.flash_packed import packed_job
     from ragcompress.kv.fast.step import StepIO
 
     buffer, step = engine.buffer, engine._step

@@ -193,7 +193,7 @@ def test_gpu_bf16_partial_forward(monkeypatch, attention):
         ddp_cache_data=[(k.clone(), v.clone()) for k, v in ((x.keys, x.values) for x in got.layers)],
         config=cfg,
     )
-    job = blend_attention.packed_job(model, positions, chosen, torch.bfloat16)
+    job = flash_packed.packed_job(model, positions, chosen, torch.bfloat16)
     assert type(job).__name__ == ("FlashPacked" if attention == "flash-kernel" else "Packed")
     with torch.inference_mode():
         recompute_slots(model, got, slots, chosen)

@@ -65,7 +65,6 @@ def check_recompute(family: str, monotone: bool) -> None:
     blocks (what the CPU runs): the same K/V written at every layer."""
     from transformers import DynamicCache
 
-    from ragcompress.kv.assembly import blend_attention
     from ragcompress.kv.assembly._position_flash import position_flash
     from ragcompress.kv.assembly.recompute import SlotMap, recompute_slots
     from ragcompress.models.arch import arch_for
@@ -85,7 +84,7 @@ def check_recompute(family: str, monotone: bool) -> None:
     for kernel in (position_flash, None):
         # what packed_job finds on this "device": the kernel, or none (the SDPA blocks)
         flash_packed.flash_kernel = lambda device, kernel=kernel: kernel  # type: ignore[assignment]
-        jobs.append(type(blend_attention.packed_job(model, positions, chosen, torch.float32)).__name__)
+        jobs.append(type(flash_packed.packed_job(model, positions, chosen, torch.float32)).__name__)
         # no config: every layer a plain dynamic one (a local layer of the config would keep a window)
         cache = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in layers])
         recompute_slots(model, cache, slots, chosen)
