@@ -75,7 +75,8 @@ def test_only_dense_layers_on_the_buffers_device_and_dtype_are_planned(setup):
 @pytest.mark.parametrize("layers", [None, [1]], ids=["every-layer", "some-layers"])
 def test_the_blocks_table_is_each_blocks_table_in_order(setup, layers):
     """The request's table of several planned chunks, at their own slots and deltas, built in a
-    few tensor ops == each block's rows in turn; the plans' own tables are left as they were."""
+    few array ops == each block's per-layer rows in turn (the reference's form); the plans' own
+    tables are left as they were."""
     model, _, chunks = setup
     fast = FastGenerator(model, capacity=64, max_question=8, max_new_tokens=2)
     rows = GatherRows(fast.buffer)
@@ -85,5 +86,8 @@ def test_the_blocks_table_is_each_blocks_table_in_order(setup, layers):
     before = [b.plan.table.clone() for b in rows.blocks]
     got = rows.dense_table()
     assert got is not None
-    assert torch.equal(got[0], torch.cat([b.table() for b in rows.blocks]))
+    per_layer = GatherRows(fast.buffer)  # the same rows, one dense entry per layer
+    per_layer.dense = rows.all_dense()
+    want = per_layer.dense_table()
+    assert want is not None and torch.equal(got[0], want[0]) and got[1] == want[1]
     assert all(torch.equal(a, b.plan.table) for a, b in zip(before, rows.blocks, strict=True))

@@ -16,8 +16,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-# table columns, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
-from ragcompress.kv.fast.rows import _DELTA, _DST
+# the destination column of a table row, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
+from ragcompress.kv.fast.rows import _DST
 
 if TYPE_CHECKING:
     import torch
@@ -52,21 +52,6 @@ class DenseBlock:
     layers: tuple[int, ...]
     slot: int
     delta: int
-
-    @property
-    def max_rows(self) -> int:
-        return int(self.plan.keys[0].shape[0])
-
-    def table(self) -> torch.Tensor:
-        """(len(layers), 7) int64 host rows of the dense gather table."""
-        import torch
-
-        p = self.plan
-        t = p.table if len(self.layers) == p.table.shape[0] else p.table[torch.tensor(self.layers)]
-        t = t.clone()
-        t[:, _DST] += self.slot * p.stride
-        t[:, _DELTA] = self.delta
-        return t
 
     def rows(self) -> list[DenseRows]:
         """The same as :class:`~ragcompress.kv.fast.rows.DenseRows` (the torch reference's form)."""

@@ -170,19 +170,21 @@ def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]
         return table, int(rows.max())
     out = np.repeat(t, pieces, axis=0)
     start = (np.arange(out.shape[0]) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * cap  # 0: not cut
-    cut = np.where(out[:, 5] == out[:, 2], np.minimum(out[:, 2] - start, cap), out[:, 2])
+    one = out[:, 5] == out[:, 2]  # the single-run entries (each piece is one run again)
+    cut = np.where(one, np.minimum(out[:, 2] - start, cap), out[:, 2])
     out[:, 0] += start * head_dim
     out[:, 1] += start * head_dim
     out[:, 3] += start * out[:, 6]
-    out[:, 5] = np.where(out[:, 5] == out[:, 2], cut, out[:, 5])
+    out[:, 5] = np.where(one, cut, out[:, 5])
     out[:, 2] = cut
     return torch.from_numpy(out), int(cut.max())
 
 
 def blocks_table(blocks: Sequence[DenseBlock]) -> torch.Tensor:
-    """(rows, 7) int64 host rows of the dense gather for every block, in order: the same as
-    ``torch.cat([b.table() for b in blocks])`` in a handful of array ops, not three tensor ops
-    per block (64 blocks at 32K: 1.6 ms of host time per request on the development machine).
+    """(rows, 7) int64 host rows of the dense gather for every block, in order: each plan's rows
+    with the block's slot and delta filled in, in a handful of array ops for all blocks, not
+    three tensor ops per block (64 blocks at 32K: 1.6 ms of host time per request on the
+    development machine).
     In numpy: torch's CPU kernels hand even these few thousand rows to a thread pool, whose
     wake-up cost milliseconds per request on a 16-core GPU host."""
     import numpy as np
