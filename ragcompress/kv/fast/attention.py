@@ -146,13 +146,17 @@ def own_pass_reference(
 
 
 class FlashCascade(CascadeAttention):
-    """Flash attention's variable-length kernel (fp16/bf16 on CUDA), graph-safe: valid
-    lengths are read from device tensors (``seqused_k``).
+    """Flash attention on CUDA (fp16/bf16), graph-safe: valid lengths are read from device
+    tensors.
 
     Context pass: the query heads sharing a KV head are folded into the query rows (N*G rows,
     kv_heads heads), so each KV head's keys are read once, not once per query head; the keys
-    are split over ``meta.splits`` segments (split-KV) to fill the GPU. Own-question pass:
-    causal, one sequence per question. Partial results merge by log-sum-exp.
+    are split over ``meta.splits`` segments (split-KV) to fill the GPU. Where Triton runs and
+    the head size is a power of two, a Triton kernel reads the queries in place
+    (:mod:`~ragcompress.kv.fast._context`) and the question's own slots merge in one more
+    (:mod:`~ragcompress.kv.fast._merge`); elsewhere flash's variable-length kernel runs both
+    passes over copies of the folded queries (``seqused_k``) and torch merges them by
+    log-sum-exp.
     """
 
     def __call__(self, q, ctx_k, ctx_v, own_k, own_v, meta, scale, *, window=None, softcap=None):  # type: ignore[no-untyped-def]
@@ -195,13 +199,13 @@ class FlashCascade(CascadeAttention):
             if span is None:
                 span = window_span(window.q_pos, window.ctx_pos, meta.ctx_len, window.size)
             return window_context(q, ctx_k, ctx_v, window.q_pos, window.ctx_pos, span, sp, window.size, scale)
-        if fused:  # one launch (see _fold.py)
-            from ragcompress.kv.fast._fold import fold_queries
+        if fused:  # Triton, reading the queries in place (see _context.py)
+            from ragcompress.kv.fast._context import context_pass
 
-            qs = fold_queries(q, sp, kvh)
-        else:  # row t*g + j, once per segment
-            qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)
-            qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
+            return context_pass(q, ctx_k, ctx_v, meta.seg_start, meta.ctx_used, scale)
+        # row t*g + j, once per segment
+        qf = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d)
+        qs = qf.repeat(sp, 1, 1) if sp > 1 else qf
         return _flash(
             qs, ctx_k, ctx_v, meta.cu_q_ctx, meta.cu_k_ctx, n * g, meta.max_seg, False, scale, meta.ctx_used
         )

@@ -90,8 +90,12 @@ def capture(shape: _Shape, forward: Callable[[_Shape], None], buffer: StaticKVBu
 
 
 def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capacity: int) -> int:
-    """Context segments for n query tokens: enough thread blocks (KV heads x 128-row tiles of
-    the folded queries x segments) for ~2 waves on the device, segments of ≥ 256 keys."""
+    """Context segments for n query tokens: as many programs (KV heads x 128-row tiles of the
+    folded queries x segments) as the device has SMs, one wave, segments of ≥ 256 keys. On an
+    H200 (Llama-3-8B shape, 32 query tokens) the Triton context pass ran a layer at 32K in
+    47.9 µs over 16 segments against 53.7 over 33, two waves
+    (``benchmarks/results/ttft_context_kernel_h200/``): longer segments amortize each
+    program's start and its share of the merge."""
     import torch
 
     if device.type != "cuda":
@@ -99,7 +103,7 @@ def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capa
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     rows = n * (heads // kv_heads)
     blocks = kv_heads * -(-rows // 128)
-    return max(1, min(-(-2 * sms // blocks), capacity // 256))
+    return max(1, min(sms // blocks, capacity // 256))
 
 
 @dataclass(eq=False)
