@@ -8,6 +8,7 @@ A diagnostic script kept as the record of one device call; not part of the libra
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -15,19 +16,27 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from ragcompress.kv.fast._context import _LOG2E, _context_kernel, context_pass
-from ragcompress.kv.fast._fold import fold_queries
+try:  # removed from the library after the first call: its queries folded and copied per segment
+    from ragcompress.kv.fast._fold import fold_queries
+except ImportError:
+    fold_queries = None
 from ragcompress.kv.fast._merge import merge_with_own
 from ragcompress.kv.fast.attention import _flash
 from ragcompress.kv.fast.shapes import context_splits
 from ragcompress.kv.fast.step_meta import StepMeta
 
+SWEEP = sys.argv[1].split(",") if len(sys.argv) > 1 else []  # shapes to sweep tiles on (default: all)
 SHAPES = {"llama3-8b": (32, 8, 128, 32), "qwen2.5-7b": (28, 4, 128, 28), "gemma3-12b": (16, 8, 256, 48)}
 
 
 def old_pass(q: Any, ck: Any, cv: Any, meta: StepMeta, scale: float) -> Any:
     n, h, d = q.shape
     kvh = ck.shape[1]
-    qs = fold_queries(q, meta.splits, kvh)
+    g = h // kvh
+    if fold_queries is None:  # torch's fold and repeat: the same rows, two launches more
+        qs = q.view(n, kvh, g, d).permute(0, 2, 1, 3).reshape(n * g, kvh, d).repeat(meta.splits, 1, 1)
+    else:
+        qs = fold_queries(q, meta.splits, kvh)
     return _flash(qs, ck, cv, meta.cu_q_ctx, meta.cu_k_ctx, n * (h // kvh), meta.max_seg, False, scale, meta.ctx_used)
 
 
@@ -83,7 +92,7 @@ def main() -> None:
                 row("flash 2 + fold (before)", lambda: old_pass(q, ck, cv, meta, scale), lambda: old_pass(q, ck, cv, meta, scale))
                 row("context_pass (library default)", lambda: context_pass(q, ck, cv, meta.seg_start, meta.ctx_used, scale),
                     lambda: context_pass(q, ck, cv, meta.seg_start, meta.ctx_used, scale))
-                if splits != default or ctx != 32768:
+                if splits != default or ctx != 32768 or (SWEEP and name not in SWEEP):
                     continue
                 for bm in (64, 128):
                     for bn in ((32, 64) if d > 128 else (32, 64, 128)):
