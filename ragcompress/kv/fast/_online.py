@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["online_update", "partials", "store_partial"]
+__all__ = ["folded_rows", "online_update", "partials", "store_partial"]
 
 
 def partials(
@@ -27,6 +27,18 @@ def partials(
     o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
     lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)
     return heads // kvh, ng, o, lse
+
+
+@triton.jit
+def folded_rows(NG, G, BLOCK_M: tl.constexpr):
+    """This program's place in a context pass's grid (segment, KV head, block of folded rows):
+    ``(seg, kv, rows, rm, tok, head)``, with ``rows`` (BLOCK_M,) int64 folded query rows
+    (valid where ``rm``: below ``NG``), row ``t*G + j`` being query head ``head = kv*G + j`` of
+    token ``tok = t``."""
+    seg = tl.program_id(0).to(tl.int64)
+    kv = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(2).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    return seg, kv, rows, rows < NG, rows // G, kv * G + rows % G
 
 
 @triton.jit

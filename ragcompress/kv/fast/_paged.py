@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._online import online_update, partials, store_partial
+from ragcompress.kv.fast._online import folded_rows, online_update, partials, store_partial
 
 __all__ = ["paged_context"]
 
@@ -39,12 +39,7 @@ def _paged_kernel(
     S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
     BS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    seg = tl.program_id(0).to(tl.int64)
-    kv = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(2).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    rm = rows < NG
-    tok = rows // G
-    head = kv * G + rows % G
+    seg, kv, rows, rm, tok, head = folded_rows(NG, G, BLOCK_M)
     D: tl.constexpr = 2 * HALF
     i = tl.arange(0, HALF)
     d = tl.arange(0, D)

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._online import online_update, partials, store_partial
+from ragcompress.kv.fast._online import folded_rows, online_update, partials, store_partial
 
 __all__ = ["window_context"]
 
@@ -39,12 +39,7 @@ def _window_kernel(
     G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCAN: tl.constexpr,
 ):  # fmt: skip
-    seg = tl.program_id(0).to(tl.int64)
-    kv = tl.program_id(1).to(tl.int64)
-    rows = tl.program_id(2).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    rm = rows < NG
-    tok = rows // G
-    head = kv * G + rows % G
+    seg, kv, rows, rm, tok, head = folded_rows(NG, G, BLOCK_M)
     d = tl.arange(0, D)
     q = tl.load(
         q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D + d[None, :], mask=rm[:, None], other=0.0
