@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 # the quantized rows' int4/int8 loads and dequantization are the per-chunk kernel's own
-from ragcompress.kv.fast.rows import _offset
+from ragcompress.kv.fast.rows import DENSE_FIELDS, _offset
 from ragcompress.kv.kernels.dequant_rope import _dequant, _halves
 
 if TYPE_CHECKING:
@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DENSE_FIELDS", "QUANT_FIELDS", "gather", "gather_dense", "gather_quantized"]
 
-# table columns
-DENSE_FIELDS = ("key_offset", "value_offset", "rows", "dst_row", "delta", "run", "stride")
+# table columns (the dense ones live with the host code that fills them)
 QUANT_FIELDS = ("kc", "ks", "kz", "vc", "vs", "vz", "tokens", "dst_token", "delta", "heads", "head0")
 
 

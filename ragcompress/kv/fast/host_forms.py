@@ -150,7 +150,7 @@ class QuantForm(HostForm):
 @dataclass(frozen=True)
 class DenseForm(HostForm):
     """Keys and values (kv_heads, n, head_dim) in the buffer's dtype: k, v per layer (the
-    ``_gather.DENSE_FIELDS`` columns: kv_heads runs of n rows, a token every ``stacked`` rows)."""
+    ``rows.DENSE_FIELDS`` columns: kv_heads runs of n rows, a token every ``stacked`` rows)."""
 
     dtype: torch.dtype
 

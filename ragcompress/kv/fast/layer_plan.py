@@ -16,7 +16,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-# the destination column of a table row, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
+# the destination column of a table row (:data:`ragcompress.kv.fast.rows.DENSE_FIELDS`)
 from ragcompress.kv.fast.rows import _DST
 
 if TYPE_CHECKING:

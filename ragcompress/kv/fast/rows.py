@@ -23,10 +23,11 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.layer_plan import DenseBlock
     from ragcompress.kv.kernels import QuantizedKV
 
-# dense table columns, as :data:`ragcompress.kv.fast._gather.DENSE_FIELDS`
-_DST, _DELTA = 3, 4
+#: the dense gather table's columns, as the kernel reads them (``_gather.py``)
+DENSE_FIELDS = ("key_offset", "value_offset", "rows", "dst_row", "delta", "run", "stride")
+_KEY, _VALUE, _ROWS, _DST, _DELTA, _RUN, _STRIDE = range(len(DENSE_FIELDS))
 
-__all__ = ["DenseRows", "GatherRows", "QuantizedRows", "blocks_table", "even_entries"]
+__all__ = ["DENSE_FIELDS", "DenseRows", "GatherRows", "QuantizedRows", "blocks_table", "even_entries"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +78,7 @@ class GatherRows:
 
     def dense_table(self) -> tuple[torch.Tensor, int] | None:
         """(entries, 7) int64 host table of the dense gather (offsets from ``buffer.ctx_keys``,
-        see :data:`~ragcompress.kv.fast._gather.DENSE_FIELDS`), long single runs cut by
+        see :data:`DENSE_FIELDS`), long single runs cut by
         :func:`even_entries`, and the largest entry's rows; None without dense entries."""
         import torch
 
@@ -160,7 +161,7 @@ def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]
     # numpy, not torch: torch's CPU kernels hand even these few thousand rows to a thread pool,
     # whose wake-up cost milliseconds per request on a 16-core GPU host
     t = table.numpy()
-    rows, run = t[:, 2], t[:, 5]
+    rows, run = t[:, _ROWS], t[:, _RUN]
     single = run == rows
     if single.all():  # packed chunks alone: their entries are alike already (and left as they were)
         return table, int(rows.max())
@@ -170,13 +171,13 @@ def even_entries(table: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, int]
         return table, int(rows.max())
     out = np.repeat(t, pieces, axis=0)
     start = (np.arange(out.shape[0]) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * cap  # 0: not cut
-    one = out[:, 5] == out[:, 2]  # the single-run entries (each piece is one run again)
-    cut = np.where(one, np.minimum(out[:, 2] - start, cap), out[:, 2])
-    out[:, 0] += start * head_dim
-    out[:, 1] += start * head_dim
-    out[:, 3] += start * out[:, 6]
-    out[:, 5] = np.where(one, cut, out[:, 5])
-    out[:, 2] = cut
+    one = np.repeat(single, pieces)  # the single-run entries (each piece is one run again)
+    cut = np.where(one, np.minimum(out[:, _ROWS] - start, cap), out[:, _ROWS])
+    out[:, _KEY] += start * head_dim
+    out[:, _VALUE] += start * head_dim
+    out[:, _DST] += start * out[:, _STRIDE]
+    out[:, _RUN] = np.where(one, cut, out[:, _RUN])
+    out[:, _ROWS] = cut
     return torch.from_numpy(out), int(cut.max())
 
 
