@@ -97,20 +97,12 @@ def test_qk_norms_are_no_reason_to_refuse_the_fused_step():
 
 
 @pytest.mark.gpu
-def test_gpu_head_norm_kernel_matches_the_qwen3_module():
-    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+def test_gpu_norm_kernels_round_like_the_modules():
+    """QK-norms inside the RoPE write and Gemma 3's sandwich add+norm, compiled (see
+    tests/kv/test_fast_norm_kernels.py for the interpreted run)."""
+    from tests.support.norm_kernels import check_norm_kernels
 
-    from ragcompress.kv.fast.fused import _head_norm
-
-    torch.manual_seed(2)
-    n, h, kvh, d = 5, 8, 2, 128
-    norm = Qwen3RMSNorm(d, eps=1e-6).cuda().to(torch.bfloat16)
-    norm.weight.data.uniform_(0.25, 2.0)
-    fused = torch.randn(n, (h + 2 * kvh) * d, device="cuda", dtype=torch.bfloat16)
-    q = fused[:, : h * d]  # a column slice of one fused projection, as the step splits it
-    got = _head_norm(q, norm, n * h, d)
-    assert got.shape == (n, h * d) and got.is_contiguous()
-    torch.testing.assert_close(got.view(n, h, d), norm(q.view(n, h, d)), atol=0, rtol=1e-2)
+    check_norm_kernels("cuda")
 
 
 @pytest.mark.gpu

@@ -14,57 +14,82 @@ ACTS = ("silu", "swish", "gelu_pytorch_tanh")
 
 
 @triton.jit
+def _rms(x, w, var, eps, dt: tl.constexpr, GEMMA: tl.constexpr):
+    # one RMSNorm of fp32 x (mean square var) by fp32 weight w, returned in fp32 holding the
+    # model-dtype value the module would return (Llama's or, GEMMA, Gemma's rounding)
+    if GEMMA:
+        out = (x * (1.0 / tl.sqrt(var + eps))) * (1.0 + w)
+    else:
+        out = w * (x * (1.0 / tl.sqrt(var + eps))).to(dt).to(tl.float32)
+    return out.to(dt).to(tl.float32)
+
+
+@triton.jit
 def _add_rmsnorm_kernel(
     x_ptr,
     d_ptr,
     w_ptr,
+    dw_ptr,
     out_ptr,
     res_ptr,
     n_cols,
     eps,
+    d_eps,
     HAS_DELTA: tl.constexpr,
+    NORM_DELTA: tl.constexpr,
     BLOCK: tl.constexpr,
     GEMMA: tl.constexpr,
 ):
     # Rounds like the eager modules: residual add in the model dtype, normalized value cast to
     # the model dtype before the weight multiply (LlamaRMSNorm); GEMMA: normalized * (1 + w) in
-    # fp32, cast once (Gemma3RMSNorm).
+    # fp32, cast once (Gemma3RMSNorm). NORM_DELTA: the delta is normed first and rounded to the
+    # model dtype, as Gemma 3's post-attention / post-MLP norms return it before the add.
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < n_cols
     x = tl.load(x_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
     if HAS_DELTA:
         d = tl.load(d_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
+        if NORM_DELTA:
+            dw = tl.load(dw_ptr + cols, mask=m, other=0.0).to(tl.float32)
+            d = _rms(d, dw, tl.sum(d * d, axis=0) / n_cols, d_eps, res_ptr.dtype.element_ty, GEMMA)
         xr = (x + d).to(res_ptr.dtype.element_ty)
         tl.store(res_ptr + row * n_cols + cols, xr, mask=m)
         x = xr.to(tl.float32)
-    var = tl.sum(x * x, axis=0) / n_cols
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    if GEMMA:
-        out = (x * (1.0 / tl.sqrt(var + eps))) * (1.0 + w)
-    else:
-        out = w * (x * (1.0 / tl.sqrt(var + eps))).to(out_ptr.dtype.element_ty).to(tl.float32)
+    out = _rms(x, w, tl.sum(x * x, axis=0) / n_cols, eps, out_ptr.dtype.element_ty, GEMMA)
     tl.store(out_ptr + row * n_cols + cols, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
 def add_rmsnorm(
-    x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float, gemma: bool = False
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    gemma: bool = False,
+    delta_norm: tuple[torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x + delta, rmsnorm(x + delta) * weight)`` for x (rows, hidden); without delta, ``(x, norm)``.
-    ``gemma``: the norm multiplies by ``1 + weight`` (Gemma's RMSNorm)."""
+    ``gemma``: the norm multiplies by ``1 + weight`` (Gemma's RMSNorm). ``delta_norm``: ``(weight,
+    eps)`` of a norm the delta passes first (Gemma 3's sandwich: post-block norm, add, next
+    norm, one launch)."""
     rows, n = x.shape
     out = torch.empty_like(x)
     res = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(n)
+    dw, d_eps = delta_norm if delta_norm is not None else (weight, 0.0)
     _add_rmsnorm_kernel[(rows,)](
         x,
         delta if delta is not None else x,
         weight,
+        dw,
         out,
         res,
         n,
         eps,
+        d_eps,
         HAS_DELTA=delta is not None,
+        NORM_DELTA=delta is not None and delta_norm is not None,
         BLOCK=block,
         GEMMA=gemma,
         num_warps=min(16, max(4, block // 512)),
@@ -83,6 +108,10 @@ def _rope_write_kernel(
     qo_ptr,
     kbuf_ptr,
     vbuf_ptr,
+    qw_ptr,
+    kw_ptr,
+    q_eps,
+    k_eps,
     sq,
     sk,
     sv,
@@ -90,10 +119,13 @@ def _rope_write_kernel(
     H: tl.constexpr,
     KVH: tl.constexpr,
     HALF: tl.constexpr,
+    NORM: tl.constexpr,
+    GEMMA: tl.constexpr,
 ):
     # program (token t, head j): j < H rotates query head j into qo; j >= H rotates key head
     # j - H and copies its value into the question region at slots[t]. Rounds like
-    # apply_rotary_pos_emb: bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)).
+    # apply_rotary_pos_emb: bf16(bf16(x * cos) + bf16(rotate_half(x) * sin)). NORM: the head is
+    # RMS-normed first (q_norm / k_norm, Qwen3 and Gemma 3), rounded as the module rounds.
     t = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     i = tl.arange(0, HALF)
@@ -106,16 +138,24 @@ def _rope_write_kernel(
     if j < H:
         src = q_ptr + t * sq + j * D
         dst = qo_ptr + t * (H * D) + j * D
+        w_ptr = qw_ptr
+        eps = q_eps
     else:
         slot = tl.load(slots_ptr + t)
         src = k_ptr + t * sk + (j - H) * D
         dst = kbuf_ptr + slot * sdst + (j - H) * D
+        w_ptr = kw_ptr
+        eps = k_eps
         v1 = tl.load(v_ptr + t * sv + (j - H) * D + i)
         v2 = tl.load(v_ptr + t * sv + (j - H) * D + HALF + i)
         tl.store(vbuf_ptr + slot * sdst + (j - H) * D + i, v1)
         tl.store(vbuf_ptr + slot * sdst + (j - H) * D + HALF + i, v2)
     x1 = tl.load(src + i).to(tl.float32)
     x2 = tl.load(src + HALF + i).to(tl.float32)
+    if NORM:
+        var = (tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / D
+        x1 = _rms(x1, tl.load(w_ptr + i).to(tl.float32), var, eps, dt, GEMMA)
+        x2 = _rms(x2, tl.load(w_ptr + HALF + i).to(tl.float32), var, eps, dt, GEMMA)
     o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
     o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
     tl.store(dst + i, o1.to(dt))
@@ -134,12 +174,14 @@ def rope_write(
     heads: int,
     kv_heads: int,
     head_dim: int,
+    qk_norm: tuple[torch.Tensor, float, torch.Tensor, float, bool] | None = None,
 ) -> torch.Tensor:
     """Rotated queries (n, heads, head_dim); rotated keys and values written to kbuf/vbuf
     (slots, kv_heads, head_dim) rows ``slots`` (n,). q/k/v (n, heads*head_dim) with unit
     column stride (row stride free: they may be column slices of one fused projection);
     cos/sin (n, head_dim) contiguous; kbuf/vbuf one row stride (free: a layer's view of the
-    context buffer), heads and channels contiguous."""
+    context buffer), heads and channels contiguous. ``qk_norm``: ``(q weight, q eps, k weight,
+    k eps, gemma)`` of per-head RMSNorms (head_dim,) applied before the rotation."""
     n = q.shape[0]
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(1) != 1:
@@ -147,6 +189,7 @@ def rope_write(
     if kbuf.stride() != vbuf.stride() or kbuf.stride()[1:] != (head_dim, 1):
         raise ValueError(f"rope_write needs kbuf/vbuf rows of contiguous heads, got {kbuf.stride()}")
     qo = torch.empty(n, heads, head_dim, device=q.device, dtype=q.dtype)
+    qw, q_eps, kw, k_eps, gemma = qk_norm if qk_norm is not None else (cos, 0.0, cos, 0.0, False)
     _rope_write_kernel[(n, heads + kv_heads)](
         q,
         k,
@@ -157,6 +200,10 @@ def rope_write(
         qo,
         kbuf,
         vbuf,
+        qw,
+        kw,
+        q_eps,
+        k_eps,
         q.stride(0),
         k.stride(0),
         v.stride(0),
@@ -164,6 +211,8 @@ def rope_write(
         H=heads,
         KVH=kv_heads,
         HALF=head_dim // 2,
+        NORM=qk_norm is not None,
+        GEMMA=gemma,
         num_warps=1,
     )
     return qo

@@ -101,15 +101,15 @@ class FusedStep(DecoderStep):
         for li, p in enumerate(parts):
             o = self._attention(p, hs, li, io)
             nxt = parts[li + 1].input_norm if li + 1 < len(parts) else final
-            if sandwich:  # each block's output normed again before its residual add (Gemma 3)
+            if sandwich:  # each block's output normed again before its residual add (Gemma 3),
+                # that norm fused into the add + next norm: one launch each
                 pre, post = (getattr(layers[li], getattr(self.arch.names, n)) for n in _MLP_NORMS)
-                o = add_rmsnorm(o, None, *_norm_args(p.post_attention_norm))[1]
-                x, hs = add_rmsnorm(x, o, *_norm_args(pre))
-                mlp = add_rmsnorm(self._mlp(p, hs, li), None, *_norm_args(post))[1]
+                x, hs = add_rmsnorm(x, o, *_norm_args(pre), delta_norm=_norm_args(p.post_attention_norm)[:2])
+                mlp = self._mlp(p, hs, li)
+                x, hs = add_rmsnorm(x, mlp, *_norm_args(nxt), delta_norm=_norm_args(post)[:2])
             else:
                 x, hs = add_rmsnorm(x, o, *_norm_args(p.post_attention_norm))
-                mlp = self._mlp(p, hs, li)
-            x, hs = add_rmsnorm(x, mlp, *_norm_args(nxt))
+                x, hs = add_rmsnorm(x, self._mlp(p, hs, li), *_norm_args(nxt))
         return self.head(hs.index_select(0, io.last))
 
     def _attention(self, p: LayerParts, hs: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
@@ -127,11 +127,13 @@ class FusedStep(DecoderStep):
             q, k, v = qkv_out.split((h * d, kvh * d, kvh * d), dim=-1)
         else:
             q, k, v = p.q_proj(hs), p.k_proj(hs), p.v_proj(hs)
-        if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE
-            q, k = _head_norm(q, p.q_norm, n * h, d), _head_norm(k, p.k_norm, n * kvh, d)
+        qk_norm = None
+        if p.q_norm is not None and p.k_norm is not None:  # per head, before RoPE: in rope_write
+            (qw, q_eps, gemma), (kw, k_eps, _) = _norm_args(p.q_norm), _norm_args(p.k_norm)
+            qk_norm = (qw, q_eps, kw, k_eps, gemma)
         cos, sin = (t.contiguous() for t in io.rope.of(li))
         keys, values = io.kv_out(li)
-        q = rope_write(q, k, v, cos, sin, io.slots, keys, values, h, kvh, d)
+        q = rope_write(q, k, v, cos, sin, io.slots, keys, values, h, kvh, d, qk_norm)
         o = self.attend(q, li, io)
         return p.o_proj(o.reshape(n, h * d))  # type: ignore[no-any-return]
 
@@ -174,15 +176,6 @@ def _norm_args(norm: Any) -> tuple[Any, float, bool]:
     """``(weight, eps, gemma)`` of an RMSNorm module, as ``add_rmsnorm`` takes them."""
     gemma = _norm_kind(norm) == "gemma"
     return norm.weight, float(norm.eps if gemma else norm.variance_epsilon), gemma
-
-
-def _head_norm(x: torch.Tensor, norm: Any, rows: int, head_dim: int) -> torch.Tensor:
-    """``norm`` (an RMSNorm over ``head_dim``) of every head of x (n, heads * head_dim), rows =
-    n * heads; returns (n, heads * head_dim) contiguous (the kernel reads whole rows)."""
-    from ragcompress.kv.fast._triton import add_rmsnorm
-
-    out = add_rmsnorm(x.contiguous().view(rows, head_dim), None, *_norm_args(norm))[1]
-    return out.view(x.shape[0], -1)
 
 
 def _stackable(arch: Any, parts: Sequence[LayerParts]) -> tuple[bool, bool]:

@@ -1,0 +1,52 @@
+"""The fused step's norm kernels against the transformers modules they replace, on a device:
+per-head QK-norms folded into the RoPE write (Qwen3's Llama-style RMSNorm, Gemma 3's) and
+Gemma 3's sandwich (post-block norm, residual add, next norm) in one add+norm launch. Shared by
+the interpreted CPU test and the compiled GPU test."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_norm_kernels(device: str) -> None:
+    """Raise AssertionError unless the kernels match the modules in fp32 and bf16."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    from transformers.models.llama.modeling_llama import rotate_half
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
+
+    from ragcompress.kv.fast._triton import add_rmsnorm, rope_write
+
+    torch.manual_seed(1)
+    for dt in (torch.float32, torch.bfloat16):
+        # fp32: only rsqrt's last bits differ; bf16: one rounding of the module's may land an ulp away
+        tol = {"atol": 1e-5, "rtol": 1e-5} if dt == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+        n, h, kvh, d = 3, 4, 2, 16
+        fused = torch.randn(n, (h + 2 * kvh) * d, dtype=dt, device=device) * 3
+        q, k, v = fused.split((h * d, kvh * d, kvh * d), dim=-1)  # column slices, as the step has them
+        ang = torch.randn(n, d // 2, device=device) * 50
+        cos, sin = (f(torch.cat([ang, ang], -1)).to(dt) for f in (torch.cos, torch.sin))
+        slots = torch.tensor([4, 0, 2], device=device)
+        for cls, gemma in ((Qwen3RMSNorm, False), (Gemma3RMSNorm, True)):
+            qn, kn = cls(d, eps=1e-6).to(device, dt), cls(d, eps=1e-5).to(device, dt)
+            qn.weight.data.uniform_(0.25, 2.0)
+            kn.weight.data.uniform_(-0.5, 0.5)
+            kb, vb = (torch.full((6, kvh, d), float("nan"), dtype=dt, device=device) for _ in range(2))
+            norms = (qn.weight, 1e-6, kn.weight, 1e-5, gemma)
+            qo = rope_write(q, k, v, cos, sin, slots, kb, vb, h, kvh, d, norms)
+            c, s = cos[:, None], sin[:, None]
+            with torch.no_grad():
+                qr, kr = qn(q.reshape(n, h, d)), kn(k.reshape(n, kvh, d))
+            torch.testing.assert_close(qo, qr * c + rotate_half(qr) * s, **tol)
+            torch.testing.assert_close(kb[slots], kr * c + rotate_half(kr) * s, **tol)
+            assert torch.equal(vb[slots], v.reshape(n, kvh, d))
+            assert kb[[1, 3, 5]].isnan().all()  # rows not in slots untouched
+
+            x, o = (torch.randn(n, 48, dtype=dt, device=device) * a for a in (1, 4))
+            post, pre = cls(48, eps=1e-6).to(device, dt), cls(48, eps=1e-5).to(device, dt)
+            post.weight.data.uniform_(0.25, 2.0)
+            pre.weight.data.uniform_(-0.5, 0.5)
+            res, out = add_rmsnorm(x, o, pre.weight, 1e-5, gemma, delta_norm=(post.weight, 1e-6))
+            with torch.no_grad():
+                want = x + post(o)
+                torch.testing.assert_close(res, want, **tol)
+                torch.testing.assert_close(out, pre(want), **tol)
