@@ -34,9 +34,15 @@ class FusedStep(DecoderStep):
     ``True`` costs no memory: it reads the model's weights in place, as one stacked view where
     they already lie back to back in one storage, else as separate GEMMs (three for q/k/v, two
     for gate/up: more launches per step). The model's parameters are never replaced either way.
+
+    ``skinny_rows``: steps of at most this many rows (a question's tokens times the batch) run
+    o_proj and down_proj on one Triton launch each (:mod:`~ragcompress.kv.fast._gemm`) in place
+    of cuBLAS's split-K product and its reduction; 0 keeps cuBLAS everywhere. bf16/fp16 weights
+    only: an fp32 model keeps cuBLAS's fp32 products (Triton's would run in tf32).
     """
 
     share_weights: bool = False
+    skinny_rows: int = 64
     _qkv: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
     _qkv_bias: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
     _gate_up: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
@@ -47,6 +53,11 @@ class FusedStep(DecoderStep):
         if reason is not None:
             raise ValueError(f"FusedStep cannot run this model: {reason}; use EagerStep")
         import torch
+
+        from ragcompress.kv.fast._gemm import MAX_ROWS
+
+        if not 0 <= self.skinny_rows <= MAX_ROWS:
+            raise ValueError(f"FusedStep.skinny_rows must be in [0, {MAX_ROWS}], got {self.skinny_rows}")
 
         parts = self.parts()
         stack_qkv, stack_mlp = _stackable(self.arch, parts)
@@ -135,7 +146,7 @@ class FusedStep(DecoderStep):
         keys, values = io.kv_out(li)
         q = rope_write(q, k, v, cos, sin, io.slots, keys, values, h, kvh, d, qk_norm)
         o = self.attend(q, li, io)
-        return p.o_proj(o.reshape(n, h * d))  # type: ignore[no-any-return]
+        return self._project(p.o_proj, o.reshape(n, h * d))
 
     def _mlp(self, p: LayerParts, hs: torch.Tensor, li: int) -> torch.Tensor:
         """The gated MLP of layer ``li`` on ``hs`` (n, hidden): one GEMM over the stacked
@@ -147,7 +158,27 @@ class FusedStep(DecoderStep):
         gate_up, down = self._gate_up[li], p.down_proj  # down is set wherever gate/up were stacked
         if gate_up is None or down is None:
             return p.mlp(hs)  # type: ignore[no-any-return]
-        return down(act_mul(torch.nn.functional.linear(hs, gate_up), self.arch.mlp_act))  # type: ignore[no-any-return]
+        return self._project(down, act_mul(torch.nn.functional.linear(hs, gate_up), self.arch.mlp_act))
+
+    def _project(self, linear: Any, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x)`` for x (rows, in): the skinny Triton GEMM where ``skinny_rows`` allows
+        (a plain bias-free Linear with half-precision contiguous weights), else the module."""
+        import torch
+
+        w = getattr(linear, "weight", None)
+        if (
+            x.shape[0] <= self.skinny_rows
+            and type(linear) is torch.nn.Linear
+            and linear.bias is None
+            and w is not None
+            and w.dtype in (torch.bfloat16, torch.float16)
+            and w.is_contiguous()
+            and x.stride(-1) == 1
+        ):
+            from ragcompress.kv.fast._gemm import skinny_linear
+
+            return skinny_linear(x, w)
+        return linear(x)  # type: ignore[no-any-return]
 
 
 # the block orders the fused layers implement: pre-norm (Llama-shaped) and sandwich (Gemma 3)

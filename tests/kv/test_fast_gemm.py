@@ -1,0 +1,41 @@
+"""The question step's skinny GEMM (``kv/fast/_gemm.py``) against torch's product, interpreted
+on the CPU in fp32 (the interpreter's bf16 products are not exact; the GPU tests run the
+engine's bf16 steps through it)."""
+
+from __future__ import annotations
+
+from tests.support.interpret import run_interpreted
+
+_CHECK = """
+import torch
+from ragcompress.kv.fast._gemm import MAX_ROWS, skinny_linear
+
+g = torch.Generator().manual_seed(0)
+# unmasked tiles (32 | N, 256 | K) and ragged ones; one row, a bucket, the most rows; x a column
+# slice of a wider tensor, as the step's activations may be
+for m, n, k in ((1, 64, 512), (32, 96, 256), (17, 40, 300), (MAX_ROWS, 33, 40)):
+    x = torch.randn(m, k + 3, generator=g)[:, :k]
+    w = torch.randn(n, k, generator=g)
+    y = skinny_linear(x, w)
+    assert y.shape == (m, n) and y.dtype == x.dtype
+    torch.testing.assert_close(y, x @ w.T, atol=1e-4, rtol=1e-4)
+for bad in ((MAX_ROWS + 1, 8), (0, 8)):
+    try:
+        skinny_linear(torch.zeros(bad), torch.zeros(4, 8))
+    except ValueError as e:
+        assert "rows" in str(e)
+    else:
+        raise AssertionError(bad)
+try:
+    skinny_linear(torch.zeros(2, 8), torch.zeros(8, 4).T)
+except ValueError as e:
+    assert "contiguous" in str(e)
+else:
+    raise AssertionError("a transposed weight")
+"""
+
+
+def test_skinny_gemm_is_the_product():
+    """x @ w.T for 1..MAX_ROWS rows, even and ragged tiles, strided x; clear errors for too many
+    rows, no rows and a non-contiguous weight."""
+    run_interpreted(_CHECK)
