@@ -353,6 +353,34 @@ def test_load_reusing_skips_resident_chunks_only(setup):
     assert torch.equal(buf.ctx_values[0], pre.values[0])
 
 
+def test_the_same_context_again_writes_nothing_until_something_else_wrote_it(setup):
+    """load_reusing of exactly the last load's chunks writes nothing and keeps the context
+    length and positions (the answer is the same); after a view handed out for a repair
+    (``context_views``) or a context written as is (``load_context``), it rewrites them all."""
+    model, gen, prefix, passages, questions = setup
+    pre, chunks = _split(model, prefix, passages)
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8)
+    nxt = fast.load(pre, chunks)
+    want = fast.generate([questions[0]], 8, gen.stop_ids)
+    buf = fast.buffer
+    state = (buf.ctx_len, buf.next_position, int(buf.ctx_len_t))
+    mark = buf.ctx_values[0].clone()
+    buf.ctx_values[0] = 123.0
+    assert fast.load_reusing(pre, chunks) == nxt
+    assert (buf.ctx_values[0] == 123.0).all()  # nothing written
+    assert (buf.ctx_len, buf.next_position, int(buf.ctx_len_t)) == state
+    buf.ctx_values[0] = mark
+    assert fast.generate([questions[0]], 8, gen.stop_ids) == want
+    one_token = [(k[0, :, :1].clone(), v[0, :, :1].clone()) for k, v in buf.context_layers()]
+    for hand_out in (fast.context_views, lambda: fast.load_context(one_token, 1)):
+        hand_out()
+        buf.ctx_values[0] = 123.0
+        assert fast.load_reusing(pre, chunks) == nxt
+        assert torch.equal(buf.ctx_values[0], pre.values[0]), hand_out  # rewritten
+        assert (buf.ctx_len, buf.next_position, int(buf.ctx_len_t)) == state
+        assert fast.generate([questions[0]], 8, gen.stop_ids) == want
+
+
 def test_a_chunk_that_does_not_fit_the_buffer_is_refused_before_any_write(setup):
     """Each chunk kind checks itself against the buffer; a wrong one is named and nothing of
     the request is written (the previous context stays loaded)."""

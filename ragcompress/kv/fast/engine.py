@@ -25,7 +25,7 @@ from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.shapes import ArgUploader, _Shape, capture, new_shape
+from ragcompress.kv.fast.shapes import ArgUploader, _Shape, capture, new_shape, prefill_args
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 from ragcompress.kv.fast.write import write_context
@@ -162,6 +162,11 @@ class FastGenerator:
             if old is not new:
                 break
             same += 1
+        if same == len(items) == len(self._resident) and not self._gated:
+            # the previous request's context again: slots, positions, the local layers it left
+            # out and the device's context length are all as that load set them; writing
+            # nothing is ~0.3 ms of host work before the step saved (64 chunks, H200 host)
+            return self.buffer.next_position
         self._resident = []  # a failed write leaves nothing known-resident
         nxt, self._gated, self._partial = stream_batch(
             self.buffer, prefix, chunks, self.rotary, self._host, same, self._partial
@@ -259,15 +264,7 @@ class FastGenerator:
         if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
             self._host.flush()  # a capture, or a step that cannot wait, needs the context written
         shape = self._shape(b, t, gated, probe)
-        r, p0 = self.buffer.region, self.buffer.next_position
-        ids = torch.zeros(b, t, dtype=torch.long)
-        for i, q in enumerate(questions):
-            ids[i, : len(q)] = torch.as_tensor(list(q), dtype=torch.long)
-        pos = torch.arange(p0, p0 + t).expand(b, t)
-        slots = (torch.arange(b)[:, None] * r + torch.arange(t)[None]).reshape(-1)
-        used = torch.full((b * t,), t, dtype=torch.long)
-        last = torch.arange(b) * t + torch.tensor(lens) - 1
-        self._run(shape, torch.cat([ids.reshape(-1), pos.reshape(-1), slots, used, last]))
+        self._run(shape, torch.from_numpy(prefill_args(questions, t, self.buffer)))
         if gated:  # the host queues the copies while the step, queued first, computes
             self._host.flush()
             self._gated = False
