@@ -10,7 +10,8 @@ import torch
 from ragcompress.kv.fast._context import context_pass
 
 g = torch.Generator().manual_seed(5)
-for n, kvh, grp, d in ((5, 2, 3, 16), (3, 1, 4, 32)):
+# 15 and 12 folded rows (64-row programs, 64-key tiles); 66 (128-row programs, 128-key tiles)
+for n, kvh, grp, d in ((5, 2, 3, 16), (3, 1, 4, 32), (33, 1, 2, 16)):
     h, cap, scale = kvh * grp, 150, 0.3
     q = torch.randn(n, h, d, generator=g)
     ck = torch.randn(cap, 3, kvh, d, generator=g)[:, 1]  # a layer's strided view of the buffer

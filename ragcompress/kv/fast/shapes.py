@@ -146,12 +146,12 @@ class ArgUploader:
         if stage is None:
             stage = self._staging[key] = torch.empty_like(host).pin_memory()
         done = self._staged.get(key)
-        if done is not None:
+        if done is None:  # one event per staging tensor, recorded again after each copy
+            done = self._staged[key] = torch.cuda.Event()
+        else:
             # the previous copy out of this staging tensor must be done before it is overwritten
             done.synchronize()
         with torch.inference_mode():  # the stage may have been made inside inference mode
             stage.copy_(host)
             dst.copy_(stage, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        self._staged[key] = ev
+        done.record()
