@@ -15,11 +15,12 @@ import gc
 import statistics
 
 import torch
+from ragcompress_bench.ttft_resident import resident
 from ragcompress_bench.ttft_shapes import build_model, head_dim, weight_bytes
-from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, passage_sizes
+from ragcompress_bench.ttft_timing import Clock, copy_bandwidth
 from triton.testing import do_bench_cudagraph
 
-from ragcompress.kv.fast import FastGenerator, FusedStep, PackedChunk
+from ragcompress.kv.fast import FusedStep
 from ragcompress.kv.fast._gemm import skinny_linear
 
 
@@ -40,33 +41,7 @@ def products(model: torch.nn.Module, m: int) -> None:
 
 
 def warm_ms(model: torch.nn.Module, ctx: int, qlen: int, skinny: int, clock: Clock) -> float:
-    cfg = model.config
-    fast = FastGenerator(
-        model,
-        capacity=ctx,
-        max_question=qlen,
-        max_new_tokens=4,
-        max_batch=1,
-        buckets=(qlen,),
-        graphs=True,
-        step=FusedStep(model, skinny_rows=skinny),
-    )
-    fast.warmup((1,), (qlen,))
-    kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
-
-    def rnd(t: int) -> torch.Tensor:
-        return torch.randn(t, *kv_shape, device="cuda", dtype=torch.bfloat16)
-
-    prefix = PackedChunk(rnd(64), rnd(64), 64, 0)
-    chunks = [PackedChunk(rnd(s), rnd(s), s, 64) for s in passage_sizes(ctx - 64, 512)]
-    q = [list(range(100, 100 + qlen))]
-    fast.load(prefix, chunks)
-
-    def warm() -> None:
-        fast.load_reusing(prefix, chunks)
-        fast.prefill(q).tolist()
-
-    return clock(warm)
+    return clock(resident(model, ctx, qlen, FusedStep(model, skinny_rows=skinny)).warm)
 
 
 def main() -> None:

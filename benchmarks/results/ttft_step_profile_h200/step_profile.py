@@ -18,11 +18,10 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench_cudagraph
-
-from ragcompress.kv.fast import FastGenerator, PackedChunk, default_step
+from ragcompress_bench.ttft_resident import resident
 from ragcompress_bench.ttft_shapes import build_model, head_dim, weight_bytes
-from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, passage_sizes
+from ragcompress_bench.ttft_timing import Clock, copy_bandwidth
+from triton.testing import do_bench_cudagraph
 
 CATEGORIES = (
     ("gemm", r"nvjet|gemm|cutlass|sm90_xmma|splitK|_skinny"),
@@ -36,7 +35,9 @@ CATEGORIES = (
 
 
 @triton.jit
-def _skinny(x_ptr, w_ptr, y_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr):
+def _skinny(
+    x_ptr, w_ptr, y_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr
+):
     # y (M, N) = x (M, K) @ w (N, K)^T; program (n-block, k-split); fp32 atomics when split
     pn, pk = tl.program_id(0), tl.program_id(1)
     rm = tl.arange(0, BM)
@@ -63,8 +64,20 @@ def skinny(x: torch.Tensor, w: torch.Tensor, bn: int, bk: int, split: int, stage
     else:
         y = torch.zeros(m, n, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(n, bn), split)
-    _skinny[grid](x, w, y, m, n, k, BM=max(16, triton.next_power_of_2(m)), BN=bn, BK=bk, SPLIT=split,
-                  num_warps=4, num_stages=stages)
+    _skinny[grid](
+        x,
+        w,
+        y,
+        m,
+        n,
+        k,
+        BM=max(16, triton.next_power_of_2(m)),
+        BN=bn,
+        BK=bk,
+        SPLIT=split,
+        num_warps=4,
+        num_stages=stages,
+    )
     return y if split == 1 else y.to(x.dtype)
 
 
@@ -80,8 +93,12 @@ def gemm_shapes(cfg: Any) -> dict[str, tuple[int, int]]:
 
 
 def sweep(cfg: Any, m: int, bw: float) -> None:
-    print(f"\nGEMMs at M = {m}: us per call, GB/s of weights read, share of copy bandwidth {bw / 1e9:.0f} GB/s")
-    print("| shape | N x K | MB | cuBLAS us | cuBLAS GB/s | best Triton us | GB/s | config | Triton max rel err |")
+    print(
+        f"\nGEMMs at M = {m}: us per call, GB/s of weights read, share of copy bandwidth {bw / 1e9:.0f} GB/s"
+    )
+    print(
+        "| shape | N x K | MB | cuBLAS us | cuBLAS GB/s | best Triton us | GB/s | config | Triton max rel err |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (n, k) in gemm_shapes(cfg).items():
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -98,7 +115,7 @@ def sweep(cfg: Any, m: int, bw: float) -> None:
                             continue
                         try:
                             out = skinny(x, w, bn, bk, split, stages)
-                            err = float(((out.float() - ref.float()).abs().max() / ref.float().abs().max()))
+                            err = float((out.float() - ref.float()).abs().max() / ref.float().abs().max())
                             t = do_bench_cudagraph(lambda: skinny(x, w, bn, bk, split, stages), rep=50) * 1e3
                         except Exception as e:  # a config that does not compile here
                             print(f"  {name} bn{bn} bk{bk} split{split} st{stages}: {type(e).__name__}")
@@ -118,31 +135,17 @@ def step_profile(shape: str, ctx: int, qlen: int) -> None:
     cfg = model.config
     clock = Clock(torch.device("cuda"), 3, 20)
     bw = copy_bandwidth(torch.device("cuda"), clock)
-    fast = FastGenerator(
-        model, capacity=ctx, max_question=qlen, max_new_tokens=4, max_batch=1, buckets=(qlen,),
-        graphs=True, step=default_step(model),
-    )
-    fast.warmup((1,), (qlen,))
+    r = resident(model, ctx, qlen)
+    warm = r.warm
     kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
-
-    def rnd(t: int) -> torch.Tensor:
-        return torch.randn(t, *kv_shape, device="cuda", dtype=torch.bfloat16)
-
-    prefix = PackedChunk(rnd(64), rnd(64), 64, 0)
-    chunks = [PackedChunk(rnd(s), rnd(s), s, 64) for s in passage_sizes(ctx - 64, 512)]
-    q = [list(range(100, 100 + qlen))]
-    fast.load(prefix, chunks)
-
-    def warm() -> None:
-        fast.load_reusing(prefix, chunks)
-        fast.prefill(q).tolist()
-
     ms = clock(warm)
     kv_bytes = ctx * kv_shape[0] * kv_shape[1] * kv_shape[2] * 2 * 2
     wb = weight_bytes(model)
     floor = (wb + kv_bytes) / bw * 1e3
-    print(f"\n## {shape}, {ctx} tokens, warm step {ms:.2f} ms, floor {floor:.2f} ms "
-          f"(weights {wb / 1e9:.2f} GB + KV {kv_bytes / 1e9:.2f} GB at {bw / 1e9:.0f} GB/s)")
+    print(
+        f"\n## {shape}, {ctx} tokens, warm step {ms:.2f} ms, floor {floor:.2f} ms "
+        f"(weights {wb / 1e9:.2f} GB + KV {kv_bytes / 1e9:.2f} GB at {bw / 1e9:.0f} GB/s)"
+    )
     reps = 10
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as p:
         for _ in range(reps):
@@ -166,7 +169,7 @@ def step_profile(shape: str, ctx: int, qlen: int) -> None:
         print(f"| {key} | {us:.0f} | {n} |")
     print(f"weights at copy bandwidth: {wb / bw * 1e3:.2f} ms; context KV: {kv_bytes / bw * 1e3:.2f} ms")
     sweep(cfg, qlen, bw)
-    del fast, model
+    del r, model
     torch.cuda.empty_cache()
 
 

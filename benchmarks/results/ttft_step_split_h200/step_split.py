@@ -15,41 +15,17 @@ import statistics
 import time
 
 import torch
-from ragcompress_bench.ttft_shapes import build_model, head_dim
-from ragcompress_bench.ttft_timing import Clock, passage_sizes
-
-from ragcompress.kv.fast import FastGenerator, PackedChunk, default_step
+from ragcompress_bench.ttft_resident import resident
+from ragcompress_bench.ttft_shapes import build_model
+from ragcompress_bench.ttft_timing import Clock
 
 
 def split(shape: str, ctx: int, qlen: int, clock: Clock) -> None:
     torch.manual_seed(0)
     model = build_model(shape, "cuda", torch.bfloat16)
-    cfg = model.config
-    fast = FastGenerator(
-        model,
-        capacity=ctx,
-        max_question=qlen,
-        max_new_tokens=4,
-        max_batch=1,
-        buckets=(qlen,),
-        graphs=True,
-        step=default_step(model),
-    )
-    fast.warmup((1,), (qlen,))
-    kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
-
-    def rnd(t: int) -> torch.Tensor:
-        return torch.randn(t, *kv_shape, device="cuda", dtype=torch.bfloat16)
-
-    prefix = PackedChunk(rnd(64), rnd(64), 64, 0)
-    chunks = [PackedChunk(rnd(s), rnd(s), s, 64) for s in passage_sizes(ctx - 64, 512)]
-    q = [list(range(100, 100 + qlen))]
-    fast.load(prefix, chunks)
-
-    def warm() -> int:
-        fast.load_reusing(prefix, chunks)
-        return int(fast.prefill(q)[0])
-
+    r = resident(model, ctx, qlen)
+    fast, prefix, chunks, q = r.fast, r.prefix, r.chunks, [r.question]
+    warm = r.warm
     request = clock(warm)
     graph = fast._last.graph  # the prefill's captured step
     replay = clock(graph.replay)
