@@ -1,7 +1,7 @@
 """The fused step's norm kernels against the transformers modules they replace, on a device:
 per-head QK-norms folded into the RoPE write (Qwen3's Llama-style RMSNorm, Gemma 3's) and
 Gemma 3's sandwich (post-block norm, residual add, next norm) in one add+norm launch. Shared by
-the interpreted CPU test and the compiled GPU test."""
+the interpreted CPU test and the compiled GPU test. Also the gate's act·mul kernel."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 
 def check_norm_kernels(device: str) -> None:
     """Raise AssertionError unless the kernels match the modules in fp32 and bf16."""
+    from transformers.activations import ACT2FN
     from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
     from transformers.models.llama.modeling_llama import rotate_half
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
-    from ragcompress.kv.fast._triton import add_rmsnorm, rope_write
+    from ragcompress.kv.fast._triton import act_mul, add_rmsnorm, rope_write
 
     torch.manual_seed(1)
     for dt in (torch.float32, torch.bfloat16):
@@ -50,3 +51,8 @@ def check_norm_kernels(device: str) -> None:
                 want = x + post(o)
                 torch.testing.assert_close(res, want, **tol)
                 torch.testing.assert_close(out, pre(want), **tol)
+        # the gate's activation times up (LlamaMLP's SiLU, Gemma3MLP's tanh GELU), ragged columns
+        gate_up = torch.randn(n, 2 * 1100, dtype=dt, device=device) * 3
+        for act in ("silu", "gelu_pytorch_tanh"):
+            g, u = gate_up[:, :1100], gate_up[:, 1100:]
+            torch.testing.assert_close(act_mul(gate_up, act), (ACT2FN[act](g) * u).to(dt), **tol)

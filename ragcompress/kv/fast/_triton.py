@@ -220,20 +220,26 @@ def rope_write(
 
 @triton.jit
 def _act_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, GELU: tl.constexpr):
-    # x (rows, 2 * inter) = [gate | up]; rounds like LlamaMLP / Gemma3MLP: bf16(bf16(act(gate)) * up)
+    # x (rows, 2 * inter) = [gate | up]
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < inter
     g = tl.load(x_ptr + row * (2 * inter) + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * (2 * inter) + inter + cols, mask=m, other=0.0).to(tl.float32)
-    dt = out_ptr.dtype.element_ty
+    tl.store(out_ptr + row * inter + cols, gate_act(g, u, out_ptr.dtype.element_ty, GELU), mask=m)
+
+
+@triton.jit
+def gate_act(g, u, dt: tl.constexpr, GELU: tl.constexpr):
+    """``act(g) * u`` in ``dt`` from fp32 g/u holding ``dt`` values, rounded as LlamaMLP / Gemma3MLP
+    round: bf16(bf16(act(gate)) * up); GELU: torch's tanh approximation, else SiLU."""
     if GELU:  # torch's gelu(approximate="tanh"), in fp32 as torch computes it for bf16
         inner = 0.7978845608028654 * (g + 0.044715 * (g * g * g))
         # tanh(z) = 1 - 2 / (exp(2z) + 1): fp32-exact to ~1e-7, far under a bf16 ulp
         a = 0.5 * g * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))
     else:
         a = g / (1.0 + tl.exp(-g))
-    tl.store(out_ptr + row * inter + cols, (a.to(dt).to(tl.float32) * u).to(dt), mask=m)
+    return (a.to(dt).to(tl.float32) * u).to(dt)
 
 
 def act_mul(gate_up: torch.Tensor, act: str = "silu") -> torch.Tensor:
