@@ -96,12 +96,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"`{report['command']}`",
         "",
-        "| " + " | ".join(COLUMNS) + " | same first token | static: same first token |",
-        "|" + "---|" * (len(COLUMNS) + 2),
+        "| " + " | ".join(COLUMNS) + " | same first token | static: same first token | "
+        "full prefill top-2 margin |",
+        "|" + "---|" * (len(COLUMNS) + 3),
     ]
     for r in report["rows"]:
         cells = ["—" if r.get(c) is None else str(r[c]) for c in COLUMNS]
-        agree = f"{r.get('fast_matches_full_prefill')} | {r.get('hf_static_matches_full_prefill')}"
+        # a differing first token is a bf16 tie, not an error, where the margin is ~0
+        agree = (
+            f"{r.get('fast_matches_full_prefill')} | {r.get('hf_static_matches_full_prefill')} | "
+            f"{r.get('full_prefill_top2_margin', '—')}"
+        )
         lines.append("| " + " | ".join(cells) + f" | {agree} |")
     lines += [
         "",

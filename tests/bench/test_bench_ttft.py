@@ -45,7 +45,11 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
     one, two = report["qps"]
     assert two["compute_floor_ms"] == pytest.approx(2 * one["compute_floor_ms"], rel=1e-2)
     assert "| compute floor ms |" in (tmp_path / "ttft_gpu.md").read_text()
-    assert "| context_tokens |" in (tmp_path / "ttft_gpu.md").read_text()
+    md = (tmp_path / "ttft_gpu.md").read_text()
+    assert "| context_tokens |" in md
+    # the margin that tells a tie from an error sits next to the agreement columns
+    assert "| full prefill top-2 margin |" in md
+    assert f"| {report['rows'][0]['full_prefill_top2_margin']} |" in md
     assert "| kvzip_gpu_ms | kvzip_host_ms |" in (tmp_path / "ttft_gpu.md").read_text()
     assert (tmp_path / "ttft_gpu.png").stat().st_size > 0
 
