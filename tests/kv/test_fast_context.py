@@ -10,6 +10,7 @@ import torch
 from ragcompress.kv.fast._context import context_pass
 
 g = torch.Generator().manual_seed(5)
+checked = 0
 # 15 and 12 folded rows (64-row programs, 64-key tiles); 66 (128-row programs, 128-key tiles)
 for n, kvh, grp, d in ((5, 2, 3, 16), (3, 1, 4, 32), (33, 1, 2, 16)):
     h, cap, scale = kvh * grp, 150, 0.3
@@ -18,6 +19,7 @@ for n, kvh, grp, d in ((5, 2, 3, 16), (3, 1, 4, 32), (33, 1, 2, 16)):
     cv = torch.randn(cap, 3, kvh, d, generator=g)[:, 2]
     # whole key tiles and a tail, a segment shorter than a tile, empty segments
     for ctx_len, segs in ((130, 1), (130, 3), (64, 2), (5, 4), (0, 2)):
+        checked += 1
         seg = -(-ctx_len // segs)
         start = torch.tensor([i * seg for i in range(segs)], dtype=torch.int32)
         used = torch.clamp(torch.minimum(ctx_len - start, torch.tensor(seg)), min=0).to(torch.int32)
@@ -42,4 +44,4 @@ def test_context_pass_is_a_softmax_over_each_segment():
     """Each segment's partial (o, natural-log lse) == a softmax over that segment's keys for
     every query head's folded row: whole key tiles and a masked tail, a segment shorter than a
     tile, and empty segments (-inf, 0), with the buffer's strided layer views."""
-    run_interpreted(_CHECK)
+    assert run_interpreted(_CHECK + "\nprint(checked)").split()[-1] == "15"  # 3 shapes x 5 cuts

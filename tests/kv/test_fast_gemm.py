@@ -11,6 +11,7 @@ import torch
 from ragcompress.kv.fast._gemm import MAX_ROWS, skinny_linear
 
 g = torch.Generator().manual_seed(0)
+checked = 0
 # unmasked tiles (32 | N, 256 | K) and ragged ones; one row, a bucket, the most rows; x a column
 # slice of a wider tensor, as the step's activations may be
 for m, n, k in ((1, 64, 512), (32, 96, 256), (17, 40, 300), (MAX_ROWS, 33, 40)):
@@ -19,6 +20,7 @@ for m, n, k in ((1, 64, 512), (32, 96, 256), (17, 40, 300), (MAX_ROWS, 33, 40)):
     y = skinny_linear(x, w)
     assert y.shape == (m, n) and y.dtype == x.dtype
     torch.testing.assert_close(y, x @ w.T, atol=1e-4, rtol=1e-4)
+    checked += 1
 for bad in ((MAX_ROWS + 1, 8), (0, 8)):
     try:
         skinny_linear(torch.zeros(bad), torch.zeros(4, 8))
@@ -38,4 +40,4 @@ else:
 def test_skinny_gemm_is_the_product():
     """x @ w.T for 1..MAX_ROWS rows, even and ragged tiles, strided x; clear errors for too many
     rows, no rows and a non-contiguous weight."""
-    run_interpreted(_CHECK)
+    assert run_interpreted(_CHECK + "\nprint(checked)").split()[-1] == "4"  # every shape ran

@@ -100,9 +100,9 @@ def test_qk_norms_are_no_reason_to_refuse_the_fused_step():
 def test_gpu_norm_kernels_round_like_the_modules():
     """QK-norms inside the RoPE write and Gemma 3's sandwich add+norm, compiled (see
     tests/kv/test_fast_norm_kernels.py for the interpreted run)."""
-    from tests.support.norm_kernels import check_norm_kernels
+    from tests.support.norm_kernels import CASES, check_norm_kernels
 
-    check_norm_kernels("cuda")
+    assert sorted(check_norm_kernels("cuda")) == CASES
 
 
 @pytest.mark.gpu

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def check_norm_kernels(device: str) -> None:
-    """Raise AssertionError unless the kernels match the modules in fp32 and bf16."""
+def check_norm_kernels(device: str) -> list[str]:
+    """Raise AssertionError unless the kernels match the modules in fp32 and bf16; returns the
+    comparisons made, ``kernel/module/dtype`` each."""
     from transformers.activations import ACT2FN
     from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
     from transformers.models.llama.modeling_llama import rotate_half
@@ -18,6 +19,7 @@ def check_norm_kernels(device: str) -> None:
     from ragcompress.kv.fast._triton import act_mul, add_rmsnorm, rope_write
 
     torch.manual_seed(1)
+    done: list[str] = []
     for dt in (torch.float32, torch.bfloat16):
         # fp32: only rsqrt's last bits differ; bf16: one rounding of the module's may land an ulp away
         tol = {"atol": 1e-5, "rtol": 1e-5} if dt == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
@@ -51,8 +53,24 @@ def check_norm_kernels(device: str) -> None:
                 want = x + post(o)
                 torch.testing.assert_close(res, want, **tol)
                 torch.testing.assert_close(out, pre(want), **tol)
+            done += [f"rope_write/{cls.__name__}/{dt}", f"add_rmsnorm/{cls.__name__}/{dt}"]
         # the gate's activation times up (LlamaMLP's SiLU, Gemma3MLP's tanh GELU), ragged columns
         gate_up = torch.randn(n, 2 * 1100, dtype=dt, device=device) * 3
         for act in ("silu", "gelu_pytorch_tanh"):
             g, u = gate_up[:, :1100], gate_up[:, 1100:]
             torch.testing.assert_close(act_mul(gate_up, act), (ACT2FN[act](g) * u).to(dt), **tol)
+            done.append(f"act_mul/{act}/{dt}")
+    return done
+
+
+# every comparison check_norm_kernels makes: a test asserts none was skipped
+CASES = sorted(
+    f"{kernel}/{what}/{dt}"
+    for dt in (torch.float32, torch.bfloat16)
+    for kernel, whats in (
+        ("rope_write", ("Qwen3RMSNorm", "Gemma3RMSNorm")),
+        ("add_rmsnorm", ("Qwen3RMSNorm", "Gemma3RMSNorm")),
+        ("act_mul", ("silu", "gelu_pytorch_tanh")),
+    )
+    for what in whats
+)

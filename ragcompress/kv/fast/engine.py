@@ -25,7 +25,7 @@ from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.shapes import ArgUploader, _Shape, capture, new_shape, prefill_args
+from ragcompress.kv.fast.shapes import ArgUploader, _Shape, capture, decode_args, new_shape, prefill_args
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 from ragcompress.kv.fast.write import write_context
@@ -283,11 +283,8 @@ class FastGenerator:
                 f"generation ran past the question region of {self.buffer.region} slots"
             )
         shape = self._shape(b, 1)
-        cur = torch.tensor(self._cur)
-        r, p0 = self.buffer.region, self.buffer.next_position
-        host = torch.cat([p0 + cur, torch.arange(b) * r + cur, cur + 1, torch.arange(b)])
         args = shape.args
-        self._uploader(args[b:], host)
+        self._uploader(args[b:], torch.from_numpy(decode_args(self._cur, self.buffer)))
         args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]

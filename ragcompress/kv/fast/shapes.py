@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["ArgUploader", "capture", "context_splits", "new_shape", "prefill_args"]
+__all__ = ["ArgUploader", "capture", "context_splits", "decode_args", "new_shape", "prefill_args"]
 
 
 @dataclass(eq=False)
@@ -125,6 +125,15 @@ def prefill_args(questions: Sequence[Sequence[int]], t: int, buffer: StaticKVBuf
     args[3 * n : 4 * n] = t
     args[4 * n :] = np.arange(b) * t + np.array([len(q) for q in questions]) - 1
     return args
+
+
+def decode_args(cur: Sequence[int], buffer: StaticKVBuffer) -> np.ndarray:
+    """A decode step's arguments after its B tokens (4 * B,) int64: each question's RoPE position,
+    its slot in its question region, rows used and its row, for ``cur`` (B,) tokens each
+    question holds so far. In numpy for the reason :func:`prefill_args` gives, once a token."""
+    c = np.asarray(cur, dtype=np.int64)
+    rows = np.arange(len(c))
+    return np.concatenate([buffer.next_position + c, rows * buffer.region + c, c + 1, rows])
 
 
 @dataclass(eq=False)
