@@ -261,7 +261,10 @@ bs, blocks, layers, kvh, grp, d, n = 16, 6, 2, 2, 2, 32, 5
 pool_k, pool_v = (torch.randn(blocks * bs, layers, kvh, d, generator=g) for _ in range(2))
 q = torch.randn(n, kvh * grp, d, generator=g)
 inv = 1.0 / (1e4 ** (torch.arange(0, d, 2).float() / d))
-entries = [(3, 16, 40), (0, 7, -3), (3, 16, 1000), (5, 1, 0), (2, 12, 77)]
+# a three-block chunk at one delta (split across programs at 4 splits: a split's first entry
+# rotates even when its delta equals the one before), a block read twice at two deltas, partly
+# filled blocks
+entries = [(3, 16, 40), (1, 16, 40), (0, 7, 40), (3, 16, 1000), (5, 1, 0), (2, 12, 77)]
 table = torch.full((9, 3), 999, dtype=torch.int32)  # rows past the count hold garbage
 table[0] = torch.tensor([len(entries), 0, 0])
 table[1 : 1 + len(entries)] = torch.tensor(entries, dtype=torch.int32)
@@ -276,20 +279,35 @@ for splits in (1, 4, 7):
     torch.testing.assert_close(tot, rl, atol=1e-4, rtol=1e-4)
     w = torch.exp(lse - tot)[..., None]
     torch.testing.assert_close((o * w).sum(0), ro, atol=1e-4, rtol=1e-4)
-    if splits == 7:  # ceil(5 / 7) = 1 entry per split: splits 5 and 6 are empty
-        assert torch.isinf(lse[5:]).all() and (o[5:] == 0).all()
+    if splits == 7:  # ceil(6 / 7) = 1 entry per split: split 6 is empty
+        assert torch.isinf(lse[6:]).all() and (o[6:] == 0).all()
+    print("splits", splits, "match")
 table[0, 0] = 0
 o, lse = paged_context(q, k, v, table, inv, bs, 2, d**-0.5)
 assert torch.isinf(lse).all() and (o == 0).all()
+print("empty table")
 """
 
 
 def test_paged_kernel_matches_the_torch_reference():
-    """The paged context kernel (Triton, interpreted) == paged_context_reference: a block read
-    twice at different deltas, partly filled blocks, garbage rows past the count, empty splits,
-    an empty table. In a fresh process: Triton's reductions only run interpreted when
+    """The paged context kernel (Triton, interpreted) == paged_context_reference: a chunk of
+    several blocks (rotated once, also where a split starts inside it), a block read twice at
+    different deltas, partly filled blocks, garbage rows past the count, empty splits, an empty
+    table. In a fresh process: Triton's reductions only run interpreted when
     TRITON_INTERPRET=1 is set before triton is first imported."""
-    run_interpreted(_KERNEL_CHECK)
+    out = run_interpreted(_KERNEL_CHECK)
+    assert out.split() == "splits 1 match splits 4 match splits 7 match empty table".split()
+
+
+def test_paged_splits_fill_one_wave():
+    """The paged pass's split count gives each SM one program (a partial second wave cost 1.5x
+    on an H200), never more splits than table rows, never fewer than one."""
+    from ragcompress.kv.fast._paged import one_wave_splits
+
+    assert one_wave_splits(132, 32 * 4, 8, 4096) == 16  # Llama-3-8B: 8 KV heads x 1 program
+    assert one_wave_splits(132, 32 * 7, 4, 4096) == 16  # Qwen2.5-7B: 224 rows, 2 programs a head
+    assert one_wave_splits(132, 32 * 4, 8, 5) == 5
+    assert one_wave_splits(4, 32 * 4, 8, 4096) == 1
 
 
 def test_fast_answerer_with_paged_placement_answers_as_the_copy_one(tokenizer, tiny_llama):

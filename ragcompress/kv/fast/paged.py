@@ -84,7 +84,7 @@ class PagedCascade(CascadeAttention):
     """Attention over the blocks of ``table`` in the pool layer view the step passes as the
     context (``ctx_k``/``ctx_v`` (pool slots, kv_heads, D)) + the question's own slots.
     ``inv_freq`` (D // 2,) fp32: the RoPE table every layer shares; ``splits``: context splits
-    of the kernel (None: enough programs for ~2 waves of the device)."""
+    of the kernel (None: one program per SM, one wave)."""
 
     table: BlockTable
     inv_freq: torch.Tensor
@@ -135,9 +135,10 @@ class PagedCascade(CascadeAttention):
     def _auto_splits(self, device: torch.device, rows: int, kv_heads: int) -> int:
         import torch
 
+        from ragcompress.kv.fast._paged import one_wave_splits
+
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        tiles = kv_heads * -(-rows // 64)
-        return max(1, min(-(-2 * sms // tiles), self.table.max_blocks))
+        return one_wave_splits(sms, rows, kv_heads, self.table.max_blocks)
 
 
 def paged_context_reference(

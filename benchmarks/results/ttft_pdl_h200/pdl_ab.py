@@ -1,6 +1,5 @@
-"""Programmatic dependent launch inside a captured CUDA graph, prepared for the next device call
-(not yet run on a GPU): does letting a kernel start while the previous one drains save the
-step's per-launch ramp?
+"""Programmatic dependent launch inside a captured CUDA graph: does letting a kernel start while
+the previous one drains save the step's per-launch ramp? (No: README.md.)
 
 Inside the fast engine's graph, kernels run ~0.4 µs apart, but each small kernel also ramps up
 (programs scheduled, first loads in flight) while the GPU's bandwidth is idle. With PDL a kernel
@@ -10,7 +9,7 @@ tile) and waits (``gdc_wait``) before it reads the previous output. This script 
 of 64 skinny GEMMs of o_proj's shape (32 rows, 4096 x 4096, each reading the previous one's
 output), captured in one graph, with and without PDL, and checks the outputs are equal.
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_pdl_next/pdl_ab.py
+    PYTHONPATH=$PWD python3 benchmarks/results/ttft_pdl_h200/pdl_ab.py
 
 A diagnostic script; not part of the library.
 """

@@ -1,5 +1,7 @@
-"""A second paged context kernel, prepared for the next device call (not yet run on a GPU): the
-library's ``_paged.py`` against a version built like ``_context.py``, one layer at 32K.
+"""A second paged context kernel: the first library version of ``_paged.py`` against a version
+built like ``_context.py`` (v2, now the library's) and v2 without control flow in its loop (v3),
+one layer at 32K. Run on the tree before v2 entered the library (``paged_context`` was then the
+first version).
 
 The library kernel (``_paged.py``) rotates the queries by each pool block's ``-delta`` for every
 block, scores in two half-width products (64 channels each), exponentiates in base e, masks
@@ -9,7 +11,7 @@ full-width product (the swapped half loaded once, signed), keeps the scores in b
 only a partly filled block, and runs 128-row programs of 8 warps in one wave, reusing
 ``_context._tile``. Both write the same partials; the script checks they agree.
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_paged_v2_next/paged_v2_ab.py          # GPU
+    PYTHONPATH=$PWD python3 benchmarks/results/ttft_paged_v2_h200/paged_v2_ab.py          # GPU
 
 and on the CPU, interpreted (the correctness check only): the same command with
 ``TRITON_INTERPRET=1`` before it and ``--check-cpu`` after it.
@@ -80,17 +82,55 @@ def _paged_v2_kernel(
     store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
+@triton.jit
+def _paged_v3_kernel(
+    q_ptr, k_ptr, v_ptr, tab_ptr, freq_ptr, o_ptr, lse_ptr,
+    sk_t, sv_t, NG, qk_scale,
+    S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """v2 without control flow in the loop: Triton's pipeliner leaves the loads inside an
+    ``if`` unpipelined, so every block rotates (BLOCK_M x D multiply-adds, ~3% of its
+    products) and every tile is masked by its filled slots."""
+    seg, kv, rows, rm, tok, head = folded_rows(NG, G, BLOCK_M)
+    D: tl.constexpr = 2 * HALF
+    d = tl.arange(0, D)
+    qrow = q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D
+    qf = tl.load(qrow + d[None, :], mask=rm[:, None], other=0.0).to(tl.float32)
+    sign = tl.where(d < HALF, 1.0, -1.0)
+    qs = tl.load(qrow + ((d + HALF) % D)[None, :], mask=rm[:, None], other=0.0).to(tl.float32) * sign[None, :]
+    freq = tl.load(freq_ptr + d % HALF)
+    count = tl.load(tab_ptr).to(tl.int64)
+    per = (count + S - 1) // S
+    e0 = seg * per
+    e1 = tl.minimum(e0 + per, count)
+    n = tl.arange(0, BS).to(tl.int64)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    kb, vb = k_ptr + kv * D, v_ptr + kv * D
+    for e in range(e0, e1):
+        row = tab_ptr + 3 * (1 + e)
+        blk = tl.load(row).to(tl.int64)
+        used = tl.load(row + 1)
+        ang = tl.load(row + 2).to(tl.float32) * freq
+        a = (qf * tl.cos(ang)[None, :] + qs * tl.sin(ang)[None, :]).to(k_ptr.dtype.element_ty)
+        m_i, l_i, acc = _tile(a, kb, vb, blk * BS + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+
+
 def paged_v2(
-    q: Any, pool_k: Any, pool_v: Any, table: Any, inv_freq: Any, bs: int, splits: int, scale: float
+    q: Any, pool_k: Any, pool_v: Any, table: Any, inv_freq: Any, bs: int, splits: int, scale: float,
+    kernel: Any = _paged_v2_kernel, stages: int = 3,
 ) -> Any:
     d, kvh = q.shape[2], pool_k.shape[1]
     g, ng, o, lse = partials("paged_v2", q, pool_k, pool_v, splits)
     block_m = 64 if ng <= 64 else 128
-    _paged_v2_kernel[(splits, kvh, triton.cdiv(ng, block_m))](
+    kernel[(splits, kvh, triton.cdiv(ng, block_m))](
         q.contiguous(), pool_k, pool_v, table, inv_freq, o, lse,
         pool_k.stride(0), pool_v.stride(0), ng, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=bs, BLOCK_M=block_m,
-        num_warps=8 if block_m == 128 else 4, num_stages=3,
+        num_warps=8 if block_m == 128 else 4, num_stages=stages,
     )  # fmt: skip
     return o, lse
 
@@ -114,16 +154,14 @@ def check_cpu() -> None:
     """fp32, interpreted: every split's partials merged equal the torch reference's softmax."""
     for n, h, kvh, d, splits in ((3, 4, 2, 16, 3), (33, 4, 2, 16, 2)):
         q, pk, pv, table, inv = case(16 * 13, n, h, kvh, d, 16, "cpu", torch.float32)
-        o, lse = paged_v2(q, pk, pv, table, inv, 16, splits, 0.3)
-        g = h // kvh
-        o = o.view(splits, n, g, kvh, d).permute(0, 1, 3, 2, 4).reshape(splits, n, h, d)
-        lse = lse.view(splits, kvh, n, g).permute(0, 2, 1, 3).reshape(splits, n, h)
-        w = torch.softmax(lse, 0)
-        got = (w[..., None] * o).sum(0)
         want_o, want_lse = paged_context_reference(q, pk, pv, table, inv, 16, 0.3)
-        torch.testing.assert_close(got, want_o, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(torch.logsumexp(lse, 0), want_lse, atol=1e-4, rtol=1e-4)
-    print("cpu check: the v2 partials merge to the reference")
+        for kern in (_paged_v2_kernel, _paged_v3_kernel):
+            o, lse = paged_v2(q, pk, pv, table, inv, 16, splits, 0.3, kern)
+            torch.testing.assert_close(merged(o, lse, splits, n, h, kvh, d), want_o, atol=1e-4, rtol=1e-4)
+            g = h // kvh
+            lse = lse.view(splits, kvh, n, g).permute(0, 2, 1, 3).reshape(splits, n, h)
+            torch.testing.assert_close(torch.logsumexp(lse, 0), want_lse, atol=1e-4, rtol=1e-4)
+    print("cpu check: the v2 and v3 partials merge to the reference")
 
 
 def gpu() -> None:
@@ -140,11 +178,14 @@ def gpu() -> None:
         ref = merged(*lib(), lib_splits, 32, h, kvh, d)
         t_lib = do_bench_cudagraph(lib) * 1e3
         print(f"\n## {name}: library kernel, {lib_splits} splits: {t_lib:.1f} us")
-        print("| kernel | splits | us | rel err of the merged output vs the library |\n|---|---|---|---|")
-        for sp in sorted({one_wave, lib_splits, 2 * one_wave}):
-            run = partial(paged_v2, q, pk, pv, table, inv, 64, sp, d**-0.5)
-            err = float((merged(*run(), sp, 32, h, kvh, d) - ref).norm() / ref.norm())
-            print(f"| v2 | {sp} | {do_bench_cudagraph(run) * 1e3:.1f} | {err:.1e} |")
+        print("| kernel | splits | stages | us | rel err of the merged output vs the library |")
+        print("|---|---|---|---|---|")
+        for kname, kern in (("v2", _paged_v2_kernel), ("v3", _paged_v3_kernel)):
+            for sp in sorted({one_wave, 2 * one_wave}):
+                for st in (2, 3, 4):
+                    run = partial(paged_v2, q, pk, pv, table, inv, 64, sp, d**-0.5, kern, st)
+                    err = float((merged(*run(), sp, 32, h, kvh, d) - ref).norm() / ref.norm())
+                    print(f"| {kname} | {sp} | {st} | {do_bench_cudagraph(run) * 1e3:.1f} | {err:.1e} |")
 
 
 def merged(o: Any, lse: Any, splits: int, n: int, h: int, kvh: int, d: int) -> Any:

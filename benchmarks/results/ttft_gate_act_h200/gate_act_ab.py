@@ -1,5 +1,4 @@
-"""gate/up and the gate's activation in one launch at <= 64 rows, prepared for the next device
-call (not yet run on a GPU).
+"""gate/up and the gate's activation in one launch at <= 64 rows (no gain: README.md).
 
 The fused step runs the MLP's first half as cuBLAS over the stacked gate/up weights, writing
 (rows, 2 * inter), then the act·mul kernel reading it back: two launches. Here one program per
@@ -9,7 +8,7 @@ the product's output never goes to memory. The script checks it against cuBLAS +
 both alone on each family's shape, and the warm 32K step with it (a ``FusedStep`` subclass)
 against the library's, alternating.
 
-    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_gate_act_next/gate_act_ab.py
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_gate_act_h200/gate_act_ab.py
     TRITON_INTERPRET=1 PYTHONPATH=$PWD:$PWD/benchmarks python3 <this script> --check-cpu
 
 A diagnostic script; not part of the library.
