@@ -3,7 +3,7 @@ columns) against variants that fill more of the H200's 132 SMs. Qwen2.5's hidden
 gives the library 112 programs (20 SMs idle); the profile reads the skinny launches at 75-80%
 of the copy bandwidth. Variants: 16-column programs (224), and split-K over 2 or 4 with fp32
 atomic adds into a zeroed buffer (timed with its memset; the cast a consumer would fuse is not
-counted).
+counted). q/k/v (cuBLAS in the library) is swept too.
 
     PYTHONPATH=$PWD python3 benchmarks/results/ttft_skinny_fill_h200/skinny_fill.py
 
@@ -21,8 +21,11 @@ import triton.language as tl
 
 from ragcompress.kv.fast._gemm import _skinny_kernel
 
-# (hidden, intermediate) of each family
-SHAPES = {"qwen2.5-7b": (3584, 18944), "llama3-8b": (4096, 14336), "gemma3-12b": (3840, 15360)}
+# (hidden, intermediate, q/k/v output rows) of each family
+SHAPES = {
+    "qwen2.5-7b": (3584, 18944, 3584 + 2 * 512),
+    "llama3-8b": (4096, 14336, 4096 + 2 * 1024),
+}
 
 
 @triton.jit
@@ -68,10 +71,10 @@ def main() -> None:
     bw = 2 * src.numel() / (do_bench_cudagraph(lambda: dst.copy_(src)) * 1e-3)
     print(f"copy bandwidth {bw / 1e9:.0f} GB/s")
     torch.manual_seed(0)
-    for name, (hid, inter) in SHAPES.items():
+    for name, (hid, inter, qkv) in SHAPES.items():
         print(f"\n## {name}\n| product | N x K | variant | us | at copy bw us | max rel diff |")
         print("|---|---|---|---|---|---|")
-        for prod, (n, k) in (("o_proj", (hid, hid)), ("down_proj", (hid, inter))):
+        for prod, (n, k) in (("qkv", (qkv, hid)), ("o_proj", (hid, hid)), ("down_proj", (hid, inter))):
             x = torch.randn(32, k, device="cuda", dtype=torch.bfloat16)
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
             ref = torch.nn.functional.linear(x, w).float()
@@ -85,7 +88,7 @@ def main() -> None:
                 (32, 128, 6, 4),
                 (32, 256, 4, 8),
             ):
-                if n % bn == 0:
+                if n % bn == 0 and k % bk == 0:
                     variants.append(
                         (f"skinny BN{bn} BK{bk} st{st} w{wp}", partial(skinny, x, w, bn, bk, st, wp))
                     )

@@ -16,7 +16,9 @@ the programs are too small to feed more)::
 with ``acc``/``l``/``m_own`` the own pass's unnormalized sum, weight and running maximum.
 Query ``t`` of a question with ``used`` own slots sees the slots ``j ≤ t + used - T`` (causal,
 aligned to the last used slot), and with a local window only the last ``window`` of those.
-Segments with no keys (``ctx_used[s] == 0``) are skipped. Imported only where Triton is (CUDA,
+Segments with no keys (``ctx_used[s] == 0``) are skipped. The own loop runs only over the slots
+the query can see (not the whole region, which holds room for the answer), and the context
+partials are loaded before it, so their latency overlaps it. Imported only where Triton is (CUDA,
 or the interpreter in tests).
 """
 
@@ -45,7 +47,17 @@ def _own_merge_kernel(
     h = tl.program_id(1).to(tl.int64)
     kv = h // G
     d = tl.arange(0, D)
-    # own slots: online softmax over BR-slot tiles of this question's region
+    # the context partials' loads go first: nothing depends on them until the merge, so their
+    # latency overlaps the own pass (the program is a chain of dependent loads, not bandwidth)
+    s_idx = tl.arange(0, SP)
+    sm = s_idx < S
+    used = tl.load(used_ptr + s_idx, mask=sm, other=0)
+    valid = sm & (used > 0)  # segments with no keys are skipped
+    row = n * G + h % G  # folded query row inside each segment
+    la = tl.load(la_ptr + s_idx.to(tl.int64) * la_s + kv * la_h + row * la_r, mask=valid, other=0.0)
+    seg_rows = s_idx.to(tl.int64) * (N * G) + row  # (SP,) rows of the (S*N*G, KVH, D) context output
+    oa = tl.load(oa_ptr + (seg_rows[:, None] * KVH + kv) * D + d[None, :], mask=valid[:, None], other=0.0)
+    # own slots: online softmax over BR-slot tiles, only over the slots this query sees
     b = n // T
     t = n % T
     used_own = tl.load(qused_ptr + b)
@@ -54,34 +66,28 @@ def _own_merge_kernel(
     m_own = tl.full((), float("-inf"), tl.float32)
     l_own = tl.zeros((), tl.float32)
     acc = tl.zeros((D,), tl.float32)
-    for r0 in range(0, R, BR):
+    lo = tl.maximum(last - WINDOW + 1, 0) // BR * BR
+    hi = tl.minimum(tl.minimum(R, used_own), last + 1)
+    for r0 in range(lo, hi, BR):
         r = r0 + tl.arange(0, BR)
-        ok = (r < R) & (r < used_own) & (r <= last) & (last - r < WINDOW)
+        ok = (r < hi) & (last - r < WINDOW)
         rows = (b * R + r).to(tl.int64)
         k = tl.load(k_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
         s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
         m_new = tl.maximum(m_own, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe)
         alpha = tl.exp(m_own - m_safe)
-        v = tl.load(v_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         l_own = l_own * alpha + tl.sum(p, axis=0)
         m_own = m_new
-    # context partials, then the merge
-    s_idx = tl.arange(0, SP)
-    sm = s_idx < S
-    used = tl.load(used_ptr + s_idx, mask=sm, other=0)
-    valid = sm & (used > 0)
-    row = n * G + h % G  # folded query row inside each segment
-    la = tl.load(la_ptr + s_idx.to(tl.int64) * la_s + kv * la_h + row * la_r, mask=valid, other=0.0)
+    # the merge
     la = tl.where(valid, la, float("-inf"))
     m = tl.maximum(tl.max(la, axis=0), m_own)
     m = tl.where(m == float("-inf"), 0.0, m)
     wa = tl.exp(la - m)
     wb = tl.exp(m_own - m)
-    seg_rows = s_idx.to(tl.int64) * (N * G) + row  # (SP,) rows of the (S*N*G, KVH, D) context output
-    oa = tl.load(oa_ptr + (seg_rows[:, None] * KVH + kv) * D + d[None, :], mask=valid[:, None], other=0.0)
     num = tl.sum(oa.to(tl.float32) * wa[:, None], axis=0) + acc * wb
     den = tl.sum(wa, axis=0) + l_own * wb
     out = num / tl.where(den > 0, den, 1.0)  # a padded query row with no keys at all: 0
