@@ -8,8 +8,9 @@ per (query token, head) attends over them itself, online softmax over ``BR``-slo
 merges the result with its ``S`` context rows read once in the layout the context pass wrote:
 no own-pass launch, no fp32 copies. Measured on an H200 (32 query tokens, 32 heads over 8 KV
 heads, 33 segments, a 48-slot region; CUDA graph of 32 calls): 7.8 µs per layer against 14.8 for
-flash's own pass + a separate merge; one warp per program and 16-slot tiles (4 warps: 17-26 µs,
-the programs are too small to feed more)::
+flash's own pass + a separate merge. Two warps per program and 32-slot tiles: 6.8-7.2 µs a
+layer at 32K against 7.4-7.7 for one warp and 16 slots, 12-17 for 64-slot tiles
+(``benchmarks/results/ttft_own_merge_h200/``; the programs are too small to feed more)::
 
     out = (sum_s o_s * exp(lse_s - m) + acc * exp(m_own - m)) / (sum_s exp(lse_s - m) + l * exp(m_own - m))
 
@@ -144,7 +145,7 @@ def merge_with_own(
         n, meta.qlen, region, region + 1 if window is None else window, scale,
         *_strides3(lse_a, n * group), q.stride(0), q.stride(1), own_k.stride(0), own_k.stride(1),
         S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d,
-        BR=16, num_warps=1,
+        BR=32, num_warps=2,
     )  # fmt: skip
     return out
 
