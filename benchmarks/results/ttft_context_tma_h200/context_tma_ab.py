@@ -128,7 +128,11 @@ def gpu() -> None:
             print(f"| {lay} | library | 128 | 3 | {us:.1f} | {flops / us / 1e6:.0f} | 0 |")
             for bn, st in ((64, 3), (128, 2), (128, 3), (128, 4)):
                 run = partial(context_tma, *args, d**-0.5, bn, st)
-                diff = float((run()[0].float() - want).abs().max())
+                try:
+                    diff = float((run()[0].float() - want).abs().max())
+                except triton.runtime.errors.OutOfResources as err:  # added after the recorded run
+                    print(f"| {lay} | descriptors | {bn} | {st} | — ({err}) | | |")
+                    continue
                 us = do_bench_cudagraph(run) * 1e3
                 print(
                     f"| {lay} | descriptors | {bn} | {st} | {us:.1f} | {flops / us / 1e6:.0f} | {diff:.1e} |"
