@@ -302,7 +302,7 @@ def test_paged_kernel_matches_the_torch_reference():
 def test_paged_splits_fill_one_wave():
     """The paged pass's split count gives each SM one program (a partial second wave cost 1.5x
     on an H200), never more splits than table rows, never fewer than one."""
-    from ragcompress.kv.fast._paged import one_wave_splits
+    from ragcompress.kv.fast.waves import one_wave_splits
 
     assert one_wave_splits(132, 32 * 4, 8, 4096) == 16  # Llama-3-8B: 8 KV heads x 1 program
     assert one_wave_splits(132, 32 * 7, 4, 4096) == 16  # Qwen2.5-7B: 224 rows, 2 programs a head

@@ -32,7 +32,8 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast._paged import one_wave_splits, paged_context
+from ragcompress.kv.fast._paged import paged_context
+from ragcompress.kv.fast.waves import one_wave_splits
 from ragcompress.kv.fast.paged import paged_context_reference
 from ragcompress.kv.kernels.quant_format import (
     dequantize_keys,

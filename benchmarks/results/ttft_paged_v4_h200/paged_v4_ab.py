@@ -27,7 +27,8 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E, _tile
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast._paged import one_wave_splits, paged_context
+from ragcompress.kv.fast._paged import paged_context
+from ragcompress.kv.fast.waves import one_wave_splits
 from ragcompress.kv.fast.paged import paged_context_reference
 
 _V2 = Path(__file__).resolve().parents[1] / "ttft_paged_v2_h200" / "paged_v2_ab.py"

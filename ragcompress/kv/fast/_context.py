@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
+from ragcompress.kv.fast.waves import rows_per_program
 
 __all__ = ["context_pass"]
 
@@ -102,7 +103,7 @@ def context_pass(
         raise ValueError("context_pass needs queries with a unit last stride")
     segs, d, kvh = seg_start.numel(), q.shape[2], ctx_k.shape[1]
     g, ng, o, lse = partials("context_pass", q, ctx_k, ctx_v, segs)
-    block_m = 64 if ng <= 64 else 128
+    block_m = rows_per_program(ng)
     # key tiles: 128 keys under 128 folded rows of 128 channels (Qwen2.5's 224 rows: 4% faster
     # a layer at 32K, Llama's 128 a tie; results/ttft_context_ws_h200/), fewer past 128 channels
     block_n = 32 if d > 128 else 128 if block_m == 128 else 64

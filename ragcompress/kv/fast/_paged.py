@@ -35,8 +35,9 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E, _tile
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
+from ragcompress.kv.fast.waves import rows_per_program
 
-__all__ = ["one_wave_splits", "paged_context", "rows_per_program"]
+__all__ = ["paged_context"]
 
 
 @triton.jit
@@ -63,7 +64,7 @@ def _paged_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     a = tl.zeros([BLOCK_M, D], k_ptr.dtype.element_ty)
-    last = tl.load(tab_ptr + 2)  # any value: a split's first entry always rotates
+    last = tl.full((), 0, tl.int32)  # any value: a split's first entry always rotates
     kb, vb = k_ptr + kv * D, v_ptr + kv * D
     for e in range(e0, e1):
         row = tab_ptr + 3 * (1 + e)
@@ -102,7 +103,7 @@ def paged_context(
     q (N, heads, D), already rotated at its own positions; pool_k/pool_v (slots, kv_heads, D)
     with unit stride over heads and channels (a layer's view of the pool); table (1 +
     max_blocks, 3) int32; inv_freq (D // 2,) fp32; ``splits``: S, fixed per captured shape
-    (:func:`one_wave_splits` fills the device once).
+    (:func:`~ragcompress.kv.fast.waves.one_wave_splits` fills the device once).
     """
     d, kvh = q.shape[2], pool_k.shape[1]
     g, ng, o, lse = partials("paged_context", q, pool_k, pool_v, splits)
@@ -115,15 +116,3 @@ def paged_context(
         num_warps=8 if block_m == 128 else 4, num_stages=3,
     )  # fmt: skip
     return o, lse
-
-
-def rows_per_program(rows: int) -> int:
-    """Folded query rows a program holds: 64 up to 64 rows, else 128 (8 warps)."""
-    return 64 if rows <= 64 else 128
-
-
-def one_wave_splits(sms: int, rows: int, kv_heads: int, max_blocks: int) -> int:
-    """Context splits that give every one of ``sms`` SMs one program (a second, partial wave
-    cost 1.5x at 32K: 17 splits against 16, results/ttft_paged_v2_h200/)."""
-    programs = kv_heads * -(-rows // rows_per_program(rows))
-    return max(1, min(sms // programs, max_blocks))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.attention import CascadeAttention, merge, own_pass_reference
 from ragcompress.kv.fast.buffer import BufferOverflowError
+from ragcompress.kv.fast.waves import one_wave_splits
 from ragcompress.kv.fast.write import triton_available
 
 if TYPE_CHECKING:
@@ -134,8 +135,6 @@ class PagedCascade(CascadeAttention):
 
     def _auto_splits(self, device: torch.device, rows: int, kv_heads: int) -> int:
         import torch
-
-        from ragcompress.kv.fast._paged import one_wave_splits
 
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         return one_wave_splits(sms, rows, kv_heads, self.table.max_blocks)

@@ -9,13 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragcompress.kv.fast.waves import one_wave_splits
+
 if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.fast.attention import CascadeAttention, StepMeta
     from ragcompress.kv.fast.buffer import StaticKVBuffer
 
-__all__ = ["ArgUploader", "capture", "context_splits", "decode_args", "new_shape", "prefill_args"]
+__all__ = [
+    "ArgUploader",
+    "capture",
+    "context_splits",
+    "decode_args",
+    "new_shape",
+    "prefill_args",
+]
 
 
 @dataclass(eq=False)
@@ -103,9 +112,7 @@ def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capa
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    rows = n * (heads // kv_heads)
-    blocks = kv_heads * -(-rows // 128)
-    return max(1, min(sms // blocks, capacity // 256))
+    return one_wave_splits(sms, n * (heads // kv_heads), kv_heads, capacity // 256)
 
 
 def prefill_args(questions: Sequence[Sequence[int]], t: int, buffer: StaticKVBuffer) -> np.ndarray:
