@@ -7,10 +7,11 @@ program rotates its (few) query rows by ``-delta`` of the chunk it reads, once p
 chunk's blocks follow each other in the table with one delta), ``D`` cos/sin and ``2 x
 BLOCK_M x D`` multiply-adds against the chunk's keys. The scores are one full-width product in
 base 2, as in the contiguous context pass (:mod:`~ragcompress.kv.fast._context`, whose tile it
-runs, masked by each block's filled slots); 128-row programs of 8 warps in one wave. On an H200
-at 32K (one layer, 32 question tokens) that is 81-85 µs against 154-159 for the first version
-(half-width products, a rotation per block, base e, 64-row programs in two waves):
-``benchmarks/results/ttft_paged_v2_h200/``, ``ttft_paged_v4_h200/``.
+runs, masked by each block's filled slots); 128-row programs of 8 warps in one wave; each block's
+table row is loaded while the block before it computes. On an H200 at 32K (one layer, 32
+question tokens) that is 68-73 µs against 154-159 for the first version (half-width products, a
+rotation per block, base e, 64-row programs in two waves): ``benchmarks/results/``
+``ttft_paged_v2_h200/``, ``ttft_paged_v4_h200/``, ``ttft_paged_v6_h200/``.
 
 Table (int32, ``1 + max_blocks`` rows of 3): row 0 ``[count, 0, 0]``, row ``1 + e``
 ``[block, used, delta]`` for the request's ``e``-th block (its id in the pool, the slots
@@ -41,6 +42,15 @@ __all__ = ["paged_context"]
 
 
 @triton.jit
+def _row(tab_ptr, e, e1):
+    """Entry ``e``'s ``(block, used, delta)``; past the split's end (``e >= e1``) an empty
+    block (used 0: every load masked), read from an in-bounds row."""
+    row = tab_ptr + 3 * (1 + tl.minimum(e, e1 - 1))
+    used = tl.where(e < e1, tl.load(row + 1), 0)
+    return tl.load(row).to(tl.int64), used, tl.load(row + 2)
+
+
+@triton.jit
 def _paged_kernel(
     q_ptr, k_ptr, v_ptr, tab_ptr, freq_ptr, o_ptr, lse_ptr,
     sk_t, sv_t, NG, qk_scale,
@@ -66,11 +76,13 @@ def _paged_kernel(
     a = tl.zeros([BLOCK_M, D], k_ptr.dtype.element_ty)
     last = tl.full((), 0, tl.int32)  # any value: a split's first entry always rotates
     kb, vb = k_ptr + kv * D, v_ptr + kv * D
+    blk, used, delta = _row(tab_ptr, e0, e1)
     for e in range(e0, e1):
-        row = tab_ptr + 3 * (1 + e)
-        blk = tl.load(row).to(tl.int64)
-        used = tl.load(row + 1)
-        delta = tl.load(row + 2)
+        # the next block's row is loaded before this block's tile, so its key address is known
+        # when its iteration starts and the pipeliner can issue its loads early: 68 against 84
+        # µs (rows two blocks ahead: 90; the next key tile held in registers: 85;
+        # results/ttft_paged_v6_h200/)
+        nblk, nused, ndelta = _row(tab_ptr, e + 1, e1)
         # a chunk's blocks follow each other with one delta: rotate once a chunk (rotating at
         # every block made the pass 1.75x slower on an H200, results/ttft_paged_v2_h200/). The
         # query rows are read again here (L1/L2 hits) rather than held as fp32 across the loop:
@@ -84,6 +96,7 @@ def _paged_kernel(
         # every tile masked by its filled slots, so the loads sit outside any branch: 15% faster
         # than masking only partly filled blocks in an if/else (results/ttft_paged_v4_h200/)
         m_i, l_i, acc = _tile(a, kb, vb, blk * BS + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
+        blk, used, delta = nblk, nused, ndelta
     # m_i is in base 2 (_tile's scores carry log2(e)): the natural-log maximum is m_i * ln 2
     store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
 
