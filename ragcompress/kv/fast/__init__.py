@@ -4,7 +4,8 @@
 tier); :class:`FastGenerator` loads a prefix + chunks into its :class:`StaticKVBuffer` and runs
 the question prefill and decode steps (a :class:`FusedStep` or an :class:`EagerStep`) as
 captured graphs with cascade attention. With :class:`PagedPlacement` chunks live in a
-:class:`ChunkPool` instead and :class:`PagedFastGenerator` reads them in place (zero-copy).
+:class:`ChunkPool` (or, in int4, an :class:`Int4ChunkPool`) instead and
+:class:`PagedFastGenerator` reads them in place (zero-copy).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ragcompress.kv.fast.packed import BufferChunk, PackedChunk, QuantizedPacked
 from ragcompress.kv.fast.paged_engine import PagedFastGenerator
 from ragcompress.kv.fast.placement import CopyPlacement, PagedPlacement, Placement
 from ragcompress.kv.fast.pool import ChunkPool, PoolFullError
+from ragcompress.kv.fast.pool_int4 import Int4ChunkPool
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stored import StoredChunk
 from ragcompress.kv.fast.write import write_batch, write_chunk
@@ -35,6 +37,7 @@ __all__ = [
     "FlashCascade",
     "FusedStep",
     "HostChunk",
+    "Int4ChunkPool",
     "PackedChunk",
     "PagedFastGenerator",
     "PagedPlacement",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.buffer import StaticKVBuffer
 from ragcompress.kv.fast.engine import FastGenerator
-from ragcompress.kv.fast.paged import BlockTable, PagedCascade
+from ragcompress.kv.fast.paged import BlockTable
 from ragcompress.kv.fast.pool import ChunkPool, PoolLease
 from ragcompress.models.arch import UnsupportedModelError
 
@@ -55,8 +55,9 @@ class PoolBuffer(StaticKVBuffer):
         if self.positions:
             raise ValueError("the chunk pool keeps no slot positions (local sliding-window layers)")
         qshape = (self.layers, self.max_batch * self.region, self.kv_heads, self.head_dim)
+        # the pool's storage, whatever its form (Int4ChunkPool: codes), is the context region
         self.ctx_keys, self.ctx_values = pool.keys, pool.values
-        self.q_keys = torch.zeros(qshape, dtype=pool.keys.dtype, device=pool.keys.device)
+        self.q_keys = torch.zeros(qshape, dtype=pool.compute_dtype, device=pool.keys.device)
         self.q_values = torch.zeros_like(self.q_keys)
         self.ctx_len_t = torch.zeros(1, dtype=torch.int32, device=pool.keys.device)
         self.ctx_pos = torch.zeros(0, dtype=torch.long, device=pool.keys.device)
@@ -96,15 +97,15 @@ class PagedFastGenerator(FastGenerator):
         max_blocks = self.max_blocks or 2 * -(-self.capacity // bs)
         self.table = BlockTable(max_blocks, self.pool.keys.device)
         inv = Rotary.of(arch.rope[0]).inv_freq.to(device=self.pool.keys.device)
-        self.attention = PagedCascade(self.table, inv.float().contiguous(), bs)
+        self.attention = self.pool.attention(self.table, inv.float().contiguous())
         super().__post_init__()
 
     def _new_buffer(self, step: DecoderStep, param: torch.Tensor) -> StaticKVBuffer:
         pool = self.pool
         assert pool is not None  # checked in __post_init__
-        if param.device != pool.keys.device or param.dtype != pool.keys.dtype:
+        if param.device != pool.keys.device or param.dtype != pool.compute_dtype:
             raise ValueError(
-                f"the pool holds {pool.keys.dtype} on {pool.keys.device}; the model runs "
+                f"the pool attends in {pool.compute_dtype} on {pool.keys.device}; the model runs "
                 f"{param.dtype} on {param.device}"
             )
         return PoolBuffer(

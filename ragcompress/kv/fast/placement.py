@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ragcompress.kv.fast.pool import ChunkPool
+
 if TYPE_CHECKING:
     from ragcompress.kv.fast.engine import FastGenerator
 
@@ -49,10 +51,14 @@ class CopyPlacement(Placement):
 @dataclass(frozen=True)
 class PagedPlacement(Placement):
     """Chunks read in place from a pool of ``pool_tokens`` slots (rounded up to whole blocks of
-    ``block_size`` tokens; the kernel wants a power of two in [16, 128]) on the model's device."""
+    ``block_size`` tokens; the kernel wants a power of two in [16, 128]) on the model's device.
+    ``storage``: the pool's class, :class:`~ragcompress.kv.fast.pool.ChunkPool` (the model's
+    dtype) or :class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool` (int4, dequantized in the
+    attention kernel: ~3.5x the chunks in the same memory)."""
 
     pool_tokens: int = 65536
     block_size: int = 64
+    storage: type[ChunkPool] = ChunkPool
 
     def __post_init__(self) -> None:
         if self.pool_tokens <= 0 or self.block_size <= 0:
@@ -62,9 +68,8 @@ class PagedPlacement(Placement):
 
     def engine(self, model: Any, **kwargs: Any) -> FastGenerator:
         from ragcompress.kv.fast.paged_engine import PagedFastGenerator
-        from ragcompress.kv.fast.pool import ChunkPool
 
-        pool = ChunkPool.for_model(model, self.pool_tokens, self.block_size)
+        pool = self.storage.for_model(model, self.pool_tokens, self.block_size)
         return PagedFastGenerator(model, pool=pool, **kwargs)
 
     def check(self, assembly: Any) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.paged import BlockTable, PagedCascade
 
 __all__ = ["ChunkPool", "PoolEntry", "PoolFullError", "PoolLease"]
 
@@ -83,17 +84,34 @@ class ChunkPool:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        import torch
 
         for name in ("layers", "kv_heads", "head_dim", "num_blocks", "block_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        shape = (self.num_blocks * self.block_size, self.layers, self.kv_heads, self.head_dim)
-        dt = torch.float32 if self.dtype is None else self.dtype
-        self.keys = torch.zeros(shape, dtype=dt, device=self.device)
-        self.values = torch.zeros(shape, dtype=dt, device=self.device)
+        self._allocate()
         self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out 0, 1, 2, ..
         self._entries = OrderedDict()
+
+    def _allocate(self) -> None:
+        """The storage: dense ``keys``/``values`` in :attr:`compute_dtype`."""
+        import torch
+
+        shape = (self.num_blocks * self.block_size, self.layers, self.kv_heads, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=self.compute_dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=self.compute_dtype, device=self.device)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the model attends in (fp32 when ``dtype`` is None)."""
+        import torch
+
+        return torch.float32 if self.dtype is None else self.dtype
+
+    def attention(self, table: BlockTable, inv_freq: torch.Tensor) -> PagedCascade:
+        """The attention that reads this pool's blocks through ``table``."""
+        from ragcompress.kv.fast.paged import PagedCascade
+
+        return PagedCascade(table, inv_freq, self.block_size)
 
     @classmethod
     def for_model(cls, model: Any, tokens: int, block_size: int = 64) -> ChunkPool:
@@ -210,20 +228,23 @@ class ChunkPool:
         packed = chunk if isinstance(chunk, PackedChunk) else PackedChunk.from_chunk(chunk)
         n, bs = packed.num_tokens, self.block_size
         blocks = tuple(self._free.pop() for _ in range(self._blocks_for(packed)))
-        k = packed.keys.to(device=self.keys.device, dtype=self.keys.dtype)
-        v = packed.values.to(device=self.keys.device, dtype=self.keys.dtype)
-        if blocks == tuple(range(blocks[0], blocks[0] + len(blocks))):  # one run: a plain copy
-            self.keys[blocks[0] * bs : blocks[0] * bs + n].copy_(k)
-            self.values[blocks[0] * bs : blocks[0] * bs + n].copy_(v)
+        if blocks == tuple(range(blocks[0], blocks[0] + len(blocks))):  # one run: plain copies
+            slots: torch.Tensor | slice = slice(blocks[0] * bs, blocks[0] * bs + n)
         else:
             idx = torch.tensor(blocks, device=self.keys.device)[:, None] * bs
-            idx = (idx + torch.arange(bs, device=idx.device)).reshape(-1)[:n]
-            self.keys.index_copy_(0, idx, k)
-            self.values.index_copy_(0, idx, v)
+            slots = (idx + torch.arange(bs, device=idx.device)).reshape(-1)[:n]
+        self._write(packed, blocks, slots)
         ref = weakref.ref(chunk) if key[0] == "id" else None  # type: ignore[index]
         e = PoolEntry(key, blocks, n, ref=ref)
         self._entries[key] = e
         return e
+
+    def _write(self, packed: PackedChunk, blocks: tuple[int, ...], slots: torch.Tensor | slice) -> None:
+        """Store ``packed`` (n tokens) in ``blocks``: token ``i`` at ``slots[i]`` (a slice when
+        the blocks are one run)."""
+        dev, dt = self.keys.device, self.keys.dtype
+        self.keys[slots] = packed.keys.to(device=dev, dtype=dt)
+        self.values[slots] = packed.values.to(device=dev, dtype=dt)
 
     def _check(self, chunk: Any, what: str) -> None:
         """Refuse, before anything changes, a chunk the pool cannot hold."""

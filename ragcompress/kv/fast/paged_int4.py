@@ -1,0 +1,120 @@
+"""Paged attention over an int4 chunk pool: the blocks are dequantized where they are read.
+
+:class:`Int4PagedCascade` is :class:`~ragcompress.kv.fast.paged.PagedCascade` for an
+:class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool`. The decoder step hands each layer the
+buffer's context views, which for this pool are the layer's key and value codes; the cascade
+finds the layer's scales and zeros from them. On CUDA in fp16/bf16 the context pass is
+:mod:`~ragcompress.kv.fast._paged_int4` (codes dequantized in registers); elsewhere
+:func:`paged_int4_reference`, in fp32 torch, over the same dequantized values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.fast.attention import merge, own_pass_reference
+from ragcompress.kv.fast.paged import PagedCascade, paged_context_reference
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.fast._paged_int4 import Int4Views
+    from ragcompress.kv.fast.attention import LocalWindow, StepMeta
+
+__all__ = ["Int4PagedCascade", "dequantized_layer", "paged_int4_reference"]
+
+
+@dataclass(eq=False)
+class Int4PagedCascade(PagedCascade):
+    """Attention over the blocks of ``table`` in an int4 pool + the question's own slots; the
+    pool's tensors (:class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool`'s ``keys``, whose
+    layer views the step passes as ``ctx_k``, and its scales and zeros) are fields."""
+
+    codes: torch.Tensor = field(kw_only=True, repr=False)  # (slots, layers, kv_heads, D/2) uint8
+    key_scale: torch.Tensor = field(kw_only=True, repr=False)  # (blocks, layers, kv_heads, D)
+    key_zero: torch.Tensor = field(kw_only=True, repr=False)
+    value_scale: torch.Tensor = field(kw_only=True, repr=False)  # (slots, layers, kv_heads, 2)
+    value_zero: torch.Tensor = field(kw_only=True, repr=False)
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+        own_k: torch.Tensor,
+        own_v: torch.Tensor,
+        meta: StepMeta,
+        scale: float,
+        *,
+        window: LocalWindow | None = None,
+        softcap: float | None = None,
+    ) -> torch.Tensor:
+        """(B*T, heads, head_dim) in ``q``'s dtype."""
+        import torch
+
+        if window is not None or softcap is not None:
+            raise ValueError("paged attention has no local window or soft-cap (dense, global layers only)")
+        views = self._views(ctx_k, ctx_v)
+        d = q.shape[-1]
+        if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
+            rows, bs = self.table.rows, self.block_size
+            o_a, lse_a = paged_int4_reference(q, views, rows, self.inv_freq, bs, scale)
+            o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
+            return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
+        from ragcompress.kv.fast._merge import merge_with_own
+        from ragcompress.kv.fast._paged_int4 import paged_int4_context
+
+        n, heads, _ = q.shape
+        kvh = ctx_k.shape[1]
+        sp = self.splits or self._auto_splits(q.device, n * heads // kvh, kvh)
+        o_a, lse_a = paged_int4_context(q, views, self.table.rows, self.inv_freq, self.block_size, sp, scale)
+        return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
+
+    def _views(self, ctx_k: torch.Tensor, ctx_v: torch.Tensor) -> Int4Views:
+        """The layer's ``(kc, ks, kz, vc, vs, vz)``: ``ctx_k`` is ``codes[:, l]``, so ``l`` is
+        its offset from the codes over a slot's per-layer stride."""
+        codes = self.codes
+        offset = ctx_k.data_ptr() - codes.data_ptr()
+        layer = offset // (codes.stride(1) * codes.element_size())
+        if ctx_k.dtype != codes.dtype or not 0 <= offset < codes.stride(0) * codes.element_size():
+            raise ValueError("Int4PagedCascade reads the int4 pool's code views (pool.keys[:, layer])")
+        return (
+            ctx_k, self.key_scale[:, layer], self.key_zero[:, layer],
+            ctx_v, self.value_scale[:, layer], self.value_zero[:, layer],
+        )  # fmt: skip
+
+
+def paged_int4_reference(
+    q: torch.Tensor,
+    views: Int4Views,
+    table: torch.Tensor,
+    inv_freq: torch.Tensor,
+    block_size: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The context pass in fp32 torch over one layer's int4 views (dequantized whole, then
+    :func:`~ragcompress.kv.fast.paged.paged_context_reference`): ``(o (N, heads, D), lse (N,
+    heads))``. A reference: it dequantizes every slot of the pool at each call."""
+    kc, ks, kz, vc, vs, vz = views
+    keys, values = dequantized_layer(kc, ks, kz, vc, vs, vz, block_size)
+    return paged_context_reference(q, keys, values, table, inv_freq, block_size, scale)
+
+
+def dequantized_layer(
+    kc: torch.Tensor,
+    ks: torch.Tensor,
+    kz: torch.Tensor,
+    vc: torch.Tensor,
+    vs: torch.Tensor,
+    vz: torch.Tensor,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 keys and values (slots, kv_heads, D) of one layer's int4 pool views: codes (slots,
+    kv_heads, D/2), key scale/zero (blocks, kv_heads, D), value scale/zero (slots, kv_heads, 2)."""
+    from ragcompress.kv.kernels.quant_format import unpack_int4
+
+    half = kc.shape[-1]
+    keys = unpack_int4(kc).float() * ks.float().repeat_interleave(block_size, 0)
+    values = unpack_int4(vc).float() * vs.float().repeat_interleave(half, -1)
+    return keys + kz.float().repeat_interleave(block_size, 0), values + vz.float().repeat_interleave(half, -1)

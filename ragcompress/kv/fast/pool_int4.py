@@ -1,0 +1,105 @@
+"""A chunk pool that keeps its blocks in int4, read and dequantized inside the paged kernel.
+
+:class:`~ragcompress.kv.fast.pool.ChunkPool` stores bf16/fp16 K/V; a quantized chunk is expanded
+when it enters. :class:`Int4ChunkPool` stores every chunk in the KIVI-style int4 format of
+:mod:`~ragcompress.kv.kernels.quant_format`, grouped to fit the pool: **one key group per pool
+block** (per channel, over the block's ``block_size`` tokens: a chunk starts on a block boundary,
+so its groups never straddle two chunks) and **two value groups per token** (per token, over
+each half of a head: a half-width product then sees one value scale). A chunk is quantized
+once, when it enters; a request reads the codes in place and the attention
+(:class:`~ragcompress.kv.fast.paged_int4.Int4PagedCascade`) dequantizes each block in registers.
+
+Per K or V element the pool holds 0.5 byte of codes + 4 / ``block_size`` (keys) or 8 /
+``head_dim`` (values) bytes of fp16 scale and zero: 28% of bf16 with blocks of 64 and heads of
+128, so ~3.5x the chunks in the same memory. On an H200 at 32K the context pass reads them at
+1.2-1.5x the bf16 pass's time (``benchmarks/results/ttft_paged_int4_v2_h200/``).
+
+A chunk stored int4 with the same grouping (``QuantizePress(bits=4, group_size=block_size)``
+with ``block_size == head_dim // 2``) enters with the codes it was stored with: re-quantizing
+its dequantized values finds the same per-group minimum and maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.fast.pool import ChunkPool
+
+if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.fast.packed import PackedChunk
+    from ragcompress.kv.fast.paged import BlockTable
+    from ragcompress.kv.fast.paged_int4 import Int4PagedCascade
+
+__all__ = ["Int4ChunkPool"]
+
+
+@dataclass(eq=False)
+class Int4ChunkPool(ChunkPool):
+    """A :class:`~ragcompress.kv.fast.pool.ChunkPool` in int4. ``keys``/``values`` hold the codes
+    (slots, layers, kv_heads, head_dim // 2) uint8, half-split nibbles (byte ``j``: channel
+    ``j`` low, ``j + head_dim // 2`` high); ``key_scale``/``key_zero`` (num_blocks, layers,
+    kv_heads, head_dim) fp16, one per block and channel; ``value_scale``/``value_zero`` (slots,
+    layers, kv_heads, 2) fp16, one per token and half head. ``dtype``: the dtype the model
+    attends in."""
+
+    key_scale: torch.Tensor = field(init=False, repr=False)
+    key_zero: torch.Tensor = field(init=False, repr=False)
+    value_scale: torch.Tensor = field(init=False, repr=False)
+    value_zero: torch.Tensor = field(init=False, repr=False)
+
+    def _allocate(self) -> None:
+        import torch
+
+        if self.head_dim % 2:
+            raise ValueError(f"an int4 pool needs an even head_dim, got {self.head_dim}")
+        lkd = (self.layers, self.kv_heads)
+        codes = (self.slots, *lkd, self.head_dim // 2)
+        dev, f16 = self.device, torch.float16
+        self.keys = torch.zeros(codes, dtype=torch.uint8, device=dev)
+        self.values = torch.zeros(codes, dtype=torch.uint8, device=dev)
+        self.key_scale = torch.zeros((self.num_blocks, *lkd, self.head_dim), dtype=f16, device=dev)
+        self.key_zero = torch.zeros_like(self.key_scale)
+        self.value_scale = torch.zeros((self.slots, *lkd, 2), dtype=f16, device=dev)
+        self.value_zero = torch.zeros_like(self.value_scale)
+
+    def attention(self, table: BlockTable, inv_freq: torch.Tensor) -> Int4PagedCascade:
+        from ragcompress.kv.fast.paged_int4 import Int4PagedCascade
+
+        return Int4PagedCascade(
+            table, inv_freq, self.block_size, codes=self.keys, key_scale=self.key_scale,
+            key_zero=self.key_zero, value_scale=self.value_scale, value_zero=self.value_zero,
+        )  # fmt: skip
+
+    def _write(self, packed: PackedChunk, blocks: tuple[int, ...], slots: torch.Tensor | slice) -> None:
+        import torch
+
+        from ragcompress.kv.kernels.quant_format import quantize_keys, quantize_values
+
+        n, lay, kvh, d = packed.keys.shape
+        dev = self.keys.device
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (n, L, kvh, d) -> (L * kvh, n, d) fp32
+            return t.to(device=dev, dtype=torch.float32).permute(1, 2, 0, 3).reshape(lay * kvh, n, d)
+
+        def back(t: torch.Tensor) -> torch.Tensor:  # (L * kvh, m, c) -> (m, L, kvh, c)
+            return t.view(lay, kvh, *t.shape[1:]).permute(2, 0, 1, 3)
+
+        kc, ks, kz = quantize_keys(heads(packed.keys), 4, self.block_size)
+        vc, vs, vz = quantize_values(heads(packed.values), 4, d // 2)
+        self.keys[slots], self.values[slots] = back(kc), back(vc)
+        self.value_scale[slots], self.value_zero[slots] = back(vs), back(vz)
+        idx = torch.tensor(blocks, device=dev)
+        self.key_scale[idx], self.key_zero[idx] = back(ks), back(kz)
+
+    def dequantized(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s keys and values, (slots, kv_heads, head_dim) fp32: what the kernel
+        computes in registers, for the torch reference and tests."""
+        from ragcompress.kv.fast.paged_int4 import dequantized_layer
+
+        return dequantized_layer(
+            self.keys[:, layer], self.key_scale[:, layer], self.key_zero[:, layer],
+            self.values[:, layer], self.value_scale[:, layer], self.value_zero[:, layer], self.block_size,
+        )  # fmt: skip

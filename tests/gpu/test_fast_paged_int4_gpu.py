@@ -1,0 +1,85 @@
+"""The int4 chunk pool on CUDA: the compiled int4 paged kernel against its torch reference in
+bf16, and the engine over an int4 pool under CUDA graphs against the copy engine over the same
+chunks dequantized. The CPU side is tests/kv/test_fast_paged_int4.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from ragcompress.kv.fast import FastGenerator, Int4ChunkPool, PackedChunk, PagedFastGenerator, StepMeta
+from ragcompress.kv.fast.paged import BlockTable
+from ragcompress.kv.fast.paged_int4 import Int4PagedCascade, paged_int4_reference
+from tests.conftest import make_tiny_llama
+from tests.gpu.test_fast_path_gpu import _first_logits, _rel
+from tests.kv.test_fast_paged_int4 import _dequantized_items
+from tests.kv.test_fast_path import _separate_chunks
+
+VOCAB = 1024
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [None, 1, 5])
+def test_gpu_int4_paged_cascade_matches_reference(splits):
+    """The compiled int4 kernel + flash own pass + fused merge == the fp32 references over the
+    dequantized pool, bf16, Llama-8B head shape, chunks read at several deltas, partly filled
+    blocks, garbage rows past the count."""
+    from ragcompress.kv.fast.attention import merge, own_pass_reference
+
+    torch.manual_seed(0)
+    dev, dt = "cuda", torch.bfloat16
+    b, t, r, bs, kvh, g, d = 2, 7, 12, 64, 8, 4, 128
+    pool = Int4ChunkPool(3, kvh, d, 40, bs, dtype=dt, device=dev)
+    sizes = (300, 1000, 77, 64)
+    chunks = [PackedChunk(*(torch.randn(n, 3, kvh, d, device=dev) for _ in range(2)), n, 0) for n in sizes]
+    lease = pool.acquire(chunks)
+    entries = []
+    for (n, e), delta in zip(zip(sizes, lease.entries, strict=True), (5000, -40, 120000, 7), strict=True):
+        entries += [(blk, min(bs, n - j * bs), delta) for j, blk in enumerate(e.blocks)]
+    entries += entries[:5]  # a chunk's first blocks again, at its delta
+    table = BlockTable(48, dev)
+    table.rows.fill_(7)
+    table.write(entries)
+    q = torch.randn(b * t, kvh * g, d, device=dev, dtype=dt)
+    own_k, own_v = (torch.randn(b * r, kvh, d, device=dev, dtype=dt) for _ in range(2))
+    inv = (1.0 / (5e5 ** (torch.arange(0, d, 2, device=dev).float() / d))).contiguous()
+    meta = StepMeta(b, t, r, 1, torch.zeros(1, dtype=torch.int32, device=dev),
+                    torch.tensor([t, t + 3], dtype=torch.int32, device=dev), group=g)  # fmt: skip
+    att = pool.attention(table, inv)
+    assert isinstance(att, Int4PagedCascade) and att._kernel_runs(d)
+    att.splits = splits
+    got = att(q, pool.keys[:, 1], pool.values[:, 1], own_k, own_v, meta, d**-0.5).float()
+    views = att._views(pool.keys[:, 1], pool.values[:, 1])
+    o_a, lse_a = paged_int4_reference(q, views, table.rows, inv, bs, d**-0.5)
+    o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, d**-0.5)
+    assert _rel(got, merge(o_a, lse_a, o_b, lse_b).float()) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_int4_pool_engine_matches_its_dequantized_chunks():
+    """bf16, head_dim 64 (the Triton kernel runs), graphs: the engine reading int4 codes gives
+    first-token logits within bf16 rounding of the copy engine over the same chunks dequantized,
+    for reordered and repeated chunks."""
+    rng = torch.Generator().manual_seed(7)
+    prefix = torch.randint(5, VOCAB, (9,), generator=rng).tolist()
+    passages = [torch.randint(5, VOCAB, (n,), generator=rng).tolist() for n in (37, 23)]
+    question = torch.randint(5, VOCAB, (6,), generator=rng).tolist()
+    m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
+    m = m.cuda().to(torch.bfloat16)
+    prefix_kv, chunks = _separate_chunks(m, prefix, passages)
+    pre = PackedChunk.from_prefix(prefix_kv)
+    kw: dict[str, Any] = {"capacity": 96, "max_question": 16, "max_new_tokens": 12, "buckets": (16,)}
+    pool = Int4ChunkPool.for_model(m, 512, 16)
+    paged, copy = PagedFastGenerator(m, pool=pool, **kw), FastGenerator(m, **kw)
+    assert paged.graphs and paged.attention._kernel_runs(64)  # type: ignore[union-attr]
+    for order in ([0, 1], [1, 0], [1, 1]):
+        picked = [chunks[i] for i in order]
+        paged.load(pre, picked)
+        assert paged._lease is not None
+        held = _dequantized_items(pool, [pre, *picked], paged._lease.entries, torch.bfloat16)
+        copy.load(held[0], held[1:])
+        paged.prefill([question])
+        copy.prefill([question])
+        assert _rel(_first_logits(paged), _first_logits(copy)) < 2e-2, order

@@ -1,0 +1,196 @@
+"""The int4 chunk pool (ragcompress.kv.fast.pool_int4, paged_int4, _paged_int4): chunks stored
+int4 in the pool, read and dequantized inside the paged attention. The pool stores what the
+library's quantizer gives, in ~28% of the dense pool's bytes, and a chunk already int4 in its
+grouping enters unchanged; the engine over it gives the tokens of the chunks it holds; the
+kernel (Triton interpreter) matches its torch reference. tests/gpu/test_fast_paged_gpu.py runs
+it compiled, in graphs, in bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragcompress.kv.fast import ChunkPool, Int4ChunkPool, PackedChunk, PagedPlacement
+from ragcompress.kv.kernels.quant_format import (
+    dequantize_keys,
+    dequantize_values,
+    quantize_keys,
+    quantize_values,
+)
+from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.quantize import QuantizePress
+from tests.support.interpret import run_interpreted
+
+from .test_fast_paged import ORDERS
+from .test_fast_paged import setup as setup  # the module's fixture, used here too
+from .test_fast_path import _separate_chunks
+
+
+def _chunk(n: int, seed: int, layers: int = 2, kvh: int = 2, d: int = 32) -> PackedChunk:
+    g = torch.Generator().manual_seed(seed)
+    k, v = (torch.randn(n, layers, kvh, d, generator=g) for _ in range(2))
+    return PackedChunk(k, v, length=n, base_offset=0)
+
+
+def _heads(t: torch.Tensor, layer: int) -> torch.Tensor:
+    return t[:, layer].permute(1, 0, 2)  # (n, kvh, d) -> (kvh, n, d), quant_format's layout
+
+
+def test_int4_pool_stores_what_the_quantizer_gives():
+    """A chunk over non-contiguous blocks (a chunk evicted in between): the pool's dequantized
+    slots equal quant_format's round trip with key groups of one block and value groups of half
+    a head, layer by layer; the storage is ~28% of a dense pool's bytes."""
+    bs, d = 16, 32
+    pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=d, num_blocks=6, block_size=bs)
+    a, b, x, c = _chunk(20, 1), _chunk(10, 2), _chunk(16, 5), _chunk(37, 3)
+    lease = pool.acquire([a])
+    pool.release(pool.acquire([b]))  # b (block 2) is unleased: c's insert evicts it
+    pool.acquire([x])  # block 3; blocks 4 and 5 stay free
+    pool.acquire([c])
+    blocks = pool.resident(c).blocks  # type: ignore[union-attr]
+    assert blocks == (2, 4, 5)  # not one run: an index write
+    slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).reshape(-1)[: c.num_tokens]
+    for layer in range(2):
+        keys, values = pool.dequantized(layer)
+        want_k = dequantize_keys(*quantize_keys(_heads(c.keys, layer), 4, bs), 4, bs)
+        want_v = dequantize_values(*quantize_values(_heads(c.values, layer), 4, d // 2), 4, d // 2)
+        torch.testing.assert_close(keys[slots].permute(1, 0, 2), want_k)
+        torch.testing.assert_close(values[slots].permute(1, 0, 2), want_v)
+        err = (keys[slots] - c.keys[:, layer]).norm() / c.keys[:, layer].norm()
+        assert 0 < err < 0.15  # int4: close, not equal
+    pool.release(lease)
+    shape = {"layers": 2, "kv_heads": 2, "head_dim": 128, "num_blocks": 8, "block_size": 64}
+    dense, int4 = ChunkPool(**shape, dtype=torch.bfloat16), Int4ChunkPool(**shape, dtype=torch.bfloat16)
+
+    def size(p: ChunkPool) -> int:
+        return sum(t.numel() * t.element_size() for t in vars(p).values() if isinstance(t, torch.Tensor))
+
+    assert size(int4) / size(dense) == pytest.approx(0.28125)
+    assert int4.compute_dtype == torch.bfloat16 and int4.keys.dtype == torch.uint8
+
+
+def test_an_int4_chunk_in_the_pools_grouping_enters_unchanged():
+    """A chunk stored int4 with key groups of one block and value groups of half a head
+    (QuantizePress(bits=4, group_size=block_size), block_size = head_dim / 2) is dequantized on
+    entry and quantized again: the pool holds the values it was stored with."""
+    bs, d = 16, 32
+    dense = _chunk(45, 4, d=d)
+    k = [dequantize_keys(*quantize_keys(_heads(dense.keys, i), 4, bs), 4, bs) for i in range(2)]
+    v = [dequantize_values(*quantize_values(_heads(dense.values, i), 4, bs), 4, bs) for i in range(2)]
+    k_, v_ = (torch.stack(t).permute(2, 0, 1, 3).contiguous() for t in (k, v))  # (n, layers, kvh, d)
+    stored = PackedChunk(k_, v_, length=45, base_offset=0)
+    pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=d, num_blocks=4, block_size=bs)
+    pool.acquire([stored])
+    for layer in range(2):
+        keys, values = pool.dequantized(layer)
+        torch.testing.assert_close(keys[:45], stored.keys[:, layer], atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(values[:45], stored.values[:, layer], atol=2e-3, rtol=1e-3)
+
+
+def _dequantized_items(
+    pool: Int4ChunkPool, items: list, entries: list, dtype: torch.dtype = torch.float32
+) -> list[PackedChunk]:
+    """Each item as the pool holds it: its slots of every layer, dequantized, as a dense chunk."""
+    bs, out = pool.block_size, []
+    layers = [pool.dequantized(li) for li in range(pool.layers)]
+    for item, e in zip(items, entries, strict=True):
+        slots = (torch.tensor(e.blocks)[:, None] * bs + torch.arange(bs)).reshape(-1)[: e.num_tokens]
+        k = torch.stack([lk[slots] for lk, _ in layers], 1).to(dtype)
+        v = torch.stack([lv[slots] for _, lv in layers], 1).to(dtype)
+        out.append(PackedChunk(k, v, length=int(item.length), base_offset=int(item.base_offset)))
+    return out
+
+
+@pytest.mark.parametrize("form", ["packed", "stored-knorm-int4"])
+def test_int4_pool_engine_gives_the_tokens_of_its_dequantized_chunks(setup, form):
+    """Chunks (dense, or evicted by key norm and stored int4 in the pool's grouping) placed in
+    several orders, one twice: the engine reading the pool's int4 codes gives the copy engine's
+    greedy tokens over the same chunks dequantized (the values the kernel computes in
+    registers), the prefix included. A stored int4 chunk in the pool's grouping enters with its
+    own values (test above), so its tokens are the eager path's chunks' tokens."""
+    from ragcompress.kv.fast import FastGenerator, PagedFastGenerator
+
+    model, gen, prefix, passages, questions = setup
+    presses = (KnormPress(ratio=0.25), QuantizePress(bits=4, group_size=8)) if "int4" in form else ()
+    prefix_kv, chunks = _separate_chunks(model, prefix, passages, presses)
+    items = [PackedChunk.from_chunk(c) for c in chunks] if form == "packed" else chunks
+    pre = PackedChunk.from_prefix(prefix_kv)
+    kw: dict = {"capacity": 80, "max_question": 16, "max_new_tokens": 8, "buckets": (8, 16)}
+    pool = Int4ChunkPool.for_model(model, 256, block_size=8)
+    paged, copy = PagedFastGenerator(model, pool=pool, **kw), FastGenerator(model, **kw)
+    for order in ORDERS:
+        picked = [items[i] for i in order]
+        pos = paged.load(pre, picked)
+        assert paged._lease is not None
+        held = _dequantized_items(pool, [pre, *picked], paged._lease.entries)
+        assert copy.load(held[0], held[1:]) == pos
+        for q in questions[:2]:
+            assert paged.generate([q], 8, gen.stop_ids)[0] == copy.generate([q], 8, gen.stop_ids)[0]
+    assert pool.num_blocks - pool.free_blocks == sum(-(-c.num_tokens // 8) for c in [pre, *items])
+
+
+def test_int4_placement_builds_an_int4_engine(tiny_llama):
+    placement = PagedPlacement(pool_tokens=256, block_size=16, storage=Int4ChunkPool)
+    engine = placement.engine(tiny_llama, capacity=64)
+    pool = engine.pool  # type: ignore[attr-defined]
+    assert isinstance(pool, Int4ChunkPool) and pool.keys.dtype == torch.uint8
+    assert engine.buffer.q_keys.dtype == torch.float32  # the question's own slots stay dense
+
+
+_KERNEL_CHECK = """
+import torch
+from ragcompress.kv.fast import Int4ChunkPool, PackedChunk
+from ragcompress.kv.fast._paged_int4 import paged_int4_context
+from ragcompress.kv.fast.paged import BlockTable
+from ragcompress.kv.fast.paged_int4 import paged_int4_reference
+
+g = torch.Generator().manual_seed(3)
+bs, layers, kvh, grp, d, n = 16, 2, 2, 2, 32, 5
+pool = Int4ChunkPool(layers=layers, kv_heads=kvh, head_dim=d, num_blocks=6, block_size=bs)
+kv = [[torch.randn(t, layers, kvh, d, generator=g) for _ in range(2)] for t in (39, 30, 1)]
+chunks = [PackedChunk(k, v, length=k.shape[0], base_offset=0) for k, v in kv]
+lease = pool.acquire(chunks)
+e0, e1, e2 = lease.entries
+q = torch.randn(n, kvh * grp, d, generator=g)
+inv = 1.0 / (1e4 ** (torch.arange(0, d, 2).float() / d))
+# a three-block chunk at one delta (split across programs at 4 splits), a chunk read twice at
+# two deltas, partly filled blocks, rows past the count left as garbage
+rows = [(b, min(bs, 39 - j * bs), 40) for j, b in enumerate(e0.blocks)]
+rows += [(b, min(bs, 30 - j * bs), -7) for j, b in enumerate(e1.blocks)]
+rows += [(e2.blocks[0], 1, 0)] + [(b, min(bs, 30 - j * bs), 1000) for j, b in enumerate(e1.blocks)]
+table = torch.full((12, 3), 999, dtype=torch.int32)
+table[0] = torch.tensor([len(rows), 0, 0])
+table[1 : 1 + len(rows)] = torch.tensor(rows, dtype=torch.int32)
+l = 1  # a layer's strided views, as the cascade takes them from the step
+views = (pool.keys[:, l], pool.key_scale[:, l], pool.key_zero[:, l],
+         pool.values[:, l], pool.value_scale[:, l], pool.value_zero[:, l])
+ro, rl = paged_int4_reference(q, views, table, inv, bs, d**-0.5)
+for splits in (1, 4, 9):
+    o, lse = paged_int4_context(q, views, table, inv, bs, splits, d**-0.5)
+    o = o.view(splits, n, grp, kvh, d).permute(0, 1, 3, 2, 4).reshape(splits, n, kvh * grp, d)
+    lse = lse.view(splits, kvh, n, grp).permute(0, 2, 1, 3).reshape(splits, n, kvh * grp)
+    tot = torch.logsumexp(lse, 0)
+    torch.testing.assert_close(tot, rl, atol=1e-4, rtol=1e-4)
+    w = torch.exp(lse - tot)[..., None]
+    torch.testing.assert_close((o * w).sum(0), ro, atol=1e-4, rtol=1e-4)
+    if splits == 9:  # 8 entries, one per split: split 8 is empty
+        assert torch.isinf(lse[8:]).all() and (o[8:] == 0).all()
+    print("splits", splits, "match")
+table[0, 0] = 0
+o, lse = paged_int4_context(q, views, table, inv, bs, 2, d**-0.5)
+assert torch.isinf(lse).all() and (o == 0).all()
+print("empty table")
+"""
+
+
+def test_paged_int4_kernel_matches_the_torch_reference():
+    """The int4 paged kernel (Triton, interpreted) == paged_int4_reference over one layer's
+    strided views of a real Int4ChunkPool: chunks of several blocks, a chunk read twice at two
+    deltas, partly filled blocks, garbage rows past the count, an empty split, an empty table."""
+    out = run_interpreted(_KERNEL_CHECK)
+    assert out.splitlines() == ["splits 1 match", "splits 4 match", "splits 9 match", "empty table"]
+
+
+def test_int4_pool_refuses_an_odd_head_dim():
+    with pytest.raises(ValueError, match="even head_dim"):
+        Int4ChunkPool(layers=1, kv_heads=1, head_dim=15, num_blocks=1, block_size=16)
