@@ -21,7 +21,8 @@ context length, in one process and on the same inputs:
   run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
 * ``ragcompress_paged_ms`` — zero-copy placement: the same chunks already resident in a paged
   pool, placed by a block-table write and read in place (:mod:`ragcompress_bench.ttft_paged`;
-  ``--no-paged`` skips it);
+  ``--no-paged`` skips it), and ``ragcompress_paged_int4_ms``, the same from an int4 pool
+  (dequantized in the attention kernel; ``--no-paged-int4`` skips it);
 * ``ragcompress_stored_ms`` — the same chunks as the chunk cache stores them (layer by layer;
   Gemma 3's local layers skip chunks out of their window; :mod:`ragcompress_bench.ttft_stored`);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
@@ -112,7 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-paged",
         dest="paged",
         action="store_false",
-        help="skip the zero-copy column (chunks read in place from a paged pool, ttft_paged)",
+        help="skip the zero-copy columns (chunks read in place from a paged pool, ttft_paged)",
+    )
+    p.add_argument(
+        "--no-paged-int4",
+        dest="paged_int4",
+        action="store_false",
+        help="skip the int4 paged pool's column (chunks quantized on entry, dequantized in the kernel)",
     )
     p.add_argument(
         "--no-stored",
@@ -140,8 +147,9 @@ def _compressed_chunks(
 
 
 def run_context(
-    model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int, paged: Any = None
+    model: Any, fast: Any, ctx: int, args: Any, clock: Clock, bw: float, wbytes: int, paged: Any = ()
 ) -> dict[str, Any]:
+    """One context's row; ``paged``: ``(tag, PagedFastGenerator)`` pairs (ttft_paged's columns)."""
     import torch
     from transformers import DynamicCache
 
@@ -237,10 +245,10 @@ def run_context(
             from ragcompress_bench.ttft_stored import stored_rows
 
             row.update(stored_rows(fast, prefix, kv, starts, sizes, question, clock, tokens))
-        if paged is not None:
+        for tag, engine in paged:
             from ragcompress_bench.ttft_paged import paged_row
 
-            row.update(paged_row(paged, prefix, dense, question, clock, fast_logits, tokens))
+            row.update(paged_row(engine, prefix, dense, question, clock, fast_logits, tokens, tag))
         del dense
         if args.modes:
             from ragcompress_bench.ttft_modes import mode_rows
@@ -357,9 +365,13 @@ def main(argv: list[str]) -> int:
         f"at {time.perf_counter() - t0:.1f}s",
         flush=True,
     )
+    from ragcompress.kv.fast import ChunkPool, Int4ChunkPool
     from ragcompress_bench.ttft_paged import build_paged
 
-    paged = build_paged(model, fast, contexts, args) if args.paged else None
+    kinds = [("paged", ChunkPool)] if args.paged else []
+    kinds += [("paged_int4", Int4ChunkPool)] if args.paged and args.paged_int4 else []
+    built = [(tag, build_paged(model, fast, contexts, args, storage)) for tag, storage in kinds]
+    paged = [(tag, engine) for tag, engine in built if engine is not None]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

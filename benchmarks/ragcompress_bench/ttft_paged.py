@@ -1,4 +1,4 @@
-"""The zero-copy column of ``ragcompress bench ttft``: chunks read in place from a paged pool.
+"""The zero-copy columns of ``ragcompress bench ttft``: chunks read in place from a paged pool.
 
 * ``ragcompress_paged_ms`` — the same bf16 chunks as ``ragcompress_ms``, already resident in a
   :class:`~ragcompress.kv.fast.ChunkPool` (they entered it once, before timing): placing them is
@@ -7,7 +7,11 @@
   first token on the host (:class:`~ragcompress.kv.fast.PagedFastGenerator`);
 * ``paged_insert_ms`` — one sample: the first load, which copies every chunk into the pool;
 * ``paged_vs_copy_logits_rel_err`` / ``paged_same_token_as_copy`` — the paged first-token
-  logits against the copy engine's on the same request.
+  logits against the copy engine's on the same request;
+* ``ragcompress_paged_int4_ms``, ``paged_int4_*`` — the same with an
+  :class:`~ragcompress.kv.fast.Int4ChunkPool`: the chunks are quantized to int4 when they enter
+  (``paged_int4_insert_ms``) and dequantized inside the attention kernel; its logits differ from
+  the copy engine's by the int4 error (on random weights, not a quality measure).
 
 The paged engine shares the copy engine's decoder step (its fused weights too), so the two
 differ only in placement and attention.
@@ -24,10 +28,13 @@ from ragcompress_bench.ttft_timing import Clock
 __all__ = ["build_paged", "paged_row"]
 
 
-def build_paged(model: Any, fast: Any, contexts: list[int], args: Any, block_size: int = 64) -> Any:
+def build_paged(
+    model: Any, fast: Any, contexts: list[int], args: Any, storage: Any = None, block_size: int = 64
+) -> Any:
     """A :class:`~ragcompress.kv.fast.PagedFastGenerator` beside ``fast`` (batch 1, its question
-    bucket), its pool large enough for the longest context (one partly filled block per
-    passage), graphs captured; None (and the traceback printed) when it cannot be built."""
+    bucket), its pool (``storage``: the pool class, ChunkPool when None) large enough for the
+    longest context (one partly filled block per passage), graphs captured; None (and the
+    traceback printed) when it cannot be built."""
     import torch
 
     from ragcompress.kv.fast import ChunkPool, PagedFastGenerator
@@ -36,7 +43,7 @@ def build_paged(model: Any, fast: Any, contexts: list[int], args: Any, block_siz
     try:
         cap = max(contexts)
         passages = -(-cap // args.passage_tokens) + 1
-        pool = ChunkPool.for_model(model, cap + passages * block_size, block_size)
+        pool = (storage or ChunkPool).for_model(model, cap + passages * block_size, block_size)
         paged = PagedFastGenerator(
             model,
             capacity=cap,
@@ -67,10 +74,11 @@ def paged_row(
     clock: Clock,
     copy_logits: Any,
     tokens: dict[str, int],
+    tag: str = "paged",
 ) -> dict[str, Any]:
-    """The paged columns for one context (``chunks`` the copy path's dense chunks; ``tokens``
-    gets the paged first token); the chunks leave the pool's lease after, so the next context
-    may evict them."""
+    """The paged columns for one context, named after ``tag`` (``ragcompress_{tag}_ms``,
+    ``{tag}_insert_ms``, ..; ``chunks`` the copy path's dense chunks; ``tokens`` gets the paged
+    first token); the chunks leave the pool's lease after, so the next context may evict them."""
     import torch
 
     row: dict[str, Any] = {}
@@ -82,23 +90,23 @@ def paged_row(
         paged.load(prefix, chunks)  # the chunks enter the pool: a copy, once
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        row["paged_insert_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        row[f"{tag}_insert_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
 
         def run() -> int:
             paged.load(prefix, chunks)  # resident: lease + block table write
             return int(paged.prefill([question])[0])
 
-        row["ragcompress_paged_ms"] = round(clock(run), 3)
-        tokens["ragcompress_paged"] = run()
+        row[f"ragcompress_{tag}_ms"] = round(clock(run), 3)
+        tokens[f"ragcompress_{tag}"] = run()
         if copy_logits is not None and paged.last_logits is not None:
             got = paged.last_logits[0].float()
             err = (got - copy_logits.float()).norm() / copy_logits.float().norm()
-            row["paged_vs_copy_logits_rel_err"] = round(float(err), 5)
-        row["paged_same_token_as_copy"] = tokens.get("ragcompress") == tokens["ragcompress_paged"]
+            row[f"{tag}_vs_copy_logits_rel_err"] = round(float(err), 5)
+        row[f"{tag}_same_token_as_copy"] = tokens.get("ragcompress") == tokens[f"ragcompress_{tag}"]
     except Exception as exc:  # the other columns must survive
         traceback.print_exc()
-        row["ragcompress_paged_ms"] = None
-        row["ragcompress_paged_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        row[f"ragcompress_{tag}_ms"] = None
+        row[f"ragcompress_{tag}_error"] = f"{type(exc).__name__}: {exc}"[:300]
     finally:
         paged.release()
     return row
