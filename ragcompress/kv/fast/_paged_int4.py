@@ -37,7 +37,19 @@ __all__ = ["paged_int4_context"]
 @triton.jit
 def _half(codes, scale, zero, dt: tl.constexpr):
     """Dequantized (BS, D/2) half: ``codes * scale + zero`` in fp32, then ``dt``."""
-    return (codes.to(tl.float32) * scale + zero).to(dt)
+    return (codes.to(tl.float32) * scale.to(tl.float32) + zero.to(tl.float32)).to(dt)
+
+
+@triton.jit
+def _rotated_halves(qrow, i, rm, freq, delta, HALF: tl.constexpr, dt: tl.constexpr):
+    """The query rows' halves rotated by ``-delta``: ``(q1 c + q2 s, q2 c - q1 s)``, (BLOCK_M,
+    D/2) each in ``dt`` (read again at each rotation, not held in fp32, as _paged.py)."""
+    q1 = tl.load(qrow + i[None, :], mask=rm[:, None], other=0.0).to(tl.float32)
+    q2 = tl.load(qrow + HALF + i[None, :], mask=rm[:, None], other=0.0).to(tl.float32)
+    ang = delta.to(tl.float32) * freq
+    c = tl.cos(ang)[None, :]
+    s = tl.sin(ang)[None, :]
+    return (q1 * c + q2 * s).to(dt), (q2 * c - q1 * s).to(dt)
 
 
 @triton.jit
@@ -69,25 +81,16 @@ def _paged_int4_kernel(
     for e in range(e0, e1):
         nblk, nused, ndelta = _row(tab_ptr, e + 1, e1)  # one block ahead, as _paged.py
         if (delta != last) | (e == e0):  # once a chunk, as _paged.py
-            q1 = tl.load(qrow + i[None, :], mask=rm[:, None], other=0.0).to(tl.float32)
-            q2 = tl.load(qrow + HALF + i[None, :], mask=rm[:, None], other=0.0).to(tl.float32)
-            ang = delta.to(tl.float32) * freq
-            c = tl.cos(ang)[None, :]
-            s_ = tl.sin(ang)[None, :]
-            a1 = (q1 * c + q2 * s_).to(dt)
-            a2 = (q2 * c - q1 * s_).to(dt)
+            a1, a2 = _rotated_halves(qrow, i, rm, freq, delta, HALF, dt)
             last = delta
         slots = blk * BS + n
         km = n < used
         crow = slots[:, None] * sc_t + kv * HALF + i[None, :]
         kc = tl.load(kc_ptr + crow, mask=km[:, None], other=0)
         kq = blk * sks_b + kv * D + i  # the block's key scale/zero, per channel
-        ks1 = tl.load(ks_ptr + kq).to(tl.float32)[None, :]
-        kz1 = tl.load(kz_ptr + kq).to(tl.float32)[None, :]
-        ks2 = tl.load(ks_ptr + kq + HALF).to(tl.float32)[None, :]
-        kz2 = tl.load(kz_ptr + kq + HALF).to(tl.float32)[None, :]
-        k1 = _half(kc & 0xF, ks1, kz1, dt)
-        k2 = _half(kc >> 4, ks2, kz2, dt)
+        k1 = _half(kc & 0xF, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
+        kq += HALF
+        k2 = _half(kc >> 4, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
         s = (tl.dot(a1, tl.trans(k1)) + tl.dot(a2, tl.trans(k2))) * qk_scale  # base 2
         s = tl.where(km[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -98,10 +101,10 @@ def _paged_int4_kernel(
         # a token's value scale and zero are (BS,) vectors a half, broadcast over its channels:
         # gathered per element they cost 2x the pass (results/ttft_paged_int4_h200/)
         vq = slots * svs_t + kv * 2
-        vs1 = tl.load(vs_ptr + vq, mask=km, other=0.0).to(tl.float32)[:, None]
-        vz1 = tl.load(vz_ptr + vq, mask=km, other=0.0).to(tl.float32)[:, None]
-        vs2 = tl.load(vs_ptr + vq + 1, mask=km, other=0.0).to(tl.float32)[:, None]
-        vz2 = tl.load(vz_ptr + vq + 1, mask=km, other=0.0).to(tl.float32)[:, None]
+        vs1 = tl.load(vs_ptr + vq, mask=km, other=0.0)[:, None]
+        vz1 = tl.load(vz_ptr + vq, mask=km, other=0.0)[:, None]
+        vs2 = tl.load(vs_ptr + vq + 1, mask=km, other=0.0)[:, None]
+        vz2 = tl.load(vz_ptr + vq + 1, mask=km, other=0.0)[:, None]
         pd = p.to(dt)
         acc1 = acc1 * alpha[:, None] + tl.dot(pd, _half(vc & 0xF, vs1, vz1, dt))
         acc2 = acc2 * alpha[:, None] + tl.dot(pd, _half(vc >> 4, vs2, vz2, dt))
