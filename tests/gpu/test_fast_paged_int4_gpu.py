@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ragcompress.kv.fast import FastGenerator, Int4ChunkPool, PackedChunk, PagedFastGenerator, StepMeta
-from ragcompress.kv.fast.paged import BlockTable
+from ragcompress.kv.fast.paged import BlockTable, paged_context_reference
 from ragcompress.kv.fast.paged_int4 import Int4PagedCascade, paged_int4_reference
 from tests.conftest import make_tiny_llama
 from tests.gpu.test_fast_path_gpu import _first_logits, _rel
@@ -23,9 +23,9 @@ VOCAB = 1024
 @pytest.mark.gpu
 @pytest.mark.parametrize("splits", [None, 1, 5])
 def test_gpu_int4_paged_cascade_matches_reference(splits):
-    """The compiled int4 kernel + flash own pass + fused merge == the fp32 references over the
-    dequantized pool, bf16, Llama-8B head shape, chunks read at several deltas, partly filled
-    blocks, garbage rows past the count."""
+    """The compiled int4 kernel + the dense prefix's paged pass + flash own pass + fused merge ==
+    the fp32 references (the prefix dense, the chunks dequantized), bf16, Llama-8B head shape,
+    chunks read at several deltas, partly filled blocks, garbage rows past the count."""
     from ragcompress.kv.fast.attention import merge, own_pass_reference
 
     torch.manual_seed(0)
@@ -42,26 +42,34 @@ def test_gpu_int4_paged_cascade_matches_reference(splits):
     table = BlockTable(48, dev)
     table.rows.fill_(7)
     table.write(entries)
+    pre = PackedChunk(*(torch.randn(90, 3, kvh, d, device=dev) for _ in range(2)), 90, 0)
+    side = pool.prefix_pool.acquire([pre])
+    prefix_table = BlockTable(pool.prefix_pool.num_blocks, dev)
+    prefix_table.write([(blk, min(bs, 90 - j * bs), 0) for j, blk in enumerate(side.entries[0].blocks)])
     q = torch.randn(b * t, kvh * g, d, device=dev, dtype=dt)
     own_k, own_v = (torch.randn(b * r, kvh, d, device=dev, dtype=dt) for _ in range(2))
     inv = (1.0 / (5e5 ** (torch.arange(0, d, 2, device=dev).float() / d))).contiguous()
     meta = StepMeta(b, t, r, 1, torch.zeros(1, dtype=torch.int32, device=dev),
                     torch.tensor([t, t + 3], dtype=torch.int32, device=dev), group=g)  # fmt: skip
-    att = pool.attention(table, inv)
+    att = pool.attention([prefix_table, table], inv)
     assert isinstance(att, Int4PagedCascade) and att._kernel_runs(d)
     att.splits = splits
     got = att(q, pool.keys[:, 1], pool.values[:, 1], own_k, own_v, meta, d**-0.5).float()
-    views = att._views(pool.keys[:, 1], pool.values[:, 1])
-    o_a, lse_a = paged_int4_reference(q, views, table.rows, inv, bs, d**-0.5)
+    layer, views = att._views(pool.keys[:, 1], pool.values[:, 1])
+    assert layer == 1
+    o_c, lse_c = paged_int4_reference(q, views, table.rows, inv, bs, d**-0.5)
+    pk, pv = pool.prefix_pool.keys[:, 1], pool.prefix_pool.values[:, 1]
+    o_p, lse_p = paged_context_reference(q, pk, pv, prefix_table.rows, inv, bs, d**-0.5)
+    o_a, lse_a = merge(o_p, lse_p, o_c, lse_c), torch.logaddexp(lse_p, lse_c)
     o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, d**-0.5)
     assert _rel(got, merge(o_a, lse_a, o_b, lse_b).float()) < 1e-2
 
 
 @pytest.mark.gpu
 def test_gpu_bf16_int4_pool_engine_matches_its_dequantized_chunks():
-    """bf16, head_dim 64 (the Triton kernel runs), graphs: the engine reading int4 codes gives
-    first-token logits within bf16 rounding of the copy engine over the same chunks dequantized,
-    for reordered and repeated chunks."""
+    """bf16, head_dim 64 (the Triton kernels run), graphs: the engine reading int4 codes (and its
+    prefix dense) gives first-token logits within bf16 rounding of the copy engine over the same
+    chunks dequantized, for reordered and repeated chunks."""
     rng = torch.Generator().manual_seed(7)
     prefix = torch.randint(5, VOCAB, (9,), generator=rng).tolist()
     passages = [torch.randint(5, VOCAB, (n,), generator=rng).tolist() for n in (37, 23)]
@@ -78,8 +86,7 @@ def test_gpu_bf16_int4_pool_engine_matches_its_dequantized_chunks():
         picked = [chunks[i] for i in order]
         paged.load(pre, picked)
         assert paged._lease is not None
-        held = _dequantized_items(pool, [pre, *picked], paged._lease.entries, torch.bfloat16)
-        copy.load(held[0], held[1:])
+        copy.load(pre, _dequantized_items(pool, picked, paged._lease, torch.bfloat16))
         paged.prefill([question])
         copy.prefill([question])
         # bf16 rounding only (the same values on both sides; queries rotated instead of keys, and

@@ -10,7 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ragcompress.generate import Generator
+from ragcompress.kv.answer import KVAnswerer
 from ragcompress.kv.fast import ChunkPool, Int4ChunkPool, PackedChunk, PagedPlacement
+from ragcompress.kv.fast.answer import FastKVAnswerer
+from ragcompress.kv.fast.pool import RequestLease
 from ragcompress.kv.kernels.quant_format import (
     dequantize_keys,
     dequantize_values,
@@ -18,9 +22,11 @@ from ragcompress.kv.kernels.quant_format import (
     quantize_values,
 )
 from ragcompress.kv.presses.knorm import KnormPress
+from ragcompress.kv.presses.kvzip import KVzipPress
 from ragcompress.kv.presses.quantize import QuantizePress
 from tests.support.interpret import run_interpreted
 
+from .test_fast_answer import assert_fast_matches_eager
 from .test_fast_paged import ORDERS
 from .test_fast_paged import setup as setup  # the module's fixture, used here too
 from .test_fast_path import _separate_chunks
@@ -88,26 +94,29 @@ def test_an_int4_chunk_in_the_pools_grouping_enters_unchanged():
 
 
 def _dequantized_items(
-    pool: Int4ChunkPool, items: list, entries: list, dtype: torch.dtype = torch.float32
+    pool: Int4ChunkPool, chunks: list, lease: RequestLease, dtype: torch.dtype = torch.float32
 ) -> list[PackedChunk]:
-    """Each item as the pool holds it: its slots of every layer, dequantized, as a dense chunk."""
+    """Each chunk as the int4 pool holds it (``lease.tables[1]``: the chunks' entries): its slots
+    of every layer, dequantized, as a dense chunk."""
     bs, out = pool.block_size, []
     layers = [pool.dequantized(li) for li in range(pool.layers)]
-    for item, e in zip(items, entries, strict=True):
+    for c, (_, e) in zip(chunks, lease.tables[1], strict=True):
         slots = (torch.tensor(e.blocks)[:, None] * bs + torch.arange(bs)).reshape(-1)[: e.num_tokens]
         k = torch.stack([lk[slots] for lk, _ in layers], 1).to(dtype)
         v = torch.stack([lv[slots] for _, lv in layers], 1).to(dtype)
-        out.append(PackedChunk(k, v, length=int(item.length), base_offset=int(item.base_offset)))
+        out.append(PackedChunk(k, v, length=int(c.length), base_offset=int(c.base_offset)))
     return out
 
 
 @pytest.mark.parametrize("form", ["packed", "stored-knorm-int4"])
-def test_int4_pool_engine_gives_the_tokens_of_its_dequantized_chunks(setup, form):
+def test_int4_pool_engine_gives_the_tokens_of_the_chunks_it_holds(setup, form):
     """Chunks (dense, or evicted by key norm and stored int4 in the pool's grouping) placed in
-    several orders, one twice: the engine reading the pool's int4 codes gives the copy engine's
-    greedy tokens over the same chunks dequantized (the values the kernel computes in
-    registers), the prefix included. A stored int4 chunk in the pool's grouping enters with its
-    own values (test above), so its tokens are the eager path's chunks' tokens."""
+    several orders, one twice, after a dense prefix: the engine reading the pool's int4 codes
+    gives the copy engine's greedy tokens over the same chunks dequantized (the values the
+    kernel computes in registers). Stored int4 chunks in the pool's grouping enter with their
+    own values, so there the copy engine reads the stored chunks themselves, and the eager
+    assembly of them gives the same tokens."""
+    from ragcompress.kv.assemble import assemble
     from ragcompress.kv.fast import FastGenerator, PagedFastGenerator
 
     model, gen, prefix, passages, questions = setup
@@ -122,11 +131,39 @@ def test_int4_pool_engine_gives_the_tokens_of_its_dequantized_chunks(setup, form
         picked = [items[i] for i in order]
         pos = paged.load(pre, picked)
         assert paged._lease is not None
-        held = _dequantized_items(pool, [pre, *picked], paged._lease.entries)
-        assert copy.load(held[0], held[1:]) == pos
+        held = _dequantized_items(pool, picked, paged._lease) if form == "packed" else picked
+        assert copy.load(pre, held) == pos
         for q in questions[:2]:
-            assert paged.generate([q], 8, gen.stop_ids)[0] == copy.generate([q], 8, gen.stop_ids)[0]
-    assert pool.num_blocks - pool.free_blocks == sum(-(-c.num_tokens // 8) for c in [pre, *items])
+            want = copy.generate([q], 8, gen.stop_ids)[0]
+            assert paged.generate([q], 8, gen.stop_ids)[0] == want
+            if form != "packed":
+                cache, at = assemble(prefix_kv, [chunks[i] for i in order], copy.rotary, model.config)
+                assert list(gen.decode(q, cache=cache, max_new_tokens=8, next_position=at).token_ids) == want
+    # the prefix in the dense side pool, each distinct chunk once in the int4 pool
+    assert pool.prefix_pool.num_blocks - pool.prefix_pool.free_blocks == -(-pre.num_tokens // 8)
+    assert pool.num_blocks - pool.free_blocks == sum(-(-c.num_tokens // 8) for c in items)
+
+
+@pytest.fixture(scope="module")
+def gen(tokenizer, tiny_llama) -> Generator:
+    return Generator.from_model(tiny_llama, tokenizer, max_new_tokens=10)
+
+
+@pytest.mark.parametrize("evict", [KnormPress(ratio=0.5), KVzipPress(ratio=0.5)], ids=["knorm", "kvzip"])
+def test_int4_pool_answers_as_the_eager_path(gen, tiny_llama, evict):
+    """knorm + int4 and kvzip + int4 chunks in the pool's grouping (the tiny model's heads are
+    16 channels: value groups of 8 = half a head, key groups of 8 tokens = one block), through
+    FastKVAnswerer(placement=PagedPlacement(storage=Int4ChunkPool)): the eager path's greedy
+    tokens over passages in several orders and subsets."""
+    presses = (evict, QuantizePress(bits=4, group_size=8))
+    assert tiny_llama.config.head_dim == 16
+    eager = KVAnswerer.from_generator(gen, presses=presses)
+    placement = PagedPlacement(pool_tokens=1024, block_size=8, storage=Int4ChunkPool)
+    fast = FastKVAnswerer.from_generator(
+        gen, presses=presses, capacity=512, max_question=64, placement=placement
+    )
+    assert_fast_matches_eager(eager, fast)
+    assert isinstance(fast.engine.pool, Int4ChunkPool)  # type: ignore[attr-defined]
 
 
 def test_int4_placement_builds_an_int4_engine(tiny_llama):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ragcompress.kv.fast.buffer import StaticKVBuffer
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.paged import BlockTable
-from ragcompress.kv.fast.pool import ChunkPool, PoolLease
+from ragcompress.kv.fast.pool import ChunkPool, RequestLease
 from ragcompress.models.arch import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -73,8 +73,8 @@ class PagedFastGenerator(FastGenerator):
 
     pool: ChunkPool | None = field(default=None, kw_only=True)
     max_blocks: int | None = field(default=None, kw_only=True)
-    table: BlockTable = field(init=False, repr=False)
-    _lease: PoolLease | None = field(default=None, init=False, repr=False)
+    tables: list[BlockTable] = field(init=False, repr=False)  # the pool's table_sizes
+    _lease: RequestLease | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ragcompress.models.arch import arch_for
@@ -95,9 +95,10 @@ class PagedFastGenerator(FastGenerator):
             )
         bs = self.pool.block_size
         max_blocks = self.max_blocks or 2 * -(-self.capacity // bs)
-        self.table = BlockTable(max_blocks, self.pool.keys.device)
-        inv = Rotary.of(arch.rope[0]).inv_freq.to(device=self.pool.keys.device)
-        self.attention = self.pool.attention(self.table, inv.float().contiguous())
+        dev = self.pool.keys.device
+        self.tables = [BlockTable(n, dev) for n in self.pool.table_sizes(max_blocks)]
+        inv = Rotary.of(arch.rope[0]).inv_freq.to(device=dev)
+        self.attention = self.pool.attention(self.tables, inv.float().contiguous())
         super().__post_init__()
 
     def _new_buffer(self, step: DecoderStep, param: torch.Tensor) -> StaticKVBuffer:
@@ -136,21 +137,25 @@ class PagedFastGenerator(FastGenerator):
             )
         pool = self.pool
         assert pool is not None
-        lease = pool.acquire(items)
-        rows, pos, bs = [], 0, pool.block_size
-        for c, e in zip(items, lease.entries, strict=True):
-            delta = pos - int(c.base_offset)
-            for j, blk in enumerate(e.blocks):
-                rows.append((blk, min(bs, e.num_tokens - j * bs), delta))
+        lease = pool.lease_request(items)
+        deltas, pos, bs = [], 0, pool.block_size
+        for c in items:
+            deltas.append(pos - int(c.base_offset))
             pos += int(c.length)
         try:
-            self.table.write(rows)
+            for table, group in zip(self.tables, lease.tables, strict=True):
+                rows = [
+                    (blk, min(bs, e.num_tokens - j * bs), deltas[i])
+                    for i, e in group
+                    for j, blk in enumerate(e.blocks)
+                ]
+                table.write(rows)
         except BaseException:
-            pool.release(lease)
+            pool.release_request(lease)
             raise
         old, self._lease = self._lease, lease
         if old is not None:
-            pool.release(old)
+            pool.release_request(old)
         buf = self.buffer
         buf.reset()
         buf.ctx_len, buf.next_position = tokens, pos
@@ -162,8 +167,9 @@ class PagedFastGenerator(FastGenerator):
         table; the next :meth:`load` starts a new one."""
         if self._lease is not None:
             assert self.pool is not None
-            self.table.clear()
-            self.pool.release(self._lease)
+            for table in self.tables:
+                table.clear()
+            self.pool.release_request(self._lease)
             self._lease = None
 
     def load_context(

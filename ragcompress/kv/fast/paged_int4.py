@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.fast._paged_int4 import Int4Views
     from ragcompress.kv.fast.attention import LocalWindow, StepMeta
+    from ragcompress.kv.fast.paged import BlockTable
 
 __all__ = ["Int4PagedCascade", "dequantized_layer", "paged_int4_reference"]
 
@@ -36,6 +37,10 @@ class Int4PagedCascade(PagedCascade):
     key_zero: torch.Tensor = field(kw_only=True, repr=False)
     value_scale: torch.Tensor = field(kw_only=True, repr=False)  # (slots, layers, kv_heads, 2)
     value_zero: torch.Tensor = field(kw_only=True, repr=False)
+    # the dense side pool holding the prefix, read through its own table
+    prefix_table: BlockTable = field(kw_only=True, repr=False)
+    prefix_keys: torch.Tensor = field(kw_only=True, repr=False)  # (slots, layers, kv_heads, D)
+    prefix_values: torch.Tensor = field(kw_only=True, repr=False)
 
     def __call__(
         self,
@@ -55,31 +60,40 @@ class Int4PagedCascade(PagedCascade):
 
         if window is not None or softcap is not None:
             raise ValueError("paged attention has no local window or soft-cap (dense, global layers only)")
-        views = self._views(ctx_k, ctx_v)
-        d = q.shape[-1]
+        layer, views = self._views(ctx_k, ctx_v)
+        pk, pv = self.prefix_keys[:, layer], self.prefix_values[:, layer]
+        d, inv, bs = q.shape[-1], self.inv_freq, self.block_size
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
-            rows, bs = self.table.rows, self.block_size
-            o_a, lse_a = paged_int4_reference(q, views, rows, self.inv_freq, bs, scale)
+            o_p, lse_p = paged_context_reference(q, pk, pv, self.prefix_table.rows, inv, bs, scale)
+            o_c, lse_c = paged_int4_reference(q, views, self.table.rows, inv, bs, scale)
+            lse_a = torch.logaddexp(lse_p, lse_c)
+            o_a = merge(o_p, lse_p, o_c, lse_c)  # the two context passes: one softmax over both
             o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
             return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
         from ragcompress.kv.fast._merge import merge_with_own
+        from ragcompress.kv.fast._paged import paged_context
         from ragcompress.kv.fast._paged_int4 import paged_int4_context
 
         n, heads, _ = q.shape
         kvh = ctx_k.shape[1]
         sp = self.splits or self._auto_splits(q.device, n * heads // kvh, kvh)
-        o_a, lse_a = paged_int4_context(q, views, self.table.rows, self.inv_freq, self.block_size, sp, scale)
+        o_c, lse_c = paged_int4_context(q, views, self.table.rows, inv, bs, sp, scale)
+        # the prefix's few blocks (a system prompt: ~2-16) in up to 4 splits; their partials join
+        # the chunks' as more segments of the one merge
+        sp_p = min(4, self.prefix_table.max_blocks)
+        o_p, lse_p = paged_context(q, pk, pv, self.prefix_table.rows, inv, bs, sp_p, scale)
+        o_a, lse_a = torch.cat([o_p, o_c]), torch.cat([lse_p, lse_c])
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
 
-    def _views(self, ctx_k: torch.Tensor, ctx_v: torch.Tensor) -> Int4Views:
-        """The layer's ``(kc, ks, kz, vc, vs, vz)``: ``ctx_k`` is ``codes[:, l]``, so ``l`` is
-        its offset from the codes over a slot's per-layer stride."""
+    def _views(self, ctx_k: torch.Tensor, ctx_v: torch.Tensor) -> tuple[int, Int4Views]:
+        """The layer ``l`` and its ``(kc, ks, kz, vc, vs, vz)``: ``ctx_k`` is ``codes[:, l]``,
+        so ``l`` is its offset from the codes over a slot's per-layer stride."""
         codes = self.codes
         offset = ctx_k.data_ptr() - codes.data_ptr()
         layer = offset // (codes.stride(1) * codes.element_size())
         if ctx_k.dtype != codes.dtype or not 0 <= offset < codes.stride(0) * codes.element_size():
             raise ValueError("Int4PagedCascade reads the int4 pool's code views (pool.keys[:, layer])")
-        return (
+        return layer, (
             ctx_k, self.key_scale[:, layer], self.key_zero[:, layer],
             ctx_v, self.value_scale[:, layer], self.value_zero[:, layer],
         )  # fmt: skip

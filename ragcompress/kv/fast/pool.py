@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast.paged import BlockTable, PagedCascade
 
-__all__ = ["ChunkPool", "PoolEntry", "PoolFullError", "PoolLease"]
+__all__ = ["ChunkPool", "PoolEntry", "PoolFullError", "PoolLease", "RequestLease"]
 
 
 class PoolFullError(BufferOverflowError):
@@ -62,6 +62,16 @@ class PoolLease:
     entries: list[PoolEntry]
     held: list[PoolEntry]
     released: bool = False
+
+
+@dataclass(eq=False)
+class RequestLease:
+    """What :meth:`ChunkPool.lease_request` returns: the leases it holds (a pool may keep some
+    items in a side pool) and, per block table the request's attention reads, the ``(item
+    index, entry)`` pairs that table lists, in context order."""
+
+    parts: list[tuple[ChunkPool, PoolLease]]
+    tables: list[list[tuple[int, PoolEntry]]]
 
 
 @dataclass(eq=False)
@@ -107,11 +117,28 @@ class ChunkPool:
 
         return torch.float32 if self.dtype is None else self.dtype
 
-    def attention(self, table: BlockTable, inv_freq: torch.Tensor) -> PagedCascade:
-        """The attention that reads this pool's blocks through ``table``."""
+    def table_sizes(self, max_blocks: int) -> list[int]:
+        """Rows of each block table a request's attention reads (one: every item's blocks)."""
+        return [max_blocks]
+
+    def attention(self, tables: Sequence[BlockTable], inv_freq: torch.Tensor) -> PagedCascade:
+        """The attention that reads this pool's blocks through ``tables`` (sized by
+        :meth:`table_sizes`)."""
         from ragcompress.kv.fast.paged import PagedCascade
 
-        return PagedCascade(table, inv_freq, self.block_size)
+        return PagedCascade(tables[0], inv_freq, self.block_size)
+
+    def lease_request(self, items: Sequence[BufferChunk | KVChunk]) -> RequestLease:
+        """Lease a request's prefix + chunks (``items``, in context order) as :meth:`acquire`
+        does; every item's blocks go to the one table."""
+        lease = self.acquire(items)
+        return RequestLease([(self, lease)], [list(enumerate(lease.entries))])
+
+    @staticmethod
+    def release_request(request: RequestLease) -> None:
+        """End every lease ``request`` holds."""
+        for pool, lease in request.parts:
+            pool.release(lease)
 
     @classmethod
     def for_model(cls, model: Any, tokens: int, block_size: int = 64) -> ChunkPool:

@@ -14,6 +14,13 @@ Per K or V element the pool holds 0.5 byte of codes + 4 / ``block_size`` (keys) 
 128, so ~3.5x the chunks in the same memory. On an H200 at 32K the context pass reads them at
 1.2-1.5x the bf16 pass's time (``benchmarks/results/ttft_paged_int4_v2_h200/``).
 
+The shared prefix (the system prompt and template every request starts with, with the
+attention sink) stays in the model's dtype, in a small dense side pool (``prefix_tokens``
+slots): outlier tokens want full precision (IntactKV; KIVI's full-precision window), and with
+the prefix dense the engine gives the eager path's tokens over int4 chunks stored in the pool's
+grouping. The attention reads it through a second block table and merges the two context
+passes with the question's own.
+
 A chunk stored int4 with the same grouping (``QuantizePress(bits=4, group_size=block_size)``
 with ``block_size == head_dim // 2``) enters with the codes it was stored with: re-quantizing
 its dequantized values finds the same per-group minimum and maximum.
@@ -24,12 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.fast.pool import ChunkPool
+from ragcompress.kv.fast.pool import ChunkPool, PoolFullError, RequestLease
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
-    from ragcompress.kv.fast.packed import PackedChunk
+    from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.packed import BufferChunk, PackedChunk
     from ragcompress.kv.fast.paged import BlockTable
     from ragcompress.kv.fast.paged_int4 import Int4PagedCascade
 
@@ -45,6 +55,8 @@ class Int4ChunkPool(ChunkPool):
     layers, kv_heads, 2) fp16, one per token and half head. ``dtype``: the dtype the model
     attends in."""
 
+    prefix_tokens: int = 4096
+    prefix_pool: ChunkPool = field(init=False, repr=False)  # dense: the prefix
     key_scale: torch.Tensor = field(init=False, repr=False)
     key_zero: torch.Tensor = field(init=False, repr=False)
     value_scale: torch.Tensor = field(init=False, repr=False)
@@ -64,14 +76,40 @@ class Int4ChunkPool(ChunkPool):
         self.key_zero = torch.zeros_like(self.key_scale)
         self.value_scale = torch.zeros((self.slots, *lkd, 2), dtype=f16, device=dev)
         self.value_zero = torch.zeros_like(self.value_scale)
+        self.prefix_pool = ChunkPool(
+            self.layers, self.kv_heads, self.head_dim, -(-int(self.prefix_tokens) // self.block_size),
+            self.block_size, self.dtype, self.device,
+        )  # fmt: skip
 
-    def attention(self, table: BlockTable, inv_freq: torch.Tensor) -> Int4PagedCascade:
+    def table_sizes(self, max_blocks: int) -> list[int]:
+        """The prefix's table (dense side pool), then the chunks' (int4)."""
+        return [self.prefix_pool.num_blocks, max_blocks]
+
+    def attention(self, tables: Sequence[BlockTable], inv_freq: torch.Tensor) -> Int4PagedCascade:
         from ragcompress.kv.fast.paged_int4 import Int4PagedCascade
 
         return Int4PagedCascade(
-            table, inv_freq, self.block_size, codes=self.keys, key_scale=self.key_scale,
+            tables[1], inv_freq, self.block_size, codes=self.keys, key_scale=self.key_scale,
             key_zero=self.key_zero, value_scale=self.value_scale, value_zero=self.value_zero,
+            prefix_table=tables[0], prefix_keys=self.prefix_pool.keys, prefix_values=self.prefix_pool.values,
         )  # fmt: skip
+
+    def lease_request(self, items: Sequence[BufferChunk | KVChunk]) -> RequestLease:
+        """The first item (the prefix) in the dense side pool, the chunks in int4."""
+        if not items:
+            raise ValueError("a request places at least its prefix")
+        try:
+            side = self.prefix_pool.acquire(items[:1])
+        except PoolFullError as exc:
+            hint = "the prefix does not fit the int4 pool's dense side (prefix_tokens)"
+            raise PoolFullError(f"{hint}: {exc}") from exc
+        try:
+            main = self.acquire(items[1:])
+        except BaseException:
+            self.prefix_pool.release(side)
+            raise
+        chunks = [(i + 1, e) for i, e in enumerate(main.entries)]
+        return RequestLease([(self.prefix_pool, side), (self, main)], [[(0, side.entries[0])], chunks])
 
     def _write(self, packed: PackedChunk, blocks: tuple[int, ...], slots: torch.Tensor | slice) -> None:
         import torch
