@@ -51,6 +51,15 @@ def _row(tab_ptr, e, e1):
 
 
 @triton.jit
+def _entries(tab_ptr, seg, S: tl.constexpr):
+    """The table entries ``[e0, e1)`` of split ``seg`` of ``S``: ``ceil(count / S)`` each."""
+    count = tl.load(tab_ptr).to(tl.int64)
+    per = (count + S - 1) // S
+    e0 = seg * per
+    return e0, tl.minimum(e0 + per, count)
+
+
+@triton.jit
 def _paged_kernel(
     q_ptr, k_ptr, v_ptr, tab_ptr, freq_ptr, o_ptr, lse_ptr,
     sk_t, sv_t, NG, qk_scale,
@@ -65,10 +74,7 @@ def _paged_kernel(
     qrow = q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D
     sign = tl.where(d < HALF, 1.0, -1.0)
     freq = tl.load(freq_ptr + d % HALF)
-    count = tl.load(tab_ptr).to(tl.int64)
-    per = (count + S - 1) // S
-    e0 = seg * per
-    e1 = tl.minimum(e0 + per, count)
+    e0, e1 = _entries(tab_ptr, seg, S)
     n = tl.arange(0, BS).to(tl.int64)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

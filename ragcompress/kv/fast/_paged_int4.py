@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast._paged import _row
+from ragcompress.kv.fast._paged import _entries, _row
 from ragcompress.kv.fast.waves import rows_per_program
 
 # one layer's (key codes, key scale, key zero, value codes, value scale, value zero)
@@ -65,10 +65,7 @@ def _paged_int4_kernel(
     i = tl.arange(0, HALF)
     qrow = q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D
     freq = tl.load(freq_ptr + i)
-    count = tl.load(tab_ptr).to(tl.int64)
-    per = (count + S - 1) // S
-    e0 = seg * per
-    e1 = tl.minimum(e0 + per, count)
+    e0, e1 = _entries(tab_ptr, seg, S)
     n = tl.arange(0, BS).to(tl.int64)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -108,8 +108,7 @@ class PagedCascade(CascadeAttention):
         """(B*T, heads, head_dim) in ``q``'s dtype."""
         import torch
 
-        if window is not None or softcap is not None:
-            raise ValueError("paged attention has no local window or soft-cap (dense, global layers only)")
+        self._global_only(window, softcap)
         d = q.shape[-1]
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
             o_a, lse_a = paged_context_reference(
@@ -128,6 +127,11 @@ class PagedCascade(CascadeAttention):
         )
         # empty splits carry lse -inf and o 0: every split takes part in the merge
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
+
+    @staticmethod
+    def _global_only(window: LocalWindow | None, softcap: float | None) -> None:
+        if window is not None or softcap is not None:
+            raise ValueError("paged attention has no local window or soft-cap (dense, global layers only)")
 
     def _kernel_runs(self, d: int) -> bool:
         bs = self.block_size

@@ -58,8 +58,7 @@ class Int4PagedCascade(PagedCascade):
         """(B*T, heads, head_dim) in ``q``'s dtype."""
         import torch
 
-        if window is not None or softcap is not None:
-            raise ValueError("paged attention has no local window or soft-cap (dense, global layers only)")
+        self._global_only(window, softcap)
         layer, views = self._views(ctx_k, ctx_v)
         pk, pv = self.prefix_keys[:, layer], self.prefix_values[:, layer]
         d, inv, bs = q.shape[-1], self.inv_freq, self.block_size
