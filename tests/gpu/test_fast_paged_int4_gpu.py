@@ -68,28 +68,33 @@ def test_gpu_int4_paged_cascade_matches_reference(splits):
 @pytest.mark.gpu
 def test_gpu_bf16_int4_pool_engine_matches_its_dequantized_chunks():
     """bf16, head_dim 64 (the Triton kernels run), graphs: the engine reading int4 codes (and its
-    prefix dense) gives first-token logits within bf16 rounding of the copy engine over the same
-    chunks dequantized, for reordered and repeated chunks."""
+    prefix dense) is no further from an fp32 forward over the same chunks dequantized than the
+    bf16 copy engine over them is, but for bf16 rounding, for reordered and repeated chunks (the
+    two bf16 engines differ by 0.02-0.032 relative on this random model)."""
     rng = torch.Generator().manual_seed(7)
     prefix = torch.randint(5, VOCAB, (9,), generator=rng).tolist()
     passages = [torch.randint(5, VOCAB, (n,), generator=rng).tolist() for n in (37, 23)]
     question = torch.randint(5, VOCAB, (6,), generator=rng).tolist()
-    m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
-    m = m.cuda().to(torch.bfloat16)
+    cfg = {"hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
+    m = make_tiny_llama(VOCAB, seed=3, **cfg).cuda().to(torch.bfloat16)
+    m32 = make_tiny_llama(VOCAB, seed=3, **cfg).cuda()
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})  # the bf16 weights, in fp32
     prefix_kv, chunks = _separate_chunks(m, prefix, passages)
     pre = PackedChunk.from_prefix(prefix_kv)
+    pre32 = PackedChunk(pre.keys.float(), pre.values.float(), length=pre.length, base_offset=0)
     kw: dict[str, Any] = {"capacity": 96, "max_question": 16, "max_new_tokens": 12, "buckets": (16,)}
     pool = Int4ChunkPool.for_model(m, 512, 16)
     paged, copy = PagedFastGenerator(m, pool=pool, **kw), FastGenerator(m, **kw)
+    ref = FastGenerator(m32, **kw)
     assert paged.graphs and paged.attention._kernel_runs(64)  # type: ignore[union-attr]
     for order in ([0, 1], [1, 0], [1, 1]):
         picked = [chunks[i] for i in order]
         paged.load(pre, picked)
         assert paged._lease is not None
         copy.load(pre, _dequantized_items(pool, picked, paged._lease, torch.bfloat16))
-        paged.prefill([question])
-        copy.prefill([question])
-        # bf16 rounding only (the same values on both sides; queries rotated instead of keys, and
-        # half-width products): measured 0.0205 at most on an H200; the compiled cascade alone is
-        # held to 1e-2 of its fp32 reference above
-        assert _rel(_first_logits(paged), _first_logits(copy)) < 3e-2, order
+        ref.load(pre32, _dequantized_items(pool, picked, paged._lease, torch.float32))
+        for engine in (paged, copy, ref):
+            engine.prefill([question])
+        truth = _first_logits(ref)
+        got, want = _rel(_first_logits(paged), truth), _rel(_first_logits(copy), truth)
+        assert got <= want + 2e-2, (order, got, want)

@@ -209,6 +209,13 @@ for splits in (1, 4, 9):
     if splits == 9:  # 8 entries, one per split: split 8 is empty
         assert torch.isinf(lse[8:]).all() and (o[8:] == 0).all()
     print("splits", splits, "match")
+# into segments 2..5 of a larger pair (as the cascade writes the prefix's and the chunks'), as alone
+o_all, lse_all = torch.full((6 * n * grp, kvh, d), 7.0), torch.full((6, kvh, n * grp), 7.0)
+alone = paged_int4_context(q, views, table, inv, bs, 4, d**-0.5)
+paged_int4_context(q, views, table, inv, bs, 4, d**-0.5, (o_all[2 * n * grp :], lse_all[2:]))
+assert torch.equal(o_all[2 * n * grp :], alone[0]) and torch.equal(lse_all[2:], alone[1])
+assert (o_all[: 2 * n * grp] == 7.0).all() and (lse_all[:2] == 7.0).all()
+print("into a range")
 table[0, 0] = 0
 o, lse = paged_int4_context(q, views, table, inv, bs, 2, d**-0.5)
 assert torch.isinf(lse).all() and (o == 0).all()
@@ -219,9 +226,11 @@ print("empty table")
 def test_paged_int4_kernel_matches_the_torch_reference():
     """The int4 paged kernel (Triton, interpreted) == paged_int4_reference over one layer's
     strided views of a real Int4ChunkPool: chunks of several blocks, a chunk read twice at two
-    deltas, partly filled blocks, garbage rows past the count, an empty split, an empty table."""
+    deltas, partly filled blocks, garbage rows past the count, an empty split, an empty table;
+    written into a range of a larger partials pair, the same values and nothing outside it."""
     out = run_interpreted(_KERNEL_CHECK)
-    assert out.splitlines() == ["splits 1 match", "splits 4 match", "splits 9 match", "empty table"]
+    want = ["splits 1 match", "splits 4 match", "splits 9 match", "into a range", "empty table"]
+    assert out.splitlines() == want
 
 
 def test_int4_pool_refuses_an_odd_head_dim():

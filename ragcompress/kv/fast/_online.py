@@ -13,19 +13,32 @@ __all__ = ["folded_rows", "online_update", "partials", "store_partial"]
 
 
 def partials(
-    caller: str, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, segs: int
+    caller: str,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    segs: int,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[int, int, torch.Tensor, torch.Tensor]:
     """Checks a layer's ``keys``/``values`` (slots, kv_heads, D) have unit stride over heads and
     channels, and allocates the outputs of a context pass of ``q`` (N, heads, D) over ``segs``
-    segments: ``(G, N*G, o (segs*N*G, kv_heads, D), lse fp32 (segs, kv_heads, N*G))``."""
+    segments: ``(G, N*G, o (segs*N*G, kv_heads, D), lse fp32 (segs, kv_heads, N*G))``. ``out``:
+    those two, given (contiguous: e.g. a range of segments of a larger pair, so that two passes
+    write one merge's partials without a concatenation)."""
     n, heads, d = q.shape
     kvh = keys.shape[1]
     for name, t in (("keys", keys), ("values", values)):
         if t.stride(2) != 1 or t.stride(1) != d:
             raise ValueError(f"{caller} needs {name} with (.., kv_heads, D) contiguous, got {t.stride()}")
     ng = n * (heads // kvh)
-    o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
-    lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)
+    if out is None:
+        o = torch.empty(segs * ng, kvh, d, device=q.device, dtype=q.dtype)
+        lse = torch.empty(segs, kvh, ng, device=q.device, dtype=torch.float32)
+        return heads // kvh, ng, o, lse
+    o, lse = out
+    want_o, want_lse = (segs * ng, kvh, d), (segs, kvh, ng)
+    if o.shape != want_o or lse.shape != want_lse or not (o.is_contiguous() and lse.is_contiguous()):
+        raise ValueError(f"{caller}: out must be contiguous o {want_o} and lse {want_lse}")
     return heads // kvh, ng, o, lse
 
 

@@ -116,6 +116,7 @@ def paged_context(
     block_size: int,
     splits: int,
     scale: float,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)`` of the context pass (layout in the module docstring).
 
@@ -125,7 +126,7 @@ def paged_context(
     (:func:`~ragcompress.kv.fast.waves.one_wave_splits` fills the device once).
     """
     d, kvh = q.shape[2], pool_k.shape[1]
-    g, ng, o, lse = partials("paged_context", q, pool_k, pool_v, splits)
+    g, ng, o, lse = partials("paged_context", q, pool_k, pool_v, splits, out)
     block_m = rows_per_program(ng)
     grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
     _paged_kernel[grid](

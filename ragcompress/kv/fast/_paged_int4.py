@@ -120,6 +120,7 @@ def paged_int4_context(
     block_size: int,
     splits: int,
     scale: float,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)`` of the context pass, :func:`~ragcompress.kv.fast._paged.paged_context`'s
     layout. q (N, heads, D) rotated at its own positions; ``pool``: one layer's views ``(kc,
@@ -133,7 +134,7 @@ def paged_int4_context(
     if vs.stride()[1:] != (2, 1) or kz.stride() != ks.stride() or vz.stride() != vs.stride():
         raise ValueError("paged_int4_context needs each slot's value scales contiguous")
     dense = q.new_empty(1, kvh, d)  # partials() checks q against a dense pool's shape
-    g, ng, o, lse = partials("paged_int4_context", q, dense, dense, splits)
+    g, ng, o, lse = partials("paged_int4_context", q, dense, dense, splits, out)
     block_m = rows_per_program(ng)
     grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
     _paged_int4_kernel[grid](

@@ -75,13 +75,16 @@ class Int4PagedCascade(PagedCascade):
 
         n, heads, _ = q.shape
         kvh = ctx_k.shape[1]
-        sp = self.splits or self._auto_splits(q.device, n * heads // kvh, kvh)
-        o_c, lse_c = paged_int4_context(q, views, self.table.rows, inv, bs, sp, scale)
-        # the prefix's few blocks (a system prompt: ~2-16) in up to 4 splits; their partials join
-        # the chunks' as more segments of the one merge
+        ng = n * heads // kvh
+        sp = self.splits or self._auto_splits(q.device, ng, kvh)
+        # the prefix's few blocks (a system prompt: ~2-16) in up to 4 splits; both passes write
+        # their segments of one partials pair (no concatenation: 4 MB a layer at 32 tokens)
         sp_p = min(4, self.prefix_table.max_blocks)
-        o_p, lse_p = paged_context(q, pk, pv, self.prefix_table.rows, inv, bs, sp_p, scale)
-        o_a, lse_a = torch.cat([o_p, o_c]), torch.cat([lse_p, lse_c])
+        o_a = torch.empty((sp_p + sp) * ng, kvh, d, device=q.device, dtype=q.dtype)
+        lse_a = torch.empty(sp_p + sp, kvh, ng, device=q.device, dtype=torch.float32)
+        out_p, out_c = (o_a[: sp_p * ng], lse_a[:sp_p]), (o_a[sp_p * ng :], lse_a[sp_p:])
+        paged_context(q, pk, pv, self.prefix_table.rows, inv, bs, sp_p, scale, out_p)
+        paged_int4_context(q, views, self.table.rows, inv, bs, sp, scale, out_c)
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
 
     def _views(self, ctx_k: torch.Tensor, ctx_v: torch.Tensor) -> tuple[int, Int4Views]:
