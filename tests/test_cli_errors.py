@@ -60,6 +60,8 @@ def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], mess
         (["ask", "Who?", "--docs", "{docs}", "--max-new-tokens", "-5"], "--max-new-tokens: out of range"),
         (["demo", "--kv", "--store", "memory://", "--cache-dir", "{tmp}/c"], "not both"),
         (["demo", "--kv", "--fast-capacity", "0"], "--fast-capacity: out of range: must be >= 1"),
+        (["demo", "--kv", "--fast-placement", "paged"], "set fast_capacity too"),
+        (["demo", "--kv", "--fast-capacity", "64", "--fast-placement", "{x"], "--fast-placement: not valid"),
         (["bench", "text", "--limit", "0"], "--limit must be at least 1"),
     ],
 )

@@ -145,6 +145,21 @@ def test_kv_section_on_the_fast_engine_gives_the_same_answer(tmp_path, generator
         KVSpec(fast_capacity=0).build(generator)
 
 
+def test_kv_section_places_chunks_in_an_int4_pool(generator):
+    """``fast_placement`` from a spec: int4 chunks (groups of 8 = one block, half the tiny
+    model's 16-channel heads) read in place from an int4 paged pool give the eager answer."""
+    from ragcompress.kv.fast import Int4ChunkPool
+
+    press = ({"name": "quantize", "bits": 4, "group_size": 8},)
+    eager = Pipeline.from_spec({"compressors": []}, generator=generator, kv=KVSpec(presses=press))
+    placement = {"name": "paged", "block_size": 8, "pool_tokens": 2048, "storage": "int4"}
+    kv = KVSpec(presses=press, fast_capacity=1024, fast_placement=placement)
+    fast = Pipeline.from_spec({"compressors": []}, generator=generator, kv=kv)
+    got = fast.run(QUESTION, PASSAGES)
+    assert got.generation.extra["engine"] == "fast" and got.answer == eager.run(QUESTION, PASSAGES).answer
+    assert isinstance(fast.kv.engine.pool, Int4ChunkPool)
+
+
 def test_hybrid_spec_builds(tmp_path, generator):
     pipe = Pipeline.from_yaml(
         "hybrid", generator=generator, kv=KVSpec(cache_dir=str(tmp_path), presses=({"name": "quantize"},))

@@ -44,6 +44,15 @@ BAD_YAML = [
         "kv.assembly.recompute: Input should be a valid number",
     ),
     ("kv: {fast_capacity: 0}\n", "kv.fast_capacity: out of range: must be >= 1, got 0"),
+    ("kv: {fast_placement: paged}\n", "kv: fast_placement places chunks on the fast engine"),
+    (
+        "kv: {fast_capacity: 512, fast_placement: {name: paged, storage: int3}}\n",
+        "kv.fast_placement.storage: Input should be 'model' or 'int4'",
+    ),
+    (
+        "kv: {fast_capacity: 512, fast_placement: {name: copy, block_size: 16}}\n",
+        "kv.fast_placement: block_size: only for the paged placement",
+    ),
     ("kv: {assembly: 3}\n", "kv.assembly: assembly must be a spec dict"),
     ("compressors: 3\n", "compressors: expected a spec or a list of specs, got int"),
 ]

@@ -41,6 +41,7 @@ KV_FLAGS = {
     "--press": ("press", "presses"),
     "--store": ("store", "store"),
     "--fast-capacity": ("fast_capacity", "fast_capacity"),
+    "--fast-placement": ("fast_placement", "fast_placement"),
     "--assembly": ("assembly", "assembly"),
 }
 
@@ -161,6 +162,14 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
         help="with --kv: answer on the fast engine (one static KV buffer of this many context "
         "tokens; CUDA graphs and flash attention on a GPU) instead of transformers' forward",
     )
+    g.add_argument(
+        "--fast-placement",
+        metavar="SPEC",
+        help="with --fast-capacity: how the fast engine places chunks: copy (default: into the "
+        "request's buffer), paged (read in place from a paged GPU pool), or JSON such as "
+        '\'{"name": "paged", "pool_tokens": 262144, "storage": "int4"}\' (int4: the pool keeps chunks '
+        "in int4, dequantized in the attention kernel; spec: kv.fast_placement)",
+    )
 
 
 def method_arg(flag: str, value: str) -> Any:
@@ -217,11 +226,11 @@ def _kv_flags(spec: PipelineSpec, args: argparse.Namespace) -> PipelineSpec:
         value = getattr(args, dest)
         if flag in ("--press", "--assembly"):
             value = method_arg(flag, value)
-        elif flag == "--store" and value.lstrip().startswith("{"):  # a tiered store's settings
+        elif flag in ("--store", "--fast-placement") and value.lstrip().startswith("{"):  # settings
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as err:
-                raise UsageError(f"--store: not valid JSON: {err}") from None
+                raise UsageError(f"{flag}: not valid JSON: {err}") from None
         spec = overlay(spec, f"kv.{key}", value, flag)
     return spec
 

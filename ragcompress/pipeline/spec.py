@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from ragcompress.registry import SpecError, build, issues_of, spec_of
 
@@ -126,10 +126,56 @@ def _store(value: Any) -> Any:
     return dict(value)
 
 
+class PlacementSpec(_Section):
+    """How the fast engine places a request's chunks (the kv section's ``fast_placement``; a bare
+    name stands for ``{name: …}``): ``copy`` (the default) copies them into the request's buffer
+    (:class:`~ragcompress.kv.fast.placement.CopyPlacement`, every family and assembly mode);
+    ``paged`` reads them in place from a paged pool of ``pool_tokens`` slots in blocks of
+    ``block_size`` (:class:`~ragcompress.kv.fast.placement.PagedPlacement`: dense global-attention
+    families, ``concat``), stored in the model's dtype (``storage: model``) or in int4
+    (``storage: int4``: :class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool`, ~3.5x the chunks
+    in the same memory, dequantized in the attention kernel, the prefix dense)."""
+
+    name: Literal["copy", "paged"] = "copy"
+    pool_tokens: int = Field(default=65536, ge=1)
+    block_size: int = Field(default=64, ge=1)
+    storage: Literal["model", "int4"] = "model"
+
+    @model_validator(mode="after")
+    def _paged_fields(self) -> PlacementSpec:
+        extra = sorted(self.model_fields_set - {"name"})
+        if self.name == "copy" and extra:
+            raise ValueError(f"{', '.join(extra)}: only for the paged placement, not copy")
+        return self
+
+    def build(self) -> Any:
+        """The :class:`~ragcompress.kv.fast.placement.Placement` this spec names."""
+        from ragcompress.kv.fast.placement import CopyPlacement, PagedPlacement
+
+        if self.name == "copy":
+            return CopyPlacement()
+        from ragcompress.kv.fast.pool import ChunkPool
+        from ragcompress.kv.fast.pool_int4 import Int4ChunkPool
+
+        storage = Int4ChunkPool if self.storage == "int4" else ChunkPool
+        return PagedPlacement(pool_tokens=self.pool_tokens, block_size=self.block_size, storage=storage)
+
+
+def _placement(value: Any) -> Any:
+    if value is None or isinstance(value, PlacementSpec):
+        return value
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"expected a placement name or mapping, got {type(value).__name__}")
+    return PlacementSpec(**value)
+
+
 Compressors = Annotated[tuple[Any, ...], BeforeValidator(_methods("text"))]
 StoreSetting = Annotated[Any, BeforeValidator(_store)]
 Presses = Annotated[tuple[Any, ...], BeforeValidator(_methods("press"))]
 AssemblySpec = Annotated[Any, BeforeValidator(_assembly)]
+PlacementSetting = Annotated[Any, BeforeValidator(_placement)]
 
 
 class RetrieverSpec(_Section):
@@ -168,7 +214,8 @@ class KVSpec(_Section):
     by ``cache_dir`` on disk when that is set. ``presses``: KV press specs applied to every chunk
     before it is stored.
     ``fast_capacity`` (context tokens) answers on the fast engine
-    (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`) instead of transformers' forward.
+    (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`) instead of transformers' forward;
+    ``fast_placement`` (a :class:`PlacementSpec`, with ``fast_capacity``) how it places chunks.
     ``assembly`` is an assembly-mode spec (``{"name": "blend", "recompute": 0.15}``, a bare name,
     or None for ``concat``).
     """
@@ -178,7 +225,14 @@ class KVSpec(_Section):
     store: StoreSetting = None
     memory_bytes: int = Field(default=2 << 30, gt=0)
     fast_capacity: int | None = Field(default=None, ge=1)
+    fast_placement: PlacementSetting = None
     assembly: AssemblySpec = None
+
+    @model_validator(mode="after")
+    def _placement_needs_the_fast_engine(self) -> KVSpec:
+        if self.fast_placement is not None and self.fast_capacity is None:
+            raise ValueError("fast_placement places chunks on the fast engine: set fast_capacity too")
+        return self
 
     def build(self, generator: Generator) -> Any:
         """A ``KVAnswerer`` over ``generator`` (imported lazily: the KV path pulls in torch)."""
@@ -203,6 +257,8 @@ class KVSpec(_Section):
         if self.fast_capacity is not None:
             from ragcompress.kv.fast.answer import FastKVAnswerer
 
+            if self.fast_placement is not None:
+                common["placement"] = self.fast_placement.build()
             return FastKVAnswerer.from_generator(generator, capacity=self.fast_capacity, **common)
         return KVAnswerer.from_generator(generator, **common)
 
