@@ -74,3 +74,18 @@ def test_bad_sampling_flags_exit_2_before_loading_models(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "loading pipeline" not in err
+
+
+def test_ask_kv_from_an_int4_paged_pool_answers_as_the_eager_path(
+    capsys: pytest.CaptureFixture[str], docs: str, tiny_model_dir: str
+) -> None:
+    """``--fast-capacity --fast-placement`` end to end from the CLI: int4 chunks in the pool's
+    grouping (8 = one block = half the tiny reader's heads) read in place from an int4 paged
+    pool give the answer of the eager KV path over the same chunks."""
+    press = '[{"name": "knorm", "ratio": 0.5}, {"name": "quantize", "bits": 4, "group_size": 8}]'
+    eager = json.loads(_ask(capsys, docs, tiny_model_dir, "--kv", "--press", press, "--json"))
+    placement = '{"name": "paged", "pool_tokens": 4096, "block_size": 8, "storage": "int4"}'
+    fast = ("--fast-capacity", "1024", "--fast-placement", placement)
+    got = json.loads(_ask(capsys, docs, tiny_model_dir, "--kv", "--press", press, *fast, "--json"))
+    assert got["answer"] == eager["answer"] and got["new_tokens"] == eager["new_tokens"] > 0
+    assert got["engine"] == "fast" and eager["engine"] != "fast"
