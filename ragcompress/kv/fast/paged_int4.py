@@ -109,12 +109,22 @@ def paged_int4_reference(
     block_size: int,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The context pass in fp32 torch over one layer's int4 views (dequantized whole, then
-    :func:`~ragcompress.kv.fast.paged.paged_context_reference`): ``(o (N, heads, D), lse (N,
-    heads))``. A reference: it dequantizes every slot of the pool at each call."""
+    """The context pass in fp32 torch over one layer's int4 views: ``(o (N, heads, D), lse (N,
+    heads))``. The blocks the table's rows name (all ``max_blocks`` of them: no host sync, so it
+    can be captured; the rows past the count are masked) are gathered and dequantized, then
+    :func:`~ragcompress.kv.fast.paged.paged_context_reference` runs over them with the rows
+    renumbered: work ~ the table's rows, not the pool's size."""
+    import torch
+
     kc, ks, kz, vc, vs, vz = views
-    keys, values = dequantized_layer(kc, ks, kz, vc, vs, vz, block_size)
-    return paged_context_reference(q, keys, values, table, inv_freq, block_size, scale)
+    rows = table[1:].long()  # (E, 3)
+    e = rows.shape[0]
+    blk = rows[:, 0].clamp(0, ks.shape[0] - 1)  # rows past the count may hold anything
+    slots = (blk[:, None] * block_size + torch.arange(block_size, device=blk.device)).reshape(-1)
+    keys, values = dequantized_layer(kc[slots], ks[blk], kz[blk], vc[slots], vs[slots], vz[slots], block_size)
+    local = table.clone()
+    local[1:, 0] = torch.arange(e, device=table.device, dtype=table.dtype)  # row i reads block i
+    return paged_context_reference(q, keys, values, local, inv_freq, block_size, scale)
 
 
 def dequantized_layer(
