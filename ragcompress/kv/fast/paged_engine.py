@@ -3,10 +3,12 @@
 Same steps, graphs, prefill and decode as :class:`~ragcompress.kv.fast.FastGenerator`; what
 differs is where the context lives. The buffer's context region *is* the chunk pool's storage
 (:class:`PoolBuffer`), so the decoder step hands each layer's pool view to the attention
-unchanged, and :class:`~ragcompress.kv.fast.paged.PagedCascade` reads the request's blocks
-through the block table. Loading a request = leasing its chunks in the pool (inserting the ones
-not yet resident: a copy, once per chunk, not per request) and writing one table row per
-block: no K/V is copied for a resident chunk, and a chunk may repeat or move freely.
+unchanged, and the pool's attention (:class:`~ragcompress.kv.fast.paged.PagedCascade`, or
+:class:`~ragcompress.kv.fast.paged_int4.Int4PagedCascade` for an int4 pool) reads the request's
+blocks through its block tables. Loading a request = leasing its chunks in the pool (inserting
+the ones not yet resident: a copy, once per chunk, not per request) and writing one table row
+per block (an int4 pool lists its dense prefix in a table of its own): no K/V is copied for a
+resident chunk, and a chunk may repeat or move freely.
 
 Scope: dense global-attention families with one RoPE table (Llama, Qwen, Mistral); families
 with local sliding-window layers, per-layer RoPE tables or soft-capped attention are refused

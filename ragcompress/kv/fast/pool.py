@@ -278,7 +278,8 @@ class ChunkPool:
         if isinstance(chunk, BufferChunk) and not isinstance(chunk, PackedChunk):
             raise ValueError(
                 f"{what} is a {type(chunk).__name__}: the chunk pool takes dense chunks (PackedChunk) "
-                "and stored KVChunks (quantized layers are expanded when they enter the pool)"
+                "and stored KVChunks (quantized layers are expanded, or quantized to the pool's own "
+                "grouping in an Int4ChunkPool, when they enter)"
             )
         want = (self.layers, self.kv_heads, self.head_dim)
         if isinstance(chunk, PackedChunk):
