@@ -237,3 +237,40 @@ def test_paged_int4_kernel_matches_the_torch_reference():
 def test_int4_pool_refuses_an_odd_head_dim():
     with pytest.raises(ValueError, match="even head_dim"):
         Int4ChunkPool(layers=1, kv_heads=1, head_dim=15, num_blocks=1, block_size=16)
+
+
+@pytest.mark.slow
+def test_int4_pool_answers_as_the_eager_path_on_the_packaged_reader() -> None:
+    """The packaged SmolLM2 reader (64-channel heads: value groups of 32 = key groups = blocks of
+    32): knorm + int4 chunks read in place from an int4 pool give the eager path's tokens."""
+    from ragcompress.corpus import load_passages, load_questions
+
+    gen = Generator(max_new_tokens=12)
+    presses = (KnormPress(ratio=0.5), QuantizePress(bits=4, group_size=32))
+    passages = [p.text for p in load_passages()[:3]]
+    question = load_questions()[0].question
+    eager = KVAnswerer.from_generator(gen, presses=presses).answer(question, passages)
+    placement = PagedPlacement(pool_tokens=4096, block_size=32, storage=Int4ChunkPool)
+    kw = {"presses": presses, "capacity": 2048, "max_question": 64, "placement": placement}
+    fast = FastKVAnswerer.from_generator(gen, **kw).answer(question, passages)
+    assert fast.token_ids == eager.token_ids and len(eager.token_ids) > 0
+
+
+def test_int4_pool_request_is_all_or_nothing():
+    """A request whose chunks do not fit fails whole: the prefix it had leased in the dense side
+    pool is released (evictable again), the int4 blocks are as before; a prefix larger than the
+    side pool names ``prefix_tokens``."""
+    from ragcompress.kv.fast import PoolFullError
+
+    pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=32, num_blocks=3, block_size=16, prefix_tokens=32)
+    pre, small, big = _chunk(20, 1), _chunk(30, 2), _chunk(40, 3)
+    held = pool.lease_request([pre, small])  # the prefix: 2 side blocks; small: 2 of 3 blocks
+    with pytest.raises(PoolFullError):
+        pool.lease_request([pre, big])  # 3 more blocks: 1 free, small is leased
+    entry = pool.prefix_pool.resident(pre)
+    assert entry is not None and entry.refs == 1  # only the first request's lease
+    assert pool.free_blocks == 1
+    pool.release_request(held)
+    assert entry.refs == 0 and pool.resident(small) is not None and pool.resident(small).refs == 0  # type: ignore[union-attr]
+    with pytest.raises(PoolFullError, match="prefix_tokens"):
+        pool.lease_request([_chunk(40, 4), small])
