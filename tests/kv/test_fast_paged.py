@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ragcompress.generate import Generator
-from ragcompress.kv.fast import FastGenerator, PackedChunk
+from ragcompress.kv.fast import FastGenerator, HostChunk, PackedChunk
 from ragcompress.kv.fast.paged import BlockTable, paged_context_reference
 from ragcompress.kv.fast.paged_engine import PagedFastGenerator
 from ragcompress.kv.fast.pool import ChunkPool, PoolFullError
@@ -41,11 +41,12 @@ def _engines(model, pool_tokens: int = 256, block_size: int = 4):
     return FastGenerator(model, **kw), PagedFastGenerator(model, pool=pool, **kw)
 
 
-@pytest.mark.parametrize("form", ["packed", "stored", "stored-knorm-int4"])
+@pytest.mark.parametrize("form", ["packed", "stored", "stored-knorm-int4", "host", "host-knorm-int4"])
 def test_paged_engine_gives_the_copy_and_eager_tokens(setup, form):
     """Separately encoded chunks (one evicted by half), placed in several orders, one twice: the
     paged engine's greedy tokens are the copy engine's and the eager assembly's; quantized
-    stored chunks (expanded when they enter the pool) are the copy engine's."""
+    stored chunks (expanded when they enter the pool) are the copy engine's; chunks from the
+    host tier (HostChunk: dense, or int4 codes crossing as stored) likewise."""
     from ragcompress.kv.assemble import assemble
     from ragcompress.kv.presses.knorm import KnormPress
     from ragcompress.kv.presses.quantize import QuantizePress
@@ -53,7 +54,9 @@ def test_paged_engine_gives_the_copy_and_eager_tokens(setup, form):
     model, gen, prefix, passages, questions = setup
     presses = (KnormPress(ratio=0.25), QuantizePress(bits=4, group_size=8)) if "int4" in form else ()
     prefix_kv, chunks = _separate_chunks(model, prefix, passages, presses)
-    items = [PackedChunk.from_chunk(c) for c in chunks] if form == "packed" else chunks
+    items: list[Any] = [PackedChunk.from_chunk(c) for c in chunks] if form == "packed" else list(chunks)
+    if form.startswith("host"):
+        items = [HostChunk.from_chunk(c, torch.float32, pin=False) for c in chunks]
     pre = PackedChunk.from_prefix(prefix_kv)
     copy, paged = _engines(model)
     for order in ORDERS:

@@ -12,7 +12,7 @@ import torch
 
 from ragcompress.generate import Generator
 from ragcompress.kv.answer import KVAnswerer
-from ragcompress.kv.fast import ChunkPool, Int4ChunkPool, PackedChunk, PagedPlacement
+from ragcompress.kv.fast import ChunkPool, HostChunk, Int4ChunkPool, PackedChunk, PagedPlacement
 from ragcompress.kv.fast.answer import FastKVAnswerer
 from ragcompress.kv.fast.pool import RequestLease
 from ragcompress.kv.kernels.quant_format import (
@@ -109,10 +109,11 @@ def _dequantized_items(
     return out
 
 
-@pytest.mark.parametrize("form", ["packed", "stored-knorm-int4"])
+@pytest.mark.parametrize("form", ["packed", "stored-knorm-int4", "host-knorm-int4"])
 def test_int4_pool_engine_gives_the_tokens_of_the_chunks_it_holds(setup, form):
     """Chunks (dense, or evicted by key norm and stored int4 in the pool's grouping) placed in
-    several orders, one twice, after a dense prefix: the engine reading the pool's int4 codes
+    several orders, one twice, after a dense prefix; the int4 ones also from the host tier
+    (HostChunk): the engine reading the pool's int4 codes
     gives the copy engine's greedy tokens over the same chunks dequantized (the values the
     kernel computes in registers). Stored int4 chunks in the pool's grouping enter with their
     own values, so there the copy engine reads the stored chunks themselves, and the eager
@@ -123,7 +124,9 @@ def test_int4_pool_engine_gives_the_tokens_of_the_chunks_it_holds(setup, form):
     model, gen, prefix, passages, questions = setup
     presses = (KnormPress(ratio=0.25), QuantizePress(bits=4, group_size=8)) if "int4" in form else ()
     prefix_kv, chunks = _separate_chunks(model, prefix, passages, presses)
-    items = [PackedChunk.from_chunk(c) for c in chunks] if form == "packed" else chunks
+    items: list = [PackedChunk.from_chunk(c) for c in chunks] if form == "packed" else list(chunks)
+    if form.startswith("host"):  # from the host tier: int4 codes cross as stored
+        items = [HostChunk.from_chunk(c, torch.float32, pin=False) for c in chunks]
     pre = PackedChunk.from_prefix(prefix_kv)
     kw: dict = {"capacity": 80, "max_question": 16, "max_new_tokens": 8, "buckets": (8, 16)}
     pool = Int4ChunkPool.for_model(model, 256, block_size=8)
@@ -132,7 +135,9 @@ def test_int4_pool_engine_gives_the_tokens_of_the_chunks_it_holds(setup, form):
         picked = [items[i] for i in order]
         pos = paged.load(pre, picked)
         assert paged._lease is not None
-        held = _dequantized_items(pool, picked, paged._lease) if form == "packed" else picked
+        held = (
+            _dequantized_items(pool, picked, paged._lease) if form == "packed" else [chunks[i] for i in order]
+        )
         assert copy.load(pre, held) == pos
         for q in questions[:2]:
             want = copy.generate([q], 8, gen.stop_ids)[0]

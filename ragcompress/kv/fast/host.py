@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.fast.host_forms import DenseForm, HostForm, QuantForm
-from ragcompress.kv.fast.packed import BufferChunk
+from ragcompress.kv.fast.packed import BufferChunk, PackedChunk
 
 if TYPE_CHECKING:
     import torch
@@ -106,6 +106,30 @@ class HostChunk(BufferChunk):
                 rows.add_quantized(kv, head0, slot, delta)
             else:
                 rows.add_dense(t[0], t[1], slot * stacked + head0, self.tokens, stacked, delta)
+
+    def to_packed(self, device: torch.device | str, dtype: torch.dtype) -> PackedChunk:
+        """The chunk dense on ``device`` in ``dtype`` (keys (n, layers, kv_heads, D), at their
+        encoding positions): codes and scales cross to the device as stored (int4: ~1/4 of the
+        bf16 bytes) and are dequantized there. For a pool that copies a chunk in once."""
+        import torch
+
+        from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
+
+        keys, values = [], []
+        for li in range(self.layers):
+            t = [x.to(device, non_blocking=True) for x in self.layer_tensors(li)]
+            if isinstance(self.form, QuantForm):
+                bits, group = self.form.bits, self.form.group
+                k = dequantize_keys(t[0], t[1], t[2], bits, group)
+                v = dequantize_values(t[3], t[4], t[5], bits, group)
+            else:
+                k, v = t
+            keys.append(k.to(dtype))  # (kv_heads, n, D)
+            values.append(v.to(dtype))
+        k_all = torch.stack(keys).permute(2, 0, 1, 3).contiguous()  # (n, layers, kv_heads, D)
+        v_all = torch.stack(values).permute(2, 0, 1, 3).contiguous()
+        pos = None if self.positions is None else self.positions.to(device)
+        return PackedChunk(k_all, v_all, length=self.length, base_offset=self.base_offset, positions=pos)
 
     @classmethod
     def from_chunk(cls, chunk: KVChunk, dtype: torch.dtype, pin: bool | None = None) -> HostChunk:

@@ -12,8 +12,9 @@ resident chunk, and a chunk may repeat or move freely.
 
 Scope: dense global-attention families with one RoPE table (Llama, Qwen, Mistral); families
 with local sliding-window layers, per-layer RoPE tables or soft-capped attention are refused
-when the generator is built. Assembled contexts (``ape``, ``blend``) and host-resident chunks
-need the copy engine.
+when the generator is built. Assembled contexts (``ape``, ``blend``) need the copy engine.
+Host-tier chunks (:class:`~ragcompress.kv.fast.host.HostChunk`) are copied into the pool when
+they enter (once; int4 codes cross as stored), not streamed under compute.
 """
 
 from __future__ import annotations

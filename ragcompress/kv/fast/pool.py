@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.buffer import BufferOverflowError
+from ragcompress.kv.fast.host import HostChunk
 from ragcompress.kv.fast.packed import BufferChunk, PackedChunk
 
 if TYPE_CHECKING:
@@ -252,7 +253,10 @@ class ChunkPool:
     def _insert(self, key: Hashable, chunk: Any) -> PoolEntry:
         import torch
 
-        packed = chunk if isinstance(chunk, PackedChunk) else PackedChunk.from_chunk(chunk)
+        if isinstance(chunk, HostChunk):  # from the host tier: codes cross as stored, once
+            packed = chunk.to_packed(self.keys.device, self.compute_dtype)
+        else:
+            packed = chunk if isinstance(chunk, PackedChunk) else PackedChunk.from_chunk(chunk)
         n, bs = packed.num_tokens, self.block_size
         blocks = tuple(self._free.pop() for _ in range(self._blocks_for(packed)))
         if blocks == tuple(range(blocks[0], blocks[0] + len(blocks))):  # one run: plain copies
@@ -275,15 +279,18 @@ class ChunkPool:
 
     def _check(self, chunk: Any, what: str) -> None:
         """Refuse, before anything changes, a chunk the pool cannot hold."""
-        if isinstance(chunk, BufferChunk) and not isinstance(chunk, PackedChunk):
+        if isinstance(chunk, BufferChunk) and not isinstance(chunk, PackedChunk | HostChunk):
             raise ValueError(
-                f"{what} is a {type(chunk).__name__}: the chunk pool takes dense chunks (PackedChunk) "
+                f"{what} is a {type(chunk).__name__}: the chunk pool takes dense chunks (PackedChunk), "
+                "host-tier chunks (HostChunk) "
                 "and stored KVChunks (quantized layers are expanded, or quantized to the pool's own "
                 "grouping in an Int4ChunkPool, when they enter)"
             )
         want = (self.layers, self.kv_heads, self.head_dim)
         if isinstance(chunk, PackedChunk):
             got = tuple(chunk.keys.shape[1:])
+        elif isinstance(chunk, HostChunk):
+            got = (chunk.layers, chunk.kv_heads, chunk.head_dim)
         else:
             got = (len(chunk.layers), int(chunk.kv_heads), int(chunk.head_dim))
         if got != want:
