@@ -279,3 +279,26 @@ def test_int4_pool_request_is_all_or_nothing():
     assert entry.refs == 0 and pool.resident(small) is not None and pool.resident(small).refs == 0  # type: ignore[union-attr]
     with pytest.raises(PoolFullError, match="prefix_tokens"):
         pool.lease_request([_chunk(40, 4), small])
+
+
+def test_int4_attention_over_an_empty_context_is_the_own_pass():
+    """No prefix and no chunk block (both tables empty, as after ``release()``): the int4
+    cascade's output is the question's own attention, finite (not the NaN of 0/0)."""
+    from ragcompress.kv.fast import StepMeta
+    from ragcompress.kv.fast.attention import own_pass_reference
+    from ragcompress.kv.fast.paged import BlockTable
+
+    g = torch.Generator().manual_seed(5)
+    pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=16, num_blocks=4, block_size=8, prefix_tokens=16)
+    tables = [BlockTable(n) for n in pool.table_sizes(6)]
+    att = pool.attention(tables, 1.0 / (1e4 ** (torch.arange(0, 16, 2).float() / 16)))
+    b, t, r = 2, 3, 5
+    q = torch.randn(b * t, 4, 16, generator=g)
+    own_k, own_v = (torch.randn(b * r, 2, 16, generator=g) for _ in range(2))
+    meta = StepMeta(
+        b, t, r, 1, torch.zeros(1, dtype=torch.int32), torch.tensor([t, t + 1], dtype=torch.int32), group=2
+    )
+    got = att(q, pool.keys[:, 1], pool.values[:, 1], own_k, own_v, meta, 0.25)
+    want, _ = own_pass_reference(q, own_k, own_v, meta, 0.25)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want.to(got.dtype), atol=1e-5, rtol=1e-5)

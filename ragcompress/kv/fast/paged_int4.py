@@ -65,8 +65,7 @@ class Int4PagedCascade(PagedCascade):
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
             o_p, lse_p = paged_context_reference(q, pk, pv, self.prefix_table.rows, inv, bs, scale)
             o_c, lse_c = paged_int4_reference(q, views, self.table.rows, inv, bs, scale)
-            lse_a = torch.logaddexp(lse_p, lse_c)
-            o_a = merge(o_p, lse_p, o_c, lse_c)  # the two context passes: one softmax over both
+            o_a, lse_a = _merged(o_p, lse_p, o_c, lse_c)  # the two context passes: one softmax
             o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
             return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
         from ragcompress.kv.fast._merge import merge_with_own
@@ -99,6 +98,20 @@ class Int4PagedCascade(PagedCascade):
             ctx_k, self.key_scale[:, layer], self.key_zero[:, layer],
             ctx_v, self.value_scale[:, layer], self.value_zero[:, layer],
         )  # fmt: skip
+
+
+def _merged(
+    o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two partial attentions (o (N, H, D), lse (N, H)) as one, with its lse; both empty (lse
+    -inf: no prefix or chunk block, e.g. after ``release()``) gives o 0, lse -inf, not NaN."""
+    import torch
+
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = lse.clamp_min(-1e30)[..., None]
+    return o_a.float() * torch.exp(lse_a[..., None] - safe) + o_b.float() * torch.exp(
+        lse_b[..., None] - safe
+    ), lse
 
 
 def paged_int4_reference(
