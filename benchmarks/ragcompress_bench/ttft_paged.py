@@ -29,21 +29,21 @@ __all__ = ["build_paged", "paged_row"]
 
 
 def build_paged(
-    model: Any, fast: Any, contexts: list[int], args: Any, storage: Any = None, block_size: int = 64
+    model: Any, fast: Any, contexts: list[int], args: Any, storage: Any, block_size: int = 64
 ) -> Any:
     """A :class:`~ragcompress.kv.fast.PagedFastGenerator` beside ``fast`` (batch 1, its question
-    bucket), its pool (``storage``: the pool class, ChunkPool when None) large enough for the
+    bucket), its pool (``storage``: the pool class, ChunkPool or Int4ChunkPool) large enough for the
     longest context (one partly filled block per passage), graphs captured; None (and the
     traceback printed) when it cannot be built."""
     import torch
 
-    from ragcompress.kv.fast import ChunkPool, PagedFastGenerator
+    from ragcompress.kv.fast import PagedFastGenerator
     from ragcompress.models.arch import UnsupportedModelError
 
     try:
         cap = max(contexts)
         passages = -(-cap // args.passage_tokens) + 1
-        pool = (storage or ChunkPool).for_model(model, cap + passages * block_size, block_size)
+        pool = storage.for_model(model, cap + passages * block_size, block_size)
         paged = PagedFastGenerator(
             model,
             capacity=cap,

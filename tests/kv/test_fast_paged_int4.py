@@ -27,15 +27,9 @@ from ragcompress.kv.presses.quantize import QuantizePress
 from tests.support.interpret import run_interpreted
 
 from .test_fast_answer import assert_fast_matches_eager
-from .test_fast_paged import ORDERS
+from .test_fast_paged import ORDERS, _chunk
 from .test_fast_paged import setup as setup  # the module's fixture, used here too
 from .test_fast_path import _separate_chunks
-
-
-def _chunk(n: int, seed: int, layers: int = 2, kvh: int = 2, d: int = 32) -> PackedChunk:
-    g = torch.Generator().manual_seed(seed)
-    k, v = (torch.randn(n, layers, kvh, d, generator=g) for _ in range(2))
-    return PackedChunk(k, v, length=n, base_offset=0)
 
 
 def _heads(t: torch.Tensor, layer: int) -> torch.Tensor:
@@ -48,7 +42,7 @@ def test_int4_pool_stores_what_the_quantizer_gives():
     a head, layer by layer; the storage is ~28% of a dense pool's bytes."""
     bs, d = 16, 32
     pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=d, num_blocks=6, block_size=bs)
-    a, b, x, c = _chunk(20, 1), _chunk(10, 2), _chunk(16, 5), _chunk(37, 3)
+    a, b, x, c = _chunk(20, 1, d=32), _chunk(10, 2, d=32), _chunk(16, 5, d=32), _chunk(37, 3, d=32)
     lease = pool.acquire([a])
     pool.release(pool.acquire([b]))  # b (block 2) is unleased: c's insert evicts it
     pool.acquire([x])  # block 3; blocks 4 and 5 stay free
@@ -268,7 +262,7 @@ def test_int4_pool_request_is_all_or_nothing():
     from ragcompress.kv.fast import PoolFullError
 
     pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=32, num_blocks=3, block_size=16, prefix_tokens=32)
-    pre, small, big = _chunk(20, 1), _chunk(30, 2), _chunk(40, 3)
+    pre, small, big = _chunk(20, 1, d=32), _chunk(30, 2, d=32), _chunk(40, 3, d=32)
     held = pool.lease_request([pre, small])  # the prefix: 2 side blocks; small: 2 of 3 blocks
     with pytest.raises(PoolFullError):
         pool.lease_request([pre, big])  # 3 more blocks: 1 free, small is leased
@@ -278,7 +272,7 @@ def test_int4_pool_request_is_all_or_nothing():
     pool.release_request(held)
     assert entry.refs == 0 and pool.resident(small) is not None and pool.resident(small).refs == 0  # type: ignore[union-attr]
     with pytest.raises(PoolFullError, match="prefix_tokens"):
-        pool.lease_request([_chunk(40, 4), small])
+        pool.lease_request([_chunk(40, 4, d=32), small])
 
 
 def test_int4_attention_over_an_empty_context_is_the_own_pass():

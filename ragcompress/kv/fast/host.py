@@ -108,11 +108,9 @@ class HostChunk(BufferChunk):
                 rows.add_dense(t[0], t[1], slot * stacked + head0, self.tokens, stacked, delta)
 
     def to_packed(self, device: torch.device | str, dtype: torch.dtype) -> PackedChunk:
-        """The chunk dense on ``device`` in ``dtype`` (keys (n, layers, kv_heads, D), at their
-        encoding positions): codes and scales cross to the device as stored (int4: ~1/4 of the
-        bf16 bytes) and are dequantized there. For a pool that copies a chunk in once."""
-        import torch
-
+        """The chunk dense on ``device`` in ``dtype`` (keys at their encoding positions): codes
+        and scales cross to the device as stored (int4: ~1/4 of the bf16 bytes) and are
+        dequantized there. For a pool that copies a chunk in once."""
         from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
 
         keys, values = [], []
@@ -120,16 +118,14 @@ class HostChunk(BufferChunk):
             t = [x.to(device, non_blocking=True) for x in self.layer_tensors(li)]
             if isinstance(self.form, QuantForm):
                 bits, group = self.form.bits, self.form.group
-                k = dequantize_keys(t[0], t[1], t[2], bits, group)
-                v = dequantize_values(t[3], t[4], t[5], bits, group)
-            else:
-                k, v = t
-            keys.append(k.to(dtype))  # (kv_heads, n, D)
-            values.append(v.to(dtype))
-        k_all = torch.stack(keys).permute(2, 0, 1, 3).contiguous()  # (n, layers, kv_heads, D)
-        v_all = torch.stack(values).permute(2, 0, 1, 3).contiguous()
+                t = [
+                    dequantize_keys(t[0], t[1], t[2], bits, group),
+                    dequantize_values(t[3], t[4], t[5], bits, group),
+                ]
+            keys.append(t[0])  # (kv_heads, n, D)
+            values.append(t[1])
         pos = None if self.positions is None else self.positions.to(device)
-        return PackedChunk(k_all, v_all, length=self.length, base_offset=self.base_offset, positions=pos)
+        return PackedChunk.from_layers(keys, values, self.length, self.base_offset, device, dtype, pos)
 
     @classmethod
     def from_chunk(cls, chunk: KVChunk, dtype: torch.dtype, pin: bool | None = None) -> HostChunk:

@@ -150,10 +150,14 @@ def dequantized_layer(
     block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 keys and values (slots, kv_heads, D) of one layer's int4 pool views: codes (slots,
-    kv_heads, D/2), key scale/zero (blocks, kv_heads, D), value scale/zero (slots, kv_heads, 2)."""
-    from ragcompress.kv.kernels.quant_format import unpack_int4
+    kv_heads, D/2), key scale/zero (blocks, kv_heads, D), value scale/zero (slots, kv_heads, 2):
+    :mod:`~ragcompress.kv.kernels.quant_format`'s dequantization with slots as its tokens (key
+    groups of one block, value groups of half a head)."""
+    from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
 
-    half = kc.shape[-1]
-    keys = unpack_int4(kc).float() * ks.float().repeat_interleave(block_size, 0)
-    values = unpack_int4(vc).float() * vs.float().repeat_interleave(half, -1)
-    return keys + kz.float().repeat_interleave(block_size, 0), values + vz.float().repeat_interleave(half, -1)
+    def heads(t: torch.Tensor) -> torch.Tensor:  # slots-first -> quant_format's heads-first
+        return t.transpose(0, 1)
+
+    keys = dequantize_keys(heads(kc), heads(ks), heads(kz), 4, block_size)
+    values = dequantize_values(heads(vc), heads(vs), heads(vz), 4, kc.shape[-1])
+    return heads(keys), heads(values)

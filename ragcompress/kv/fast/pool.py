@@ -95,7 +95,6 @@ class ChunkPool:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
-
         for name in ("layers", "kv_heads", "head_dim", "num_blocks", "block_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
