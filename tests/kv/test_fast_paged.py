@@ -296,15 +296,22 @@ def test_paged_kernel_matches_the_torch_reference():
     assert out.splitlines() == ["splits 1 match", "splits 4 match", "splits 7 match", "empty table"]
 
 
-def test_paged_splits_fill_one_wave():
-    """The paged pass's split count gives each SM one program (a partial second wave cost 1.5x
-    on an H200), never more splits than table rows, never fewer than one."""
-    from ragcompress.kv.fast.waves import one_wave_splits
+def test_tilings_fill_one_wave():
+    """A context pass's split count gives each SM ``per_sm`` programs (a partial second wave
+    cost 1.5x on an H200), never more splits than table rows, never fewer than one; the paged
+    pass runs two 64-row programs an SM, the contiguous one one 128-row program."""
+    from ragcompress.kv.fast.waves import CONTIGUOUS, PAGED, Tiling
 
-    assert one_wave_splits(132, 32 * 4, 8, 4096) == 16  # Llama-3-8B: 8 KV heads x 1 program
-    assert one_wave_splits(132, 32 * 7, 4, 4096) == 16  # Qwen2.5-7B: 224 rows, 2 programs a head
-    assert one_wave_splits(132, 32 * 4, 8, 5) == 5
-    assert one_wave_splits(4, 32 * 4, 8, 4096) == 1
+    assert CONTIGUOUS.splits(132, 32 * 4, 8, 4096) == 16  # Llama-3-8B: 8 KV heads x 1 program
+    assert CONTIGUOUS.splits(132, 32 * 7, 4, 4096) == 16  # Qwen2.5-7B: 224 rows, 2 programs a head
+    assert PAGED.splits(132, 32 * 4, 8, 4096) == 16  # 8 heads x 2 programs of 64 rows, 2 an SM
+    assert PAGED.splits(132, 32 * 7, 4, 4096) == 16  # 4 heads x 4 programs of 64 rows
+    assert PAGED.block_m(32 * 7) == 64 and Tiling.warps(64) == 4 and CONTIGUOUS.block_m(224) == 128
+    assert CONTIGUOUS.block_m(48) == 64  # a short fold never holds a 128-row program
+    assert CONTIGUOUS.splits(132, 32 * 4, 8, 5) == 5
+    assert PAGED.splits(4, 32 * 4, 8, 4096) == 1
+    with pytest.raises(ValueError, match="rows 64 or 128"):
+        Tiling(rows=96)
 
 
 def test_fast_answerer_with_paged_placement_answers_as_the_copy_one(tokenizer, tiny_llama):

@@ -34,7 +34,7 @@ from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
 from ragcompress.kv.fast._paged import paged_context
 from ragcompress.kv.fast.paged import paged_context_reference
-from ragcompress.kv.fast.waves import one_wave_splits
+from ragcompress.kv.fast.waves import CONTIGUOUS
 from ragcompress.kv.kernels.quant_format import (
     dequantize_keys,
     dequantize_values,
@@ -321,7 +321,7 @@ def gpu() -> None:
     for name, (h, kvh, d) in SHAPES.items():
         q, pk, pv, table, inv = v2ab.case(32768, 32, h, kvh, d, 64, "cuda", torch.bfloat16)
         *pool, dk, dv = quantized_pool(pk, pv, 64, 64)
-        sp = one_wave_splits(sms, 32 * (h // kvh), kvh, 32768 // 64)
+        sp = CONTIGUOUS.splits(sms, 32 * (h // kvh), kvh, 32768 // 64)
         lib = partial(paged_context, q, dk, dv, table, inv, 64, sp, d**-0.5)
         ref = v2ab.merged(*lib(), sp, 32, h, kvh, d)
         run = partial(paged_int4, q, tuple(pool), table, inv, 64, 64, sp, d**-0.5)

@@ -26,7 +26,7 @@ import triton.language as tl
 from ragcompress.kv.fast._online import folded_rows, store_partial
 from ragcompress.kv.fast._paged import paged_context
 from ragcompress.kv.fast.paged import paged_context_reference
-from ragcompress.kv.fast.waves import one_wave_splits
+from ragcompress.kv.fast.waves import CONTIGUOUS
 
 
 def _load(name: str, rel: str) -> Any:
@@ -129,7 +129,7 @@ def gpu() -> None:
     for name, (h, kvh, d) in v1.SHAPES.items():
         q, pk, pv, table, inv = v2ab.case(32768, 32, h, kvh, d, 64, "cuda", torch.bfloat16)
         *pool, dk, dv = v1.quantized_pool(pk, pv, 64, 64)
-        sp = one_wave_splits(sms, 32 * (h // kvh), kvh, 32768 // 64)
+        sp = CONTIGUOUS.splits(sms, 32 * (h // kvh), kvh, 32768 // 64)
         lib = partial(paged_context, q, dk, dv, table, inv, 64, sp, d**-0.5)
         ref = v2ab.merged(*lib(), sp, 32, h, kvh, d)
         print(f"\n## {name}, 32K keys, {sp} splits")

@@ -28,7 +28,7 @@ import triton.language as tl
 from ragcompress.kv.fast._context import _LOG2E, _tile
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
 from ragcompress.kv.fast._paged import paged_context
-from ragcompress.kv.fast.waves import one_wave_splits
+from ragcompress.kv.fast.waves import CONTIGUOUS
 from ragcompress.kv.fast.paged import paged_context_reference
 
 _V2 = Path(__file__).resolve().parents[1] / "ttft_paged_v2_h200" / "paged_v2_ab.py"
@@ -117,7 +117,7 @@ def gpu() -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for name, (h, kvh, d) in SHAPES.items():
         q, pk, pv, table, inv = v2ab.case(32768, 32, h, kvh, d, 64, "cuda", torch.bfloat16)
-        sp = one_wave_splits(sms, 32 * (h // kvh), kvh, 32768 // 64)
+        sp = CONTIGUOUS.splits(sms, 32 * (h // kvh), kvh, 32768 // 64)
         lib = partial(paged_context, q, pk, pv, table, inv, 64, sp, d**-0.5)
         ref = v2ab.merged(*lib(), sp, 32, h, kvh, d)
         print(f"\n## {name}, {sp} splits: library (v2) {do_bench_cudagraph(lib) * 1e3:.1f} us")

@@ -32,7 +32,7 @@ from ragcompress.kv.fast._context import _LOG2E, _tile
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
 from ragcompress.kv.fast._paged import paged_context
 from ragcompress.kv.fast.paged import paged_context_reference
-from ragcompress.kv.fast.waves import one_wave_splits, rows_per_program
+from ragcompress.kv.fast.waves import CONTIGUOUS
 
 _V2 = Path(__file__).resolve().parents[1] / "ttft_paged_v2_h200" / "paged_v2_ab.py"
 _spec = importlib.util.spec_from_file_location("paged_v2_ab", _V2)
@@ -190,7 +190,7 @@ def run_kernel(
 ) -> Any:  # fmt: skip
     d, kvh = q.shape[2], pk.shape[1]
     g, ng, o, lse = partials("paged_v6", q, pk, pv, splits)
-    block_m = rows_per_program(ng)
+    block_m = CONTIGUOUS.block_m(ng)
     kern[(splits, kvh, triton.cdiv(ng, block_m))](
         q.contiguous(), pk, pv, table, inv, o, lse, pk.stride(0), pv.stride(0), ng, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=bs, BLOCK_M=block_m,
@@ -221,7 +221,7 @@ def gpu() -> None:
     for name, (h, kvh, d) in SHAPES.items():
         for bs in (64, 128):
             q, pk, pv, table, inv = v2ab.case(32768, 32, h, kvh, d, bs, "cuda", torch.bfloat16)
-            sp = one_wave_splits(sms, 32 * (h // kvh), kvh, 32768 // bs)
+            sp = CONTIGUOUS.splits(sms, 32 * (h // kvh), kvh, 32768 // bs)
             lib = partial(paged_context, q, pk, pv, table, inv, bs, sp, d**-0.5)
             ref = v2ab.merged(*lib(), sp, 32, h, kvh, d)
             print(f"\n## {name}, 32K keys, pool blocks of {bs}, {sp} splits")

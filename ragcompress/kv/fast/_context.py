@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast.waves import rows_per_program
+from ragcompress.kv.fast.waves import CONTIGUOUS, Tiling
 
 __all__ = ["context_pass"]
 
@@ -93,17 +93,19 @@ def context_pass(
     seg_start: torch.Tensor,
     ctx_used: torch.Tensor,
     scale: float,
+    tiling: Tiling = CONTIGUOUS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)`` of the context pass (layout in the module docstring).
 
     q (N, heads, D) rotated queries with a unit last stride; ctx_k/ctx_v (capacity, kv_heads,
     D) with unit stride over heads and channels (a layer's view of the buffer); seg_start and
-    ctx_used (S,) int32: each segment's first slot and its number of keys."""
+    ctx_used (S,) int32: each segment's first slot and its number of keys; ``tiling``: rows,
+    warps and stages of a program (the segments are the caller's)."""
     if q.stride(-1) != 1:
         raise ValueError("context_pass needs queries with a unit last stride")
     segs, d, kvh = seg_start.numel(), q.shape[2], ctx_k.shape[1]
     g, ng, o, lse = partials("context_pass", q, ctx_k, ctx_v, segs)
-    block_m = rows_per_program(ng)
+    block_m = tiling.block_m(ng)
     # key tiles: 128 keys under 128 folded rows of 128 channels (Qwen2.5's 224 rows: 4% faster
     # a layer at 32K, Llama's 128 a tie; results/ttft_context_ws_h200/), fewer past 128 channels
     block_n = 32 if d > 128 else 128 if block_m == 128 else 64
@@ -111,7 +113,7 @@ def context_pass(
     _context_kernel[grid](
         q, ctx_k, ctx_v, seg_start, ctx_used, o, lse,
         q.stride(0), q.stride(1), ctx_k.stride(0), ctx_v.stride(0), ng, scale * _LOG2E,
-        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m == 128 else 4,
-        num_stages=3,
+        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=tiling.warps(block_m),
+        num_stages=tiling.stages,
     )  # fmt: skip
     return o, lse

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E, _tile
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast.waves import rows_per_program
+from ragcompress.kv.fast.waves import PAGED, Tiling
 
 __all__ = ["paged_context"]
 
@@ -117,22 +117,24 @@ def paged_context(
     splits: int,
     scale: float,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tiling: Tiling = PAGED,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)`` of the context pass (layout in the module docstring).
 
     q (N, heads, D), already rotated at its own positions; pool_k/pool_v (slots, kv_heads, D)
     with unit stride over heads and channels (a layer's view of the pool); table (1 +
     max_blocks, 3) int32; inv_freq (D // 2,) fp32; ``splits``: S, fixed per captured shape
-    (:func:`~ragcompress.kv.fast.waves.one_wave_splits` fills the device once).
+    (:meth:`~ragcompress.kv.fast.waves.Tiling.splits` fills the device once); ``tiling``: rows,
+    warps and stages of a program.
     """
     d, kvh = q.shape[2], pool_k.shape[1]
     g, ng, o, lse = partials("paged_context", q, pool_k, pool_v, splits, out)
-    block_m = rows_per_program(ng)
+    block_m = tiling.block_m(ng)
     grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
     _paged_kernel[grid](
         q.contiguous(), pool_k, pool_v, table, inv_freq, o, lse,
         pool_k.stride(0), pool_v.stride(0), ng, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m,
-        num_warps=8 if block_m == 128 else 4, num_stages=3,
+        num_warps=tiling.warps(block_m), num_stages=tiling.stages,
     )  # fmt: skip
     return o, lse

@@ -26,7 +26,7 @@ import triton.language as tl
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
 from ragcompress.kv.fast._paged import _entries, _row
-from ragcompress.kv.fast.waves import rows_per_program
+from ragcompress.kv.fast.waves import PAGED_INT4, Tiling
 
 # one layer's (key codes, key scale, key zero, value codes, value scale, value zero)
 Int4Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -121,6 +121,7 @@ def paged_int4_context(
     splits: int,
     scale: float,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tiling: Tiling = PAGED_INT4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(o, lse)`` of the context pass, :func:`~ragcompress.kv.fast._paged.paged_context`'s
     layout. q (N, heads, D) rotated at its own positions; ``pool``: one layer's views ``(kc,
@@ -135,12 +136,12 @@ def paged_int4_context(
         raise ValueError("paged_int4_context needs each slot's value scales contiguous")
     dense = q.new_empty(1, kvh, d)  # partials() checks q against a dense pool's shape
     g, ng, o, lse = partials("paged_int4_context", q, dense, dense, splits, out)
-    block_m = rows_per_program(ng)
+    block_m = tiling.block_m(ng)
     grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
     _paged_int4_kernel[grid](
         q.contiguous(), kc, ks, kz, vc, vs, vz, table, inv_freq, o, lse,
         kc.stride(0), ks.stride(0), vs.stride(0), ng, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m,
-        num_warps=8 if block_m == 128 else 4, num_stages=3,
+        num_warps=tiling.warps(block_m), num_stages=tiling.stages,
     )  # fmt: skip
     return o, lse

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragcompress.kv.fast.attention import CascadeAttention, merge, own_pass_reference
 from ragcompress.kv.fast.buffer import BufferOverflowError
-from ragcompress.kv.fast.waves import one_wave_splits
+from ragcompress.kv.fast.waves import PAGED, Tiling
 from ragcompress.kv.fast.write import triton_available
 
 if TYPE_CHECKING:
@@ -85,12 +85,14 @@ class PagedCascade(CascadeAttention):
     """Attention over the blocks of ``table`` in the pool layer view the step passes as the
     context (``ctx_k``/``ctx_v`` (pool slots, kv_heads, D)) + the question's own slots.
     ``inv_freq`` (D // 2,) fp32: the RoPE table every layer shares; ``splits``: context splits
-    of the kernel (None: one program per SM, one wave)."""
+    of the kernel (None: one wave of ``tiling``'s programs); ``tiling``: how the kernel's
+    programs cut the work."""
 
     table: BlockTable
     inv_freq: torch.Tensor
     block_size: int
     splits: int | None = None
+    tiling: Tiling = PAGED
 
     def __call__(
         self,
@@ -123,7 +125,7 @@ class PagedCascade(CascadeAttention):
         g = heads // ctx_k.shape[1]
         sp = self.splits or self._auto_splits(q.device, n * g, ctx_k.shape[1])
         o_a, lse_a = paged_context(
-            q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, sp, scale
+            q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, sp, scale, tiling=self.tiling
         )
         # empty splits carry lse -inf and o 0: every split takes part in the merge
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
@@ -141,7 +143,7 @@ class PagedCascade(CascadeAttention):
         import torch
 
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return one_wave_splits(sms, rows, kv_heads, self.table.max_blocks)
+        return self.tiling.splits(sms, rows, kv_heads, self.table.max_blocks)
 
 
 def paged_context_reference(

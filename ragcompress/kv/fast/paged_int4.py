@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ragcompress.kv.fast.attention import merge, own_pass_reference
 from ragcompress.kv.fast.paged import PagedCascade, paged_context_reference
+from ragcompress.kv.fast.waves import PAGED, PAGED_INT4, Tiling
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +38,7 @@ class Int4PagedCascade(PagedCascade):
     key_zero: torch.Tensor = field(kw_only=True, repr=False)
     value_scale: torch.Tensor = field(kw_only=True, repr=False)  # (slots, layers, kv_heads, 2)
     value_zero: torch.Tensor = field(kw_only=True, repr=False)
+    tiling: Tiling = field(default=PAGED_INT4, kw_only=True)  # the int4 pass's own split
     # the dense side pool holding the prefix, read through its own table
     prefix_table: BlockTable = field(kw_only=True, repr=False)
     prefix_keys: torch.Tensor = field(kw_only=True, repr=False)  # (slots, layers, kv_heads, D)
@@ -82,8 +84,8 @@ class Int4PagedCascade(PagedCascade):
         o_a = torch.empty((sp_p + sp) * ng, kvh, d, device=q.device, dtype=q.dtype)
         lse_a = torch.empty(sp_p + sp, kvh, ng, device=q.device, dtype=torch.float32)
         out_p, out_c = (o_a[: sp_p * ng], lse_a[:sp_p]), (o_a[sp_p * ng :], lse_a[sp_p:])
-        paged_context(q, pk, pv, self.prefix_table.rows, inv, bs, sp_p, scale, out_p)
-        paged_int4_context(q, views, self.table.rows, inv, bs, sp, scale, out_c)
+        paged_context(q, pk, pv, self.prefix_table.rows, inv, bs, sp_p, scale, out_p, PAGED)
+        paged_int4_context(q, views, self.table.rows, inv, bs, sp, scale, out_c, self.tiling)
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
 
     def _views(self, ctx_k: torch.Tensor, ctx_v: torch.Tensor) -> tuple[int, Int4Views]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragcompress.kv.fast.waves import one_wave_splits
+from ragcompress.kv.fast.waves import CONTIGUOUS
 
 if TYPE_CHECKING:
     import torch
@@ -112,7 +112,7 @@ def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capa
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return one_wave_splits(sms, n * (heads // kv_heads), kv_heads, capacity // 256)
+    return CONTIGUOUS.splits(sms, n * (heads // kv_heads), kv_heads, capacity // 256)
 
 
 def prefill_args(questions: Sequence[Sequence[int]], t: int, buffer: StaticKVBuffer) -> np.ndarray:

@@ -9,7 +9,7 @@ programs an SM (64 rows, 4 warps, twice the splits) may hide that latency where 
 cannot; the sweep also times the realistic table (a chunk's blocks consecutive in the pool, as
 a fresh pool inserts them) beside the shuffled one the earlier A/Bs used.
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_paged_sweep_next/paged_sweep.py               # GPU
+    PYTHONPATH=$PWD python3 benchmarks/results/ttft_paged_sweep_h200/paged_sweep.py               # GPU
     TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 <this script> --check-cpu                          # CPU
 
 A diagnostic script; not part of the library.
