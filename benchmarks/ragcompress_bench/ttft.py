@@ -122,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         help="skip the int4 paged pool's column (chunks quantized on entry, dequantized in the kernel)",
     )
     p.add_argument(
+        "--no-ragged",
+        dest="ragged",
+        action="store_false",
+        help="skip the ragged-batch queries/s rows (each question its own chunks, paged; ttft_ragged)",
+    )
+    p.add_argument(
         "--no-stored",
         dest="stored",
         action="store_false",
@@ -385,6 +391,13 @@ def main(argv: list[str]) -> int:
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     qps = run_qps(model, fast, args, clock, rate)
+    if args.paged and args.ragged:
+        from ragcompress_bench.ttft_ragged import run_ragged_qps
+
+        del paged, built  # the column pools' memory, for the ragged engine's pool
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        qps += run_ragged_qps(model, fast, args, clock, rate)
     if args.profile:
         profile(model, fast, args)
     print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps, extra)))

@@ -26,8 +26,8 @@ SERIES = (
 )
 
 
-QPS_COLUMNS = ("batch", "context_tokens", "first_token_ms", "qps_first_token", "compute_floor_ms",
-               "qps_compute_ceiling", "answer_ms", "qps_answers")  # fmt: skip
+QPS_COLUMNS = ("batch", "context_tokens", "chunk_sets", "first_token_ms", "qps_first_token",
+               "compute_floor_ms", "qps_compute_ceiling", "answer_ms", "qps_answers")  # fmt: skip
 
 
 def write_plot(report: dict[str, Any], path: Path) -> bool:
@@ -118,9 +118,9 @@ def markdown(report: dict[str, Any]) -> str:
         "hf_static_compiled: StaticCache + torch.compile (compile: "
         f"{report.get('static_compile', '—')}), compile time (s) in hf_static_compile_s, not in the ms.",
         "",
-        "| batch | context | first token ms | queries/s (first token) | compute floor ms | "
+        "| batch | context | chunk sets | first token ms | queries/s (first token) | compute floor ms | "
         "queries/s at the compute floor | answer ms | queries/s (answers) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for q in report["qps"]:
         lines.append("| " + " | ".join(str(q.get(c, "—")) for c in QPS_COLUMNS) + " |")

@@ -102,23 +102,43 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock, rate: float) -> list
     the queries/s no step could beat: ``compute_floor_ms`` is the step's matrix FLOPs
     (:func:`~ragcompress_bench.ttft_shapes.step_flops`) at ``rate``, the FLOP/s of
     :func:`matmul_rate` in the same run."""
+    prefix, chunks = random_chunks(model, args, args.qps_context - args.prefix_tokens)
+
+    def load(b: int) -> None:
+        fast.load(prefix, chunks)
+
+    return qps_rows(model, fast, args, clock, rate, load, "one, shared")
+
+
+def random_chunks(model: Any, args: Any, tokens: int) -> tuple[Any, list[Any]]:
+    """A random bf16 prefix (``--prefix-tokens``) and passages of ``--passage-tokens`` filling
+    ``tokens``, as :class:`~ragcompress.kv.fast.PackedChunk` on the model's device."""
     import torch
 
     from ragcompress.kv.fast import PackedChunk
 
-    dev = model.device
     cfg = model.config
-    ctx = args.qps_context
-    g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
-    n = ctx - args.prefix_tokens
     shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
 
-    def rnd(tokens: int) -> Any:
-        return torch.randn(tokens, *shape, device=dev, dtype=model.dtype)
+    def rnd(n: int) -> Any:
+        return torch.randn(n, *shape, device=model.device, dtype=model.dtype)
 
     prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
-    sizes = passage_sizes(n, args.passage_tokens)
-    chunks = [PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens) for s in sizes]
+    sizes = passage_sizes(tokens, args.passage_tokens)
+    return prefix, [PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens) for s in sizes]
+
+
+def qps_rows(
+    model: Any, engine: Any, args: Any, clock: Clock, rate: float, load: Callable[[int], Any], sets: str
+) -> list[dict[str, Any]]:
+    """One row per ``--batches`` size: ``load(b)`` places the batch's context(s), then the
+    first tokens (and, for ``answer_ms``, ``--new-tokens`` each) reach the host; ``sets``
+    says whose chunks each question reads."""
+    import torch
+
+    cfg = model.config
+    ctx = args.qps_context
+    g = torch.Generator(device="cpu").manual_seed(args.seed + 2)
     rows = []
     for b in ints(args.batches):
         qs = [
@@ -126,15 +146,15 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock, rate: float) -> list
             for _ in range(b)
         ]
 
-        def first(qs: list[list[int]] = qs) -> None:
-            fast.load(prefix, chunks)
-            fast.prefill(qs).tolist()
+        def first(qs: list[list[int]] = qs, b: int = b) -> None:
+            load(b)
+            engine.prefill(qs).tolist()
 
-        def answers(qs: list[list[int]] = qs) -> None:
-            fast.load(prefix, chunks)
-            tok = fast.prefill(qs)
+        def answers(qs: list[list[int]] = qs, b: int = b) -> None:
+            load(b)
+            tok = engine.prefill(qs)
             for _ in range(args.new_tokens - 1):
-                tok = fast.decode_step(tok)
+                tok = engine.decode_step(tok)
             tok.tolist()
 
         try:
@@ -145,6 +165,7 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock, rate: float) -> list
                 {
                     "batch": b,
                     "context_tokens": ctx,
+                    "chunk_sets": sets,
                     "first_token_ms": round(t1, 3),
                     "qps_first_token": round(b / t1 * 1e3, 1),
                     "compute_floor_ms": float(f"{floor:.4g}"),  # 4 digits: tiny on a smoke run
@@ -156,7 +177,7 @@ def run_qps(model: Any, fast: Any, args: Any, clock: Clock, rate: float) -> list
             )
         except Exception as exc:
             traceback.print_exc()
-            rows.append({"batch": b, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            rows.append({"batch": b, "chunk_sets": sets, "error": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
 
 

@@ -112,3 +112,50 @@ def test_gpu_bf16_paged_logits_within_bf16_rounding(data):
             # each chunk was encoded alone after the prefix: compare against the copy engine's
             # distance to the prefill, which the paged engine must not exceed by more than rounding
             assert _rel(got, ref) <= _rel(want, ref) + 2 * hf_err + 1e-3
+
+
+def _ragged(model, batch: int) -> PagedFastGenerator:
+    kw: dict[str, Any] = {"capacity": 96, "max_question": 16, "max_new_tokens": 12, "buckets": (16,)}
+    return PagedFastGenerator(model, pool=ChunkPool.for_model(model, 512, 16), max_batch=batch, **kw)
+
+
+@pytest.mark.gpu
+def test_gpu_ragged_batch_in_graphs_answers_each_question_as_alone(data):
+    """fp32 on CUDA, graphs: three questions over three different chunk sets in one step (the
+    per-question tables rewritten between replays) get the tokens each gets alone."""
+    prefix, passages, questions = data
+    model = make_tiny_llama(VOCAB, seed=3).cuda()
+    prefix_kv, chunks = _separate_chunks(model, prefix, passages)
+    pre = PackedChunk.from_prefix(prefix_kv)
+    paged = _ragged(model, 3)
+    alone = []
+    for order, q in zip(ORDERS, questions, strict=True):
+        paged.load(pre, [chunks[i] for i in order])
+        alone.append(paged.generate([q], 12)[0])
+    for _ in range(2):  # the second batch replays the captured ragged graphs
+        paged.load_batch([(pre, [chunks[i] for i in order]) for order in ORDERS])
+        assert paged.generate(questions, 12) == alone
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_ragged_batch_logits_match_each_alone(data):
+    """bf16, the Triton kernel reading per-question tables: each question's first-token logits
+    in a ragged batch are within bf16 rounding of its logits alone."""
+    prefix, passages, questions = data
+    m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
+    m = m.cuda().to(torch.bfloat16)
+    prefix_kv, chunks = _separate_chunks(m, prefix, passages)
+    pre = PackedChunk.from_prefix(prefix_kv)
+    paged = _ragged(m, 3)
+    assert isinstance(paged.attention, PagedCascade) and paged.attention._kernel_runs(64)
+    alone = []
+    for order, q in zip(ORDERS, questions, strict=True):
+        paged.load(pre, [chunks[i] for i in order])
+        paged.prefill([q])
+        alone.append(_first_logits(paged).clone())
+    paged.load_batch([(pre, [chunks[i] for i in order]) for order in ORDERS])
+    paged.prefill(questions)
+    got = paged.last_logits
+    assert got is not None
+    for i, want in enumerate(alone):
+        assert _rel(got[i].float(), want) < 2e-2, i

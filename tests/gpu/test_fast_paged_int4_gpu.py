@@ -90,9 +90,9 @@ def test_gpu_bf16_int4_pool_engine_matches_its_dequantized_chunks():
     for order in ([0, 1], [1, 0], [1, 1]):
         picked = [chunks[i] for i in order]
         paged.load(pre, picked)
-        assert paged._lease is not None
-        copy.load(pre, _dequantized_items(pool, picked, paged._lease, torch.bfloat16))
-        ref.load(pre32, _dequantized_items(pool, picked, paged._lease, torch.float32))
+        assert len(paged._leases) == 1
+        copy.load(pre, _dequantized_items(pool, picked, paged._leases[0], torch.bfloat16))
+        ref.load(pre32, _dequantized_items(pool, picked, paged._leases[0], torch.float32))
         for engine in (paged, copy, ref):
             engine.prefill([question])
         truth = _first_logits(ref)

@@ -128,9 +128,11 @@ def test_int4_pool_engine_gives_the_tokens_of_the_chunks_it_holds(setup, form):
     for order in ORDERS:
         picked = [items[i] for i in order]
         pos = paged.load(pre, picked)
-        assert paged._lease is not None
+        assert len(paged._leases) == 1
         held = (
-            _dequantized_items(pool, picked, paged._lease) if form == "packed" else [chunks[i] for i in order]
+            _dequantized_items(pool, picked, paged._leases[0])
+            if form == "packed"
+            else [chunks[i] for i in order]
         )
         assert copy.load(pre, held) == pos
         for q in questions[:2]:

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E
-from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast._paged import _entries, _row
+from ragcompress.kv.fast._online import partials, store_partial
+from ragcompress.kv.fast._paged import _entries, _row, question_rows, question_tables
 from ragcompress.kv.fast.waves import PAGED_INT4, Tiling
 
 # one layer's (key codes, key scale, key zero, value codes, value scale, value zero)
@@ -55,11 +55,11 @@ def _rotated_halves(qrow, i, rm, freq, delta, HALF: tl.constexpr, dt: tl.constex
 @triton.jit
 def _paged_int4_kernel(
     q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, tab_ptr, freq_ptr, o_ptr, lse_ptr,
-    sc_t, sks_b, svs_t, NG, qk_scale,
+    sc_t, sks_b, svs_t, NG, QG, TAB_Q, qk_scale,
     S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
     BS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
-    seg, kv, rows, rm, tok, head = folded_rows(NG, G, BLOCK_M)
+    seg, kv, rows, rm, tok, head, tab_ptr = question_rows(NG, QG, TAB_Q, tab_ptr, G, BLOCK_M)
     D: tl.constexpr = 2 * HALF
     dt = q_ptr.dtype.element_ty
     i = tl.arange(0, HALF)
@@ -136,11 +136,12 @@ def paged_int4_context(
         raise ValueError("paged_int4_context needs each slot's value scales contiguous")
     dense = q.new_empty(1, kvh, d)  # partials() checks q against a dense pool's shape
     g, ng, o, lse = partials("paged_int4_context", q, dense, dense, splits, out)
-    block_m = tiling.block_m(ng)
-    grid: Any = (splits, kvh, triton.cdiv(ng, block_m))
+    nq, qg, tab_q = question_tables(q, table, g)
+    block_m = tiling.block_m(qg)
+    grid: Any = (splits, kvh, nq * triton.cdiv(qg, block_m))
     _paged_int4_kernel[grid](
         q.contiguous(), kc, ks, kz, vc, vs, vz, table, inv_freq, o, lse,
-        kc.stride(0), ks.stride(0), vs.stride(0), ng, scale * _LOG2E,
+        kc.stride(0), ks.stride(0), vs.stride(0), ng, qg, tab_q, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m,
         num_warps=tiling.warps(block_m), num_stages=tiling.stages,
     )  # fmt: skip

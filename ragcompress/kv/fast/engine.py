@@ -264,7 +264,7 @@ class FastGenerator:
         if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
             self._host.flush()  # a capture, or a step that cannot wait, needs the context written
         shape = self._shape(b, t, gated, probe)
-        self._run(shape, torch.from_numpy(prefill_args(questions, t, self.buffer)))
+        self._run(shape, torch.from_numpy(prefill_args(questions, t, self.buffer, self._starts())))
         if gated:  # the host queues the copies while the step, queued first, computes
             self._host.flush()
             self._gated = False
@@ -284,7 +284,7 @@ class FastGenerator:
             )
         shape = self._shape(b, 1)
         args = shape.args
-        self._uploader(args[b:], torch.from_numpy(decode_args(self._cur, self.buffer)))
+        self._uploader(args[b:], torch.from_numpy(decode_args(self._cur, self.buffer, self._starts())))
         args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]
@@ -351,10 +351,15 @@ class FastGenerator:
         hit = self._shapes.get(key)
         if hit is not None:
             return hit
+        gate = GatedAttention(self.attention, self._host) if gated else probe  # type: ignore[arg-type]
+        return self._new_shape(key, b, t, gate)
+
+    def _new_shape(self, key: tuple[int, ...], b: int, t: int, attention: CascadeAttention | None) -> _Shape:
+        """Build (and capture) the step of ``b`` questions of ``t`` tokens under ``key``, its
+        attention ``attention`` (None: the engine's)."""
         if b > self.max_batch:
             raise BufferOverflowError(f"{b} questions in one batch; the buffer holds {self.max_batch}")
-        gate = GatedAttention(self.attention, self._host) if gated else probe  # type: ignore[arg-type]
-        shape = new_shape(b, t, self.buffer, self.capacity, self._step.heads, self._step.kv_heads, gate)
+        shape = new_shape(b, t, self.buffer, self.capacity, self._step.heads, self._step.kv_heads, attention)
         if self.graphs:
             self._pool = capture(shape, self._forward, self.buffer, self._pool)
         self._shapes[key] = shape
@@ -380,6 +385,11 @@ class FastGenerator:
             )
             shape.logits = logits
             shape.tokens = logits.argmax(-1)
+
+    def _starts(self) -> list[int] | None:
+        """Each question's first position where the questions of the next step each have their
+        own context (a ragged batch); None: all start at the buffer's next position."""
+        return None
 
     def _run(self, shape: _Shape, host_args: torch.Tensor) -> None:
         self._uploader(shape.args, host_args)

@@ -16,7 +16,7 @@ graph per step shape serves every request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,16 +30,19 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.fast.attention import LocalWindow, StepMeta
 
-__all__ = ["BlockTable", "PagedCascade", "paged_context_reference"]
+__all__ = ["BlockTable", "PagedCascade", "paged_context_reference", "per_question"]
 
 
 @dataclass(eq=False)
 class BlockTable:
     """``rows`` (1 + max_blocks, 3) int32 on ``device``: row 0 ``[count, 0, 0]``, then one row
-    ``[block, used, delta]`` per block the request reads, in context order."""
+    ``[block, used, delta]`` per block the request reads, in context order. ``questions`` > 1:
+    ``rows`` (questions, 1 + max_blocks, 3), one such table per question of a ragged batch
+    (each question its own chunks)."""
 
     max_blocks: int
     device: torch.device | str = "cpu"
+    questions: int = 1
     rows: torch.Tensor = field(init=False, repr=False)
     _stage: torch.Tensor | None = field(default=None, init=False, repr=False)
     _copied: Any = field(default=None, init=False, repr=False)  # event: the last copy out of _stage
@@ -47,37 +50,66 @@ class BlockTable:
     def __post_init__(self) -> None:
         import torch
 
-        if self.max_blocks <= 0:
-            raise ValueError(f"max_blocks must be positive, got {self.max_blocks}")
-        self.rows = torch.zeros(1 + self.max_blocks, 3, dtype=torch.int32, device=self.device)
+        if self.max_blocks <= 0 or self.questions <= 0:
+            raise ValueError(
+                f"max_blocks and questions must be positive, got {self.max_blocks}, {self.questions}"
+            )
+        shape = (1 + self.max_blocks, 3) if self.questions == 1 else (self.questions, 1 + self.max_blocks, 3)
+        self.rows = torch.zeros(shape, dtype=torch.int32, device=self.device)
 
     def write(self, blocks: Sequence[tuple[int, int, int]]) -> None:
         """Publish a request's ``(block, used, delta)`` rows (raises
         :class:`~ragcompress.kv.fast.buffer.BufferOverflowError` past ``max_blocks``). On CUDA
         the copy is queued without blocking the host, after the work already queued."""
+        if self.questions != 1:
+            raise ValueError("a table of several questions is written with write_ragged()")
+        self._publish([blocks])
+
+    def write_ragged(self, tables: Sequence[Sequence[tuple[int, int, int]]]) -> None:
+        """Publish one table of ``(block, used, delta)`` rows per question (at most
+        ``questions``; the rest keep their rows, which no step of fewer questions reads), in
+        one copy."""
+        if not 0 < len(tables) <= self.questions or self.questions == 1:
+            raise ValueError(
+                f"write_ragged takes 1..{self.questions} tables of a per-question table, got {len(tables)}"
+            )
+        self._publish(tables)
+
+    def _publish(self, tables: Sequence[Sequence[tuple[int, int, int]]]) -> None:
         import torch
 
-        if len(blocks) > self.max_blocks:
+        longest = max(len(t) for t in tables)
+        if longest > self.max_blocks:
             raise BufferOverflowError(
-                f"the request reads {len(blocks)} pool blocks; the block table holds max_blocks="
-                f"{self.max_blocks}"
+                f"the request reads {longest} pool blocks; the block table holds max_blocks={self.max_blocks}"
             )
-        host = torch.tensor([(len(blocks), 0, 0), *blocks], dtype=torch.int32).reshape(-1, 3)
+        host = torch.zeros(len(tables), 1 + longest, 3, dtype=torch.int32)
+        for i, t in enumerate(tables):
+            host[i, 0, 0] = len(t)
+            if t:
+                host[i, 1 : 1 + len(t)] = torch.tensor(t, dtype=torch.int32).reshape(-1, 3)
+        rows = self.rows.view(-1, 1 + self.max_blocks, 3)[: len(tables), : 1 + longest]
         if self.rows.device.type != "cuda":
-            self.rows[: len(host)].copy_(host)
+            rows.copy_(host)
             return
         if self._stage is None:
-            self._stage = torch.empty(self.rows.shape, dtype=torch.int32).pin_memory()
+            self._stage = torch.empty(self.rows.numel(), dtype=torch.int32).pin_memory()
         if self._copied is not None:
             self._copied.synchronize()  # the previous copy must have left the staging rows
-        self._stage[: len(host)].copy_(host)
-        self.rows[: len(host)].copy_(self._stage[: len(host)], non_blocking=True)
+        stage = self._stage[: host.numel()].view(host.shape)
+        stage.copy_(host)
+        rows.copy_(stage, non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record()
 
     def clear(self) -> None:
         """No block: the context is empty (a step then attends to its own slots only)."""
-        self.write([])
+        self._publish([[]] * self.questions)
+
+    def question_rows(self, batch: int) -> torch.Tensor:
+        """The rows a step of ``batch`` questions reads: the one table, or the first ``batch``
+        questions' tables (batch, 1 + max_blocks, 3)."""
+        return self.rows if self.questions == 1 else self.rows[:batch]
 
 
 @dataclass(eq=False)
@@ -111,10 +143,14 @@ class PagedCascade(CascadeAttention):
         import torch
 
         self._global_only(window, softcap)
-        d = q.shape[-1]
+        d, table = q.shape[-1], self.table.question_rows(meta.batch)
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
-            o_a, lse_a = paged_context_reference(
-                q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, scale
+            o_a, lse_a = per_question(
+                lambda qb, tb: paged_context_reference(
+                    qb, ctx_k, ctx_v, tb, self.inv_freq, self.block_size, scale
+                ),
+                q,
+                table,
             )
             o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
             return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
@@ -125,7 +161,7 @@ class PagedCascade(CascadeAttention):
         g = heads // ctx_k.shape[1]
         sp = self.splits or self._auto_splits(q.device, n * g, ctx_k.shape[1])
         o_a, lse_a = paged_context(
-            q, ctx_k, ctx_v, self.table.rows, self.inv_freq, self.block_size, sp, scale, tiling=self.tiling
+            q, ctx_k, ctx_v, table, self.inv_freq, self.block_size, sp, scale, tiling=self.tiling
         )
         # empty splits carry lse -inf and o 0: every split takes part in the merge
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
@@ -144,6 +180,22 @@ class PagedCascade(CascadeAttention):
 
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         return self.tiling.splits(sms, rows, kv_heads, self.table.max_blocks)
+
+
+def per_question(
+    run: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    q: torch.Tensor,
+    table: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run(q, table)`` (a reference context pass: (o (N, heads, D), lse (N, heads))) over one
+    table (1 + max_blocks, 3), or per question over (B, 1 + max_blocks, 3) tables, question
+    ``b`` holding the query rows ``[b * N / B, (b + 1) * N / B)``."""
+    import torch
+
+    if table.dim() == 2:
+        return run(q, table)
+    parts = [run(qb, tb) for qb, tb in zip(q.chunk(table.shape[0]), table, strict=True)]
+    return torch.cat([o for o, _ in parts]), torch.cat([lse for _, lse in parts])
 
 
 def paged_context_reference(

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.buffer import StaticKVBuffer
+from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.paged import BlockTable
 from ragcompress.kv.fast.pool import ChunkPool, RequestLease
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     import torch
 
     from ragcompress.kv.chunk import KVChunk
+    from ragcompress.kv.fast.attention import CascadeAttention
     from ragcompress.kv.fast.packed import BufferChunk
+    from ragcompress.kv.fast.shapes import _Shape
     from ragcompress.kv.fast.step import DecoderStep
 
 __all__ = ["PagedFastGenerator", "PoolBuffer"]
@@ -77,7 +79,10 @@ class PagedFastGenerator(FastGenerator):
     pool: ChunkPool | None = field(default=None, kw_only=True)
     max_blocks: int | None = field(default=None, kw_only=True)
     tables: list[BlockTable] = field(init=False, repr=False)  # the pool's table_sizes
-    _lease: RequestLease | None = field(default=None, init=False, repr=False)
+    _leases: list[RequestLease] = field(default_factory=list, init=False, repr=False)
+    # a ragged batch: each question's first position, its tables and their attention
+    _ragged_starts: list[int] | None = field(default=None, init=False, repr=False)
+    _ragged: tuple[list[BlockTable], CascadeAttention] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from ragcompress.models.arch import arch_for
@@ -129,51 +134,128 @@ class PagedFastGenerator(FastGenerator):
         block table; returns the next position. Chunks already resident cost a table row per
         block (``reuse`` changes nothing: placement never copies a resident chunk). The previous
         request's lease ends here, after the new one is taken (so shared chunks stay)."""
-        items: list[Any] = [prefix, *chunks]
-        tokens = sum(int(c.num_tokens) for c in items)
-        if tokens > self.capacity:
-            from ragcompress.kv.fast.buffer import BufferOverflowError
-
-            raise BufferOverflowError(
-                f"prefix + {len(chunks)} chunks keep {tokens} tokens; the generator takes capacity="
-                f"{self.capacity} per request"
-            )
-        pool = self.pool
-        assert pool is not None
-        lease = pool.lease_request(items)
-        deltas, pos, bs = [], 0, pool.block_size
-        for c in items:
-            deltas.append(pos - int(c.base_offset))
-            pos += int(c.length)
+        ((lease, rows, pos),) = self._place([(prefix, chunks)])
         try:
-            for table, group in zip(self.tables, lease.tables, strict=True):
-                rows = [
-                    (blk, min(bs, e.num_tokens - j * bs), deltas[i])
-                    for i, e in group
-                    for j, blk in enumerate(e.blocks)
-                ]
-                table.write(rows)
+            for table, group in zip(self.tables, rows, strict=True):
+                table.write(group)
         except BaseException:
-            pool.release_request(lease)
+            self._release([lease])
             raise
-        old, self._lease = self._lease, lease
-        if old is not None:
-            pool.release_request(old)
+        self._swap([lease], None)
         buf = self.buffer
         buf.reset()
-        buf.ctx_len, buf.next_position = tokens, pos
+        buf.ctx_len, buf.next_position = pos[0], pos[1]
         buf.commit()
-        return pos
+        return pos[1]
+
+    def load_batch(
+        self, requests: Sequence[tuple[BufferChunk, Sequence[BufferChunk | KVChunk]]]
+    ) -> list[int]:
+        """A ragged batch: question ``i`` of the next :meth:`prefill` / :meth:`generate` reads
+        ``requests[i]``'s prefix + chunks (its own chunk set, in place in the pool: one table
+        per question) and starts at its own position, which this returns (B,). The next steps
+        must hold exactly ``len(requests)`` questions, in this order; a later :meth:`load`
+        ends the batch. All or nothing: a request that cannot be placed releases the others."""
+        if not 0 < len(requests) <= self.max_batch:
+            raise BufferOverflowError(
+                f"{len(requests)} requests in one batch; the generator holds max_batch={self.max_batch}"
+            )
+        placed = self._place(requests)
+        tables, _ = self._ragged_tables()
+        try:
+            for k, table in enumerate(tables):
+                table.write_ragged([rows[k] for _, rows, _ in placed])
+        except BaseException:
+            self._release([lease for lease, _, _ in placed])
+            raise
+        self._swap([lease for lease, _, _ in placed], [pos for _, _, (_, pos) in placed])
+        self.buffer.reset()  # the shared context is empty; each question's is in its table
+        self.buffer.commit()
+        assert self._ragged_starts is not None
+        return list(self._ragged_starts)
+
+    def _place(
+        self, requests: Sequence[tuple[BufferChunk, Sequence[BufferChunk | KVChunk]]]
+    ) -> list[tuple[RequestLease, list[list[tuple[int, int, int]]], tuple[int, int]]]:
+        """Lease each request's prefix + chunks: per request its lease, its rows per pool table
+        and ``(tokens, next position)``. Releases what it took if one fails."""
+        pool = self.pool
+        assert pool is not None
+        done: list[tuple[RequestLease, list[list[tuple[int, int, int]]], tuple[int, int]]] = []
+        try:
+            for prefix, chunks in requests:
+                items: list[Any] = [prefix, *chunks]
+                tokens = sum(int(c.num_tokens) for c in items)
+                if tokens > self.capacity:
+                    raise BufferOverflowError(
+                        f"prefix + {len(chunks)} chunks keep {tokens} tokens; the generator takes "
+                        f"capacity={self.capacity} per request"
+                    )
+                lease = pool.lease_request(items)
+                deltas, pos, bs = [], 0, pool.block_size
+                for c in items:
+                    deltas.append(pos - int(c.base_offset))
+                    pos += int(c.length)
+                rows = [
+                    [
+                        (blk, min(bs, e.num_tokens - j * bs), deltas[i])
+                        for i, e in group
+                        for j, blk in enumerate(e.blocks)
+                    ]
+                    for group in lease.tables
+                ]
+                done.append((lease, rows, (tokens, pos)))
+        except BaseException:
+            self._release([lease for lease, _, _ in done])
+            raise
+        return done
+
+    def _ragged_tables(self) -> tuple[list[BlockTable], CascadeAttention]:
+        """The per-question tables (``max_batch`` questions each) and the attention reading
+        them, built on the first ragged batch."""
+        if self._ragged is None:
+            from ragcompress.models.arch import arch_for
+            from ragcompress.models.rope import Rotary
+
+            pool = self.pool
+            assert pool is not None
+            dev = pool.keys.device
+            tables = [BlockTable(t.max_blocks, dev, self.max_batch) for t in self.tables]
+            inv = Rotary.of(arch_for(self.model).rope[0]).inv_freq.to(device=dev)
+            self._ragged = tables, pool.attention(tables, inv.float().contiguous())
+        return self._ragged
+
+    def _swap(self, leases: list[RequestLease], starts: list[int] | None) -> None:
+        """The new request's leases in, the previous one's out (after, so shared chunks stay)."""
+        old, self._leases, self._ragged_starts = self._leases, leases, starts
+        self._release(old)
+
+    def _release(self, leases: list[RequestLease]) -> None:
+        assert self.pool is not None
+        for lease in leases:
+            self.pool.release_request(lease)
+
+    def _starts(self) -> list[int] | None:
+        return self._ragged_starts
+
+    def _shape(self, b: int, t: int, gated: bool = False, probe: CascadeAttention | None = None) -> _Shape:
+        """A ragged batch's steps read the per-question tables (their own captured graphs)."""
+        if self._ragged_starts is None or gated:
+            return super()._shape(b, t, gated, probe)
+        if probe is not None:
+            raise ValueError("a ragged batch (load_batch) has no shared context to probe")
+        key = (b, t, 3)
+        return self._shapes.get(key) or self._new_shape(key, b, t, self._ragged_tables()[1])
 
     def release(self) -> None:
-        """End the current request's lease (its chunks may then be evicted) and empty the
-        table; the next :meth:`load` starts a new one."""
-        if self._lease is not None:
-            assert self.pool is not None
+        """End the current request's leases (its chunks may then be evicted) and empty the
+        tables; the next :meth:`load` starts a new one."""
+        if self._leases:
             for table in self.tables:
                 table.clear()
-            self.pool.release_request(self._lease)
-            self._lease = None
+            for table in self._ragged[0] if self._ragged is not None else []:
+                table.clear()
+            self._swap([], None)
 
     def load_context(
         self,

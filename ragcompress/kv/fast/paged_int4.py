@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.fast.attention import merge, own_pass_reference
-from ragcompress.kv.fast.paged import PagedCascade, paged_context_reference
+from ragcompress.kv.fast.paged import PagedCascade, paged_context_reference, per_question
 from ragcompress.kv.fast.waves import PAGED, PAGED_INT4, Tiling
 
 if TYPE_CHECKING:
@@ -64,9 +64,14 @@ class Int4PagedCascade(PagedCascade):
         layer, views = self._views(ctx_k, ctx_v)
         pk, pv = self.prefix_keys[:, layer], self.prefix_values[:, layer]
         d, inv, bs = q.shape[-1], self.inv_freq, self.block_size
+        t_p, t_c = self.prefix_table.question_rows(meta.batch), self.table.question_rows(meta.batch)
         if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and self._kernel_runs(d)):
-            o_p, lse_p = paged_context_reference(q, pk, pv, self.prefix_table.rows, inv, bs, scale)
-            o_c, lse_c = paged_int4_reference(q, views, self.table.rows, inv, bs, scale)
+            o_p, lse_p = per_question(
+                lambda qb, tb: paged_context_reference(qb, pk, pv, tb, inv, bs, scale), q, t_p
+            )
+            o_c, lse_c = per_question(
+                lambda qb, tb: paged_int4_reference(qb, views, tb, inv, bs, scale), q, t_c
+            )
             o_a, lse_a = _merged(o_p, lse_p, o_c, lse_c)  # the two context passes: one softmax
             o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, scale)
             return merge(o_a, lse_a, o_b, lse_b).to(q.dtype)
@@ -84,8 +89,8 @@ class Int4PagedCascade(PagedCascade):
         o_a = torch.empty((sp_p + sp) * ng, kvh, d, device=q.device, dtype=q.dtype)
         lse_a = torch.empty(sp_p + sp, kvh, ng, device=q.device, dtype=torch.float32)
         out_p, out_c = (o_a[: sp_p * ng], lse_a[:sp_p]), (o_a[sp_p * ng :], lse_a[sp_p:])
-        paged_context(q, pk, pv, self.prefix_table.rows, inv, bs, sp_p, scale, out_p, PAGED)
-        paged_int4_context(q, views, self.table.rows, inv, bs, sp, scale, out_c, self.tiling)
+        paged_context(q, pk, pv, t_p, inv, bs, sp_p, scale, out_p, PAGED)
+        paged_int4_context(q, views, t_c, inv, bs, sp, scale, out_c, self.tiling)
         return merge_with_own(o_a, lse_a, None, q, own_k, own_v, meta, scale)
 
     def _views(self, ctx_k: torch.Tensor, ctx_v: torch.Tensor) -> tuple[int, Int4Views]:

@@ -115,32 +115,48 @@ def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capa
     return CONTIGUOUS.splits(sms, n * (heads // kv_heads), kv_heads, capacity // 256)
 
 
-def prefill_args(questions: Sequence[Sequence[int]], t: int, buffer: StaticKVBuffer) -> np.ndarray:
+def prefill_args(
+    questions: Sequence[Sequence[int]], t: int, buffer: StaticKVBuffer, starts: Sequence[int] | None = None
+) -> np.ndarray:
     """A prefill's step arguments (4 * B * t + B,) int64, the layout ``_forward`` reads: token
     ids (B, t) zero-padded, RoPE positions, question-region slots, rows used per question
-    (t each) and each question's last row. Built in numpy: a dozen torch ops on small CPU
-    tensors cost ~0.1 ms of host time before every step."""
+    (t each) and each question's last row. ``starts`` (B,): each question's first position (a
+    ragged batch, each question after its own context); None: the buffer's next position for
+    all. Built in numpy: a dozen torch ops on small CPU tensors cost ~0.1 ms of host time
+    before every step."""
     b = len(questions)
     n = b * t
     args = np.zeros(4 * n + b, dtype=np.int64)
     ids = args[:n].reshape(b, t)
     for i, q in enumerate(questions):
         ids[i, : len(q)] = q
-    p0, r = buffer.next_position, buffer.region
-    args[n : 2 * n] = np.tile(np.arange(p0, p0 + t), b)
+    r = buffer.region
+    args[n : 2 * n] = (_starts(buffer, starts, b)[:, None] + np.arange(t)[None]).reshape(-1)
     args[2 * n : 3 * n] = (np.arange(b)[:, None] * r + np.arange(t)[None]).reshape(-1)
     args[3 * n : 4 * n] = t
     args[4 * n :] = np.arange(b) * t + np.array([len(q) for q in questions]) - 1
     return args
 
 
-def decode_args(cur: Sequence[int], buffer: StaticKVBuffer) -> np.ndarray:
-    """A decode step's arguments after its B tokens (4 * B,) int64: each question's RoPE position,
-    its slot in its question region, rows used and its row, for ``cur`` (B,) tokens each
-    question holds so far. In numpy for the reason :func:`prefill_args` gives, once a token."""
+def decode_args(
+    cur: Sequence[int], buffer: StaticKVBuffer, starts: Sequence[int] | None = None
+) -> np.ndarray:
+    """A decode step's arguments after its B tokens (4 * B,) int64: each question's RoPE
+    position, its slot in its question region, rows used and its row, for ``cur`` (B,) tokens
+    each question holds so far (``starts``: as :func:`prefill_args`). In numpy for the reason
+    :func:`prefill_args` gives, once a token."""
     c = np.asarray(cur, dtype=np.int64)
     rows = np.arange(len(c))
-    return np.concatenate([buffer.next_position + c, rows * buffer.region + c, c + 1, rows])
+    return np.concatenate([_starts(buffer, starts, len(c)) + c, rows * buffer.region + c, c + 1, rows])
+
+
+def _starts(buffer: StaticKVBuffer, starts: Sequence[int] | None, b: int) -> np.ndarray:
+    """(B,) int64 first positions: ``starts``, or the buffer's next position for every question."""
+    if starts is None:
+        return np.full(b, buffer.next_position, dtype=np.int64)
+    if len(starts) != b:
+        raise ValueError(f"{b} questions, but {len(starts)} contexts were placed for them (one each)")
+    return np.asarray(starts, dtype=np.int64)
 
 
 @dataclass(eq=False)
