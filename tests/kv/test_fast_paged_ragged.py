@@ -152,3 +152,32 @@ def test_paged_kernels_read_each_questions_table():
     question: questions of 10 folded rows (a program each, mostly masked) and of 80 (two
     programs each), one question with an empty table, garbage past each count."""
     assert run_interpreted(_RAGGED_CHECK).splitlines() == ["tokens 5 match", "tokens 40 match"]
+
+
+def test_answer_batch_gives_each_question_its_answer_alone(tokenizer, tiny_llama):
+    """FastKVAnswerer.answer_batch: three questions over three passage lists, ragged steps of
+    two on a paged placement, give the tokens answer() gives each alone (and so does the copy
+    placement, one after another); a bad request fails before any question runs."""
+    from ragcompress.generate import Generator
+    from ragcompress.kv.fast import PagedPlacement
+    from ragcompress.kv.fast.answer import FastKVAnswerer
+
+    from .test_fast_answer import PASSAGES, QUESTIONS
+
+    gen = Generator.from_model(tiny_llama, tokenizer, max_new_tokens=10)
+    paged = FastKVAnswerer.from_generator(
+        gen, capacity=512, max_question=64, max_batch=2, placement=PagedPlacement(1024, 16)
+    )
+    copy = FastKVAnswerer.from_generator(gen, capacity=512, max_question=64)
+    queries = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]]
+    lists = [PASSAGES, PASSAGES[1:], PASSAGES[::-1]]
+    alone = [paged.answer(q, p) for q, p in zip(queries, lists, strict=True)]
+    got = paged.answer_batch(queries, lists)
+    assert [a.token_ids for a in got] == [a.token_ids for a in alone]
+    assert [a.stats.extra["batch"] for a in got] == [2, 2, 1]
+    assert [a.stats.extra["chunks"] for a in got] == [3, 2, 3]
+    assert [a.token_ids for a in copy.answer_batch(queries, lists)] == [a.token_ids for a in alone]
+    with pytest.raises(ValueError, match="one list per query"):
+        paged.answer_batch(queries, lists[:2])
+    with pytest.raises(TypeError, match="decode it first"):
+        paged.answer_batch([QUESTIONS[0], b"bytes"], lists[:2])  # type: ignore[list-item]

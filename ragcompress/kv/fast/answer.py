@@ -10,7 +10,11 @@ positions and 1/T keys; blend's question pass and partial forward) and write it 
 is, after which the question runs on the fast step. ``ape`` with ``scale`` != 1 is refused when the
 answerer is built (the fast attention cannot weigh chunks apart from the prefix).
 
-Batch 1 per call, greedy or sampled (:mod:`ragcompress.sampling`: the same picker as the eager
+:meth:`FastKVAnswerer.answer_batch` answers several questions, each over its own passages: on a
+paged placement up to ``max_batch`` of them run as one ragged step (each question reads its own
+chunks in place, :meth:`~ragcompress.kv.fast.paged_engine.PagedFastGenerator.load_batch`),
+greedy; on the copy placement one after another. The other entry points take one request a
+call, greedy or sampled (:mod:`ragcompress.sampling`: the same picker as the eager
 loop, run on the step's logits outside the captured graphs); the buffer is sized once by
 ``capacity`` (context tokens: shared prefix + kept chunk tokens) and raises
 :class:`~ragcompress.kv.fast.BufferOverflowError` when a request does not fit (history makes
@@ -25,10 +29,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.answer import ChunkRequest, KVAnswerer
+from ragcompress.kv.answer import ChunkRequest, KVAnswerer, _checked, _extra
 from ragcompress.kv.context import chunk_answer
 from ragcompress.kv.fast.placement import CopyPlacement, Placement
 from ragcompress.sampling import GREEDY, Sampling, pick_token, request_rng
+from ragcompress.streaming import Request
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
     from ragcompress.kv.assemble import PrefixKV
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast import FastGenerator, PackedChunk
+    from ragcompress.kv.fast.paged_engine import PagedFastGenerator
+    from ragcompress.types import Passage
 
 __all__ = ["FastKVAnswerer"]
 
@@ -51,13 +58,14 @@ class FastKVAnswerer(KVAnswerer):
     :class:`~ragcompress.kv.fast.fused.FusedStep`. ``placement``: how chunks reach attention,
     copied into the request's buffer (:class:`~ragcompress.kv.fast.placement.CopyPlacement`)
     or read in place from a paged pool (:class:`~ragcompress.kv.fast.placement.PagedPlacement`,
-    ``concat`` only)."""
+    ``concat`` only). ``max_batch``: questions one step of :meth:`answer_batch` holds."""
 
     capacity: int = 16384
     max_question: int = 256
     graphs: bool = True
     share_weights: bool = False
     placement: Placement = field(default_factory=CopyPlacement)
+    max_batch: int = 1
     _engine: FastGenerator | None = field(default=None, init=False, repr=False)
     _prefix: PackedChunk | None = field(default=None, init=False, repr=False)
     _prefix_src: PrefixKV | None = field(default=None, init=False, repr=False)
@@ -90,8 +98,82 @@ class FastKVAnswerer(KVAnswerer):
                 max_new_tokens=gen.max_new_tokens,
                 buckets=(*(b for b in (16, 32, 64, 128, 256) if b < self.max_question), self.max_question),
                 graphs=self.graphs,
+                max_batch=self.max_batch,
             )
         return self._engine
+
+    def answer_batch(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[Sequence[Passage] | Sequence[str]],
+        max_new_tokens: int | None = None,
+    ) -> list[Answer]:
+        """Greedy answers to ``queries[i]`` over ``passages[i]``, in order. On a paged placement
+        up to ``max_batch`` questions share one step (a ragged batch; ``stats.extra["batch"]``
+        says how many, ``ttft_ms`` is the batch's start to its first tokens); on the copy
+        placement each is :meth:`answer`. Every request is checked before any is run."""
+        from ragcompress.kv.fast.paged_engine import PagedFastGenerator
+
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists: one list per query")
+        checked = [
+            _checked(Request(q, p, max_new_tokens, None, None))[0]
+            for q, p in zip(queries, passages, strict=True)
+        ]
+        if not isinstance(self.engine, PagedFastGenerator):
+            return [self.answer(q, p, max_new_tokens) for q, p in zip(queries, checked, strict=True)]
+        out: list[Answer] = []
+        for i in range(0, len(queries), self.max_batch):
+            j = i + self.max_batch
+            out += self._ragged(self.engine, queries[i:j], checked[i:j], max_new_tokens)
+        return out
+
+    def _ragged(
+        self,
+        engine: PagedFastGenerator,
+        queries: Sequence[str],
+        passages: Sequence[list[Passage]],
+        limit: int | None,
+    ) -> list[Answer]:
+        """One ragged step of ``len(queries)`` questions and its decode steps."""
+        gen = self.generator
+        limit = gen.max_new_tokens if limit is None else limit
+        if limit > engine.max_new_tokens:
+            raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
+        start = time.perf_counter()
+        jobs = []
+        for q, p in zip(queries, passages, strict=True):
+            chunks, stats = self.cache.get_or_encode(p)
+            jobs.append((gen.layout.question_ids(q, ()), chunks, _extra(stats)))
+        starts = engine.load_batch([(self._packed_prefix(), chunks) for _, chunks, _ in jobs])
+        for pos, (ids, _, _) in zip(starts, jobs, strict=True):
+            gen.check_length(pos + len(ids), limit)
+        tokens: list[list[int]] = [[] for _ in jobs]
+        live, first = [True] * len(jobs), None
+        for host in engine.steps([ids for ids, _, _ in jobs], limit):
+            first = first or time.perf_counter()
+            for k, t in enumerate(host):
+                live[k] = live[k] and t not in gen.stop_ids
+                tokens[k] += [t] if live[k] else []
+            if not any(live):
+                break
+        ttft = None if first is None else (first - start) * 1e3
+        info = {"engine": "fast", "assembly": self.assembly.name, "recompute": 0.0, "batch": len(jobs)}
+        return [
+            chunk_answer(gen, toks, len(ids), pos, chunks, start, ttft, {**extra, **info})
+            for toks, pos, (ids, chunks, extra) in zip(tokens, starts, jobs, strict=True)
+        ]
+
+    def _packed_prefix(self) -> PackedChunk:
+        """The shared prefix packed for the engine, packed again when the weights change."""
+        from ragcompress.kv.encode.encoder import prefix_kv
+        from ragcompress.kv.fast import PackedChunk
+
+        gen = self.generator
+        prefix = prefix_kv(gen.lm, gen.layout)  # kept per weight version: re-pack when it changes
+        if self._prefix is None or self._prefix_src is not prefix:
+            self._prefix, self._prefix_src = PackedChunk.from_prefix(prefix), prefix
+        return self._prefix
 
     def _tokens(
         self,
@@ -105,17 +187,14 @@ class FastKVAnswerer(KVAnswerer):
         unyielded); ``timing["position"]`` is where the question starts, ``timing["first"]``
         when token 1 came."""
         from ragcompress.kv.encode.encoder import prefix_kv
-        from ragcompress.kv.fast import PackedChunk
 
         gen, engine = self.generator, self.engine
         limit = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
         if limit > engine.max_new_tokens:
             raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
-        prefix = prefix_kv(gen.lm, gen.layout)  # kept per weight version: re-pack when it changes
-        if self._prefix is None or self._prefix_src is not prefix:
-            self._prefix, self._prefix_src = PackedChunk.from_prefix(prefix), prefix
+        packed = self._packed_prefix()
         timing["position"], timing["recompute"] = self.assembly.load_fast(
-            engine, self._prefix, gen.lm, prefix, chunks, ids
+            engine, packed, gen.lm, prefix_kv(gen.lm, gen.layout), chunks, ids
         )
         gen.check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
