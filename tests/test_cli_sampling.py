@@ -89,3 +89,21 @@ def test_ask_kv_from_an_int4_paged_pool_answers_as_the_eager_path(
     got = json.loads(_ask(capsys, docs, tiny_model_dir, "--kv", "--press", press, *fast, "--json"))
     assert got["answer"] == eager["answer"] and got["new_tokens"] == eager["new_tokens"] > 0
     assert got["engine"] == "fast" and eager.get("engine") != "fast"
+
+
+def test_demo_answers_a_ragged_batch_as_one_by_one(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: str
+) -> None:
+    """``demo --fast-batch 2`` on the paged placement: three bundled questions, each over its
+    own retrieved passages, in ragged steps of two, answer as the same demo one by one; sampling
+    flags are refused with it."""
+    base = ["demo", "--kv", "--reader", tiny_model_dir, "--limit", "3", "--max-new-tokens", "5", "--json"]
+    fast = [*base, "--fast-capacity", "2048", "--fast-placement", '{"name": "paged", "block_size": 16}']
+    assert main(fast) == 0, capsys.readouterr().err
+    alone = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main([*fast, "--fast-batch", "2"]) == 0, capsys.readouterr().err
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["answer"] for r in got] == [r["answer"] for r in alone] and len(got) == 3
+    assert [r["batch"] for r in got] == [2, 2, 1] and [r["id"] for r in got] == [r["id"] for r in alone]
+    assert main([*fast, "--fast-batch", "2", "--temperature", "0.5"]) == 2
+    assert "answers greedily" in capsys.readouterr().err

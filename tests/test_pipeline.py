@@ -160,6 +160,31 @@ def test_kv_section_places_chunks_in_an_int4_pool(generator):
     assert isinstance(fast.kv.engine.pool, Int4ChunkPool)
 
 
+def test_run_batch_answers_each_question_as_run_does(generator):
+    """``Pipeline.run_batch``: on the paged fast engine with ``fast_batch`` 2 (ragged steps,
+    each question over its own passages), on the eager KV path and on the text path, every
+    result is the one ``run`` gives that question alone, ids and metadata kept."""
+    questions = [QUESTION, "How far is Warsaw from the Baltic Sea?", QUESTION]
+    lists = [PASSAGES, PASSAGES[1:], PASSAGES[::-1]]
+    paged = {"name": "paged", "block_size": 16, "pool_tokens": 2048}
+    kvs = [KVSpec(fast_capacity=1024, fast_placement=paged, fast_batch=2), KVSpec(), None]
+    for kv in kvs:
+        pipe = Pipeline.from_spec({"compressors": []}, generator=generator, kv=kv)
+        got = pipe.run_batch(questions, lists)
+        alone = [pipe.run(q, p) for q, p in zip(questions, lists, strict=True)]
+        assert [r.answer for r in got] == [r.answer for r in alone]
+        assert [[x.id for x in r.passages] for r in got] == [[x.id for x in p] for p in lists]
+        assert got[0].passages[0].metadata == {"title": "Rhine"}
+    assert [r.generation.extra["batch"] for r in pipe_batches(generator, questions, lists)] == [2, 2, 1]
+    with pytest.raises(ValueError, match="one list per question"):
+        pipe.run_batch(questions, lists[:1])
+
+
+def pipe_batches(generator, questions, lists):
+    kv = KVSpec(fast_capacity=1024, fast_placement={"name": "paged", "pool_tokens": 2048}, fast_batch=2)
+    return Pipeline.from_spec({"compressors": []}, generator=generator, kv=kv).run_batch(questions, lists)
+
+
 def test_hybrid_spec_builds(tmp_path, generator):
     pipe = Pipeline.from_yaml(
         "hybrid", generator=generator, kv=KVSpec(cache_dir=str(tmp_path), presses=({"name": "quantize"},))

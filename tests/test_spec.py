@@ -45,6 +45,8 @@ BAD_YAML = [
     ),
     ("kv: {fast_capacity: 0}\n", "kv.fast_capacity: out of range: must be >= 1, got 0"),
     ("kv: {fast_placement: paged}\n", "kv: fast_placement places chunks on the fast engine"),
+    ("kv: {fast_batch: 8}\n", "kv: fast_batch batches questions on the fast engine"),
+    ("kv: {fast_capacity: 512, fast_batch: 0}\n", "kv.fast_batch: out of range: must be >= 1, got 0"),
     (
         "kv: {fast_capacity: 512, fast_placement: {name: paged, storage: int3}}\n",
         "kv.fast_placement.storage: Input should be 'model' or 'int4'",

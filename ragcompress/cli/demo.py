@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ragcompress.cli.common import FORMATTER, UsageError, answer, emit, log, wrap
 from ragcompress.cli.pipeline_args import add_pipeline_args, load_pipeline, sampling_from_args
+
+if TYPE_CHECKING:
+    from ragcompress.pipeline.core import Pipeline, PipelineResult
+    from ragcompress.sampling import Sampling
 
 __all__ = ["add_demo_parser", "cmd_demo"]
 
@@ -27,7 +32,9 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
         '  ragcompress demo --compressor \'{"name": "tokens", "ratio": 0.4}\'\n'
         "  ragcompress demo --compressor none --k 2\n  ragcompress demo --pipeline my.yaml --ratio 0.3\n"
         "  ragcompress demo --kv --cache-dir /tmp/chunks --json   # twice: the 2nd run encodes nothing\n"
-        "  ragcompress demo --temperature 0.7 --seed 1            # sampled, reproducibly",
+        "  ragcompress demo --temperature 0.7 --seed 1            # sampled, reproducibly\n"
+        "  ragcompress demo --kv --fast-capacity 4096 --fast-placement paged --fast-batch 3 --json\n"
+        "                                          # 3 questions in one step, each over its own passages",
     )
     demo.add_argument(
         "--limit", type=int, default=3, metavar="N", help="questions to answer (1-10, default 3)"
@@ -50,11 +57,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pipe.index(passages)
     correct = 0
     chosen = questions[: args.limit]
-    for q in chosen:
-        result, streamed = answer(pipe, q.question, args, sampling)
+    for q, (result, streamed) in zip(
+        chosen, _answers(pipe, [q.question for q in chosen], args, sampling), strict=True
+    ):
         hit = q.answer.lower() in result.answer.lower()
         correct += hit
         extra = {"id": q.id, "gold": q.answer, "gold_passage": q.passage_id, "gold_in_answer": hit}
         emit(result, args.json, extra, streamed)
     log(f"{correct}/{len(chosen)} answers contain the gold answer")
     return 0
+
+
+def _answers(
+    pipe: Pipeline, questions: list[str], args: argparse.Namespace, sampling: Sampling
+) -> Iterator[tuple[PipelineResult, bool]]:
+    """Each question's ``(result, streamed)``: one by one (streamed unless --json/--no-stream), or
+    with ``--fast-batch`` N > 1 all together through :meth:`Pipeline.run_batch` (greedy)."""
+    if (getattr(args, "fast_batch", None) or 1) == 1:
+        for q in questions:
+            yield answer(pipe, q, args, sampling)
+        return
+    if not sampling.greedy:
+        raise UsageError("--fast-batch answers greedily: drop --temperature/--top-p/--top-k/--seed/--stop")
+    log(f"answering {len(questions)} questions in batches of {args.fast_batch}")
+    for result in pipe.run_batch(questions, max_new_tokens=args.max_new_tokens):
+        yield result, False

@@ -42,6 +42,7 @@ KV_FLAGS = {
     "--store": ("store", "store"),
     "--fast-capacity": ("fast_capacity", "fast_capacity"),
     "--fast-placement": ("fast_placement", "fast_placement"),
+    "--fast-batch": ("fast_batch", "fast_batch"),
     "--assembly": ("assembly", "assembly"),
 }
 
@@ -169,6 +170,13 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
         "request's buffer), paged (read in place from a paged GPU pool), or JSON such as "
         '\'{"name": "paged", "pool_tokens": 262144, "storage": "int4"}\' (int4: the pool keeps chunks '
         "in int4, dequantized in the attention kernel; spec: kv.fast_placement)",
+    )
+    g.add_argument(
+        "--fast-batch",
+        metavar="N",
+        type=int,
+        help="with --fast-capacity: questions answered together, greedily (demo); on the paged "
+        "placement N questions share one step, each over its own passages (spec: kv.fast_batch)",
     )
 
 

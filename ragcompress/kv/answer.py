@@ -123,6 +123,23 @@ class KVAnswerer(AnswerMethods):
 
         return begin, checked
 
+    def answer_batch(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[Sequence[Passage] | Sequence[str]],
+        max_new_tokens: int | None = None,
+    ) -> list[Answer]:
+        """Greedy answers to ``queries[i]`` over ``passages[i]``, in order, every request checked
+        before any runs. Here one :meth:`answer` after another; the fast engine's paged
+        placement runs them as ragged batches (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`)."""
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists: one list per query")
+        checked = [
+            _checked(Request(q, p, max_new_tokens, None, None))[0]
+            for q, p in zip(queries, passages, strict=True)
+        ]
+        return [self.answer(q, p, max_new_tokens) for q, p in zip(queries, checked, strict=True)]
+
     def teacher_forced_logprobs(
         self,
         query: str,

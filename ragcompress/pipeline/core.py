@@ -232,6 +232,42 @@ class Pipeline:
             )
         return self._result(question, found, kept, stats, answer, retrieval_ms, start)
 
+    def run_batch(
+        self,
+        questions: Sequence[str],
+        passages: Sequence[Sequence[Passage] | Sequence[str]] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> list[PipelineResult]:
+        """:meth:`run` for each question (greedy), over ``passages[i]`` or its own retrieved top
+        ``k``. Every question is retrieved and compressed first; on the fast engine the KV
+        answers then come in ragged batches of ``kv.fast_batch`` questions, one step each, every
+        question over its own chunks (:meth:`~ragcompress.kv.fast.answer.FastKVAnswerer.answer_batch`);
+        otherwise one after another."""
+        if passages is not None and len(passages) != len(questions):
+            raise ValueError(
+                f"{len(questions)} questions but {len(passages)} passage lists: one list per question"
+            )
+        start = time.perf_counter()
+        prepared = [
+            self._context(q, None if passages is None else passages[i], None, None)
+            for i, q in enumerate(questions)
+        ]
+        kv = self.kv
+        batched = [i for i, (_, kept, _, _) in enumerate(prepared) if kv is not None and kept]
+        answers: dict[int, Answer] = {}
+        if kv is not None and batched:
+            got = kv.answer_batch(
+                [questions[i] for i in batched], [prepared[i][1] for i in batched], max_new_tokens
+            )
+            answers.update(zip(batched, got, strict=True))
+        for i, (_, kept, _, _) in enumerate(prepared):
+            if i not in answers:  # nothing kept: the generator answers from the question alone
+                answers[i] = self.generator.generate(questions[i], kept, max_new_tokens)
+        return [
+            self._result(q, found, kept, stats, answers[i], ms, start)
+            for i, (q, (found, kept, stats, ms)) in enumerate(zip(questions, prepared, strict=True))
+        ]
+
     def stream(
         self,
         question: str,

@@ -215,7 +215,9 @@ class KVSpec(_Section):
     before it is stored.
     ``fast_capacity`` (context tokens) answers on the fast engine
     (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`) instead of transformers' forward;
-    ``fast_placement`` (a :class:`PlacementSpec`, with ``fast_capacity``) how it places chunks.
+    ``fast_placement`` (a :class:`PlacementSpec`, with ``fast_capacity``) how it places chunks;
+    ``fast_batch`` how many questions one step of :meth:`~ragcompress.pipeline.Pipeline.run_batch`
+    holds (a ragged batch on the paged placement, each question over its own passages).
     ``assembly`` is an assembly-mode spec (``{"name": "blend", "recompute": 0.15}``, a bare name,
     or None for ``concat``).
     """
@@ -226,12 +228,15 @@ class KVSpec(_Section):
     memory_bytes: int = Field(default=2 << 30, gt=0)
     fast_capacity: int | None = Field(default=None, ge=1)
     fast_placement: PlacementSetting = None
+    fast_batch: int = Field(default=1, ge=1)
     assembly: AssemblySpec = None
 
     @model_validator(mode="after")
     def _placement_needs_the_fast_engine(self) -> KVSpec:
         if self.fast_placement is not None and self.fast_capacity is None:
             raise ValueError("fast_placement places chunks on the fast engine: set fast_capacity too")
+        if self.fast_batch > 1 and self.fast_capacity is None:
+            raise ValueError("fast_batch batches questions on the fast engine: set fast_capacity too")
         return self
 
     def build(self, generator: Generator) -> Any:
@@ -259,7 +264,9 @@ class KVSpec(_Section):
 
             if self.fast_placement is not None:
                 common["placement"] = self.fast_placement.build()
-            return FastKVAnswerer.from_generator(generator, capacity=self.fast_capacity, **common)
+            return FastKVAnswerer.from_generator(
+                generator, capacity=self.fast_capacity, max_batch=self.fast_batch, **common
+            )
         return KVAnswerer.from_generator(generator, **common)
 
 

@@ -114,14 +114,14 @@ class FastKVAnswerer(KVAnswerer):
         placement each is :meth:`answer`. Every request is checked before any is run."""
         from ragcompress.kv.fast.paged_engine import PagedFastGenerator
 
+        if not isinstance(self.engine, PagedFastGenerator):
+            return super().answer_batch(queries, passages, max_new_tokens)
         if len(queries) != len(passages):
             raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists: one list per query")
         checked = [
             _checked(Request(q, p, max_new_tokens, None, None))[0]
             for q, p in zip(queries, passages, strict=True)
         ]
-        if not isinstance(self.engine, PagedFastGenerator):
-            return [self.answer(q, p, max_new_tokens) for q, p in zip(queries, checked, strict=True)]
         out: list[Answer] = []
         for i in range(0, len(queries), self.max_batch):
             j = i + self.max_batch
