@@ -355,8 +355,7 @@ class FastGenerator:
         return self._new_shape(key, b, t, gate)
 
     def _new_shape(self, key: tuple[int, ...], b: int, t: int, attention: CascadeAttention | None) -> _Shape:
-        """Build (and capture) the step of ``b`` questions of ``t`` tokens under ``key``, its
-        attention ``attention`` (None: the engine's)."""
+        """Build (and capture) the ``b`` x ``t`` step under ``key`` (``attention`` None: the engine's)."""
         if b > self.max_batch:
             raise BufferOverflowError(f"{b} questions in one batch; the buffer holds {self.max_batch}")
         shape = new_shape(b, t, self.buffer, self.capacity, self._step.heads, self._step.kv_heads, attention)
@@ -387,8 +386,7 @@ class FastGenerator:
             shape.tokens = logits.argmax(-1)
 
     def _starts(self) -> list[int] | None:
-        """Each question's first position where the questions of the next step each have their
-        own context (a ragged batch); None: all start at the buffer's next position."""
+        """Each question's first position in a ragged batch; None: the buffer's next position."""
         return None
 
     def _run(self, shape: _Shape, host_args: torch.Tensor) -> None:
