@@ -104,6 +104,9 @@ def test_block_table_of_several_questions():
         t.write_ragged([[(0, 1, 0)] * 5])
     t.clear()
     assert t.rows[:, 0, 0].tolist() == [0, 0, 0]
+    one = BlockTable(4, questions=1)  # a ragged batch of at most one question: the plain table
+    one.write_ragged([[(3, 2, 1)]])
+    assert one.rows.shape == (5, 3) and one.rows[:2].tolist() == [[1, 0, 0], [3, 2, 1]]
 
 
 _RAGGED_CHECK = """
@@ -181,3 +184,15 @@ def test_answer_batch_gives_each_question_its_answer_alone(tokenizer, tiny_llama
         paged.answer_batch(queries, lists[:2])
     with pytest.raises(TypeError, match="decode it first"):
         paged.answer_batch([QUESTIONS[0], b"bytes"], lists[:2])  # type: ignore[list-item]
+
+
+def test_a_ragged_batch_of_one_on_a_generator_of_batch_one(setup):  # noqa: F811
+    """max_batch 1 (the default): load_batch of one request answers as load does."""
+    model, gen, prefix, passages, questions = setup
+    prefix_kv, chunks = _separate_chunks(model, prefix, passages)
+    pre, items = PackedChunk.from_prefix(prefix_kv), [PackedChunk.from_chunk(c) for c in chunks]
+    paged = _paged(model, ChunkPool.for_model(model, 256, 4), 1)
+    pos = paged.load(pre, items[::-1])
+    want = paged.generate([questions[1]], 8, gen.stop_ids)
+    assert paged.load_batch([(pre, items[::-1])]) == [pos]
+    assert paged.generate([questions[1]], 8, gen.stop_ids) == want

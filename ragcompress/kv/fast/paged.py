@@ -68,8 +68,8 @@ class BlockTable:
     def write_ragged(self, tables: Sequence[Sequence[tuple[int, int, int]]]) -> None:
         """Publish one table of ``(block, used, delta)`` rows per question (at most
         ``questions``; the rest keep their rows, which no step of fewer questions reads), in
-        one copy."""
-        if not 0 < len(tables) <= self.questions or self.questions == 1:
+        one copy. A table of one question is the plain table of :meth:`write`."""
+        if not 0 < len(tables) <= self.questions:
             raise ValueError(
                 f"write_ragged takes 1..{self.questions} tables of a per-question table, got {len(tables)}"
             )
