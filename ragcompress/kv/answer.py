@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ragcompress.generate import Answer, Generator
     from ragcompress.kv.chunk import KVChunk
 
-__all__ = ["ChunkRequest", "KVAnswerer"]
+__all__ = ["ChunkRequest", "KVAnswerer", "checked_batch"]
 
 _A = TypeVar("_A", bound="KVAnswerer")
 
@@ -132,12 +132,7 @@ class KVAnswerer(AnswerMethods):
         """Greedy answers to ``queries[i]`` over ``passages[i]``, in order, every request checked
         before any runs. Here one :meth:`answer` after another; the fast engine's paged
         placement runs them as ragged batches (:class:`~ragcompress.kv.fast.answer.FastKVAnswerer`)."""
-        if len(queries) != len(passages):
-            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists: one list per query")
-        checked = [
-            _checked(Request(q, p, max_new_tokens, None, None))[0]
-            for q, p in zip(queries, passages, strict=True)
-        ]
+        checked = checked_batch(queries, passages, max_new_tokens)
         return [self.answer(q, p, max_new_tokens) for q, p in zip(queries, checked, strict=True)]
 
     def teacher_forced_logprobs(
@@ -213,6 +208,18 @@ class KVAnswerer(AnswerMethods):
             done = stream.answer.stats
             stats.update(prompt_tokens=done.prompt_tokens, context_tokens=done.context_tokens)
             stats.update(new_tokens=done.new_tokens)
+
+
+def checked_batch(
+    queries: Sequence[str], passages: Sequence[Sequence[Passage] | Sequence[str]], max_new_tokens: int | None
+) -> list[list[Passage]]:
+    """A batch of requests (``queries[i]`` over ``passages[i]``) checked, each one's passages
+    coerced, before any of them runs."""
+    if len(queries) != len(passages):
+        raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists: one list per query")
+    return [
+        _checked(Request(q, p, max_new_tokens, None, None))[0] for q, p in zip(queries, passages, strict=True)
+    ]
 
 
 def _checked(ask: Request) -> tuple[list[Passage], Sampling, tuple[tuple[str, str], ...]]:

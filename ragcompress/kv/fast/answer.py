@@ -29,11 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.answer import ChunkRequest, KVAnswerer, _checked, _extra
+from ragcompress.kv.answer import ChunkRequest, KVAnswerer, _extra, checked_batch
 from ragcompress.kv.context import chunk_answer
 from ragcompress.kv.fast.placement import CopyPlacement, Placement
 from ragcompress.sampling import GREEDY, Sampling, pick_token, request_rng
-from ragcompress.streaming import Request
 
 if TYPE_CHECKING:
     import torch
@@ -116,12 +115,7 @@ class FastKVAnswerer(KVAnswerer):
 
         if not isinstance(self.engine, PagedFastGenerator):
             return super().answer_batch(queries, passages, max_new_tokens)
-        if len(queries) != len(passages):
-            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists: one list per query")
-        checked = [
-            _checked(Request(q, p, max_new_tokens, None, None))[0]
-            for q, p in zip(queries, passages, strict=True)
-        ]
+        checked = checked_batch(queries, passages, max_new_tokens)
         out: list[Answer] = []
         for i in range(0, len(queries), self.max_batch):
             j = i + self.max_batch
