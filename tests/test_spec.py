@@ -49,7 +49,7 @@ BAD_YAML = [
     ("kv: {fast_capacity: 512, fast_batch: 0}\n", "kv.fast_batch: out of range: must be >= 1, got 0"),
     (
         "kv: {fast_capacity: 512, fast_placement: {name: paged, storage: int3}}\n",
-        "kv.fast_placement.storage: Input should be 'model' or 'int4'",
+        "kv.fast_placement.storage: Input should be 'model', 'int4' or 'int8'",
     ),
     (
         "kv: {fast_capacity: 512, fast_placement: {name: copy, block_size: 16}}\n",

@@ -21,8 +21,9 @@ context length, in one process and on the same inputs:
   run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
 * ``ragcompress_paged_ms`` — zero-copy placement: the same chunks already resident in a paged
   pool, placed by a block-table write and read in place (:mod:`ragcompress_bench.ttft_paged`;
-  ``--no-paged`` skips it), and ``ragcompress_paged_int4_ms``, the same from an int4 pool
-  (dequantized in the attention kernel; ``--no-paged-int4`` skips it);
+  ``--no-paged`` skips it), and ``ragcompress_paged_int4_ms`` / ``ragcompress_paged_int8_ms``,
+  the same from an int4 / int8 pool (dequantized in the attention kernel; ``--no-paged-int4`` /
+  ``--no-paged-int8`` skip them);
 * ``ragcompress_stored_ms`` — the same chunks as the chunk cache stores them (layer by layer;
   Gemma 3's local layers skip chunks out of their window; :mod:`ragcompress_bench.ttft_stored`);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's
@@ -120,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="paged_int4",
         action="store_false",
         help="skip the int4 paged pool's column (chunks quantized on entry, dequantized in the kernel)",
+    )
+    p.add_argument(
+        "--no-paged-int8",
+        dest="paged_int8",
+        action="store_false",
+        help="skip the int8 paged pool's column (chunks int8 on entry, dequantized in the kernel)",
     )
     p.add_argument(
         "--no-ragged",
@@ -371,11 +378,12 @@ def main(argv: list[str]) -> int:
         f"at {time.perf_counter() - t0:.1f}s",
         flush=True,
     )
-    from ragcompress.kv.fast import ChunkPool, Int4ChunkPool
+    from ragcompress.kv.fast import ChunkPool, Int4ChunkPool, Int8ChunkPool
     from ragcompress_bench.ttft_paged import build_paged
 
     kinds = [("paged", ChunkPool)] if args.paged else []
     kinds += [("paged_int4", Int4ChunkPool)] if args.paged and args.paged_int4 else []
+    kinds += [("paged_int8", Int8ChunkPool)] if args.paged and args.paged_int8 else []
     built = [(tag, build_paged(model, fast, contexts, args, storage)) for tag, storage in kinds]
     paged = [(tag, engine) for tag, engine in built if engine is not None]
     out = Path(args.out)

@@ -11,7 +11,9 @@
 * ``ragcompress_paged_int4_ms``, ``paged_int4_*`` — the same with an
   :class:`~ragcompress.kv.fast.Int4ChunkPool`: the chunks are quantized to int4 when they enter
   (``paged_int4_insert_ms``) and dequantized inside the attention kernel; its logits differ from
-  the copy engine's by the int4 error (on random weights, not a quality measure).
+  the copy engine's by the int4 error (on random weights, not a quality measure);
+* ``ragcompress_paged_int8_ms``, ``paged_int8_*`` — the same with an
+  :class:`~ragcompress.kv.fast.Int8ChunkPool` (one code byte a channel, the same kernel).
 
 The paged engine shares the copy engine's decoder step (its fused weights too), so the two
 differ only in placement and attention.

@@ -21,6 +21,7 @@ SERIES = (
     ("ragcompress_ms", "ragcompress (bf16 chunks)", "tab:blue"),
     ("ragcompress_paged_ms", "ragcompress (bf16 chunks in a paged pool, zero-copy)", "tab:cyan"),
     ("ragcompress_paged_int4_ms", "ragcompress (chunks int4 in a paged pool, zero-copy)", "tab:olive"),
+    ("ragcompress_paged_int8_ms", "ragcompress (chunks int8 in a paged pool, zero-copy)", "tab:brown"),
     ("ragcompress_compressed_ms", "ragcompress (knorm 0.5 + int4)", "tab:green"),
     ("floor_ms", "bandwidth floor", "black"),
 )
@@ -78,6 +79,7 @@ COLUMNS = (
     "ragcompress_stored_every_layer_ms",
     "ragcompress_paged_ms",
     "ragcompress_paged_int4_ms",
+    "ragcompress_paged_int8_ms",
     "ragcompress_compressed_ms",
     "floor_ms",
     "ragcompress_warm_ms",

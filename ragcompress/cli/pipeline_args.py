@@ -169,7 +169,7 @@ def _add_kv_args(g: argparse._ArgumentGroup) -> None:
         help="with --fast-capacity: how the fast engine places chunks: copy (default: into the "
         "request's buffer), paged (read in place from a paged GPU pool), or JSON such as "
         '\'{"name": "paged", "pool_tokens": 262144, "storage": "int4"}\' (int4: the pool keeps chunks '
-        "in int4, dequantized in the attention kernel; spec: kv.fast_placement)",
+        "in int4 (or int8), dequantized in the attention kernel; spec: kv.fast_placement)",
     )
     g.add_argument(
         "--fast-batch",

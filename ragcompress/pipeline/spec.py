@@ -132,14 +132,15 @@ class PlacementSpec(_Section):
     (:class:`~ragcompress.kv.fast.placement.CopyPlacement`, every family and assembly mode);
     ``paged`` reads them in place from a paged pool of ``pool_tokens`` slots in blocks of
     ``block_size`` (:class:`~ragcompress.kv.fast.placement.PagedPlacement`: dense global-attention
-    families, ``concat``), stored in the model's dtype (``storage: model``) or in int4
+    families, ``concat``), stored in the model's dtype (``storage: model``), in int4
     (``storage: int4``: :class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool`, ~3.5x the chunks
-    in the same memory, dequantized in the attention kernel, the prefix dense)."""
+    in the same memory, dequantized in the attention kernel, the prefix dense) or in int8
+    (``storage: int8``: :class:`~ragcompress.kv.fast.pool_int4.Int8ChunkPool`, ~1.9x)."""
 
     name: Literal["copy", "paged"] = "copy"
     pool_tokens: int = Field(default=65536, ge=1)
     block_size: int = Field(default=64, ge=1)
-    storage: Literal["model", "int4"] = "model"
+    storage: Literal["model", "int4", "int8"] = "model"
 
     @model_validator(mode="after")
     def _paged_fields(self) -> PlacementSpec:
@@ -155,9 +156,9 @@ class PlacementSpec(_Section):
         if self.name == "copy":
             return CopyPlacement()
         from ragcompress.kv.fast.pool import ChunkPool
-        from ragcompress.kv.fast.pool_int4 import Int4ChunkPool
+        from ragcompress.kv.fast.pool_int4 import Int4ChunkPool, Int8ChunkPool
 
-        storage = Int4ChunkPool if self.storage == "int4" else ChunkPool
+        storage = {"model": ChunkPool, "int4": Int4ChunkPool, "int8": Int8ChunkPool}[self.storage]
         return PagedPlacement(pool_tokens=self.pool_tokens, block_size=self.block_size, storage=storage)
 
 

@@ -12,7 +12,7 @@ import torch
 from ragcompress_bench.ttft import main
 
 KEYS = {"context_tokens", "full_prefill_ms", "hf_reuse_ms", "hf_static_compiled_ms", "ragcompress_ms",
-        "ragcompress_paged_ms", "ragcompress_paged_int4_ms",
+        "ragcompress_paged_ms", "ragcompress_paged_int4_ms", "ragcompress_paged_int8_ms",
         "ragcompress_compressed_ms", "floor_ms", "device",
         "ape_ms", "blend_05_ms", "blend_15_ms", "blend_question_15_ms",
         "blend_question_draft4_15_ms", "blend_question_30_ms",
@@ -37,6 +37,8 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         assert row["paged_same_token_as_copy"] is True and row["paged_vs_copy_logits_rel_err"] < 1e-4
         # the int4 pool: chunks quantized on entry, so close to the copy engine's logits, not equal
         assert 0 < row["paged_int4_vs_copy_logits_rel_err"] < 0.2 and row["paged_int4_insert_ms"] > 0
+        # int8: the same pool at one byte a channel, far closer to the copy engine
+        assert 0 < row["paged_int8_vs_copy_logits_rel_err"] < row["paged_int4_vs_copy_logits_rel_err"] / 4
         assert 0.0 < row["blend_05_recompute"] < row["blend_15_recompute"] <= 0.16
         # the tiers (ttft_host): kvzip chunks on the device, streamed from the host, from disk
         assert all(row[f"kvzip_{t}_ms"] > 0 for t in ("gpu", "host", "host_serial", "disk"))

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import torch
 
-from ragcompress.kv.fast import FastGenerator, Int4ChunkPool, PackedChunk, PagedFastGenerator, StepMeta
+from ragcompress.kv.fast import (
+    FastGenerator,
+    Int4ChunkPool,
+    Int8ChunkPool,
+    PackedChunk,
+    PagedFastGenerator,
+    StepMeta,
+)
 from ragcompress.kv.fast.paged import BlockTable, paged_context_reference
 from ragcompress.kv.fast.paged_int4 import Int4PagedCascade, paged_int4_reference
 from tests.conftest import make_tiny_llama
@@ -21,9 +28,10 @@ VOCAB = 1024
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("pool_cls", [Int4ChunkPool, Int8ChunkPool], ids=["int4", "int8"])
 @pytest.mark.parametrize("splits", [None, 1, 5])
-def test_gpu_int4_paged_cascade_matches_reference(splits):
-    """The compiled int4 kernel + the dense prefix's paged pass + flash own pass + fused merge ==
+def test_gpu_int4_paged_cascade_matches_reference(splits, pool_cls):
+    """The compiled int4 (or int8) kernel + the dense prefix's paged pass + flash own pass + fused merge ==
     the fp32 references (the prefix dense, the chunks dequantized), bf16, Llama-8B head shape,
     chunks read at several deltas, partly filled blocks, garbage rows past the count."""
     from ragcompress.kv.fast.attention import merge, own_pass_reference
@@ -31,7 +39,7 @@ def test_gpu_int4_paged_cascade_matches_reference(splits):
     torch.manual_seed(0)
     dev, dt = "cuda", torch.bfloat16
     b, t, r, bs, kvh, g, d = 2, 7, 12, 64, 8, 4, 128
-    pool = Int4ChunkPool(3, kvh, d, 40, bs, dtype=dt, device=dev)
+    pool = pool_cls(3, kvh, d, 40, bs, dtype=dt, device=dev)
     sizes = (300, 1000, 77, 64)
     chunks = [PackedChunk(*(torch.randn(n, 3, kvh, d, device=dev) for _ in range(2)), n, 0) for n in sizes]
     lease = pool.acquire(chunks)

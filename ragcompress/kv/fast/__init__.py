@@ -20,7 +20,7 @@ from ragcompress.kv.fast.packed import BufferChunk, PackedChunk, QuantizedPacked
 from ragcompress.kv.fast.paged_engine import PagedFastGenerator
 from ragcompress.kv.fast.placement import CopyPlacement, PagedPlacement, Placement
 from ragcompress.kv.fast.pool import ChunkPool, PoolFullError
-from ragcompress.kv.fast.pool_int4 import Int4ChunkPool
+from ragcompress.kv.fast.pool_int4 import Int4ChunkPool, Int8ChunkPool
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stored import StoredChunk
 from ragcompress.kv.fast.write import write_batch, write_chunk
@@ -38,6 +38,7 @@ __all__ = [
     "FusedStep",
     "HostChunk",
     "Int4ChunkPool",
+    "Int8ChunkPool",
     "PackedChunk",
     "PagedFastGenerator",
     "PagedPlacement",

@@ -1,12 +1,14 @@
-"""Triton kernel: the paged context pass over int4 pool blocks, dequantized in registers.
+"""Triton kernel: the paged context pass over int4 or int8 pool blocks, dequantized in registers.
 
 The pool (:class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool`) holds half-split int4 codes
-(byte ``j`` of a row: channel ``j`` low nibble, ``j + D/2`` high), a key scale and zero per
-block and channel, a value scale and zero per token and half head. A block's key codes unpack
-into the two halves of a RoPE rotation pair, so its scores are two half-width products against
-the query halves rotated by the chunk's ``-delta`` (``a1 = q1 c + q2 s``, ``a2 = q2 c - q1 s``);
-its values are dequantized with two (BS,) vectors a half, one product each. The table, the
-splits, the one-block-ahead table rows and the partials are :mod:`~ragcompress.kv.fast._paged`'s.
+(byte ``j`` of a row: channel ``j`` low nibble, ``j + D/2`` high; an
+:class:`~ragcompress.kv.fast.pool_int4.Int8ChunkPool` one byte a channel, ``BITS = 8``), a key
+scale and zero per block and channel, a value scale and zero per token and half head. A
+block's key codes unpack into the two halves of a RoPE rotation pair, so its scores are two
+half-width products against the query halves rotated by the chunk's ``-delta`` (``a1 = q1 c +
+q2 s``, ``a2 = q2 c - q1 s``); its values are dequantized with two (BS,) vectors a half, one
+product each. The table, the splits, the one-block-ahead table rows and the partials are
+:mod:`~ragcompress.kv.fast._paged`'s.
 
 On an H200 at 32K (one layer, 32 question tokens) this ran 100 µs (Llama-3-8B heads) and 97
 (Qwen2.5-7B) against 84/86 for the bf16 pass it was timed beside (v5, before rows one block
@@ -41,6 +43,18 @@ def _half(codes, scale, zero, dt: tl.constexpr):
 
 
 @triton.jit
+def _halves(c_ptr, crow, km, HALF: tl.constexpr, BITS: tl.constexpr):
+    """The codes of a block's channels ``[0, D/2)`` and ``[D/2, D)``, (BS, D/2) each: the two
+    nibbles of one byte (int4, half-split), or two bytes ``D/2`` apart (int8)."""
+    if BITS == 4:
+        c = tl.load(c_ptr + crow, mask=km[:, None], other=0)
+        return c & 0xF, c >> 4
+    return tl.load(c_ptr + crow, mask=km[:, None], other=0), tl.load(
+        c_ptr + crow + HALF, mask=km[:, None], other=0
+    )
+
+
+@triton.jit
 def _rotated_halves(qrow, i, rm, freq, delta, HALF: tl.constexpr, dt: tl.constexpr):
     """The query rows' halves rotated by ``-delta``: ``(q1 c + q2 s, q2 c - q1 s)``, (BLOCK_M,
     D/2) each in ``dt`` (read again at each rotation, not held in fp32, as _paged.py)."""
@@ -57,10 +71,11 @@ def _paged_int4_kernel(
     q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, tab_ptr, freq_ptr, o_ptr, lse_ptr,
     sc_t, sks_b, svs_t, NG, QG, TAB_Q, qk_scale,
     S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
-    BS: tl.constexpr, BLOCK_M: tl.constexpr,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BITS: tl.constexpr,
 ):  # fmt: skip
     seg, kv, rows, rm, tok, head, tab_ptr = question_rows(NG, QG, TAB_Q, tab_ptr, G, BLOCK_M)
     D: tl.constexpr = 2 * HALF
+    CW: tl.constexpr = HALF if BITS == 4 else D  # code bytes a head
     dt = q_ptr.dtype.element_ty
     i = tl.arange(0, HALF)
     qrow = q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D
@@ -82,19 +97,19 @@ def _paged_int4_kernel(
             last = delta
         slots = blk * BS + n
         km = n < used
-        crow = slots[:, None] * sc_t + kv * HALF + i[None, :]
-        kc = tl.load(kc_ptr + crow, mask=km[:, None], other=0)
+        crow = slots[:, None] * sc_t + kv * CW + i[None, :]
+        kc1, kc2 = _halves(kc_ptr, crow, km, HALF, BITS)
         kq = blk * sks_b + kv * D + i  # the block's key scale/zero, per channel
-        k1 = _half(kc & 0xF, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
+        k1 = _half(kc1, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
         kq += HALF
-        k2 = _half(kc >> 4, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
+        k2 = _half(kc2, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
         s = (tl.dot(a1, tl.trans(k1)) + tl.dot(a2, tl.trans(k2))) * qk_scale  # base 2
         s = tl.where(km[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
-        vc = tl.load(vc_ptr + crow, mask=km[:, None], other=0)
+        vc1, vc2 = _halves(vc_ptr, crow, km, HALF, BITS)
         # a token's value scale and zero are (BS,) vectors a half, broadcast over its channels:
         # gathered per element they cost 2x the pass (results/ttft_paged_int4_h200/)
         vq = slots * svs_t + kv * 2
@@ -103,8 +118,8 @@ def _paged_int4_kernel(
         vs2 = tl.load(vs_ptr + vq + 1, mask=km, other=0.0)[:, None]
         vz2 = tl.load(vz_ptr + vq + 1, mask=km, other=0.0)[:, None]
         pd = p.to(dt)
-        acc1 = acc1 * alpha[:, None] + tl.dot(pd, _half(vc & 0xF, vs1, vz1, dt))
-        acc2 = acc2 * alpha[:, None] + tl.dot(pd, _half(vc >> 4, vs2, vz2, dt))
+        acc1 = acc1 * alpha[:, None] + tl.dot(pd, _half(vc1, vs1, vz1, dt))
+        acc2 = acc2 * alpha[:, None] + tl.dot(pd, _half(vc2, vs2, vz2, dt))
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
         blk, used, delta = nblk, nused, ndelta
@@ -127,10 +142,15 @@ def paged_int4_context(
     layout. q (N, heads, D) rotated at its own positions; ``pool``: one layer's views ``(kc,
     ks, kz, vc, vs, vz)`` of :class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool` (codes
     (slots, kv_heads, D/2) uint8, key scale/zero (blocks, kv_heads, D), value scale/zero
-    (slots, kv_heads, 2), unit stride within a slot or block)."""
+    (slots, kv_heads, 2), unit stride within a slot or block) or of an ``Int8ChunkPool`` (codes
+    (slots, kv_heads, D): the code width says which)."""
     kc, ks, kz, vc, vs, vz = pool
-    d, kvh = q.shape[2], kc.shape[1]
-    if kc.stride()[1:] != (d // 2, 1) or vc.stride() != kc.stride() or ks.stride()[1:] != (d, 1):
+    d, kvh, cw = q.shape[2], kc.shape[1], kc.shape[2]
+    if cw not in (d // 2, d):
+        raise ValueError(
+            f"paged_int4_context reads D/2 (int4) or D (int8) code bytes a head of {d}, got {cw}"
+        )
+    if kc.stride()[1:] != (cw, 1) or vc.stride() != kc.stride() or ks.stride()[1:] != (d, 1):
         raise ValueError("paged_int4_context needs each slot's (and block's) rows contiguous")
     if vs.stride()[1:] != (2, 1) or kz.stride() != ks.stride() or vz.stride() != vs.stride():
         raise ValueError("paged_int4_context needs each slot's value scales contiguous")
@@ -142,7 +162,7 @@ def paged_int4_context(
     _paged_int4_kernel[grid](
         q.contiguous(), kc, ks, kz, vc, vs, vz, table, inv_freq, o, lse,
         kc.stride(0), ks.stride(0), vs.stride(0), ng, qg, tab_q, scale * _LOG2E,
-        S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m,
+        S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m, BITS=4 if cw < d else 8,
         num_warps=tiling.warps(block_m), num_stages=tiling.stages,
     )  # fmt: skip
     return o, lse

@@ -159,12 +159,14 @@ def dequantized_layer(
     """fp32 keys and values (slots, kv_heads, D) of one layer's int4 pool views: codes (slots,
     kv_heads, D/2), key scale/zero (blocks, kv_heads, D), value scale/zero (slots, kv_heads, 2):
     :mod:`~ragcompress.kv.kernels.quant_format`'s dequantization with slots as its tokens (key
-    groups of one block, value groups of half a head)."""
+    groups of one block, value groups of half a head). Codes (slots, kv_heads, D): int8."""
     from ragcompress.kv.kernels.quant_format import dequantize_keys, dequantize_values
 
     def heads(t: torch.Tensor) -> torch.Tensor:  # slots-first -> quant_format's heads-first
         return t.transpose(0, 1)
 
-    keys = dequantize_keys(heads(kc), heads(ks), heads(kz), 4, block_size)
-    values = dequantize_values(heads(vc), heads(vs), heads(vz), 4, kc.shape[-1])
+    d = ks.shape[-1]
+    bits = 4 if kc.shape[-1] < d else 8
+    keys = dequantize_keys(heads(kc), heads(ks), heads(kz), bits, block_size)
+    values = dequantize_values(heads(vc), heads(vs), heads(vz), bits, d // 2)
     return heads(keys), heads(values)

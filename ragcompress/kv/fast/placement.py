@@ -53,7 +53,8 @@ class PagedPlacement(Placement):
     """Chunks read in place from a pool of ``pool_tokens`` slots (rounded up to whole blocks of
     ``block_size`` tokens; the kernel wants a power of two in [16, 128]) on the model's device.
     ``storage``: the pool's class, :class:`~ragcompress.kv.fast.pool.ChunkPool` (the model's
-    dtype) or :class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool` (int4, dequantized in the
+    dtype), :class:`~ragcompress.kv.fast.pool_int4.Int8ChunkPool` (int8) or
+    :class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool` (int4, dequantized in the
     attention kernel: ~3.5x the chunks in the same memory)."""
 
     pool_tokens: int = 65536

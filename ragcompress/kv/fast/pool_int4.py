@@ -21,6 +21,9 @@ the prefix dense the engine gives the eager path's tokens over int4 chunks store
 grouping. The attention reads it through a second block table and merges the two context
 passes with the question's own.
 
+:class:`Int8ChunkPool` is the same pool at 8 bits: one code byte a channel, the same groups
+(53% of bf16: ~1.9x the chunks), for chunks that should lose almost nothing.
+
 A chunk stored int4 with the same grouping (``QuantizePress(bits=4, group_size=block_size)``
 with ``block_size == head_dim // 2``) enters with the codes it was stored with: re-quantizing
 its dequantized values finds the same per-group minimum and maximum.
@@ -29,7 +32,7 @@ its dequantized values finds the same per-group minimum and maximum.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ragcompress.kv.fast.pool import ChunkPool, PoolFullError, RequestLease
 
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.paged import BlockTable
     from ragcompress.kv.fast.paged_int4 import Int4PagedCascade
 
-__all__ = ["Int4ChunkPool"]
+__all__ = ["Int4ChunkPool", "Int8ChunkPool"]
 
 
 @dataclass(eq=False)
@@ -55,6 +58,7 @@ class Int4ChunkPool(ChunkPool):
     layers, kv_heads, 2) fp16, one per token and half head. ``dtype``: the dtype the model
     attends in."""
 
+    bits: ClassVar[int] = 4  # code bits a channel
     prefix_tokens: int = 4096
     prefix_pool: ChunkPool = field(init=False, repr=False)  # dense: the prefix
     key_scale: torch.Tensor = field(init=False, repr=False)
@@ -66,9 +70,9 @@ class Int4ChunkPool(ChunkPool):
         import torch
 
         if self.head_dim % 2:
-            raise ValueError(f"an int4 pool needs an even head_dim, got {self.head_dim}")
+            raise ValueError(f"an int{self.bits} pool needs an even head_dim, got {self.head_dim}")
         lkd = (self.layers, self.kv_heads)
-        codes = (self.slots, *lkd, self.head_dim // 2)
+        codes = (self.slots, *lkd, self.head_dim * self.bits // 8)
         dev, f16 = self.device, torch.float16
         self.keys = torch.zeros(codes, dtype=torch.uint8, device=dev)
         self.values = torch.zeros(codes, dtype=torch.uint8, device=dev)
@@ -82,7 +86,7 @@ class Int4ChunkPool(ChunkPool):
         )  # fmt: skip
 
     def table_sizes(self, max_blocks: int) -> list[int]:
-        """The prefix's table (dense side pool), then the chunks' (int4)."""
+        """The prefix's table (dense side pool), then the chunks' (quantized)."""
         return [self.prefix_pool.num_blocks, max_blocks]
 
     def attention(self, tables: Sequence[BlockTable], inv_freq: torch.Tensor) -> Int4PagedCascade:
@@ -95,13 +99,13 @@ class Int4ChunkPool(ChunkPool):
         )  # fmt: skip
 
     def lease_request(self, items: Sequence[BufferChunk | KVChunk]) -> RequestLease:
-        """The first item (the prefix) in the dense side pool, the chunks in int4."""
+        """The first item (the prefix) in the dense side pool, the chunks quantized."""
         if not items:
             raise ValueError("a request places at least its prefix")
         try:
             side = self.prefix_pool.acquire(items[:1])
         except PoolFullError as exc:
-            hint = "the prefix does not fit the int4 pool's dense side (prefix_tokens)"
+            hint = f"the prefix does not fit the int{self.bits} pool's dense side (prefix_tokens)"
             raise PoolFullError(f"{hint}: {exc}") from exc
         try:
             main = self.acquire(items[1:])
@@ -125,8 +129,8 @@ class Int4ChunkPool(ChunkPool):
         def back(t: torch.Tensor) -> torch.Tensor:  # (L * kvh, m, c) -> (m, L, kvh, c)
             return t.view(lay, kvh, *t.shape[1:]).permute(2, 0, 1, 3)
 
-        kc, ks, kz = quantize_keys(heads(packed.keys), 4, self.block_size)
-        vc, vs, vz = quantize_values(heads(packed.values), 4, d // 2)
+        kc, ks, kz = quantize_keys(heads(packed.keys), self.bits, self.block_size)
+        vc, vs, vz = quantize_values(heads(packed.values), self.bits, d // 2)
         self.keys[slots], self.values[slots] = back(kc), back(vc)
         self.value_scale[slots], self.value_zero[slots] = back(vs), back(vz)
         idx = torch.tensor(blocks, device=dev)
@@ -141,3 +145,12 @@ class Int4ChunkPool(ChunkPool):
             self.keys[:, layer], self.key_scale[:, layer], self.key_zero[:, layer],
             self.values[:, layer], self.value_scale[:, layer], self.value_zero[:, layer], self.block_size,
         )  # fmt: skip
+
+
+@dataclass(eq=False)
+class Int8ChunkPool(Int4ChunkPool):
+    """:class:`Int4ChunkPool` at 8 bits: ``keys``/``values`` hold one code byte a channel
+    (slots, layers, kv_heads, head_dim) uint8; scales, zeros, groups and the dense prefix as
+    there. The same kernel reads it (:mod:`~ragcompress.kv.fast._paged_int4`, ``BITS = 8``)."""
+
+    bits: ClassVar[int] = 8
