@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ragcompress.models.compat import cache_kwargs
+from ragcompress_bench.ttft_paged import add_paged_args
 from ragcompress_bench.ttft_report import device_name, markdown, write_report
 from ragcompress_bench.ttft_shapes import SHAPES, build_model, kv_bytes_per_token, weight_bytes
 from ragcompress_bench.ttft_static import COMPILE_CHOICES, static_compiled_row
@@ -110,30 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the host/disk tier columns (kvzip 0.6 + int4/64 chunks, ttft_host)",
     )
-    p.add_argument(
-        "--no-paged",
-        dest="paged",
-        action="store_false",
-        help="skip the zero-copy columns (chunks read in place from a paged pool, ttft_paged)",
-    )
-    p.add_argument(
-        "--no-paged-int4",
-        dest="paged_int4",
-        action="store_false",
-        help="skip the int4 paged pool's column (chunks quantized on entry, dequantized in the kernel)",
-    )
-    p.add_argument(
-        "--no-paged-int8",
-        dest="paged_int8",
-        action="store_false",
-        help="skip the int8 paged pool's column (chunks int8 on entry, dequantized in the kernel)",
-    )
-    p.add_argument(
-        "--no-ragged",
-        dest="ragged",
-        action="store_false",
-        help="skip the ragged-batch queries/s rows (each question its own chunks, paged; ttft_ragged)",
-    )
+    add_paged_args(p)
     p.add_argument(
         "--no-stored",
         dest="stored",

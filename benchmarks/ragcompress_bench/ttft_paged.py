@@ -21,13 +21,42 @@ differ only in placement and attention.
 
 from __future__ import annotations
 
+import argparse
 import time
 import traceback
 from typing import Any
 
 from ragcompress_bench.ttft_timing import Clock
 
-__all__ = ["build_paged", "paged_row"]
+__all__ = ["add_paged_args", "build_paged", "paged_row"]
+
+
+def add_paged_args(p: argparse.ArgumentParser) -> None:
+    """``bench ttft``'s switches for the zero-copy columns and the ragged-batch rows."""
+    p.add_argument(
+        "--no-paged",
+        dest="paged",
+        action="store_false",
+        help="skip the zero-copy columns (chunks read in place from a paged pool, ttft_paged)",
+    )
+    p.add_argument(
+        "--no-paged-int4",
+        dest="paged_int4",
+        action="store_false",
+        help="skip the int4 paged pool's column (chunks quantized on entry, dequantized in the kernel)",
+    )
+    p.add_argument(
+        "--no-paged-int8",
+        dest="paged_int8",
+        action="store_false",
+        help="skip the int8 paged pool's column (chunks int8 on entry, dequantized in the kernel)",
+    )
+    p.add_argument(
+        "--no-ragged",
+        dest="ragged",
+        action="store_false",
+        help="skip the ragged-batch queries/s rows (each question its own chunks, paged; ttft_ragged)",
+    )
 
 
 def build_paged(

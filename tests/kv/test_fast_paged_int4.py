@@ -36,6 +36,22 @@ def _heads(t: torch.Tensor, layer: int) -> torch.Tensor:
     return t[:, layer].permute(1, 0, 2)  # (n, kvh, d) -> (kvh, n, d), quant_format's layout
 
 
+def assert_round_trip(pool: Int4ChunkPool, c: PackedChunk, blocks: tuple[int, ...], max_err: float) -> None:
+    """Layer by layer, chunk ``c``'s slots in ``blocks`` of the pool dequantize to quant_format's
+    round trip at the pool's bits (key groups of one block, value groups of half a head), within
+    ``max_err`` (relative) of the chunk itself but not equal to it."""
+    bs, d, bits = pool.block_size, pool.head_dim, pool.bits
+    slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).reshape(-1)[: c.num_tokens]
+    for layer in range(pool.layers):
+        keys, values = pool.dequantized(layer)
+        want_k = dequantize_keys(*quantize_keys(_heads(c.keys, layer), bits, bs), bits, bs)
+        want_v = dequantize_values(*quantize_values(_heads(c.values, layer), bits, d // 2), bits, d // 2)
+        torch.testing.assert_close(keys[slots].permute(1, 0, 2), want_k)
+        torch.testing.assert_close(values[slots].permute(1, 0, 2), want_v)
+        err = (keys[slots] - c.keys[:, layer]).norm() / c.keys[:, layer].norm()
+        assert 0 < err < max_err
+
+
 def test_int4_pool_stores_what_the_quantizer_gives():
     """A chunk over non-contiguous blocks (a chunk evicted in between): the pool's dequantized
     slots equal quant_format's round trip with key groups of one block and value groups of half
@@ -49,15 +65,7 @@ def test_int4_pool_stores_what_the_quantizer_gives():
     pool.acquire([c])
     blocks = pool.resident(c).blocks  # type: ignore[union-attr]
     assert blocks == (2, 4, 5)  # not one run: an index write
-    slots = (torch.tensor(blocks)[:, None] * bs + torch.arange(bs)).reshape(-1)[: c.num_tokens]
-    for layer in range(2):
-        keys, values = pool.dequantized(layer)
-        want_k = dequantize_keys(*quantize_keys(_heads(c.keys, layer), 4, bs), 4, bs)
-        want_v = dequantize_values(*quantize_values(_heads(c.values, layer), 4, d // 2), 4, d // 2)
-        torch.testing.assert_close(keys[slots].permute(1, 0, 2), want_k)
-        torch.testing.assert_close(values[slots].permute(1, 0, 2), want_v)
-        err = (keys[slots] - c.keys[:, layer]).norm() / c.keys[:, layer].norm()
-        assert 0 < err < 0.15  # int4: close, not equal
+    assert_round_trip(pool, c, blocks, 0.15)  # int4: close, not equal
     pool.release(lease)
     shape = {"layers": 2, "kv_heads": 2, "head_dim": 128, "num_blocks": 8, "block_size": 64}
     dense, int4 = ChunkPool(**shape, dtype=torch.bfloat16), Int4ChunkPool(**shape, dtype=torch.bfloat16)
