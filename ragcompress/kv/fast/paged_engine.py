@@ -80,6 +80,7 @@ class PagedFastGenerator(FastGenerator):
     max_blocks: int | None = field(default=None, kw_only=True)
     tables: list[BlockTable] = field(init=False, repr=False)  # the pool's table_sizes
     _leases: list[RequestLease] = field(default_factory=list, init=False, repr=False)
+    _inv_freq: torch.Tensor = field(init=False, repr=False)  # (D // 2,) fp32, every layer's RoPE
     # a ragged batch: each question's first position, its tables and their attention
     _ragged_starts: list[int] | None = field(default=None, init=False, repr=False)
     _ragged: tuple[list[BlockTable], CascadeAttention] | None = field(default=None, init=False, repr=False)
@@ -105,8 +106,8 @@ class PagedFastGenerator(FastGenerator):
         max_blocks = self.max_blocks or 2 * -(-self.capacity // bs)
         dev = self.pool.keys.device
         self.tables = [BlockTable(n, dev) for n in self.pool.table_sizes(max_blocks)]
-        inv = Rotary.of(arch.rope[0]).inv_freq.to(device=dev)
-        self.attention = self.pool.attention(self.tables, inv.float().contiguous())
+        self._inv_freq = Rotary.of(arch.rope[0]).inv_freq.to(device=dev).float().contiguous()
+        self.attention = self.pool.attention(self.tables, self._inv_freq)
         super().__post_init__()
 
     def _new_buffer(self, step: DecoderStep, param: torch.Tensor) -> StaticKVBuffer:
@@ -214,15 +215,10 @@ class PagedFastGenerator(FastGenerator):
         """The per-question tables (``max_batch`` questions each) and the attention reading
         them, built on the first ragged batch."""
         if self._ragged is None:
-            from ragcompress.models.arch import arch_for
-            from ragcompress.models.rope import Rotary
-
             pool = self.pool
             assert pool is not None
-            dev = pool.keys.device
-            tables = [BlockTable(t.max_blocks, dev, self.max_batch) for t in self.tables]
-            inv = Rotary.of(arch_for(self.model).rope[0]).inv_freq.to(device=dev)
-            self._ragged = tables, pool.attention(tables, inv.float().contiguous())
+            tables = [BlockTable(t.max_blocks, pool.keys.device, self.max_batch) for t in self.tables]
+            self._ragged = tables, pool.attention(tables, self._inv_freq)
         return self._ragged
 
     def _swap(self, leases: list[RequestLease], starts: list[int] | None) -> None:
