@@ -310,6 +310,10 @@ def test_tilings_fill_one_wave():
     assert CONTIGUOUS.block_m(48) == 64  # a short fold never holds a 128-row program
     assert CONTIGUOUS.splits(132, 32 * 4, 8, 5) == 5
     assert PAGED.splits(4, 32 * 4, 8, 4096) == 1
+    # a ragged batch: each question's rows in programs of their own (64 questions x 8 heads
+    # of 4-row decode programs already fill two waves: one split; 4 questions of 128 rows: 4)
+    assert PAGED.splits(132, 4, 8, 4096, questions=64) == 1
+    assert PAGED.splits(132, 32 * 4, 8, 4096, questions=4) == 4
     with pytest.raises(ValueError, match="rows 64 or 128"):
         Tiling(rows=96)
 

@@ -263,8 +263,9 @@ class FastGenerator:
         gated = self._gated
         if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
             self._host.flush()  # a capture, or a step that cannot wait, needs the context written
+        args = torch.from_numpy(prefill_args(questions, t, self.buffer, self._starts()))  # before a capture
         shape = self._shape(b, t, gated, probe)
-        self._run(shape, torch.from_numpy(prefill_args(questions, t, self.buffer, self._starts())))
+        self._run(shape, args)
         if gated:  # the host queues the copies while the step, queued first, computes
             self._host.flush()
             self._gated = False
@@ -282,10 +283,10 @@ class FastGenerator:
             raise BufferOverflowError(
                 f"generation ran past the question region of {self.buffer.region} slots"
             )
+        host = torch.from_numpy(decode_args(self._cur, self.buffer, self._starts()))  # before a capture
         shape = self._shape(b, 1)
-        args = shape.args
-        self._uploader(args[b:], torch.from_numpy(decode_args(self._cur, self.buffer, self._starts())))
-        args[:b].copy_(tokens.reshape(-1))
+        self._uploader(shape.args[b:], host)
+        shape.args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]
         self._last = shape

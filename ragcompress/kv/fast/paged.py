@@ -157,9 +157,7 @@ class PagedCascade(CascadeAttention):
         from ragcompress.kv.fast._merge import merge_with_own
         from ragcompress.kv.fast._paged import paged_context
 
-        n, heads, _ = q.shape
-        g = heads // ctx_k.shape[1]
-        sp = self.splits or self._auto_splits(q.device, n * g, ctx_k.shape[1])
+        sp = self.splits or self._auto_splits(q, table, ctx_k.shape[1])
         o_a, lse_a = paged_context(
             q, ctx_k, ctx_v, table, self.inv_freq, self.block_size, sp, scale, tiling=self.tiling
         )
@@ -175,11 +173,16 @@ class PagedCascade(CascadeAttention):
         bs = self.block_size
         return d >= 32 and d & (d - 1) == 0 and 16 <= bs <= 128 and bs & (bs - 1) == 0 and triton_available()
 
-    def _auto_splits(self, device: torch.device, rows: int, kv_heads: int) -> int:
+    def _auto_splits(self, q: torch.Tensor, table: torch.Tensor, kv_heads: int) -> int:
+        """One wave of the programs the kernel launches for ``q`` over ``table`` (per question
+        in a ragged batch, :func:`~ragcompress.kv.fast._paged.question_tables`)."""
         import torch
 
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return self.tiling.splits(sms, rows, kv_heads, self.table.max_blocks)
+        from ragcompress.kv.fast._paged import question_tables
+
+        nq, qg, _ = question_tables(q, table, q.shape[1] // kv_heads)
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        return self.tiling.splits(sms, qg, kv_heads, self.table.max_blocks, questions=nq)
 
 
 def per_question(

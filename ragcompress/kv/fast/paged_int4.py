@@ -82,7 +82,7 @@ class Int4PagedCascade(PagedCascade):
         n, heads, _ = q.shape
         kvh = ctx_k.shape[1]
         ng = n * heads // kvh
-        sp = self.splits or self._auto_splits(q.device, ng, kvh)
+        sp = self.splits or self._auto_splits(q, t_c, kvh)
         # the prefix's few blocks (a system prompt: ~2-16) in up to 4 splits; both passes write
         # their segments of one partials pair (no concatenation: 4 MB a layer at 32 tokens)
         sp_p = min(4, self.prefix_table.max_blocks)

@@ -36,11 +36,13 @@ class Tiling:
         """Warps of a ``block_m``-row program: a warpgroup per 64 rows."""
         return 8 if block_m == 128 else 4
 
-    def splits(self, sms: int, rows: int, kv_heads: int, most: int) -> int:
+    def splits(self, sms: int, rows: int, kv_heads: int, most: int, questions: int = 1) -> int:
         """Splits of the context that give ``sms`` SMs ``per_sm`` programs each, at most
-        ``most``, at least one. A second, partial wave costs: the paged pass at 32K ran 1.5x
-        slower over 17 splits than over 16 (``results/ttft_paged_v2_h200/``)."""
-        programs = kv_heads * -(-rows // self.block_m(rows))
+        ``most``, at least one, for ``questions`` that each hold ``rows`` folded rows in
+        programs of their own (a ragged batch; one: the whole batch's rows share programs). A
+        second, partial wave costs: the paged pass at 32K ran 1.5x slower over 17 splits than
+        over 16 (``results/ttft_paged_v2_h200/``)."""
+        programs = kv_heads * questions * -(-rows // self.block_m(rows))
         return max(1, min(self.per_sm * sms // programs, most))
 
 
@@ -51,5 +53,6 @@ CONTIGUOUS = Tiling()
 # 73.1 -> 58.9 (Qwen2.5-7B); 128K 316.8 -> 254.2 and 339.1 -> 238.1
 # (results/ttft_paged_sweep_h200/).
 PAGED = Tiling(rows=64, per_sm=2)
-# The int4 paged pass: not yet swept; the contiguous split until it is.
+# The int4 (and int8) paged pass: bound by its dequantization arithmetic, so the contiguous
+# split; two 64-row programs an SM ran it 17-26% slower (results/ttft_context_sweep_h200/).
 PAGED_INT4 = Tiling()
