@@ -130,16 +130,14 @@ class FastKVAnswerer(KVAnswerer):
         limit: int | None,
     ) -> list[Answer]:
         """One ragged step of ``len(queries)`` questions and its decode steps."""
-        gen = self.generator
-        limit = gen.max_new_tokens if limit is None else limit
-        if limit > engine.max_new_tokens:
-            raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
+        gen, limit = self.generator, self._limit(limit)
         start = time.perf_counter()
         jobs = []
         for q, p in zip(queries, passages, strict=True):
             chunks, stats = self.cache.get_or_encode(p)
             jobs.append((gen.layout.question_ids(q, ()), chunks, _extra(stats)))
-        starts = engine.load_batch([(self._packed_prefix(), chunks) for _, chunks, _ in jobs])
+        _, packed = self._packed_prefix()
+        starts = engine.load_batch([(packed, chunks) for _, chunks, _ in jobs])
         for pos, (ids, _, _) in zip(starts, jobs, strict=True):
             gen.check_length(pos + len(ids), limit)
         tokens: list[list[int]] = [[] for _ in jobs]
@@ -158,8 +156,17 @@ class FastKVAnswerer(KVAnswerer):
             for toks, pos, (ids, chunks, extra) in zip(tokens, starts, jobs, strict=True)
         ]
 
-    def _packed_prefix(self) -> PackedChunk:
-        """The shared prefix packed for the engine, packed again when the weights change."""
+    def _limit(self, max_new_tokens: int | None) -> int:
+        """New tokens a request may decode: ``max_new_tokens``, or the generator's, within the
+        engine's question region."""
+        limit = self.generator.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if limit > self.engine.max_new_tokens:
+            raise ValueError(f"max_new_tokens={limit} exceeds the generator's {self.engine.max_new_tokens}")
+        return limit
+
+    def _packed_prefix(self) -> tuple[PrefixKV, PackedChunk]:
+        """The shared prefix and its packing for the engine, packed again when the weights
+        change."""
         from ragcompress.kv.encode.encoder import prefix_kv
         from ragcompress.kv.fast import PackedChunk
 
@@ -167,7 +174,7 @@ class FastKVAnswerer(KVAnswerer):
         prefix = prefix_kv(gen.lm, gen.layout)  # kept per weight version: re-pack when it changes
         if self._prefix is None or self._prefix_src is not prefix:
             self._prefix, self._prefix_src = PackedChunk.from_prefix(prefix), prefix
-        return self._prefix
+        return prefix, self._prefix
 
     def _tokens(
         self,
@@ -180,15 +187,11 @@ class FastKVAnswerer(KVAnswerer):
         """Token ids after question ``ids`` chosen by ``sampling`` (stop tokens end the answer,
         unyielded); ``timing["position"]`` is where the question starts, ``timing["first"]``
         when token 1 came."""
-        from ragcompress.kv.encode.encoder import prefix_kv
-
         gen, engine = self.generator, self.engine
-        limit = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
-        if limit > engine.max_new_tokens:
-            raise ValueError(f"max_new_tokens={limit} exceeds the generator's {engine.max_new_tokens}")
-        packed = self._packed_prefix()
+        limit = self._limit(max_new_tokens)
+        prefix, packed = self._packed_prefix()
         timing["position"], timing["recompute"] = self.assembly.load_fast(
-            engine, packed, gen.lm, prefix_kv(gen.lm, gen.layout), chunks, ids
+            engine, packed, gen.lm, prefix, chunks, ids
         )
         gen.check_length(int(timing["position"]) + len(ids), limit)
         stops = gen.stop_ids
