@@ -60,12 +60,21 @@ def add_paged_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_paged(
-    model: Any, fast: Any, contexts: list[int], args: Any, storage: Any, block_size: int = 64
+    model: Any,
+    fast: Any,
+    contexts: list[int],
+    args: Any,
+    storage: Any,
+    block_size: int = 64,
+    *,
+    pool_tokens: int | None = None,
+    max_batch: int = 1,
 ) -> Any:
-    """A :class:`~ragcompress.kv.fast.PagedFastGenerator` beside ``fast`` (batch 1, its question
-    bucket), its pool (``storage``: the pool class, ChunkPool or Int4ChunkPool) large enough for the
-    longest context (one partly filled block per passage), graphs captured; None (and the
-    traceback printed) when it cannot be built."""
+    """A :class:`~ragcompress.kv.fast.PagedFastGenerator` beside ``fast`` (its step and question
+    bucket, ``max_batch`` questions), its pool (``storage``: the pool class, ChunkPool,
+    Int4ChunkPool or Int8ChunkPool) of ``pool_tokens`` slots (default: the longest context with
+    one partly filled block per passage), graphs captured; None (and the reason printed) when
+    it cannot be built."""
     import torch
 
     from ragcompress.kv.fast import PagedFastGenerator
@@ -74,12 +83,13 @@ def build_paged(
     try:
         cap = max(contexts)
         passages = -(-cap // args.passage_tokens) + 1
-        pool = storage.for_model(model, cap + passages * block_size, block_size)
+        pool = storage.for_model(model, pool_tokens or cap + passages * block_size, block_size)
         paged = PagedFastGenerator(
             model,
             capacity=cap,
             max_question=args.question_tokens,
             max_new_tokens=args.new_tokens,
+            max_batch=max_batch,
             buckets=(args.question_tokens,),
             graphs=fast.graphs,
             step=fast.step,
@@ -88,7 +98,7 @@ def build_paged(
         paged.warmup((1,), (args.question_tokens,))
         return paged
     except UnsupportedModelError as exc:  # a family the paged engine refuses: no column, said once
-        print(f"no ragcompress_paged_ms column: {exc}", flush=True)
+        print(f"no paged columns or rows: {exc}", flush=True)
         return None
     except Exception:
         traceback.print_exc()

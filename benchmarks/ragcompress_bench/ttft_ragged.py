@@ -13,7 +13,6 @@ attends to as many keys).
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 from ragcompress_bench.ttft_timing import Clock, ints, qps_rows, random_chunks
@@ -22,30 +21,19 @@ __all__ = ["run_ragged_qps"]
 
 
 def run_ragged_qps(model: Any, fast: Any, args: Any, clock: Clock, rate: float) -> list[dict[str, Any]]:
-    """Ragged rows for every ``--batches`` size; [] (the traceback printed) where the paged
-    engine cannot be built for this model."""
+    """Ragged rows for every ``--batches`` size; [] (the reason printed) where the paged engine
+    cannot be built for this model."""
     import random
 
-    from ragcompress.kv.fast import ChunkPool, PagedFastGenerator
+    from ragcompress.kv.fast import ChunkPool
+    from ragcompress_bench.ttft_paged import build_paged
 
     ctx, block = args.qps_context, 64
     prefix, corpus = random_chunks(model, args, 2 * (ctx - args.prefix_tokens))
     batches = ints(args.batches)
-    try:
-        pool = ChunkPool.for_model(model, 2 * ctx + (len(corpus) + 1) * block, block)
-        paged = PagedFastGenerator(
-            model,
-            capacity=ctx,
-            max_question=args.question_tokens,
-            max_new_tokens=args.new_tokens,
-            max_batch=max(batches),
-            buckets=(args.question_tokens,),
-            graphs=fast.graphs,
-            step=fast.step,
-            pool=pool,
-        )
-    except Exception:
-        traceback.print_exc()
+    room = 2 * ctx + (len(corpus) + 1) * block  # every corpus passage, each with a partial block
+    paged = build_paged(model, fast, [ctx], args, ChunkPool, block, pool_tokens=room, max_batch=max(batches))
+    if paged is None:
         return []
     rng = random.Random(args.seed + 3)
     sets = [_pick(rng, corpus, ctx - args.prefix_tokens) for _ in range(max(batches))]
