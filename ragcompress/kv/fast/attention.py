@@ -64,13 +64,14 @@ class CascadeAttention(ABC):
 
 
 def merge(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
-    """Combine two partial attentions; o_* (N, H, D), lse_* (N, H) fp32 (may be -inf)."""
+    """Combine two partial attentions; o_* (N, H, D), lse_* (N, H) fp32 (may be -inf: a row
+    neither side saw a key for comes out 0, not NaN)."""
     import torch
 
-    m = torch.maximum(lse_a, lse_b)
+    m = torch.maximum(lse_a, lse_b).clamp_min(-1e30)
     wa = torch.exp(lse_a - m).unsqueeze(-1)
     wb = torch.exp(lse_b - m).unsqueeze(-1)
-    out = (o_a.float() * wa + o_b.float() * wb) / (wa + wb)
+    out = (o_a.float() * wa + o_b.float() * wb) / (wa + wb).clamp_min(1e-30)
     return out.to(o_a.dtype)
 
 

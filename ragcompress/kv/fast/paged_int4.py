@@ -111,14 +111,10 @@ def _merged(
     o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two partial attentions (o (N, H, D), lse (N, H)) as one, with its lse; both empty (lse
-    -inf: no prefix or chunk block, e.g. after ``release()``) gives o 0, lse -inf, not NaN."""
+    -inf: no prefix or chunk block, e.g. after ``release()``) gives o 0, lse -inf."""
     import torch
 
-    lse = torch.logaddexp(lse_a, lse_b)
-    safe = lse.clamp_min(-1e30)[..., None]
-    return o_a.float() * torch.exp(lse_a[..., None] - safe) + o_b.float() * torch.exp(
-        lse_b[..., None] - safe
-    ), lse
+    return merge(o_a, lse_a, o_b, lse_b), torch.logaddexp(lse_a, lse_b)
 
 
 def paged_int4_reference(
