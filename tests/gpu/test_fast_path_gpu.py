@@ -95,6 +95,35 @@ def test_gpu_graphs_same_tokens_fp32(data):
 
 
 @pytest.mark.gpu
+def test_gpu_graphs_read_each_requests_staged_arguments(data):
+    # the step's arguments are staged in pinned memory and copied by the graph itself: each
+    # replay must see the values written for its own request (questions of every length, one
+    # token included, whose prefill shares the decode step's graph), never a previous one's
+    prefix, passages, questions = data
+    model = make_tiny_llama(VOCAB, seed=3).cuda()
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=6, buckets=(1, 16))
+    fast.load(*_split(model, prefix, passages))
+    ctx = prefix + [t for p in passages for t in p]
+    asked = [*questions, [questions[0][0]], questions[1][:2], [questions[2][0]]]
+    want = [_eager_greedy(model, ctx, q, 6) for q in asked]
+    for _ in range(2):  # twice over: nothing left over from the first round changes a token
+        assert [fast.generate([q], 6)[0] for q in asked] == want
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("vocab", [1000, 128256, 152064])
+def test_gpu_argmax_kernel_picks_as_torch(vocab):
+    from ragcompress.kv.fast._argmax import argmax_rows
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4, vocab, device="cuda", generator=g)
+    x[1, vocab // 3] = x[1, vocab - 1] = 50.0  # a tie: the first index wins
+    x[2, :] = -float("inf")
+    x[3, vocab // 2] = float("nan")  # NaN above every number, as torch.argmax
+    assert torch.equal(argmax_rows(x), x.argmax(-1))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("splits", [1, 4, 7])
 def test_gpu_flash_cascade_matches_reference(dtype, splits):

@@ -100,6 +100,16 @@ def test_same_greedy_tokens_as_eager_decode(setup):
         assert list(gen.decode(ctx + q, cache=None, max_new_tokens=8).token_ids) == want
 
 
+def test_a_one_token_question_shares_the_decode_steps_shape(setup):
+    # bucket 1: the prefill runs on the (1, 1) shape, whose host values start after the input
+    # token (a decode step's token comes from the device), so its ids take the other path
+    model, gen, prefix, passages, questions = setup
+    fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, buckets=(1, 16))
+    fast.load(*_split(model, prefix, passages))
+    for q in ([questions[0][0]], [questions[1][0]], questions[2]):
+        assert fast.generate([q], 8, gen.stop_ids)[0] == _eager(gen, prefix, passages, q)
+
+
 def test_batched_questions_match_one_by_one(setup):
     model, gen, prefix, passages, questions = setup
     fast = FastGenerator(model, capacity=64, max_question=16, max_new_tokens=8, max_batch=4, buckets=(16,))

@@ -25,7 +25,7 @@ from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.shapes import ArgUploader, _Shape, capture, decode_args, new_shape, prefill_args
+from ragcompress.kv.fast.shapes import _Shape, capture, decode_args, greedy, new_shape, prefill_args
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 from ragcompress.kv.fast.write import write_context
@@ -72,7 +72,6 @@ class FastGenerator:
     _shapes: dict[tuple[int, ...], _Shape] = field(default_factory=dict, init=False, repr=False)
     _cur: list[int] = field(default_factory=list, init=False, repr=False)
     _pool: Any = field(default=None, init=False, repr=False)
-    _uploader: ArgUploader = field(default_factory=ArgUploader, init=False, repr=False)
     # prefix + chunks of the last load, in buffer order (strong refs: identity stays unique)
     _resident: list[Any] = field(default_factory=list, init=False, repr=False)
     _partial: frozenset[int] = field(default=frozenset(), init=False, repr=False)  # local layers left out
@@ -252,7 +251,6 @@ class FastGenerator:
     def _prefill(
         self, questions: Sequence[Sequence[int]], probe: CascadeAttention | None = None
     ) -> torch.Tensor:
-        import torch
 
         lens = [len(q) for q in questions]
         if not questions or min(lens) == 0:
@@ -263,9 +261,10 @@ class FastGenerator:
         gated = self._gated
         if gated and (not self._host.overlaps or (b, t, 1) not in self._shapes):
             self._host.flush()  # a capture, or a step that cannot wait, needs the context written
-        args = torch.from_numpy(prefill_args(questions, t, self.buffer, self._starts()))  # before a capture
+        args = prefill_args(questions, t, self.buffer, self._starts())  # before a capture
         shape = self._shape(b, t, gated, probe)
-        self._run(shape, args)
+        shape.put(args)
+        self._replay(shape)
         if gated:  # the host queues the copies while the step, queued first, computes
             self._host.flush()
             self._gated = False
@@ -276,16 +275,15 @@ class FastGenerator:
 
     def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed each question its last token (B,); returns the next tokens (B,)."""
-        import torch
 
         b = len(self._cur)
         if any(c + 1 > self.buffer.region for c in self._cur):
             raise BufferOverflowError(
                 f"generation ran past the question region of {self.buffer.region} slots"
             )
-        host = torch.from_numpy(decode_args(self._cur, self.buffer, self._starts()))  # before a capture
+        host = decode_args(self._cur, self.buffer, self._starts())  # before a capture
         shape = self._shape(b, 1)
-        self._uploader(shape.args[b:], host)
+        shape.put(host, b)
         shape.args[:b].copy_(tokens.reshape(-1))
         self._replay(shape)
         self._cur = [c + 1 for c in self._cur]
@@ -372,6 +370,7 @@ class FastGenerator:
         n = b * t
         a = shape.args
         with torch.inference_mode():
+            shape.pull()
             shape.meta.q_used.copy_(a[3 * n : 3 * n + b * t : t])
             shape.meta.refresh()
             logits = self._step(
@@ -384,18 +383,15 @@ class FastGenerator:
                 shape.attention or self.attention,  # type: ignore[arg-type]
             )
             shape.logits = logits
-            shape.tokens = logits.argmax(-1)
+            shape.tokens = greedy(logits)
 
     def _starts(self) -> list[int] | None:
         """Each question's first position in a ragged batch; None: the buffer's next position."""
         return None
-
-    def _run(self, shape: _Shape, host_args: torch.Tensor) -> None:
-        self._uploader(shape.args, host_args)
-        self._replay(shape)
 
     def _replay(self, shape: _Shape) -> None:
         if shape.graph is not None:
             shape.graph.replay()
         else:
             self._forward(shape)
+        shape.ran()

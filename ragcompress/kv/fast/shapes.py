@@ -1,5 +1,5 @@
 """The per-shape state of :class:`~ragcompress.kv.fast.engine.FastGenerator` and the small
-helpers around it: how a step's context is split, and how step arguments reach the device."""
+helpers around it: how a step's context is split, and the step arguments the host writes."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ if TYPE_CHECKING:
     from ragcompress.kv.fast.buffer import StaticKVBuffer
 
 __all__ = [
-    "ArgUploader",
     "capture",
     "context_splits",
     "decode_args",
+    "greedy",
     "new_shape",
     "prefill_args",
 ]
@@ -29,7 +29,13 @@ __all__ = [
 
 @dataclass(eq=False)
 class _Shape:
-    """Static tensors (and the graph, when captured) of one (batch, qlen) step shape."""
+    """Static tensors (and the graph, when captured) of one (batch, qlen) step shape.
+
+    ``args[host_from:]`` come from the host each step (a decode step's first B are its input
+    tokens, copied on the device). On CUDA they go through ``stage``, a pinned tensor that the
+    step itself copies into ``args`` first (in a graph: its first node), so a request's host
+    work is writing numpy values, not queuing a copy: the host-side upload took ~50 µs of a
+    32K warm request on an H200 host (``benchmarks/results/ttft_gaps_h200/``)."""
 
     batch: int
     qlen: int
@@ -39,6 +45,41 @@ class _Shape:
     logits: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     graph: Any = None
+    host_from: int = 0
+    stage: torch.Tensor | None = None  # pinned (numel - host_from,) int64 on CUDA, else None
+    _view: np.ndarray | None = field(default=None, repr=False)
+    _read: Any = field(default=None, repr=False)  # event: the last step's copy out of stage done
+
+    def put(self, values: np.ndarray, start: int = 0) -> None:
+        """Host values for ``args[start:]`` of the next step (``start`` ≤ ``host_from``; the
+        part before ``host_from``, a one-token prefill's ids, is copied here, synchronously)."""
+        import torch
+
+        head = self.host_from - start
+        if head > 0:
+            self.args[start : self.host_from].copy_(torch.from_numpy(values[:head]))
+        rest = values[max(head, 0) :]
+        if self.stage is None:
+            self.args[self.host_from :].copy_(torch.from_numpy(rest))
+            return
+        if self._read is not None:
+            self._read.synchronize()  # the last step's copy out of the stage is done
+        assert self._view is not None
+        self._view[:] = rest
+
+    def pull(self) -> None:
+        """Inside the step, first: the staged host values into ``args`` (captured as a copy)."""
+        if self.stage is not None:
+            self.args[self.host_from :].copy_(self.stage, non_blocking=True)
+
+    def ran(self) -> None:
+        """After the step is queued: mark when its copy out of the stage is done."""
+        if self.stage is not None:
+            import torch
+
+            if self._read is None:
+                self._read = torch.cuda.Event()
+            self._read.record()
 
 
 def new_shape(
@@ -70,7 +111,11 @@ def new_shape(
     meta = StepMeta(
         b, t, buffer.region, capacity, buffer.ctx_len_t, used, splits=splits, group=heads // kv_heads
     )
-    return _Shape(b, t, args, meta, attention)
+    shape = _Shape(b, t, args, meta, attention, host_from=b if t == 1 else 0)
+    if dev.type == "cuda":  # staged with the defaults, which warm-up and capture then copy
+        shape.stage = args[shape.host_from :].cpu().pin_memory()
+        shape._view = shape.stage.numpy()
+    return shape
 
 
 def capture(shape: _Shape, forward: Callable[[_Shape], None], buffer: StaticKVBuffer, pool: Any) -> Any:
@@ -159,31 +204,14 @@ def _starts(buffer: StaticKVBuffer, starts: Sequence[int] | None, b: int) -> np.
     return np.asarray(starts, dtype=np.int64)
 
 
-@dataclass(eq=False)
-class ArgUploader:
-    """Host -> device copies of step arguments without blocking the host: through a pinned
-    staging tensor per size (a pageable copy would wait for the chunk writes queued before it)."""
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 argmax of a step's fp32 logits (B, vocab), inside the step: the Triton kernel
+    on CUDA (:mod:`~ragcompress.kv.fast._argmax`; torch's ran a row as one thread block, 8-28
+    µs a step on an H200), torch elsewhere. Both pick the first index of the largest value."""
+    from ragcompress.kv.fast.write import triton_available
 
-    _staging: dict[int, Any] = field(default_factory=dict, repr=False)
-    _staged: dict[int, Any] = field(default_factory=dict, repr=False)
+    if logits.is_cuda and triton_available():
+        from ragcompress.kv.fast._argmax import argmax_rows
 
-    def __call__(self, dst: torch.Tensor, host: torch.Tensor) -> None:
-        import torch
-
-        if dst.device.type != "cuda":
-            dst.copy_(host)
-            return
-        key = host.numel()
-        stage = self._staging.get(key)
-        if stage is None:
-            stage = self._staging[key] = torch.empty_like(host).pin_memory()
-        done = self._staged.get(key)
-        if done is None:  # one event per staging tensor, recorded again after each copy
-            done = self._staged[key] = torch.cuda.Event()
-        else:
-            # the previous copy out of this staging tensor must be done before it is overwritten
-            done.synchronize()
-        with torch.inference_mode():  # the stage may have been made inside inference mode
-            stage.copy_(host)
-            dst.copy_(stage, non_blocking=True)
-        done.record()
+        return argmax_rows(logits)
+    return logits.argmax(-1)
