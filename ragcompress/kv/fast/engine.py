@@ -25,7 +25,7 @@ from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
-from ragcompress.kv.fast.shapes import _Shape, capture, decode_args, greedy, new_shape, prefill_args
+from ragcompress.kv.fast.shapes import _Shape, capture, decode_args, new_shape, prefill_args
 from ragcompress.kv.fast.step import DecoderStep
 from ragcompress.kv.fast.stream import HostStream, stream_batch
 from ragcompress.kv.fast.write import write_context
@@ -383,7 +383,7 @@ class FastGenerator:
                 shape.attention or self.attention,  # type: ignore[arg-type]
             )
             shape.logits = logits
-            shape.tokens = greedy(logits)
+            shape.tokens = logits.argmax(-1)
 
     def _starts(self) -> list[int] | None:
         """Each question's first position in a ragged batch; None: the buffer's next position."""

@@ -21,7 +21,6 @@ __all__ = [
     "capture",
     "context_splits",
     "decode_args",
-    "greedy",
     "new_shape",
     "prefill_args",
 ]
@@ -202,16 +201,3 @@ def _starts(buffer: StaticKVBuffer, starts: Sequence[int] | None, b: int) -> np.
     if len(starts) != b:
         raise ValueError(f"{b} questions, but {len(starts)} contexts were placed for them (one each)")
     return np.asarray(starts, dtype=np.int64)
-
-
-def greedy(logits: torch.Tensor) -> torch.Tensor:
-    """(B,) int64 argmax of a step's fp32 logits (B, vocab), inside the step: the Triton kernel
-    on CUDA (:mod:`~ragcompress.kv.fast._argmax`; torch's ran a row as one thread block, 8-28
-    µs a step on an H200), torch elsewhere. Both pick the first index of the largest value."""
-    from ragcompress.kv.fast.write import triton_available
-
-    if logits.is_cuda and triton_available():
-        from ragcompress.kv.fast._argmax import argmax_rows
-
-        return argmax_rows(logits)
-    return logits.argmax(-1)
