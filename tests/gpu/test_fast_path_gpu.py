@@ -202,19 +202,26 @@ def test_gpu_fused_kernels_match_torch_modules():
 @pytest.mark.gpu
 def test_gpu_skinny_gemm_matches_cublas():
     """The Triton GEMM that runs o_proj/down_proj at <= 64 rows: cuBLAS's bf16 product up to
-    accumulation order, on the real shapes (Llama-3-8B's down_proj, Qwen2.5's o_proj) and ragged
-    ones; skinny_rows out of range refused at build."""
-    from ragcompress.kv.fast._gemm import skinny_linear
+    accumulation order, whole or as partial sums over parts of K, on the real shapes (Llama-3-8B's
+    and Qwen2.5's down_proj, Qwen2.5's o_proj) and ragged ones; skinny_rows and down_splits out
+    of range refused at build."""
+    from ragcompress.kv.fast._gemm import skinny_linear, skinny_partials
 
     torch.manual_seed(0)
-    for m, n, k in ((32, 4096, 14336), (1, 3584, 3584), (64, 96, 300), (7, 40, 256)):
+    shapes = ((32, 4096, 14336), (32, 3584, 18944), (1, 3584, 3584), (64, 96, 300), (7, 40, 256))
+    for m, n, k in shapes:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         want = torch.nn.functional.linear(x, w)
         torch.testing.assert_close(skinny_linear(x, w), want, atol=2e-2, rtol=2e-2)
+        for splits in (2, 4):
+            got = skinny_partials(x, w, splits).sum(0).to(torch.bfloat16)
+            torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
     m = make_tiny_llama(VOCAB, seed=3).cuda().to(torch.bfloat16)
     with pytest.raises(ValueError, match="skinny_rows must be in"):
         FusedStep(m, skinny_rows=65)
+    with pytest.raises(ValueError, match="down_splits must be"):
+        FusedStep(m, down_splits=3)
 
 
 @pytest.mark.gpu
@@ -225,7 +232,10 @@ def test_gpu_fused_step_matches_unfused(data):
     m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
     m = m.cuda().to(torch.bfloat16)
     ref, hf_err = _bf16_error_budget(m, prefix + [t for p in passages for t in p] + questions[0])
-    steps = (FusedStep(m), FusedStep(m, share_weights=True), FusedStep(m, skinny_rows=0), EagerStep(m))
+    steps = (
+        FusedStep(m), FusedStep(m, share_weights=True), FusedStep(m, skinny_rows=0),
+        FusedStep(m, down_splits=1), EagerStep(m),
+    )  # fmt: skip
     for step in steps:
         fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), step=step)
         fast.load(*_split(m, prefix, passages))

@@ -8,7 +8,7 @@ from tests.support.interpret import run_interpreted
 
 _CHECK = """
 import torch
-from ragcompress.kv.fast._gemm import MAX_ROWS, skinny_linear
+from ragcompress.kv.fast._gemm import MAX_ROWS, skinny_linear, skinny_partials
 
 g = torch.Generator().manual_seed(0)
 checked = 0
@@ -20,6 +20,12 @@ for m, n, k in ((1, 64, 512), (32, 96, 256), (17, 40, 300), (MAX_ROWS, 33, 40)):
     y = skinny_linear(x, w)
     assert y.shape == (m, n) and y.dtype == x.dtype
     torch.testing.assert_close(y, x @ w.T, atol=1e-4, rtol=1e-4)
+    # split over K: fp32 partial sums (S, M, N) over consecutive parts of K, even parts and
+    # ragged ones (S 4 over 300 channels: parts of 256, 44, none and none)
+    for splits in (2, 4):
+        parts = skinny_partials(x, w, splits)
+        assert parts.shape == (splits, m, n) and parts.dtype == torch.float32
+        torch.testing.assert_close(parts.sum(0), x @ w.T, atol=1e-4, rtol=1e-4)
     checked += 1
 for bad in ((MAX_ROWS + 1, 8), (0, 8)):
     try:
@@ -28,6 +34,13 @@ for bad in ((MAX_ROWS + 1, 8), (0, 8)):
         assert "rows" in str(e)
     else:
         raise AssertionError(bad)
+for splits in (1, 3):
+    try:
+        skinny_partials(torch.zeros(2, 8), torch.zeros(4, 8), splits)
+    except ValueError as e:
+        assert "power of two" in str(e)
+    else:
+        raise AssertionError(splits)
 try:
     skinny_linear(torch.zeros(2, 8), torch.zeros(8, 4).T)
 except ValueError as e:
@@ -38,6 +51,7 @@ else:
 
 
 def test_skinny_gemm_is_the_product():
-    """x @ w.T for 1..MAX_ROWS rows, even and ragged tiles, strided x; clear errors for too many
-    rows, no rows and a non-contiguous weight."""
+    """x @ w.T for 1..MAX_ROWS rows, even and ragged tiles, strided x, whole or as partial sums
+    over parts of K; clear errors for too many rows, no rows, a split count that is not a power
+    of two above 1 and a non-contiguous weight."""
     assert run_interpreted(_CHECK + "\nprint(checked)").split()[-1] == "4"  # every shape ran

@@ -1,6 +1,7 @@
 """The fused step's norm kernels against the transformers modules they replace, on a device:
 per-head QK-norms folded into the RoPE write (Qwen3's Llama-style RMSNorm, Gemma 3's) and
-Gemma 3's sandwich (post-block norm, residual add, next norm) in one add+norm launch. Shared by
+Gemma 3's sandwich (post-block norm, residual add, next norm) in one add+norm launch, whose
+delta may come as a split product's fp32 partial sums. Shared by
 the interpreted CPU test and the compiled GPU test. Also the gate's act·mul kernel."""
 
 from __future__ import annotations
@@ -53,7 +54,24 @@ def check_norm_kernels(device: str) -> list[str]:
                 want = x + post(o)
                 torch.testing.assert_close(res, want, **tol)
                 torch.testing.assert_close(out, pre(want), **tol)
+            # a split product's fp32 partial sums: summed in order, rounded once, then the same
+            # (bf16: the interpreter's fp32 -> bf16 cast may round an ulp off the GPU's)
+            parts = torch.randn(3, n, 48, device=device) * 4
+            whole = (parts[0] + parts[1] + parts[2]).to(dt)
+            for dn in (None, (post.weight, 1e-6)):
+                got = add_rmsnorm(x, parts, pre.weight, 1e-5, gemma, delta_norm=dn)
+                want2 = add_rmsnorm(x, whole, pre.weight, 1e-5, gemma, delta_norm=dn)
+                exact = {"atol": 0.0, "rtol": 0.0}
+                for a, b in zip(got, want2, strict=True):
+                    torch.testing.assert_close(a, b, **(tol if dt == torch.bfloat16 else exact))
+            try:
+                add_rmsnorm(x, parts[:, :2], pre.weight, 1e-5, gemma)
+            except ValueError as e:
+                assert "partial sums" in str(e)
+            else:
+                raise AssertionError("partial sums of the wrong rows were taken")
             done += [f"rope_write/{cls.__name__}/{dt}", f"add_rmsnorm/{cls.__name__}/{dt}"]
+            done.append(f"add_rmsnorm_partials/{cls.__name__}/{dt}")
         # the gate's activation times up (LlamaMLP's SiLU, Gemma3MLP's tanh GELU), ragged columns
         gate_up = torch.randn(n, 2 * 1100, dtype=dt, device=device) * 3
         for act in ("silu", "gelu_pytorch_tanh"):
@@ -70,6 +88,7 @@ CASES = sorted(
     for kernel, whats in (
         ("rope_write", ("Qwen3RMSNorm", "Gemma3RMSNorm")),
         ("add_rmsnorm", ("Qwen3RMSNorm", "Gemma3RMSNorm")),
+        ("add_rmsnorm_partials", ("Qwen3RMSNorm", "Gemma3RMSNorm")),
         ("act_mul", ("silu", "gelu_pytorch_tanh")),
     )
     for what in whats

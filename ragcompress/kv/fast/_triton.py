@@ -32,11 +32,13 @@ def _add_rmsnorm_kernel(
     dw_ptr,
     out_ptr,
     res_ptr,
+    rows,
     n_cols,
     eps,
     d_eps,
     HAS_DELTA: tl.constexpr,
     NORM_DELTA: tl.constexpr,
+    PLANES: tl.constexpr,
     BLOCK: tl.constexpr,
     GEMMA: tl.constexpr,
 ):
@@ -44,12 +46,20 @@ def _add_rmsnorm_kernel(
     # the model dtype before the weight multiply (LlamaRMSNorm); GEMMA: normalized * (1 + w) in
     # fp32, cast once (Gemma3RMSNorm). NORM_DELTA: the delta is normed first and rounded to the
     # model dtype, as Gemma 3's post-attention / post-MLP norms return it before the add.
+    # PLANES > 0: the delta is that many fp32 partial sums (PLANES, rows, n_cols) of a split
+    # product, added here and rounded to the model dtype, where the product would have rounded.
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < n_cols
     x = tl.load(x_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
     if HAS_DELTA:
-        d = tl.load(d_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
+        if PLANES > 0:
+            d = tl.zeros([BLOCK], tl.float32)
+            for p in tl.static_range(PLANES):
+                d += tl.load(d_ptr + (p * rows + row) * n_cols + cols, mask=m, other=0.0)
+            d = d.to(res_ptr.dtype.element_ty).to(tl.float32)
+        else:
+            d = tl.load(d_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
         if NORM_DELTA:
             dw = tl.load(dw_ptr + cols, mask=m, other=0.0).to(tl.float32)
             d = _rms(d, dw, tl.sum(d * d, axis=0) / n_cols, d_eps, res_ptr.dtype.element_ty, GEMMA)
@@ -70,10 +80,19 @@ def add_rmsnorm(
     delta_norm: tuple[torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x + delta, rmsnorm(x + delta) * weight)`` for x (rows, hidden); without delta, ``(x, norm)``.
-    ``gemma``: the norm multiplies by ``1 + weight`` (Gemma's RMSNorm). ``delta_norm``: ``(weight,
-    eps)`` of a norm the delta passes first (Gemma 3's sandwich: post-block norm, add, next
-    norm, one launch)."""
+    ``delta``: (rows, hidden) in x's dtype, or (S, rows, hidden) fp32 partial sums of a split
+    product (:func:`~ragcompress.kv.fast._gemm.skinny_partials`), summed and rounded to x's
+    dtype first. ``gemma``: the norm multiplies by ``1 + weight`` (Gemma's RMSNorm).
+    ``delta_norm``: ``(weight, eps)`` of a norm the delta passes first (Gemma 3's sandwich:
+    post-block norm, add, next norm, one launch)."""
     rows, n = x.shape
+    planes = 0
+    if delta is not None and delta.dim() == 3:
+        if delta.dtype != torch.float32 or delta.shape[1:] != x.shape or not delta.is_contiguous():
+            raise ValueError(
+                f"add_rmsnorm: partial sums must be fp32 (S, {rows}, {n}), got {delta.dtype} {delta.shape}"
+            )
+        planes = delta.shape[0]
     out = torch.empty_like(x)
     res = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(n)
@@ -85,11 +104,13 @@ def add_rmsnorm(
         dw,
         out,
         res,
+        rows,
         n,
         eps,
         d_eps,
         HAS_DELTA=delta is not None,
         NORM_DELTA=delta is not None and delta_norm is not None,
+        PLANES=planes,
         BLOCK=block,
         GEMMA=gemma,
         num_warps=min(16, max(4, block // 512)),

@@ -39,10 +39,17 @@ class FusedStep(DecoderStep):
     o_proj and down_proj on one Triton launch each (:mod:`~ragcompress.kv.fast._gemm`) in place
     of cuBLAS's split-K product and its reduction; 0 keeps cuBLAS everywhere. bf16/fp16 weights
     only: an fp32 model keeps cuBLAS's fp32 products (Triton's would run in tf32).
+
+    ``down_splits``: the skinny down_proj's parts of K, each program twice as wide per split
+    (:func:`~ragcompress.kv.fast._gemm.skinny_partials`); the residual add after it sums the
+    fp32 parts and rounds once. 2 ran Qwen2.5-7B's down_proj with its add 43.0 → 40.0 µs a layer
+    on an H200 and Llama-3-8B's 35.5 → 34.6; o_proj gained nothing, so it stays whole
+    (``benchmarks/results/ttft_splitk_planes_h200/``). 1: one rounded output.
     """
 
     share_weights: bool = False
     skinny_rows: int = 64
+    down_splits: int = 2
     _qkv: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
     _qkv_bias: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
     _gate_up: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
@@ -58,6 +65,8 @@ class FusedStep(DecoderStep):
 
         if not 0 <= self.skinny_rows <= MAX_ROWS:
             raise ValueError(f"FusedStep.skinny_rows must be in [0, {MAX_ROWS}], got {self.skinny_rows}")
+        if self.down_splits not in (1, 2, 4, 8):
+            raise ValueError(f"FusedStep.down_splits must be 1, 2, 4 or 8, got {self.down_splits}")
 
         parts = self.parts()
         stack_qkv, stack_mlp = _stackable(self.arch, parts)
@@ -150,7 +159,8 @@ class FusedStep(DecoderStep):
 
     def _mlp(self, p: LayerParts, hs: torch.Tensor, li: int) -> torch.Tensor:
         """The gated MLP of layer ``li`` on ``hs`` (n, hidden): one GEMM over the stacked
-        gate/up weights and the fused activation·up kernel where they were stacked."""
+        gate/up weights and the fused activation·up kernel where they were stacked. (n, hidden),
+        or (down_splits, n, hidden) fp32 partial sums for the residual add to sum."""
         import torch
 
         from ragcompress.kv.fast._triton import act_mul
@@ -158,11 +168,13 @@ class FusedStep(DecoderStep):
         gate_up, down = self._gate_up[li], p.down_proj  # down is set wherever gate/up were stacked
         if gate_up is None or down is None:
             return p.mlp(hs)  # type: ignore[no-any-return]
-        return self._project(down, act_mul(torch.nn.functional.linear(hs, gate_up), self.arch.mlp_act))
+        act = act_mul(torch.nn.functional.linear(hs, gate_up), self.arch.mlp_act)
+        return self._project(down, act, self.down_splits)
 
-    def _project(self, linear: Any, x: torch.Tensor) -> torch.Tensor:
+    def _project(self, linear: Any, x: torch.Tensor, splits: int = 1) -> torch.Tensor:
         """``linear(x)`` for x (rows, in): the skinny Triton GEMM where ``skinny_rows`` allows
-        (a plain bias-free Linear with half-precision contiguous weights), else the module."""
+        (a plain bias-free Linear with half-precision contiguous weights), as ``splits`` fp32
+        partial sums (splits, rows, out) when ``splits`` > 1; else the module."""
         import torch
 
         w = getattr(linear, "weight", None)
@@ -175,9 +187,9 @@ class FusedStep(DecoderStep):
             and w.is_contiguous()
             and x.stride(-1) == 1
         ):
-            from ragcompress.kv.fast._gemm import skinny_linear
+            from ragcompress.kv.fast._gemm import skinny_linear, skinny_partials
 
-            return skinny_linear(x, w)
+            return skinny_partials(x, w, splits) if splits > 1 else skinny_linear(x, w)
         return linear(x)  # type: ignore[no-any-return]
 
 
