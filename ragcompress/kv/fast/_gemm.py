@@ -24,6 +24,9 @@ __all__ = ["MAX_ROWS", "skinny_linear", "skinny_partials"]
 # rows past which cuBLAS's tiles beat one program per column block
 MAX_ROWS = 64
 _BN, _BK, _STAGES = 32, 256, 4
+# shared memory the pipeline's stages may fill (an H100/H200 SM has 227 KB): the x and weight
+# tiles of a 64-row, 64-column program take 64 KB a stage, so it runs 3 stages, not 4
+_SMEM = 200 * 1024
 
 
 @triton.jit
@@ -65,11 +68,12 @@ def _launch(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, splits: int) -> t
             f"the skinny GEMM needs x (M, K) rows and a contiguous w (N, K): {x.shape}, {w.shape}"
         )
     bn = _BN * splits  # S programs a column block of 32 * S columns: N / 32 programs at any S
+    bm = max(16, triton.next_power_of_2(m))
     ks = triton.cdiv(triton.cdiv(k, splits), _BK) * _BK
+    stages = max(1, min(_STAGES, _SMEM // ((bm + bn) * _BK * x.element_size())))
     _skinny_kernel[(triton.cdiv(n, bn), splits)](
         x, w, y, m, n, k, x.stride(0), ks,
-        BM=max(16, triton.next_power_of_2(m)), BN=bn, BK=_BK, EVEN=n % bn == 0 and k == ks * splits,
-        num_warps=4, num_stages=_STAGES,
+        BM=bm, BN=bn, BK=_BK, EVEN=n % bn == 0 and k == ks * splits, num_warps=4, num_stages=stages,
     )  # fmt: skip
     return y
 
@@ -82,10 +86,10 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, splits: int) -> torch.Tensor:
-    """``x @ w.T`` as ``splits`` (a power of two ≥ 2: a program's columns are ``32 * splits``)
-    fp32 partial sums (splits, M, N) over consecutive parts of K, for a consumer that adds them
-    (and rounds) itself; x and w as :func:`skinny_linear`."""
-    if splits < 2 or splits & (splits - 1):
-        raise ValueError(f"skinny_partials splits K in a power of two (≥ 2) parts, got {splits}")
+    """``x @ w.T`` as ``splits`` (2 or 4: a program's columns are ``32 * splits``) fp32 partial
+    sums (splits, M, N) over consecutive parts of K, for a consumer that adds them (and rounds)
+    itself; x and w as :func:`skinny_linear`."""
+    if splits not in (2, 4):
+        raise ValueError(f"skinny_partials splits K in 2 or 4 parts, got {splits}")
     y = torch.empty(splits, x.shape[0], w.shape[0], device=x.device, dtype=torch.float32)
     return _launch(x, w, y, splits)

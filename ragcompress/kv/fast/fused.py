@@ -65,8 +65,8 @@ class FusedStep(DecoderStep):
 
         if not 0 <= self.skinny_rows <= MAX_ROWS:
             raise ValueError(f"FusedStep.skinny_rows must be in [0, {MAX_ROWS}], got {self.skinny_rows}")
-        if self.down_splits not in (1, 2, 4, 8):
-            raise ValueError(f"FusedStep.down_splits must be 1, 2, 4 or 8, got {self.down_splits}")
+        if self.down_splits not in (1, 2, 4):
+            raise ValueError(f"FusedStep.down_splits must be 1, 2 or 4, got {self.down_splits}")
 
         parts = self.parts()
         stack_qkv, stack_mlp = _stackable(self.arch, parts)
