@@ -3,6 +3,7 @@ helpers around it: how a step's context is split, and the step arguments the hos
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -166,19 +167,32 @@ def prefill_args(
     ids (B, t) zero-padded, RoPE positions, question-region slots, rows used per question
     (t each) and each question's last row. ``starts`` (B,): each question's first position (a
     ragged batch, each question after its own context); None: the buffer's next position for
-    all. Built in numpy: a dozen torch ops on small CPU tensors cost ~0.1 ms of host time
-    before every step."""
+    all. Built in numpy from a per-shape template: a dozen torch ops on small CPU tensors cost
+    ~0.1 ms of host time before every step, the same in plain numpy ~12 µs, the template ~3."""
     b = len(questions)
     n = b * t
-    args = np.zeros(4 * n + b, dtype=np.int64)
-    ids = args[:n].reshape(b, t)
+    args = _prefill_template(b, t, buffer.region).copy()
+    if starts is None:
+        args[n : 2 * n] += buffer.next_position
+    else:
+        args[n : 2 * n] += np.repeat(_starts(buffer, starts, b), t)
     for i, q in enumerate(questions):
-        ids[i, : len(q)] = q
-    r = buffer.region
-    args[n : 2 * n] = (_starts(buffer, starts, b)[:, None] + np.arange(t)[None]).reshape(-1)
-    args[2 * n : 3 * n] = (np.arange(b)[:, None] * r + np.arange(t)[None]).reshape(-1)
+        args[i * t : i * t + len(q)] = q
+        args[4 * n + i] += len(q) - 1
+    return args
+
+
+@functools.lru_cache(maxsize=64)
+def _prefill_template(b: int, t: int, region: int) -> np.ndarray:
+    """:func:`prefill_args`'s values that depend only on the shape (read-only): ids 0, positions
+    0..t-1 a question, slots, rows used t, each question's first row."""
+    n = b * t
+    args = np.zeros(4 * n + b, dtype=np.int64)
+    args[n : 2 * n] = np.tile(np.arange(t), b)
+    args[2 * n : 3 * n] = (np.arange(b)[:, None] * region + np.arange(t)[None]).reshape(-1)
     args[3 * n : 4 * n] = t
-    args[4 * n :] = np.arange(b) * t + np.array([len(q) for q in questions]) - 1
+    args[4 * n :] = np.arange(b) * t
+    args.flags.writeable = False
     return args
 
 
