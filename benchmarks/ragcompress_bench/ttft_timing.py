@@ -11,7 +11,10 @@ from typing import Any
 
 from ragcompress_bench.ttft_shapes import head_dim, step_flops
 
-__all__ = ["Clock", "best_of", "copy_bandwidth", "ints", "matmul_rate", "passage_sizes", "profile", "run_qps"]
+__all__ = [
+    "Clock", "best_of", "copy_bandwidth", "graph_ms", "ints", "matmul_rate", "passage_sizes", "profile",
+    "run_qps",
+]  # fmt: skip
 
 
 def ints(text: str) -> list[int]:
@@ -62,6 +65,36 @@ def best_of(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
         torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best * 1e3, result
+
+
+def graph_ms(fn: Callable[[], Any], reps: int = 20) -> float:
+    """Median ms of one replay of ``fn`` captured in a CUDA graph (two eager calls on a side
+    stream first, as capture needs), over ``reps`` replays after three: a kernel chain's device
+    time without launch overheads. For the GPU diagnostic scripts under ``results/``."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def copy_bandwidth(device: Any, clock: Clock) -> float:

@@ -9,7 +9,7 @@ layer, with each layer's own K/V and weights (so nothing is L2-hot by accident):
 
     ctx -> o_proj -> gate/up (cuBLAS) -> act·mul -> down
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_l2_prefetch_h200/l2_prefetch_ab.py
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_l2_prefetch_h200/l2_prefetch_ab.py
 
 A diagnostic script; not part of the library.
 """
@@ -18,13 +18,13 @@ A diagnostic script; not part of the library.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from ragcompress_bench.ttft_timing import graph_ms
 
 from ragcompress.kv.fast._context import context_pass
 from ragcompress.kv.fast._gemm import skinny_linear
@@ -141,28 +141,7 @@ def step(t: dict[str, Any], variant: str, side: torch.cuda.Stream) -> Callable[[
 
 
 def time_graph(fn: Callable[[], None], reps: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    gr = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(gr):
-        fn()
-    for _ in range(3):
-        gr.replay()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        gr.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+    return graph_ms(fn, reps)
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ instruction stream (per-thread address math and 16-byte async copies), not by DR
 thread issues each weight tile as one bulk tensor copy. Each product is timed as a CUDA graph
 over every layer's own weights (cold in L2), against cuBLAS and the library's kernel.
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_skinny_tma_h200/skinny_tma_ab.py            # GPU
-    TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 <this script> --check-cpu                        # CPU
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_skinny_tma_h200/skinny_tma_ab.py            # GPU
+    TRITON_INTERPRET=1 PYTHONPATH=$PWD:$PWD/benchmarks python3 <this script> --check-cpu                        # CPU
 
 A diagnostic script; not part of the library.
 """
@@ -17,13 +17,13 @@ A diagnostic script; not part of the library.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from ragcompress_bench.ttft_timing import graph_ms
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ragcompress.kv.fast._gemm import skinny_linear
@@ -86,29 +86,7 @@ def check_cpu() -> None:
 
 def time_chain(fns: list[Callable[[], Any]], reps: int = 20) -> float:
     """Median µs a call of a CUDA graph of ``fns`` (one per layer, each its own weights)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) * 1e3 / len(fns))
-    return statistics.median(out)
+    return graph_ms(lambda: [f() for f in fns], reps) * 1e3 / len(fns)
 
 
 def copy_bandwidth() -> float:

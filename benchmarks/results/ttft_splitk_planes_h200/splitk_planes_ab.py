@@ -9,8 +9,8 @@ planes (S, M, N) go to the add + norm that follows every o_proj and down_proj in
 sums them in fp32, rounds to bf16 (where cuBLAS would round the product) and adds: the product's
 rounding stays one rounding, and no launch is added.
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_splitk_planes_h200/splitk_planes_ab.py            # GPU
-    TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 <this script> --check-cpu                              # CPU
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_splitk_planes_h200/splitk_planes_ab.py            # GPU
+    TRITON_INTERPRET=1 PYTHONPATH=$PWD:$PWD/benchmarks python3 <this script> --check-cpu                              # CPU
 
 A diagnostic script; not part of the library.
 """
@@ -20,13 +20,13 @@ A diagnostic script; not part of the library.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from ragcompress_bench.ttft_timing import graph_ms
 
 from ragcompress.kv.fast._gemm import skinny_linear
 from ragcompress.kv.fast._triton import add_rmsnorm
@@ -123,29 +123,8 @@ def check_cpu() -> None:
 
 
 def time_chain(fns: list[Callable[[], Any]], reps: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    for _ in range(3):
-        g.replay()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) * 1e3 / len(fns))
-    return statistics.median(out)
+    """Median µs a call of a CUDA graph of ``fns`` (one per layer, each its own weights)."""
+    return graph_ms(lambda: [f() for f in fns], reps) * 1e3 / len(fns)
 
 
 def main() -> None:
