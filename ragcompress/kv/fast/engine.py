@@ -251,7 +251,6 @@ class FastGenerator:
     def _prefill(
         self, questions: Sequence[Sequence[int]], probe: CascadeAttention | None = None
     ) -> torch.Tensor:
-
         lens = [len(q) for q in questions]
         if not questions or min(lens) == 0:
             raise ValueError("need at least one question, each with at least one token")
@@ -275,7 +274,6 @@ class FastGenerator:
 
     def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed each question its last token (B,); returns the next tokens (B,)."""
-
         b = len(self._cur)
         if any(c + 1 > self.buffer.region for c in self._cur):
             raise BufferOverflowError(

@@ -52,7 +52,8 @@ class _Shape:
 
     def put(self, values: np.ndarray, start: int = 0) -> None:
         """Host values for ``args[start:]`` of the next step (``start`` ≤ ``host_from``; the
-        part before ``host_from``, a one-token prefill's ids, is copied here, synchronously)."""
+        part before ``host_from``, a one-token prefill's ids, is copied here, synchronously).
+        Waits first for this shape's previous step, whose copy reads the stage."""
         import torch
 
         head = self.host_from - start
