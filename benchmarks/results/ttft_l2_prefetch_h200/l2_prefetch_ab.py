@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
-from ragcompress_bench.ttft_timing import graph_ms
+from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, graph_ms
 
 from ragcompress.kv.fast._context import context_pass
 from ragcompress.kv.fast._gemm import skinny_linear
@@ -146,19 +146,9 @@ def time_graph(fn: Callable[[], None], reps: int = 20) -> float:
 
 def main() -> None:
     print(torch.cuda.get_device_name(0), torch.__version__, triton.__version__)
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    best = 1e9
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        y.copy_(x)
-        b.record()
-        b.synchronize()
-        best = min(best, a.elapsed_time(b))
-    bw = 2 * (1 << 30) / (best / 1e3) / 1e9
-    print(f"copy bandwidth {bw:.0f} GB/s (1 GiB copy, read + write counted)")
-    del x, y
+    cuda = torch.device("cuda")
+    bw = copy_bandwidth(cuda, Clock(cuda, 3, 10)) / 1e9  # the bench's probe, GB/s
+    print(f"copy bandwidth {bw:.0f} GB/s (read + write counted)")
     side = torch.cuda.Stream()
     variants = ["base", "same:bulk_last", "side:bulk_last", "same:bulk", "side:bulk", "same:line",
                 "ctx_only", "oproj_only", "oproj_hot"]

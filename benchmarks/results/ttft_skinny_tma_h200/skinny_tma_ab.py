@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
-from ragcompress_bench.ttft_timing import graph_ms
+from ragcompress_bench.ttft_timing import Clock, copy_bandwidth, graph_ms
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ragcompress.kv.fast._gemm import skinny_linear
@@ -89,20 +89,6 @@ def time_chain(fns: list[Callable[[], Any]], reps: int = 20) -> float:
     return graph_ms(lambda: [f() for f in fns], reps) * 1e3 / len(fns)
 
 
-def copy_bandwidth() -> float:
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    best = 1e9
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        y.copy_(x)
-        b.record()
-        b.synchronize()
-        best = min(best, a.elapsed_time(b))
-    return 2 * (1 << 30) / (best / 1e3) / 1e9
-
-
 CONFIGS = [  # (bm, bn, bk, stages, warps, xtma)
     (32, 32, 256, 4, 4, False),
     (32, 32, 256, 6, 4, False),
@@ -119,8 +105,9 @@ CONFIGS = [  # (bm, bn, bk, stages, warps, xtma)
 
 def main() -> None:
     print(torch.cuda.get_device_name(0), torch.__version__, triton.__version__)
-    bw = copy_bandwidth()
-    print(f"copy bandwidth {bw:.0f} GB/s (1 GiB copy, read + write counted)\n")
+    cuda = torch.device("cuda")
+    bw = copy_bandwidth(cuda, Clock(cuda, 3, 10)) / 1e9  # the bench's probe, GB/s
+    print(f"copy bandwidth {bw:.0f} GB/s (read + write counted)\n")
     print("| shape | product | N x K | weights at copy bw µs | cuBLAS | library skinny | best TMA (config) | every TMA config µs (see CONFIGS) | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     for shape, name, n, k, layers in PRODUCTS:
