@@ -27,10 +27,14 @@ class Resident:
         return int(self.fast.prefill([self.question])[0])
 
 
-def resident(model: Any, ctx: int, qlen: int, step: Any = None, passage: int = 512) -> Resident:
+def resident(
+    model: Any, ctx: int, qlen: int, step: Any = None, passage: int = 512, seed: int = 0
+) -> Resident:
     """A graph-captured engine over ``ctx`` tokens of random bf16 chunks (a 64-token prefix, then
     ``passage``-token chunks) on CUDA, for questions of ``qlen`` tokens. ``step``: the decoder
-    step (the model's default when None)."""
+    step (the model's default when None). The chunks are drawn from their own generator seeded
+    with ``seed``, so engines built with the same seed hold the same context and an A/B of two
+    steps compares answers to the same request."""
     import torch
 
     from ragcompress.kv.fast import FastGenerator, PackedChunk, default_step
@@ -43,8 +47,10 @@ def resident(model: Any, ctx: int, qlen: int, step: Any = None, passage: int = 5
     fast.warmup((1,), (qlen,))
     kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
 
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
     def rnd(t: int) -> Any:
-        return torch.randn(t, *kv_shape, device="cuda", dtype=torch.bfloat16)
+        return torch.randn(t, *kv_shape, device="cuda", dtype=torch.bfloat16, generator=gen)
 
     prefix = PackedChunk(rnd(64), rnd(64), 64, 0)
     chunks = [PackedChunk(rnd(s), rnd(s), s, 64) for s in passage_sizes(ctx - 64, passage)]

@@ -201,19 +201,26 @@ def test_gpu_fused_kernels_match_torch_modules():
 
 @pytest.mark.gpu
 def test_gpu_skinny_gemm_matches_cublas():
-    """The Triton GEMM that runs o_proj/down_proj at <= 64 rows: cuBLAS's bf16 product up to
-    accumulation order, whole or as partial sums over parts of K, on the real shapes (Llama-3-8B's
-    and Qwen2.5's down_proj, Qwen2.5's o_proj) and ragged ones; skinny_rows and down_splits out
-    of range refused at build."""
+    """The Triton GEMM that runs a step's weight products at <= 64 rows: cuBLAS's bf16 product
+    up to accumulation order, with a bias, whole or as partial sums over parts of K, on the real
+    shapes (Llama-3-8B's and Qwen2.5's down_proj, Qwen2.5's o_proj, gate/up and q/k/v) and
+    ragged ones; skinny_rows, o_splits and down_splits out of range refused at build."""
     from ragcompress.kv.fast._gemm import skinny_linear, skinny_partials
 
     torch.manual_seed(0)
-    shapes = ((32, 4096, 14336), (32, 3584, 18944), (1, 3584, 3584), (64, 96, 300), (7, 40, 256))
+    shapes = (
+        (32, 4096, 14336), (32, 3584, 18944), (1, 3584, 3584), (32, 37888, 3584), (64, 4608, 3584),
+        (64, 96, 300), (7, 40, 256),
+    )  # fmt: skip
     for m, n, k in shapes:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        b = torch.randn(n, device="cuda", dtype=torch.bfloat16)
         want = torch.nn.functional.linear(x, w)
         torch.testing.assert_close(skinny_linear(x, w), want, atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(
+            skinny_linear(x, w, b), torch.nn.functional.linear(x, w, b), atol=2e-2, rtol=2e-2
+        )
         for splits in (2, 4):
             got = skinny_partials(x, w, splits).sum(0).to(torch.bfloat16)
             torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
@@ -222,6 +229,8 @@ def test_gpu_skinny_gemm_matches_cublas():
         FusedStep(m, skinny_rows=65)
     with pytest.raises(ValueError, match="down_splits must be"):
         FusedStep(m, down_splits=3)
+    with pytest.raises(ValueError, match="o_splits must be"):
+        FusedStep(m, o_splits=0)
 
 
 @pytest.mark.gpu
@@ -234,7 +243,7 @@ def test_gpu_fused_step_matches_unfused(data):
     ref, hf_err = _bf16_error_budget(m, prefix + [t for p in passages for t in p] + questions[0])
     steps = (
         FusedStep(m), FusedStep(m, share_weights=True), FusedStep(m, skinny_rows=0),
-        FusedStep(m, down_splits=1), EagerStep(m),
+        FusedStep(m, down_splits=1, o_splits=1), EagerStep(m),
     )  # fmt: skip
     for step in steps:
         fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), step=step)

@@ -36,19 +36,25 @@ class FusedStep(DecoderStep):
     for gate/up: more launches per step). The model's parameters are never replaced either way.
 
     ``skinny_rows``: steps of at most this many rows (a question's tokens times the batch) run
-    o_proj and down_proj on one Triton launch each (:mod:`~ragcompress.kv.fast._gemm`) in place
-    of cuBLAS's split-K product and its reduction; 0 keeps cuBLAS everywhere. bf16/fp16 weights
-    only: an fp32 model keeps cuBLAS's fp32 products (Triton's would run in tf32).
+    every weight product of a layer (stacked q/k/v with their biases, o_proj, stacked gate/up,
+    down_proj) on one Triton launch each (:mod:`~ragcompress.kv.fast._gemm`), in place of
+    cuBLAS (whose o_proj and down_proj at these rows are a split-K product plus its reduction);
+    0 keeps cuBLAS everywhere. bf16/fp16 weights only: an fp32 model keeps cuBLAS's fp32
+    products (Triton's would run in tf32). On an H200, the warm 32K request: Qwen2.5-7B 5.80 →
+    5.58 ms, Llama-3-8B 6.22 → 6.14, Mistral-7B 6.03 → 5.94 against cuBLAS for q/k/v and gate/up
+    and the earlier skinny kernel for o_proj and down_proj
+    (``benchmarks/results/ttft_swap_step_h200/``).
 
-    ``down_splits``: the skinny down_proj's parts of K, each program twice as wide per split
-    (:func:`~ragcompress.kv.fast._gemm.skinny_partials`); the residual add after it sums the
-    fp32 parts and rounds once. 2 ran Qwen2.5-7B's down_proj with its add 43.0 → 40.0 µs a layer
-    on an H200 and Llama-3-8B's 35.5 → 34.6; o_proj gained nothing, so it stays whole
-    (``benchmarks/results/ttft_splitk_planes_h200/``). 1: one rounded output.
+    ``o_splits`` / ``down_splits``: the skinny o_proj's / down_proj's parts of K (1, 2 or 4); the
+    residual add after each sums the fp32 parts and rounds once, where the product would have
+    rounded. Two halve each program's K loop and double the programs: alone, Qwen2.5-7B's o_proj
+    10.4 → 9.4 µs and its down_proj about the same gain (``results/ttft_skinny_swap_h200/``).
+    1: one rounded output.
     """
 
     share_weights: bool = False
     skinny_rows: int = 64
+    o_splits: int = 2
     down_splits: int = 2
     _qkv: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
     _qkv_bias: list[torch.Tensor | None] = field(default_factory=list, init=False, repr=False)
@@ -65,8 +71,9 @@ class FusedStep(DecoderStep):
 
         if not 0 <= self.skinny_rows <= MAX_ROWS:
             raise ValueError(f"FusedStep.skinny_rows must be in [0, {MAX_ROWS}], got {self.skinny_rows}")
-        if self.down_splits not in (1, 2, 4):
-            raise ValueError(f"FusedStep.down_splits must be 1, 2 or 4, got {self.down_splits}")
+        for name in ("o_splits", "down_splits"):
+            if getattr(self, name) not in (1, 2, 4):
+                raise ValueError(f"FusedStep.{name} must be 1, 2 or 4, got {getattr(self, name)}")
 
         parts = self.parts()
         stack_qkv, stack_mlp = _stackable(self.arch, parts)
@@ -133,17 +140,16 @@ class FusedStep(DecoderStep):
         return self.head(hs.index_select(0, io.last))
 
     def _attention(self, p: LayerParts, hs: torch.Tensor, li: int, io: StepIO) -> torch.Tensor:
-        """Layer ``li``'s attention output (n, hidden) after o_proj, from its normed input ``hs``;
-        writes this step's rotated keys and values into the question regions (a repair's: its
-        context rows)."""
-        import torch
-
+        """Layer ``li``'s attention output after o_proj, from its normed input ``hs``: (n, hidden),
+        or (o_splits, n, hidden) fp32 partial sums for the residual add to sum; writes this
+        step's rotated keys and values into the question regions (a repair's: its context
+        rows)."""
         from ragcompress.kv.fast._triton import rope_write
 
         n, h, kvh, d = hs.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = self._qkv[li]
         if qkv is not None:
-            qkv_out = torch.nn.functional.linear(hs, qkv, self._qkv_bias[li])
+            qkv_out = self._product(hs, qkv, self._qkv_bias[li])
             q, k, v = qkv_out.split((h * d, kvh * d, kvh * d), dim=-1)
         else:
             q, k, v = p.q_proj(hs), p.k_proj(hs), p.v_proj(hs)
@@ -155,21 +161,30 @@ class FusedStep(DecoderStep):
         keys, values = io.kv_out(li)
         q = rope_write(q, k, v, cos, sin, io.slots, keys, values, h, kvh, d, qk_norm)
         o = self.attend(q, li, io)
-        return self._project(p.o_proj, o.reshape(n, h * d))
+        return self._project(p.o_proj, o.reshape(n, h * d), self.o_splits)
 
     def _mlp(self, p: LayerParts, hs: torch.Tensor, li: int) -> torch.Tensor:
         """The gated MLP of layer ``li`` on ``hs`` (n, hidden): one GEMM over the stacked
         gate/up weights and the fused activation·up kernel where they were stacked. (n, hidden),
         or (down_splits, n, hidden) fp32 partial sums for the residual add to sum."""
-        import torch
-
         from ragcompress.kv.fast._triton import act_mul
 
         gate_up, down = self._gate_up[li], p.down_proj  # down is set wherever gate/up were stacked
         if gate_up is None or down is None:
             return p.mlp(hs)  # type: ignore[no-any-return]
-        act = act_mul(torch.nn.functional.linear(hs, gate_up), self.arch.mlp_act)
+        act = act_mul(self._product(hs, gate_up), self.arch.mlp_act)
         return self._project(down, act, self.down_splits)
+
+    def _product(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ w.T + bias`` (rows, out) for stacked weights w: the skinny Triton GEMM where
+        ``skinny_rows`` allows, else cuBLAS."""
+        import torch
+
+        from ragcompress.kv.fast._gemm import skinny_fits, skinny_linear
+
+        if x.shape[0] <= self.skinny_rows and skinny_fits(x, w):
+            return skinny_linear(x, w, bias)
+        return torch.nn.functional.linear(x, w, bias)
 
     def _project(self, linear: Any, x: torch.Tensor, splits: int = 1) -> torch.Tensor:
         """``linear(x)`` for x (rows, in): the skinny Triton GEMM where ``skinny_rows`` allows
@@ -177,18 +192,16 @@ class FusedStep(DecoderStep):
         partial sums (splits, rows, out) when ``splits`` > 1; else the module."""
         import torch
 
+        from ragcompress.kv.fast._gemm import skinny_fits, skinny_linear, skinny_partials
+
         w = getattr(linear, "weight", None)
         if (
             x.shape[0] <= self.skinny_rows
             and type(linear) is torch.nn.Linear
             and linear.bias is None
             and w is not None
-            and w.dtype in (torch.bfloat16, torch.float16)
-            and w.is_contiguous()
-            and x.stride(-1) == 1
+            and skinny_fits(x, w)
         ):
-            from ragcompress.kv.fast._gemm import skinny_linear, skinny_partials
-
             return skinny_partials(x, w, splits) if splits > 1 else skinny_linear(x, w)
         return linear(x)  # type: ignore[no-any-return]
 
