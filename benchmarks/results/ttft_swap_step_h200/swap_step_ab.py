@@ -36,8 +36,8 @@ def main() -> None:
     a = ap.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     clock = Clock(torch.device("cuda"), 3, 30)
-    print(f"\n{a.context} keys, 32 question tokens; warm request ms, median of 30 a round, {a.rounds} rounds\n")
-    print("| shape | cuBLAS (skinny_rows=0) | skinny GEMM (library) | same first token | logits max abs diff |")
+    print(f"\n{a.context} keys, 32 question tokens; warm ms, median of 30 a round, {a.rounds} rounds")
+    print("\n| shape | cuBLAS (skinny_rows=0) | skinny GEMM | same first token | logits max abs diff |")
     print("|---|---|---|---|---|")
     for s in a.shapes.split(","):
         torch.manual_seed(0)
