@@ -48,8 +48,8 @@ class FusedStep(DecoderStep):
     ``o_splits`` / ``down_splits``: the skinny o_proj's / down_proj's parts of K (1, 2 or 4); the
     residual add after each sums the fp32 parts and rounds once, where the product would have
     rounded. Two halve each program's K loop and double the programs: alone, Qwen2.5-7B's o_proj
-    10.4 → 9.4 µs and its down_proj about the same gain (``results/ttft_skinny_swap_h200/``).
-    1: one rounded output.
+    10.4 → 9.4 µs, its down_proj over 39.7 → 35.7 µs; four were slower on both
+    (``benchmarks/results/ttft_skinny_swap_h200/``). 1: one rounded output.
     """
 
     share_weights: bool = False
