@@ -175,34 +175,29 @@ class FusedStep(DecoderStep):
         act = act_mul(self._product(hs, gate_up), self.arch.mlp_act)
         return self._project(down, act, self.down_splits)
 
-    def _product(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x @ w.T + bias`` (rows, out) for stacked weights w: the skinny Triton GEMM where
-        ``skinny_rows`` allows, else cuBLAS."""
-        import torch
-
-        from ragcompress.kv.fast._gemm import skinny_fits, skinny_linear
-
-        if x.shape[0] <= self.skinny_rows and skinny_fits(x, w):
-            return skinny_linear(x, w, bias)
-        return torch.nn.functional.linear(x, w, bias)
-
-    def _project(self, linear: Any, x: torch.Tensor, splits: int = 1) -> torch.Tensor:
-        """``linear(x)`` for x (rows, in): the skinny Triton GEMM where ``skinny_rows`` allows
-        (a plain bias-free Linear with half-precision contiguous weights), as ``splits`` fp32
-        partial sums (splits, rows, out) when ``splits`` > 1; else the module."""
+    def _product(
+        self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, splits: int = 1
+    ) -> torch.Tensor:
+        """``x @ w.T + bias`` for x (rows, in), w (out, in): the skinny Triton GEMM where
+        ``skinny_rows`` allows, as ``splits`` fp32 partial sums (splits, rows, out) when
+        ``splits`` > 1 and there is no bias; else one (rows, out) product, cuBLAS past the
+        skinny GEMM's reach (the residual add takes either form)."""
         import torch
 
         from ragcompress.kv.fast._gemm import skinny_fits, skinny_linear, skinny_partials
 
-        w = getattr(linear, "weight", None)
-        if (
-            x.shape[0] <= self.skinny_rows
-            and type(linear) is torch.nn.Linear
-            and linear.bias is None
-            and w is not None
-            and skinny_fits(x, w)
-        ):
-            return skinny_partials(x, w, splits) if splits > 1 else skinny_linear(x, w)
+        if x.shape[0] <= self.skinny_rows and skinny_fits(x, w):
+            if splits > 1 and bias is None:
+                return skinny_partials(x, w, splits)
+            return skinny_linear(x, w, bias)
+        return torch.nn.functional.linear(x, w, bias)
+
+    def _project(self, linear: Any, x: torch.Tensor, splits: int = 1) -> torch.Tensor:
+        """``linear(x)``: a plain Linear through :meth:`_product`, any other module as itself."""
+        import torch
+
+        if type(linear) is torch.nn.Linear:
+            return self._product(x, linear.weight, linear.bias, splits)
         return linear(x)  # type: ignore[no-any-return]
 
 
