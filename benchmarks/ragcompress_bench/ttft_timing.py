@@ -73,16 +73,9 @@ def graph_ms(fn: Callable[[], Any], reps: int = 20) -> float:
     time without launch overheads. For the GPU diagnostic scripts under ``results/``."""
     import torch
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    from ragcompress.kv.fast.shapes import graph_of
+
+    graph, _ = graph_of(fn, torch.device("cuda", torch.cuda.current_device()))
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()

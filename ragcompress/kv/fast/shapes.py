@@ -22,6 +22,7 @@ __all__ = [
     "capture",
     "context_splits",
     "decode_args",
+    "graph_of",
     "new_shape",
     "prefill_args",
 ]
@@ -122,28 +123,36 @@ def new_shape(
 def capture(shape: _Shape, forward: Callable[[_Shape], None], buffer: StaticKVBuffer, pool: Any) -> Any:
     """Capture ``forward(shape)`` into ``shape.graph`` (CUDA), in the graph memory ``pool`` (None:
     a new one); returns the pool, for the next shape to share."""
-    import torch
 
     dev = buffer.ctx_keys.device
     # Warm-up and capture run the step for real, writing K/V into question slots: a shape
     # captured lazily (the decode step's, right after a prefill) would clobber the live
     # questions' K/V. Keep them aside for the capture (a one-off copy per shape).
     saved = (buffer.q_keys.clone(), buffer.q_values.clone())
-    stream = torch.cuda.Stream(device=dev)
-    stream.wait_stream(torch.cuda.current_stream(dev))
+    shape.graph, pool = graph_of(lambda: forward(shape), dev, pool)
+    buffer.q_keys.copy_(saved[0])
+    buffer.q_values.copy_(saved[1])
+    return pool
+
+
+def graph_of(fn: Callable[[], Any], device: torch.device, pool: Any = None) -> tuple[Any, Any]:
+    """``(graph, pool)``: ``fn`` captured in a CUDA graph on ``device``, after the two eager
+    calls on a side stream that capture needs (memory and handles made outside the graph), in
+    the graph memory ``pool`` (None: a new one)."""
+    import torch
+
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
         for _ in range(2):
-            forward(shape)
-    torch.cuda.current_stream(dev).wait_stream(stream)
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     if pool is None:
         pool = torch.cuda.graph_pool_handle()
     with torch.cuda.graph(graph, pool=pool):
-        forward(shape)
-    shape.graph = graph
-    buffer.q_keys.copy_(saved[0])
-    buffer.q_values.copy_(saved[1])
-    return pool
+        fn()
+    return graph, pool
 
 
 def context_splits(device: torch.device, n: int, heads: int, kv_heads: int, capacity: int) -> int:
