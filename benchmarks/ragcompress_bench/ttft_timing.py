@@ -12,8 +12,8 @@ from typing import Any
 from ragcompress_bench.ttft_shapes import head_dim, step_flops
 
 __all__ = [
-    "Clock", "best_of", "copy_bandwidth", "graph_ms", "ints", "matmul_rate", "passage_sizes", "profile",
-    "run_qps",
+    "Clock", "alternating", "best_of", "copy_bandwidth", "graph_ms", "ints", "matmul_rate", "passage_sizes",
+    "profile", "run_qps",
 ]  # fmt: skip
 
 
@@ -48,6 +48,17 @@ class Clock:
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
+
+
+def alternating(runs: dict[Any, Callable[[], Any]], clock: Clock, rounds: int) -> dict[Any, float]:
+    """Median over ``rounds`` of each ``clock(run)``, the runs taking turns within a round, so that
+    a drift of the device over the rounds (clocks, heat) reaches every run alike: the A/B of the
+    diagnostic scripts under ``results/``."""
+    times: dict[Any, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            times[k].append(clock(run))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from ragcompress_bench.ttft import build_model
 from ragcompress_bench.ttft_static import static_compiled_row
-from ragcompress_bench.ttft_timing import Clock
+from ragcompress_bench.ttft_timing import Clock, alternating
 
 
 @pytest.mark.parametrize("compile", ["none", "eager"])
@@ -36,3 +36,13 @@ def test_static_cache_anchor_names_a_bad_compile_choice() -> None:
     assert (
         row["hf_static_compiled_ms"] is None and "compile must be one of" in row["hf_static_compiled_error"]
     )
+
+
+def test_alternating_runs_take_turns_and_give_each_its_median() -> None:
+    """The diagnostic scripts' A/B: within each round every run goes once, in order, and each
+    run's result is the median of its own rounds."""
+    order: list[str] = []
+    clock = Clock(torch.device("cpu"), warmup=0, repeats=1)
+    medians = alternating({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, clock, rounds=3)
+    assert order == ["a", "b"] * 3
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())

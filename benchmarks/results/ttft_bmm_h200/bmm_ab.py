@@ -21,7 +21,6 @@ A diagnostic script; not part of the library.
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import torch
 import triton
 from ragcompress_bench.ttft_resident import resident
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_timing import Clock, graph_ms
+from ragcompress_bench.ttft_timing import Clock, alternating, graph_ms
 
 from ragcompress.kv.fast import FusedStep
 from ragcompress.kv.fast._gemm import skinny_linear, skinny_partials
@@ -147,11 +146,8 @@ def step_ab(shapes: list[str], context: int, rounds: int) -> None:
         model = build_model(s, "cuda", torch.bfloat16)
         rs = {k: resident(model, context, 32, step=make(model)) for k, make in variants.items()}
         toks = {k: r.warm() for k, r in rs.items()}
-        warm: dict[str, list[float]] = {k: [] for k in rs}
-        for _ in range(rounds):
-            for k, r in rs.items():
-                warm[k].append(clock(r.warm))
-        cells = " | ".join(f"{statistics.median(warm[k]):.3f}" for k in rs)
+        m = alternating({k: r.warm for k, r in rs.items()}, clock, rounds)
+        cells = " | ".join(f"{m[k]:.3f}" for k in rs)
         print(f"| {s} | {cells} | {list(toks.values())} |")
         del rs, model
         torch.cuda.empty_cache()

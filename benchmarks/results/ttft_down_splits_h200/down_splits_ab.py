@@ -10,13 +10,12 @@ A diagnostic script; not part of the library.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
 from ragcompress_bench.ttft_resident import resident
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_timing import Clock
+from ragcompress_bench.ttft_timing import Clock, alternating
 
 from ragcompress.kv.fast import FusedStep
 
@@ -30,21 +29,23 @@ def main() -> None:
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     clock = Clock(torch.device("cuda"), 3, 30)
     print(f"\n{a.context} keys, 32 question tokens; ms, median of 30 a round, {a.rounds} rounds\n")
-    print("| shape | down_splits=1 warm | down_splits=2 warm | 1: replay alone | 2: replay alone | same first token |")
+    print(
+        "| shape | down_splits=1 warm | down_splits=2 warm | 1: replay alone | 2: replay alone | same first token |"
+    )
     print("|---|---|---|---|---|---|")
     for s in a.shapes.split(","):
         torch.manual_seed(0)
         model = build_model(s, "cuda", torch.bfloat16)
         rs = {k: resident(model, a.context, 32, step=FusedStep(model, down_splits=k)) for k in (1, 2)}
         toks = {k: r.warm() for k, r in rs.items()}
-        warm: dict[int, list[float]] = {1: [], 2: []}
-        replay: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(a.rounds):
-            for k, r in rs.items():
-                warm[k].append(clock(r.warm))
-                replay[k].append(clock(r.fast._last.graph.replay))
-        m = {k: (statistics.median(warm[k]), statistics.median(replay[k])) for k in (1, 2)}
-        print(f"| {s} | {m[1][0]:.3f} | **{m[2][0]:.3f}** | {m[1][1]:.3f} | **{m[2][1]:.3f}** | {toks[1] == toks[2]} |")
+        runs = {
+            (k, w): r.warm if w else r.fast._last.graph.replay for k, r in rs.items() for w in (True, False)
+        }
+        t = alternating(runs, clock, a.rounds)
+        m = {k: (t[k, True], t[k, False]) for k in (1, 2)}
+        print(
+            f"| {s} | {m[1][0]:.3f} | **{m[2][0]:.3f}** | {m[1][1]:.3f} | **{m[2][1]:.3f}** | {toks[1] == toks[2]} |"
+        )
         del rs, model
         torch.cuda.empty_cache()
 

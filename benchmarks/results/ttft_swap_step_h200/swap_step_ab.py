@@ -17,13 +17,12 @@ A diagnostic script; not part of the library.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
 from ragcompress_bench.ttft_resident import resident
 from ragcompress_bench.ttft_shapes import build_model
-from ragcompress_bench.ttft_timing import Clock
+from ragcompress_bench.ttft_timing import Clock, alternating
 
 from ragcompress.kv.fast import FusedStep
 
@@ -45,11 +44,7 @@ def main() -> None:
         rs = {k: resident(model, a.context, 32, step=FusedStep(model, skinny_rows=k)) for k in (0, 64)}
         toks = {k: r.warm() for k, r in rs.items()}
         diff = float((rs[0].fast.last_logits[0].float() - rs[64].fast.last_logits[0].float()).abs().max())
-        warm: dict[int, list[float]] = {k: [] for k in rs}
-        for _ in range(a.rounds):
-            for k, r in rs.items():
-                warm[k].append(clock(r.warm))
-        m = {k: statistics.median(v) for k, v in warm.items()}
+        m = alternating({k: r.warm for k, r in rs.items()}, clock, a.rounds)
         print(f"| {s} | {m[0]:.3f} | **{m[64]:.3f}** | {toks[0] == toks[64]} | {diff:.4f} |")
         del rs, model
         torch.cuda.empty_cache()
