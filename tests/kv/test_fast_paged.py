@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from ragcompress.generate import Generator
 from ragcompress.kv.fast import FastGenerator, HostChunk, PackedChunk
 from ragcompress.kv.fast.paged import BlockTable, paged_context_reference
-from ragcompress.kv.fast.paged_engine import PagedFastGenerator
+from ragcompress.kv.fast.paged_engine import PagedFastGenerator, table_rows
 from ragcompress.kv.fast.pool import ChunkPool, PoolFullError
 from ragcompress.models.arch import UnsupportedModelError
 from tests.conftest import make_tiny_llama
@@ -229,8 +230,40 @@ def test_block_table_bounds():
     t = BlockTable(3)
     t.write([(0, 4, 1), (2, 1, -3)])
     assert t.rows[:3].tolist() == [[2, 0, 0], [0, 4, 1], [2, 1, -3]]
+    t.write(np.array([[5, 2, 7]], dtype=np.int32))  # an array of rows is the same rows
+    assert t.rows[:2].tolist() == [[1, 0, 0], [5, 2, 7]]
     with pytest.raises(ValueError, match="max_blocks=3"):
         t.write([(0, 1, 0)] * 4)
+
+
+def test_table_rows_list_every_block_with_its_fill_and_delta():
+    """A request's rows come from each entry's cached ``[block, used]`` rows: every block of a
+    chunk in token order, the last one partly filled, the item's delta beside each (a chunk
+    placed twice listed twice, with each place's delta)."""
+    pool = _pool(8)
+    a, b = _chunk(10, 1), _chunk(4, 2)  # 3 blocks (4, 4, 2), 1 block (4)
+    lease = pool.acquire([a, b, a])
+    ea, eb = lease.entries[0], lease.entries[1]
+    rows = table_rows(list(enumerate(lease.entries)), [-5, 5, 9])
+    want = [(blk, used, -5) for blk, used in zip(ea.blocks, (4, 4, 2), strict=True)]
+    want += [(eb.blocks[0], 4, 5)]
+    want += [(blk, used, 9) for blk, used in zip(ea.blocks, (4, 4, 2), strict=True)]
+    assert rows.dtype == np.int32 and [tuple(r) for r in rows.tolist()] == want
+    assert table_rows([], []).shape == (0, 3)
+
+
+def test_a_resident_chunk_is_leased_again_and_a_bad_new_one_refused():
+    """Placement skips the shape check for the very object already resident (it was checked
+    when it entered) and still refuses a new chunk the pool cannot hold, changing nothing."""
+    pool = _pool(8)
+    a = _chunk(8, 1)
+    pool.release(pool.acquire([a]))
+    lease = pool.acquire([a, a])
+    assert lease.entries[0] is lease.entries[1] and lease.entries[0].refs == 1
+    free = pool.free_blocks
+    with pytest.raises(ValueError, match="layers, kv_heads, head_dim"):
+        pool.acquire([a, _chunk(4, 2, kvh=3)])
+    assert pool.free_blocks == free and lease.entries[0].refs == 1
 
 
 def test_paged_reference_equals_softmax_over_rerotated_keys():

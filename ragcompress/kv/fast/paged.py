@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ragcompress.kv.fast.attention import CascadeAttention, merge, own_pass_reference
 from ragcompress.kv.fast.buffer import BufferOverflowError
@@ -26,11 +26,15 @@ from ragcompress.kv.fast.waves import PAGED, Tiling
 from ragcompress.kv.fast.write import triton_available
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from ragcompress.kv.fast.attention import LocalWindow, StepMeta
 
-__all__ = ["BlockTable", "PagedCascade", "paged_context_reference", "per_question"]
+__all__ = ["BlockTable", "PagedCascade", "Rows", "paged_context_reference", "per_question"]
+
+# a block table's rows: an (n, 3) int32 array of ``(block, used, delta)``, or a sequence of triples
+Rows: TypeAlias = "np.ndarray | Sequence[tuple[int, int, int]]"
 
 
 @dataclass(eq=False)
@@ -57,15 +61,16 @@ class BlockTable:
         shape = (1 + self.max_blocks, 3) if self.questions == 1 else (self.questions, 1 + self.max_blocks, 3)
         self.rows = torch.zeros(shape, dtype=torch.int32, device=self.device)
 
-    def write(self, blocks: Sequence[tuple[int, int, int]]) -> None:
-        """Publish a request's ``(block, used, delta)`` rows (raises
-        :class:`~ragcompress.kv.fast.buffer.BufferOverflowError` past ``max_blocks``). On CUDA
-        the copy is queued without blocking the host, after the work already queued."""
+    def write(self, blocks: Rows) -> None:
+        """Publish a request's ``(block, used, delta)`` rows: (n, 3) int32 array or sequence of
+        triples (raises :class:`~ragcompress.kv.fast.buffer.BufferOverflowError` past
+        ``max_blocks``). On CUDA the copy is queued without blocking the host, after the work
+        already queued."""
         if self.questions != 1:
             raise ValueError("a table of several questions is written with write_ragged()")
         self._publish([blocks])
 
-    def write_ragged(self, tables: Sequence[Sequence[tuple[int, int, int]]]) -> None:
+    def write_ragged(self, tables: Sequence[Rows]) -> None:
         """Publish one table of ``(block, used, delta)`` rows per question (at most
         ``questions``; the rest keep their rows, which no step of fewer questions reads), in
         one copy. A table of one question is the plain table of :meth:`write`."""
@@ -75,30 +80,39 @@ class BlockTable:
             )
         self._publish(tables)
 
-    def _publish(self, tables: Sequence[Sequence[tuple[int, int, int]]]) -> None:
+    def _publish(self, tables: Sequence[Rows]) -> None:
+        import numpy as np
         import torch
 
-        longest = max(len(t) for t in tables)
+        arrays = [np.asarray(t, dtype=np.int32).reshape(-1, 3) for t in tables]
+        longest = max(len(a) for a in arrays)
         if longest > self.max_blocks:
             raise BufferOverflowError(
                 f"the request reads {longest} pool blocks; the block table holds max_blocks={self.max_blocks}"
             )
-        host = torch.zeros(len(tables), 1 + longest, 3, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            host[i, 0, 0] = len(t)
-            if t:
-                host[i, 1 : 1 + len(t)] = torch.tensor(t, dtype=torch.int32).reshape(-1, 3)
-        rows = self.rows.view(-1, 1 + self.max_blocks, 3)[: len(tables), : 1 + longest]
-        if self.rows.device.type != "cuda":
-            rows.copy_(host)
+        rows = self.rows.view(-1, 1 + self.max_blocks, 3)[: len(arrays), : 1 + longest]
+        cuda = self.rows.device.type == "cuda"
+        numel = len(arrays) * (1 + longest) * 3
+        # the rows are assembled in place by numpy: in the pinned staging rows on CUDA (no
+        # intermediate tensor), else in a host tensor copied once
+        if cuda:
+            if self._stage is None:
+                self._stage = torch.empty(self.rows.numel(), dtype=torch.int32).pin_memory()
+            if self._copied is not None:
+                self._copied.synchronize()  # the previous copy must have left the staging rows
+            host = self._stage[:numel]
+        else:
+            host = torch.empty(numel, dtype=torch.int32)
+        view = host.numpy().reshape(len(arrays), 1 + longest, 3)
+        view[:] = 0
+        for i, a in enumerate(arrays):
+            view[i, 0, 0] = len(a)
+            view[i, 1 : 1 + len(a)] = a
+        staged = host.view(len(arrays), 1 + longest, 3)
+        if not cuda:
+            rows.copy_(staged)
             return
-        if self._stage is None:
-            self._stage = torch.empty(self.rows.numel(), dtype=torch.int32).pin_memory()
-        if self._copied is not None:
-            self._copied.synchronize()  # the previous copy must have left the staging rows
-        stage = self._stage[: host.numel()].view(host.shape)
-        stage.copy_(host)
-        rows.copy_(stage, non_blocking=True)
+        rows.copy_(staged, non_blocking=True)
         self._copied = torch.cuda.Event()
         self._copied.record()
 

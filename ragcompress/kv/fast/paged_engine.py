@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.engine import FastGenerator
 from ragcompress.kv.fast.paged import BlockTable
-from ragcompress.kv.fast.pool import ChunkPool, RequestLease
+from ragcompress.kv.fast.pool import ChunkPool, PoolEntry, RequestLease
 from ragcompress.models.arch import UnsupportedModelError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from ragcompress.kv.chunk import KVChunk
@@ -177,12 +178,12 @@ class PagedFastGenerator(FastGenerator):
 
     def _place(
         self, requests: Sequence[tuple[BufferChunk, Sequence[BufferChunk | KVChunk]]]
-    ) -> list[tuple[RequestLease, list[list[tuple[int, int, int]]], tuple[int, int]]]:
+    ) -> list[tuple[RequestLease, list[np.ndarray], tuple[int, int]]]:
         """Lease each request's prefix + chunks: per request its lease, its rows per pool table
         and ``(tokens, next position)``. Releases what it took if one fails."""
         pool = self.pool
         assert pool is not None
-        done: list[tuple[RequestLease, list[list[tuple[int, int, int]]], tuple[int, int]]] = []
+        done: list[tuple[RequestLease, list[np.ndarray], tuple[int, int]]] = []
         try:
             for prefix, chunks in requests:
                 items: list[Any] = [prefix, *chunks]
@@ -193,19 +194,11 @@ class PagedFastGenerator(FastGenerator):
                         f"capacity={self.capacity} per request"
                     )
                 lease = pool.lease_request(items)
-                deltas, pos, bs = [], 0, pool.block_size
+                deltas, pos = [], 0
                 for c in items:
                     deltas.append(pos - int(c.base_offset))
                     pos += int(c.length)
-                rows = [
-                    [
-                        (blk, min(bs, e.num_tokens - j * bs), deltas[i])
-                        for i, e in group
-                        for j, blk in enumerate(e.blocks)
-                    ]
-                    for group in lease.tables
-                ]
-                done.append((lease, rows, (tokens, pos)))
+                done.append((lease, [table_rows(group, deltas) for group in lease.tables], (tokens, pos)))
         except BaseException:
             self._release([lease for lease, _, _ in done])
             raise
@@ -264,3 +257,16 @@ class PagedFastGenerator(FastGenerator):
             "PagedFastGenerator places chunks from its pool; an assembled context (ape, blend) needs "
             "FastGenerator, the copy placement"
         )
+
+
+def table_rows(group: Sequence[tuple[int, PoolEntry]], deltas: Sequence[int]) -> np.ndarray:
+    """(n, 3) int32 block-table rows ``[block, used, delta]`` of one table's ``(item index,
+    entry)`` pairs, in context order: each entry's cached rows, its item's delta beside them."""
+    import numpy as np
+
+    parts = [e.table_rows for _, e in group]
+    out = np.empty((sum(len(p) for p in parts), 3), dtype=np.int32)
+    if parts:
+        out[:, :2] = np.concatenate(parts)
+        out[:, 2] = np.repeat([deltas[i] for i, _ in group], [len(p) for p in parts])
+    return out
