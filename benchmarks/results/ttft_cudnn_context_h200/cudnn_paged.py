@@ -19,35 +19,11 @@ import sys
 from typing import Any
 
 import torch
+from cudnn_context import LAYERS, graph_us  # this folder's other script: the same timing
 
 SHAPES = {"llama3-8b": (32, 8, 128), "qwen2.5-7b": (28, 4, 128)}
 CONTEXTS = (10240, 32768, 131072)
-LAYERS, TOKENS, BS, CHUNK = 8, 32, 64, 512
-
-
-def graph_us(fn: Any, reps: int = 20) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for i in range(LAYERS):
-            fn(i)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(LAYERS):
-            fn(i)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / reps / LAYERS)
-    return sorted(times)[len(times) // 2]
+TOKENS, BS, CHUNK = 32, 64, 512
 
 
 def container(lay: torch.Tensor, nblocks: int) -> torch.Tensor:
