@@ -21,6 +21,7 @@ from ragcompress.kv.fast.stream import STAGE_ALIGN, HostStream, _Copies
 if TYPE_CHECKING:
     import torch
 
+    from ragcompress.kv.fast._batch_copy import RangeCopies
     from ragcompress.kv.fast.host import HostChunk
 
 __all__ = ["DirectHostStream"]
@@ -53,10 +54,10 @@ class DirectHostStream(HostStream):
             self.side.synchronize()  # done long ago in any real flow: its step was read
         super().flush(join)
 
-    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> list[_Copies]:
+    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> Sequence[_Copies | RangeCopies]:
         return [] if self._direct else super().copies(chunks, stages)
 
-    def fetch(self, copies: list[_Copies], i: int) -> torch.Tensor:
+    def fetch(self, copies: Sequence[_Copies | RangeCopies], i: int) -> torch.Tensor:
         if not self._direct:
             return super().fetch(copies, i)
         return self._base  # type: ignore[no-any-return]
