@@ -103,7 +103,11 @@ class HostStream:
     _first: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # layer -> range
     _plan: _Plan | None = field(default=None, init=False, repr=False)
     _kernel: bool = field(default=False, init=False, repr=False)  # the gather kernels run here
-    _keep: list[Any] = field(default_factory=list, init=False, repr=False)  # this request's tables
+    # (event, chunks): host chunks held until the copies (or zero-copy gathers) that read them
+    # are done. A batch copy
+    # is invisible to torch's pinned-memory allocator (which holds a block while a torch copy
+    # reads it), so a chunk dropped by its owner meanwhile must not be freed and reused
+    _held: list[tuple[Any, list[HostChunk]]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.group <= 0:
@@ -209,7 +213,6 @@ class HostStream:
         self.side.wait_event(plan.ready)
         for t in (*up.values(), freq):
             t.record_stream(self.side)  # made on the main stream, read on the side one
-        self._keep = [plan.chunks]  # alive while the copy stream reads them
         copies = self.copies(plan.chunks, plan.stages)
         for i, (a, b) in enumerate(self.ranges):
             # Copies and gathers on separate streams: on one stream, range i + 1's copies
@@ -226,6 +229,9 @@ class HostStream:
                     else:
                         f.reference(base, plan.tables[f][a:b].reshape(-1, cols), buf, plan.rotary)
                 self.flags[i : i + 1].fill_(1)
+        done = torch.cuda.Event()
+        done.record(self.side)  # after every gather, each after its range's copies
+        self._held = [(e, c) for e, c in self._held if not e.query()] + [(done, plan.chunks)]
 
     def stages(self, chunks: Sequence[HostChunk]) -> list[int]:
         """Where each chunk's first byte lands in the staging area (bytes from its start)."""
