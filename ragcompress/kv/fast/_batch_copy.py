@@ -16,9 +16,12 @@ from __future__ import annotations
 import ctypes
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["BatchCopier", "RangeCopies", "range_copies", "runtime"]
 
@@ -48,6 +51,15 @@ class RangeCopies:
     dst: np.ndarray
     src: np.ndarray
     sizes: np.ndarray
+
+    def queue(self, device: torch.device) -> None:
+        """One batch call on ``device`` 's current stream (made only where :func:`runtime` is
+        not None)."""
+        import torch
+
+        batch = runtime()
+        assert batch is not None
+        batch(self, torch.cuda.current_stream(device).cuda_stream, device.index or 0)
 
 
 @dataclass(frozen=True)

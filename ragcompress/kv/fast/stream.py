@@ -42,8 +42,24 @@ __all__ = ["HostStream", "schedule", "stream_batch"]
 
 STAGE_ALIGN = 256
 
-#: one range's copies: staging views and the host byte views copied into them
-_Copies = tuple[list["torch.Tensor"], list["torch.Tensor"]]
+
+@dataclass(frozen=True)
+class ViewCopies:
+    """One layer range's copies through torch: staging views and the host byte views copied into
+    them (where :class:`~ragcompress.kv.fast._batch_copy.RangeCopies` cannot be used)."""
+
+    dst: list[torch.Tensor]
+    src: list[torch.Tensor]
+
+    def queue(self, device: torch.device) -> None:
+        """One ``cudaMemcpyAsync`` a piece on ``device`` 's current stream."""
+        import torch
+
+        torch._foreach_copy_(self.dst, self.src, non_blocking=True)
+
+
+#: one layer range's copies, each queued by its ``queue(device)``
+RangeCopy = ViewCopies | RangeCopies
 
 
 def schedule(layers: int, group: int) -> list[tuple[int, int]]:
@@ -104,9 +120,8 @@ class HostStream:
     _plan: _Plan | None = field(default=None, init=False, repr=False)
     _kernel: bool = field(default=False, init=False, repr=False)  # the gather kernels run here
     # (event, chunks): host chunks held until the copies (or zero-copy gathers) that read them
-    # are done. A batch copy
-    # is invisible to torch's pinned-memory allocator (which holds a block while a torch copy
-    # reads it), so a chunk dropped by its owner meanwhile must not be freed and reused
+    # are done. A batch copy is invisible to torch's pinned-memory allocator (which holds a block
+    # while a torch copy reads it), so a chunk its owner drops meanwhile must not be reused
     _held: list[tuple[Any, list[HostChunk]]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -243,7 +258,7 @@ class HostStream:
             self._stage(total)
         return stages
 
-    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> Sequence[_Copies | RangeCopies]:
+    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> Sequence[RangeCopy]:
         """Per range of layers: the chunks' bytes it copies into the staging area. Pinned chunks
         on a runtime with ``cudaMemcpyBatchAsync``: address arrays, one batch call per range
         (:mod:`~ragcompress.kv.fast._batch_copy`). Otherwise tensor views, two splits per chunk,
@@ -259,29 +274,19 @@ class HostStream:
             return range_copies(
                 ptrs, sizes, np.asarray(stages, dtype=np.int64), staging.data_ptr(), self.ranges
             )
-        sizes_ = [b - a for a, b in self.ranges]
+        counts = [b - a for a, b in self.ranges]  # layers per range
         dst, src = [], []
         for c, s in zip(chunks, stages, strict=True):
-            parts = [n * c.layer_bytes for n in sizes_]
+            parts = [n * c.layer_bytes for n in counts]
             dst.append(staging[s : s + c.nbytes].split(parts))
             src.append(c.data.split(parts))
-        return [([d[i] for d in dst], [x[i] for x in src]) for i in range(len(sizes_))]
+        return [ViewCopies([d[i] for d in dst], [x[i] for x in src]) for i in range(len(counts))]
 
-    def fetch(self, copies: Sequence[_Copies | RangeCopies], i: int) -> torch.Tensor:
+    def fetch(self, copies: Sequence[RangeCopy], i: int) -> torch.Tensor:
         """Queue range ``i``'s copies into the staging area (on the current stream, the copy
-        one; one call for all chunks); returns the base the table offsets count from."""
-        import torch
-
+        one); returns the base the table offsets count from."""
         assert self.staging is not None
-        piece = copies[i]
-        if isinstance(piece, RangeCopies):
-            batch = runtime()
-            assert batch is not None  # copies() made RangeCopies only with one
-            dev = self.staging.device
-            batch(piece, torch.cuda.current_stream(dev).cuda_stream, dev.index or 0)
-        else:
-            dst, src = piece
-            torch._foreach_copy_(dst, src, non_blocking=True)
+        copies[i].queue(self.staging.device)
         return self.staging
 
     def _stage(self, nbytes: int) -> torch.Tensor:

@@ -16,12 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragcompress.kv.fast.stream import STAGE_ALIGN, HostStream, _Copies
+from ragcompress.kv.fast.stream import STAGE_ALIGN, HostStream, RangeCopy
 
 if TYPE_CHECKING:
     import torch
 
-    from ragcompress.kv.fast._batch_copy import RangeCopies
     from ragcompress.kv.fast.host import HostChunk
 
 __all__ = ["DirectHostStream"]
@@ -54,10 +53,10 @@ class DirectHostStream(HostStream):
             self.side.synchronize()  # done long ago in any real flow: its step was read
         super().flush(join)
 
-    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> Sequence[_Copies | RangeCopies]:
+    def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> Sequence[RangeCopy]:
         return [] if self._direct else super().copies(chunks, stages)
 
-    def fetch(self, copies: Sequence[_Copies | RangeCopies], i: int) -> torch.Tensor:
+    def fetch(self, copies: Sequence[RangeCopy], i: int) -> torch.Tensor:
         if not self._direct:
             return super().fetch(copies, i)
         return self._base  # type: ignore[no-any-return]
