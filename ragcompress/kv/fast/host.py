@@ -16,6 +16,7 @@ overlapped).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,8 +66,10 @@ class HostChunk(BufferChunk):
     def slot_positions(self) -> torch.Tensor | None:
         return self.positions
 
-    @property
+    @functools.cached_property
     def pinned(self) -> bool:
+        """Whether ``data`` is page-locked; asked once (a CUDA query): the streamer asks for
+        every chunk of every request, on the path to the first token."""
         return bool(self.data.is_pinned())
 
     def check(self, buffer: StaticKVBuffer, what: str) -> None:

@@ -46,13 +46,6 @@ class DirectHostStream(HostStream):
         # aligned allocations on both sides: the difference divides by any element size
         return [c.data.data_ptr() - self._base.data_ptr() for c in chunks]
 
-    def flush(self, join: bool = False) -> None:
-        """As :meth:`HostStream.flush`; the last request's kernels read its chunks' own host
-        memory (no copy holds it), so they finish before those chunks may be let go."""
-        if self.side is not None and self._direct:
-            self.side.synchronize()  # done long ago in any real flow: its step was read
-        super().flush(join)
-
     def copies(self, chunks: Sequence[HostChunk], stages: list[int]) -> Sequence[RangeCopy]:
         return [] if self._direct else super().copies(chunks, stages)
 
