@@ -21,6 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -115,9 +116,10 @@ class PackedChunk(BufferChunk):
         if self.positions is not None and tuple(self.positions.shape) != (k.shape[0],):
             raise ValueError(f"positions must be ({k.shape[0]},), got {tuple(self.positions.shape)}")
 
-    @property
+    @cached_property
     def num_tokens(self) -> int:
-        """Tokens kept per head (buffer slots the chunk takes)."""
+        """Tokens kept per head (buffer slots the chunk takes). Asked once: a placement asks
+        every chunk of a request, and a tensor's shape costs ~0.5 µs on the host each time."""
         return int(self.keys.shape[0])
 
     def slot_positions(self) -> torch.Tensor | None:

@@ -264,9 +264,14 @@ def table_rows(group: Sequence[tuple[int, PoolEntry]], deltas: Sequence[int]) ->
     entry)`` pairs, in context order: each entry's cached rows, its item's delta beside them."""
     import numpy as np
 
-    parts = [e.table_rows for _, e in group]
-    out = np.empty((sum(len(p) for p in parts), 3), dtype=np.int32)
-    if parts:
-        out[:, :2] = np.concatenate(parts)
-        out[:, 2] = np.repeat([deltas[i] for i, _ in group], [len(p) for p in parts])
+    parts, runs, moved = [], [], []
+    for i, e in group:  # one pass: this runs per chunk of every request, before its step
+        parts.append(e.table_rows)
+        runs.append(len(e.blocks))
+        moved.append(deltas[i])
+    if not parts:
+        return np.empty((0, 3), dtype=np.int32)
+    out = np.empty((sum(runs), 3), dtype=np.int32)
+    np.concatenate(parts, out=out[:, :2])
+    out[:, 2] = np.repeat(np.array(moved, dtype=np.int32), runs)
     return out

@@ -194,13 +194,21 @@ class ChunkPool:
         first) and lease all of them. All or nothing: when the blocks cannot be found, raises
         :class:`PoolFullError` and the pool is as before."""
         with self._lock:
-            keys = [self._key(c) for c in chunks]
-            found = [self._find(c, k) for c, k in zip(chunks, keys, strict=True)]
-            for i, (c, e) in enumerate(zip(chunks, found, strict=True)):
-                # an identity hit is the very object checked when it entered (2 µs an item,
-                # most of a resident request's placement on the host)
+            # one pass, the common case inline (a resident request's placement is host work
+            # the step waits for: ~1 µs an item here was 2 over three passes)
+            keys: list[Hashable] = []
+            found: list[PoolEntry | None] = []
+            table = self._entries
+            for i, c in enumerate(chunks):
+                key = self._key(c)
+                e = table.get(key)
+                if e is not None and e.ref is not None and e.ref() is not c:
+                    e = self._find(c, key)  # a reused id: retire the dead entry
+                # an identity hit is the very object checked when it entered (2 µs an item)
                 if e is None or e.ref is None:
                     self._check(c, f"item #{i}")
+                keys.append(key)
+                found.append(e)
             held = list({id(e): e for e in found if e is not None}.values())
             for e in held:  # leased first, so the evictions below cannot take them
                 e.refs += 1
@@ -216,12 +224,10 @@ class ChunkPool:
                 for e in held:
                     e.refs -= 1
                 raise
-            entries = []
+            recent = table.move_to_end
             for k in keys:
-                e = self._entries[k]
-                self._entries.move_to_end(k)
-                entries.append(e)
-            return PoolLease(entries, held)
+                recent(k)
+            return PoolLease([table[k] for k in keys], held)
 
     def release(self, lease: PoolLease) -> None:
         """End a lease: its chunks may be evicted once no other lease holds them."""
