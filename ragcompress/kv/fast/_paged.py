@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._context import _LOG2E, _tile
+from ragcompress.kv.fast._context import _LOG2E, _clamped, _tile
 from ragcompress.kv.fast._online import partials, store_partial
 from ragcompress.kv.fast.waves import PAGED, Tiling
 
@@ -121,9 +121,11 @@ def _paged_kernel(
             ang = delta.to(tl.float32) * freq
             a = (qf * tl.cos(ang)[None, :] + qs * (sign * tl.sin(ang))[None, :]).to(k_ptr.dtype.element_ty)
             last = delta
-        # every tile masked by its filled slots, so the loads sit outside any branch: 15% faster
-        # than masking only partly filled blocks in an if/else (results/ttft_paged_v4_h200/)
-        m_i, l_i, acc = _tile(a, kb, vb, blk * BS + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
+        # every tile's scores masked by its filled slots, so the loads sit outside any branch:
+        # 15% faster than masking only partly filled blocks in an if/else
+        # (results/ttft_paged_v4_h200/); the rows past the fill read the last filled one
+        keys = _clamped(blk * BS, n, used)
+        m_i, l_i, acc = _tile(a, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         blk, used, delta = nblk, nused, ndelta
     # m_i is in base 2 (_tile's scores carry log2(e)): the natural-log maximum is m_i * ln 2
     store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
