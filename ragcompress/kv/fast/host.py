@@ -16,8 +16,8 @@ overlapped).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from ragcompress.kv.fast.host_forms import DenseForm, HostForm, QuantForm
@@ -66,7 +66,7 @@ class HostChunk(BufferChunk):
     def slot_positions(self) -> torch.Tensor | None:
         return self.positions
 
-    @functools.cached_property
+    @cached_property
     def pinned(self) -> bool:
         """Whether ``data`` is page-locked; asked once (a CUDA query): the streamer asks for
         every chunk of every request, on the path to the first token."""
