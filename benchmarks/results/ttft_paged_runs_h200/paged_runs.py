@@ -33,7 +33,9 @@ from ragcompress.kv.fast._online import partials, store_partial
 from ragcompress.kv.fast._paged import question_rows
 from ragcompress.kv.fast.waves import Tiling
 
-_spec = importlib.util.spec_from_file_location("paged_tiles", Path(__file__).parents[1] / "ttft_paged_tiles_h200" / "paged_tiles.py")
+_spec = importlib.util.spec_from_file_location(
+    "paged_tiles", Path(__file__).parents[1] / "ttft_paged_tiles_h200" / "paged_tiles.py"
+)
 assert _spec is not None and _spec.loader is not None
 tiles = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiles)
@@ -144,7 +146,13 @@ def runs_pass(c: dict[str, Any], by_keys: bool, cfg: tuple[int, int, int, int, i
     return o, lse, splits
 
 
-CONFIGS = ((128, 128, 8, 3, 1), (128, 64, 8, 3, 1), (64, 64, 4, 3, 2), (64, 128, 4, 2, 2), (128, 128, 8, 2, 1))
+CONFIGS = (
+    (128, 128, 8, 3, 1),
+    (128, 64, 8, 3, 1),
+    (64, 64, 4, 3, 2),
+    (64, 128, 4, 2, 2),
+    (128, 128, 8, 2, 1),
+)
 
 
 def contenders() -> list[tuple[str, Any]]:
@@ -169,7 +177,7 @@ def check_cpu() -> None:
     for chunk in (512, 200):
         c = with_runs(tiles.case(64 + chunk * 3 + 100, 3, h, kvh, d, "cpu", torch.float32, chunk=chunk))
         want = tiles.merged(*tiles.library(c), 3, h, kvh, d)
-        for name, fn in contenders()[1:]:
+        for _name, fn in contenders()[1:]:
             o, lse, sp = fn(c)
             torch.testing.assert_close(tiles.merged(o, lse, sp, 3, h, kvh, d), want, atol=1e-4, rtol=1e-4)
     print("cpu check: every contender's partials merge to the library's")
@@ -184,7 +192,10 @@ def gpu(chunk: int) -> None:
             c = with_runs(tiles.case(ctx, 32, h, kvh, d, "cuda", torch.bfloat16, chunk=chunk))
             o, lse, sp = tiles.library(c)
             ref = tiles.merged(o, lse, sp, 32, h, kvh, d)
-            print(f"\n## {shape}, {ctx} keys, {int(c['runs'][0, 0])} runs (rows/key tile/warps/stages/programs an SM)\n")
+            print(
+                f"\n## {shape}, {ctx} keys, {int(c['runs'][0, 0])} runs"
+                " (rows/key tile/warps/stages/programs an SM)\n"
+            )
             print("| contender | splits | µs | rel err vs library |\n|---|---|---|---|")
             for name, fn in contenders():
                 try:

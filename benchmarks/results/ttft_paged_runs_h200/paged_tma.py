@@ -21,14 +21,13 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+from paged_runs import tiles
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import partials, store_partial
 from ragcompress.kv.fast._paged import _entries, question_rows
 from ragcompress.kv.fast.waves import Tiling
-
-from paged_runs import tiles  # noqa: E402  (the sibling script; run with its folder on sys.path)
 
 
 @triton.jit
@@ -116,7 +115,9 @@ def contenders() -> list[tuple[str, Any]]:
             for cfg in CONFIGS:
                 rot = "every tile" if always else "once a chunk"
                 name = f"TMA, tiles of {tn}, rotate {rot}, {'/'.join(map(str, cfg))}"
-                out.append((name, lambda c, tn=tn, tab=tab, al=always, cfg=cfg: tma_pass(c, tab, tn, al, cfg)))
+                out.append(
+                    (name, lambda c, tn=tn, tab=tab, al=always, cfg=cfg: tma_pass(c, tab, tn, al, cfg))
+                )
     return out
 
 
@@ -152,7 +153,10 @@ def gpu() -> None:
             c = token_major(tiles.case(ctx, 32, h, kvh, d, "cuda", torch.bfloat16), layers)
             o, lse, sp = tiles.library(c)
             ref = tiles.merged(o, lse, sp, 32, h, kvh, d)
-            print(f"\n## {shape}, {ctx} keys, token-major pool of {layers} layers (rows/warps/stages/programs an SM)\n")
+            print(
+                f"\n## {shape}, {ctx} keys, token-major pool of {layers} layers"
+                " (rows/warps/stages/programs an SM)\n"
+            )
             print("| contender | splits | µs | rel err vs library |\n|---|---|---|---|")
             for name, fn in contenders():
                 try:
