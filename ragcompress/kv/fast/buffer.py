@@ -119,6 +119,13 @@ class StaticKVBuffer:
         """Publish the host context length to the device (before a prefill reads it)."""
         self.ctx_len_t.fill_(self.ctx_len)
 
+    def place(self, ctx_len: int, next_position: int) -> None:
+        """Take a context written elsewhere (a paged engine's pool): ``ctx_len`` slots, the
+        question from ``next_position`` on, published to the device in one launch (a
+        :meth:`reset` then :meth:`commit` is two, before every placed step)."""
+        self.ctx_len, self.next_position = ctx_len, next_position
+        self.commit()
+
     def layer_of(self, keys: torch.Tensor) -> int:
         """Which layer's context ``keys`` (a ``ctx_keys[rows, l]`` view, any first row) is."""
         step = self.kv_heads * self.head_dim * self.ctx_keys.element_size()

@@ -23,6 +23,7 @@ from ragcompress.kv.fast.attention import CascadeAttention, ReferenceCascade, de
 from ragcompress.kv.fast.buffer import BufferOverflowError, StaticKVBuffer
 from ragcompress.kv.fast.fused import default_step
 from ragcompress.kv.fast.gate import GatedAttention
+from ragcompress.kv.fast.greedy import greedy
 from ragcompress.kv.fast.local_layers import LocalLayers
 from ragcompress.kv.fast.packed import BufferChunk
 from ragcompress.kv.fast.shapes import _Shape, capture, decode_args, new_shape, prefill_args
@@ -381,7 +382,7 @@ class FastGenerator:
                 shape.attention or self.attention,  # type: ignore[arg-type]
             )
             shape.logits = logits
-            shape.tokens = logits.argmax(-1)
+            shape.tokens = greedy(logits)
 
     def _starts(self) -> list[int] | None:
         """Each question's first position in a ragged batch; None: the buffer's next position."""

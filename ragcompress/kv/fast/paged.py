@@ -48,8 +48,8 @@ class BlockTable:
     device: torch.device | str = "cpu"
     questions: int = 1
     rows: torch.Tensor = field(init=False, repr=False)
-    _stage: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _copied: Any = field(default=None, init=False, repr=False)  # event: the last copy out of _stage
+    _copied: Any = field(default=None, init=False, repr=False)  # event: the last copy out of the staging
+    _views: Any = field(default=None, init=False, repr=False)  # _staging()'s three views
 
     def __post_init__(self) -> None:
         import torch
@@ -82,7 +82,6 @@ class BlockTable:
 
     def _publish(self, tables: Sequence[Rows]) -> None:
         import numpy as np
-        import torch
 
         arrays = [np.asarray(t, dtype=np.int32).reshape(-1, 3) for t in tables]
         longest = max(len(a) for a in arrays)
@@ -90,31 +89,37 @@ class BlockTable:
             raise BufferOverflowError(
                 f"the request reads {longest} pool blocks; the block table holds max_blocks={self.max_blocks}"
             )
-        rows = self.rows.view(-1, 1 + self.max_blocks, 3)[: len(arrays), : 1 + longest]
-        cuda = self.rows.device.type == "cuda"
-        numel = len(arrays) * (1 + longest) * 3
-        # the rows are assembled in place by numpy: in the pinned staging rows on CUDA (no
-        # intermediate tensor), else in a host tensor copied once
-        if cuda:
-            if self._stage is None:
-                self._stage = torch.empty(self.rows.numel(), dtype=torch.int32).pin_memory()
-            if self._copied is not None:
-                self._copied.synchronize()  # the previous copy must have left the staging rows
-            host = self._stage[:numel]
-        else:
-            host = torch.empty(numel, dtype=torch.int32)
-        view = host.numpy().reshape(len(arrays), 1 + longest, 3)
-        view[:] = 0
+        n, width = len(arrays), 1 + longest
+        host, rows, stage = self._staging()
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous copy must have left the staging rows
+        # the rows are assembled in place by numpy, compact (n, width, 3), in the staging rows
+        # (pinned on CUDA); rows past a table's count are left as they were: no kernel reads them
+        view = host[: n * width * 3].reshape(n, width, 3)
         for i, a in enumerate(arrays):
-            view[i, 0, 0] = len(a)
+            view[i, 0] = (len(a), 0, 0)
             view[i, 1 : 1 + len(a)] = a
-        staged = host.view(len(arrays), 1 + longest, 3)
-        if not cuda:
-            rows.copy_(staged)
-            return
-        rows.copy_(staged, non_blocking=True)
-        self._copied = torch.cuda.Event()
-        self._copied.record()
+        # one copy per request, queued on CUDA without blocking the host; the staging tensor,
+        # its numpy view, the device view and the event are made once: this runs before every
+        # placed step, and each torch call a request makes costs µs of host time
+        dst = rows[:n, :width]
+        dst.copy_(stage[: n * width * 3].view(n, width, 3), non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+
+    def _staging(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The staging rows as a flat numpy view, the device rows as (questions, 1 + max_blocks,
+        3) and the staging tensor, made on the first publish (pinned host memory and an event on
+        CUDA)."""
+        import torch
+
+        if self._views is None:
+            cuda = self.rows.device.type == "cuda"
+            stage = torch.empty(self.rows.numel(), dtype=torch.int32)
+            stage = stage.pin_memory() if cuda else stage
+            self._copied = torch.cuda.Event() if cuda else None
+            self._views = (stage.numpy(), self.rows.view(-1, 1 + self.max_blocks, 3), stage)
+        return self._views  # type: ignore[no-any-return]
 
     def clear(self) -> None:
         """No block: the context is empty (a step then attends to its own slots only)."""

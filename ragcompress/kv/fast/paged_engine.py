@@ -144,10 +144,7 @@ class PagedFastGenerator(FastGenerator):
             self._release([lease])
             raise
         self._swap([lease], None)
-        buf = self.buffer
-        buf.reset()
-        buf.ctx_len, buf.next_position = pos[0], pos[1]
-        buf.commit()
+        self.buffer.place(pos[0], pos[1])
         return pos[1]
 
     def load_batch(
@@ -171,8 +168,7 @@ class PagedFastGenerator(FastGenerator):
             self._release([lease for lease, _, _ in placed])
             raise
         self._swap([lease for lease, _, _ in placed], [pos for _, _, (_, pos) in placed])
-        self.buffer.reset()  # the shared context is empty; each question's is in its table
-        self.buffer.commit()
+        self.buffer.place(0, 0)  # the shared context is empty; each question's is in its table
         assert self._ragged_starts is not None
         return list(self._ragged_starts)
 
