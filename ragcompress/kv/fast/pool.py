@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -59,7 +58,10 @@ class PoolEntry:
     num_tokens: int
     block_size: int
     refs: int = 0
-    ref: Any = None  # weakref to the chunk object for identity keys (a reused id is a miss)
+    # weakref to the object that entered, or last passed the pool's check under this key: an
+    # identity entry's object (a reused id is a miss), the object a keyed hit need not check
+    ref: Any = None
+    tick: int = 0  # the last acquire that leased it: least recently used = smallest
     table_rows: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,7 +110,8 @@ class ChunkPool:
     keys: torch.Tensor = field(init=False, repr=False)
     values: torch.Tensor = field(init=False, repr=False)
     _free: list[int] = field(init=False, repr=False)
-    _entries: OrderedDict[Hashable, PoolEntry] = field(init=False, repr=False)  # LRU first
+    _entries: dict[Hashable, PoolEntry] = field(init=False, repr=False)
+    _clock: int = field(default=0, init=False, repr=False)  # acquires so far: the entries' ticks
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,7 +120,7 @@ class ChunkPool:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         self._allocate()
         self._free = list(range(self.num_blocks - 1, -1, -1))  # pop() hands out 0, 1, 2, ..
-        self._entries = OrderedDict()
+        self._entries = {}
 
     def _allocate(self) -> None:
         """The storage: dense ``keys``/``values`` in :attr:`compute_dtype`."""
@@ -196,21 +199,24 @@ class ChunkPool:
         with self._lock:
             # one pass over the items (a resident request's placement is host work the step
             # waits for: ~1 µs an item here was 2 over three passes)
-            keys: list[Hashable] = []
-            found: list[PoolEntry | None] = []
-            table = self._entries
+            self._clock += 1
+            now = self._clock
+            entries: list[PoolEntry | None] = []
+            missing: dict[Hashable, Any] = {}
             for i, c in enumerate(chunks):
-                key = self._key(c)
-                e = self._find(c, key)
-                # an identity hit is the very object checked when it entered (2 µs an item)
-                if e is None or e.ref is None:
+                e = self._find(c)
+                # a hit on the very object checked before (when it entered, or at an earlier
+                # keyed hit) skips the check: 2 µs an item
+                if e is None or e.ref() is not c:
                     self._check(c, f"item #{i}")
-                keys.append(key)
-                found.append(e)
-            held = list({id(e): e for e in found if e is not None}.values())
+                    if e is None:
+                        missing.setdefault(self._key(c), c)
+                    else:
+                        e.ref = weakref.ref(c)
+                entries.append(e)
+            held = list({id(e): e for e in entries if e is not None}.values())
             for e in held:  # leased first, so the evictions below cannot take them
                 e.refs += 1
-            missing = {k: c for c, k, e in zip(chunks, keys, found, strict=True) if e is None}
             need = sum(self._blocks_for(c) for c in missing.values())
             try:
                 self._evict_for(need)
@@ -222,10 +228,12 @@ class ChunkPool:
                 for e in held:
                     e.refs -= 1
                 raise
-            recent = table.move_to_end
-            for k in keys:
-                recent(k)
-            return PoolLease([table[k] for k in keys], held)
+            for e in held:  # the most recently used now (after the lease is sure)
+                e.tick = now
+            if missing:  # the inserted items' entries
+                get, key = self._entries.__getitem__, self._key
+                entries = [get(key(c)) if e is None else e for c, e in zip(chunks, entries, strict=True)]
+            return PoolLease(entries, held)  # type: ignore[arg-type]  # every None was filled
 
     def release(self, lease: PoolLease) -> None:
         """End a lease: its chunks may be evicted once no other lease holds them."""
@@ -241,16 +249,15 @@ class ChunkPool:
         key = getattr(chunk, "key", None)
         return ("key", key) if key is not None else ("id", id(chunk))
 
-    def _find(self, chunk: Any, key: Hashable | None = None) -> PoolEntry | None:
-        key = self._key(chunk) if key is None else key
+    def _find(self, chunk: Any) -> PoolEntry | None:
+        key = self._key(chunk)
         e = self._entries.get(key)
-        if e is not None and e.ref is not None and e.ref() is not chunk:
+        if e is not None and key[0] == "id" and e.ref() is not chunk:  # type: ignore[index]
             # an identity entry whose object died and whose id was reused: never a hit again, but
             # a live lease may still read its blocks, so it stays, under a key of its own, oldest
             del self._entries[key]
-            e.key = ("dead", id(e))
+            e.key, e.tick = ("dead", id(e)), -1
             self._entries[e.key] = e
-            self._entries.move_to_end(e.key, last=False)
             return None
         return e
 
@@ -260,7 +267,7 @@ class ChunkPool:
     def _evict_for(self, need: int) -> None:
         if need <= len(self._free):
             return
-        idle = [e for e in self._entries.values() if e.refs == 0]  # oldest first
+        idle = sorted((e for e in self._entries.values() if e.refs == 0), key=_tick)  # oldest first
         if need > len(self._free) + sum(len(e.blocks) for e in idle):
             held = self.num_blocks - len(self._free) - sum(len(e.blocks) for e in idle)
             raise PoolFullError(
@@ -289,8 +296,7 @@ class ChunkPool:
             idx = torch.tensor(blocks, device=self.keys.device)[:, None] * bs
             slots = (idx + torch.arange(bs, device=idx.device)).reshape(-1)[:n]
         self._write(packed, blocks, slots)
-        ref = weakref.ref(chunk) if key[0] == "id" else None  # type: ignore[index]
-        e = PoolEntry(key, blocks, n, bs, ref=ref)
+        e = PoolEntry(key, blocks, n, bs, ref=weakref.ref(chunk))
         self._entries[key] = e
         return e
 
@@ -321,3 +327,7 @@ class ChunkPool:
             raise ValueError(f"{what} has (layers, kv_heads, head_dim) = {got}, the chunk pool {want}")
         if int(chunk.num_tokens) == 0:
             raise ValueError(f"{what} keeps no tokens")
+
+
+def _tick(entry: PoolEntry) -> int:
+    return entry.tick
