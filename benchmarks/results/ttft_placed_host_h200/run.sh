@@ -12,8 +12,11 @@ cat "$OUT/gpu_tests.txt"
 PYTHONPATH=$PWD:$PWD/benchmarks:/tmp/pyd timeout 100 python3 $R/placed_phases.py --shape llama3-8b \
     --contexts 10240,32768,131072 > "$OUT/placed_phases_after.txt" 2>&1
 tail -25 "$OUT/placed_phases_after.txt"
-PYTHONPATH=$PWD:$PWD/benchmarks:/tmp/pyd timeout 260 python3 -m ragcompress.cli bench ttft --shape llama3-8b \
+PYTHONPATH=$PWD:$PWD/benchmarks:/tmp/pyd timeout 240 python3 -m ragcompress.cli bench ttft --shape llama3-8b \
     --contexts 1024,10240,32768,131072 --repeats 10 --warmup 2 --prefill-repeats 1 --static-compile none \
     --batches 1 --no-modes --no-host --no-stored --no-paged-int4 --no-paged-int8 --no-ragged \
     --out "$OUT/bench" > "$OUT/bench.log" 2>&1
 tail -30 "$OUT/bench.log"
+# the same call: the cos/sin A/B of the paged pass (../ttft_paged_runs_h200/paged_cs.py)
+PYTHONPATH=$PWD timeout 80 python3 benchmarks/results/ttft_paged_runs_h200/paged_cs.py > "$OUT/paged_cs.txt" 2>&1
+tail -40 "$OUT/paged_cs.txt"
