@@ -5,7 +5,7 @@
 set -u
 for w in .devcarry/wheels/*.whl; do pip install -q --no-deps -t /tmp/pyd "$w" >/dev/null 2>&1; done
 S=$PWD/benchmarks/results/ttft_placed_host_h200/placed_phases.py
-for round in 1 2; do
+for round in 1; do
   for tree in before after; do
     if [ $tree = before ]; then P=$PWD/.devcarry/before; else P=$PWD; fi
     echo "## round $round, tree: $tree"

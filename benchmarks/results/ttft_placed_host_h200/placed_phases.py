@@ -49,9 +49,12 @@ def placed_load(paged: Any, prefix: Any, chunks: Any) -> list[float]:
     paged._swap([lease], None)
     t3 = time.perf_counter()
     buf = paged.buffer
-    buf.reset()
-    buf.ctx_len, buf.next_position = pos[0], pos[1]
-    buf.commit()
+    if hasattr(buf, "place"):  # the tree since this session's trims: one launch
+        buf.place(pos[0], pos[1])
+    else:
+        buf.reset()
+        buf.ctx_len, buf.next_position = pos[0], pos[1]
+        buf.commit()
     t4 = time.perf_counter()
     return [(t1 - t0) * 1e6, (t2 - t1) * 1e6, (t3 - t2) * 1e6, (t4 - t3) * 1e6, (t4 - t0) * 1e6]
 
