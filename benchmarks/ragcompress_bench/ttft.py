@@ -21,9 +21,10 @@ context length, in one process and on the same inputs:
   run (:mod:`ragcompress_bench.ttft_host`; ``--no-host`` skips them);
 * ``ragcompress_paged_ms`` — zero-copy placement: the same chunks already resident in a paged
   pool, placed by a block-table write and read in place (:mod:`ragcompress_bench.ttft_paged`;
-  ``--no-paged`` skips it), and ``ragcompress_paged_int4_ms`` / ``ragcompress_paged_int8_ms``,
-  the same from an int4 / int8 pool (dequantized in the attention kernel; ``--no-paged-int4`` /
-  ``--no-paged-int8`` skip them);
+  ``--no-paged`` skips it; ``paged_load_host_ms``: the placement's host share of it), and
+  ``ragcompress_paged_int4_ms`` / ``ragcompress_paged_int8_ms``, the same from an int4 / int8
+  pool (dequantized in the attention kernel; ``--no-paged-int4`` / ``--no-paged-int8`` skip
+  them);
 * ``ragcompress_stored_ms`` — the same chunks as the chunk cache stores them (layer by layer;
   Gemma 3's local layers skip chunks out of their window; :mod:`ragcompress_bench.ttft_stored`);
 * ``ragcompress_warm_ms`` — a separate, warm case: the request repeats the previous one's

@@ -6,6 +6,9 @@
   paged attention: queries rotated by each chunk's ``-delta``, keys never rewritten) and the
   first token on the host (:class:`~ragcompress.kv.fast.PagedFastGenerator`);
 * ``paged_insert_ms`` — one sample: the first load, which copies every chunk into the pool;
+* ``paged_load_host_ms`` — of ``ragcompress_paged_ms``, the placement's host time (leasing the
+  resident chunks, the block table's rows and upload): the median over ``--repeats`` loads, each
+  after a full request's step, with the GPU idle while it runs;
 * ``paged_vs_copy_logits_rel_err`` / ``paged_same_token_as_copy`` — the paged first-token
   logits against the copy engine's on the same request;
 * ``ragcompress_paged_int4_ms``, ``paged_int4_*`` — the same with an
@@ -138,6 +141,7 @@ def paged_row(
             return int(paged.prefill([question])[0])
 
         row[f"ragcompress_{tag}_ms"] = round(clock(run), 3)
+        row[f"{tag}_load_host_ms"] = round(load_host_ms(paged, prefix, chunks, question, clock.repeats), 3)
         tokens[f"ragcompress_{tag}"] = run()
         if copy_logits is not None and paged.last_logits is not None:
             got = paged.last_logits[0].float()
@@ -151,3 +155,22 @@ def paged_row(
     finally:
         paged.release()
     return row
+
+
+def load_host_ms(paged: Any, prefix: Any, chunks: list[Any], question: list[int], repeats: int) -> float:
+    """Median host ms of ``paged.load`` over ``repeats`` requests, each load after the previous
+    request's first token (as a request meets it: the placement's objects cold after a step)."""
+    import statistics
+
+    import torch
+
+    cuda = paged.device.type == "cuda"
+    times = []
+    for _ in range(max(1, repeats)):
+        if cuda:
+            torch.cuda.synchronize(paged.device)
+        t0 = time.perf_counter()
+        paged.load(prefix, chunks)
+        times.append((time.perf_counter() - t0) * 1e3)
+        int(paged.prefill([question])[0])
+    return statistics.median(times)

@@ -78,6 +78,7 @@ COLUMNS = (
     "ragcompress_stored_ms",
     "ragcompress_stored_every_layer_ms",
     "ragcompress_paged_ms",
+    "paged_load_host_ms",
     "ragcompress_paged_int4_ms",
     "ragcompress_paged_int8_ms",
     "ragcompress_compressed_ms",

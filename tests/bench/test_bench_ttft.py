@@ -35,6 +35,8 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         assert row["hf_static_matches_full_prefill"] is True  # the StaticCache anchor (uncompiled on CPU)
         # zero-copy placement (ttft_paged): the copy engine's first token, logits equal up to fp32
         assert row["paged_same_token_as_copy"] is True and row["paged_vs_copy_logits_rel_err"] < 1e-4
+        # the placement's host share of the placed request, and of each pool's
+        assert all(row[f"{t}_load_host_ms"] > 0 for t in ("paged", "paged_int4", "paged_int8"))
         # the int4 pool: chunks quantized on entry, so close to the copy engine's logits, not equal
         assert 0 < row["paged_int4_vs_copy_logits_rel_err"] < 0.2 and row["paged_int4_insert_ms"] > 0
         # int8: the same pool at one byte a channel, far closer to the copy engine
