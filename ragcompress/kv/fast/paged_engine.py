@@ -183,17 +183,17 @@ class PagedFastGenerator(FastGenerator):
         try:
             for prefix, chunks in requests:
                 items: list[Any] = [prefix, *chunks]
-                tokens = sum(int(c.num_tokens) for c in items)
+                deltas, pos, tokens = [], 0, 0
+                for c in items:  # one pass: each item's delta and the tokens the request keeps
+                    deltas.append(pos - int(c.base_offset))
+                    pos += int(c.length)
+                    tokens += int(c.num_tokens)
                 if tokens > self.capacity:
                     raise BufferOverflowError(
                         f"prefix + {len(chunks)} chunks keep {tokens} tokens; the generator takes "
                         f"capacity={self.capacity} per request"
                     )
                 lease = pool.lease_request(items)
-                deltas, pos = [], 0
-                for c in items:
-                    deltas.append(pos - int(c.base_offset))
-                    pos += int(c.length)
                 done.append((lease, [table_rows(group, deltas) for group in lease.tables], (tokens, pos)))
         except BaseException:
             self._release([lease for lease, _, _ in done])
