@@ -155,24 +155,6 @@ def test_stored_chunks_hit_by_key_and_packed_ones_by_identity(setup):
     assert pool.free_blocks == free - 2 * -(-packed.num_tokens // 4)
 
 
-def test_a_keyed_hit_checks_a_new_object_once_and_the_same_object_never(setup, monkeypatch):
-    """A stored chunk is checked when it enters; leased again, the very object is not checked
-    again, and a new object under the same key (fetched again from a store) is checked once."""
-    model, _gen, prefix, passages, _q = setup
-    _, first = _separate_chunks(model, prefix, passages)
-    _, again = _separate_chunks(model, prefix, passages)
-    pool = ChunkPool.for_model(model, 256, 4)
-    checked: list[object] = []
-    real = pool._check
-    monkeypatch.setattr(pool, "_check", lambda c, what: (checked.append(c), real(c, what)))
-    pool.release(pool.acquire(first))
-    pool.release(pool.acquire(first))
-    assert checked == list(first)
-    pool.release(pool.acquire(again))
-    pool.release(pool.acquire(again))
-    assert checked == [*first, *again]
-
-
 def test_a_reused_identity_is_a_miss_and_the_old_blocks_stay_leased():
     """A packed chunk whose id another object takes (after the first died) is a miss; the old
     entry keeps its blocks while a lease holds them and is evicted like any other after."""
