@@ -48,8 +48,14 @@ class BlockTable:
     device: torch.device | str = "cpu"
     questions: int = 1
     rows: torch.Tensor = field(init=False, repr=False)
-    _copied: Any = field(default=None, init=False, repr=False)  # event: the last copy out of the staging
-    _views: Any = field(default=None, init=False, repr=False)  # _staging()'s three views
+    # made once, with the table: the staging rows (pinned on CUDA) and their numpy view, the
+    # rows as (questions, 1 + max_blocks, 3), and the event of the last copy out of the staging
+    # (None off CUDA). A publish runs before every placed step, and each torch call it makes
+    # costs µs of host time
+    _stage: torch.Tensor = field(init=False, repr=False)
+    _host: np.ndarray = field(init=False, repr=False)
+    _rows3: torch.Tensor = field(init=False, repr=False)
+    _copied: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         import torch
@@ -60,6 +66,12 @@ class BlockTable:
             )
         shape = (1 + self.max_blocks, 3) if self.questions == 1 else (self.questions, 1 + self.max_blocks, 3)
         self.rows = torch.zeros(shape, dtype=torch.int32, device=self.device)
+        cuda = self.rows.device.type == "cuda"
+        stage = torch.empty(self.rows.numel(), dtype=torch.int32)
+        self._stage = stage.pin_memory() if cuda else stage
+        self._host = self._stage.numpy()
+        self._rows3 = self.rows.view(-1, 1 + self.max_blocks, 3)
+        self._copied = torch.cuda.Event() if cuda else None
 
     def write(self, blocks: Rows) -> None:
         """Publish a request's ``(block, used, delta)`` rows: (n, 3) int32 array or sequence of
@@ -90,36 +102,18 @@ class BlockTable:
                 f"the request reads {longest} pool blocks; the block table holds max_blocks={self.max_blocks}"
             )
         n, width = len(arrays), 1 + longest
-        host, rows, stage = self._staging()
         if self._copied is not None:
             self._copied.synchronize()  # the previous copy must have left the staging rows
-        # the rows are assembled in place by numpy, compact (n, width, 3), in the staging rows
-        # (pinned on CUDA); rows past a table's count are left as they were: no kernel reads them
-        view = host[: n * width * 3].reshape(n, width, 3)
+        # the rows are assembled in place by numpy, compact (n, width, 3), in the staging rows;
+        # rows past a table's count are left as they were: no kernel reads them
+        view = self._host[: n * width * 3].reshape(n, width, 3)
         for i, a in enumerate(arrays):
             view[i, 0] = (len(a), 0, 0)
             view[i, 1 : 1 + len(a)] = a
-        # one copy per request, queued on CUDA without blocking the host; the staging tensor,
-        # its numpy view, the device view and the event are made once: this runs before every
-        # placed step, and each torch call a request makes costs µs of host time
-        dst = rows[:n, :width]
-        dst.copy_(stage[: n * width * 3].view(n, width, 3), non_blocking=True)
+        # one copy, queued on CUDA without blocking the host
+        self._rows3[:n, :width].copy_(self._stage[: n * width * 3].view(n, width, 3), non_blocking=True)
         if self._copied is not None:
             self._copied.record()
-
-    def _staging(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-        """The staging rows as a flat numpy view, the device rows as (questions, 1 + max_blocks,
-        3) and the staging tensor, made on the first publish (pinned host memory and an event on
-        CUDA)."""
-        import torch
-
-        if self._views is None:
-            cuda = self.rows.device.type == "cuda"
-            stage = torch.empty(self.rows.numel(), dtype=torch.int32)
-            stage = stage.pin_memory() if cuda else stage
-            self._copied = torch.cuda.Event() if cuda else None
-            self._views = (stage.numpy(), self.rows.view(-1, 1 + self.max_blocks, 3), stage)
-        return self._views  # type: ignore[no-any-return]
 
     def clear(self) -> None:
         """No block: the context is empty (a step then attends to its own slots only)."""
