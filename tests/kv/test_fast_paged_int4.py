@@ -64,7 +64,7 @@ def test_int4_pool_stores_what_the_quantizer_gives():
     pool.acquire([x])  # block 3; blocks 4 and 5 stay free
     pool.acquire([c])
     blocks = pool.resident(c).blocks  # type: ignore[union-attr]
-    assert blocks == (2, 4, 5)  # not one run: an index write
+    assert blocks == (2, 4, 5)  # not one run: two copies
     assert_round_trip(pool, c, blocks, 0.15)  # int4: close, not equal
     pool.release(lease)
     shape = {"layers": 2, "kv_heads": 2, "head_dim": 128, "num_blocks": 8, "block_size": 64}

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from ragcompress.kv.fast.paged import BlockTable, paged_context_reference
-from ragcompress.kv.fast.pool import ChunkPool
+from ragcompress.kv.fast.pool import ChunkPool, block_runs
 from tests.conftest import make_tiny_llama
 
+from .test_fast_paged import _chunk
 from .test_fast_path import _ids, _separate_chunks
 
 
@@ -57,3 +58,29 @@ def test_a_shorter_table_after_a_longer_one_reads_only_its_own_rows():
     a = paged_context_reference(q, pool_k, pool_v, used.rows, inv, 4, 0.25)
     b = paged_context_reference(q, pool_k, pool_v, fresh.rows, inv, 4, 0.25)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_block_runs_cover_every_token_once_in_order():
+    """A chunk's tokens over its blocks, as (token, slot, count) per stretch of adjacent blocks:
+    the slots the runs list are exactly the block-by-block slots."""
+    assert block_runs((3, 4, 5), 150, 64) == [(0, 192, 150)]
+    assert block_runs((2, 4, 5), 37, 16) == [(0, 32, 16), (16, 64, 21)]
+    assert block_runs((7,), 1, 64) == [(0, 448, 1)]
+    for blocks, n in (((9, 1, 2, 3, 0), 70), ((5, 6, 8, 9), 61), ((4, 3, 2), 48)):
+        got = [(t + i, s + i) for t, s, c in block_runs(blocks, n, 16) for i in range(c)]
+        assert got == [(t, blocks[t // 16] * 16 + t % 16) for t in range(n)]
+
+
+def test_chunks_after_an_eviction_take_adjacent_blocks():
+    """Evicted chunks free adjacent blocks; a larger chunk entering after them takes them as one
+    run (the free list hands out the lowest blocks in order, not one old chunk's at a time), and
+    its slots hold its keys and values."""
+    pool = ChunkPool(layers=2, kv_heads=2, head_dim=16, num_blocks=8, block_size=4)
+    small = [_chunk(4, s) for s in range(4)]  # one block each: 0, 1, 2, 3
+    for c in small:
+        pool.release(pool.acquire([c]))
+    pool.acquire([_chunk(16, 9)])  # blocks 4..7: the pool is full
+    big = _chunk(15, 10)  # four blocks: every small chunk goes
+    e = pool.acquire([big]).entries[0]
+    assert e.blocks == (0, 1, 2, 3)
+    assert torch.equal(pool.keys[:15], big.keys) and torch.equal(pool.values[:15], big.values)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.fast.paged import BlockTable, PagedCascade
 
-__all__ = ["ChunkPool", "PoolEntry", "PoolFullError", "PoolLease", "RequestLease"]
+__all__ = ["ChunkPool", "PoolEntry", "PoolFullError", "PoolLease", "RequestLease", "block_runs"]
 
 
 class PoolFullError(BufferOverflowError):
@@ -279,33 +279,33 @@ class ChunkPool:
             if need <= len(self._free):
                 break
             del self._entries[e.key]
-            self._free.extend(reversed(e.blocks))
+            self._free.extend(e.blocks)
+        # highest first, so pop() hands out the lowest blocks in order: the evicted chunks' blocks
+        # were adjacent runs, and new chunks take them as runs again (a plain copy each) rather
+        # than straddling two old chunks' blocks
+        self._free.sort(reverse=True)
 
     def _insert(self, key: Hashable, chunk: Any) -> PoolEntry:
-        import torch
-
         if isinstance(chunk, HostChunk):  # from the host tier: codes cross as stored, once
             packed = chunk.to_packed(self.keys.device, self.compute_dtype)
         else:
             packed = chunk if isinstance(chunk, PackedChunk) else PackedChunk.from_chunk(chunk)
-        n, bs = packed.num_tokens, self.block_size
         blocks = tuple(self._free.pop() for _ in range(self._blocks_for(packed)))
-        if blocks == tuple(range(blocks[0], blocks[0] + len(blocks))):  # one run: plain copies
-            slots: torch.Tensor | slice = slice(blocks[0] * bs, blocks[0] * bs + n)
-        else:
-            idx = torch.tensor(blocks, device=self.keys.device)[:, None] * bs
-            slots = (idx + torch.arange(bs, device=idx.device)).reshape(-1)[:n]
-        self._write(packed, blocks, slots)
-        e = PoolEntry(key, blocks, n, bs, ref=weakref.ref(chunk))
+        self._write(packed, blocks, block_runs(blocks, packed.num_tokens, self.block_size))
+        e = PoolEntry(key, blocks, packed.num_tokens, self.block_size, ref=weakref.ref(chunk))
         self._entries[key] = e
         return e
 
-    def _write(self, packed: PackedChunk, blocks: tuple[int, ...], slots: torch.Tensor | slice) -> None:
-        """Store ``packed`` (n tokens) in ``blocks``: token ``i`` at ``slots[i]`` (a slice when
-        the blocks are one run)."""
+    def _write(self, packed: PackedChunk, blocks: tuple[int, ...], runs: list[tuple[int, int, int]]) -> None:
+        """Store ``packed`` (n tokens) in ``blocks``: ``runs`` lists ``(token, slot, count)``,
+        tokens ``token ..`` of the chunk at slots ``slot ..`` (one run a stretch of adjacent
+        blocks): a plain copy each, never an index tensor, whose upload would wait for every
+        copy queued before it."""
         dev, dt = self.keys.device, self.keys.dtype
-        self.keys[slots] = packed.keys.to(device=dev, dtype=dt)
-        self.values[slots] = packed.values.to(device=dev, dtype=dt)
+        k, v = packed.keys.to(device=dev, dtype=dt), packed.values.to(device=dev, dtype=dt)
+        for src, dst, count in runs:
+            self.keys[dst : dst + count] = k[src : src + count]
+            self.values[dst : dst + count] = v[src : src + count]
 
     def _check(self, chunk: Any, what: str) -> None:
         """Refuse, before anything changes, a chunk the pool cannot hold."""
@@ -331,3 +331,17 @@ class ChunkPool:
 
 def _tick(entry: PoolEntry) -> int:
     return entry.tick
+
+
+def block_runs(blocks: Sequence[int], num_tokens: int, block_size: int) -> list[tuple[int, int, int]]:
+    """``(token, slot, count)`` per stretch of adjacent ``blocks`` holding a chunk's
+    ``num_tokens`` tokens in order: tokens ``token .. token + count`` go to slots ``slot ..``."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(blocks) + 1):
+        if i == len(blocks) or blocks[i] != blocks[i - 1] + 1:
+            token = start * block_size
+            count = min(i * block_size, num_tokens) - token
+            runs.append((token, blocks[start] * block_size, count))
+            start = i
+    return runs

@@ -115,13 +115,13 @@ class Int4ChunkPool(ChunkPool):
         chunks = [(i + 1, e) for i, e in enumerate(main.entries)]
         return RequestLease([(self.prefix_pool, side), (self, main)], [[(0, side.entries[0])], chunks])
 
-    def _write(self, packed: PackedChunk, blocks: tuple[int, ...], slots: torch.Tensor | slice) -> None:
+    def _write(self, packed: PackedChunk, blocks: tuple[int, ...], runs: list[tuple[int, int, int]]) -> None:
         import torch
 
         from ragcompress.kv.kernels.quant_format import quantize_keys, quantize_values
 
         n, lay, kvh, d = packed.keys.shape
-        dev = self.keys.device
+        dev, bs = self.keys.device, self.block_size
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (n, L, kvh, d) -> (L * kvh, n, d) fp32
             return t.to(device=dev, dtype=torch.float32).permute(1, 2, 0, 3).reshape(lay * kvh, n, d)
@@ -129,12 +129,15 @@ class Int4ChunkPool(ChunkPool):
         def back(t: torch.Tensor) -> torch.Tensor:  # (L * kvh, m, c) -> (m, L, kvh, c)
             return t.view(lay, kvh, *t.shape[1:]).permute(2, 0, 1, 3)
 
-        kc, ks, kz = quantize_keys(heads(packed.keys), self.bits, self.block_size)
+        kc, ks, kz = quantize_keys(heads(packed.keys), self.bits, bs)
         vc, vs, vz = quantize_values(heads(packed.values), self.bits, d // 2)
-        self.keys[slots], self.values[slots] = back(kc), back(vc)
-        self.value_scale[slots], self.value_zero[slots] = back(vs), back(vz)
-        idx = torch.tensor(blocks, device=dev)
-        self.key_scale[idx], self.key_zero[idx] = back(ks), back(kz)
+        kc, vc, vs, vz, ks, kz = (back(t) for t in (kc, vc, vs, vz, ks, kz))
+        for src, dst, count in runs:  # a run starts on a block boundary: its key groups with it
+            at, of = slice(dst, dst + count), slice(src, src + count)
+            self.keys[at], self.values[at] = kc[of], vc[of]
+            self.value_scale[at], self.value_zero[at] = vs[of], vz[of]
+            g, b, m = src // bs, dst // bs, -(-count // bs)
+            self.key_scale[b : b + m], self.key_zero[b : b + m] = ks[g : g + m], kz[g : g + m]
 
     def dequantized(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s keys and values, (slots, kv_heads, head_dim) fp32: what the kernel
