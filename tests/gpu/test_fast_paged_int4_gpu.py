@@ -106,3 +106,37 @@ def test_gpu_bf16_int4_pool_engine_matches_its_dequantized_chunks():
         truth = _first_logits(ref)
         got, want = _rel(_first_logits(paged), truth), _rel(_first_logits(copy), truth)
         assert got <= want + 2e-2, (order, got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pool_cls", [Int4ChunkPool, Int8ChunkPool], ids=["int4", "int8"])
+def test_gpu_chunks_enter_through_the_kernel_as_the_torch_path_stores_them(pool_cls):
+    """On CUDA a chunk enters an int4/int8 pool through the Triton kernel: its codes, scales and
+    zeros equal the torch path's on the CPU (Llama-8B head shape, bf16, blocks of 64, a chunk over
+    two runs of blocks with a ragged last block); a NaN in a chunk refuses the request's new
+    chunks and leaves the pool's blocks free."""
+    from ragcompress.kv.fast.pool import block_runs
+
+    shape = {"layers": 3, "kv_heads": 8, "head_dim": 128, "num_blocks": 12, "block_size": 64}
+    g = torch.Generator().manual_seed(1)
+    k = torch.randn(300, 3, 8, 128, generator=g) * 4
+    k[:, 1, 2, 7] = -3.0  # a constant channel: scale 0
+    c = PackedChunk(k.bfloat16(), torch.randn(300, 3, 8, 128, generator=g).bfloat16(), 300, 0)
+    blocks = (1, 2, 5, 6, 7)
+    ref = pool_cls(**shape, dtype=torch.bfloat16)
+    ref._write(c, blocks, block_runs(blocks, 300, 64))
+    gpu = pool_cls(**shape, dtype=torch.bfloat16, device="cuda")
+    assert gpu._kernel
+    gpu._write(PackedChunk(c.keys.cuda(), c.values.cuda(), 300, 0), blocks, block_runs(blocks, 300, 64))
+    for name in ("keys", "values", "key_scale", "key_zero", "value_scale", "value_zero"):
+        assert torch.equal(getattr(gpu, name).cpu(), getattr(ref, name)), name
+    assert int(gpu.bad) == 0
+    pool = pool_cls(**shape, dtype=torch.bfloat16, device="cuda")
+    bad = PackedChunk(c.keys.cuda().clone(), c.values.cuda().clone(), 300, 0)
+    bad.keys[299, 2, 7, 100] = float("nan")
+    good = PackedChunk(c.keys[:70].cuda(), c.values[:70].cuda(), 70, 0)
+    with pytest.raises(ValueError, match="non-finite"):
+        pool.acquire([good, bad])
+    assert pool.free_blocks == 12 and pool.resident(good) is None
+    pool.acquire([good])
+    assert pool.resident(good) is not None and int(pool.bad) == 0

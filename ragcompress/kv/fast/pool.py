@@ -220,10 +220,11 @@ class ChunkPool:
             need = sum(self._blocks_for(c) for c in missing.values())
             try:
                 self._evict_for(need)
-                for key, c in missing.items():
-                    e = self._insert(key, c)
+                fresh = [self._insert(key, c) for key, c in missing.items()]
+                for e in fresh:
                     e.refs += 1
                     held.append(e)
+                self._written(fresh)
             except BaseException:
                 for e in held:
                     e.refs -= 1
@@ -275,26 +276,49 @@ class ChunkPool:
                 f"are free and {held} of its {self.num_blocks} are held by live requests: build the "
                 "pool larger or release finished requests"
             )
+        freed: list[int] = []
         for e in idle:
-            if need <= len(self._free):
+            if need <= len(self._free) + len(freed):
                 break
             del self._entries[e.key]
-            self._free.extend(e.blocks)
-        # highest first, so pop() hands out the lowest blocks in order: the evicted chunks' blocks
-        # were adjacent runs, and new chunks take them as runs again (a plain copy each) rather
-        # than straddling two old chunks' blocks
-        self._free.sort(reverse=True)
+            freed.extend(e.blocks)
+        # sorted, highest first, so pop() hands out the lowest blocks in order: the evicted
+        # chunks' blocks were adjacent runs, and new chunks take them as runs again (a plain copy
+        # each) rather than straddling two old chunks' blocks
+        self._release_blocks(freed)
 
     def _insert(self, key: Hashable, chunk: Any) -> PoolEntry:
         if isinstance(chunk, HostChunk):  # from the host tier: codes cross as stored, once
             packed = chunk.to_packed(self.keys.device, self.compute_dtype)
         else:
             packed = chunk if isinstance(chunk, PackedChunk) else PackedChunk.from_chunk(chunk)
-        blocks = tuple(self._free.pop() for _ in range(self._blocks_for(packed)))
-        self._write(packed, blocks, block_runs(blocks, packed.num_tokens, self.block_size))
+        m = self._blocks_for(packed)
+        blocks = tuple(reversed(self._free[-m:]))  # m pop()s, lowest first (m >= 1: _check)
+        del self._free[-m:]
+        try:
+            self._write(packed, blocks, block_runs(blocks, packed.num_tokens, self.block_size))
+        except BaseException:  # the blocks go back: a refused chunk takes none
+            self._release_blocks(blocks)
+            raise
         e = PoolEntry(key, blocks, packed.num_tokens, self.block_size, ref=weakref.ref(chunk))
         self._entries[key] = e
         return e
+
+    def _written(self, fresh: list[PoolEntry]) -> None:
+        """Called once a request's new chunks (``fresh``) are queued for writing: a pool whose
+        writes find bad input only on the GPU drops them here and raises. Here: nothing (a dense
+        copy refuses nothing)."""
+
+    def _drop(self, entries: Sequence[PoolEntry]) -> None:
+        """Forget ``entries`` and free their blocks (chunks that must not be read)."""
+        for e in entries:
+            if self._entries.get(e.key) is e:
+                del self._entries[e.key]
+        self._release_blocks([b for e in entries for b in e.blocks])
+
+    def _release_blocks(self, blocks: Sequence[int]) -> None:
+        self._free.extend(blocks)
+        self._free.sort(reverse=True)  # pop() hands out the lowest first (see _evict_for)
 
     def _write(self, packed: PackedChunk, blocks: tuple[int, ...], runs: list[tuple[int, int, int]]) -> None:
         """Store ``packed`` (n tokens) in ``blocks``: ``runs`` lists ``(token, slot, count)``,
@@ -303,9 +327,10 @@ class ChunkPool:
         copy queued before it."""
         dev, dt = self.keys.device, self.keys.dtype
         k, v = packed.keys.to(device=dev, dtype=dt), packed.values.to(device=dev, dtype=dt)
-        for src, dst, count in runs:
-            self.keys[dst : dst + count] = k[src : src + count]
-            self.values[dst : dst + count] = v[src : src + count]
+        for src, dst, count in runs:  # narrow + copy_: ~2x less host time than slice assignment
+            whole = src == 0 and count == k.shape[0]
+            self.keys.narrow(0, dst, count).copy_(k if whole else k.narrow(0, src, count))
+            self.values.narrow(0, dst, count).copy_(v if whole else v.narrow(0, src, count))
 
     def _check(self, chunk: Any, what: str) -> None:
         """Refuse, before anything changes, a chunk the pool cannot hold."""
@@ -336,6 +361,8 @@ def _tick(entry: PoolEntry) -> int:
 def block_runs(blocks: Sequence[int], num_tokens: int, block_size: int) -> list[tuple[int, int, int]]:
     """``(token, slot, count)`` per stretch of adjacent ``blocks`` holding a chunk's
     ``num_tokens`` tokens in order: tokens ``token .. token + count`` go to slots ``slot ..``."""
+    if blocks and blocks == tuple(range(blocks[0], blocks[0] + len(blocks))):  # the usual case
+        return [(0, blocks[0] * block_size, num_tokens)]
     runs: list[tuple[int, int, int]] = []
     start = 0
     for i in range(1, len(blocks) + 1):

@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from ragcompress.kv.fast.pool import ChunkPool, PoolFullError, RequestLease
+from ragcompress.kv.fast.pool import ChunkPool, PoolEntry, PoolFullError, RequestLease
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -65,6 +65,7 @@ class Int4ChunkPool(ChunkPool):
     key_zero: torch.Tensor = field(init=False, repr=False)
     value_scale: torch.Tensor = field(init=False, repr=False)
     value_zero: torch.Tensor = field(init=False, repr=False)
+    bad: torch.Tensor = field(init=False, repr=False)  # (1,) int32
 
     def _allocate(self) -> None:
         import torch
@@ -80,6 +81,7 @@ class Int4ChunkPool(ChunkPool):
         self.key_zero = torch.zeros_like(self.key_scale)
         self.value_scale = torch.zeros((self.slots, *lkd, 2), dtype=f16, device=dev)
         self.value_zero = torch.zeros_like(self.value_scale)
+        self.bad = torch.zeros(1, dtype=torch.int32, device=dev)  # set by the kernel: see _written
         self.prefix_pool = ChunkPool(
             self.layers, self.kv_heads, self.head_dim, -(-int(self.prefix_tokens) // self.block_size),
             self.block_size, self.dtype, self.device,
@@ -122,6 +124,13 @@ class Int4ChunkPool(ChunkPool):
 
         n, lay, kvh, d = packed.keys.shape
         dev, bs = self.keys.device, self.block_size
+        if self._kernel:  # one launch a run, no fp32 copies, the finite check read in _written
+            from ragcompress.kv.fast._pool_quant import quantize_run
+
+            k, v = packed.keys.to(device=dev), packed.values.to(device=dev)
+            for run in runs:
+                quantize_run(self, k, v, run, self.bad)
+            return
 
         def heads(t: torch.Tensor) -> torch.Tensor:  # (n, L, kvh, d) -> (L * kvh, n, d) fp32
             return t.to(device=dev, dtype=torch.float32).permute(1, 2, 0, 3).reshape(lay * kvh, n, d)
@@ -138,6 +147,26 @@ class Int4ChunkPool(ChunkPool):
             self.value_scale[at], self.value_zero[at] = vs[of], vz[of]
             g, b, m = src // bs, dst // bs, -(-count // bs)
             self.key_scale[b : b + m], self.key_zero[b : b + m] = ks[g : g + m], kz[g : g + m]
+
+    def _written(self, fresh: list[PoolEntry]) -> None:
+        """The kernel flags a block holding a NaN or an infinity: the request's new chunks are
+        dropped and refused (read once a request with new chunks, a wait for its writes)."""
+        if self._kernel and fresh and int(self.bad.item()):
+            self.bad.zero_()
+            self._drop(fresh)
+            raise ValueError(
+                "cannot quantize non-finite keys/values (inf or nan in a chunk entering the "
+                f"int{self.bits} pool): none of the request's new chunks entered it"
+            )
+
+    @property
+    def _kernel(self) -> bool:
+        """Whether chunks enter through the Triton kernel (CUDA, tiles of powers of two)."""
+        from ragcompress.kv.fast.write import triton_available
+
+        half = self.head_dim // 2
+        pow2 = not (self.block_size & (self.block_size - 1) or half & (half - 1))
+        return self.keys.is_cuda and pow2 and triton_available()
 
     def dequantized(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s keys and values, (slots, kv_heads, head_dim) fp32: what the kernel

@@ -1,0 +1,133 @@
+"""Triton kernel: a chunk quantized straight into an int4/int8 pool's blocks, one launch a run.
+
+:class:`~ragcompress.kv.fast.pool_int4.Int4ChunkPool` stores what
+:mod:`~ragcompress.kv.kernels.quant_format` gives with key groups of one block (per channel) and
+value groups of half a head (per token). Through torch that is an fp32 copy of the chunk
+permuted heads-first, eight reductions and as many temporaries, and a host sync per group
+kind for the finite check: on an H200 a 128K-token request's cold insert took 394 ms
+(``benchmarks/results/ttft_pool_insert_h200/``) where the bf16 pool's copy took 11.6. Here
+program ``(block, layer * kv_head, side)`` of a run reads one block of the chunk's keys
+(side 0) or values (side 1) once, in the chunk's token-major layout, and writes the codes,
+scales and zeros in place: the bytes move once.
+
+The arithmetic is quant_format's, to the bit: zero = fp16(min), scale = fp16((max - zero) /
+levels) with IEEE division, codes = round-half-even((x - zero) / scale) clamped (0 where the
+scale is 0), a ragged last block's statistics over the tokens it has. A block holding a NaN or
+an infinity sets ``bad`` (the pool refuses the request's new chunks when it reads it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["quantize_run"]
+
+_RNE = 12582912.0  # 1.5 * 2**23: (y + _RNE) - _RNE rounds |y| < 2**22 half to even in fp32
+
+
+@triton.jit
+def _codes(x, zero, scale, LEVELS: tl.constexpr):
+    """Codes of ``x`` against the stored fp16 ``zero``/``scale`` (broadcast to ``x``)."""
+    s = scale.to(tl.float32)
+    y = tl.math.div_rn(x - zero.to(tl.float32), tl.where(s > 0, s, 1.0))
+    q = tl.minimum(tl.maximum((y + _RNE) - _RNE, 0.0), LEVELS)
+    return tl.where(s > 0, q, 0.0).to(tl.uint8)
+
+
+@triton.jit
+def _stats(lo, hi, LEVELS: tl.constexpr):
+    zero = lo.to(tl.float16)
+    return zero, tl.math.div_rn(hi - zero.to(tl.float32), LEVELS * 1.0).to(tl.float16)
+
+
+@triton.jit
+def _column_stats(x, ok, LEVELS: tl.constexpr):
+    """Per column of ``x`` (rows, cols), over the rows ``ok`` (rows, 1) keeps."""
+    lo = tl.min(tl.where(ok, x, float("inf")), axis=0)
+    return _stats(lo, tl.max(tl.where(ok, x, -float("inf")), axis=0), LEVELS)
+
+
+@triton.jit
+def _nonfinite(x, mask):
+    return tl.max(tl.max(tl.where(mask & ((x != x) | (tl.abs(x) == float("inf"))), 1, 0), axis=1), axis=0)
+
+
+@triton.jit
+def _quantize_run(
+    k_ptr, v_ptr, src_t,  # chunk keys / values (n, LH, D), token stride src_t
+    kc_ptr, vc_ptr,  # pool codes (slots, LH, D * BITS // 8) uint8
+    ks_ptr, kz_ptr,  # key scale / zero (blocks, LH, D) fp16
+    vs_ptr, vz_ptr,  # value scale / zero (slots, LH, 2) fp16
+    bad_ptr,  # (1,) int32, set to 1 where a block holds a non-finite value
+    src, dst, count, LH,
+    BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
+):  # fmt: skip
+    blk = tl.program_id(0)
+    lh = tl.program_id(1).to(tl.int64)
+    H: tl.constexpr = D // 2
+    DC: tl.constexpr = D * BITS // 8
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    t = tl.arange(0, BS)
+    c = tl.arange(0, H)
+    ok = (blk * BS + t < count)[:, None]
+    rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
+    slots = (dst + blk * BS + t).to(tl.int64)
+    out = slots[:, None] * (LH * DC) + lh * DC + c[None, :]
+    if tl.program_id(2) == 0:  # keys: per channel over the block's tokens
+        x1 = tl.load(k_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+        x2 = tl.load(k_ptr + rows + H, mask=ok, other=0.0).to(tl.float32)
+        bad = tl.maximum(_nonfinite(x1, ok), _nonfinite(x2, ok))
+        z1, s1 = _column_stats(x1, ok, LEVELS)
+        z2, s2 = _column_stats(x2, ok, LEVELS)
+        q1, q2 = _codes(x1, z1[None, :], s1[None, :], LEVELS), _codes(x2, z2[None, :], s2[None, :], LEVELS)
+        at = ((dst // BS + blk) * LH + lh) * D + c
+        tl.store(ks_ptr + at, s1)
+        tl.store(ks_ptr + at + H, s2)
+        tl.store(kz_ptr + at, z1)
+        tl.store(kz_ptr + at + H, z2)
+    else:  # values: per token over each half head
+        x1 = tl.load(v_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+        x2 = tl.load(v_ptr + rows + H, mask=ok, other=0.0).to(tl.float32)
+        bad = tl.maximum(_nonfinite(x1, ok), _nonfinite(x2, ok))
+        z1, s1 = _stats(tl.min(x1, axis=1), tl.max(x1, axis=1), LEVELS)
+        z2, s2 = _stats(tl.min(x2, axis=1), tl.max(x2, axis=1), LEVELS)
+        q1, q2 = _codes(x1, z1[:, None], s1[:, None], LEVELS), _codes(x2, z2[:, None], s2[:, None], LEVELS)
+        m = blk * BS + t < count
+        at = (slots * LH + lh) * 2
+        tl.store(vs_ptr + at, s1, mask=m)
+        tl.store(vs_ptr + at + 1, s2, mask=m)
+        tl.store(vz_ptr + at, z1, mask=m)
+        tl.store(vz_ptr + at + 1, z2, mask=m)
+        kc_ptr = vc_ptr
+    if BITS == 4:  # byte j: channel j in the low nibble, j + D/2 in the high (half-split)
+        tl.store(kc_ptr + out, q1 | (q2 << 4), mask=ok)
+    else:
+        tl.store(kc_ptr + out, q1, mask=ok)
+        tl.store(kc_ptr + out + H, q2, mask=ok)
+    if bad > 0:
+        tl.store(bad_ptr, 1)
+
+
+def quantize_run(
+    pool: Any, keys: torch.Tensor, values: torch.Tensor, run: tuple[int, int, int], bad: torch.Tensor
+) -> None:
+    """Quantize tokens ``token .. token + count`` of a chunk's ``keys``/``values`` (n, layers,
+    kv_heads, head_dim), on the pool's device, into ``pool`` (an Int4/Int8 chunk pool) at slots
+    ``slot ..`` (``run`` = (token, slot, count), ``slot`` on a block boundary); ``bad`` (1,)
+    int32 becomes 1 where a block holds a NaN or an infinity (left as it was otherwise)."""
+    token, slot, count = run
+    _, layers, kv_heads, d = keys.shape
+    bs = pool.block_size
+    grid: Any = (triton.cdiv(count, bs), layers * kv_heads, 2)
+    k, v = (t if t.stride()[1:] == (kv_heads * d, d, 1) else t.contiguous() for t in (keys, values))
+    if k.stride(0) != v.stride(0):
+        k, v = k.contiguous(), v.contiguous()
+    _quantize_run[grid](
+        k, v, k.stride(0), pool.keys, pool.values, pool.key_scale, pool.key_zero,
+        pool.value_scale, pool.value_zero, bad, token, slot, count, layers * kv_heads,
+        BS=bs, D=d, BITS=pool.bits, num_warps=8,
+    )  # fmt: skip
