@@ -96,7 +96,9 @@ def request(ctx: int, seed: int) -> list[PackedChunk]:
     return [PackedChunk(rnd(n), rnd(n), n, 0) for n in sizes]
 
 
-def timed(fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] = lambda: None) -> tuple[float, float]:
+def timed(
+    fn: Callable[[], Any], repeats: int, setup: Callable[[], Any] = lambda: None
+) -> tuple[float, float]:
     """Median (host ms, wall ms) of ``fn`` over ``repeats``, ``setup`` untimed before each."""
     host, wall = [], []
     for _ in range(repeats):
@@ -143,7 +145,9 @@ def batch_d2d(dst: list[torch.Tensor], src: list[torch.Tensor], flags: int) -> C
     return run
 
 
-def mechanics(chunks: list[PackedChunk], store: tuple[torch.Tensor, torch.Tensor], reps: int) -> dict[str, Any]:
+def mechanics(
+    chunks: list[PackedChunk], store: tuple[torch.Tensor, torch.Tensor], reps: int
+) -> dict[str, Any]:
     """Copies of every chunk into adjacent slots of ``store`` (keys, values), four ways."""
     dst, src, at = [], [], 0
     for c in chunks:
@@ -166,7 +170,8 @@ def mechanics(chunks: list[PackedChunk], store: tuple[torch.Tensor, torch.Tensor
     out["floor (one copy a side)"] = timed(floor, reps)
     out["copy_ a chunk and side"] = timed(loop, reps)
     out["torch._foreach_copy_"] = timed(lambda: torch._foreach_copy_(dst, src), reps)
-    for name, flags in (("cudaMemcpyBatchAsync, SMs", 0), ("cudaMemcpyBatchAsync, copy engines", 1))[: 2 * (DEVICE == "cuda")]:
+    batched = (("cudaMemcpyBatchAsync, SMs", 0), ("cudaMemcpyBatchAsync, copy engines", 1))
+    for name, flags in batched[: 2 * (DEVICE == "cuda")]:
         try:
             out[name] = timed(batch_d2d(dst, src, flags), reps)
         except Exception as exc:  # an older runtime: said, the rest kept
@@ -189,7 +194,7 @@ def pools(sets: dict[int, list[PackedChunk]], cap: int, reps: int) -> dict[str, 
 
         row: dict[str, Any] = {}
         for ctx, chunks in sets.items():
-            row[f"fresh {ctx}"] = timed(lambda c=chunks: made[0].acquire(c), reps, fresh)
+            row[f"fresh {ctx}"] = timed(lambda c=chunks, m=made: m[0].acquire(c), reps, fresh)
         seq: dict[int, list[tuple[float, float]]] = {ctx: [] for ctx in sets}
         runs: dict[int, list[int]] = {ctx: [] for ctx in sets}
         for _ in range(reps):
@@ -204,8 +209,9 @@ def pools(sets: dict[int, list[PackedChunk]], cap: int, reps: int) -> dict[str, 
                 seq[ctx].append(((t1 - t0) * 1e3, (time.perf_counter() - t0) * 1e3))
                 runs[ctx].append(sum(_one_run(e.blocks) for e in lease.entries))
                 ok = all(
-                    torch.equal(pool.keys[_slots(e)], c.keys) and torch.equal(pool.values[_slots(e)], c.values)
+                    torch.equal(pool.keys[s], c.keys) and torch.equal(pool.values[s], c.values)
                     for e, c in zip(lease.entries, chunks, strict=True)
+                    for s in (_slots(e),)
                 )
                 assert ok, f"{name}: the pool's slots differ from the chunks at {ctx}"
                 pool.release(lease)
@@ -242,8 +248,8 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}, torch {torch.__version__}")
     sets = {ctx: request(ctx, seed=i) for i, ctx in enumerate(ctxs)}
     cap = max(ctxs)
-    store = tuple(torch.empty((cap + PASSAGE, LAYERS, KV_HEADS, HEAD_DIM), dtype=torch.bfloat16, device=DEVICE)
-                  for _ in range(2))  # fmt: skip
+    shape = (cap + PASSAGE, LAYERS, KV_HEADS, HEAD_DIM)
+    store = tuple(torch.empty(shape, dtype=torch.bfloat16, device=DEVICE) for _ in range(2))
     print("\n## copy mechanics (host ms, wall ms)")
     for ctx, chunks in sets.items():
         print(f"### {ctx} tokens, {len(chunks)} chunks")
