@@ -48,16 +48,25 @@ def test_temperature_zero_is_todays_greedy_on_both_engines(engines, gen) -> None
 
 
 def test_a_seed_gives_the_same_tokens_on_both_engines(engines) -> None:
+    """Each engine replays a seed exactly, and the two engines give the same answer for nearly
+    every seed. Not every one: their logits differ by fp32 rounding (~1e-5), which moves a
+    token across the top-p cut or a draw across a cumulative boundary about once in 30
+    answers of 12 tokens at this temperature (measured over 30 seeds, both press settings);
+    an engine drawing its numbers differently would differ at nearly every seed."""
     eager, fast = engines
-    seen = set()
-    for seed in (1, 2, 3):
+    seen, same = set(), 0
+    seeds = range(1, 13)
+    for seed in seeds:
         sampling = Sampling(temperature=HOT, top_p=0.95, seed=seed)
         got = eager.answer(QUESTION, PASSAGES, sampling=sampling)
         assert got.token_ids == eager.answer(QUESTION, PASSAGES, sampling=sampling).token_ids
-        assert fast.answer(QUESTION, PASSAGES, sampling=sampling).token_ids == got.token_ids
-        assert fast.stream(QUESTION, PASSAGES, sampling=sampling).__next__()  # streams too
+        ours = fast.answer(QUESTION, PASSAGES, sampling=sampling).token_ids
+        assert ours == fast.answer(QUESTION, PASSAGES, sampling=sampling).token_ids
+        same += ours == got.token_ids
         seen.add(got.token_ids)
-    assert len(seen) == 3
+    assert next(fast.stream(QUESTION, PASSAGES, sampling=Sampling(temperature=HOT, seed=1)))  # streams too
+    assert same >= len(seeds) - 2, f"{same} of {len(seeds)} seeds gave the same answer on both engines"
+    assert len(seen) == len(seeds)
 
 
 def test_stop_strings_trim_and_stop_early_on_both_engines(engines) -> None:
