@@ -55,6 +55,17 @@ for side in ("keys", "values"):
             print(side, value, "refused" if "non-finite" in str(err) else err, "pool as before:", left)
         pool.acquire([good])  # the flag was cleared: a good chunk enters
         print("then accepted:", pool.resident(good) is not None and int(pool.bad) == 0)
+
+# an insert that fails after a non-finite chunk was written: that chunk is still checked
+pool, nan, boom = Kernel(**SHAPE), chunk(20, 1), chunk(20, 2)
+nan.keys[0, 0, 0, 0] = float("nan")
+real = pool._write
+pool._write = lambda p, b, r: (_ for _ in ()).throw(RuntimeError("boom")) if p is boom else real(p, b, r)
+try:
+    pool.acquire([nan, boom])
+except ValueError as err:
+    gone = pool.resident(nan) is None
+    print("failed insert:", "non-finite" in str(err), gone, int(pool.bad), pool.free_blocks)
 """
 
 
@@ -78,6 +89,7 @@ def test_the_kernel_stores_what_the_torch_path_stores() -> None:
         for value in ("nan", "inf"):
             assert f"{side} {value} refused pool as before: True" in out
     assert out.count("then accepted: True") == 4 and "accepted" not in out
+    assert out[-1] == "failed insert: True True 0 6"
 
 
 @pytest.mark.parametrize("cls", [Int4ChunkPool, Int8ChunkPool])

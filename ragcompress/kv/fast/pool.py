@@ -218,13 +218,17 @@ class ChunkPool:
             for e in held:  # leased first, so the evictions below cannot take them
                 e.refs += 1
             need = sum(self._blocks_for(c) for c in missing.values())
+            fresh: list[PoolEntry] = []
             try:
                 self._evict_for(need)
-                fresh = [self._insert(key, c) for key, c in missing.items()]
+                try:
+                    for key, c in missing.items():
+                        fresh.append(self._insert(key, c))
+                finally:  # also after a failed insert: what was written before it is checked
+                    self._written(fresh)
                 for e in fresh:
                     e.refs += 1
                     held.append(e)
-                self._written(fresh)
             except BaseException:
                 for e in held:
                     e.refs -= 1
