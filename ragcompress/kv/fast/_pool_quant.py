@@ -26,7 +26,7 @@ import triton.language as tl
 
 __all__ = ["quantize_run"]
 
-_RNE = 12582912.0  # 1.5 * 2**23: (y + _RNE) - _RNE rounds |y| < 2**22 half to even in fp32
+_RNE = tl.constexpr(12582912.0)  # 1.5 * 2**23: (y + _RNE) - _RNE rounds |y| < 2**22 half to even (fp32)
 
 
 @triton.jit
