@@ -24,16 +24,17 @@ from tests.kv.test_fast_pool_quant import chunk
 SHAPE = {"layers": 2, "kv_heads": 2, "head_dim": 32, "num_blocks": 6, "block_size": 16}
 NAMES = ("keys", "values", "key_scale", "key_zero", "value_scale", "value_zero")
 for cls in (Int4ChunkPool, Int8ChunkPool):
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype, bs in ((torch.float32, 16), (torch.bfloat16, 16), (torch.float32, 8)):
         c = chunk(37, 3, dtype)
-        blocks = (2, 4, 5)
-        runs = block_runs(blocks, 37, 16)
-        ref, got = cls(**SHAPE, dtype=dtype), cls(**SHAPE, dtype=dtype)
+        blocks = (2, 4, 5) if bs == 16 else (2, 3, 9, 10, 11)  # blocks of 8: not half a head
+        runs = block_runs(blocks, 37, bs)
+        shape = {**SHAPE, "block_size": bs, "num_blocks": 12}
+        ref, got = cls(**shape, dtype=dtype), cls(**shape, dtype=dtype)
         ref._write(c, blocks, runs)  # the torch path
         for run in runs:
             quantize_run(got, c.keys, c.values, run, got.bad)
         diff = [n for n in NAMES if not torch.equal(getattr(got, n), getattr(ref, n))]
-        print(cls.__name__, str(dtype), "differ:", diff, "bad:", int(got.bad))
+        print(cls.__name__, str(dtype), bs, "differ:", diff, "bad:", int(got.bad))
 
 
 class Kernel(Int4ChunkPool):
@@ -80,10 +81,10 @@ def chunk(n: int, seed: int, dtype: torch.dtype = torch.float32) -> PackedChunk:
 
 def test_the_kernel_stores_what_the_torch_path_stores() -> None:
     out = run_interpreted(_CHECK).splitlines()
-    assert out[:4] == [
+    assert out[:6] == [
         f"{cls} {dtype} differ: [] bad: 0"
         for cls in ("Int4ChunkPool", "Int8ChunkPool")
-        for dtype in ("torch.float32", "torch.bfloat16")
+        for dtype in ("torch.float32 16", "torch.bfloat16 16", "torch.float32 8")
     ]
     for side in ("keys", "values"):
         for value in ("nan", "inf"):

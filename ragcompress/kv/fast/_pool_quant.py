@@ -6,7 +6,7 @@ value groups of half a head (per token). Through torch that is an fp32 copy of t
 permuted heads-first, eight reductions and as many temporaries, and a host sync per group
 kind for the finite check: on an H200 a 128K-token request's cold insert took 394 ms
 (``benchmarks/results/ttft_pool_insert_h200/``) where the bf16 pool's copy took 11.6. Here
-program ``(block, layer * kv_head, side)`` of a run reads one block of the chunk's keys
+program ``(layer * kv_head, block, side)`` of a run reads one block of the chunk's keys
 (side 0) or values (side 1) once, in the chunk's token-major layout, and writes the codes,
 scales and zeros in place: the bytes move once.
 
@@ -57,6 +57,50 @@ def _nonfinite(x, mask):
 
 
 @triton.jit
+def _store_codes(c_ptr, out, q1, q2, ok, H: tl.constexpr, BITS: tl.constexpr):
+    if BITS == 4:  # byte j: channel j in the low nibble, j + D/2 in the high (half-split)
+        tl.store(c_ptr + out, q1 | (q2 << 4), mask=ok)
+    else:
+        tl.store(c_ptr + out, q1, mask=ok)
+        tl.store(c_ptr + out + H, q2, mask=ok)
+
+
+@triton.jit
+def _keys(k_ptr, kc_ptr, ks_ptr, kz_ptr, rows, out, ok, at, H: tl.constexpr, BITS: tl.constexpr):
+    """A block's keys: per channel over its tokens; one scale and zero a channel at ``at``."""
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    x1 = tl.load(k_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(k_ptr + rows + H, mask=ok, other=0.0).to(tl.float32)
+    z1, s1 = _column_stats(x1, ok, LEVELS)
+    z2, s2 = _column_stats(x2, ok, LEVELS)
+    _store_codes(kc_ptr, out, _codes(x1, z1[None, :], s1[None, :], LEVELS),
+                 _codes(x2, z2[None, :], s2[None, :], LEVELS), ok, H, BITS)  # fmt: skip
+    tl.store(ks_ptr + at, s1)
+    tl.store(ks_ptr + at + H, s2)
+    tl.store(kz_ptr + at, z1)
+    tl.store(kz_ptr + at + H, z2)
+    return tl.maximum(_nonfinite(x1, ok), _nonfinite(x2, ok))
+
+
+@triton.jit
+def _values(v_ptr, vc_ptr, vs_ptr, vz_ptr, rows, out, ok, at, H: tl.constexpr, BITS: tl.constexpr):
+    """A block's values: per token over each half head; its two scales and zeros at ``at``."""
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    x1 = tl.load(v_ptr + rows, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(v_ptr + rows + H, mask=ok, other=0.0).to(tl.float32)
+    z1, s1 = _stats(tl.min(x1, axis=1), tl.max(x1, axis=1), LEVELS)
+    z2, s2 = _stats(tl.min(x2, axis=1), tl.max(x2, axis=1), LEVELS)
+    _store_codes(vc_ptr, out, _codes(x1, z1[:, None], s1[:, None], LEVELS),
+                 _codes(x2, z2[:, None], s2[:, None], LEVELS), ok, H, BITS)  # fmt: skip
+    m = tl.reshape(ok, (ok.shape[0],))
+    tl.store(vs_ptr + at, s1, mask=m)
+    tl.store(vs_ptr + at + 1, s2, mask=m)
+    tl.store(vz_ptr + at, z1, mask=m)
+    tl.store(vz_ptr + at + 1, z2, mask=m)
+    return tl.maximum(_nonfinite(x1, ok), _nonfinite(x2, ok))
+
+
+@triton.jit
 def _quantize_run(
     k_ptr, v_ptr, src_t,  # chunk keys / values (n, LH, D), token stride src_t
     kc_ptr, vc_ptr,  # pool codes (slots, LH, D * BITS // 8) uint8
@@ -66,48 +110,23 @@ def _quantize_run(
     src, dst, count, LH,
     BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
 ):  # fmt: skip
-    blk = tl.program_id(0)
-    lh = tl.program_id(1).to(tl.int64)
+    # (layer x KV head) varies fastest: programs running together read a token's whole row
+    lh = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
     H: tl.constexpr = D // 2
     DC: tl.constexpr = D * BITS // 8
-    LEVELS: tl.constexpr = (1 << BITS) - 1
     t = tl.arange(0, BS)
     c = tl.arange(0, H)
     ok = (blk * BS + t < count)[:, None]
     rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
     slots = (dst + blk * BS + t).to(tl.int64)
     out = slots[:, None] * (LH * DC) + lh * DC + c[None, :]
-    if tl.program_id(2) == 0:  # keys: per channel over the block's tokens
-        x1 = tl.load(k_ptr + rows, mask=ok, other=0.0).to(tl.float32)
-        x2 = tl.load(k_ptr + rows + H, mask=ok, other=0.0).to(tl.float32)
-        bad = tl.maximum(_nonfinite(x1, ok), _nonfinite(x2, ok))
-        z1, s1 = _column_stats(x1, ok, LEVELS)
-        z2, s2 = _column_stats(x2, ok, LEVELS)
-        q1, q2 = _codes(x1, z1[None, :], s1[None, :], LEVELS), _codes(x2, z2[None, :], s2[None, :], LEVELS)
-        at = ((dst // BS + blk) * LH + lh) * D + c
-        tl.store(ks_ptr + at, s1)
-        tl.store(ks_ptr + at + H, s2)
-        tl.store(kz_ptr + at, z1)
-        tl.store(kz_ptr + at + H, z2)
-    else:  # values: per token over each half head
-        x1 = tl.load(v_ptr + rows, mask=ok, other=0.0).to(tl.float32)
-        x2 = tl.load(v_ptr + rows + H, mask=ok, other=0.0).to(tl.float32)
-        bad = tl.maximum(_nonfinite(x1, ok), _nonfinite(x2, ok))
-        z1, s1 = _stats(tl.min(x1, axis=1), tl.max(x1, axis=1), LEVELS)
-        z2, s2 = _stats(tl.min(x2, axis=1), tl.max(x2, axis=1), LEVELS)
-        q1, q2 = _codes(x1, z1[:, None], s1[:, None], LEVELS), _codes(x2, z2[:, None], s2[:, None], LEVELS)
-        m = blk * BS + t < count
-        at = (slots * LH + lh) * 2
-        tl.store(vs_ptr + at, s1, mask=m)
-        tl.store(vs_ptr + at + 1, s2, mask=m)
-        tl.store(vz_ptr + at, z1, mask=m)
-        tl.store(vz_ptr + at + 1, z2, mask=m)
-        kc_ptr = vc_ptr
-    if BITS == 4:  # byte j: channel j in the low nibble, j + D/2 in the high (half-split)
-        tl.store(kc_ptr + out, q1 | (q2 << 4), mask=ok)
+    if tl.program_id(2) == 0:
+        bad = _keys(
+            k_ptr, kc_ptr, ks_ptr, kz_ptr, rows, out, ok, ((dst // BS + blk) * LH + lh) * D + c, H, BITS
+        )
     else:
-        tl.store(kc_ptr + out, q1, mask=ok)
-        tl.store(kc_ptr + out + H, q2, mask=ok)
+        bad = _values(v_ptr, vc_ptr, vs_ptr, vz_ptr, rows, out, ok, (slots * LH + lh) * 2, H, BITS)
     if bad > 0:
         tl.store(bad_ptr, 1)
 
@@ -122,7 +141,7 @@ def quantize_run(
     token, slot, count = run
     _, layers, kv_heads, d = keys.shape
     bs = pool.block_size
-    grid: Any = (triton.cdiv(count, bs), layers * kv_heads, 2)
+    grid: Any = (layers * kv_heads, triton.cdiv(count, bs), 2)
     k, v = (t if t.stride()[1:] == (kv_heads * d, d, 1) else t.contiguous() for t in (keys, values))
     if k.stride(0) != v.stride(0):
         k, v = k.contiguous(), v.contiguous()
