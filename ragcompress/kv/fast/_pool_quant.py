@@ -132,7 +132,12 @@ def _quantize_run(
 
 
 def quantize_run(
-    pool: Any, keys: torch.Tensor, values: torch.Tensor, run: tuple[int, int, int], bad: torch.Tensor
+    pool: Any,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    run: tuple[int, int, int],
+    bad: torch.Tensor,
+    num_warps: int = 8,
 ) -> None:
     """Quantize tokens ``token .. token + count`` of a chunk's ``keys``/``values`` (n, layers,
     kv_heads, head_dim), on the pool's device, into ``pool`` (an Int4/Int8 chunk pool) at slots
@@ -148,5 +153,5 @@ def quantize_run(
     _quantize_run[grid](
         k, v, k.stride(0), pool.keys, pool.values, pool.key_scale, pool.key_zero,
         pool.value_scale, pool.value_zero, bad, token, slot, count, layers * kv_heads,
-        BS=bs, D=d, BITS=pool.bits, num_warps=8,
+        BS=bs, D=d, BITS=pool.bits, num_warps=num_warps,
     )  # fmt: skip
