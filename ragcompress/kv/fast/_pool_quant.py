@@ -8,7 +8,10 @@ kind for the finite check: on an H200 a 128K-token request's cold insert took 39
 (``benchmarks/results/ttft_pool_insert_h200/``) where the bf16 pool's copy took 11.6. Here
 program ``(layer * kv_head, block, side)`` of a run reads one block of the chunk's keys
 (side 0) or values (side 1) once, in the chunk's token-major layout, and writes the codes,
-scales and zeros in place: the bytes move once.
+scales and zeros in place: the bytes move once. 395 -> 60 ms at 128K, 35 -> 5 ms at 10K
+(8 warps, ``benchmarks/results/ttft_pool_quant_h200/``); 177 µs a 512-token chunk at 4 warps,
+~380 GB/s of bf16 read: 10% of the copy bandwidth, so each program's short chain of loads,
+cross-warp reductions and IEEE divisions on a 16 KB tile, not the bytes, sets its time.
 
 The arithmetic is quant_format's, to the bit: zero = fp16(min), scale = fp16((max - zero) /
 levels) with IEEE division, codes = round-half-even((x - zero) / scale) clamped (0 where the
@@ -137,7 +140,7 @@ def quantize_run(
     values: torch.Tensor,
     run: tuple[int, int, int],
     bad: torch.Tensor,
-    num_warps: int = 8,
+    num_warps: int = 4,  # 177 µs a 512-token chunk against 230 at 8 (warps.txt, H200)
 ) -> None:
     """Quantize tokens ``token .. token + count`` of a chunk's ``keys``/``values`` (n, layers,
     kv_heads, head_dim), on the pool's device, into ``pool`` (an Int4/Int8 chunk pool) at slots
