@@ -143,16 +143,17 @@ def quantize_run(
     num_warps: int = 4,  # 177 µs a 512-token chunk against 230 at 8 (warps.txt, H200)
 ) -> None:
     """Quantize tokens ``token .. token + count`` of a chunk's ``keys``/``values`` (n, layers,
-    kv_heads, head_dim), on the pool's device, into ``pool`` (an Int4/Int8 chunk pool) at slots
-    ``slot ..`` (``run`` = (token, slot, count), ``slot`` on a block boundary); ``bad`` (1,)
-    int32 becomes 1 where a block holds a NaN or an infinity (left as it was otherwise)."""
+    kv_heads, head_dim), contiguous (as a PackedChunk holds them), on the pool's device, into
+    ``pool`` (an Int4/Int8 chunk pool) at slots ``slot ..`` (``run`` = (token, slot, count),
+    ``slot`` on a block boundary); ``bad`` (1,) int32 becomes 1 where a block holds a NaN or an
+    infinity (left as it was otherwise)."""
+    if not (keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape):
+        raise ValueError("quantize_run takes contiguous keys and values of one shape (a PackedChunk's)")
     token, slot, count = run
     _, layers, kv_heads, d = keys.shape
     bs = pool.block_size
     grid: Any = (layers * kv_heads, triton.cdiv(count, bs), 2)
-    k, v = (t if t.stride()[1:] == (kv_heads * d, d, 1) else t.contiguous() for t in (keys, values))
-    if k.stride(0) != v.stride(0):
-        k, v = k.contiguous(), v.contiguous()
+    k, v = keys, values
     _quantize_run[grid](
         k, v, k.stride(0), pool.keys, pool.values, pool.key_scale, pool.key_zero,
         pool.value_scale, pool.value_zero, bad, token, slot, count, layers * kv_heads,
