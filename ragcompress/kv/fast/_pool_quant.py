@@ -6,12 +6,15 @@ value groups of half a head (per token). Through torch that is an fp32 copy of t
 permuted heads-first, eight reductions and as many temporaries, and a host sync per group
 kind for the finite check: on an H200 a 128K-token request's cold insert took 394 ms
 (``benchmarks/results/ttft_pool_insert_h200/``) where the bf16 pool's copy took 11.6. Here
-program ``(layer * kv_head, block, side)`` of a run reads one block of the chunk's keys
-(side 0) or values (side 1) once, in the chunk's token-major layout, and writes the codes,
-scales and zeros in place: the bytes move once. 395 -> 60 ms at 128K, 35 -> 5 ms at 10K
-(8 warps, ``benchmarks/results/ttft_pool_quant_h200/``); 177 µs a 512-token chunk at 4 warps,
-~380 GB/s of bf16 read: 10% of the copy bandwidth, so each program's short chain of loads,
-cross-warp reductions and IEEE divisions on a 16 KB tile, not the bytes, sets its time.
+each block of a run is cut into ``SUB`` parts: program ``(layer * kv_head, block * SUB + part,
+side)`` reads its part of the chunk's keys (side 0: all the block's tokens over 1/SUB of the
+channel pairs) or values (side 1: 1/SUB of the tokens over the whole head) once, in the chunk's
+token-major layout, and writes the codes, scales and zeros in place: the bytes move once. One
+program a block (the first kernel: 395 -> 60 ms at 128K, 35 -> 5 ms at 10K) held a 16 KB tile in
+255 registers a thread plus a spill stack, one program an SM (``ncu.txt``), 177 µs a 512-token
+chunk; eight one-warp parts take 120 µs (``split.txt``, both in
+``benchmarks/results/ttft_pool_quant_h200/``). Still ~560 GB/s of bf16 read, so the
+instructions (two reductions a statistic, an IEEE division an element), not the bytes, bound it.
 
 The arithmetic is quant_format's, to the bit: zero = fp16(min), scale = fp16((max - zero) /
 levels) with IEEE division, codes = round-half-even((x - zero) / scale) clamped (0 where the
@@ -104,6 +107,40 @@ def _values(v_ptr, vc_ptr, vs_ptr, vz_ptr, rows, out, ok, at, H: tl.constexpr, B
 
 
 @triton.jit
+def _key_part(k_ptr, kc_ptr, ks_ptr, kz_ptr, src_t, src, dst, count, LH, lh, blk, sub,
+              BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SUB: tl.constexpr):  # fmt: skip
+    """Block ``blk``'s keys over channel pairs ``(j, j + D/2)``, ``j`` in ``sub``'s 1/SUB of them:
+    a channel's statistics need all the block's tokens, not all its channels."""
+    H: tl.constexpr = D // 2
+    DC: tl.constexpr = D * BITS // 8
+    CP: tl.constexpr = H // SUB
+    t = tl.arange(0, BS)
+    c = sub * CP + tl.arange(0, CP)
+    ok = (blk * BS + t < count)[:, None]
+    rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
+    out = (dst + blk * BS + t).to(tl.int64)[:, None] * (LH * DC) + lh * DC + c[None, :]
+    at = ((dst // BS + blk) * LH + lh) * D + c
+    return _keys(k_ptr, kc_ptr, ks_ptr, kz_ptr, rows, out, ok, at, H, BITS)
+
+
+@triton.jit
+def _value_part(v_ptr, vc_ptr, vs_ptr, vz_ptr, src_t, src, dst, count, LH, lh, blk, sub,
+                BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SUB: tl.constexpr):  # fmt: skip
+    """``sub``'s 1/SUB of block ``blk``'s value tokens over both half heads: a token's
+    statistics need its half head, not the block's other tokens."""
+    H: tl.constexpr = D // 2
+    DC: tl.constexpr = D * BITS // 8
+    TT: tl.constexpr = BS // SUB
+    t = sub * TT + tl.arange(0, TT)
+    c = tl.arange(0, H)
+    ok = (blk * BS + t < count)[:, None]
+    rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
+    slots = (dst + blk * BS + t).to(tl.int64)
+    out = slots[:, None] * (LH * DC) + lh * DC + c[None, :]
+    return _values(v_ptr, vc_ptr, vs_ptr, vz_ptr, rows, out, ok, (slots * LH + lh) * 2, H, BITS)
+
+
+@triton.jit
 def _quantize_run(
     k_ptr, v_ptr, src_t,  # chunk keys / values (n, LH, D), token stride src_t
     kc_ptr, vc_ptr,  # pool codes (slots, LH, D * BITS // 8) uint8
@@ -111,25 +148,23 @@ def _quantize_run(
     vs_ptr, vz_ptr,  # value scale / zero (slots, LH, 2) fp16
     bad_ptr,  # (1,) int32, set to 1 where a block holds a non-finite value
     src, dst, count, LH,
-    BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr,
+    BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SUB: tl.constexpr,
 ):  # fmt: skip
-    # (layer x KV head) varies fastest: programs running together read a token's whole row
+    # (layer x KV head) varies fastest: programs running together read a token's whole row;
+    # then a block's SUB parts, which read the same rows
     lh = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1)
-    H: tl.constexpr = D // 2
-    DC: tl.constexpr = D * BITS // 8
-    t = tl.arange(0, BS)
-    c = tl.arange(0, H)
-    ok = (blk * BS + t < count)[:, None]
-    rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
-    slots = (dst + blk * BS + t).to(tl.int64)
-    out = slots[:, None] * (LH * DC) + lh * DC + c[None, :]
+    blk = tl.program_id(1) // SUB
+    sub = tl.program_id(1) % SUB
+    # each side in its own function: Triton wants a name bound in both branches of an `if` to
+    # have one type, and the two sides' tiles differ in shape
     if tl.program_id(2) == 0:
-        bad = _keys(
-            k_ptr, kc_ptr, ks_ptr, kz_ptr, rows, out, ok, ((dst // BS + blk) * LH + lh) * D + c, H, BITS
+        bad = _key_part(
+            k_ptr, kc_ptr, ks_ptr, kz_ptr, src_t, src, dst, count, LH, lh, blk, sub, BS, D, BITS, SUB
         )
     else:
-        bad = _values(v_ptr, vc_ptr, vs_ptr, vz_ptr, rows, out, ok, (slots * LH + lh) * 2, H, BITS)
+        bad = _value_part(
+            v_ptr, vc_ptr, vs_ptr, vz_ptr, src_t, src, dst, count, LH, lh, blk, sub, BS, D, BITS, SUB
+        )
     if bad > 0:
         tl.store(bad_ptr, 1)
 
@@ -140,22 +175,27 @@ def quantize_run(
     values: torch.Tensor,
     run: tuple[int, int, int],
     bad: torch.Tensor,
-    num_warps: int = 4,  # 177 µs a 512-token chunk against 230 at 8 (warps.txt, H200)
+    num_warps: int = 1,
+    parts: int = 8,
 ) -> None:
     """Quantize tokens ``token .. token + count`` of a chunk's ``keys``/``values`` (n, layers,
     kv_heads, head_dim), contiguous (as a PackedChunk holds them), on the pool's device, into
     ``pool`` (an Int4/Int8 chunk pool) at slots ``slot ..`` (``run`` = (token, slot, count),
     ``slot`` on a block boundary); ``bad`` (1,) int32 becomes 1 where a block holds a NaN or an
-    infinity (left as it was otherwise)."""
+    infinity (left as it was otherwise). ``parts``: programs a block's keys (and values) are
+    cut into (capped at the block size and half the head); ``num_warps`` a program. 8 parts of
+    one warp: 120 µs a 512-token chunk on an H200, against 177 for whole blocks at 4 warps
+    (whose 255 registers a thread left one program an SM; ``split.txt``)."""
     if not (keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape):
         raise ValueError("quantize_run takes contiguous keys and values of one shape (a PackedChunk's)")
     token, slot, count = run
     _, layers, kv_heads, d = keys.shape
     bs = pool.block_size
-    grid: Any = (layers * kv_heads, triton.cdiv(count, bs), 2)
+    sub = min(parts, bs, d // 2)
+    grid: Any = (layers * kv_heads, triton.cdiv(count, bs) * sub, 2)
     k, v = keys, values
     _quantize_run[grid](
         k, v, k.stride(0), pool.keys, pool.values, pool.key_scale, pool.key_zero,
         pool.value_scale, pool.value_zero, bad, token, slot, count, layers * kv_heads,
-        BS=bs, D=d, BITS=pool.bits, num_warps=num_warps,
+        BS=bs, D=d, BITS=pool.bits, SUB=sub, num_warps=num_warps,
     )  # fmt: skip
