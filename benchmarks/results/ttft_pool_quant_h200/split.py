@@ -13,7 +13,10 @@ chunk's bf16 copy (``torch.clone``) as the floor.
     PYTHONPATH=$PWD python3 benchmarks/results/ttft_pool_quant_h200/split.py
     TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 benchmarks/results/ttft_pool_quant_h200/split.py --check-cpu
 
-A diagnostic script kept as the record of one device call; not part of the library.
+A diagnostic script kept as the record of one device call; not part of the library. The call
+ran its own copy of the split kernel; the library took it unchanged (``_quantize_run``'s
+``SUB``, ``quantize_run(..., parts=)``), so the script now sweeps the library's ``parts``
+(``parts=1``: the kernel before, one program a block).
 """
 
 from __future__ import annotations
@@ -23,70 +26,11 @@ from typing import Any
 
 import torch
 import triton
-import triton.language as tl
 
-from ragcompress.kv.fast._pool_quant import _keys, _values, quantize_run
+from ragcompress.kv.fast._pool_quant import quantize_run
 from ragcompress.kv.fast.pool_int4 import Int4ChunkPool, Int8ChunkPool
 
 NAMES = ("keys", "values", "key_scale", "key_zero", "value_scale", "value_zero")
-
-
-@triton.jit
-def _key_part(k_ptr, kc_ptr, ks_ptr, kz_ptr, src_t, src, dst, count, LH, lh, blk, sub,
-              BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SUB: tl.constexpr):  # fmt: skip
-    """A block's tokens over channel pairs ``sub * CP ..`` (and the same + D/2)."""
-    H: tl.constexpr = D // 2
-    DC: tl.constexpr = D * BITS // 8
-    CP: tl.constexpr = H // SUB
-    t = tl.arange(0, BS)
-    c = sub * CP + tl.arange(0, CP)
-    ok = (blk * BS + t < count)[:, None]
-    rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
-    out = (dst + blk * BS + t).to(tl.int64)[:, None] * (LH * DC) + lh * DC + c[None, :]
-    kat = ((dst // BS + blk) * LH + lh) * D + c
-    return _keys(k_ptr, kc_ptr, ks_ptr, kz_ptr, rows, out, ok, kat, H, BITS)
-
-
-@triton.jit
-def _value_part(v_ptr, vc_ptr, vs_ptr, vz_ptr, src_t, src, dst, count, LH, lh, blk, sub,
-                BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SUB: tl.constexpr):  # fmt: skip
-    """Tokens ``sub * TT ..`` of a block over both half heads."""
-    H: tl.constexpr = D // 2
-    DC: tl.constexpr = D * BITS // 8
-    TT: tl.constexpr = BS // SUB
-    t = sub * TT + tl.arange(0, TT)
-    c = tl.arange(0, H)
-    ok = (blk * BS + t < count)[:, None]
-    rows = (src + blk * BS + t).to(tl.int64)[:, None] * src_t + lh * D + c[None, :]
-    slots = (dst + blk * BS + t).to(tl.int64)
-    out = slots[:, None] * (LH * DC) + lh * DC + c[None, :]
-    return _values(v_ptr, vc_ptr, vs_ptr, vz_ptr, rows, out, ok, (slots * LH + lh) * 2, H, BITS)
-
-
-@triton.jit
-def _split(
-    k_ptr, v_ptr, src_t, kc_ptr, vc_ptr, ks_ptr, kz_ptr, vs_ptr, vz_ptr, bad_ptr,
-    src, dst, count, LH, BS: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, SUB: tl.constexpr,
-):  # fmt: skip
-    lh = tl.program_id(0).to(tl.int64)
-    blk = tl.program_id(1) // SUB
-    sub = tl.program_id(1) % SUB  # fastest: a block's SUB programs read the same rows together
-    if tl.program_id(2) == 0:
-        bad = _key_part(k_ptr, kc_ptr, ks_ptr, kz_ptr, src_t, src, dst, count, LH, lh, blk, sub, BS, D, BITS, SUB)
-    else:
-        bad = _value_part(v_ptr, vc_ptr, vs_ptr, vz_ptr, src_t, src, dst, count, LH, lh, blk, sub, BS, D, BITS, SUB)
-    if bad > 0:
-        tl.store(bad_ptr, 1)
-
-
-def split(pool: Any, k: torch.Tensor, v: torch.Tensor, n: int, sub: int, warps: int) -> None:
-    _, layers, kv_heads, d = k.shape
-    grid: Any = (layers * kv_heads, triton.cdiv(n, pool.block_size) * sub, 2)
-    _split[grid](
-        k, v, k.stride(0), pool.keys, pool.values, pool.key_scale, pool.key_zero, pool.value_scale,
-        pool.value_zero, pool.bad, 0, 0, n, layers * kv_heads,
-        BS=pool.block_size, D=d, BITS=pool.bits, SUB=sub, num_warps=warps,
-    )  # fmt: skip
 
 
 def main() -> None:
@@ -112,11 +56,14 @@ def main() -> None:
         ref = pool()
         quantize_run(ref, k, v, (0, 0, n), ref.bad)
         contenders: dict[str, Any] = {
-            f"library, {w} warps": (lambda q, w=w: quantize_run(q, k, v, (0, 0, n), q.bad, w)) for w in (2, 4)
+            f"library, {w} warps": (lambda q, w=w: quantize_run(q, k, v, (0, 0, n), q.bad, w, parts=1))
+            for w in (2, 4)
         }
         for s in subs:
             for w in (1, 2, 4):
-                contenders[f"split {s}, {w} warps"] = lambda q, s=s, w=w: split(q, k, v, n, s, w)
+                contenders[f"split {s}, {w} warps"] = lambda q, s=s, w=w: quantize_run(
+                    q, k, v, (0, 0, n), q.bad, w, parts=s
+                )
         print(f"\n{cls.__name__}\n| kernel | µs | GB/s read | equal |\n|---|---|---|---|")
         for name, fn in contenders.items():
             got = pool()
