@@ -231,6 +231,29 @@ table[0, 0] = 0
 o, lse = paged_int4_context(q, views, table, inv, bs, 2, d**-0.5)
 assert torch.isinf(lse).all() and (o == 0).all()
 print("empty table")
+# a bf16 step (fp16 products: codes dequantized by their bits) against fp32 attention over the
+# same codes dequantized in fp32: within bf16 rounding
+pool16 = Int4ChunkPool(layers=layers, kv_heads=kvh, head_dim=d, num_blocks=6, block_size=bs,
+                       dtype=torch.bfloat16)
+lease16 = pool16.acquire([PackedChunk(k.bfloat16(), v.bfloat16(), length=k.shape[0], base_offset=0)
+                          for k, v in kv[:2]])
+rows16 = [(b, min(bs, 39 - j * bs), 40) for j, b in enumerate(lease16.entries[0].blocks)]
+rows16 += [(b, min(bs, 30 - j * bs), -7) for j, b in enumerate(lease16.entries[1].blocks)]
+table16 = torch.zeros((8, 3), dtype=torch.int32)
+table16[0, 0] = len(rows16)
+table16[1 : 1 + len(rows16)] = torch.tensor(rows16, dtype=torch.int32)
+views16 = (pool16.keys[:, l], pool16.key_scale[:, l], pool16.key_zero[:, l],
+           pool16.values[:, l], pool16.value_scale[:, l], pool16.value_zero[:, l])
+q16 = q.bfloat16()
+ro, rl = paged_int4_reference(q16.float(), views16, table16, inv, bs, d**-0.5)
+o, lse = paged_int4_context(q16, views16, table16, inv, bs, 2, d**-0.5)
+assert o.dtype == torch.bfloat16
+o = o.float().view(2, n, grp, kvh, d).permute(0, 1, 3, 2, 4).reshape(2, n, kvh * grp, d)
+lse = lse.view(2, kvh, n, grp).permute(0, 2, 1, 3).reshape(2, n, kvh * grp)
+tot = torch.logsumexp(lse, 0)
+torch.testing.assert_close(tot, rl, atol=2e-3, rtol=2e-3)
+torch.testing.assert_close((o * torch.exp(lse - tot)[..., None]).sum(0), ro, atol=1e-2, rtol=1e-2)
+print("bf16 step")
 """
 
 
@@ -238,9 +261,10 @@ def test_paged_int4_kernel_matches_the_torch_reference():
     """The int4 paged kernel (Triton, interpreted) == paged_int4_reference over one layer's
     strided views of a real Int4ChunkPool: chunks of several blocks, a chunk read twice at two
     deltas, partly filled blocks, garbage rows past the count, an empty split, an empty table;
-    written into a range of a larger partials pair, the same values and nothing outside it."""
+    written into a range of a larger partials pair, the same values and nothing outside it; and a
+    bf16 step (fp16 products) within bf16 rounding of fp32 attention over the same codes."""
     out = run_interpreted(_KERNEL_CHECK)
-    want = ["splits 1 match", "splits 4 match", "splits 9 match", "into a range", "empty table"]
+    want = ["splits 1 match", "splits 4 match", "splits 9 match", "into a range", "empty table", "bf16 step"]
     assert out.splitlines() == want
 
 

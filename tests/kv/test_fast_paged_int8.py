@@ -63,9 +63,9 @@ def test_int8_pool_engine_gives_the_tokens_of_the_chunks_it_holds(setup):
 
 def test_paged_int8_kernel_matches_the_torch_reference():
     """The int4 kernel's interpreted check over a real Int8ChunkPool: the same chunks, tables,
-    splits, range write and empty table, read as one code byte a channel."""
+    splits, range write, empty table and bf16 step, read as one code byte a channel."""
     out = run_interpreted(_KERNEL_CHECK.replace("Int4ChunkPool", "Int8ChunkPool"))
-    want = ["splits 1 match", "splits 4 match", "splits 9 match", "into a range", "empty table"]
+    want = ["splits 1 match", "splits 4 match", "splits 9 match", "into a range", "empty table", "bf16 step"]
     assert out.splitlines() == want
 
 

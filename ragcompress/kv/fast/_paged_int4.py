@@ -38,7 +38,14 @@ __all__ = ["paged_int4_context"]
 
 @triton.jit
 def _half(codes, scale, zero, dt: tl.constexpr):
-    """Dequantized (BS, D/2) half: ``codes * scale + zero`` in fp32, then ``dt``."""
+    """Dequantized (BS, D/2) half, ``codes * scale + zero`` in ``dt``. fp16: each code (0..255)
+    becomes ``1024 + code`` exactly by its bits under fp16's exponent of 1024 (``0x6400``), no
+    int-to-float conversion, and the subtraction and multiply-add run on fp16 pairs (one
+    rounding, finer than bf16's); otherwise in fp32, then ``dt``."""
+    if dt == tl.float16:
+        x = (codes.to(tl.uint16) | tl.full(codes.shape, 0x6400, tl.uint16)).to(tl.float16, bitcast=True)
+        x = x - tl.full(codes.shape, 1024.0, tl.float16)
+        return x * scale.to(tl.float16) + zero.to(tl.float16)
     return (codes.to(tl.float32) * scale.to(tl.float32) + zero.to(tl.float32)).to(dt)
 
 
@@ -71,12 +78,12 @@ def _paged_int4_kernel(
     q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, tab_ptr, freq_ptr, o_ptr, lse_ptr,
     sc_t, sks_b, svs_t, NG, QG, TAB_Q, qk_scale,
     S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
-    BS: tl.constexpr, BLOCK_M: tl.constexpr, BITS: tl.constexpr,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BITS: tl.constexpr, OP: tl.constexpr,
 ):  # fmt: skip
     seg, kv, rows, rm, tok, head, tab_ptr = question_rows(NG, QG, TAB_Q, tab_ptr, G, BLOCK_M)
     D: tl.constexpr = 2 * HALF
     CW: tl.constexpr = HALF if BITS == 4 else D  # code bytes a head
-    dt = q_ptr.dtype.element_ty
+    dt = OP  # the products' operands: fp16 for a bf16/fp16 step (see paged_int4_context)
     i = tl.arange(0, HALF)
     qrow = q_ptr + (tok[:, None] * (KVH * G) + head[:, None]) * D
     freq = tl.load(freq_ptr + i)
@@ -159,10 +166,15 @@ def paged_int4_context(
     nq, qg, tab_q = question_tables(q, table, g)
     block_m = tiling.block_m(qg)
     grid: Any = (splits, kvh, nq * triton.cdiv(qg, block_m))
+    # a half-precision step multiplies fp16 operands: codes dequantize exactly into fp16 by
+    # their bits (_half), where bf16 needed an int-to-fp32 conversion, an fp32 multiply-add and
+    # a rounding an element; rotated queries and softmax weights are as exact in fp16 at
+    # attention's magnitudes. fp32 (the CPU tests) stays fp32
+    op = tl.float16 if q.dtype in (torch.bfloat16, torch.float16) else tl.float32
     _paged_int4_kernel[grid](
         q.contiguous(), kc, ks, kz, vc, vs, vz, table, inv_freq, o, lse,
         kc.stride(0), ks.stride(0), vs.stride(0), ng, qg, tab_q, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m, BITS=4 if cw < d else 8,
-        num_warps=tiling.warps(block_m), num_stages=tiling.stages,
+        OP=op, num_warps=tiling.warps(block_m), num_stages=tiling.stages,
     )  # fmt: skip
     return o, lse
