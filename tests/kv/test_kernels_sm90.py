@@ -1,0 +1,47 @@
+"""The Triton kernels whose CPU tests run them in-process (a private module copy under
+TRITON_INTERPRET, not :func:`tests.support.interpret.run_interpreted`) compile for sm_90 at the
+engines' shapes: the fused dequantize + re-rotate write (``kv/kernels/dequant_rope.py``), the
+fast path's batched gathers (``kv/fast/_gather.py``: one RoPE table and several, int4 and int8)
+and the host tier's stream wait (``kv/fast/_spin.py``). The interpreter accepts kernels the
+compiler refuses; every other kernel is compiled by its own interpreted check."""
+
+from __future__ import annotations
+
+from tests.support.interpret import compiles_for_sm90
+
+_SCRIPT = """
+import torch
+from ragcompress.kv.fast._gather import gather_dense, gather_quantized
+from ragcompress.kv.fast._spin import wait_flag
+from ragcompress.kv.kernels import dequant_rope
+from tests.kv.presses.kernel_cases import SHAPES, make_inputs, write
+
+dequant_rope._interpreting = lambda: True  # its CUDA-only guard: CPU tensors, compiled, not run
+for seed, shape in enumerate(SHAPES):  # dense and quantized sources, every test shape
+    inputs = make_inputs(shape, "cpu", seed)
+    write(dequant_rope.write_dense_triton, dequant_rope.write_quantized_triton, inputs)
+
+bf = torch.bfloat16
+for d, tables in ((128, 1), (128, 2), (256, 2)):  # Llama; Gemma 3's local/global tables
+    dk = torch.zeros(4, 64, 8, d, dtype=bf)
+    inv = torch.rand(tables, d // 2)
+    index = torch.zeros(4, dtype=torch.int32) if tables > 1 else None
+    heads = 2 if tables > 1 else 1
+    gather_dense(torch.zeros(1 << 16, dtype=bf), dk, dk.clone(), torch.zeros(3, 7, dtype=torch.int64),
+                 inv, 64, d, index, heads)
+    for bits in (4, 8):
+        gather_quantized(torch.zeros(1 << 16, dtype=torch.uint8), torch.zeros(1 << 12, dtype=torch.float16),
+                         dk, dk.clone(), torch.zeros(3, 11, dtype=torch.int64), inv, 32, 8, 64, d, bits, 32,
+                         index, heads if tables > 1 else None)
+wait_flag(torch.zeros(1, dtype=torch.int32))
+"""
+
+
+def test_in_process_interpreted_kernels_compile_for_sm90() -> None:
+    compiled = set(compiles_for_sm90(_SCRIPT))
+    assert compiled == {
+        "_dequant_rope_kernel",
+        "_gather_dense_kernel",
+        "_gather_quant_kernel",
+        "_wait_flag_kernel",
+    }
