@@ -105,3 +105,14 @@ def test_a_refused_chunk_takes_no_blocks(cls: type[Int4ChunkPool]) -> None:
     assert pool.resident(bad) is None and pool.free_blocks + 2 == free  # good entered, unleased
     pool.acquire([chunk(96, 3)])  # every block: evicts good, and the bad chunk's are free
     assert pool.free_blocks == 0
+
+
+@pytest.mark.parametrize("parts", [0, 3, 6])
+def test_a_block_is_cut_into_a_power_of_two_of_parts(parts: int) -> None:
+    pytest.importorskip("triton")
+    from ragcompress.kv.fast._pool_quant import quantize_run
+
+    pool = Int4ChunkPool(layers=2, kv_heads=2, head_dim=32, num_blocks=6, block_size=16)
+    c = chunk(20, 1)
+    with pytest.raises(ValueError, match="power of two"):
+        quantize_run(pool, c.keys, c.values, (0, 0, 20), pool.bad, parts=parts)

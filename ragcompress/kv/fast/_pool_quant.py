@@ -188,6 +188,8 @@ def quantize_run(
     (whose 255 registers a thread left one program an SM; ``split.txt``)."""
     if not (keys.is_contiguous() and values.is_contiguous() and keys.shape == values.shape):
         raise ValueError("quantize_run takes contiguous keys and values of one shape (a PackedChunk's)")
+    if parts < 1 or parts & (parts - 1):
+        raise ValueError(f"quantize_run cuts a block into a power of two of parts, got {parts}")
     token, slot, count = run
     _, layers, kv_heads, d = keys.shape
     bs = pool.block_size
