@@ -54,6 +54,8 @@ def compiles_for_sm90(script: str, *args: str, timeout: int = 600) -> list[str]:
             timeout=timeout,
         )
         lines = log.read_text().splitlines()
+    if lines and lines[0].startswith("unavailable "):
+        pytest.skip(f"no compile-only Triton driver with this Triton: {lines[0]}")
     errors = [line for line in lines if line.startswith("error ")]
     assert not errors, "\n".join(errors)
     compiled = [line.split()[1] for line in lines]

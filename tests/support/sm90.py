@@ -9,7 +9,9 @@ names an sm_90 target and makes every ``kernel[grid](...)`` a compile (``warmup`
 run this way computes nothing: its outputs are whatever the buffers held.
 
 ``install()`` appends a line a launch to the file named by ``RAGCOMPRESS_SM90_LOG``: ``ok
-<kernel>`` or ``error <kernel>: <message>`` (then re-raises)."""
+<kernel>`` or ``error <kernel>: <message>`` (then re-raises); or, where this Triton's driver
+interface is not the one written against here, one ``unavailable <why>`` line, and patches
+nothing (the caller skips)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ __all__ = ["install"]
 
 def install() -> None:
     """Make this process's Triton launches compile-only for sm_90 (see the module docstring)."""
+    log = os.environ["RAGCOMPRESS_SM90_LOG"]
+    try:
+        _install(log)
+    except Exception as err:  # another Triton's internals: say so, patch nothing
+        with open(log, "a") as f:
+            f.write(f"unavailable {type(err).__name__}: {err}\n")
+
+
+def _install(log: str) -> None:
     import torch
     from triton.backends.compiler import GPUTarget
     from triton.backends.driver import DriverBase
@@ -53,8 +64,9 @@ def install() -> None:
         def set_current_device(self, device: int) -> None:
             pass
 
+    if not callable(getattr(JITFunction, "run", None)):
+        raise RuntimeError("this Triton's JITFunction has no run() to make compile-only")
     driver.set_active(_Sm90())
-    log = os.environ["RAGCOMPRESS_SM90_LOG"]
     run = JITFunction.run
 
     def compile_only(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
