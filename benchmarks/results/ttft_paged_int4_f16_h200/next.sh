@@ -2,8 +2,7 @@
 # Prepared for the next device call (not run yet): the GPU tests with the fp16 products, their
 # error against fp32 attention, and bench ttft's int4/int8 placed columns.
 set -u
-export RAGCOMPRESS_TEST_TOKENIZER=$PWD/.devcarry/tok HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-for w in .devcarry/wheels/*.whl; do pip install -q --no-deps -t /tmp/pyd "$w" >/dev/null 2>&1; done
+. benchmarks/results/device_env.sh
 R=benchmarks/results/ttft_paged_int4_f16_h200
 mkdir -p "$OUT/next"
 PYTHONPATH=$PWD:/tmp/pyd timeout 150 python3 -m pytest -q -m gpu tests/gpu/test_fast_paged_int4_gpu.py \

@@ -1,11 +1,3 @@
 #!/usr/bin/env bash
 # Third device call: the pools' GPU tests and int4_insert.py after the kernel's fixes (no bench).
-set -u
-export RAGCOMPRESS_TEST_TOKENIZER=$PWD/.devcarry/tok HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-for w in .devcarry/wheels/*.whl; do pip install -q --no-deps -t /tmp/pyd "$w" >/dev/null 2>&1; done
-R=benchmarks/results/ttft_pool_quant_h200
-PYTHONPATH=$PWD:/tmp/pyd timeout 150 python3 -m pytest -q -m gpu tests/gpu/test_fast_paged_int4_gpu.py \
-    tests/gpu/test_fast_paged_gpu.py 2>&1 | tail -15 > "$OUT/gpu_tests.txt"
-cat "$OUT/gpu_tests.txt"
-PYTHONPATH=$PWD:/tmp/pyd timeout 150 python3 $R/int4_insert.py > "$OUT/int4_insert.txt" 2>&1
-cat "$OUT/int4_insert.txt"
+bash benchmarks/results/ttft_pool_quant_h200/pool_tests.sh .

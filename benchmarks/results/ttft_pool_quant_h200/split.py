@@ -33,6 +33,22 @@ from ragcompress.kv.fast.pool_int4 import Int4ChunkPool, Int8ChunkPool
 NAMES = ("keys", "values", "key_scale", "key_zero", "value_scale", "value_zero")
 
 
+def timed_table(contenders: dict[str, Any], pool: Any, ref: Any, read: int, cpu: bool) -> None:
+    """A markdown row per contender (a callable filling a fresh ``pool()``): µs, GB/s of the
+    ``read`` bytes, and whether its bytes equal ``ref``'s (the CPU: equality only). Also
+    ``variants.py``'s table."""
+    print("| kernel | µs | GB/s read | equal |\n|---|---|---|---|")
+    for name, fn in contenders.items():
+        got = pool()
+        fn(got)
+        same = all(torch.equal(getattr(got, x), getattr(ref, x)) for x in NAMES)
+        if cpu:
+            print(f"| {name} | | | {same} |")
+            continue
+        ms = triton.testing.do_bench(lambda g=got, f=fn: f(g))
+        print(f"| {name} | {ms * 1e3:.1f} | {read / ms / 1e6:.0f} | {same} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--check-cpu", action="store_true", help="interpreted, small: equality only")
@@ -64,16 +80,8 @@ def main() -> None:
                 contenders[f"split {s}, {w} warps"] = lambda q, s=s, w=w: quantize_run(
                     q, k, v, (0, 0, n), q.bad, w, parts=s
                 )
-        print(f"\n{cls.__name__}\n| kernel | µs | GB/s read | equal |\n|---|---|---|---|")
-        for name, fn in contenders.items():
-            got = pool()
-            fn(got)
-            same = all(torch.equal(getattr(got, x), getattr(ref, x)) for x in NAMES)
-            if args.check_cpu:
-                print(f"| {name} | | | {same} |")
-                continue
-            ms = triton.testing.do_bench(lambda g=got, f=fn: f(g))
-            print(f"| {name} | {ms * 1e3:.1f} | {read / ms / 1e6:.0f} | {same} |")
+        print(f"\n{cls.__name__}")
+        timed_table(contenders, pool, ref, read, args.check_cpu)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Prepared for the next device call, not yet run: the quantizing kernel against a variant whose
-program loops over every block of the run for one (layer, KV head) and side (grid (LH, 2), so
-Triton can load block i + 1 while block i reduces), by warps, on one 512-token chunk and on a
-128K-token request (Llama-3-8B K/V shape, bf16, int4 pool). µs by ``triton.testing.do_bench``;
-every variant's bytes checked against the library kernel's.
+"""The quantizing kernel (one program a block, as it was when this ran: ``parts=1``) against a
+variant whose program loops over every block of the run for one (layer, KV head) and side (grid
+(LH, 2), so Triton can load block i + 1 while block i reduces), by warps and stages, on one
+512-token chunk (Llama-3-8B K/V shape, bf16, int4 pool): ``variants.txt`` (``next.sh``'s call).
+µs by ``triton.testing.do_bench``; every variant's bytes checked against the library kernel's.
 
     PYTHONPATH=$PWD python3 benchmarks/results/ttft_pool_quant_h200/variants.py
     TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 benchmarks/results/ttft_pool_quant_h200/variants.py --check-cpu
@@ -18,11 +18,10 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+from split import timed_table  # this folder's split.py (the script's folder is on the path)
 
 from ragcompress.kv.fast._pool_quant import _keys, _values, quantize_run
 from ragcompress.kv.fast.pool_int4 import Int4ChunkPool
-
-NAMES = ("keys", "values", "key_scale", "key_zero", "value_scale", "value_zero")
 
 
 @triton.jit
@@ -80,8 +79,9 @@ def main() -> None:
 
     ref = pool()
     quantize_run(ref, k, v, (0, 0, n), ref.bad)
-    contenders = {
-        f"library, {w} warps": (lambda p, w=w: quantize_run(p, k, v, (0, 0, n), p.bad, w)) for w in (2, 4)
+    contenders: dict[str, Any] = {  # "library": the kernel of that call, one program a block
+        f"library, {w} warps": (lambda p, w=w: quantize_run(p, k, v, (0, 0, n), p.bad, w, parts=1))
+        for w in (2, 4)
     }
     for w in (2, 4, 8):
         for s in (1, 2, 3):
@@ -90,17 +90,7 @@ def main() -> None:
             )
     read = 2 * k.numel() * k.element_size()
     print(f"{n}-token chunk, {read / 1e6:.1f} MB of bf16 K/V")
-    print("| kernel | µs | GB/s read | equal |")
-    print("|---|---|---|---|")
-    for name, fn in contenders.items():
-        got = pool()
-        fn(got)
-        same = all(torch.equal(getattr(got, x), getattr(ref, x)) for x in NAMES)
-        if args.check_cpu:
-            print(f"| {name} | | | {same} |")
-            continue
-        ms = triton.testing.do_bench(lambda g=got, f=fn: f(g))
-        print(f"| {name} | {ms * 1e3:.1f} | {read / ms / 1e6:.0f} | {same} |")
+    timed_table(contenders, pool, ref, read, args.check_cpu)
 
 
 if __name__ == "__main__":
