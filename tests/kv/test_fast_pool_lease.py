@@ -11,7 +11,7 @@ from ragcompress.kv.fast.paged import BlockTable, paged_context_reference
 from ragcompress.kv.fast.pool import ChunkPool, block_runs
 from tests.conftest import make_tiny_llama
 
-from .test_fast_paged import _chunk
+from .test_fast_paged import _chunk, _pool
 from .test_fast_path import _ids, _separate_chunks
 
 
@@ -84,3 +84,38 @@ def test_chunks_after_an_eviction_take_adjacent_blocks():
     e = pool.acquire([big]).entries[0]
     assert e.blocks == (0, 1, 2, 3)
     assert torch.equal(pool.keys[:15], big.keys) and torch.equal(pool.values[:15], big.values)
+
+
+def test_a_request_of_resident_chunks_leases_as_the_full_path_does():
+    """Every item resident (the one-pass lease): a chunk asked twice is held once, every held
+    chunk becomes the most recently used, a release frees them for eviction; one item not
+    resident sends the whole request down the full path (it is inserted, the others held)."""
+    pool = _pool(8)
+    a, b, c, d = _chunk(8, 1), _chunk(4, 2), _chunk(4, 3), _chunk(4, 4)
+    for x in (a, b, c):
+        pool.release(pool.acquire([x]))
+    lease = pool.acquire([b, a, b])  # all resident: c is now the least recently used
+    assert [e.refs for e in lease.held] == [1, 1] and lease.entries[0] is lease.entries[2]
+    assert pool.resident(c) is not None and pool.resident(c).refs == 0  # type: ignore[union-attr]
+    pool.release(lease)
+    assert pool.resident(a).refs == pool.resident(b).refs == 0  # type: ignore[union-attr]
+    mixed = pool.acquire([a, d])  # d is new (1 block of the 4 free): inserted, a held
+    assert pool.resident(d) is mixed.entries[1] and mixed.entries[0] is pool.resident(a)
+    pool.release(pool.acquire([_chunk(16, 5)]))  # 4 blocks, 3 free: evicts c, not the newer b
+    assert pool.resident(c) is None and pool.resident(b) is not None and pool.resident(a) is not None
+
+
+def test_item_deltas_place_items_one_after_another():
+    """Each item moves by its place in the prompt less its base offset; the next position adds
+    the items' lengths (the logical span) and the tokens kept their slots (an evicted chunk
+    keeps fewer)."""
+    import numpy as np
+
+    from ragcompress.kv.fast.packed import PackedChunk
+    from ragcompress.kv.fast.paged_engine import item_deltas
+
+    pre = PackedChunk(torch.zeros(3, 1, 1, 2), torch.zeros(3, 1, 1, 2), length=3, base_offset=0)
+    half = PackedChunk(torch.zeros(4, 1, 1, 2), torch.zeros(4, 1, 1, 2), length=8, base_offset=3)
+    other = PackedChunk(torch.zeros(5, 1, 1, 2), torch.zeros(5, 1, 1, 2), length=5, base_offset=np.int64(3))
+    assert item_deltas([pre, half, other, half]) == ([0, 0, 8, 13], 24, 16)
+    assert item_deltas([]) == ([], 0, 0)

@@ -197,10 +197,12 @@ class ChunkPool:
         first) and lease all of them. All or nothing: when the blocks cannot be found, raises
         :class:`PoolFullError` and the pool is as before."""
         with self._lock:
-            # one pass over the items (a resident request's placement is host work the step
-            # waits for: ~1 µs an item here was 2 over three passes)
             self._clock += 1
             now = self._clock
+            hit = self._all_resident(chunks, now)
+            if hit is not None:
+                return hit
+            # the full path, one pass over the items (~1 µs an item here was 2 over three)
             entries: list[PoolEntry | None] = []
             missing: dict[Hashable, Any] = {}
             for i, c in enumerate(chunks):
@@ -239,6 +241,27 @@ class ChunkPool:
                 get, key = self._entries.__getitem__, self._key
                 entries = [get(key(c)) if e is None else e for c, e in zip(chunks, entries, strict=True)]
             return PoolLease(entries, held)  # type: ignore[arg-type]  # every None was filled
+
+    def _all_resident(self, chunks: Sequence[Any], now: int) -> PoolLease | None:
+        """The lease of a request whose every item is the very object its entry last checked
+        (the usual placement: resident chunks asked again), in one pass; None, having changed
+        nothing, at the first item that needs :meth:`acquire`'s full path (a miss, a keyed hit
+        from another object, a reused id). Host work the step waits for: 172 -> 90 µs for 256
+        chunks on the 2-core development machine."""
+        get, key = self._entries.get, self._key
+        entries: list[PoolEntry] = []
+        for c in chunks:
+            e = get(key(c))
+            if e is None or e.ref() is not c:
+                return None
+            entries.append(e)
+        held: list[PoolEntry] = []
+        for e in entries:  # a tick already at now: held by this lease (an item asked twice)
+            if e.tick != now:
+                e.tick = now
+                e.refs += 1
+                held.append(e)
+        return PoolLease(entries, held)
 
     def release(self, lease: PoolLease) -> None:
         """End a lease: its chunks may be evicted once no other lease holds them."""
