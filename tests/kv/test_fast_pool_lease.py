@@ -119,3 +119,37 @@ def test_item_deltas_place_items_one_after_another():
     other = PackedChunk(torch.zeros(5, 1, 1, 2), torch.zeros(5, 1, 1, 2), length=5, base_offset=np.int64(3))
     assert item_deltas([pre, half, other, half]) == ([0, 0, 8, 13], 24, 16)
     assert item_deltas([]) == ([], 0, 0)
+
+
+def test_a_follow_up_over_the_same_chunks_is_not_placed_again(stored, tokenizer, monkeypatch):
+    """``load_reusing`` with the very objects of the previous placed request, in the same order,
+    leases nothing and writes no table, and the next question reads the same context (the
+    same tokens as after a fresh placement); another order, another set, ``load`` (no reuse),
+    a release or a ragged batch in between each place it again."""
+    from ragcompress.kv.fast import PackedChunk
+    from ragcompress.kv.fast.paged_engine import PagedFastGenerator
+
+    model, prefix, passages = stored
+    prefix_kv, chunks = _separate_chunks(model, prefix, passages)
+    pre = PackedChunk.from_prefix(prefix_kv)
+    pool = ChunkPool.for_model(model, 256, 4)
+    kw = {"capacity": 80, "max_question": 16, "max_new_tokens": 8, "buckets": (16,), "max_batch": 2}
+    paged = PagedFastGenerator(model, pool=pool, **kw)
+    q = _ids(torch.Generator().manual_seed(5), 7, len(tokenizer))
+    pos = paged.load_reusing(pre, chunks)
+    want = paged.generate([q], 8)
+    placed: list[int] = []
+    real = pool.lease_request
+    monkeypatch.setattr(pool, "lease_request", lambda items: (placed.append(len(items)), real(items))[1])
+    assert paged.load_reusing(pre, chunks) == pos and placed == []
+    assert paged.generate([q], 8) == want
+    paged.load_reusing(pre, chunks[::-1])
+    assert paged.load_reusing(pre, chunks) == pos and len(placed) == 2
+    paged.load(pre, chunks)
+    assert len(placed) == 3 and paged.generate([q], 8) == want
+    paged.release()
+    paged.load_reusing(pre, chunks)
+    assert len(placed) == 4 and paged.generate([q], 8) == want
+    paged.load_batch([(pre, chunks), (pre, chunks[:1])])
+    paged.load_reusing(pre, chunks)
+    assert len(placed) == 7 and paged.generate([q], 8) == want

@@ -135,8 +135,17 @@ class PagedFastGenerator(FastGenerator):
     ) -> int:
         """Place prefix + chunks (in this order) by leasing them in the pool and writing the
         block table; returns the next position. Chunks already resident cost a table row per
-        block (``reuse`` changes nothing: placement never copies a resident chunk). The previous
-        request's lease ends here, after the new one is taken (so shared chunks stay)."""
+        block; placement never copies a resident chunk. The previous request's lease ends here,
+        after the new one is taken (so shared chunks stay). ``reuse``: the very objects of the
+        previous placed request, in the same order (a follow-up question over the same
+        chunks), are not placed again: that request's lease is still held and its table rows
+        and context length are on the device as it wrote them (:meth:`load`, ``reuse=False``,
+        always places)."""
+        items = [prefix, *chunks]
+        old = self._resident
+        if reuse and len(old) == len(items) and all(map(operator.is_, old, items)):
+            return self.buffer.next_position
+        self._resident = []  # a failed placement leaves nothing to reuse
         ((lease, rows, pos),) = self._place([(prefix, chunks)])
         try:
             for table, group in zip(self.tables, rows, strict=True):
@@ -146,6 +155,7 @@ class PagedFastGenerator(FastGenerator):
             raise
         self._swap([lease], None)
         self.buffer.place(pos[0], pos[1])
+        self._resident = items
         return pos[1]
 
     def load_batch(
@@ -160,6 +170,7 @@ class PagedFastGenerator(FastGenerator):
             raise BufferOverflowError(
                 f"{len(requests)} requests in one batch; the generator holds max_batch={self.max_batch}"
             )
+        self._resident = []  # the shared table's request ends: nothing to reuse
         placed = self._place(requests)
         tables, _ = self._ragged_tables()
         try:
@@ -232,6 +243,7 @@ class PagedFastGenerator(FastGenerator):
     def release(self) -> None:
         """End the current request's leases (its chunks may then be evicted) and empty the
         tables; the next :meth:`load` starts a new one."""
+        self._resident = []
         if self._leases:
             for table in self.tables:
                 table.clear()
