@@ -317,3 +317,25 @@ def test_gpu_silu_mul_and_stacked_weights():
     shared = FusedStep(m, share_weights=True)  # separate allocations: no copy, GEMMs one by one
     assert all(w is None for w in shared._qkv + shared._gate_up)
     assert_untouched(m, before)
+
+
+@pytest.mark.gpu
+def test_gpu_dependent_launches_change_no_bit(data, monkeypatch):
+    """The step's kernels launched with programmatic dependent launch (Hopper and later, the
+    default there) give the same logits, bit for bit, as launched one after another
+    (RAGCOMPRESS_PDL=0): each waits for the kernel before before it reads, so nothing reads early."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    prefix, passages, questions = data
+    m = make_tiny_llama(VOCAB, seed=3, hidden_size=256, num_attention_heads=4, num_key_value_heads=2)
+    m = m.cuda().to(torch.bfloat16)
+    logits = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("RAGCOMPRESS_PDL", flag)
+        step = FusedStep(m)
+        fast = FastGenerator(m, capacity=64, max_question=16, max_new_tokens=4, buckets=(16,), step=step)
+        fast.load(*_split(m, prefix, passages))
+        fast.prefill(questions[:1])
+        logits[flag] = _first_logits(fast).clone()
+        assert fast.generate(questions[:1], 4) == fast.generate(questions[:1], 4)
+    assert torch.equal(logits["0"], logits["1"])

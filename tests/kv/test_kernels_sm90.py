@@ -45,3 +45,42 @@ def test_in_process_interpreted_kernels_compile_for_sm90() -> None:
         "_gather_quant_kernel",
         "_wait_flag_kernel",
     }
+
+
+_PDL_SCRIPT = """
+import torch
+from ragcompress.kv.fast import _gemm, _triton
+
+_gemm.pdl_on = _triton.pdl_on = lambda t: True  # CPU tensors: compiled as a Hopper launch would be
+bf = torch.bfloat16
+x, w = torch.zeros(32, 512, dtype=bf), torch.zeros(256, 512, dtype=bf)
+_gemm.skinny_linear(x, w)
+_gemm.skinny_partials(x, w, 2)
+h = torch.zeros(32, 256, dtype=bf)
+_triton.add_rmsnorm(h, h, torch.ones(256, dtype=bf), 1e-6)
+qkv = torch.zeros(32, 4 * 128, dtype=bf)
+cs = torch.zeros(32, 128, dtype=bf)
+buf = torch.zeros(64, 2, 128, dtype=bf)
+_triton.rope_write(qkv[:, :256], qkv[:, 256:384], qkv[:, 384:], cs, cs, torch.zeros(32, dtype=torch.long),
+                   buf, buf.clone(), 2, 1, 128)
+_triton.act_mul(torch.zeros(32, 512, dtype=bf), "silu")
+"""
+
+
+def test_the_steps_dependent_launches_compile_for_sm90() -> None:
+    """The step kernels' programmatic-dependent-launch variants (wait before the first read of
+    an earlier output, release the next kernel; launched with ``launch_pdl``) compile for sm_90:
+    off the GPU they never run, and the GPU test compares them bit for bit
+    (tests/gpu/test_fast_path_gpu.py)."""
+    compiled = compiles_for_sm90(_PDL_SCRIPT)
+    assert set(compiled) == {"_skinny_kernel", "_add_rmsnorm_kernel", "_rope_write_kernel", "_act_mul_kernel"}
+
+
+def test_dependent_launches_only_on_a_hopper_gpu() -> None:
+    """Off CUDA the step's kernels launch plainly; the launch options follow the decision."""
+    import torch
+
+    from ragcompress.kv.fast._pdl import launch_options, pdl_on
+
+    assert not pdl_on(torch.zeros(1))
+    assert launch_options(False) == {} and launch_options(True) == {"launch_pdl": True}

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+
 __all__ = ["MAX_ROWS", "skinny_fits", "skinny_linear", "skinny_partials"]
 
 # rows past which cuBLAS's tiles beat one program per column block
@@ -42,6 +44,7 @@ _SMEM = 200 * 1024
 def _skinny_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sx, KS,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr, BIAS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     # program (n, s): rows 0..M of y[s, :, n*BN:(n+1)*BN] over K range [s*KS, (s+1)*KS), as
     # (w @ x.T).T accumulated in fp32 and rounded once to y's dtype (as cuBLAS rounds a bf16
@@ -53,6 +56,7 @@ def _skinny_kernel(
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     k_end = tl.minimum((s + 1) * KS, K)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
+    wait_inputs(PDL)  # x is the previous kernel's output
     for k0 in tl.range(s * KS, k_end, BK):
         rk = k0 + tl.arange(0, BK)
         w_at = w_ptr + rn[:, None].to(tl.int64) * K + rk[None, :]  # (BN, BK): w's rows, K contiguous
@@ -64,6 +68,7 @@ def _skinny_kernel(
             w = tl.load(w_at, mask=(rn[:, None] < N) & (rk[None, :] < k_end), other=0.0)
             x = tl.load(x_at, mask=(rm[:, None] < M) & (rk[None, :] < k_end), other=0.0)
         acc = tl.dot(w, tl.trans(x), acc)
+    release_next(PDL)  # only the store is left: the next kernel may launch into this tail
     if BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[:, None]
     mask = (rm[None, :] < M) & (rn[:, None] < N)
@@ -98,10 +103,11 @@ def _launch(
     bm = max(16, triton.next_power_of_2(m))
     ks = triton.cdiv(triton.cdiv(k, splits), _BK) * _BK
     stages = max(1, min(_MAX_STAGES, _SMEM // ((bm + _BN) * _BK * x.element_size())))
+    pdl = pdl_on(x)
     _skinny_kernel[(triton.cdiv(n, _BN), splits)](
         x, w, w if bias is None else bias, y, m, n, k, x.stride(0), ks,
-        BM=bm, BN=_BN, BK=_BK, EVEN=n % _BN == 0 and k == ks * splits, BIAS=bias is not None,
-        num_warps=4, num_stages=stages,
+        BM=bm, BN=_BN, BK=_BK, EVEN=n % _BN == 0 and k == ks * splits, BIAS=bias is not None, PDL=pdl,
+        num_warps=4, num_stages=stages, **launch_options(pdl),
     )  # fmt: skip
     return y
 

@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+
 __all__ = ["ACTS", "act_mul", "add_rmsnorm", "rope_write", "silu_mul"]
 
 # gate activations act_mul computes (``config.hidden_act`` / ``hidden_activation`` names)
@@ -41,6 +43,7 @@ def _add_rmsnorm_kernel(
     PLANES: tl.constexpr,
     BLOCK: tl.constexpr,
     GEMMA: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # Rounds like the eager modules: residual add in the model dtype, normalized value cast to
     # the model dtype before the weight multiply (LlamaRMSNorm); GEMMA: normalized * (1 + w) in
@@ -51,6 +54,8 @@ def _add_rmsnorm_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < n_cols
+    wait_inputs(PDL)  # x and the delta are earlier kernels' outputs
+    release_next(PDL)  # one row a program, a few µs: the next kernel launches beside it
     x = tl.load(x_ptr + row * n_cols + cols, mask=m, other=0.0).to(tl.float32)
     if HAS_DELTA:
         if PLANES > 0:
@@ -97,6 +102,7 @@ def add_rmsnorm(
     res = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(n)
     dw, d_eps = delta_norm if delta_norm is not None else (weight, 0.0)
+    pdl = pdl_on(x)
     _add_rmsnorm_kernel[(rows,)](
         x,
         delta if delta is not None else x,
@@ -113,7 +119,9 @@ def add_rmsnorm(
         PLANES=planes,
         BLOCK=block,
         GEMMA=gemma,
+        PDL=pdl,
         num_warps=min(16, max(4, block // 512)),
+        **launch_options(pdl),
     )
     return res, out
 
@@ -142,6 +150,7 @@ def _rope_write_kernel(
     HALF: tl.constexpr,
     NORM: tl.constexpr,
     GEMMA: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # program (token t, head j): j < H rotates query head j into qo; j >= H rotates key head
     # j - H and copies its value into the question region at slots[t]. Rounds like
@@ -151,6 +160,8 @@ def _rope_write_kernel(
     j = tl.program_id(1)
     i = tl.arange(0, HALF)
     D: tl.constexpr = 2 * HALF
+    wait_inputs(PDL)  # q/k/v are the projection's output
+    release_next(PDL)
     c1 = tl.load(cos_ptr + t * D + i).to(tl.float32)
     c2 = tl.load(cos_ptr + t * D + HALF + i).to(tl.float32)
     s1 = tl.load(sin_ptr + t * D + i).to(tl.float32)
@@ -211,6 +222,7 @@ def rope_write(
         raise ValueError(f"rope_write needs kbuf/vbuf rows of contiguous heads, got {kbuf.stride()}")
     qo = torch.empty(n, heads, head_dim, device=q.device, dtype=q.dtype)
     qw, q_eps, kw, k_eps, gemma = qk_norm if qk_norm is not None else (cos, 0.0, cos, 0.0, False)
+    pdl = pdl_on(q)
     _rope_write_kernel[(n, heads + kv_heads)](
         q,
         k,
@@ -234,17 +246,23 @@ def rope_write(
         HALF=head_dim // 2,
         NORM=qk_norm is not None,
         GEMMA=gemma,
+        PDL=pdl,
         num_warps=1,
+        **launch_options(pdl),
     )
     return qo
 
 
 @triton.jit
-def _act_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, GELU: tl.constexpr):
+def _act_mul_kernel(
+    x_ptr, out_ptr, inter, BLOCK: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr = False
+):
     # x (rows, 2 * inter) = [gate | up]
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < inter
+    wait_inputs(PDL)  # x is the gate/up product's output
+    release_next(PDL)
     g = tl.load(x_ptr + row * (2 * inter) + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * (2 * inter) + inter + cols, mask=m, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * inter + cols, gate_act(g, u, out_ptr.dtype.element_ty, GELU), mask=m)
@@ -273,7 +291,10 @@ def act_mul(gate_up: torch.Tensor, act: str = "silu") -> torch.Tensor:
     out = torch.empty(rows, inter, device=gate_up.device, dtype=gate_up.dtype)
     block = 1024
     grid = (rows, triton.cdiv(inter, block))
-    _act_mul_kernel[grid](gate_up, out, inter, BLOCK=block, GELU=act == "gelu_pytorch_tanh", num_warps=4)
+    pdl = pdl_on(gate_up)
+    gelu = act == "gelu_pytorch_tanh"
+    opts = launch_options(pdl)
+    _act_mul_kernel[grid](gate_up, out, inter, BLOCK=block, GELU=gelu, PDL=pdl, num_warps=4, **opts)
     return out
 
 
