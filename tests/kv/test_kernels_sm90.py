@@ -48,10 +48,13 @@ def test_in_process_interpreted_kernels_compile_for_sm90() -> None:
 
 
 _PDL_SCRIPT = """
-import torch
-from ragcompress.kv.fast import _gemm, _triton
+from types import SimpleNamespace
 
-_gemm.pdl_on = _triton.pdl_on = lambda t: True  # CPU tensors: compiled as a Hopper launch would be
+import torch
+from ragcompress.kv.fast import _context, _gemm, _merge, _paged, _paged_int4, _triton
+
+for mod in (_context, _gemm, _merge, _paged, _paged_int4, _triton):
+    mod.pdl_on = lambda t: True  # CPU tensors: compiled as a Hopper launch would be
 bf = torch.bfloat16
 x, w = torch.zeros(32, 512, dtype=bf), torch.zeros(256, 512, dtype=bf)
 _gemm.skinny_linear(x, w)
@@ -64,6 +67,17 @@ buf = torch.zeros(64, 2, 128, dtype=bf)
 _triton.rope_write(qkv[:, :256], qkv[:, 256:384], qkv[:, 384:], cs, cs, torch.zeros(32, dtype=torch.long),
                    buf, buf.clone(), 2, 1, 128)
 _triton.act_mul(torch.zeros(32, 512, dtype=bf), "silu")
+q = torch.zeros(32, 8, 128, dtype=bf)  # 32 tokens, 8 heads over 2 KV heads
+kv = torch.zeros(512, 2, 128, dtype=bf)
+segs = torch.zeros(4, dtype=torch.int32)
+o, lse = _context.context_pass(q, kv, kv, segs, segs, 0.1)
+table, inv = torch.zeros(9, 3, dtype=torch.int32), torch.zeros(64)
+_paged.paged_context(q, kv, kv, table, inv, 64, 4, 0.1)
+codes, kscale = torch.zeros(512, 2, 64, dtype=torch.uint8), torch.zeros(8, 2, 128, dtype=bf)
+vscale = torch.zeros(512, 2, 2, dtype=bf)
+_paged_int4.paged_int4_context(q, (codes, kscale, kscale, codes, vscale, vscale), table, inv, 64, 4, 0.1)
+meta = SimpleNamespace(region=48, q_used=torch.zeros(1, dtype=torch.int32), qlen=32)
+_merge.merge_with_own(o, lse, segs, q, kv, kv, meta, 0.1)
 """
 
 
@@ -73,7 +87,10 @@ def test_the_steps_dependent_launches_compile_for_sm90() -> None:
     off the GPU they never run, and the GPU test compares them bit for bit
     (tests/gpu/test_fast_path_gpu.py)."""
     compiled = compiles_for_sm90(_PDL_SCRIPT)
-    assert set(compiled) == {"_skinny_kernel", "_add_rmsnorm_kernel", "_rope_write_kernel", "_act_mul_kernel"}
+    assert set(compiled) == {
+        "_skinny_kernel", "_add_rmsnorm_kernel", "_rope_write_kernel", "_act_mul_kernel",
+        "_context_kernel", "_paged_kernel", "_paged_int4_kernel", "_own_merge_kernel",
+    }  # fmt: skip
 
 
 def test_dependent_launches_only_on_a_hopper_gpu() -> None:

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
+from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
 from ragcompress.kv.fast.waves import CONTIGUOUS, Tiling
 
 __all__ = ["context_pass"]
@@ -68,9 +69,11 @@ def _context_kernel(
     q_ptr, k_ptr, v_ptr, start_ptr, used_ptr, o_ptr, lse_ptr,
     q_n, q_h, sk_t, sv_t, NG, qk_scale,
     G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     seg, kv, rows, rm, tok, head = folded_rows(NG, G, BLOCK_M)
     d = tl.arange(0, D)
+    wait_inputs(PDL)  # the queries (and what the step wrote before) are earlier outputs
     q = tl.load(q_ptr + tok[:, None] * q_n + head[:, None] * q_h + d[None, :], mask=rm[:, None], other=0.0)
     start = tl.load(start_ptr + seg).to(tl.int64)
     used = tl.load(used_ptr + seg)
@@ -86,6 +89,7 @@ def _context_kernel(
         n = full + tl.arange(0, BLOCK_N)
         keys = _clamped(start, n, used)
         m_i, l_i, acc = _tile(q, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
+    release_next(PDL)  # only the partial's store is left
     # m_i is in base 2: the natural-log maximum is m_i * ln 2 (l_i is the same sum either way)
     store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
 
@@ -114,10 +118,11 @@ def context_pass(
     # a layer at 32K, Llama's 128 a tie; results/ttft_context_ws_h200/), fewer past 128 channels
     block_n = 32 if d > 128 else 128 if block_m == 128 else 64
     grid: Any = (segs, kvh, triton.cdiv(ng, block_m))
+    pdl = pdl_on(q)
     _context_kernel[grid](
         q, ctx_k, ctx_v, seg_start, ctx_used, o, lse,
         q.stride(0), q.stride(1), ctx_k.stride(0), ctx_v.stride(0), ng, scale * _LOG2E,
-        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=tiling.warps(block_m),
-        num_stages=tiling.stages,
+        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, PDL=pdl, num_warps=tiling.warps(block_m),
+        num_stages=tiling.stages, **launch_options(pdl),
     )  # fmt: skip
     return o, lse

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+
 if TYPE_CHECKING:
     from ragcompress.kv.fast.step_meta import StepMeta
 
@@ -42,12 +44,13 @@ def _own_merge_kernel(
     oa_ptr, la_ptr, q_ptr, k_ptr, v_ptr, used_ptr, qused_ptr, out_ptr,
     N, T, R, WINDOW, scale, la_s, la_h, la_r, q_n, q_h, k_r, k_h,
     S: tl.constexpr, SP: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr,
-    BR: tl.constexpr,
+    BR: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
     n = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
     kv = h // G
     d = tl.arange(0, D)
+    wait_inputs(PDL)  # the partials, the queries and the own slots are earlier kernels' outputs
     # the context partials' loads go first: nothing depends on them until the merge, so their
     # latency overlaps the own pass (the program is a chain of dependent loads, not bandwidth)
     s_idx = tl.arange(0, SP)
@@ -83,6 +86,7 @@ def _own_merge_kernel(
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         l_own = l_own * alpha + tl.sum(p, axis=0)
         m_own = m_new
+    release_next(PDL)  # the merge and its store are left
     # the merge
     la = tl.where(valid, la, float("-inf"))
     m = tl.maximum(tl.max(la, axis=0), m_own)
@@ -140,12 +144,13 @@ def merge_with_own(
     out = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
     region = meta.region
     grid: Any = (n, heads)
+    pdl = pdl_on(q)
     _own_merge_kernel[grid](
         oa, lse_a, q, own_k, own_v, ctx_used, meta.q_used, out,
         n, meta.qlen, region, region + 1 if window is None else window, scale,
         *_strides3(lse_a, n * group), q.stride(0), q.stride(1), own_k.stride(0), own_k.stride(1),
         S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d,
-        BR=32, num_warps=2,
+        BR=32, PDL=pdl, num_warps=2, **launch_options(pdl),
     )  # fmt: skip
     return out
 

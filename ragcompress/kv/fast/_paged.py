@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E, _clamped, _tile
 from ragcompress.kv.fast._online import partials, store_partial
+from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
 from ragcompress.kv.fast.waves import PAGED, Tiling
 
 __all__ = ["paged_context", "question_tables"]
@@ -87,9 +88,11 @@ def _paged_kernel(
     sk_t, sv_t, NG, QG, TAB_Q, qk_scale,
     S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
     BS: tl.constexpr, BLOCK_M: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     seg, kv, rows, rm, tok, head, tab_ptr = question_rows(NG, QG, TAB_Q, tab_ptr, G, BLOCK_M)
     D: tl.constexpr = 2 * HALF
+    wait_inputs(PDL)  # the queries (and what the step wrote before) are earlier outputs
     d = tl.arange(0, D)
     # R(-delta) q in rotate_half's pairing, full width: (q1 c + q2 s, q2 c - q1 s) = q c + qs s
     # with qs = (q2, -q1), so each block's scores are one D-wide product
@@ -127,6 +130,7 @@ def _paged_kernel(
         keys = _clamped(blk * BS, n, used)
         m_i, l_i, acc = _tile(a, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         blk, used, delta = nblk, nused, ndelta
+    release_next(PDL)  # only the partial's store is left
     # m_i is in base 2 (_tile's scores carry log2(e)): the natural-log maximum is m_i * ln 2
     store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
 
@@ -172,10 +176,11 @@ def paged_context(
     nq, qg, tab_q = question_tables(q, table, g)
     block_m = tiling.block_m(qg)
     grid: Any = (splits, kvh, nq * triton.cdiv(qg, block_m))
+    pdl = pdl_on(q)
     _paged_kernel[grid](
         q.contiguous(), pool_k, pool_v, table, inv_freq, o, lse,
         pool_k.stride(0), pool_v.stride(0), ng, qg, tab_q, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m,
-        num_warps=tiling.warps(block_m), num_stages=tiling.stages,
+        PDL=pdl, num_warps=tiling.warps(block_m), num_stages=tiling.stages, **launch_options(pdl),
     )  # fmt: skip
     return o, lse

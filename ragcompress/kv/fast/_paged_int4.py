@@ -30,6 +30,7 @@ import triton.language as tl
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import partials, store_partial
 from ragcompress.kv.fast._paged import _entries, _row, question_rows, question_tables
+from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
 from ragcompress.kv.fast.waves import PAGED_INT4, Tiling
 
 # one layer's (key codes, key scale, key zero, value codes, value scale, value zero)
@@ -81,9 +82,11 @@ def _paged_int4_kernel(
     sc_t, sks_b, svs_t, NG, QG, TAB_Q, qk_scale,
     S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr,
     BS: tl.constexpr, BLOCK_M: tl.constexpr, BITS: tl.constexpr, OP: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     seg, kv, rows, rm, tok, head, tab_ptr = question_rows(NG, QG, TAB_Q, tab_ptr, G, BLOCK_M)
     D: tl.constexpr = 2 * HALF
+    wait_inputs(PDL)  # the queries (and what the step wrote before) are earlier outputs
     CW: tl.constexpr = HALF if BITS == 4 else D  # code bytes a head
     dt = OP  # the products' operands: fp16 for a bf16/fp16 step (see paged_int4_context)
     i = tl.arange(0, HALF)
@@ -133,6 +136,7 @@ def _paged_int4_kernel(
         m_i = m_new
         blk, used, delta = nblk, nused, ndelta
     acc = tl.reshape(tl.permute(tl.join(acc1, acc2), (0, 2, 1)), (BLOCK_M, D))
+    release_next(PDL)  # only the partial's store is left
     store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
@@ -173,10 +177,12 @@ def paged_int4_context(
     # a rounding an element; rotated queries and softmax weights are as exact in fp16 at
     # attention's magnitudes. fp32 (the CPU tests) stays fp32
     op = tl.float16 if q.dtype in (torch.bfloat16, torch.float16) else tl.float32
+    pdl = pdl_on(q)
     _paged_int4_kernel[grid](
         q.contiguous(), kc, ks, kz, vc, vs, vz, table, inv_freq, o, lse,
         kc.stride(0), ks.stride(0), vs.stride(0), ng, qg, tab_q, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m, BITS=4 if cw < d else 8,
-        OP=op, num_warps=tiling.warps(block_m), num_stages=tiling.stages,
+        OP=op, PDL=pdl, num_warps=tiling.warps(block_m), num_stages=tiling.stages,
+        **launch_options(pdl),
     )  # fmt: skip
     return o, lse
