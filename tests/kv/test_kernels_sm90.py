@@ -7,7 +7,7 @@ compiler refuses; every other kernel is compiled by its own interpreted check.""
 
 from __future__ import annotations
 
-from tests.support.interpret import compiles_for_sm90
+from tests.support.interpret import compiles_for_sm90, run_interpreted
 
 _SCRIPT = """
 import torch
@@ -101,3 +101,32 @@ def test_dependent_launches_only_on_a_hopper_gpu() -> None:
 
     assert not pdl_on(torch.zeros(1))
     assert launch_options(False) == {} and launch_options(True) == {"launch_pdl": True}
+
+
+_NO_GDC_SCRIPT = """
+import sys
+import types
+
+import triton.language.extra.cuda as real
+
+fake = types.ModuleType(real.__name__)  # a Triton without the PDL instructions
+fake.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("gdc")})
+sys.modules[real.__name__] = fake
+import torch
+
+from ragcompress.kv.fast import _pdl
+from ragcompress.kv.fast._triton import add_rmsnorm
+
+assert not _pdl.AVAILABLE and not _pdl.pdl_on(torch.zeros(1))
+x, w = torch.randn(4, 64), torch.ones(64)
+res, out = add_rmsnorm(x, x, w, 1e-6)
+want = 2 * x * torch.rsqrt((2 * x).pow(2).mean(-1, keepdim=True) + 1e-6)
+assert torch.allclose(res, 2 * x) and torch.allclose(out, want, atol=1e-5), (out - want).abs().max()
+print("ok")
+"""
+
+
+def test_a_triton_without_dependent_launch_still_runs_the_step_kernels() -> None:
+    """With a Triton that lacks ``gdc_wait`` / ``gdc_launch_dependents`` (the project takes torch
+    from 2.4), the kernels import, run (interpreted) and compile for sm_90 without PDL."""
+    assert run_interpreted(_NO_GDC_SCRIPT).strip().endswith("ok")

@@ -30,12 +30,27 @@ from typing import TYPE_CHECKING, Any
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["launch_options", "pdl_on", "release_next", "wait_inputs"]
+try:  # an older Triton (the project takes torch from 2.4 and its Triton) may lack them
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only with an older Triton
+    AVAILABLE = False
+
+    @triton.jit
+    def gdc_wait():  # type: ignore[no-redef]  # never reached: PDL is False without them
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():  # type: ignore[no-redef]
+        pass
+
+
+__all__ = ["AVAILABLE", "launch_options", "pdl_on", "release_next", "wait_inputs"]
 
 
 @triton.jit
@@ -61,8 +76,10 @@ def _capable(index: int) -> bool:
 
 def pdl_on(t: torch.Tensor) -> bool:
     """Whether a step kernel over ``t`` launches with PDL: a CUDA device of compute capability
-    9.0 or later, unless ``RAGCOMPRESS_PDL=0``. Off the GPU (Triton's interpreter) never."""
-    return t.is_cuda and os.environ.get("RAGCOMPRESS_PDL", "1") != "0" and _capable(t.device.index or 0)
+    9.0 or later and a Triton that has it, unless ``RAGCOMPRESS_PDL=0``. Off the GPU (Triton's
+    interpreter) never."""
+    on = AVAILABLE and t.is_cuda and os.environ.get("RAGCOMPRESS_PDL", "1") != "0"
+    return on and _capable(t.device.index or 0)
 
 
 def launch_options(on: bool) -> dict[str, Any]:
