@@ -103,6 +103,22 @@ def test_dependent_launches_only_on_a_hopper_gpu() -> None:
     assert launch_options(False) == {} and launch_options(True) == {"launch_pdl": True}
 
 
+def test_dependent_launches_need_hopper_and_cuda_12_3(monkeypatch) -> None:
+    """Graphs keep programmatic dependencies from CUDA 12.3 on, and the instructions exist from
+    compute capability 9.0: both are needed."""
+    import torch
+
+    from ragcompress.kv.fast._pdl import _capable
+
+    check = _capable.__wrapped__  # not the per-device cache
+    for cuda, major, want in (("12.4", 9, True), ("13.0", 10, True), ("12.1", 9, False), ("12.4", 8, False)):
+        monkeypatch.setattr(torch.version, "cuda", cuda)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i, major=major: (major, 0))
+        assert check(0) is want, (cuda, major)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert check(0) is False
+
+
 _NO_GDC_SCRIPT = """
 import sys
 import types

@@ -69,15 +69,18 @@ def release_next(PDL: tl.constexpr):
 
 @functools.cache
 def _capable(index: int) -> bool:
+    """Device ``index`` is Hopper or later, and torch's CUDA is 12.3 or later: captured graphs
+    keep programmatic dependencies from CUDA 12.3 on."""
     import torch
 
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    cuda = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
+    return cuda >= (12, 3) and torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def pdl_on(t: torch.Tensor) -> bool:
     """Whether a step kernel over ``t`` launches with PDL: a CUDA device of compute capability
-    9.0 or later and a Triton that has it, unless ``RAGCOMPRESS_PDL=0``. Off the GPU (Triton's
-    interpreter) never."""
+    9.0 or later, torch built for CUDA 12.3 or later and a Triton that has it, unless
+    ``RAGCOMPRESS_PDL=0``. Off the GPU (Triton's interpreter) never."""
     on = AVAILABLE and t.is_cuda and os.environ.get("RAGCOMPRESS_PDL", "1") != "0"
     return on and _capable(t.device.index or 0)
 
