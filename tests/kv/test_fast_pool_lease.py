@@ -117,7 +117,8 @@ def test_item_deltas_place_items_one_after_another():
     pre = PackedChunk(torch.zeros(3, 1, 1, 2), torch.zeros(3, 1, 1, 2), length=3, base_offset=0)
     half = PackedChunk(torch.zeros(4, 1, 1, 2), torch.zeros(4, 1, 1, 2), length=8, base_offset=3)
     other = PackedChunk(torch.zeros(5, 1, 1, 2), torch.zeros(5, 1, 1, 2), length=5, base_offset=np.int64(3))
-    assert item_deltas([pre, half, other, half]) == ([0, 0, 8, 13], 24, 16)
+    deltas, pos, kept = item_deltas([pre, half, other, half])
+    assert (deltas, pos, kept) == ([0, 0, 8, 13], 24, 16) and type(pos) is int and type(kept) is int
     assert item_deltas([]) == ([], 0, 0)
 
 

@@ -279,7 +279,7 @@ def item_deltas(items: Sequence[Any]) -> tuple[list[int], int, int]:
         deltas.append(pos - base)
         pos += length
         tokens += kept
-    return deltas, pos, tokens
+    return deltas, int(pos), int(tokens)  # plain ints out, whatever integer type the fields hold
 
 
 def table_rows(group: Sequence[tuple[int, PoolEntry]], deltas: Sequence[int]) -> np.ndarray:
