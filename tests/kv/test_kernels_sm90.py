@@ -51,10 +51,9 @@ _PDL_SCRIPT = """
 from types import SimpleNamespace
 
 import torch
-from ragcompress.kv.fast import _context, _gemm, _merge, _paged, _paged_int4, _triton
+from ragcompress.kv.fast import _context, _gemm, _merge, _paged, _paged_int4, _pdl, _triton
 
-for mod in (_context, _gemm, _merge, _paged, _paged_int4, _triton):
-    mod.pdl_on = lambda t: True  # CPU tensors: compiled as a Hopper launch would be
+_pdl.pdl_on = lambda t: True  # CPU tensors: compiled as a Hopper launch would be
 bf = torch.bfloat16
 x, w = torch.zeros(32, 512, dtype=bf), torch.zeros(256, 512, dtype=bf)
 _gemm.skinny_linear(x, w)
@@ -93,14 +92,16 @@ def test_the_steps_dependent_launches_compile_for_sm90() -> None:
     }  # fmt: skip
 
 
-def test_dependent_launches_only_on_a_hopper_gpu() -> None:
-    """Off CUDA the step's kernels launch plainly; the launch options follow the decision."""
+def test_dependent_launches_only_on_a_hopper_gpu(monkeypatch) -> None:
+    """Off CUDA the step's kernels launch plainly; the launch keywords follow the decision."""
     import torch
 
-    from ragcompress.kv.fast._pdl import launch_options, pdl_on
+    from ragcompress.kv.fast import _pdl
 
-    assert not pdl_on(torch.zeros(1))
-    assert launch_options(False) == {} and launch_options(True) == {"launch_pdl": True}
+    assert not _pdl.pdl_on(torch.zeros(1))
+    assert _pdl.pdl_launch(torch.zeros(1)) == {}
+    monkeypatch.setattr(_pdl, "pdl_on", lambda t: True)
+    assert _pdl.pdl_launch(torch.zeros(1)) == {"PDL": True, "launch_pdl": True}
 
 
 def test_dependent_launches_need_hopper_and_cuda_12_3(monkeypatch) -> None:

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ragcompress.kv.fast._online import folded_rows, partials, store_partial
-from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 from ragcompress.kv.fast.waves import CONTIGUOUS, Tiling
 
 __all__ = ["context_pass"]
@@ -118,11 +118,10 @@ def context_pass(
     # a layer at 32K, Llama's 128 a tie; results/ttft_context_ws_h200/), fewer past 128 channels
     block_n = 32 if d > 128 else 128 if block_m == 128 else 64
     grid: Any = (segs, kvh, triton.cdiv(ng, block_m))
-    pdl = pdl_on(q)
     _context_kernel[grid](
         q, ctx_k, ctx_v, seg_start, ctx_used, o, lse,
         q.stride(0), q.stride(1), ctx_k.stride(0), ctx_v.stride(0), ng, scale * _LOG2E,
-        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, PDL=pdl, num_warps=tiling.warps(block_m),
-        num_stages=tiling.stages, **launch_options(pdl),
+        G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=tiling.warps(block_m),
+        num_stages=tiling.stages, **pdl_launch(q),
     )  # fmt: skip
     return o, lse

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 
 __all__ = ["MAX_ROWS", "skinny_fits", "skinny_linear", "skinny_partials"]
 
@@ -103,11 +103,10 @@ def _launch(
     bm = max(16, triton.next_power_of_2(m))
     ks = triton.cdiv(triton.cdiv(k, splits), _BK) * _BK
     stages = max(1, min(_MAX_STAGES, _SMEM // ((bm + _BN) * _BK * x.element_size())))
-    pdl = pdl_on(x)
     _skinny_kernel[(triton.cdiv(n, _BN), splits)](
         x, w, w if bias is None else bias, y, m, n, k, x.stride(0), ks,
-        BM=bm, BN=_BN, BK=_BK, EVEN=n % _BN == 0 and k == ks * splits, BIAS=bias is not None, PDL=pdl,
-        num_warps=4, num_stages=stages, **launch_options(pdl),
+        BM=bm, BN=_BN, BK=_BK, EVEN=n % _BN == 0 and k == ks * splits, BIAS=bias is not None,
+        num_warps=4, num_stages=stages, **pdl_launch(x),
     )  # fmt: skip
     return y
 

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 
 if TYPE_CHECKING:
     from ragcompress.kv.fast.step_meta import StepMeta
@@ -144,13 +144,12 @@ def merge_with_own(
     out = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
     region = meta.region
     grid: Any = (n, heads)
-    pdl = pdl_on(q)
     _own_merge_kernel[grid](
         oa, lse_a, q, own_k, own_v, ctx_used, meta.q_used, out,
         n, meta.qlen, region, region + 1 if window is None else window, scale,
         *_strides3(lse_a, n * group), q.stride(0), q.stride(1), own_k.stride(0), own_k.stride(1),
         S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d,
-        BR=32, PDL=pdl, num_warps=2, **launch_options(pdl),
+        BR=32, num_warps=2, **pdl_launch(q),
     )  # fmt: skip
     return out
 

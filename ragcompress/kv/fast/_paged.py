@@ -39,7 +39,7 @@ import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E, _clamped, _tile
 from ragcompress.kv.fast._online import partials, store_partial
-from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 from ragcompress.kv.fast.waves import PAGED, Tiling
 
 __all__ = ["paged_context", "question_tables"]
@@ -176,11 +176,10 @@ def paged_context(
     nq, qg, tab_q = question_tables(q, table, g)
     block_m = tiling.block_m(qg)
     grid: Any = (splits, kvh, nq * triton.cdiv(qg, block_m))
-    pdl = pdl_on(q)
     _paged_kernel[grid](
         q.contiguous(), pool_k, pool_v, table, inv_freq, o, lse,
         pool_k.stride(0), pool_v.stride(0), ng, qg, tab_q, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m,
-        PDL=pdl, num_warps=tiling.warps(block_m), num_stages=tiling.stages, **launch_options(pdl),
+        num_warps=tiling.warps(block_m), num_stages=tiling.stages, **pdl_launch(q),
     )  # fmt: skip
     return o, lse

@@ -30,7 +30,7 @@ import triton.language as tl
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import partials, store_partial
 from ragcompress.kv.fast._paged import _entries, _row, question_rows, question_tables
-from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 from ragcompress.kv.fast.waves import PAGED_INT4, Tiling
 
 # one layer's (key codes, key scale, key zero, value codes, value scale, value zero)
@@ -177,12 +177,10 @@ def paged_int4_context(
     # a rounding an element; rotated queries and softmax weights are as exact in fp16 at
     # attention's magnitudes. fp32 (the CPU tests) stays fp32
     op = tl.float16 if q.dtype in (torch.bfloat16, torch.float16) else tl.float32
-    pdl = pdl_on(q)
     _paged_int4_kernel[grid](
         q.contiguous(), kc, ks, kz, vc, vs, vz, table, inv_freq, o, lse,
         kc.stride(0), ks.stride(0), vs.stride(0), ng, qg, tab_q, scale * _LOG2E,
         S=splits, G=g, KVH=kvh, HALF=d // 2, BS=block_size, BLOCK_M=block_m, BITS=4 if cw < d else 8,
-        OP=op, PDL=pdl, num_warps=tiling.warps(block_m), num_stages=tiling.stages,
-        **launch_options(pdl),
+        OP=op, num_warps=tiling.warps(block_m), num_stages=tiling.stages, **pdl_launch(q),
     )  # fmt: skip
     return o, lse

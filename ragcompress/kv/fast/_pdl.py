@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover - exercised only with an older Triton
         pass
 
 
-__all__ = ["AVAILABLE", "launch_options", "pdl_on", "release_next", "wait_inputs"]
+__all__ = ["AVAILABLE", "pdl_launch", "pdl_on", "release_next", "wait_inputs"]
 
 
 @triton.jit
@@ -85,6 +85,7 @@ def pdl_on(t: torch.Tensor) -> bool:
     return on and _capable(t.device.index or 0)
 
 
-def launch_options(on: bool) -> dict[str, Any]:
-    """The launch's keyword arguments: ``launch_pdl`` where :func:`pdl_on` said so."""
-    return {"launch_pdl": True} if on else {}
+def pdl_launch(t: torch.Tensor) -> dict[str, Any]:
+    """A step kernel's launch keywords for one over ``t``: its ``PDL`` constexpr and
+    ``launch_pdl`` where :func:`pdl_on` says so, none otherwise (``PDL`` defaults to False)."""
+    return {"PDL": True, "launch_pdl": True} if pdl_on(t) else {}

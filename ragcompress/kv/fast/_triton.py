@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._pdl import launch_options, pdl_on, release_next, wait_inputs
+from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 
 __all__ = ["ACTS", "act_mul", "add_rmsnorm", "rope_write", "silu_mul"]
 
@@ -102,7 +102,6 @@ def add_rmsnorm(
     res = torch.empty_like(x) if delta is not None else x
     block = triton.next_power_of_2(n)
     dw, d_eps = delta_norm if delta_norm is not None else (weight, 0.0)
-    pdl = pdl_on(x)
     _add_rmsnorm_kernel[(rows,)](
         x,
         delta if delta is not None else x,
@@ -119,9 +118,8 @@ def add_rmsnorm(
         PLANES=planes,
         BLOCK=block,
         GEMMA=gemma,
-        PDL=pdl,
         num_warps=min(16, max(4, block // 512)),
-        **launch_options(pdl),
+        **pdl_launch(x),
     )
     return res, out
 
@@ -222,7 +220,6 @@ def rope_write(
         raise ValueError(f"rope_write needs kbuf/vbuf rows of contiguous heads, got {kbuf.stride()}")
     qo = torch.empty(n, heads, head_dim, device=q.device, dtype=q.dtype)
     qw, q_eps, kw, k_eps, gemma = qk_norm if qk_norm is not None else (cos, 0.0, cos, 0.0, False)
-    pdl = pdl_on(q)
     _rope_write_kernel[(n, heads + kv_heads)](
         q,
         k,
@@ -246,9 +243,8 @@ def rope_write(
         HALF=head_dim // 2,
         NORM=qk_norm is not None,
         GEMMA=gemma,
-        PDL=pdl,
         num_warps=1,
-        **launch_options(pdl),
+        **pdl_launch(q),
     )
     return qo
 
@@ -291,10 +287,8 @@ def act_mul(gate_up: torch.Tensor, act: str = "silu") -> torch.Tensor:
     out = torch.empty(rows, inter, device=gate_up.device, dtype=gate_up.dtype)
     block = 1024
     grid = (rows, triton.cdiv(inter, block))
-    pdl = pdl_on(gate_up)
     gelu = act == "gelu_pytorch_tanh"
-    opts = launch_options(pdl)
-    _act_mul_kernel[grid](gate_up, out, inter, BLOCK=block, GELU=gelu, PDL=pdl, num_warps=4, **opts)
+    _act_mul_kernel[grid](gate_up, out, inter, BLOCK=block, GELU=gelu, num_warps=4, **pdl_launch(gate_up))
     return out
 
 
