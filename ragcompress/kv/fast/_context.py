@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._online import folded_rows, partials, store_partial
+from ragcompress.kv.fast._online import base2_weights, folded_rows, partials, store_partial
 from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 from ragcompress.kv.fast.waves import CONTIGUOUS, Tiling
 
@@ -45,13 +45,10 @@ def _tile(q, kb, vb, keys, km, sk_t, sv_t, qk_scale, m_i, l_i, acc, MASKED: tl.c
     made the paged pass 3% slower, results/ttft_paged_tiles_h200/)."""
     d = tl.arange(0, D)
     k = tl.load(kb + keys[:, None] * sk_t + d[None, :])
-    s = tl.dot(q, tl.trans(k)) * qk_scale  # base-2 logits: qk_scale holds log2(e)
+    s = tl.dot(q, tl.trans(k))  # unscaled: qk_scale (which holds log2(e)) goes in below
     if MASKED:
         s = tl.where(km[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
+    m_new, alpha, p = base2_weights(s, qk_scale, m_i)
     v = tl.load(vb + keys[:, None] * sv_t + d[None, :])  # hidden rows: p = 0, any finite v
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return m_new, l_i * alpha + tl.sum(p, axis=1), acc

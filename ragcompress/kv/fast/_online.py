@@ -1,7 +1,8 @@
-"""Triton helpers shared by the split-KV context kernels (``_paged.py``, ``_window.py``): one
-online-softmax update over a tile of keys, and the store of a segment's partial ``(o, lse)`` in
-the layout :func:`~ragcompress.kv.fast._merge.merge_with_own` reads. Imported only where
-Triton is (CUDA, or the interpreter in tests)."""
+"""Triton helpers shared by the split-KV context kernels (``_context.py``, ``_paged.py``,
+``_paged_int4.py``, ``_window.py``): the online-softmax update over a tile of keys (base e for
+the window pass; base 2, the scale folded in, for the others), and the store of a segment's
+partial ``(o, lse)`` in the layout :func:`~ragcompress.kv.fast._merge.merge_with_own` reads.
+Imported only where Triton is (CUDA, or the interpreter in tests)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["folded_rows", "online_update", "partials", "store_partial"]
+__all__ = ["base2_weights", "folded_rows", "online_update", "partials", "store_partial"]
 
 
 def partials(
@@ -65,6 +66,22 @@ def online_update(s, m_i, l_i):
     alpha = tl.exp(m_i - m_safe)
     p = tl.exp(s - m_safe[:, None])
     return m_new, l_i * alpha + tl.sum(p, axis=1), p, alpha
+
+
+@triton.jit
+def base2_weights(s, qk_scale, m_i):
+    """One tile of *unscaled* products ``s`` (BLOCK_M, BLOCK_N) fp32 (``-inf`` where hidden) into
+    the base-2 online softmax whose running max is ``m_i`` (BLOCK_M,): ``(m_new, alpha, p)``,
+    the logits being ``s * qk_scale`` (``qk_scale`` > 0, holding log2(e)). The scale is never
+    applied on its own: the row max is taken over the raw products and scaled once a row
+    (rounding is monotone, so it is the scaled scores' max bit for bit), and each weight is one
+    fused multiply-add into the exponent. One instruction a score fewer than scaling the tile
+    first: the contiguous pass 3-5% faster a layer on an H200 (results/ttft_lazy_rescale_h200/)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
+    return m_new, alpha, p
 
 
 @triton.jit

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ragcompress.kv.fast._context import _LOG2E
-from ragcompress.kv.fast._online import partials, store_partial
+from ragcompress.kv.fast._online import base2_weights, partials, store_partial
 from ragcompress.kv.fast._paged import _entries, _row, question_rows, question_tables
 from ragcompress.kv.fast._pdl import pdl_launch, release_next, wait_inputs
 from ragcompress.kv.fast.waves import PAGED_INT4, Tiling
@@ -115,12 +115,9 @@ def _paged_int4_kernel(
         k1 = _half(kc1, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
         kq += HALF
         k2 = _half(kc2, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
-        s = (tl.dot(a1, tl.trans(k1)) + tl.dot(a2, tl.trans(k2))) * qk_scale  # base 2
+        s = tl.dot(a1, tl.trans(k1)) + tl.dot(a2, tl.trans(k2))  # unscaled (base2_weights)
         s = tl.where(km[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
+        m_new, alpha, p = base2_weights(s, qk_scale, m_i)
         vc1, vc2 = _halves(vc_ptr, crow, km, HALF, BITS)
         # a token's value scale and zero are (BS,) vectors a half, broadcast over its channels:
         # gathered per element they cost 2x the pass (results/ttft_paged_int4_h200/)
