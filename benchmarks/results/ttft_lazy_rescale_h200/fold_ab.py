@@ -4,8 +4,8 @@ contiguous pass, the bf16 paged pass and the int4 paged pass, one layer, 32 ques
 the pool as a fresh one fills it (``../ttft_paged_tiles_h200/paged_tiles.py``'s ``case``; int4
 codes as ``../ttft_paged_int4_h200/paged_int4_ab.py`` quantizes them).
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_lazy_rescale_h200/fold_ab.py --before DIR
-    TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 <the same> --before DIR --check-cpu
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_lazy_rescale_h200/fold_ab.py --before DIR
+    TRITON_INTERPRET=1 PYTHONPATH=$PWD:$PWD/benchmarks python3 <the same> --before DIR --check-cpu
 
 ``DIR`` holds the tree before the change (its ``ragcompress/kv/fast/_context.py``, ``_paged.py``
 and ``_paged_int4.py`` are loaded as the "before" kernels). µs by ``do_bench_cudagraph``, the
@@ -16,48 +16,27 @@ A diagnostic script kept as the record of one device call; not part of the libra
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import torch
 import triton
+from ragcompress_bench.records import RESULTS, record_module
 
 from ragcompress.kv.fast._context import context_pass
 from ragcompress.kv.fast._paged import paged_context
 from ragcompress.kv.fast._paged_int4 import paged_int4_context
 from ragcompress.kv.fast.waves import CONTIGUOUS, PAGED, PAGED_INT4
 
-_HERE = Path(__file__).resolve().parent
-
-
-def _module(name: str, path: Path, replace: tuple[str, str] | None = None) -> Any:
-    """``path`` loaded as module ``name`` (``replace``: one import redirected first)."""
-    if replace is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-    mod = types.ModuleType(name)
-    mod.__file__ = str(path)  # Triton reads a jit function's source through its module's file
-    sys.modules[name] = mod
-    exec(compile(path.read_text().replace(*replace), str(path), "exec"), mod.__dict__)
-    return mod
-
-
-tiles = _module("paged_tiles", _HERE.parent / "ttft_paged_tiles_h200" / "paged_tiles.py")
-int4ab = _module("paged_int4_ab", _HERE.parent / "ttft_paged_int4_h200" / "paged_int4_ab.py")
+tiles = record_module("paged_tiles", RESULTS / "ttft_paged_tiles_h200" / "paged_tiles.py")
+int4ab = record_module("paged_int4_ab", RESULTS / "ttft_paged_int4_h200" / "paged_int4_ab.py")
 
 
 def contenders(before: Path, c: dict[str, Any], sms: int) -> dict[str, Any]:
     fast = before / "ragcompress" / "kv" / "fast"
-    old_ctx = _module("before_context", fast / "_context.py")
-    old_paged = _module("before_paged", fast / "_paged.py", ("ragcompress.kv.fast._context", "before_context"))
-    old_int4 = _module("before_paged_int4", fast / "_paged_int4.py")
+    old_ctx = record_module("before_context", fast / "_context.py")
+    old_paged = record_module("before_paged", fast / "_paged.py", ("ragcompress.kv.fast._context", "before_context"))
+    old_int4 = record_module("before_paged_int4", fast / "_paged_int4.py")
     q, kc, vc, pk, pv, tab, inv = c["q"], c["kc"], c["vc"], c["pk"], c["pv"], c["blocks"], c["inv"]
     kvh, d = pk.shape[1], q.shape[2]
     ng = q.shape[0] * (q.shape[1] // kvh)

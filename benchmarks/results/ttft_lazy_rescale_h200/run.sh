@@ -7,7 +7,7 @@ set -u
 PYTHONPATH=$PWD:/tmp/pyd timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_fast_path_gpu.py \
     tests/gpu/test_fast_paged_gpu.py tests/gpu/test_fast_paged_int4_gpu.py 2>&1 | tail -6 > "$OUT/gpu_tests.txt"
 cat "$OUT/gpu_tests.txt"
-PYTHONPATH=$PWD:/tmp/pyd timeout 200 python3 benchmarks/results/ttft_lazy_rescale_h200/fold_ab.py \
+PYTHONPATH=$PWD:$PWD/benchmarks:/tmp/pyd timeout 200 python3 benchmarks/results/ttft_lazy_rescale_h200/fold_ab.py \
     --before .devcarry/before 2>&1 | grep -v Warn > "$OUT/fold_ab.txt"
 cat "$OUT/fold_ab.txt"
 PYTHONPATH=$PWD:$PWD/benchmarks:/tmp/pyd timeout 175 python3 -m ragcompress.cli bench ttft --shape llama3-8b \

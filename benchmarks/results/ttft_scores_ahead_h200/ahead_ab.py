@@ -4,9 +4,9 @@ tile's ``QK^T`` on the tensor cores), against the library's loop, where each til
 waited for before its softmax, so the tensor cores idle during it. Contiguous pass, one layer,
 32 question tokens (``../ttft_paged_tiles_h200/``'s case).
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_scores_ahead_h200/ahead_ab.py             # GPU
-    TRITON_INTERPRET=1 PYTHONPATH=$PWD python3 <this script> --check-cpu                     # CPU
-    RAGCOMPRESS_SM90_LOG=/tmp/log PYTHONPATH=$PWD:$PWD/tests python3 <this script> --ttgir DIR # sm_90 IR
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_scores_ahead_h200/ahead_ab.py             # GPU
+    TRITON_INTERPRET=1 PYTHONPATH=$PWD:$PWD/benchmarks python3 <this script> --check-cpu                     # CPU
+    RAGCOMPRESS_SM90_LOG=/tmp/log PYTHONPATH=$PWD:$PWD/benchmarks:$PWD/tests python3 <this script> --ttgir DIR # sm_90 IR
 
 A diagnostic script kept as the record of one device call; not part of the library.
 """
@@ -14,25 +14,19 @@ A diagnostic script kept as the record of one device call; not part of the libra
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from ragcompress_bench.records import RESULTS, record_module
 
 from ragcompress.kv.fast._context import _LOG2E, _clamped, context_pass
 from ragcompress.kv.fast._online import base2_weights, folded_rows, partials, store_partial
 from ragcompress.kv.fast.waves import CONTIGUOUS
 
-_PATH = Path(__file__).resolve().parents[1] / "ttft_paged_tiles_h200" / "paged_tiles.py"
-_spec = importlib.util.spec_from_file_location("paged_tiles", _PATH)
-assert _spec is not None and _spec.loader is not None
-tiles = importlib.util.module_from_spec(_spec)
-sys.modules["paged_tiles"] = tiles
-_spec.loader.exec_module(tiles)
+tiles = record_module("paged_tiles", RESULTS / "ttft_paged_tiles_h200" / "paged_tiles.py")
 
 
 @triton.jit
@@ -176,7 +170,7 @@ def main() -> None:
             for _ in range(3):
                 for name, fn in CONTENDERS.items():
                     if best[name] == best[name]:
-                        best[name] = min(best[name], do_bench_cudagraph(lambda fn=fn: fn(c, sms)) * 1e3)
+                        best[name] = min(best[name], do_bench_cudagraph(lambda fn=fn, c=c: fn(c, sms)) * 1e3)
             for name in CONTENDERS:
                 if best[name] == best[name]:
                     r = best[name] / best["library"]

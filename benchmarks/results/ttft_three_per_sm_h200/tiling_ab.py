@@ -6,31 +6,24 @@ sweep (``../ttft_paged_sweep_h200/``) tried two stages only at two programs an S
 32 question tokens, the pool as a fresh one fills it (``../ttft_paged_tiles_h200/``'s case);
 µs by ``do_bench_cudagraph``, best of 3 alternating rounds.
 
-    PYTHONPATH=$PWD python3 benchmarks/results/ttft_three_per_sm_h200/tiling_ab.py
+    PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/results/ttft_three_per_sm_h200/tiling_ab.py
 
 A diagnostic script kept as the record of one device call; not part of the library.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 import triton
+from ragcompress_bench.records import RESULTS, record_module
 
 from ragcompress.kv.fast._context import context_pass
 from ragcompress.kv.fast._paged import paged_context
 from ragcompress.kv.fast.waves import CONTIGUOUS, PAGED, Tiling
 
-_PATH = Path(__file__).resolve().parents[1] / "ttft_paged_tiles_h200" / "paged_tiles.py"
-_spec = importlib.util.spec_from_file_location("paged_tiles", _PATH)
-assert _spec is not None and _spec.loader is not None
-tiles = importlib.util.module_from_spec(_spec)
-sys.modules["paged_tiles"] = tiles
-_spec.loader.exec_module(tiles)
+tiles = record_module("paged_tiles", RESULTS / "ttft_paged_tiles_h200" / "paged_tiles.py")
 
 TILINGS = {
     "paged": (PAGED, Tiling(rows=64, per_sm=3, stages=2), Tiling(rows=64, per_sm=2, stages=2)),
@@ -79,7 +72,7 @@ def main() -> None:
                 for _ in range(3):
                     for i, t in enumerate(tilings):
                         if best[i] == best[i]:  # not failed
-                            us = do_bench_cudagraph(lambda t=t: run(kind, c, t, sms)) * 1e3
+                            us = do_bench_cudagraph(lambda t=t, c=c, kind=kind: run(kind, c, t, sms)) * 1e3
                             best[i] = min(best[i], us)
                 for i, t in enumerate(tilings):
                     if best[i] == best[i]:
