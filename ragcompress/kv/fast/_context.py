@@ -8,8 +8,8 @@ query heads that share a KV head folded into the rows, by a Triton launch). On a
 head, block of folded rows) reads its rows straight from the rotated queries (row ``t*G + j`` of
 KV head ``kv`` is query head ``kv*G + j`` of token ``t``), so the fold launch and its copies go,
 and Triton emits Hopper's warpgroup products for the tiles. The scores are kept in base 2 (the
-scale times log2(e), applied to the fp32 products) and only the segment's last key tile is
-masked.
+scale times log2(e), folded into each weight's exponent: :func:`~ragcompress.kv.fast._online.base2_weights`)
+and only the segment's last key tile is masked.
 
 Outputs as the other context passes (``_window.py``, ``_paged.py``), so
 :func:`~ragcompress.kv.fast._merge.merge_with_own` merges them: o (S*N*G, kv_heads, D), lse
