@@ -1,8 +1,8 @@
 """Triton helpers shared by the split-KV context kernels (``_context.py``, ``_paged.py``,
-``_paged_int4.py``, ``_window.py``): the online-softmax update over a tile of keys (base e for
-the window pass; base 2, the scale folded in, for the others), and the store of a segment's
-partial ``(o, lse)`` in the layout :func:`~ragcompress.kv.fast._merge.merge_with_own` reads.
-Imported only where Triton is (CUDA, or the interpreter in tests)."""
+``_paged_int4.py``, ``_window.py``): the online-softmax step over a tile of keys (base 2, the
+scale folded in), and the store of a segment's partial ``(o, lse)`` in the layout
+:func:`~ragcompress.kv.fast._merge.merge_with_own` reads. Imported only where Triton is (CUDA,
+or the interpreter in tests)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["base2_weights", "folded_rows", "online_update", "partials", "store_partial"]
+__all__ = ["base2_weights", "folded_rows", "partials", "store_partial"]
 
 
 def partials(
@@ -53,19 +53,6 @@ def folded_rows(NG, G, BLOCK_M: tl.constexpr):
     kv = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(2).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     return seg, kv, rows, rows < NG, rows // G, kv * G + rows % G
-
-
-@triton.jit
-def online_update(s, m_i, l_i):
-    """One tile of scores ``s`` (BLOCK_M, BLOCK_N) fp32, ``-inf`` where hidden, into the running
-    max ``m_i`` and sum ``l_i`` (BLOCK_M,): returns ``(m_new, l_new, p, alpha)``; the caller
-    then scales its accumulator by ``alpha`` and adds ``p @ v`` (loading ``v`` after the scores,
-    as before the helper existed). A row with no key yet keeps max ``-inf`` and weight 0."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m_i - m_safe)
-    p = tl.exp(s - m_safe[:, None])
-    return m_new, l_i * alpha + tl.sum(p, axis=1), p, alpha
 
 
 @triton.jit

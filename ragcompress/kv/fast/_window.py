@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ragcompress.kv.fast._online import folded_rows, online_update, partials, store_partial
+from ragcompress.kv.fast._context import _LOG2E
+from ragcompress.kv.fast._online import base2_weights, folded_rows, partials, store_partial
 
 __all__ = ["window_context"]
 
@@ -35,7 +36,7 @@ __all__ = ["window_context"]
 @triton.jit
 def _window_kernel(
     q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, span_ptr, o_ptr, lse_ptr,
-    sk_t, sv_t, NG, window, scale, S,
+    sk_t, sv_t, NG, window, qk_scale, S,
     G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCAN: tl.constexpr,
 ):  # fmt: skip
@@ -72,12 +73,14 @@ def _window_kernel(
         kp = tl.load(kpos_ptr + start + n, mask=nm, other=0)
         vis = rm[:, None] & nm[None, :] & (qp[:, None] - kp[None, :] < window)
         k = tl.load(k_ptr + (start + n)[:, None] * sk_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.dot(q, tl.trans(k))  # unscaled: base2_weights folds in qk_scale (log2(e) with it)
         s = tl.where(vis, s, float("-inf"))
-        m_i, l_i, p, alpha = online_update(s, m_i, l_i)
+        m_i, alpha, p = base2_weights(s, qk_scale, m_i)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_ptr + (start + n)[:, None] * sv_t + kv * D + d[None, :], mask=nm[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
+    # m_i is in base 2: the natural-log maximum is m_i * ln 2
+    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def window_context(
@@ -105,7 +108,7 @@ def window_context(
     grid: Any = (segs, kvh, triton.cdiv(ng, block_m))
     _window_kernel[grid](
         q.contiguous(), ctx_k, ctx_v, q_pos, ctx_pos, span, o, lse,
-        ctx_k.stride(0), ctx_v.stride(0), ng, window, scale, segs,
+        ctx_k.stride(0), ctx_v.stride(0), ng, window, scale * _LOG2E, segs,
         G=g, KVH=kvh, D=d, BLOCK_M=block_m, BLOCK_N=block_n, SCAN=256, num_warps=4,
     )  # fmt: skip
     return o, lse
