@@ -1,14 +1,16 @@
 """For the diagnostic scripts under ``results/``: another record's script, or a module of the
-tree before a change, loaded as a module of its own (an A/B beside the library's)."""
+tree before a change, loaded as a module of its own (an A/B beside the library's); and the
+table of context-pass contenders those scripts print."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RESULTS", "record_module"]
+__all__ = ["RESULTS", "contender_rows", "record_module"]
 
 #: benchmarks/results/, where each record's scripts live
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -16,17 +18,44 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 def record_module(name: str, path: Path, replace: tuple[str, str] | None = None) -> types.ModuleType:
     """``path`` executed as module ``name`` (registered in ``sys.modules``, so Triton finds its
-    jit functions' source). ``replace``: ``(old, new)`` substituted in the source first (e.g. an
-    import redirected to another "before" module)."""
-    if replace is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-        return mod
+    jit functions' source and dataclasses their module). ``replace``: ``(old, new)``
+    substituted in the source first (e.g. an import redirected to another "before" module)."""
     mod = types.ModuleType(name)
     mod.__file__ = str(path)
     sys.modules[name] = mod
-    exec(compile(path.read_text().replace(*replace), str(path), "exec"), mod.__dict__)
+    text = path.read_text()
+    exec(compile(text if replace is None else text.replace(*replace), str(path), "exec"), mod.__dict__)
     return mod
+
+
+def contender_rows(
+    label: str,
+    contenders: dict[str, Callable[[], tuple[Any, Any, int]]],
+    merged: Callable[[Any, Any, int], Any],
+    rounds: int = 3,
+) -> None:
+    """Print one table row per contender of a context-pass A/B: µs (``do_bench_cudagraph``, the
+    best of ``rounds`` alternating rounds), against the first contender's time, and the relative
+    error of its merged output (``merged(o, lse, splits)``) against the first's. Each contender
+    returns ``(o, lse, splits)``; one that fails (out of resources, say) gets a row saying so.
+    ``label``: the row's first cells (``shape | keys``)."""
+    import torch
+    from triton.testing import do_bench_cudagraph
+
+    names = list(contenders)
+    ref = merged(*contenders[names[0]]()).float()
+    best = dict.fromkeys(names, float("inf"))
+    errs: dict[str, float] = {}
+    for name, fn in contenders.items():
+        try:
+            got = merged(*fn()).float()
+            torch.cuda.synchronize()
+            errs[name] = float((got - ref).norm() / ref.norm())
+        except Exception as exc:
+            print(f"| {label} | {name} | failed: {type(exc).__name__} {str(exc)[:200]} | | |", flush=True)
+            del best[name]
+    for _ in range(rounds):
+        for name in best:
+            best[name] = min(best[name], do_bench_cudagraph(contenders[name]) * 1e3)
+    for name, us in best.items():
+        print(f"| {label} | {name} | {us:.1f} | {us / best[names[0]]:.3f} | {errs[name]:.1e} |", flush=True)

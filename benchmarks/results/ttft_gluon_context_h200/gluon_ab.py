@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import triton
-from ragcompress_bench.records import RESULTS, record_module
+from ragcompress_bench.records import RESULTS, contender_rows, record_module
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -202,8 +202,6 @@ def main() -> None:
                 except Exception as exc:  # the compile-only launcher raises after compiling
                     print(name, type(exc).__name__, str(exc)[:300])
         return
-    from triton.testing import do_bench_cudagraph
-
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     print("| shape | keys | kernel | µs | vs library | rel err |\n|---|---|---|---|---|---|")
@@ -211,29 +209,14 @@ def main() -> None:
         for shape, (h, kvh, d) in tiles.SHAPES.items():
             c = tiles.case(max(ctx, 1100), 32, h, kvh, d, "cuda", torch.bfloat16)
             c["ctx"] = ctx
-            o, lse, sp = library(c, sms)
-            ref = tiles.merged(o, lse, sp, 32, h, kvh, d).float()
-            best = dict.fromkeys(CONTENDERS, float("inf"))
-            errs: dict[str, float] = {}
-            for name, fn in CONTENDERS.items():
-                try:
-                    o, lse, sp = fn(c, sms)
-                    torch.cuda.synchronize()
-                    errs[name] = float((tiles.merged(o, lse, sp, 32, h, kvh, d).float() - ref).norm() / ref.norm())
-                except Exception as exc:
-                    print(f"| {shape} | {ctx} | {name} | failed: {type(exc).__name__} {str(exc)[:200]} | | |", flush=True)
-                    best[name] = float("nan")
-            for _ in range(3):
-                for name, fn in CONTENDERS.items():
-                    if best[name] == best[name]:
-                        best[name] = min(best[name], do_bench_cudagraph(lambda fn=fn, c=c: fn(c, sms)) * 1e3)
-            for name in CONTENDERS:
-                if best[name] == best[name]:
-                    r = best[name] / best["library (Triton)"]
-                    print(f"| {shape} | {ctx} | {name} | {best[name]:.1f} | {r:.3f} | {errs[name]:.1e} |", flush=True)
-            del c
-            torch.cuda.empty_cache()
+            runs = {name: (lambda fn=fn, c=c: fn(c, sms)) for name, fn in CONTENDERS.items()}
 
+            def merged(o: Any, lse: Any, sp: int, h: int = h, kvh: int = kvh, d: int = d) -> Any:
+                return tiles.merged(o, lse, sp, 32, h, kvh, d)
+
+            contender_rows(f"{shape} | {ctx}", runs, merged)
+            del c, runs
+            torch.cuda.empty_cache()
 
 if __name__ == "__main__":
     main()
