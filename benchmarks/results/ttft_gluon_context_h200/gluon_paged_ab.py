@@ -26,6 +26,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
+    tma,
     warpgroup_mma,
     warpgroup_mma_init,
     warpgroup_mma_wait,
@@ -37,7 +38,18 @@ from ragcompress.kv.fast.waves import PAGED
 
 tiles = record_module("paged_tiles", RESULTS / "ttft_paged_tiles_h200" / "paged_tiles.py")
 spike = record_module("gluon_ab", RESULTS / "ttft_gluon_context_h200" / "gluon_ab.py")
-_load_tile, _weights = spike._load_tile, spike._weights
+_weights = spike._weights
+
+
+@gluon.jit
+def _load_tile(desc, bars, smem, i, row, col, ntiles, STAGES: gl.constexpr):
+    """Tile ``i`` (rows ``row``..) into ring stage ``i % STAGES``, when it exists. (The first
+    device call used ``gluon_ab.py``'s two-stage helper, stage ``i % 2``, for 3 stages too: the
+    3-stage kernel waited on stages its loads never filled, its launch failure at 10K.)"""
+    st = i % STAGES
+    ok = i < ntiles
+    mbarrier.expect(bars.index(st), desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(desc, [row, col], bars.index(st), smem.index(st), pred=ok)
 
 
 @gluon.jit
@@ -91,8 +103,8 @@ def _gl_paged(
     for i in gl.static_range(STAGES):
         # an entry past the split's end reads the table's last row (in bounds; its load is off)
         blk = gl.load(tab_ptr + 3 * (1 + gl.maximum(gl.minimum(e0 + i, count - 1), 0)))
-        _load_tile(k_desc, kbar, k_smem, i, blk * BS, col, n)
-        _load_tile(v_desc, vbar, v_smem, i, blk * BS, col, n)
+        _load_tile(k_desc, kbar, k_smem, i, blk * BS, col, n, STAGES)
+        _load_tile(v_desc, vbar, v_smem, i, blk * BS, col, n, STAGES)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, rows_s)
     l_i = gl.zeros([BLOCK_M], gl.float32, rows_s)
     acc = gl.zeros([BLOCK_M, D], gl.float32, mma_o)
@@ -104,7 +116,7 @@ def _gl_paged(
         mbarrier.wait(kbar.index(0), 0)
         s = warpgroup_mma(a, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False)
         blk = gl.load(tab + 3 * gl.minimum(STAGES, n - 1))
-        _load_tile(k_desc, kbar, k_smem, STAGES, blk * BS, col, n)
+        _load_tile(k_desc, kbar, k_smem, STAGES, blk * BS, col, n, STAGES)
         acc = warpgroup_mma_init(acc)
         for j in range(n - 1):  # every iteration has a next block
             nx = j + 1
@@ -120,14 +132,14 @@ def _gl_paged(
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))  # P V of block j - 1 done
             nv = j - 1 + STAGES  # its value stage is free (the first STAGES came in the prologue)
             blk = gl.load(tab + 3 * gl.minimum(nv, n - 1))
-            _load_tile(v_desc, vbar, v_smem, nv, blk * BS, col, gl.where(j > 0, n, 0))
+            _load_tile(v_desc, vbar, v_smem, nv, blk * BS, col, gl.where(j > 0, n, 0), STAGES)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, rows_o), 1)
             mbarrier.wait(vbar.index(j % STAGES), (j // STAGES) & 1)
             acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_op), v_smem.index(j % STAGES), acc, is_async=True)
             s = warpgroup_mma_wait(num_outstanding=1, deps=(s_next,))  # S_{j+1} done, P V_j in flight
             nk = j + 1 + STAGES  # block j + 1's key stage is free
             blk = gl.load(tab + 3 * gl.minimum(nk, n - 1))
-            _load_tile(k_desc, kbar, k_smem, nk, blk * BS, col, n)
+            _load_tile(k_desc, kbar, k_smem, nk, blk * BS, col, n, STAGES)
         last = n - 1
         used = gl.load(tab + 3 * last + 1)
         s = gl.where(gl.expand_dims(cols < used, 0), s, float("-inf"))
