@@ -320,6 +320,12 @@ if layout == "flat":  # (heads, total rows), the other layout a context pass ret
     lse_a = lse_a.permute(1, 0, 2).reshape(kvh, -1)
 o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, 0.3, window)
 want = _merge_torch(o_a, lse_a, o_b, lse_b.t(), meta, n, h, grp, kvh, d)  # lse as (heads, N)
+# slots no query sees hold NaN (never written: room for the answer); the empty segment's
+# partial too. The kernel reads a question's first own tile before it knows the bounds
+for x in (own_k, own_v):
+    x[69:region] = float("nan")
+    x[region + 2 :] = float("nan")
+o_a.view(s, -1)[1] = float("nan")
 got = merge_with_own(o_a, lse_a, used, q, own_k, own_v, meta, 0.3, window)
 # row 3 (question 1, token 0) is padding: no own slot, the context alone
 torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -332,7 +338,7 @@ assert torch.isfinite(got).all()
 def test_fused_own_pass_and_merge_match_torch(layout, window):
     """The one-kernel own pass + log-sum-exp merge == the torch own pass and merge: an empty
     context segment, both lse layouts, an own region longer than one tile, a padded query row,
-    a local window. In a fresh
+    a local window, NaN in every slot and segment nothing may weigh. In a fresh
     interpreter process: Triton's reductions only run interpreted when TRITON_INTERPRET=1 is
     set before triton is first imported."""
     run_interpreted(_MERGE_CHECK, layout, window)
