@@ -40,28 +40,6 @@ __all__ = ["merge_with_own"]
 
 
 @triton.jit
-def _own_rows(k_ptr, v_ptr, rows, ok, kv, k_r, k_h, d):
-    """Own slots ``rows`` (BR,) of KV head ``kv``: keys and values (BR, D), 0 where not ``ok``."""
-    at = rows.to(tl.int64)[:, None] * k_r + kv * k_h + d[None, :]
-    return tl.load(k_ptr + at, mask=ok[:, None], other=0.0), tl.load(v_ptr + at, mask=ok[:, None], other=0.0)
-
-
-@triton.jit
-def _own_tile(q, k, v, ok, m_own, l_own, acc):
-    """One online-softmax step of a query (D,) fp32, pre-scaled, over own slots k/v (BR, D)
-    where ``ok``: the running maximum, weight and unnormalized sum. Values not ``ok`` are
-    zeroed (a first tile read before the query's bounds were known may hold an unwritten slot)."""
-    v = tl.where(ok[:, None], v, 0.0)
-    s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-    m_new = tl.maximum(m_own, tl.max(s, axis=0))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp(s - m_safe)
-    alpha = tl.exp(m_own - m_safe)
-    acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-    return m_new, l_own * alpha + tl.sum(p, axis=0), acc
-
-
-@triton.jit
 def _own_merge_kernel(
     oa_ptr, la_ptr, q_ptr, k_ptr, v_ptr, used_ptr, qused_ptr, out_ptr,
     N, T, R, WINDOW, scale, la_s, la_h, la_r, q_n, q_h, k_r, k_h,
@@ -73,45 +51,44 @@ def _own_merge_kernel(
     kv = h // G
     d = tl.arange(0, D)
     wait_inputs(PDL)  # the partials, the queries and the own slots are earlier kernels' outputs
-    # every load below depends on no loaded value, so they are all in flight at once: the
-    # program is a chain of latencies, not bandwidth. The context partials are read whole (a
-    # segment with no keys carries lse -inf and o 0, or is hidden by ``used`` at the merge),
-    # and so is the question's first own tile, the only one a query of a question of at most
-    # BR tokens sees (a query seeing later slots, or a window starting past it, loads those
-    # in the loop below)
+    # the context partials' loads go first: nothing depends on them until the merge, so their
+    # latency overlaps the own pass (the program is a chain of dependent loads, not bandwidth)
     s_idx = tl.arange(0, SP)
     sm = s_idx < S
     used = tl.load(used_ptr + s_idx, mask=sm, other=0)
+    valid = sm & (used > 0)  # segments with no keys are skipped
     row = n * G + h % G  # folded query row inside each segment
-    la = tl.load(la_ptr + s_idx.to(tl.int64) * la_s + kv * la_h + row * la_r, mask=sm, other=0.0)
+    la = tl.load(la_ptr + s_idx.to(tl.int64) * la_s + kv * la_h + row * la_r, mask=valid, other=0.0)
     seg_rows = s_idx.to(tl.int64) * (N * G) + row  # (SP,) rows of the (S*N*G, KVH, D) context output
-    oa = tl.load(oa_ptr + (seg_rows[:, None] * KVH + kv) * D + d[None, :], mask=sm[:, None], other=0.0)
+    oa = tl.load(oa_ptr + (seg_rows[:, None] * KVH + kv) * D + d[None, :], mask=valid[:, None], other=0.0)
+    # own slots: online softmax over BR-slot tiles, only over the slots this query sees
     b = n // T
     t = n % T
     used_own = tl.load(qused_ptr + b)
-    q = tl.load(q_ptr + n * q_n + h * q_h + d).to(tl.float32) * scale
-    r = tl.arange(0, BR)
-    k0, v0 = _own_rows(k_ptr, v_ptr, b * R + r, r < R, kv, k_r, k_h, d)
-    # own slots: online softmax over BR-slot tiles, only over the slots this query sees
     last = t + used_own - T  # the newest own slot this query sees
-    lo = tl.maximum(last - WINDOW + 1, 0) // BR * BR
-    hi = tl.minimum(tl.minimum(R, used_own), last + 1)
+    q = tl.load(q_ptr + n * q_n + h * q_h + d).to(tl.float32) * scale
     m_own = tl.full((), float("-inf"), tl.float32)
     l_own = tl.zeros((), tl.float32)
     acc = tl.zeros((D,), tl.float32)
-    if lo == 0:
+    lo = tl.maximum(last - WINDOW + 1, 0) // BR * BR
+    hi = tl.minimum(tl.minimum(R, used_own), last + 1)
+    for r0 in range(lo, hi, BR):
+        r = r0 + tl.arange(0, BR)
         ok = (r < hi) & (last - r < WINDOW)
-        m_own, l_own, acc = _own_tile(q, k0, v0, ok, m_own, l_own, acc)
-    for r0 in range(tl.maximum(lo, BR), hi, BR):
-        rr = r0 + r
-        ok = (rr < hi) & (last - rr < WINDOW)
-        k, v = _own_rows(k_ptr, v_ptr, b * R + rr, ok, kv, k_r, k_h, d)
-        m_own, l_own, acc = _own_tile(q, k, v, ok, m_own, l_own, acc)
+        rows = (b * R + r).to(tl.int64)
+        k = tl.load(k_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_own, tl.max(s, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe)
+        alpha = tl.exp(m_own - m_safe)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        l_own = l_own * alpha + tl.sum(p, axis=0)
+        m_own = m_new
     release_next(PDL)  # the merge and its store are left
     # the merge
-    valid = sm & (used > 0)  # segments with no keys are skipped
     la = tl.where(valid, la, float("-inf"))
-    oa = tl.where(valid[:, None], oa, 0.0)  # what a skipped segment holds weighs 0, NaN or not
     m = tl.maximum(tl.max(la, axis=0), m_own)
     m = tl.where(m == float("-inf"), 0.0, m)
     wa = tl.exp(la - m)
