@@ -96,11 +96,13 @@ def _own_merge_kernel(
         ok_s = tl.load(used_ptr + s_i) > 0
         la = tl.load(la_ptr + s_i * la_s + kv * la_h + row * la_r, mask=hm, other=float("-inf"))
         wa = tl.where(ok_s, tl.exp(la - m), 0.0)
-        oa = tl.load(oa_ptr + ((s_i * N * G + row)[:, None] * KVH + kv) * D + d[None, :], mask=hm[:, None], other=0.0)
+        at = ((s_i * N * G + row)[:, None] * KVH + kv) * D + d[None, :]
+        oa = tl.load(oa_ptr + at, mask=hm[:, None], other=0.0)
         num += tl.where(ok_s & hm[:, None], oa.to(tl.float32), 0.0) * wa[:, None]
         den += wa
     out = num / tl.where(den > 0, den, 1.0)[:, None]  # a padded query row with no keys at all: 0
-    tl.store(out_ptr + (n * (KVH * G) + kv * G + j)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty), mask=hm[:, None])
+    at = (n * (KVH * G) + kv * G + j)[:, None] * D + d[None, :]
+    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=hm[:, None])
 
 
 def _strides3(lse: torch.Tensor, rows: int) -> tuple[int, int, int]:
