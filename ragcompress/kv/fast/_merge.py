@@ -43,66 +43,60 @@ __all__ = ["merge_with_own"]
 def _own_merge_kernel(
     oa_ptr, la_ptr, q_ptr, k_ptr, v_ptr, used_ptr, qused_ptr, out_ptr,
     N, T, R, WINDOW, scale, la_s, la_h, la_r, q_n, q_h, k_r, k_h,
-    S: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, GP: tl.constexpr,
-    BR: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False,
+    S: tl.constexpr, SP: tl.constexpr, G: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr,
+    BR: tl.constexpr, PDL: tl.constexpr = False,
 ):  # fmt: skip
-    # program (n, kv): query token n's G heads of KV head kv (rows j < G of a GP-row tile), so
-    # each own slot is read once for the G heads, not once a head: the launch is bound by the
-    # bytes it reads from L2 (results/ttft_own_merge_loads_h200/)
     n = tl.program_id(0).to(tl.int64)
-    kv = tl.program_id(1).to(tl.int64)
-    j = tl.arange(0, GP)
-    hm = j < G
+    h = tl.program_id(1).to(tl.int64)
+    kv = h // G
     d = tl.arange(0, D)
     wait_inputs(PDL)  # the partials, the queries and the own slots are earlier kernels' outputs
-    q = tl.load(q_ptr + n * q_n + (kv * G + j)[:, None] * q_h + d[None, :], mask=hm[:, None], other=0.0)
-    # own slots: online softmax over BR-slot tiles, only over the slots this token sees (loads
-    # masked by what it sees: query t of a question reads t + 1 slots, not the tile)
+    # the context partials' loads go first: nothing depends on them until the merge, so their
+    # latency overlaps the own pass (the program is a chain of dependent loads, not bandwidth)
+    s_idx = tl.arange(0, SP)
+    sm = s_idx < S
+    used = tl.load(used_ptr + s_idx, mask=sm, other=0)
+    valid = sm & (used > 0)  # segments with no keys are skipped
+    row = n * G + h % G  # folded query row inside each segment
+    la = tl.load(la_ptr + s_idx.to(tl.int64) * la_s + kv * la_h + row * la_r, mask=valid, other=0.0)
+    seg_rows = s_idx.to(tl.int64) * (N * G) + row  # (SP,) rows of the (S*N*G, KVH, D) context output
+    oa = tl.load(oa_ptr + (seg_rows[:, None] * KVH + kv) * D + d[None, :], mask=valid[:, None], other=0.0)
+    # own slots: online softmax over BR-slot tiles, only over the slots this query sees
     b = n // T
-    last = n % T + tl.load(qused_ptr + b) - T  # the newest own slot this token sees
-    m_own = tl.full([GP], float("-inf"), tl.float32)
-    l_own = tl.zeros([GP], tl.float32)
-    acc = tl.zeros([GP, D], tl.float32)
+    t = n % T
+    used_own = tl.load(qused_ptr + b)
+    last = t + used_own - T  # the newest own slot this query sees
+    q = tl.load(q_ptr + n * q_n + h * q_h + d).to(tl.float32) * scale
+    m_own = tl.full((), float("-inf"), tl.float32)
+    l_own = tl.zeros((), tl.float32)
+    acc = tl.zeros((D,), tl.float32)
     lo = tl.maximum(last - WINDOW + 1, 0) // BR * BR
-    hi = tl.minimum(tl.minimum(R, tl.load(qused_ptr + b)), last + 1)
+    hi = tl.minimum(tl.minimum(R, used_own), last + 1)
     for r0 in range(lo, hi, BR):
         r = r0 + tl.arange(0, BR)
         ok = (r < hi) & (last - r < WINDOW)
-        at = (b * R + r).to(tl.int64)[:, None] * k_r + kv * k_h + d[None, :]
-        k = tl.load(k_ptr + at, mask=ok[:, None], other=0.0)
-        v = tl.load(v_ptr + at, mask=ok[:, None], other=0.0)
-        s = tl.where(ok[None, :], tl.dot(q, tl.trans(k), input_precision=PREC) * scale, float("-inf"))
-        m_new = tl.maximum(m_own, tl.max(s, axis=1))
+        rows = (b * R + r).to(tl.int64)
+        k = tl.load(k_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(v_ptr + rows[:, None] * k_r + kv * k_h + d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_own, tl.max(s, axis=0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
+        p = tl.exp(s - m_safe)
         alpha = tl.exp(m_own - m_safe)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        l_own = l_own * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        l_own = l_own * alpha + tl.sum(p, axis=0)
         m_own = m_new
     release_next(PDL)  # the merge and its store are left
-    # the merge: the context partials of rows n*G + j, segment by segment (unrolled: every load
-    # in flight at once); a segment with no keys weighs nothing, whatever its rows hold
-    row = n * G + j
-    m = m_own
-    for s_i in tl.static_range(S):
-        ok_s = tl.load(used_ptr + s_i) > 0
-        la = tl.load(la_ptr + s_i * la_s + kv * la_h + row * la_r, mask=hm, other=float("-inf"))
-        m = tl.maximum(m, tl.where(ok_s, la, float("-inf")))
+    # the merge
+    la = tl.where(valid, la, float("-inf"))
+    m = tl.maximum(tl.max(la, axis=0), m_own)
     m = tl.where(m == float("-inf"), 0.0, m)
+    wa = tl.exp(la - m)
     wb = tl.exp(m_own - m)
-    num = acc * wb[:, None]
-    den = l_own * wb
-    for s_i in tl.static_range(S):
-        ok_s = tl.load(used_ptr + s_i) > 0
-        la = tl.load(la_ptr + s_i * la_s + kv * la_h + row * la_r, mask=hm, other=float("-inf"))
-        wa = tl.where(ok_s, tl.exp(la - m), 0.0)
-        at = ((s_i * N * G + row)[:, None] * KVH + kv) * D + d[None, :]
-        oa = tl.load(oa_ptr + at, mask=hm[:, None], other=0.0)
-        num += tl.where(ok_s & hm[:, None], oa.to(tl.float32), 0.0) * wa[:, None]
-        den += wa
-    out = num / tl.where(den > 0, den, 1.0)[:, None]  # a padded query row with no keys at all: 0
-    at = (n * (KVH * G) + kv * G + j)[:, None] * D + d[None, :]
-    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=hm[:, None])
+    num = tl.sum(oa.to(tl.float32) * wa[:, None], axis=0) + acc * wb
+    den = tl.sum(wa, axis=0) + l_own * wb
+    out = num / tl.where(den > 0, den, 1.0)  # a padded query row with no keys at all: 0
+    tl.store(out_ptr + (n * (KVH * G) + h) * D + d, out.to(out_ptr.dtype.element_ty))
 
 
 def _strides3(lse: torch.Tensor, rows: int) -> tuple[int, int, int]:
@@ -149,13 +143,13 @@ def merge_with_own(
     oa = o_a.contiguous()
     out = torch.empty(n, heads, d, device=q.device, dtype=q.dtype)
     region = meta.region
-    grid: Any = (n, kvh)
+    grid: Any = (n, heads)
     _own_merge_kernel[grid](
         oa, lse_a, q, own_k, own_v, ctx_used, meta.q_used, out,
         n, meta.qlen, region, region + 1 if window is None else window, scale,
         *_strides3(lse_a, n * group), q.stride(0), q.stride(1), own_k.stride(0), own_k.stride(1),
-        S=segs, G=group, KVH=kvh, D=d, GP=max(16, triton.next_power_of_2(group)), BR=32,
-        PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4, **pdl_launch(q),
+        S=segs, SP=triton.next_power_of_2(segs), G=group, KVH=kvh, D=d,
+        BR=32, num_warps=2, **pdl_launch(q),
     )  # fmt: skip
     return out
 
