@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -175,3 +176,15 @@ def test_tiered_store_promotes_disk_hits(tmp_path):
     assert_same(chunk, tiered.get(chunk.key))
     assert tiered.tier("memory").contains(chunk.key)
     assert tiered.remove(chunk.key) and not tiered.contains(chunk.key)
+
+
+def test_chunk_key_hash_is_its_fields():
+    """Keys equal field for field are one dict key (the GPU pool and the caches look chunks up
+    by them), a key differing in one field is another, and a replaced key hashes as new."""
+    a = ChunkKey(model="m", layout="lay", presses="[]", tokens=tokens_digest([1, 2, 3]))
+    b = ChunkKey(model="m", layout="lay", presses="[]", tokens=tokens_digest([1, 2, 3]))
+    c = dataclasses.replace(a, tokens=tokens_digest([1, 2, 4]))
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert c != a and c not in {a: 1}
+    assert hash(c) == hash(ChunkKey(model="m", layout="lay", presses="[]", tokens=tokens_digest([1, 2, 4])))
+    assert a.digest == b.digest != c.digest and "_hash" not in repr(a)

@@ -247,10 +247,11 @@ class ChunkPool:
         (resident chunks asked again), in one pass; None, having changed nothing, at the first
         item that needs :meth:`acquire`'s full path (a miss, a keyed hit from another object, a
         reused id). 1.4-1.6x faster for 64-512 chunks (results/ttft_placed_lease_h200/)."""
-        get, key = self._entries.get, self._key
+        get = self._entries.get
         entries: list[PoolEntry] = []
-        for c in chunks:
-            e = get(key(c))
+        for c in chunks:  # _key inlined: a call an item less (this loop is the step's wait)
+            k = getattr(c, "key", None)
+            e = get(("id", id(c)) if k is None else ("key", k))
             if e is None or e.ref() is not c:
                 return None
             entries.append(e)
