@@ -33,12 +33,13 @@ def contender_rows(
     contenders: dict[str, Callable[[], tuple[Any, Any, int]]],
     merged: Callable[[Any, Any, int], Any],
     rounds: int = 3,
-) -> None:
+) -> dict[str, float]:
     """Print one table row per contender of a context-pass A/B: µs (``do_bench_cudagraph``, the
     best of ``rounds`` alternating rounds), against the first contender's time, and the relative
     error of its merged output (``merged(o, lse, splits)``) against the first's. Each contender
     returns ``(o, lse, splits)``; one that fails (out of resources, say) gets a row saying so.
-    ``label``: the row's first cells (``shape | keys``)."""
+    ``label``: the row's first cells (``shape | keys``). Returns each contender's best µs (those
+    that ran)."""
     import torch
     from triton.testing import do_bench_cudagraph
 
@@ -59,3 +60,4 @@ def contender_rows(
             best[name] = min(best[name], do_bench_cudagraph(contenders[name]) * 1e3)
     for name, us in best.items():
         print(f"| {label} | {name} | {us:.1f} | {us / best[names[0]]:.3f} | {errs[name]:.1e} |", flush=True)
+    return best
