@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS", "contender_rows", "record_module"]
+__all__ = ["RESULTS", "contender_rows", "record_module", "shape_rows"]
 
 #: benchmarks/results/, where each record's scripts live
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -60,4 +61,34 @@ def contender_rows(
             best[name] = min(best[name], do_bench_cudagraph(contenders[name]) * 1e3)
     for name, us in best.items():
         print(f"| {label} | {name} | {us:.1f} | {us / best[names[0]]:.3f} | {errs[name]:.1e} |", flush=True)
+    return best
+
+
+def shape_rows(
+    tiles: types.ModuleType,
+    contexts: Iterable[int],
+    contenders: dict[str, Callable[[dict[str, Any], int], tuple[Any, Any, int]]],
+) -> dict[tuple[str, int], dict[str, float]]:
+    """:func:`contender_rows` at each context for each of ``tiles.SHAPES`` (``tiles``: the
+    ``ttft_paged_tiles_h200/paged_tiles.py`` record, whose ``case`` builds one layer's queries,
+    pool and tables for 32 question tokens, and whose ``merged`` merges a pass's partials), on
+    the GPU in bf16. Each contender is called as ``fn(case, sms)``. Returns each row group's
+    best µs by ``(shape, context)``."""
+    import torch
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    best: dict[tuple[str, int], dict[str, float]] = {}
+    for ctx in contexts:
+        for shape, (h, kvh, d) in tiles.SHAPES.items():
+            c = tiles.case(ctx, 32, h, kvh, d, "cuda", torch.bfloat16)
+            runs: dict[str, Callable[[], tuple[Any, Any, int]]] = {
+                name: partial(fn, c, sms) for name, fn in contenders.items()
+            }
+
+            def merged(o: Any, lse: Any, sp: int, h: int = h, kvh: int = kvh, d: int = d) -> Any:
+                return tiles.merged(o, lse, sp, 32, h, kvh, d)
+
+            best[(shape, ctx)] = contender_rows(f"{shape} | {ctx}", runs, merged)
+            del c, runs
+            torch.cuda.empty_cache()
     return best

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import triton
-from ragcompress_bench.records import RESULTS, contender_rows, record_module
+from ragcompress_bench.records import RESULTS, record_module, shape_rows
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -200,20 +200,9 @@ def main() -> None:
             for st in (2, 3):
                 gluon_paged(c, 132, st)
         return
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     print("| shape | keys | kernel | µs | vs library | rel err |\n|---|---|---|---|---|---|")
-    for ctx in (1024, 10240, 32768, 131072):
-        for shape, (h, kvh, d) in tiles.SHAPES.items():
-            c = tiles.case(ctx, 32, h, kvh, d, "cuda", torch.bfloat16)
-            runs = {name: (lambda fn=fn, c=c: fn(c, sms)) for name, fn in CONTENDERS.items()}
-
-            def merged(o: Any, lse: Any, sp: int, h: int = h, kvh: int = kvh, d: int = d) -> Any:
-                return tiles.merged(o, lse, sp, 32, h, kvh, d)
-
-            contender_rows(f"{shape} | {ctx}", runs, merged)
-            del c, runs
-            torch.cuda.empty_cache()
+    shape_rows(tiles, (1024, 10240, 32768, 131072), CONTENDERS)
 
 if __name__ == "__main__":
     main()

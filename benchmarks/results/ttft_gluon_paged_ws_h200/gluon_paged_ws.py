@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import triton
-from ragcompress_bench.records import RESULTS, contender_rows, record_module
+from ragcompress_bench.records import RESULTS, record_module, shape_rows
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -217,20 +217,9 @@ def main() -> None:
                 CONTENDERS[name](c, 132)
                 print("compiled", shape, name, flush=True)
         return
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     print("| shape | keys | kernel | µs | vs library | rel err |\n|---|---|---|---|---|---|")
-    for ctx in (int(x) for x in args.contexts.split(",")):
-        for shape, (h, kvh, d) in tiles.SHAPES.items():
-            c = tiles.case(ctx, 32, h, kvh, d, "cuda", torch.bfloat16)
-            runs = {name: (lambda fn=CONTENDERS[name], c=c: fn(c, sms)) for name in names}
-
-            def merged(o: Any, lse: Any, sp: int, h: int = h, kvh: int = kvh, d: int = d) -> Any:
-                return tiles.merged(o, lse, sp, 32, h, kvh, d)
-
-            contender_rows(f"{shape} | {ctx}", runs, merged)
-            del c, runs
-            torch.cuda.empty_cache()
+    shape_rows(tiles, (int(x) for x in args.contexts.split(",")), {n: CONTENDERS[n] for n in names})
 
 
 if __name__ == "__main__":

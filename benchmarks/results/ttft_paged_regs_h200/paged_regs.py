@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import triton
-from ragcompress_bench.records import RESULTS, contender_rows, record_module
+from ragcompress_bench.records import RESULTS, record_module, shape_rows
 
 from ragcompress.kv.fast._context import _LOG2E
 from ragcompress.kv.fast._online import partials
@@ -75,26 +75,17 @@ def main() -> None:
                 run(c, 132, *cfg)
                 print("compiled", shape, name(cfg), flush=True)
         return
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     print("| shape | keys | kernel | µs | vs library | rel err |\n|---|---|---|---|---|---|")
+    lib = "library paged (64 rows, 2/SM, 3 stages)"
+    runs: dict[str, Any] = {lib: lambda c, sms: tiles.library(c)}
+    for cfg in CONFIGS:
+        runs[name(cfg)] = lambda c, sms, cfg=cfg: run(c, sms, *cfg)
     ratios: dict[str, dict[int, list[float]]] = {name(cfg): {} for cfg in CONFIGS}
-    for ctx in (10240, 32768, 131072):
-        for shape, (h, kvh, d) in tiles.SHAPES.items():
-            c = tiles.case(ctx, 32, h, kvh, d, "cuda", torch.bfloat16)
-            runs = {"library paged (64 rows, 2/SM, 3 stages)": lambda c=c: tiles.library(c)}
-            for cfg in CONFIGS:
-                runs[name(cfg)] = lambda c=c, cfg=cfg: run(c, sms, *cfg)
-
-            def merged(o: Any, lse: Any, sp: int, h: int = h, kvh: int = kvh, d: int = d) -> Any:
-                return tiles.merged(o, lse, sp, 32, h, kvh, d)
-
-            best = contender_rows(f"{shape} | {ctx}", runs, merged)
-            base = best.pop("library paged (64 rows, 2/SM, 3 stages)")
-            for k, us in best.items():
-                ratios[k].setdefault(ctx, []).append(us / base)
-            del c, runs
-            torch.cuda.empty_cache()
+    for (_, ctx), best in shape_rows(tiles, (10240, 32768, 131072), runs).items():
+        base = best.pop(lib)
+        for k, us in best.items():
+            ratios[k].setdefault(ctx, []).append(us / base)
     if args.pick:
         ok = {
             k: sum(r[32768] + r[131072])
