@@ -66,6 +66,24 @@ def _rotated(qrow, dl, rm, freq, delta, HALF: gl.constexpr, D: gl.constexpr, a_o
 
 
 @gluon.jit
+def _store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, NG, KVH: gl.constexpr, D: gl.constexpr,
+                   BLOCK_M: gl.constexpr, mma_o: gl.constexpr):  # fmt: skip
+    """The program's partial as the library's ``store_partial`` writes it: o normalized (bf16),
+    lse in natural log (``m_i`` is base 2), ``-inf`` and o 0 for a row that saw no key."""
+    rows_o: gl.constexpr = gl.SliceLayout(1, mma_o)
+    rows = gl.program_id(2) * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_o)
+    d = gl.arange(0, D, layout=gl.SliceLayout(0, mma_o))
+    l_o = gl.convert_layout(l_i, rows_o)
+    m_o = gl.convert_layout(m_i, rows_o)
+    seen = l_o > 0
+    out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
+    lse = gl.where(seen, m_o * 0.6931471805599453 + gl.log(gl.where(seen, l_o, 1.0)), float("-inf"))
+    op = o_ptr + gl.expand_dims(((seg * NG + rows) * KVH + kv) * D, 1) + gl.expand_dims(d, 0)
+    gl.store(op, out.to(gl.bfloat16), mask=gl.expand_dims(rows < NG, 1))
+    gl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rows < NG)
+
+
+@gluon.jit
 def _gl_paged(
     q_ptr, k_desc, v_desc, tab_ptr, freq_ptr, o_ptr, lse_ptr, NG, qk_scale,
     S: gl.constexpr, G: gl.constexpr, KVH: gl.constexpr, HALF: gl.constexpr, BS: gl.constexpr,
@@ -151,16 +169,7 @@ def _gl_paged(
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(kbar.index(i))
         mbarrier.invalidate(vbar.index(i))
-    rows = gl.program_id(2) * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_o)
-    d = gl.arange(0, D, layout=gl.SliceLayout(0, mma_o))
-    l_o = gl.convert_layout(l_i, rows_o)
-    m_o = gl.convert_layout(m_i, rows_o)
-    seen = l_o > 0
-    out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
-    lse = gl.where(seen, m_o * 0.6931471805599453 + gl.log(gl.where(seen, l_o, 1.0)), float("-inf"))
-    op = o_ptr + gl.expand_dims(((seg * NG + rows) * KVH + kv) * D, 1) + gl.expand_dims(d, 0)
-    gl.store(op, out.to(gl.bfloat16), mask=gl.expand_dims(rows < NG, 1))
-    gl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rows < NG)
+    _store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, NG, KVH, D, BLOCK_M, mma_o)
 
 
 def gluon_paged(c: dict[str, Any], sms: int, stages: int = 2) -> tuple[Any, Any, int]:

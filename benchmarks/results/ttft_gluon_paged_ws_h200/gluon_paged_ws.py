@@ -119,16 +119,7 @@ def _consumer(q_ptr, freq_ptr, o_ptr, lse_ptr, k_smem, v_smem, kready, vready, k
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, rows_o), 1)
         mbarrier.wait(vready.index(last % STAGES), (last // STAGES) & 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_op), v_smem.index(last % STAGES), acc)
-    rows = gl.program_id(2) * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_o)
-    d = gl.arange(0, D, layout=gl.SliceLayout(0, mma_o))
-    l_o = gl.convert_layout(l_i, rows_o)
-    m_o = gl.convert_layout(m_i, rows_o)
-    seen = l_o > 0
-    out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
-    lse = gl.where(seen, m_o * 0.6931471805599453 + gl.log(gl.where(seen, l_o, 1.0)), float("-inf"))
-    op = o_ptr + gl.expand_dims(((seg * NG + rows) * KVH + kv) * D, 1) + gl.expand_dims(d, 0)
-    gl.store(op, out.to(gl.bfloat16), mask=gl.expand_dims(rows < NG, 1))
-    gl.store(lse_ptr + (seg * KVH + kv) * NG + rows, lse, mask=rows < NG)
+    spike._store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, NG, KVH, D, BLOCK_M, mma_o)
 
 
 @gluon.jit
