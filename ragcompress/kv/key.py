@@ -46,6 +46,11 @@ class ChunkKey:
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self) -> tuple[type[ChunkKey], tuple[str, str, str, str, int]]:
+        # rebuilt from its fields (pickle, copy): a string's hash differs between processes, so
+        # the cached hash must never travel with the key
+        return ChunkKey, (self.model, self.layout, self.presses, self.tokens, self.format)
+
     @property
     def digest(self) -> str:
         payload = json.dumps(

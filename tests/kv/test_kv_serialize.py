@@ -188,3 +188,26 @@ def test_chunk_key_hash_is_its_fields():
     assert c != a and c not in {a: 1}
     assert hash(c) == hash(ChunkKey(model="m", layout="lay", presses="[]", tokens=tokens_digest([1, 2, 4])))
     assert a.digest == b.digest != c.digest and "_hash" not in repr(a)
+
+
+def test_chunk_key_pickled_into_another_process_hashes_there(tmp_path):
+    """A key pickled in one process (another hash seed: strings hash differently) finds the
+    equal key's entry in the other: its cached hash is taken again there, not carried."""
+    import pickle
+    import subprocess
+    import sys
+
+    key = ChunkKey(model="m", layout="lay", presses="[]", tokens=tokens_digest([7, 8]))
+    (tmp_path / "key.pkl").write_bytes(pickle.dumps(key))
+    check = (
+        "import pickle, sys\n"
+        "from ragcompress.kv.key import ChunkKey, tokens_digest\n"
+        "k = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "here = ChunkKey(model='m', layout='lay', presses='[]', tokens=tokens_digest([7, 8]))\n"
+        "assert k == here and hash(k) == hash(here) and {here: 1}[k] == 1\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", check, str(tmp_path / "key.pkl")], check=True, env=env)
+    import copy
+
+    assert copy.deepcopy(key) == key and hash(copy.copy(key)) == hash(key)
