@@ -250,8 +250,7 @@ class ChunkPool:
         get = self._entries.get
         entries: list[PoolEntry] = []
         for c in chunks:  # _key inlined: a call an item less (this loop is the step's wait)
-            k = getattr(c, "key", None)
-            e = get(("id", id(c)) if k is None else ("key", k))
+            e = get(("id", id(c)) if (k := getattr(c, "key", None)) is None else ("key", k))
             if e is None or e.ref() is not c:
                 return None
             entries.append(e)
