@@ -94,7 +94,7 @@ def _fma_kernel(
     if full < used:
         n = full + tl.arange(0, BLOCK_N)
         m_i, l_i, acc = _tile_fma(q, kb, vb, start + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, H2, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -140,7 +140,7 @@ def _pipe_kernel(
     if full < used:
         n = full + tl.arange(0, BLOCK_N)
         m_i, l_i, acc = _tile_fma(q, kb, vb, start + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, False, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def variant(

@@ -64,7 +64,7 @@ def _context_tma_kernel(
         m_i, l_i, acc = _tile(
             q, k_ptr + kv * D, v_ptr + kv * D, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D
         )
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def context_tma(q: Any, ctx_k: Any, ctx_v: Any, seg_start: Any, ctx_used: Any, scale: float,

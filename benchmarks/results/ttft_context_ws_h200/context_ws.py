@@ -45,7 +45,7 @@ def _ws_kernel(
     if full < used:
         n = full + tl.arange(0, BLOCK_N)
         m_i, l_i, acc = _tile(q, kb, vb, start + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def variant(q: Any, ck: Any, cv: Any, start: Any, used: Any, scale: float, bn: int, ws: bool, st: int) -> Any:

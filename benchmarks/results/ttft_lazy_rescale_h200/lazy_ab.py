@@ -105,7 +105,7 @@ def _ctx_v(
         keys = _clamped(start, n, used)
         m_i, l_i, acc = _tile_v(q, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc,
                                 True, D, FOLD, LAZY, TAU)  # fmt: skip
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -142,7 +142,7 @@ def _paged_v(
         m_i, l_i, acc = _tile_v(a, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc,
                                 True, D, FOLD, LAZY, TAU)  # fmt: skip
         blk, used, delta = nblk, nused, ndelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def ctx_variant(c: dict[str, Any], fold: bool, lazy: bool, tau: float, tiling: Tiling = CONTIGUOUS) -> Any:

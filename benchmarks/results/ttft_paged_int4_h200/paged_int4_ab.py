@@ -125,7 +125,7 @@ def _paged_int4_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
     acc = tl.reshape(tl.permute(tl.join(acc1, acc2), (0, 2, 1)), (BLOCK_M, D))
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -195,7 +195,7 @@ def _paged_int4_full_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(dt), v)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 
@@ -269,7 +269,7 @@ def _paged_int4_pf_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
         blk, used, delta = nblk, nused, ndelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def quantized_pool(pk: Any, pv: Any, bs: int, vg: int) -> tuple[Any, ...]:

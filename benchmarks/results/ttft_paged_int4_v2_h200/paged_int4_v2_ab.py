@@ -108,7 +108,7 @@ def _paged_int4_v2_kernel(
         m_i = m_new
         blk, used, delta = nblk, nused, ndelta
     acc = tl.reshape(tl.permute(tl.join(acc1, acc2), (0, 2, 1)), (BLOCK_M, D))
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def check_cpu() -> None:

@@ -86,7 +86,7 @@ def _cs_kernel(
         keys = _clamped(blk * BS, n, used)
         m_i, l_i, acc = _tile(a, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         blk, used, delta = nblk, nused, ndelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def prep(c: dict[str, Any]) -> Any:

@@ -107,7 +107,7 @@ def _runs_kernel(
         ang = delta.to(tl.float32) * freq
         a = (qf * tl.cos(ang)[None, :] + qs * (sign * tl.sin(ang))[None, :]).to(k_ptr.dtype.element_ty)
         m_i, l_i, acc = _run(a, kb, vb, slot0, lo, hi, sk_t, sv_t, qk_scale, m_i, l_i, acc, BN, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def runs_table(blocks: Any, bs: int) -> Any:

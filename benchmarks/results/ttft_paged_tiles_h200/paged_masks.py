@@ -88,7 +88,7 @@ def _clamped_kernel(
             last = delta
         m_i, l_i, acc = _tile_clamped(a, kb, vb, slot0, n, used, sk_t, sv_t, qk_scale, m_i, l_i, acc, D)
         slot0, used, delta = nslot, nused, ndelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -110,7 +110,7 @@ def _context_masked_kernel(
     for off in range(0, used, BLOCK_N):
         n = off + tl.arange(0, BLOCK_N)
         m_i, l_i, acc = _tile(q, kb, vb, start + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def clamped(c: dict[str, Any], tn: int, cfg: tuple[int, int, int, int]) -> tuple[Any, Any, int]:

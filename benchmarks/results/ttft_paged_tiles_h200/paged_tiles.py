@@ -98,7 +98,7 @@ def _slot_kernel(
                 a, kb, vb, slot0 + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D
             )
             slot0, used, delta = nslot, nused, ndelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def slot_pass(

@@ -79,7 +79,7 @@ def _paged_v2_kernel(
             m_i, l_i, acc = _tile(a, kb, vb, slots, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         else:
             m_i, l_i, acc = _tile(a, kb, vb, slots, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, False, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -116,7 +116,7 @@ def _paged_v3_kernel(
         ang = tl.load(row + 2).to(tl.float32) * freq
         a = (qf * tl.cos(ang)[None, :] + qs * tl.sin(ang)[None, :]).to(k_ptr.dtype.element_ty)
         m_i, l_i, acc = _tile(a, kb, vb, blk * BS + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def paged_v2(

@@ -82,7 +82,7 @@ def _paged_v4_kernel(
             m_i, l_i, acc = _tile(a, kb, vb, slots, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         else:
             m_i, l_i, acc = _tile(a, kb, vb, slots, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, False, D)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def paged_v4(q: Any, pk: Any, pv: Any, table: Any, inv: Any, bs: int, splits: int, scale: float,

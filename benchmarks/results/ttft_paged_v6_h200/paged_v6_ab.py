@@ -93,7 +93,7 @@ def _rowpf_kernel(
             last = delta
         m_i, l_i, acc = _tile(a, kb, vb, blk * BS + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         blk, used, delta = nblk, nused, ndelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -130,7 +130,7 @@ def _rowpf2_kernel(
         m_i, l_i, acc = _tile(a, kb, vb, blk * BS + n, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         blk, used, delta = nblk, nused, ndelta
         nblk, nused, ndelta = fblk, fused, fdelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 @triton.jit
@@ -181,7 +181,7 @@ def _kpf_kernel(
         m_i = m_new
         blk, used, delta, km, k = nblk, nused, ndelta, nkm, nk
         nblk, nused, ndelta = fblk, fused, fdelta
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def run_kernel(

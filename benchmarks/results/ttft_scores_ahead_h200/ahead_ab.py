@@ -73,7 +73,7 @@ def _ahead_kernel(
         s = tl.where((nn < used)[None, :], s, float("-inf"))
         v = tl.load(vb + keys[:, None] * sv_t + d[None, :])
         m_i, l_i, acc = _finish(s, v, qk_scale, m_i, l_i, acc)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def segments(c: dict[str, Any], sms: int) -> tuple[int, Any, Any]:

@@ -87,8 +87,7 @@ def _context_kernel(
         keys = _clamped(start, n, used)
         m_i, l_i, acc = _tile(q, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
     release_next(PDL)  # only the partial's store is left
-    # m_i is in base 2: the natural-log maximum is m_i * ln 2 (l_i is the same sum either way)
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def context_pass(

@@ -75,12 +75,13 @@ def base2_weights(s, qk_scale, m_i):
 @triton.jit
 def store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH: tl.constexpr, D: tl.constexpr):
     """Segment ``seg``'s partial for KV head ``kv`` and folded query ``rows`` (BLOCK_M,) (valid
-    where ``rm``): o (S*NG, KVH, D) normalized, lse (S, KVH, NG) natural log, ``-inf`` (and o 0)
-    for a row that saw no key."""
+    where ``rm``) from the base-2 running max ``m_i`` and sum ``l_i`` of :func:`base2_weights`:
+    o (S*NG, KVH, D) normalized, lse (S, KVH, NG) natural log (the max times ln 2), ``-inf``
+    (and o 0) for a row that saw no key."""
     d = tl.arange(0, D)
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, m_i + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
+    lse = tl.where(seen, m_i * 0.6931471805599453 + tl.log(tl.where(seen, l_i, 1.0)), float("-inf"))
     tl.store(
         o_ptr + ((seg * NG + rows[:, None]) * KVH + kv) * D + d[None, :],
         out.to(o_ptr.dtype.element_ty),

@@ -131,8 +131,7 @@ def _paged_kernel(
         m_i, l_i, acc = _tile(a, kb, vb, keys, n < used, sk_t, sv_t, qk_scale, m_i, l_i, acc, True, D)
         blk, used, delta = nblk, nused, ndelta
     release_next(PDL)  # only the partial's store is left
-    # m_i is in base 2 (_tile's scores carry log2(e)): the natural-log maximum is m_i * ln 2
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def question_tables(q: torch.Tensor, table: torch.Tensor, g: int) -> tuple[int, int, int]:

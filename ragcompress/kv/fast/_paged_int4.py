@@ -134,7 +134,7 @@ def _paged_int4_kernel(
         blk, used, delta = nblk, nused, ndelta
     acc = tl.reshape(tl.permute(tl.join(acc1, acc2), (0, 2, 1)), (BLOCK_M, D))
     release_next(PDL)  # only the partial's store is left
-    store_partial(o_ptr, lse_ptr, acc, m_i * 0.6931471805599453, l_i, seg, kv, rows, rm, NG, KVH, D)
+    store_partial(o_ptr, lse_ptr, acc, m_i, l_i, seg, kv, rows, rm, NG, KVH, D)
 
 
 def paged_int4_context(
