@@ -32,9 +32,9 @@ tiles = record_module("paged_tiles", RESULTS / "ttft_paged_tiles_h200" / "paged_
 @triton.jit
 def _finish(s, v, qk_scale, m_i, l_i, acc):
     """Tile scores ``s`` (unscaled) and its values into the running softmax."""
-    m_new, alpha, p = base2_weights(s, qk_scale, m_i)
+    m_new, l_new, alpha, p = base2_weights(s, qk_scale, m_i, l_i)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+    return m_new, l_new, acc
 
 
 @triton.jit

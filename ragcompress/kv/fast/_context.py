@@ -48,10 +48,10 @@ def _tile(q, kb, vb, keys, km, sk_t, sv_t, qk_scale, m_i, l_i, acc, MASKED: tl.c
     s = tl.dot(q, tl.trans(k))  # unscaled: qk_scale (which holds log2(e)) goes in below
     if MASKED:
         s = tl.where(km[None, :], s, float("-inf"))
-    m_new, alpha, p = base2_weights(s, qk_scale, m_i)
+    m_new, l_new, alpha, p = base2_weights(s, qk_scale, m_i, l_i)
     v = tl.load(vb + keys[:, None] * sv_t + d[None, :])  # hidden rows: p = 0, any finite v
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+    return m_new, l_new, acc
 
 
 @triton.jit

@@ -56,10 +56,11 @@ def folded_rows(NG, G, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def base2_weights(s, qk_scale, m_i):
+def base2_weights(s, qk_scale, m_i, l_i):
     """One tile of *unscaled* products ``s`` (BLOCK_M, BLOCK_N) fp32 (``-inf`` where hidden) into
-    the base-2 online softmax whose running max is ``m_i`` (BLOCK_M,): ``(m_new, alpha, p)``,
-    the logits being ``s * qk_scale`` (``qk_scale`` > 0, holding log2(e)). The scale is never
+    the base-2 online softmax whose running max and sum are ``m_i``, ``l_i`` (BLOCK_M,):
+    ``(m_new, l_new, alpha, p)``, the logits being ``s * qk_scale`` (``qk_scale`` > 0, holding
+    log2(e)); the caller scales its accumulator by ``alpha`` and adds ``p @ v``. The scale is never
     applied on its own: the row max is taken over the raw products and scaled once a row
     (rounding is monotone, so it is the scaled scores' max bit for bit), and each weight is one
     fused multiply-add into the exponent. One instruction a score fewer than scaling the tile
@@ -69,7 +70,7 @@ def base2_weights(s, qk_scale, m_i):
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
-    return m_new, alpha, p
+    return m_new, l_i * alpha + tl.sum(p, axis=1), alpha, p
 
 
 @triton.jit

@@ -117,7 +117,7 @@ def _paged_int4_kernel(
         k2 = _half(kc2, tl.load(ks_ptr + kq)[None, :], tl.load(kz_ptr + kq)[None, :], dt)
         s = tl.dot(a1, tl.trans(k1)) + tl.dot(a2, tl.trans(k2))  # unscaled (base2_weights)
         s = tl.where(km[None, :], s, float("-inf"))
-        m_new, alpha, p = base2_weights(s, qk_scale, m_i)
+        m_i, l_i, alpha, p = base2_weights(s, qk_scale, m_i, l_i)
         vc1, vc2 = _halves(vc_ptr, crow, km, HALF, BITS)
         # a token's value scale and zero are (BS,) vectors a half, broadcast over its channels:
         # gathered per element they cost 2x the pass (results/ttft_paged_int4_h200/)
@@ -129,8 +129,6 @@ def _paged_int4_kernel(
         pd = p.to(dt)
         acc1 = acc1 * alpha[:, None] + tl.dot(pd, _half(vc1, vs1, vz1, dt))
         acc2 = acc2 * alpha[:, None] + tl.dot(pd, _half(vc2, vs2, vz2, dt))
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        m_i = m_new
         blk, used, delta = nblk, nused, ndelta
     acc = tl.reshape(tl.permute(tl.join(acc1, acc2), (0, 2, 1)), (BLOCK_M, D))
     release_next(PDL)  # only the partial's store is left
