@@ -320,8 +320,8 @@ if layout == "flat":  # (heads, total rows), the other layout a context pass ret
     lse_a = lse_a.permute(1, 0, 2).reshape(kvh, -1)
 o_b, lse_b = own_pass_reference(q, own_k, own_v, meta, 0.3, window)
 want = _merge_torch(o_a, lse_a, o_b, lse_b.t(), meta, n, h, grp, kvh, d)  # lse as (heads, N)
-# slots no query sees hold NaN (never written: room for the answer); the empty segment's
-# partial too. The kernel reads a question's first own tile before it knows the bounds
+# slots no query sees hold NaN (never written: room for the answer), and so does the empty
+# segment's partial: neither may weigh in the output
 for x in (own_k, own_v):
     x[69:region] = float("nan")
     x[region + 2 :] = float("nan")
