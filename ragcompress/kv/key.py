@@ -40,8 +40,10 @@ class ChunkKey:
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        fields = (self.model, self.layout, self.presses, self.tokens, self.format)
-        object.__setattr__(self, "_hash", hash(fields))
+        object.__setattr__(self, "_hash", hash(self._values()))
+
+    def _values(self) -> tuple[str, str, str, str, int]:
+        return self.model, self.layout, self.presses, self.tokens, self.format
 
     def __hash__(self) -> int:
         return self._hash
@@ -49,13 +51,11 @@ class ChunkKey:
     def __reduce__(self) -> tuple[type[ChunkKey], tuple[str, str, str, str, int]]:
         # rebuilt from its fields (pickle, copy): a string's hash differs between processes, so
         # the cached hash must never travel with the key
-        return ChunkKey, (self.model, self.layout, self.presses, self.tokens, self.format)
+        return ChunkKey, self._values()
 
     @property
     def digest(self) -> str:
-        payload = json.dumps(
-            [self.model, self.layout, self.presses, self.tokens, self.format], separators=(",", ":")
-        )
+        payload = json.dumps(self._values(), separators=(",", ":"))  # a JSON array, as stored
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def fields(self) -> dict[str, str]:
