@@ -6,9 +6,10 @@ context length, in one process and on the same inputs:
 
 * ``full_prefill_ms`` — prefill prefix + passages + question from scratch (SDPA);
 * ``hf_reuse_ms`` — a ready ``DynamicCache`` of the context, the question prefilled against it;
-* ``hf_static_compiled_ms`` — the context prefilled once into a ``StaticCache``, the question
-  prefilled against it by the forward compiled with ``torch.compile(mode="reduce-overhead")``
-  (CUDA graphs); ``hf_static_compile_s``: the compile, timed on its own (see ``ttft_static``);
+* ``hf_static_ms`` — the context prefilled once into a ``StaticCache``, the question
+  prefilled against it by the forward compiled as ``--static-compile`` says (``hf_static_compile``;
+  the anchor: ``torch.compile(mode="reduce-overhead")``, CUDA graphs, the default on CUDA);
+  ``hf_static_compile_s``: the compile, timed on its own (see ``ttft_static``);
 * ``ragcompress_ms`` — the fast path: bf16 chunks written into the static buffer, question
   prefill from a captured CUDA graph (:class:`ragcompress.kv.fast.FastGenerator`);
 * ``ragcompress_compressed_ms`` — the same with knorm (0.5) + int4 chunks (fused dequantize +
@@ -52,7 +53,7 @@ from ragcompress.models.compat import cache_kwargs
 from ragcompress_bench.ttft_paged import add_paged_args
 from ragcompress_bench.ttft_report import device_name, markdown, write_report
 from ragcompress_bench.ttft_shapes import SHAPES, build_model, kv_bytes_per_token, weight_bytes
-from ragcompress_bench.ttft_static import COMPILE_CHOICES, static_compiled_row
+from ragcompress_bench.ttft_static import COMPILE_CHOICES, static_cache_row
 from ragcompress_bench.ttft_timing import (
     Clock,
     copy_bandwidth,
@@ -265,9 +266,9 @@ def run_context(
             except Exception as exc:
                 traceback.print_exc()
                 row["kvzip_host_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    static = static_compiled_row(model, ids, question, clock, args.static_compile)
+    static = static_cache_row(model, ids, question, clock, args.static_compile)
     if "hf_static_first_token" in static:
-        tokens["hf_static_compiled"] = static.pop("hf_static_first_token")
+        tokens["hf_static"] = static.pop("hf_static_first_token")
     row.update(static)
     kv_bytes = ctx * kv_bytes_per_token(model.config, ctx)
     row["floor_ms"] = round((wbytes + kv_bytes) / bw * 1e3, 3)
@@ -276,7 +277,7 @@ def run_context(
     row["fast_matches_full_prefill"] = ref is not None and (
         tokens.get("ragcompress") == ref == tokens.get("ragcompress_warm")
     )
-    row["hf_static_matches_full_prefill"] = ref is not None and tokens.get("hf_static_compiled") == ref
+    row["hf_static_matches_full_prefill"] = ref is not None and tokens.get("hf_static") == ref
     row["device"] = device_name(dev)
     return row
 

@@ -7,7 +7,7 @@ then prefill only the question against it with the model's forward compiled by
 ``torch.compile(mode="reduce-overhead")`` (Inductor kernels replayed from CUDA graphs). The
 context prefill is not timed (it is the reuse the anchor stands for); the compile is timed on its
 own (``hf_static_compile_s``: the first calls, which trace, compile and record the graphs), and
-``hf_static_compiled_ms`` is the median time of a question prefill to its first token on the
+``hf_static_ms`` is the median time of a question prefill to its first token on the
 host afterwards. Every timed call writes the question's K/V at the same slots after the context
 (where the static layers count their tokens themselves, that count is reset first, in one launch),
 so the context stays as prefilled.
@@ -26,7 +26,7 @@ from typing import Any
 
 from ragcompress.models.compat import cache_kwargs
 
-__all__ = ["COMPILE_CHOICES", "static_compiled_row"]
+__all__ = ["COMPILE_CHOICES", "static_cache_row"]
 
 COMPILE_CHOICES = ("reduce-overhead", "eager", "none")
 
@@ -71,11 +71,11 @@ def _rewinder(cache: Any, ctx: int) -> Callable[[], None]:
     return rewind
 
 
-def static_compiled_row(
+def static_cache_row(
     model: Any, ids: Any, question: list[int], clock: Any, compile: str, warmup_calls: int = 3
 ) -> dict[str, Any]:
-    """``{"hf_static_compiled_ms", "hf_static_compile_s", "hf_static_first_token"}`` (or
-    ``hf_static_compiled_error``): ``ids`` (ctx,) the context's token ids, prefilled once into a
+    """``{"hf_static_ms", "hf_static_compile_s", "hf_static_first_token"}`` (or
+    ``hf_static_error``): ``ids`` (ctx,) the context's token ids, prefilled once into a
     ``StaticCache`` of ``ctx + len(question)`` slots; ``question`` prefilled against it by the
     forward compiled as ``compile`` says (:data:`COMPILE_CHOICES`); ``clock`` times a callable
     (median ms). ``warmup_calls`` first calls make up the compile time (with
@@ -120,10 +120,10 @@ def static_compiled_row(
             for _ in range(warmup_calls):
                 run()
             row["hf_static_compile_s"] = round(time.perf_counter() - t0, 2) if compile != "none" else None
-            row["hf_static_compiled_ms"] = round(clock(run, warmup=1), 3)
+            row["hf_static_ms"] = round(clock(run, warmup=1), 3)
             row["hf_static_first_token"] = run()
     except Exception as exc:  # the anchor failing must not lose the other columns
         traceback.print_exc()
-        row["hf_static_compiled_ms"] = None
-        row["hf_static_compiled_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        row["hf_static_ms"] = None
+        row["hf_static_error"] = f"{type(exc).__name__}: {exc}"[:300]
     return row

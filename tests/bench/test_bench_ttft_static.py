@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ragcompress_bench.ttft import build_model
-from ragcompress_bench.ttft_static import static_compiled_row
+from ragcompress_bench.ttft_static import static_cache_row
 from ragcompress_bench.ttft_timing import Clock, alternating
 
 
@@ -23,19 +23,17 @@ def test_static_cache_anchor_gives_the_full_prefills_first_token(compile) -> Non
     question = torch.randint(100, model.config.vocab_size, (6,), generator=g).tolist()
     with torch.inference_mode():
         full = model(input_ids=torch.cat([ids, torch.tensor(question)])[None], use_cache=False).logits[0, -1]
-    row = static_compiled_row(model, ids, question, Clock(model.device, 1, 2), compile, warmup_calls=2)
-    assert "hf_static_compiled_error" not in row, row.get("hf_static_compiled_error")
+    row = static_cache_row(model, ids, question, Clock(model.device, 1, 2), compile, warmup_calls=2)
+    assert "hf_static_error" not in row, row.get("hf_static_error")
     assert row["hf_static_first_token"] == int(full.argmax())
-    assert row["hf_static_compiled_ms"] > 0
+    assert row["hf_static_ms"] > 0
     assert (row["hf_static_compile_s"] is None) == (compile == "none")
 
 
 def test_static_cache_anchor_names_a_bad_compile_choice() -> None:
     model = build_model("tiny", "cpu", torch.float32)
-    row = static_compiled_row(model, torch.arange(100, 120), [101, 102], Clock(model.device, 1, 1), "max")
-    assert (
-        row["hf_static_compiled_ms"] is None and "compile must be one of" in row["hf_static_compiled_error"]
-    )
+    row = static_cache_row(model, torch.arange(100, 120), [101, 102], Clock(model.device, 1, 1), "max")
+    assert row["hf_static_ms"] is None and "compile must be one of" in row["hf_static_error"]
 
 
 def test_alternating_runs_take_turns_and_give_each_its_median() -> None:
