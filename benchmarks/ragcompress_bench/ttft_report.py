@@ -146,8 +146,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"({report.get('matmul_tflops', '—')} TFLOP/s): no step over that context is faster.",
     ]
     from ragcompress_bench.ttft_host import host_lines
+    from ragcompress_bench.ttft_profile import profile_lines
 
     lines += host_lines(report)
+    lines += profile_lines(report)
     return "\n".join(lines) + "\n"
 
 

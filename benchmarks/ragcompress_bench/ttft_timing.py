@@ -1,5 +1,5 @@
 """Timing helpers of ``ragcompress bench ttft``: a CUDA-event clock, the copy-bandwidth probe,
-passage sizes, and the queries/s and profiler passes."""
+passage sizes, and the queries/s pass."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ragcompress_bench.ttft_shapes import head_dim, step_flops
 
 __all__ = [
     "Clock", "alternating", "best_of", "copy_bandwidth", "graph_ms", "ints", "matmul_rate", "passage_sizes",
-    "profile", "run_qps",
+    "run_qps",
 ]  # fmt: skip
 
 
@@ -216,35 +216,3 @@ def qps_rows(
             traceback.print_exc()
             rows.append({"batch": b, "chunk_sets": sets, "error": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
-
-
-def profile(model: Any, fast: Any, args: Any) -> None:
-    """Top kernels (GPU time) of load + prefill at --qps-context, batch 1."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof
-
-    from ragcompress.kv.fast import PackedChunk
-
-    cfg = model.config
-    shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
-
-    def rnd(t: int) -> Any:
-        return torch.randn(t, *shape, device=model.device, dtype=model.dtype)
-
-    prefix = PackedChunk(rnd(args.prefix_tokens), rnd(args.prefix_tokens), args.prefix_tokens, 0)
-    chunks = [
-        PackedChunk(rnd(s), rnd(s), s, args.prefix_tokens)
-        for s in passage_sizes(args.qps_context - args.prefix_tokens, args.passage_tokens)
-    ]
-    q = [list(range(100, 100 + args.question_tokens))]
-    for _ in range(3):
-        fast.load(prefix, chunks)
-        fast.prefill(q).tolist()
-    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-        for _ in range(5):
-            fast.load(prefix, chunks)
-            fast.prefill(q).tolist()
-    print(
-        p.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60), flush=True
-    )

@@ -23,9 +23,13 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
     argv = ["--device", "cpu", "--shape", "tiny", "--dtype", "float32", "--contexts", "96,200",
             "--prefix-tokens", "8", "--passage-tokens", "40", "--question-tokens", "6", "--repeats", "2",
             "--warmup", "1", "--prefill-repeats", "1", "--batches", "1,2", "--qps-context", "96",
-            "--new-tokens", "3", "--out", str(tmp_path)]  # fmt: skip
+            "--new-tokens", "3", "--profile", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((tmp_path / "ttft_gpu.json").read_text())
+    # --profile times GPU kernels: on the CPU it says so and the run's results stand
+    assert (
+        report["profile"] is None and "--profile: the profile needs a CUDA device" in capsys.readouterr().out
+    )
     assert report["command"].endswith(" ".join(argv)) and report["device"] == "cpu"
     assert [r["context_tokens"] for r in report["rows"]] == [96, 200]
     for row in report["rows"]:
