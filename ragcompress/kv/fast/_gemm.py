@@ -22,8 +22,6 @@ residual add after the product sums and rounds once
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -43,19 +41,10 @@ _SMEM = 200 * 1024
 
 
 @triton.jit
-def _prefetch_l2(ptrs):
-    """Ask L2 for the lines at ``ptrs`` (``prefetch.global.L2``): no register, no wait; the
-    result is a dummy."""
-    return tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )
-
-
-@triton.jit
 def _skinny_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, sx, KS,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr, BIAS: tl.constexpr,
-    PDL: tl.constexpr = False, PREFETCH: tl.constexpr = 0, LINE: tl.constexpr = 64,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
     # program (n, s): rows 0..M of y[s, :, n*BN:(n+1)*BN] over K range [s*KS, (s+1)*KS), as
     # (w @ x.T).T accumulated in fp32 and rounded once to y's dtype (as cuBLAS rounds a bf16
@@ -67,13 +56,6 @@ def _skinny_kernel(
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     k_end = tl.minimum((s + 1) * KS, K)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
-    if PREFETCH > 0:  # the weights are no kernel's output: their first tiles may be asked for
-        # before the wait, while the kernel before (launched with PDL) still runs
-        rows = tl.minimum(rn, N - 1)[:, None].to(tl.int64) * K  # (BN, 1); (BN, BK // LINE) lines
-        for t in tl.static_range(PREFETCH):
-            if s * KS + t * BK < k_end:
-                cols = tl.minimum(s * KS + t * BK + tl.arange(0, BK // LINE) * LINE, K - 1)
-                _prefetch_l2(w_ptr + rows + cols[None, :])
     wait_inputs(PDL)  # x is the previous kernel's output
     for k0 in tl.range(s * KS, k_end, BK):
         rk = k0 + tl.arange(0, BK)
@@ -121,23 +103,12 @@ def _launch(
     bm = max(16, triton.next_power_of_2(m))
     ks = triton.cdiv(triton.cdiv(k, splits), _BK) * _BK
     stages = max(1, min(_MAX_STAGES, _SMEM // ((bm + _BN) * _BK * x.element_size())))
-    pdl = pdl_launch(x)
     _skinny_kernel[(triton.cdiv(n, _BN), splits)](
         x, w, w if bias is None else bias, y, m, n, k, x.stride(0), ks,
         BM=bm, BN=_BN, BK=_BK, EVEN=n % _BN == 0 and k == ks * splits, BIAS=bias is not None,
-        num_warps=4, num_stages=stages, **pdl, **_prefetch(w, stages, bool(pdl)),
+        num_warps=4, num_stages=stages, **pdl_launch(x),
     )  # fmt: skip
     return y
-
-
-def _prefetch(w: torch.Tensor, stages: int, pdl: bool) -> dict[str, int]:
-    """The launch's prefetch: with PDL (the kernel may start before its input is ready), the
-    first weight tiles, as many as the pipeline's stages unless ``RAGCOMPRESS_GEMM_PREFETCH``
-    says how many (0: none); none without PDL (the interpreter has no inline assembly)."""
-    if not pdl:
-        return {}
-    tiles = int(os.environ.get("RAGCOMPRESS_GEMM_PREFETCH", stages))
-    return {"PREFETCH": tiles, "LINE": 128 // w.element_size()} if tiles > 0 else {}
 
 
 def skinny_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
