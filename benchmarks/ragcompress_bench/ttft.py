@@ -391,6 +391,6 @@ def main(argv: list[str]) -> int:
     if args.profile:
         from ragcompress_bench.ttft_profile import profile_placed
 
-        extra["profile"] = profile_placed(model, fast, contexts, args, clock, bw, rate, wbytes)
+        extra["profile"] = profile_placed(model, fast, contexts, args, bw, rate, wbytes)
     print(markdown(write_report(out, argv, args, dev, fast, bw, wbytes, rows, qps, extra)))
     return 0

@@ -14,8 +14,11 @@ profiler falls in one part of the step (:data:`PARTS`, by its name). The floors:
   MB a request: no bandwidth floor worth the name. They are launch-bound, so the table gives
   their launches and µs a launch instead.
 
-Beside the parts: the placement's host time, and the GPU's idle time within the request (wall
-time minus the kernels' time).
+Beside the parts, from the same context's bench columns, timed earlier in the run and not under
+the profiler: the request's wall time (``ragcompress_paged_ms``), its placement's host time
+(``paged_load_host_ms``) and the wall time's excess over the kernels'. (A timing of its own in
+the profile's pass, after the bench's columns, read 0.1-1.3 ms longer on an H200, host time
+included: ``benchmarks/results/ttft_profile_h200/``; the cause was not found.)
 """
 
 from __future__ import annotations
@@ -90,11 +93,11 @@ def attribute(kernels: Iterable[tuple[str, float, float]], floors: dict[str, flo
 
 
 def profile_placed(
-    model: Any, fast: Any, contexts: list[int], args: Any, clock: Any, bw: float, rate: float, wbytes: int
+    model: Any, fast: Any, contexts: list[int], args: Any, bw: float, rate: float, wbytes: int
 ) -> list[dict[str, Any]] | None:
-    """The profile of the placed request at each of ``contexts`` (module docstring), printed and
-    returned for the report; None (and why printed) off CUDA or where the paged engine cannot
-    be built. One paged engine serves every context; a context that fails is left out."""
+    """The profile of the placed request at each of ``contexts`` (module docstring), for the
+    report; None (and why printed) off CUDA or where the paged engine cannot be built. One
+    paged engine serves every context; a context that fails is left out."""
     import torch
 
     from ragcompress.kv.fast import ChunkPool
@@ -109,8 +112,7 @@ def profile_placed(
     out = []
     for ctx in contexts:
         try:
-            out.append(_one_context(model, paged, ctx, args, clock, bw, rate, wbytes))
-            print("\n".join(profile_lines({"profile": out[-1:]})), flush=True)
+            out.append(_one_context(model, paged, ctx, args, bw, rate, wbytes))
         except Exception:  # the profile must not lose the run's other results
             traceback.print_exc()
         finally:
@@ -120,14 +122,13 @@ def profile_placed(
 
 
 def _one_context(
-    model: Any, paged: Any, ctx: int, args: Any, clock: Any, bw: float, rate: float, wbytes: int
+    model: Any, paged: Any, ctx: int, args: Any, bw: float, rate: float, wbytes: int
 ) -> dict[str, Any]:
-    """The placed request over ``ctx`` tokens of random chunks: its wall time, its placement's
-    host time and its kernels under the profiler, by part."""
+    """The placed request over ``ctx`` tokens of random chunks: its kernels under the profiler,
+    by part."""
     import torch
 
     from ragcompress.kv.fast import PackedChunk
-    from ragcompress_bench.ttft_paged import load_host_ms
 
     cfg, qlen = model.config, args.question_tokens
     shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim(cfg))
@@ -146,9 +147,8 @@ def _one_context(
         paged.load(prefix, chunks)  # resident after the first: a lease and the block table
         return int(paged.prefill([question])[0])
 
-    placed()
-    wall = clock(placed)
-    host = load_host_ms(paged, prefix, chunks, question, clock.repeats)
+    for _ in range(3):  # the chunks enter the pool, then the placements are warm
+        placed()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(REQUESTS):
             placed()
@@ -160,11 +160,8 @@ def _one_context(
     gpu = sum(us for _, us, _ in kernels) / 1e3
     return {
         "context_tokens": ctx,
-        "wall_ms": round(wall, 3),
         "floor_ms": round((wbytes + kv_bytes_per_token(cfg, ctx) * ctx) / bw * 1e3, 3),
         "kernels_ms": round(gpu, 3),
-        "gpu_idle_ms": round(wall - gpu, 3),
-        "load_host_ms": round(host, 3),
         "parts": attribute(kernels, part_floors(cfg, ctx, qlen, wbytes, bw, rate)),
         "top_kernels": [
             {"kernel": k[:80], "us": round(us, 1), "launches": round(n, 1)}
@@ -175,19 +172,23 @@ def _one_context(
 
 def profile_lines(report: dict[str, Any]) -> list[str]:
     """The report's profiles as markdown, one section a context (none when the run had no
-    ``--profile``)."""
+    ``--profile``), each beside its context's bench columns where the report has them."""
 
     def cell(v: Any) -> str:
         return "—" if v is None else str(v)
 
+    rows = {r.get("context_tokens"): r for r in report.get("rows", [])}
     lines: list[str] = []
     for p in report.get("profile") or []:
+        row = rows.get(p["context_tokens"], {})
+        wall, host = row.get("ragcompress_paged_ms"), row.get("paged_load_host_ms")
+        rest = "—" if wall is None else round(wall - p["kernels_ms"], 3)
         lines += [
             "",
             f"## Where the placed request's time goes ({p['context_tokens']} tokens, batch 1, `--profile`)",
             "",
-            f"wall {p['wall_ms']} ms against a floor of {p['floor_ms']} ms: GPU kernels {p['kernels_ms']} "
-            f"ms; wall - kernels {p['gpu_idle_ms']} ms (the placement's host time: {p['load_host_ms']} ms).",
+            f"floor {p['floor_ms']} ms; GPU kernels {p['kernels_ms']} ms; the bench's placed request "
+            f"{cell(wall)} ms (wall - kernels: {rest} ms; the placement's host time {cell(host)} ms).",
             "",
             "| part | ms a request | launches | µs a launch | its floor ms | x its floor |",
             "|---|---|---|---|---|---|",

@@ -59,8 +59,11 @@ def test_the_report_shows_a_profile_only_where_the_run_had_one() -> None:
     assert profile_lines({}) == [] and profile_lines({"profile": None}) == []
     parts = attribute(_placed_kernels_1k(), {"weights": 3.6, "context": 0.03})
     top = [{"kernel": "_skinny_kernel", "us": 3840.0, "launches": 128.0}]
-    profile = {"context_tokens": 1024, "wall_ms": 5.0, "floor_ms": 3.6, "kernels_ms": 4.9, "gpu_idle_ms": 0.1,
-               "load_host_ms": 0.06, "parts": parts, "top_kernels": top}  # fmt: skip
-    text = "\n".join(profile_lines({"profile": [profile]}))
+    profile = {"context_tokens": 1024, "floor_ms": 3.6, "kernels_ms": 4.9, "parts": parts, "top_kernels": top}
+    row = {"context_tokens": 1024, "ragcompress_paged_ms": 5.0, "paged_load_host_ms": 0.06}
+    text = "\n".join(profile_lines({"profile": [profile], "rows": [row]}))
     assert all(f"| {p.name} | " in text for p in PARTS) and "| `_skinny_kernel` | 3840.0 | 128.0 |" in text
-    assert "wall 5.0 ms against a floor of 3.6 ms" in text
+    # the wall and host times are the same context's bench columns, timed before any profiling
+    assert "placed request 5.0 ms (wall - kernels: 0.1 ms; the placement's host time 0.06 ms)" in text
+    alone = "\n".join(profile_lines({"profile": [profile]}))  # a run without the paged columns
+    assert "placed request — ms (wall - kernels: — ms" in alone
