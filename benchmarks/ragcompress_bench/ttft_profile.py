@@ -93,21 +93,19 @@ def attribute(kernels: Iterable[tuple[str, float, float]], floors: dict[str, flo
 
 
 def profile_placed(
-    model: Any, fast: Any, contexts: list[int], args: Any, bw: float, rate: float, wbytes: int
+    model: Any, paged: Any, contexts: list[int], args: Any, bw: float, rate: float, wbytes: int
 ) -> list[dict[str, Any]] | None:
-    """The profile of the placed request at each of ``contexts`` (module docstring), for the
-    report; None (and why printed) off CUDA or where the paged engine cannot be built. One
-    paged engine serves every context; a context that fails is left out."""
+    """The profile of the placed request at each of ``contexts`` (module docstring) on
+    ``paged``, the bench's bf16 paged engine (the lead column's), for the report; None (and why
+    printed) off CUDA or without that engine (``--no-paged``, or it could not be built). A
+    context that fails is left out."""
     import torch
-
-    from ragcompress.kv.fast import ChunkPool
-    from ragcompress_bench.ttft_paged import build_paged
 
     if model.device.type != "cuda":
         print("--profile: the profile needs a CUDA device (kernel times); none here", flush=True)
         return None
-    paged = build_paged(model, fast, contexts, args, ChunkPool)
     if paged is None:
+        print("--profile: the profile needs the bf16 paged column's engine; none in this run", flush=True)
         return None
     out = []
     for ctx in contexts:

@@ -17,7 +17,7 @@ __all__ = ["COLUMNS", "device_name", "markdown", "write_plot", "write_report"]
 SERIES = (
     ("full_prefill_ms", "full prefill", "tab:red"),
     ("hf_reuse_ms", "transformers cache reuse", "tab:orange"),
-    ("hf_static_ms", "transformers StaticCache", "tab:purple"),
+    ("hf_static_ms", "transformers StaticCache (compile: {compile})", "tab:purple"),
     ("ragcompress_ms", "ragcompress (bf16 chunks)", "tab:blue"),
     ("ragcompress_paged_ms", "ragcompress (bf16 chunks in a paged pool, zero-copy)", "tab:cyan"),
     ("ragcompress_paged_int4_ms", "ragcompress (chunks int4 in a paged pool, zero-copy)", "tab:olive"),
@@ -53,8 +53,7 @@ def write_plot(report: dict[str, Any], path: Path) -> bool:
     rows = sorted(report["rows"], key=lambda r: r["context_tokens"])
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for key, label, color in SERIES:
-        if key == "hf_static_ms":
-            label += f" (compile: {report.get('static_compile', '—')})"
+        label = label.format(compile=report.get("static_compile", "—"))  # the run's, where named
         pts = [(r["context_tokens"], v) for r in rows if isinstance(v := _value(r, key), int | float)]
         if pts:
             style = "--" if key == "floor_ms" else "-"
@@ -117,7 +116,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|" + "---|" * (len(COLUMNS) + 3),
     ]
     for r in report["rows"]:
-        cells = ["—" if _value(r, c) is None else str(_value(r, c)) for c in COLUMNS]
+        cells = ["—" if (v := _value(r, c)) is None else str(v) for c in COLUMNS]
         # a differing first token is a bf16 tie, not an error, where the margin is ~0
         agree = (
             f"{r.get('fast_matches_full_prefill')} | {r.get('hf_static_matches_full_prefill')} | "
