@@ -108,18 +108,19 @@ class ChunkCache:
         found: dict[str, KVChunk] = {}
         misses: dict[str, str] = {}
         todo: dict[str, _Need] = {}  # digest -> what encoding it needs (first passage needing it)
-        hits = 0
+        first: dict[str, int] = {}  # digest -> its first passage (a repeat is served once, counted once)
         for idx, key in enumerate(keys):
-            d = key.digest
-            if d in found or d in todo:  # repeated in this call: served once, counted once
-                continue
-            got = self.store.lookup(key)
+            first.setdefault(key.digest, idx)
+        # one batch: a store that reads (disk) reads several chunks at once
+        looked = self.store.lookup_many([keys[i] for i in first.values()])
+        hits = 0
+        for (d, idx), got in zip(first.items(), looked, strict=True):
             if got.chunk is not None:
                 found[d] = got.chunk
                 hits += 1
             else:
                 misses[items[idx].id] = got.reason
-                todo[d] = (key, items[idx].id, ids[idx])
+                todo[d] = (keys[idx], items[idx].id, ids[idx])
         t1 = time.perf_counter()
         encoded = waited = 0
         if todo:

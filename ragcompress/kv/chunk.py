@@ -97,6 +97,13 @@ class ChunkLayer(ABC):
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    def heads_dim(self) -> tuple[int, int]:
+        """``(kv_heads, head_dim)`` of the keys :meth:`dense` returns. This default decodes the
+        layer; classes that know their shape without decoding override it (a chunk asks its
+        first layer when it is built, e.g. on every read from a store)."""
+        k, _, _ = self.dense()
+        return int(k.shape[0]), int(k.shape[2])
+
     def to(self, device: torch.device | str) -> ChunkLayer:
         """The same layer with every tensor on ``device`` (self when already there)."""
         tensors = self.tensors()
@@ -146,6 +153,9 @@ class DenseLayer(ChunkLayer):
     def num_tokens(self) -> int:
         return int(self.keys.shape[1])
 
+    def heads_dim(self) -> tuple[int, int]:
+        return int(self.keys.shape[0]), int(self.keys.shape[2])
+
 
 @dataclass(frozen=True, eq=False)
 class KVChunk:
@@ -172,9 +182,9 @@ class KVChunk:
         if len(counts) != 1:
             raise ValueError(f"every layer of a chunk must keep the same number of tokens, got {counts}")
         if not self.kv_heads or not self.head_dim:
-            k, _, _ = self.layers[0].dense()
-            object.__setattr__(self, "kv_heads", int(k.shape[0]))
-            object.__setattr__(self, "head_dim", int(k.shape[2]))
+            h, d = self.layers[0].heads_dim()
+            object.__setattr__(self, "kv_heads", h)
+            object.__setattr__(self, "head_dim", d)
 
     @property
     def num_tokens(self) -> int:

@@ -93,6 +93,22 @@ def test_damaged_blobs_are_rejected_with_reasons():
         chunk_from_bytes(save({"x": torch.zeros(3)}))
 
 
+def test_damage_is_caught_in_place_and_by_the_tensors_fallback(monkeypatch):
+    # the digest is read from the blob's bytes in place; a dtype it cannot name falls back to
+    # hashing the loaded tensors: both accept the good blob and catch one flipped byte anywhere
+    chunk = make_chunk(dtype=torch.bfloat16)
+    blob = chunk_to_bytes(chunk)
+    start = 8 + serialize.header_length(blob)
+    for names in (serialize._DTYPE_NAMES, {}):
+        monkeypatch.setattr(serialize, "_DTYPE_NAMES", names)
+        assert_same(chunk, chunk_from_bytes(blob, expected=chunk.key))
+        for at in (start, (start + len(blob)) // 2, len(blob) - 1):
+            flipped = bytearray(blob)
+            flipped[at] ^= 0x01
+            with pytest.raises(ChunkFormatError, match="checksum"):
+                chunk_from_bytes(bytes(flipped))
+
+
 def test_foreign_format_version(monkeypatch):
     chunk = make_chunk()
     monkeypatch.setattr(serialize, "FORMAT_VERSION", 999)

@@ -56,6 +56,10 @@ class LowRankLayer(ChunkLayer):
         if self.values_lowrank and self.values.shape[2] != r:
             raise ValueError(f"low-rank layer: value coefficients have rank {self.values.shape[2]}, keys {r}")
 
+    def heads_dim(self) -> tuple[int, int]:
+        # the (cached, verified) basis gives head_dim without reconstructing any key
+        return int(self.key_coef.shape[0]), int(self.basis.key_mean.shape[-1])
+
     def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         import torch
 

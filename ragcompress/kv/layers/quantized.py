@@ -97,3 +97,6 @@ class QuantizedLayer(ChunkLayer):
     @property
     def num_tokens(self) -> int:
         return self.kv.num_tokens
+
+    def heads_dim(self) -> tuple[int, int]:
+        return self.kv.kv_heads, self.kv.head_dim

@@ -12,6 +12,7 @@ Redis) and degrades instead of failing when a tier does.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ class ChunkStore(ABC):
 
     def __init__(self) -> None:
         self.stats = StoreStats()
+        # lookups may run on several threads (a batch's reads, a cache shared by threads)
+        self._stats_lock = threading.Lock()
 
     @abstractmethod
     def lookup(self, key: ChunkKey) -> Lookup:
@@ -87,6 +90,7 @@ class ChunkStore(ABC):
         return self.lookup(key).chunk
 
     def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
+        """Each key's :meth:`lookup`, in order (a store that reads may do several at once)."""
         return [self.lookup(k) for k in keys]
 
     def put_many(self, items: Sequence[tuple[ChunkKey, KVChunk]]) -> None:
@@ -94,8 +98,9 @@ class ChunkStore(ABC):
             self.put(key, chunk)
 
     def _record(self, found: Lookup) -> Lookup:
-        if found.chunk is None:
-            self.stats.misses[found.reason] += 1
-        else:
-            self.stats.hits += 1
+        with self._stats_lock:
+            if found.chunk is None:
+                self.stats.misses[found.reason] += 1
+            else:
+                self.stats.hits += 1
         return found

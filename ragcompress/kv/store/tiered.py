@@ -102,25 +102,43 @@ class TieredStore(ChunkStore):
             raise
 
     def lookup(self, key: ChunkKey) -> Lookup:
-        reasons: list[str] = []
+        return self.lookup_many([key])[0]
+
+    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
+        """Each key's chunk from the fastest tier holding it (promoted into the faster ones), or
+        every tier's reason. Tier by tier, front to back, each asked once for the keys still
+        missing (a disk tier reads them several at a time); a key repeated in ``keys`` is looked
+        up once."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[ChunkKey, Lookup] = {}
+        reasons: dict[ChunkKey, list[str]] = {k: [] for k in unique}
+        todo = unique
         for depth, (name, tier) in enumerate(self.tiers):
+            if not todo:
+                break
             counters = self.tier_counters[name]
             try:
-                found = self._call(name, "lookup", partial(tier.lookup, key))
+                got = self._call(name, "lookup", partial(tier.lookup_many, todo))
             except StoreUnavailableError:
-                reasons.append(f"{name}: unavailable")
+                for key in todo:
+                    reasons[key].append(f"{name}: unavailable")
                 continue
-            if found.chunk is None:
-                counters.misses += 1
-                if found.reason != MISSING:
-                    counters.rejected[found.reason] += 1
-                    reasons.append(f"{name}: {found.reason}")
-                continue
-            counters.hits += 1
-            counters.bytes_served += found.chunk.nbytes
-            chunk = self._promote(key, found.chunk, depth)
-            return self._record(Lookup(chunk))
-        return self._record(Lookup(None, "; ".join(reasons) or MISSING))
+            left = []
+            for key, hit in zip(todo, got, strict=True):
+                if hit.chunk is None:
+                    counters.misses += 1
+                    if hit.reason != MISSING:
+                        counters.rejected[hit.reason] += 1
+                        reasons[key].append(f"{name}: {hit.reason}")
+                    left.append(key)
+                    continue
+                counters.hits += 1
+                counters.bytes_served += hit.chunk.nbytes
+                found[key] = self._record(Lookup(self._promote(key, hit.chunk, depth)))
+            todo = left
+        for key in todo:
+            found[key] = self._record(Lookup(None, "; ".join(reasons[key]) or MISSING))
+        return [found[k] for k in keys]
 
     def _promote(self, key: ChunkKey, chunk: KVChunk, depth: int) -> KVChunk:
         """Write ``chunk`` (found in tier ``depth``) into every faster tier; the fastest copy

@@ -11,9 +11,12 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load
 
 import ragcompress
-from ragcompress.kv.chunk import DenseLayer, layer_class
+from ragcompress.kv import serialize
+from ragcompress.kv.chunk import DenseLayer, KVChunk, layer_class
+from ragcompress.kv.key import ChunkKey, tokens_digest
 from ragcompress.kv.presses import kept_count
 from ragcompress.registry import spec_of
 
@@ -226,3 +229,31 @@ def test_bf16_layers_stay_bf16(basis_file):
         for _, out in _run(press, dtype=torch.bfloat16):
             k, v, _ = out.dense()
             assert k.dtype == v.dtype == torch.bfloat16, case[0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_heads_dim_is_the_dense_shape(case, basis_file):
+    # a chunk reads its shape from its first layer on every store read: without decoding it
+    press = _build(case[1], basis_file)
+    for _, out in _run(press, dtype=torch.bfloat16):
+        keys, _, _ = out.dense()
+        assert out.heads_dim() == (keys.shape[0], keys.shape[2])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_stored_digest_read_in_place_equals_the_tensors(case, basis_file):
+    # chunk_from_bytes checks the digest from the blob's bytes; it must be the digest that
+    # chunk_to_bytes wrote from the tensors, for every layer class and dtype
+    press = _build(case[1], basis_file)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        layers = [out for _, out in _run(press, dtype=dtype)]
+        ids = torch.arange(N)
+        key = ChunkKey(model="m", layout="l", presses="p", tokens=tokens_digest(ids.tolist()))
+        chunk = KVChunk(layers, ids, OFFSET, N, key, "m")
+        blob = serialize.chunk_to_bytes(chunk)
+        header = serialize._parse_header(blob)
+        meta = serialize._metadata(header)
+        in_place = serialize._blob_digest(meta, header, blob)
+        assert in_place == meta["sha256"] == serialize._digest(meta, load(blob))
+        back = serialize.chunk_from_bytes(blob, expected=key)
+        assert (back.kv_heads, back.head_dim) == (chunk.kv_heads, chunk.head_dim) == (KV_HEADS, HEAD_DIM)
