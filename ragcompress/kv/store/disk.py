@@ -179,7 +179,12 @@ class DiskStore(ChunkStore):
             if declared != size:
                 what = "truncated" if size < declared else "oversized"
                 raise ChunkFormatError(f"{what}: file of {size} bytes, its header declares {declared}")
-            return head + f.read(size - len(head))
+            # the whole file in one read into one buffer: head + rest would copy it once more
+            f.seek(0)
+            data = f.read(size)
+            if len(data) != size:  # cut while we read it (writers replace files, never edit them)
+                raise ChunkFormatError(f"truncated: {len(data)} of {size} bytes read")
+            return data
 
     def _quarantine(self, path: Path) -> None:
         """Move an unusable entry aside; remove it if that fails; never raise (a read-only

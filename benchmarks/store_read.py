@@ -1,0 +1,215 @@
+"""Reading a request's chunks back from a DiskStore (the cache's disk tier), tree against tree.
+
+Each case is a context of 512-token passages in Llama-3-8B's KV shape (32 layers, 8 KV heads,
+128 channels), stored as ``bench ttft``'s disk column stores them (kvzip 0.6 + int4/64) or dense
+bf16. The files are written once; then each checkout named by ``--trees`` reads the same files in
+a process of its own, both ways a store offers: ``lookup`` one key after another, and
+``lookup_many`` (a tree whose store reads several files at once does so there; an older tree's
+``lookup_many`` is the same loop). Beside them, the floors on this machine: the files' bytes read
+and nothing else, and read + SHA-256 on one thread (the least a verified read costs without
+threads). Cold: the page cache dropped before every pass (root on Linux; the table says when it
+could not be); warm: the files already in it. Median ms of ``--repeats`` passes.
+
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/store_read.py \\
+        --trees /tmp/before,. --out benchmarks/results/store_read
+
+(``git worktree add /tmp/before <commit>`` makes an older tree to compare with.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LAYERS, KV_HEADS, HEAD_DIM, PASSAGE, PREFIX = 32, 8, 128, 512, 64
+
+
+def _chunks(context: int, compressed: bool) -> list[Any]:
+    """``context // 512`` chunks of random K/V; compressed: kvzip 0.6 (random scores: which
+    tokens survive does not matter here, only how many) then int4 in groups of 64."""
+    import torch
+
+    from ragcompress.kv.chunk import DenseLayer, KVChunk
+    from ragcompress.kv.key import ChunkKey, tokens_digest
+    from ragcompress.kv.presses.kvzip import KVzipPress
+    from ragcompress.kv.presses.quantize import QuantizePress
+
+    zip_, quant = KVzipPress(ratio=0.6), QuantizePress(bits=4, group_size=64)
+    g = torch.Generator().manual_seed(context + compressed)
+    out = []
+    for c in range(context // PASSAGE):
+        ids = torch.randint(0, 32000, (PASSAGE,), generator=g)
+        start = PREFIX + c * PASSAGE
+        pos = torch.arange(start, start + PASSAGE).expand(KV_HEADS, PASSAGE).contiguous()
+        layers: list[Any] = []
+        for li in range(LAYERS):
+            k, v = (torch.randn(KV_HEADS, PASSAGE, HEAD_DIM, generator=g).bfloat16() for _ in range(2))
+            layer: Any = DenseLayer(k, v, pos)
+            if compressed:
+                attn = torch.rand(KV_HEADS, 1, PASSAGE, generator=g)
+                layer = quant(zip_(layer, layer_idx=li, attn=attn), layer_idx=li, attn=None)
+            layers.append(layer)
+        digest = tokens_digest(ids.tolist())
+        key = ChunkKey(model="bench", layout="bench", presses=str(compressed), tokens=digest)
+        out.append(KVChunk(layers, ids, start, PASSAGE, key, "bench"))
+    return out
+
+
+def _drop_page_cache() -> bool:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _median_ms(fn: Callable[[], object], repeats: int, cold: bool) -> float:
+    runs = []
+    for _ in range(repeats):
+        if cold:
+            _drop_page_cache()
+        t0 = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t0) * 1e3)
+    return round(statistics.median(runs), 1)
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*.safetensors") if "quarantine" not in p.parts)
+
+
+def _floors(directory: Path, repeats: int, cold: bool) -> dict[str, float]:
+    files = _files(directory)
+
+    def read() -> None:
+        for p in files:
+            p.read_bytes()
+
+    def read_hash() -> None:
+        for p in files:
+            hashlib.sha256(p.read_bytes()).digest()
+
+    return {
+        "read_ms": _median_ms(read, repeats, cold),
+        "read_sha256_ms": _median_ms(read_hash, repeats, cold),
+    }
+
+
+def measure(directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[str, Any]:
+    """In the tree on ``sys.path``: ms of the two ways to read every key of ``keys_file``."""
+    from ragcompress.kv.key import ChunkKey
+    from ragcompress.kv.store.disk import DiskStore
+
+    keys = [ChunkKey.from_fields(f) for f in json.loads(keys_file.read_text())]
+    store = DiskStore(directory)
+
+    def one_by_one() -> None:
+        assert all(store.lookup(k).chunk is not None for k in keys)
+
+    def batched() -> None:
+        assert all(found.chunk is not None for found in store.lookup_many(keys))
+
+    one_by_one()  # untimed: the lazy imports and the first allocations
+
+    return {
+        "lookup_ms": _median_ms(one_by_one, repeats, cold),
+        "lookup_many_ms": _median_ms(batched, repeats, cold),
+        "read_workers": getattr(store, "read_workers", 1),
+    }
+
+
+def _child(tree: Path, directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[str, Any]:
+    """:func:`measure` in a process that imports ragcompress from ``tree``."""
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, __file__, "--repeats", str(repeats)]
+    cmd += ["--measure", str(directory), str(keys_file), "1" if cold else "0"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(out))
+
+
+def _tree_label(tree: Path) -> str:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=tree)
+    return rev.stdout.strip() or str(tree)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trees", default=".", help="checkouts to compare, comma-separated")
+    ap.add_argument("--contexts", default="10240,32768", help="kvzip 0.6 + int4/64 contexts (tokens)")
+    ap.add_argument("--dense-contexts", default="10240", help="dense bf16 contexts (tokens); '' for none")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="directory for store_read.json and .md")
+    ap.add_argument("--measure", nargs=3, metavar=("DIR", "KEYS", "COLD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:  # the child: one tree, one case
+        d, k, cold = args.measure
+        print(json.dumps(measure(Path(d), Path(k), args.repeats, cold == "1")))
+        return
+    from ragcompress.kv.store.disk import DiskStore
+
+    trees = [Path(t).resolve() for t in args.trees.split(",")]
+    labels = [_tree_label(t) for t in trees]
+    cases = [(int(c), True) for c in args.contexts.split(",") if c]
+    cases += [(int(c), False) for c in args.dense_contexts.split(",") if c]
+    droppable = _drop_page_cache()
+    rows: list[dict[str, Any]] = []
+    for context, compressed in cases:
+        with tempfile.TemporaryDirectory(prefix="store-read-") as tmp:
+            chunks = _chunks(context, compressed)
+            store = DiskStore(Path(tmp) / "store")
+            for c in chunks:
+                store.put(c.key, c)
+            keys_file = Path(tmp) / "keys.json"
+            keys_file.write_text(json.dumps([c.key.fields() for c in chunks]))
+            del chunks
+            size = sum(p.stat().st_size for p in _files(store.directory))
+            for cold in ([True] if droppable else []) + [False]:
+                row: dict[str, Any] = {
+                    "context": context,
+                    "chunks": "kvzip 0.6 + int4/64" if compressed else "dense bf16",
+                    "files": len(_files(store.directory)),
+                    "MB": round(size / 1e6, 1),
+                    "page_cache": "dropped" if cold else "warm",
+                    **_floors(store.directory, args.repeats, cold),
+                }
+                for tree, label in zip(trees, labels, strict=True):
+                    got = _child(tree, store.directory, keys_file, args.repeats, cold)
+                    row.update({f"{label} {k}": v for k, v in got.items()})
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    _report(rows, labels, args, droppable)
+
+
+def _report(rows: list[dict[str, Any]], labels: list[str], args: argparse.Namespace, droppable: bool) -> None:
+    cols = ["context", "chunks", "files", "MB", "page_cache", "read_ms", "read_sha256_ms"]
+    cols += [f"{label} {k}" for label in labels for k in ("lookup_ms", "lookup_many_ms", "read_workers")]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "—")) for c in cols) + " |" for r in rows]
+    lines += [
+        "",
+        f"`{' '.join(sys.argv)}`; {platform.node()}, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.2f}; page cache "
+        + ("dropped before each cold pass." if droppable else "not droppable here (no cold rows)."),
+    ]
+    print("\n".join(lines))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "store_read.md").write_text("\n".join(lines) + "\n")
+        meta = {"argv": sys.argv, "cpus": os.cpu_count(), "trees": labels, "rows": rows}
+        (args.out / "store_read.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
