@@ -12,7 +12,8 @@ Columns per context:
   ``kvzip_host_g{N}_ms`` for the other group sizes of the sweep; ``kvzip_host_serial_ms``: one range
   of every layer (all copies, then the step: no overlap); ``kvzip_host_direct_g{N}_ms``: the
   zero-copy streamer (the kernel reads pinned host memory, no staging copies);
-* ``kvzip_disk_ms`` — read from a :class:`~ragcompress.kv.store.disk.DiskStore` (page cache dropped
+* ``kvzip_disk_ms`` — read from a :class:`~ragcompress.kv.store.disk.DiskStore` in one batch, as
+  the chunk cache reads a request (``lookup_many``: several files at once; page cache dropped
   before each request where the machine allows it, see ``disk_cache``), packed into pinned memory
   and streamed; wall clock from the first read to the first token on the host.
 
@@ -209,7 +210,7 @@ def _disk(
         for i in range(clock.warmup + max(3, clock.repeats // 2)):
             note = _drop_page_cache()
             t0 = time.perf_counter()
-            got = [store.lookup(k).chunk for k in keys]
+            got = [found.chunk for found in store.lookup_many(keys)]  # as ChunkCache reads a request
             fast.load(prefix, got)
             tok = int(fast.prefill([question])[0])
             if i >= clock.warmup:
