@@ -126,7 +126,7 @@ def measure(directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[
     return {
         "lookup_ms": _median_ms(one_by_one, repeats, cold),
         "lookup_many_ms": _median_ms(batched, repeats, cold),
-        "read_workers": getattr(store, "read_workers", 1),
+        "read_ahead": getattr(store, "read_ahead", 0),
     }
 
 
@@ -140,8 +140,12 @@ def _child(tree: Path, directory: Path, keys_file: Path, repeats: int, cold: boo
 
 
 def _tree_label(tree: Path) -> str:
+    """The commit of a checkout; a copy of the package alone (no ``.git`` of its own) goes by
+    its directory's name."""
+    if not (tree / ".git").exists():
+        return tree.name
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=tree)
-    return rev.stdout.strip() or str(tree)
+    return rev.stdout.strip() or tree.name
 
 
 def main() -> None:
@@ -161,6 +165,8 @@ def main() -> None:
 
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     labels = [_tree_label(t) for t in trees]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"--trees: two trees have the same label {labels}; name their directories apart")
     cases = [(int(c), True) for c in args.contexts.split(",") if c]
     cases += [(int(c), False) for c in args.dense_contexts.split(",") if c]
     droppable = _drop_page_cache()
@@ -194,7 +200,7 @@ def main() -> None:
 
 def _report(rows: list[dict[str, Any]], labels: list[str], args: argparse.Namespace, droppable: bool) -> None:
     cols = ["context", "chunks", "files", "MB", "page_cache", "read_ms", "read_sha256_ms"]
-    cols += [f"{label} {k}" for label in labels for k in ("lookup_ms", "lookup_many_ms", "read_workers")]
+    cols += [f"{label} {k}" for label in labels for k in ("lookup_ms", "lookup_many_ms", "read_ahead")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "—")) for c in cols) + " |" for r in rows]
     lines += [

@@ -13,9 +13,10 @@ Columns per context:
   of every layer (all copies, then the step: no overlap); ``kvzip_host_direct_g{N}_ms``: the
   zero-copy streamer (the kernel reads pinned host memory, no staging copies);
 * ``kvzip_disk_ms`` — read from a :class:`~ragcompress.kv.store.disk.DiskStore` in one batch, as
-  the chunk cache reads a request (``lookup_many``: several files at once; page cache dropped
-  before each request where the machine allows it, see ``disk_cache``), packed into pinned memory
-  and streamed; wall clock from the first read to the first token on the host.
+  the chunk cache reads a request (``lookup_many``: the next files read while the earlier ones
+  are verified; page cache dropped before each request where the machine allows it, see
+  ``disk_cache``), packed into pinned memory and streamed; wall clock from the first read to the
+  first token on the host. ``kvzip_disk_read_ms``: its reads alone (read, verified, decoded).
 
 The kvzip scores come from the real reconstruction pass
 (:func:`~ragcompress.kv.encode.reconstruct.reconstruction_scores`) over each passage's KV as cut
@@ -206,17 +207,23 @@ def _disk(
         for c in chunks:
             store.put(c.key, c.to("cpu"))
         keys = [c.key for c in chunks]
-        times, note = [], ""
+        times, reads, note = [], [], ""
         for i in range(clock.warmup + max(3, clock.repeats // 2)):
             note = _drop_page_cache()
             t0 = time.perf_counter()
             got = [found.chunk for found in store.lookup_many(keys)]  # as ChunkCache reads a request
+            t1 = time.perf_counter()
             fast.load(prefix, got)
             tok = int(fast.prefill([question])[0])
             if i >= clock.warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
+                reads.append((t1 - t0) * 1e3)
         tokens["kvzip_disk"] = tok
-        return {"kvzip_disk_ms": round(statistics.median(times), 3), "disk_cache": note}
+        return {
+            "kvzip_disk_ms": round(statistics.median(times), 3),
+            "kvzip_disk_read_ms": round(statistics.median(reads), 3),
+            "disk_cache": note,
+        }
 
 
 def host_lines(report: dict[str, Any]) -> list[str]:
@@ -237,6 +244,7 @@ def host_lines(report: dict[str, Any]) -> list[str]:
         *sweep,
         "kvzip_host_serial_ms",
         "kvzip_disk_ms",
+        "kvzip_disk_read_ms",
         "kvzip_tiers_agree",
     ]
     lines = [

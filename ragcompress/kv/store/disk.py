@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,9 +74,8 @@ class DiskStore(ChunkStore):
     ``max_chunk_bytes``: a file larger than this is a miss without being read.
     ``allow_shared_dir``: accept a world-writable directory, or one owned by another user
     (refused by default, see :mod:`ragcompress.kv.store.disk_guard`).
-    ``read_workers``: files :meth:`lookup_many` reads, verifies and decodes at once (threads:
-    the reads, the SHA-256 and the tensor copies release the GIL); default the CPU count, at
-    most 8. 1 reads them one after another.
+    ``read_ahead``: threads that read the next files of a :meth:`lookup_many` while the
+    earlier ones are verified and decoded (0: each file read when its turn comes).
     """
 
     def __init__(
@@ -87,11 +87,11 @@ class DiskStore(ChunkStore):
         max_bytes: int | None = None,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
         allow_shared_dir: bool = False,
-        read_workers: int | None = None,
+        read_ahead: int = 2,
     ) -> None:
         super().__init__()
-        if read_workers is not None and read_workers < 1:
-            raise ValueError(f"read_workers must be at least 1 or None, got {read_workers}")
+        if read_ahead < 0:
+            raise ValueError(f"read_ahead must be 0 or more, got {read_ahead}")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive or None, got {max_bytes}")
         if max_chunk_bytes <= 0:
@@ -101,7 +101,7 @@ class DiskStore(ChunkStore):
         self.max_bytes = max_bytes
         self.max_chunk_bytes = max_chunk_bytes
         self.allow_shared_dir = allow_shared_dir
-        self.read_workers = read_workers or min(8, os.cpu_count() or 1)
+        self.read_ahead = read_ahead
         key = resolve_secret(secret)
         self.signer = Signer(key, {"store": "disk"}) if key is not None else None
         ensure_private_dir(self.directory, allow_shared_dir)
@@ -123,44 +123,68 @@ class DiskStore(ChunkStore):
 
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, key: ChunkKey) -> Lookup:
+        return self._decode(key, self._fetch(key))
+
+    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
+        """Each key's :meth:`lookup`, in order; a key repeated in ``keys`` is read once. With
+        ``read_ahead``, threads read the next files while this one verifies and decodes the
+        earlier ones (reading releases the GIL; the decoding mostly does not, so it stays on
+        one thread: eight threads decoding at once ran slower than one on an H200 host)."""
+        unique = list(dict.fromkeys(keys))
+        if self.read_ahead == 0 or len(unique) < 2:
+            found = [self.lookup(k) for k in unique]
+        else:
+            # at most two files a thread read and not yet decoded: a long request is not held
+            # twice in memory when the disk outruns the decoding
+            window = 2 * self.read_ahead
+            found = []
+            with ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="disk-read") as pool:
+                reads = deque(pool.submit(self._fetch, k) for k in unique[:window])
+                for i, key in enumerate(unique):
+                    data = reads.popleft().result()
+                    if i + window < len(unique):
+                        reads.append(pool.submit(self._fetch, unique[i + window]))
+                    found.append(self._decode(key, data))
+        by_key = dict(zip(unique, found, strict=True))
+        return [by_key[k] for k in keys]
+
+    def _fetch(self, key: ChunkKey) -> bytes | Lookup:
+        """The bytes of ``key``'s file (its size checked), or the miss (not yet counted)."""
         path = self.path(key)
         if not inside(path.parent, self._root):
             log.warning("chunk %s: shard directory %s leads outside the cache", key.digest[:12], path.parent)
-            return self._record(Lookup(None, "shard directory leads outside the cache"))
+            return Lookup(None, "shard directory leads outside the cache")
         try:
-            data = self._read(path)
+            return self._read(path)
+        except FileNotFoundError:
+            return Lookup(None, MISSING)
+        except UnusableFile as err:
+            if err.reason.startswith("not a regular file"):
+                self._quarantine(path)
+            return Lookup(None, err.reason)
+        except OSError as err:
+            return Lookup(None, f"unreadable file: {err.strerror or err}")
+        except ChunkFormatError as err:
+            self._quarantine(path)
+            return Lookup(None, err.reason)
+
+    def _decode(self, key: ChunkKey, data: bytes | Lookup) -> Lookup:
+        """The chunk in ``data`` (verified: signature or digest, key, tokens), counted."""
+        if isinstance(data, Lookup):
+            return self._record(data)
+        path = self.path(key)
+        try:
             if self.signer is not None:
                 data = self.signer.verify(key.digest, data)
             elif is_signed(data):
                 raise IntegrityError("signed chunk, but this store has no secret to verify it")
             chunk = chunk_from_bytes(data, expected=key, device=self.device, authenticated=bool(self.signer))
-        except FileNotFoundError:
-            return self._record(Lookup(None, MISSING))
-        except UnusableFile as err:
-            if err.reason.startswith("not a regular file"):
-                self._quarantine(path)
-            return self._record(Lookup(None, err.reason))
-        except OSError as err:
-            return self._record(Lookup(None, f"unreadable file: {err.strerror or err}"))
         except (ChunkFormatError, IntegrityError) as err:
             self._quarantine(path)
             return self._record(Lookup(None, err.reason))
         with contextlib.suppress(OSError):  # the byte cap's LRU order: a hit counts as a use
             os.utime(path)
         return self._record(Lookup(chunk))
-
-    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
-        """Each key's :meth:`lookup`, in order, ``read_workers`` files at a time; a key repeated
-        in ``keys`` is read once."""
-        unique = list(dict.fromkeys(keys))
-        workers = min(self.read_workers, len(unique))
-        if workers <= 1:
-            found = [self.lookup(k) for k in unique]
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="disk-read") as pool:
-                found = list(pool.map(self.lookup, unique))
-        by_key = dict(zip(unique, found, strict=True))
-        return [by_key[k] for k in keys]
 
     def _read(self, path: Path) -> bytes:
         """The file's bytes, after checking its size against ``max_chunk_bytes`` and against

@@ -16,11 +16,11 @@ from ragcompress.kv.store.tiered import TieredStore
 from tests.support.faults import damage
 
 
-@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize("ahead", [0, 1, 2])
 def test_disk_lookup_many_answers_what_lookup_answers(
-    tmp_path: Path, chunks: list[Any], same: Any, workers: int
+    tmp_path: Path, chunks: list[Any], same: Any, ahead: int
 ) -> None:
-    store = DiskStore(tmp_path, read_workers=workers)
+    store = DiskStore(tmp_path, read_ahead=ahead)
     for c in chunks[:3]:
         store.put(c.key, c)
     damage(store, chunks[1].key, "flip")
@@ -36,16 +36,16 @@ def test_disk_lookup_many_answers_what_lookup_answers(
     assert [g.reason for g in store.lookup_many(keys)] == [g.reason for g in map(store.lookup, keys)]
 
 
-def test_disk_read_workers_must_be_positive(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="read_workers"):
-        DiskStore(tmp_path, read_workers=0)
-    assert DiskStore(tmp_path).read_workers >= 1
+def test_disk_read_ahead_must_not_be_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="read_ahead"):
+        DiskStore(tmp_path, read_ahead=-1)
+    assert DiskStore(tmp_path).read_ahead == 2
 
 
 def test_tiered_lookup_many_promotes_and_counts_like_lookup(
     tmp_path: Path, chunks: list[Any], same: Any
 ) -> None:
-    host, disk = MemoryStore(1 << 24, device="cpu"), DiskStore(tmp_path, read_workers=4)
+    host, disk = MemoryStore(1 << 24, device="cpu"), DiskStore(tmp_path, read_ahead=2)
     store = TieredStore([("host", host), ("disk", disk)])
     host.put(chunks[0].key, chunks[0])
     for c in chunks[1:3]:
@@ -67,7 +67,7 @@ def test_tiered_lookup_many_promotes_and_counts_like_lookup(
 
 
 def test_cache_looks_a_request_up_in_one_batch(tmp_path: Path, encoder: Any, same: Any) -> None:
-    store = DiskStore(tmp_path, read_workers=4)
+    store = DiskStore(tmp_path, read_ahead=2)
     calls: list[int] = []
     many = store.lookup_many
 
