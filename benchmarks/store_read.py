@@ -3,12 +3,13 @@
 Each case is a context of 512-token passages in Llama-3-8B's KV shape (32 layers, 8 KV heads,
 128 channels), stored as ``bench ttft``'s disk column stores them (kvzip 0.6 + int4/64) or dense
 bf16. The files are written once; then each checkout named by ``--trees`` reads the same files in
-a process of its own, both ways a store offers: ``lookup`` one key after another, and
-``lookup_many`` (a tree whose store reads several files at once does so there; an older tree's
-``lookup_many`` is the same loop). Beside them, the floors on this machine: the files' bytes read
-and nothing else, and read + SHA-256 on one thread (the least a verified read costs without
-threads). Cold: the page cache dropped before every pass (root on Linux; the table says when it
-could not be); warm: the files already in it. Median ms of ``--repeats`` passes.
+a process of its own (``--rounds`` times, the trees taking turns), both ways a store offers:
+``lookup`` one key after another, and ``lookup_many`` (an older tree's is the same loop; a tree
+whose store reads ahead also at 0, 1 and 2 reading threads). Beside them, the floors on this
+machine: the files' bytes read and nothing else, and read + SHA-256 on one thread (the least a
+verified read costs without threads). Cold: the page cache dropped before every pass (root on
+Linux; the table says when it could not be); warm: the files already in it. Median ms of
+``--repeats`` passes.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/store_read.py \\
         --trees /tmp/before,. --out benchmarks/results/store_read
@@ -108,7 +109,9 @@ def _floors(directory: Path, repeats: int, cold: bool) -> dict[str, float]:
 
 
 def measure(directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[str, Any]:
-    """In the tree on ``sys.path``: ms of the two ways to read every key of ``keys_file``."""
+    """In the tree on ``sys.path``: ms to read every key of ``keys_file`` one by one, in one
+    ``lookup_many`` as the store is built by default, and, where the store has ``read_ahead``,
+    in one ``lookup_many`` at each of 0, 1 and 2 reading threads."""
     from ragcompress.kv.key import ChunkKey
     from ragcompress.kv.store.disk import DiskStore
 
@@ -118,16 +121,19 @@ def measure(directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[
     def one_by_one() -> None:
         assert all(store.lookup(k).chunk is not None for k in keys)
 
-    def batched() -> None:
-        assert all(found.chunk is not None for found in store.lookup_many(keys))
+    def batched(s: Any) -> None:
+        assert all(found.chunk is not None for found in s.lookup_many(keys))
 
     one_by_one()  # untimed: the lazy imports and the first allocations
-
-    return {
+    out = {
         "lookup_ms": _median_ms(one_by_one, repeats, cold),
-        "lookup_many_ms": _median_ms(batched, repeats, cold),
-        "read_ahead": getattr(store, "read_ahead", 0),
+        "lookup_many_ms": _median_ms(lambda: batched(store), repeats, cold),
     }
+    if hasattr(store, "read_ahead"):
+        for ahead in (0, 1, 2):
+            ra = DiskStore(directory, read_ahead=ahead)  # type: ignore[call-arg]
+            out[f"read_ahead_{ahead}_ms"] = _median_ms(lambda ra=ra: batched(ra), repeats, cold)
+    return out
 
 
 def _child(tree: Path, directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[str, Any]:
@@ -153,7 +159,8 @@ def main() -> None:
     ap.add_argument("--trees", default=".", help="checkouts to compare, comma-separated")
     ap.add_argument("--contexts", default="10240,32768", help="kvzip 0.6 + int4/64 contexts (tokens)")
     ap.add_argument("--dense-contexts", default="10240", help="dense bf16 contexts (tokens); '' for none")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="passes a child times (median)")
+    ap.add_argument("--rounds", type=int, default=1, help="turns of every tree (median of the children)")
     ap.add_argument("--out", type=Path, default=None, help="directory for store_read.json and .md")
     ap.add_argument("--measure", nargs=3, metavar=("DIR", "KEYS", "COLD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -190,17 +197,21 @@ def main() -> None:
                     "page_cache": "dropped" if cold else "warm",
                     **_floors(store.directory, args.repeats, cold),
                 }
-                for tree, label in zip(trees, labels, strict=True):
-                    got = _child(tree, store.directory, keys_file, args.repeats, cold)
-                    row.update({f"{label} {k}": v for k, v in got.items()})
+                runs: dict[str, list[float]] = {}
+                for _ in range(args.rounds):  # the trees take turns: neither always goes first
+                    for tree, label in zip(trees, labels, strict=True):
+                        got = _child(tree, store.directory, keys_file, args.repeats, cold)
+                        for k, v in got.items():
+                            runs.setdefault(f"{label} {k}", []).append(v)
+                row.update({k: round(statistics.median(v), 1) for k, v in runs.items()})
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     _report(rows, labels, args, droppable)
 
 
 def _report(rows: list[dict[str, Any]], labels: list[str], args: argparse.Namespace, droppable: bool) -> None:
-    cols = ["context", "chunks", "files", "MB", "page_cache", "read_ms", "read_sha256_ms"]
-    cols += [f"{label} {k}" for label in labels for k in ("lookup_ms", "lookup_many_ms", "read_ahead")]
+    """The rows as a markdown table (and JSON under ``--out``), with the run's command and machine."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # every column, in first-seen order
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "—")) for c in cols) + " |" for r in rows]
     lines += [
