@@ -25,31 +25,19 @@ import torch
 import triton
 from ragcompress_bench.records import RESULTS, contender_rows, record_module
 
-from ragcompress.kv.fast._merge import merge_with_own
-from ragcompress.kv.fast._paged import paged_context
-from ragcompress.kv.fast.step_meta import StepMeta
 from ragcompress.kv.fast.waves import PAGED
 
 tiles = record_module("paged_tiles", RESULTS / "ttft_paged_tiles_h200" / "paged_tiles.py")
+# the fused-attention record's case (queries, pool, table, own slots) and its library pair (the
+# paged pass, then the own pass + merge), which this sweep runs at each split count
+fused = record_module("fused_attend_ab", RESULTS / "ttft_fused_attend_h200" / "fused_attend_ab.py")
+attend = fused.library
 
 
-def attend(q: Any, pk: Any, pv: Any, table: Any, inv: Any, own_k: Any, own_v: Any, meta: StepMeta,
-           splits: int, scale: float) -> Any:  # fmt: skip
-    """The library's two launches over ``splits`` context splits."""
-    o, lse = paged_context(q, pk, pv, table, inv, 64, splits, scale)
-    return merge_with_own(o, lse, None, q, own_k, own_v, meta, scale)
-
-
-def case(ctx: int, h: int, kvh: int, d: int, dev: str, dt: Any, t: int = 32, region: int = 36,
-         used: int = 32, chunk: int = 512) -> tuple[Any, ...]:  # fmt: skip
-    """``paged_tiles.case``'s queries, pool and block table, and one question's own slots."""
-    c = tiles.case(ctx, t, h, kvh, d, dev, dt, chunk=chunk)
-    own_k = torch.randn(region, kvh, d, device=dev, dtype=dt)
-    own_v = torch.randn(region, kvh, d, device=dev, dtype=dt)
-    meta = StepMeta.__new__(StepMeta)
-    meta.batch, meta.qlen, meta.region = 1, t, region
-    meta.q_used = torch.tensor([used], dtype=torch.int32, device=dev)
-    return c["q"], c["pk"], c["pv"], c["blocks"], c["inv"], own_k, own_v, meta
+def case(ctx: int, h: int, kvh: int, d: int, dev: str, dt: Any, **kw: Any) -> tuple[Any, ...]:
+    """One layer at ``ctx`` keys with 32 question tokens (``t`` to change), as the fused record
+    builds it."""
+    return tuple(fused.case(ctx, kw.pop("t", 32), h, kvh, d, dev, dt, **kw))
 
 
 def check_cpu() -> None:
@@ -80,7 +68,7 @@ def gpu(contexts: list[int]) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check-cpu", action="store_true", help="interpreted, fp32: every split gives one attention")
+    ap.add_argument("--check-cpu", action="store_true", help="interpreted, fp32: the splits agree")
     ap.add_argument("--contexts", default="1024,2048,4096,10240,32768", help="keys, comma-separated")
     args = ap.parse_args()
     check_cpu() if args.check_cpu else gpu([int(x) for x in args.contexts.split(",")])
