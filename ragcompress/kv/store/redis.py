@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
@@ -223,9 +223,25 @@ class RedisStore(ChunkStore):
 
     # -- ChunkStore ------------------------------------------------------------------------
     def lookup(self, key: ChunkKey) -> Lookup:
-        blob = self._call(
-            "GET", lambda: self._get(keys=[self.redis_key(key), self._lru, self._clock], args=[self.ttl_ms])
-        )
+        return self.lookup_many([key])[0]
+
+    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
+        """Each key's chunk, or why not, in order: every GET (with its LRU touch) in one
+        pipeline, one round trip for the whole request; a key repeated in ``keys`` is read once."""
+        unique = list(dict.fromkeys(keys))
+
+        def get_all() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for key in unique:
+                self._get(keys=[self.redis_key(key), self._lru, self._clock], args=[self.ttl_ms], client=pipe)
+            return list(pipe.execute())
+
+        blobs = self._call("GET", get_all) if unique else []
+        found = {key: self._decode(key, blob) for key, blob in zip(unique, blobs, strict=True)}
+        return [found[k] for k in keys]
+
+    def _decode(self, key: ChunkKey, blob: Any) -> Lookup:
+        """The verified chunk in one GET's reply (None: absent), counted."""
         if blob is None:
             return self._record(Lookup(None, MISSING))
         data = bytes(blob)

@@ -84,3 +84,29 @@ def test_cache_looks_a_request_up_in_one_batch(tmp_path: Path, encoder: Any, sam
     assert calls == [3, 3] and stats.hits == 3 and stats.encoded == 0
     assert all(same(a, b) for a, b in zip(first, second, strict=True))
     assert first[0].key == first[2].key
+
+
+def test_redis_lookup_many_is_one_round_trip(redis_url: str, chunks: list[Any], same: Any) -> None:
+    from ragcompress.kv.store.redis import RedisStore
+
+    store = RedisStore(redis_url, retries=1, backoff_s=0.01)
+    for c in chunks[:3]:
+        store.put(c.key, c)
+    damage(store, chunks[1].key, "flip")
+    executes: list[int] = []
+    pipeline = store.client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        pipe = pipeline(*args, **kwargs)
+        run = pipe.execute
+        pipe.execute = lambda *a, **k: (executes.append(len(pipe.command_stack)), run(*a, **k))[1]
+        return pipe
+
+    store.client.pipeline = counted  # type: ignore[method-assign]
+    keys = [chunks[2].key, chunks[0].key, chunks[3].key, chunks[1].key, chunks[0].key]
+    got = store.lookup_many(keys)
+    assert executes == [4]  # one pipeline of the four distinct keys' GETs
+    assert same(got[0].chunk, chunks[2]) and same(got[1].chunk, chunks[0]) and same(got[4].chunk, chunks[0])
+    assert got[2].reason == "absent" and got[3].reason.startswith("rejected: ")
+    assert [g.reason for g in got] == [store.lookup(k).reason for k in keys]
+    assert store.stats.hits == 2 + 3 and store.stats.misses["absent"] == 1 + 1
