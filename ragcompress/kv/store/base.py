@@ -90,7 +90,15 @@ class ChunkStore(ABC):
         return self.lookup(key).chunk
 
     def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
-        """Each key's :meth:`lookup`, in order (a store that reads may do several at once)."""
+        """Each key's :meth:`lookup`, in order; a key repeated in ``keys`` is looked up once
+        (:meth:`_lookup_distinct` gets each key once)."""
+        unique = list(dict.fromkeys(keys))
+        found = dict(zip(unique, self._lookup_distinct(unique), strict=True))
+        return [found[k] for k in keys]
+
+    def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
+        """:meth:`lookup_many` of distinct keys; a store that can read several at once (one
+        round trip, reads ahead) overrides this."""
         return [self.lookup(k) for k in keys]
 
     def put_many(self, items: Sequence[tuple[ChunkKey, KVChunk]]) -> None:

@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -125,28 +124,24 @@ class DiskStore(ChunkStore):
     def lookup(self, key: ChunkKey) -> Lookup:
         return self._decode(key, self._fetch(key))
 
-    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
-        """Each key's :meth:`lookup`, in order; a key repeated in ``keys`` is read once. With
-        ``read_ahead``, threads read the next files while this one verifies and decodes the
-        earlier ones (reading releases the GIL; the decoding mostly does not, so it stays on
+    def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
+        """With ``read_ahead``, threads read the next files while this one verifies and decodes
+        the earlier ones (reading releases the GIL; the decoding mostly does not, so it stays on
         one thread: eight threads decoding at once ran slower than one on an H200 host)."""
-        unique = list(dict.fromkeys(keys))
-        if self.read_ahead == 0 or len(unique) < 2:
-            found = [self.lookup(k) for k in unique]
-        else:
-            # at most two files a thread read and not yet decoded: a long request is not held
-            # twice in memory when the disk outruns the decoding
-            window = 2 * self.read_ahead
-            found = []
-            with ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="disk-read") as pool:
-                reads = deque(pool.submit(self._fetch, k) for k in unique[:window])
-                for i, key in enumerate(unique):
-                    data = reads.popleft().result()
-                    if i + window < len(unique):
-                        reads.append(pool.submit(self._fetch, unique[i + window]))
-                    found.append(self._decode(key, data))
-        by_key = dict(zip(unique, found, strict=True))
-        return [by_key[k] for k in keys]
+        if self.read_ahead == 0 or len(keys) < 2:
+            return [self.lookup(k) for k in keys]
+        # at most two files a thread read and not yet decoded: a long request is not held
+        # twice in memory when the disk outruns the decoding
+        window = 2 * self.read_ahead
+        found = []
+        with ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="disk-read") as pool:
+            reads = deque(pool.submit(self._fetch, k) for k in keys[:window])
+            for i, key in enumerate(keys):
+                data = reads.popleft().result()
+                if i + window < len(keys):
+                    reads.append(pool.submit(self._fetch, keys[i + window]))
+                found.append(self._decode(key, data))
+        return found
 
     def _fetch(self, key: ChunkKey) -> bytes | Lookup:
         """The bytes of ``key``'s file (its size checked), or the miss (not yet counted)."""

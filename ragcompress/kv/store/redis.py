@@ -19,7 +19,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcompress.kv.serialize import ChunkFormatError, chunk_from_bytes, chunk_to_bytes
@@ -225,20 +225,17 @@ class RedisStore(ChunkStore):
     def lookup(self, key: ChunkKey) -> Lookup:
         return self.lookup_many([key])[0]
 
-    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
-        """Each key's chunk, or why not, in order: every GET (with its LRU touch) in one
-        pipeline, one round trip for the whole request; a key repeated in ``keys`` is read once."""
-        unique = list(dict.fromkeys(keys))
+    def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
+        """Every GET (with its LRU touch) in one pipeline: one round trip for the whole request."""
 
         def get_all() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            for key in unique:
+            for key in keys:
                 self._get(keys=[self.redis_key(key), self._lru, self._clock], args=[self.ttl_ms], client=pipe)
             return list(pipe.execute())
 
-        blobs = self._call("GET", get_all) if unique else []
-        found = {key: self._decode(key, blob) for key, blob in zip(unique, blobs, strict=True)}
-        return [found[k] for k in keys]
+        blobs = self._call("GET", get_all) if keys else []
+        return [self._decode(key, blob) for key, blob in zip(keys, blobs, strict=True)]
 
     def _decode(self, key: ChunkKey, blob: Any) -> Lookup:
         """The verified chunk in one GET's reply (None: absent), counted."""

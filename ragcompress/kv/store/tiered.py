@@ -104,15 +104,13 @@ class TieredStore(ChunkStore):
     def lookup(self, key: ChunkKey) -> Lookup:
         return self.lookup_many([key])[0]
 
-    def lookup_many(self, keys: Sequence[ChunkKey]) -> list[Lookup]:
+    def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
         """Each key's chunk from the fastest tier holding it (promoted into the faster ones), or
         every tier's reason. Tier by tier, front to back, each asked once for the keys still
-        missing (a disk tier reads them several at a time); a key repeated in ``keys`` is looked
-        up once."""
-        unique = list(dict.fromkeys(keys))
+        missing (a disk tier reads them several at a time)."""
         found: dict[ChunkKey, Lookup] = {}
-        reasons: dict[ChunkKey, list[str]] = {k: [] for k in unique}
-        todo = unique
+        reasons: dict[ChunkKey, list[str]] = {k: [] for k in keys}
+        todo = keys
         for depth, (name, tier) in enumerate(self.tiers):
             if not todo:
                 break
