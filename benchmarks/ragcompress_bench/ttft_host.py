@@ -35,7 +35,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SWEEP", "host_bandwidths", "host_lines", "host_rows"]
+__all__ = ["SWEEP", "drop_page_cache", "host_bandwidths", "host_lines", "host_rows"]
 
 SWEEP = (4, 16)  # layer-group sizes timed besides --stream-group (and the serial one)
 DIRECT = (4,)  # layer-group sizes of the zero-copy streamer
@@ -185,7 +185,7 @@ def _timed(fn: Callable[[], int], clock: Any) -> tuple[float, int]:
     return round(clock(fn), 3), fn()
 
 
-def _drop_page_cache() -> str:
+def drop_page_cache() -> str:
     """Drop the page cache (root on Linux); says what happened."""
     os.sync()
     try:
@@ -209,7 +209,7 @@ def _disk(
         keys = [c.key for c in chunks]
         times, reads, note = [], [], ""
         for i in range(clock.warmup + max(3, clock.repeats // 2)):
-            note = _drop_page_cache()
+            note = drop_page_cache()
             t0 = time.perf_counter()
             got = [found.chunk for found in store.lookup_many(keys)]  # as ChunkCache reads a request
             t1 = time.perf_counter()
