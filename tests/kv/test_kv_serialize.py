@@ -109,6 +109,55 @@ def test_damage_is_caught_in_place_and_by_the_tensors_fallback(monkeypatch):
                 chunk_from_bytes(bytes(flipped))
 
 
+def _with_header(blob: bytes, edit) -> bytes:
+    """``blob`` with its safetensors header JSON passed through ``edit`` (lengths fixed up)."""
+    import json
+    import struct
+
+    n = serialize.header_length(blob)
+    header = edit(json.loads(blob[8 : 8 + n]))
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + blob[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "offsets", ["x", [1], [0, "a"], None, {"0": 1}], ids=["str", "one", "not-int", "null", "dict"]
+)
+def test_malformed_offsets_are_a_format_error_before_any_tensor(offsets):
+    # the digest runs on the raw header before safetensors has checked it (on a reading
+    # thread): a malformed entry must be a ChunkFormatError with a reason, never a TypeError
+    chunk = make_chunk()
+
+    def edit(header):
+        header["token_ids"]["data_offsets"] = offsets
+        return header
+
+    with pytest.raises(ChunkFormatError, match="corrupt header"):
+        serialize.check_blob(_with_header(chunk_to_bytes(chunk), edit))
+
+
+def test_offsets_out_of_range_are_refused():
+    # hashed before safetensors' checks: offsets past the end hash fewer bytes than declared
+    chunk = make_chunk()
+
+    def edit(header):
+        name = next(k for k in header if k.startswith("layers."))
+        b, e = header[name]["data_offsets"]
+        header[name]["data_offsets"] = [b, e + 10**6]
+        return header
+
+    with pytest.raises(ChunkFormatError, match="checksum"):
+        chunk_from_bytes(_with_header(chunk_to_bytes(chunk), edit))
+
+
+def test_checked_then_built_equals_one_call():
+    chunk = make_chunk()
+    blob = chunk_to_bytes(chunk)
+    checked = serialize.check_blob(blob, expected=chunk.key)
+    assert checked.digest_checked and checked.key == chunk.key
+    assert_same(chunk, serialize.chunk_from_checked(checked))
+
+
 def test_foreign_format_version(monkeypatch):
     chunk = make_chunk()
     monkeypatch.setattr(serialize, "FORMAT_VERSION", 999)

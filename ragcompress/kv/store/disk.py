@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.key import ChunkKey
 from ragcompress.kv.serialize import (
+    CheckedBlob,
     ChunkFormatError,
     blob_size,
-    chunk_from_bytes,
+    chunk_from_checked,
     chunk_to_bytes,
     header_length,
 )
@@ -36,6 +37,7 @@ from ragcompress.kv.store.integrity import (
     HEADER_PREFIX_BYTES,
     IntegrityError,
     Signer,
+    check_stored,
     envelope_size,
     is_signed,
     resolve_secret,
@@ -125,32 +127,34 @@ class DiskStore(ChunkStore):
         return self._decode(key, self._fetch(key))
 
     def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
-        """With ``read_ahead``, threads read the next files while this one verifies and decodes
-        the earlier ones (reading releases the GIL; the decoding mostly does not, so it stays on
-        one thread: eight threads decoding at once ran slower than one on an H200 host)."""
+        """With ``read_ahead``, threads read and check the next files (bytes, signature, digest:
+        reading and hashing release the GIL) while this thread builds the earlier ones' chunks
+        (which mostly holds it: eight threads building at once ran slower than one on an H200
+        host, so building stays on one thread)."""
         if self.read_ahead == 0 or len(keys) < 2:
             return [self.lookup(k) for k in keys]
-        # at most two files a thread read and not yet decoded: a long request is not held
-        # twice in memory when the disk outruns the decoding
+        # at most two files a thread read and not yet built: a long request is not held
+        # twice in memory when the disk outruns the building
         window = 2 * self.read_ahead
         found = []
         with ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="disk-read") as pool:
             reads = deque(pool.submit(self._fetch, k) for k in keys[:window])
             for i, key in enumerate(keys):
-                data = reads.popleft().result()
+                checked = reads.popleft().result()
                 if i + window < len(keys):
                     reads.append(pool.submit(self._fetch, keys[i + window]))
-                found.append(self._decode(key, data))
+                found.append(self._decode(key, checked))
         return found
 
-    def _fetch(self, key: ChunkKey) -> bytes | Lookup:
-        """The bytes of ``key``'s file (its size checked), or the miss (not yet counted)."""
+    def _fetch(self, key: ChunkKey) -> CheckedBlob | Lookup:
+        """``key``'s file read (its size checked) and checked (:func:`check_stored`), or the
+        miss (not yet counted; an unusable file quarantined)."""
         path = self.path(key)
         if not inside(path.parent, self._root):
             log.warning("chunk %s: shard directory %s leads outside the cache", key.digest[:12], path.parent)
             return Lookup(None, "shard directory leads outside the cache")
         try:
-            return self._read(path)
+            return check_stored(self._read(path), key, self.signer)
         except FileNotFoundError:
             return Lookup(None, MISSING)
         except UnusableFile as err:
@@ -159,22 +163,18 @@ class DiskStore(ChunkStore):
             return Lookup(None, err.reason)
         except OSError as err:
             return Lookup(None, f"unreadable file: {err.strerror or err}")
-        except ChunkFormatError as err:
+        except (ChunkFormatError, IntegrityError) as err:
             self._quarantine(path)
             return Lookup(None, err.reason)
 
-    def _decode(self, key: ChunkKey, data: bytes | Lookup) -> Lookup:
-        """The chunk in ``data`` (verified: signature or digest, key, tokens), counted."""
-        if isinstance(data, Lookup):
-            return self._record(data)
+    def _decode(self, key: ChunkKey, checked: CheckedBlob | Lookup) -> Lookup:
+        """The chunk of a checked file, counted (a payload that does not build: quarantined)."""
+        if isinstance(checked, Lookup):
+            return self._record(checked)
         path = self.path(key)
         try:
-            if self.signer is not None:
-                data = self.signer.verify(key.digest, data)
-            elif is_signed(data):
-                raise IntegrityError("signed chunk, but this store has no secret to verify it")
-            chunk = chunk_from_bytes(data, expected=key, device=self.device, authenticated=bool(self.signer))
-        except (ChunkFormatError, IntegrityError) as err:
+            chunk = chunk_from_checked(checked, self.device)
+        except ChunkFormatError as err:
             self._quarantine(path)
             return self._record(Lookup(None, err.reason))
         with contextlib.suppress(OSError):  # the byte cap's LRU order: a hit counts as a use

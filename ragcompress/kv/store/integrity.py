@@ -23,6 +23,12 @@ import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ragcompress.kv.serialize import CheckedBlob, check_blob
+
+if TYPE_CHECKING:
+    from ragcompress.kv.key import ChunkKey
 
 __all__ = [
     "HEADER_PREFIX_BYTES",
@@ -30,6 +36,7 @@ __all__ = [
     "SECRET_ENV",
     "IntegrityError",
     "Signer",
+    "check_stored",
     "envelope_size",
     "is_signed",
     "resolve_secret",
@@ -144,3 +151,16 @@ class Signer:
         if header.get("len") != len(payload):
             raise IntegrityError(f"truncated: payload of {len(payload)} bytes, signed {header.get('len')}")
         return payload
+
+
+def check_stored(data: bytes, key: ChunkKey, signer: Signer | None) -> CheckedBlob:
+    """What a shared store checks in a value it read back under ``key``, before any tensor is
+    built: the HMAC envelope when the store has a secret (a signed value is refused when it has
+    none), then :func:`~ragcompress.kv.serialize.check_blob` (its digest too, unless the MAC
+    already covered it). Bytes only, so a reading thread can run it (hashing releases the GIL).
+    Raises :class:`IntegrityError` or :class:`~ragcompress.kv.serialize.ChunkFormatError`."""
+    if signer is not None:
+        data = signer.verify(key.digest, data)
+    elif is_signed(data):
+        raise IntegrityError("signed chunk, but this store has no secret to verify it")
+    return check_blob(data, expected=key, authenticated=signer is not None)

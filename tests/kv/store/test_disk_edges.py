@@ -95,6 +95,23 @@ def test_a_cut_file_is_a_miss_with_the_reason(tmp_path: Path, chunks: list[Any])
         assert found.chunk is None and found.reason.startswith("truncated"), (cut, found.reason)
 
 
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_a_cut_signed_envelope_is_a_miss_not_an_error(tmp_path: Path, chunks: list[Any], ahead: int) -> None:
+    # a file that starts like an HMAC envelope but is cut inside it: the size check reads the
+    # envelope's header, and its IntegrityError must be a miss (quarantined), on every path
+    from ragcompress.kv.store.integrity import MAGIC
+
+    store = DiskStore(tmp_path, read_ahead=ahead)
+    for c in chunks[:2]:
+        store.put(c.key, c)
+    path = store.path(chunks[0].key)
+    path.write_bytes(MAGIC + b"\x00\x00")
+    got = store.lookup_many([chunks[0].key, chunks[1].key])
+    assert got[0].chunk is None and got[0].reason.startswith("truncated"), got[0].reason
+    assert got[1].chunk is not None
+    assert not path.exists() and len(store.quarantined) == 1
+
+
 @contextmanager
 def _read_only(directory: Path) -> Iterator[None]:
     """Make ``directory``'s entries impossible to rename or remove, also for root when the
