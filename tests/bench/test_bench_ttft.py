@@ -50,7 +50,7 @@ def test_bench_ttft_cpu_smoke_writes_rows_table_and_plot(tmp_path, capsys) -> No
         assert all(row[f"kvzip_{t}_ms"] > 0 for t in ("gpu", "host", "host_serial", "disk"))
         assert row["kvzip_tiers_agree"] is True and 0 < row["kvzip_tokens"] < row["context_tokens"]
         # the disk column's reads and, beside them, the same bytes read and nothing else
-        assert 0 < row["kvzip_disk_bytes_ms"] and 0 < row["kvzip_disk_read_ms"] < row["kvzip_disk_ms"]
+        assert row["kvzip_disk_bytes_ms"] > 0 and 0 < row["kvzip_disk_read_ms"] < row["kvzip_disk_ms"]
     # one shared context, then each question its own chunk set (a ragged batch, paged)
     sets = [(q["batch"], q["chunk_sets"]) for q in report["qps"]]
     assert sets == [(1, "one, shared"), (2, "one, shared"), (1, "own, paged"), (2, "own, paged")]
