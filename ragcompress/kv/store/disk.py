@@ -23,10 +23,8 @@ from typing import TYPE_CHECKING
 from ragcompress.kv.chunk import KVChunk
 from ragcompress.kv.key import ChunkKey
 from ragcompress.kv.serialize import (
-    CheckedBlob,
     ChunkFormatError,
     blob_size,
-    chunk_from_checked,
     chunk_to_bytes,
     header_length,
 )
@@ -37,9 +35,9 @@ from ragcompress.kv.store.integrity import (
     HEADER_PREFIX_BYTES,
     IntegrityError,
     Signer,
-    check_stored,
     envelope_size,
     is_signed,
+    open_stored,
     resolve_secret,
 )
 
@@ -127,10 +125,10 @@ class DiskStore(ChunkStore):
         return self._decode(key, self._fetch(key))
 
     def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
-        """With ``read_ahead``, threads read and check the next files (bytes, signature, digest:
-        reading and hashing release the GIL) while this thread builds the earlier ones' chunks
-        (which mostly holds it: eight threads building at once ran slower than one on an H200
-        host, so building stays on one thread)."""
+        """With ``read_ahead``, threads read the next files while this thread checks and builds
+        the earlier ones. The checks stay on this thread: moved onto the reading threads they
+        ran slower on the 2-core VM (``benchmarks/results/store_read/README.md``), and eight
+        threads checking and building at once ran slower than one on an H200 host."""
         if self.read_ahead == 0 or len(keys) < 2:
             return [self.lookup(k) for k in keys]
         # at most two files a thread read and not yet built: a long request is not held
@@ -140,21 +138,21 @@ class DiskStore(ChunkStore):
         with ThreadPoolExecutor(max_workers=self.read_ahead, thread_name_prefix="disk-read") as pool:
             reads = deque(pool.submit(self._fetch, k) for k in keys[:window])
             for i, key in enumerate(keys):
-                checked = reads.popleft().result()
+                data = reads.popleft().result()
                 if i + window < len(keys):
                     reads.append(pool.submit(self._fetch, keys[i + window]))
-                found.append(self._decode(key, checked))
+                found.append(self._decode(key, data))
         return found
 
-    def _fetch(self, key: ChunkKey) -> CheckedBlob | Lookup:
-        """``key``'s file read (its size checked) and checked (:func:`check_stored`), or the
-        miss (not yet counted; an unusable file quarantined)."""
+    def _fetch(self, key: ChunkKey) -> bytes | Lookup:
+        """The bytes of ``key``'s file (its size checked), or the miss (not yet counted; an
+        unusable file quarantined)."""
         path = self.path(key)
         if not inside(path.parent, self._root):
             log.warning("chunk %s: shard directory %s leads outside the cache", key.digest[:12], path.parent)
             return Lookup(None, "shard directory leads outside the cache")
         try:
-            return check_stored(self._read(path), key, self.signer)
+            return self._read(path)
         except FileNotFoundError:
             return Lookup(None, MISSING)
         except UnusableFile as err:
@@ -163,18 +161,19 @@ class DiskStore(ChunkStore):
             return Lookup(None, err.reason)
         except OSError as err:
             return Lookup(None, f"unreadable file: {err.strerror or err}")
-        except (ChunkFormatError, IntegrityError) as err:
+        except (ChunkFormatError, IntegrityError) as err:  # the size check reads either header
             self._quarantine(path)
             return Lookup(None, err.reason)
 
-    def _decode(self, key: ChunkKey, checked: CheckedBlob | Lookup) -> Lookup:
-        """The chunk of a checked file, counted (a payload that does not build: quarantined)."""
-        if isinstance(checked, Lookup):
-            return self._record(checked)
+    def _decode(self, key: ChunkKey, data: bytes | Lookup) -> Lookup:
+        """The chunk in ``data``, checked and built (:func:`open_stored`), counted; a file
+        that fails is quarantined."""
+        if isinstance(data, Lookup):
+            return self._record(data)
         path = self.path(key)
         try:
-            chunk = chunk_from_checked(checked, self.device)
-        except ChunkFormatError as err:
+            chunk = open_stored(data, key, self.signer, self.device)
+        except (ChunkFormatError, IntegrityError) as err:
             self._quarantine(path)
             return self._record(Lookup(None, err.reason))
         with contextlib.suppress(OSError):  # the byte cap's LRU order: a hit counts as a use

@@ -25,9 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.serialize import CheckedBlob, check_blob
+from ragcompress.kv.serialize import chunk_from_bytes
 
 if TYPE_CHECKING:
+    import torch
+
+    from ragcompress.kv.chunk import KVChunk
     from ragcompress.kv.key import ChunkKey
 
 __all__ = [
@@ -36,9 +39,9 @@ __all__ = [
     "SECRET_ENV",
     "IntegrityError",
     "Signer",
-    "check_stored",
     "envelope_size",
     "is_signed",
+    "open_stored",
     "resolve_secret",
 ]
 
@@ -153,14 +156,14 @@ class Signer:
         return payload
 
 
-def check_stored(data: bytes, key: ChunkKey, signer: Signer | None) -> CheckedBlob:
-    """What a shared store checks in a value it read back under ``key``, before any tensor is
-    built: the HMAC envelope when the store has a secret (a signed value is refused when it has
-    none), then :func:`~ragcompress.kv.serialize.check_blob` (its digest too, unless the MAC
-    already covered it). Bytes only, so a reading thread can run it (hashing releases the GIL).
-    Raises :class:`IntegrityError` or :class:`~ragcompress.kv.serialize.ChunkFormatError`."""
+def open_stored(data: bytes, key: ChunkKey, signer: Signer | None, device: torch.device | str) -> KVChunk:
+    """The chunk in a value a shared store read back under ``key``: its HMAC envelope verified
+    when the store has a secret (a signed value is refused when it has none), then the chunk
+    checked and built (:func:`~ragcompress.kv.serialize.chunk_from_bytes`; its digest too,
+    unless the MAC already covered it). Raises :class:`IntegrityError` or
+    :class:`~ragcompress.kv.serialize.ChunkFormatError`."""
     if signer is not None:
         data = signer.verify(key.digest, data)
     elif is_signed(data):
         raise IntegrityError("signed chunk, but this store has no secret to verify it")
-    return check_blob(data, expected=key, authenticated=signer is not None)
+    return chunk_from_bytes(data, expected=key, device=device, authenticated=signer is not None)

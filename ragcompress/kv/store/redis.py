@@ -22,10 +22,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ragcompress.kv.serialize import ChunkFormatError, chunk_from_checked, chunk_to_bytes
+from ragcompress.kv.serialize import ChunkFormatError, chunk_to_bytes
 from ragcompress.kv.store.base import MISSING, ChunkStore, Lookup
 from ragcompress.kv.store.errors import StoreUnavailableError, redact_url
-from ragcompress.kv.store.integrity import IntegrityError, Signer, check_stored, resolve_secret
+from ragcompress.kv.store.integrity import IntegrityError, Signer, open_stored, resolve_secret
 
 if TYPE_CHECKING:
     from ragcompress.kv.chunk import KVChunk
@@ -244,7 +244,7 @@ class RedisStore(ChunkStore):
         data = bytes(blob)
         self.bytes_read += len(data)
         try:
-            chunk = chunk_from_checked(check_stored(data, key, self.signer), self.device)
+            chunk = open_stored(data, key, self.signer, self.device)
         except (IntegrityError, ChunkFormatError) as err:
             # A bad value is a miss; the caller re-encodes and its put overwrites it.
             self.rejections[err.reason] += 1
