@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
     from ragcompress.kv.key import ChunkKey
 
-__all__ = ["ChunkLayer", "DenseLayer", "KVChunk", "layer_class", "layer_classes", "register_layer"]
+__all__ = [
+    "ChunkLayer",
+    "DenseLayer",
+    "KVChunk",
+    "check_dtypes",
+    "layer_class",
+    "layer_classes",
+    "register_layer",
+]
 
 L = TypeVar("L", bound="type[ChunkLayer]")
 
@@ -112,6 +120,25 @@ class ChunkLayer(ABC):
         return type(self).from_tensors({k: t.to(device) for k, t in tensors.items()}, self.meta())
 
 
+def check_dtypes(
+    owner: str,
+    *,
+    floating: Mapping[str, torch.Tensor] | None = None,
+    integer: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """ValueError naming the first tensor of the wrong kind. Layers check this when they are
+    built, so that one read back from a store with a valid digest but the wrong dtypes (written
+    by another version, or edited) is a miss there, not an error inside a kernel mid-request."""
+    import torch
+
+    for name, t in (floating or {}).items():
+        if not t.is_floating_point():
+            raise ValueError(f"{owner}: {name} must be floating point, got {t.dtype}")
+    for name, t in (integer or {}).items():
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{owner}: {name} must be an integer tensor, got {t.dtype}")
+
+
 def _device(device: torch.device | str) -> torch.device:
     import torch
 
@@ -138,6 +165,9 @@ class DenseLayer(ChunkLayer):
             )
         if tuple(p.shape) != tuple(k.shape[:2]):
             raise ValueError(f"positions must be (kv_heads, n) = {tuple(k.shape[:2])}, got {tuple(p.shape)}")
+        check_dtypes("dense layer", floating={"keys": k, "values": v}, integer={"positions": p})
+        if k.dtype != v.dtype:
+            raise ValueError(f"dense layer: keys are {k.dtype}, values {v.dtype}")
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.keys, self.values, self.positions

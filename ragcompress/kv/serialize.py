@@ -239,7 +239,7 @@ def _rebuild(
             if k.startswith("layers.") and i in index:
                 local[index[i]][name] = v.to(device)
         layers = [layer_class(name).from_tensors(local[i], layer_meta[i]) for i, name in enumerate(classes)]
-        return KVChunk(
+        chunk = KVChunk(
             layers=layers,
             token_ids=token_ids.to(device),
             base_offset=int(meta["base_offset"]),
@@ -249,3 +249,11 @@ def _rebuild(
         )
     except (KeyError, ValueError, IndexError, TypeError, RuntimeError) as err:
         raise ChunkFormatError(f"inconsistent chunk: {err}") from None
+    # what assembly trusts: the passage's positions run from base_offset over its length tokens,
+    # and a press only ever drops tokens (a digest-valid file from another writer may disagree)
+    if chunk.base_offset < 0 or chunk.length != token_ids.numel() or chunk.num_tokens > chunk.length:
+        raise ChunkFormatError(
+            f"inconsistent chunk: base_offset {chunk.base_offset}, length {chunk.length}, "
+            f"{token_ids.numel()} token ids, {chunk.num_tokens} tokens kept"
+        )
+    return chunk

@@ -35,6 +35,7 @@ __all__ = [
     "killed_writer",
     "redis_restart",
     "synthetic_chunk",
+    "synthetic_key",
 ]
 
 
@@ -157,6 +158,14 @@ def concurrent_clients(
 
 
 # -- a writer killed mid-write ------------------------------------------------------------
+def synthetic_key(index: int, tokens: int = 2048) -> ChunkKey:
+    """The key of :func:`synthetic_chunk` ``index``: its token ids are ``index``'s own range."""
+    from ragcompress.kv.key import ChunkKey, tokens_digest
+
+    ids = range(index * tokens, (index + 1) * tokens)
+    return ChunkKey(model="synthetic:0", layout="faults", presses="[]", tokens=tokens_digest(list(ids)))
+
+
 def synthetic_chunk(index: int, version: int, tokens: int = 2048, layers: int = 4) -> KVChunk:
     """A chunk whose every value is a function of (index, version): readers can tell which write
     they got (``base_offset`` is the version). 4 layers × 2 heads × 2048 tokens × 64 dims × K and V
@@ -164,16 +173,16 @@ def synthetic_chunk(index: int, version: int, tokens: int = 2048, layers: int = 
     import torch
 
     from ragcompress.kv.chunk import DenseLayer, KVChunk
-    from ragcompress.kv.key import ChunkKey, tokens_digest
 
     gen = torch.Generator().manual_seed(index * 1000 + version)
     made = []
     for _ in range(layers):
         k = torch.randn(2, tokens, 64, generator=gen)
         made.append(DenseLayer(k, k + 1.0, torch.arange(tokens).expand(2, -1).clone()))
-    key = ChunkKey(model="synthetic:0", layout="faults", presses="[]", tokens=tokens_digest([index]))
-    # The stored token ids must be the key's, so the write's version rides in base_offset.
-    return KVChunk(made, torch.tensor([index]), version, tokens, key, "synthetic:0")
+    # The stored token ids must be the key's (and as many as the chunk's length), so the write's
+    # version rides in base_offset.
+    ids = torch.arange(index * tokens, (index + 1) * tokens)
+    return KVChunk(made, ids, version, tokens, synthetic_key(index, tokens), "synthetic:0")
 
 
 def _writer(url: str, keys: int, state: Any) -> None:
@@ -231,7 +240,7 @@ def killed_writer(url: str, kills: int = 5, keys: int = 3, seed: int = 0) -> Out
         proc.join(10)
         for i in range(keys):
             outcome.tried += 1
-            problem = _check(reader, synthetic_chunk(i, 0, tokens=1, layers=1).key, i)
+            problem = _check(reader, synthetic_key(i), i)
             if problem is None:
                 outcome.passed += 1
             else:

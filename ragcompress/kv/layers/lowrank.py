@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.chunk import ChunkLayer, register_layer
+from ragcompress.kv.chunk import ChunkLayer, check_dtypes, register_layer
 from ragcompress.kv.layers.lowrank_basis import LowRankBasis, load_verified
 
 if TYPE_CHECKING:
@@ -55,6 +55,11 @@ class LowRankLayer(ChunkLayer):
             )
         if self.values_lowrank and self.values.shape[2] != r:
             raise ValueError(f"low-rank layer: value coefficients have rank {self.values.shape[2]}, keys {r}")
+        check_dtypes(
+            "low-rank layer",
+            floating={"key_coef": self.key_coef, "values": self.values},
+            integer={"positions": self.positions},
+        )
 
     def heads_dim(self) -> tuple[int, int]:
         # the (cached, verified) basis gives head_dim without reconstructing any key

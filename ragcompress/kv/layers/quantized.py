@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ragcompress.kv.chunk import ChunkLayer, register_layer
+from ragcompress.kv.chunk import ChunkLayer, check_dtypes, register_layer
 from ragcompress.kv.kernels.quant_format import BITS, dequantize_keys, dequantize_values
 from ragcompress.kv.kernels.reference import QuantizedKV
 
@@ -52,6 +52,11 @@ class QuantizedLayer(ChunkLayer):
             raise ValueError(
                 f"quantized layer: positions has shape {tuple(self.positions.shape)}, expected {(h, n)}"
             )
+        scales = {name: getattr(kv, name) for name in ("key_scale", "key_zero", "value_scale", "value_zero")}
+        check_dtypes("quantized layer", floating=scales, integer={"positions": self.positions})
+        for name in ("key_codes", "value_codes"):
+            if str(getattr(kv, name).dtype) != "torch.uint8":  # the kernels read bytes
+                raise ValueError(f"quantized layer: {name} must be uint8, got {getattr(kv, name).dtype}")
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         import torch
