@@ -127,8 +127,8 @@ class DiskStore(ChunkStore):
     def _lookup_distinct(self, keys: list[ChunkKey]) -> list[Lookup]:
         """With ``read_ahead``, threads read the next files while this thread checks and builds
         the earlier ones. The checks stay on this thread: moved onto the reading threads they
-        ran slower on the 2-core VM (``benchmarks/results/store_read/README.md``), and eight
-        threads checking and building at once ran slower than one on an H200 host."""
+        ran slower on the 2-core VM (``benchmarks/results/store_read/not_kept_2026-12-04/``),
+        and eight threads checking and building at once ran slower than one on an H200 host."""
         if self.read_ahead == 0 or len(keys) < 2:
             return [self.lookup(k) for k in keys]
         # at most two files a thread read and not yet built: a long request is not held
