@@ -2,14 +2,15 @@
 
 Each case is a context of 512-token passages in Llama-3-8B's KV shape (32 layers, 8 KV heads,
 128 channels), stored as ``bench ttft``'s disk column stores them (kvzip 0.6 + int4/64) or dense
-bf16. The files are written once; then each checkout named by ``--trees`` reads the same files in
-a process of its own (``--rounds`` times, the trees taking turns), both ways a store offers:
+bf16. Each checkout named by ``--trees`` writes the same chunks once, in its own chunk format (so
+trees of different formats compare), then reads them in a process of its own (``--rounds``
+times, the trees taking turns), both ways a store offers:
 ``lookup`` one key after another, and ``lookup_many`` (an older tree's is the same loop; a tree
 whose store reads ahead also at 0, 1 and 2 reading threads). Beside them, the floors on this
-machine: the files' bytes read and nothing else, and read + SHA-256 on one thread (the least a
-verified read costs without threads). Cold: the page cache dropped before every pass (root on
-Linux; the table says when it could not be); warm: the files already in it. Median ms of
-``--repeats`` passes.
+machine: the files' bytes read and nothing else, and read + SHA-256 or + XXH3-128 on one thread
+(the least a verified read costs without threads, in chunk format 2 and 3). Cold: the page
+cache dropped before every pass (root on Linux; the table says when it could not be); warm: the
+files already in it. Median ms of ``--repeats`` passes.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=$PWD:$PWD/benchmarks python3 benchmarks/store_read.py \\
         --trees /tmp/before,. --out benchmarks/results/store_read
@@ -20,6 +21,7 @@ Linux; the table says when it could not be); warm: the files already in it. Medi
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import xxhash
 from ragcompress_bench.ttft_host import drop_page_cache
 
 LAYERS, KV_HEADS, HEAD_DIM, PASSAGE, PREFIX = 32, 8, 128, 512, 64
@@ -96,13 +99,17 @@ def _floors(directory: Path, repeats: int, cold: bool) -> dict[str, float]:
         for p in files:
             p.read_bytes()
 
-    def read_hash() -> None:
-        for p in files:
-            hashlib.sha256(p.read_bytes()).digest()
+    def read_hash(hasher: Callable[[bytes], Any]) -> Callable[[], None]:
+        def go() -> None:
+            for p in files:
+                hasher(p.read_bytes()).digest()
+
+        return go
 
     return {
         "read_ms": _median_ms(read, repeats, cold),
-        "read_sha256_ms": _median_ms(read_hash, repeats, cold),
+        "read_sha256_ms": _median_ms(read_hash(hashlib.sha256), repeats, cold),
+        "read_xxh3_ms": _median_ms(read_hash(xxhash.xxh3_128), repeats, cold),
     }
 
 
@@ -130,16 +137,37 @@ def measure(directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[
     if hasattr(store, "read_ahead"):
         for ahead in (0, 1, 2):
             ra = DiskStore(directory, read_ahead=ahead)  # type: ignore[call-arg]
-            out[f"read_ahead_{ahead}_ms"] = _median_ms(lambda ra=ra: batched(ra), repeats, cold)
+            out[f"read_ahead_{ahead}_ms"] = _median_ms(functools.partial(batched, ra), repeats, cold)
     return out
+
+
+def write(directory: Path, context: int, compressed: bool) -> None:
+    """In the tree on ``sys.path``: one case's chunks in a DiskStore under ``directory/store``, and
+    their keys in ``directory/keys.json``."""
+    from ragcompress.kv.store.disk import DiskStore
+
+    chunks = _chunks(context, compressed)
+    store = DiskStore(directory / "store")
+    for c in chunks:
+        store.put(c.key, c)
+    (directory / "keys.json").write_text(json.dumps([c.key.fields() for c in chunks]))
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _child_write(tree: Path, directory: Path, context: int, compressed: bool) -> None:
+    """:func:`write` in a process that imports ragcompress from ``tree``."""
+    cmd = [sys.executable, __file__, "--write", str(directory), str(context), "1" if compressed else "0"]
+    subprocess.run(cmd, env=_env(tree), capture_output=True, text=True, check=True)
 
 
 def _child(tree: Path, directory: Path, keys_file: Path, repeats: int, cold: bool) -> dict[str, Any]:
     """:func:`measure` in a process that imports ragcompress from ``tree``."""
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, __file__, "--repeats", str(repeats)]
     cmd += ["--measure", str(directory), str(keys_file), "1" if cold else "0"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, env=_env(tree), capture_output=True, text=True, check=True).stdout
     return dict(json.loads(out))
 
 
@@ -161,12 +189,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="turns of every tree (median of the children)")
     ap.add_argument("--out", type=Path, default=None, help="directory for store_read.json and .md")
     ap.add_argument("--measure", nargs=3, metavar=("DIR", "KEYS", "COLD"), help=argparse.SUPPRESS)
+    ap.add_argument("--write", nargs=3, metavar=("DIR", "CONTEXT", "COMPRESSED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:  # the child: one tree, one case
         d, k, cold = args.measure
         print(json.dumps(measure(Path(d), Path(k), args.repeats, cold == "1")))
         return
-    from ragcompress.kv.store.disk import DiskStore
+    if args.write:  # the child that writes one case's files in its tree's format
+        d, context, compressed = args.write
+        write(Path(d), int(context), compressed == "1")
+        return
 
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     labels = [_tree_label(t) for t in trees]
@@ -178,27 +210,26 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for context, compressed in cases:
         with tempfile.TemporaryDirectory(prefix="store-read-") as tmp:
-            chunks = _chunks(context, compressed)
-            store = DiskStore(Path(tmp) / "store")
-            for c in chunks:
-                store.put(c.key, c)
-            keys_file = Path(tmp) / "keys.json"
-            keys_file.write_text(json.dumps([c.key.fields() for c in chunks]))
-            del chunks
-            size = sum(p.stat().st_size for p in _files(store.directory))
+            # each tree writes the files itself: trees of different chunk formats read their own
+            dirs = {label: Path(tmp) / f"tree{i}" for i, label in enumerate(labels)}
+            for tree, label in zip(trees, labels, strict=True):
+                _child_write(tree, dirs[label], context, compressed)
+            first = dirs[labels[0]] / "store"
+            size = sum(p.stat().st_size for p in _files(first))
             for cold in ([True] if droppable else []) + [False]:
                 row: dict[str, Any] = {
                     "context": context,
                     "chunks": "kvzip 0.6 + int4/64" if compressed else "dense bf16",
-                    "files": len(_files(store.directory)),
+                    "files": len(_files(first)),
                     "MB": round(size / 1e6, 1),
                     "page_cache": "dropped" if cold else "warm",
-                    **_floors(store.directory, args.repeats, cold),
+                    **_floors(first, args.repeats, cold),
                 }
                 runs: dict[str, list[float]] = {}
                 for _ in range(args.rounds):  # the trees take turns: neither always goes first
                     for tree, label in zip(trees, labels, strict=True):
-                        got = _child(tree, store.directory, keys_file, args.repeats, cold)
+                        d = dirs[label]
+                        got = _child(tree, d / "store", d / "keys.json", args.repeats, cold)
                         for k, v in got.items():
                             runs.setdefault(f"{label} {k}", []).append(v)
                 row.update({k: round(statistics.median(v), 1) for k, v in runs.items()})

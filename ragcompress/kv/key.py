@@ -19,7 +19,9 @@ __all__ = ["FORMAT_VERSION", "ChunkKey", "model_fingerprint", "tokens_digest"]
 
 # Bump when the meaning of stored tensors or metadata changes; old files then miss.
 # 2: the stored digest covers the header (key, offsets, layer metadata) as well as the tensors.
-FORMAT_VERSION = 2
+# 3: that checksum is XXH3-128, not SHA-256 (the key, and so the file's address, changes with it:
+#    a store simply misses format-2 files, and an older version sharing the store misses ours).
+FORMAT_VERSION = 3
 
 
 def tokens_digest(token_ids: Sequence[int]) -> str:

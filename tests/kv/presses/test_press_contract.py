@@ -254,6 +254,6 @@ def test_stored_digest_read_in_place_equals_the_tensors(case, basis_file):
         header = serialize._parse_header(blob)
         meta = serialize._metadata(header)
         in_place = serialize._blob_digest(meta, header, blob)
-        assert in_place == meta["sha256"] == serialize._digest(meta, load(blob))
+        assert in_place == meta[serialize.DIGEST_FIELD] == serialize._digest(meta, load(blob))
         back = serialize.chunk_from_bytes(blob, expected=key)
         assert (back.kv_heads, back.head_dim) == (chunk.kv_heads, chunk.head_dim) == (KV_HEADS, HEAD_DIM)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from ragcompress.kv.serialize import chunk_from_bytes, read_header
+from ragcompress.kv.serialize import DIGEST_FIELD, chunk_from_bytes, read_header
 from ragcompress.kv.store.base import MISSING
 from ragcompress.kv.store.disk import DiskStore
 from ragcompress.kv.store.open import StoreUnavailableError, open_store
@@ -34,7 +34,7 @@ def test_round_trip_is_bit_exact_and_disk_compatible(
         assert same(found.chunk, c)
         # The value is the disk store's format with the same checksum: either store can read it.
         raw = _raw(store, c.key)
-        assert read_header(raw)["sha256"] == read_header(disk.path(c.key).read_bytes())["sha256"]
+        assert read_header(raw)[DIGEST_FIELD] == read_header(disk.path(c.key).read_bytes())[DIGEST_FIELD]
         assert same(chunk_from_bytes(raw, expected=c.key), c)
     assert len(store) == len(chunks)
     assert store.nbytes == sum(len(_raw(store, c.key)) for c in chunks)
