@@ -59,13 +59,19 @@ class ChunkFormatError(ValueError):
         self.reason = reason
 
 
+def _hasher(meta: Mapping[str, str]) -> xxhash.xxh3_128:
+    """The checksum's state after the domain and the header fields (all but the checksum)."""
+    h = xxhash.xxh3_128(_DIGEST_DOMAIN)
+    head = {k: v for k, v in meta.items() if k != DIGEST_FIELD}
+    h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+    return h
+
+
 def _digest(meta: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> str:
     """XXH3-128 of the header fields (all but the checksum itself) and of every tensor."""
     import torch
 
-    h = xxhash.xxh3_128(_DIGEST_DOMAIN)
-    head = {k: v for k, v in meta.items() if k != DIGEST_FIELD}
-    h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+    h = _hasher(meta)
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         raw = t.reshape(-1).view(torch.uint8)
@@ -90,9 +96,7 @@ def _blob_digest(meta: Mapping[str, str], header: Mapping[str, object], data: by
     is copied (the tensors' bytes are what safetensors would load, bit for bit). ``header``
     must have passed safetensors' own checks (offsets in range). None when a dtype is not one
     named here: the caller then hashes the loaded tensors."""
-    h = xxhash.xxh3_128(_DIGEST_DOMAIN)
-    head = {k: v for k, v in meta.items() if k != DIGEST_FIELD}
-    h.update(json.dumps(head, sort_keys=True, separators=(",", ":")).encode())
+    h = _hasher(meta)
     view, start = memoryview(data), 8 + header_length(data)
     for name in sorted(k for k in header if k != "__metadata__"):
         entry = header[name]
