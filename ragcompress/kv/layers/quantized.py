@@ -54,9 +54,12 @@ class QuantizedLayer(ChunkLayer):
             )
         scales = {name: getattr(kv, name) for name in ("key_scale", "key_zero", "value_scale", "value_zero")}
         check_dtypes("quantized layer", floating=scales, integer={"positions": self.positions})
+        import torch
+
         for name in ("key_codes", "value_codes"):
-            if str(getattr(kv, name).dtype) != "torch.uint8":  # the kernels read bytes
-                raise ValueError(f"quantized layer: {name} must be uint8, got {getattr(kv, name).dtype}")
+            codes = getattr(kv, name)
+            if codes.dtype != torch.uint8:  # the kernels read bytes
+                raise ValueError(f"quantized layer: {name} must be uint8, got {codes.dtype}")
 
     def dense(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         import torch
